@@ -1,0 +1,220 @@
+"""The ``pigeon`` command: preview and send campaigns, look up numbers, list plugins."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TextIO
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from engine.carriers import CARRIER_NAMES, default_prefix_table
+from engine.errors import EngineError
+from engine.messages import State
+from engine.phone import mask, parse_phone
+from engine.plugins import PluginHost
+from engine.report import RunRecorder, RunSummary
+from engine.runtime import prepare, preview, send
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED_MESSAGES = 3
+EXIT_BAD_INPUT = 2
+
+
+def _version() -> str:
+    try:
+        return version("pigeon-sms")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pigeon",
+        description="Pigeon: a fast, safe SMS send engine for promotion blasts and transactional messages.",
+    )
+    p.add_argument("--version", action="version", version=f"pigeon {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pv = sub.add_parser(
+        "preview",
+        help="show what a campaign would send: sample messages, counts and cost per carrier, rejects",
+    )
+    pv.add_argument("campaign", type=Path, help="campaign file (TOML)")
+    pv.add_argument("--engine", type=Path, help="engine file (default: the campaign's `engine` key)")
+    pv.add_argument("-n", "--samples", type=int, default=5, help="rendered messages to show (default 5)")
+    pv.add_argument("--rows", type=int, help="read only the first ROWS rows (default: the whole segment)")
+    pv.add_argument("--rejects", type=Path, help="write every rejected row to this CSV file")
+    pv.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    sd = sub.add_parser("send", help="send a campaign through the configured gateways")
+    sd.add_argument("campaign", type=Path, help="campaign file (TOML)")
+    sd.add_argument("--engine", type=Path, help="engine file (default: the campaign's `engine` key)")
+    sd.add_argument("--backend", choices=["asyncio", "trio"], help="event loop (default: engine config)")
+    sd.add_argument("--runs-dir", type=Path, help="where run directories go (default: engine config)")
+    sd.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sd.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    lk = sub.add_parser("lookup", help="normalize phone numbers and show their carrier")
+    lk.add_argument("numbers", nargs="+", help="numbers in any common form")
+
+    pl = sub.add_parser("plugins", help="list installed plugins and what they register")
+    pl.add_argument("--json", action="store_true", help="print as JSON")
+    return p
+
+
+class _Progress:
+    """Prints a progress line to stderr at most every ``interval`` seconds."""
+
+    def __init__(self, out: TextIO, interval: float) -> None:
+        self.out = out
+        self.interval = interval
+        self.last = time.monotonic()
+
+    def __call__(self, rec: RunRecorder, elapsed: float) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            return
+        self.last = now
+        sent = rec.states[State.SENT]
+        rate = rec.rows / elapsed if elapsed > 0 else 0.0
+        print(
+            f"[{elapsed:7.1f}s] rows {rec.rows:,}  sent {sent:,}  rejected "
+            f"{rec.states[State.REJECTED]:,}  failed {rec.states[State.FAILED]:,}  ({rate:,.0f} rows/s)",
+            file=self.out,
+            flush=True,
+        )
+
+
+def _print_summary(console: Console, s: RunSummary) -> None:
+    title = f"{s.mode}: {s.campaign}" + (f" — {s.name}" if s.name else "")
+    console.print(f"[bold]{title}[/bold]  ({s.kind}, prefix table {s.prefix_table})")
+    if s.samples:
+        t = Table(title="Sample messages", show_lines=False)
+        for col in ("row", "to", "carrier", "parts", "text"):
+            t.add_column(col, overflow="fold")
+        for m in s.samples:
+            t.add_row(str(m.row), m.to, m.carrier, str(m.parts), m.text)
+        console.print(t)
+    t = Table(title=f"Per carrier ({s.currency})")
+    for col in ("carrier", "messages", "billed parts", "cost"):
+        t.add_column(col, justify="right" if col != "carrier" else "left")
+    for c, cs in s.carriers.items():
+        t.add_row(CARRIER_NAMES.get(c, c), f"{cs.messages:,}", f"{cs.parts:,}", f"{cs.cost:,.2f}")
+    t.add_row(
+        "[bold]total[/bold]",
+        f"{sum(c.messages for c in s.carriers.values()):,}",
+        f"{s.total_parts:,}",
+        f"{s.total_cost:,.2f}",
+    )
+    console.print(t)
+    states = "  ".join(f"{k} {v:,}" for k, v in sorted(s.states.items()))
+    console.print(f"rows {s.rows:,}:  {states}")
+    for state, reasons in s.reasons.items():
+        console.print(f"  {state} by reason: " + ", ".join(f"{r} {n:,}" for r, n in reasons.items()))
+    if s.reject_samples:
+        t = Table(title="First rejected rows")
+        for col in ("row", "reason", "detail", "phone"):
+            t.add_column(col, overflow="fold")
+        for r in s.reject_samples:
+            t.add_row(str(r.row), r.reason, r.detail, mask(r.phone))
+        console.print(t)
+    console.print(f"{s.elapsed_seconds:.2f}s, {s.rows_per_second:,.0f} rows/s")
+    if s.run_dir:
+        console.print(f"run directory: {s.run_dir}")
+    if s.rejects_file:
+        console.print(f"rejects: {s.rejects_file}")
+
+
+def _lookup(numbers: list[str], console: Console) -> int:
+    table = default_prefix_table()
+    t = Table(title=f"prefix table {table.version}")
+    for col in ("input", "E.164", "carrier", "kind", "result"):
+        t.add_column(col)
+    for raw in numbers:
+        p = parse_phone(raw)
+        if p.reason is not None:
+            t.add_row(raw, "", "", "", f"rejected: {p.reason} ({p.detail})")
+            continue
+        if not p.national:
+            t.add_row(raw, p.e164, "intl", "", "ok")
+            continue
+        info = table.lookup(p.national)
+        if info is None or not info.sendable:
+            reason, detail = table.reject_reason(p.national)
+            t.add_row(
+                raw,
+                p.e164,
+                info.carrier if info else "",
+                info.kind if info else "",
+                f"rejected: {reason} ({detail})",
+            )
+        else:
+            kind = info.kind + (" (virtual operator, host carrier shown)" if info.vno else "")
+            t.add_row(raw, p.e164, CARRIER_NAMES[info.carrier], kind, "ok")
+    console.print(t)
+    return EXIT_OK
+
+
+def _plugins(as_json: bool, console: Console) -> int:
+    host = PluginHost()
+    data = {
+        "plugins": host.plugin_names(),
+        "sources": {r.name: {"plugin": r.plugin, "description": r.description} for r in host.sources.items()},
+        "gateways": {
+            r.name: {"plugin": r.plugin, "description": r.description} for r in host.gateways.items()
+        },
+        "carrier_resolvers": {
+            r.name: {"plugin": r.plugin, "description": r.description} for r in host.resolvers.items()
+        },
+    }
+    if as_json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(data)).decode() + "\n")
+        return EXIT_OK
+    t = Table(title="Installed plugins")
+    for col in ("kind", "name", "plugin", "description"):
+        t.add_column(col)
+    for kind in ("sources", "gateways", "carrier_resolvers"):
+        for name, info in sorted(data[kind].items()):  # type: ignore[attr-defined]
+            t.add_row(kind.rstrip("s"), name, info["plugin"], info["description"])
+    console.print(t)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``pigeon`` command; returns the process exit code.
+
+    Exit codes: 0 done; 2 bad config, template or segment (nothing was sent); 3 some messages
+    failed at a gateway (see the summary).
+    """
+    args = _parser().parse_args(argv)
+    console = Console(stderr=False, highlight=False)
+    try:
+        if args.command == "lookup":
+            return _lookup(args.numbers, console)
+        if args.command == "plugins":
+            return _plugins(args.json, console)
+        plan = prepare(args.campaign, args.engine)
+        if args.command == "preview":
+            summary = preview(plan, samples=args.samples, max_rows=args.rows, rejects_path=args.rejects)
+        else:
+            progress = None if args.quiet else _Progress(sys.stderr, 1.0 if sys.stderr.isatty() else 5.0)
+            summary = send(plan, backend=args.backend, runs_dir=args.runs_dir, progress=progress)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(summary)).decode() + "\n")
+    else:
+        _print_summary(console, summary)
+    return EXIT_FAILED_MESSAGES if summary.states.get(State.FAILED) else EXIT_OK

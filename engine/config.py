@@ -1,0 +1,262 @@
+"""Engine and campaign config: msgspec Structs decoded from TOML, with errors that say what to change."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from engine.carriers import CARRIERS
+from engine.errors import ConfigError
+from engine.template import DEFAULT_OPT_OUT
+
+__all__ = [
+    "Base",
+    "CampaignConfig",
+    "CarrierConfig",
+    "EngineConfig",
+    "GatewayConfig",
+    "LoadedCampaign",
+    "LoadedEngine",
+    "PluginsConfig",
+    "RoutingConfig",
+    "SegmentConfig",
+    "TemplateConfig",
+    "convert_section",
+    "load_campaign",
+    "load_engine",
+]
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class Base(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Config base: immutable, keyword-only, and a typo is an error rather than a silent default."""
+
+
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class CarrierConfig(Base, kw_only=True, frozen=True):
+    """Per-carrier settings (``[carriers.cm]``…)."""
+
+    price_per_part: NonNegativeFloat = 0.0
+    """Price of one billed SMS part, in the engine's ``currency``; used for cost estimates."""
+    rate_per_second: PositiveInt | None = None
+    """Most SMS parts per second sent to this carrier over all gateways; unset means unlimited."""
+    burst: PositiveInt | None = None
+    """Parts that may go at once after an idle spell; defaults to one second's worth."""
+
+
+class GatewayConfig(Base, kw_only=True, frozen=True):
+    """One ``[gateways.<name>]`` section."""
+
+    plugin: str
+    """Which gateway plugin implements it (``blackhole``, ``file``, ``http``…)."""
+    carriers: tuple[Literal["cm", "cu", "ct", "cbn", "intl"], ...] = CARRIERS
+    """Carriers this gateway serves. The first gateway listing a carrier is its primary."""
+    options: dict[str, Any] = {}
+    """Plugin-specific settings, validated by the plugin's own config type."""
+
+
+class PluginsConfig(Base, kw_only=True, frozen=True):
+    """``[plugins]``: which installed plugins to leave out."""
+
+    disabled: list[str] = []
+
+
+class RoutingConfig(Base, kw_only=True, frozen=True):
+    """``[routing]``: carrier resolvers that override the prefix table."""
+
+    resolvers: list[str] = []
+    """Registered resolver names, applied in order after the prefix table."""
+    options: dict[str, dict[str, Any]] = {}
+    """Per-resolver settings: ``[routing.options.<name>]``."""
+
+
+class EngineConfig(Base, kw_only=True, frozen=True):
+    """The engine file: gateways, carrier prices and limits, plugins, runtime knobs."""
+
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 4096
+    """Recipients per batch through the stages."""
+    backend: Literal["asyncio", "trio"] = "asyncio"
+    """Event loop: asyncio (with uvloop when installed) or trio."""
+    currency: str = "CNY"
+    runs_dir: str = "runs"
+    """Where each run writes its summary, rejects and file-gateway output (relative to this file)."""
+    carriers: dict[Literal["cm", "cu", "ct", "cbn", "intl"], CarrierConfig] = {}
+    gateways: dict[Identifier, GatewayConfig]
+    plugins: PluginsConfig = PluginsConfig()
+    routing: RoutingConfig = RoutingConfig()
+
+
+class SegmentConfig(Base, kw_only=True, frozen=True):
+    """The engine-level keys of ``[segment]``; all other keys belong to the source plugin."""
+
+    source: str
+    """Source plugin: ``csv`` or ``jsonl`` built in."""
+    phone_field: str = "phone"
+    """Column holding the phone number."""
+
+
+class TemplateConfig(Base, kw_only=True, frozen=True):
+    """``[template]``: the text and what surrounds it."""
+
+    text: str
+    """Body with ``{field}`` / ``{field|default}`` tokens."""
+    signature: str
+    """Sender signature, shown as ``【signature】`` before the body."""
+    opt_out_text: str | None = None
+    """Appended to marketing messages; defaults to ``拒收请回复R``; ``""`` to leave it out."""
+    max_length: Annotated[int, msgspec.Meta(ge=10, le=5000)] = 500
+    """Longest allowed message in billed characters, signature and opt-out text included."""
+
+
+class CampaignConfig(Base, kw_only=True, frozen=True):
+    """A campaign file: who to send to, what to send, and how."""
+
+    id: Identifier | None = None
+    """Stable campaign id (defaults to the file name without extension)."""
+    name: str = ""
+    kind: Literal["marketing", "transactional"] = "marketing"
+    engine: str | None = None
+    """Path of the engine file, relative to this file (the CLI's ``--engine`` wins)."""
+    segment: dict[str, Any]
+    template: TemplateConfig
+
+    @property
+    def opt_out_text(self) -> str:
+        """The opt-out text to append: the configured one, the default for marketing, or none."""
+        if self.template.opt_out_text is not None:
+            return self.template.opt_out_text
+        return DEFAULT_OPT_OUT if self.kind == "marketing" else ""
+
+
+_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`")
+
+
+def _type_at(root: type[msgspec.Struct], path: str) -> Any:
+    """The msgspec.inspect type found at ``path`` (msgspec's ``.a[...].b[1]`` form) below ``root``."""
+    ins = msgspec.inspect
+    t: Any = ins.type_info(root)
+    for key in [k for k in re.split(r"[.\[\]]", path) if k]:
+        if isinstance(t, ins.UnionType):
+            t = next((x for x in t.types if not isinstance(x, ins.NoneType)), t)
+        if isinstance(t, ins.StructType):
+            field = next((f for f in t.fields if f.name == key), None)
+            t = field.type if field is not None else None
+        elif isinstance(t, ins.DictType):
+            t = t.value_type
+        elif isinstance(t, ins.ListType | ins.VarTupleType):
+            t = t.item_type
+        else:
+            return None
+    if isinstance(t, ins.UnionType):
+        t = next((x for x in t.types if not isinstance(x, ins.NoneType)), t)
+    return t
+
+
+def _explain(exc: msgspec.ValidationError, root: type[msgspec.Struct], prefix: str) -> tuple[str, str]:
+    """Turn msgspec's message into (key path, problem) in the operator's terms."""
+    msg = str(exc)
+    m = _AT.search(msg)
+    path = m.group("path") if m else ""
+    problem = msg[: m.start()] if m else msg
+    full = (prefix.rstrip(".") + path.replace("[...]", ".*")).strip(".")
+    unknown = _UNKNOWN.match(problem)
+    if unknown:
+        key = unknown.group("key")
+        t = _type_at(root, path)
+        allowed = [f.name for f in t.fields] if isinstance(t, msgspec.inspect.StructType) else []
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        where = f"{full}.{key}" if full else key
+        return where, f"unknown key{hint} Allowed keys here: {', '.join(allowed) or '(none)'}"
+    if problem.startswith("Invalid enum value"):
+        t = _type_at(root, path)
+        if isinstance(t, msgspec.inspect.LiteralType):
+            problem += f"; expected one of: {', '.join(map(str, t.values))}"
+    problem = problem.replace("Object missing required field", "missing required key")
+    problem = problem.replace("Expected", "expected")
+    return full, problem
+
+
+def convert_section(
+    data: Any, tp: type[S], *, file: str, path: str, root: type[msgspec.Struct] | None = None
+) -> S:
+    """Convert a decoded TOML table into ``tp``; errors name ``file`` and the full key path."""
+    try:
+        return msgspec.convert(data, type=tp, strict=True)
+    except msgspec.ValidationError as exc:
+        where, problem = _explain(exc, tp, path + "." if path else "")
+        raise ConfigError(file, where, problem) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "", "config files must be UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"not valid TOML: {exc}") from None
+
+
+class LoadedEngine(msgspec.Struct, frozen=True):
+    """An engine config with the directory its relative paths resolve against."""
+
+    config: EngineConfig
+    file: str
+    base_dir: Path
+
+
+class LoadedCampaign(msgspec.Struct, frozen=True):
+    """A campaign config, its id, its segment's engine-level keys and the source's own keys."""
+
+    config: CampaignConfig
+    file: str
+    base_dir: Path
+    id: str
+    segment: SegmentConfig
+    source_options: dict[str, Any]
+
+
+def load_engine(path: str | Path) -> LoadedEngine:
+    """Read and validate an engine file."""
+    p = Path(path)
+    raw = _read_toml(p)
+    for table, tp in (("gateways", GatewayConfig), ("carriers", CarrierConfig)):
+        sections = raw.get(table)
+        if isinstance(sections, dict):
+            for name, section in sections.items():
+                convert_section(section, tp, file=str(p), path=f"{table}.{name}")
+    cfg = convert_section(raw, EngineConfig, file=str(p), path="")
+    if not cfg.gateways:
+        raise ConfigError(str(p), "gateways", "configure at least one [gateways.<name>] section")
+    return LoadedEngine(cfg, str(p), p.resolve().parent)
+
+
+def load_campaign(path: str | Path) -> LoadedCampaign:
+    """Read and validate a campaign file (the source's own keys are checked by its plugin)."""
+    p = Path(path)
+    raw = _read_toml(p)
+    cfg = convert_section(raw, CampaignConfig, file=str(p), path="")
+    seg_raw = dict(cfg.segment)
+    common = {k: seg_raw.pop(k) for k in ("source", "phone_field") if k in seg_raw}
+    segment = convert_section(common, SegmentConfig, file=str(p), path="segment")
+    cid = cfg.id or re.sub(r"[^A-Za-z0-9_.-]", "_", p.stem)[:64]
+    if not cfg.template.signature.strip().strip("【】"):
+        raise ConfigError(str(p), "template.signature", "the signature is empty; carriers require one")
+    return LoadedCampaign(cfg, str(p), p.resolve().parent, cid, segment, seg_raw)

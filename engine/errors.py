@@ -1,0 +1,73 @@
+"""The exception tree of the engine; per-recipient outcomes are data, never exceptions.
+
+::
+
+    EngineError
+    ├─ ConfigError            a config file is unreadable or invalid (names file, key path, expectation)
+    ├─ TemplateError          a template does not compile or does not fit the segment
+    ├─ SourceError            a segment source cannot be opened or its header is unusable
+    ├─ PluginError
+    │   ├─ PluginLoadError    an entry point failed to import
+    │   └─ PluginContractError a plugin registered something invalid (duplicate name, bad hook)
+    └─ GatewayError           a whole request failed (per-message outcomes are SubmitResult data)
+
+Bad *rows* are not exceptions: they become :class:`engine.messages.Reject` records and the run goes on.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "EngineError",
+    "GatewayError",
+    "PluginContractError",
+    "PluginError",
+    "PluginLoadError",
+    "SourceError",
+    "TemplateError",
+]
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class ConfigError(EngineError):
+    """A config file is missing, unparsable or invalid.
+
+    The message always names the file, the key path and what was expected, so the operator knows
+    exactly what to change.
+    """
+
+    def __init__(self, file: str, path: str, problem: str) -> None:
+        self.file = file
+        self.path = path
+        self.problem = problem
+        where = f"{file}: {path}: " if path else f"{file}: "
+        super().__init__(where + problem)
+
+
+class TemplateError(EngineError):
+    """A template is malformed or refers to fields the segment does not have."""
+
+
+class SourceError(EngineError):
+    """A segment source cannot be read at all (missing file, unusable header)."""
+
+
+class PluginError(EngineError):
+    """A plugin misbehaved; the message names the plugin."""
+
+
+class PluginLoadError(PluginError):
+    """An entry point of the ``pigeon`` group failed to import."""
+
+
+class PluginContractError(PluginError):
+    """A plugin registered something invalid: a duplicate name, a bad factory or a misspelled hook."""
+
+
+class GatewayError(EngineError):
+    """A gateway request failed as a whole; ``retriable`` says whether sending again may succeed."""
+
+    retriable: bool = False

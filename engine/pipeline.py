@@ -1,0 +1,156 @@
+"""The columnar batch that flows through the stages, the drop tally, and the synchronous stage runner.
+
+A :class:`Batch` holds parallel lists (row numbers, source rows, then columns each stage fills in).
+Stages are small synchronous objects whose ``process(batch)`` works on whole lists with
+comprehensions; a stage that refuses items calls :meth:`Batch.drop` once per batch, which records
+one :class:`~engine.messages.Reject` each and compacts the columns filled so far.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from engine.messages import Message, Reject
+
+__all__ = ["Batch", "Stage", "StageRunner", "StageStats", "Tally"]
+
+
+class Batch:
+    """Recipients moving through the stages, one list per column, index-aligned."""
+
+    __slots__ = ("carriers", "numbers", "nums", "parts", "phone_col", "rejects", "rows", "texts")
+
+    def __init__(
+        self,
+        nums: list[int],
+        rows: list[list[str]],
+        phone_col: int,
+        rejects: list[Reject] | None = None,
+    ) -> None:
+        self.nums = nums
+        """Source row numbers."""
+        self.rows = rows
+        """Source values, aligned with the source's columns."""
+        self.phone_col = phone_col
+        self.numbers: list[str] = []
+        """After ``normalize``: 11-digit Chinese mobiles, or E.164 (``+…``) for other countries."""
+        self.carriers: list[str] = []
+        """After ``route``: carrier codes."""
+        self.texts: list[str] = []
+        """After ``render``: full message texts."""
+        self.parts: list[int] = []
+        """After ``count_parts``: billed parts per message."""
+        self.rejects: list[Reject] = rejects if rejects is not None else []
+        """Rows refused in this batch (by the source or a stage)."""
+
+    def __len__(self) -> int:
+        return len(self.nums)
+
+    def drop(
+        self,
+        indices: Sequence[int],
+        reasons: Sequence[str] | str,
+        details: Sequence[str] | str = "",
+    ) -> None:
+        """Reject the items at ``indices`` (ascending, each once) and remove them from the batch.
+
+        ``reasons`` and ``details`` are one value for all, or one per index. Call it once per stage
+        and batch: indices refer to the batch as it is before the call.
+        """
+        if not indices:
+            return
+        nums, rows, pc = self.nums, self.rows, self.phone_col
+        one_reason = isinstance(reasons, str)
+        one_detail = isinstance(details, str)
+        self.rejects.extend(
+            Reject(
+                nums[i],
+                reasons if one_reason else reasons[k],  # type: ignore[arg-type]
+                details if one_detail else details[k],  # type: ignore[arg-type]
+                rows[i][pc] if pc < len(rows[i]) else "",
+            )
+            for k, i in enumerate(indices)
+        )
+        gone = set(indices)
+        keep = [i for i in range(len(nums)) if i not in gone]
+        for name in ("nums", "rows", "numbers", "carriers", "texts", "parts"):
+            col = getattr(self, name)
+            if col:
+                setattr(self, name, [col[i] for i in keep])
+
+    def messages(self, id_prefix: str) -> list[Message]:
+        """Build the gateway messages for every item left (after all stages ran)."""
+        tos = ["+86" + n if n[0] != "+" else n for n in self.numbers]
+        ids = [f"{id_prefix}{n}" for n in self.nums]
+        return list(map(Message, ids, tos, self.texts, self.carriers, self.parts, self.nums))
+
+
+class Stage(Protocol):
+    """A synchronous batch transform: fills columns, drops what it refuses, never awaits."""
+
+    name: str
+
+    def process(self, batch: Batch) -> None:
+        """Transform ``batch`` in place."""
+
+
+class StageStats:
+    """Per-stage counters, bumped once per batch."""
+
+    __slots__ = ("batches", "dropped", "items_in", "items_out")
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.items_in = 0
+        self.items_out = 0
+        self.dropped: Counter[str] = Counter()
+
+
+class Tally:
+    """What happened to the rows of a run: per-stage flow and reject reasons."""
+
+    def __init__(self, stage_names: Iterable[str]) -> None:
+        self.stages = {name: StageStats() for name in ("source", *stage_names)}
+        self.rejected: Counter[str] = Counter()
+
+    @property
+    def rejected_total(self) -> int:
+        """All rows rejected so far."""
+        return sum(self.rejected.values())
+
+
+class StageRunner:
+    """Applies the configured stages to each batch, in order, and keeps the tally."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self.stages = list(stages)
+        self.tally = Tally(s.name for s in self.stages)
+
+    def run(self, batch: Batch) -> Batch:
+        """Run every stage over ``batch``; the rejects it gathered stay on ``batch.rejects``."""
+        stats = self.tally.stages
+        src = stats["source"]
+        src.batches += 1
+        src.items_out += len(batch)
+        src.items_in += len(batch) + len(batch.rejects)
+        self._count_rejects(src, batch.rejects)
+        for stage in self.stages:
+            if not batch.nums:
+                break
+            st = stats[stage.name]
+            seen = len(batch.rejects)
+            st.batches += 1
+            st.items_in += len(batch)
+            stage.process(batch)
+            st.items_out += len(batch)
+            if len(batch.rejects) != seen:
+                self._count_rejects(st, batch.rejects[seen:])
+        return batch
+
+    def _count_rejects(self, st: StageStats, rejects: Sequence[Reject]) -> None:
+        if rejects:
+            c = Counter(r.reason for r in rejects)
+            st.dropped.update(c)
+            self.tally.rejected.update(c)

@@ -1,0 +1,243 @@
+"""What a run or preview tells the operator: counts by state and reason, cost per carrier, rejects."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+import msgspec
+
+from engine.messages import Message, Outcome, Reject, State, SubmitResult
+from engine.phone import mask
+
+__all__ = [
+    "CarrierSummary",
+    "GatewaySummary",
+    "RejectsWriter",
+    "RunRecorder",
+    "RunSummary",
+    "SampleMessage",
+]
+
+
+class CarrierSummary(msgspec.Struct, kw_only=True):
+    """Messages, billed parts and cost for one carrier."""
+
+    messages: int = 0
+    parts: int = 0
+    cost: float = 0.0
+
+
+class GatewaySummary(msgspec.Struct, kw_only=True):
+    """Requests and outcomes of one gateway."""
+
+    requests: int = 0
+    accepted: int = 0
+    failed: int = 0
+
+
+class SampleMessage(msgspec.Struct, kw_only=True):
+    """A rendered message shown in a preview (the number masked)."""
+
+    row: int
+    to: str
+    carrier: str
+    parts: int
+    text: str
+
+
+class RunSummary(msgspec.Struct, kw_only=True):
+    """The machine-readable summary of a preview or a run (``summary.json``)."""
+
+    campaign: str
+    name: str
+    kind: str
+    mode: str
+    """``preview`` or ``send``."""
+    rows: int
+    """Rows read from the segment (blank lines excluded)."""
+    states: dict[str, int]
+    """Every row in exactly one state: ``sent``, ``failed``, ``rejected``… (``rendered`` in previews)."""
+    reasons: dict[str, dict[str, int]]
+    """Counts by reason for each state that has reasons."""
+    carriers: dict[str, CarrierSummary]
+    total_parts: int
+    total_cost: float
+    currency: str
+    elapsed_seconds: float
+    rows_per_second: float
+    gateways: dict[str, GatewaySummary] = {}
+    run_dir: str = ""
+    rejects_file: str = ""
+    samples: list[SampleMessage] = []
+    reject_samples: list[Reject] = []
+    prefix_table: str = ""
+    """Version of the carrier prefix table used."""
+
+
+class RejectsWriter:
+    """Writes rejects as CSV (``row,reason,detail,phone``) with phone numbers masked."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[str] = path.open("w", newline="", encoding="utf-8")
+        self._w = csv.writer(self._fh)
+        self._w.writerow(["row", "reason", "detail", "phone"])
+
+    def write(self, rejects: Iterable[Reject]) -> None:
+        """Append rejects."""
+        self._w.writerows((r.row, r.reason, r.detail, mask(r.phone)) for r in rejects)
+
+    def close(self) -> None:
+        """Flush and close."""
+        self._fh.close()
+
+
+class RunRecorder:
+    """Counts outcomes per batch: the one place a run's states are decided and tallied."""
+
+    def __init__(self, prices: Mapping[str, float], samples: int = 0) -> None:
+        self.prices = dict(prices)
+        self.states: Counter[str] = Counter()
+        self.reasons: dict[str, Counter[str]] = {}
+        self.carriers: dict[str, CarrierSummary] = {}
+        self.gateways: dict[str, GatewaySummary] = {}
+        self.rows = 0
+        self.sample_limit = samples
+        self.samples: list[SampleMessage] = []
+        self.reject_samples: list[Reject] = []
+        self.writer: RejectsWriter | None = None
+
+    def _reason(self, state: State, reason: str, n: int = 1) -> None:
+        self.reasons.setdefault(state, Counter())[reason] += n
+
+    def rejected(self, rejects: Sequence[Reject]) -> None:
+        """Record a batch's rejects (and write them out)."""
+        if not rejects:
+            return
+        self.rows += len(rejects)
+        self.states[State.REJECTED] += len(rejects)
+        c = self.reasons.setdefault(State.REJECTED, Counter())
+        c.update(r.reason for r in rejects)
+        if len(self.reject_samples) < self.sample_limit:
+            self.reject_samples.extend(rejects[: self.sample_limit - len(self.reject_samples)])
+        if self.writer is not None:
+            self.writer.write(rejects)
+
+    def rendered(
+        self,
+        nums: Sequence[int],
+        numbers: Sequence[str],
+        carriers: Sequence[str],
+        texts: Sequence[str],
+        parts: Sequence[int],
+    ) -> None:
+        """Record a batch that passed every stage (previews: nothing is sent)."""
+        self.rows += len(nums)
+        self.states["rendered"] += len(nums)
+        self._bill(carriers, parts)
+        room = self.sample_limit - len(self.samples)
+        for i in range(min(room, len(nums))):
+            n = numbers[i]
+            self.samples.append(
+                SampleMessage(row=nums[i], to=mask(n), carrier=carriers[i], parts=parts[i], text=texts[i])
+            )
+
+    def queued(self, n: int) -> None:
+        """Count rows that passed the stages and were handed to the sender."""
+        self.rows += n
+
+    def _bill(self, carriers: Sequence[str], parts: Sequence[int]) -> None:
+        msgs = Counter(carriers)
+        billed: Counter[str] = Counter()
+        if len(msgs) == 1:
+            billed[carriers[0]] = sum(parts)
+        else:
+            for c, p in zip(carriers, parts, strict=True):
+                billed[c] += p
+        for c, n in msgs.items():
+            s = self.carriers.get(c)
+            if s is None:
+                s = self.carriers[c] = CarrierSummary()
+            s.messages += n
+            s.parts += billed[c]
+            s.cost = s.parts * self.prices.get(c, 0.0)
+
+    def results(
+        self, gateway: str, carrier: str, chunk: Sequence[Message], results: Sequence[SubmitResult]
+    ) -> None:
+        """Record one gateway request's answers (index-aligned with ``chunk``)."""
+        g = self.gateways.get(gateway)
+        if g is None:
+            g = self.gateways[gateway] = GatewaySummary()
+        g.requests += 1
+        if len(results) != len(chunk):
+            self.failed(gateway, chunk, "gateway_contract", count_request=False)
+            return
+        accepted = [m for m, r in zip(chunk, results, strict=True) if r.outcome is Outcome.ACCEPTED]
+        if len(accepted) != len(chunk):
+            for r in results:
+                if r.outcome is not Outcome.ACCEPTED:
+                    code = r.code or r.outcome.value
+                    self._reason(State.FAILED, f"{r.outcome.value}:{code}")
+            n_failed = len(chunk) - len(accepted)
+            self.states[State.FAILED] += n_failed
+            g.failed += n_failed
+        g.accepted += len(accepted)
+        self.states[State.SENT] += len(accepted)
+        if accepted:
+            self._bill([carrier] * len(accepted), [m.parts for m in accepted])
+
+    def failed(
+        self, gateway: str, chunk: Sequence[Message], reason: str, *, count_request: bool = True
+    ) -> None:
+        """Record a whole request that failed."""
+        g = self.gateways.get(gateway)
+        if g is None:
+            g = self.gateways[gateway] = GatewaySummary()
+        if count_request:
+            g.requests += 1
+        g.failed += len(chunk)
+        self.states[State.FAILED] += len(chunk)
+        self._reason(State.FAILED, reason, len(chunk))
+
+    def summary(
+        self,
+        *,
+        campaign: str,
+        name: str,
+        kind: str,
+        mode: str,
+        currency: str,
+        elapsed: float,
+        run_dir: str = "",
+        prefix_table: str = "",
+    ) -> RunSummary:
+        """Freeze the counts into a :class:`RunSummary`."""
+        parts = sum(c.parts for c in self.carriers.values())
+        cost = sum(c.cost for c in self.carriers.values())
+        return RunSummary(
+            campaign=campaign,
+            name=name,
+            kind=kind,
+            mode=mode,
+            rows=self.rows,
+            states=dict(self.states),
+            reasons={k: dict(v.most_common()) for k, v in self.reasons.items()},
+            carriers=dict(sorted(self.carriers.items())),
+            total_parts=parts,
+            total_cost=round(cost, 4),
+            currency=currency,
+            elapsed_seconds=round(elapsed, 3),
+            rows_per_second=round(self.rows / elapsed, 1) if elapsed > 0 else 0.0,
+            gateways=self.gateways,
+            run_dir=run_dir,
+            rejects_file=str(self.writer.path) if self.writer else "",
+            samples=self.samples,
+            reject_samples=self.reject_samples,
+            prefix_table=prefix_table,
+        )

@@ -1,0 +1,322 @@
+"""Wiring: turn a campaign and an engine config into a checked plan, then preview it or send it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import msgspec
+
+from engine.carriers import PrefixTable, default_prefix_table
+from engine.clock import Clock, SystemClock
+from engine.config import LoadedCampaign, LoadedEngine, convert_section, load_campaign, load_engine
+from engine.errors import ConfigError, SourceError, TemplateError
+from engine.gateway import Gateway, GatewayContext
+from engine.pipeline import Batch, StageRunner
+from engine.plugins import PluginHost
+from engine.ratelimit import TokenBucket
+from engine.report import RejectsWriter, RunRecorder, RunSummary
+from engine.sender import LaneItem, group_by_carrier, run_lane
+from engine.source import SegmentReader, SegmentSource, SourceContext
+from engine.stages import CarrierResolver, standard_stages
+from engine.template import Template, compile_template
+
+__all__ = ["Plan", "ProgressHook", "prepare", "preview", "send"]
+
+ProgressHook = Callable[[RunRecorder, float], None]
+"""Called after each batch with the recorder and the seconds since the run started."""
+
+
+@dataclass
+class Plan:
+    """Everything checked and built before the first row is read."""
+
+    campaign: LoadedCampaign
+    engine: LoadedEngine
+    host: PluginHost
+    template: Template
+    source: SegmentSource
+    table: PrefixTable
+    routes: dict[str, str]
+    """Carrier → name of its primary gateway."""
+    resolvers: list[CarrierResolver] = field(default_factory=list)
+
+    @property
+    def prices(self) -> dict[str, float]:
+        """Price per billed part, per carrier."""
+        return {c: cfg.price_per_part for c, cfg in self.engine.config.carriers.items()}
+
+    def open_segment(self) -> tuple[SegmentReader, StageRunner]:
+        """Open the segment, read its header, and bind the template to its columns.
+
+        Fails (``TemplateError``/``SourceError``) before any data row is read.
+        """
+        phone = self.campaign.segment.phone_field
+        reader = self.source.open([phone, *self.template.fields])
+        try:
+            if phone not in reader.columns:
+                raise SourceError(
+                    f"the segment has no column {phone!r} for phone numbers (segment.phone_field); "
+                    f"its columns are: {', '.join(reader.columns)}"
+                )
+            bound = self.template.bind(reader.columns)
+        except BaseException:
+            reader.close()
+            raise
+        self.phone_col = list(reader.columns).index(phone)
+        stages = standard_stages(bound, self.table, set(self.routes), self.resolvers)
+        return reader, StageRunner(stages)
+
+    phone_col: int = 0
+
+
+def _engine_path(campaign: LoadedCampaign, engine_path: str | Path | None) -> Path:
+    if engine_path is not None:
+        return Path(engine_path)
+    if campaign.config.engine:
+        return campaign.base_dir / campaign.config.engine
+    raise ConfigError(
+        campaign.file, "engine", 'no engine config: set engine = "engine.toml" or pass --engine'
+    )
+
+
+def prepare(
+    campaign_path: str | Path,
+    engine_path: str | Path | None = None,
+    *,
+    host: PluginHost | None = None,
+) -> Plan:
+    """Load and check both config files, the plugins, the template and the routes.
+
+    Everything that can be wrong without reading the segment's rows fails here, with a message
+    that says what to change.
+    """
+    campaign = load_campaign(campaign_path)
+    engine = load_engine(_engine_path(campaign, engine_path))
+    ecfg = engine.config
+    host = host or PluginHost(disabled=ecfg.plugins.disabled)
+
+    seg = campaign.segment
+    if seg.source not in host.sources:
+        raise ConfigError(
+            campaign.file,
+            "segment.source",
+            f"unknown source {seg.source!r}; installed sources: {', '.join(host.sources.names())}",
+        )
+    reg = host.sources.get(seg.source)
+    options = convert_section(campaign.source_options, reg.config_type, file=campaign.file, path="segment")
+    source = reg.factory(options, SourceContext(base_dir=campaign.base_dir))
+
+    tcfg = campaign.config.template
+    try:
+        template = compile_template(
+            tcfg.text,
+            signature=tcfg.signature,
+            opt_out_text=campaign.config.opt_out_text,
+            max_length=tcfg.max_length,
+        )
+    except TemplateError as exc:
+        raise TemplateError(f"{campaign.file}: template.text: {exc}") from None
+
+    routes: dict[str, str] = {}
+    for name, gcfg in ecfg.gateways.items():
+        if gcfg.plugin not in host.gateways:
+            raise ConfigError(
+                engine.file,
+                f"gateways.{name}.plugin",
+                f"unknown gateway plugin {gcfg.plugin!r}; installed: {', '.join(host.gateways.names())}",
+            )
+        convert_section(
+            gcfg.options,
+            host.gateways.get(gcfg.plugin).config_type,
+            file=engine.file,
+            path=f"gateways.{name}.options",
+        )
+        for carrier in gcfg.carriers:
+            routes.setdefault(carrier, name)
+
+    resolvers: list[CarrierResolver] = []
+    for rname in ecfg.routing.resolvers:
+        if rname not in host.resolvers:
+            raise ConfigError(
+                engine.file,
+                "routing.resolvers",
+                f"unknown carrier resolver {rname!r}; installed: "
+                f"{', '.join(host.resolvers.names()) or '(none)'}",
+            )
+        rreg = host.resolvers.get(rname)
+        ropts = convert_section(
+            ecfg.routing.options.get(rname, {}),
+            rreg.config_type,
+            file=engine.file,
+            path=f"routing.options.{rname}",
+        )
+        resolvers.append(rreg.factory(ropts, None))
+
+    return Plan(
+        campaign=campaign,
+        engine=engine,
+        host=host,
+        template=template,
+        source=source,
+        table=default_prefix_table(),
+        routes=routes,
+        resolvers=resolvers,
+    )
+
+
+def preview(
+    plan: Plan,
+    *,
+    samples: int = 5,
+    max_rows: int | None = None,
+    rejects_path: Path | None = None,
+) -> RunSummary:
+    """Run every stage over the segment without sending: counts, parts, cost, rejects, samples."""
+    started = time.perf_counter()
+    recorder = RunRecorder(plan.prices, samples=samples)
+    if rejects_path is not None:
+        recorder.writer = RejectsWriter(rejects_path)
+    reader, runner = plan.open_segment()
+    try:
+        for sb in reader.batches(plan.engine.config.batch_size):
+            batch = runner.run(Batch(sb.nums, sb.rows, plan.phone_col, sb.rejects))
+            recorder.rejected(batch.rejects)
+            if batch.nums:
+                recorder.rendered(batch.nums, batch.numbers, batch.carriers, batch.texts, batch.parts)
+            if max_rows is not None and recorder.rows >= max_rows:
+                break
+    finally:
+        reader.close()
+        if recorder.writer is not None:
+            recorder.writer.close()
+    return _summarize(plan, recorder, "preview", time.perf_counter() - started)
+
+
+def _summarize(plan: Plan, recorder: RunRecorder, mode: str, elapsed: float, run_dir: str = "") -> RunSummary:
+    c = plan.campaign
+    return recorder.summary(
+        campaign=c.id,
+        name=c.config.name,
+        kind=c.config.kind,
+        mode=mode,
+        currency=plan.engine.config.currency,
+        elapsed=elapsed,
+        run_dir=run_dir,
+        prefix_table=plan.table.version,
+    )
+
+
+def new_run_dir(plan: Plan, runs_dir: str | Path | None = None, clock: Clock | None = None) -> Path:
+    """A fresh directory for one run: ``<runs_dir>/<campaign id>/<UTC time>``."""
+    base = Path(runs_dir or plan.engine.config.runs_dir)
+    now = datetime.fromtimestamp((clock or SystemClock()).time(), UTC)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    path = base / plan.campaign.id / stamp
+    n = 1
+    while path.exists():
+        n += 1
+        path = base / plan.campaign.id / f"{stamp}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+def _backend_options(backend: str) -> dict[str, Any]:
+    if backend != "asyncio":
+        return {}
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return {}
+    return {"use_uvloop": True}
+
+
+def send(
+    plan: Plan,
+    *,
+    backend: str | None = None,
+    runs_dir: str | Path | None = None,
+    progress: ProgressHook | None = None,
+    clock: Clock | None = None,
+) -> RunSummary:
+    """Send the campaign: stages on each batch, then per-gateway lanes; returns the run summary.
+
+    The run's directory receives ``rejects.csv`` and ``summary.json`` (and the ``file`` gateway's
+    output). Runs on asyncio (with uvloop) or trio.
+    """
+    backend = backend or plan.engine.config.backend
+    clock = clock or SystemClock()
+    run_dir = new_run_dir(plan, runs_dir, clock)
+    summary: RunSummary = anyio.run(
+        _send,
+        plan,
+        run_dir,
+        progress,
+        clock,
+        backend=backend,
+        backend_options=_backend_options(backend),
+    )
+    (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
+    return summary
+
+
+async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock: Clock) -> RunSummary:
+    started = time.perf_counter()
+    ecfg = plan.engine.config
+    recorder = RunRecorder(plan.prices)
+    reader, runner = plan.open_segment()  # template and header checks: before any gateway opens
+    recorder.writer = RejectsWriter(run_dir / "rejects.csv")
+    gateways: dict[str, Gateway] = {}
+    try:
+        for name in sorted(set(plan.routes.values())):
+            gcfg = ecfg.gateways[name]
+            reg = plan.host.gateways.get(gcfg.plugin)
+            opts = convert_section(
+                gcfg.options,
+                reg.config_type,
+                file=plan.engine.file,
+                path=f"gateways.{name}.options",
+            )
+            gateways[name] = reg.factory(
+                opts, GatewayContext(name=name, base_dir=plan.engine.base_dir, run_dir=run_dir)
+            )
+        now = clock.monotonic()
+        buckets: dict[str, TokenBucket] = {
+            c: TokenBucket(cc.rate_per_second, cc.burst, now)
+            for c, cc in ecfg.carriers.items()
+            if cc.rate_per_second
+        }
+        lanes = {name: anyio.create_memory_object_stream[LaneItem](4) for name in gateways}
+        prefix = f"{plan.campaign.id}-"
+        routes = plan.routes
+        async with anyio.create_task_group() as tg:
+            for name, (_, rx) in lanes.items():
+                tg.start_soon(run_lane, gateways[name], rx, buckets, clock, recorder)
+            try:
+                for sb in reader.batches(ecfg.batch_size):
+                    batch = runner.run(Batch(sb.nums, sb.rows, plan.phone_col, sb.rejects))
+                    recorder.rejected(batch.rejects)
+                    if batch.nums:
+                        recorder.queued(len(batch))
+                        for carrier, msgs in group_by_carrier(batch.messages(prefix)).items():
+                            await lanes[routes[carrier]][0].send((carrier, msgs))
+                    if progress is not None:
+                        progress(recorder, time.perf_counter() - started)
+                    await anyio.lowlevel.checkpoint()
+            finally:
+                for tx, _ in lanes.values():
+                    tx.close()
+    finally:
+        reader.close()
+        recorder.writer.close()
+        for gw in gateways.values():
+            with anyio.move_on_after(10, shield=True), suppress(Exception):
+                await gw.aclose()
+    return _summarize(plan, recorder, "send", time.perf_counter() - started, str(run_dir))

@@ -1,0 +1,57 @@
+"""The segment-source contract: what a source plugin returns and how it hands rows to the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from engine.messages import Reject
+
+__all__ = ["SegmentReader", "SegmentSource", "SourceBatch", "SourceContext"]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceContext:
+    """What a source factory gets besides its config."""
+
+    base_dir: Path
+    """Directory of the campaign file: relative paths in the source config resolve against it."""
+
+
+@dataclass(slots=True)
+class SourceBatch:
+    """Rows read from a segment, with the rows that could not be read at all."""
+
+    nums: list[int]
+    """Row numbers as the operator sees them (CSV: header is row 1; JSON Lines: line number)."""
+    rows: list[list[str]]
+    """Values aligned with :attr:`SegmentReader.columns`; always strings, ``""`` when absent."""
+    rejects: list[Reject]
+    """Rows refused by the source itself (undecodable bytes, wrong column count, bad JSON)."""
+
+
+class SegmentReader(Protocol):
+    """An open segment. Reading is streaming: memory stays flat in the segment's size."""
+
+    columns: Sequence[str]
+    """The columns every row holds, known as soon as the reader is open (before any data row)."""
+
+    def batches(self, size: int) -> Iterator[SourceBatch]:
+        """Yield batches of about ``size`` rows until the segment is exhausted."""
+
+    def close(self) -> None:
+        """Release the file or connection."""
+
+
+class SegmentSource(Protocol):
+    """A configured segment source, as a ``register_sources`` factory returns it."""
+
+    def open(self, fields: Sequence[str]) -> SegmentReader:
+        """Open the segment and read its header.
+
+        :param fields: the columns the campaign needs (phone column first, then template fields).
+            Sources with a header (CSV) may ignore it and expose every column; schemaless sources
+            (JSON Lines, SQL) expose exactly these.
+        """

@@ -1,0 +1,53 @@
+"""Stage ``count_parts``: billed SMS parts per message, and rejects for messages over the maximum."""
+
+from __future__ import annotations
+
+from engine import sms
+from engine.messages import RejectReason
+from engine.pipeline import Batch
+from engine.template import Template
+
+__all__ = ["CountParts"]
+
+
+class CountParts:
+    """Fills ``batch.parts`` by the real billing rules (see :mod:`engine.sms`).
+
+    Per batch, one scan decides whether every text is plain (no two-unit character, and for a
+    UCS-2 template no need to check the encoding): then each message costs a length lookup.
+    Otherwise each message is counted exactly.
+    """
+
+    name = "count_parts"
+
+    def __init__(self, template: Template) -> None:
+        self.max_length = template.max_length
+        self.ucs2 = template.literal_encoding == "ucs2"
+        enc: sms.Encoding = "ucs2" if self.ucs2 else "gsm7"
+        limit = min(template.max_length, sms.MULTI[enc] * sms.MAX_PARTS)
+        self.max_units = limit
+        self.table = [sms.parts_for_units(n, enc) for n in range(limit + 1)]
+
+    def process(self, batch: Batch) -> None:
+        """Count the parts of every text of the batch."""
+        texts = batch.texts
+        joined = "".join(texts)
+        if self.ucs2:
+            plain = sms.ASTRAL.search(joined) is None
+        else:
+            plain = sms.NOT_GSM7.search(joined) is None and sms.GSM7_EXT_RE.search(joined) is None
+        limit = self.max_units
+        if plain:
+            table = self.table
+            parts = [table[n] if (n := len(t)) <= limit else 0 for t in texts]
+        else:
+            parts = [sms.count_parts(t) if sms.units(t) <= limit else 0 for t in texts]
+        batch.parts = parts
+        if 0 in parts:
+            idx = [i for i, p in enumerate(parts) if p == 0]
+            details = [
+                f"{sms.units(texts[i])} characters with its fields filled in, over the maximum "
+                f"of {self.max_length}"
+                for i in idx
+            ]
+            batch.drop(idx, RejectReason.TOO_LONG, details)

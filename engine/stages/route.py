@@ -1,0 +1,77 @@
+"""Stage ``route``: give each number its carrier from the prefix table, then from plugins."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Protocol
+
+from engine.carriers import INTL, PrefixTable
+from engine.messages import RejectReason
+from engine.pipeline import Batch
+
+__all__ = ["CarrierResolver", "Route"]
+
+
+class CarrierResolver(Protocol):
+    """Overrides carriers for a whole batch (number portability lookups, learned DLR codes).
+
+    Registered through the ``register_carrier_resolvers`` hook and called once per batch, never
+    per number.
+    """
+
+    def resolve(self, numbers: Sequence[str], carriers: list[str]) -> None:
+        """Replace entries of ``carriers`` (index-aligned with ``numbers``) where the prefix is wrong.
+
+        ``numbers`` holds 11-digit Chinese mobiles and ``+``-prefixed E.164 numbers of other
+        countries; write only carrier codes the engine knows (``cm cu ct cbn intl``).
+        """
+
+
+class Route:
+    """Fills ``batch.carriers``; rejects unallocated, satellite and special ranges, and carriers
+    no gateway serves."""
+
+    name = "route"
+
+    def __init__(
+        self,
+        table: PrefixTable,
+        routable: Collection[str],
+        resolvers: Sequence[CarrierResolver] = (),
+    ) -> None:
+        self.table = table
+        self.routable = frozenset(routable)
+        self.resolvers = tuple(resolvers)
+
+    def process(self, batch: Batch) -> None:
+        """Route every number of the batch."""
+        get = self.table.route.get
+        numbers = batch.numbers
+        carriers = [get(n[:5]) for n in numbers]
+        batch.carriers = carriers  # type: ignore[assignment]  # holes filled or dropped below
+        if None in carriers:
+            idx: list[int] = []
+            reasons: list[str] = []
+            details: list[str] = []
+            for i, c in enumerate(carriers):
+                if c is not None:
+                    continue
+                n = numbers[i]
+                if n[0] == "+":
+                    carriers[i] = INTL
+                    continue
+                reason, detail = self.table.reject_reason(n)
+                idx.append(i)
+                reasons.append(reason)
+                details.append(detail)
+            batch.drop(idx, reasons, details)
+        for resolver in self.resolvers:
+            resolver.resolve(batch.numbers, batch.carriers)
+        routable = self.routable
+        if not routable.issuperset(batch.carriers):
+            gone = [i for i, c in enumerate(batch.carriers) if c not in routable]
+            batch.drop(
+                gone,
+                RejectReason.NO_GATEWAY,
+                [f"no gateway is configured for carrier {batch.carriers[i]}" for i in gone],
+            )

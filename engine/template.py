@@ -1,0 +1,172 @@
+"""Compile a campaign template once into a positional format string, and bind it to a segment.
+
+Syntax: ``{field}`` inserts a column; ``{field|default}`` uses ``default`` when the value is empty;
+``{{`` and ``}}`` are literal braces. The signature (``【…】``) is prepended and, for marketing
+campaigns, the opt-out text appended, so length and billing always count the text the handset shows.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import msgspec
+
+from engine import sms
+from engine.errors import TemplateError
+
+__all__ = ["BoundTemplate", "Template", "compile_template"]
+
+DEFAULT_OPT_OUT: Final = "拒收请回复R"
+
+
+class Token(msgspec.Struct, frozen=True):
+    """A ``{field}`` or ``{field|default}`` occurrence."""
+
+    field: str
+    default: str | None
+
+
+def _parse(body: str) -> list[str | Token]:
+    """Split a template body into literal strings and tokens, with errors that point at the column."""
+    out: list[str | Token] = []
+    lit: list[str] = []
+    i, n = 0, len(body)
+    while i < n:
+        ch = body[i]
+        if ch == "{":
+            if body.startswith("{{", i):
+                lit.append("{")
+                i += 2
+                continue
+            end = body.find("}", i + 1)
+            nested = body.find("{", i + 1)
+            if end == -1 or (nested != -1 and nested < end):
+                raise TemplateError(
+                    f"unclosed '{{' at character {i + 1} of the template: "
+                    "close it with '}' or write '{{' for a literal brace"
+                )
+            inner = body[i + 1 : end]
+            name, sep, default = inner.partition("|")
+            name = name.strip()
+            if not name:
+                raise TemplateError(
+                    f"empty field name at character {i + 1}: write {{column}} or {{column|default}}"
+                )
+            if lit:
+                out.append("".join(lit))
+                lit.clear()
+            out.append(Token(name, default if sep else None))
+            i = end + 1
+        elif ch == "}":
+            if body.startswith("}}", i):
+                lit.append("}")
+                i += 2
+                continue
+            raise TemplateError(
+                f"stray '}}' at character {i + 1} of the template: write '}}}}' for a literal brace"
+            )
+        else:
+            lit.append(ch)
+            i += 1
+    if lit:
+        out.append("".join(lit))
+    return out
+
+
+class Template:
+    """A compiled template: its pieces, the fields it uses, and the fixed text around them."""
+
+    def __init__(
+        self, body: str, *, signature: str = "", opt_out_text: str = "", max_length: int = 500
+    ) -> None:
+        sig = signature.strip().removeprefix("【").removesuffix("】")
+        self.signature = sig
+        self.prefix = f"【{sig}】" if sig else ""
+        body = body.strip()
+        if opt_out_text and body.endswith(opt_out_text):
+            opt_out_text = ""  # already written into the body: do not append it twice
+        if opt_out_text and body and body[-1].isascii() and body[-1].isalnum():
+            # A body ending in a link or a word: keep the opt-out text out of it on the handset.
+            opt_out_text = " " + opt_out_text
+        self.suffix = opt_out_text
+        self.body = body
+        self.max_length = max_length
+        self.pieces = _parse(body)
+        fields: dict[str, str | None] = {}
+        for p in self.pieces:
+            if isinstance(p, Token):
+                if p.field in fields and fields[p.field] != p.default:
+                    raise TemplateError(
+                        f"field {{{p.field}}} is used with different defaults; use one default"
+                    )
+                fields[p.field] = p.default
+        self.fields: tuple[str, ...] = tuple(fields)
+        """Every field the template uses, in order of first use."""
+        self.defaults: dict[str, str] = {f: d for f, d in fields.items() if d is not None}
+        self.required: tuple[str, ...] = tuple(f for f, d in fields.items() if d is None)
+        self.literal = self.prefix + "".join(p for p in self.pieces if isinstance(p, str))
+        self.literal += self.suffix
+        """All fixed text (signature, body literals, opt-out text) without the fields."""
+        self.literal_encoding: sms.Encoding = sms.encoding_of(self.literal)
+        fixed = sms.units(self.literal, self.literal_encoding)
+        if fixed > max_length:
+            raise TemplateError(
+                f"the fixed text alone is {fixed} characters (signature and opt-out text "
+                f"included), over the maximum of {max_length}: shorten the template"
+            )
+
+    def bind(self, columns: Sequence[str]) -> BoundTemplate:
+        """Check every field against the segment's columns and build the positional renderer."""
+        index = {c: i for i, c in enumerate(columns)}
+        missing = [f for f in self.fields if f not in index]
+        if missing:
+            hints = []
+            for f in missing:
+                close = difflib.get_close_matches(f, list(columns), n=1)
+                hints.append(f"{{{f}}}" + (f" (did you mean {{{close[0]}}}?)" if close else ""))
+            raise TemplateError(
+                "the template uses field(s) the segment does not have: "
+                + ", ".join(hints)
+                + f"; the segment's columns are: {', '.join(columns)}"
+            )
+        return BoundTemplate(self, index)
+
+    def render_one(self, values: dict[str, str]) -> str:
+        """Render from a mapping (previews, tests, transactional sends); missing values use defaults."""
+        out = [self.prefix]
+        for p in self.pieces:
+            if isinstance(p, str):
+                out.append(p)
+            else:
+                out.append(values.get(p.field) or p.default or "")
+        out.append(self.suffix)
+        return "".join(out)
+
+
+class BoundTemplate:
+    """A template bound to column positions: ``format(*row)`` renders one row in C."""
+
+    def __init__(self, template: Template, index: dict[str, int]) -> None:
+        self.template = template
+        parts = [template.prefix.replace("{", "{{").replace("}", "}}")]
+        for p in template.pieces:
+            if isinstance(p, str):
+                parts.append(p.replace("{", "{{").replace("}", "}}"))
+            else:
+                parts.append(f"{{{index[p.field]}}}")
+        parts.append(template.suffix.replace("{", "{{").replace("}", "}}"))
+        self.format_string = "".join(parts)
+        self.format: Callable[..., str] = self.format_string.format
+        self.defaults: tuple[tuple[int, str], ...] = tuple(
+            (index[f], d) for f, d in template.defaults.items()
+        )
+        self.required: tuple[tuple[int, str], ...] = tuple((index[f], f) for f in template.required)
+
+
+def compile_template(
+    body: str, *, signature: str = "", opt_out_text: str = "", max_length: int = 500
+) -> Template:
+    """Compile a template body; raises :class:`TemplateError` with what to change."""
+    return Template(body, signature=signature, opt_out_text=opt_out_text, max_length=max_length)

@@ -1,0 +1,1 @@
+"""Built-in ``blackhole`` gateway: accepts every message and counts it, to measure the engine itself."""

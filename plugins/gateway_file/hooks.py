@@ -1,0 +1,73 @@
+"""The ``file`` gateway and its hook implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from engine.gateway import GatewayContext
+from engine.hookspecs import hookimpl
+from engine.messages import Message, Outcome, SubmitResult
+from engine.plugins import GatewayRegistry
+
+__all__ = ["FileConfig", "FileGateway"]
+
+
+class FileConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``plugin = "file"`` options."""
+
+    path: str = "sent.jsonl"
+    """Output file; a relative path is inside the run's directory."""
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+
+
+class _Line(msgspec.Struct, gc=False, array_like=False):
+    id: str
+    to: str
+    text: str
+    carrier: str
+    parts: int
+
+
+class FileGateway:
+    """Appends ``{"id", "to", "text", "carrier", "parts"}`` per message to a JSON Lines file.
+
+    Each batch is encoded in one call and written with one ``write``; the provider id of a message
+    is ``<file name>:<line number>``.
+    """
+
+    idempotent = False
+
+    def __init__(self, config: FileConfig, ctx: GatewayContext) -> None:
+        self.name = ctx.name
+        self.max_batch = config.max_batch
+        path = Path(config.path).expanduser()
+        self.path = path if path.is_absolute() else ctx.run_dir / path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("ab")
+        self._encoder = msgspec.json.Encoder()
+        self._lines = 0
+
+    async def send(self, batch: Sequence[Message]) -> Sequence[SubmitResult]:
+        """Write the batch and accept every message."""
+        lines = [_Line(m.id, m.to, m.text, m.carrier, m.parts) for m in batch]
+        self._fh.write(self._encoder.encode_lines(lines))
+        first = self._lines
+        self._lines += len(batch)
+        stem = self.path.name
+        return [
+            SubmitResult(Outcome.ACCEPTED, provider_id=f"{stem}:{first + k + 1}") for k in range(len(batch))
+        ]
+
+    async def aclose(self) -> None:
+        """Flush and close the file."""
+        self._fh.close()
+
+
+@hookimpl
+def register_gateways(gateways: GatewayRegistry) -> None:
+    """Register ``file``."""
+    gateways.add("file", FileGateway, FileConfig, description="writes messages as JSON Lines")
