@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from engine.messages import Message, SubmitResult
+from engine.messages import MessageBatch, SubmitResult
 
 __all__ = ["Gateway", "GatewayContext"]
 
@@ -28,6 +28,8 @@ class GatewayContext:
 class Gateway(Protocol):
     """Sends batches of messages to one provider over one pooled connection (or a few).
 
+    A :class:`~engine.messages.MessageBatch` holds one carrier's messages as columns (``ids``,
+    ``tos``, ``texts``, ``parts``); iterating it yields :class:`~engine.messages.Message` structs.
     ``send`` answers with one :class:`SubmitResult` per message, index-aligned with the batch.
     Per-message refusals are results, not exceptions; a failure of the whole request raises a
     :class:`~engine.errors.GatewayError`. Library exceptions never escape a gateway.
@@ -39,7 +41,7 @@ class Gateway(Protocol):
     idempotent: bool
     """Whether sending the same message id twice is safe (the provider deduplicates)."""
 
-    async def send(self, batch: Sequence[Message]) -> Sequence[SubmitResult]:
+    async def send(self, batch: MessageBatch) -> Sequence[SubmitResult]:
         """Submit ``batch`` (at most ``max_batch`` messages) and report each message's outcome."""
 
     async def aclose(self) -> None:

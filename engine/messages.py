@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
-from typing import Final
+from typing import Final, overload
 
 import msgspec
 
 __all__ = [
     "ACCEPTED",
     "Message",
+    "MessageBatch",
     "Outcome",
     "Reject",
     "RejectReason",
@@ -78,6 +80,107 @@ class Message(msgspec.Struct, gc=False):
     """Billed SMS parts."""
     row: int = 0
     """Source row number (0 for messages that did not come from a segment)."""
+
+
+class MessageBatch(Sequence[Message]):
+    """Messages of one carrier as parallel columns: what crosses into a lane and into a gateway.
+
+    Batch-aware gateways read the columns (:attr:`ids`, :attr:`tos`, :attr:`texts`, :attr:`parts`)
+    and never pay for a per-message object; simple gateways iterate it and get :class:`Message`
+    structs built on demand. Slicing gives a batch, not a list. Ids and E.164 numbers are derived
+    on first use (``<id_prefix><row>``; ``+86`` before Chinese national numbers).
+    """
+
+    __slots__ = ("_ids", "_numbers", "_prefix", "_tos", "carrier", "parts", "rows", "texts")
+
+    def __init__(
+        self,
+        carrier: str,
+        *,
+        rows: Sequence[int],
+        numbers: Sequence[str],
+        texts: Sequence[str],
+        parts: Sequence[int],
+        id_prefix: str = "",
+        ids: Sequence[str] | None = None,
+    ) -> None:
+        self.carrier = carrier
+        self.rows = rows
+        """Source row numbers (0 for messages that did not come from a segment)."""
+        self.texts = texts
+        self.parts = parts
+        self._numbers = numbers
+        self._prefix = id_prefix
+        self._ids = ids
+        self._tos: Sequence[str] | None = None
+
+    @classmethod
+    def of(cls, messages: Sequence[Message]) -> MessageBatch:
+        """A batch holding ``messages`` (all of one carrier)."""
+        carriers = {m.carrier for m in messages}
+        if len(carriers) > 1:
+            raise ValueError(f"a MessageBatch holds one carrier, got {sorted(carriers)}")
+        return cls(
+            carriers.pop() if carriers else "",
+            rows=[m.row for m in messages],
+            numbers=[m.to for m in messages],
+            texts=[m.text for m in messages],
+            parts=[m.parts for m in messages],
+            ids=[m.id for m in messages],
+        )
+
+    @property
+    def ids(self) -> Sequence[str]:
+        """Message ids, index-aligned with the other columns."""
+        if self._ids is None:
+            prefix = self._prefix
+            self._ids = [f"{prefix}{n}" for n in self.rows]
+        return self._ids
+
+    @property
+    def tos(self) -> Sequence[str]:
+        """Recipients in E.164."""
+        if self._tos is None:
+            self._tos = ["+86" + n if n[0] != "+" else n for n in self._numbers]
+        return self._tos
+
+    def total_parts(self) -> int:
+        """Billed parts of the whole batch."""
+        return sum(self.parts)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @overload
+    def __getitem__(self, index: int) -> Message: ...
+    @overload
+    def __getitem__(self, index: slice) -> MessageBatch: ...
+    def __getitem__(self, index: int | slice) -> Message | MessageBatch:
+        if isinstance(index, slice):
+            return MessageBatch(
+                self.carrier,
+                rows=self.rows[index],
+                numbers=self._numbers[index],
+                texts=self.texts[index],
+                parts=self.parts[index],
+                id_prefix=self._prefix,
+                ids=self._ids[index] if self._ids is not None else None,
+            )
+        return Message(
+            self.ids[index],
+            self.tos[index],
+            self.texts[index],
+            self.carrier,
+            self.parts[index],
+            self.rows[index],
+        )
+
+    def __iter__(self) -> Iterator[Message]:
+        c = self.carrier
+        for i, to, text, parts, row in zip(
+            self.ids, self.tos, self.texts, self.parts, self.rows, strict=True
+        ):
+            yield Message(i, to, text, c, parts, row)
 
 
 class Outcome(StrEnum):

@@ -10,11 +10,27 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from operator import itemgetter
+from typing import Any, Protocol
 
-from engine.messages import Message, Reject
+from engine.messages import MessageBatch, Reject
 
-__all__ = ["Batch", "Stage", "StageRunner", "StageStats", "Tally"]
+__all__ = ["Batch", "Stage", "StageRunner", "StageStats", "Tally", "positions"]
+
+_COLUMNS = ("nums", "rows", "numbers", "carriers", "texts", "parts")
+
+
+def positions(seq: list[Any], value: object) -> list[int]:
+    """Indices of ``value`` in ``seq``: the scan runs in C, Python work is per hit only."""
+    out: list[int] = []
+    index = seq.index
+    i = -1
+    try:
+        while True:
+            i = index(value, i + 1)
+            out.append(i)
+    except ValueError:
+        return out
 
 
 class Batch:
@@ -25,7 +41,7 @@ class Batch:
     def __init__(
         self,
         nums: list[int],
-        rows: list[list[str]],
+        rows: list[Sequence[str]],
         phone_col: int,
         rejects: list[Reject] | None = None,
     ) -> None:
@@ -73,18 +89,48 @@ class Batch:
             )
             for k, i in enumerate(indices)
         )
-        gone = set(indices)
-        keep = [i for i in range(len(nums)) if i not in gone]
-        for name in ("nums", "rows", "numbers", "carriers", "texts", "parts"):
-            col = getattr(self, name)
-            if col:
-                setattr(self, name, [col[i] for i in keep])
+        columns = [col for col in (getattr(self, name) for name in _COLUMNS) if col]
+        if len(indices) * 16 < len(nums):
+            # Few drops (the usual case): delete in place, from the end, one memmove each.
+            for col in columns:
+                for i in reversed(indices):
+                    del col[i]
+        else:
+            gone = set(indices)
+            keep = [i for i in range(len(nums)) if i not in gone]
+            for col in columns:
+                col[:] = [col[i] for i in keep]
 
-    def messages(self, id_prefix: str) -> list[Message]:
-        """Build the gateway messages for every item left (after all stages ran)."""
-        tos = ["+86" + n if n[0] != "+" else n for n in self.numbers]
-        ids = [f"{id_prefix}{n}" for n in self.nums]
-        return list(map(Message, ids, tos, self.texts, self.carriers, self.parts, self.nums))
+    def messages(self, id_prefix: str) -> dict[str, MessageBatch]:
+        """The items left, as one :class:`MessageBatch` per carrier (row order kept within each).
+
+        Grouping is one stable sort of the indices by carrier and one C-level gather per column;
+        no per-message object is created.
+        """
+        nums, numbers, texts, carriers, parts = self.nums, self.numbers, self.texts, self.carriers, self.parts
+        counts = Counter(carriers)
+        if len(counts) == 1:
+            return {
+                carriers[0]: MessageBatch(
+                    carriers[0], rows=nums, numbers=numbers, texts=texts, parts=parts, id_prefix=id_prefix
+                )
+            }
+        take = itemgetter(*sorted(range(len(nums)), key=carriers.__getitem__))
+        nums_s, numbers_s, texts_s, parts_s = take(nums), take(numbers), take(texts), take(parts)
+        out: dict[str, MessageBatch] = {}
+        start = 0
+        for c in sorted(counts):
+            end = start + counts[c]
+            out[c] = MessageBatch(
+                c,
+                rows=nums_s[start:end],
+                numbers=numbers_s[start:end],
+                texts=texts_s[start:end],
+                parts=parts_s[start:end],
+                id_prefix=id_prefix,
+            )
+            start = end
+        return out
 
 
 class Stage(Protocol):

@@ -10,7 +10,7 @@ from typing import IO
 
 import msgspec
 
-from engine.messages import Message, Outcome, Reject, State, SubmitResult
+from engine.messages import MessageBatch, Outcome, Reject, State, SubmitResult
 from engine.phone import mask
 
 __all__ = [
@@ -160,16 +160,17 @@ class RunRecorder:
             for c, p in zip(carriers, parts, strict=True):
                 billed[c] += p
         for c, n in msgs.items():
-            s = self.carriers.get(c)
-            if s is None:
-                s = self.carriers[c] = CarrierSummary()
-            s.messages += n
-            s.parts += billed[c]
-            s.cost = s.parts * self.prices.get(c, 0.0)
+            self._add(c, n, billed[c])
 
-    def results(
-        self, gateway: str, carrier: str, chunk: Sequence[Message], results: Sequence[SubmitResult]
-    ) -> None:
+    def _add(self, carrier: str, messages: int, parts: int) -> None:
+        s = self.carriers.get(carrier)
+        if s is None:
+            s = self.carriers[carrier] = CarrierSummary()
+        s.messages += messages
+        s.parts += parts
+        s.cost = s.parts * self.prices.get(carrier, 0.0)
+
+    def results(self, gateway: str, chunk: MessageBatch, results: Sequence[SubmitResult]) -> None:
         """Record one gateway request's answers (index-aligned with ``chunk``)."""
         g = self.gateways.get(gateway)
         if g is None:
@@ -178,23 +179,25 @@ class RunRecorder:
         if len(results) != len(chunk):
             self.failed(gateway, chunk, "gateway_contract", count_request=False)
             return
-        accepted = [m for m, r in zip(chunk, results, strict=True) if r.outcome is Outcome.ACCEPTED]
-        if len(accepted) != len(chunk):
-            for r in results:
-                if r.outcome is not Outcome.ACCEPTED:
-                    code = r.code or r.outcome.value
-                    self._reason(State.FAILED, f"{r.outcome.value}:{code}")
-            n_failed = len(chunk) - len(accepted)
+        if all(r.outcome is Outcome.ACCEPTED for r in results):
+            n_accepted, parts = len(chunk), chunk.total_parts()
+        else:
+            n_accepted = parts = 0
+            for r, p in zip(results, chunk.parts, strict=True):
+                if r.outcome is Outcome.ACCEPTED:
+                    n_accepted += 1
+                    parts += p
+                else:
+                    self._reason(State.FAILED, f"{r.outcome.value}:{r.code or r.outcome.value}")
+            n_failed = len(chunk) - n_accepted
             self.states[State.FAILED] += n_failed
             g.failed += n_failed
-        g.accepted += len(accepted)
-        self.states[State.SENT] += len(accepted)
-        if accepted:
-            self._bill([carrier] * len(accepted), [m.parts for m in accepted])
+        g.accepted += n_accepted
+        self.states[State.SENT] += n_accepted
+        if n_accepted:
+            self._add(chunk.carrier, n_accepted, parts)
 
-    def failed(
-        self, gateway: str, chunk: Sequence[Message], reason: str, *, count_request: bool = True
-    ) -> None:
+    def failed(self, gateway: str, chunk: MessageBatch, reason: str, *, count_request: bool = True) -> None:
         """Record a whole request that failed."""
         g = self.gateways.get(gateway)
         if g is None:

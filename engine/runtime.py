@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from engine.pipeline import Batch, StageRunner
 from engine.plugins import PluginHost
 from engine.ratelimit import TokenBucket
 from engine.report import RejectsWriter, RunRecorder, RunSummary
-from engine.sender import LaneItem, group_by_carrier, run_lane
+from engine.sender import LaneItem, run_lane
 from engine.source import SegmentReader, SegmentSource, SourceContext
 from engine.stages import CarrierResolver, standard_stages
 from engine.template import Template, compile_template
@@ -75,6 +76,26 @@ class Plan:
         return reader, StageRunner(stages)
 
     phone_col: int = 0
+
+
+@contextmanager
+def quiet_gc(threshold0: int = 50_000) -> Iterator[None]:
+    """Make the garbage collector cheap for the duration of a blast.
+
+    Everything loaded at set-up (plugins, prefix table, template) is frozen out of collections, and
+    young-generation collections run every ``threshold0`` allocations instead of 700, so the older
+    generations are scanned far less often. The hot path creates no reference cycles, so nothing
+    accumulates; the previous settings come back afterwards.
+    """
+    old = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(threshold0, old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
 
 
 def _engine_path(campaign: LoadedCampaign, engine_path: str | Path | None) -> Path:
@@ -186,13 +207,14 @@ def preview(
         recorder.writer = RejectsWriter(rejects_path)
     reader, runner = plan.open_segment()
     try:
-        for sb in reader.batches(plan.engine.config.batch_size):
-            batch = runner.run(Batch(sb.nums, sb.rows, plan.phone_col, sb.rejects))
-            recorder.rejected(batch.rejects)
-            if batch.nums:
-                recorder.rendered(batch.nums, batch.numbers, batch.carriers, batch.texts, batch.parts)
-            if max_rows is not None and recorder.rows >= max_rows:
-                break
+        with quiet_gc():
+            for sb in reader.batches(plan.engine.config.batch_size):
+                batch = runner.run(Batch(sb.nums, sb.rows, plan.phone_col, sb.rejects))
+                recorder.rejected(batch.rejects)
+                if batch.nums:
+                    recorder.rendered(batch.nums, batch.numbers, batch.carriers, batch.texts, batch.parts)
+                if max_rows is not None and recorder.rows >= max_rows:
+                    break
     finally:
         reader.close()
         if recorder.writer is not None:
@@ -254,15 +276,16 @@ def send(
     backend = backend or plan.engine.config.backend
     clock = clock or SystemClock()
     run_dir = new_run_dir(plan, runs_dir, clock)
-    summary: RunSummary = anyio.run(
-        _send,
-        plan,
-        run_dir,
-        progress,
-        clock,
-        backend=backend,
-        backend_options=_backend_options(backend),
-    )
+    with quiet_gc():
+        summary: RunSummary = anyio.run(
+            _send,
+            plan,
+            run_dir,
+            progress,
+            clock,
+            backend=backend,
+            backend_options=_backend_options(backend),
+        )
     (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
     return summary
 
@@ -305,8 +328,8 @@ async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock:
                     recorder.rejected(batch.rejects)
                     if batch.nums:
                         recorder.queued(len(batch))
-                        for carrier, msgs in group_by_carrier(batch.messages(prefix)).items():
-                            await lanes[routes[carrier]][0].send((carrier, msgs))
+                        for carrier, msgs in batch.messages(prefix).items():
+                            await lanes[routes[carrier]][0].send(msgs)
                     if progress is not None:
                         progress(recorder, time.perf_counter() - started)
                     await anyio.lowlevel.checkpoint()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -10,26 +10,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from engine.clock import Clock
 from engine.errors import GatewayError
 from engine.gateway import Gateway
-from engine.messages import Message
+from engine.messages import MessageBatch
 from engine.ratelimit import TokenBucket
 from engine.report import RunRecorder
 
-__all__ = ["LaneItem", "group_by_carrier", "run_lane"]
+__all__ = ["LaneItem", "run_lane"]
 
-LaneItem = tuple[str, list[Message]]
-"""What crosses into a lane: a carrier and a batch of its messages."""
-
-
-def group_by_carrier(messages: Sequence[Message]) -> dict[str, list[Message]]:
-    """Split a batch by carrier, keeping order within each carrier."""
-    groups: dict[str, list[Message]] = {}
-    for m in messages:
-        g = groups.get(m.carrier)
-        if g is None:
-            groups[m.carrier] = [m]
-        else:
-            g.append(m)
-    return groups
+LaneItem = MessageBatch
+"""What crosses into a lane: a batch of one carrier's messages."""
 
 
 async def run_lane(
@@ -47,12 +35,13 @@ async def run_lane(
     """
     size = gateway.max_batch
     async with inbox:
-        async for carrier, messages in inbox:
+        async for messages in inbox:
+            carrier = messages.carrier
             bucket = buckets.get(carrier)
             for start in range(0, len(messages), size):
                 chunk = messages[start : start + size]
                 if bucket is not None:
-                    delay = bucket.reserve(clock.monotonic(), sum(m.parts for m in chunk))
+                    delay = bucket.reserve(clock.monotonic(), chunk.total_parts())
                     if delay > 0:
                         await anyio.sleep(delay)
                 try:
@@ -60,4 +49,4 @@ async def run_lane(
                 except GatewayError as exc:
                     recorder.failed(gateway.name, chunk, f"gateway_error:{type(exc).__name__}")
                 else:
-                    recorder.results(gateway.name, carrier, chunk, results)
+                    recorder.results(gateway.name, chunk, results)

@@ -26,8 +26,8 @@ class SourceBatch:
 
     nums: list[int]
     """Row numbers as the operator sees them (CSV: header is row 1; JSON Lines: line number)."""
-    rows: list[list[str]]
-    """Values aligned with :attr:`SegmentReader.columns`; always strings, ``""`` when absent."""
+    rows: list[Sequence[str]]
+    """Values aligned with :attr:`SegmentReader.columns` (lists or tuples); strings, ``""`` when absent."""
     rejects: list[Reject]
     """Rows refused by the source itself (undecodable bytes, wrong column count, bad JSON)."""
 
@@ -36,7 +36,10 @@ class SegmentReader(Protocol):
     """An open segment. Reading is streaming: memory stays flat in the segment's size."""
 
     columns: Sequence[str]
-    """The columns every row holds, known as soon as the reader is open (before any data row)."""
+    """The columns every row holds, known as soon as the reader is open (before any data row).
+
+    A reader may hold just the requested fields (projection), or every column it has: then the
+    engine can name a requested field that is missing and suggest a close match."""
 
     def batches(self, size: int) -> Iterator[SourceBatch]:
         """Yield batches of about ``size`` rows until the segment is exhausted."""

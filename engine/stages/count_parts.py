@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine import sms
 from engine.messages import RejectReason
-from engine.pipeline import Batch
+from engine.pipeline import Batch, positions
 from engine.template import Template
 
 __all__ = ["CountParts"]
@@ -33,7 +33,8 @@ class CountParts:
         texts = batch.texts
         joined = "".join(texts)
         if self.ucs2:
-            plain = sms.ASTRAL.search(joined) is None
+            # No character outside the BMP ⇔ UTF-16 takes exactly two bytes per character.
+            plain = len(joined.encode("utf-16-le", "surrogatepass")) == 2 * len(joined)
         else:
             plain = sms.NOT_GSM7.search(joined) is None and sms.GSM7_EXT_RE.search(joined) is None
         limit = self.max_units
@@ -44,7 +45,7 @@ class CountParts:
             parts = [sms.count_parts(t) if sms.units(t) <= limit else 0 for t in texts]
         batch.parts = parts
         if 0 in parts:
-            idx = [i for i, p in enumerate(parts) if p == 0]
+            idx = positions(parts, 0)
             details = [
                 f"{sms.units(texts[i])} characters with its fields filled in, over the maximum "
                 f"of {self.max_length}"

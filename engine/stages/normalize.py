@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.phone import parse_phone
+from engine.phone import QUICK_CLEAN, parse_phone
 from engine.pipeline import Batch
 
 __all__ = ["Normalize"]
@@ -32,8 +32,20 @@ class Normalize:
         idx: list[int] = []
         reasons: list[str] = []
         details: list[str] = []
+        clean = QUICK_CLEAN
         for i in odd:
-            parsed = parse_phone(numbers[i])
+            raw = numbers[i]
+            # Second tier: the common decorated forms (+86 138-0013-8000, 0086…, 86…, full width)
+            # need only a translate and a prefix check; anything else gets the full parser.
+            s = raw.translate(clean)
+            if s.isdigit() and s.isascii() and (n := len(s)) >= 11 and s[n - 11] == "1":
+                if n == 11 or (n == 13 and s[:2] == "86") or (n == 15 and s[:4] == "0086"):
+                    numbers[i] = s[n - 11 :]
+                    continue
+            elif s[:3] == "+86" and len(s) == 14 and s[3] == "1" and s[3:].isdigit() and s.isascii():
+                numbers[i] = s[3:]
+                continue
+            parsed = parse_phone(raw)
             if parsed.reason is None:
                 numbers[i] = parsed.national or parsed.e164
             else:

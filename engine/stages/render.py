@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from engine.messages import RejectReason
-from engine.pipeline import Batch
+from engine.pipeline import Batch, positions
 from engine.template import BoundTemplate
 
 __all__ = ["Render"]
 
 
 class Render:
-    """Fills ``batch.texts`` with the precompiled template's ``str.format`` over each row."""
+    """Fills ``batch.texts`` with the template compiled into one list comprehension (defaults included)."""
 
     name = "render"
 
@@ -21,18 +21,10 @@ class Render:
         """Render every row of the batch."""
         t = self.template
         rows = batch.rows
-        for col, default in t.defaults:
-            if "" in [r[col] for r in rows]:
-                for r in rows:
-                    if not r[col]:
-                        r[col] = default
         missing: dict[int, str] = {}
         for col, field in t.required:
-            values = [r[col] for r in rows]
-            if "" in values:
-                for i, v in enumerate(values):
-                    if not v:
-                        missing.setdefault(i, field)
+            for i in positions([r[col] for r in rows], ""):
+                missing.setdefault(i, field)
         if missing:
             idx = sorted(missing)
             batch.drop(
@@ -41,5 +33,4 @@ class Render:
                 [f"field {missing[i]!r} is empty; give it a default: {{{missing[i]}|…}}" for i in idx],
             )
             rows = batch.rows
-        fmt = t.format
-        batch.texts = [fmt(*r) for r in rows]
+        batch.texts = t.render_rows(rows)

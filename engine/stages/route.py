@@ -7,7 +7,7 @@ from typing import Protocol
 
 from engine.carriers import INTL, PrefixTable
 from engine.messages import RejectReason
-from engine.pipeline import Batch
+from engine.pipeline import Batch, positions
 
 __all__ = ["CarrierResolver", "Route"]
 
@@ -53,9 +53,7 @@ class Route:
             idx: list[int] = []
             reasons: list[str] = []
             details: list[str] = []
-            for i, c in enumerate(carriers):
-                if c is not None:
-                    continue
+            for i in positions(carriers, None):
                 n = numbers[i]
                 if n[0] == "+":
                     carriers[i] = INTL

@@ -9,7 +9,7 @@ import msgspec
 
 from engine.gateway import GatewayContext
 from engine.hookspecs import hookimpl
-from engine.messages import ACCEPTED, Message, SubmitResult
+from engine.messages import ACCEPTED, MessageBatch, SubmitResult
 from engine.plugins import GatewayRegistry
 
 __all__ = ["BlackholeConfig", "BlackholeGateway"]
@@ -34,11 +34,11 @@ class BlackholeGateway:
         self.parts = 0
         self.requests = 0
 
-    async def send(self, batch: Sequence[Message]) -> Sequence[SubmitResult]:
+    async def send(self, batch: MessageBatch) -> Sequence[SubmitResult]:
         """Accept the whole batch."""
         self.requests += 1
         self.accepted += len(batch)
-        self.parts += sum(m.parts for m in batch)
+        self.parts += batch.total_parts()
         return [ACCEPTED] * len(batch)
 
     async def aclose(self) -> None:

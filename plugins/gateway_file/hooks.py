@@ -10,7 +10,7 @@ import msgspec
 
 from engine.gateway import GatewayContext
 from engine.hookspecs import hookimpl
-from engine.messages import Message, Outcome, SubmitResult
+from engine.messages import MessageBatch, Outcome, SubmitResult
 from engine.plugins import GatewayRegistry
 
 __all__ = ["FileConfig", "FileGateway"]
@@ -51,9 +51,13 @@ class FileGateway:
         self._encoder = msgspec.json.Encoder()
         self._lines = 0
 
-    async def send(self, batch: Sequence[Message]) -> Sequence[SubmitResult]:
+    async def send(self, batch: MessageBatch) -> Sequence[SubmitResult]:
         """Write the batch and accept every message."""
-        lines = [_Line(m.id, m.to, m.text, m.carrier, m.parts) for m in batch]
+        c = batch.carrier
+        lines = [
+            _Line(i, to, text, c, parts)
+            for i, to, text, parts in zip(batch.ids, batch.tos, batch.texts, batch.parts, strict=True)
+        ]
         self._fh.write(self._encoder.encode_lines(lines))
         first = self._lines
         self._lines += len(batch)

@@ -37,23 +37,82 @@ def open_binary(path: Path) -> BinaryIO:
     return raw
 
 
+def _ascii_compatible(encoding: str) -> bool:
+    """Whether newline, comma and quote are single bytes that no multi-byte character contains.
+
+    True for UTF-8, GBK, GB18030, Big5, Shift-JIS, Latin-1…; false for UTF-16/32.
+    """
+    try:
+        return '\n,"\t;|'.encode(encoding) == b'\n,"\t;|' and codecs.lookup(encoding).name not in {
+            "utf-16",
+            "utf-32",
+        }
+    except (LookupError, UnicodeError):
+        return False
+
+
 def text_blocks(raw: BinaryIO, encoding: str) -> Iterator[tuple[str, bool]]:
     """Yield blocks of whole lines (without the final newline) and whether a block had bad bytes.
 
-    Decoding is incremental (a multi-byte character may straddle two reads) and uses
-    ``surrogateescape``, so a bad byte marks its row instead of stopping the file.
+    Blocks are cut at ``\n``: with CRLF line ends (Excel, Windows) every line keeps its ``\r``.
+
+    Bad bytes never stop the file: the block is decoded again with ``surrogateescape``, so each bad
+    byte becomes a lone surrogate that marks its row. For ASCII-compatible encodings the bytes are
+    cut at the last newline and decoded strictly in one call (the fast path); other encodings
+    (UTF-16/32) go through an incremental decoder.
     """
-    enc = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
     try:
-        decoder = codecs.getincrementaldecoder(enc)(errors="surrogateescape")
+        codecs.lookup(encoding)
     except LookupError:
-        raise SourceError(f"unknown encoding {encoding!r}") from None
+        raise SourceError(f"unknown encoding {encoding!r}; try utf-8, gbk, gb18030 or utf-16") from None
+    if _ascii_compatible(encoding):
+        yield from _byte_blocks(raw, encoding)
+    else:
+        yield from _decoded_blocks(raw, encoding)
+
+
+def _read(raw: BinaryIO) -> bytes:
+    try:
+        return raw.read(BLOCK_BYTES)
+    except (OSError, EOFError) as exc:  # truncated or corrupt gzip
+        raise SourceError(f"cannot read the segment file: {exc}") from exc
+
+
+def _decode(data: bytes, encoding: str) -> tuple[str, bool]:
+    try:
+        return data.decode(encoding), False
+    except UnicodeDecodeError:
+        return data.decode(encoding, "surrogateescape"), True
+
+
+def _byte_blocks(raw: BinaryIO, encoding: str) -> Iterator[tuple[str, bool]]:
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    carry = b""
+    first = True
+    while True:
+        chunk = _read(raw)
+        if first:
+            first = False
+            if utf8 and chunk.startswith(codecs.BOM_UTF8):
+                chunk = chunk[len(codecs.BOM_UTF8) :]
+        if not chunk:
+            if carry:
+                yield _decode(carry.removesuffix(b"\n"), encoding)
+            return
+        data = carry + chunk if carry else chunk
+        cut = data.rfind(b"\n")
+        if cut == -1:
+            carry = data
+            continue
+        carry = data[cut + 1 :]
+        yield _decode(data[:cut], encoding)
+
+
+def _decoded_blocks(raw: BinaryIO, encoding: str) -> Iterator[tuple[str, bool]]:
+    decoder = codecs.getincrementaldecoder(encoding)(errors="surrogateescape")
     carry = ""
     while True:
-        try:
-            chunk = raw.read(BLOCK_BYTES)
-        except (OSError, EOFError) as exc:  # truncated or corrupt gzip
-            raise SourceError(f"cannot read the segment file: {exc}") from exc
+        chunk = _read(raw)
         final = not chunk
         text = carry + decoder.decode(chunk, final)
         if final:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from operator import itemgetter
 from pathlib import Path
 
 from engine.errors import SourceError
@@ -15,6 +16,22 @@ from plugins.source_file.config import CsvConfig
 
 __all__ = ["CsvReader", "CsvSource"]
 
+_UNDECODABLE = "bytes not valid in the segment's encoding; check segment.encoding"
+
+
+def _quote_free_lines(block: str, quote: str) -> list[str] | None:
+    """The block's lines if ``str.split`` can parse it: no quote, and LF or uniform CRLF line ends."""
+    if quote in block:
+        return None
+    if "\r" not in block:
+        return block.split("\n")
+    lines = block.split("\r\n")
+    # Uniform CRLF: every LF is preceded by CR, and the only other CR ends the block's last line.
+    if block[-1] == "\r" and len(lines) == block.count("\n") + 1 == block.count("\r"):
+        lines[-1] = lines[-1][:-1]
+        return lines
+    return None
+
 
 class CsvSource:
     """A configured CSV segment."""
@@ -24,8 +41,8 @@ class CsvSource:
         self.path = resolve(config.path, ctx.base_dir)
 
     def open(self, fields: Sequence[str]) -> CsvReader:
-        """Open the file and read its header (``fields`` is not needed: CSV has a header)."""
-        return CsvReader(self.config, self.path)
+        """Open the file and read its header; rows will hold just ``fields`` when the header has them."""
+        return CsvReader(self.config, self.path, fields)
 
 
 class CsvReader:
@@ -37,7 +54,7 @@ class CsvReader:
     is row 1, and a quoted field with newlines is one row.
     """
 
-    def __init__(self, config: CsvConfig, path: Path) -> None:
+    def __init__(self, config: CsvConfig, path: Path, fields: Sequence[str] = ()) -> None:
         self._file = open_binary(path)
         self._delim = config.delimiter
         self._quote = config.quotechar
@@ -47,8 +64,22 @@ class CsvReader:
         self._csv = csv.reader(self._pull(), delimiter=self._delim, quotechar=self._quote, strict=False)
         self._row = 0
         header = self._read_header()
-        self.columns: list[str] = header
+        self.header = header
         self._ncols = len(header)
+        wanted = list(dict.fromkeys(fields))
+        self._take: Callable[[list[str]], Sequence[str]] | None = None
+        self.columns: list[str] = header
+        """What rows hold: just the requested fields when the header has them all (each row is
+        projected in C as it is read), otherwise the whole header, so the engine can say which
+        field is missing."""
+        if wanted and all(f in header for f in wanted):
+            pos = [header.index(f) for f in wanted]
+            self.columns = wanted
+            if len(pos) == 1:
+                p0 = pos[0]
+                self._take = lambda r: (r[p0],)
+            else:
+                self._take = itemgetter(*pos)
 
     def _pull(self) -> Iterator[str]:
         """Lines (with their newline) for the csv parser: pending lines first, then more blocks."""
@@ -60,7 +91,7 @@ class CsvReader:
                 return
             block, dirty = nxt
             self._dirty = self._dirty or dirty
-            self._pending.extend(block.replace("\r\n", "\n").split("\n"))
+            self._pending.extend(line.removesuffix("\r") for line in block.split("\n"))
 
     def _read_header(self) -> list[str]:
         try:
@@ -102,60 +133,50 @@ class CsvReader:
             if nxt is None:
                 return
             block, dirty = nxt
-            if "\r" in block:
-                block = block.replace("\r\n", "\n")
-            if quote in block or "\r" in block:
-                self._pending.extend(block.split("\n"))
+            lines = _quote_free_lines(block, quote)
+            if lines is None:
+                self._pending.extend(line.removesuffix("\r") for line in block.split("\n"))
                 self._dirty = dirty
                 continue
-            yield [line.split(delim) for line in block.split("\n")], dirty
+            yield [line.split(delim) for line in lines], dirty
 
     def batches(self, size: int) -> Iterator[SourceBatch]:
         """Yield batches of about ``size`` records; bad records become rejects with their row."""
         ncols = self._ncols
+        take = self._take
         row = self._row
         for recs, dirty in self._records():
             for start in range(0, len(recs), size):
                 chunk = recs[start : start + size]
-                nums = list(range(row + 1, row + 1 + len(chunk)))
+                first = row + 1
                 row += len(chunk)
-                rejects: list[Reject] = []
-                bad: list[int] = []
+                bad: dict[int, Reject | None] = {}
                 if dirty:
                     for i, r in enumerate(chunk):
                         if SURROGATE.search("".join(r)):
-                            bad.append(i)
-                            rejects.append(
-                                Reject(
-                                    nums[i],
-                                    RejectReason.UNDECODABLE,
-                                    "bytes not valid in the segment's encoding; check segment.encoding",
-                                )
-                            )
-                odd = [i for i, r in enumerate(chunk) if len(r) != ncols]
-                for i in odd:
-                    r = chunk[i]
-                    if i in bad:
-                        continue
-                    if len(r) <= 1 and not (r and r[0]):
-                        bad.append(i)  # blank line: nobody on it
-                    elif len(r) > ncols and not any(r[ncols:]):
-                        del r[ncols:]  # trailing empty cells from a spreadsheet
-                    else:
-                        bad.append(i)
-                        rejects.append(
-                            Reject(
-                                nums[i],
+                            bad[i] = Reject(first + i, RejectReason.UNDECODABLE, _UNDECODABLE)
+                if set(map(len, chunk)) != {ncols}:
+                    for i, r in enumerate(chunk):
+                        if len(r) == ncols or i in bad:
+                            continue
+                        if len(r) <= 1 and not (r and r[0]):
+                            bad[i] = None  # a blank line: nobody on it
+                        elif len(r) > ncols and not any(r[ncols:]):
+                            del r[ncols:]  # trailing empty cells from a spreadsheet
+                        else:
+                            bad[i] = Reject(
+                                first + i,
                                 RejectReason.MALFORMED_ROW,
                                 f"expected {ncols} columns, found {len(r)}",
                             )
-                        )
                 if bad:
-                    drop = set(bad)
-                    keep = [i for i in range(len(chunk)) if i not in drop]
+                    keep = [i for i in range(len(chunk)) if i not in bad]
+                    nums = [first + i for i in keep]
                     chunk = [chunk[i] for i in keep]
-                    nums = [nums[i] for i in keep]
-                yield SourceBatch(nums, chunk, rejects)
+                else:
+                    nums = list(range(first, row + 1))
+                rows: list[Sequence[str]] = list(map(take, chunk)) if take is not None else list(chunk)
+                yield SourceBatch(nums, rows, [r for r in bad.values() if r is not None])
         self._row = row
 
     def close(self) -> None:

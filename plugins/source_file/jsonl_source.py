@@ -59,7 +59,7 @@ class JsonlReader:
             lines = block.split("\n")
             for start in range(0, len(lines), size):
                 nums: list[int] = []
-                rows: list[list[str]] = []
+                rows: list[Sequence[str]] = []
                 rejects: list[Reject] = []
                 for line in lines[start : start + size]:
                     line_no += 1
