@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from engine.messages import RejectReason
 
-__all__ = ["QUICK_CLEAN", "ParsedPhone", "mask", "parse_phone"]
+__all__ = ["ParsedPhone", "mask", "parse_phone"]
 
 _SEPARATORS = " \t\u3000\xa0\u2002\u2003\u2009\u200b-‐‑‒–—－()（）.．/'\"＋"
 _TRANSLATE = str.maketrans(
@@ -24,14 +24,7 @@ _TRANSLATE = str.maketrans(
         "＋": "+",
     }
 )
-QUICK_CLEAN = str.maketrans(
-    {
-        **{chr(0xFF10 + d): str(d) for d in range(10)},
-        **{ch: None for ch in _SEPARATORS if ch not in "＋.．"},
-        "＋": "+",
-    }
-)
-"""Like the parser's table but keeping dots, so ``1380013800.0`` (Excel) can never pass as 11 digits."""
+
 _EXCEL_FLOAT = re.compile(r"^\d{11,13}\.0+$")
 _SCIENTIFIC = re.compile(r"^\d(?:\.\d+)?[eE]\+?\d+$")
 

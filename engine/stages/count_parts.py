@@ -39,8 +39,12 @@ class CountParts:
             plain = sms.NOT_GSM7.search(joined) is None and sms.GSM7_EXT_RE.search(joined) is None
         limit = self.max_units
         if plain:
-            table = self.table
-            parts = [table[n] if (n := len(t)) <= limit else 0 for t in texts]
+            lengths = list(map(len, texts))
+            if max(lengths) <= limit:
+                parts = list(map(self.table.__getitem__, lengths))
+            else:
+                table = self.table
+                parts = [table[n] if n <= limit else 0 for n in lengths]
         else:
             parts = [sms.count_parts(t) if sms.units(t) <= limit else 0 for t in texts]
         batch.parts = parts

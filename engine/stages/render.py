@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 from engine.messages import RejectReason
 from engine.pipeline import Batch, positions
 from engine.template import BoundTemplate
@@ -23,7 +25,7 @@ class Render:
         rows = batch.rows
         missing: dict[int, str] = {}
         for col, field in t.required:
-            for i in positions([r[col] for r in rows], ""):
+            for i in positions(list(map(itemgetter(col), rows)), ""):
                 missing.setdefault(i, field)
         if missing:
             idx = sorted(missing)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from operator import itemgetter
 from typing import Protocol
 
 from engine.carriers import INTL, PrefixTable
@@ -10,6 +11,8 @@ from engine.messages import RejectReason
 from engine.pipeline import Batch, positions
 
 __all__ = ["CarrierResolver", "Route"]
+
+_PREFIX5 = itemgetter(slice(0, 5))
 
 
 class CarrierResolver(Protocol):
@@ -45,9 +48,8 @@ class Route:
 
     def process(self, batch: Batch) -> None:
         """Route every number of the batch."""
-        get = self.table.route.get
         numbers = batch.numbers
-        carriers = [get(n[:5]) for n in numbers]
+        carriers = list(map(self.table.route.get, map(_PREFIX5, numbers)))
         batch.carriers = carriers  # type: ignore[assignment]  # holes filled or dropped below
         if None in carriers:
             idx: list[int] = []

@@ -61,13 +61,14 @@ class CsvReader:
         self._blocks = text_blocks(self._file, config.encoding)
         self._pending: deque[str] = deque()
         self._dirty = False
+        self._dirty_block = False
         self._csv = csv.reader(self._pull(), delimiter=self._delim, quotechar=self._quote, strict=False)
         self._row = 0
         header = self._read_header()
         self.header = header
         self._ncols = len(header)
         wanted = list(dict.fromkeys(fields))
-        self._take: Callable[[list[str]], Sequence[str]] | None = None
+        self._take: Callable[[Sequence[str]], Sequence[str]] | None = None
         self.columns: list[str] = header
         """What rows hold: just the requested fields when the header has them all (each row is
         projected in C as it is read), otherwise the whole header, so the engine can say which
@@ -114,20 +115,25 @@ class CsvReader:
             raise SourceError(f"the header names column(s) twice: {', '.join(dupes)}")
         return header
 
-    def _records(self) -> Iterator[tuple[list[list[str]], bool]]:
-        """Blocks of parsed records and whether their block had undecodable bytes."""
-        delim, quote = self._delim, self._quote
+    def _records(self) -> Iterator[tuple[list[Sequence[str]], bool]]:
+        """Blocks of records, and whether each block's records are already projected.
+
+        Projected records are tuples of the requested fields; a record that is not a tuple is a
+        row that needs checking (wrong column count). Unprojected records are the full field lists.
+        """
+        delim, quote, take, ncols = self._delim, self._quote, self._take, self._ncols
         while True:
             if self._pending:
                 # Lines already pulled by the csv parser: let it finish them (they may be mid-quote).
-                recs = []
+                recs: list[Sequence[str]] = []
                 while self._pending:
                     rec = next(self._csv, None)
                     if rec is None:
                         break
                     recs.append(rec)
-                dirty, self._dirty = self._dirty, False
-                yield recs, dirty
+                self._dirty_block = self._dirty
+                self._dirty = False
+                yield recs, False
                 continue
             nxt = next(self._blocks, None)
             if nxt is None:
@@ -138,46 +144,72 @@ class CsvReader:
                 self._pending.extend(line.removesuffix("\r") for line in block.split("\n"))
                 self._dirty = dirty
                 continue
-            yield [line.split(delim) for line in lines], dirty
+            self._dirty_block = dirty
+            if take is None or dirty:
+                yield [line.split(delim) for line in lines], False
+            else:
+                # Split and project in one pass: each full field list dies at once, while its
+                # memory is still in cache. A row with the wrong width stays a list, for checking.
+                yield [take(f) if len(f := line.split(delim)) == ncols else f for line in lines], True
 
     def batches(self, size: int) -> Iterator[SourceBatch]:
         """Yield batches of about ``size`` records; bad records become rejects with their row."""
-        ncols = self._ncols
         take = self._take
         row = self._row
-        for recs, dirty in self._records():
+        for recs, projected in self._records():
+            dirty = self._dirty_block
             for start in range(0, len(recs), size):
                 chunk = recs[start : start + size]
                 first = row + 1
                 row += len(chunk)
-                bad: dict[int, Reject | None] = {}
-                if dirty:
-                    for i, r in enumerate(chunk):
-                        if SURROGATE.search("".join(r)):
-                            bad[i] = Reject(first + i, RejectReason.UNDECODABLE, _UNDECODABLE)
-                if set(map(len, chunk)) != {ncols}:
-                    for i, r in enumerate(chunk):
-                        if len(r) == ncols or i in bad:
-                            continue
-                        if len(r) <= 1 and not (r and r[0]):
-                            bad[i] = None  # a blank line: nobody on it
-                        elif len(r) > ncols and not any(r[ncols:]):
-                            del r[ncols:]  # trailing empty cells from a spreadsheet
-                        else:
-                            bad[i] = Reject(
-                                first + i,
-                                RejectReason.MALFORMED_ROW,
-                                f"expected {ncols} columns, found {len(r)}",
-                            )
+                bad = self._check(chunk, first, dirty, projected)
                 if bad:
                     keep = [i for i in range(len(chunk)) if i not in bad]
                     nums = [first + i for i in keep]
                     chunk = [chunk[i] for i in keep]
                 else:
                     nums = list(range(first, row + 1))
-                rows: list[Sequence[str]] = list(map(take, chunk)) if take is not None else list(chunk)
-                yield SourceBatch(nums, rows, [r for r in bad.values() if r is not None])
+                if take is not None and not projected:
+                    chunk = list(map(take, chunk))
+                yield SourceBatch(nums, chunk, [r for r in bad.values() if r is not None])
         self._row = row
+
+    def _check(
+        self, chunk: list[Sequence[str]], first: int, dirty: bool, projected: bool
+    ) -> dict[int, Reject | None]:
+        """Rows to leave out: undecodable or malformed ones (with a reject), blank lines (without).
+
+        Trims the trailing empty cells a spreadsheet may add, in place.
+        """
+        ncols = self._ncols
+        bad: dict[int, Reject | None] = {}
+        if dirty:
+            for i, r in enumerate(chunk):
+                if SURROGATE.search("".join(r)):
+                    bad[i] = Reject(first + i, RejectReason.UNDECODABLE, _UNDECODABLE)
+        if projected:
+            if list not in set(map(type, chunk)):
+                return bad
+            suspects = [i for i, r in enumerate(chunk) if type(r) is list]
+        else:
+            if set(map(len, chunk)) == {ncols}:
+                return bad
+            suspects = [i for i, r in enumerate(chunk) if len(r) != ncols]
+        take = self._take
+        for i in suspects:
+            r = chunk[i]
+            if i in bad:
+                continue
+            if len(r) <= 1 and not (r and r[0]):
+                bad[i] = None  # a blank line: nobody on it
+            elif len(r) > ncols and not any(r[ncols:]):
+                trimmed = list(r[:ncols])  # trailing empty cells from a spreadsheet
+                chunk[i] = take(trimmed) if projected and take is not None else trimmed
+            else:
+                bad[i] = Reject(
+                    first + i, RejectReason.MALFORMED_ROW, f"expected {ncols} columns, found {len(r)}"
+                )
+        return bad
 
     def close(self) -> None:
         """Close the file."""
