@@ -13,32 +13,67 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import io
 import json
 import random
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 # Share of each carrier's prefixes in the mix (roughly the national subscriber split).
 PREFIXES = {
-    "cm": (0.58, ["134", "135", "136", "137", "138", "139", "147", "150", "151", "152", "157", "158",
-                  "159", "172", "178", "182", "183", "184", "187", "188", "195", "197", "198"]),
+    "cm": (
+        0.58,
+        [
+            "134",
+            "135",
+            "136",
+            "137",
+            "138",
+            "139",
+            "147",
+            "150",
+            "151",
+            "152",
+            "157",
+            "158",
+            "159",
+            "172",
+            "178",
+            "182",
+            "183",
+            "184",
+            "187",
+            "188",
+            "195",
+            "197",
+            "198",
+        ],
+    ),
     "cu": (0.23, ["130", "131", "132", "145", "155", "156", "166", "175", "176", "185", "186", "196"]),
     "ct": (0.17, ["133", "149", "153", "173", "177", "180", "181", "189", "190", "191", "193", "199"]),
     "cbn": (0.01, ["192"]),
     "vno": (0.01, ["162", "165", "167", "170", "171"]),
 }
-SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢"
+SURNAMES = (
+    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢"
+)
 GIVEN = "伟芳娜秀英敏静丽强磊军洋勇艳杰娟涛明超秀兰霞平刚桂英华玉兰萍鹏辉玲建国建华红梅晨曦子涵浩然雨桐欣怡"
 CITIES = ["上海", "北京", "广州", "深圳", "杭州", "成都", "武汉", "南京", "重庆", "西安", "苏州", "长沙"]
-SEGMENTS = [("高价值活跃", 0.15), ("沉睡高价值", 0.20), ("新客首单", 0.25), ("流失预警", 0.25), ("普通活跃", 0.15)]
+SEGMENTS = [
+    ("高价值活跃", 0.15),
+    ("沉睡高价值", 0.20),
+    ("新客首单", 0.25),
+    ("流失预警", 0.25),
+    ("普通活跃", 0.15),
+]
 FULL_WIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
 
 
 def _number(rng: random.Random) -> str:
     r = rng.random()
     acc = 0.0
-    for _carrier, (share, prefixes) in PREFIXES.items():
+    for share, prefixes in PREFIXES.values():
         acc += share
         if r <= acc:
             return rng.choice(prefixes) + f"{rng.randrange(10**8):08d}"
@@ -63,7 +98,7 @@ def _written(n: str, rng: random.Random, bad_rate: float) -> str:
     return n.translate(FULL_WIDTH)
 
 
-def rows(count: int, seed: int, bad_rate: float) -> list[str] | object:
+def rows(count: int, seed: int, bad_rate: float) -> Iterator[list[str]]:
     """Yield header then rows: phone, name, city, segment, last_order, orders, spent, coupon."""
     rng = random.Random(seed)
     yield ["phone", "name", "city", "segment", "last_order", "orders", "spent", "coupon"]
@@ -71,21 +106,38 @@ def rows(count: int, seed: int, bad_rate: float) -> list[str] | object:
     names = [s for s, _ in SEGMENTS]
     for _ in range(count):
         seg = rng.choices(names, weights)[0]
-        name = "" if rng.random() < 0.08 else rng.choice(SURNAMES) + "".join(rng.choices(GIVEN, k=rng.randint(1, 2)))
+        name = (
+            ""
+            if rng.random() < 0.08
+            else rng.choice(SURNAMES) + "".join(rng.choices(GIVEN, k=rng.randint(1, 2)))
+        )
         orders = rng.randint(1, 40)
         spent = round(orders * rng.uniform(30, 600), 2)
         coupon = {"高价值活跃": 50, "沉睡高价值": 80, "新客首单": 20, "流失预警": 30, "普通活跃": 10}[seg]
         day = f"2026-{rng.randint(1, 11):02d}-{rng.randint(1, 28):02d}"
-        yield [_written(_number(rng), rng, bad_rate), name, rng.choice(CITIES), seg, day, str(orders),
-               f"{spent:.2f}", str(coupon)]
+        yield [
+            _written(_number(rng), rng, bad_rate),
+            name,
+            rng.choice(CITIES),
+            seg,
+            day,
+            str(orders),
+            f"{spent:.2f}",
+            str(coupon),
+        ]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write the segment file."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=100_000, help="data rows (default 100000)")
-    p.add_argument("-o", "--output", type=Path, default=Path("config/segment.csv"),
-                   help="output file; .jsonl for JSON Lines, a .gz suffix compresses")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("config/segment.csv"),
+        help="output file; .jsonl for JSON Lines, a .gz suffix compresses",
+    )
     p.add_argument("--encoding", default="utf-8", help="CSV text encoding, e.g. gbk (default utf-8)")
     p.add_argument("--bad-rate", type=float, default=0.01, help="share of deliberately bad numbers")
     p.add_argument("--seed", type=int, default=2026)
@@ -95,13 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     gz = out.suffix == ".gz"
     kind = Path(out.stem).suffix if gz else out.suffix
-    raw: IO[bytes] = gzip.open(out, "wb", compresslevel=5) if gz else out.open("wb")  # type: ignore[assignment]
-    gen = iter(rows(args.rows, args.seed, args.bad_rate))  # type: ignore[call-overload]
+    gen = rows(args.rows, args.seed, args.bad_rate)
     header = next(gen)
-    with raw:
-        import io
-
-        text = io.TextIOWrapper(raw, encoding="utf-8" if kind == ".jsonl" else args.encoding, newline="")
+    with (
+        gzip.open(out, "wb", compresslevel=5) if gz else out.open("wb") as raw,
+        io.TextIOWrapper(raw, encoding="utf-8" if kind == ".jsonl" else args.encoding, newline="") as text,
+    ):
         if kind == ".jsonl":
             for row in gen:
                 text.write(json.dumps(dict(zip(header, row, strict=True)), ensure_ascii=False) + "\n")
@@ -109,8 +160,6 @@ def main(argv: list[str] | None = None) -> int:
             w = csv.writer(text, lineterminator="\r\n")  # as Excel writes it
             w.writerow(header)
             w.writerows(gen)
-        text.flush()
-        text.detach()
     print(f"wrote {args.rows:,} rows to {out}", file=sys.stderr)
     return 0
 

@@ -138,7 +138,8 @@ class CampaignConfig(Base, kw_only=True, frozen=True):
         return DEFAULT_OPT_OUT if self.kind == "marketing" else ""
 
 
-_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_AT = re.compile(r" - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]+)`")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`")
 
 
@@ -179,11 +180,17 @@ def _explain(exc: msgspec.ValidationError, root: type[msgspec.Struct], prefix: s
         hint = f"; did you mean `{close[0]}`?" if close else ""
         where = f"{full}.{key}" if full else key
         return where, f"unknown key{hint} Allowed keys here: {', '.join(allowed) or '(none)'}"
+    missing = _MISSING.match(problem)
+    if missing:
+        key = missing.group("key")
+        return (f"{full}.{key}" if full else key), "missing required key"
     if problem.startswith("Invalid enum value"):
         t = _type_at(root, path)
+        if m and m.group("key") and isinstance(t, msgspec.inspect.DictType):
+            t = t.key_type
+            problem = problem.replace("Invalid enum value", "invalid key")
         if isinstance(t, msgspec.inspect.LiteralType):
             problem += f"; expected one of: {', '.join(map(str, t.values))}"
-    problem = problem.replace("Object missing required field", "missing required key")
     problem = problem.replace("Expected", "expected")
     return full, problem
 

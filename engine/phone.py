@@ -25,7 +25,7 @@ _TRANSLATE = str.maketrans(
     }
 )
 
-_EXCEL_FLOAT = re.compile(r"^\d{11,13}\.0+$")
+_EXCEL_FLOAT = re.compile(r"^\+?\d+\.0+$")
 _SCIENTIFIC = re.compile(r"^\d(?:\.\d+)?[eE]\+?\d+$")
 
 

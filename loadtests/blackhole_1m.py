@@ -98,8 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     segment = args.segment or HERE / "data" / f"segment-{args.rows}.csv"
     if not segment.exists():
         subprocess.run(
-            [sys.executable, str(ROOT / "config" / "make_segment.py"), "--rows", str(args.rows),
-             "-o", str(segment)],
+            [
+                sys.executable,
+                str(ROOT / "config" / "make_segment.py"),
+                "--rows",
+                str(args.rows),
+                "-o",
+                str(segment),
+            ],
             check=True,
         )
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,12 +29,11 @@ def resolve(path: str, base_dir: Path) -> Path:
 
 def open_binary(path: Path) -> BinaryIO:
     """Open ``path`` for reading bytes, transparently un-gzipping when it starts with gzip's magic."""
-    raw = path.open("rb")
-    if raw.read(2) == b"\x1f\x8b":
-        raw.seek(0)
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    raw.seek(0)
-    return raw
+    with path.open("rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    if gzipped:
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
 
 
 def _ascii_compatible(encoding: str) -> bool:

@@ -64,7 +64,11 @@ class CsvReader:
         self._dirty_block = False
         self._csv = csv.reader(self._pull(), delimiter=self._delim, quotechar=self._quote, strict=False)
         self._row = 0
-        header = self._read_header()
+        try:
+            header = self._read_header()
+        except BaseException:
+            self._file.close()
+            raise
         self.header = header
         self._ncols = len(header)
         wanted = list(dict.fromkeys(fields))
@@ -134,6 +138,7 @@ class CsvReader:
                 self._dirty_block = self._dirty
                 self._dirty = False
                 yield recs, False
+                del recs
                 continue
             nxt = next(self._blocks, None)
             if nxt is None:
@@ -145,18 +150,27 @@ class CsvReader:
                 self._dirty = dirty
                 continue
             self._dirty_block = dirty
+            del block, nxt  # hold one block at a time: memory stays flat in the file's size
             if take is None or dirty:
-                yield [line.split(delim) for line in lines], False
+                recs = [line.split(delim) for line in lines]
+                del lines
+                yield recs, False
             else:
                 # Split and project in one pass: each full field list dies at once, while its
                 # memory is still in cache. A row with the wrong width stays a list, for checking.
-                yield [take(f) if len(f := line.split(delim)) == ncols else f for line in lines], True
+                recs = [take(f) if len(f := line.split(delim)) == ncols else f for line in lines]
+                del lines
+                yield recs, True
+            del recs
 
     def batches(self, size: int) -> Iterator[SourceBatch]:
         """Yield batches of about ``size`` records; bad records become rejects with their row."""
         take = self._take
         row = self._row
-        for recs, projected in self._records():
+        records = self._records()
+        while (item := next(records, None)) is not None:
+            recs, projected = item
+            del item
             dirty = self._dirty_block
             for start in range(0, len(recs), size):
                 chunk = recs[start : start + size]
@@ -171,7 +185,10 @@ class CsvReader:
                     nums = list(range(first, row + 1))
                 if take is not None and not projected:
                     chunk = list(map(take, chunk))
-                yield SourceBatch(nums, chunk, [r for r in bad.values() if r is not None])
+                rejects = [r for i in sorted(bad) if (r := bad[i]) is not None]
+                yield SourceBatch(nums, chunk, rejects)
+                del chunk
+            del recs
         self._row = row
 
     def _check(

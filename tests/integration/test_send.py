@@ -1,0 +1,211 @@
+"""`pigeon preview` and `pigeon send` end to end, as an operator runs them, on both event loops."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from engine.runtime import prepare, send
+from tests.conftest import ROOT
+
+SEGMENT = (
+    "phone,name,coupon\r\n"
+    "13800138000,张伟,20\r\n"  # row 2: cm
+    "+86 130-0013-0000,,50\r\n"  # row 3: cu, no name: default
+    "0086 133 0013 3000,王芳,10\r\n"  # row 4: ct
+    "13490000000,卫星,10\r\n"  # row 5: satellite: rejected
+    "12345,短号,10\r\n"  # row 6: invalid
+    "19200000000,广电,\r\n"  # row 7: coupon missing: rejected
+    "17100000000,虚拟,30\r\n"  # row 8: VNO on cu
+    "+44 7911 123456,Ann,5\r\n"  # row 9: international
+    "13800138001,张三\r\n"  # row 10: short row
+)
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUTF8": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_send_writes_every_message_once_and_accounts_for_every_row(
+    tmp_path: Path,
+    write: Callable[[str, str | bytes], Path],
+    campaign_file: Callable[..., Path],
+    backend: str,
+) -> None:
+    write("seg.csv", SEGMENT)
+    campaign = campaign_file("seg.csv", engine_kwargs={"max_batch": 2})
+    result = run_cli("send", str(campaign), "--backend", backend, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["rows"] == 9
+    assert summary["states"] == {"sent": 5, "rejected": 4}
+    assert sum(summary["states"].values()) == summary["rows"]
+    assert summary["reasons"]["rejected"] == {
+        "satellite_number": 1,
+        "invalid_number": 1,
+        "missing_field": 1,
+        "malformed_row": 1,
+    }
+    assert {c: v["messages"] for c, v in summary["carriers"].items()} == {
+        "cm": 1,
+        "cu": 2,
+        "ct": 1,
+        "intl": 1,
+    }
+    assert summary["gateways"]["out"]["accepted"] == 5
+
+    run_dir = Path(summary["run_dir"])
+    assert not run_dir.is_absolute()  # relative to where the operator ran it
+    sent = [json.loads(line) for line in (tmp_path / run_dir / "sent.jsonl").read_text("utf-8").splitlines()]
+    by_id = {m["id"]: m for m in sent}
+    assert len(by_id) == len(sent) == 5
+    assert by_id["t-2"] == {
+        "id": "t-2",
+        "to": "+8613800138000",
+        "text": "【小鹅优选】张伟，您的20元券已到账拒收请回复R",
+        "carrier": "cm",
+        "parts": 1,
+    }
+    assert by_id["t-3"]["text"].startswith("【小鹅优选】亲，")
+    assert by_id["t-8"]["carrier"] == "cu"
+    assert by_id["t-9"]["to"] == "+447911123456"
+
+    with (tmp_path / run_dir / "rejects.csv").open(encoding="utf-8") as f:
+        rejects = list(csv.DictReader(f))
+    assert [(int(r["row"]), r["reason"]) for r in sorted(rejects, key=lambda r: int(r["row"]))] == [
+        (5, "satellite_number"),
+        (6, "invalid_number"),
+        (7, "missing_field"),
+        (10, "malformed_row"),
+    ]
+    assert all("13490000000" not in r["phone"] for r in rejects)  # masked
+    on_disk = json.loads((tmp_path / run_dir / "summary.json").read_text("utf-8"))
+    assert on_disk["states"] == summary["states"]
+
+
+def test_preview_shows_samples_costs_and_rejects_without_sending(
+    tmp_path: Path, write: Callable[[str, str | bytes], Path], campaign_file: Callable[..., Path]
+) -> None:
+    write("seg.csv", SEGMENT)
+    campaign = campaign_file("seg.csv")
+    result = run_cli("preview", str(campaign), "--json", "-n", "2", "--rejects", "rej.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["mode"] == "preview"
+    assert summary["states"] == {"rendered": 5, "rejected": 4}
+    assert [s["row"] for s in summary["samples"]] == [2, 3]
+    assert summary["samples"][0]["to"] == "138****8000"
+    cm = summary["carriers"]["cm"]
+    assert cm == {"messages": 1, "parts": 1, "cost": pytest.approx(0.05)}
+    assert summary["total_cost"] == pytest.approx(0.05 + 2 * 0.04 + 0.03)
+    assert not (tmp_path / "runs").exists()
+    assert len((tmp_path / "rej.csv").read_text("utf-8").splitlines()) == 5
+
+    human = run_cli("preview", str(campaign), cwd=tmp_path)
+    assert human.returncode == 0
+    assert "China Mobile" in human.stdout and "satellite_number" in human.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("{coupon}", "{copon}"), "did you mean {coupon}?"),
+        (('signature = "小鹅优选"', 'signatur = "x"'), "template.signatur: unknown key"),
+        (('path = "seg.csv"', 'path = "nope.csv"'), "segment file not found"),
+    ],
+)
+def test_bad_input_fails_before_the_first_send_and_says_what_to_change(
+    tmp_path: Path,
+    write: Callable[[str, str | bytes], Path],
+    campaign_file: Callable[..., Path],
+    change: tuple[str, str],
+    message: str,
+) -> None:
+    write("seg.csv", SEGMENT)
+    campaign = campaign_file("seg.csv")
+    campaign.write_text(campaign.read_text("utf-8").replace(*change), encoding="utf-8")
+    result = run_cli("send", str(campaign), cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("sent.jsonl"))
+
+
+def test_the_example_campaign_runs_as_the_readme_says(tmp_path: Path) -> None:
+    segment = tmp_path / "segment.csv"
+    gen = subprocess.run(
+        [sys.executable, str(ROOT / "config" / "make_segment.py"), "--rows", "3000", "-o", str(segment)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert gen.returncode == 0, gen.stderr
+    campaign = tmp_path / "campaign.toml"
+    campaign.write_text(
+        (ROOT / "config" / "campaign.toml")
+        .read_text("utf-8")
+        .replace('engine = "engine.toml"', f'engine = "{ROOT / "config" / "engine.toml"}"'),
+        encoding="utf-8",
+    )
+    result = run_cli("send", str(campaign), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["rows"] == 3000
+    assert summary["states"]["sent"] + summary["states"]["rejected"] == 3000
+    assert summary["states"]["rejected"] < 150
+
+
+def test_gbk_excel_export_with_crlf_and_bom_free_header(
+    tmp_path: Path, write: Callable[[str, str | bytes], Path], campaign_file: Callable[..., Path]
+) -> None:
+    write("seg.csv", SEGMENT.encode("gbk", errors="replace"))
+    campaign = campaign_file("seg.csv", extra_segment='encoding = "gbk"')
+    summary = msgspec.json.decode(run_cli("preview", str(campaign), "--json", cwd=tmp_path).stdout)
+    assert summary["states"] == {"rendered": 5, "rejected": 4}
+
+
+@pytest.mark.anyio
+async def test_send_api_on_both_backends_gives_the_same_result(
+    anyio_backend: tuple[str, dict[str, object]],
+    tmp_path: Path,
+    write: Callable[[str, str | bytes], Path],
+    campaign_file: Callable[..., Path],
+) -> None:
+    """The async core is backend-neutral: the lanes run inside the test's own event loop here."""
+    from engine.clock import SystemClock
+    from engine.runtime import _send, new_run_dir
+
+    write("seg.csv", SEGMENT)
+    plan = prepare(campaign_file("seg.csv", engine_kwargs={"max_batch": 1}))
+    run_dir = new_run_dir(plan, tmp_path / "runs")
+    summary = await _send(plan, run_dir, None, SystemClock())
+    assert summary.states == {"sent": 5, "rejected": 4}
+    assert summary.gateways["out"].requests == 5  # max_batch 1: one request per message
+    assert len((run_dir / "sent.jsonl").read_text("utf-8").splitlines()) == 5
+
+
+def test_jsonl_segment(
+    tmp_path: Path, write: Callable[[str, str | bytes], Path], campaign_file: Callable[..., Path]
+) -> None:
+    lines = [
+        {"phone": 13800138000, "name": "张伟", "coupon": 20},
+        {"phone": "bad", "coupon": 1},
+        {"name": "x"},
+    ]
+    write("seg.jsonl", "\n".join(json.dumps(x, ensure_ascii=False) for x in lines))
+    plan = prepare(campaign_file("seg.jsonl", source="jsonl"))
+    summary = send(plan, runs_dir=tmp_path / "runs")
+    assert summary.states == {"sent": 1, "rejected": 2}
+    assert summary.reasons["rejected"] == {"invalid_number": 1, "missing_phone": 1}

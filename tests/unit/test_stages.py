@@ -1,0 +1,168 @@
+"""The stage runner and each built-in stage: what they fill in, what they reject and why."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.carriers import default_prefix_table
+from engine.messages import MessageBatch, RejectReason
+from engine.pipeline import Batch, StageRunner, positions
+from engine.stages import CountParts, Normalize, Render, Route, standard_stages
+from engine.template import compile_template
+
+ALL = {"cm", "cu", "ct", "cbn", "intl"}
+
+
+def batch(*phones: str, extra: tuple[str, ...] = ()) -> Batch:
+    rows = [(p, *extra) for p in phones]
+    return Batch(list(range(2, 2 + len(rows))), rows, 0)
+
+
+def test_positions_finds_every_occurrence() -> None:
+    assert positions([None, 1, None, None, 2], None) == [0, 2, 3]
+    assert positions([1, 2], None) == []
+    assert positions([], 0) == []
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_drop_removes_exactly_the_given_items_from_every_filled_column(many: bool) -> None:
+    n = 40
+    b = Batch(list(range(n)), [(str(i),) for i in range(n)], 0)
+    b.numbers = [f"n{i}" for i in range(n)]
+    b.carriers = [f"c{i}" for i in range(n)]
+    gone = list(range(0, n, 2)) if many else [3, 17]
+    b.drop(gone, "why", [f"d{i}" for i in gone])
+    keep = [i for i in range(n) if i not in gone]
+    assert b.nums == keep
+    assert b.numbers == [f"n{i}" for i in keep]
+    assert b.carriers == [f"c{i}" for i in keep]
+    assert [r.row for r in b.rejects] == gone
+    assert [r.detail for r in b.rejects] == [f"d{i}" for i in gone]
+    assert [r.phone for r in b.rejects] == [str(i) for i in gone]
+
+
+def test_normalize_fast_tier_and_parser_agree() -> None:
+    b = batch(
+        "13800138000",
+        "+86 139-0013-9000",
+        "008613700137000",
+        "8613600136000",
+        "１３５００１３５０００",
+        "138.0013.8000",
+        "+44 7911 123456",
+        "12345",
+        "",
+    )
+    Normalize().process(b)
+    assert b.numbers == [
+        "13800138000",
+        "13900139000",
+        "13700137000",
+        "13600136000",
+        "13500135000",
+        "13800138000",
+        "+447911123456",
+    ]
+    assert [(r.row, r.reason) for r in b.rejects] == [
+        (9, RejectReason.INVALID_NUMBER),
+        (10, RejectReason.MISSING_PHONE),
+    ]
+
+
+def test_route_assigns_carriers_rejects_unsendable_and_unserved() -> None:
+    table = default_prefix_table()
+    b = batch()
+    b.nums = [2, 3, 4, 5, 6, 7]
+    b.rows = [(x,) for x in "abcdef"]
+    b.numbers = ["13800138000", "17100000000", "13490000000", "15400000000", "+447911123456", "19200000000"]
+    Route(table, {"cm", "cu", "ct", "intl"}).process(b)
+    assert b.carriers == ["cm", "cu", "intl"]
+    assert b.numbers == ["13800138000", "17100000000", "+447911123456"]
+    assert [(r.row, r.reason) for r in b.rejects] == [
+        (4, RejectReason.SATELLITE_NUMBER),
+        (5, RejectReason.UNALLOCATED_PREFIX),
+        (7, RejectReason.NO_GATEWAY),  # cbn: no gateway serves it
+    ]
+    assert "cbn" in b.rejects[-1].detail
+
+
+def test_carrier_resolvers_override_the_prefix_per_batch() -> None:
+    calls: list[int] = []
+
+    class Ported:
+        def resolve(self, numbers: list[str], carriers: list[str]) -> None:
+            calls.append(len(numbers))
+            for i, n in enumerate(numbers):
+                if n == "13800138000":
+                    carriers[i] = "cu"
+
+    b = batch()
+    b.nums, b.rows = [2, 3], [("a",), ("b",)]
+    b.numbers = ["13800138000", "13900139000"]
+    Route(default_prefix_table(), ALL, [Ported()]).process(b)
+    assert b.carriers == ["cu", "cm"]
+    assert calls == [2]  # once per batch, not per number
+
+
+def test_render_rejects_rows_missing_a_required_field_and_fills_defaults() -> None:
+    t = compile_template("{name|亲}，{coupon}元", signature="S").bind(["phone", "name", "coupon"])
+    b = Batch([2, 3, 4], [("1", "", "5"), ("2", "张", ""), ("3", "王", "9")], 0)
+    Render(t).process(b)
+    assert b.texts == ["【S】亲，5元", "【S】王，9元"]
+    assert [(r.row, r.reason) for r in b.rejects] == [(3, RejectReason.MISSING_FIELD)]
+    assert "'coupon' is empty" in b.rejects[0].detail
+
+
+def test_count_parts_uses_the_exact_rules_and_rejects_over_length() -> None:
+    t = compile_template("{x}", signature="S", max_length=80)
+    b = Batch([2, 3, 4, 5], [("",)] * 4, 0)
+    b.texts = ["【S】" + "中" * 67, "【S】" + "中" * 68, "【S】" + "中" * 66 + "😀", "【S】" + "中" * 80]
+    CountParts(t).process(b)
+    assert b.parts == [1, 2, 2]  # 70 units is one part; 71 (or 70 + an emoji's second unit) two
+    assert [(r.row, r.reason) for r in b.rejects] == [(5, RejectReason.TOO_LONG)]
+    assert "over the maximum of 80" in b.rejects[0].detail
+
+
+def test_count_parts_for_a_gsm_template_handles_mixed_batches() -> None:
+    t = compile_template("Hi {name}, 20% off", signature="Shop")
+    assert t.literal_encoding == "ucs2"  # 【】 are not GSM-7
+    t2 = compile_template("Hi {name}, 20% off")
+    assert t2.literal_encoding == "gsm7"
+    b = Batch([2, 3, 4], [("",)] * 3, 0)
+    b.texts = ["Hi Ann, 20% off", "Hi 张, 20% off" + "x" * 60, "Hi {x}" + "a" * 154]
+    CountParts(t2).process(b)
+    assert b.parts == [1, 2, 2]  # GSM-7 15; UCS-2 73 units; GSM-7 162 septets ({ } count two)
+
+
+def test_runner_tallies_every_row_once() -> None:
+    t = compile_template("{name}", signature="S").bind(["phone", "name"])
+    runner = StageRunner(standard_stages(t, default_prefix_table(), ALL))
+    b = Batch(
+        [2, 3, 4, 5], [("13800138000", "A"), ("bad", "B"), ("13900139000", ""), ("13490000000", "C")], 0
+    )
+    out = runner.run(b)
+    assert out.nums == [2]
+    assert sorted(r.row for r in out.rejects) == [3, 4, 5]
+    stats = runner.tally.stages
+    assert stats["normalize"].items_in == 4 and stats["normalize"].items_out == 3
+    assert stats["route"].dropped == {"satellite_number": 1}
+    assert stats["render"].dropped == {"missing_field": 1}
+    assert runner.tally.rejected_total == 3
+
+
+def test_messages_group_by_carrier_in_row_order() -> None:
+    b = Batch([5, 6, 7, 8], [("",)] * 4, 0)
+    b.numbers = ["13800138000", "13000130000", "13900139000", "+447911123456"]
+    b.carriers = ["cm", "cu", "cm", "intl"]
+    b.texts = ["a", "b", "c", "d"]
+    b.parts = [1, 2, 1, 3]
+    groups = b.messages("camp-")
+    assert sorted(groups) == ["cm", "cu", "intl"]
+    cm = groups["cm"]
+    assert isinstance(cm, MessageBatch)
+    assert list(cm.ids) == ["camp-5", "camp-7"]
+    assert list(cm.tos) == ["+8613800138000", "+8613900139000"]
+    assert [m.text for m in cm] == ["a", "c"]
+    assert groups["intl"][0].to == "+447911123456"
+    assert cm.total_parts() == 2
+    assert len(cm[1:]) == 1 and cm[1:][0].id == "camp-7"
