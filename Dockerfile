@@ -1,0 +1,18 @@
+# Pigeon: a fast, safe SMS send engine.
+#   docker build -t pigeon .
+#   docker run --rm -v "$PWD/work:/work" -w /work pigeon send campaign.toml
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+
+WORKDIR /opt/pigeon
+COPY pyproject.toml README.md ./
+COPY engine ./engine
+COPY plugins ./plugins
+COPY config ./config
+RUN pip install . && useradd --create-home --uid 10001 pigeon
+
+USER pigeon
+WORKDIR /work
+ENTRYPOINT ["pigeon"]
+CMD ["--help"]
