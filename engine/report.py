@@ -10,7 +10,7 @@ from typing import IO
 
 import msgspec
 
-from engine.messages import MessageBatch, Outcome, Reject, State, SubmitResult
+from engine.messages import ACCEPTED, MessageBatch, Outcome, Reject, State, SubmitResult
 from engine.phone import mask
 
 __all__ = [
@@ -179,7 +179,7 @@ class RunRecorder:
         if len(results) != len(chunk):
             self.failed(gateway, chunk, "gateway_contract", count_request=False)
             return
-        if all(r.outcome is Outcome.ACCEPTED for r in results):
+        if results.count(ACCEPTED) == len(results) or all(r.outcome is Outcome.ACCEPTED for r in results):
             n_accepted, parts = len(chunk), chunk.total_parts()
         else:
             n_accepted = parts = 0
