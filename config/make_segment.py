@@ -20,41 +20,22 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-# Share of each carrier's prefixes in the mix (roughly the national subscriber split).
-PREFIXES = {
-    "cm": (
-        0.58,
-        [
-            "134",
-            "135",
-            "136",
-            "137",
-            "138",
-            "139",
-            "147",
-            "150",
-            "151",
-            "152",
-            "157",
-            "158",
-            "159",
-            "172",
-            "178",
-            "182",
-            "183",
-            "184",
-            "187",
-            "188",
-            "195",
-            "197",
-            "198",
-        ],
-    ),
-    "cu": (0.23, ["130", "131", "132", "145", "155", "156", "166", "175", "176", "185", "186", "196"]),
-    "ct": (0.17, ["133", "149", "153", "173", "177", "180", "181", "189", "190", "191", "193", "199"]),
-    "cbn": (0.01, ["192"]),
-    "vno": (0.01, ["162", "165", "167", "170", "171"]),
-}
+from engine.carriers import default_prefix_table
+
+# Share of each carrier in the mix (roughly the national subscriber split); the prefixes come
+# from the shipped table, so generated numbers are always sendable unless made bad on purpose.
+SHARES = {"cm": 0.58, "cu": 0.23, "ct": 0.17, "cbn": 0.01, "vno": 0.01}
+
+
+def _prefixes() -> dict[str, list[str]]:
+    """Sendable 5-digit prefixes per carrier (virtual operators apart), from the prefix table."""
+    table = default_prefix_table()
+    out: dict[str, list[str]] = {k: [] for k in SHARES}
+    for prefix, carrier in sorted(table.route.items()):
+        out["vno" if prefix in table.vno else carrier].append(prefix)
+    return out
+
+
 SURNAMES = (
     "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢"
 )
@@ -70,14 +51,14 @@ SEGMENTS = [
 FULL_WIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
 
 
-def _number(rng: random.Random) -> str:
+def _number(rng: random.Random, prefixes: dict[str, list[str]]) -> str:
     r = rng.random()
     acc = 0.0
-    for share, prefixes in PREFIXES.values():
+    for carrier, share in SHARES.items():
         acc += share
         if r <= acc:
-            return rng.choice(prefixes) + f"{rng.randrange(10**8):08d}"
-    return "138" + f"{rng.randrange(10**8):08d}"
+            return rng.choice(prefixes[carrier]) + f"{rng.randrange(10**6):06d}"
+    return "13800" + f"{rng.randrange(10**6):06d}"
 
 
 def _written(n: str, rng: random.Random, bad_rate: float) -> str:
@@ -101,6 +82,7 @@ def _written(n: str, rng: random.Random, bad_rate: float) -> str:
 def rows(count: int, seed: int, bad_rate: float) -> Iterator[list[str]]:
     """Yield header then rows: phone, name, city, segment, last_order, orders, spent, coupon."""
     rng = random.Random(seed)
+    prefixes = _prefixes()
     yield ["phone", "name", "city", "segment", "last_order", "orders", "spent", "coupon"]
     weights = [w for _, w in SEGMENTS]
     names = [s for s, _ in SEGMENTS]
@@ -116,7 +98,7 @@ def rows(count: int, seed: int, bad_rate: float) -> Iterator[list[str]]:
         coupon = {"高价值活跃": 50, "沉睡高价值": 80, "新客首单": 20, "流失预警": 30, "普通活跃": 10}[seg]
         day = f"2026-{rng.randint(1, 11):02d}-{rng.randint(1, 28):02d}"
         yield [
-            _written(_number(rng), rng, bad_rate),
+            _written(_number(rng, prefixes), rng, bad_rate),
             name,
             rng.choice(CITIES),
             seg,

@@ -29,7 +29,7 @@ from engine.source import SegmentReader, SegmentSource, SourceContext
 from engine.stages import CarrierResolver, standard_stages
 from engine.template import Template, compile_template
 
-__all__ = ["Plan", "ProgressHook", "prepare", "preview", "send"]
+__all__ = ["OpenSegment", "Plan", "ProgressHook", "prepare", "preview", "quiet_gc", "send"]
 
 ProgressHook = Callable[[RunRecorder, float], None]
 """Called after each batch with the recorder and the seconds since the run started."""
@@ -54,7 +54,7 @@ class Plan:
         """Price per billed part, per carrier."""
         return {c: cfg.price_per_part for c, cfg in self.engine.config.carriers.items()}
 
-    def open_segment(self) -> tuple[SegmentReader, StageRunner]:
+    def open_segment(self) -> OpenSegment:
         """Open the segment, read its header, and bind the template to its columns.
 
         Fails (``TemplateError``/``SourceError``) before any data row is read.
@@ -71,11 +71,28 @@ class Plan:
         except BaseException:
             reader.close()
             raise
-        self.phone_col = list(reader.columns).index(phone)
         stages = standard_stages(bound, self.table, set(self.routes), self.resolvers)
-        return reader, StageRunner(stages)
+        return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone))
 
-    phone_col: int = 0
+
+@dataclass
+class OpenSegment:
+    """A segment being read, with the stage runner bound to its columns."""
+
+    reader: SegmentReader
+    runner: StageRunner
+    phone_col: int
+    """Position of the phone column in the reader's rows."""
+
+    def batches(self, size: int) -> Iterator[Batch]:
+        """Read batches of about ``size`` rows and run every stage over each."""
+        run, pc = self.runner.run, self.phone_col
+        for sb in self.reader.batches(size):
+            yield run(Batch(sb.nums, sb.rows, pc, sb.rejects))
+
+    def close(self) -> None:
+        """Close the reader."""
+        self.reader.close()
 
 
 @contextmanager
@@ -205,18 +222,17 @@ def preview(
     recorder = RunRecorder(plan.prices, samples=samples)
     if rejects_path is not None:
         recorder.writer = RejectsWriter(rejects_path)
-    reader, runner = plan.open_segment()
+    segment = plan.open_segment()
     try:
         with quiet_gc():
-            for sb in reader.batches(plan.engine.config.batch_size):
-                batch = runner.run(Batch(sb.nums, sb.rows, plan.phone_col, sb.rejects))
+            for batch in segment.batches(plan.engine.config.batch_size):
                 recorder.rejected(batch.rejects)
                 if batch.nums:
                     recorder.rendered(batch.nums, batch.numbers, batch.carriers, batch.texts, batch.parts)
                 if max_rows is not None and recorder.rows >= max_rows:
                     break
     finally:
-        reader.close()
+        segment.close()
         if recorder.writer is not None:
             recorder.writer.close()
     return _summarize(plan, recorder, "preview", time.perf_counter() - started)
@@ -294,7 +310,7 @@ async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock:
     started = time.perf_counter()
     ecfg = plan.engine.config
     recorder = RunRecorder(plan.prices)
-    reader, runner = plan.open_segment()  # template and header checks: before any gateway opens
+    segment = plan.open_segment()  # template and header checks: before any gateway opens
     recorder.writer = RejectsWriter(run_dir / "rejects.csv")
     gateways: dict[str, Gateway] = {}
     try:
@@ -323,8 +339,7 @@ async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock:
             for name, (_, rx) in lanes.items():
                 tg.start_soon(run_lane, gateways[name], rx, buckets, clock, recorder)
             try:
-                for sb in reader.batches(ecfg.batch_size):
-                    batch = runner.run(Batch(sb.nums, sb.rows, plan.phone_col, sb.rejects))
+                for batch in segment.batches(ecfg.batch_size):
                     recorder.rejected(batch.rejects)
                     if batch.nums:
                         recorder.queued(len(batch))
@@ -337,7 +352,7 @@ async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock:
                 for tx, _ in lanes.values():
                     tx.close()
     finally:
-        reader.close()
+        segment.close()
         recorder.writer.close()
         for gw in gateways.values():
             with anyio.move_on_after(10, shield=True), suppress(Exception):

@@ -42,10 +42,9 @@ text = "{{name|亲爱的会员}}，您在{{city}}的{{coupon}}元双11专属券�
 FLOOR_FORMAT = "【小鹅优选】{1}，您在{2}的{7}元双11专属券已到账，11月11日前下单可用 拒收请回复R"
 
 
-def floor(segment: Path) -> float:
-    """Rows per second for csv.reader + str.format over the whole file (the Python floor)."""
+def floor_rows(segment: Path) -> int:
+    """What any Python program pays: csv.reader + str.format over every row; returns the rows."""
     fmt = FLOOR_FORMAT.format
-    started = time.perf_counter()
     n = 0
     with segment.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
@@ -53,6 +52,13 @@ def floor(segment: Path) -> float:
         for row in reader:
             fmt(*row)
             n += 1
+    return n
+
+
+def floor(segment: Path) -> float:
+    """Rows per second of :func:`floor_rows` (the Python floor)."""
+    started = time.perf_counter()
+    n = floor_rows(segment)
     return n / (time.perf_counter() - started)
 
 
@@ -71,16 +77,17 @@ def stages_only(campaign: Path) -> float:
     from engine.runtime import prepare
 
     plan = prepare(campaign)
-    reader, runner = plan.open_segment()
+    segment = plan.open_segment()
     size = plan.engine.config.batch_size
-    batches = [(sb.nums, sb.rows, sb.rejects) for sb in reader.batches(size)]
-    reader.close()
+    batches = [(sb.nums, sb.rows, sb.rejects) for sb in segment.reader.batches(size)]
+    segment.close()
+    runner, phone_col = segment.runner, segment.phone_col
     n = sum(len(nums) + len(rejects) for nums, _, rejects in batches)
     gc.collect()
     gc.freeze()
     started = time.perf_counter()
     for nums, rows, rejects in batches:
-        runner.run(Batch(nums, rows, plan.phone_col, list(rejects)))
+        runner.run(Batch(nums, rows, phone_col, list(rejects)))
     elapsed = time.perf_counter() - started
     gc.unfreeze()
     return n / elapsed
