@@ -83,7 +83,7 @@ class RoutingConfig(Base, kw_only=True, frozen=True):
 class EngineConfig(Base, kw_only=True, frozen=True):
     """The engine file: gateways, carrier prices and limits, plugins, runtime knobs."""
 
-    batch_size: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 4096
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 1024
     """Recipients per batch through the stages."""
     backend: Literal["asyncio", "trio"] = "asyncio"
     """Event loop: asyncio (with uvloop when installed) or trio."""

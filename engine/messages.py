@@ -129,6 +129,30 @@ class MessageBatch(Sequence[Message]):
             ids=[m.id for m in messages],
         )
 
+    @classmethod
+    def concat(cls, batches: Sequence[MessageBatch]) -> MessageBatch:
+        """One batch holding ``batches`` in order (all of one carrier); each column is copied once."""
+        if len(batches) == 1:
+            return batches[0]
+        carrier = batches[0].carrier
+        if any(b.carrier != carrier for b in batches):
+            raise ValueError("MessageBatch.concat needs batches of one carrier")
+        prefix = batches[0]._prefix
+        lazy = all(b._ids is None and b._prefix == prefix for b in batches)
+        rows: list[int] = []
+        numbers: list[str] = []
+        texts: list[str] = []
+        parts: list[int] = []
+        ids: list[str] | None = None if lazy else []
+        for b in batches:  # list += sequence extends in C
+            rows += b.rows
+            numbers += b._numbers
+            texts += b.texts
+            parts += b.parts
+            if ids is not None:
+                ids += b.ids
+        return cls(carrier, rows=rows, numbers=numbers, texts=texts, parts=parts, id_prefix=prefix, ids=ids)
+
     @property
     def ids(self) -> Sequence[str]:
         """Message ids, index-aligned with the other columns."""

@@ -24,7 +24,7 @@ from engine.pipeline import Batch, StageRunner
 from engine.plugins import PluginHost
 from engine.ratelimit import TokenBucket
 from engine.report import RejectsWriter, RunRecorder, RunSummary
-from engine.sender import LaneItem, run_lane
+from engine.sender import Accumulator, LaneItem, run_lane
 from engine.source import SegmentReader, SegmentSource, SourceContext
 from engine.stages import CarrierResolver, standard_stages
 from engine.template import Template, compile_template
@@ -334,7 +334,8 @@ async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock:
         }
         lanes = {name: anyio.create_memory_object_stream[LaneItem](4) for name in gateways}
         prefix = f"{plan.campaign.id}-"
-        routes = plan.routes
+        outbox = {c: lanes[g][0] for c, g in plan.routes.items()}
+        packers = {c: Accumulator(gateways[g].max_batch) for c, g in plan.routes.items()}
         async with anyio.create_task_group() as tg:
             for name, (_, rx) in lanes.items():
                 tg.start_soon(run_lane, gateways[name], rx, buckets, clock, recorder)
@@ -344,10 +345,14 @@ async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock:
                     if batch.nums:
                         recorder.queued(len(batch))
                         for carrier, msgs in batch.messages(prefix).items():
-                            await lanes[routes[carrier]][0].send(msgs)
+                            for full in packers[carrier].add(msgs):
+                                await outbox[carrier].send(full)
                     if progress is not None:
                         progress(recorder, time.perf_counter() - started)
                     await anyio.lowlevel.checkpoint()
+                for carrier, packer in packers.items():
+                    for rest in packer.flush():
+                        await outbox[carrier].send(rest)
             finally:
                 for tx, _ in lanes.values():
                     tx.close()

@@ -14,10 +14,57 @@ from engine.messages import MessageBatch
 from engine.ratelimit import TokenBucket
 from engine.report import RunRecorder
 
-__all__ = ["LaneItem", "run_lane"]
+__all__ = ["Accumulator", "LaneItem", "run_lane"]
 
 LaneItem = MessageBatch
 """What crosses into a lane: a batch of one carrier's messages."""
+
+
+class Accumulator:
+    """Packs one carrier's messages into requests of at most ``size`` (a gateway's ``max_batch``).
+
+    Pure and synchronous: :meth:`add` returns the batches to send now and keeps the rest;
+    :meth:`flush` returns what is left at the end. Small per-carrier groups are joined until they
+    fill a request; a group of at least half a request goes as it is (no copy, no wait). So every
+    request but the last carries at least ``size // 2`` messages, whatever the carrier mix.
+    """
+
+    __slots__ = ("_count", "_pending", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._pending: list[MessageBatch] = []
+        self._count = 0
+
+    def add(self, messages: MessageBatch) -> list[MessageBatch]:
+        """Take ``messages``; return the batches of ``size`` that are now full.
+
+        Incoming batches are cut, never the merged one, so each message is copied once on its
+        way to a request (twice for the few at a cut).
+        """
+        full: list[MessageBatch] = []
+        size = self.size
+        if not self._count and size // 2 <= len(messages) <= size:
+            return [messages]  # big enough already: no copy, no wait
+        while len(messages):
+            room = size - self._count
+            if len(messages) < room:
+                self._pending.append(messages)
+                self._count += len(messages)
+                break
+            self._pending.append(messages[:room] if len(messages) > room else messages)
+            full.append(MessageBatch.concat(self._pending))
+            self._pending, self._count = [], 0
+            messages = messages[room:]
+        return full
+
+    def flush(self) -> list[MessageBatch]:
+        """Whatever is pending, as one batch (or none)."""
+        if not self._count:
+            return []
+        merged = MessageBatch.concat(self._pending)
+        self._pending, self._count = [], 0
+        return [merged]
 
 
 async def run_lane(
