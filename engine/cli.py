@@ -86,8 +86,9 @@ class _Progress:
         sent = rec.states[State.SENT]
         rate = rec.rows / elapsed if elapsed > 0 else 0.0
         print(
-            f"[{elapsed:7.1f}s] rows {rec.rows:,}  sent {sent:,}  rejected "
-            f"{rec.states[State.REJECTED]:,}  failed {rec.states[State.FAILED]:,}  ({rate:,.0f} rows/s)",
+            f"[{elapsed:7.1f}s] rows {rec.rows:,}  sent {sent:,}  suppressed "
+            f"{rec.states[State.SUPPRESSED]:,}  rejected {rec.states[State.REJECTED]:,}  "
+            f"failed {rec.states[State.FAILED]:,}  ({rate:,.0f} rows/s)",
             file=self.out,
             flush=True,
         )
@@ -131,6 +132,8 @@ def _print_summary(console: Console, s: RunSummary) -> None:
         console.print(f"run directory: {s.run_dir}")
     if s.rejects_file:
         console.print(f"rejects: {s.rejects_file}")
+    if s.suppressed_file:
+        console.print(f"suppressed: {s.suppressed_file}")
 
 
 def _lookup(numbers: list[str], console: Console) -> int:

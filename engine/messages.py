@@ -17,6 +17,7 @@ __all__ = [
     "RejectReason",
     "State",
     "SubmitResult",
+    "SuppressReason",
 ]
 
 
@@ -52,17 +53,29 @@ class RejectReason(StrEnum):
     NO_GATEWAY = "no_gateway"
 
 
+class SuppressReason(StrEnum):
+    """Why a sendable row was deliberately not sent; a bounded set, safe as a metric label."""
+
+    DUPLICATE = "duplicate"
+
+
 class Reject(msgspec.Struct, gc=False, frozen=True):
-    """A row that cannot be sent, with its row number in the source and the reason."""
+    """A row that leaves the pipeline without a message, with its row number and the reason.
+
+    ``state`` is ``rejected`` (it cannot be sent: bad number, missing field…) or ``suppressed``
+    (it is deliberately not sent: duplicate, opted out, over its cap).
+    """
 
     row: int
     """Row number as the operator sees it (CSV: header is row 1; JSON Lines: line number)."""
     reason: str
-    """A :class:`RejectReason` value."""
+    """A :class:`RejectReason` or :class:`SuppressReason` value."""
     detail: str = ""
     """Human-readable specifics (which field, what was expected)."""
     phone: str = ""
     """The phone value as written in the source (masked whenever it is written out)."""
+    state: str = "rejected"
+    """``rejected`` or ``suppressed``."""
 
 
 class Message(msgspec.Struct, gc=False):

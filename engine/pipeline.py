@@ -69,11 +69,14 @@ class Batch:
         indices: Sequence[int],
         reasons: Sequence[str] | str,
         details: Sequence[str] | str = "",
+        *,
+        state: str = "rejected",
     ) -> None:
-        """Reject the items at ``indices`` (ascending, each once) and remove them from the batch.
+        """Take the items at ``indices`` (ascending, each once) out of the batch, with a record each.
 
-        ``reasons`` and ``details`` are one value for all, or one per index. Call it once per stage
-        and batch: indices refer to the batch as it is before the call.
+        ``reasons`` and ``details`` are one value for all, or one per index; ``state`` is
+        ``rejected`` (cannot be sent) or ``suppressed`` (deliberately not sent). Call it once per
+        stage and batch: indices refer to the batch as it is before the call.
         """
         if not indices:
             return
@@ -86,6 +89,7 @@ class Batch:
                 reasons if one_reason else reasons[k],  # type: ignore[arg-type]
                 details if one_detail else details[k],  # type: ignore[arg-type]
                 rows[i][pc] if pc < len(rows[i]) else "",
+                state,
             )
             for k, i in enumerate(indices)
         )

@@ -72,6 +72,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
     gateways: dict[str, GatewaySummary] = {}
     run_dir: str = ""
     rejects_file: str = ""
+    suppressed_file: str = ""
     samples: list[SampleMessage] = []
     reject_samples: list[Reject] = []
     prefix_table: str = ""
@@ -79,7 +80,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
 
 
 class RejectsWriter:
-    """Writes rejects as CSV (``row,reason,detail,phone``) with phone numbers masked."""
+    """Writes rejected or suppressed rows as CSV (``row,reason,detail,phone``), numbers masked."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -111,22 +112,28 @@ class RunRecorder:
         self.samples: list[SampleMessage] = []
         self.reject_samples: list[Reject] = []
         self.writer: RejectsWriter | None = None
+        """Where rejected rows go (``rejects.csv``)."""
+        self.suppressed_writer: RejectsWriter | None = None
+        """Where suppressed rows go (``suppressed.csv``)."""
 
     def _reason(self, state: State, reason: str, n: int = 1) -> None:
         self.reasons.setdefault(state, Counter())[reason] += n
 
-    def rejected(self, rejects: Sequence[Reject]) -> None:
-        """Record a batch's rejects (and write them out)."""
-        if not rejects:
+    def dropped(self, records: Sequence[Reject]) -> None:
+        """Record a batch's rejected and suppressed rows, and write them to their files."""
+        if not records:
             return
-        self.rows += len(rejects)
-        self.states[State.REJECTED] += len(rejects)
-        c = self.reasons.setdefault(State.REJECTED, Counter())
-        c.update(r.reason for r in rejects)
-        if len(self.reject_samples) < self.sample_limit:
+        self.rows += len(records)
+        for (state, reason), n in Counter((r.state, r.reason) for r in records).items():
+            self.states[state] += n
+            self.reasons.setdefault(state, Counter())[reason] += n
+        rejects = [r for r in records if r.state == State.REJECTED]
+        if rejects and len(self.reject_samples) < self.sample_limit:
             self.reject_samples.extend(rejects[: self.sample_limit - len(self.reject_samples)])
-        if self.writer is not None:
+        if rejects and self.writer is not None:
             self.writer.write(rejects)
+        if len(rejects) != len(records) and self.suppressed_writer is not None:
+            self.suppressed_writer.write([r for r in records if r.state != State.REJECTED])
 
     def rendered(
         self,
@@ -240,6 +247,7 @@ class RunRecorder:
             gateways=self.gateways,
             run_dir=run_dir,
             rejects_file=str(self.writer.path) if self.writer else "",
+            suppressed_file=str(self.suppressed_writer.path) if self.suppressed_writer else "",
             samples=self.samples,
             reject_samples=self.reject_samples,
             prefix_table=prefix_table,

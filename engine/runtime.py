@@ -226,7 +226,7 @@ def preview(
     try:
         with quiet_gc():
             for batch in segment.batches(plan.engine.config.batch_size):
-                recorder.rejected(batch.rejects)
+                recorder.dropped(batch.rejects)
                 if batch.nums:
                     recorder.rendered(batch.nums, batch.numbers, batch.carriers, batch.texts, batch.parts)
                 if max_rows is not None and recorder.rows >= max_rows:
@@ -312,6 +312,7 @@ async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock:
     recorder = RunRecorder(plan.prices)
     segment = plan.open_segment()  # template and header checks: before any gateway opens
     recorder.writer = RejectsWriter(run_dir / "rejects.csv")
+    recorder.suppressed_writer = RejectsWriter(run_dir / "suppressed.csv")
     gateways: dict[str, Gateway] = {}
     try:
         for name in sorted(set(plan.routes.values())):
@@ -341,7 +342,7 @@ async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock:
                 tg.start_soon(run_lane, gateways[name], rx, buckets, clock, recorder)
             try:
                 for batch in segment.batches(ecfg.batch_size):
-                    recorder.rejected(batch.rejects)
+                    recorder.dropped(batch.rejects)
                     if batch.nums:
                         recorder.queued(len(batch))
                         for carrier, msgs in batch.messages(prefix).items():
@@ -359,6 +360,7 @@ async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock:
     finally:
         segment.close()
         recorder.writer.close()
+        recorder.suppressed_writer.close()
         for gw in gateways.values():
             with anyio.move_on_after(10, shield=True), suppress(Exception):
                 await gw.aclose()

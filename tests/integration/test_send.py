@@ -27,6 +27,7 @@ SEGMENT = (
     "17100000000,虚拟,30\r\n"  # row 8: VNO on cu
     "+44 7911 123456,Ann,5\r\n"  # row 9: international
     "13800138001,张三\r\n"  # row 10: short row
+    "+86 138 0013 8000,又是张伟,20\r\n"  # row 11: row 2's number again: suppressed
 )
 
 
@@ -49,8 +50,9 @@ def test_send_writes_every_message_once_and_accounts_for_every_row(
     result = run_cli("send", str(campaign), "--backend", backend, "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["rows"] == 9
-    assert summary["states"] == {"sent": 5, "rejected": 4}
+    assert summary["rows"] == 10
+    assert summary["states"] == {"sent": 5, "rejected": 4, "suppressed": 1}
+    assert summary["reasons"]["suppressed"] == {"duplicate": 1}
     assert sum(summary["states"].values()) == summary["rows"]
     assert summary["reasons"]["rejected"] == {
         "satellite_number": 1,
@@ -91,6 +93,8 @@ def test_send_writes_every_message_once_and_accounts_for_every_row(
         (10, "malformed_row"),
     ]
     assert all("13490000000" not in r["phone"] for r in rejects)  # masked
+    suppressed = (tmp_path / run_dir / "suppressed.csv").read_text("utf-8").splitlines()
+    assert suppressed[1].startswith("11,duplicate,")
     on_disk = json.loads((tmp_path / run_dir / "summary.json").read_text("utf-8"))
     assert on_disk["states"] == summary["states"]
 
@@ -104,7 +108,7 @@ def test_preview_shows_samples_costs_and_rejects_without_sending(
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["mode"] == "preview"
-    assert summary["states"] == {"rendered": 5, "rejected": 4}
+    assert summary["states"] == {"rendered": 5, "rejected": 4, "suppressed": 1}
     assert [s["row"] for s in summary["samples"]] == [2, 3]
     assert summary["samples"][0]["to"] == "138****8000"
     cm = summary["carriers"]["cm"]
@@ -173,7 +177,7 @@ def test_gbk_excel_export_with_crlf_and_bom_free_header(
     write("seg.csv", SEGMENT.encode("gbk", errors="replace"))
     campaign = campaign_file("seg.csv", extra_segment='encoding = "gbk"')
     summary = msgspec.json.decode(run_cli("preview", str(campaign), "--json", cwd=tmp_path).stdout)
-    assert summary["states"] == {"rendered": 5, "rejected": 4}
+    assert summary["states"] == {"rendered": 5, "rejected": 4, "suppressed": 1}
 
 
 @pytest.mark.anyio
@@ -191,7 +195,7 @@ async def test_send_api_on_both_backends_gives_the_same_result(
     plan = prepare(campaign_file("seg.csv", engine_kwargs={"max_batch": 1}))
     run_dir = new_run_dir(plan, tmp_path / "runs")
     summary = await _send(plan, run_dir, None, SystemClock())
-    assert summary.states == {"sent": 5, "rejected": 4}
+    assert summary.states == {"sent": 5, "rejected": 4, "suppressed": 1}
     assert summary.gateways["out"].requests == 5  # max_batch 1: one request per message
     assert len((run_dir / "sent.jsonl").read_text("utf-8").splitlines()) == 5
 

@@ -14,7 +14,7 @@ from engine.phone import parse_phone
 from engine.pipeline import Batch, StageRunner
 from engine.sms import count_parts, split, units
 from engine.source import SourceContext
-from engine.stages import Normalize, standard_stages
+from engine.stages import Dedupe, Normalize, standard_stages
 from engine.template import compile_template
 from plugins.source_file.config import CsvConfig
 from plugins.source_file.csv_source import CsvSource
@@ -74,28 +74,43 @@ names = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_s
 def test_no_valid_row_is_lost_and_every_row_ends_rendered_or_rejected(
     rows: list[tuple[bool, tuple[str, str], str]], batch_size: int
 ) -> None:
+    """Each row ends in exactly one of rendered / rejected / suppressed, and a valid number's first
+    row is always rendered (later rows with the same number are suppressed as duplicates)."""
     template = compile_template("{name|亲}，{coupon}元券", signature="小鹅", opt_out_text="拒收请回复R")
     bound = template.bind(["phone", "name", "coupon"])
     runner = StageRunner(standard_stages(bound, TABLE, ALL))
     rendered: dict[int, str] = {}
-    rejected: dict[int, str] = {}
+    dropped: dict[int, tuple[str, str]] = {}
     source_rows = [(w, name, "20") for _, (_, w), name in rows]
     for start in range(0, len(source_rows), batch_size):
         chunk = source_rows[start : start + batch_size]
         nums = list(range(start + 2, start + 2 + len(chunk)))
         b = runner.run(Batch(nums, list(chunk), 0))
         for r in b.rejects:
-            assert r.row not in rejected and r.row not in rendered
-            assert r.reason in set(RejectReason) and r.detail
-            rejected[r.row] = r.reason
+            assert r.row not in dropped and r.row not in rendered
+            assert r.detail
+            if r.state == "rejected":
+                assert r.reason in set(RejectReason)
+            else:
+                assert (r.state, r.reason) == ("suppressed", "duplicate")
+            dropped[r.row] = (r.state, r.reason)
         for n, to, text in zip(b.nums, b.numbers, b.texts, strict=True):
-            assert n not in rejected and n not in rendered
+            assert n not in dropped and n not in rendered
             rendered[n] = to
             assert text.startswith("【小鹅】") and text.endswith("拒收请回复R")
-    assert set(rendered) | set(rejected) == set(range(2, 2 + len(rows)))
-    for i, (valid, (national, w), _) in enumerate(rows):
+    assert set(rendered) | set(dropped) == set(range(2, 2 + len(rows)))
+    first_row: dict[str, int] = {}
+    for i, (valid, (national, _), _) in enumerate(rows):
         if valid:
-            assert rendered.get(i + 2) == national, (w, rejected.get(i + 2))
+            first_row.setdefault(national, i + 2)
+    for i, (valid, (national, w), _) in enumerate(rows):
+        if not valid:
+            continue
+        if first_row[national] == i + 2:
+            assert rendered.get(i + 2) == national, (w, dropped.get(i + 2))
+        else:
+            assert dropped[i + 2] == ("suppressed", "duplicate")
+    assert len(set(rendered.values())) == len(rendered)  # nobody twice
 
 
 @settings(max_examples=300, deadline=None)
@@ -171,3 +186,28 @@ def test_csv_reader_agrees_with_the_stdlib_parser(
         got.extend(list(r) for r in batch.rows)
     reader.close()
     assert got == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["13800138000", "13900139000", "13000130000", "+447911123456", "+12025550143"]),
+        max_size=40,
+    ),
+    st.integers(1, 9),
+)
+def test_dedupe_is_idempotent_and_keeps_first_occurrences(numbers: list[str], batch_size: int) -> None:
+    def run(values: list[str]) -> list[str]:
+        d = Dedupe()
+        kept: list[str] = []
+        for start in range(0, len(values), batch_size):
+            chunk = values[start : start + batch_size]
+            b = Batch(list(range(len(chunk))), [(v,) for v in chunk], 0)
+            b.numbers = list(chunk)
+            d.process(b)
+            kept += b.numbers
+        return kept
+
+    once = run(numbers)
+    assert once == list(dict.fromkeys(numbers))
+    assert run(once) == once

@@ -7,7 +7,7 @@ import pytest
 from engine.carriers import default_prefix_table
 from engine.messages import MessageBatch, RejectReason
 from engine.pipeline import Batch, StageRunner, positions
-from engine.stages import CountParts, Normalize, Render, Route, standard_stages
+from engine.stages import CountParts, Dedupe, Normalize, Render, Route, standard_stages
 from engine.template import compile_template
 
 ALL = {"cm", "cu", "ct", "cbn", "intl"}
@@ -166,3 +166,35 @@ def test_messages_group_by_carrier_in_row_order() -> None:
     assert groups["intl"][0].to == "+447911123456"
     assert cm.total_parts() == 2
     assert len(cm[1:]) == 1 and cm[1:][0].id == "camp-7"
+
+
+def test_dedupe_suppresses_later_rows_of_the_same_number_however_written() -> None:
+    b = batch(
+        "13800138000",
+        "+86 138-0013-8000",
+        "13900139000",
+        "008613800138000",
+        "+447911123456",
+        "+44 7911 123456",
+    )
+    Normalize().process(b)
+    d = Dedupe()
+    d.process(b)
+    assert b.nums == [2, 4, 6]
+    assert [(r.row, r.state, r.reason) for r in b.rejects] == [
+        (3, "suppressed", "duplicate"),
+        (5, "suppressed", "duplicate"),
+        (7, "suppressed", "duplicate"),
+    ]
+    later = batch("13900139000", "13700137000")
+    later.numbers = [r[0] for r in later.rows]
+    d.process(later)  # across batches of the same run
+    assert later.nums == [3]
+
+
+def test_dedupe_keys_never_confuse_countries() -> None:
+    b = batch()
+    b.nums, b.rows = [2, 3], [("a",), ("b",)]
+    b.numbers = ["12025550143", "+12025550143"]  # a (bad) Chinese 11-digit value and a US number
+    Dedupe().process(b)
+    assert b.nums == [2, 3]
