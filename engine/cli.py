@@ -11,6 +11,7 @@ from typing import TextIO
 
 import msgspec
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from engine.carriers import CARRIER_NAMES, default_prefix_table
@@ -95,14 +96,19 @@ class _Progress:
 
 
 def _print_summary(console: Console, s: RunSummary) -> None:
-    title = f"{s.mode}: {s.campaign}" + (f" — {s.name}" if s.name else "")
+    title = escape(f"{s.mode}: {s.campaign}" + (f" — {s.name}" if s.name else ""))
     console.print(f"[bold]{title}[/bold]  ({s.kind}, prefix table {s.prefix_table})")
+    for f in s.findings:
+        style = "red" if f.level == "error" else "yellow"
+        console.print(f"[{style}]{f.level}[/{style}] {escape(f.key)}: {escape(f.message)}")
+    if any(f.level == "error" for f in s.findings):
+        console.print("[red]`pigeon send` will refuse this campaign until the errors above are fixed.[/red]")
     if s.samples:
         t = Table(title="Sample messages", show_lines=False)
         for col in ("row", "to", "carrier", "parts", "text"):
             t.add_column(col, overflow="fold")
         for m in s.samples:
-            t.add_row(str(m.row), m.to, m.carrier, str(m.parts), m.text)
+            t.add_row(str(m.row), m.to, m.carrier, str(m.parts), escape(m.text))
         console.print(t)
     t = Table(title=f"Per carrier ({s.currency})")
     for col in ("carrier", "messages", "billed parts", "cost"):
@@ -125,7 +131,7 @@ def _print_summary(console: Console, s: RunSummary) -> None:
         for col in ("row", "reason", "detail", "phone"):
             t.add_column(col, overflow="fold")
         for r in s.reject_samples:
-            t.add_row(str(r.row), r.reason, r.detail, mask(r.phone))
+            t.add_row(str(r.row), r.reason, escape(r.detail), mask(r.phone))
         console.print(t)
     console.print(f"{s.elapsed_seconds:.2f}s, {s.rows_per_second:,.0f} rows/s")
     if s.run_dir:
@@ -144,16 +150,16 @@ def _lookup(numbers: list[str], console: Console) -> int:
     for raw in numbers:
         p = parse_phone(raw)
         if p.reason is not None:
-            t.add_row(raw, "", "", "", f"rejected: {p.reason} ({p.detail})")
+            t.add_row(escape(raw), "", "", "", f"rejected: {p.reason} ({escape(p.detail)})")
             continue
         if not p.national:
-            t.add_row(raw, p.e164, "intl", "", "ok")
+            t.add_row(escape(raw), p.e164, "intl", "", "ok")
             continue
         info = table.lookup(p.national)
         if info is None or not info.sendable:
             reason, detail = table.reject_reason(p.national)
             t.add_row(
-                raw,
+                escape(raw),
                 p.e164,
                 info.carrier if info else "",
                 info.kind if info else "",
@@ -161,7 +167,7 @@ def _lookup(numbers: list[str], console: Console) -> int:
             )
         else:
             kind = info.kind + (" (virtual operator, host carrier shown)" if info.vno else "")
-            t.add_row(raw, p.e164, CARRIER_NAMES[info.carrier], kind, "ok")
+            t.add_row(escape(raw), p.e164, CARRIER_NAMES[info.carrier], kind, "ok")
     console.print(t)
     return EXIT_OK
 
@@ -204,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             return _lookup(args.numbers, console)
         if args.command == "plugins":
             return _plugins(args.json, console)
-        plan = prepare(args.campaign, args.engine)
+        plan = prepare(args.campaign, args.engine, strict=args.command == "send")
         if args.command == "preview":
             summary = preview(plan, samples=args.samples, max_rows=args.rows, rejects_path=args.rejects)
         else:
@@ -220,4 +226,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(summary)).decode() + "\n")
     else:
         _print_summary(console, summary)
+    if any(f.level == "error" for f in summary.findings):
+        return EXIT_BAD_INPUT  # a preview of a campaign that `send` would refuse
     return EXIT_FAILED_MESSAGES if summary.states.get(State.FAILED) else EXIT_OK

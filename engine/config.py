@@ -23,6 +23,7 @@ __all__ = [
     "LoadedCampaign",
     "LoadedEngine",
     "PluginsConfig",
+    "PolicyConfig",
     "RoutingConfig",
     "SegmentConfig",
     "TemplateConfig",
@@ -118,6 +119,17 @@ class TemplateConfig(Base, kw_only=True, frozen=True):
     """Longest allowed message in billed characters, signature and opt-out text included."""
 
 
+class PolicyConfig(Base, kw_only=True, frozen=True):
+    """``[policy]``: compliance settings of a campaign."""
+
+    banned_terms: list[str] | None = None
+    """Absolute terms to refuse in the template; unset = the built-in list (Advertising Law Art. 9
+    and the terms of the same meaning platforms refuse)."""
+    allowed_terms: list[str] = []
+    """Lawful phrases containing a banned term (a registered trademark, 最佳赏味期…), added to the
+    built-in carve-outs."""
+
+
 class CampaignConfig(Base, kw_only=True, frozen=True):
     """A campaign file: who to send to, what to send, and how."""
 
@@ -129,6 +141,7 @@ class CampaignConfig(Base, kw_only=True, frozen=True):
     """Path of the engine file, relative to this file (the CLI's ``--engine`` wins)."""
     segment: dict[str, Any]
     template: TemplateConfig
+    policy: PolicyConfig = PolicyConfig()
 
     @property
     def opt_out_text(self) -> str:

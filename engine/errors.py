@@ -5,6 +5,7 @@
     EngineError
     ├─ ConfigError            a config file is unreadable or invalid (names file, key path, expectation)
     ├─ TemplateError          a template does not compile or does not fit the segment
+    ├─ PreflightError         a campaign breaks a compliance rule (all findings listed)
     ├─ SourceError            a segment source cannot be opened or its header is unusable
     ├─ PluginError
     │   ├─ PluginLoadError    an entry point failed to import
@@ -23,6 +24,7 @@ __all__ = [
     "PluginContractError",
     "PluginError",
     "PluginLoadError",
+    "PreflightError",
     "SourceError",
     "TemplateError",
 ]
@@ -49,6 +51,10 @@ class ConfigError(EngineError):
 
 class TemplateError(EngineError):
     """A template is malformed or refers to fields the segment does not have."""
+
+
+class PreflightError(EngineError):
+    """The preflight found problems that must be fixed before anything is sent; lists them all."""
 
 
 class SourceError(EngineError):

@@ -12,6 +12,7 @@ import msgspec
 
 from engine.messages import ACCEPTED, MessageBatch, Outcome, Reject, State, SubmitResult
 from engine.phone import mask
+from engine.preflight import Finding
 
 __all__ = [
     "CarrierSummary",
@@ -77,6 +78,8 @@ class RunSummary(msgspec.Struct, kw_only=True):
     reject_samples: list[Reject] = []
     prefix_table: str = ""
     """Version of the carrier prefix table used."""
+    findings: list[Finding] = []
+    """Preflight findings (errors refuse a send)."""
 
 
 class RejectsWriter:

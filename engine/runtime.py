@@ -18,10 +18,11 @@ import msgspec
 from engine.carriers import PrefixTable, default_prefix_table
 from engine.clock import Clock, SystemClock
 from engine.config import LoadedCampaign, LoadedEngine, convert_section, load_campaign, load_engine
-from engine.errors import ConfigError, SourceError, TemplateError
+from engine.errors import ConfigError, PreflightError, SourceError, TemplateError
 from engine.gateway import Gateway, GatewayContext
 from engine.pipeline import Batch, StageRunner
 from engine.plugins import PluginHost
+from engine.preflight import DEFAULT_ALLOWED_TERMS, DEFAULT_BANNED_TERMS, Finding, check_campaign, errors
 from engine.ratelimit import TokenBucket
 from engine.report import RejectsWriter, RunRecorder, RunSummary
 from engine.sender import Accumulator, LaneItem, run_lane
@@ -48,6 +49,8 @@ class Plan:
     routes: dict[str, str]
     """Carrier → name of its primary gateway."""
     resolvers: list[CarrierResolver] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    """Preflight findings (errors refuse a send; ``prepare(strict=True)`` raises on them)."""
 
     @property
     def prices(self) -> dict[str, float]:
@@ -130,11 +133,14 @@ def prepare(
     engine_path: str | Path | None = None,
     *,
     host: PluginHost | None = None,
+    strict: bool = True,
 ) -> Plan:
-    """Load and check both config files, the plugins, the template and the routes.
+    """Load and check both config files, the plugins, the template and the routes, and run the
+    preflight.
 
     Everything that can be wrong without reading the segment's rows fails here, with a message
-    that says what to change.
+    that says what to change. With ``strict`` (for sending) preflight errors raise
+    :class:`PreflightError`; without (for previews) they are kept on ``plan.findings``.
     """
     campaign = load_campaign(campaign_path)
     engine = load_engine(_engine_path(campaign, engine_path))
@@ -198,6 +204,18 @@ def prepare(
         )
         resolvers.append(rreg.factory(ropts, None))
 
+    policy = campaign.config.policy
+    findings = check_campaign(
+        template,
+        kind=campaign.config.kind,
+        banned_terms=policy.banned_terms if policy.banned_terms is not None else DEFAULT_BANNED_TERMS,
+        allowed_terms=[*DEFAULT_ALLOWED_TERMS, *policy.allowed_terms],
+    )
+    if strict and errors(findings):
+        raise PreflightError(
+            f"{campaign.file}: the campaign breaks {len(errors(findings))} rule(s); nothing was sent:\n"
+            + "\n".join(f"  {f.key}: {f.message}" for f in errors(findings))
+        )
     return Plan(
         campaign=campaign,
         engine=engine,
@@ -207,6 +225,7 @@ def prepare(
         table=default_prefix_table(),
         routes=routes,
         resolvers=resolvers,
+        findings=findings,
     )
 
 
@@ -240,7 +259,7 @@ def preview(
 
 def _summarize(plan: Plan, recorder: RunRecorder, mode: str, elapsed: float, run_dir: str = "") -> RunSummary:
     c = plan.campaign
-    return recorder.summary(
+    summary = recorder.summary(
         campaign=c.id,
         name=c.config.name,
         kind=c.config.kind,
@@ -250,6 +269,8 @@ def _summarize(plan: Plan, recorder: RunRecorder, mode: str, elapsed: float, run
         run_dir=run_dir,
         prefix_table=plan.table.version,
     )
+    summary.findings = list(plan.findings)
+    return summary
 
 
 def new_run_dir(plan: Plan, runs_dir: str | Path | None = None, clock: Clock | None = None) -> Path:

@@ -128,6 +128,14 @@ def test_preview_shows_samples_costs_and_rejects_without_sending(
         (("{coupon}", "{copon}"), "did you mean {coupon}?"),
         (('signature = "小鹅优选"', 'signatur = "x"'), "template.signatur: unknown key"),
         (('path = "seg.csv"', 'path = "nope.csv"'), "segment file not found"),
+        (
+            ('signature = "小鹅优选"', 'signature = "鹅"'),
+            "template.signature: the signature 【鹅】 has 1 characters",
+        ),
+        (
+            ("元券已到账", "元券，全网最低价"),
+            "absolute terms the Advertising Law (Art. 9) forbids in ads: 最低",
+        ),
     ],
 )
 def test_bad_input_fails_before_the_first_send_and_says_what_to_change(
@@ -145,6 +153,17 @@ def test_bad_input_fails_before_the_first_send_and_says_what_to_change(
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("sent.jsonl"))
+
+
+def test_preview_of_a_campaign_send_would_refuse_shows_why_and_exits_2(
+    tmp_path: Path, write: Callable[[str, str | bytes], Path], campaign_file: Callable[..., Path]
+) -> None:
+    write("seg.csv", SEGMENT)
+    campaign = campaign_file("seg.csv", text="国家级好券 {name} {coupon}")
+    result = run_cli("preview", str(campaign), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "国家级" in result.stdout and "will refuse" in result.stdout
+    assert "Sample messages" in result.stdout  # the preview still shows what it would send
 
 
 def test_the_example_campaign_runs_as_the_readme_says(tmp_path: Path) -> None:
