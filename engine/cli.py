@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -17,6 +18,7 @@ from rich.table import Table
 from engine.carriers import CARRIER_NAMES, default_prefix_table
 from engine.errors import EngineError
 from engine.messages import State
+from engine.optout_cli import optout_command
 from engine.phone import mask, parse_phone
 from engine.plugins import PluginHost
 from engine.report import RunRecorder, RunSummary
@@ -65,6 +67,32 @@ def _parser() -> argparse.ArgumentParser:
 
     lk = sub.add_parser("lookup", help="normalize phone numbers and show their carrier")
     lk.add_argument("numbers", nargs="+", help="numbers in any common form")
+
+    oo = sub.add_parser("optout", help="manage the opt-out list (people who replied 退订/R or asked to stop)")
+    oo.add_argument(
+        "--engine",
+        type=Path,
+        default=Path(os.environ.get("PIGEON_ENGINE", "config/engine.toml")),
+        help="engine file whose [store] holds the list (default: $PIGEON_ENGINE or config/engine.toml)",
+    )
+    oo_sub = oo.add_subparsers(dest="optout_command", required=True, metavar="ACTION")
+    imp = oo_sub.add_parser(
+        "import", help="add every number of a file (one per line, or the first CSV column)"
+    )
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--source", default="import", help="where the list came from (default: import)")
+    imp.add_argument("--reason", default="", help="why (shown by `check`)")
+    imp.add_argument("--encoding", default="utf-8-sig", help="file encoding (default utf-8, BOM accepted)")
+    exp = oo_sub.add_parser("export", help="write the whole list as CSV (number,source,reason,created_at)")
+    exp.add_argument("file", type=Path, nargs="?", help="output file (default: standard output)")
+    add = oo_sub.add_parser("add", help="add numbers")
+    add.add_argument("numbers", nargs="+")
+    add.add_argument("--source", default="manual")
+    add.add_argument("--reason", default="")
+    rm = oo_sub.add_parser("remove", help="remove numbers (someone opted back in)")
+    rm.add_argument("numbers", nargs="+")
+    chk = oo_sub.add_parser("check", help="is a number on the list, and since when")
+    chk.add_argument("numbers", nargs="+")
 
     pl = sub.add_parser("plugins", help="list installed plugins and what they register")
     pl.add_argument("--json", action="store_true", help="print as JSON")
@@ -204,12 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     failed at a gateway (see the summary).
     """
     args = _parser().parse_args(argv)
-    console = Console(stderr=False, highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     try:
         if args.command == "lookup":
             return _lookup(args.numbers, console)
         if args.command == "plugins":
             return _plugins(args.json, console)
+        if args.command == "optout":
+            return optout_command(args, console)
         plan = prepare(args.campaign, args.engine, strict=args.command == "send")
         if args.command == "preview":
             summary = preview(plan, samples=args.samples, max_rows=args.rows, rejects_path=args.rejects)

@@ -26,6 +26,7 @@ __all__ = [
     "PolicyConfig",
     "RoutingConfig",
     "SegmentConfig",
+    "StoreConfig",
     "TemplateConfig",
     "convert_section",
     "load_campaign",
@@ -81,6 +82,13 @@ class RoutingConfig(Base, kw_only=True, frozen=True):
     """Per-resolver settings: ``[routing.options.<name>]``."""
 
 
+class StoreConfig(Base, kw_only=True, frozen=True):
+    """``[store]``: where the engine keeps what outlives a run (opt-outs…)."""
+
+    path: str = "pigeon.db"
+    """The embedded SQLite store (WAL mode), relative to the engine file."""
+
+
 class EngineConfig(Base, kw_only=True, frozen=True):
     """The engine file: gateways, carrier prices and limits, plugins, runtime knobs."""
 
@@ -95,6 +103,7 @@ class EngineConfig(Base, kw_only=True, frozen=True):
     gateways: dict[Identifier, GatewayConfig]
     plugins: PluginsConfig = PluginsConfig()
     routing: RoutingConfig = RoutingConfig()
+    store: StoreConfig = StoreConfig()
 
 
 class SegmentConfig(Base, kw_only=True, frozen=True):
@@ -128,6 +137,9 @@ class PolicyConfig(Base, kw_only=True, frozen=True):
     allowed_terms: list[str] = []
     """Lawful phrases containing a banned term (a registered trademark, 最佳赏味期…), added to the
     built-in carve-outs."""
+    respect_optouts: bool | None = None
+    """Suppress numbers that opted out; unset = yes for marketing, no for transactional
+    (order and shipping notices are not advertising)."""
 
 
 class CampaignConfig(Base, kw_only=True, frozen=True):
@@ -240,6 +252,12 @@ class LoadedEngine(msgspec.Struct, frozen=True):
     config: EngineConfig
     file: str
     base_dir: Path
+
+    @property
+    def store_path(self) -> Path:
+        """The store file, resolved against the engine file's directory."""
+        p = Path(self.config.store.path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
 
 
 class LoadedCampaign(msgspec.Struct, frozen=True):

@@ -57,6 +57,7 @@ class SuppressReason(StrEnum):
     """Why a sendable row was deliberately not sent; a bounded set, safe as a metric label."""
 
     DUPLICATE = "duplicate"
+    OPTED_OUT = "opted_out"
 
 
 class Reject(msgspec.Struct, gc=False, frozen=True):

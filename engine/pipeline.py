@@ -15,9 +15,27 @@ from typing import Any, Protocol
 
 from engine.messages import MessageBatch, Reject
 
-__all__ = ["Batch", "Stage", "StageRunner", "StageStats", "Tally", "positions"]
+__all__ = [
+    "INTL_KEY_OFFSET",
+    "Batch",
+    "Stage",
+    "StageRunner",
+    "StageStats",
+    "Tally",
+    "number_key",
+    "positions",
+]
 
-_COLUMNS = ("nums", "rows", "numbers", "carriers", "texts", "parts")
+INTL_KEY_OFFSET = 10**15
+"""E.164 has at most 15 digits: international keys never meet Chinese national ones."""
+
+
+def number_key(number: str) -> int:
+    """An int identifying a normalized number (11-digit Chinese mobile, or ``+`` E.164)."""
+    return int(number) if number[0] != "+" else INTL_KEY_OFFSET + int(number[1:])
+
+
+_COLUMNS = ("nums", "rows", "numbers", "keys", "carriers", "texts", "parts")
 
 
 def positions(seq: list[Any], value: object) -> list[int]:
@@ -36,7 +54,7 @@ def positions(seq: list[Any], value: object) -> list[int]:
 class Batch:
     """Recipients moving through the stages, one list per column, index-aligned."""
 
-    __slots__ = ("carriers", "numbers", "nums", "parts", "phone_col", "rejects", "rows", "texts")
+    __slots__ = ("carriers", "keys", "numbers", "nums", "parts", "phone_col", "rejects", "rows", "texts")
 
     def __init__(
         self,
@@ -52,6 +70,8 @@ class Batch:
         self.phone_col = phone_col
         self.numbers: list[str] = []
         """After ``normalize``: 11-digit Chinese mobiles, or E.164 (``+…``) for other countries."""
+        self.keys: list[int] = []
+        """Numbers as ints (:func:`number_keys`), filled by the first stage that needs them."""
         self.carriers: list[str] = []
         """After ``route``: carrier codes."""
         self.texts: list[str] = []
@@ -63,6 +83,17 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.nums)
+
+    def number_keys(self) -> list[int]:
+        """``keys``, computed once per batch: E.164 numbers as ints (Chinese national numbers as
+        themselves, other countries offset past them), for sets and sorted arrays."""
+        if len(self.keys) != len(self.numbers):
+            numbers = self.numbers
+            if any(n[0] == "+" for n in numbers):
+                self.keys = [int(n) if n[0] != "+" else INTL_KEY_OFFSET + int(n[1:]) for n in numbers]
+            else:
+                self.keys = list(map(int, numbers))
+        return self.keys
 
     def drop(
         self,

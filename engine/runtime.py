@@ -20,6 +20,7 @@ from engine.clock import Clock, SystemClock
 from engine.config import LoadedCampaign, LoadedEngine, convert_section, load_campaign, load_engine
 from engine.errors import ConfigError, PreflightError, SourceError, TemplateError
 from engine.gateway import Gateway, GatewayContext
+from engine.optout import OptOutSet
 from engine.pipeline import Batch, StageRunner
 from engine.plugins import PluginHost
 from engine.preflight import DEFAULT_ALLOWED_TERMS, DEFAULT_BANNED_TERMS, Finding, check_campaign, errors
@@ -28,6 +29,7 @@ from engine.report import RejectsWriter, RunRecorder, RunSummary
 from engine.sender import Accumulator, LaneItem, run_lane
 from engine.source import SegmentReader, SegmentSource, SourceContext
 from engine.stages import CarrierResolver, standard_stages
+from engine.store.sqlite import SqliteStore
 from engine.template import Template, compile_template
 
 __all__ = ["OpenSegment", "Plan", "ProgressHook", "prepare", "preview", "quiet_gc", "send"]
@@ -51,6 +53,8 @@ class Plan:
     resolvers: list[CarrierResolver] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     """Preflight findings (errors refuse a send; ``prepare(strict=True)`` raises on them)."""
+    optouts: OptOutSet | None = None
+    """Opted-out numbers to suppress (None when the campaign does not respect opt-outs)."""
 
     @property
     def prices(self) -> dict[str, float]:
@@ -74,7 +78,7 @@ class Plan:
         except BaseException:
             reader.close()
             raise
-        stages = standard_stages(bound, self.table, set(self.routes), self.resolvers)
+        stages = standard_stages(bound, self.table, set(self.routes), self.resolvers, self.optouts)
         return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone))
 
 
@@ -216,6 +220,14 @@ def prepare(
             f"{campaign.file}: the campaign breaks {len(errors(findings))} rule(s); nothing was sent:\n"
             + "\n".join(f"  {f.key}: {f.message}" for f in errors(findings))
         )
+    optouts: OptOutSet | None = None
+    respect = policy.respect_optouts
+    if respect if respect is not None else campaign.config.kind == "marketing":
+        store = SqliteStore(engine.store_path)
+        try:
+            optouts = store.load_optouts()
+        finally:
+            store.close()
     return Plan(
         campaign=campaign,
         engine=engine,
@@ -226,6 +238,7 @@ def prepare(
         routes=routes,
         resolvers=resolvers,
         findings=findings,
+        optouts=optouts,
     )
 
 

@@ -5,15 +5,26 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from engine.carriers import PrefixTable
+from engine.optout import OptOutSet
 from engine.pipeline import Stage
 from engine.stages.count_parts import CountParts
 from engine.stages.dedupe import Dedupe
 from engine.stages.normalize import Normalize
 from engine.stages.render import Render
 from engine.stages.route import CarrierResolver, Route
+from engine.stages.suppress_optouts import SuppressOptouts
 from engine.template import BoundTemplate
 
-__all__ = ["CarrierResolver", "CountParts", "Dedupe", "Normalize", "Render", "Route", "standard_stages"]
+__all__ = [
+    "CarrierResolver",
+    "CountParts",
+    "Dedupe",
+    "Normalize",
+    "Render",
+    "Route",
+    "SuppressOptouts",
+    "standard_stages",
+]
 
 
 def standard_stages(
@@ -21,11 +32,16 @@ def standard_stages(
     table: PrefixTable,
     routable: Collection[str],
     resolvers: Sequence[CarrierResolver] = (),
+    optouts: OptOutSet | None = None,
 ) -> list[Stage]:
-    """normalize → dedupe → route → render → count_parts, as every blast runs them."""
+    """normalize → dedupe → suppress_optouts → route → render → count_parts.
+
+    ``suppress_optouts`` runs when an opt-out set is given (always for marketing campaigns).
+    """
     return [
         Normalize(),
         Dedupe(),
+        *([SuppressOptouts(optouts)] if optouts is not None else []),
         Route(table, routable, resolvers),
         Render(template),
         CountParts(template.template),

@@ -5,14 +5,7 @@ from __future__ import annotations
 from engine.messages import State, SuppressReason
 from engine.pipeline import Batch
 
-__all__ = ["Dedupe", "number_key"]
-
-_INTL_OFFSET = 10**15  # E.164 has at most 15 digits: international keys never meet Chinese ones
-
-
-def number_key(number: str) -> int:
-    """An int identifying a normalized number (11-digit Chinese mobile, or ``+`` E.164)."""
-    return int(number) if number[0] != "+" else _INTL_OFFSET + int(number[1:])
+__all__ = ["Dedupe"]
 
 
 class Dedupe:
@@ -30,11 +23,7 @@ class Dedupe:
 
     def process(self, batch: Batch) -> None:
         """Suppress the numbers of ``batch`` already seen in this run (or earlier in the batch)."""
-        numbers = batch.numbers
-        if any(n[0] == "+" for n in numbers):
-            keys = list(map(number_key, numbers))
-        else:
-            keys = list(map(int, numbers))
+        keys = batch.number_keys()
         seen = self.seen
         if len(set(keys)) == len(keys) and seen.isdisjoint(keys):
             seen.update(keys)

@@ -232,3 +232,42 @@ def test_jsonl_segment(
     summary = send(plan, runs_dir=tmp_path / "runs")
     assert summary.states == {"sent": 1, "rejected": 2}
     assert summary.reasons["rejected"] == {"invalid_number": 1, "missing_phone": 1}
+
+
+def test_opted_out_numbers_are_suppressed_in_marketing_but_not_transactional(
+    tmp_path: Path, write: Callable[[str, str | bytes], Path], campaign_file: Callable[..., Path]
+) -> None:
+    write("seg.csv", SEGMENT)
+    campaign = campaign_file("seg.csv")
+    engine = tmp_path / "engine.toml"
+    engine.write_text(engine.read_text("utf-8") + '[store]\npath = "state/pigeon.db"\n', encoding="utf-8")
+    added = run_cli(
+        "optout", "--engine", str(engine), "add", "+86 130 0013 0000", "13800138000", cwd=tmp_path
+    )
+    assert added.returncode == 0, added.stderr
+    assert (tmp_path / "state" / "pigeon.db").exists()
+
+    summary = json.loads(run_cli("preview", str(campaign), "--json", cwd=tmp_path).stdout)
+    assert summary["reasons"]["suppressed"] == {"opted_out": 2, "duplicate": 1}
+    assert summary["states"]["rendered"] == 3
+
+    campaign.write_text(campaign.read_text("utf-8").replace('kind = "marketing"', 'kind = "transactional"'))
+    summary = json.loads(run_cli("preview", str(campaign), "--json", cwd=tmp_path).stdout)
+    assert summary["reasons"]["suppressed"] == {"duplicate": 1}
+
+
+def test_optout_import_reports_bad_lines(
+    tmp_path: Path, write: Callable[[str, str | bytes], Path], engine_file: Callable[..., Path]
+) -> None:
+    engine = engine_file()
+    write("list.csv", "手机号\n13800138000\n+86 139 0013 9000\nnot-a-number\n13800138000\n")
+    result = run_cli("optout", "--engine", str(engine), "import", "list.csv", cwd=tmp_path)
+    assert result.returncode == 2
+    assert (
+        "2 added" in result.stdout
+        and "1 already on the list" in result.stdout
+        and "1 not numbers" in result.stdout
+    )
+    assert "line 4" in result.stdout
+    check = run_cli("optout", "--engine", str(engine), "check", "13900139000", cwd=tmp_path)
+    assert check.returncode == 0 and "opted out on" in check.stdout

@@ -1,0 +1,153 @@
+"""``pigeon optout``: import, export, add, remove and check opted-out numbers in the store."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from engine.config import load_engine
+from engine.errors import SourceError
+from engine.phone import mask, parse_phone
+from engine.store import OptOutRecord
+from engine.store.sqlite import SqliteStore
+
+__all__ = ["optout_command"]
+
+_BATCH = 100_000
+
+
+def _e164(raw: str) -> str | None:
+    p = parse_phone(raw)
+    return p.e164 if p.reason is None else None
+
+
+def _file_numbers(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
+    """(line number, first field) of every non-blank line."""
+    try:
+        with path.open(newline="", encoding=encoding) as f:
+            for line_no, row in enumerate(csv.reader(f), start=1):
+                if row and row[0].strip():
+                    yield line_no, row[0]
+    except FileNotFoundError:
+        raise SourceError(f"file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path} is not valid {encoding}: {exc}; pass --encoding gbk?") from None
+
+
+def optout_command(args: argparse.Namespace, console: Console) -> int:
+    """Run one ``pigeon optout`` action; returns the exit code."""
+    engine = load_engine(args.engine)
+    store = SqliteStore(engine.store_path)
+    try:
+        action = args.optout_command
+        if action == "import":
+            return _import(store, args, console)
+        if action == "export":
+            return _export(store, args.file, console)
+        if action == "add":
+            return _add(store, args, console)
+        if action == "remove":
+            return _remove(store, args, console)
+        return _check(store, args, console)
+    finally:
+        store.close()
+
+
+def _import(store: SqliteStore, args: argparse.Namespace, console: Console) -> int:
+    started = time.perf_counter()
+    now = time.time()
+    read = added = 0
+    bad: list[tuple[int, str]] = []
+    pending: list[OptOutRecord] = []
+    for line_no, raw in _file_numbers(args.file, args.encoding):
+        read += 1
+        e164 = _e164(raw)
+        if e164 is None:
+            if line_no == 1:
+                read -= 1  # a header
+                continue
+            bad.append((line_no, raw))
+            continue
+        pending.append(OptOutRecord(e164, args.source, args.reason, now))
+        if len(pending) >= _BATCH:
+            added += store.add_optouts(pending)
+            pending.clear()
+    added += store.add_optouts(pending)
+    console.print(
+        f"read {read:,} numbers from {escape(str(args.file))} in {time.perf_counter() - started:.1f}s: "
+        f"{added:,} added, {read - added - len(bad):,} already on the list, {len(bad):,} not numbers; "
+        f"{store.count_optouts():,} on the list now"
+    )
+    for line_no, raw in bad[:10]:
+        console.print(f"  line {line_no}: {escape(mask(raw.strip()))} is not a phone number")
+    return 0 if not bad else 2
+
+
+def _export(store: SqliteStore, file: Path | None, console: Console) -> int:
+    out = file.open("w", newline="", encoding="utf-8") if file else sys.stdout
+    try:
+        w = csv.writer(out)
+        w.writerow(["number", "source", "reason", "created_at"])
+        n = 0
+        for r in store.iter_optouts():
+            w.writerow([r.number, r.source, r.reason, datetime.fromtimestamp(r.created_at, UTC).isoformat()])
+            n += 1
+    finally:
+        if file:
+            out.close()
+    if file:
+        console.print(f"wrote {n:,} opt-outs to {escape(str(file))}")
+    return 0
+
+
+def _parse_all(numbers: list[str], console: Console) -> list[str] | None:
+    out = []
+    for raw in numbers:
+        e164 = _e164(raw)
+        if e164 is None:
+            console.print(f"error: {escape(raw)} is not a phone number ({parse_phone(raw).detail})")
+            return None
+        out.append(e164)
+    return out
+
+
+def _add(store: SqliteStore, args: argparse.Namespace, console: Console) -> int:
+    numbers = _parse_all(args.numbers, console)
+    if numbers is None:
+        return 2
+    added = store.add_optouts(OptOutRecord(n, args.source, args.reason) for n in numbers)
+    console.print(f"{added} added, {len(numbers) - added} already on the list")
+    return 0
+
+
+def _remove(store: SqliteStore, args: argparse.Namespace, console: Console) -> int:
+    numbers = _parse_all(args.numbers, console)
+    if numbers is None:
+        return 2
+    removed = store.remove_optouts(numbers)
+    console.print(f"{removed} removed, {len(numbers) - removed} were not on the list")
+    return 0
+
+
+def _check(store: SqliteStore, args: argparse.Namespace, console: Console) -> int:
+    numbers = _parse_all(args.numbers, console)
+    if numbers is None:
+        return 2
+    found = store.optout_records(numbers)
+    for raw, n in zip(args.numbers, numbers, strict=True):
+        r = found.get(n)
+        if r is None:
+            console.print(f"{escape(raw)}: not opted out")
+        else:
+            when = datetime.fromtimestamp(r.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            why = f", {escape(r.reason)}" if r.reason else ""
+            console.print(f"{escape(raw)}: opted out on {when} (source {escape(r.source)}{why})")
+    return 1 if len(found) != len(numbers) else 0

@@ -1,0 +1,99 @@
+"""Opt-outs: reply keywords, the in-memory set, the SQLite store and its snapshot, the stage."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.optout import OptOutSet, is_opt_out_reply
+from engine.pipeline import Batch, number_key
+from engine.stages import SuppressOptouts
+from engine.store import OptOutRecord
+from engine.store.sqlite import SqliteStore
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "R",
+        "r",
+        "ｒ",
+        " TD。",
+        "td",
+        "【退订】",
+        "退订",
+        "T",
+        "N",
+        "0000",
+        "STOP",
+        "stop!",
+        "Unsubscribe",
+        "😀R😀",
+        "\tＴＤ\n",
+    ],
+)
+def test_opt_out_replies(reply: str) -> None:
+    assert is_opt_out_reply(reply)
+
+
+@pytest.mark.parametrize("reply", ["", "R U open?", "好的", "TDD", "不要退订", "000", "谢谢"])
+def test_other_replies_are_not_opt_outs(reply: str) -> None:
+    assert not is_opt_out_reply(reply)
+
+
+def test_keyword_set_is_configurable() -> None:
+    assert is_opt_out_reply("取消", keywords={"取消"})
+    assert not is_opt_out_reply("R", keywords={"取消"})
+
+
+def test_set_answers_for_a_whole_batch_including_numbers_added_later() -> None:
+    s = OptOutSet.from_numbers(["13800138000", "13900139000", "+447911123456"])
+    keys = [number_key(n) for n in ["13800138000", "13700137000", "+447911123456", "12025550143"]]
+    assert s.contains(keys) == [0, 2]
+    s.add(["13700137000"])
+    assert s.contains(keys) == [0, 1, 2]
+    assert len(s) == 4
+    assert OptOutSet().contains(keys) == []
+
+
+def test_unsorted_input_is_sorted() -> None:
+    s = OptOutSet(np.array([30, 10, 20], dtype=np.int64))
+    assert s.contains([10, 20, 25, 30]) == [0, 1, 3]
+
+
+def test_store_round_trip_and_snapshot(tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    store = SqliteStore(db)
+    assert (
+        store.add_optouts(
+            [OptOutRecord("+8613800138000", "import"), OptOutRecord("+447911123456", "mo", "R")]
+        )
+        == 2
+    )
+    assert store.add_optouts([OptOutRecord("+8613800138000", "manual")]) == 0  # first record kept
+    assert store.optout_records(["+8613800138000"])["+8613800138000"].source == "import"
+    first = store.load_optouts()  # builds the snapshot
+    assert first.contains([number_key("13800138000"), number_key("+447911123456")]) == [0, 1]
+    store.close()
+
+    store = SqliteStore(db)
+    assert len(store.load_optouts()) == 2  # from the snapshot
+    assert store.remove_optouts(["+8613800138000", "+8613900139000"]) == 1
+    fresh = store.load_optouts()  # stale snapshot: rebuilt
+    assert fresh.contains([number_key("13800138000"), number_key("+447911123456")]) == [1]
+    assert [r.number for r in store.iter_optouts()] == ["+447911123456"]
+    store.close()
+    mode = sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_stage_suppresses_opted_out_numbers_with_a_reason() -> None:
+    stage = SuppressOptouts(OptOutSet.from_numbers(["13900139000"]))
+    b = Batch([2, 3], [("13800138000",), ("13900139000",)], 0)
+    b.numbers = ["13800138000", "13900139000"]
+    stage.process(b)
+    assert b.nums == [2]
+    assert [(r.row, r.state, r.reason) for r in b.rejects] == [(3, "suppressed", "opted_out")]
