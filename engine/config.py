@@ -7,9 +7,11 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from engine.caps import parse_period
 from engine.carriers import CARRIERS
 from engine.errors import ConfigError
 from engine.template import DEFAULT_OPT_OUT
@@ -17,9 +19,11 @@ from engine.template import DEFAULT_OPT_OUT
 __all__ = [
     "Base",
     "CampaignConfig",
+    "CapWindowConfig",
     "CarrierConfig",
     "EngineConfig",
     "GatewayConfig",
+    "LaneCapsConfig",
     "LoadedCampaign",
     "LoadedEngine",
     "PluginsConfig",
@@ -89,6 +93,22 @@ class StoreConfig(Base, kw_only=True, frozen=True):
     """The embedded SQLite store (WAL mode), relative to the engine file."""
 
 
+class CapWindowConfig(Base, kw_only=True, frozen=True):
+    """One cap: at most ``limit`` messages per number per ``period``."""
+
+    limit: PositiveInt
+    period: str
+    """``calendar_day`` (midnight to midnight in ``timezone``) or a rolling ``30s``/``15m``/``24h``/``7d``."""
+
+
+class LaneCapsConfig(Base, kw_only=True, frozen=True):
+    """``[caps.marketing]`` / ``[caps.transactional]``: the windows that apply to that kind."""
+
+    windows: list[CapWindowConfig] = []
+    timezone: str = "Asia/Shanghai"
+    """Where a calendar day starts."""
+
+
 class EngineConfig(Base, kw_only=True, frozen=True):
     """The engine file: gateways, carrier prices and limits, plugins, runtime knobs."""
 
@@ -104,6 +124,8 @@ class EngineConfig(Base, kw_only=True, frozen=True):
     plugins: PluginsConfig = PluginsConfig()
     routing: RoutingConfig = RoutingConfig()
     store: StoreConfig = StoreConfig()
+    caps: dict[Literal["marketing", "transactional"], LaneCapsConfig] = {}
+    """Frequency caps per number, across campaigns and runs, per kind of message."""
 
 
 class SegmentConfig(Base, kw_only=True, frozen=True):
@@ -283,6 +305,18 @@ def load_engine(path: str | Path) -> LoadedEngine:
     cfg = convert_section(raw, EngineConfig, file=str(p), path="")
     if not cfg.gateways:
         raise ConfigError(str(p), "gateways", "configure at least one [gateways.<name>] section")
+    for kind, caps in cfg.caps.items():
+        try:
+            ZoneInfo(caps.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                str(p), f"caps.{kind}.timezone", f"unknown time zone {caps.timezone!r}"
+            ) from None
+        for i, w in enumerate(caps.windows):
+            try:
+                parse_period(w.period)
+            except ValueError as exc:
+                raise ConfigError(str(p), f"caps.{kind}.windows[{i}].period", str(exc)) from None
     return LoadedEngine(cfg, str(p), p.resolve().parent)
 
 

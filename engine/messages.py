@@ -10,6 +10,7 @@ import msgspec
 
 __all__ = [
     "ACCEPTED",
+    "INTL_KEY_OFFSET",
     "Message",
     "MessageBatch",
     "Outcome",
@@ -18,7 +19,20 @@ __all__ = [
     "State",
     "SubmitResult",
     "SuppressReason",
+    "number_key",
 ]
+
+
+INTL_KEY_OFFSET: Final = 10**15
+"""E.164 has at most 15 digits: international keys never meet Chinese national ones."""
+
+
+def number_key(number: str) -> int:
+    """An int identifying a normalized number (11-digit Chinese mobile, or ``+`` E.164).
+
+    Used wherever numbers are counted or looked up in bulk: dedupe, opt-outs, caps.
+    """
+    return int(number) if number[0] != "+" else INTL_KEY_OFFSET + int(number[1:])
 
 
 class State(StrEnum):
@@ -58,6 +72,7 @@ class SuppressReason(StrEnum):
 
     DUPLICATE = "duplicate"
     OPTED_OUT = "opted_out"
+    CAPPED = "capped"
 
 
 class Reject(msgspec.Struct, gc=False, frozen=True):
@@ -174,6 +189,10 @@ class MessageBatch(Sequence[Message]):
             prefix = self._prefix
             self._ids = [f"{prefix}{n}" for n in self.rows]
         return self._ids
+
+    def keys(self) -> list[int]:
+        """The recipients as :func:`number_key` ints."""
+        return list(map(number_key, self._numbers))
 
     @property
     def tos(self) -> Sequence[str]:

@@ -9,7 +9,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from engine.pipeline import number_key
+from engine.messages import number_key
 
 __all__ = ["DEFAULT_KEYWORDS", "OptOutSet", "is_opt_out_reply"]
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Any, Protocol
 
-from engine.messages import MessageBatch, Reject
+from engine.messages import INTL_KEY_OFFSET, MessageBatch, Reject, number_key
 
 __all__ = [
     "INTL_KEY_OFFSET",
@@ -25,15 +25,6 @@ __all__ = [
     "number_key",
     "positions",
 ]
-
-INTL_KEY_OFFSET = 10**15
-"""E.164 has at most 15 digits: international keys never meet Chinese national ones."""
-
-
-def number_key(number: str) -> int:
-    """An int identifying a normalized number (11-digit Chinese mobile, or ``+`` E.164)."""
-    return int(number) if number[0] != "+" else INTL_KEY_OFFSET + int(number[1:])
-
 
 _COLUMNS = ("nums", "rows", "numbers", "keys", "carriers", "texts", "parts")
 

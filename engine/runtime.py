@@ -15,11 +15,13 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
+from engine.caps import CapState, CapWindow
 from engine.carriers import PrefixTable, default_prefix_table
 from engine.clock import Clock, SystemClock
 from engine.config import LoadedCampaign, LoadedEngine, convert_section, load_campaign, load_engine
 from engine.errors import ConfigError, PreflightError, SourceError, TemplateError
 from engine.gateway import Gateway, GatewayContext
+from engine.messages import MessageBatch
 from engine.optout import OptOutSet
 from engine.pipeline import Batch, StageRunner
 from engine.plugins import PluginHost
@@ -28,7 +30,7 @@ from engine.ratelimit import TokenBucket
 from engine.report import RejectsWriter, RunRecorder, RunSummary
 from engine.sender import Accumulator, LaneItem, run_lane
 from engine.source import SegmentReader, SegmentSource, SourceContext
-from engine.stages import CarrierResolver, standard_stages
+from engine.stages import Cap, CarrierResolver, standard_stages
 from engine.store.sqlite import SqliteStore
 from engine.template import Template, compile_template
 
@@ -55,6 +57,9 @@ class Plan:
     """Preflight findings (errors refuse a send; ``prepare(strict=True)`` raises on them)."""
     optouts: OptOutSet | None = None
     """Opted-out numbers to suppress (None when the campaign does not respect opt-outs)."""
+    caps: CapState | None = None
+    """Frequency caps of the campaign's kind, with the history loaded from the store."""
+    clock: Clock = field(default_factory=SystemClock)
 
     @property
     def prices(self) -> dict[str, float]:
@@ -78,7 +83,8 @@ class Plan:
         except BaseException:
             reader.close()
             raise
-        stages = standard_stages(bound, self.table, set(self.routes), self.resolvers, self.optouts)
+        cap = Cap(self.caps, self.clock) if self.caps is not None else None
+        stages = standard_stages(bound, self.table, set(self.routes), self.resolvers, self.optouts, cap)
         return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone))
 
 
@@ -138,6 +144,7 @@ def prepare(
     *,
     host: PluginHost | None = None,
     strict: bool = True,
+    clock: Clock | None = None,
 ) -> Plan:
     """Load and check both config files, the plugins, the template and the routes, and run the
     preflight.
@@ -221,11 +228,21 @@ def prepare(
             + "\n".join(f"  {f.key}: {f.message}" for f in errors(findings))
         )
     optouts: OptOutSet | None = None
+    caps: CapState | None = None
     respect = policy.respect_optouts
-    if respect if respect is not None else campaign.config.kind == "marketing":
+    respect_optouts = respect if respect is not None else campaign.config.kind == "marketing"
+    lane_caps = ecfg.caps.get(campaign.config.kind)
+    clock = clock or SystemClock()
+    if respect_optouts or (lane_caps and lane_caps.windows):
         store = SqliteStore(engine.store_path)
         try:
-            optouts = store.load_optouts()
+            if respect_optouts:
+                optouts = store.load_optouts()
+            if lane_caps and lane_caps.windows:
+                windows = [CapWindow(w.limit, w.period, lane_caps.timezone) for w in lane_caps.windows]
+                now = clock.time()
+                keys, times = store.load_sends(campaign.config.kind, min(w.start(now) for w in windows))
+                caps = CapState(windows, keys, times)
         finally:
             store.close()
     return Plan(
@@ -239,6 +256,8 @@ def prepare(
         resolvers=resolvers,
         findings=findings,
         optouts=optouts,
+        caps=caps,
+        clock=clock,
     )
 
 
@@ -340,6 +359,21 @@ def send(
     return summary
 
 
+def _cap_recorder(plan: Plan, store: SqliteStore) -> Callable[[MessageBatch], None]:
+    """Count each request's messages against the caps when they are handed to the gateway, in
+    memory for this run and in the store for the next ones."""
+    caps, kind, clock = plan.caps, plan.campaign.config.kind, plan.clock
+    assert caps is not None
+
+    def handover(batch: MessageBatch) -> None:
+        now = clock.time()
+        keys = batch.keys()
+        caps.record(now, keys)
+        store.record_sends(kind, keys, now)
+
+    return handover
+
+
 async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock: Clock) -> RunSummary:
     started = time.perf_counter()
     ecfg = plan.engine.config
@@ -348,6 +382,7 @@ async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock:
     recorder.writer = RejectsWriter(run_dir / "rejects.csv")
     recorder.suppressed_writer = RejectsWriter(run_dir / "suppressed.csv")
     gateways: dict[str, Gateway] = {}
+    store = SqliteStore(plan.engine.store_path) if plan.caps is not None else None
     try:
         for name in sorted(set(plan.routes.values())):
             gcfg = ecfg.gateways[name]
@@ -371,9 +406,10 @@ async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock:
         prefix = f"{plan.campaign.id}-"
         outbox = {c: lanes[g][0] for c, g in plan.routes.items()}
         packers = {c: Accumulator(gateways[g].max_batch) for c, g in plan.routes.items()}
+        handover = _cap_recorder(plan, store) if store is not None else None
         async with anyio.create_task_group() as tg:
             for name, (_, rx) in lanes.items():
-                tg.start_soon(run_lane, gateways[name], rx, buckets, clock, recorder)
+                tg.start_soon(run_lane, gateways[name], rx, buckets, clock, recorder, handover)
             try:
                 for batch in segment.batches(ecfg.batch_size):
                     recorder.dropped(batch.rejects)
@@ -395,6 +431,8 @@ async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock:
         segment.close()
         recorder.writer.close()
         recorder.suppressed_writer.close()
+        if store is not None:
+            store.close()
         for gw in gateways.values():
             with anyio.move_on_after(10, shield=True), suppress(Exception):
                 await gw.aclose()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -73,12 +73,14 @@ async def run_lane(
     buckets: Mapping[str, TokenBucket],
     clock: Clock,
     recorder: RunRecorder,
+    on_handover: Callable[[MessageBatch], None] | None = None,
 ) -> None:
     """Send everything that arrives in ``inbox`` through ``gateway``, one request at a time.
 
     Requests hold at most ``gateway.max_batch`` messages of one carrier. A carrier's bucket (when
-    it has a rate) is charged in billed parts before each request. A failed request is recorded
-    with its reason, never dropped silently.
+    it has a rate) is charged in billed parts before each request. ``on_handover`` sees each
+    request just before it goes (frequency caps count a message then). A failed request is
+    recorded with its reason, never dropped silently.
     """
     size = gateway.max_batch
     async with inbox:
@@ -91,6 +93,8 @@ async def run_lane(
                     delay = bucket.reserve(clock.monotonic(), chunk.total_parts())
                     if delay > 0:
                         await anyio.sleep(delay)
+                if on_handover is not None:
+                    on_handover(chunk)
                 try:
                     results = await gateway.send(chunk)
                 except GatewayError as exc:

@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 from engine.carriers import PrefixTable
 from engine.optout import OptOutSet
 from engine.pipeline import Stage
+from engine.stages.cap import Cap
 from engine.stages.count_parts import CountParts
 from engine.stages.dedupe import Dedupe
 from engine.stages.normalize import Normalize
@@ -16,6 +17,7 @@ from engine.stages.suppress_optouts import SuppressOptouts
 from engine.template import BoundTemplate
 
 __all__ = [
+    "Cap",
     "CarrierResolver",
     "CountParts",
     "Dedupe",
@@ -33,15 +35,18 @@ def standard_stages(
     routable: Collection[str],
     resolvers: Sequence[CarrierResolver] = (),
     optouts: OptOutSet | None = None,
+    caps: Cap | None = None,
 ) -> list[Stage]:
-    """normalize → dedupe → suppress_optouts → route → render → count_parts.
+    """normalize → dedupe → suppress_optouts → cap → route → render → count_parts.
 
-    ``suppress_optouts`` runs when an opt-out set is given (always for marketing campaigns).
+    ``suppress_optouts`` runs when an opt-out set is given (marketing campaigns), ``cap`` when
+    the engine configures caps for the campaign's kind.
     """
     return [
         Normalize(),
         Dedupe(),
         *([SuppressOptouts(optouts)] if optouts is not None else []),
+        *([caps] if caps is not None else []),
         Route(table, routable, resolvers),
         Render(template),
         CountParts(template.template),

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 
 from engine.errors import ConfigError
+from engine.messages import number_key
 from engine.optout import OptOutSet
-from engine.pipeline import number_key
 from engine.store import OptOutRecord
 
 __all__ = ["SqliteStore"]
@@ -33,6 +34,13 @@ CREATE TABLE IF NOT EXISTS optout_snapshot (
     keys       BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- Messages handed to a gateway, for frequency caps across campaigns and runs.
+CREATE TABLE IF NOT EXISTS sends (
+    kind TEXT NOT NULL,     -- marketing / transactional: separate budgets
+    key  INTEGER NOT NULL,  -- number_key()
+    ts   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sends_by_kind_time ON sends (kind, ts);
 INSERT OR IGNORE INTO meta VALUES ('optouts_generation', 0);
 """
 _FETCH: Final = 1 << 20
@@ -138,6 +146,29 @@ class SqliteStore:
 
     def _bump(self) -> None:
         self._db.execute("UPDATE meta SET value = value + 1 WHERE name = 'optouts_generation'")
+
+    def record_sends(self, kind: str, keys: Sequence[int], ts: float) -> None:
+        """Remember messages handed to a gateway (one transaction for the whole batch)."""
+        with self._tx():
+            self._db.executemany("INSERT INTO sends VALUES (?, ?, ?)", [(kind, k, ts) for k in keys])
+
+    def load_sends(self, kind: str, since: float) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Keys and times of the ``kind`` messages sent since ``since`` (for caps)."""
+        cur = self._db.execute("SELECT key, ts FROM sends WHERE kind = ? AND ts >= ?", (kind, since))
+        keys: list[npt.NDArray[np.int64]] = []
+        times: list[npt.NDArray[np.float64]] = []
+        while rows := cur.fetchmany(_FETCH):
+            arr = np.array(rows, dtype=np.float64).reshape(-1, 2)  # keys < 2**53: exact as floats
+            keys.append(arr[:, 0].astype(np.int64))
+            times.append(arr[:, 1])
+        if not keys:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+        return np.concatenate(keys), np.concatenate(times)
+
+    def prune_sends(self, before: float) -> int:
+        """Forget sends older than any cap window; returns how many."""
+        with self._tx():
+            return self._db.execute("DELETE FROM sends WHERE ts < ?", (before,)).rowcount
 
     def close(self) -> None:
         """Close the database."""

@@ -271,3 +271,46 @@ def test_optout_import_reports_bad_lines(
     assert "line 4" in result.stdout
     check = run_cli("optout", "--engine", str(engine), "check", "13900139000", cwd=tmp_path)
     assert check.returncode == 0 and "opted out on" in check.stdout
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_caps_hold_across_runs_and_kinds(
+    tmp_path: Path,
+    write: Callable[[str, str | bytes], Path],
+    campaign_file: Callable[..., Path],
+    backend: str,
+) -> None:
+    write("seg.csv", SEGMENT)
+    campaign = campaign_file("seg.csv")
+    engine = tmp_path / "engine.toml"
+    engine.write_text(
+        engine.read_text("utf-8")
+        + '[caps.marketing]\nwindows = [{ limit = 1, period = "calendar_day" }, { limit = 2, period = "7d" }]\n',
+        encoding="utf-8",
+    )
+    first = json.loads(run_cli("send", str(campaign), "--json", "--backend", backend, cwd=tmp_path).stdout)
+    assert first["states"]["sent"] == 5
+    second = json.loads(run_cli("send", str(campaign), "--json", "--backend", backend, cwd=tmp_path).stdout)
+    assert second["states"].get("sent", 0) == 0
+    assert second["reasons"]["suppressed"]["capped"] == 5
+    assert second["rows"] == first["rows"]
+
+    # Transactional messages have their own budget: the marketing sends do not count against them.
+    campaign.write_text(campaign.read_text("utf-8").replace('kind = "marketing"', 'kind = "transactional"'))
+    third = json.loads(run_cli("send", str(campaign), "--json", "--backend", backend, cwd=tmp_path).stdout)
+    assert third["states"]["sent"] == 5
+
+
+def test_bad_cap_settings_name_the_key(write: Callable[[str, str | bytes], Path]) -> None:
+    from engine.config import load_engine
+    from engine.errors import ConfigError
+
+    f = write(
+        "engine.toml",
+        '[gateways.x]\nplugin = "blackhole"\n[caps.marketing]\nwindows = [{ limit = 3, period = "1w" }]\n',
+    )
+    with pytest.raises(ConfigError, match=r"caps.marketing.windows\[0\].period: '1w' is not a period"):
+        load_engine(f)
+    f = write("engine.toml", '[gateways.x]\nplugin = "blackhole"\n[caps.marketing]\ntimezone = "Mars/Base"\n')
+    with pytest.raises(ConfigError, match=r"caps\.marketing\.timezone: unknown time zone"):
+        load_engine(f)

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.messages import number_key
 from engine.optout import OptOutSet, is_opt_out_reply
-from engine.pipeline import Batch, number_key
+from engine.pipeline import Batch
 from engine.stages import SuppressOptouts
 from engine.store import OptOutRecord
 from engine.store.sqlite import SqliteStore
