@@ -176,11 +176,9 @@ def test_the_example_campaign_runs_as_the_readme_says(tmp_path: Path) -> None:
     )
     assert gen.returncode == 0, gen.stderr
     campaign = tmp_path / "campaign.toml"
-    campaign.write_text(
-        (ROOT / "config" / "campaign.toml")
-        .read_text("utf-8")
-        .replace('engine = "engine.toml"', f'engine = "{ROOT / "config" / "engine.toml"}"'),
-        encoding="utf-8",
+    campaign.write_text((ROOT / "config" / "campaign.toml").read_text("utf-8"), encoding="utf-8")
+    (tmp_path / "engine.toml").write_text(
+        (ROOT / "config" / "engine.toml").read_text("utf-8"), encoding="utf-8"
     )
     result = run_cli("send", str(campaign), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -188,6 +186,13 @@ def test_the_example_campaign_runs_as_the_readme_says(tmp_path: Path) -> None:
     assert summary["rows"] == 3000
     assert summary["states"]["sent"] + summary["states"]["rejected"] == 3000
     assert summary["states"]["rejected"] < 150
+    assert (tmp_path / "pigeon.db").exists()  # the example's store, next to its engine file
+
+    # The example caps marketing at 2 a week: a third run suppresses everyone sent twice.
+    for _ in range(2):
+        summary = json.loads(run_cli("send", str(campaign), "--json", cwd=tmp_path).stdout)
+    assert summary["states"].get("sent", 0) == 0
+    assert summary["reasons"]["suppressed"]["capped"] == 3000 - summary["states"]["rejected"]
 
 
 def test_gbk_excel_export_with_crlf_and_bom_free_header(
