@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.carriers import CARRIER_NAMES, default_prefix_table
-from engine.errors import EngineError
+from engine.errors import EngineError, OutsideSendWindow
 from engine.messages import State
 from engine.optout_cli import optout_command
 from engine.phone import mask, parse_phone
@@ -29,6 +29,7 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILED_MESSAGES = 3
 EXIT_BAD_INPUT = 2
+EXIT_NOT_NOW = 4
 
 
 def _version() -> str:
@@ -64,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     sd.add_argument("--runs-dir", type=Path, help="where run directories go (default: engine config)")
     sd.add_argument("--json", action="store_true", help="print the summary as JSON")
     sd.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    sd.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="outside the sending hours, stop at once (exit 4) instead of waiting for them",
+    )
 
     lk = sub.add_parser("lookup", help="normalize phone numbers and show their carrier")
     lk.add_argument("numbers", nargs="+", help="numbers in any common form")
@@ -164,10 +170,9 @@ def _print_summary(console: Console, s: RunSummary) -> None:
     console.print(f"{s.elapsed_seconds:.2f}s, {s.rows_per_second:,.0f} rows/s")
     if s.run_dir:
         console.print(f"run directory: {s.run_dir}")
-    if s.rejects_file:
-        console.print(f"rejects: {s.rejects_file}")
-    if s.suppressed_file:
-        console.print(f"suppressed: {s.suppressed_file}")
+    for state, path in s.files.items():
+        if s.states.get(state):
+            console.print(f"{state} rows: {escape(path)}")
 
 
 def _lookup(numbers: list[str], console: Console) -> int:
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``pigeon`` command; returns the process exit code.
 
     Exit codes: 0 done; 2 bad config, template or segment (nothing was sent); 3 some messages
-    failed at a gateway (see the summary).
+    failed at a gateway (see the summary); 4 outside the sending hours with ``--no-wait``.
     """
     args = _parser().parse_args(argv)
     console = Console(highlight=False, soft_wrap=True)
@@ -245,7 +250,17 @@ def main(argv: list[str] | None = None) -> int:
             summary = preview(plan, samples=args.samples, max_rows=args.rows, rejects_path=args.rejects)
         else:
             progress = None if args.quiet else _Progress(sys.stderr, 1.0 if sys.stderr.isatty() else 5.0)
-            summary = send(plan, backend=args.backend, runs_dir=args.runs_dir, progress=progress)
+            summary = send(
+                plan,
+                backend=args.backend,
+                runs_dir=args.runs_dir,
+                progress=progress,
+                notify=lambda text: print(text, file=sys.stderr, flush=True),
+                wait=not args.no_wait,
+            )
+    except OutsideSendWindow as exc:
+        print(f"not now: {exc}", file=sys.stderr)
+        return EXIT_NOT_NOW
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -14,6 +14,7 @@ import msgspec
 from engine.caps import parse_period
 from engine.carriers import CARRIERS
 from engine.errors import ConfigError
+from engine.sendwindow import SendWindow
 from engine.template import DEFAULT_OPT_OUT
 
 __all__ = [
@@ -159,6 +160,11 @@ class PolicyConfig(Base, kw_only=True, frozen=True):
     allowed_terms: list[str] = []
     """Lawful phrases containing a banned term (a registered trademark, 最佳赏味期…), added to the
     built-in carve-outs."""
+    send_window: str | None = None
+    """Allowed sending hours in the recipient's time zone, ``"08:00-21:00"``; unset = that for
+    marketing, none for transactional; ``""`` for none."""
+    timezone: str = "Asia/Shanghai"
+    """The time zone of Chinese numbers (and of the send window's hours)."""
     respect_optouts: bool | None = None
     """Suppress numbers that opted out; unset = yes for marketing, no for transactional
     (order and shipping notices are not advertising)."""
@@ -178,12 +184,23 @@ class CampaignConfig(Base, kw_only=True, frozen=True):
     policy: PolicyConfig = PolicyConfig()
 
     @property
+    def send_window(self) -> SendWindow | None:
+        """The campaign's send window, with the default for its kind."""
+        spec = self.policy.send_window
+        if spec is None:
+            spec = DEFAULT_MARKETING_WINDOW if self.kind == "marketing" else ""
+        return SendWindow.parse(spec, self.policy.timezone) if spec else None
+
+    @property
     def opt_out_text(self) -> str:
         """The opt-out text to append: the configured one, the default for marketing, or none."""
         if self.template.opt_out_text is not None:
             return self.template.opt_out_text
         return DEFAULT_OPT_OUT if self.kind == "marketing" else ""
 
+
+DEFAULT_MARKETING_WINDOW = "08:00-21:00"
+"""Marketing in China: providers allow 8–22 (Tencent, Huawei) down to 8–20 (Qiniu); 8–21 by default."""
 
 _AT = re.compile(r" - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]+)`")
@@ -329,6 +346,11 @@ def load_campaign(path: str | Path) -> LoadedCampaign:
     common = {k: seg_raw.pop(k) for k in ("source", "phone_field") if k in seg_raw}
     segment = convert_section(common, SegmentConfig, file=str(p), path="segment")
     cid = cfg.id or re.sub(r"[^A-Za-z0-9_.-]", "_", p.stem)[:64]
+    if cfg.policy.send_window:
+        try:
+            SendWindow.parse(cfg.policy.send_window, cfg.policy.timezone)
+        except (ValueError, ZoneInfoNotFoundError) as exc:
+            raise ConfigError(str(p), "policy.send_window", str(exc)) from None
     if not cfg.template.signature.strip().strip("【】"):
         raise ConfigError(str(p), "template.signature", "the signature is empty; carriers require one")
     return LoadedCampaign(cfg, str(p), p.resolve().parent, cid, segment, seg_raw)

@@ -6,6 +6,7 @@
     ├─ ConfigError            a config file is unreadable or invalid (names file, key path, expectation)
     ├─ TemplateError          a template does not compile or does not fit the segment
     ├─ PreflightError         a campaign breaks a compliance rule (all findings listed)
+    ├─ OutsideSendWindow      asked not to wait, and it is quiet hours now
     ├─ SourceError            a segment source cannot be opened or its header is unusable
     ├─ PluginError
     │   ├─ PluginLoadError    an entry point failed to import
@@ -21,6 +22,7 @@ __all__ = [
     "ConfigError",
     "EngineError",
     "GatewayError",
+    "OutsideSendWindow",
     "PluginContractError",
     "PluginError",
     "PluginLoadError",
@@ -55,6 +57,10 @@ class TemplateError(EngineError):
 
 class PreflightError(EngineError):
     """The preflight found problems that must be fixed before anything is sent; lists them all."""
+
+
+class OutsideSendWindow(EngineError):
+    """It is outside the campaign's sending hours and the caller asked not to wait."""
 
 
 class SourceError(EngineError):

@@ -21,6 +21,7 @@ __all__ = [
     "RunRecorder",
     "RunSummary",
     "SampleMessage",
+    "close_writers",
 ]
 
 
@@ -72,8 +73,8 @@ class RunSummary(msgspec.Struct, kw_only=True):
     rows_per_second: float
     gateways: dict[str, GatewaySummary] = {}
     run_dir: str = ""
-    rejects_file: str = ""
-    suppressed_file: str = ""
+    files: dict[str, str] = {}
+    """The CSV listing the rows of each state that has one: ``rejected``, ``suppressed``, ``deferred``."""
     samples: list[SampleMessage] = []
     reject_samples: list[Reject] = []
     prefix_table: str = ""
@@ -101,6 +102,12 @@ class RejectsWriter:
         self._fh.close()
 
 
+def close_writers(recorder: RunRecorder) -> None:
+    """Close every file the recorder writes to."""
+    for w in recorder.writers.values():
+        w.close()
+
+
 class RunRecorder:
     """Counts outcomes per batch: the one place a run's states are decided and tallied."""
 
@@ -114,10 +121,8 @@ class RunRecorder:
         self.sample_limit = samples
         self.samples: list[SampleMessage] = []
         self.reject_samples: list[Reject] = []
-        self.writer: RejectsWriter | None = None
-        """Where rejected rows go (``rejects.csv``)."""
-        self.suppressed_writer: RejectsWriter | None = None
-        """Where suppressed rows go (``suppressed.csv``)."""
+        self.writers: dict[str, RejectsWriter] = {}
+        """Where the rows of each state go (``rejects.csv``, ``suppressed.csv``, ``deferred.csv``)."""
 
     def _reason(self, state: State, reason: str, n: int = 1) -> None:
         self.reasons.setdefault(state, Counter())[reason] += n
@@ -133,10 +138,14 @@ class RunRecorder:
         rejects = [r for r in records if r.state == State.REJECTED]
         if rejects and len(self.reject_samples) < self.sample_limit:
             self.reject_samples.extend(rejects[: self.sample_limit - len(self.reject_samples)])
-        if rejects and self.writer is not None:
-            self.writer.write(rejects)
-        if len(rejects) != len(records) and self.suppressed_writer is not None:
-            self.suppressed_writer.write([r for r in records if r.state != State.REJECTED])
+        if self.writers:
+            by_state: dict[str, list[Reject]] = {}
+            for r in records:
+                by_state.setdefault(r.state, []).append(r)
+            for state, rows in by_state.items():
+                w = self.writers.get(state)
+                if w is not None:
+                    w.write(rows)
 
     def rendered(
         self,
@@ -249,8 +258,7 @@ class RunRecorder:
             rows_per_second=round(self.rows / elapsed, 1) if elapsed > 0 else 0.0,
             gateways=self.gateways,
             run_dir=run_dir,
-            rejects_file=str(self.writer.path) if self.writer else "",
-            suppressed_file=str(self.suppressed_writer.path) if self.suppressed_writer else "",
+            files={state: str(w.path) for state, w in self.writers.items()},
             samples=self.samples,
             reject_samples=self.reject_samples,
             prefix_table=prefix_table,

@@ -19,18 +19,19 @@ from engine.caps import CapState, CapWindow
 from engine.carriers import PrefixTable, default_prefix_table
 from engine.clock import Clock, SystemClock
 from engine.config import LoadedCampaign, LoadedEngine, convert_section, load_campaign, load_engine
-from engine.errors import ConfigError, PreflightError, SourceError, TemplateError
+from engine.errors import ConfigError, OutsideSendWindow, PreflightError, SourceError, TemplateError
 from engine.gateway import Gateway, GatewayContext
-from engine.messages import MessageBatch
+from engine.messages import MessageBatch, State
 from engine.optout import OptOutSet
 from engine.pipeline import Batch, StageRunner
 from engine.plugins import PluginHost
 from engine.preflight import DEFAULT_ALLOWED_TERMS, DEFAULT_BANNED_TERMS, Finding, check_campaign, errors
 from engine.ratelimit import TokenBucket
-from engine.report import RejectsWriter, RunRecorder, RunSummary
+from engine.report import RejectsWriter, RunRecorder, RunSummary, close_writers
 from engine.sender import Accumulator, LaneItem, run_lane
+from engine.sendwindow import SendWindow
 from engine.source import SegmentReader, SegmentSource, SourceContext
-from engine.stages import Cap, CarrierResolver, standard_stages
+from engine.stages import Cap, CarrierResolver, HoldQuietHours, standard_stages
 from engine.store.sqlite import SqliteStore
 from engine.template import Template, compile_template
 
@@ -84,7 +85,11 @@ class Plan:
             reader.close()
             raise
         cap = Cap(self.caps, self.clock) if self.caps is not None else None
-        stages = standard_stages(bound, self.table, set(self.routes), self.resolvers, self.optouts, cap)
+        window = self.campaign.config.send_window
+        quiet = HoldQuietHours(window, self.clock) if window is not None else None
+        stages = standard_stages(
+            bound, self.table, set(self.routes), self.resolvers, self.optouts, cap, quiet
+        )
         return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone))
 
 
@@ -272,7 +277,7 @@ def preview(
     started = time.perf_counter()
     recorder = RunRecorder(plan.prices, samples=samples)
     if rejects_path is not None:
-        recorder.writer = RejectsWriter(rejects_path)
+        recorder.writers[State.REJECTED] = RejectsWriter(rejects_path)
     segment = plan.open_segment()
     try:
         with quiet_gc():
@@ -284,8 +289,7 @@ def preview(
                     break
     finally:
         segment.close()
-        if recorder.writer is not None:
-            recorder.writer.close()
+        close_writers(recorder)
     return _summarize(plan, recorder, "preview", time.perf_counter() - started)
 
 
@@ -336,6 +340,8 @@ def send(
     runs_dir: str | Path | None = None,
     progress: ProgressHook | None = None,
     clock: Clock | None = None,
+    notify: Callable[[str], None] | None = None,
+    wait: bool = True,
 ) -> RunSummary:
     """Send the campaign: stages on each batch, then per-gateway lanes; returns the run summary.
 
@@ -343,7 +349,13 @@ def send(
     output). Runs on asyncio (with uvloop) or trio.
     """
     backend = backend or plan.engine.config.backend
-    clock = clock or SystemClock()
+    clock = clock or plan.clock
+    window = plan.campaign.config.send_window
+    if not wait and window is not None and not window.is_open(clock.time()):
+        raise OutsideSendWindow(
+            f"outside sending hours {window}; they open {window.describe_opening(clock.time())}. "
+            "Nothing was sent: run again then, or without --no-wait to wait"
+        )
     run_dir = new_run_dir(plan, runs_dir, clock)
     with quiet_gc():
         summary: RunSummary = anyio.run(
@@ -352,11 +364,27 @@ def send(
             run_dir,
             progress,
             clock,
+            notify,
             backend=backend,
             backend_options=_backend_options(backend),
         )
     (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
     return summary
+
+
+WINDOW_POLL_SECONDS = 60.0
+"""How often a paused blast looks at the clock again."""
+
+
+async def _wait_for_window(window: SendWindow, clock: Clock, notify: Callable[[str], None] | None) -> None:
+    """Pause the blast until the send window opens (checking each minute, so a stop is prompt)."""
+    now = clock.time()
+    if notify is not None:
+        notify(f"outside sending hours {window}: paused; resuming {window.describe_opening(now)}")
+    while not window.is_open(now := clock.time()):  # noqa: ASYNC110 - waiting on the wall clock, not an event
+        await anyio.sleep(min(WINDOW_POLL_SECONDS, max(0.01, window.next_open(now) - now)))
+    if notify is not None:
+        notify("sending hours: resumed")
 
 
 def _cap_recorder(plan: Plan, store: SqliteStore) -> Callable[[MessageBatch], None]:
@@ -374,13 +402,23 @@ def _cap_recorder(plan: Plan, store: SqliteStore) -> Callable[[MessageBatch], No
     return handover
 
 
-async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock: Clock) -> RunSummary:
+async def _send(
+    plan: Plan,
+    run_dir: Path,
+    progress: ProgressHook | None,
+    clock: Clock,
+    notify: Callable[[str], None] | None = None,
+) -> RunSummary:
     started = time.perf_counter()
     ecfg = plan.engine.config
     recorder = RunRecorder(plan.prices)
     segment = plan.open_segment()  # template and header checks: before any gateway opens
-    recorder.writer = RejectsWriter(run_dir / "rejects.csv")
-    recorder.suppressed_writer = RejectsWriter(run_dir / "suppressed.csv")
+    for state, name in (
+        (State.REJECTED, "rejects.csv"),
+        (State.SUPPRESSED, "suppressed.csv"),
+        (State.DEFERRED, "deferred.csv"),
+    ):
+        recorder.writers[state] = RejectsWriter(run_dir / name)
     gateways: dict[str, Gateway] = {}
     store = SqliteStore(plan.engine.store_path) if plan.caps is not None else None
     try:
@@ -411,7 +449,14 @@ async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock:
             for name, (_, rx) in lanes.items():
                 tg.start_soon(run_lane, gateways[name], rx, buckets, clock, recorder, handover)
             try:
-                for batch in segment.batches(ecfg.batch_size):
+                window = plan.campaign.config.send_window
+                batches = segment.batches(ecfg.batch_size)
+                while True:
+                    if window is not None and not window.is_open(plan.clock.time()):
+                        await _wait_for_window(window, plan.clock, notify)  # before reading on
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
                     recorder.dropped(batch.rejects)
                     if batch.nums:
                         recorder.queued(len(batch))
@@ -429,8 +474,7 @@ async def _send(plan: Plan, run_dir: Path, progress: ProgressHook | None, clock:
                     tx.close()
     finally:
         segment.close()
-        recorder.writer.close()
-        recorder.suppressed_writer.close()
+        close_writers(recorder)
         if store is not None:
             store.close()
         for gw in gateways.values():

@@ -84,6 +84,7 @@ def campaign_file(
         extra_segment: str = "",
         signature: str = "小鹅优选",
         engine_kwargs: dict[str, object] | None = None,
+        send_window: str = "",
     ) -> Path:
         engine_file(**(engine_kwargs or {}))
         body = f"""\
@@ -97,6 +98,8 @@ path = "{segment}"
 [template]
 signature = "{signature}"
 text = "{text}"
+[policy]
+send_window = "{send_window}"  # tests do not depend on the time of day; quiet hours have their own
 """
         return write("campaign.toml", body)
 

@@ -10,6 +10,7 @@ from engine.pipeline import Stage
 from engine.stages.cap import Cap
 from engine.stages.count_parts import CountParts
 from engine.stages.dedupe import Dedupe
+from engine.stages.hold_quiet_hours import HoldQuietHours
 from engine.stages.normalize import Normalize
 from engine.stages.render import Render
 from engine.stages.route import CarrierResolver, Route
@@ -21,6 +22,7 @@ __all__ = [
     "CarrierResolver",
     "CountParts",
     "Dedupe",
+    "HoldQuietHours",
     "Normalize",
     "Render",
     "Route",
@@ -36,11 +38,13 @@ def standard_stages(
     resolvers: Sequence[CarrierResolver] = (),
     optouts: OptOutSet | None = None,
     caps: Cap | None = None,
+    quiet_hours: HoldQuietHours | None = None,
 ) -> list[Stage]:
-    """normalize → dedupe → suppress_optouts → cap → route → render → count_parts.
+    """normalize → dedupe → suppress_optouts → cap → route → render → count_parts → hold_quiet_hours.
 
     ``suppress_optouts`` runs when an opt-out set is given (marketing campaigns), ``cap`` when
-    the engine configures caps for the campaign's kind.
+    the engine configures caps for the campaign's kind, ``hold_quiet_hours`` when the campaign
+    has a send window (marketing, by default).
     """
     return [
         Normalize(),
@@ -50,4 +54,6 @@ def standard_stages(
         Route(table, routable, resolvers),
         Render(template),
         CountParts(template.template),
+        # Last: only messages that could go now are held, never rows that would be rejected.
+        *([quiet_hours] if quiet_hours is not None else []),
     ]

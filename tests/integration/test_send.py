@@ -319,3 +319,68 @@ def test_bad_cap_settings_name_the_key(write: Callable[[str, str | bytes], Path]
     f = write("engine.toml", '[gateways.x]\nplugin = "blackhole"\n[caps.marketing]\ntimezone = "Mars/Base"\n')
     with pytest.raises(ConfigError, match=r"caps\.marketing\.timezone: unknown time zone"):
         load_engine(f)
+
+
+def _closed_window_now() -> str:
+    """A one-hour window that starts two hours from now, Shanghai time."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    h = (datetime.now(ZoneInfo("Asia/Shanghai")).hour + 2) % 24
+    return f"{h:02d}:00-{(h + 1) % 24:02d}:00" if h != 23 else "23:00-24:00"
+
+
+def test_quiet_hours_no_wait_sends_nothing_and_says_when(
+    tmp_path: Path, write: Callable[[str, str | bytes], Path], campaign_file: Callable[..., Path]
+) -> None:
+    write("seg.csv", SEGMENT)
+    campaign = campaign_file("seg.csv", send_window=_closed_window_now())
+    result = run_cli("send", str(campaign), "--no-wait", cwd=tmp_path)
+    assert result.returncode == 4
+    assert "not now: outside sending hours" in result.stderr and "Asia/Shanghai (in" in result.stderr
+    assert not (tmp_path / "runs").exists()
+    summary = json.loads(run_cli("preview", str(campaign), "--json", cwd=tmp_path).stdout)
+    assert summary["states"]["rejected"] == 4 and summary["states"]["suppressed"] == 1
+    # The four Chinese numbers wait for Shanghai's window; the UK one for London's.
+    assert summary["states"]["deferred"] >= 4
+    assert summary["states"]["deferred"] + summary["states"].get("rendered", 0) == 5
+
+
+@pytest.mark.anyio
+async def test_a_blast_at_night_pauses_until_the_window_opens_then_sends_everyone(
+    anyio_backend: tuple[str, dict[str, object]],
+    tmp_path: Path,
+    write: Callable[[str, str | bytes], Path],
+    campaign_file: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    import anyio
+
+    import engine.runtime as rt
+    from engine.clock import FakeClock
+
+    monkeypatch.setattr(rt, "WINDOW_POLL_SECONDS", 0.01)
+    write("seg.csv", SEGMENT)
+    night = datetime(2026, 11, 22, 23, 30, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
+    clock = FakeClock(night)
+    plan = prepare(campaign_file("seg.csv", send_window="08:00-21:00"), clock=clock)
+    notes: list[str] = []
+    result: list[object] = []
+
+    async def blast() -> None:
+        result.append(
+            await rt._send(plan, rt.new_run_dir(plan, tmp_path / "runs"), None, clock, notes.append)
+        )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(blast)
+        await anyio.sleep(0.1)
+        assert result == [] and "resuming 2026-11-23 08:00 Asia/Shanghai (in 8h 30m)" in notes[0]
+        clock.advance(9 * 3600)  # 08:30 next morning
+    summary = result[0]
+    # 08:30 in Shanghai is 00:30 in London: the UK number is deferred, everyone else is sent.
+    assert summary.states == {"sent": 4, "deferred": 1, "rejected": 4, "suppressed": 1}  # type: ignore[attr-defined]
+    assert notes[-1] == "sending hours: resumed"

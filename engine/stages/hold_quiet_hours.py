@@ -1,0 +1,58 @@
+"""Stage ``hold_quiet_hours``: nobody gets a message outside the allowed hours of their time zone."""
+
+from __future__ import annotations
+
+from engine.clock import Clock
+from engine.messages import State
+from engine.pipeline import Batch
+from engine.sendwindow import SendWindow, timezone_for
+
+__all__ = ["OUTSIDE_SEND_WINDOW", "HoldQuietHours"]
+
+OUTSIDE_SEND_WINDOW = "outside_send_window"
+
+
+class HoldQuietHours:
+    """Defers recipients whose local time is outside the window (reason ``outside_send_window``).
+
+    Chinese numbers use the window's own time zone (one check per batch); other countries use
+    their country's zone (looked up once per country). The runtime pauses a blast while the
+    window is closed for Chinese numbers, so in practice this stage defers only international
+    recipients asleep while China is awake.
+    """
+
+    name = "hold_quiet_hours"
+
+    def __init__(self, window: SendWindow, clock: Clock) -> None:
+        self.window = window
+        self.clock = clock
+        self._windows: dict[str, SendWindow] = {window.timezone: window}
+
+    def _window_in(self, tz: str) -> SendWindow:
+        w = self._windows.get(tz)
+        if w is None:
+            w = self._windows[tz] = SendWindow(self.window.start, self.window.end, tz)
+        return w
+
+    def process(self, batch: Batch) -> None:
+        """Defer the recipients of ``batch`` for whom it is quiet hours now."""
+        now = self.clock.time()
+        numbers = batch.numbers
+        home_open = self.window.is_open(now)
+        intl = [i for i, n in enumerate(numbers) if n[0] == "+"] if "+" in {n[0] for n in numbers} else []
+        if home_open and not intl:
+            return
+        held: list[int] = []
+        details: list[str] = []
+        intl_set = set(intl)
+        home_detail = f"quiet hours ({self.window}); opens {self.window.describe_opening(now)}"
+        for i, n in enumerate(numbers):
+            if i in intl_set:
+                w = self._window_in(timezone_for(n))
+                if not w.is_open(now):
+                    held.append(i)
+                    details.append(f"quiet hours ({w}); opens {w.describe_opening(now)}")
+            elif not home_open:
+                held.append(i)
+                details.append(home_detail)
+        batch.drop(held, OUTSIDE_SEND_WINDOW, details, state=State.DEFERRED)
