@@ -22,6 +22,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
+from engine.optout import sorted_search
+
 __all__ = ["CapState", "CapWindow", "parse_period"]
 
 _PERIOD: Final = re.compile(r"^(\d+)\s*(s|m|h|d)$")
@@ -72,13 +74,14 @@ class CapWindow:
 
 
 class CapState:
-    """Send history of many numbers, as two arrays sorted by (key, time), plus this run's sends.
+    """Send history of many numbers, plus this run's sends, checked a batch at a time.
 
-    For each window a cumulative count of history entries at or after the window's start is
-    kept, so a batch check is two ``searchsorted`` calls and a subtraction. The cached start is
-    refreshed when it is more than ``refresh`` seconds old (or the calendar day changed); until then
-    it is *earlier* than the true start, so history is over-counted, never under-counted: a cap
-    can suppress a little early, never let one message too many through.
+    History is kept as the sorted distinct keys and, per window, how many of each key's sends fall
+    inside the window: a batch check is one ``searchsorted`` and one gather per window. The
+    per-window counts are recomputed when their start is more than ``refresh`` seconds old (or the
+    calendar day changed); until then the start used is *earlier* than the true one, so history is
+    over-counted, never under-counted: a cap can hold a number back a little early, never let one
+    message too many through.
     """
 
     def __init__(
@@ -92,32 +95,37 @@ class CapState:
         self.windows = tuple(windows)
         k = np.asarray(keys if keys is not None else [], dtype=np.int64)
         t = np.asarray(times if times is not None else [], dtype=np.float64)
-        order = np.lexsort((t, k))
-        self._keys = k[order]
+        order = np.argsort(k, kind="stable")
         self._times = t[order]
+        self._unique, self._first = np.unique(k[order], return_index=True)
         self._refresh = refresh
-        self._cum: dict[int, tuple[float, npt.NDArray[np.int64]]] = {}
+        self._counts: dict[int, tuple[float, npt.NDArray[np.int64]]] = {}
         # This run's sends: 16 bytes each in arrays, plus a set to spot a number sent again.
         self._run_keys = array("q")
         self._run_times = array("d")
         self._run_set: set[int] = set()
 
-    def _cumulative(self, i: int, start: float) -> npt.NDArray[np.int64]:
-        cached = self._cum.get(i)
+    def _window_counts(self, i: int, start: float) -> npt.NDArray[np.int64]:
+        """Per distinct key, its history sends at or after ``start`` (cached for ``refresh`` s)."""
+        cached = self._counts.get(i)
         if cached is not None and 0 <= start - cached[0] <= self._refresh:
             return cached[1]
-        cum = np.zeros(self._times.size + 1, dtype=np.int64)
-        np.cumsum(self._times >= start, out=cum[1:])
-        self._cum[i] = (start, cum)
-        return cum
+        if self._unique.size:
+            counts = np.add.reduceat((self._times >= start).astype(np.int64), self._first)
+        else:
+            counts = np.zeros(0, dtype=np.int64)
+        self._counts[i] = (start, counts)
+        return counts
 
     def over(self, now: float, keys: Sequence[int]) -> list[int]:
         """Indices of ``keys`` that already reached a window's limit at ``now`` (one more would exceed)."""
         if not self.windows or not len(keys):
             return []
         k = np.fromiter(keys, dtype=np.int64, count=len(keys))
-        lo = np.searchsorted(self._keys, k, side="left")
-        hi = np.searchsorted(self._keys, k, side="right")
+        unique = self._unique
+        if unique.size:
+            pos = sorted_search(unique, k)
+            known = unique[pos] == k
         again: list[int] = []
         if self._run_set and not self._run_set.isdisjoint(keys):
             again = [i for i, key in enumerate(keys) if key in self._run_set]
@@ -126,8 +134,10 @@ class CapState:
         over = np.zeros(len(keys), dtype=bool)
         for wi, w in enumerate(self.windows):
             start = w.start(now)
-            cum = self._cumulative(wi, start)
-            counts = cum[hi] - cum[lo]
+            if unique.size:
+                counts = np.where(known, self._window_counts(wi, start)[pos], 0)
+            else:
+                counts = np.zeros(len(keys), dtype=np.int64)
             if run_keys is not None and run_times is not None:
                 for i in again:
                     counts[i] += int(np.count_nonzero((run_keys == keys[i]) & (run_times >= start)))

@@ -38,6 +38,12 @@ path = "{segment}"
 [template]
 signature = "小鹅优选"
 text = "{{name|亲爱的会员}}，您在{{city}}的{{coupon}}元双11专属券已到账，11月11日前下单可用"
+
+[policy]
+# The foundation's pipeline, at any hour: no store, no sending hours (loadtests/suppression_1m.py
+# measures those stages).
+send_window = ""
+respect_optouts = false
 """
 FLOOR_FORMAT = "【小鹅优选】{1}，您在{2}的{7}元双11专属券已到账，11月11日前下单可用 拒收请回复R"
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from engine.carriers import INTL
 from engine.clock import Clock
 from engine.messages import State
-from engine.pipeline import Batch
+from engine.pipeline import Batch, positions
 from engine.sendwindow import SendWindow, timezone_for
 
 __all__ = ["OUTSIDE_SEND_WINDOW", "HoldQuietHours"]
@@ -15,8 +16,9 @@ OUTSIDE_SEND_WINDOW = "outside_send_window"
 class HoldQuietHours:
     """Defers recipients whose local time is outside the window (reason ``outside_send_window``).
 
-    Chinese numbers use the window's own time zone (one check per batch); other countries use
-    their country's zone (looked up once per country). The runtime pauses a blast while the
+    Runs after ``route`` (it reads the ``intl`` carrier). Chinese numbers use the window's own
+    time zone (one check per batch); other countries use their country's zone (looked up once per
+    country). The runtime pauses a blast while the
     window is closed for Chinese numbers, so in practice this stage defers only international
     recipients asleep while China is awake.
     """
@@ -39,7 +41,8 @@ class HoldQuietHours:
         now = self.clock.time()
         numbers = batch.numbers
         home_open = self.window.is_open(now)
-        intl = [i for i, n in enumerate(numbers) if n[0] == "+"] if "+" in {n[0] for n in numbers} else []
+        carriers = batch.carriers  # route ran before: international numbers have carrier "intl"
+        intl = positions(carriers, INTL) if INTL in carriers else []
         if home_open and not intl:
             return
         held: list[int] = []
