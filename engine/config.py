@@ -70,6 +70,9 @@ class GatewayConfig(Base, kw_only=True, frozen=True):
     """Carriers this gateway serves. The first gateway listing a carrier is its primary."""
     options: dict[str, Any] = {}
     """Plugin-specific settings, validated by the plugin's own config type."""
+    urls_in_fields: bool = True
+    """Whether the provider accepts links inside template variables (Tencent refuses them: links
+    must be fixed, filed text). False: rows whose field values hold a link are rejected."""
 
 
 class PluginsConfig(Base, kw_only=True, frozen=True):

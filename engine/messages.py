@@ -64,6 +64,7 @@ class RejectReason(StrEnum):
     MALFORMED_ROW = "malformed_row"
     UNDECODABLE = "undecodable"
     TOO_LONG = "too_long"
+    URL_IN_FIELD = "url_in_field"
     NO_GATEWAY = "no_gateway"
 
 

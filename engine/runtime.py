@@ -87,8 +87,17 @@ class Plan:
         cap = Cap(self.caps, self.clock) if self.caps is not None else None
         window = self.campaign.config.send_window
         quiet = HoldQuietHours(window, self.clock) if window is not None else None
+        gateways = self.engine.config.gateways
+        forbid_urls = any(not gateways[g].urls_in_fields for g in set(self.routes.values()))
         stages = standard_stages(
-            bound, self.table, set(self.routes), self.resolvers, self.optouts, cap, quiet
+            bound,
+            self.table,
+            set(self.routes),
+            self.resolvers,
+            self.optouts,
+            cap,
+            quiet,
+            forbid_urls_in_fields=forbid_urls,
         )
         return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone))
 

@@ -39,6 +39,8 @@ def standard_stages(
     optouts: OptOutSet | None = None,
     caps: Cap | None = None,
     quiet_hours: HoldQuietHours | None = None,
+    *,
+    forbid_urls_in_fields: bool = False,
 ) -> list[Stage]:
     """normalize → dedupe → suppress_optouts → cap → route → render → count_parts → hold_quiet_hours.
 
@@ -52,7 +54,7 @@ def standard_stages(
         *([SuppressOptouts(optouts)] if optouts is not None else []),
         *([caps] if caps is not None else []),
         Route(table, routable, resolvers),
-        Render(template),
+        Render(template, forbid_urls=forbid_urls_in_fields),
         CountParts(template.template),
         # Last: only messages that could go now are held, never rows that would be rejected.
         *([quiet_hours] if quiet_hours is not None else []),

@@ -198,3 +198,15 @@ def test_dedupe_keys_never_confuse_countries() -> None:
     b.numbers = ["12025550143", "+12025550143"]  # a (bad) Chinese 11-digit value and a US number
     Dedupe().process(b)
     assert b.nums == [2, 3]
+
+
+def test_links_in_fields_are_rejected_only_where_a_gateway_refuses_them() -> None:
+    t = compile_template("{name}，戳 {link}", signature="S").bind(["phone", "name", "link"])
+    rows = [("1", "张伟", "A款"), ("2", "王芳", "https://x.cn/q"), ("3", "www.taobao.com", "B款")]
+    b = Batch([2, 3, 4], list(rows), 0)
+    Render(t, forbid_urls=True).process(b)
+    assert b.nums == [2]
+    assert [(r.row, r.reason) for r in b.rejects] == [(3, "url_in_field"), (4, "url_in_field")]
+    b = Batch([2, 3, 4], list(rows), 0)
+    Render(t).process(b)
+    assert b.nums == [2, 3, 4]
