@@ -18,7 +18,7 @@ from rich.table import Table
 from engine.carriers import CARRIER_NAMES, default_prefix_table
 from engine.errors import EngineError, OutsideSendWindow
 from engine.messages import State
-from engine.optout_cli import optout_command
+from engine.optout_cli import consent_command, optout_command
 from engine.phone import mask, parse_phone
 from engine.plugins import PluginHost
 from engine.report import RunRecorder, RunSummary
@@ -99,6 +99,24 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("numbers", nargs="+")
     chk = oo_sub.add_parser("check", help="is a number on the list, and since when")
     chk.add_argument("numbers", nargs="+")
+
+    cs = sub.add_parser(
+        "consent", help="record who agreed to marketing messages, with proof (kept 5+ months)"
+    )
+    cs.add_argument(
+        "--engine",
+        type=Path,
+        default=Path(os.environ.get("PIGEON_ENGINE", "config/engine.toml")),
+        help="engine file whose [store] holds the records (default: $PIGEON_ENGINE or config/engine.toml)",
+    )
+    cs_sub = cs.add_subparsers(dest="consent_command", required=True, metavar="ACTION")
+    cimp = cs_sub.add_parser("import", help="record consent for every number of a file")
+    cimp.add_argument("file", type=Path)
+    cimp.add_argument("--source", required=True, help="where consent was given (checkout, member_signup…)")
+    cimp.add_argument("--proof", default="", help="what shows it (form id, terms version…)")
+    cimp.add_argument("--encoding", default="utf-8-sig")
+    cchk = cs_sub.add_parser("check", help="show the consent on record for numbers")
+    cchk.add_argument("numbers", nargs="+")
 
     pl = sub.add_parser("plugins", help="list installed plugins and what they register")
     pl.add_argument("--json", action="store_true", help="print as JSON")
@@ -245,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             return _plugins(args.json, console)
         if args.command == "optout":
             return optout_command(args, console)
+        if args.command == "consent":
+            return consent_command(args, console)
         plan = prepare(args.campaign, args.engine, strict=args.command == "send")
         if args.command == "preview":
             summary = preview(plan, samples=args.samples, max_rows=args.rows, rejects_path=args.rejects)

@@ -1,4 +1,4 @@
-"""``pigeon optout``: import, export, add, remove and check opted-out numbers in the store."""
+"""``pigeon optout`` and ``pigeon consent``: the number lists kept in the store, from the command line."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import argparse
 import csv
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -16,12 +17,13 @@ from rich.markup import escape
 from engine.config import load_engine
 from engine.errors import SourceError
 from engine.phone import mask, parse_phone
-from engine.store import OptOutRecord
+from engine.store import ConsentRecord, OptOutRecord
 from engine.store.sqlite import SqliteStore
 
-__all__ = ["optout_command"]
+__all__ = ["consent_command", "optout_command"]
 
 _BATCH = 100_000
+T = TypeVar("T")
 
 
 def _e164(raw: str) -> str | None:
@@ -40,6 +42,34 @@ def _file_numbers(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
         raise SourceError(f"file not found: {path}") from None
     except UnicodeDecodeError as exc:
         raise SourceError(f"{path} is not valid {encoding}: {exc}; pass --encoding gbk?") from None
+
+
+def consent_command(args: argparse.Namespace, console: Console) -> int:
+    """Run one ``pigeon consent`` action; returns the exit code."""
+    store = SqliteStore(load_engine(args.engine).store_path)
+    try:
+        if args.consent_command == "import":
+            return _import_file(
+                args,
+                console,
+                lambda n, now: ConsentRecord(n, args.source, args.proof, now),
+                store.add_consents,
+            )
+        numbers = _parse_all(args.numbers, console)
+        if numbers is None:
+            return 2
+        found = store.consent_records(numbers)
+        for raw, n in zip(args.numbers, numbers, strict=True):
+            r = found.get(n)
+            if r is None:
+                console.print(f"{escape(raw)}: no consent on record")
+            else:
+                when = datetime.fromtimestamp(r.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+                proof = f", proof {escape(r.proof)}" if r.proof else ""
+                console.print(f"{escape(raw)}: consent given {when} (source {escape(r.source)}{proof})")
+        return 1 if len(found) != len(numbers) else 0
+    finally:
+        store.close()
 
 
 def optout_command(args: argparse.Namespace, console: Console) -> int:
@@ -61,12 +91,15 @@ def optout_command(args: argparse.Namespace, console: Console) -> int:
         store.close()
 
 
-def _import(store: SqliteStore, args: argparse.Namespace, console: Console) -> int:
+def _import_file(
+    args: argparse.Namespace, console: Console, make: Callable[[str, float], T], add: Callable[[list[T]], int]
+) -> int:
+    """Read numbers from ``args.file`` and ``add`` them in batches; report what happened."""
     started = time.perf_counter()
     now = time.time()
     read = added = 0
     bad: list[tuple[int, str]] = []
-    pending: list[OptOutRecord] = []
+    pending: list[T] = []
     for line_no, raw in _file_numbers(args.file, args.encoding):
         read += 1
         e164 = _e164(raw)
@@ -76,19 +109,26 @@ def _import(store: SqliteStore, args: argparse.Namespace, console: Console) -> i
                 continue
             bad.append((line_no, raw))
             continue
-        pending.append(OptOutRecord(e164, args.source, args.reason, now))
+        pending.append(make(e164, now))
         if len(pending) >= _BATCH:
-            added += store.add_optouts(pending)
+            added += add(pending)
             pending.clear()
-    added += store.add_optouts(pending)
+    added += add(pending)
     console.print(
         f"read {read:,} numbers from {escape(str(args.file))} in {time.perf_counter() - started:.1f}s: "
-        f"{added:,} added, {read - added - len(bad):,} already on the list, {len(bad):,} not numbers; "
-        f"{store.count_optouts():,} on the list now"
+        f"{added:,} added, {read - added - len(bad):,} already on the list, {len(bad):,} not numbers"
     )
     for line_no, raw in bad[:10]:
         console.print(f"  line {line_no}: {escape(mask(raw.strip()))} is not a phone number")
     return 0 if not bad else 2
+
+
+def _import(store: SqliteStore, args: argparse.Namespace, console: Console) -> int:
+    code = _import_file(
+        args, console, lambda n, now: OptOutRecord(n, args.source, args.reason, now), store.add_optouts
+    )
+    console.print(f"{store.count_optouts():,} on the opt-out list now")
+    return code
 
 
 def _export(store: SqliteStore, file: Path | None, console: Console) -> int:

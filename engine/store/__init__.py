@@ -13,7 +13,10 @@ import msgspec
 
 from engine.optout import OptOutSet
 
-__all__ = ["OptOutRecord", "Store"]
+__all__ = ["CONSENT_RETENTION_SECONDS", "ConsentRecord", "OptOutRecord", "Store"]
+
+CONSENT_RETENTION_SECONDS = 150 * 86400
+"""Consent proof is kept at least 5 months (the 2020 MIIT draft rule for commercial SMS)."""
 
 
 class OptOutRecord(msgspec.Struct, frozen=True):
@@ -26,6 +29,18 @@ class OptOutRecord(msgspec.Struct, frozen=True):
     reason: str = ""
     created_at: float = 0.0
     """Unix time."""
+
+
+class ConsentRecord(msgspec.Struct, frozen=True):
+    """Someone who agreed to receive marketing messages, and the proof."""
+
+    number: str
+    """E.164."""
+    source: str
+    """Where consent was given: ``checkout``, ``member_signup``, ``import``…"""
+    proof: str = ""
+    """What shows it: an order id, a form submission id, a screenshot reference…"""
+    created_at: float = 0.0
 
 
 class Store(Protocol):
@@ -48,6 +63,15 @@ class Store(Protocol):
 
     def load_optouts(self) -> OptOutSet:
         """Every opted-out number, as the in-memory set a blast checks."""
+
+    def add_consents(self, records: Iterable[ConsentRecord]) -> int:
+        """Record consents (one transaction); a number's latest consent replaces the earlier one."""
+
+    def consent_records(self, numbers: Sequence[str]) -> dict[str, ConsentRecord]:
+        """The consents of those of ``numbers`` (E.164) that gave one."""
+
+    def prune_consents(self, before: float, now: float | None = None) -> int:
+        """Forget consents older than ``before``; refuses to cut into the 5-month retention."""
 
     def close(self) -> None:
         """Release the database."""

@@ -14,7 +14,7 @@ import numpy.typing as npt
 from engine.errors import ConfigError
 from engine.messages import number_key
 from engine.optout import OptOutSet
-from engine.store import OptOutRecord
+from engine.store import CONSENT_RETENTION_SECONDS, ConsentRecord, OptOutRecord
 
 __all__ = ["SqliteStore"]
 
@@ -41,6 +41,14 @@ CREATE TABLE IF NOT EXISTS sends (
     ts   REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sends_by_kind_time ON sends (kind, ts);
+-- Proof that people agreed to marketing messages; kept at least 5 months.
+CREATE TABLE IF NOT EXISTS consents (
+    key        INTEGER PRIMARY KEY,
+    number     TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    proof      TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+);
 INSERT OR IGNORE INTO meta VALUES ('optouts_generation', 0);
 """
 _FETCH: Final = 1 << 20
@@ -169,6 +177,33 @@ class SqliteStore:
         """Forget sends older than any cap window; returns how many."""
         with self._tx():
             return self._db.execute("DELETE FROM sends WHERE ts < ?", (before,)).rowcount
+
+    def add_consents(self, records: Iterable[ConsentRecord]) -> int:
+        """Record consents in one transaction; a number's latest consent replaces the earlier one."""
+        now = time.time()
+        rows = sorted((_key(r.number), r.number, r.source, r.proof, r.created_at or now) for r in records)
+        with self._tx():
+            self._db.executemany("INSERT OR REPLACE INTO consents VALUES (?, ?, ?, ?, ?)", rows)
+        return len(rows)
+
+    def consent_records(self, numbers: Sequence[str]) -> dict[str, ConsentRecord]:
+        """The consents of those of ``numbers`` that gave one."""
+        out: dict[str, ConsentRecord] = {}
+        for n in numbers:
+            row = self._db.execute(
+                "SELECT number, source, proof, created_at FROM consents WHERE key = ?", (_key(n),)
+            ).fetchone()
+            if row is not None:
+                out[n] = ConsentRecord(*row)
+        return out
+
+    def prune_consents(self, before: float, now: float | None = None) -> int:
+        """Forget consents given before ``before``; never those younger than 5 months."""
+        limit = (now if now is not None else time.time()) - CONSENT_RETENTION_SECONDS
+        if before > limit:
+            raise ValueError("consent proof must be kept at least 5 months (150 days)")
+        with self._tx():
+            return self._db.execute("DELETE FROM consents WHERE created_at < ?", (before,)).rowcount
 
     def close(self) -> None:
         """Close the database."""

@@ -384,3 +384,30 @@ async def test_a_blast_at_night_pauses_until_the_window_opens_then_sends_everyon
     # 08:30 in Shanghai is 00:30 in London: the UK number is deferred, everyone else is sent.
     assert summary.states == {"sent": 4, "deferred": 1, "rejected": 4, "suppressed": 1}  # type: ignore[attr-defined]
     assert notes[-1] == "sending hours: resumed"
+
+
+def test_consent_import_and_check(
+    tmp_path: Path, write: Callable[[str, str | bytes], Path], engine_file: Callable[..., Path]
+) -> None:
+    engine = engine_file()
+    write("members.csv", "phone\n13800138000\n+86 139 0013 9000\n")
+    result = run_cli(
+        "consent",
+        "--engine",
+        str(engine),
+        "import",
+        "members.csv",
+        "--source",
+        "member_signup",
+        "--proof",
+        "terms v3",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    check = run_cli("consent", "--engine", str(engine), "check", "13900139000", "13700137000", cwd=tmp_path)
+    assert check.returncode == 1  # one of them has no consent on record
+    assert (
+        "consent given" in check.stdout
+        and "terms v3" in check.stdout
+        and "no consent on record" in check.stdout
+    )

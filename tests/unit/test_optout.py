@@ -98,3 +98,23 @@ def test_stage_suppresses_opted_out_numbers_with_a_reason() -> None:
     stage.process(b)
     assert b.nums == [2]
     assert [(r.row, r.state, r.reason) for r in b.rejects] == [(3, "suppressed", "opted_out")]
+
+
+def test_consents_are_kept_with_proof_and_for_five_months(tmp_path: Path) -> None:
+    from engine.store import ConsentRecord
+
+    store = SqliteStore(tmp_path / "p.db")
+    now = 1_800_000_000.0
+    store.add_consents(
+        [
+            ConsentRecord("+8613800138000", "checkout", "order 8812", now - 200 * 86400),
+            ConsentRecord("+8613900139000", "member_signup", "form 17", now - 10 * 86400),
+        ]
+    )
+    got = store.consent_records(["+8613800138000", "+8613700137000"])
+    assert list(got) == ["+8613800138000"] and got["+8613800138000"].proof == "order 8812"
+    with pytest.raises(ValueError, match="at least 5 months"):
+        store.prune_consents(before=now - 30 * 86400, now=now)
+    assert store.prune_consents(before=now - 180 * 86400, now=now) == 1
+    assert list(store.consent_records(["+8613800138000", "+8613900139000"])) == ["+8613900139000"]
+    store.close()
