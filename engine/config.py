@@ -70,6 +70,10 @@ class GatewayConfig(Base, kw_only=True, frozen=True):
     """Carriers this gateway serves. The first gateway listing a carrier is its primary."""
     options: dict[str, Any] = {}
     """Plugin-specific settings, validated by the plugin's own config type."""
+    send_window: str | None = None
+    """Hours this gateway accepts messages (``"08:00-22:00"``, in ``send_window_timezone``), on top
+    of each campaign's own window: a provider's rule."""
+    send_window_timezone: str = "Asia/Shanghai"
     urls_in_fields: bool = True
     """Whether the provider accepts links inside template variables (Tencent refuses them: links
     must be fixed, filed text). False: rows whose field values hold a link are rejected."""
@@ -111,6 +115,8 @@ class LaneCapsConfig(Base, kw_only=True, frozen=True):
     windows: list[CapWindowConfig] = []
     timezone: str = "Asia/Shanghai"
     """Where a calendar day starts."""
+    same_content: str | None = None
+    """At most one message with the same text per number within this rolling period (``30s``)."""
 
 
 class EngineConfig(Base, kw_only=True, frozen=True):
@@ -325,6 +331,12 @@ def load_engine(path: str | Path) -> LoadedEngine:
     cfg = convert_section(raw, EngineConfig, file=str(p), path="")
     if not cfg.gateways:
         raise ConfigError(str(p), "gateways", "configure at least one [gateways.<name>] section")
+    for name, g in cfg.gateways.items():
+        if g.send_window:
+            try:
+                SendWindow.parse(g.send_window, g.send_window_timezone)
+            except (ValueError, ZoneInfoNotFoundError) as exc:
+                raise ConfigError(str(p), f"gateways.{name}.send_window", str(exc)) from None
     for kind, caps in cfg.caps.items():
         try:
             ZoneInfo(caps.timezone)
@@ -337,6 +349,13 @@ def load_engine(path: str | Path) -> LoadedEngine:
                 parse_period(w.period)
             except ValueError as exc:
                 raise ConfigError(str(p), f"caps.{kind}.windows[{i}].period", str(exc)) from None
+        if caps.same_content is not None:
+            try:
+                seconds = parse_period(caps.same_content)
+            except ValueError as exc:
+                raise ConfigError(str(p), f"caps.{kind}.same_content", str(exc)) from None
+            if seconds is None:
+                raise ConfigError(str(p), f"caps.{kind}.same_content", "needs a rolling period such as 30s")
     return LoadedEngine(cfg, str(p), p.resolve().parent)
 
 

@@ -74,6 +74,7 @@ class SuppressReason(StrEnum):
     DUPLICATE = "duplicate"
     OPTED_OUT = "opted_out"
     CAPPED = "capped"
+    SAME_CONTENT = "same_content"
 
 
 class Reject(msgspec.Struct, gc=False, frozen=True):

@@ -15,8 +15,8 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from engine.caps import CapState, CapWindow
-from engine.carriers import PrefixTable, default_prefix_table
+from engine.caps import CapState, CapWindow, parse_period
+from engine.carriers import INTL, PrefixTable, default_prefix_table
 from engine.clock import Clock, SystemClock
 from engine.config import LoadedCampaign, LoadedEngine, convert_section, load_campaign, load_engine
 from engine.errors import ConfigError, OutsideSendWindow, PreflightError, SourceError, TemplateError
@@ -29,9 +29,10 @@ from engine.preflight import DEFAULT_ALLOWED_TERMS, DEFAULT_BANNED_TERMS, Findin
 from engine.ratelimit import TokenBucket
 from engine.report import RejectsWriter, RunRecorder, RunSummary, close_writers
 from engine.sender import Accumulator, LaneItem, run_lane
-from engine.sendwindow import SendWindow
+from engine.sendwindow import ALL_DAY, SendWindow
 from engine.source import SegmentReader, SegmentSource, SourceContext
-from engine.stages import Cap, CarrierResolver, HoldQuietHours, standard_stages
+from engine.stages import Cap, CarrierResolver, HoldQuietHours, SameContent, standard_stages
+from engine.stages.same_content import content_hash
 from engine.store.sqlite import SqliteStore
 from engine.template import Template, compile_template
 
@@ -60,12 +61,29 @@ class Plan:
     """Opted-out numbers to suppress (None when the campaign does not respect opt-outs)."""
     caps: CapState | None = None
     """Frequency caps of the campaign's kind, with the history loaded from the store."""
+    same_content: SameContent | None = None
+    """The same-text window of the campaign's kind, with recent sends loaded from the store."""
     clock: Clock = field(default_factory=SystemClock)
 
     @property
     def prices(self) -> dict[str, float]:
         """Price per billed part, per carrier."""
         return {c: cfg.price_per_part for c, cfg in self.engine.config.carriers.items()}
+
+    def gateway_windows(self) -> dict[str, SendWindow]:
+        """Carrier → the hours of its gateway, for gateways that have some."""
+        gateways = self.engine.config.gateways
+        return {
+            carrier: SendWindow.parse(g.send_window, g.send_window_timezone)
+            for carrier, name in self.routes.items()
+            if (g := gateways[name]).send_window
+        }
+
+    def pause_windows(self) -> list[SendWindow]:
+        """Windows a blast waits for: the campaign's and those of gateways for Chinese carriers."""
+        own = self.campaign.config.send_window
+        domestic = [w for c, w in self.gateway_windows().items() if c != INTL]
+        return [*([own] if own is not None else []), *dict.fromkeys(domestic)]
 
     def open_segment(self) -> OpenSegment:
         """Open the segment, read its header, and bind the template to its columns.
@@ -86,7 +104,10 @@ class Plan:
             raise
         cap = Cap(self.caps, self.clock) if self.caps is not None else None
         window = self.campaign.config.send_window
-        quiet = HoldQuietHours(window, self.clock) if window is not None else None
+        carrier_windows = self.gateway_windows()
+        quiet = None
+        if window is not None or carrier_windows:
+            quiet = HoldQuietHours(window or ALL_DAY, self.clock, carrier_windows)
         gateways = self.engine.config.gateways
         forbid_urls = any(not gateways[g].urls_in_fields for g in set(self.routes.values()))
         stages = standard_stages(
@@ -98,6 +119,7 @@ class Plan:
             cap,
             quiet,
             forbid_urls_in_fields=forbid_urls,
+            same_content=self.same_content,
         )
         return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone))
 
@@ -247,7 +269,8 @@ def prepare(
     respect_optouts = respect if respect is not None else campaign.config.kind == "marketing"
     lane_caps = ecfg.caps.get(campaign.config.kind)
     clock = clock or SystemClock()
-    if respect_optouts or (lane_caps and lane_caps.windows):
+    same_content: SameContent | None = None
+    if respect_optouts or (lane_caps and (lane_caps.windows or lane_caps.same_content)):
         store = SqliteStore(engine.store_path)
         try:
             if respect_optouts:
@@ -257,6 +280,10 @@ def prepare(
                 now = clock.time()
                 keys, times = store.load_sends(campaign.config.kind, min(w.start(now) for w in windows))
                 caps = CapState(windows, keys, times)
+            if lane_caps and lane_caps.same_content:
+                period = parse_period(lane_caps.same_content) or 0.0
+                recent = store.recent_contents(campaign.config.kind, clock.time() - period)
+                same_content = SameContent(recent, lane_caps.same_content)
         finally:
             store.close()
     return Plan(
@@ -272,6 +299,7 @@ def prepare(
         optouts=optouts,
         caps=caps,
         clock=clock,
+        same_content=same_content,
     )
 
 
@@ -359,8 +387,9 @@ def send(
     """
     backend = backend or plan.engine.config.backend
     clock = clock or plan.clock
-    window = plan.campaign.config.send_window
-    if not wait and window is not None and not window.is_open(clock.time()):
+    closed = [w for w in plan.pause_windows() if not w.is_open(clock.time())]
+    if not wait and closed:
+        window = closed[0]
         raise OutsideSendWindow(
             f"outside sending hours {window}; they open {window.describe_opening(clock.time())}. "
             "Nothing was sent: run again then, or without --no-wait to wait"
@@ -400,13 +429,15 @@ def _cap_recorder(plan: Plan, store: SqliteStore) -> Callable[[MessageBatch], No
     """Count each request's messages against the caps when they are handed to the gateway, in
     memory for this run and in the store for the next ones."""
     caps, kind, clock = plan.caps, plan.campaign.config.kind, plan.clock
-    assert caps is not None
+    with_content = plan.same_content is not None
 
     def handover(batch: MessageBatch) -> None:
         now = clock.time()
         keys = batch.keys()
-        caps.record(now, keys)
-        store.record_sends(kind, keys, now)
+        if caps is not None:
+            caps.record(now, keys)
+        contents = list(map(content_hash, batch.texts)) if with_content else None
+        store.record_sends(kind, keys, now, contents)
 
     return handover
 
@@ -429,7 +460,8 @@ async def _send(
     ):
         recorder.writers[state] = RejectsWriter(run_dir / name)
     gateways: dict[str, Gateway] = {}
-    store = SqliteStore(plan.engine.store_path) if plan.caps is not None else None
+    counting = plan.caps is not None or plan.same_content is not None
+    store = SqliteStore(plan.engine.store_path) if counting else None
     try:
         for name in sorted(set(plan.routes.values())):
             gcfg = ecfg.gateways[name]
@@ -458,11 +490,12 @@ async def _send(
             for name, (_, rx) in lanes.items():
                 tg.start_soon(run_lane, gateways[name], rx, buckets, clock, recorder, handover)
             try:
-                window = plan.campaign.config.send_window
+                windows = plan.pause_windows()
                 batches = segment.batches(ecfg.batch_size)
                 while True:
-                    if window is not None and not window.is_open(plan.clock.time()):
-                        await _wait_for_window(window, plan.clock, notify)  # before reading on
+                    for window in windows:
+                        if not window.is_open(plan.clock.time()):
+                            await _wait_for_window(window, plan.clock, notify)  # before reading on
                     batch = next(batches, None)
                     if batch is None:
                         break

@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Final
 from zoneinfo import ZoneInfo
 
-__all__ = ["SendWindow", "timezone_for"]
+__all__ = ["ALL_DAY", "SendWindow", "timezone_for"]
 
 _SPEC: Final = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 CHINA_TZ: Final = "Asia/Shanghai"
@@ -65,6 +65,10 @@ class SendWindow:
         local = datetime.fromtimestamp(at, ZoneInfo(self.timezone))
         wait = int(at - now)
         return f"{local:%Y-%m-%d %H:%M} {self.timezone} (in {wait // 3600}h {wait % 3600 // 60:02d}m)"
+
+
+ALL_DAY: Final = SendWindow(time(0, 0), time(0, 0), CHINA_TZ)
+"""A window that is always open."""
 
 
 @lru_cache(maxsize=1024)

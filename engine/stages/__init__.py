@@ -14,6 +14,7 @@ from engine.stages.hold_quiet_hours import HoldQuietHours
 from engine.stages.normalize import Normalize
 from engine.stages.render import Render
 from engine.stages.route import CarrierResolver, Route
+from engine.stages.same_content import SameContent
 from engine.stages.suppress_optouts import SuppressOptouts
 from engine.template import BoundTemplate
 
@@ -26,6 +27,7 @@ __all__ = [
     "Normalize",
     "Render",
     "Route",
+    "SameContent",
     "SuppressOptouts",
     "standard_stages",
 ]
@@ -41,6 +43,7 @@ def standard_stages(
     quiet_hours: HoldQuietHours | None = None,
     *,
     forbid_urls_in_fields: bool = False,
+    same_content: SameContent | None = None,
 ) -> list[Stage]:
     """normalize → dedupe → suppress_optouts → cap → route → render → count_parts → hold_quiet_hours.
 
@@ -56,6 +59,7 @@ def standard_stages(
         Route(table, routable, resolvers),
         Render(template, forbid_urls=forbid_urls_in_fields),
         CountParts(template.template),
+        *([same_content] if same_content is not None else []),
         # Last: only messages that could go now are held, never rows that would be rejected.
         *([quiet_hours] if quiet_hours is not None else []),
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from engine.carriers import INTL
 from engine.clock import Clock
 from engine.messages import State
@@ -25,9 +27,13 @@ class HoldQuietHours:
 
     name = "hold_quiet_hours"
 
-    def __init__(self, window: SendWindow, clock: Clock) -> None:
+    def __init__(
+        self, window: SendWindow, clock: Clock, carrier_windows: Mapping[str, SendWindow] | None = None
+    ) -> None:
         self.window = window
         self.clock = clock
+        self.carrier_windows = dict(carrier_windows or {})
+        """The hours of the gateway each carrier goes through, where that gateway has some."""
         self._windows: dict[str, SendWindow] = {window.timezone: window}
 
     def _window_in(self, tz: str) -> SendWindow:
@@ -43,14 +49,19 @@ class HoldQuietHours:
         home_open = self.window.is_open(now)
         carriers = batch.carriers  # route ran before: international numbers have carrier "intl"
         intl = positions(carriers, INTL) if INTL in carriers else []
-        if home_open and not intl:
+        closed_carriers = {c for c, w in self.carrier_windows.items() if not w.is_open(now)}
+        if home_open and not intl and not closed_carriers:
             return
         held: list[int] = []
         details: list[str] = []
         intl_set = set(intl)
         home_detail = f"quiet hours ({self.window}); opens {self.window.describe_opening(now)}"
         for i, n in enumerate(numbers):
-            if i in intl_set:
+            if closed_carriers and carriers[i] in closed_carriers:
+                gw = self.carrier_windows[carriers[i]]
+                held.append(i)
+                details.append(f"the gateway's hours ({gw}); opens {gw.describe_opening(now)}")
+            elif i in intl_set:
                 w = self._window_in(timezone_for(n))
                 if not w.is_open(now):
                     held.append(i)

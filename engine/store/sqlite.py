@@ -36,9 +36,10 @@ CREATE TABLE IF NOT EXISTS optout_snapshot (
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 -- Messages handed to a gateway, for frequency caps across campaigns and runs.
 CREATE TABLE IF NOT EXISTS sends (
-    kind TEXT NOT NULL,     -- marketing / transactional: separate budgets
-    key  INTEGER NOT NULL,  -- number_key()
-    ts   REAL NOT NULL
+    kind    TEXT NOT NULL,              -- marketing / transactional: separate budgets
+    key     INTEGER NOT NULL,           -- number_key()
+    ts      REAL NOT NULL,
+    content INTEGER NOT NULL DEFAULT 0  -- crc32 of the text, for "same content at most once per …"
 );
 CREATE INDEX IF NOT EXISTS sends_by_kind_time ON sends (kind, ts);
 -- Proof that people agreed to marketing messages; kept at least 5 months.
@@ -155,10 +156,22 @@ class SqliteStore:
     def _bump(self) -> None:
         self._db.execute("UPDATE meta SET value = value + 1 WHERE name = 'optouts_generation'")
 
-    def record_sends(self, kind: str, keys: Sequence[int], ts: float) -> None:
+    def record_sends(
+        self, kind: str, keys: Sequence[int], ts: float, contents: Sequence[int] | None = None
+    ) -> None:
         """Remember messages handed to a gateway (one transaction for the whole batch)."""
+        rows = [(kind, k, ts, c) for k, c in zip(keys, contents or [0] * len(keys), strict=True)]
         with self._tx():
-            self._db.executemany("INSERT INTO sends VALUES (?, ?, ?)", [(kind, k, ts) for k in keys])
+            self._db.executemany("INSERT INTO sends VALUES (?, ?, ?, ?)", rows)
+
+    def recent_contents(self, kind: str, since: float) -> dict[int, set[int]]:
+        """Number key → crc32s of the texts it was sent since ``since`` (a short window: small)."""
+        out: dict[int, set[int]] = {}
+        for key, content in self._db.execute(
+            "SELECT key, content FROM sends WHERE kind = ? AND ts >= ? AND content != 0", (kind, since)
+        ):
+            out.setdefault(key, set()).add(content)
+        return out
 
     def load_sends(self, kind: str, since: float) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """Keys and times of the ``kind`` messages sent since ``since`` (for caps)."""

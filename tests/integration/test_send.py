@@ -411,3 +411,20 @@ def test_consent_import_and_check(
         and "terms v3" in check.stdout
         and "no consent on record" in check.stdout
     )
+
+
+def test_the_same_text_to_the_same_number_waits_out_its_window(
+    tmp_path: Path, write: Callable[[str, str | bytes], Path], campaign_file: Callable[..., Path]
+) -> None:
+    write("seg.csv", SEGMENT)
+    campaign = campaign_file("seg.csv")
+    engine = tmp_path / "engine.toml"
+    engine.write_text(engine.read_text("utf-8") + '[caps.marketing]\nsame_content = "1h"\n', encoding="utf-8")
+    first = json.loads(run_cli("send", str(campaign), "--json", cwd=tmp_path).stdout)
+    assert first["states"]["sent"] == 5
+    again = json.loads(run_cli("send", str(campaign), "--json", cwd=tmp_path).stdout)
+    assert again["states"].get("sent", 0) == 0
+    assert again["reasons"]["suppressed"]["same_content"] == 5
+    campaign.write_text(campaign.read_text("utf-8").replace("元券已到账", "元券今晚到期"), encoding="utf-8")
+    other_text = json.loads(run_cli("send", str(campaign), "--json", cwd=tmp_path).stdout)
+    assert other_text["states"]["sent"] == 5

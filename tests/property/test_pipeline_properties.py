@@ -211,3 +211,51 @@ def test_dedupe_is_idempotent_and_keeps_first_occurrences(numbers: list[str], ba
     once = run(numbers)
     assert once == list(dict.fromkeys(numbers))
     assert run(once) == once
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            valid_national.flatmap(written),
+            garbage,
+            st.sampled_from(["+12025550143", "+85251234567", "+447911123456"]),
+        ),
+        max_size=40,
+    ),
+    st.floats(0, 7 * 86400),
+    st.integers(1, 9),
+)
+def test_deferral_never_loses_a_message(phones: list[str], offset: float, batch_size: int) -> None:
+    """With quiet hours at any moment, every row ends in exactly one state, and every row that
+    would be rendered by day is rendered or deferred (with when it can go) — never anything else."""
+    from engine.clock import FakeClock
+    from engine.sendwindow import SendWindow
+    from engine.stages import HoldQuietHours
+
+    bound = compile_template("{name|亲}", signature="小鹅", opt_out_text="拒收请回复R").bind(
+        ["phone", "name"]
+    )
+
+    def run(quiet: HoldQuietHours | None) -> dict[int, str]:
+        stages = standard_stages(bound, TABLE, ALL, quiet_hours=quiet)
+        runner = StageRunner(stages)
+        states: dict[int, str] = {}
+        for start in range(0, len(phones), batch_size):
+            chunk = [(p, "") for p in phones[start : start + batch_size]]
+            b = runner.run(Batch(list(range(start, start + len(chunk))), chunk, 0))
+            for r in b.rejects:
+                assert r.row not in states
+                states[r.row] = r.state
+                if r.state == "deferred":
+                    assert "opens" in r.detail
+            for n in b.nums:
+                assert n not in states
+                states[n] = "rendered"
+        assert sorted(states) == list(range(len(phones)))
+        return states
+
+    day = run(None)
+    night = run(HoldQuietHours(SendWindow.parse("08:00-21:00"), FakeClock(1_795_000_000.0 + offset)))
+    for row, state in day.items():
+        assert night[row] == state or (state == "rendered" and night[row] == "deferred")

@@ -88,3 +88,19 @@ def test_stage_defers_only_the_international_recipients_asleep() -> None:
     assert b.numbers == ["13800138000", "+85251234567"]
     assert [r.row for r in b.rejects] == [3]
     assert "America/New_York" in b.rejects[0].detail
+
+
+def test_a_gateways_hours_hold_its_carriers_messages_too() -> None:
+    from engine.sendwindow import ALL_DAY
+
+    clock = FakeClock(at(20, 30))  # inside the campaign's 08:00-21:00, outside the gateway's 08:00-20:00
+    stage = HoldQuietHours(SendWindow.parse("08:00-21:00"), clock, {"cm": SendWindow.parse("08:00-20:00")})
+    b = _batch("13800138000", "13000130000")
+    b.carriers = ["cm", "cu"]
+    stage.process(b)
+    assert b.numbers == ["13000130000"]
+    assert "the gateway's hours (08:00-20:00 Asia/Shanghai)" in b.rejects[0].detail
+    always = HoldQuietHours(ALL_DAY, FakeClock(at(3)), {})
+    b = _batch("13800138000", "+12025550143")
+    always.process(b)
+    assert len(b) == 2
