@@ -25,9 +25,12 @@ class Dedupe:
         """Suppress the numbers of ``batch`` already seen in this run (or earlier in the batch)."""
         keys = batch.number_keys()
         seen = self.seen
-        if len(set(keys)) == len(keys) and seen.isdisjoint(keys):
+        if seen.isdisjoint(keys):
+            before = len(seen)
             seen.update(keys)
-            return
+            if len(seen) - before == len(keys):
+                return  # no number seen before, none twice in the batch: the usual case
+            seen.difference_update(keys)  # a number twice in this batch: redo it item by item
         dup: list[int] = []
         add = seen.add
         for i, k in enumerate(keys):
