@@ -17,8 +17,8 @@ from rich.table import Table
 
 from engine.carriers import CARRIER_NAMES, default_prefix_table
 from engine.errors import EngineError, OutsideSendWindow
+from engine.lists_cli import consent_command, optout_command
 from engine.messages import State
-from engine.optout_cli import consent_command, optout_command
 from engine.phone import mask, parse_phone
 from engine.plugins import PluginHost
 from engine.report import RunRecorder, RunSummary
@@ -37,6 +37,15 @@ def _version() -> str:
         return version("pigeon-sms")
     except PackageNotFoundError:  # running from a source tree that is not installed
         return "0+unknown"
+
+
+def _store_engine_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        type=Path,
+        default=Path(os.environ.get("PIGEON_ENGINE", "config/engine.toml")),
+        help="engine file whose [store] to use (default: $PIGEON_ENGINE or config/engine.toml)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,12 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("numbers", nargs="+", help="numbers in any common form")
 
     oo = sub.add_parser("optout", help="manage the opt-out list (people who replied 退订/R or asked to stop)")
-    oo.add_argument(
-        "--engine",
-        type=Path,
-        default=Path(os.environ.get("PIGEON_ENGINE", "config/engine.toml")),
-        help="engine file whose [store] holds the list (default: $PIGEON_ENGINE or config/engine.toml)",
-    )
+    _store_engine_arg(oo)
     oo_sub = oo.add_subparsers(dest="optout_command", required=True, metavar="ACTION")
     imp = oo_sub.add_parser(
         "import", help="add every number of a file (one per line, or the first CSV column)"
@@ -103,12 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     cs = sub.add_parser(
         "consent", help="record who agreed to marketing messages, with proof (kept 5+ months)"
     )
-    cs.add_argument(
-        "--engine",
-        type=Path,
-        default=Path(os.environ.get("PIGEON_ENGINE", "config/engine.toml")),
-        help="engine file whose [store] holds the records (default: $PIGEON_ENGINE or config/engine.toml)",
-    )
+    _store_engine_arg(cs)
     cs_sub = cs.add_subparsers(dest="consent_command", required=True, metavar="ACTION")
     cimp = cs_sub.add_parser("import", help="record consent for every number of a file")
     cimp.add_argument("file", type=Path)

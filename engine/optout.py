@@ -83,7 +83,7 @@ class OptOutSet:
         self._extra.update(map(number_key, numbers))
 
     def contains(self, keys: Sequence[int]) -> list[int]:
-        """Indices of the opted-out entries of ``keys`` (:func:`engine.pipeline.number_key`), in order."""
+        """Indices of the opted-out entries of ``keys`` (:func:`engine.messages.number_key`), in order."""
         if not keys or not len(self):
             return []
         k = np.fromiter(keys, dtype=np.int64, count=len(keys))

@@ -6,7 +6,7 @@ import argparse
 import csv
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +24,7 @@ __all__ = ["consent_command", "optout_command"]
 
 _BATCH = 100_000
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _e164(raw: str) -> str | None:
@@ -55,19 +56,16 @@ def consent_command(args: argparse.Namespace, console: Console) -> int:
                 lambda n, now: ConsentRecord(n, args.source, args.proof, now),
                 store.add_consents,
             )
-        numbers = _parse_all(args.numbers, console)
-        if numbers is None:
-            return 2
-        found = store.consent_records(numbers)
-        for raw, n in zip(args.numbers, numbers, strict=True):
-            r = found.get(n)
-            if r is None:
-                console.print(f"{escape(raw)}: no consent on record")
-            else:
-                when = datetime.fromtimestamp(r.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-                proof = f", proof {escape(r.proof)}" if r.proof else ""
-                console.print(f"{escape(raw)}: consent given {when} (source {escape(r.source)}{proof})")
-        return 1 if len(found) != len(numbers) else 0
+        return _check_numbers(
+            args.numbers,
+            console,
+            store.consent_records,
+            "no consent on record",
+            lambda r: (
+                f"consent given {_when(r.created_at)} (source {escape(r.source)}"
+                + (f", proof {escape(r.proof)})" if r.proof else ")")
+            ),
+        )
     finally:
         store.close()
 
@@ -177,17 +175,36 @@ def _remove(store: SqliteStore, args: argparse.Namespace, console: Console) -> i
     return 0
 
 
-def _check(store: SqliteStore, args: argparse.Namespace, console: Console) -> int:
-    numbers = _parse_all(args.numbers, console)
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _check_numbers(
+    raw_numbers: list[str],
+    console: Console,
+    lookup: Callable[[list[str]], Mapping[str, R]],
+    absent: str,
+    describe: Callable[[R], str],
+) -> int:
+    """Print what the store holds for each number; exit 1 if any has no record."""
+    numbers = _parse_all(raw_numbers, console)
     if numbers is None:
         return 2
-    found = store.optout_records(numbers)
-    for raw, n in zip(args.numbers, numbers, strict=True):
+    found = lookup(numbers)
+    for raw, n in zip(raw_numbers, numbers, strict=True):
         r = found.get(n)
-        if r is None:
-            console.print(f"{escape(raw)}: not opted out")
-        else:
-            when = datetime.fromtimestamp(r.created_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-            why = f", {escape(r.reason)}" if r.reason else ""
-            console.print(f"{escape(raw)}: opted out on {when} (source {escape(r.source)}{why})")
+        console.print(f"{escape(raw)}: {absent if r is None else describe(r)}")
     return 1 if len(found) != len(numbers) else 0
+
+
+def _check(store: SqliteStore, args: argparse.Namespace, console: Console) -> int:
+    return _check_numbers(
+        args.numbers,
+        console,
+        store.optout_records,
+        "not opted out",
+        lambda r: (
+            f"opted out on {_when(r.created_at)} (source {escape(r.source)}"
+            + (f", {escape(r.reason)})" if r.reason else ")")
+        ),
+    )
