@@ -56,9 +56,7 @@ class CarrierConfig(Base, kw_only=True, frozen=True):
     price_per_part: NonNegativeFloat = 0.0
     """Price of one billed SMS part, in the engine's ``currency``; used for cost estimates."""
     rate_per_second: PositiveInt | None = None
-    """Most SMS parts per second sent to this carrier over all gateways; unset means unlimited."""
-    burst: PositiveInt | None = None
-    """Parts that may go at once after an idle spell; defaults to one second's worth."""
+    """Most SMS parts sent to this carrier in any one second, over all gateways; unset = unlimited."""
 
 
 class GatewayConfig(Base, kw_only=True, frozen=True):

@@ -12,6 +12,10 @@
     │   ├─ PluginLoadError    an entry point failed to import
     │   └─ PluginContractError a plugin registered something invalid (duplicate name, bad hook)
     └─ GatewayError           a whole request failed (per-message outcomes are SubmitResult data)
+        ├─ GatewayUnavailable     could not connect, or 5xx: nothing was taken (retriable)
+        ├─ GatewayTimeout         no answer in time: the request may have been taken (ambiguous)
+        ├─ GatewayAuthError       credentials refused (not retriable: fix the config)
+        └─ GatewayProtocolError   an answer the gateway plugin cannot read
 
 Bad *rows* are not exceptions: they become :class:`engine.messages.Reject` records and the run goes on.
 """
@@ -21,7 +25,11 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "EngineError",
+    "GatewayAuthError",
     "GatewayError",
+    "GatewayProtocolError",
+    "GatewayTimeout",
+    "GatewayUnavailable",
     "OutsideSendWindow",
     "PluginContractError",
     "PluginError",
@@ -80,6 +88,31 @@ class PluginContractError(PluginError):
 
 
 class GatewayError(EngineError):
-    """A gateway request failed as a whole; ``retriable`` says whether sending again may succeed."""
+    """A gateway request failed as a whole; ``retriable`` says whether sending again may succeed,
+    ``ambiguous`` whether the provider may have taken the messages anyway."""
 
     retriable: bool = False
+    ambiguous: bool = False
+
+
+class GatewayUnavailable(GatewayError):
+    """The request did not reach the provider, or it answered 5xx: safe to send again."""
+
+    retriable = True
+
+
+class GatewayTimeout(GatewayError):
+    """No answer in time: the provider may or may not have taken the messages."""
+
+    retriable = True
+    ambiguous = True
+
+
+class GatewayAuthError(GatewayError):
+    """The provider refused the credentials: fix the gateway's config."""
+
+
+class GatewayProtocolError(GatewayError):
+    """The provider answered something the gateway plugin cannot read."""
+
+    ambiguous = True

@@ -212,8 +212,8 @@ class RunRecorder:
             self.states[State.FAILED] += n_failed
             g.failed += n_failed
         g.accepted += n_accepted
-        self.states[State.SENT] += n_accepted
         if n_accepted:
+            self.states[State.SENT] += n_accepted
             self._add(chunk.carrier, n_accepted, parts)
 
     def failed(self, gateway: str, chunk: MessageBatch, reason: str, *, count_request: bool = True) -> None:

@@ -26,7 +26,7 @@ from engine.optout import OptOutSet
 from engine.pipeline import Batch, StageRunner
 from engine.plugins import PluginHost
 from engine.preflight import DEFAULT_ALLOWED_TERMS, DEFAULT_BANNED_TERMS, Finding, check_campaign, errors
-from engine.ratelimit import TokenBucket
+from engine.ratelimit import SlidingWindowLimiter
 from engine.report import RejectsWriter, RunRecorder, RunSummary, close_writers
 from engine.sender import Accumulator, LaneItem, run_lane
 from engine.sendwindow import ALL_DAY, SendWindow
@@ -475,9 +475,8 @@ async def _send(
             gateways[name] = reg.factory(
                 opts, GatewayContext(name=name, base_dir=plan.engine.base_dir, run_dir=run_dir)
             )
-        now = clock.monotonic()
-        buckets: dict[str, TokenBucket] = {
-            c: TokenBucket(cc.rate_per_second, cc.burst, now)
+        limiters: dict[str, SlidingWindowLimiter] = {
+            c: SlidingWindowLimiter(cc.rate_per_second)
             for c, cc in ecfg.carriers.items()
             if cc.rate_per_second
         }
@@ -488,7 +487,7 @@ async def _send(
         handover = _cap_recorder(plan, store) if store is not None else None
         async with anyio.create_task_group() as tg:
             for name, (_, rx) in lanes.items():
-                tg.start_soon(run_lane, gateways[name], rx, buckets, clock, recorder, handover)
+                tg.start_soon(run_lane, gateways[name], rx, limiters, clock, recorder, handover)
             try:
                 windows = plan.pause_windows()
                 batches = segment.batches(ecfg.batch_size)

@@ -11,7 +11,7 @@ from engine.clock import Clock
 from engine.errors import GatewayError
 from engine.gateway import Gateway
 from engine.messages import MessageBatch
-from engine.ratelimit import TokenBucket
+from engine.ratelimit import SlidingWindowLimiter
 from engine.report import RunRecorder
 
 __all__ = ["Accumulator", "LaneItem", "run_lane"]
@@ -70,15 +70,16 @@ class Accumulator:
 async def run_lane(
     gateway: Gateway,
     inbox: MemoryObjectReceiveStream[LaneItem],
-    buckets: Mapping[str, TokenBucket],
+    limiters: Mapping[str, SlidingWindowLimiter],
     clock: Clock,
     recorder: RunRecorder,
     on_handover: Callable[[MessageBatch], None] | None = None,
 ) -> None:
     """Send everything that arrives in ``inbox`` through ``gateway``, one request at a time.
 
-    Requests hold at most ``gateway.max_batch`` messages of one carrier. A carrier's bucket (when
-    it has a rate) is charged in billed parts before each request. ``on_handover`` sees each
+    Requests hold at most ``gateway.max_batch`` messages of one carrier. A carrier's limiter (when
+    it has a rate) books each request's billed parts before it goes, so no second ever carries more
+    than the rate. ``on_handover`` sees each
     request just before it goes (frequency caps count a message then). A failed request is
     recorded with its reason, never dropped silently.
     """
@@ -86,11 +87,11 @@ async def run_lane(
     async with inbox:
         async for messages in inbox:
             carrier = messages.carrier
-            bucket = buckets.get(carrier)
+            limiter = limiters.get(carrier)
             for start in range(0, len(messages), size):
                 chunk = messages[start : start + size]
-                if bucket is not None:
-                    delay = bucket.reserve(clock.monotonic(), chunk.total_parts())
+                if limiter is not None:
+                    delay = limiter.reserve(clock.monotonic(), chunk.total_parts())
                     if delay > 0:
                         await anyio.sleep(delay)
                 if on_handover is not None:

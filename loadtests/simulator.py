@@ -1,0 +1,306 @@
+"""A gateway simulator: a real HTTP server on loopback speaking Pigeon's default JSON contract.
+
+    POST /send  {"messages": [{"id", "to", "text", "carrier", "parts"}, …]}
+    → 200 {"results": [{"id", "status": "accepted", "provider_id"} | {"id", "status": "rejected",
+          "code"} | {"id", "status": "retry", "code"}, …]}
+
+Faults are injected by configuration: latency (fixed plus uniform jitter), whole-request 5xx,
+429 with ``Retry-After``, requests that hang (timeouts), connections dropped without an answer,
+per-message rejects, and per-carrier acceptance limits (messages per second, in SMS parts) that it
+enforces — over-limit messages are answered ``retry`` with code ``throttled`` — and reports. Every
+accepted message is logged with its arrival time, so tests can check rates over any 1 s window
+and that nothing arrived twice.
+
+Start it with one command (``--help`` lists the knobs)::
+
+    python -m loadtests.simulator --port 8700 --latency-ms 5 --p-429 0.01 --limit cm=5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+__all__ = ["SimConfig", "Simulator", "SimulatorThread"]
+
+
+@dataclass
+class SimConfig:
+    """What the simulator does to requests."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    """0: any free port (see :attr:`Simulator.port`)."""
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    p_5xx: float = 0.0
+    p_429: float = 0.0
+    retry_after: float = 1.0
+    p_hang: float = 0.0
+    """Requests that never get an answer until ``hang_s`` (a client timeout)."""
+    hang_s: float = 30.0
+    p_drop: float = 0.0
+    """Requests whose connection is closed without an answer."""
+    p_reject: float = 0.0
+    """Messages rejected one by one (code ``INVALID_NUMBER``)."""
+    limits: dict[str, float] = field(default_factory=dict)
+    """Carrier → SMS parts accepted per second; the excess is answered ``retry``/``throttled``."""
+    token: str = ""
+    """If set, requests must carry ``Authorization: Bearer <token>`` (else 401)."""
+    seed: int = 1
+
+
+class _Msg(msgspec.Struct):
+    id: str
+    to: str
+    text: str
+    carrier: str = ""
+    parts: int = 1
+
+
+class _Req(msgspec.Struct):
+    messages: list[_Msg]
+
+
+class Simulator:
+    """The server; run :meth:`serve` in an asyncio loop (or use :class:`SimulatorThread`)."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.port = config.port
+        self.log: list[tuple[float, str, str, str, int]] = []
+        """Accepted messages: (arrival time, id, to, carrier, parts)."""
+        self.stats: Counter[str] = Counter()
+        self._rng = random.Random(config.seed)
+        self._windows: dict[str, deque[tuple[float, int]]] = {}
+        self._used: Counter[str] = Counter()
+        self._decode = msgspec.json.Decoder(_Req).decode
+        self._server: asyncio.AbstractServer | None = None
+        self._provider_seq = 0
+
+    async def serve(self, started: threading.Event | None = None) -> None:
+        """Listen until cancelled."""
+        self._server = await asyncio.start_server(self._client, self.config.host, self.config.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        if started is not None:
+            started.set()
+        async with self._server:
+            await self._server.serve_forever()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in lines[1:] if h)}
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                status, extra, payload = await self._handle(method, path, headers, body)
+                if status == 0:  # drop the connection without an answer
+                    return
+                out = (
+                    f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(payload)}\r\n{extra}\r\n"
+                ).encode() + payload
+                writer.write(out)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _handle(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, str, bytes]:
+        cfg, rng = self.config, self._rng
+        self.stats["requests"] += 1
+        if method == "GET" and path == "/stats":
+            return 200, "", json.dumps(self.summary()).encode()
+        if method != "POST" or path != "/send":
+            return 404, "", b'{"error": "not found"}'
+        if cfg.token and headers.get("authorization") != f"Bearer {cfg.token}":
+            self.stats["401"] += 1
+            return 401, "", b'{"error": "bad token"}'
+        if cfg.latency_ms or cfg.jitter_ms:
+            await asyncio.sleep((cfg.latency_ms + rng.uniform(0, cfg.jitter_ms)) / 1000)
+        roll = rng.random()
+        if roll < cfg.p_drop:
+            self.stats["dropped"] += 1
+            return 0, "", b""
+        roll -= cfg.p_drop
+        if roll < cfg.p_hang:
+            self.stats["hung"] += 1
+            await asyncio.sleep(cfg.hang_s)
+            return 0, "", b""
+        roll -= cfg.p_hang
+        if roll < cfg.p_5xx:
+            self.stats["5xx"] += 1
+            return 503, "", b'{"error": "unavailable"}'
+        roll -= cfg.p_5xx
+        if roll < cfg.p_429:
+            self.stats["429"] += 1
+            return 429, f"Retry-After: {cfg.retry_after:g}\r\n", b'{"error": "slow down"}'
+        try:
+            req = self._decode(body)
+        except msgspec.DecodeError as exc:
+            self.stats["400"] += 1
+            return 400, "", json.dumps({"error": str(exc)}).encode()
+        now = time.monotonic()
+        results = []
+        for m in req.messages:
+            if rng.random() < cfg.p_reject:
+                self.stats["rejected"] += 1
+                results.append({"id": m.id, "status": "rejected", "code": "INVALID_NUMBER"})
+            elif not self._admit(m.carrier, m.parts, now):
+                self.stats["throttled"] += 1
+                results.append({"id": m.id, "status": "retry", "code": "throttled"})
+            else:
+                self._provider_seq += 1
+                self.stats["accepted"] += 1
+                self.log.append((now, m.id, m.to, m.carrier, m.parts))
+                results.append({"id": m.id, "status": "accepted", "provider_id": f"sim-{self._provider_seq}"})
+        return 200, "", msgspec.json.encode({"results": results})
+
+    def _admit(self, carrier: str, parts: int, now: float) -> bool:
+        limit = self.config.limits.get(carrier)
+        if limit is None:
+            return True
+        window = self._windows.setdefault(carrier, deque())
+        while window and window[0][0] <= now - 1.0:
+            self._used[carrier] -= window.popleft()[1]
+        if self._used[carrier] + parts > limit:
+            return False
+        window.append((now, parts))
+        self._used[carrier] += parts
+        return True
+
+    def max_parts_per_second(self) -> dict[str, int]:
+        """For each carrier, the most SMS parts accepted within any 1 s window (from the log)."""
+        out: dict[str, int] = {}
+        by_carrier: dict[str, list[tuple[float, int]]] = {}
+        for t, _, _, carrier, parts in self.log:
+            by_carrier.setdefault(carrier, []).append((t, parts))
+        for carrier, events in by_carrier.items():
+            events.sort()
+            best = total = 0
+            start = 0
+            for t, parts in events:
+                total += parts
+                while events[start][0] <= t - 1.0:
+                    total -= events[start][1]
+                    start += 1
+                best = max(best, total)
+            out[carrier] = best
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """Counters and the per-carrier peaks."""
+        return {"stats": dict(self.stats), "max_parts_per_second": self.max_parts_per_second()}
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
+}
+
+
+class SimulatorThread:
+    """Runs a :class:`Simulator` on its own asyncio loop in a thread (for tests on any backend)."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.sim = Simulator(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = threading.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._task = self._loop.create_task(self.sim.serve(self._started))
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                self._loop.run_until_complete(self._task)
+            # Let handlers still running (a hung request) see the cancellation, then close.
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> Simulator:
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("the simulator did not start")
+        return self.sim
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulator in the foreground."""
+    p = argparse.ArgumentParser(description="Pigeon gateway simulator (loopback only)")
+    p.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "::1", "localhost"])
+    p.add_argument("--port", type=int, default=8700)
+    for name in (
+        "latency-ms",
+        "jitter-ms",
+        "p-5xx",
+        "p-429",
+        "retry-after",
+        "p-hang",
+        "hang-s",
+        "p-drop",
+        "p-reject",
+    ):
+        p.add_argument(f"--{name}", type=float, default=getattr(SimConfig, name.replace("-", "_")))
+    p.add_argument("--limit", action="append", default=[], metavar="CARRIER=PARTS_PER_S")
+    p.add_argument("--token", default="")
+    args = p.parse_args(argv)
+    cfg = SimConfig(
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        limits={k: float(v) for k, v in (x.split("=", 1) for x in args.limit)},
+        **{
+            n.replace("-", "_"): getattr(args, n.replace("-", "_"))
+            for n in (
+                "latency-ms",
+                "jitter-ms",
+                "p-5xx",
+                "p-429",
+                "retry-after",
+                "p-hang",
+                "hang-s",
+                "p-drop",
+                "p-reject",
+            )
+        },
+    )
+    sim = Simulator(cfg)
+    print(f"simulator on http://{cfg.host}:{cfg.port}/send (GET /stats for counters)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(sim.serve())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
