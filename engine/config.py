@@ -29,6 +29,7 @@ __all__ = [
     "LoadedEngine",
     "PluginsConfig",
     "PolicyConfig",
+    "RetryConfig",
     "RoutingConfig",
     "SegmentConfig",
     "StoreConfig",
@@ -68,6 +69,12 @@ class GatewayConfig(Base, kw_only=True, frozen=True):
     """Carriers this gateway serves. The first gateway listing a carrier is its primary."""
     options: dict[str, Any] = {}
     """Plugin-specific settings, validated by the plugin's own config type."""
+    in_flight: PositiveInt = 4
+    """Requests kept open at once (keep it within the plugin's connection pool)."""
+    breaker_threshold: PositiveInt = 3
+    """Failed requests in a row after which the gateway rests and its carriers fail over."""
+    breaker_cooldown: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    """Seconds a tripped gateway rests before one trial request."""
     send_window: str | None = None
     """Hours this gateway accepts messages (``"08:00-22:00"``, in ``send_window_timezone``), on top
     of each campaign's own window: a provider's rule."""
@@ -90,6 +97,16 @@ class RoutingConfig(Base, kw_only=True, frozen=True):
     """Registered resolver names, applied in order after the prefix table."""
     options: dict[str, dict[str, Any]] = {}
     """Per-resolver settings: ``[routing.options.<name>]``."""
+
+
+class RetryConfig(Base, kw_only=True, frozen=True):
+    """``[retry]``: how often and how patiently a message is sent again."""
+
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    base: Annotated[float, msgspec.Meta(gt=0)] = 0.2
+    """Seconds before the first retry; doubles each time (with full jitter)."""
+    cap: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    """Longest wait between two attempts."""
 
 
 class StoreConfig(Base, kw_only=True, frozen=True):
@@ -132,6 +149,7 @@ class EngineConfig(Base, kw_only=True, frozen=True):
     plugins: PluginsConfig = PluginsConfig()
     routing: RoutingConfig = RoutingConfig()
     store: StoreConfig = StoreConfig()
+    retry: RetryConfig = RetryConfig()
     caps: dict[Literal["marketing", "transactional"], LaneCapsConfig] = {}
     """Frequency caps per number, across campaigns and runs, per kind of message."""
 

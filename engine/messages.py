@@ -48,6 +48,9 @@ class State(StrEnum):
     """Deliberately not sent: duplicate, opted out, over its frequency cap (with a reason)."""
     DEFERRED = "deferred"
     """Held for later (outside the allowed sending hours)."""
+    UNKNOWN = "unknown"
+    """Handed to a gateway that gave no clear answer (a timeout on a non-idempotent API): not resent,
+    to be settled by its delivery report."""
 
 
 class RejectReason(StrEnum):
@@ -191,6 +194,20 @@ class MessageBatch(Sequence[Message]):
             prefix = self._prefix
             self._ids = [f"{prefix}{n}" for n in self.rows]
         return self._ids
+
+    def take(self, indices: Sequence[int]) -> MessageBatch:
+        """The messages at ``indices``, as a batch (for the ones to retry or to send elsewhere)."""
+        if len(indices) == len(self):
+            return self
+        ids = self.ids
+        return MessageBatch(
+            self.carrier,
+            rows=[self.rows[i] for i in indices],
+            numbers=[self._numbers[i] for i in indices],
+            texts=[self.texts[i] for i in indices],
+            parts=[self.parts[i] for i in indices],
+            ids=[ids[i] for i in indices],
+        )
 
     def keys(self) -> list[int]:
         """The recipients as :func:`number_key` ints."""

@@ -216,6 +216,23 @@ class RunRecorder:
             self.states[State.SENT] += n_accepted
             self._add(chunk.carrier, n_accepted, parts)
 
+    def request(self, gateway: str, *, count_only: bool = True) -> None:
+        """Count a request whose messages all go again (nothing final to record yet)."""
+        if count_only:
+            self._gateway(gateway).requests += 1
+
+    def unknown(self, gateway: str, chunk: MessageBatch, reason: str) -> None:
+        """Record messages a gateway may or may not have taken (not resent: a delivery report settles it)."""
+        self._gateway(gateway).requests += 1
+        self.states[State.UNKNOWN] += len(chunk)
+        self._reason(State.UNKNOWN, reason, len(chunk))
+
+    def _gateway(self, name: str) -> GatewaySummary:
+        g = self.gateways.get(name)
+        if g is None:
+            g = self.gateways[name] = GatewaySummary()
+        return g
+
     def failed(self, gateway: str, chunk: MessageBatch, reason: str, *, count_request: bool = True) -> None:
         """Record a whole request that failed."""
         g = self.gateways.get(gateway)

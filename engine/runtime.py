@@ -28,7 +28,8 @@ from engine.plugins import PluginHost
 from engine.preflight import DEFAULT_ALLOWED_TERMS, DEFAULT_BANNED_TERMS, Finding, check_campaign, errors
 from engine.ratelimit import SlidingWindowLimiter
 from engine.report import RejectsWriter, RunRecorder, RunSummary, close_writers
-from engine.sender import Accumulator, LaneItem, run_lane
+from engine.retry import Breaker, RetryPolicy
+from engine.sender import Accumulator, Lane, LaneItem
 from engine.sendwindow import ALL_DAY, SendWindow
 from engine.source import SegmentReader, SegmentSource, SourceContext
 from engine.stages import Cap, CarrierResolver, HoldQuietHours, SameContent, standard_stages
@@ -54,6 +55,8 @@ class Plan:
     table: PrefixTable
     routes: dict[str, str]
     """Carrier → name of its primary gateway."""
+    failover: dict[str, list[str]] = field(default_factory=dict)
+    """Carrier → every gateway serving it, primary first."""
     resolvers: list[CarrierResolver] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     """Preflight findings (errors refuse a send; ``prepare(strict=True)`` raises on them)."""
@@ -217,6 +220,7 @@ def prepare(
         raise TemplateError(f"{campaign.file}: template.text: {exc}") from None
 
     routes: dict[str, str] = {}
+    failover: dict[str, list[str]] = {}
     for name, gcfg in ecfg.gateways.items():
         if gcfg.plugin not in host.gateways:
             raise ConfigError(
@@ -232,6 +236,7 @@ def prepare(
         )
         for carrier in gcfg.carriers:
             routes.setdefault(carrier, name)
+            failover.setdefault(carrier, []).append(name)
 
     resolvers: list[CarrierResolver] = []
     for rname in ecfg.routing.resolvers:
@@ -294,6 +299,7 @@ def prepare(
         source=source,
         table=default_prefix_table(),
         routes=routes,
+        failover=failover,
         resolvers=resolvers,
         findings=findings,
         optouts=optouts,
@@ -463,7 +469,7 @@ async def _send(
     counting = plan.caps is not None or plan.same_content is not None
     store = SqliteStore(plan.engine.store_path) if counting else None
     try:
-        for name in sorted(set(plan.routes.values())):
+        for name in sorted({g for names in plan.failover.values() for g in names}):
             gcfg = ecfg.gateways[name]
             reg = plan.host.gateways.get(gcfg.plugin)
             opts = convert_section(
@@ -480,14 +486,30 @@ async def _send(
             for c, cc in ecfg.carriers.items()
             if cc.rate_per_second
         }
-        lanes = {name: anyio.create_memory_object_stream[LaneItem](4) for name in gateways}
+        lanes = {name: anyio.create_memory_object_stream[LaneItem](4) for name in set(plan.routes.values())}
+        breakers = {
+            name: Breaker(ecfg.gateways[name].breaker_threshold, ecfg.gateways[name].breaker_cooldown)
+            for name in gateways
+        }
+        policy = RetryPolicy(ecfg.retry.max_attempts, ecfg.retry.base, ecfg.retry.cap)
         prefix = f"{plan.campaign.id}-"
         outbox = {c: lanes[g][0] for c, g in plan.routes.items()}
         packers = {c: Accumulator(gateways[g].max_batch) for c, g in plan.routes.items()}
         handover = _cap_recorder(plan, store) if store is not None else None
         async with anyio.create_task_group() as tg:
             for name, (_, rx) in lanes.items():
-                tg.start_soon(run_lane, gateways[name], rx, limiters, clock, recorder, handover)
+                lane = Lane(
+                    gateways[name],
+                    gateways={c: [gateways[g] for g in names] for c, names in plan.failover.items()},
+                    limiters=limiters,
+                    breakers=breakers,
+                    clock=clock,
+                    recorder=recorder,
+                    on_handover=handover,
+                    policy=policy,
+                    in_flight=ecfg.gateways[name].in_flight,
+                )
+                tg.start_soon(lane.run, rx)
             try:
                 windows = plan.pause_windows()
                 batches = segment.batches(ecfg.batch_size)

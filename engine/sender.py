@@ -1,8 +1,18 @@
-"""Per-gateway send lanes: take carrier-grouped messages, pace them per carrier, call the gateway."""
+"""Send lanes: pace each carrier, keep a gateway's in-flight window full, retry, fail over, record.
+
+A lane serves one primary gateway. Each request goes through, in order: the carrier's rate limiter
+(SMS parts per second), the in-flight window (a bounded number of requests at once), the hand-over
+hook (frequency caps count there), and the gateway. Answers are data: accepted and rejected
+messages are recorded; ``retry``/``throttled`` ones go again after a backoff (a ``Retry-After`` is
+honoured); a failed request is retried, or — when the gateway's breaker opens — sent through the
+next gateway that serves the carrier. A timeout on a gateway that is not idempotent is never
+resent blindly: those messages end ``unknown``. Nothing leaves a lane unrecorded.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import random
+from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -10,14 +20,17 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from engine.clock import Clock
 from engine.errors import GatewayError
 from engine.gateway import Gateway
-from engine.messages import MessageBatch
+from engine.messages import MessageBatch, Outcome, SubmitResult
 from engine.ratelimit import SlidingWindowLimiter
 from engine.report import RunRecorder
+from engine.retry import Breaker, RetryPolicy
 
-__all__ = ["Accumulator", "LaneItem", "run_lane"]
+__all__ = ["Accumulator", "Lane", "LaneItem"]
 
 LaneItem = MessageBatch
 """What crosses into a lane: a batch of one carrier's messages."""
+
+_AGAIN = (Outcome.RETRY, Outcome.THROTTLED)
 
 
 class Accumulator:
@@ -67,38 +80,114 @@ class Accumulator:
         return [merged]
 
 
-async def run_lane(
-    gateway: Gateway,
-    inbox: MemoryObjectReceiveStream[LaneItem],
-    limiters: Mapping[str, SlidingWindowLimiter],
-    clock: Clock,
-    recorder: RunRecorder,
-    on_handover: Callable[[MessageBatch], None] | None = None,
-) -> None:
-    """Send everything that arrives in ``inbox`` through ``gateway``, one request at a time.
+class Lane:
+    """Everything that sends through one primary gateway.
 
-    Requests hold at most ``gateway.max_batch`` messages of one carrier. A carrier's limiter (when
-    it has a rate) books each request's billed parts before it goes, so no second ever carries more
-    than the rate. ``on_handover`` sees each
-    request just before it goes (frequency caps count a message then). A failed request is
-    recorded with its reason, never dropped silently.
+    :param gateways: carrier → the gateways serving it, primary first (failover order).
+    :param breakers: gateway name → its circuit breaker (shared by every lane using it).
+    :param in_flight: requests this lane keeps open at once.
     """
-    size = gateway.max_batch
-    async with inbox:
-        async for messages in inbox:
-            carrier = messages.carrier
-            limiter = limiters.get(carrier)
-            for start in range(0, len(messages), size):
-                chunk = messages[start : start + size]
-                if limiter is not None:
-                    delay = limiter.reserve(clock.monotonic(), chunk.total_parts())
-                    if delay > 0:
-                        await anyio.sleep(delay)
-                if on_handover is not None:
-                    on_handover(chunk)
-                try:
-                    results = await gateway.send(chunk)
-                except GatewayError as exc:
-                    recorder.failed(gateway.name, chunk, f"gateway_error:{type(exc).__name__}")
-                else:
-                    recorder.results(gateway.name, chunk, results)
+
+    def __init__(
+        self,
+        primary: Gateway,
+        *,
+        gateways: Mapping[str, Sequence[Gateway]],
+        limiters: Mapping[str, SlidingWindowLimiter],
+        breakers: Mapping[str, Breaker],
+        clock: Clock,
+        recorder: RunRecorder,
+        on_handover: Callable[[MessageBatch], None] | None = None,
+        policy: RetryPolicy | None = None,
+        in_flight: int = 1,
+        seed: int | None = None,
+    ) -> None:
+        self.primary = primary
+        self.gateways = gateways
+        self.limiters = limiters
+        self.breakers = breakers
+        self.clock = clock
+        self.recorder = recorder
+        self.on_handover = on_handover
+        self.policy = policy or RetryPolicy()
+        self.in_flight = in_flight
+        self._rng = random.Random(seed)
+
+    async def run(self, inbox: MemoryObjectReceiveStream[LaneItem]) -> None:
+        """Send everything that arrives in ``inbox``; returns when it is closed and drained."""
+        size = self.primary.max_batch
+        slots = anyio.Semaphore(self.in_flight)
+        async with inbox, anyio.create_task_group() as tg:
+            async for messages in inbox:
+                for start in range(0, len(messages), size):
+                    await slots.acquire()
+                    tg.start_soon(self._deliver, messages[start : start + size], slots)
+
+    def _choose(self, carrier: str) -> tuple[Gateway | None, float]:
+        """The first gateway for ``carrier`` whose breaker lets a request through, or when to look again."""
+        now = self.clock.monotonic()
+        candidates = self.gateways.get(carrier) or [self.primary]
+        for gw in candidates:
+            if self.breakers[gw.name].allow(now):
+                return gw, 0.0
+        return None, max(0.05, min(self.breakers[g.name].ready_at() for g in candidates) - now)
+
+    async def _deliver(self, pending: MessageBatch, slots: anyio.Semaphore) -> None:
+        try:
+            await self._attempts(pending)
+        finally:
+            slots.release()
+
+    async def _attempts(self, pending: MessageBatch) -> None:
+        recorder, policy, carrier = self.recorder, self.policy, pending.carrier
+        handed = False
+        last = ""
+        attempt = 0
+        while len(pending):
+            if attempt >= policy.max_attempts:
+                recorder.failed(self.primary.name, pending, f"retries_exhausted:{last}", count_request=False)
+                return
+            gw, wait = self._choose(carrier)
+            if gw is None:
+                await anyio.sleep(wait)  # every gateway for the carrier is resting: not an attempt
+                continue
+            limiter = self.limiters.get(carrier)
+            if limiter is not None:
+                delay = limiter.reserve(self.clock.monotonic(), pending.total_parts())
+                if delay > 0:
+                    await anyio.sleep(delay)
+            if not handed and self.on_handover is not None:
+                self.on_handover(pending)  # caps count a message once, when first handed over
+                handed = True
+            attempt += 1
+            breaker = self.breakers[gw.name]
+            try:
+                results = await gw.send(pending)
+            except GatewayError as exc:
+                breaker.failure(self.clock.monotonic())
+                last = type(exc).__name__
+                if exc.ambiguous and not gw.idempotent:
+                    recorder.unknown(gw.name, pending, f"ambiguous:{last}")
+                    return
+                if not exc.retriable and len(self.gateways.get(carrier) or ()) <= 1:
+                    recorder.failed(gw.name, pending, f"gateway_error:{last}")
+                    return
+                await anyio.sleep(policy.delay(attempt, self._rng))
+                continue
+            breaker.success()
+            again = [i for i, r in enumerate(results) if r.outcome in _AGAIN]
+            if not again:
+                recorder.results(gw.name, pending, results)
+                return
+            done = [i for i, r in enumerate(results) if r.outcome not in _AGAIN]
+            if done:
+                recorder.results(gw.name, pending.take(done), [results[i] for i in done])
+            recorder.request(gw.name, count_only=not done)
+            retry_after = max(results[i].retry_after for i in again)
+            last = _code(results[again[0]])
+            pending = pending.take(again)
+            await anyio.sleep(policy.delay(attempt, self._rng, at_least=retry_after))
+
+
+def _code(r: SubmitResult) -> str:
+    return f"{r.outcome.value}:{r.code or r.outcome.value}"

@@ -4,9 +4,10 @@ Request: ``POST {url}`` with ``{"messages": [{"id", "to", "text", "carrier", "pa
 Response: ``{"results": [...]}``, one per message in order, each ``{"status": "accepted",
 "provider_id"}``, ``{"status": "rejected", "code"}`` or ``{"status": "retry", "code"}``
 (``code = "throttled"`` for a rate limit). A 429 throttles the whole request (``Retry-After``
-honoured); 5xx and connection failures raise :class:`GatewayUnavailable`, a timeout
-:class:`GatewayTimeout` (ambiguous: the provider may have taken the messages), 401/403
-:class:`GatewayAuthError`. No ``httpx`` exception leaves this module.
+honoured); 5xx and failures to connect raise :class:`GatewayUnavailable` (nothing was taken), a
+timeout or a connection dropped after sending :class:`GatewayTimeout` (ambiguous: the provider
+may have taken the messages), 401/403 :class:`GatewayAuthError`. No ``httpx`` exception leaves
+this module.
 """
 
 from __future__ import annotations
@@ -139,10 +140,12 @@ class HttpGateway:
         )
         try:
             resp = await self._client.post(self.url, content=body, headers=self._sign(body))
-        except httpx.TimeoutException as exc:
-            raise GatewayTimeout(f"{self.name}: no answer in time ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # The request never left: safe to send again.
             raise GatewayUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from None
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            # Sent, but no answer (read timeout, connection dropped): the provider may have it.
+            raise GatewayTimeout(f"{self.name}: no answer ({type(exc).__name__})") from None
         if resp.status_code == 429:
             after = _retry_after(resp.headers.get("retry-after"))
             throttled = SubmitResult(Outcome.THROTTLED, code="429", retry_after=after)

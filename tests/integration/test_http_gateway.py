@@ -23,15 +23,42 @@ def segment(write: Callable[[str, str | bytes], Path]) -> Path:
     )
 
 
-def _engine(tmp_path: Path, port: int, *, options: str = "", carriers: str = "") -> None:
+def _engine(
+    tmp_path: Path,
+    port: int,
+    *,
+    options: str = "",
+    carriers: str = "",
+    backup: int | None = None,
+    gateway: str = "",
+) -> None:
+    backup_section = (
+        f"""
+[gateways.backup]
+plugin = "http"
+breaker_cooldown = 0.05
+[gateways.backup.options]
+url = "http://127.0.0.1:{backup}/send"
+max_batch = 7
+"""
+        if backup
+        else ""
+    )
     (tmp_path / "engine.toml").write_text(
         f"""
+[retry]
+max_attempts = 3
+base = 0.01
+cap = 0.05
 [gateways.sim]
 plugin = "http"
+breaker_cooldown = 0.05
+{gateway}
 [gateways.sim.options]
 url = "http://127.0.0.1:{port}/send"
 max_batch = 7
 {options}
+{backup_section}
 {carriers}
 """,
         encoding="utf-8",
@@ -67,14 +94,14 @@ async def test_every_message_arrives_once(
 
 
 @pytest.mark.parametrize(
-    ("simulator", "reason"),
+    ("simulator", "state", "reason"),
     [
-        (SimConfig(p_reject=1.0), "rejected:INVALID_NUMBER"),
-        (SimConfig(p_429=1.0, retry_after=2), "throttled:429"),
-        (SimConfig(p_5xx=1.0), "gateway_error:GatewayUnavailable"),
-        (SimConfig(p_drop=1.0), "gateway_error:GatewayUnavailable"),
-        (SimConfig(p_hang=1.0, hang_s=5), "gateway_error:GatewayTimeout"),
-        (SimConfig(token="right"), "gateway_error:GatewayAuthError"),
+        (SimConfig(p_reject=1.0), "failed", "rejected:INVALID_NUMBER"),
+        (SimConfig(p_429=1.0, retry_after=0.01), "failed", "retries_exhausted:throttled:429"),
+        (SimConfig(p_5xx=1.0), "failed", "retries_exhausted:GatewayUnavailable"),
+        (SimConfig(p_drop=1.0), "unknown", "ambiguous:GatewayTimeout"),
+        (SimConfig(p_hang=1.0, hang_s=5), "unknown", "ambiguous:GatewayTimeout"),
+        (SimConfig(token="right"), "failed", "gateway_error:GatewayAuthError"),
     ],
     indirect=["simulator"],
     ids=["rejects", "429", "5xx", "dropped", "timeout", "auth"],
@@ -85,15 +112,18 @@ async def test_each_fault_is_recorded_never_swallowed(
     segment: Path,
     campaign_file: Callable[..., Path],
     simulator: Simulator,
+    state: str,
     reason: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Persistent faults end as they must: rejects and exhausted retries ``failed``, answers that
+    never came ``unknown`` (never resent to a gateway that is not idempotent)."""
     monkeypatch.setenv("SIM_TOKEN", "wrong")
     campaign = campaign_file("seg.csv")
     _engine(tmp_path, simulator.port, options='timeout = 0.3\ntoken_env = "SIM_TOKEN"')
     summary = await _run(tmp_path, campaign)
-    assert summary.states == {"failed": ROWS}  # type: ignore[attr-defined]
-    assert summary.reasons["failed"] == {reason: ROWS}  # type: ignore[attr-defined]
+    assert summary.states == {state: ROWS}  # type: ignore[attr-defined]
+    assert summary.reasons[state] == {reason: ROWS}  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("simulator", [SimConfig(limits={"cm": 10})], indirect=True)
@@ -110,3 +140,59 @@ async def test_the_carrier_rate_is_never_exceeded_in_any_second(
     assert summary.states == {"sent": ROWS}  # type: ignore[attr-defined]
     assert simulator.max_parts_per_second()["cm"] <= 10  # over any 1 s window, from the simulator's log
     assert simulator.stats["throttled"] == 0
+
+
+@pytest.mark.parametrize(
+    "simulator", [SimConfig(p_5xx=0.3, p_429=0.2, retry_after=0.01, seed=3)], indirect=True
+)
+async def test_transient_faults_are_retried_until_everyone_is_sent_once(
+    anyio_backend: object,
+    tmp_path: Path,
+    segment: Path,
+    campaign_file: Callable[..., Path],
+    simulator: Simulator,
+) -> None:
+    campaign = campaign_file("seg.csv")
+    _engine(tmp_path, simulator.port)
+    (tmp_path / "engine.toml").write_text(
+        (tmp_path / "engine.toml").read_text("utf-8").replace("max_attempts = 3", "max_attempts = 20"),
+        "utf-8",
+    )
+    summary = await _run(tmp_path, campaign)
+    assert summary.states == {"sent": ROWS}  # type: ignore[attr-defined]
+    ids = [entry[1] for entry in simulator.log]
+    assert len(ids) == len(set(ids)) == ROWS  # nobody twice, nobody skipped
+    assert simulator.stats["5xx"] + simulator.stats["429"] > 0
+
+
+async def test_a_gateway_down_mid_blast_fails_over_with_nothing_lost_or_doubled(
+    anyio_backend: object, tmp_path: Path, segment: Path, campaign_file: Callable[..., Path]
+) -> None:
+    with SimulatorThread(SimConfig(p_5xx=1.0)) as down, SimulatorThread(SimConfig()) as up:
+        campaign = campaign_file("seg.csv")
+        _engine(tmp_path, down.port, backup=up.port)
+        summary = await _run(tmp_path, campaign)
+    assert summary.states == {"sent": ROWS}  # type: ignore[attr-defined]
+    assert down.log == []
+    ids = [entry[1] for entry in up.log]
+    assert len(ids) == len(set(ids)) == ROWS
+    assert summary.gateways["backup"].accepted == ROWS  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("simulator", [SimConfig(p_hang=0.3, hang_s=5, seed=5)], indirect=True)
+async def test_an_idempotent_gateway_gets_timed_out_requests_again(
+    anyio_backend: object,
+    tmp_path: Path,
+    segment: Path,
+    campaign_file: Callable[..., Path],
+    simulator: Simulator,
+) -> None:
+    campaign = campaign_file("seg.csv")
+    _engine(tmp_path, simulator.port, options="timeout = 0.2\nidempotent = true")
+    (tmp_path / "engine.toml").write_text(
+        (tmp_path / "engine.toml").read_text("utf-8").replace("max_attempts = 3", "max_attempts = 20"),
+        "utf-8",
+    )
+    summary = await _run(tmp_path, campaign)
+    assert summary.states == {"sent": ROWS}  # type: ignore[attr-defined]
+    assert simulator.stats["hung"] > 0
