@@ -1,0 +1,184 @@
+"""Load test: blasts to the gateway simulator over real loopback HTTP, beside plain httpx baselines.
+
+The simulator runs in its own process (it gets the second core). In the same run:
+
+* baseline: a plain ``httpx.AsyncClient`` loop posting one message per request, 100 concurrent;
+* baseline: the same with 10 concurrent;
+* ``pigeon send`` through the ``http`` gateway with ``max_batch`` 100 (1,000,000 recipients);
+* ``pigeon send`` with ``max_batch`` 1 (one message per request, like the baselines).
+
+Each reports messages per second and the client's CPU seconds per request.
+
+    python loadtests/http_blast.py --rows 1000000 --rows-batch1 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def baseline(url: str, requests: int, concurrency: int) -> dict[str, float]:
+    """One message per request, ``concurrency`` requests in flight."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(requests):
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                msg = {
+                    "id": f"b{concurrency}-{i}",
+                    "to": "+8613800138000",
+                    "text": "hi",
+                    "carrier": "cm",
+                    "parts": 1,
+                }
+                r = await client.post(url, json={"messages": [msg]})
+                r.raise_for_status()
+
+        cpu, started = _cpu(), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
+    return {
+        "messages_per_s": round(requests / elapsed),
+        "cpu_ms_per_request": round(cpu / requests * 1000, 3),
+    }
+
+
+def engine(url: str, segment: Path, tmp: Path, max_batch: int, in_flight: int) -> dict[str, float]:
+    """``pigeon send`` of the segment through the http gateway."""
+    from engine.runtime import prepare, send
+
+    (tmp / "engine.toml").write_text(
+        f"""
+[gateways.sim]
+plugin = "http"
+in_flight = {in_flight}
+[gateways.sim.options]
+url = "{url}"
+max_batch = {max_batch}
+max_connections = {in_flight}
+timeout = 30
+""",
+        encoding="utf-8",
+    )
+    (tmp / "campaign.toml").write_text(
+        f"""
+id = "http-blast"
+engine = "engine.toml"
+[segment]
+source = "csv"
+path = "{segment}"
+[template]
+signature = "小鹅优选"
+text = "{{name|亲爱的会员}}，您在{{city}}的{{coupon}}元双11专属券已到账"
+[policy]
+send_window = ""
+respect_optouts = false
+""",
+        encoding="utf-8",
+    )
+    plan = prepare(tmp / "campaign.toml")
+    cpu, started = _cpu(), time.perf_counter()
+    summary = send(plan, runs_dir=tmp / "runs")
+    elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
+    sent = summary.states.get("sent", 0)
+    requests = summary.gateways["sim"].requests
+    return {
+        "rows": summary.rows,
+        "sent": sent,
+        "seconds": round(elapsed, 2),
+        "messages_per_s": round(sent / elapsed),
+        "requests": requests,
+        "cpu_ms_per_request": round(cpu / max(1, requests) * 1000, 3),
+        "states": summary.states,  # type: ignore[dict-item]
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scenarios and print the report."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=1_000_000, help="recipients for the batch-100 blast")
+    p.add_argument("--rows-batch1", type=int, default=20_000, help="recipients for the batch-1 blast")
+    p.add_argument("--baseline-requests", type=int, default=5_000)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+
+    port = _free_port()
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "loadtests.simulator", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/send"
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/stats", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        report: dict[str, object] = {}
+        report["httpx_100_concurrent"] = asyncio.run(baseline(url, args.baseline_requests, 100))
+        report["httpx_10_concurrent"] = asyncio.run(baseline(url, args.baseline_requests, 10))
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            tmp = Path(tmp_dir)
+            big = HERE / "data" / f"segment-{args.rows}.csv"
+            small = tmp / "small.csv"
+            for path, rows in ((big, args.rows), (small, args.rows_batch1)):
+                if not path.exists():
+                    subprocess.run(
+                        [
+                            sys.executable,
+                            str(ROOT / "config" / "make_segment.py"),
+                            "--rows",
+                            str(rows),
+                            "-o",
+                            str(path),
+                        ],
+                        check=True,
+                        capture_output=True,
+                    )
+            report["pigeon_batch_100"] = engine(url, big, tmp, 100, 4)
+            report["pigeon_batch_1"] = engine(url, small, tmp, 1, 32)
+        report["simulator"] = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
