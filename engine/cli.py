@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.carriers import CARRIER_NAMES, default_prefix_table
-from engine.errors import EngineError, OutsideSendWindow
+from engine.errors import EngineError, OutsideSendWindow, RunAbandoned
 from engine.lists_cli import consent_command, optout_command
 from engine.messages import State
 from engine.phone import mask, parse_phone
@@ -30,6 +30,7 @@ EXIT_OK = 0
 EXIT_FAILED_MESSAGES = 3
 EXIT_BAD_INPUT = 2
 EXIT_NOT_NOW = 4
+EXIT_STOPPED = 5
 
 
 def _version() -> str:
@@ -185,6 +186,11 @@ def _print_summary(console: Console, s: RunSummary) -> None:
             t.add_row(str(r.row), r.reason, escape(r.detail), mask(r.phone))
         console.print(t)
     console.print(f"{s.elapsed_seconds:.2f}s, {s.rows_per_second:,.0f} rows/s")
+    if s.stopped:
+        console.print(
+            f"[yellow]stopped on request after {s.rows:,} rows: those are all accounted for above; "
+            "the rest of the segment was not read[/yellow]"
+        )
     if s.run_dir:
         console.print(f"run directory: {s.run_dir}")
     for state, path in s.files.items():
@@ -251,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``pigeon`` command; returns the process exit code.
 
     Exit codes: 0 done; 2 bad config, template or segment (nothing was sent); 3 some messages
-    failed at a gateway (see the summary); 4 outside the sending hours with ``--no-wait``.
+    failed at a gateway (see the summary); 4 outside the sending hours with ``--no-wait``;
+    5 stopped on request (Ctrl-C / SIGTERM) after draining; 130 abandoned on a second signal.
     """
     args = _parser().parse_args(argv)
     console = Console(highlight=False, soft_wrap=True)
@@ -277,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                 notify=lambda text: print(text, file=sys.stderr, flush=True),
                 wait=not args.no_wait,
             )
+    except RunAbandoned as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 130
     except OutsideSendWindow as exc:
         print(f"not now: {exc}", file=sys.stderr)
         return EXIT_NOT_NOW
@@ -292,4 +302,6 @@ def main(argv: list[str] | None = None) -> int:
         _print_summary(console, summary)
     if any(f.level == "error" for f in summary.findings):
         return EXIT_BAD_INPUT  # a preview of a campaign that `send` would refuse
+    if summary.stopped:
+        return EXIT_STOPPED
     return EXIT_FAILED_MESSAGES if summary.states.get(State.FAILED) else EXIT_OK

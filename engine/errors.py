@@ -7,6 +7,7 @@
     ├─ TemplateError          a template does not compile or does not fit the segment
     ├─ PreflightError         a campaign breaks a compliance rule (all findings listed)
     ├─ OutsideSendWindow      asked not to wait, and it is quiet hours now
+    ├─ RunAbandoned           a second Ctrl-C / SIGTERM: in-flight messages were not waited for
     ├─ SourceError            a segment source cannot be opened or its header is unusable
     ├─ PluginError
     │   ├─ PluginLoadError    an entry point failed to import
@@ -35,6 +36,7 @@ __all__ = [
     "PluginError",
     "PluginLoadError",
     "PreflightError",
+    "RunAbandoned",
     "SourceError",
     "TemplateError",
 ]
@@ -69,6 +71,10 @@ class PreflightError(EngineError):
 
 class OutsideSendWindow(EngineError):
     """It is outside the campaign's sending hours and the caller asked not to wait."""
+
+
+class RunAbandoned(EngineError):
+    """A send was abandoned on a second signal, without waiting for the messages in flight."""
 
 
 class SourceError(EngineError):

@@ -81,6 +81,9 @@ class RunSummary(msgspec.Struct, kw_only=True):
     """Version of the carrier prefix table used."""
     findings: list[Finding] = []
     """Preflight findings (errors refuse a send)."""
+    stopped: bool = False
+    """The send was stopped (Ctrl-C / SIGTERM) before the whole segment was read: ``rows`` were read,
+    and every one of them is accounted for; the rest of the segment was not touched."""
 
 
 class RejectsWriter:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -19,7 +20,15 @@ from engine.caps import CapState, CapWindow, parse_period
 from engine.carriers import INTL, PrefixTable, default_prefix_table
 from engine.clock import Clock, SystemClock
 from engine.config import LoadedCampaign, LoadedEngine, convert_section, load_campaign, load_engine
-from engine.errors import ConfigError, OutsideSendWindow, PreflightError, SourceError, TemplateError
+from engine.errors import (
+    ConfigError,
+    EngineError,
+    OutsideSendWindow,
+    PreflightError,
+    RunAbandoned,
+    SourceError,
+    TemplateError,
+)
 from engine.gateway import Gateway, GatewayContext
 from engine.messages import MessageBatch, State
 from engine.optout import OptOutSet
@@ -402,8 +411,8 @@ def send(
         )
     run_dir = new_run_dir(plan, runs_dir, clock)
     with quiet_gc():
-        summary: RunSummary = anyio.run(
-            _send,
+        summary: RunSummary | None = anyio.run(
+            _send_until_signalled,
             plan,
             run_dir,
             progress,
@@ -411,6 +420,11 @@ def send(
             notify,
             backend=backend,
             backend_options=_backend_options(backend),
+        )
+    if summary is None:
+        raise RunAbandoned(
+            f"abandoned on a second signal: messages in flight were not waited for; {run_dir} holds "
+            "the rows recorded so far"
         )
     (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
     return summary
@@ -420,13 +434,18 @@ WINDOW_POLL_SECONDS = 60.0
 """How often a paused blast looks at the clock again."""
 
 
-async def _wait_for_window(window: SendWindow, clock: Clock, notify: Callable[[str], None] | None) -> None:
-    """Pause the blast until the send window opens (checking each minute, so a stop is prompt)."""
+async def _wait_for_window(
+    window: SendWindow, clock: Clock, notify: Callable[[str], None] | None, stop: anyio.Event | None = None
+) -> None:
+    """Pause the blast until the send window opens (or a stop is asked for)."""
     now = clock.time()
     if notify is not None:
         notify(f"outside sending hours {window}: paused; resuming {window.describe_opening(now)}")
-    while not window.is_open(now := clock.time()):  # noqa: ASYNC110 - waiting on the wall clock, not an event
-        await anyio.sleep(min(WINDOW_POLL_SECONDS, max(0.01, window.next_open(now) - now)))
+    while not window.is_open(now := clock.time()):
+        if stop is not None and stop.is_set():
+            return
+        with anyio.move_on_after(min(WINDOW_POLL_SECONDS, max(0.01, window.next_open(now) - now))):
+            await (stop.wait() if stop is not None else anyio.sleep_forever())
     if notify is not None:
         notify("sending hours: resumed")
 
@@ -454,6 +473,7 @@ async def _send(
     progress: ProgressHook | None,
     clock: Clock,
     notify: Callable[[str], None] | None = None,
+    stop: anyio.Event | None = None,
 ) -> RunSummary:
     started = time.perf_counter()
     ecfg = plan.engine.config
@@ -513,10 +533,12 @@ async def _send(
             try:
                 windows = plan.pause_windows()
                 batches = segment.batches(ecfg.batch_size)
-                while True:
+                while stop is None or not stop.is_set():
                     for window in windows:
                         if not window.is_open(plan.clock.time()):
-                            await _wait_for_window(window, plan.clock, notify)  # before reading on
+                            await _wait_for_window(window, plan.clock, notify, stop)  # before reading on
+                    if stop is not None and stop.is_set():
+                        break
                     batch = next(batches, None)
                     if batch is None:
                         break
@@ -543,4 +565,44 @@ async def _send(
         for gw in gateways.values():
             with anyio.move_on_after(10, shield=True), suppress(Exception):
                 await gw.aclose()
-    return _summarize(plan, recorder, "send", time.perf_counter() - started, str(run_dir))
+    summary = _summarize(plan, recorder, "send", time.perf_counter() - started, str(run_dir))
+    summary.stopped = stop is not None and stop.is_set()
+    return summary
+
+
+async def _send_until_signalled(
+    plan: Plan,
+    run_dir: Path,
+    progress: ProgressHook | None,
+    clock: Clock,
+    notify: Callable[[str], None] | None,
+) -> RunSummary | None:
+    """Run :func:`_send`; a first Ctrl-C / SIGTERM stops reading and drains what is in flight, a
+    second one abandons it (the row files still close). None when abandoned."""
+    stop = anyio.Event()
+    result: list[RunSummary] = []
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if stop.is_set():
+                    if notify is not None:
+                        notify("second signal: abandoning what is in flight")
+                    scope.cancel()
+                    return
+                stop.set()
+                if notify is not None:
+                    notify("stopping: no new rows; sending what is already in flight (again to abandon)")
+
+    errors: list[EngineError] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch, tg.cancel_scope)
+        try:
+            result.append(await _send(plan, run_dir, progress, clock, notify, stop))
+        except EngineError as exc:  # say it plainly, not wrapped in an exception group
+            errors.append(exc)
+        finally:
+            tg.cancel_scope.cancel()
+    if errors:
+        raise errors[0]
+    return result[0] if result else None

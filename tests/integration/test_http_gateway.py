@@ -31,6 +31,8 @@ def _engine(
     carriers: str = "",
     backup: int | None = None,
     gateway: str = "",
+    max_batch: int = 7,
+    top: str = "",
 ) -> None:
     backup_section = (
         f"""
@@ -45,7 +47,7 @@ max_batch = 7
         else ""
     )
     (tmp_path / "engine.toml").write_text(
-        f"""
+        f"""{top}
 [retry]
 max_attempts = 3
 base = 0.01
@@ -56,7 +58,7 @@ breaker_cooldown = 0.05
 {gateway}
 [gateways.sim.options]
 url = "http://127.0.0.1:{port}/send"
-max_batch = 7
+max_batch = {max_batch}
 {options}
 {backup_section}
 {carriers}
@@ -196,3 +198,40 @@ async def test_an_idempotent_gateway_gets_timed_out_requests_again(
     summary = await _run(tmp_path, campaign)
     assert summary.states == {"sent": ROWS}  # type: ignore[attr-defined]
     assert simulator.stats["hung"] > 0
+
+
+def test_ctrl_c_drains_what_is_in_flight_and_stops_with_a_summary(
+    tmp_path: Path, write: Callable[[str, str | bytes], Path], campaign_file: Callable[..., Path]
+) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write("big.csv", "phone,name,coupon\n" + "".join(f"1390013{i:04d},客{i},20\n" for i in range(3000)))
+    with SimulatorThread(SimConfig(latency_ms=20)) as sim:
+        campaign = campaign_file("big.csv")
+        _engine(tmp_path, sim.port, max_batch=1, gateway="in_flight = 1", top="batch_size = 1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "send", str(campaign), "--json", "-q"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUTF8": "1"},
+        )
+        deadline = time.monotonic() + 20
+        while len(sim.log) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        logged = len(sim.log)
+    assert proc.returncode == 5, err
+    assert "stopping: no new rows" in err
+    summary = json.loads(out)
+    assert summary["stopped"] is True
+    assert 10 <= summary["rows"] < 3000  # it stopped reading
+    assert sum(summary["states"].values()) == summary["rows"]  # every row read is accounted for
+    assert summary["states"]["sent"] == logged == summary["rows"]  # what was in flight was delivered
