@@ -12,7 +12,9 @@ from typing import TextIO
 
 import msgspec
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from engine.carriers import CARRIER_NAMES, default_prefix_table
@@ -124,27 +126,48 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class _Progress:
-    """Prints a progress line to stderr at most every ``interval`` seconds."""
+    """Shows a blast's progress: a live panel on a terminal, a plain line every few seconds otherwise.
 
-    def __init__(self, out: TextIO, interval: float) -> None:
+    Per carrier it shows messages sent per second (on average since the start); the ETA comes from
+    how much of the segment has been read.
+    """
+
+    def __init__(self, out: TextIO, live: bool) -> None:
         self.out = out
-        self.interval = interval
+        self.interval = 0.25 if live else 5.0
         self.last = time.monotonic()
+        self._live: Live | None = None
+        if live:
+            self._live = Live(console=Console(file=out), auto_refresh=False, transient=True)
+            self._live.start()
 
-    def __call__(self, rec: RunRecorder, elapsed: float) -> None:
+    def __call__(self, rec: RunRecorder, elapsed: float, fraction: float | None, final: bool = False) -> None:
         now = time.monotonic()
-        if now - self.last < self.interval:
+        if now - self.last < self.interval and not final:
             return
+        # Average rates since the start: sends are recorded per request, so instants are lumpy.
+        rates = {c: cs.messages / elapsed for c, cs in rec.carriers.items()} if elapsed > 0 else {}
         self.last = now
-        sent = rec.states[State.SENT]
-        rate = rec.rows / elapsed if elapsed > 0 else 0.0
-        print(
-            f"[{elapsed:7.1f}s] rows {rec.rows:,}  sent {sent:,}  suppressed "
-            f"{rec.states[State.SUPPRESSED]:,}  rejected {rec.states[State.REJECTED]:,}  "
-            f"failed {rec.states[State.FAILED]:,}  ({rate:,.0f} rows/s)",
-            file=self.out,
-            flush=True,
+        eta = elapsed * (1 - fraction) / fraction if fraction else None
+        st = rec.states
+        counts = (
+            f"rows {rec.rows:,}  sent {st[State.SENT]:,}  suppressed {st[State.SUPPRESSED]:,}  "
+            f"deferred {st[State.DEFERRED]:,}  rejected {st[State.REJECTED]:,}  failed {st[State.FAILED]:,}"
+            + (f"  unknown {st[State.UNKNOWN]:,}" if st[State.UNKNOWN] else "")
         )
+        per_carrier = "  ".join(f"{c} {r:,.0f}/s" for c, r in sorted(rates.items()))
+        eta_text = "done" if final else (f"ETA {eta:,.0f}s" if eta is not None else "ETA ?")
+        if self._live is None:
+            print(f"[{elapsed:7.1f}s] {counts}  |  {per_carrier}  |  {eta_text}", file=self.out, flush=True)
+            return
+        bar = ProgressBar(total=1.0, completed=fraction or 0.0, width=40)
+        grid = Table.grid(padding=(0, 2))
+        grid.add_row(bar, f"{(fraction or 0) * 100:5.1f}%  {elapsed:,.0f}s  {eta_text}")
+        grid.add_row(counts, "")
+        grid.add_row(f"sent per second: {per_carrier or '—'}", "")
+        self._live.update(grid, refresh=True)
+        if final:
+            self._live.stop()
 
 
 def _print_summary(console: Console, s: RunSummary) -> None:
@@ -275,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "preview":
             summary = preview(plan, samples=args.samples, max_rows=args.rows, rejects_path=args.rejects)
         else:
-            progress = None if args.quiet else _Progress(sys.stderr, 1.0 if sys.stderr.isatty() else 5.0)
+            progress = None if args.quiet else _Progress(sys.stderr, live=sys.stderr.isatty())
             summary = send(
                 plan,
                 backend=args.backend,

@@ -48,8 +48,9 @@ from engine.template import Template, compile_template
 
 __all__ = ["OpenSegment", "Plan", "ProgressHook", "prepare", "preview", "quiet_gc", "send"]
 
-ProgressHook = Callable[[RunRecorder, float], None]
-"""Called after each batch with the recorder and the seconds since the run started."""
+ProgressHook = Callable[[RunRecorder, float, "float | None", bool], None]
+"""Called after each batch with the recorder, the seconds since the run started, the fraction of
+the segment read (None if the source cannot tell) and False; once more at the end with True."""
 
 
 @dataclass
@@ -549,7 +550,9 @@ async def _send(
                             for full in packers[carrier].add(msgs):
                                 await outbox[carrier].send(full)
                     if progress is not None:
-                        progress(recorder, time.perf_counter() - started)
+                        progress(
+                            recorder, time.perf_counter() - started, segment.reader.fraction_read(), False
+                        )
                     await anyio.lowlevel.checkpoint()
                 for carrier, packer in packers.items():
                     for rest in packer.flush():
@@ -565,6 +568,8 @@ async def _send(
         for gw in gateways.values():
             with anyio.move_on_after(10, shield=True), suppress(Exception):
                 await gw.aclose()
+    if progress is not None:
+        progress(recorder, time.perf_counter() - started, 1.0, True)
     summary = _summarize(plan, recorder, "send", time.perf_counter() - started, str(run_dir))
     summary.stopped = stop is not None and stop.is_set()
     return summary

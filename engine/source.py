@@ -44,6 +44,10 @@ class SegmentReader(Protocol):
     def batches(self, size: int) -> Iterator[SourceBatch]:
         """Yield batches of about ``size`` rows until the segment is exhausted."""
 
+    def fraction_read(self) -> float | None:
+        """How much of the segment has been read, 0 to 1, or None if the source cannot tell
+        (shown as progress and used for the ETA)."""
+
     def close(self) -> None:
         """Release the file or connection."""
 

@@ -11,7 +11,7 @@ from typing import BinaryIO, Final
 
 from engine.errors import SourceError
 
-__all__ = ["BLOCK_BYTES", "SURROGATE", "open_binary", "resolve", "text_blocks"]
+__all__ = ["BLOCK_BYTES", "SURROGATE", "fraction_read", "open_binary", "resolve", "text_blocks"]
 
 BLOCK_BYTES: Final = 1 << 20
 SURROGATE: Final = re.compile("[\ud800-\udfff]")
@@ -48,6 +48,16 @@ def _ascii_compatible(encoding: str) -> bool:
         }
     except (LookupError, UnicodeError):
         return False
+
+
+def fraction_read(raw: BinaryIO, total: int) -> float | None:
+    """How far into the file reading has got (0–1), from the position in the file on disk (for gzip:
+    in the compressed file); None if unknown."""
+    inner = getattr(raw, "fileobj", None) or raw
+    try:
+        return min(1.0, inner.tell() / total) if total else None
+    except (OSError, ValueError):
+        return None
 
 
 def text_blocks(raw: BinaryIO, encoding: str) -> Iterator[tuple[str, bool]]:

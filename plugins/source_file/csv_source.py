@@ -11,7 +11,7 @@ from pathlib import Path
 from engine.errors import SourceError
 from engine.messages import Reject, RejectReason
 from engine.source import SourceBatch, SourceContext
-from plugins.source_file._io import SURROGATE, open_binary, resolve, text_blocks
+from plugins.source_file._io import SURROGATE, fraction_read, open_binary, resolve, text_blocks
 from plugins.source_file.config import CsvConfig
 
 __all__ = ["CsvReader", "CsvSource"]
@@ -56,6 +56,7 @@ class CsvReader:
 
     def __init__(self, config: CsvConfig, path: Path, fields: Sequence[str] = ()) -> None:
         self._file = open_binary(path)
+        self._size = path.stat().st_size
         self._delim = config.delimiter
         self._quote = config.quotechar
         self._blocks = text_blocks(self._file, config.encoding)
@@ -227,6 +228,10 @@ class CsvReader:
                     first + i, RejectReason.MALFORMED_ROW, f"expected {ncols} columns, found {len(r)}"
                 )
         return bad
+
+    def fraction_read(self) -> float | None:
+        """How much of the file has been read (0–1), for progress and ETA."""
+        return fraction_read(self._file, self._size)
 
     def close(self) -> None:
         """Close the file."""

@@ -10,7 +10,7 @@ import msgspec
 
 from engine.messages import Reject, RejectReason
 from engine.source import SourceBatch, SourceContext
-from plugins.source_file._io import open_binary, resolve, text_blocks
+from plugins.source_file._io import fraction_read, open_binary, resolve, text_blocks
 from plugins.source_file.config import JsonlConfig
 
 __all__ = ["JsonlReader", "JsonlSource"]
@@ -48,6 +48,7 @@ class JsonlReader:
     def __init__(self, path: Path, fields: Sequence[str]) -> None:
         self.columns: list[str] = list(dict.fromkeys(fields))
         self._file = open_binary(path)
+        self._size = path.stat().st_size
         self._decode = msgspec.json.Decoder(dict[str, Any]).decode
 
     def batches(self, size: int) -> Iterator[SourceBatch]:
@@ -81,6 +82,10 @@ class JsonlReader:
                     nums.append(line_no)
                     rows.append([_cell(obj.get(c)) for c in cols])
                 yield SourceBatch(nums, rows, rejects)
+
+    def fraction_read(self) -> float | None:
+        """How much of the file has been read (0–1), for progress and ETA."""
+        return fraction_read(self._file, self._size)
 
     def close(self) -> None:
         """Close the file."""
