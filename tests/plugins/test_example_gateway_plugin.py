@@ -5,11 +5,13 @@ against a real server on loopback that speaks its provider's API."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -19,8 +21,22 @@ from loadtests.simulator import SimConfig, Simulator, SimulatorThread
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "examples" / "pigeon-gateway-example"
-sys.path.insert(0, str(EXAMPLE))
-import pigeon_gateway_example as example  # noqa: E402
+
+
+def _load_example() -> ModuleType:
+    """Import the example from its source tree without putting it on sys.path (where its build
+    metadata would make it an installed plugin for every other test)."""
+    spec = importlib.util.spec_from_file_location(
+        "pigeon_gateway_example", EXAMPLE / "pigeon_gateway_example" / "__init__.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # msgspec resolves the Structs' annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+example = _load_example()
 
 SECRET = "s3cret"
 
@@ -57,7 +73,7 @@ def provider() -> object:
         yield sim
 
 
-def _gateway(port: int, monkeypatch: pytest.MonkeyPatch) -> example.ExampleGateway:
+def _gateway(port: int, monkeypatch: pytest.MonkeyPatch) -> object:
     monkeypatch.setenv("ACME_SECRET", SECRET)
     cfg = example.ExampleConfig(
         url=f"http://127.0.0.1:{port}/api/send", account="m42", secret_env="ACME_SECRET"
@@ -83,6 +99,7 @@ def test_the_example_registers_like_a_builtin() -> None:
 
 
 def test_the_example_installs_as_its_own_package_with_the_pigeon_entry_point(tmp_path: Path) -> None:
+    source = shutil.copytree(EXAMPLE, tmp_path / "src")  # the build writes metadata beside the sources
     build = subprocess.run(
         [
             sys.executable,
@@ -94,7 +111,7 @@ def test_the_example_installs_as_its_own_package_with_the_pigeon_entry_point(tmp
             "-q",
             "-w",
             str(tmp_path),
-            str(EXAMPLE),
+            str(source),
         ],
         capture_output=True,
         text=True,
