@@ -6,8 +6,8 @@ The floor is what any Python program pays for the same input: reading the CSV wi
 their ratio, plus the stage runner alone (the engine's stages without reading the file) measured
 the same way.
 
-    python loadtests/blackhole_1m.py                 # generates loadtests/data/segment-1m.csv once
-    python loadtests/blackhole_1m.py --rows 200000 --repeat 3 --json results.json
+    python -m loadtests.blackhole_1m                 # generates loadtests/data/segment-1m.csv once
+    python -m loadtests.blackhole_1m --rows 200000 --repeat 3 --json results.json
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from loadtests._report import emit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -149,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "runs": {k: [round(x) for x in v] for k, v in results.items()},
     }
-    print(json.dumps(report, indent=2, ensure_ascii=False))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    emit(report, args.json)
     return 0
 
 

@@ -9,14 +9,13 @@ The simulator runs in its own process (it gets the second core). In the same run
 
 Each reports messages per second and the client's CPU seconds per request.
 
-    python loadtests/http_blast.py --rows 1000000 --rows-batch1 20000
+    python -m loadtests.http_blast --rows 1000000 --rows-batch1 20000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
 import socket
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from loadtests._report import emit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -174,9 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sim.terminate()
         sim.wait(10)
-    print(json.dumps(report, indent=2, ensure_ascii=False))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    emit(report, args.json)
     return 0
 
 

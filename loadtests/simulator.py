@@ -255,23 +255,27 @@ class SimulatorThread:
         self._thread.join(10)
 
 
+_KNOBS = (
+    "latency_ms",
+    "jitter_ms",
+    "p_5xx",
+    "p_429",
+    "retry_after",
+    "p_hang",
+    "hang_s",
+    "p_drop",
+    "p_reject",
+)
+"""The numeric fault-injection settings, each a ``--flag`` of the command line."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the simulator in the foreground."""
     p = argparse.ArgumentParser(description="Pigeon gateway simulator (loopback only)")
     p.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "::1", "localhost"])
     p.add_argument("--port", type=int, default=8700)
-    for name in (
-        "latency-ms",
-        "jitter-ms",
-        "p-5xx",
-        "p-429",
-        "retry-after",
-        "p-hang",
-        "hang-s",
-        "p-drop",
-        "p-reject",
-    ):
-        p.add_argument(f"--{name}", type=float, default=getattr(SimConfig, name.replace("-", "_")))
+    for name in _KNOBS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(SimConfig, name))
     p.add_argument("--limit", action="append", default=[], metavar="CARRIER=PARTS_PER_S")
     p.add_argument("--token", default="")
     args = p.parse_args(argv)
@@ -280,20 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         token=args.token,
         limits={k: float(v) for k, v in (x.split("=", 1) for x in args.limit)},
-        **{
-            n.replace("-", "_"): getattr(args, n.replace("-", "_"))
-            for n in (
-                "latency-ms",
-                "jitter-ms",
-                "p-5xx",
-                "p-429",
-                "retry-after",
-                "p-hang",
-                "hang-s",
-                "p-drop",
-                "p-reject",
-            )
-        },
+        **{name: getattr(args, name) for name in _KNOBS},
     )
     sim = Simulator(cfg)
     print(f"simulator on http://{cfg.host}:{cfg.port}/send (GET /stats for counters)", flush=True)

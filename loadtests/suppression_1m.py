@@ -5,14 +5,13 @@
 weekly cap), quiet hours checked. Both runners get the same pre-read batches in the same process,
 alternating, ``--repeat`` times after a warm-up.
 
-    python loadtests/suppression_1m.py --repeat 3
+    python -m loadtests.suppression_1m --repeat 3
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import random
 import statistics
 import time
@@ -31,6 +30,7 @@ from engine.pipeline import Batch, StageRunner
 from engine.sendwindow import SendWindow
 from engine.stages import Cap, HoldQuietHours, standard_stages
 from engine.template import compile_template
+from loadtests._report import emit
 
 ALL = {"cm", "cu", "ct", "cbn", "intl"}
 
@@ -115,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             statistics.median(results["all_stages"]) / statistics.median(results["baseline"]), 3
         ),
     }
-    print(json.dumps(report, indent=2, ensure_ascii=False))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    emit(report, args.json)
     return 0
 
 
