@@ -71,6 +71,9 @@ class GatewayConfig(Base, kw_only=True, frozen=True):
     """Plugin-specific settings, validated by the plugin's own config type."""
     in_flight: PositiveInt = 4
     """Requests kept open at once (keep it within the plugin's connection pool)."""
+    rate_per_second: PositiveInt | None = None
+    """Most SMS parts this gateway gets in any one second, all carriers together (an account's
+    budget). When the provider answers "too fast" the rate is halved, then climbs back."""
     breaker_threshold: PositiveInt = 3
     """Failed requests in a row after which the gateway rests and its carriers fail over."""
     breaker_cooldown: Annotated[float, msgspec.Meta(gt=0)] = 10.0

@@ -513,6 +513,11 @@ async def _send(
             for name in gateways
         }
         policy = RetryPolicy(ecfg.retry.max_attempts, ecfg.retry.base, ecfg.retry.cap)
+        gateway_limiters = {
+            name: SlidingWindowLimiter(rate)
+            for name in gateways
+            if (rate := ecfg.gateways[name].rate_per_second)
+        }
         prefix = f"{plan.campaign.id}-"
         outbox = {c: lanes[g][0] for c, g in plan.routes.items()}
         packers = {c: Accumulator(gateways[g].max_batch) for c, g in plan.routes.items()}
@@ -523,6 +528,7 @@ async def _send(
                     gateways[name],
                     gateways={c: [gateways[g] for g in names] for c, names in plan.failover.items()},
                     limiters=limiters,
+                    gateway_limiters=gateway_limiters,
                     breakers=breakers,
                     clock=clock,
                     recorder=recorder,

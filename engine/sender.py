@@ -94,6 +94,7 @@ class Lane:
         *,
         gateways: Mapping[str, Sequence[Gateway]],
         limiters: Mapping[str, SlidingWindowLimiter],
+        gateway_limiters: Mapping[str, SlidingWindowLimiter] | None = None,
         breakers: Mapping[str, Breaker],
         clock: Clock,
         recorder: RunRecorder,
@@ -105,6 +106,9 @@ class Lane:
         self.primary = primary
         self.gateways = gateways
         self.limiters = limiters
+        """Carrier → its budget (shared by every lane)."""
+        self.gateway_limiters = gateway_limiters or {}
+        """Gateway name → its account's budget; slowed down when the provider throttles."""
         self.breakers = breakers
         self.clock = clock
         self.recorder = recorder
@@ -151,9 +155,11 @@ class Lane:
             if gw is None:
                 await anyio.sleep(wait)  # every gateway for the carrier is resting: not an attempt
                 continue
-            limiter = self.limiters.get(carrier)
-            if limiter is not None:
-                delay = limiter.reserve(self.clock.monotonic(), pending.total_parts())
+            budget = [lim for lim in (self.limiters.get(carrier), self.gateway_limiters.get(gw.name)) if lim]
+            if budget:
+                delay = SlidingWindowLimiter.reserve_all(
+                    budget, self.clock.monotonic(), pending.total_parts()
+                )
                 if delay > 0:
                     await anyio.sleep(delay)
             if not handed and self.on_handover is not None:
@@ -176,6 +182,12 @@ class Lane:
                 continue
             breaker.success()
             again = [i for i, r in enumerate(results) if r.outcome in _AGAIN]
+            account = self.gateway_limiters.get(gw.name)
+            if account is not None:
+                if any(results[i].outcome is Outcome.THROTTLED for i in again):
+                    account.slow_down()
+                else:
+                    account.recover()
             if not again:
                 recorder.results(gw.name, pending, results)
                 return

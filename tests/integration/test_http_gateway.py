@@ -235,3 +235,25 @@ def test_ctrl_c_drains_what_is_in_flight_and_stops_with_a_summary(
     assert 10 <= summary["rows"] < 3000  # it stopped reading
     assert sum(summary["states"].values()) == summary["rows"]  # every row read is accounted for
     assert summary["states"]["sent"] == logged == summary["rows"]  # what was in flight was delivered
+
+
+@pytest.mark.parametrize("simulator", [SimConfig()], indirect=True)
+async def test_an_account_budget_holds_over_all_carriers(
+    anyio_backend: object,
+    tmp_path: Path,
+    write: Callable[[str, str | bytes], Path],
+    campaign_file: Callable[..., Path],
+    simulator: Simulator,
+) -> None:
+    write(
+        "mixed.csv",
+        "phone,name,coupon\n"
+        + "".join(f"{'138' if i % 2 else '130'}0013{i:04d},客{i},20\n" for i in range(24)),
+    )  # China Mobile and Unicom
+    campaign = campaign_file("mixed.csv")
+    _engine(tmp_path, simulator.port, gateway="rate_per_second = 8", max_batch=4)
+    summary = await _run(tmp_path, campaign)
+    assert summary.states == {"sent": 24}  # type: ignore[attr-defined]
+    times = sorted(t for t, *_ in simulator.log)
+    busiest = max(sum(1 for u in times if t - 1.0 < u <= t) for t in times)
+    assert busiest <= 8

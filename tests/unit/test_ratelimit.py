@@ -46,3 +46,25 @@ def test_no_window_of_one_second_ever_holds_more_than_the_rate(
     for end, _ in sent:  # the busiest window ends at a send
         in_window = sum(p for t, p in sent if end - 1.0 < t <= end + 1e-9)
         assert in_window <= rate, (end, in_window)
+
+
+def test_a_request_under_two_budgets_goes_when_both_allow_it() -> None:
+    carrier = SlidingWindowLimiter(rate=10, margin=0)
+    account = SlidingWindowLimiter(rate=6, margin=0)
+    assert SlidingWindowLimiter.reserve_all([carrier, account], 0.0, 5) == 0.0
+    assert SlidingWindowLimiter.reserve_all([carrier, account], 0.1, 5) == pytest.approx(
+        0.9
+    )  # the account is full
+    assert carrier.used(1.0) == 5 and account.used(1.0) == 5  # both booked at 1.0 (the first 5 have left)
+
+
+def test_throttling_halves_the_rate_and_success_climbs_back() -> None:
+    lim = SlidingWindowLimiter(rate=100)
+    lim.slow_down()
+    assert lim.rate == 50
+    lim.slow_down()
+    lim.slow_down()
+    assert lim.rate == 12.5
+    for _ in range(100):
+        lim.recover()
+    assert lim.rate == 100  # never above the configured rate
