@@ -201,6 +201,12 @@ def _print_summary(console: Console, s: RunSummary) -> None:
     console.print(f"rows {s.rows:,}:  {states}")
     for state, reasons in s.reasons.items():
         console.print(f"  {state} by reason: " + ", ".join(f"{r} {n:,}" for r, n in reasons.items()))
+    undecodable = s.reasons.get(State.REJECTED, {}).get("undecodable", 0)
+    if s.rows and undecodable * 2 >= s.rows:
+        console.print(
+            f"[yellow]{undecodable:,} of {s.rows:,} rows are not valid in the segment's encoding: "
+            'is it an Excel export from Chinese Windows? Try segment.encoding = "gbk".[/yellow]'
+        )
     if s.reject_samples:
         t = Table(title="First rejected rows")
         for col in ("row", "reason", "detail", "phone"):
