@@ -65,11 +65,12 @@ def main(argv: list[str] | None = None) -> int:
             out = subprocess.run(
                 [sys.executable, "-c", MEASURE, str(db)], capture_output=True, text=True, check=True
             )
-            count, seconds, rss_mb, array_mb = out.stdout.split()
+            count, seconds, peak_mb, kept_mb, array_mb = out.stdout.split()
             return {
                 "numbers": int(count),
                 "seconds": float(seconds),
-                "rss_added_mb": int(rss_mb),
+                "peak_rss_added_mb": int(peak_mb),
+                "rss_kept_mb": int(kept_mb),
                 "array_mb": int(array_mb),
             }
 
