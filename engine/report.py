@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from engine.preflight import Finding
 __all__ = [
     "CarrierSummary",
     "GatewaySummary",
+    "LatencyHistogram",
     "RejectsWriter",
     "RunRecorder",
     "RunSummary",
@@ -33,12 +35,47 @@ class CarrierSummary(msgspec.Struct, kw_only=True):
     cost: float = 0.0
 
 
+class LatencyHistogram:
+    """Request latencies in log-spaced buckets (0.1 ms to ~100 s, 10% apart): constant memory,
+    percentiles within 10%."""
+
+    __slots__ = ("count", "counts")
+
+    _BASE = 1e-4
+    _STEP = math.log(1.1)
+
+    def __init__(self) -> None:
+        self.counts: Counter[int] = Counter()
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        """Add one latency."""
+        self.counts[max(0, int(math.log(max(seconds, self._BASE) / self._BASE) / self._STEP))] += 1
+        self.count += 1
+
+    def percentile(self, q: float) -> float:
+        """The latency below which a share ``q`` (0–1) of requests fell, in seconds (upper bound)."""
+        if not self.count:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for bucket in sorted(self.counts):
+            seen += self.counts[bucket]
+            if seen >= rank:
+                return self._BASE * math.exp((bucket + 1) * self._STEP)
+        return 0.0
+
+
 class GatewaySummary(msgspec.Struct, kw_only=True):
     """Requests and outcomes of one gateway."""
 
     requests: int = 0
     accepted: int = 0
     failed: int = 0
+    retries: int = 0
+    """Requests that sent messages again (after a throttle, a 5xx, a retry answer)."""
+    latency_ms: dict[str, float] = {}
+    """Request latency percentiles: ``p50``, ``p90``, ``p99``, ``p99.9``."""
 
 
 class SampleMessage(msgspec.Struct, kw_only=True):
@@ -124,6 +161,7 @@ class RunRecorder:
         self.sample_limit = samples
         self.samples: list[SampleMessage] = []
         self.reject_samples: list[Reject] = []
+        self.latency: dict[str, LatencyHistogram] = {}
         self.writers: dict[str, RejectsWriter] = {}
         """Where the rows of each state go (``rejects.csv``, ``suppressed.csv``, ``deferred.csv``)."""
 
@@ -219,6 +257,15 @@ class RunRecorder:
             self.states[State.SENT] += n_accepted
             self._add(chunk.carrier, n_accepted, parts)
 
+    def observe(self, gateway: str, seconds: float, *, retry: bool = False) -> None:
+        """One request's latency (and whether it re-sent messages)."""
+        h = self.latency.get(gateway)
+        if h is None:
+            h = self.latency[gateway] = LatencyHistogram()
+        h.observe(seconds)
+        if retry:
+            self._gateway(gateway).retries += 1
+
     def request(self, gateway: str, *, count_only: bool = True) -> None:
         """Count a request whose messages all go again (nothing final to record yet)."""
         if count_only:
@@ -246,6 +293,15 @@ class RunRecorder:
         g.failed += len(chunk)
         self.states[State.FAILED] += len(chunk)
         self._reason(State.FAILED, reason, len(chunk))
+
+    def _with_latency(self, name: str, g: GatewaySummary) -> GatewaySummary:
+        h = self.latency.get(name)
+        if h is not None and h.count:
+            g.latency_ms = {
+                label: round(h.percentile(q) * 1000, 2)
+                for label, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999))
+            }
+        return g
 
     def summary(
         self,
@@ -276,7 +332,7 @@ class RunRecorder:
             currency=currency,
             elapsed_seconds=round(elapsed, 3),
             rows_per_second=round(self.rows / elapsed, 1) if elapsed > 0 else 0.0,
-            gateways=self.gateways,
+            gateways={name: self._with_latency(name, g) for name, g in self.gateways.items()},
             run_dir=run_dir,
             files={state: str(w.path) for state, w in self.writers.items()},
             samples=self.samples,

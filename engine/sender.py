@@ -167,9 +167,11 @@ class Lane:
                 handed = True
             attempt += 1
             breaker = self.breakers[gw.name]
+            sent_at = self.clock.monotonic()
             try:
                 results = await gw.send(pending)
             except GatewayError as exc:
+                recorder.observe(gw.name, self.clock.monotonic() - sent_at, retry=attempt > 1)
                 breaker.failure(self.clock.monotonic())
                 last = type(exc).__name__
                 if exc.ambiguous and not gw.idempotent:
@@ -180,6 +182,7 @@ class Lane:
                     return
                 await anyio.sleep(policy.delay(attempt, self._rng))
                 continue
+            recorder.observe(gw.name, self.clock.monotonic() - sent_at, retry=attempt > 1)
             breaker.success()
             again = [i for i, r in enumerate(results) if r.outcome in _AGAIN]
             account = self.gateway_limiters.get(gw.name)

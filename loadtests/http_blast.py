@@ -7,7 +7,8 @@ The simulator runs in its own process (it gets the second core). In the same run
 * ``pigeon send`` through the ``http`` gateway with ``max_batch`` 100 (1,000,000 recipients);
 * ``pigeon send`` with ``max_batch`` 1 (one message per request, like the baselines).
 
-Each reports messages per second and the client's CPU seconds per request.
+Each reports messages per second and the client's CPU per request; Pigeon's runs also give request
+latency percentiles, retries, and messages sent per carrier second by second.
 
     python -m loadtests.http_blast --rows 1000000 --rows-batch1 20000
 """
@@ -76,6 +77,7 @@ async def baseline(url: str, requests: int, concurrency: int) -> dict[str, float
 
 def engine(url: str, segment: Path, tmp: Path, max_batch: int, in_flight: int) -> dict[str, float]:
     """``pigeon send`` of the segment through the http gateway."""
+    from engine.report import RunRecorder
     from engine.runtime import prepare, send
 
     (tmp / "engine.toml").write_text(
@@ -108,8 +110,18 @@ respect_optouts = false
         encoding="utf-8",
     )
     plan = prepare(tmp / "campaign.toml")
+    timeline: list[dict[str, object]] = []
+    last = [0.0]
+
+    def sample(rec: RunRecorder, elapsed: float, fraction: float | None, final: bool) -> None:
+        if elapsed - last[0] >= 1.0 or final:  # sent per carrier, once a second
+            last[0] = elapsed
+            timeline.append(
+                {"t": round(elapsed, 1), **{c: s.messages for c, s in sorted(rec.carriers.items())}}
+            )
+
     cpu, started = _cpu(), time.perf_counter()
-    summary = send(plan, runs_dir=tmp / "runs")
+    summary = send(plan, runs_dir=tmp / "runs", progress=sample)
     elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
     sent = summary.states.get("sent", 0)
     requests = summary.gateways["sim"].requests
@@ -120,7 +132,10 @@ respect_optouts = false
         "messages_per_s": round(sent / elapsed),
         "requests": requests,
         "cpu_ms_per_request": round(cpu / max(1, requests) * 1000, 3),
+        "retries": summary.gateways["sim"].retries,
+        "latency_ms": summary.gateways["sim"].latency_ms,  # type: ignore[dict-item]
         "states": summary.states,  # type: ignore[dict-item]
+        "sent_over_time": timeline,  # type: ignore[dict-item]
     }
 
 
@@ -170,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                         capture_output=True,
                     )
             report["pigeon_batch_100"] = engine(url, big, tmp, 100, 4)
-            report["pigeon_batch_1"] = engine(url, small, tmp, 1, 32)
+            report["pigeon_batch_1"] = engine(url, small, tmp, 1, 10)
         report["simulator"] = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
     finally:
         sim.terminate()

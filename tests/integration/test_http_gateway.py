@@ -165,6 +165,9 @@ async def test_transient_faults_are_retried_until_everyone_is_sent_once(
     ids = [entry[1] for entry in simulator.log]
     assert len(ids) == len(set(ids)) == ROWS  # nobody twice, nobody skipped
     assert simulator.stats["5xx"] + simulator.stats["429"] > 0
+    gw = summary.gateways["sim"]  # type: ignore[attr-defined]
+    assert gw.retries > 0
+    assert 0 < gw.latency_ms["p50"] <= gw.latency_ms["p99"] <= gw.latency_ms["p99.9"]
 
 
 async def test_a_gateway_down_mid_blast_fails_over_with_nothing_lost_or_doubled(
