@@ -33,6 +33,7 @@ def _engine(
     gateway: str = "",
     max_batch: int = 7,
     top: str = "",
+    max_attempts: int = 3,
 ) -> None:
     backup_section = (
         f"""
@@ -49,7 +50,7 @@ max_batch = 7
     (tmp_path / "engine.toml").write_text(
         f"""{top}
 [retry]
-max_attempts = 3
+max_attempts = {max_attempts}
 base = 0.01
 cap = 0.05
 [gateways.sim]
@@ -155,11 +156,7 @@ async def test_transient_faults_are_retried_until_everyone_is_sent_once(
     simulator: Simulator,
 ) -> None:
     campaign = campaign_file("seg.csv")
-    _engine(tmp_path, simulator.port)
-    (tmp_path / "engine.toml").write_text(
-        (tmp_path / "engine.toml").read_text("utf-8").replace("max_attempts = 3", "max_attempts = 20"),
-        "utf-8",
-    )
+    _engine(tmp_path, simulator.port, max_attempts=20)
     summary = await _run(tmp_path, campaign)
     assert summary.states == {"sent": ROWS}  # type: ignore[attr-defined]
     ids = [entry[1] for entry in simulator.log]
@@ -193,11 +190,7 @@ async def test_an_idempotent_gateway_gets_timed_out_requests_again(
     simulator: Simulator,
 ) -> None:
     campaign = campaign_file("seg.csv")
-    _engine(tmp_path, simulator.port, options="timeout = 0.2\nidempotent = true")
-    (tmp_path / "engine.toml").write_text(
-        (tmp_path / "engine.toml").read_text("utf-8").replace("max_attempts = 3", "max_attempts = 20"),
-        "utf-8",
-    )
+    _engine(tmp_path, simulator.port, options="timeout = 0.2\nidempotent = true", max_attempts=20)
     summary = await _run(tmp_path, campaign)
     assert summary.states == {"sent": ROWS}  # type: ignore[attr-defined]
     assert simulator.stats["hung"] > 0
