@@ -111,7 +111,10 @@ class Plan:
                     f"the segment has no column {phone!r} for phone numbers (segment.phone_field); "
                     f"its columns are: {', '.join(reader.columns)}"
                 )
-            bound = self.template.bind(reader.columns)
+            try:
+                bound = self.template.bind(reader.columns)
+            except TemplateError as exc:
+                raise TemplateError(f"{self.campaign.file}: template.text: {exc}") from None
         except BaseException:
             reader.close()
             raise
