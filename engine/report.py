@@ -7,7 +7,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import msgspec
 
@@ -19,6 +19,7 @@ __all__ = [
     "CarrierSummary",
     "GatewaySummary",
     "LatencyHistogram",
+    "OutcomeSink",
     "RejectsWriter",
     "RunRecorder",
     "RunSummary",
@@ -148,6 +149,22 @@ def close_writers(recorder: RunRecorder) -> None:
         w.close()
 
 
+class OutcomeSink(Protocol):
+    """Something that keeps every recorded outcome too (the campaign ledger), called per batch."""
+
+    def dropped(self, records: Sequence[Reject]) -> None:
+        """A batch's rejected, suppressed and deferred rows."""
+
+    def results(self, gateway: str, batch: MessageBatch, results: Sequence[SubmitResult]) -> None:
+        """A request's answers."""
+
+    def failed(self, gateway: str, batch: MessageBatch, reason: str) -> None:
+        """A whole request failed."""
+
+    def unknown(self, gateway: str, batch: MessageBatch, reason: str) -> None:
+        """A request the gateway may or may not have taken."""
+
+
 class RunRecorder:
     """Counts outcomes per batch: the one place a run's states are decided and tallied."""
 
@@ -164,6 +181,8 @@ class RunRecorder:
         self.latency: dict[str, LatencyHistogram] = {}
         self.writers: dict[str, RejectsWriter] = {}
         """Where the rows of each state go (``rejects.csv``, ``suppressed.csv``, ``deferred.csv``)."""
+        self.sinks: list[OutcomeSink] = []
+        """Also told every outcome, per batch (the campaign ledger)."""
 
     def _reason(self, state: State, reason: str, n: int = 1) -> None:
         self.reasons.setdefault(state, Counter())[reason] += n
@@ -172,6 +191,8 @@ class RunRecorder:
         """Record a batch's rejected and suppressed rows, and write them to their files."""
         if not records:
             return
+        for sink in self.sinks:
+            sink.dropped(records)
         self.rows += len(records)
         for (state, reason), n in Counter((r.state, r.reason) for r in records).items():
             self.states[state] += n
@@ -239,6 +260,8 @@ class RunRecorder:
         if len(results) != len(chunk):
             self.failed(gateway, chunk, "gateway_contract", count_request=False)
             return
+        for sink in self.sinks:
+            sink.results(gateway, chunk, results)
         if results.count(ACCEPTED) == len(results) or all(r.outcome is Outcome.ACCEPTED for r in results):
             n_accepted, parts = len(chunk), chunk.total_parts()
         else:
@@ -273,6 +296,8 @@ class RunRecorder:
 
     def unknown(self, gateway: str, chunk: MessageBatch, reason: str) -> None:
         """Record messages a gateway may or may not have taken (not resent: a delivery report settles it)."""
+        for sink in self.sinks:
+            sink.unknown(gateway, chunk, reason)
         self._gateway(gateway).requests += 1
         self.states[State.UNKNOWN] += len(chunk)
         self._reason(State.UNKNOWN, reason, len(chunk))
@@ -290,6 +315,8 @@ class RunRecorder:
             g = self.gateways[gateway] = GatewaySummary()
         if count_request:
             g.requests += 1
+        for sink in self.sinks:
+            sink.failed(gateway, chunk, reason)
         g.failed += len(chunk)
         self.states[State.FAILED] += len(chunk)
         self._reason(State.FAILED, reason, len(chunk))
