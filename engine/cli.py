@@ -120,6 +120,16 @@ def _parser() -> argparse.ArgumentParser:
     cchk = cs_sub.add_parser("check", help="show the consent on record for numbers")
     cchk.add_argument("numbers", nargs="+")
 
+    sv = sub.add_parser("serve", help="run the HTTP service: transactional API, campaigns, webhooks, metrics")
+    sv.add_argument("--config", type=Path, required=True, help="engine file (with its [service] section)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
+    sv.add_argument("--backend", choices=["asyncio", "trio"], help="event loop (default: engine config)")
+    ks = sub.add_parser("keys", help="manage the service's API keys (stored hashed)")
+    ks.add_argument("action", choices=["create", "list", "revoke"])
+    ks.add_argument("name", nargs="?", help="key name (create, revoke)")
+    ks.add_argument("--config", type=Path, required=True, help="engine file (its service.keys_file)")
+
     pl = sub.add_parser("plugins", help="list installed plugins and what they register")
     pl.add_argument("--json", action="store_true", help="print as JSON")
     return p
@@ -300,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             return optout_command(args, console)
         if args.command == "consent":
             return consent_command(args, console)
+        if args.command in ("serve", "keys"):
+            from engine.service_cli import service_command
+
+            return service_command(args)
         plan = prepare(args.campaign, args.engine, strict=args.command == "send")
         if args.command == "preview":
             summary = preview(plan, samples=args.samples, max_rows=args.rows, rejects_path=args.rejects)

@@ -20,6 +20,7 @@ from engine.caps import CapState, CapWindow, parse_period
 from engine.carriers import INTL, PrefixTable, default_prefix_table
 from engine.clock import Clock, SystemClock
 from engine.config import LoadedCampaign, LoadedEngine, convert_section, load_campaign, load_engine
+from engine.control import RunControl, SendResources
 from engine.errors import (
     ConfigError,
     EngineError,
@@ -478,10 +479,17 @@ async def _send(
     clock: Clock,
     notify: Callable[[str], None] | None = None,
     stop: anyio.Event | None = None,
+    *,
+    control: RunControl | None = None,
+    shared: SendResources | None = None,
+    recorder: RunRecorder | None = None,
 ) -> RunSummary:
+    """Send ``plan``; ``control`` pauses and resumes it between batches, ``shared`` lends it the
+    gateways and budgets of a long-running service (not opened or closed here), ``recorder`` lets
+    the caller watch the counts while it runs."""
     started = time.perf_counter()
     ecfg = plan.engine.config
-    recorder = RunRecorder(plan.prices)
+    recorder = recorder or RunRecorder(plan.prices)
     segment = plan.open_segment()  # template and header checks: before any gateway opens
     for state, name in (
         (State.REJECTED, "rejects.csv"),
@@ -494,6 +502,9 @@ async def _send(
     store = SqliteStore(plan.engine.store_path) if counting else None
     try:
         for name in sorted({g for names in plan.failover.values() for g in names}):
+            if shared is not None:
+                gateways[name] = shared.gateways[name]
+                continue
             gcfg = ecfg.gateways[name]
             reg = plan.host.gateways.get(gcfg.plugin)
             opts = convert_section(
@@ -521,6 +532,9 @@ async def _send(
             for name in gateways
             if (rate := ecfg.gateways[name].rate_per_second)
         }
+        if shared is not None:
+            limiters, gateway_limiters = dict(shared.limiters), dict(shared.gateway_limiters)
+            breakers = dict(shared.breakers)
         prefix = f"{plan.campaign.id}-"
         outbox = {c: lanes[g][0] for c, g in plan.routes.items()}
         packers = {c: Accumulator(gateways[g].max_batch) for c, g in plan.routes.items()}
@@ -544,6 +558,8 @@ async def _send(
                 windows = plan.pause_windows()
                 batches = segment.batches(ecfg.batch_size)
                 while stop is None or not stop.is_set():
+                    if control is not None:
+                        await control.wait_running()
                     for window in windows:
                         if not window.is_open(plan.clock.time()):
                             await _wait_for_window(window, plan.clock, notify, stop)  # before reading on
@@ -574,7 +590,7 @@ async def _send(
         close_writers(recorder)
         if store is not None:
             store.close()
-        for gw in gateways.values():
+        for gw in gateways.values() if shared is None else ():
             with anyio.move_on_after(10, shield=True), suppress(Exception):
                 await gw.aclose()
     if progress is not None:
