@@ -427,7 +427,7 @@ class Service:
         self.campaigns = Campaigns(self, tg, run_dir)
 
     def _register_parsers(self) -> None:
-        registry = getattr(self.host, "webhook_parsers", None)
+        registry = self.host.webhook_parsers
         for name in self.gateways:
             wcfg = self.service.webhooks.get(name)
             secret: bytes | None = None
@@ -446,10 +446,10 @@ class Service:
             allow = wcfg.allow_unsigned if wcfg is not None else False
             if kind == "generic":
                 self.parsers[name] = GenericParser(secret, allow_unsigned=allow)
-            elif registry is not None and kind in registry:
+            elif kind in registry:
                 self.parsers[name] = registry.get(kind).factory(secret, name)
             else:
-                known = ["generic", *(registry.names() if registry is not None else [])]
+                known = ["generic", *registry.names()]
                 raise ConfigError(
                     self.engine.file,
                     f"service.webhooks.{name}.parser",
