@@ -12,6 +12,7 @@ from typing import IO
 import msgspec
 
 from engine.messages import ACCEPTED, MessageBatch, Outcome, Reject, State, SubmitResult
+from engine.metrics import NO_METRICS, Metrics
 from engine.phone import mask
 from engine.preflight import Finding
 
@@ -164,6 +165,8 @@ class RunRecorder:
         self.latency: dict[str, LatencyHistogram] = {}
         self.writers: dict[str, RejectsWriter] = {}
         """Where the rows of each state go (``rejects.csv``, ``suppressed.csv``, ``deferred.csv``)."""
+        self.metrics: Metrics = NO_METRICS
+        """Where gateway outcomes are also counted (the run sets it; the lanes count requests there)."""
 
     def _reason(self, state: State, reason: str, n: int = 1) -> None:
         self.reasons.setdefault(state, Counter())[reason] += n
@@ -252,8 +255,10 @@ class RunRecorder:
             n_failed = len(chunk) - n_accepted
             self.states[State.FAILED] += n_failed
             g.failed += n_failed
+            self.metrics.messages(gateway, chunk.carrier, "rejected", n_failed, chunk.total_parts() - parts)
         g.accepted += n_accepted
         if n_accepted:
+            self.metrics.messages(gateway, chunk.carrier, "accepted", n_accepted, parts)
             self.states[State.SENT] += n_accepted
             self._add(chunk.carrier, n_accepted, parts)
 
@@ -275,6 +280,7 @@ class RunRecorder:
         """Record messages a gateway may or may not have taken (not resent: a delivery report settles it)."""
         self._gateway(gateway).requests += 1
         self.states[State.UNKNOWN] += len(chunk)
+        self.metrics.messages(gateway, chunk.carrier, "unknown", len(chunk), chunk.total_parts())
         self._reason(State.UNKNOWN, reason, len(chunk))
 
     def _gateway(self, name: str) -> GatewaySummary:
@@ -292,6 +298,7 @@ class RunRecorder:
             g.requests += 1
         g.failed += len(chunk)
         self.states[State.FAILED] += len(chunk)
+        self.metrics.messages(gateway, chunk.carrier, "failed", len(chunk), chunk.total_parts())
         self._reason(State.FAILED, reason, len(chunk))
 
     def _with_latency(self, name: str, g: GatewaySummary) -> GatewaySummary:
