@@ -155,6 +155,7 @@ class Campaigns:
                 run.plan.clock,
                 None,
                 run.control.stop,
+                self.service.metrics,
                 control=run.control,
                 shared=self.service.resources,
                 recorder=run.recorder,

@@ -78,6 +78,18 @@ def _parser() -> argparse.ArgumentParser:
     sd.add_argument("--json", action="store_true", help="print the summary as JSON")
     sd.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     sd.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus /metrics on this port during the run",
+    )
+    sd.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address for --metrics-port (default 127.0.0.1)",
+    )
+    sd.add_argument(
         "--no-wait",
         action="store_true",
         help="outside the sending hours, stop at once (exit 4) instead of waiting for them",
@@ -326,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                 progress=progress,
                 notify=lambda text: print(text, file=sys.stderr, flush=True),
                 wait=not args.no_wait,
+                metrics_port=args.metrics_port,
+                metrics_addr=args.metrics_addr,
             )
     except RunAbandoned as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,9 +12,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import compress
 from operator import itemgetter
+from time import perf_counter
 from typing import Any, Protocol
 
 from engine.messages import INTL_KEY_OFFSET, MessageBatch, Reject, number_key
+from engine.metrics import NO_METRICS, Metrics
 
 __all__ = [
     "INTL_KEY_OFFSET",
@@ -212,30 +214,37 @@ class StageRunner:
     def __init__(self, stages: Sequence[Stage]) -> None:
         self.stages = list(stages)
         self.tally = Tally(s.name for s in self.stages)
+        self.metrics: Metrics = NO_METRICS
+        """Where each stage's batch is also counted (the run sets it)."""
 
     def run(self, batch: Batch) -> Batch:
         """Run every stage over ``batch``; the rejects it gathered stay on ``batch.rejects``."""
-        stats = self.tally.stages
+        stats, metrics = self.tally.stages, self.metrics
         src = stats["source"]
         src.batches += 1
         src.items_out += len(batch)
         src.items_in += len(batch) + len(batch.rejects)
-        self._count_rejects(src, batch.rejects)
+        drops = self._count_rejects(src, batch.rejects)
+        metrics.stage_batch("source", len(batch) + len(batch.rejects), len(batch), drops)
         for stage in self.stages:
             if not batch.nums:
                 break
             st = stats[stage.name]
             seen = len(batch.rejects)
             st.batches += 1
-            st.items_in += len(batch)
+            n_in = len(batch)
+            st.items_in += n_in
+            started = perf_counter()
             stage.process(batch)
             st.items_out += len(batch)
-            if len(batch.rejects) != seen:
-                self._count_rejects(st, batch.rejects[seen:])
+            drops = self._count_rejects(st, batch.rejects[seen:]) if len(batch.rejects) != seen else None
+            metrics.stage_batch(stage.name, n_in, len(batch), drops, perf_counter() - started)
         return batch
 
-    def _count_rejects(self, st: StageStats, rejects: Sequence[Reject]) -> None:
+    def _count_rejects(self, st: StageStats, rejects: Sequence[Reject]) -> Counter[str] | None:
         if rejects:
             c = Counter(r.reason for r in rejects)
             st.dropped.update(c)
             self.tally.rejected.update(c)
+            return c
+        return None

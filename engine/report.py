@@ -12,6 +12,7 @@ from typing import IO, Protocol
 import msgspec
 
 from engine.messages import ACCEPTED, MessageBatch, Outcome, Reject, State, SubmitResult
+from engine.metrics import NO_METRICS, Metrics
 from engine.phone import mask
 from engine.preflight import Finding
 
@@ -183,6 +184,8 @@ class RunRecorder:
         """Where the rows of each state go (``rejects.csv``, ``suppressed.csv``, ``deferred.csv``)."""
         self.sinks: list[OutcomeSink] = []
         """Also told every outcome, per batch (the campaign ledger)."""
+        self.metrics: Metrics = NO_METRICS
+        """Where gateway outcomes are also counted (the run sets it; the lanes count requests there)."""
 
     def _reason(self, state: State, reason: str, n: int = 1) -> None:
         self.reasons.setdefault(state, Counter())[reason] += n
@@ -275,8 +278,10 @@ class RunRecorder:
             n_failed = len(chunk) - n_accepted
             self.states[State.FAILED] += n_failed
             g.failed += n_failed
+            self.metrics.messages(gateway, chunk.carrier, "rejected", n_failed, chunk.total_parts() - parts)
         g.accepted += n_accepted
         if n_accepted:
+            self.metrics.messages(gateway, chunk.carrier, "accepted", n_accepted, parts)
             self.states[State.SENT] += n_accepted
             self._add(chunk.carrier, n_accepted, parts)
 
@@ -300,6 +305,7 @@ class RunRecorder:
             sink.unknown(gateway, chunk, reason)
         self._gateway(gateway).requests += 1
         self.states[State.UNKNOWN] += len(chunk)
+        self.metrics.messages(gateway, chunk.carrier, "unknown", len(chunk), chunk.total_parts())
         self._reason(State.UNKNOWN, reason, len(chunk))
 
     def _gateway(self, name: str) -> GatewaySummary:
@@ -319,6 +325,7 @@ class RunRecorder:
             sink.failed(gateway, chunk, reason)
         g.failed += len(chunk)
         self.states[State.FAILED] += len(chunk)
+        self.metrics.messages(gateway, chunk.carrier, "failed", len(chunk), chunk.total_parts())
         self._reason(State.FAILED, reason, len(chunk))
 
     def _with_latency(self, name: str, g: GatewaySummary) -> GatewaySummary:

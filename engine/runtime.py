@@ -32,6 +32,7 @@ from engine.errors import (
 )
 from engine.gateway import Gateway, GatewayContext
 from engine.messages import MessageBatch, State
+from engine.metrics import NO_METRICS, Metrics, prepare_run
 from engine.optout import OptOutSet
 from engine.pipeline import Batch, StageRunner
 from engine.plugins import PluginHost
@@ -399,11 +400,18 @@ def send(
     clock: Clock | None = None,
     notify: Callable[[str], None] | None = None,
     wait: bool = True,
+    metrics: Metrics | None = None,
+    metrics_port: int | None = None,
+    metrics_addr: str = "127.0.0.1",
 ) -> RunSummary:
     """Send the campaign: stages on each batch, then per-gateway lanes; returns the run summary.
 
     The run's directory receives ``rejects.csv`` and ``summary.json`` (and the ``file`` gateway's
     output). Runs on asyncio (with uvloop) or trio.
+
+    ``metrics`` counts the run (default: a fresh :class:`~engine.metrics.Metrics`;
+    :data:`~engine.metrics.NO_METRICS` counts nothing); with ``metrics_port`` it is served on
+    ``http://metrics_addr:metrics_port/metrics`` while the run lasts.
     """
     backend = backend or plan.engine.config.backend
     clock = clock or plan.clock
@@ -414,18 +422,25 @@ def send(
             f"outside sending hours {window}; they open {window.describe_opening(clock.time())}. "
             "Nothing was sent: run again then, or without --no-wait to wait"
         )
+    metrics = metrics if metrics is not None else Metrics(backend=backend)
+    server = metrics.serve(metrics_addr, metrics_port) if metrics_port is not None else None
     run_dir = new_run_dir(plan, runs_dir, clock)
-    with quiet_gc():
-        summary: RunSummary | None = anyio.run(
-            _send_until_signalled,
-            plan,
-            run_dir,
-            progress,
-            clock,
-            notify,
-            backend=backend,
-            backend_options=_backend_options(backend),
-        )
+    try:
+        with quiet_gc():
+            summary: RunSummary | None = anyio.run(
+                _send_until_signalled,
+                plan,
+                run_dir,
+                progress,
+                clock,
+                notify,
+                metrics,
+                backend=backend,
+                backend_options=_backend_options(backend),
+            )
+    finally:
+        if server is not None:
+            server.close()
     if summary is None:
         raise RunAbandoned(
             f"abandoned on a second signal: messages in flight were not waited for; {run_dir} holds "
@@ -479,6 +494,7 @@ async def _send(
     clock: Clock,
     notify: Callable[[str], None] | None = None,
     stop: anyio.Event | None = None,
+    metrics: Metrics = NO_METRICS,
     *,
     control: RunControl | None = None,
     shared: SendResources | None = None,
@@ -491,6 +507,9 @@ async def _send(
     ecfg = plan.engine.config
     recorder = recorder or RunRecorder(plan.prices)
     segment = plan.open_segment()  # template and header checks: before any gateway opens
+    kind = plan.campaign.config.kind
+    recorder.metrics = segment.runner.metrics = metrics
+    prepare_run(metrics, plan, [s.name for s in segment.runner.stages])
     for state, name in (
         (State.REJECTED, "rejects.csv"),
         (State.SUPPRESSED, "suppressed.csv"),
@@ -552,6 +571,7 @@ async def _send(
                     on_handover=handover,
                     policy=policy,
                     in_flight=ecfg.gateways[name].in_flight,
+                    priority=kind,
                 )
                 tg.start_soon(lane.run, rx)
             try:
@@ -572,6 +592,7 @@ async def _send(
                     if batch.nums:
                         recorder.queued(len(batch))
                         for carrier, msgs in batch.messages(prefix).items():
+                            metrics.queued(kind, carrier, len(msgs))
                             for full in packers[carrier].add(msgs):
                                 await outbox[carrier].send(full)
                     if progress is not None:
@@ -606,6 +627,7 @@ async def _send_until_signalled(
     progress: ProgressHook | None,
     clock: Clock,
     notify: Callable[[str], None] | None,
+    metrics: Metrics = NO_METRICS,
 ) -> RunSummary | None:
     """Run :func:`_send`; a first Ctrl-C / SIGTERM stops reading and drains what is in flight, a
     second one abandons it (the row files still close). None when abandoned."""
@@ -628,7 +650,7 @@ async def _send_until_signalled(
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch, tg.cancel_scope)
         try:
-            result.append(await _send(plan, run_dir, progress, clock, notify, stop))
+            result.append(await _send(plan, run_dir, progress, clock, notify, stop, metrics))
         except EngineError as exc:  # say it plainly, not wrapped in an exception group
             errors.append(exc)
         finally:

@@ -21,6 +21,7 @@ from engine.clock import Clock
 from engine.errors import GatewayError
 from engine.gateway import Gateway
 from engine.messages import MessageBatch, Outcome, SubmitResult
+from engine.metrics import request_outcome
 from engine.ratelimit import SlidingWindowLimiter
 from engine.report import RunRecorder
 from engine.retry import Breaker, RetryPolicy
@@ -102,6 +103,7 @@ class Lane:
         policy: RetryPolicy | None = None,
         in_flight: int = 1,
         seed: int | None = None,
+        priority: str = "marketing",
     ) -> None:
         self.primary = primary
         self.gateways = gateways
@@ -116,6 +118,8 @@ class Lane:
         self.policy = policy or RetryPolicy()
         self.in_flight = in_flight
         self._rng = random.Random(seed)
+        self.priority = priority
+        """The queue lane its messages are counted in (``pigeon_queued_messages``)."""
 
     async def run(self, inbox: MemoryObjectReceiveStream[LaneItem]) -> None:
         """Send everything that arrives in ``inbox``; returns when it is closed and drained."""
@@ -144,12 +148,14 @@ class Lane:
 
     async def _attempts(self, pending: MessageBatch) -> None:
         recorder, policy, carrier = self.recorder, self.policy, pending.carrier
+        metrics, priority = recorder.metrics, self.priority
         handed = False
         last = ""
         attempt = 0
         while len(pending):
             if attempt >= policy.max_attempts:
                 recorder.failed(self.primary.name, pending, f"retries_exhausted:{last}", count_request=False)
+                metrics.queued(priority, carrier, -len(pending))
                 return
             gw, wait = self._choose(carrier)
             if gw is None:
@@ -160,6 +166,7 @@ class Lane:
                 delay = SlidingWindowLimiter.reserve_all(
                     budget, self.clock.monotonic(), pending.total_parts()
                 )
+                metrics.ratelimit_wait(carrier, delay)
                 if delay > 0:
                     await anyio.sleep(delay)
             if not handed and self.on_handover is not None:
@@ -167,11 +174,18 @@ class Lane:
                 handed = True
             attempt += 1
             breaker = self.breakers[gw.name]
+            metrics.queued(priority, carrier, -len(pending))
+            if gw is not self.primary:
+                metrics.failover(carrier, gw.name, len(pending))
+            metrics.in_flight(gw.name, 1)
             sent_at = self.clock.monotonic()
             try:
                 results = await gw.send(pending)
             except GatewayError as exc:
                 recorder.observe(gw.name, self.clock.monotonic() - sent_at, retry=attempt > 1)
+                metrics.in_flight(gw.name, -1)
+                outcome = request_outcome(exc)
+                metrics.request(gw.name, outcome, self.clock.monotonic() - sent_at, len(pending))
                 breaker.failure(self.clock.monotonic())
                 last = type(exc).__name__
                 if exc.ambiguous and not gw.idempotent:
@@ -180,14 +194,20 @@ class Lane:
                 if not exc.retriable and len(self.gateways.get(carrier) or ()) <= 1:
                     recorder.failed(gw.name, pending, f"gateway_error:{last}")
                     return
+                metrics.retries(gw.name, outcome, len(pending))
+                metrics.queued(priority, carrier, len(pending))
                 await anyio.sleep(policy.delay(attempt, self._rng))
                 continue
             recorder.observe(gw.name, self.clock.monotonic() - sent_at, retry=attempt > 1)
+            metrics.in_flight(gw.name, -1)
             breaker.success()
             again = [i for i, r in enumerate(results) if r.outcome in _AGAIN]
+            throttled = any(results[i].outcome is Outcome.THROTTLED for i in again)
+            outcome = "throttled" if throttled else "retry" if again else "ok"
+            metrics.request(gw.name, outcome, self.clock.monotonic() - sent_at, len(pending))
             account = self.gateway_limiters.get(gw.name)
             if account is not None:
-                if any(results[i].outcome is Outcome.THROTTLED for i in again):
+                if throttled:
                     account.slow_down()
                 else:
                     account.recover()
@@ -201,6 +221,8 @@ class Lane:
             retry_after = max(results[i].retry_after for i in again)
             last = _code(results[again[0]])
             pending = pending.take(again)
+            metrics.retries(gw.name, outcome, len(pending))
+            metrics.queued(priority, carrier, len(pending))
             await anyio.sleep(policy.delay(attempt, self._rng, at_least=retry_after))
 
 

@@ -40,6 +40,7 @@ from engine.errors import ConfigError, EngineError, TemplateError
 from engine.gateway import Gateway, GatewayContext
 from engine.ledger import CampaignLedger, Ledger, LedgerError, file_fingerprint
 from engine.messages import DeliveryReport, MessageBatch, Reject, State, SubmitResult
+from engine.metrics import Metrics
 from engine.optout import DEFAULT_KEYWORDS, OptOutSet, is_opt_out_reply
 from engine.phone import mask, parse_phone
 from engine.pipeline import Batch, Stage, StageRunner
@@ -337,6 +338,8 @@ class Service:
         self.parsers: dict[str, WebhookParser] = {}
         self.keywords = self.service.optout_keywords or sorted(DEFAULT_KEYWORDS)
         self.campaigns: Any = None  # engine.campaigns.Campaigns, set on start
+        self.metrics = Metrics()
+        """The process's metrics: the API's lanes and every campaign it runs count here."""
         self.counters: Counter[str] = Counter()
         """What happened since start: messages accepted, reports, replies, opt-outs… (for logs)."""
 
@@ -420,8 +423,14 @@ class Service:
                     on_handover=self._handover(stream),
                     policy=policy,
                     in_flight=self.service.transactional_in_flight if urgent else 1,
+                    priority=priority,
                 )
                 tg.start_soon(lane.run, rx)
+        self.metrics.prepare(
+            routes=self.failover,
+            in_flight={g: gc.in_flight for g, gc in cfg.gateways.items()},
+            stages=[s.name for s in self._runner(self.streams["marketing"], TEXT_TEMPLATE)[1].stages],
+        )
         from engine.campaigns import Campaigns
 
         self.campaigns = Campaigns(self, tg, run_dir)
@@ -462,6 +471,7 @@ class Service:
         campaign = f"api-{priority}"
         recorder = RunRecorder(prices)
         recorder.sinks.append(self.records)
+        recorder.metrics = self.metrics
         cl: CampaignLedger | None = None
         try:
             cl = self.ledger.open_campaign(
@@ -557,7 +567,9 @@ class Service:
             stages.append(
                 HoldQuietHours(SendWindow.parse(DEFAULT_MARKETING_WINDOW, "Asia/Shanghai"), self.clock)
             )
-        found = (template, StageRunner(stages))
+        runner = StageRunner(stages)
+        runner.metrics = self.metrics
+        found = (template, runner)
         stream.runners[tid] = found
         return found
 
@@ -806,6 +818,11 @@ class Service:
         if self.ledger is not None:
             matched = max(matched, self.ledger.apply_reports(reports))
         self.counters["reports"] += len(reports)
+        by_gateway: dict[str, Counter[str]] = {}
+        for r in reports:
+            by_gateway.setdefault(r.gateway, Counter())[r.status.value] += 1
+        for gw, counts in by_gateway.items():
+            self.metrics.delivery_reports(counts, gateway=gw)
         self.counters["reports_matched"] += matched
         log.info(
             "delivery reports",
@@ -836,7 +853,7 @@ class Service:
             )
         if records:
             assert self.store is not None
-            self.store.add_optouts(records)
+            self.metrics.optouts_added(self.store.add_optouts(records), "mo")
             self.optouts.add(numbers)
             if self.campaigns is not None:
                 self.campaigns.add_optouts(numbers)
@@ -857,26 +874,7 @@ class Service:
 
     def exposition(self) -> tuple[bytes, str]:
         """The ``/metrics`` body and content type."""
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        svc = self
-
-        class _Collector:
-            def collect(self) -> Any:
-                c = CounterMetricFamily(
-                    "pigeon_service_events", "What the service handled since it started", labels=["event"]
-                )
-                for name in ("messages_accepted", "reports", "reports_matched", "replies", "optouts"):
-                    c.add_metric([name], svc.counters[name])
-                yield c
-                g = GaugeMetricFamily("pigeon_service_draining", "1 while the service drains for shutdown")
-                g.add_metric([], 1.0 if svc.draining else 0.0)
-                yield g
-
-        registry = CollectorRegistry()
-        registry.register(_Collector())
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        return self.metrics.exposition()
 
     # -- health --------------------------------------------------------------------------
 
