@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import msgspec
@@ -21,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.campaigns import CampaignError
+from engine.config import _explain
 from engine.service import ApiError, FieldError, MessagesIn, Service
 from engine.webhooks import WebhookError
 
@@ -74,10 +76,13 @@ def _json(obj: Any, status: int = 200) -> Response:
     return Response(_enc.encode(obj), status_code=status, media_type=_JSON)
 
 
-def _decode_error(exc: msgspec.DecodeError) -> ApiError:
+def _decode_error(exc: msgspec.DecodeError, root: type[msgspec.Struct]) -> ApiError:
     text = str(exc)
     if isinstance(exc, msgspec.ValidationError):
-        return ApiError(422, "Invalid request", f"the body does not match the schema: {text}")
+        where, what = _explain(exc, root, "")
+        return ApiError(
+            422, "Invalid request", f"{where or 'body'}: {what}; see /openapi.json for the schema"
+        )
     return ApiError(400, "Malformed JSON", f"the body is not valid UTF-8 JSON: {text}")
 
 
@@ -119,15 +124,19 @@ def create_app(service: Service) -> Starlette:
                 )
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(
-                    413,
-                    "Payload too large",
-                    f"the body is over {limit:,} bytes (service.max_body_bytes): send fewer messages",
-                )
-            chunks.append(chunk)
+        async with aclosing(request.stream()) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                if size <= limit:
+                    chunks.append(chunk)
+                elif size > 8 * limit:  # past the limit, a bounded rest is read and dropped, so the
+                    break  # client is still reading when the 413 comes
+        if size > limit:
+            raise ApiError(
+                413,
+                "Payload too large",
+                f"the body is over {limit:,} bytes (service.max_body_bytes): send fewer messages",
+            )
         data = b"".join(chunks)
         if not data:
             raise ApiError(400, "Empty body", "the request needs a JSON body")
@@ -184,7 +193,7 @@ def create_app(service: Service) -> Starlette:
         try:
             req = messages_decoder.decode(raw)
         except msgspec.DecodeError as exc:
-            raise _decode_error(exc) from None
+            raise _decode_error(exc, MessagesIn) from None
         idem = request.headers.get("idempotency-key")
         if idem is not None and not 1 <= len(idem) <= 255:
             raise ApiError(422, "Invalid request", "Idempotency-Key must be 1-255 characters")
@@ -232,7 +241,7 @@ def create_app(service: Service) -> Starlette:
         try:
             req = campaign_decoder.decode(raw)
         except msgspec.DecodeError as exc:
-            raise _decode_error(exc) from None
+            raise _decode_error(exc, StartCampaign) from None
         try:
             run = await service.campaigns.start(req.file)
         except CampaignError:

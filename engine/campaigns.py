@@ -24,7 +24,7 @@ __all__ = ["CampaignRun", "CampaignView", "Campaigns"]
 log = logging.getLogger("pigeon.campaigns")
 
 
-class CampaignView(msgspec.Struct, kw_only=True, omit_defaults=True):
+class CampaignView(msgspec.Struct, kw_only=True):
     """``GET /v1/campaigns/{id}``: where a blast stands."""
 
     id: str
@@ -43,6 +43,8 @@ class CampaignView(msgspec.Struct, kw_only=True, omit_defaults=True):
     rate_per_carrier: dict[str, float] = {}
     """Messages accepted per second since the start, per carrier."""
     error: str = ""
+    done: bool = False
+    """The run is over: nothing of it is in flight any more."""
 
 
 class CampaignRun:
@@ -94,6 +96,7 @@ class CampaignRun:
             reasons={k: dict(v) for k, v in r.reasons.items()},
             rate_per_carrier=rates,
             error=self.error,
+            done=self.finished is not None,
         )
 
 

@@ -12,9 +12,11 @@ import logging
 import signal
 import socket
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskStatus
 from hypercorn.config import Config as HyperConfig
 
 from engine.api import create_app
@@ -54,10 +56,11 @@ async def run(
     """
     engine = load_engine(engine_path)
     stop = stop or anyio.Event()
+    addr = sock.getsockname()
     async with open_service(engine, host=host) as svc:
         app = create_app(svc)
         cfg = HyperConfig()
-        cfg.bind = [f"fd://{sock.fileno()}"]
+        cfg.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns (and closes) the listening socket
         cfg.graceful_timeout = svc.service.drain_timeout
         cfg.accesslog = None
         cfg.errorlog = logging.getLogger("pigeon.http")
@@ -70,8 +73,7 @@ async def run(
 
         async with anyio.create_task_group() as tg:
             if handle_signals:
-                tg.start_soon(_signals, stop, tg.cancel_scope)
-            addr = sock.getsockname()
+                await tg.start(_signals, stop, tg.cancel_scope)
             log.info(
                 "listening",
                 extra={"event": "service.listening", "host": addr[0], "port": addr[1], "backend": _backend()},
@@ -82,8 +84,11 @@ async def run(
                 from hypercorn.trio import serve as hyper_serve
             else:
                 from hypercorn.asyncio import serve as hyper_serve  # type: ignore[assignment]
-            await hyper_serve(app, cfg, shutdown_trigger=trigger)  # type: ignore[arg-type]
-            tg.cancel_scope.cancel()
+            # In a task of its own: Hypercorn's asyncio TaskGroup cancels and un-cancels the task it
+            # runs in, which must not be the host of the cancel scope below.
+            async with anyio.create_task_group() as server:
+                server.start_soon(partial(hyper_serve, app, cfg, shutdown_trigger=trigger))  # type: ignore[arg-type]
+            tg.cancel_scope.cancel()  # the signal watcher
         log.info("stopped accepting; draining the lanes", extra={"event": "service.drain"})
     log.info("stopped", extra={"event": "service.stopped"})
 
@@ -94,8 +99,11 @@ def _backend() -> str:
     return sniffio.current_async_library()
 
 
-async def _signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:
+async def _signals(
+    stop: anyio.Event, scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for _ in signals:
             if stop.is_set():
                 log.warning("second signal: abandoning the drain", extra={"event": "service.abandon"})
