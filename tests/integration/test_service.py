@@ -48,9 +48,11 @@ def _problem(r: httpx.Response, status: int, *words: str) -> dict[str, Any]:
 async def _until(check: Callable[[], Any], what: str, seconds: float = 20.0) -> Any:
     """Poll ``check`` until it returns something truthy (bounded; not a timing assertion)."""
     with anyio.fail_after(seconds):
-        while not (got := await check()):
-            await anyio.sleep(0.02)  # noqa: ASYNC110 - polling the service over HTTP, as a client would
-    return got
+        while True:  # polling the service over HTTP, as a client would
+            got = await check()
+            if got:
+                return got
+            await anyio.sleep(0.02)
 
 
 def _signed(body: bytes, *, secret: str = SECRET, t: int | None = None) -> dict[str, str]:
