@@ -34,6 +34,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from enum import IntEnum, StrEnum
 from itertools import compress
 from pathlib import Path
@@ -63,6 +64,7 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "LedgerState",
+    "LedgerWriteError",
     "MessageRecord",
     "Semantics",
     "default_semantics",
@@ -774,6 +776,14 @@ class CampaignLedger:
         """Rows handed over before (at-least-once resume): sent again, not counted against caps again."""
         self.reconciled = 0
         """Rows this run's :meth:`reconcile` settled."""
+        self.stall_after = 5
+        """Requests in a row that end ``unknown`` or failed by a gateway error (timeouts, no
+        connection) — with no answer in between — after which the run stops: the gateway is hanging
+        or gone; queued messages stay ``pending`` for a resume instead of piling up as ``unknown``."""
+        self._stalled = 0
+        self._stall_reason = ""
+        self._checked = 0.0
+        self._cancelled = False
 
     # -- resume ----------------------------------------------------------------------------
 
@@ -798,6 +808,18 @@ class CampaignLedger:
         self.skip = final if final.any() else None
         self.reconciled = int(left.size)
         return self.reconciled
+
+    def should_stop(self) -> bool:
+        """Whether the campaign was cancelled meanwhile (the store is looked at once a second)."""
+        now = time.monotonic()
+        if now - self._checked >= 1.0:
+            self._checked = now
+            self._cancelled = self.is_cancelled()
+        return self._cancelled
+
+    def _ambiguous(self, gateway: str, reason: str) -> None:
+        self._stalled += 1
+        self._stall_reason = f"{gateway}: {reason}"
 
     def is_cancelled(self) -> bool:
         """Whether ``pigeon cancel`` marked the campaign cancelled meanwhile."""
@@ -885,7 +907,19 @@ class CampaignLedger:
     ) -> None:
         """Commit a request's rows as ``submitting`` before it goes to the gateway — in the same
         transaction as its cap counts (``keys``/``contents``: the store's send history), with the
-        drops buffered so far."""
+        drops buffered so far.
+
+        Raises :class:`LedgerError` instead when the gateways stalled (see :attr:`stall_after`) or
+        the campaign was cancelled, and :class:`LedgerWriteError` when the store cannot be written:
+        in every case the request is not sent.
+        """
+        if self._stalled >= self.stall_after:
+            raise LedgerError(
+                f"campaign {self.id!r}: {self._stalled} requests in a row got no answer "
+                f"(last {self._stall_reason}); the gateway is hanging or down, so the run stopped "
+                "before sending more. Messages in flight are recorded (at-most-once: unknown, never "
+                f"resent); the rest are pending: `pigeon resume {self.id}` when the gateway is back"
+            )
         rows = batch.rows
         self._write(
             _Event.SUBMITTING, rows, _Code.SUBMITTING, carrier=batch.carrier, parts=batch.parts, ts=now
@@ -909,6 +943,7 @@ class CampaignLedger:
         if len(results) != len(rows):
             self.failed(gateway, batch, "gateway_contract")
             return
+        self._stalled = 0
         now = time.time()
         if results.count(ACCEPTED) == len(results):
             self._write(_Event.OUTCOME, rows, _Code.SUBMITTED, gateway=gateway, ts=now)
@@ -941,11 +976,14 @@ class CampaignLedger:
 
     def failed(self, gateway: str, batch: MessageBatch, reason: str) -> None:
         """A whole request failed (after its retries, or permanently); commits."""
+        if reason.startswith(("gateway_error:", "retries_exhausted:Gateway")):
+            self._ambiguous(gateway, reason)
         self._write(_Event.OUTCOME, batch.rows, _Code.FAILED, reasons=reason, gateway=gateway)
         self.flush()
 
     def unknown(self, gateway: str, batch: MessageBatch, reason: str) -> None:
         """A gateway may or may not have taken the request (ambiguous timeout); commits."""
+        self._ambiguous(gateway, reason)
         self._write(_Event.OUTCOME, batch.rows, _Code.UNKNOWN, reasons=reason, gateway=gateway)
         self.flush()
 
@@ -985,21 +1023,86 @@ def skip_rows(batch: Any, skip: npt.NDArray[np.bool_]) -> int:
     return dropped
 
 
+class LedgerWriteError(LedgerError):
+    """The store refused a ledger write (disk full, read-only, I/O error): the run stops; every
+    transaction committed before is intact."""
+
+
 class _tx:
+    """One ``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error); SQLite errors become a
+    :class:`LedgerWriteError` that says what to do."""
+
     __slots__ = ("db",)
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _write_error(self.db, exc) from exc
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
             try:
                 self.db.execute("COMMIT")
-            except sqlite3.Error:
-                self.db.execute("ROLLBACK")
-                raise
-        else:
+                return
+            except sqlite3.Error as err:
+                with suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+                raise _write_error(self.db, err) from err
+        with suppress(sqlite3.Error):
             self.db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise _write_error(self.db, exc) from exc
+
+
+def _write_error(db: sqlite3.Connection, exc: sqlite3.Error) -> LedgerWriteError:
+    path = ""
+    with suppress(sqlite3.Error):
+        path = next((r[2] for r in db.execute("PRAGMA database_list") if r[1] == "main"), "")
+    hint = " (is its disk full?)" if "full" in str(exc) or "I/O" in str(exc) else ""
+    return LedgerWriteError(
+        f"cannot write to the store {path or '(unknown file)'}: {exc}{hint}. The run stopped: nothing "
+        "was sent without being recorded first. Free space (or fix the file), then `pigeon resume` "
+        "the campaign to finish the job"
+    )
+
+
+def open_for_run(
+    store_path: Path,
+    campaign: Any,
+    template_parts: Sequence[str],
+    *,
+    semantics: Semantics | None = None,
+    force: bool = False,
+    again: bool = False,
+    engine_file: str = "",
+) -> CampaignLedger:
+    """Open (or resume) the ledger of a loaded campaign (:class:`~engine.config.LoadedCampaign`)
+    for one run, fingerprinting its segment file and template, and reconcile what a previous run
+    left ``submitting``."""
+    seg_path = campaign.source_options.get("path")
+    path = None
+    if isinstance(seg_path, str):
+        p = Path(seg_path)
+        path = p if p.is_absolute() else campaign.base_dir / p
+    fp = file_fingerprint(path, str(seg_path or campaign.segment.source), template_parts)
+    ledger = Ledger(store_path)
+    try:
+        cl = ledger.open_campaign(
+            campaign.id,
+            kind=campaign.config.kind,
+            fingerprint=fp,
+            semantics=semantics,
+            force=force,
+            again=again,
+            campaign_file=str(Path(campaign.file).resolve()),
+            engine_file=engine_file,
+        )
+        cl.reconcile()
+    except BaseException:
+        ledger.close()
+        raise
+    return cl
