@@ -1062,7 +1062,7 @@ def _write_error(db: sqlite3.Connection, exc: sqlite3.Error) -> LedgerWriteError
     path = ""
     with suppress(sqlite3.Error):
         path = next((r[2] for r in db.execute("PRAGMA database_list") if r[1] == "main"), "")
-    hint = " (is its disk full?)" if "full" in str(exc) or "I/O" in str(exc) else ""
+    hint = " (is its disk full?)" if "I/O" in str(exc) else ""
     return LedgerWriteError(
         f"cannot write to the store {path or '(unknown file)'}: {exc}{hint}. The run stopped: nothing "
         "was sent without being recorded first. Free space (or fix the file), then `pigeon resume` "
