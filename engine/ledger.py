@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from enum import IntEnum, StrEnum
@@ -253,24 +253,27 @@ CREATE TABLE IF NOT EXISTS ledger_campaigns (
     engine_file   TEXT NOT NULL DEFAULT '',
     next_row   INTEGER NOT NULL DEFAULT 1  -- for streams without a segment (API): the next row to give
 );
--- One row per batch / request: packed arrays, see the module docstring.
-CREATE TABLE IF NOT EXISTS ledger_events (
+-- One row per batch / request: packed arrays, see the module docstring. A rowid table: blobs of a
+-- few KB stay on the row's page (WITHOUT ROWID tables would spill them to overflow pages).
+CREATE TABLE IF NOT EXISTS ledger_records (
+    seq       INTEGER PRIMARY KEY,
     campaign  TEXT NOT NULL,
-    seq       INTEGER NOT NULL,
     event     INTEGER NOT NULL,      -- 1 drop, 2 submitting, 3 outcome
     ts        REAL NOT NULL,
     gateway   TEXT NOT NULL DEFAULT '',
     carrier   TEXT NOT NULL DEFAULT '',
     fill      INTEGER NOT NULL,      -- the state code of every row when `states` is NULL
-    rows      BLOB NOT NULL,         -- int64 little-endian row numbers
+    req       INTEGER NOT NULL DEFAULT 0,  -- submitting: the request's number in the campaign;
+                                     -- outcome with empty `rows`: about that request's rows
+    rows      BLOB NOT NULL,         -- row numbers, packed (see _pack_rows)
     states    BLOB,                  -- uint8 state code per row, or NULL (all `fill`)
     labels    BLOB,                  -- msgpack list of reason strings, or NULL (no reasons)
     reasons   BLOB,                  -- uint16 index into labels per row, or NULL (all labels[0])
     provider_ids BLOB,               -- msgpack list of str aligned with rows, or NULL
-    parts     BLOB,                  -- int32 billed parts per row (submitting events)
-    ids       BLOB,                  -- msgpack list of message ids when not <campaign>-<row>
-    PRIMARY KEY (campaign, seq)
-) WITHOUT ROWID;
+    parts     BLOB,                  -- billed parts per row, packed (submitting events)
+    ids       BLOB                   -- msgpack list of message ids when not <campaign>-<row>
+);
+CREATE INDEX IF NOT EXISTS ledger_records_by_campaign ON ledger_records (campaign, seq);
 CREATE TABLE IF NOT EXISTS ledger_providers (
     provider_id TEXT PRIMARY KEY,
     campaign    TEXT NOT NULL,
@@ -313,12 +316,57 @@ _FINAL_AT_MOST_ONCE: Final = frozenset(
         _Code.UNKNOWN,
     }
 )
+_OPEN_MAX: Final = 4096
 INTERRUPTED: Final = "interrupted"
 """Reason of an ``unknown`` left by a crash while submitting (at-most-once)."""
 
 
-def _rows_blob(rows: Sequence[int]) -> bytes:
-    return np.asarray(rows, dtype=_I64).tobytes()
+def _pack_rows(rows: Sequence[int]) -> bytes:
+    """Row numbers as bytes: ascending rows (the usual case) as the first one and 1- or 2-byte
+    gaps, else 8 bytes each."""
+    n = len(rows)
+    if not n:
+        return b""
+    arr = np.fromiter(rows, dtype=_I64, count=n)
+    gaps = np.diff(arr)
+    if not gaps.size or gaps.min() >= 0:
+        top = int(gaps.max()) if gaps.size else 0
+        if top < 256:
+            return b"D" + arr[:1].tobytes() + gaps.astype(_U8).tobytes()
+        if top < 65536:
+            return b"W" + arr[:1].tobytes() + gaps.astype(_U16).tobytes()
+    return b"Q" + arr.tobytes()
+
+
+def _unpack_rows(blob: bytes) -> npt.NDArray[np.int64]:
+    if not blob:
+        return np.zeros(0, dtype=np.int64)
+    tag, body = blob[:1], memoryview(blob)[1:]
+    if tag == b"Q":
+        return np.frombuffer(body, dtype=_I64).astype(np.int64)
+    first = np.frombuffer(body[:8], dtype=_I64)
+    gaps = np.frombuffer(body[8:], dtype=_U8 if tag == b"D" else _U16)
+    return np.cumsum(np.concatenate([first, gaps.astype(np.int64)]))
+
+
+def _pack_parts(parts: Sequence[int]) -> bytes:
+    """Billed parts per message: one value when all are equal, else 1 or 2 bytes each."""
+    if not len(parts):
+        return b""
+    first = parts[0]
+    if parts.count(first) == len(parts) and first < 65536:
+        return b"C" + int(first).to_bytes(2, "little")
+    top = max(parts)
+    if top < 256:
+        return b"B" + bytes(parts)
+    return b"H" + np.fromiter(parts, dtype=_U16, count=len(parts)).tobytes()
+
+
+def _unpack_parts(blob: bytes, n: int) -> npt.NDArray[np.int32]:
+    tag, body = blob[:1], blob[1:]
+    if tag == b"C":
+        return np.full(n, int.from_bytes(body, "little"), dtype=np.int32)
+    return np.frombuffer(body, dtype=_U8 if tag == b"B" else _U16).astype(np.int32)
 
 
 class _Derived:
@@ -499,7 +547,7 @@ class Ledger:
         with _tx(self.db):
             for table, col in (
                 ("ledger_campaigns", "id"),
-                ("ledger_events", "campaign"),
+                ("ledger_records", "campaign"),
                 ("ledger_providers", "campaign"),
                 ("ledger_reports", "campaign"),
             ):
@@ -532,30 +580,37 @@ class Ledger:
             "SELECT max(next_row) FROM ledger_campaigns WHERE id = ?", (campaign_id,)
         ).fetchone()[0]
         events = self.db.execute(
-            "SELECT event, ts, gateway, carrier, fill, rows, states, labels, reasons, provider_ids, parts "
-            "FROM ledger_events WHERE campaign = ? ORDER BY seq",
+            "SELECT event, ts, gateway, carrier, fill, req, rows, states, labels, reasons, provider_ids, "
+            "parts FROM ledger_records WHERE campaign = ? ORDER BY seq",
             (campaign_id,),
         ).fetchall()
         size = int(top or 1)
+        requests: dict[int, npt.NDArray[np.int64]] = {}
+        unpacked: list[npt.NDArray[np.int64]] = []
         for ev in events:
-            rows = np.frombuffer(ev[5], dtype=_I64)
+            rows = _unpack_rows(ev[6])
+            if ev[0] == _Event.SUBMITTING:
+                requests[ev[5]] = rows
+            elif not rows.size and ev[0] == _Event.OUTCOME:
+                rows = requests.get(ev[5], rows)
+            unpacked.append(rows)
             if rows.size:
                 size = max(size, int(rows.max()) + 1)
         d = _Derived(size)
-        for (
+        for rows, (
             event,
             ts,
             gateway,
             carrier,
             fill,
-            rows_b,
+            _req,
+            _rows_b,
             states_b,
             labels_b,
             reasons_b,
             pids_b,
             parts_b,
-        ) in events:
-            rows = np.frombuffer(rows_b, dtype=_I64)
+        ) in zip(unpacked, events, strict=True):
             if not rows.size:
                 continue
             codes = np.frombuffer(states_b, dtype=_U8) if states_b is not None else fill
@@ -573,8 +628,8 @@ class Ledger:
                 first = d.submitted_at[rows] == 0
                 d.submitted_at[rows[first]] = ts
                 d.carrier[rows] = _intern(d.carriers, carrier)
-                if parts_b is not None:
-                    d.parts[rows] = np.frombuffer(parts_b, dtype=_I32)
+                if parts_b:
+                    d.parts[rows] = _unpack_parts(parts_b, rows.size)
             elif event == _Event.OUTCOME:
                 d.answered_at[rows] = ts
                 d.gateway[rows] = _intern(d.gateways, gateway)
@@ -764,11 +819,15 @@ class CampaignLedger:
         self.kind = kind
         self.semantics = semantics
         self.resumed = resumed
-        self._seq = int(
+        self._req = int(
             self.db.execute(
-                "SELECT coalesce(max(seq), 0) FROM ledger_events WHERE campaign = ?", (campaign_id,)
+                "SELECT coalesce(max(req), 0) FROM ledger_records WHERE campaign = ?", (campaign_id,)
             ).fetchone()[0]
         )
+        self._open: OrderedDict[int, tuple[int, MessageBatch]] = OrderedDict()
+        """id() of a request's batch handed over and not answered yet → its request number (and the
+        batch, so the id cannot be reused meanwhile). Bounded: requests answered in parts (retries)
+        leave theirs, the oldest go first."""
         self._pending: list[tuple[Any, ...]] = []
         self.skip: npt.NDArray[np.bool_] | None = None
         """Rows to skip in this run (already final), indexed by row number; None: skip none."""
@@ -841,6 +900,7 @@ class CampaignLedger:
         carrier: str = "",
         parts: Sequence[int] | None = None,
         ts: float | None = None,
+        req: int = 0,
     ) -> None:
         labels_b = reasons_b = None
         if isinstance(reasons, str):
@@ -851,22 +911,22 @@ class CampaignLedger:
             if len(labels) > 1:
                 ix = {s: i for i, s in enumerate(labels)}
                 reasons_b = np.fromiter(map(ix.__getitem__, reasons), dtype=_U16, count=len(rows)).tobytes()
-        self._seq += 1
         self._pending.append(
             (
+                None,
                 self.id,
-                self._seq,
                 int(event),
                 ts if ts is not None else time.time(),
                 gateway,
                 carrier,
                 fill,
-                _rows_blob(rows),
+                req,
+                b"" if req and event == _Event.OUTCOME else _pack_rows(rows),
                 states,
                 labels_b,
                 reasons_b,
                 _enc.encode(list(provider_ids)) if provider_ids is not None else None,
-                np.asarray(parts, dtype=_I32).tobytes() if parts is not None else None,
+                _pack_parts(parts) if parts is not None else None,
                 None,
             )
         )
@@ -879,7 +939,7 @@ class CampaignLedger:
 
     def _insert(self) -> None:
         self.db.executemany(
-            "INSERT INTO ledger_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending
+            "INSERT INTO ledger_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending
         )
         self._pending = []
 
@@ -921,8 +981,18 @@ class CampaignLedger:
                 f"resent); the rest are pending: `pigeon resume {self.id}` when the gateway is back"
             )
         rows = batch.rows
+        self._req += 1
+        self._open[id(batch)] = (self._req, batch)
+        if len(self._open) > _OPEN_MAX:
+            self._open.popitem(last=False)
         self._write(
-            _Event.SUBMITTING, rows, _Code.SUBMITTING, carrier=batch.carrier, parts=batch.parts, ts=now
+            _Event.SUBMITTING,
+            rows,
+            _Code.SUBMITTING,
+            carrier=batch.carrier,
+            parts=batch.parts,
+            ts=now,
+            req=self._req,
         )
         sends: list[tuple[str, int, float, int]] | None = None
         if keys is not None:
@@ -945,13 +1015,18 @@ class CampaignLedger:
             return
         self._stalled = 0
         now = time.time()
+        # The usual case, the very request handed over: its rows are those of the hand-over record.
+        entry = self._open.pop(id(batch), None)
+        req = entry[0] if entry is not None and entry[1] is batch else 0
         if results.count(ACCEPTED) == len(results):
-            self._write(_Event.OUTCOME, rows, _Code.SUBMITTED, gateway=gateway, ts=now)
+            self._write(_Event.OUTCOME, rows, _Code.SUBMITTED, gateway=gateway, ts=now, req=req)
             self.flush()
             return
         pids = [r.provider_id for r in results]
         if all(r.outcome is Outcome.ACCEPTED for r in results):
-            self._write(_Event.OUTCOME, rows, _Code.SUBMITTED, gateway=gateway, provider_ids=pids, ts=now)
+            self._write(
+                _Event.OUTCOME, rows, _Code.SUBMITTED, gateway=gateway, provider_ids=pids, ts=now, req=req
+            )
         else:
             codes = bytes(_Code.SUBMITTED if r.outcome is Outcome.ACCEPTED else _Code.FAILED for r in results)
             reasons = [
