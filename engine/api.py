@@ -50,6 +50,8 @@ class StartCampaign(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The body of ``POST /v1/campaigns``: a campaign file under ``service.campaigns_dir``."""
 
     file: str
+    again: bool = False
+    """Start a finished or cancelled campaign afresh (its ledger is archived), as ``pigeon send --again``."""
 
 
 def problem(
@@ -243,7 +245,7 @@ def create_app(service: Service) -> Starlette:
         except msgspec.DecodeError as exc:
             raise _decode_error(exc, StartCampaign) from None
         try:
-            run = await service.campaigns.start(req.file)
+            run = await service.campaigns.start(req.file, again=req.again)
         except CampaignError:
             raise
         except Exception as exc:  # the campaign's own config or preflight: say what to change

@@ -13,8 +13,9 @@ from anyio.abc import TaskGroup
 
 from engine.control import RunControl, RunState
 from engine.errors import EngineError
+from engine.ledger import CampaignLedger, CampaignStatus, LedgerError
 from engine.report import RunRecorder
-from engine.runtime import Plan, _send, new_run_dir, prepare
+from engine.runtime import Plan, _open_ledger, _send, new_run_dir, prepare
 
 if TYPE_CHECKING:
     from engine.service import Service
@@ -50,8 +51,10 @@ class CampaignView(msgspec.Struct, kw_only=True):
 class CampaignRun:
     """One blast started by the service."""
 
-    def __init__(self, plan: Plan, file: str) -> None:
+    def __init__(self, plan: Plan, file: str, ledger: CampaignLedger | None = None) -> None:
         self.plan = plan
+        self.ledger = ledger
+        """The campaign's ledger for this run (every recipient's state, resumable)."""
         self.id = plan.campaign.id
         self.file = file
         self.control = RunControl()
@@ -131,8 +134,9 @@ class Campaigns:
             raise CampaignError(404, f"file: no campaign file {file!r} in {self.root}")
         return path
 
-    async def start(self, file: str) -> CampaignRun:
-        """Check and start the campaign in ``file`` (preflight as ``pigeon send``)."""
+    async def start(self, file: str, *, again: bool = False) -> CampaignRun:
+        """Check and start the campaign in ``file`` (preflight and ledger as ``pigeon send``: an
+        unfinished campaign resumes; a finished one starts afresh only with ``again``)."""
         if self.service.draining:
             raise CampaignError(503, "the service is draining: no new campaigns")
         path = self.resolve(file)
@@ -142,7 +146,13 @@ class Campaigns:
         running = self.runs.get(plan.campaign.id)
         if running is not None and running.finished is None:
             raise CampaignError(409, f"campaign {plan.campaign.id!r} is already {running.view().state}")
-        run = CampaignRun(plan, file)
+        try:
+            ledger = await anyio.to_thread.run_sync(
+                lambda: _open_ledger(plan, force=False, again=again, notify=None)
+            )
+        except LedgerError as exc:
+            raise CampaignError(409, str(exc)) from None
+        run = CampaignRun(plan, file, ledger)
         self.runs[run.id] = run
         self.tg.start_soon(self._run, run)
         log.info("campaign started", extra={"event": "campaign.started", "campaign": run.id, "file": file})
@@ -159,6 +169,7 @@ class Campaigns:
                 None,
                 run.control.stop,
                 self.service.metrics,
+                run.ledger,
                 control=run.control,
                 shared=self.service.resources,
                 recorder=run.recorder,
@@ -172,6 +183,8 @@ class Campaigns:
                 "campaign failed", extra={"event": "campaign.failed", "campaign": run.id, "error": run.error}
             )
         finally:
+            if run.ledger is not None:
+                run.ledger.ledger.close()
             run.finished = time.monotonic()
         log.info(
             "campaign ended",
@@ -205,6 +218,8 @@ class Campaigns:
             run.control.resume()
         else:
             run.control.cancel()
+            if run.ledger is not None:  # for good: `pigeon resume` will not continue it either
+                run.ledger.ledger.set_status(run.id, CampaignStatus.CANCELLED)
         log.info("campaign %s", action, extra={"event": f"campaign.{action}", "campaign": campaign_id})
         return run
 

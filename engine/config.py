@@ -216,6 +216,9 @@ class CampaignConfig(Base, kw_only=True, frozen=True):
     segment: dict[str, Any]
     template: TemplateConfig
     policy: PolicyConfig = PolicyConfig()
+    delivery: Literal["at-most-once", "at-least-once"] | None = None
+    """What a crash may cost (docs/ledger.md): ``at-most-once`` (marketing default) never sends a
+    message twice; ``at-least-once`` (transactional default) never skips one."""
 
     @property
     def send_window(self) -> SendWindow | None:

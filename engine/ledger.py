@@ -32,8 +32,9 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from enum import IntEnum, StrEnum
 from itertools import compress
 from pathlib import Path
@@ -63,6 +64,7 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "LedgerState",
+    "LedgerWriteError",
     "MessageRecord",
     "Semantics",
     "default_semantics",
@@ -251,24 +253,27 @@ CREATE TABLE IF NOT EXISTS ledger_campaigns (
     engine_file   TEXT NOT NULL DEFAULT '',
     next_row   INTEGER NOT NULL DEFAULT 1  -- for streams without a segment (API): the next row to give
 );
--- One row per batch / request: packed arrays, see the module docstring.
-CREATE TABLE IF NOT EXISTS ledger_events (
+-- One row per batch / request: packed arrays, see the module docstring. A rowid table: blobs of a
+-- few KB stay on the row's page (WITHOUT ROWID tables would spill them to overflow pages).
+CREATE TABLE IF NOT EXISTS ledger_records (
+    seq       INTEGER PRIMARY KEY,
     campaign  TEXT NOT NULL,
-    seq       INTEGER NOT NULL,
     event     INTEGER NOT NULL,      -- 1 drop, 2 submitting, 3 outcome
     ts        REAL NOT NULL,
     gateway   TEXT NOT NULL DEFAULT '',
     carrier   TEXT NOT NULL DEFAULT '',
     fill      INTEGER NOT NULL,      -- the state code of every row when `states` is NULL
-    rows      BLOB NOT NULL,         -- int64 little-endian row numbers
+    req       INTEGER NOT NULL DEFAULT 0,  -- submitting: the request's number in the campaign;
+                                     -- outcome with empty `rows`: about that request's rows
+    rows      BLOB NOT NULL,         -- row numbers, packed (see _pack_rows)
     states    BLOB,                  -- uint8 state code per row, or NULL (all `fill`)
     labels    BLOB,                  -- msgpack list of reason strings, or NULL (no reasons)
     reasons   BLOB,                  -- uint16 index into labels per row, or NULL (all labels[0])
     provider_ids BLOB,               -- msgpack list of str aligned with rows, or NULL
-    parts     BLOB,                  -- int32 billed parts per row (submitting events)
-    ids       BLOB,                  -- msgpack list of message ids when not <campaign>-<row>
-    PRIMARY KEY (campaign, seq)
-) WITHOUT ROWID;
+    parts     BLOB,                  -- billed parts per row, packed (submitting events)
+    ids       BLOB                   -- msgpack list of message ids when not <campaign>-<row>
+);
+CREATE INDEX IF NOT EXISTS ledger_records_by_campaign ON ledger_records (campaign, seq);
 CREATE TABLE IF NOT EXISTS ledger_providers (
     provider_id TEXT PRIMARY KEY,
     campaign    TEXT NOT NULL,
@@ -311,12 +316,57 @@ _FINAL_AT_MOST_ONCE: Final = frozenset(
         _Code.UNKNOWN,
     }
 )
+_OPEN_MAX: Final = 4096
 INTERRUPTED: Final = "interrupted"
 """Reason of an ``unknown`` left by a crash while submitting (at-most-once)."""
 
 
-def _rows_blob(rows: Sequence[int]) -> bytes:
-    return np.asarray(rows, dtype=_I64).tobytes()
+def _pack_rows(rows: Sequence[int]) -> bytes:
+    """Row numbers as bytes: ascending rows (the usual case) as the first one and 1- or 2-byte
+    gaps, else 8 bytes each."""
+    n = len(rows)
+    if not n:
+        return b""
+    arr = np.fromiter(rows, dtype=_I64, count=n)
+    gaps = np.diff(arr)
+    if not gaps.size or gaps.min() >= 0:
+        top = int(gaps.max()) if gaps.size else 0
+        if top < 256:
+            return b"D" + arr[:1].tobytes() + gaps.astype(_U8).tobytes()
+        if top < 65536:
+            return b"W" + arr[:1].tobytes() + gaps.astype(_U16).tobytes()
+    return b"Q" + arr.tobytes()
+
+
+def _unpack_rows(blob: bytes) -> npt.NDArray[np.int64]:
+    if not blob:
+        return np.zeros(0, dtype=np.int64)
+    tag, body = blob[:1], memoryview(blob)[1:]
+    if tag == b"Q":
+        return np.frombuffer(body, dtype=_I64).astype(np.int64)
+    first = np.frombuffer(body[:8], dtype=_I64)
+    gaps = np.frombuffer(body[8:], dtype=_U8 if tag == b"D" else _U16)
+    return np.cumsum(np.concatenate([first, gaps.astype(np.int64)]))
+
+
+def _pack_parts(parts: Sequence[int]) -> bytes:
+    """Billed parts per message: one value when all are equal, else 1 or 2 bytes each."""
+    if not len(parts):
+        return b""
+    first = parts[0]
+    if parts.count(first) == len(parts) and first < 65536:
+        return b"C" + int(first).to_bytes(2, "little")
+    top = max(parts)
+    if top < 256:
+        return b"B" + bytes(parts)
+    return b"H" + np.fromiter(parts, dtype=_U16, count=len(parts)).tobytes()
+
+
+def _unpack_parts(blob: bytes, n: int) -> npt.NDArray[np.int32]:
+    tag, body = blob[:1], blob[1:]
+    if tag == b"C":
+        return np.full(n, int.from_bytes(body, "little"), dtype=np.int32)
+    return np.frombuffer(body, dtype=_U8 if tag == b"B" else _U16).astype(np.int32)
 
 
 class _Derived:
@@ -497,7 +547,7 @@ class Ledger:
         with _tx(self.db):
             for table, col in (
                 ("ledger_campaigns", "id"),
-                ("ledger_events", "campaign"),
+                ("ledger_records", "campaign"),
                 ("ledger_providers", "campaign"),
                 ("ledger_reports", "campaign"),
             ):
@@ -530,30 +580,37 @@ class Ledger:
             "SELECT max(next_row) FROM ledger_campaigns WHERE id = ?", (campaign_id,)
         ).fetchone()[0]
         events = self.db.execute(
-            "SELECT event, ts, gateway, carrier, fill, rows, states, labels, reasons, provider_ids, parts "
-            "FROM ledger_events WHERE campaign = ? ORDER BY seq",
+            "SELECT event, ts, gateway, carrier, fill, req, rows, states, labels, reasons, provider_ids, "
+            "parts FROM ledger_records WHERE campaign = ? ORDER BY seq",
             (campaign_id,),
         ).fetchall()
         size = int(top or 1)
+        requests: dict[int, npt.NDArray[np.int64]] = {}
+        unpacked: list[npt.NDArray[np.int64]] = []
         for ev in events:
-            rows = np.frombuffer(ev[5], dtype=_I64)
+            rows = _unpack_rows(ev[6])
+            if ev[0] == _Event.SUBMITTING:
+                requests[ev[5]] = rows
+            elif not rows.size and ev[0] == _Event.OUTCOME:
+                rows = requests.get(ev[5], rows)
+            unpacked.append(rows)
             if rows.size:
                 size = max(size, int(rows.max()) + 1)
         d = _Derived(size)
-        for (
+        for rows, (
             event,
             ts,
             gateway,
             carrier,
             fill,
-            rows_b,
+            _req,
+            _rows_b,
             states_b,
             labels_b,
             reasons_b,
             pids_b,
             parts_b,
-        ) in events:
-            rows = np.frombuffer(rows_b, dtype=_I64)
+        ) in zip(unpacked, events, strict=True):
             if not rows.size:
                 continue
             codes = np.frombuffer(states_b, dtype=_U8) if states_b is not None else fill
@@ -571,8 +628,8 @@ class Ledger:
                 first = d.submitted_at[rows] == 0
                 d.submitted_at[rows[first]] = ts
                 d.carrier[rows] = _intern(d.carriers, carrier)
-                if parts_b is not None:
-                    d.parts[rows] = np.frombuffer(parts_b, dtype=_I32)
+                if parts_b:
+                    d.parts[rows] = _unpack_parts(parts_b, rows.size)
             elif event == _Event.OUTCOME:
                 d.answered_at[rows] = ts
                 d.gateway[rows] = _intern(d.gateways, gateway)
@@ -762,11 +819,15 @@ class CampaignLedger:
         self.kind = kind
         self.semantics = semantics
         self.resumed = resumed
-        self._seq = int(
+        self._req = int(
             self.db.execute(
-                "SELECT coalesce(max(seq), 0) FROM ledger_events WHERE campaign = ?", (campaign_id,)
+                "SELECT coalesce(max(req), 0) FROM ledger_records WHERE campaign = ?", (campaign_id,)
             ).fetchone()[0]
         )
+        self._open: OrderedDict[int, tuple[int, MessageBatch]] = OrderedDict()
+        """id() of a request's batch handed over and not answered yet → its request number (and the
+        batch, so the id cannot be reused meanwhile). Bounded: requests answered in parts (retries)
+        leave theirs, the oldest go first."""
         self._pending: list[tuple[Any, ...]] = []
         self.skip: npt.NDArray[np.bool_] | None = None
         """Rows to skip in this run (already final), indexed by row number; None: skip none."""
@@ -774,6 +835,14 @@ class CampaignLedger:
         """Rows handed over before (at-least-once resume): sent again, not counted against caps again."""
         self.reconciled = 0
         """Rows this run's :meth:`reconcile` settled."""
+        self.stall_after = 5
+        """Requests in a row that end ``unknown`` or failed by a gateway error (timeouts, no
+        connection) — with no answer in between — after which the run stops: the gateway is hanging
+        or gone; queued messages stay ``pending`` for a resume instead of piling up as ``unknown``."""
+        self._stalled = 0
+        self._stall_reason = ""
+        self._checked = 0.0
+        self._cancelled = False
 
     # -- resume ----------------------------------------------------------------------------
 
@@ -799,6 +868,18 @@ class CampaignLedger:
         self.reconciled = int(left.size)
         return self.reconciled
 
+    def should_stop(self) -> bool:
+        """Whether the campaign was cancelled meanwhile (the store is looked at once a second)."""
+        now = time.monotonic()
+        if now - self._checked >= 1.0:
+            self._checked = now
+            self._cancelled = self.is_cancelled()
+        return self._cancelled
+
+    def _ambiguous(self, gateway: str, reason: str) -> None:
+        self._stalled += 1
+        self._stall_reason = f"{gateway}: {reason}"
+
     def is_cancelled(self) -> bool:
         """Whether ``pigeon cancel`` marked the campaign cancelled meanwhile."""
         row = self.db.execute("SELECT status FROM ledger_campaigns WHERE id = ?", (self.id,)).fetchone()
@@ -819,6 +900,7 @@ class CampaignLedger:
         carrier: str = "",
         parts: Sequence[int] | None = None,
         ts: float | None = None,
+        req: int = 0,
     ) -> None:
         labels_b = reasons_b = None
         if isinstance(reasons, str):
@@ -829,22 +911,22 @@ class CampaignLedger:
             if len(labels) > 1:
                 ix = {s: i for i, s in enumerate(labels)}
                 reasons_b = np.fromiter(map(ix.__getitem__, reasons), dtype=_U16, count=len(rows)).tobytes()
-        self._seq += 1
         self._pending.append(
             (
+                None,
                 self.id,
-                self._seq,
                 int(event),
                 ts if ts is not None else time.time(),
                 gateway,
                 carrier,
                 fill,
-                _rows_blob(rows),
+                req,
+                b"" if req and event == _Event.OUTCOME else _pack_rows(rows),
                 states,
                 labels_b,
                 reasons_b,
                 _enc.encode(list(provider_ids)) if provider_ids is not None else None,
-                np.asarray(parts, dtype=_I32).tobytes() if parts is not None else None,
+                _pack_parts(parts) if parts is not None else None,
                 None,
             )
         )
@@ -857,7 +939,7 @@ class CampaignLedger:
 
     def _insert(self) -> None:
         self.db.executemany(
-            "INSERT INTO ledger_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending
+            "INSERT INTO ledger_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending
         )
         self._pending = []
 
@@ -885,10 +967,32 @@ class CampaignLedger:
     ) -> None:
         """Commit a request's rows as ``submitting`` before it goes to the gateway — in the same
         transaction as its cap counts (``keys``/``contents``: the store's send history), with the
-        drops buffered so far."""
+        drops buffered so far.
+
+        Raises :class:`LedgerError` instead when the gateways stalled (see :attr:`stall_after`) or
+        the campaign was cancelled, and :class:`LedgerWriteError` when the store cannot be written:
+        in every case the request is not sent.
+        """
+        if self._stalled >= self.stall_after:
+            raise LedgerError(
+                f"campaign {self.id!r}: {self._stalled} requests in a row got no answer "
+                f"(last {self._stall_reason}); the gateway is hanging or down, so the run stopped "
+                "before sending more. Messages in flight are recorded (at-most-once: unknown, never "
+                f"resent); the rest are pending: `pigeon resume {self.id}` when the gateway is back"
+            )
         rows = batch.rows
+        self._req += 1
+        self._open[id(batch)] = (self._req, batch)
+        if len(self._open) > _OPEN_MAX:
+            self._open.popitem(last=False)
         self._write(
-            _Event.SUBMITTING, rows, _Code.SUBMITTING, carrier=batch.carrier, parts=batch.parts, ts=now
+            _Event.SUBMITTING,
+            rows,
+            _Code.SUBMITTING,
+            carrier=batch.carrier,
+            parts=batch.parts,
+            ts=now,
+            req=self._req,
         )
         sends: list[tuple[str, int, float, int]] | None = None
         if keys is not None:
@@ -909,14 +1013,20 @@ class CampaignLedger:
         if len(results) != len(rows):
             self.failed(gateway, batch, "gateway_contract")
             return
+        self._stalled = 0
         now = time.time()
+        # The usual case, the very request handed over: its rows are those of the hand-over record.
+        entry = self._open.pop(id(batch), None)
+        req = entry[0] if entry is not None and entry[1] is batch else 0
         if results.count(ACCEPTED) == len(results):
-            self._write(_Event.OUTCOME, rows, _Code.SUBMITTED, gateway=gateway, ts=now)
+            self._write(_Event.OUTCOME, rows, _Code.SUBMITTED, gateway=gateway, ts=now, req=req)
             self.flush()
             return
         pids = [r.provider_id for r in results]
         if all(r.outcome is Outcome.ACCEPTED for r in results):
-            self._write(_Event.OUTCOME, rows, _Code.SUBMITTED, gateway=gateway, provider_ids=pids, ts=now)
+            self._write(
+                _Event.OUTCOME, rows, _Code.SUBMITTED, gateway=gateway, provider_ids=pids, ts=now, req=req
+            )
         else:
             codes = bytes(_Code.SUBMITTED if r.outcome is Outcome.ACCEPTED else _Code.FAILED for r in results)
             reasons = [
@@ -941,11 +1051,14 @@ class CampaignLedger:
 
     def failed(self, gateway: str, batch: MessageBatch, reason: str) -> None:
         """A whole request failed (after its retries, or permanently); commits."""
+        if reason.startswith(("gateway_error:", "retries_exhausted:Gateway")):
+            self._ambiguous(gateway, reason)
         self._write(_Event.OUTCOME, batch.rows, _Code.FAILED, reasons=reason, gateway=gateway)
         self.flush()
 
     def unknown(self, gateway: str, batch: MessageBatch, reason: str) -> None:
         """A gateway may or may not have taken the request (ambiguous timeout); commits."""
+        self._ambiguous(gateway, reason)
         self._write(_Event.OUTCOME, batch.rows, _Code.UNKNOWN, reasons=reason, gateway=gateway)
         self.flush()
 
@@ -985,21 +1098,86 @@ def skip_rows(batch: Any, skip: npt.NDArray[np.bool_]) -> int:
     return dropped
 
 
+class LedgerWriteError(LedgerError):
+    """The store refused a ledger write (disk full, read-only, I/O error): the run stops; every
+    transaction committed before is intact."""
+
+
 class _tx:
+    """One ``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on error); SQLite errors become a
+    :class:`LedgerWriteError` that says what to do."""
+
     __slots__ = ("db",)
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _write_error(self.db, exc) from exc
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
             try:
                 self.db.execute("COMMIT")
-            except sqlite3.Error:
-                self.db.execute("ROLLBACK")
-                raise
-        else:
+                return
+            except sqlite3.Error as err:
+                with suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+                raise _write_error(self.db, err) from err
+        with suppress(sqlite3.Error):
             self.db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise _write_error(self.db, exc) from exc
+
+
+def _write_error(db: sqlite3.Connection, exc: sqlite3.Error) -> LedgerWriteError:
+    path = ""
+    with suppress(sqlite3.Error):
+        path = next((r[2] for r in db.execute("PRAGMA database_list") if r[1] == "main"), "")
+    hint = " (is its disk full?)" if "I/O" in str(exc) else ""
+    return LedgerWriteError(
+        f"cannot write to the store {path or '(unknown file)'}: {exc}{hint}. The run stopped: nothing "
+        "was sent without being recorded first. Free space (or fix the file), then `pigeon resume` "
+        "the campaign to finish the job"
+    )
+
+
+def open_for_run(
+    store_path: Path,
+    campaign: Any,
+    template_parts: Sequence[str],
+    *,
+    semantics: Semantics | None = None,
+    force: bool = False,
+    again: bool = False,
+    engine_file: str = "",
+) -> CampaignLedger:
+    """Open (or resume) the ledger of a loaded campaign (:class:`~engine.config.LoadedCampaign`)
+    for one run, fingerprinting its segment file and template, and reconcile what a previous run
+    left ``submitting``."""
+    seg_path = campaign.source_options.get("path")
+    path = None
+    if isinstance(seg_path, str):
+        p = Path(seg_path)
+        path = p if p.is_absolute() else campaign.base_dir / p
+    fp = file_fingerprint(path, str(seg_path or campaign.segment.source), template_parts)
+    ledger = Ledger(store_path)
+    try:
+        cl = ledger.open_campaign(
+            campaign.id,
+            kind=campaign.config.kind,
+            fingerprint=fp,
+            semantics=semantics,
+            force=force,
+            again=again,
+            campaign_file=str(Path(campaign.file).resolve()),
+            engine_file=engine_file,
+        )
+        cl.reconcile()
+    except BaseException:
+        ledger.close()
+        raise
+    return cl
