@@ -13,13 +13,19 @@ waits for a marketing batch: at most for one request already on the wire.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from engine.config import EngineConfig
-from engine.ratelimit import SlidingWindowLimiter
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 
-__all__ = ["BorrowingLimiter", "PriorityBudgets", "split_budgets"]
+from engine.config import EngineConfig
+from engine.messages import MessageBatch
+from engine.ratelimit import SlidingWindowLimiter
+from engine.sender import Lane, LaneItem
+
+__all__ = ["BorrowingLimiter", "PriorityBudgets", "PriorityLane", "split_budgets"]
 
 
 class BorrowingLimiter(SlidingWindowLimiter):
@@ -88,3 +94,34 @@ def split_budgets(config: EngineConfig, gateway_carriers: Mapping[str, tuple[str
             share = max((shares.get(c, 0.2) for c in carriers), default=0.2)
             out.marketing_gateways[name], out.transactional_gateways[name] = _split(rate, share)
     return out
+
+
+class PriorityLane(Lane):
+    """The transactional lane: whatever waits in its inbox when a request slot frees up goes in one
+    request (per carrier, up to the gateway's ``max_batch``), so a burst of API calls never queues
+    one request per message behind its own in-flight window."""
+
+    async def run(self, inbox: MemoryObjectReceiveStream[LaneItem]) -> None:
+        """Send everything that arrives in ``inbox``, coalesced; returns when it is closed and drained."""
+        size = self.primary.max_batch
+        slots = anyio.Semaphore(self.in_flight)
+        async with inbox, anyio.create_task_group() as tg:
+            async for first in inbox:
+                await slots.acquire()
+                waiting = [first]
+                with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                    while True:  # only what is there now: never waits for more
+                        waiting.append(inbox.receive_nowait())
+                by_carrier: dict[str, list[MessageBatch]] = {}
+                for b in waiting:
+                    by_carrier.setdefault(b.carrier, []).append(b)
+                held = True
+                for batches in by_carrier.values():
+                    merged = MessageBatch.concat(batches)
+                    for start in range(0, len(merged), size):
+                        if not held:
+                            await slots.acquire()
+                        held = False
+                        tg.start_soon(self._deliver, merged[start : start + size], slots)
+                if held:
+                    slots.release()

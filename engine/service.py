@@ -45,7 +45,7 @@ from engine.optout import DEFAULT_KEYWORDS, OptOutSet, is_opt_out_reply
 from engine.phone import mask, parse_phone
 from engine.pipeline import Batch, Stage, StageRunner
 from engine.plugins import PluginHost
-from engine.priority import split_budgets
+from engine.priority import PriorityLane, split_budgets
 from engine.report import RunRecorder
 from engine.retry import Breaker, RetryPolicy
 from engine.sender import Lane, LaneItem
@@ -412,7 +412,7 @@ class Service:
             for name in sorted(set(self.routes.values())):
                 tx, rx = anyio.create_memory_object_stream[LaneItem](256)
                 stream.inboxes[name] = tx
-                lane = Lane(
+                lane = (PriorityLane if urgent else Lane)(
                     self.gateways[name],
                     gateways=by_carrier,
                     limiters=budgets.transactional if urgent else budgets.marketing,

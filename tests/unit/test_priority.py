@@ -10,7 +10,7 @@ import pytest
 from engine.clock import FakeClock
 from engine.config import CarrierConfig, EngineConfig, GatewayConfig
 from engine.messages import ACCEPTED, MessageBatch, SubmitResult
-from engine.priority import BorrowingLimiter, split_budgets
+from engine.priority import BorrowingLimiter, PriorityLane, split_budgets
 from engine.ratelimit import SlidingWindowLimiter
 from engine.report import RunRecorder
 from engine.retry import Breaker
@@ -103,9 +103,9 @@ class _SlowGateway:
         pass
 
 
-def _lane(gw: _SlowGateway, in_flight: int) -> Lane:
+def _lane(gw: _SlowGateway, in_flight: int, kind: type[Lane] = Lane) -> Lane:
     clock = FakeClock()
-    return Lane(
+    return kind(
         gw,  # type: ignore[arg-type]
         gateways={"cm": [gw]},  # type: ignore[list-item]
         limiters={},
@@ -144,3 +144,29 @@ async def test_a_transactional_batch_overtakes_queued_marketing_batches(anyio_ba
         m_tx.close()
         t_tx.close()
     assert gw.order == ["blast0-1", "order-1", *(f"blast{i}-1" for i in range(1, 5))]
+
+
+@pytest.mark.anyio
+async def test_the_priority_lane_sends_what_queued_meanwhile_in_one_request(anyio_backend: object) -> None:
+    gw = _SlowGateway()
+    lane = _lane(gw, in_flight=1, kind=PriorityLane)
+    tx, rx = anyio.create_memory_object_stream[LaneItem](16)
+    sizes: list[int] = []
+    real_send = gw.send
+
+    async def send(batch: MessageBatch) -> Sequence[SubmitResult]:
+        sizes.append(len(batch))
+        return await real_send(batch)
+
+    gw.send = send  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lane.run, rx)
+        await tx.send(sample_batch(1, prefix="a-"))
+        await _wait_for(gw, 1)
+        for i in range(5):  # five API calls while the first request is on the wire
+            await tx.send(sample_batch(1, prefix=f"b{i}-"))
+        gw.release["a-1"].set()
+        await _wait_for(gw, 2)
+        gw.release["b0-1"].set()
+        tx.close()
+    assert sizes == [1, 5]  # not five more requests, each waiting for the window
