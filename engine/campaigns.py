@@ -153,6 +153,7 @@ class Campaigns:
         except LedgerError as exc:
             raise CampaignError(409, str(exc)) from None
         run = CampaignRun(plan, file, ledger)
+        run.control.yield_to = lambda: self.service.urgent_pending > 0
         self.runs[run.id] = run
         self.tg.start_soon(self._run, run)
         log.info("campaign started", extra={"event": "campaign.started", "campaign": run.id, "file": file})

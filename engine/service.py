@@ -340,6 +340,8 @@ class Service:
         self.campaigns: Any = None  # engine.campaigns.Campaigns, set on start
         self.metrics = Metrics()
         """The process's metrics: the API's lanes and every campaign it runs count here."""
+        self.urgent_pending = 0
+        """Transactional messages accepted and not yet handed to a gateway (blasts yield to them)."""
         self.counters: Counter[str] = Counter()
         """What happened since start: messages accepted, reports, replies, opt-outs… (for logs)."""
 
@@ -507,6 +509,8 @@ class Service:
             elif self.store is not None:
                 self.store.record_sends(stream.priority, keys, now, None)
             records.handover(batch, now)
+            if stream.priority == "transactional":
+                self.urgent_pending = max(0, self.urgent_pending - len(batch))
 
         return handover
 
@@ -767,6 +771,8 @@ class Service:
             },
         )
         stream.recorder.queued(len(views) - len(dropped))
+        if req.priority == "transactional":
+            self.urgent_pending += response.accepted
         for carrier, mbs in out_batches.items():
             await stream.inboxes[self.routes[carrier]].send(MessageBatch.concat(mbs))
         return response
