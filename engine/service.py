@@ -322,6 +322,8 @@ class Service:
         self.started_at = time.time()
         self.records = ApiRecords()
         self._idem: dict[tuple[str, str], _Idem] = {}
+        self._fields_of: dict[str, Template] = {}
+        """Template id → its compiled template (for the field checks)."""
         self.routes: dict[str, str] = {}
         self.failover: dict[str, list[str]] = {}
         for name, g in self.config.gateways.items():
@@ -623,7 +625,11 @@ class Service:
                     )
                 )
                 continue
-            template = compile_template(t.text, signature="x", max_length=t.max_length)
+            template = self._fields_of.get(tid)
+            if template is None:
+                template = self._fields_of[tid] = compile_template(
+                    t.text, signature="x", max_length=t.max_length
+                )
             unknown = [f for f in m.fields if f not in template.fields]
             missing = [f for f in template.required if not m.fields.get(f, "").strip()]
             if unknown:
