@@ -9,6 +9,13 @@ from engine.pipeline import Batch
 
 __all__ = ["Normalize"]
 
+_FULL_WIDTH = str.maketrans("０１２３４５６７８９", "0123456789")
+
+
+def _clean(p: str) -> bool:
+    """An 11-digit ASCII Chinese mobile as it is (the fast path's test)."""
+    return len(p) == 11 and p.isascii() and p.isdigit() and p[0] == "1"
+
 
 class Normalize:
     """Fills ``batch.numbers``: an 11-digit Chinese mobile, or E.164 for other countries.
@@ -45,6 +52,15 @@ class Normalize:
                     continue
             elif len(s) == 14 and s[:4] == "+861" and s.isascii() and s[1:].isdigit():
                 numbers[i] = s[3:]
+                continue
+            # Third tier, as parse_phone reads them: Excel's 13800138000.0 and full-width digits.
+            head, dot, zeros = raw.partition(".")
+            if dot:
+                if zeros and not zeros.strip("0") and _clean(head):
+                    numbers[i] = head
+                    continue
+            elif len(raw) == 11 and raw[0] == "\uff11" and max(raw) <= "\uff19" and min(raw) >= "\uff10":
+                numbers[i] = raw.translate(_FULL_WIDTH)
                 continue
             parsed = parse_phone(raw)
             if parsed.reason is None:
