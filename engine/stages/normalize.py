@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from operator import itemgetter
 
 from engine.phone import parse_phone
@@ -9,6 +10,8 @@ from engine.pipeline import Batch
 
 __all__ = ["Normalize"]
 
+_TIER2 = re.compile(r"^(?:\+86|0086|86)?(1[0-9]{10})$|^.*$", re.MULTILINE)
+"""One result per line: the 11-digit national number of a decorated value, or ""."""
 _FULL_WIDTH = str.maketrans("０１２３４５６７８９", "0123456789")
 
 
@@ -41,17 +44,16 @@ class Normalize:
         idx: list[int] = []
         reasons: list[str] = []
         details: list[str] = []
-        for i in odd:
-            raw = numbers[i]
-            # Second tier: the usual decorations (+86 138-0013-8000, 0086…, 86…) cost two replaces
-            # and a prefix check; anything else (full-width digits, dots, letters) gets the parser.
-            s = raw.replace(" ", "").replace("-", "")
-            if s.isascii() and s.isdigit() and (n := len(s)) >= 11 and s[n - 11] == "1":
-                if n == 11 or (n == 13 and s[:2] == "86") or (n == 15 and s[:4] == "0086"):
-                    numbers[i] = s[n - 11 :]
-                    continue
-            elif len(s) == 14 and s[:4] == "+861" and s.isascii() and s[1:].isdigit():
-                numbers[i] = s[3:]
+        # Second tier, for all the odd values at once: the usual decorations (+86 138-0013-8000,
+        # 0086…, 86…) are spaces and dashes removed, then one regex pass gives each line its
+        # national number or "" (a value holding a newline would shift the lines: all "" then).
+        vals = [numbers[i] for i in odd]
+        nationals = _TIER2.findall("\n".join(vals).replace(" ", "").replace("-", ""))
+        if len(nationals) != len(vals):
+            nationals = [""] * len(vals)
+        for i, raw, national in zip(odd, vals, nationals, strict=True):
+            if national:
+                numbers[i] = national
                 continue
             # Third tier, as parse_phone reads them: Excel's 13800138000.0 and full-width digits.
             head, dot, zeros = raw.partition(".")

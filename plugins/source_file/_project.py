@@ -58,14 +58,12 @@ class BlockProjector:
         """The projected rows of ``block`` (whole lines, no final newline, no quote character),
         or None if some line does not have exactly ``ncols`` fields or line ends are mixed."""
         nl = block.count("\n")
-        if "\r" not in block:
-            pat = self._lf
-        elif block[-1] == "\r" and block.count("\r\n") == nl and block.count("\r") == nl + 1:
-            pat = self._crlf  # uniform CRLF: every line, the last one included, ends with \r
-        else:
-            return None
-        rows: list[tuple[str, ...]] = pat.findall(block)
+        crlf = "\r" in block
+        rows: list[tuple[str, ...]] = (self._crlf if crlf else self._lf).findall(block)
         if len(rows) != nl + 1:
+            return None
+        # CRLF: each of the nl + 1 matches ends with \r, so no other \r may exist (a lone \r).
+        if crlf and block.count("\r") != nl + 1:
             return None
         if self._reorder is not None:
             rows = list(map(self._reorder, rows))
