@@ -20,7 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from engine.clock import Clock
 from engine.errors import GatewayError
 from engine.gateway import Gateway
-from engine.messages import MessageBatch, Outcome, SubmitResult
+from engine.messages import ACCEPTED, MessageBatch, Outcome, SubmitResult
 from engine.metrics import request_outcome
 from engine.ratelimit import SlidingWindowLimiter
 from engine.report import RunRecorder
@@ -127,6 +127,10 @@ class Lane:
         slots = anyio.Semaphore(self.in_flight)
         async with inbox, anyio.create_task_group() as tg:
             async for messages in inbox:
+                if len(messages) <= size:  # the usual case (packed to size): no copy
+                    await slots.acquire()
+                    tg.start_soon(self._deliver, messages, slots)
+                    continue
                 for start in range(0, len(messages), size):
                     await slots.acquire()
                     tg.start_soon(self._deliver, messages[start : start + size], slots)
@@ -201,7 +205,10 @@ class Lane:
             recorder.observe(gw.name, self.clock.monotonic() - sent_at, retry=attempt > 1)
             metrics.in_flight(gw.name, -1)
             breaker.success()
-            again = [i for i, r in enumerate(results) if r.outcome in _AGAIN]
+            if results.count(ACCEPTED) == len(results):  # all accepted, no provider ids: one C scan
+                again: list[int] = []
+            else:
+                again = [i for i, r in enumerate(results) if r.outcome in _AGAIN]
             throttled = any(results[i].outcome is Outcome.THROTTLED for i in again)
             outcome = "throttled" if throttled else "retry" if again else "ok"
             metrics.request(gw.name, outcome, self.clock.monotonic() - sent_at, len(pending))

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from operator import itemgetter
 
 from engine.phone import parse_phone
 from engine.pipeline import Batch
 
 __all__ = ["Normalize"]
+
+_TIER2 = re.compile(r"^(?:\+86|0086|86)?(1[0-9]{10})$|^.*$", re.MULTILINE)
+"""One result per line: the 11-digit national number of a decorated value, or ""."""
+_FULL_WIDTH = str.maketrans("０１２３４５６７８９", "0123456789")
+
+
+def _clean(p: str) -> bool:
+    """An 11-digit ASCII Chinese mobile as it is (the fast path's test)."""
+    return len(p) == 11 and p.isascii() and p.isdigit() and p[0] == "1"
 
 
 class Normalize:
@@ -34,17 +44,25 @@ class Normalize:
         idx: list[int] = []
         reasons: list[str] = []
         details: list[str] = []
-        for i in odd:
-            raw = numbers[i]
-            # Second tier: the usual decorations (+86 138-0013-8000, 0086…, 86…) cost two replaces
-            # and a prefix check; anything else (full-width digits, dots, letters) gets the parser.
-            s = raw.replace(" ", "").replace("-", "")
-            if s.isascii() and s.isdigit() and (n := len(s)) >= 11 and s[n - 11] == "1":
-                if n == 11 or (n == 13 and s[:2] == "86") or (n == 15 and s[:4] == "0086"):
-                    numbers[i] = s[n - 11 :]
+        # Second tier, for all the odd values at once: the usual decorations (+86 138-0013-8000,
+        # 0086…, 86…) are spaces and dashes removed, then one regex pass gives each line its
+        # national number or "" (a value holding a newline would shift the lines: all "" then).
+        vals = [numbers[i] for i in odd]
+        nationals = _TIER2.findall("\n".join(vals).replace(" ", "").replace("-", ""))
+        if len(nationals) != len(vals):
+            nationals = [""] * len(vals)
+        for i, raw, national in zip(odd, vals, nationals, strict=True):
+            if national:
+                numbers[i] = national
+                continue
+            # Third tier, as parse_phone reads them: Excel's 13800138000.0 and full-width digits.
+            head, dot, zeros = raw.partition(".")
+            if dot:
+                if zeros and not zeros.strip("0") and _clean(head):
+                    numbers[i] = head
                     continue
-            elif len(s) == 14 and s[:4] == "+861" and s.isascii() and s[1:].isdigit():
-                numbers[i] = s[3:]
+            elif len(raw) == 11 and raw[0] == "\uff11" and max(raw) <= "\uff19" and min(raw) >= "\uff10":
+                numbers[i] = raw.translate(_FULL_WIDTH)
                 continue
             parsed = parse_phone(raw)
             if parsed.reason is None:

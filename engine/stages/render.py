@@ -34,7 +34,10 @@ class Render:
             rows = batch.rows
         missing: dict[int, str] = {}
         for col, field in t.required:
-            for i in positions(list(map(itemgetter(col), rows)), ""):
+            getter = itemgetter(col)
+            if all(map(getter, rows)):  # the usual case: no value empty, no list built
+                continue
+            for i in positions(list(map(getter, rows)), ""):
                 missing.setdefault(i, field)
         if missing:
             idx = sorted(missing)

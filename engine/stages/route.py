@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from operator import itemgetter
+from contextlib import suppress
+from itertools import repeat
+from operator import floordiv, itemgetter
 from typing import Protocol
 
 from engine.carriers import INTL, PrefixTable
@@ -13,6 +15,8 @@ from engine.pipeline import Batch, positions
 __all__ = ["CarrierResolver", "Route"]
 
 _PREFIX5 = itemgetter(slice(0, 5))
+_SUBSCRIBER = 10**6
+"""A national key divided by this is its 5-digit prefix."""
 
 
 class CarrierResolver(Protocol):
@@ -45,11 +49,27 @@ class Route:
         self.table = table
         self.routable = frozenset(routable)
         self.resolvers = tuple(resolvers)
+        # The route as a list indexed by the 5-digit prefix as an int: the batch's number keys
+        # (already computed for dedupe) route with one integer division and one index each.
+        # A national number has 11 digits, so its key // 10**6 is its 5-digit prefix; a key past the
+        # list (an international number) raises IndexError and the batch takes the string path.
+        route = table.route
+        self._by_prefix: list[str | None] | None = None
+        if route and all(len(p) == 5 and p.isascii() and p.isdigit() for p in route):
+            self._by_prefix = [None] * (max(map(int, route)) + 1)
+            for prefix, carrier in route.items():
+                self._by_prefix[int(prefix)] = carrier
 
     def process(self, batch: Batch) -> None:
         """Route every number of the batch."""
         numbers = batch.numbers
-        carriers = list(map(self.table.route.get, map(_PREFIX5, numbers)))
+        carriers: list[str | None] | None = None
+        if self._by_prefix is not None:
+            prefixes = map(floordiv, batch.number_keys(), repeat(_SUBSCRIBER))
+            with suppress(IndexError):  # an international number: its key is past every prefix
+                carriers = list(map(self._by_prefix.__getitem__, prefixes))
+        if carriers is None:
+            carriers = list(map(self.table.route.get, map(_PREFIX5, numbers)))
         batch.carriers = carriers  # type: ignore[assignment]  # holes filled or dropped below
         if None in carriers:
             idx: list[int] = []

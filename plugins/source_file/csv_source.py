@@ -12,6 +12,7 @@ from engine.errors import SourceError
 from engine.messages import Reject, RejectReason
 from engine.source import SourceBatch, SourceContext
 from plugins.source_file._io import SURROGATE, fraction_read, open_binary, resolve, text_blocks
+from plugins.source_file._project import BlockProjector
 from plugins.source_file.config import CsvConfig
 
 __all__ = ["CsvReader", "CsvSource"]
@@ -74,6 +75,7 @@ class CsvReader:
         self._ncols = len(header)
         wanted = list(dict.fromkeys(fields))
         self._take: Callable[[Sequence[str]], Sequence[str]] | None = None
+        self._projector: BlockProjector | None = None
         self.columns: list[str] = header
         """What rows hold: just the requested fields when the header has them all (each row is
         projected in C as it is read), otherwise the whole header, so the engine can say which
@@ -86,6 +88,8 @@ class CsvReader:
                 self._take = lambda r: (r[p0],)
             else:
                 self._take = itemgetter(*pos)
+            if BlockProjector.usable(self._delim, self._ncols, pos):
+                self._projector = BlockProjector(self._delim, self._ncols, pos)
 
     def _pull(self) -> Iterator[str]:
         """Lines (with their newline) for the csv parser: pending lines first, then more blocks."""
@@ -127,8 +131,18 @@ class CsvReader:
         row that needs checking (wrong column count). Unprojected records are the full field lists.
         """
         delim, quote, take, ncols = self._delim, self._quote, self._take, self._ncols
+        projector = self._projector
+        carry: tuple[str, bool] | None = None
+        if self._pending and not any(quote in line for line in self._pending):
+            # The rest of the header's block, quote-free: back to the fast path (the parser stopped
+            # at a record boundary, so these are whole records).
+            carry = "\n".join(self._pending), self._dirty
+            self._pending.clear()
+            self._dirty = False
         while True:
-            if self._pending:
+            if carry is not None:
+                (block, dirty), carry = carry, None
+            elif self._pending:
                 # Lines already pulled by the csv parser: let it finish them (they may be mid-quote).
                 recs: list[Sequence[str]] = []
                 while self._pending:
@@ -141,17 +155,27 @@ class CsvReader:
                 yield recs, False
                 del recs
                 continue
-            nxt = next(self._blocks, None)
-            if nxt is None:
-                return
-            block, dirty = nxt
+            else:
+                nxt = next(self._blocks, None)
+                if nxt is None:
+                    return
+                block, dirty = nxt
+                del nxt
+            if projector is not None and not dirty and quote not in block:
+                projected_recs = projector.project(block)
+                if projected_recs is not None:
+                    self._dirty_block = False
+                    del block
+                    yield projected_recs, True  # type: ignore[misc]
+                    del projected_recs
+                    continue
             lines = _quote_free_lines(block, quote)
             if lines is None:
                 self._pending.extend(line.removesuffix("\r") for line in block.split("\n"))
                 self._dirty = dirty
                 continue
             self._dirty_block = dirty
-            del block, nxt  # hold one block at a time: memory stays flat in the file's size
+            del block  # hold one block at a time: memory stays flat in the file's size
             if take is None or dirty:
                 recs = [line.split(delim) for line in lines]
                 del lines
