@@ -57,7 +57,14 @@ def _by(m: Metrics, family: str, label: str, **labels: str) -> dict[str, float]:
 
 
 def _http_engine(
-    tmp_path: Path, port: int, *, backup: int | None = None, extra: str = "", max_batch: int = 7
+    tmp_path: Path,
+    port: int,
+    *,
+    backup: int | None = None,
+    extra: str = "",
+    max_batch: int = 7,
+    options: str = "",
+    max_attempts: int = 20,
 ) -> None:
     backup_section = (
         f"""
@@ -73,7 +80,7 @@ max_batch = {max_batch}
     (tmp_path / "engine.toml").write_text(
         f"""batch_size = 16
 [retry]
-max_attempts = 20
+max_attempts = {max_attempts}
 base = 0.01
 cap = 0.05
 [gateways.sim]
@@ -83,6 +90,7 @@ breaker_cooldown = 0.05
 [gateways.sim.options]
 url = "http://127.0.0.1:{port}/send"
 max_batch = {max_batch}
+{options}
 {backup_section}""",
         encoding="utf-8",
     )
@@ -171,6 +179,40 @@ async def test_faults_at_the_simulator_are_counted_as_the_simulator_saw_them(
             m, "pigeon_gateway_request_messages_total", gateway="sim", outcome=outcome
         )
     assert _sum(m, "pigeon_failovers_total") == 0
+
+
+@pytest.mark.parametrize(
+    ("config", "outcome", "request_outcome"),
+    [
+        (SimConfig(p_reject=1.0), "rejected", "ok"),
+        (SimConfig(p_5xx=1.0), "failed", "unavailable"),
+        (SimConfig(p_drop=1.0), "unknown", "timeout"),
+        (SimConfig(token="right"), "failed", "auth"),
+    ],
+    ids=["rejects", "5xx", "dropped", "auth"],
+)
+async def test_each_fault_ends_in_its_outcome_with_nothing_left_queued(
+    anyio_backend: object,
+    tmp_path: Path,
+    write: Callable[[str, str | bytes], Path],
+    campaign_file: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    config: SimConfig,
+    outcome: str,
+    request_outcome: str,
+) -> None:
+    monkeypatch.setenv("SIM_TOKEN", "wrong")
+    write("seg.csv", SEGMENT)
+    campaign = campaign_file("seg.csv")
+    m = Metrics()
+    with SimulatorThread(config) as sim:
+        _http_engine(tmp_path, sim.port, options='timeout = 0.3\ntoken_env = "SIM_TOKEN"', max_attempts=2)
+        summary = await _run(tmp_path, campaign, m)
+    _check_against_summary(m, summary)  # nothing queued or in flight once retries ran out
+    assert _sum(m, "pigeon_messages_total", outcome=outcome) == 81
+    requests = _by(m, "pigeon_gateway_request_duration_seconds_count", "outcome", gateway="sim")
+    assert set(requests) == {request_outcome}
+    assert requests[request_outcome] == sim.stats["requests"]
 
 
 async def test_a_failover_is_counted_once_per_message(

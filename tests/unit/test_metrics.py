@@ -231,3 +231,11 @@ def test_promtool_finds_the_exposition_clean() -> None:
     done = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, check=False)
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
     assert done.stdout.strip() == b"" and done.stderr.strip() == b""  # not even a lint warning
+
+
+def test_docs_list_every_metric() -> None:
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text("utf-8")
+    for name in NAMES.values():
+        assert f"| `{name}` |" in docs, f"docs/metrics.md has no row for {name}"
