@@ -29,6 +29,7 @@ The method API (stable; other modules call exactly these)::
     optouts_added(n, source)
     exposition() -> (body, content type)
     serve(addr, port) -> MetricsServer        # /metrics over HTTP in a thread, .close() stops it
+    serving(addr, port, notify=None)          # serve() as a context manager; nothing when port is None
 
 :data:`NO_METRICS` is a :class:`Metrics` that counts nothing (metrics off).
 """
@@ -37,7 +38,8 @@ from __future__ import annotations
 
 import platform
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
@@ -539,6 +541,18 @@ class Metrics:
                 "choose another --metrics-port (or --metrics-addr)"
             ) from None
         return MetricsServer(server, thread)
+
+    def serving(
+        self, addr: str, port: int | None, notify: Callable[[str], None] | None = None
+    ) -> AbstractContextManager[MetricsServer | None]:
+        """:meth:`serve` now (so a taken port fails at once) and stop at the end of the ``with``;
+        nothing when ``port`` is None. ``notify`` is told the URL."""
+        if port is None:
+            return nullcontext()
+        server = self.serve(addr, port)
+        if notify is not None:
+            notify(f"metrics: {server.url}")
+        return server
 
     # --- children, created once --------------------------------------------------------------------
 
