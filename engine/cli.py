@@ -19,6 +19,7 @@ from rich.table import Table
 
 from engine.carriers import CARRIER_NAMES, default_prefix_table
 from engine.errors import EngineError, OutsideSendWindow, RunAbandoned
+from engine.ledger_cli import add_ledger_commands, ledger_command, resume_target
 from engine.lists_cli import consent_command, optout_command
 from engine.messages import State
 from engine.phone import mask, parse_phone
@@ -48,6 +49,19 @@ def _store_engine_arg(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path(os.environ.get("PIGEON_ENGINE", "config/engine.toml")),
         help="engine file whose [store] to use (default: $PIGEON_ENGINE or config/engine.toml)",
+    )
+
+
+def _resume_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="resume even though the segment file or the template changed since the campaign started",
+    )
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="send a finished or cancelled campaign afresh (its old ledger is kept as <id>~N)",
     )
 
 
@@ -94,6 +108,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="outside the sending hours, stop at once (exit 4) instead of waiting for them",
     )
+    _resume_args(sd)
+
+    rs = sub.add_parser("resume", help="continue a campaign's unfinished run (what `send` does on it too)")
+    rs.add_argument("campaign", help="campaign id (its file is found in the ledger) or campaign file")
+    rs.add_argument("--engine", type=Path, help="engine file (default: the one it was sent with)")
+    rs.add_argument("--backend", choices=["asyncio", "trio"], help="event loop (default: engine config)")
+    rs.add_argument("--runs-dir", type=Path, help="where run directories go (default: engine config)")
+    rs.add_argument("--json", action="store_true", help="print the summary as JSON")
+    rs.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    rs.add_argument("--no-wait", action="store_true", help="outside the sending hours, stop at once (exit 4)")
+    _resume_args(rs)
+    add_ledger_commands(sub, _store_engine_arg)
 
     lk = sub.add_parser("lookup", help="normalize phone numbers and show their carrier")
     lk.add_argument("numbers", nargs="+", help="numbers in any common form")
@@ -131,6 +157,16 @@ def _parser() -> argparse.ArgumentParser:
     cimp.add_argument("--encoding", default="utf-8-sig")
     cchk = cs_sub.add_parser("check", help="show the consent on record for numbers")
     cchk.add_argument("numbers", nargs="+")
+
+    sv = sub.add_parser("serve", help="run the HTTP service: transactional API, campaigns, webhooks, metrics")
+    sv.add_argument("--config", type=Path, required=True, help="engine file (with its [service] section)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
+    sv.add_argument("--backend", choices=["asyncio", "trio"], help="event loop (default: engine config)")
+    ks = sub.add_parser("keys", help="manage the service's API keys (stored hashed)")
+    ks.add_argument("action", choices=["create", "list", "revoke"])
+    ks.add_argument("name", nargs="?", help="key name (create, revoke)")
+    ks.add_argument("--config", type=Path, required=True, help="engine file (its service.keys_file)")
 
     pl = sub.add_parser("plugins", help="list installed plugins and what they register")
     pl.add_argument("--json", action="store_true", help="print as JSON")
@@ -312,6 +348,15 @@ def main(argv: list[str] | None = None) -> int:
             return optout_command(args, console)
         if args.command == "consent":
             return consent_command(args, console)
+        if args.command in ("serve", "keys"):
+            from engine.service_cli import service_command
+
+            return service_command(args)
+        if args.command in ("status", "report", "cancel"):
+            return ledger_command(args, console)
+        if args.command == "resume":
+            args.campaign, args.engine = resume_target(args.campaign, args.engine)
+            args.command = "send"
         plan = prepare(args.campaign, args.engine, strict=args.command == "send")
         if args.command == "preview":
             summary = preview(plan, samples=args.samples, max_rows=args.rows, rejects_path=args.rejects)
@@ -324,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
                 progress=progress,
                 notify=lambda text: print(text, file=sys.stderr, flush=True),
                 wait=not args.no_wait,
-                metrics_port=args.metrics_port,
-                metrics_addr=args.metrics_addr,
+                metrics_port=getattr(args, "metrics_port", None),  # resume has no --metrics-port
+                metrics_addr=getattr(args, "metrics_addr", "127.0.0.1"),
+                force=args.force,
+                again=args.again,
             )
     except RunAbandoned as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ from engine.caps import parse_period
 from engine.carriers import CARRIERS
 from engine.errors import ConfigError
 from engine.sendwindow import SendWindow
+from engine.service_config import ServiceConfig
 from engine.template import DEFAULT_OPT_OUT
 
 __all__ = [
@@ -58,6 +59,9 @@ class CarrierConfig(Base, kw_only=True, frozen=True):
     """Price of one billed SMS part, in the engine's ``currency``; used for cost estimates."""
     rate_per_second: PositiveInt | None = None
     """Most SMS parts sent to this carrier in any one second, over all gateways; unset = unlimited."""
+    transactional_share: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.2
+    """Share of ``rate_per_second`` that ``pigeon serve`` keeps for transactional messages: blasts
+    it runs use the rest, so a running blast never holds a transactional message back."""
 
 
 class GatewayConfig(Base, kw_only=True, frozen=True):
@@ -155,6 +159,8 @@ class EngineConfig(Base, kw_only=True, frozen=True):
     retry: RetryConfig = RetryConfig()
     caps: dict[Literal["marketing", "transactional"], LaneCapsConfig] = {}
     """Frequency caps per number, across campaigns and runs, per kind of message."""
+    service: ServiceConfig = ServiceConfig()
+    """``pigeon serve``: API keys, templates, limits, webhooks (docs/service.md)."""
 
 
 class SegmentConfig(Base, kw_only=True, frozen=True):
@@ -210,6 +216,9 @@ class CampaignConfig(Base, kw_only=True, frozen=True):
     segment: dict[str, Any]
     template: TemplateConfig
     policy: PolicyConfig = PolicyConfig()
+    delivery: Literal["at-most-once", "at-least-once"] | None = None
+    """What a crash may cost (docs/ledger.md): ``at-most-once`` (marketing default) never sends a
+    message twice; ``at-least-once`` (transactional default) never skips one."""
 
     @property
     def send_window(self) -> SendWindow | None:

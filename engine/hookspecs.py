@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from engine.plugins import GatewayRegistry, ResolverRegistry, SourceRegistry
+    from engine.plugins import GatewayRegistry, ResolverRegistry, SourceRegistry, WebhookParserRegistry
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 
@@ -65,4 +65,20 @@ def register_carrier_resolvers(resolvers: ResolverRegistry) -> None:
         lists it in ``[routing] resolvers``; it is called once per batch.
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_webhook_parsers(parsers: WebhookParserRegistry) -> None:
+    """Register parsers for a provider's own delivery-report and MO-reply callbacks.
+
+    Called once per process when the plugin host starts. Must not do I/O.
+
+    :param parsers: call ``parsers.add(name, factory)``. ``factory(secret, gateway)`` receives the
+        shared secret of ``[service.webhooks.<gateway>]`` (bytes, or None when none is configured)
+        and the gateway's name, and returns a :class:`~engine.webhooks.WebhookParser`: ``verify``
+        (the provider's signature scheme), ``reports`` and ``replies``. An engine selects it with
+        ``service.webhooks.<gateway>.parser = "<name>"``.
+
+    .. versionadded:: 0.2
     """

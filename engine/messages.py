@@ -11,6 +11,8 @@ import msgspec
 __all__ = [
     "ACCEPTED",
     "INTL_KEY_OFFSET",
+    "DeliveryReport",
+    "DeliveryStatus",
     "Message",
     "MessageBatch",
     "Outcome",
@@ -283,3 +285,29 @@ class SubmitResult(msgspec.Struct, gc=False, frozen=True):
 
 ACCEPTED: Final = SubmitResult(Outcome.ACCEPTED)
 """A shared accepted result without a provider id (for gateways that have none)."""
+
+
+class DeliveryStatus(StrEnum):
+    """A carrier's final word on a submitted message (from a delivery report)."""
+
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    UNKNOWN = "unknown"
+
+
+class DeliveryReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A carrier's word on one submitted message, as a gateway's webhook or SMPP deliver_sm brings it."""
+
+    provider_id: str
+    """The id the gateway gave when it accepted the message."""
+    status: DeliveryStatus
+    message_id: str = ""
+    """Pigeon's id when the provider echoes it back."""
+    code: str = ""
+    """The provider's raw status code, e.g. ``DELIVRD``, ``UNDELIV``, ``MK:0001``."""
+    done_at: float = 0.0
+    """Epoch seconds the carrier reported (0: unknown)."""
+    gateway: str = ""
+    """The gateway name it came through."""

@@ -23,6 +23,7 @@ __all__ = [
     "Registry",
     "ResolverRegistry",
     "SourceRegistry",
+    "WebhookParserRegistry",
 ]
 
 DISABLE_ENV = "PIGEON_DISABLE_PLUGINS"
@@ -120,10 +121,17 @@ class ResolverRegistry(Registry[Callable[..., Any]]):
     kind = "carrier resolver"
 
 
+class WebhookParserRegistry(Registry[Callable[..., Any]]):
+    """Webhook parsers by name (the service's ``/v1/webhooks/{gateway}/…``)."""
+
+    kind = "webhook parser"
+
+
 _HOOKS: Mapping[str, str] = {
     "register_sources": "sources",
     "register_gateways": "gateways",
     "register_carrier_resolvers": "resolvers",
+    "register_webhook_parsers": "webhook_parsers",
 }
 
 
@@ -150,6 +158,7 @@ class PluginHost:
         self.sources = SourceRegistry()
         self.gateways = GatewayRegistry()
         self.resolvers = ResolverRegistry()
+        self.webhook_parsers = WebhookParserRegistry()
         if load_entrypoints:
             self._load_entrypoints()
         for plugin in plugins:

@@ -7,7 +7,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import msgspec
 
@@ -20,6 +20,7 @@ __all__ = [
     "CarrierSummary",
     "GatewaySummary",
     "LatencyHistogram",
+    "OutcomeSink",
     "RejectsWriter",
     "RunRecorder",
     "RunSummary",
@@ -149,6 +150,22 @@ def close_writers(recorder: RunRecorder) -> None:
         w.close()
 
 
+class OutcomeSink(Protocol):
+    """Something that keeps every recorded outcome too (the campaign ledger), called per batch."""
+
+    def dropped(self, records: Sequence[Reject]) -> None:
+        """A batch's rejected, suppressed and deferred rows."""
+
+    def results(self, gateway: str, batch: MessageBatch, results: Sequence[SubmitResult]) -> None:
+        """A request's answers."""
+
+    def failed(self, gateway: str, batch: MessageBatch, reason: str) -> None:
+        """A whole request failed."""
+
+    def unknown(self, gateway: str, batch: MessageBatch, reason: str) -> None:
+        """A request the gateway may or may not have taken."""
+
+
 class RunRecorder:
     """Counts outcomes per batch: the one place a run's states are decided and tallied."""
 
@@ -165,6 +182,8 @@ class RunRecorder:
         self.latency: dict[str, LatencyHistogram] = {}
         self.writers: dict[str, RejectsWriter] = {}
         """Where the rows of each state go (``rejects.csv``, ``suppressed.csv``, ``deferred.csv``)."""
+        self.sinks: list[OutcomeSink] = []
+        """Also told every outcome, per batch (the campaign ledger)."""
         self.metrics: Metrics = NO_METRICS
         """Where gateway outcomes are also counted (the run sets it; the lanes count requests there)."""
 
@@ -175,6 +194,8 @@ class RunRecorder:
         """Record a batch's rejected and suppressed rows, and write them to their files."""
         if not records:
             return
+        for sink in self.sinks:
+            sink.dropped(records)
         self.rows += len(records)
         for (state, reason), n in Counter((r.state, r.reason) for r in records).items():
             self.states[state] += n
@@ -242,6 +263,8 @@ class RunRecorder:
         if len(results) != len(chunk):
             self.failed(gateway, chunk, "gateway_contract", count_request=False)
             return
+        for sink in self.sinks:
+            sink.results(gateway, chunk, results)
         if results.count(ACCEPTED) == len(results) or all(r.outcome is Outcome.ACCEPTED for r in results):
             n_accepted, parts = len(chunk), chunk.total_parts()
         else:
@@ -278,6 +301,8 @@ class RunRecorder:
 
     def unknown(self, gateway: str, chunk: MessageBatch, reason: str) -> None:
         """Record messages a gateway may or may not have taken (not resent: a delivery report settles it)."""
+        for sink in self.sinks:
+            sink.unknown(gateway, chunk, reason)
         self._gateway(gateway).requests += 1
         self.states[State.UNKNOWN] += len(chunk)
         self.metrics.messages(gateway, chunk.carrier, "unknown", len(chunk), chunk.total_parts())
@@ -296,6 +321,8 @@ class RunRecorder:
             g = self.gateways[gateway] = GatewaySummary()
         if count_request:
             g.requests += 1
+        for sink in self.sinks:
+            sink.failed(gateway, chunk, reason)
         g.failed += len(chunk)
         self.states[State.FAILED] += len(chunk)
         self.metrics.messages(gateway, chunk.carrier, "failed", len(chunk), chunk.total_parts())

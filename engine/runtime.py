@@ -20,6 +20,7 @@ from engine.caps import CapState, CapWindow, parse_period
 from engine.carriers import INTL, PrefixTable, default_prefix_table
 from engine.clock import Clock, SystemClock
 from engine.config import LoadedCampaign, LoadedEngine, convert_section, load_campaign, load_engine
+from engine.control import RunControl, SendResources
 from engine.errors import (
     ConfigError,
     EngineError,
@@ -30,6 +31,7 @@ from engine.errors import (
     TemplateError,
 )
 from engine.gateway import Gateway, GatewayContext
+from engine.ledger import CampaignLedger, Semantics, open_for_run, skip_rows
 from engine.messages import MessageBatch, State
 from engine.metrics import NO_METRICS, Metrics, prepare_run
 from engine.optout import OptOutSet
@@ -402,11 +404,17 @@ def send(
     metrics: Metrics | None = None,
     metrics_port: int | None = None,
     metrics_addr: str = "127.0.0.1",
+    ledger: bool = True,
+    force: bool = False,
+    again: bool = False,
 ) -> RunSummary:
     """Send the campaign: stages on each batch, then per-gateway lanes; returns the run summary.
 
     The run's directory receives ``rejects.csv`` and ``summary.json`` (and the ``file`` gateway's
-    output). Runs on asyncio (with uvloop) or trio.
+    output). Runs on asyncio (with uvloop) or trio. With ``ledger`` (the default) every recipient's
+    state is kept in the campaign ledger and a campaign with an unfinished run resumes
+    (docs/ledger.md); ``force`` resumes despite a changed segment or template, ``again`` starts a
+    finished or cancelled campaign afresh.
 
     ``metrics`` counts the run (default: a fresh :class:`~engine.metrics.Metrics`;
     :data:`~engine.metrics.NO_METRICS` counts nothing); with ``metrics_port`` it is served on
@@ -423,20 +431,26 @@ def send(
         )
     metrics = metrics if metrics is not None else Metrics(backend=backend)
     prepare_run(metrics, plan, [])  # gateways and carriers at zero from the first scrape; stages at open
-    serving = metrics.serving(metrics_addr, metrics_port, notify)  # a taken port fails before anything
-    run_dir = new_run_dir(plan, runs_dir, clock)
-    with quiet_gc(), serving:
-        summary: RunSummary | None = anyio.run(
-            _send_until_signalled,
-            plan,
-            run_dir,
-            progress,
-            clock,
-            notify,
-            metrics,
-            backend=backend,
-            backend_options=_backend_options(backend),
-        )
+    cl = _open_ledger(plan, force=force, again=again, notify=notify) if ledger else None
+    try:
+        serving = metrics.serving(metrics_addr, metrics_port, notify)  # a taken port fails before anything
+        run_dir = new_run_dir(plan, runs_dir, clock)
+        with quiet_gc(), serving:
+            summary: RunSummary | None = anyio.run(
+                _send_until_signalled,
+                plan,
+                run_dir,
+                progress,
+                clock,
+                notify,
+                metrics,
+                cl,
+                backend=backend,
+                backend_options=_backend_options(backend),
+            )
+    finally:
+        if cl is not None:
+            cl.ledger.close()
     if summary is None:
         raise RunAbandoned(
             f"abandoned on a second signal: messages in flight were not waited for; {run_dir} holds "
@@ -466,19 +480,49 @@ async def _wait_for_window(
         notify("sending hours: resumed")
 
 
-def _cap_recorder(plan: Plan, store: SqliteStore) -> Callable[[MessageBatch], None]:
+def _open_ledger(
+    plan: Plan, *, force: bool, again: bool, notify: Callable[[str], None] | None
+) -> CampaignLedger:
+    c = plan.campaign
+    t = c.config.template
+    cl = open_for_run(
+        plan.engine.store_path,
+        c,
+        [t.text, t.signature, c.config.opt_out_text],
+        semantics=Semantics(c.config.delivery) if c.config.delivery else None,
+        force=force,
+        again=again,
+        engine_file=str(Path(plan.engine.file).resolve()),
+    )
+    if cl.resumed and notify is not None:
+        done = int(cl.skip.sum()) if cl.skip is not None else 0
+        notify(
+            f"resuming campaign {c.id!r} ({cl.semantics.value}): {done:,} rows already handled are skipped"
+            + (f"; {cl.reconciled:,} left submitting by the last run" if cl.reconciled else "")
+        )
+    return cl
+
+
+def _cap_recorder(
+    plan: Plan, store: SqliteStore | None, ledger: CampaignLedger | None = None
+) -> Callable[[MessageBatch], None]:
     """Count each request's messages against the caps when they are handed to the gateway, in
-    memory for this run and in the store for the next ones."""
+    memory for this run and in the store for the next ones — with the ledger, in the transaction
+    that records the request's rows as ``submitting``."""
     caps, kind, clock = plan.caps, plan.campaign.config.kind, plan.clock
     with_content = plan.same_content is not None
+    counting = store is not None
 
     def handover(batch: MessageBatch) -> None:
         now = clock.time()
-        keys = batch.keys()
-        if caps is not None:
+        keys = batch.keys() if counting else None
+        if caps is not None and keys is not None:
             caps.record(now, keys)
         contents = list(map(content_hash, batch.texts)) if with_content else None
-        store.record_sends(kind, keys, now, contents)
+        if ledger is not None:
+            ledger.handover(batch, now=now, keys=keys, contents=contents)
+        elif store is not None and keys is not None:
+            store.record_sends(kind, keys, now, contents)
 
     return handover
 
@@ -491,10 +535,20 @@ async def _send(
     notify: Callable[[str], None] | None = None,
     stop: anyio.Event | None = None,
     metrics: Metrics = NO_METRICS,
+    ledger: CampaignLedger | None = None,
+    *,
+    control: RunControl | None = None,
+    shared: SendResources | None = None,
+    recorder: RunRecorder | None = None,
 ) -> RunSummary:
+    """Send ``plan``; ``control`` pauses and resumes it between batches, ``shared`` lends it the
+    gateways and budgets of a long-running service (not opened or closed here), ``recorder`` lets
+    the caller watch the counts while it runs."""
     started = time.perf_counter()
     ecfg = plan.engine.config
-    recorder = RunRecorder(plan.prices)
+    recorder = recorder or RunRecorder(plan.prices)
+    if ledger is not None:
+        recorder.sinks.append(ledger)
     segment = plan.open_segment()  # template and header checks: before any gateway opens
     kind = plan.campaign.config.kind
     recorder.metrics = segment.runner.metrics = metrics
@@ -510,6 +564,9 @@ async def _send(
     store = SqliteStore(plan.engine.store_path) if counting else None
     try:
         for name in sorted({g for names in plan.failover.values() for g in names}):
+            if shared is not None:
+                gateways[name] = shared.gateways[name]
+                continue
             gcfg = ecfg.gateways[name]
             reg = plan.host.gateways.get(gcfg.plugin)
             opts = convert_section(
@@ -537,10 +594,13 @@ async def _send(
             for name in gateways
             if (rate := ecfg.gateways[name].rate_per_second)
         }
+        if shared is not None:
+            limiters, gateway_limiters = dict(shared.limiters), dict(shared.gateway_limiters)
+            breakers = dict(shared.breakers)
         prefix = f"{plan.campaign.id}-"
         outbox = {c: lanes[g][0] for c, g in plan.routes.items()}
         packers = {c: Accumulator(gateways[g].max_batch) for c, g in plan.routes.items()}
-        handover = _cap_recorder(plan, store) if store is not None else None
+        handover = _cap_recorder(plan, store, ledger) if store is not None or ledger else None
         async with anyio.create_task_group() as tg:
             for name, (_, rx) in lanes.items():
                 lane = Lane(
@@ -560,7 +620,10 @@ async def _send(
             try:
                 windows = plan.pause_windows()
                 batches = segment.batches(ecfg.batch_size)
+                exhausted = False
                 while stop is None or not stop.is_set():
+                    if control is not None:
+                        await control.wait_running()
                     for window in windows:
                         if not window.is_open(plan.clock.time()):
                             await _wait_for_window(window, plan.clock, notify, stop)  # before reading on
@@ -568,7 +631,13 @@ async def _send(
                         break
                     batch = next(batches, None)
                     if batch is None:
+                        exhausted = True
                         break
+                    if ledger is not None:
+                        if ledger.skip is not None:
+                            skip_rows(batch, ledger.skip)  # already handled by an earlier run
+                        if ledger.should_stop():  # cancelled meanwhile (looked up once a second)
+                            break
                     recorder.dropped(batch.rejects)
                     if batch.nums:
                         recorder.queued(len(batch))
@@ -587,12 +656,15 @@ async def _send(
             finally:
                 for tx, _ in lanes.values():
                     tx.close()
+        if ledger is not None:
+            complete = not (stop is not None and stop.is_set()) and not ledger.should_stop()
+            ledger.finish(complete=complete and exhausted and not recorder.states[State.DEFERRED])
     finally:
         segment.close()
         close_writers(recorder)
         if store is not None:
             store.close()
-        for gw in gateways.values():
+        for gw in gateways.values() if shared is None else ():
             with anyio.move_on_after(10, shield=True), suppress(Exception):
                 await gw.aclose()
     if progress is not None:
@@ -609,6 +681,7 @@ async def _send_until_signalled(
     clock: Clock,
     notify: Callable[[str], None] | None,
     metrics: Metrics = NO_METRICS,
+    ledger: CampaignLedger | None = None,
 ) -> RunSummary | None:
     """Run :func:`_send`; a first Ctrl-C / SIGTERM stops reading and drains what is in flight, a
     second one abandons it (the row files still close). None when abandoned."""
@@ -631,11 +704,24 @@ async def _send_until_signalled(
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch, tg.cancel_scope)
         try:
-            result.append(await _send(plan, run_dir, progress, clock, notify, stop, metrics))
+            result.append(await _send(plan, run_dir, progress, clock, notify, stop, metrics, ledger))
         except EngineError as exc:  # say it plainly, not wrapped in an exception group
             errors.append(exc)
+        except BaseExceptionGroup as group:  # a lane's store write failed (disk full…): say that
+            found = group.subgroup(lambda e: isinstance(e, EngineError))
+            if found is None:
+                raise
+            errors.append(_first(found))
         finally:
             tg.cancel_scope.cancel()
     if errors:
         raise errors[0]
     return result[0] if result else None
+
+
+def _first(group: BaseExceptionGroup[Any]) -> EngineError:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, EngineError)
+    return exc

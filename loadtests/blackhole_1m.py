@@ -1,5 +1,8 @@
 """Load test: a 1,000,000-row CSV through `pigeon send` to the blackhole gateway, beside the floor.
 
+``send`` runs without the campaign ledger, ``send_ledger`` with it (every recipient's state in the
+store, as `pigeon send` does), alternating in the same rounds.
+
 The floor is what any Python program pays for the same input: reading the CSV with the stdlib
 ``csv`` module and formatting each row with ``str.format``. Both run in this process, alternating,
 ``--repeat`` times each after one warm-up round; the report gives the best and median of each and
@@ -70,15 +73,24 @@ def floor(segment: Path) -> float:
     return n / (time.perf_counter() - started)
 
 
-def engine_send(campaign: Path, runs: Path, *, metrics: bool = True) -> tuple[float, dict[str, int]]:
-    """Rows per second through `pigeon send` (in process) and the summary's states; ``metrics``
-    False turns the Prometheus counting off (it is on by default)."""
+def engine_send(
+    campaign: Path, runs: Path, *, ledger: bool = False, metrics: bool = True
+) -> tuple[float, dict[str, int]]:
+    """Rows per second through `pigeon send` (in process) and the summary's states; with
+    ``ledger``, every recipient's state kept in the campaign ledger (a fresh store each time);
+    ``metrics`` False turns the Prometheus counting off (it is on by default)."""
     from engine.metrics import NO_METRICS
     from engine.runtime import prepare, send
 
     plan = prepare(campaign)
-    summary = send(plan, runs_dir=runs, metrics=None if metrics else NO_METRICS)
-    return summary.rows_per_second, summary.states
+    if ledger:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{plan.engine.store_path}{suffix}").unlink(missing_ok=True)
+    started = time.perf_counter()  # wall clock of send(): with the ledger, its opening (the
+    summary = send(  # segment's SHA-256) counts too
+        plan, runs_dir=runs, ledger=ledger, metrics=None if metrics else NO_METRICS
+    )
+    return summary.rows / (time.perf_counter() - started), summary.states
 
 
 def stages_only(campaign: Path) -> float:
@@ -127,20 +139,31 @@ def main(argv: list[str] | None = None) -> int:
         )
     with tempfile.TemporaryDirectory() as tmp:
         campaign = Path(tmp) / "campaign.toml"
-        campaign.write_text(
-            CAMPAIGN.format(engine=ROOT / "config" / "engine-blackhole.toml", segment=segment.resolve()),
+        engine = Path(tmp) / "engine.toml"  # the blackhole engine with its store in the temp dir
+        engine.write_text(
+            (ROOT / "config" / "engine-blackhole.toml").read_text("utf-8")
+            + f'\n[store]\npath = "{Path(tmp).as_posix()}/pigeon.db"\n',
             encoding="utf-8",
         )
-        results: dict[str, list[float]] = {"floor": [], "send": [], "send_metrics_off": [], "stages": []}
+        campaign.write_text(CAMPAIGN.format(engine=engine, segment=segment.resolve()), encoding="utf-8")
+        results: dict[str, list[float]] = {
+            "floor": [],
+            "send": [],
+            "send_ledger": [],
+            "send_metrics_off": [],
+            "stages": [],
+        }
         states: dict[str, int] = {}
         for round_ in range(args.repeat + 1):  # round 0 warms caches and CPU up; not reported
             f = floor(segment)
             rate, states = engine_send(campaign, Path(tmp) / "runs")
+            rate_ledger, _ = engine_send(campaign, Path(tmp) / "runs", ledger=True)
             off, _ = engine_send(campaign, Path(tmp) / "runs", metrics=False)
             st = stages_only(campaign)
             if round_:
                 results["floor"].append(f)
                 results["send"].append(rate)
+                results["send_ledger"].append(rate_ledger)
                 results["send_metrics_off"].append(off)
                 results["stages"].append(st)
     report = {
@@ -152,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         "send_to_floor_ratio_best": round(max(results["send"]) / max(results["floor"]), 3),
         "send_to_floor_ratio_median": round(
             statistics.median(results["send"]) / statistics.median(results["floor"]), 3
+        ),
+        "ledger_to_no_ledger_ratio_median": round(
+            statistics.median(results["send_ledger"]) / statistics.median(results["send"]), 3
         ),
         "metrics_cost_median": round(
             1 - statistics.median(results["send"]) / statistics.median(results["send_metrics_off"]), 4

@@ -1,6 +1,6 @@
 """A gateway simulator: a real HTTP server on loopback speaking Pigeon's default JSON contract.
 
-    POST /send  {"messages": [{"id", "to", "text", "carrier", "parts"}, …]}
+    POST /send  {"messages": [{"id", "to", "text", "carrier", "parts"[, "idempotency_key"]}, …]}
     → 200 {"results": [{"id", "status": "accepted", "provider_id"} | {"id", "status": "rejected",
           "code"} | {"id", "status": "retry", "code"}, …]}
 
@@ -66,6 +66,7 @@ class _Msg(msgspec.Struct):
     text: str
     carrier: str = ""
     parts: int = 1
+    idempotency_key: str = ""
 
 
 class _Req(msgspec.Struct):
@@ -87,6 +88,8 @@ class Simulator:
         self._decode = msgspec.json.Decoder(_Req).decode
         self._server: asyncio.AbstractServer | None = None
         self._provider_seq = 0
+        self._keys: dict[str, str] = {}
+        """Idempotency key → the provider id it was accepted under (a key seen again is not re-sent)."""
 
     async def serve(self, started: threading.Event | None = None) -> None:
         """Listen until cancelled."""
@@ -158,8 +161,12 @@ class Simulator:
             return 400, "", json.dumps({"error": str(exc)}).encode()
         now = time.monotonic()
         results = []
+        keys = self._keys
         for m in req.messages:
-            if rng.random() < cfg.p_reject:
+            if m.idempotency_key and m.idempotency_key in keys:  # seen: accepted before, not sent again
+                self.stats["deduplicated"] += 1
+                results.append({"id": m.id, "status": "accepted", "provider_id": keys[m.idempotency_key]})
+            elif rng.random() < cfg.p_reject:
                 self.stats["rejected"] += 1
                 results.append({"id": m.id, "status": "rejected", "code": "INVALID_NUMBER"})
             elif not self._admit(m.carrier, m.parts, now):
@@ -170,6 +177,8 @@ class Simulator:
                 self.stats["accepted"] += 1
                 self.log.append((now, m.id, m.to, m.carrier, m.parts))
                 results.append({"id": m.id, "status": "accepted", "provider_id": f"sim-{self._provider_seq}"})
+                if m.idempotency_key:
+                    keys[m.idempotency_key] = f"sim-{self._provider_seq}"
         return 200, "", msgspec.json.encode({"results": results})
 
     def _admit(self, carrier: str, parts: int, now: float) -> bool:

@@ -69,9 +69,14 @@ class SqliteStore:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self.ensure_schema(self._db)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(str(self.path), "store.path", f"cannot open the store: {exc}") from exc
+
+    @staticmethod
+    def ensure_schema(db: sqlite3.Connection) -> None:
+        """Create the store's tables on ``db`` if they are missing (the ledger shares the file)."""
+        db.executescript(_SCHEMA)
 
     def add_optouts(self, records: Iterable[OptOutRecord]) -> int:
         """Record opt-outs in one transaction; an existing number keeps its first record."""

@@ -1,6 +1,7 @@
 """The ``http`` gateway: Pigeon's default JSON contract over one pooled ``httpx.AsyncClient``.
 
-Request: ``POST {url}`` with ``{"messages": [{"id", "to", "text", "carrier", "parts"}]}``.
+Request: ``POST {url}`` with ``{"messages": [{"id", "to", "text", "carrier", "parts"}]}`` (and
+``"idempotency_key"`` per message with the ``idempotency_key`` option).
 Response: ``{"results": [...]}``, one per message in order, each ``{"status": "accepted",
 "provider_id"}``, ``{"status": "rejected", "code"}`` or ``{"status": "retry", "code"}``
 (``code = "throttled"`` for a rate limit). A 429 throttles the whole request (``Retry-After``
@@ -58,6 +59,9 @@ class HttpConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     ``X-Pigeon-Signature`` = hex HMAC of ``timestamp + "." + body``)."""
     idempotent: bool = False
     """Whether the provider deduplicates on the message id (then a timed-out request may be resent)."""
+    idempotency_key: bool = False
+    """Send each message's id as ``idempotency_key`` too (for providers that deduplicate on it: an
+    at-least-once campaign resumed after a crash resends with the same keys; docs/ledger.md)."""
 
 
 class _Result(msgspec.Struct):
@@ -71,12 +75,13 @@ class _Response(msgspec.Struct):
     results: list[_Result]
 
 
-class _Out(msgspec.Struct):
+class _Out(msgspec.Struct, omit_defaults=True):
     id: str
     to: str
     text: str
     carrier: str
     parts: int
+    idempotency_key: str = ""
 
 
 class _Body(msgspec.Struct):
@@ -99,6 +104,7 @@ class HttpGateway:
         self.name = ctx.name
         self.max_batch = config.max_batch
         self.idempotent = config.idempotent
+        self._keyed = config.idempotency_key
         self.url = config.url
         headers = {"Content-Type": "application/json", "User-Agent": "pigeon"}
         token = _secret(config.token_env, "bearer token")
@@ -130,14 +136,11 @@ class HttpGateway:
     async def send(self, batch: MessageBatch) -> Sequence[SubmitResult]:
         """POST the batch and read one result per message."""
         c = batch.carrier
-        body = self._encode(
-            _Body(
-                [
-                    _Out(i, to, t, c, p)
-                    for i, to, t, p in zip(batch.ids, batch.tos, batch.texts, batch.parts, strict=True)
-                ]
-            )
-        )
+        cols = zip(batch.ids, batch.tos, batch.texts, batch.parts, strict=True)
+        if self._keyed:  # the message id (``<campaign>-<row>``) is stable across resumes
+            body = self._encode(_Body([_Out(i, to, t, c, p, i) for i, to, t, p in cols]))
+        else:
+            body = self._encode(_Body([_Out(i, to, t, c, p) for i, to, t, p in cols]))
         try:
             resp = await self._client.post(self.url, content=body, headers=self._sign(body))
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:

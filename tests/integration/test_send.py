@@ -188,9 +188,13 @@ def test_the_example_campaign_runs_as_the_readme_says(tmp_path: Path) -> None:
     assert summary["states"]["rejected"] < 150
     assert (tmp_path / "pigeon.db").exists()  # the example's store, next to its engine file
 
-    # The example sends the same text to a number at most once per 30 s: an immediate re-run
-    # suppresses everyone.
-    again = json.loads(run_cli("send", str(campaign), "--json", cwd=tmp_path).stdout)
+    # The campaign is finished: running it again sends nothing and says what to do.
+    rerun = run_cli("send", str(campaign), "--json", cwd=tmp_path)
+    assert rerun.returncode == 2 and rerun.stdout == ""
+    assert "already finished" in rerun.stderr and "--again" in rerun.stderr
+    # Sent afresh on purpose, the example's same-content rule (the same text to a number at most
+    # once per 30 s) still suppresses everyone sent a moment ago.
+    again = json.loads(run_cli("send", str(campaign), "--again", "--json", cwd=tmp_path).stdout)
     assert again["states"].get("sent", 0) == 0
     assert again["reasons"]["suppressed"]["same_content"] == summary["states"]["sent"]
 
@@ -295,14 +299,19 @@ def test_caps_hold_across_runs_and_kinds(
     )
     first = json.loads(run_cli("send", str(campaign), "--json", "--backend", backend, cwd=tmp_path).stdout)
     assert first["states"]["sent"] == 5
-    second = json.loads(run_cli("send", str(campaign), "--json", "--backend", backend, cwd=tmp_path).stdout)
+    # The same campaign sent afresh (--again: it finished) is held back by the caps of the first run.
+    second = json.loads(
+        run_cli("send", str(campaign), "--again", "--json", "--backend", backend, cwd=tmp_path).stdout
+    )
     assert second["states"].get("sent", 0) == 0
     assert second["reasons"]["suppressed"]["capped"] == 5
     assert second["rows"] == first["rows"]
 
     # Transactional messages have their own budget: the marketing sends do not count against them.
     campaign.write_text(campaign.read_text("utf-8").replace('kind = "marketing"', 'kind = "transactional"'))
-    third = json.loads(run_cli("send", str(campaign), "--json", "--backend", backend, cwd=tmp_path).stdout)
+    third = json.loads(
+        run_cli("send", str(campaign), "--again", "--json", "--backend", backend, cwd=tmp_path).stdout
+    )
     assert third["states"]["sent"] == 5
 
 
@@ -422,9 +431,9 @@ def test_the_same_text_to_the_same_number_waits_out_its_window(
     engine.write_text(engine.read_text("utf-8") + '[caps.marketing]\nsame_content = "1h"\n', encoding="utf-8")
     first = json.loads(run_cli("send", str(campaign), "--json", cwd=tmp_path).stdout)
     assert first["states"]["sent"] == 5
-    again = json.loads(run_cli("send", str(campaign), "--json", cwd=tmp_path).stdout)
+    again = json.loads(run_cli("send", str(campaign), "--again", "--json", cwd=tmp_path).stdout)
     assert again["states"].get("sent", 0) == 0
     assert again["reasons"]["suppressed"]["same_content"] == 5
     campaign.write_text(campaign.read_text("utf-8").replace("元券已到账", "元券今晚到期"), encoding="utf-8")
-    other_text = json.loads(run_cli("send", str(campaign), "--json", cwd=tmp_path).stdout)
+    other_text = json.loads(run_cli("send", str(campaign), "--again", "--json", cwd=tmp_path).stdout)
     assert other_text["states"]["sent"] == 5

@@ -1,0 +1,84 @@
+"""Run control shared by the service and a running blast: pause, resume, cancel, and shared lanes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+import anyio
+
+from engine.gateway import Gateway
+from engine.ratelimit import SlidingWindowLimiter
+from engine.retry import Breaker
+
+__all__ = ["RunControl", "RunState", "SendResources"]
+
+
+class RunState(StrEnum):
+    """Where a controlled run stands."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    """Asked to stop: no new rows are read; what is in flight is sent and recorded."""
+
+
+class RunControl:
+    """Pause, resume and cancel a blast between two batches; thread-unsafe, event-loop only."""
+
+    def __init__(self) -> None:
+        self.stop = anyio.Event()
+        """Set on :meth:`cancel`; the run stops reading and drains what is in flight."""
+        self._resumed = anyio.Event()
+        self._resumed.set()
+        self.state = RunState.RUNNING
+        self.yield_to: Callable[[], bool] | None = None
+        """While this says True (transactional messages wait for a gateway), the blast holds its
+        next batch back, up to :attr:`max_yield` seconds per batch."""
+        self.max_yield = 0.05
+
+    def pause(self) -> None:
+        """Read no more rows until :meth:`resume` (requests already in the lanes still go)."""
+        if self.state is RunState.RUNNING:
+            self.state = RunState.PAUSED
+            self._resumed = anyio.Event()
+
+    def resume(self) -> None:
+        """Read on after a pause."""
+        if self.state is RunState.PAUSED:
+            self.state = RunState.RUNNING
+            self._resumed.set()
+
+    def cancel(self) -> None:
+        """Stop for good: no more rows; what is in flight is sent and recorded."""
+        self.state = RunState.CANCELLED
+        self.stop.set()
+        self._resumed.set()
+
+    async def wait_running(self) -> None:
+        """Return at once when running or cancelled; while paused, wait for resume or cancel; while
+        :attr:`yield_to` says so, give the event loop to the priority lane for a moment."""
+        while self.state is RunState.PAUSED:
+            await self._resumed.wait()
+        if self.yield_to is None:
+            return
+        deadline = anyio.current_time() + self.max_yield
+        for _ in range(int(self.max_yield * 1000)):  # bounded: a blast is slowed, never stopped
+            if not self.yield_to() or anyio.current_time() >= deadline or self.state is not RunState.RUNNING:
+                return
+            await anyio.sleep(0.001)
+
+
+@dataclass(frozen=True)
+class SendResources:
+    """Gateways and budgets owned by a long-running process and lent to each run it starts.
+
+    A run given these does not open or close gateways, and its lanes share the breakers and the
+    marketing part of every carrier's rate with the other runs and the API's lanes.
+    """
+
+    gateways: Mapping[str, Gateway]
+    limiters: Mapping[str, SlidingWindowLimiter]
+    gateway_limiters: Mapping[str, SlidingWindowLimiter]
+    breakers: Mapping[str, Breaker]

@@ -1,0 +1,67 @@
+"""The ``[service]`` section of the engine file: what ``pigeon serve`` needs beyond a blast."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = ["ServiceConfig", "ServiceTemplate", "WebhookConfig"]
+
+_Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class _Base(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Config base: immutable, keyword-only, a typo is an error."""
+
+
+class ServiceTemplate(_Base, kw_only=True, frozen=True):
+    """``[service.templates.<id>]``: a template the API sends by id (``template`` + ``fields``)."""
+
+    text: str
+    """Body with ``{field}`` / ``{field|default}`` tokens (the campaign file's syntax)."""
+    signature: str = ""
+    """Sender signature; unset = ``service.signature``."""
+    max_length: Annotated[int, msgspec.Meta(ge=10, le=5000)] = 500
+
+
+class WebhookConfig(_Base, kw_only=True, frozen=True):
+    """``[service.webhooks.<gateway>]``: how the gateway's callbacks are verified."""
+
+    secret_env: str = ""
+    """Environment variable holding the shared HMAC secret (``X-Pigeon-Signature``); unset = the
+    gateway's plugin verifies with its own scheme, or (no parser of its own) requests are refused."""
+    parser: str = "generic"
+    """Which registered webhook parser reads this gateway's callbacks (``generic``: the contract in
+    docs/service.md; a gateway plugin registers its own)."""
+    allow_unsigned: bool = False
+    """Accept callbacks without a signature (loopback tests only; never in production)."""
+
+
+class ServiceConfig(_Base, kw_only=True, frozen=True):
+    """``[service]``: API keys, templates, limits and webhooks of the long-running service."""
+
+    keys_file: str = "api-keys.json"
+    """Where ``pigeon keys create`` stores API keys (SHA-256 hashes only), relative to the engine file."""
+    signature: str = ""
+    """Signature of ``text`` messages and of templates without their own."""
+    templates: dict[_Identifier, ServiceTemplate] = {}
+    templates_file: str | None = None
+    """A TOML file of more ``[<id>]`` template tables, relative to the engine file."""
+    campaigns_dir: str = "campaigns"
+    """``POST /v1/campaigns`` with a ``file`` starts only campaign files under this directory."""
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    """Largest request body accepted (413 above)."""
+    max_messages: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    """Most messages in one ``POST /v1/messages``."""
+    transactional_in_flight: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    """Requests the priority lane keeps open per gateway, beside the gateway's own ``in_flight``
+    (keep both within the plugin's connection pool)."""
+    idempotency_ttl: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
+    """Seconds an ``Idempotency-Key`` is remembered."""
+    drain_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    """Seconds SIGTERM waits for in-flight requests and lanes before exiting."""
+    webhooks: dict[str, WebhookConfig] = {}
+    optout_keywords: list[str] | None = None
+    """MO replies that opt out; unset = the built-in set (R, T, TD, 退订, STOP…)."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
