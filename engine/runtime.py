@@ -430,11 +430,12 @@ def send(
             "Nothing was sent: run again then, or without --no-wait to wait"
         )
     metrics = metrics if metrics is not None else Metrics(backend=backend)
+    prepare_run(metrics, plan, [])  # gateways and carriers at zero from the first scrape; stages at open
     cl = _open_ledger(plan, force=force, again=again, notify=notify) if ledger else None
-    server = metrics.serve(metrics_addr, metrics_port) if metrics_port is not None else None
-    run_dir = new_run_dir(plan, runs_dir, clock)
     try:
-        with quiet_gc():
+        serving = metrics.serving(metrics_addr, metrics_port, notify)  # a taken port fails before anything
+        run_dir = new_run_dir(plan, runs_dir, clock)
+        with quiet_gc(), serving:
             summary: RunSummary | None = anyio.run(
                 _send_until_signalled,
                 plan,
@@ -448,8 +449,6 @@ def send(
                 backend_options=_backend_options(backend),
             )
     finally:
-        if server is not None:
-            server.close()
         if cl is not None:
             cl.ledger.close()
     if summary is None:

@@ -7,7 +7,8 @@ The floor is what any Python program pays for the same input: reading the CSV wi
 ``csv`` module and formatting each row with ``str.format``. Both run in this process, alternating,
 ``--repeat`` times each after one warm-up round; the report gives the best and median of each and
 their ratio, plus the stage runner alone (the engine's stages without reading the file) measured
-the same way.
+the same way. ``send`` counts Prometheus metrics (the default); ``send_metrics_off`` is the same
+send with them off, measured in the same rounds: ``metrics_cost_median`` is what counting costs.
 
     python -m loadtests.blackhole_1m                 # generates loadtests/data/segment-1m.csv once
     python -m loadtests.blackhole_1m --rows 200000 --repeat 3 --json results.json
@@ -72,9 +73,13 @@ def floor(segment: Path) -> float:
     return n / (time.perf_counter() - started)
 
 
-def engine_send(campaign: Path, runs: Path, *, ledger: bool = False) -> tuple[float, dict[str, int]]:
+def engine_send(
+    campaign: Path, runs: Path, *, ledger: bool = False, metrics: bool = True
+) -> tuple[float, dict[str, int]]:
     """Rows per second through `pigeon send` (in process) and the summary's states; with
-    ``ledger``, every recipient's state kept in the campaign ledger (a fresh store each time)."""
+    ``ledger``, every recipient's state kept in the campaign ledger (a fresh store each time);
+    ``metrics`` False turns the Prometheus counting off (it is on by default)."""
+    from engine.metrics import NO_METRICS
     from engine.runtime import prepare, send
 
     plan = prepare(campaign)
@@ -82,7 +87,9 @@ def engine_send(campaign: Path, runs: Path, *, ledger: bool = False) -> tuple[fl
         for suffix in ("", "-wal", "-shm"):
             Path(f"{plan.engine.store_path}{suffix}").unlink(missing_ok=True)
     started = time.perf_counter()  # wall clock of send(): with the ledger, its opening (the
-    summary = send(plan, runs_dir=runs, ledger=ledger)  # segment's SHA-256) counts too
+    summary = send(  # segment's SHA-256) counts too
+        plan, runs_dir=runs, ledger=ledger, metrics=None if metrics else NO_METRICS
+    )
     return summary.rows / (time.perf_counter() - started), summary.states
 
 
@@ -139,17 +146,25 @@ def main(argv: list[str] | None = None) -> int:
             encoding="utf-8",
         )
         campaign.write_text(CAMPAIGN.format(engine=engine, segment=segment.resolve()), encoding="utf-8")
-        results: dict[str, list[float]] = {"floor": [], "send": [], "send_ledger": [], "stages": []}
+        results: dict[str, list[float]] = {
+            "floor": [],
+            "send": [],
+            "send_ledger": [],
+            "send_metrics_off": [],
+            "stages": [],
+        }
         states: dict[str, int] = {}
         for round_ in range(args.repeat + 1):  # round 0 warms caches and CPU up; not reported
             f = floor(segment)
             rate, states = engine_send(campaign, Path(tmp) / "runs")
             rate_ledger, _ = engine_send(campaign, Path(tmp) / "runs", ledger=True)
+            off, _ = engine_send(campaign, Path(tmp) / "runs", metrics=False)
             st = stages_only(campaign)
             if round_:
                 results["floor"].append(f)
                 results["send"].append(rate)
                 results["send_ledger"].append(rate_ledger)
+                results["send_metrics_off"].append(off)
                 results["stages"].append(st)
     report = {
         "segment": str(segment),
@@ -163,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "ledger_to_no_ledger_ratio_median": round(
             statistics.median(results["send_ledger"]) / statistics.median(results["send"]), 3
+        ),
+        "metrics_cost_median": round(
+            1 - statistics.median(results["send"]) / statistics.median(results["send_metrics_off"]), 4
         ),
         "runs": {k: [round(x) for x in v] for k, v in results.items()},
     }
