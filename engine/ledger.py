@@ -663,6 +663,8 @@ class Ledger:
             if new is not None:
                 d.state[row] = new
                 d.reason[row] = d.label(f"dlr:{code or status}") if new == _Code.FAILED else 0
+            if latency < 0 and done_at > 0 and d.submitted_at[row] > 0:  # matched by message id
+                latency = done_at - float(d.submitted_at[row])
             if latency >= 0 and status == DeliveryStatus.DELIVERED:
                 d.latencies.append(latency)
         return d
@@ -749,7 +751,8 @@ class Ledger:
 
     def report(self, campaign_id: str, prices: Mapping[str, float] | None = None) -> dict[str, Any]:
         """The campaign's report: counts by state and reason, billed parts and cost per carrier,
-        delivery rate, submit-to-delivery latency percentiles (seconds)."""
+        delivery rate (delivered among the messages gateways accepted), submit-to-delivery latency
+        percentiles (seconds)."""
         rec = self.campaign(campaign_id)
         if rec is None:
             raise LedgerError(f"no campaign {campaign_id!r} in {self.path}")
@@ -770,7 +773,8 @@ class Ledger:
                 "parts": parts,
                 "cost": round(parts * prices.get(name, 0.0), 4),
             }
-        submitted = counts.states.get("submitted", 0) + counts.states.get("delivered", 0)
+        dlr_failed = sum(n for r, n in counts.reasons.get("failed", {}).items() if r.startswith("dlr:"))
+        submitted = counts.states.get("submitted", 0) + counts.states.get("delivered", 0) + dlr_failed
         delivered = counts.states.get("delivered", 0)
         lat = np.array(d.latencies, dtype=np.float64)
         pct = (
