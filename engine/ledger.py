@@ -894,6 +894,19 @@ class CampaignLedger:
         self.reconciled = int(left.size)
         return self.reconciled
 
+    def reserve_rows(self, n: int) -> range:
+        """Row numbers for ``n`` messages that do not come from a segment (a service's API stream,
+        e.g. campaign ``api-transactional``): build their :class:`MessageBatch` with these rows and
+        ids ``<campaign>-<row>``. Durable: a restart never hands out the same rows again."""
+        with _tx(self.db):
+            self.db.execute("UPDATE ledger_campaigns SET next_row = next_row + ? WHERE id = ?", (n, self.id))
+            end = int(
+                self.db.execute("SELECT next_row FROM ledger_campaigns WHERE id = ?", (self.id,)).fetchone()[
+                    0
+                ]
+            )
+        return range(end - n, end)
+
     def should_stop(self) -> bool:
         """Whether the campaign was cancelled meanwhile (the store is looked at once a second)."""
         now = time.monotonic()

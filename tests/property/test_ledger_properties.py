@@ -156,3 +156,30 @@ def _run(ledger: Ledger, ops: list[tuple[tuple[str, str], int]], semantics: Sema
         rec = ledger.message(f"p-{r}")
         assert rec is not None and rec.state.value == s and rec.reason == reasons[r], (r, rec)
     assert ledger.apply_reports([DeliveryReport(provider_id="nobody", status=DeliveryStatus.DELIVERED)]) == 0
+
+
+def test_rows_for_an_api_stream_are_never_handed_out_twice(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "s.db")
+    try:
+        run = ledger.open_campaign("api-transactional", kind="transactional", fingerprint=Fingerprint())
+        first, second = run.reserve_rows(3), run.reserve_rows(2)
+        again = ledger.open_campaign("api-transactional", kind="transactional", fingerprint=Fingerprint())
+        third = again.reserve_rows(4)
+        rows = [*first, *second, *third]
+        assert len(set(rows)) == len(rows) == 9 and min(rows) >= 1
+        assert again.semantics is Semantics.AT_LEAST_ONCE
+        batch = MessageBatch(
+            "cm",
+            rows=list(third),
+            numbers=["13800138000"] * 4,
+            texts=["码"] * 4,
+            parts=[1] * 4,
+            id_prefix="api-transactional-",
+        )
+        again.handover(batch, now=1.0)
+        again.results("gw", batch, [SubmitResult(Outcome.ACCEPTED, provider_id=f"q{r}") for r in third])
+        rec = ledger.message(f"api-transactional-{third[0]}")
+        assert rec is not None and rec.state is LedgerState.SUBMITTED and rec.provider_id == f"q{third[0]}"
+        assert ledger.counts("api-transactional").states == {"submitted": 4}
+    finally:
+        ledger.close()
