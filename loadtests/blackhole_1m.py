@@ -205,16 +205,17 @@ def main(argv: list[str] | None = None) -> int:
         "segment": str(segment),
         "repeat": args.repeat,
         "states": states,
-        **{f"{k}_best": round(max(v)) for k, v in results.items() if k != "ledger_us_per_row"},
-        **{
-            f"{k}_median": round(statistics.median(v)) for k, v in results.items() if k != "ledger_us_per_row"
-        },
+        **{f"{k}_best": round(max(v)) for k, v in results.items() if k in _RATES},
+        **{f"{k}_median": round(statistics.median(v)) for k, v in results.items() if k in _RATES},
         "send_to_floor_ratio_best": round(max(results["send"]) / max(results["floor"]), 3),
         "send_to_floor_ratio_median": round(
             statistics.median(results["send"]) / statistics.median(results["floor"]), 3
         ),
         "ledger_to_no_ledger_ratio_median": round(
             statistics.median(results["send_ledger"]) / statistics.median(results["send"]), 3
+        ),
+        "ledger_to_no_ledger_ratio_per_round_median": round(
+            statistics.median(b / a for a, b in zip(results["send"], results["send_ledger"], strict=True)), 3
         ),
         "ledger_to_no_ledger_ratio_per_round": [
             round(b / a, 3) for a, b in zip(results["send"], results["send_ledger"], strict=True)
