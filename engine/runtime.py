@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -427,13 +428,12 @@ def send(
     try:
         with quiet_gc():
             summary: RunSummary | None = anyio.run(
-                _send_until_signalled,
+                partial(_send_until_signalled, ledger=cl),
                 plan,
                 run_dir,
                 progress,
                 clock,
                 notify,
-                cl,
                 backend=backend,
                 backend_options=_backend_options(backend),
             )
@@ -543,6 +543,7 @@ async def _send(
     clock: Clock,
     notify: Callable[[str], None] | None = None,
     stop: anyio.Event | None = None,
+    *,
     ledger: CampaignLedger | None = None,
 ) -> RunSummary:
     started = time.perf_counter()
@@ -668,6 +669,7 @@ async def _send_until_signalled(
     progress: ProgressHook | None,
     clock: Clock,
     notify: Callable[[str], None] | None,
+    *,
     ledger: CampaignLedger | None = None,
 ) -> RunSummary | None:
     """Run :func:`_send`; a first Ctrl-C / SIGTERM stops reading and drains what is in flight, a
@@ -691,7 +693,7 @@ async def _send_until_signalled(
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch, tg.cancel_scope)
         try:
-            result.append(await _send(plan, run_dir, progress, clock, notify, stop, ledger))
+            result.append(await _send(plan, run_dir, progress, clock, notify, stop, ledger=ledger))
         except EngineError as exc:  # say it plainly, not wrapped in an exception group
             errors.append(exc)
         except BaseExceptionGroup as group:  # a lane's store write failed (disk full…): say that
