@@ -82,9 +82,18 @@ def engine(url: str, segment: Path, tmp: Path, max_batch: int, in_flight: int) -
 
     (tmp / "engine.toml").write_text(
         f"""
+[carriers.cm]
+rate_per_second = 200000
+[carriers.cu]
+rate_per_second = 200000
+[carriers.ct]
+rate_per_second = 200000
+[carriers.cbn]
+rate_per_second = 200000
 [gateways.sim]
 plugin = "http"
 in_flight = {in_flight}
+rate_per_second = 400000
 [gateways.sim.options]
 url = "{url}"
 max_batch = {max_batch}
@@ -145,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1_000_000, help="recipients for the batch-100 blast")
     p.add_argument("--rows-batch1", type=int, default=20_000, help="recipients for the batch-1 blast")
     p.add_argument("--baseline-requests", type=int, default=5_000)
+    p.add_argument("--in-flight-batch1", type=int, default=4, help="requests in flight at batch 1")
+    p.add_argument("--in-flight-batch100", type=int, default=4, help="requests in flight at batch 100")
+    p.add_argument("--only", choices=["batch1", "batch100"], help="skip the other Pigeon scenario")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -171,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             big = HERE / "data" / f"segment-{args.rows}.csv"
             small = tmp / "small.csv"
             for path, rows in ((big, args.rows), (small, args.rows_batch1)):
-                if not path.exists():
+                if not path.exists() and args.only != ("batch1" if path is big else "batch100"):
                     subprocess.run(
                         [
                             sys.executable,
@@ -184,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                         check=True,
                         capture_output=True,
                     )
-            report["pigeon_batch_100"] = engine(url, big, tmp, 100, 4)
-            report["pigeon_batch_1"] = engine(url, small, tmp, 1, 10)
+            if args.only != "batch1":
+                report["pigeon_batch_100"] = engine(url, big, tmp, 100, args.in_flight_batch100)
+            if args.only != "batch100":
+                report["pigeon_batch_1"] = engine(url, small, tmp, 1, args.in_flight_batch1)
         report["simulator"] = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
     finally:
         sim.terminate()

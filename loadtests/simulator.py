@@ -55,6 +55,9 @@ class SimConfig:
     """Messages rejected one by one (code ``INVALID_NUMBER``)."""
     limits: dict[str, float] = field(default_factory=dict)
     """Carrier → SMS parts accepted per second; the excess is answered ``retry``/``throttled``."""
+    close_after: int = 0
+    """Close a connection after this many answers, without saying so (a server's keep-alive
+    limit); 0 keeps connections open."""
     token: str = ""
     """If set, requests must carry ``Authorization: Bearer <token>`` (else 401)."""
     seed: int = 1
@@ -98,6 +101,8 @@ class Simulator:
             await self._server.serve_forever()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stats["connections"] += 1
+        answered = 0
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -114,11 +119,17 @@ class Simulator:
                 ).encode() + payload
                 writer.write(out)
                 await writer.drain()
+                answered += 1
+                if answered == self.config.close_after:
+                    break
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+                await writer.wait_closed()
+        if answered and answered == self.config.close_after:
+            self.stats["closed_idle"] += 1
 
     async def _handle(
         self, method: str, path: str, headers: dict[str, str], body: bytes
@@ -265,6 +276,7 @@ _KNOBS = (
     "hang_s",
     "p_drop",
     "p_reject",
+    "close_after",
 )
 """The numeric fault-injection settings, each a ``--flag`` of the command line."""
 
@@ -275,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "::1", "localhost"])
     p.add_argument("--port", type=int, default=8700)
     for name in _KNOBS:
-        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(SimConfig, name))
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=type(getattr(SimConfig, name)),
+            default=getattr(SimConfig, name),
+        )
     p.add_argument("--limit", action="append", default=[], metavar="CARRIER=PARTS_PER_S")
     p.add_argument("--token", default="")
     args = p.parse_args(argv)

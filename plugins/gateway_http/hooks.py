@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.util
 import os
 import time
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
+import httpcore
 import httpx
 import msgspec
 
@@ -26,13 +28,13 @@ from engine.errors import (
     ConfigError,
     GatewayAuthError,
     GatewayProtocolError,
-    GatewayTimeout,
     GatewayUnavailable,
 )
 from engine.gateway import GatewayContext
 from engine.hookspecs import hookimpl
 from engine.messages import ACCEPTED, MessageBatch, Outcome, SubmitResult
 from engine.plugins import GatewayRegistry
+from plugins.gateway_http.transport import PooledTransport, send
 
 __all__ = ["HttpConfig", "HttpGateway"]
 
@@ -100,32 +102,47 @@ class HttpGateway:
         self.max_batch = config.max_batch
         self.idempotent = config.idempotent
         self.url = config.url
-        headers = {"Content-Type": "application/json", "User-Agent": "pigeon"}
+        target = httpx.URL(config.url)
+        if target.scheme not in ("http", "https") or not target.host:
+            raise ConfigError(
+                ctx.name, "options.url", f"expected an http:// or https:// URL, got {config.url!r}"
+            )
+        self._url = httpcore.URL(
+            scheme=target.raw_scheme, host=target.raw_host, port=target.port, target=target.raw_path
+        )
+        headers = {
+            "Host": target.netloc.decode("ascii"),
+            "Content-Type": "application/json",
+            "User-Agent": "pigeon",
+        }
         token = _secret(config.token_env, "bearer token")
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        self._headers = [(k.encode(), v.encode()) for k, v in headers.items()]
         self._hmac_key = _secret(config.hmac_secret_env, "HMAC secret").encode()
-        try:
-            self._client = httpx.AsyncClient(
-                headers=headers,
-                http2=config.http2,
-                limits=httpx.Limits(
-                    max_connections=config.max_connections,
-                    max_keepalive_connections=config.max_connections,
-                ),
-                timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
-            )
-        except ImportError as exc:  # http2 without h2
-            raise ConfigError(ctx.name, "options.http2", f"HTTP/2 needs the h2 package: {exc}") from None
+        if config.http2 and importlib.util.find_spec("h2") is None:
+            raise ConfigError(ctx.name, "options.http2", "HTTP/2 needs the h2 package: pip install h2")
+        self._transport = PooledTransport(max_connections=config.max_connections, http2=config.http2)
+        timeouts = {
+            "connect": config.connect_timeout,
+            "read": config.timeout,
+            "write": config.timeout,
+            "pool": config.timeout,
+        }
+        self._extensions = {"timeout": timeouts}
+        self._client = httpx.AsyncClient(
+            transport=self._transport,
+            headers={k: v for k, v in headers.items() if k != "Host"},
+            timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
+        )
+        """The gateway's one client; sends go through its transport's pool."""
         self._encode = msgspec.json.Encoder().encode
         self._decode = msgspec.json.Decoder(_Response).decode
 
-    def _sign(self, body: bytes) -> dict[str, str]:
-        if not self._hmac_key:
-            return {}
-        ts = str(int(time.time()))
-        mac = hmac.new(self._hmac_key, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-        return {"X-Pigeon-Timestamp": ts, "X-Pigeon-Signature": mac}
+    def _sign(self, body: bytes) -> list[tuple[bytes, bytes]]:
+        ts = str(int(time.time())).encode()
+        mac = hmac.new(self._hmac_key, ts + b"." + body, hashlib.sha256).hexdigest()
+        return [(b"X-Pigeon-Timestamp", ts), (b"X-Pigeon-Signature", mac.encode())]
 
     async def send(self, batch: MessageBatch) -> Sequence[SubmitResult]:
         """POST the batch and read one result per message."""
@@ -138,26 +155,23 @@ class HttpGateway:
                 ]
             )
         )
-        try:
-            resp = await self._client.post(self.url, content=body, headers=self._sign(body))
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            # The request never left: safe to send again.
-            raise GatewayUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from None
-        except (httpx.TimeoutException, httpx.TransportError) as exc:
-            # Sent, but no answer (read timeout, connection dropped): the provider may have it.
-            raise GatewayTimeout(f"{self.name}: no answer ({type(exc).__name__})") from None
-        if resp.status_code == 429:
-            after = _retry_after(resp.headers.get("retry-after"))
+        headers = self._headers
+        if self._hmac_key:
+            headers = [*headers, *self._sign(body)]
+        resp = await send(self._transport.pool, self._url, headers, body, self._extensions, self.name)
+        status = resp.status
+        if status == 429:
+            after = _retry_after(resp.header(b"retry-after"))
             throttled = SubmitResult(Outcome.THROTTLED, code="429", retry_after=after)
             return [throttled] * len(batch)
-        if resp.status_code in (401, 403):
-            raise GatewayAuthError(f"{self.name}: the provider refused the credentials ({resp.status_code})")
-        if resp.status_code >= 500:
-            raise GatewayUnavailable(f"{self.name}: HTTP {resp.status_code}")
-        if resp.status_code != 200:
-            raise GatewayProtocolError(f"{self.name}: HTTP {resp.status_code}: {resp.text[:200]}")
+        if status in (401, 403):
+            raise GatewayAuthError(f"{self.name}: the provider refused the credentials ({status})")
+        if status >= 500:
+            raise GatewayUnavailable(f"{self.name}: HTTP {status}")
+        if status != 200:
+            raise GatewayProtocolError(f"{self.name}: HTTP {status}: {resp.body[:200]!r}")
         try:
-            results = self._decode(resp.content).results
+            results = self._decode(resp.body).results
         except msgspec.DecodeError as exc:
             raise GatewayProtocolError(f"{self.name}: unreadable answer: {exc}") from None
         if len(results) != len(batch):
