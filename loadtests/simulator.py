@@ -31,6 +31,8 @@ from typing import Any
 
 import msgspec
 
+from loadtests.sim_shapes import SHAPES, BadRequest, Fate
+
 __all__ = ["SimConfig", "Simulator", "SimulatorThread"]
 
 
@@ -55,6 +57,11 @@ class SimConfig:
     """Messages rejected one by one (code ``INVALID_NUMBER``)."""
     limits: dict[str, float] = field(default_factory=dict)
     """Carrier → SMS parts accepted per second; the excess is answered ``retry``/``throttled``."""
+    p_throttle: float = 0.0
+    """Messages answered "too fast" at random (besides the carrier limits)."""
+    shape: str = "pigeon"
+    """The provider API it speaks: ``pigeon``, ``aliyun``, ``tencent`` or ``twilio`` (see
+    :mod:`loadtests.sim_shapes`)."""
     close_after: int = 0
     """Close a connection after this many answers, without saying so (a server's keep-alive
     limit); 0 keeps connections open."""
@@ -90,6 +97,9 @@ class Simulator:
         self._decode = msgspec.json.Decoder(_Req).decode
         self._server: asyncio.AbstractServer | None = None
         self._provider_seq = 0
+        self._shape = SHAPES[config.shape]()
+        self.rejected: list[str] = []
+        """Numbers of the messages it rejected, in order."""
 
     async def serve(self, started: threading.Event | None = None) -> None:
         """Listen until cancelled."""
@@ -162,6 +172,8 @@ class Simulator:
         if roll < cfg.p_429:
             self.stats["429"] += 1
             return 429, f"Retry-After: {cfg.retry_after:g}\r\n", b'{"error": "slow down"}'
+        if self._shape.name != "pigeon":
+            return self._shaped(body)
         try:
             req = self._decode(body)
         except msgspec.DecodeError as exc:
@@ -172,8 +184,9 @@ class Simulator:
         for m in req.messages:
             if rng.random() < cfg.p_reject:
                 self.stats["rejected"] += 1
+                self.rejected.append(m.to)
                 results.append({"id": m.id, "status": "rejected", "code": "INVALID_NUMBER"})
-            elif not self._admit(m.carrier, m.parts, now):
+            elif self._throttle(rng) or not self._admit(m.carrier, m.parts, now):
                 self.stats["throttled"] += 1
                 results.append({"id": m.id, "status": "retry", "code": "throttled"})
             else:
@@ -182,6 +195,46 @@ class Simulator:
                 self.log.append((now, m.id, m.to, m.carrier, m.parts))
                 results.append({"id": m.id, "status": "accepted", "provider_id": f"sim-{self._provider_seq}"})
         return 200, "", msgspec.json.encode({"results": results})
+
+    def _shaped(self, body: bytes) -> tuple[int, str, bytes]:
+        """A request in another provider's shape: the same fates, that provider's words."""
+        cfg, rng, shape = self.config, self._rng, self._shape
+        try:
+            msgs = shape.read(body)
+        except BadRequest as exc:
+            self.stats["400"] += 1
+            return 400, "", json.dumps({"error": str(exc)}).encode()
+        now = time.monotonic()
+        statuses = []
+        for m in msgs:
+            if rng.random() < cfg.p_reject:
+                statuses.append("rejected")
+            elif self._throttle(rng) or not self._admit(m.carrier, m.parts, now):
+                statuses.append("throttled")
+            else:
+                statuses.append("accepted")
+        if shape.all_or_nothing() and any(st != "accepted" for st in statuses):
+            worst = "rejected" if "rejected" in statuses else "throttled"
+            statuses = [worst] * len(msgs)  # one result for the request: none of it was taken
+        fates = []
+        request_id = ""
+        for m, st in zip(msgs, statuses, strict=True):
+            self.stats[st] += 1
+            if st == "rejected":
+                self.rejected.append(m.to)
+            if st != "accepted":
+                fates.append(Fate(st))
+                continue
+            if not request_id or not shape.all_or_nothing():
+                self._provider_seq += 1
+                request_id = f"sim-{self._provider_seq}"
+            self.log.append((now, m.id or m.to, m.to, m.carrier, m.parts))
+            fates.append(Fate(st, request_id))
+        return shape.answer(msgs, fates, cfg.retry_after)
+
+    def _throttle(self, rng: random.Random) -> bool:
+        p = self.config.p_throttle
+        return bool(p) and rng.random() < p
 
     def _admit(self, carrier: str, parts: int, now: float) -> bool:
         limit = self.config.limits.get(carrier)
@@ -222,6 +275,7 @@ class Simulator:
 
 _REASONS = {
     200: "OK",
+    201: "Created",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
@@ -277,6 +331,7 @@ _KNOBS = (
     "p_drop",
     "p_reject",
     "close_after",
+    "p_throttle",
 )
 """The numeric fault-injection settings, each a ``--flag`` of the command line."""
 
@@ -294,11 +349,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     p.add_argument("--limit", action="append", default=[], metavar="CARRIER=PARTS_PER_S")
     p.add_argument("--token", default="")
+    p.add_argument("--shape", default="pigeon", choices=sorted(SHAPES), help="provider API to speak")
     args = p.parse_args(argv)
     cfg = SimConfig(
         host=args.host,
         port=args.port,
         token=args.token,
+        shape=args.shape,
         limits={k: float(v) for k, v in (x.split("=", 1) for x in args.limit)},
         **{name: getattr(args, name) for name in _KNOBS},
     )

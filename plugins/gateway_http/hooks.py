@@ -1,4 +1,8 @@
-"""The ``http`` gateway: Pigeon's default JSON contract over one pooled ``httpx.AsyncClient``.
+"""The ``http`` gateway: a provider's HTTP API over one pooled ``httpx.AsyncClient`` per gateway.
+
+The request and response shapes are configurable (:mod:`plugins.gateway_http.shapes`: JSON or
+form, one message / a list / columns per request, where results live, provider codes → outcome
+classes); the default is Pigeon's own JSON contract:
 
 Request: ``POST {url}`` with ``{"messages": [{"id", "to", "text", "carrier", "parts"}]}``.
 Response: ``{"results": [...]}``, one per message in order, each ``{"status": "accepted",
@@ -18,7 +22,7 @@ import importlib.util
 import os
 import time
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated
 
 import httpcore
 import httpx
@@ -34,6 +38,7 @@ from engine.gateway import GatewayContext
 from engine.hookspecs import hookimpl
 from engine.messages import ACCEPTED, MessageBatch, Outcome, SubmitResult
 from engine.plugins import GatewayRegistry
+from plugins.gateway_http.shapes import BodyEncoder, RequestShape, ResponseReader, ResponseShape
 from plugins.gateway_http.transport import PooledTransport, send
 
 __all__ = ["HttpConfig", "HttpGateway"]
@@ -60,10 +65,21 @@ class HttpConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     ``X-Pigeon-Signature`` = hex HMAC of ``timestamp + "." + body``)."""
     idempotent: bool = False
     """Whether the provider deduplicates on the message id (then a timed-out request may be resent)."""
+    request: RequestShape = RequestShape()
+    """How a batch is written (``[…options.request]``); the default is Pigeon's JSON contract."""
+    response: ResponseShape = ResponseShape()
+    """How the answer is read (``[…options.response]``); the default is Pigeon's JSON contract."""
+
+    def __post_init__(self) -> None:
+        if self.request.batch == "single" and self.max_batch != 1:
+            raise ValueError(
+                f'`request.batch = "single"` sends one message per request: '
+                f"set `max_batch = 1` (is {self.max_batch})"
+            )
 
 
 class _Result(msgspec.Struct):
-    status: Literal["accepted", "rejected", "retry"]
+    status: str
     id: str = ""
     provider_id: str = ""
     code: str = ""
@@ -102,6 +118,11 @@ class HttpGateway:
         self.max_batch = config.max_batch
         self.idempotent = config.idempotent
         self.url = config.url
+        encoder = BodyEncoder(config.request)
+        self._body = None if config.request == RequestShape() else encoder.encode
+        """The shape's encoder; None: the default contract's faster typed encoder."""
+        self._reader = ResponseReader(config.response, idempotent=config.idempotent, gateway=ctx.name)
+        self._fast_answer = config.response == ResponseShape()
         target = httpx.URL(config.url)
         if target.scheme not in ("http", "https") or not target.host:
             raise ConfigError(
@@ -112,7 +133,7 @@ class HttpGateway:
         )
         headers = {
             "Host": target.netloc.decode("ascii"),
-            "Content-Type": "application/json",
+            "Content-Type": encoder.content_type,
             "User-Agent": "pigeon",
         }
         token = _secret(config.token_env, "bearer token")
@@ -146,20 +167,21 @@ class HttpGateway:
 
     async def send(self, batch: MessageBatch) -> Sequence[SubmitResult]:
         """POST the batch and read one result per message."""
-        c = batch.carrier
-        body = self._encode(
-            _Body(
-                [
-                    _Out(i, to, t, c, p)
-                    for i, to, t, p in zip(batch.ids, batch.tos, batch.texts, batch.parts, strict=True)
-                ]
-            )
-        )
+        if self._body is not None:
+            body = self._body(batch)
+        else:
+            c = batch.carrier
+            rows = zip(batch.ids, batch.tos, batch.texts, batch.parts, strict=True)
+            body = self._encode(_Body([_Out(i, to, t, c, p) for i, to, t, p in rows]))
         headers = self._headers
         if self._hmac_key:
             headers = [*headers, *self._sign(body)]
         resp = await send(self._transport.pool, self._url, headers, body, self._extensions, self.name)
         status = resp.status
+        if status in self._reader.ok_status:
+            if self._fast_answer:
+                return self._default_answer(batch, resp.body)
+            return self._reader.results(batch, resp.body)
         if status == 429:
             after = _retry_after(resp.header(b"retry-after"))
             throttled = SubmitResult(Outcome.THROTTLED, code="429", retry_after=after)
@@ -168,15 +190,32 @@ class HttpGateway:
             raise GatewayAuthError(f"{self.name}: the provider refused the credentials ({status})")
         if status >= 500:
             raise GatewayUnavailable(f"{self.name}: HTTP {status}")
-        if status != 200:
+        refused = self._reader.refused(batch, status, resp.body) if 400 <= status < 500 else None
+        if refused is None:
             raise GatewayProtocolError(f"{self.name}: HTTP {status}: {resp.body[:200]!r}")
+        return refused
+
+    def _default_answer(self, batch: MessageBatch, body: bytes) -> list[SubmitResult]:
+        """Pigeon's contract through a typed decoder (the common case, kept fast)."""
         try:
-            results = self._decode(resp.body).results
+            results = self._decode(body).results
         except msgspec.DecodeError as exc:
             raise GatewayProtocolError(f"{self.name}: unreadable answer: {exc}") from None
         if len(results) != len(batch):
             raise GatewayProtocolError(f"{self.name}: {len(results)} results for {len(batch)} messages")
-        return [_outcome(r) for r in results]
+        reader = self._reader
+        out: list[SubmitResult] = []
+        for r in results:
+            if r.status == "accepted":
+                out.append(
+                    SubmitResult(Outcome.ACCEPTED, provider_id=r.provider_id) if r.provider_id else ACCEPTED
+                )
+            else:
+                outcome, code = reader.classify(r.status, r.code)
+                if outcome == "account":
+                    outcome = "rejected"
+                out.append(reader.submit(outcome, code, r.provider_id))
+        return out
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -188,16 +227,6 @@ def _retry_after(value: str | None) -> float:
         return max(0.0, float(value)) if value else 0.0
     except ValueError:
         return 0.0
-
-
-def _outcome(r: _Result) -> SubmitResult:
-    if r.status == "accepted":
-        return SubmitResult(Outcome.ACCEPTED, provider_id=r.provider_id) if r.provider_id else ACCEPTED
-    if r.status == "rejected":
-        return SubmitResult(Outcome.REJECTED, code=r.code or "rejected", permanent=True)
-    if r.code == "throttled":
-        return SubmitResult(Outcome.THROTTLED, code=r.code)
-    return SubmitResult(Outcome.RETRY, code=r.code or "retry")
 
 
 @hookimpl
