@@ -9,7 +9,9 @@ Faults are injected by configuration: latency (fixed plus uniform jitter), whole
 per-message rejects, and per-carrier acceptance limits (messages per second, in SMS parts) that it
 enforces — over-limit messages are answered ``retry`` with code ``throttled`` — and reports. Every
 accepted message is logged with its arrival time, so tests can check rates over any 1 s window
-and that nothing arrived twice.
+and that nothing arrived twice. It can speak other providers' shapes (``--shape aliyun|tencent|
+twilio``, :mod:`loadtests.sim_shapes`), and follow accepted messages with delivery reports and
+MO replies posted to webhooks (``--dlr-url``, ``--mo-url``; :mod:`loadtests.sim_callbacks`).
 
 Start it with one command (``--help`` lists the knobs)::
 
@@ -31,6 +33,7 @@ from typing import Any
 
 import msgspec
 
+from loadtests.sim_callbacks import Callbacks
 from loadtests.sim_shapes import SHAPES, BadRequest, Fate
 
 __all__ = ["SimConfig", "Simulator", "SimulatorThread"]
@@ -62,6 +65,21 @@ class SimConfig:
     shape: str = "pigeon"
     """The provider API it speaks: ``pigeon``, ``aliyun``, ``tencent`` or ``twilio`` (see
     :mod:`loadtests.sim_shapes`)."""
+    dlr_url: str = ""
+    """Where delivery reports are posted (``{"reports": [...]}``); empty: none."""
+    dlr_secret: str = ""
+    """Signs each callback (``X-Pigeon-Signature``) when set."""
+    dlr_delay_ms: float = 0.0
+    """Mean delay from accept to report (exponentially distributed)."""
+    p_undeliv: float = 0.0
+    """Share of reports that say ``failed`` (code ``UNDELIV``)."""
+    dlr_batch: int = 100
+    """Most reports (or replies) per POST."""
+    mo_url: str = ""
+    """Where MO replies are posted (``{"replies": [...]}``); empty: none."""
+    p_mo: float = 0.0
+    """Share of delivered recipients that reply."""
+    mo_text: str = "R"
     close_after: int = 0
     """Close a connection after this many answers, without saying so (a server's keep-alive
     limit); 0 keeps connections open."""
@@ -98,17 +116,51 @@ class Simulator:
         self._server: asyncio.AbstractServer | None = None
         self._provider_seq = 0
         self._shape = SHAPES[config.shape]()
+        self.callbacks = Callbacks(
+            stats=self.stats,
+            rng=random.Random(config.seed + 1),
+            dlr_url=config.dlr_url,
+            dlr_secret=config.dlr_secret,
+            dlr_delay_ms=config.dlr_delay_ms,
+            p_undeliv=config.p_undeliv,
+            dlr_batch=config.dlr_batch,
+            mo_url=config.mo_url,
+            p_mo=config.p_mo,
+            mo_text=config.mo_text,
+        )
+        """Delivery reports and MO replies (off the request path)."""
+        self._follow_up = self.callbacks.enabled
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.rejected: list[str] = []
         """Numbers of the messages it rejected, in order."""
 
     async def serve(self, started: threading.Event | None = None) -> None:
         """Listen until cancelled."""
-        self._server = await asyncio.start_server(self._client, self.config.host, self.config.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        if started is not None:
-            started.set()
-        async with self._server:
-            await self._server.serve_forever()
+        self._loop = asyncio.get_running_loop()
+        await self.callbacks.start()
+        try:
+            self._server = await asyncio.start_server(self._client, self.config.host, self.config.port)
+            self.port = self._server.sockets[0].getsockname()[1]
+            if started is not None:
+                started.set()
+            async with self._server:
+                await self._server.serve_forever()
+        finally:
+            await self.callbacks.stop()
+
+    def inject_mo(self, from_: str, text: str) -> None:
+        """Make ``from_`` send ``text`` to the service number (posted to ``mo_url``); any thread."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the simulator is not serving")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self.callbacks.inject_mo(from_, text)
+        else:
+            loop.call_soon_threadsafe(self.callbacks.inject_mo, from_, text)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats["connections"] += 1
@@ -193,7 +245,10 @@ class Simulator:
                 self._provider_seq += 1
                 self.stats["accepted"] += 1
                 self.log.append((now, m.id, m.to, m.carrier, m.parts))
-                results.append({"id": m.id, "status": "accepted", "provider_id": f"sim-{self._provider_seq}"})
+                provider_id = f"sim-{self._provider_seq}"
+                results.append({"id": m.id, "status": "accepted", "provider_id": provider_id})
+                if self._follow_up:
+                    self.callbacks.accepted(provider_id, m.id, m.to, now)
         return 200, "", msgspec.json.encode({"results": results})
 
     def _shaped(self, body: bytes) -> tuple[int, str, bytes]:
@@ -230,6 +285,8 @@ class Simulator:
                 request_id = f"sim-{self._provider_seq}"
             self.log.append((now, m.id or m.to, m.to, m.carrier, m.parts))
             fates.append(Fate(st, request_id))
+            if self._follow_up:
+                self.callbacks.accepted(request_id, m.id, m.to, now)
         return shape.answer(msgs, fates, cfg.retry_after)
 
     def _throttle(self, rng: random.Random) -> bool:
@@ -270,7 +327,11 @@ class Simulator:
 
     def summary(self) -> dict[str, Any]:
         """Counters and the per-carrier peaks."""
-        return {"stats": dict(self.stats), "max_parts_per_second": self.max_parts_per_second()}
+        return {
+            "stats": dict(self.stats),
+            "max_parts_per_second": self.max_parts_per_second(),
+            "callbacks_pending": self.callbacks.pending(),
+        }
 
 
 _REASONS = {
@@ -332,6 +393,10 @@ _KNOBS = (
     "p_reject",
     "close_after",
     "p_throttle",
+    "dlr_delay_ms",
+    "p_undeliv",
+    "dlr_batch",
+    "p_mo",
 )
 """The numeric fault-injection settings, each a ``--flag`` of the command line."""
 
@@ -349,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     p.add_argument("--limit", action="append", default=[], metavar="CARRIER=PARTS_PER_S")
     p.add_argument("--token", default="")
+    p.add_argument("--dlr-url", default="", help="post delivery reports here (loopback)")
+    p.add_argument("--dlr-secret", default="", help="sign callbacks with this HMAC key")
+    p.add_argument("--mo-url", default="", help="post MO replies here (loopback)")
+    p.add_argument("--mo-text", default="R")
     p.add_argument("--shape", default="pigeon", choices=sorted(SHAPES), help="provider API to speak")
     args = p.parse_args(argv)
     cfg = SimConfig(
@@ -356,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         token=args.token,
         shape=args.shape,
+        dlr_url=args.dlr_url,
+        dlr_secret=args.dlr_secret,
+        mo_url=args.mo_url,
+        mo_text=args.mo_text,
         limits={k: float(v) for k, v in (x.split("=", 1) for x in args.limit)},
         **{name: getattr(args, name) for name in _KNOBS},
     )
