@@ -245,6 +245,12 @@ class MetricsServer:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
+    @property
+    def url(self) -> str:
+        """Where to scrape it."""
+        host, port = self.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
     def close(self) -> None:
         """Stop serving and release the port; waits for the thread."""
         self._server.shutdown()

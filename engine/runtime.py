@@ -422,7 +422,10 @@ def send(
             "Nothing was sent: run again then, or without --no-wait to wait"
         )
     metrics = metrics if metrics is not None else Metrics(backend=backend)
+    prepare_run(metrics, plan, [])  # gateways and carriers at zero from the first scrape; stages at open
     server = metrics.serve(metrics_addr, metrics_port) if metrics_port is not None else None
+    if server is not None and notify is not None:
+        notify(f"metrics: {server.url}")
     run_dir = new_run_dir(plan, runs_dir, clock)
     try:
         with quiet_gc():

@@ -4,7 +4,8 @@ The floor is what any Python program pays for the same input: reading the CSV wi
 ``csv`` module and formatting each row with ``str.format``. Both run in this process, alternating,
 ``--repeat`` times each after one warm-up round; the report gives the best and median of each and
 their ratio, plus the stage runner alone (the engine's stages without reading the file) measured
-the same way.
+the same way. ``send`` counts Prometheus metrics (the default); ``send_metrics_off`` is the same
+send with them off, measured in the same rounds: ``metrics_cost_median`` is what counting costs.
 
     python -m loadtests.blackhole_1m                 # generates loadtests/data/segment-1m.csv once
     python -m loadtests.blackhole_1m --rows 200000 --repeat 3 --json results.json
@@ -69,12 +70,14 @@ def floor(segment: Path) -> float:
     return n / (time.perf_counter() - started)
 
 
-def engine_send(campaign: Path, runs: Path) -> tuple[float, dict[str, int]]:
-    """Rows per second through `pigeon send` (in process) and the summary's states."""
+def engine_send(campaign: Path, runs: Path, *, metrics: bool = True) -> tuple[float, dict[str, int]]:
+    """Rows per second through `pigeon send` (in process) and the summary's states; ``metrics``
+    False turns the Prometheus counting off (it is on by default)."""
+    from engine.metrics import NO_METRICS
     from engine.runtime import prepare, send
 
     plan = prepare(campaign)
-    summary = send(plan, runs_dir=runs)
+    summary = send(plan, runs_dir=runs, metrics=None if metrics else NO_METRICS)
     return summary.rows_per_second, summary.states
 
 
@@ -128,15 +131,17 @@ def main(argv: list[str] | None = None) -> int:
             CAMPAIGN.format(engine=ROOT / "config" / "engine-blackhole.toml", segment=segment.resolve()),
             encoding="utf-8",
         )
-        results: dict[str, list[float]] = {"floor": [], "send": [], "stages": []}
+        results: dict[str, list[float]] = {"floor": [], "send": [], "send_metrics_off": [], "stages": []}
         states: dict[str, int] = {}
         for round_ in range(args.repeat + 1):  # round 0 warms caches and CPU up; not reported
             f = floor(segment)
             rate, states = engine_send(campaign, Path(tmp) / "runs")
+            off, _ = engine_send(campaign, Path(tmp) / "runs", metrics=False)
             st = stages_only(campaign)
             if round_:
                 results["floor"].append(f)
                 results["send"].append(rate)
+                results["send_metrics_off"].append(off)
                 results["stages"].append(st)
     report = {
         "segment": str(segment),
@@ -147,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         "send_to_floor_ratio_best": round(max(results["send"]) / max(results["floor"]), 3),
         "send_to_floor_ratio_median": round(
             statistics.median(results["send"]) / statistics.median(results["floor"]), 3
+        ),
+        "metrics_cost_median": round(
+            1 - statistics.median(results["send"]) / statistics.median(results["send_metrics_off"]), 4
         ),
         "runs": {k: [round(x) for x in v] for k, v in results.items()},
     }
