@@ -1,6 +1,6 @@
 """A gateway simulator: a real HTTP server on loopback speaking Pigeon's default JSON contract.
 
-    POST /send  {"messages": [{"id", "to", "text", "carrier", "parts"}, …]}
+    POST /send  {"messages": [{"id", "to", "text", "carrier", "parts"[, "idempotency_key"]}, …]}
     → 200 {"results": [{"id", "status": "accepted", "provider_id"} | {"id", "status": "rejected",
           "code"} | {"id", "status": "retry", "code"}, …]}
 
@@ -94,6 +94,7 @@ class _Msg(msgspec.Struct):
     text: str
     carrier: str = ""
     parts: int = 1
+    idempotency_key: str = ""
 
 
 class _Req(msgspec.Struct):
@@ -115,6 +116,8 @@ class Simulator:
         self._decode = msgspec.json.Decoder(_Req).decode
         self._server: asyncio.AbstractServer | None = None
         self._provider_seq = 0
+        self._keys: dict[str, str] = {}
+        """Idempotency key → the provider id it was accepted under (a key seen again is not re-sent)."""
         self._shape = SHAPES[config.shape]()
         self.callbacks = Callbacks(
             stats=self.stats,
@@ -233,8 +236,12 @@ class Simulator:
             return 400, "", json.dumps({"error": str(exc)}).encode()
         now = time.monotonic()
         results = []
+        keys = self._keys
         for m in req.messages:
-            if rng.random() < cfg.p_reject:
+            if m.idempotency_key and m.idempotency_key in keys:  # seen: accepted before, not sent again
+                self.stats["deduplicated"] += 1
+                results.append({"id": m.id, "status": "accepted", "provider_id": keys[m.idempotency_key]})
+            elif rng.random() < cfg.p_reject:
                 self.stats["rejected"] += 1
                 self.rejected.append(m.to)
                 results.append({"id": m.id, "status": "rejected", "code": "INVALID_NUMBER"})
@@ -247,6 +254,8 @@ class Simulator:
                 self.log.append((now, m.id, m.to, m.carrier, m.parts))
                 provider_id = f"sim-{self._provider_seq}"
                 results.append({"id": m.id, "status": "accepted", "provider_id": provider_id})
+                if m.idempotency_key:
+                    keys[m.idempotency_key] = provider_id
                 if self._follow_up:
                     self.callbacks.accepted(provider_id, m.id, m.to, now)
         return 200, "", msgspec.json.encode({"results": results})

@@ -4,7 +4,8 @@ The request and response shapes are configurable (:mod:`plugins.gateway_http.sha
 form, one message / a list / columns per request, where results live, provider codes → outcome
 classes); the default is Pigeon's own JSON contract:
 
-Request: ``POST {url}`` with ``{"messages": [{"id", "to", "text", "carrier", "parts"}]}``.
+Request: ``POST {url}`` with ``{"messages": [{"id", "to", "text", "carrier", "parts"}]}`` (and
+``"idempotency_key"`` per message with the ``idempotency_key`` option).
 Response: ``{"results": [...]}``, one per message in order, each ``{"status": "accepted",
 "provider_id"}``, ``{"status": "rejected", "code"}`` or ``{"status": "retry", "code"}``
 (``code = "throttled"`` for a rate limit). A 429 throttles the whole request (``Retry-After``
@@ -65,12 +66,20 @@ class HttpConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     ``X-Pigeon-Signature`` = hex HMAC of ``timestamp + "." + body``)."""
     idempotent: bool = False
     """Whether the provider deduplicates on the message id (then a timed-out request may be resent)."""
+    idempotency_key: bool = False
+    """Send each message's id as ``idempotency_key`` too (for providers that deduplicate on it: an
+    at-least-once campaign resumed after a crash resends with the same keys; docs/ledger.md)."""
     request: RequestShape = RequestShape()
     """How a batch is written (``[…options.request]``); the default is Pigeon's JSON contract."""
     response: ResponseShape = ResponseShape()
     """How the answer is read (``[…options.response]``); the default is Pigeon's JSON contract."""
 
     def __post_init__(self) -> None:
+        if self.idempotency_key and self.request != RequestShape():
+            raise ValueError(
+                "`idempotency_key` adds a field to Pigeon's own contract; with a `request` shape, "
+                "name the provider's key field in `request.fields.id` instead"
+            )
         if self.request.batch == "single" and self.max_batch != 1:
             raise ValueError(
                 f'`request.batch = "single"` sends one message per request: '
@@ -89,12 +98,13 @@ class _Response(msgspec.Struct):
     results: list[_Result]
 
 
-class _Out(msgspec.Struct):
+class _Out(msgspec.Struct, omit_defaults=True):
     id: str
     to: str
     text: str
     carrier: str
     parts: int
+    idempotency_key: str = ""
 
 
 class _Body(msgspec.Struct):
@@ -117,6 +127,7 @@ class HttpGateway:
         self.name = ctx.name
         self.max_batch = config.max_batch
         self.idempotent = config.idempotent
+        self._keyed = config.idempotency_key
         self.url = config.url
         encoder = BodyEncoder(config.request)
         self._body = None if config.request == RequestShape() else encoder.encode
@@ -172,7 +183,10 @@ class HttpGateway:
         else:
             c = batch.carrier
             rows = zip(batch.ids, batch.tos, batch.texts, batch.parts, strict=True)
-            body = self._encode(_Body([_Out(i, to, t, c, p) for i, to, t, p in rows]))
+            if self._keyed:  # the message id (``<campaign>-<row>``) is stable across resumes
+                body = self._encode(_Body([_Out(i, to, t, c, p, i) for i, to, t, p in rows]))
+            else:
+                body = self._encode(_Body([_Out(i, to, t, c, p) for i, to, t, p in rows]))
         headers = self._headers
         if self._hmac_key:
             headers = [*headers, *self._sign(body)]

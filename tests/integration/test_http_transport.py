@@ -104,3 +104,28 @@ def test_the_url_must_be_http(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"options\.url"):
         _gateway("ftp://127.0.0.1/send", tmp_path)
+
+
+async def test_idempotency_keys_let_the_provider_drop_a_resend(anyio_backend: object, tmp_path: Path) -> None:
+    with SimulatorThread(SimConfig()) as sim:
+        gw = _gateway(f"http://127.0.0.1:{sim.port}/send", tmp_path, idempotency_key=True)
+        try:
+            first = await gw.send(_batch(1, 2, 3))
+            again = await gw.send(_batch(1, 2, 3))  # e.g. after a crash, resumed at least once
+        finally:
+            await gw.aclose()
+    assert [r.provider_id for r in again] == [r.provider_id for r in first]
+    assert len(sim.log) == 3 and sim.stats["deduplicated"] == 3
+
+
+def test_idempotency_keys_belong_to_the_default_contract(tmp_path: Path) -> None:
+    from engine.config import convert_section
+    from engine.errors import ConfigError
+
+    options = {
+        "url": "http://127.0.0.1:9/send",
+        "idempotency_key": True,
+        "request": {"encoding": "json", "list_key": "m"},
+    }
+    with pytest.raises(ConfigError, match=r"request\.fields\.id"):
+        convert_section(options, HttpConfig, file="engine.toml", path="gateways.p.options")
