@@ -217,6 +217,9 @@ class HttpGateway:
             raise GatewayProtocolError(f"{self.name}: unreadable answer: {exc}") from None
         if len(results) != len(batch):
             raise GatewayProtocolError(f"{self.name}: {len(results)} results for {len(batch)} messages")
+        accepted = Outcome.ACCEPTED
+        if all(r.status == "accepted" for r in results):  # the common answer: one comprehension
+            return [SubmitResult(accepted, r.provider_id) if r.provider_id else ACCEPTED for r in results]
         reader = self._reader
         out: list[SubmitResult] = []
         for r in results:
