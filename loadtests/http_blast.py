@@ -24,7 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -40,12 +42,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds used so far by process ``pid`` (the simulator), from /proc; 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
-async def baseline(url: str, requests: int, concurrency: int) -> dict[str, float]:
+async def baseline(url: str, requests: int, concurrency: int) -> dict[str, Any]:
     """One message per request, ``concurrency`` requests in flight."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
@@ -75,8 +86,9 @@ async def baseline(url: str, requests: int, concurrency: int) -> dict[str, float
     }
 
 
-def engine(url: str, segment: Path, tmp: Path, max_batch: int, in_flight: int) -> dict[str, float]:
+def engine(url: str, segment: Path, tmp: Path, max_batch: int, in_flight: int) -> dict[str, Any]:
     """``pigeon send`` of the segment through the http gateway."""
+    from engine.metrics import Metrics
     from engine.report import RunRecorder
     from engine.runtime import prepare, send
 
@@ -130,7 +142,8 @@ respect_optouts = false
             )
 
     cpu, started = _cpu(), time.perf_counter()
-    summary = send(plan, runs_dir=tmp / "runs", progress=sample)
+    metrics = Metrics(backend="asyncio")  # metrics on: every batch and request counted
+    summary = send(plan, runs_dir=tmp / "runs", progress=sample, metrics=metrics)
     elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
     sent = summary.states.get("sent", 0)
     requests = summary.gateways["sim"].requests
@@ -141,10 +154,20 @@ respect_optouts = false
         "messages_per_s": round(sent / elapsed),
         "requests": requests,
         "cpu_ms_per_request": round(cpu / max(1, requests) * 1000, 3),
+        "client_cpu_s": round(cpu, 2),
+        "metrics_requests_counted": round(
+            sum(
+                sample.value
+                for family in metrics.registry.collect()
+                if family.name == "pigeon_gateway_request_duration_seconds"
+                for sample in family.samples
+                if sample.name.endswith("_count")
+            )
+        ),
         "retries": summary.gateways["sim"].retries,
-        "latency_ms": summary.gateways["sim"].latency_ms,  # type: ignore[dict-item]
-        "states": summary.states,  # type: ignore[dict-item]
-        "sent_over_time": timeline,  # type: ignore[dict-item]
+        "latency_ms": summary.gateways["sim"].latency_ms,
+        "states": summary.states,
+        "sent_over_time": timeline,
     }
 
 
@@ -175,9 +198,16 @@ def main(argv: list[str] | None = None) -> int:
                 break
             except httpx.TransportError:
                 time.sleep(0.05)
-        report: dict[str, object] = {}
-        report["httpx_100_concurrent"] = asyncio.run(baseline(url, args.baseline_requests, 100))
-        report["httpx_10_concurrent"] = asyncio.run(baseline(url, args.baseline_requests, 10))
+        report: dict[str, object] = {"load_average_at_start": os.getloadavg()[0]}
+
+        def measured(name: str, run: Callable[[], dict[str, Any]]) -> None:
+            sim_cpu = _proc_cpu(sim.pid)
+            result = run()
+            result["simulator_cpu_s"] = round(_proc_cpu(sim.pid) - sim_cpu, 2)
+            report[name] = result
+
+        measured("httpx_100_concurrent", lambda: asyncio.run(baseline(url, args.baseline_requests, 100)))
+        measured("httpx_10_concurrent", lambda: asyncio.run(baseline(url, args.baseline_requests, 10)))
         with tempfile.TemporaryDirectory() as tmp_dir:
             tmp = Path(tmp_dir)
             big = HERE / "data" / f"segment-{args.rows}.csv"
@@ -197,9 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                         capture_output=True,
                     )
             if args.only != "batch1":
-                report["pigeon_batch_100"] = engine(url, big, tmp, 100, args.in_flight_batch100)
+                measured("pigeon_batch_100", lambda: engine(url, big, tmp, 100, args.in_flight_batch100))
             if args.only != "batch100":
-                report["pigeon_batch_1"] = engine(url, small, tmp, 1, args.in_flight_batch1)
+                measured("pigeon_batch_1", lambda: engine(url, small, tmp, 1, args.in_flight_batch1))
         report["simulator"] = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
     finally:
         sim.terminate()
