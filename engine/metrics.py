@@ -5,7 +5,9 @@ engines in one process never collide). It is created once per run (or per servic
 pre-initialized from the plan with :meth:`Metrics.prepare` so every series exists from the first
 scrape (dashboards see zeros, not gaps), and passed to the parts that count. Each counting method
 is called once per batch or per gateway request, never per message; label children are looked up
-in plain dicts, so a call costs a dict lookup and one locked add.
+in plain dicts and hold plain numbers, so a call costs a dict lookup and an add (no lock: the
+counting methods are called from one thread, the event loop's; :meth:`Metrics.delivery_reports`
+and :meth:`Metrics.optouts_added` take a lock, as a service may call them from worker threads).
 
 Names follow DESIGN.md: prefix ``pigeon_``, counters end ``_total``, durations are ``_seconds``
 histograms, labels only from ``stage, reason, carrier, gateway, outcome, status, priority, shard``
@@ -29,6 +31,7 @@ The method API (stable; other modules call exactly these)::
     optouts_added(n, source)
     exposition() -> (body, content type)
     serve(addr, port) -> MetricsServer        # /metrics over HTTP in a thread, .close() stops it
+    serving(addr, port, notify=None)          # serve() as a context manager; nothing when port is None
 
 :data:`NO_METRICS` is a :class:`Metrics` that counts nothing (metrics off).
 """
@@ -37,29 +40,21 @@ from __future__ import annotations
 
 import platform
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-    start_http_server,
-)
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from engine.errors import EngineError
 
 if TYPE_CHECKING:
     from engine.runtime import Plan
-
-# No ``*_created`` series: they would double every counter's and histogram's lines (and a scrape's
-# time) for a timestamp Prometheus does not need. The switch is process-wide, like the engine.
-disable_created_metrics()  # type: ignore[no-untyped-call]
 
 __all__ = [
     "DELIVERY_BUCKETS",
@@ -232,6 +227,117 @@ def _version() -> str:
         return "0+unknown"
 
 
+# --- families ------------------------------------------------------------------------------------
+#
+# prometheus_client's Counter/Histogram take a lock and check their arguments on every call (about
+# 1.5 and 3 µs on this machine). The counting here happens on one thread — the event loop's — once
+# per batch, so the families below keep plain numbers in slotted objects (an add is ~0.1 µs) and
+# turn them into prometheus_client metric families only when scraped. Scrapes run in another
+# thread: they read a copy of the children (a C-level copy, atomic under the GIL), and a
+# histogram's count is the sum of its buckets, so a scrape never sees them disagree. Methods called
+# from several threads (delivery reports, opt-outs) take a lock of their own in :class:`Metrics`.
+
+
+class _Value:
+    """One series of a counter or gauge."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` (counters: never negative; the callers ensure it)."""
+        self.value += amount
+
+    def set(self, value: float) -> None:
+        """Gauges: set the value."""
+        self.value = value
+
+
+class _Observed:
+    """One series of a histogram: a count per bucket (the last is +Inf) and the sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one value into the first bucket whose upper bound is at least ``value``."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class _Family:
+    """A metric family with labels, registered as a collector; children created once per label set."""
+
+    kind = "counter"
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labelnames: Sequence[str],
+        *,
+        registry: CollectorRegistry,
+        buckets: tuple[float, ...] = (),
+    ) -> None:
+        self.name = name
+        self.doc = doc
+        self.labelnames = list(labelnames)
+        self.buckets = buckets
+        self._le = [floatToGoString(b) for b in buckets]  # type: ignore[no-untyped-call]
+        self._children: dict[tuple[str, ...], Any] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> Any:
+        """The child for these label values (created at zero the first time)."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children.setdefault(values, _Observed(self.buckets) if self.buckets else _Value())
+        return child
+
+    def _family(self) -> Any:
+        if self.kind == "histogram":
+            return HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        if self.kind == "gauge":
+            return GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
+        return CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+
+    def describe(self) -> list[Metric]:
+        """The family without samples (the registry checks names with it)."""
+        return [self._family()]
+
+    def collect(self) -> list[Metric]:
+        """The family with every child's current values."""
+        fam = self._family()
+        for values, child in list(self._children.items()):
+            if isinstance(child, _Observed):
+                cumulative, buckets = 0, []
+                for le, n in zip([*self._le, "+Inf"], list(child.counts), strict=True):
+                    cumulative += n
+                    buckets.append((le, float(cumulative)))
+                fam.add_metric(list(values), buckets=buckets, sum_value=child.sum)
+            else:
+                fam.add_metric(list(values), child.value)
+        return [fam]
+
+
+class _Counter(_Family):
+    kind = "counter"
+
+
+class _Gauge(_Family):
+    kind = "gauge"
+
+
+class _Histogram(_Family):
+    kind = "histogram"
+
+
 class MetricsServer:
     """``/metrics`` served over HTTP from a daemon thread (prometheus_client's server)."""
 
@@ -278,97 +384,99 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         """The registry :meth:`exposition` renders; nothing else is registered in it."""
         r = self.registry
-        self._stage_in = Counter(
+        self._stage_in = _Counter(
             _base(NAMES["stage_in"]), "Rows that entered a stage (source: rows read).", ["stage"], registry=r
         )
-        self._stage_out = Counter(_base(NAMES["stage_out"]), "Rows a stage passed on.", ["stage"], registry=r)
-        self._stage_dropped = Counter(
+        self._stage_out = _Counter(
+            _base(NAMES["stage_out"]), "Rows a stage passed on.", ["stage"], registry=r
+        )
+        self._stage_dropped = _Counter(
             _base(NAMES["stage_dropped"]),
             "Rows a stage took out: rejected, suppressed or deferred, by reason.",
             ["stage", "reason"],
             registry=r,
         )
-        self._stage_seconds = Histogram(
+        self._stage_seconds = _Histogram(
             NAMES["stage_seconds"],
             "Time one stage took over one batch.",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=r,
         )
-        self._queued = Gauge(
+        self._queued = _Gauge(
             NAMES["queued"],
             "Messages handed to the send lanes and waiting for a gateway request "
             "(packing, lane queue, in-flight window, rate limiter, retry backoff).",
             ["priority", "carrier"],
             registry=r,
         )
-        self._wait = Histogram(
+        self._wait = _Histogram(
             NAMES["ratelimit_wait"],
             "Time a request waited for its carrier's and gateway's rate budgets (0 when it did not).",
             ["carrier"],
             buckets=GATEWAY_BUCKETS,
             registry=r,
         )
-        self._req_seconds = Histogram(
+        self._req_seconds = _Histogram(
             NAMES["request_seconds"],
             "Gateway request round trip, by how the request ended.",
             ["gateway", "outcome"],
             buckets=GATEWAY_BUCKETS,
             registry=r,
         )
-        self._req_messages = Counter(
+        self._req_messages = _Counter(
             _base(NAMES["request_messages"]),
             "Messages carried by gateway requests (resends included), by how the request ended.",
             ["gateway", "outcome"],
             registry=r,
         )
-        self._in_flight = Gauge(
+        self._in_flight = _Gauge(
             NAMES["in_flight"], "Gateway requests open right now.", ["gateway"], registry=r
         )
-        self._in_flight_limit = Gauge(
+        self._in_flight_limit = _Gauge(
             NAMES["in_flight_limit"], "The gateway's configured in-flight window.", ["gateway"], registry=r
         )
-        self._messages = Counter(
+        self._messages = _Counter(
             _base(NAMES["messages"]),
             "Messages that reached their end at a gateway, by outcome (accepted = sent).",
             ["gateway", "carrier", "outcome"],
             registry=r,
         )
-        self._parts = Counter(
+        self._parts = _Counter(
             _base(NAMES["parts"]),
             "Billed SMS parts of the messages counted by pigeon_messages_total.",
             ["gateway", "carrier", "outcome"],
             registry=r,
         )
-        self._retries = Counter(
+        self._retries = _Counter(
             _base(NAMES["retries"]),
             "Messages scheduled to be sent again, by the outcome that sent them back.",
             ["gateway", "outcome"],
             registry=r,
         )
-        self._failovers = Counter(
+        self._failovers = _Counter(
             _base(NAMES["failovers"]),
             "Messages sent through a gateway other than their carrier's primary one.",
             ["carrier", "gateway"],
             registry=r,
         )
-        self._dlr = Counter(
+        self._dlr = _Counter(
             _base(NAMES["dlr"]), "Delivery reports received, by status.", ["gateway", "status"], registry=r
         )
-        self._dlr_seconds = Histogram(
+        self._dlr_seconds = _Histogram(
             NAMES["dlr_seconds"],
             "Time from a gateway accepting a message to its delivery report (the carrier's done time).",
             ["gateway"],
             buckets=DELIVERY_BUCKETS,
             registry=r,
         )
-        self._optouts = Counter(
+        self._optouts = _Counter(
             _base(NAMES["optouts"]),
             "Numbers added to the opt-out list, by where the opt-out came from (api, mo, import, manual).",
             ["reason"],
             registry=r,
         )
-        self._build = Gauge(
+        self._build = _Gauge(
             NAMES["build_info"],
             "Always 1: the running Pigeon's version, Python and event loop.",
             ["version", "python", "backend"],
@@ -385,6 +493,7 @@ class Metrics:
         self._retry: dict[tuple[str, str], Any] = {}
         self._failover: dict[tuple[str, str], Any] = {}
         self._gateways: set[str] = set()
+        self._lock = threading.Lock()
         for source in OPTOUT_SOURCES[:-1]:
             self._optouts.labels(source)
 
@@ -507,18 +616,20 @@ class Metrics:
         those whose times are known. A gateway or status outside the config's and
         ``DeliveryStatus``'s sets is counted as ``other`` / ``unknown`` (webhooks are outside input)."""
         g = gateway if gateway in self._gateways else _OTHER_GATEWAY
-        for status, n in counts_by_status.items():
-            if n:
-                self._dlr.labels(g, status if status in DELIVERY_STATUSES else "unknown").inc(n)
-        h = self._dlr_seconds.labels(g)
-        for s in latencies:
-            h.observe(max(0.0, s))
+        with self._lock:
+            for status, n in counts_by_status.items():
+                if n:
+                    self._dlr.labels(g, status if status in DELIVERY_STATUSES else "unknown").inc(n)
+            h = self._dlr_seconds.labels(g)
+            for s in latencies:
+                h.observe(max(0.0, s))
 
     def optouts_added(self, n: int, source: str) -> None:
         """``n`` numbers newly added to the opt-out list from ``source`` (``api``, ``mo``,
         ``import``, ``manual``; anything else counts as ``other``)."""
         if n:
-            self._optouts.labels(source if source in OPTOUT_SOURCES else "other").inc(n)
+            with self._lock:
+                self._optouts.labels(source if source in OPTOUT_SOURCES else "other").inc(n)
 
     # --- output ----------------------------------------------------------------------------------
 
@@ -539,6 +650,18 @@ class Metrics:
                 "choose another --metrics-port (or --metrics-addr)"
             ) from None
         return MetricsServer(server, thread)
+
+    def serving(
+        self, addr: str, port: int | None, notify: Callable[[str], None] | None = None
+    ) -> AbstractContextManager[MetricsServer | None]:
+        """:meth:`serve` now (so a taken port fails at once) and stop at the end of the ``with``;
+        nothing when ``port`` is None. ``notify`` is told the URL."""
+        if port is None:
+            return nullcontext()
+        server = self.serve(addr, port)
+        if notify is not None:
+            notify(f"metrics: {server.url}")
+        return server
 
     # --- children, created once --------------------------------------------------------------------
 

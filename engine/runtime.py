@@ -423,26 +423,20 @@ def send(
         )
     metrics = metrics if metrics is not None else Metrics(backend=backend)
     prepare_run(metrics, plan, [])  # gateways and carriers at zero from the first scrape; stages at open
-    server = metrics.serve(metrics_addr, metrics_port) if metrics_port is not None else None
-    if server is not None and notify is not None:
-        notify(f"metrics: {server.url}")
+    serving = metrics.serving(metrics_addr, metrics_port, notify)  # a taken port fails before anything
     run_dir = new_run_dir(plan, runs_dir, clock)
-    try:
-        with quiet_gc():
-            summary: RunSummary | None = anyio.run(
-                _send_until_signalled,
-                plan,
-                run_dir,
-                progress,
-                clock,
-                notify,
-                metrics,
-                backend=backend,
-                backend_options=_backend_options(backend),
-            )
-    finally:
-        if server is not None:
-            server.close()
+    with quiet_gc(), serving:
+        summary: RunSummary | None = anyio.run(
+            _send_until_signalled,
+            plan,
+            run_dir,
+            progress,
+            clock,
+            notify,
+            metrics,
+            backend=backend,
+            backend_options=_backend_options(backend),
+        )
     if summary is None:
         raise RunAbandoned(
             f"abandoned on a second signal: messages in flight were not waited for; {run_dir} holds "

@@ -239,3 +239,58 @@ def test_docs_list_every_metric() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text("utf-8")
     for name in NAMES.values():
         assert f"| `{name}` |" in docs, f"docs/metrics.md has no row for {name}"
+
+
+def test_a_value_on_a_bucket_bound_counts_in_that_bucket() -> None:
+    """Prometheus buckets are "less than or equal"."""
+    m = prepared()
+    m.ratelimit_wait("cu", 0.001)
+    m.ratelimit_wait("cu", 0.0010001)
+    assert value(m, "pigeon_ratelimit_wait_seconds_bucket", carrier="cu", le="0.001") == 1
+    assert value(m, "pigeon_ratelimit_wait_seconds_bucket", carrier="cu", le="0.0025") == 2
+    assert value(m, "pigeon_ratelimit_wait_seconds_bucket", carrier="cu", le="+Inf") == 2
+
+
+def test_scrapes_from_another_thread_while_counting_stay_consistent() -> None:
+    """The scrape thread reads while the loop thread counts and creates series."""
+    import threading
+
+    m = prepared()
+    stop = threading.Event()
+    problems: list[str] = []
+    scrapes = [0]
+
+    def scrape() -> None:
+        while not stop.is_set():
+            try:
+                body, _ = m.exposition()
+                for fam in text_string_to_metric_families(body.decode()):
+                    if fam.type != "histogram":
+                        continue
+                    by_series: dict[tuple[tuple[str, str], ...], dict[str, float]] = {}
+                    for s in fam.samples:
+                        key = tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+                        by_series.setdefault(key, {})[s.name.rsplit("_", 1)[1] + s.labels.get("le", "")] = (
+                            s.value
+                        )
+                    for key, v in by_series.items():
+                        if v["count"] != v["bucket+Inf"]:
+                            problems.append(f"{fam.name}{key}: count {v['count']} != +Inf {v['bucket+Inf']}")
+                scrapes[0] += 1
+            except Exception as exc:
+                problems.append(repr(exc))
+
+    t = threading.Thread(target=scrape)
+    t.start()
+    try:
+        for i in range(20_000):
+            m.stage_batch(f"plugin_stage_{i % 200}", 10, 9, {f"reason_{i % 7}": 1}, 0.0001 * (i % 50))
+            m.request("primary", "ok", 0.001 * (i % 100), 10)
+    finally:
+        stop.set()
+        t.join()
+    assert scrapes[0] > 0
+    assert problems == []
+    assert (
+        value(m, "pigeon_gateway_request_duration_seconds_count", gateway="primary", outcome="ok") == 20_000
+    )
