@@ -253,15 +253,15 @@ class Lane:
             metrics.in_flight(gw.name, -1)
             breaker.success()
             again = [i for i, r in enumerate(results) if r.outcome in _AGAIN]
-            throttled = any(results[i].outcome is Outcome.THROTTLED for i in again)
-            outcome = "throttled" if throttled else "retry" if again else "ok"
-            metrics.request(gw.name, outcome, self.clock.monotonic() - sent_at, len(pending))
             account = self.gateway_limiters.get(gw.name)
             if account is not None:
-                if throttled:
+                if any(results[i].outcome is Outcome.THROTTLED for i in again):
                     account.slow_down()
                 else:
                     account.recover()
+            throttled = again and any(results[i].outcome is Outcome.THROTTLED for i in again)
+            outcome = "throttled" if throttled else "retry" if again else "ok"
+            metrics.request(gw.name, outcome, self.clock.monotonic() - sent_at, len(pending))
             if not again:
                 recorder.results(gw.name, pending, results)
                 return

@@ -3,8 +3,8 @@
 Wall-clock rates on a shared 2-core machine swing by ±30 % from one run to the next, so this
 measures three ways, each beside its own baseline:
 
-* ``blackhole``: ``pigeon send`` to the blackhole gateway, metrics on and off alternating (the order
-  flipped every round), rows per CPU second of this process;
+* ``blackhole``: ``pigeon send`` to the blackhole gateway, metrics on, off, and off again (an A/A
+  control that shows the machine's own spread), the order rotated every round, rows per CPU second;
 * ``replay``: every metric call of one blackhole run recorded, then replayed alone against a fresh
   :class:`~engine.metrics.Metrics`: their CPU time as a share of the same send with metrics off
   (the steadiest figure: no other work in the timed loop);
@@ -70,24 +70,23 @@ def _send(campaign: Path, runs: Path, metrics: Any) -> tuple[float, int, Any]:
 
 
 def blackhole(campaign: Path, runs: Path, rounds: int) -> dict[str, Any]:
-    """Rows per CPU second, metrics on and off alternating (after one warm-up pair)."""
+    """Rows per CPU second with metrics on, off, and off again (the A/A control: how far two
+    identical sends differ on this machine), rotating the order every round (after a warm-up)."""
     from engine.metrics import NO_METRICS, Metrics
 
-    on: list[float] = []
-    off: list[float] = []
+    kinds = ["on", "off", "off_again"]
+    runs_by: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(rounds + 1):
-        order = [True, False] if r % 2 else [False, True]
-        for enabled in order:
-            cpu, rows, _ = _send(campaign, runs, Metrics() if enabled else NO_METRICS)
+        for kind in kinds[r % 3 :] + kinds[: r % 3]:
+            cpu, rows, _ = _send(campaign, runs, Metrics() if kind == "on" else NO_METRICS)
             if r:
-                (on if enabled else off).append(rows / cpu)
+                runs_by[kind].append(rows / cpu)
+    med = {k: statistics.median(v) for k, v in runs_by.items()}
     return {
-        "rows_per_cpu_s_on_median": round(statistics.median(on)),
-        "rows_per_cpu_s_off_median": round(statistics.median(off)),
-        "on_over_off_median": round(statistics.median(on) / statistics.median(off), 4),
-        "on_over_off_best": round(max(on) / max(off), 4),
-        "runs_on": [round(x) for x in on],
-        "runs_off": [round(x) for x in off],
+        **{f"rows_per_cpu_s_{k}_median": round(v) for k, v in med.items()},
+        "on_over_off_median": round(med["on"] / med["off"], 4),
+        "off_again_over_off_median": round(med["off_again"] / med["off"], 4),
+        **{f"runs_{k}": [round(x) for x in v] for k, v in runs_by.items()},
     }
 
 
