@@ -87,7 +87,8 @@ async def baseline(url: str, requests: int, concurrency: int) -> dict[str, Any]:
 
 
 def engine(url: str, segment: Path, tmp: Path, max_batch: int, in_flight: int) -> dict[str, Any]:
-    """``pigeon send`` of the segment through the http gateway."""
+    """``pigeon send`` of the segment through the http gateway, with the campaign ledger on (as
+    ``pigeon send`` runs); each scenario is its own campaign, and a repeat starts a new run."""
     from engine.metrics import Metrics
     from engine.report import RunRecorder
     from engine.runtime import prepare, send
@@ -116,7 +117,7 @@ timeout = 30
     )
     (tmp / "campaign.toml").write_text(
         f"""
-id = "http-blast"
+id = "http-blast-b{max_batch}"
 engine = "engine.toml"
 [segment]
 source = "csv"
@@ -143,7 +144,7 @@ respect_optouts = false
 
     cpu, started = _cpu(), time.perf_counter()
     metrics = Metrics(backend="asyncio")  # metrics on: every batch and request counted
-    summary = send(plan, runs_dir=tmp / "runs", progress=sample, metrics=metrics)
+    summary = send(plan, runs_dir=tmp / "runs", progress=sample, metrics=metrics, again=True)
     elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
     sent = summary.states.get("sent", 0)
     requests = summary.gateways["sim"].requests
