@@ -111,6 +111,8 @@ class _Code(IntEnum):
 
 
 _STATE_OF: Final = {c: LedgerState[c.name] for c in _Code}
+_OUTCOME_CODE: Final = {Outcome.ACCEPTED: _Code.SUBMITTED, Outcome.UNKNOWN: _Code.UNKNOWN}
+"""A gateway's per-message answer → the recipient's state (anything else final is ``failed``)."""
 _CODE_OF: Final = {LedgerState[c.name].value: c for c in _Code}
 
 
@@ -1069,9 +1071,13 @@ class CampaignLedger:
                 _Event.OUTCOME, rows, _Code.SUBMITTED, gateway=gateway, provider_ids=pids, ts=now, req=req
             )
         else:
-            codes = bytes(_Code.SUBMITTED if r.outcome is Outcome.ACCEPTED else _Code.FAILED for r in results)
+            codes = bytes(_OUTCOME_CODE.get(r.outcome, _Code.FAILED) for r in results)
             reasons = [
-                "" if r.outcome is Outcome.ACCEPTED else f"{r.outcome.value}:{r.code or r.outcome.value}"
+                ""
+                if r.outcome is Outcome.ACCEPTED
+                else r.code or r.outcome.value
+                if r.outcome is Outcome.UNKNOWN
+                else f"{r.outcome.value}:{r.code or r.outcome.value}"
                 for r in results
             ]
             self._write(

@@ -18,7 +18,7 @@ rejected   a permanent refusal of this recipient or content: failed, never resen
 capped     a per-recipient cap (daily/hourly limit): failed now with the code, not resent
 window     outside the provider's hours: failed with the code (the engine's windows should hold it)
 ambiguous  the provider does not know (internal timeout): resent only on an idempotent gateway,
-           otherwise failed with ``ambiguous:<code>`` — a delivery report settles it
+           otherwise ``unknown`` with ``ambiguous:<code>`` — a delivery report settles it
 account    the account cannot send (balance, arrears, permissions): the request fails as a
            whole (:class:`~engine.errors.GatewayAuthError`) so its carriers fail over
 ========== ===================================================================================
@@ -398,7 +398,7 @@ class ResponseReader:
         if outcome == "ambiguous":
             if self.idempotent:
                 return SubmitResult(Outcome.RETRY, code=code or "ambiguous")
-            return SubmitResult(Outcome.REJECTED, code=f"ambiguous:{code}")
+            return SubmitResult(Outcome.UNKNOWN, code=f"ambiguous:{code}")
         return SubmitResult(Outcome.REJECTED, code=code or outcome, permanent=outcome == "rejected")
 
     def account_error(self, code: str) -> GatewayAuthError:

@@ -163,7 +163,8 @@ def test_codes_map_to_outcome_classes_by_exact_code_then_longest_prefix() -> Non
     assert reader.classify("retry", "throttled") == ("throttled", "throttled")
     assert reader.classify("rejected", "LimitExceeded.PhoneNumberDailyLimit")[0] == "capped"
     assert reader.classify("accepted", "whatever") == ("accepted", "whatever")
-    assert reader.submit("ambiguous", "InternalError.Timeout", "").code == "ambiguous:InternalError.Timeout"
+    unsure = reader.submit("ambiguous", "InternalError.Timeout", "")
+    assert (unsure.outcome, unsure.code) == (Outcome.UNKNOWN, "ambiguous:InternalError.Timeout")
     idem = ResponseReader(ResponseShape(), idempotent=True, gateway="p")
     assert idem.submit("ambiguous", "InternalError.Timeout", "").outcome is Outcome.RETRY
 

@@ -104,6 +104,8 @@ def _run(ledger: Ledger, ops: list[tuple[tuple[str, str], int]], semantics: Sema
                     SubmitResult(Outcome.ACCEPTED, provider_id=f"x{r}")
                     if r % 3
                     else SubmitResult(Outcome.REJECTED, code="E9")
+                    if r % 2
+                    else SubmitResult(Outcome.UNKNOWN, code="ambiguous:T1")
                     for r in rows
                 ]
                 run.results("gw", batch, results)
@@ -116,8 +118,10 @@ def _run(ledger: Ledger, ops: list[tuple[tuple[str, str], int]], semantics: Sema
                     model[r] = "submitted"
                     provider[f"x{r}"] = r
                     sent_rows.append(r)
-                elif arg == "mixed":
+                elif arg == "mixed" and r % 2:
                     model[r], reasons[r] = "failed", "rejected:E9"
+                elif arg == "mixed":  # the provider could not say (an internal timeout)
+                    model[r], reasons[r] = "unknown", "ambiguous:T1"
                 elif arg in ("failed", "unknown"):
                     model[r] = arg
                     reasons[r] = (
