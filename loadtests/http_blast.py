@@ -86,7 +86,9 @@ async def baseline(url: str, requests: int, concurrency: int) -> dict[str, Any]:
     }
 
 
-def engine(url: str, segment: Path, tmp: Path, max_batch: int, in_flight: int) -> dict[str, Any]:
+def engine(
+    url: str, segment: Path, tmp: Path, max_batch: int, in_flight: int, *, ledger: bool = True
+) -> dict[str, Any]:
     """``pigeon send`` of the segment through the http gateway, with the campaign ledger on (as
     ``pigeon send`` runs); each scenario is its own campaign, and a repeat starts a new run."""
     from engine.metrics import Metrics
@@ -144,7 +146,7 @@ respect_optouts = false
 
     cpu, started = _cpu(), time.perf_counter()
     metrics = Metrics(backend="asyncio")  # metrics on: every batch and request counted
-    summary = send(plan, runs_dir=tmp / "runs", progress=sample, metrics=metrics, again=True)
+    summary = send(plan, runs_dir=tmp / "runs", progress=sample, metrics=metrics, ledger=ledger, again=ledger)
     elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
     sent = summary.states.get("sent", 0)
     requests = summary.gateways["sim"].requests
@@ -181,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--in-flight-batch1", type=int, default=4, help="requests in flight at batch 1")
     p.add_argument("--in-flight-batch100", type=int, default=4, help="requests in flight at batch 100")
     p.add_argument("--only", choices=["batch1", "batch100"], help="skip the other Pigeon scenario")
+    p.add_argument(
+        "--without-ledger", action="store_true", help="also run the batch-100 blast without the ledger"
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -229,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
                     )
             if args.only != "batch1":
                 measured("pigeon_batch_100", lambda: engine(url, big, tmp, 100, args.in_flight_batch100))
+                if args.without_ledger:  # the ledger's cost: the same blast without it, same run
+                    measured(
+                        "pigeon_batch_100_without_ledger",
+                        lambda: engine(url, big, tmp, 100, args.in_flight_batch100, ledger=False),
+                    )
             if args.only != "batch100":
                 measured("pigeon_batch_1", lambda: engine(url, small, tmp, 1, args.in_flight_batch1))
         report["simulator"] = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
