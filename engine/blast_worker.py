@@ -45,10 +45,12 @@ from engine.report import RunRecorder
 from engine.retry import Breaker
 from engine.runtime import Plan, _open_ledger, _send, prepare
 
-__all__ = ["NICE", "PROGRESS_EVERY", "Progress", "main"]
+__all__ = ["METRICS_FILE", "NICE", "PROGRESS_EVERY", "Progress", "main"]
 
 PROGRESS_EVERY = 0.25
 """Seconds between two progress lines."""
+METRICS_FILE = "metrics.prom"
+"""The worker's last exposition, in its run directory."""
 NICE = 5
 """How much lower the worker's CPU priority is than the service's (``os.nice``)."""
 
@@ -182,6 +184,8 @@ async def run_worker(plan: Plan, ledger: CampaignLedger | None, run_dir: Path, o
                     recorder=recorder,
                 )
                 tg.cancel_scope.cancel()
+            # its last counts, for the service's /metrics once this process is gone
+            (run_dir / METRICS_FILE).write_bytes(metrics.exposition()[0])
     finally:
         for gw in resources.gateways.values():
             with anyio.move_on_after(10, shield=True), contextlib.suppress(Exception):

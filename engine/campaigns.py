@@ -23,7 +23,7 @@ from anyio.abc import Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from engine.blast_worker import Progress
+from engine.blast_worker import METRICS_FILE, Progress
 from engine.control import RunControl, RunState
 from engine.errors import EngineError
 from engine.ledger import CampaignStatus, LedgerError
@@ -214,6 +214,9 @@ class Campaigns:
                     failed = await self._follow(run, proc)
                     tg.cancel_scope.cancel()
                 code = await proc.wait()
+            last = run_dir / METRICS_FILE
+            if last.is_file():
+                self.service.merged_metrics.retire(last.read_text(encoding="utf-8"))
             if failed is not None:
                 raise CampaignFailed(failed)
             if code != 0 or not run.counts.done:
@@ -228,9 +231,9 @@ class Campaigns:
         finally:
             if run.cancelled and self.service.ledger is not None:
                 # for good, once the worker is done with the ledger: `pigeon resume` will not continue it
-                with anyio.CancelScope(shield=True):
-                    self.service.ledger.set_status(run.id, CampaignStatus.CANCELLED)
+                self.service.ledger.set_status(run.id, CampaignStatus.CANCELLED)
             run.finished = time.monotonic()
+            run.metrics_url = ""
             run.commands.close()
         log.info(
             "campaign ended",
@@ -323,6 +326,10 @@ class Campaigns:
         for run in self.runs.values():
             if run.finished is None and run.plan.optouts is not None:
                 run.tell("optouts " + json.dumps(numbers))
+
+    def metrics_urls(self) -> list[str]:
+        """The ``/metrics`` of every running worker."""
+        return [r.metrics_url for r in self.runs.values() if r.finished is None and r.metrics_url]
 
     def status(self) -> dict[str, Any]:
         """Every campaign's state (for logs)."""

@@ -56,6 +56,7 @@ from engine.store import OptOutRecord
 from engine.store.sqlite import SqliteStore
 from engine.template import DEFAULT_OPT_OUT, Template, compile_template
 from engine.webhooks import GenericParser, MoReply, WebhookParser
+from engine.worker_metrics import MergedMetrics, fetch
 
 __all__ = [
     "ApiError",
@@ -341,7 +342,9 @@ class Service:
         self.keywords = self.service.optout_keywords or sorted(DEFAULT_KEYWORDS)
         self.campaigns: Any = None  # engine.campaigns.Campaigns, set on start
         self.metrics = Metrics()
-        """The process's metrics: the API's lanes and every campaign it runs count here."""
+        """The process's metrics: the API's lanes count here (campaigns in their workers)."""
+        self.merged_metrics = MergedMetrics(self.metrics.registry)
+        """What ``/metrics`` serves: the process's series plus its blast workers'."""
         self.urgent_pending = 0
         """Transactional messages accepted and not yet handed to a gateway (blasts yield to them)."""
         self.counters: Counter[str] = Counter()
@@ -885,8 +888,23 @@ class Service:
     # -- metrics -------------------------------------------------------------------------
 
     def exposition(self) -> tuple[bytes, str]:
-        """The ``/metrics`` body and content type."""
+        """The process's own metrics (without its blast workers') and content type."""
         return self.metrics.exposition()
+
+    async def scrape(self) -> tuple[bytes, str]:
+        """The ``/metrics`` body and content type: the process's series and its blast workers'."""
+        urls = self.campaigns.metrics_urls() if self.campaigns is not None else []
+        texts: list[str | None] = [None] * len(urls)
+
+        async def one(i: int, url: str) -> None:
+            texts[i] = await fetch(url)
+
+        if urls:
+            async with anyio.create_task_group() as tg:
+                for i, url in enumerate(urls):
+                    tg.start_soon(one, i, url)
+        body = self.merged_metrics.render([t for t in texts if t is not None])
+        return body, self.metrics.exposition()[1]
 
     # -- health --------------------------------------------------------------------------
 
