@@ -11,63 +11,82 @@ later scrape, so a counter never goes down because a blast finished.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 
 import anyio
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 __all__ = ["FETCH_TIMEOUT", "MergedMetrics", "fetch"]
 
 FETCH_TIMEOUT = 2.0
 """Seconds a scrape waits for one worker's exposition (a late worker is left out of that scrape)."""
 
-_Key = tuple[str, tuple[tuple[str, str], ...]]
-
 
 class _Family:
-    __slots__ = ("doc", "kind", "name", "values")
+    __slots__ = ("help", "kind", "name", "values")
 
-    def __init__(self, name: str, doc: str, kind: str) -> None:
-        self.name, self.doc, self.kind = name, doc, kind
-        self.values: dict[_Key, float] = {}
-
-    def add(self, metric: Metric) -> None:
-        values = self.values
-        keep_one = self.name.endswith("_info")
-        for s in metric.samples:
-            if s.name.endswith("_created"):
-                continue
-            key = (s.name, tuple(sorted(s.labels.items())))
-            if keep_one:
-                values[key] = max(values.get(key, 0.0), s.value)
-            else:
-                values[key] = values.get(key, 0.0) + s.value
+    def __init__(self, name: str, help_line: str, kind: str) -> None:
+        self.name, self.help, self.kind = name, help_line, kind
+        self.values: dict[str, float] = {}
+        """``name{labels}`` → value."""
 
 
-class _Merged(Collector):
-    def __init__(self, families: Iterable[_Family]) -> None:
-        self.families = list(families)
-
-    def collect(self) -> Iterator[Metric]:
-        for f in self.families:
-            m = Metric(f.name, f.doc, f.kind)
-            for (name, labels), value in f.values.items():
-                m.add_sample(name, dict(labels), value)
-            yield m
-
-
-def _merge(into: dict[str, _Family], metrics: Iterable[Metric], *, counters_only: bool = False) -> None:
-    for metric in metrics:
-        if counters_only and metric.type not in ("counter", "histogram"):
+def _merge(into: dict[str, _Family], text: str, *, counters_only: bool = False) -> None:
+    """Add the samples of the exposition ``text`` to ``into`` (a line scan: no full parse)."""
+    helps: dict[str, str] = {}
+    fam: _Family | None = None
+    keep_one = False
+    for line in text.splitlines():
+        if not line:
             continue
-        fam = into.get(metric.name)
+        if line[0] == "#":
+            parts = line.split(" ", 3)
+            if len(parts) < 4:
+                continue
+            if parts[1] == "HELP":
+                helps[parts[2]] = line
+            elif parts[1] == "TYPE":
+                name, kind = parts[2], parts[3]
+                fam = None
+                if counters_only and kind not in ("counter", "histogram"):
+                    continue
+                fam = into.get(name)
+                if fam is None:
+                    fam = into[name] = _Family(name, helps.get(name, ""), kind)
+                elif fam.kind != kind:
+                    fam = None
+                keep_one = name.endswith("_info")
+            continue
         if fam is None:
-            fam = into[metric.name] = _Family(metric.name, metric.documentation, metric.type)
-        if fam.kind == metric.type:
-            fam.add(metric)
+            continue
+        key, _, raw = line.rpartition(" ")
+        if not key or key.split("{", 1)[0].endswith("_created"):
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            continue
+        values = fam.values
+        values[key] = max(values.get(key, value), value) if keep_one else values.get(key, 0.0) + value
+
+
+def _number(v: float) -> str:
+    if v != v:
+        return "NaN"
+    if v in (float("inf"), float("-inf")):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
+def _render(families: dict[str, _Family]) -> bytes:
+    out: list[str] = []
+    for f in families.values():
+        if f.help:
+            out.append(f.help)
+        out.append(f"# TYPE {f.name} {f.kind}")
+        out.extend(f"{k} {_number(v)}" for k, v in f.values.items())
+    out.append("")
+    return "\n".join(out).encode()
 
 
 class MergedMetrics:
@@ -80,22 +99,25 @@ class MergedMetrics:
 
     def retire(self, text: str) -> None:
         """A worker ended: keep its last counters and histograms in every later exposition."""
-        _merge(self.retired, text_string_to_metric_families(text), counters_only=True)
+        _merge(self.retired, text, counters_only=True)
 
     def render(self, live: Sequence[str]) -> bytes:
-        """The text exposition of the service's series, the retired workers' and ``live`` ones'."""
+        """The text exposition of the service's series, the retired workers' and ``live`` ones'.
+
+        Thread-safe with the event loop counting meanwhile (the service renders in a thread)."""
+        own = generate_latest(self.registry).decode()
+        if not live and not self.retired:
+            return own.encode()
         merged: dict[str, _Family] = {}
-        _merge(merged, self.registry.collect())
-        for fam in self.retired.values():
-            target = merged.setdefault(fam.name, _Family(fam.name, fam.doc, fam.kind))
+        _merge(merged, own)
+        for fam in list(self.retired.values()):
+            target = merged.setdefault(fam.name, _Family(fam.name, fam.help, fam.kind))
             if target.kind == fam.kind:
                 for k, v in fam.values.items():
                     target.values[k] = target.values.get(k, 0.0) + v
         for text in live:
-            _merge(merged, text_string_to_metric_families(text))
-        out = CollectorRegistry(auto_describe=False)
-        out.register(_Merged(merged.values()))
-        return generate_latest(out)
+            _merge(merged, text)
+        return _render(merged)
 
 
 async def fetch(url: str) -> str | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 
 from engine.metrics import Metrics
 from engine.worker_metrics import MergedMetrics
@@ -48,3 +50,16 @@ def test_a_retired_workers_counters_stay_and_its_gauges_go() -> None:
     text = merged.render([_worker(1)]).decode()
     assert _value(text, ACCEPTED) == 308  # never down after a blast ends
     assert _value(text, LIMIT) == 8  # the service's window and the live worker's only
+
+
+def test_the_merged_exposition_passes_promtool() -> None:
+    """What the service serves with workers running is still a clean Prometheus exposition."""
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "install promtool (Debian: prometheus) to run this test"
+    svc = Metrics()
+    svc.prepare(routes={"cm": ["sim"]}, in_flight={"sim": 4}, stages=["normalize"])
+    merged = MergedMetrics(svc.registry)
+    merged.retire(_worker(3))
+    text = merged.render([_worker(100)])
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
