@@ -75,6 +75,8 @@ log = logging.getLogger("pigeon.service")
 Priority = Literal["transactional", "marketing"]
 TEXT_TEMPLATE = "__text__"
 """The internal template of ``text`` messages (the text is its one field)."""
+CHECKPOINT_EVERY = 1.0
+"""Seconds between two checkpoints of the store's WAL (see ``Service._checkpoints``)."""
 RECENT_RECORDS = 200_000
 """API messages kept in memory for fast look-ups (older ones come from the ledger)."""
 
@@ -347,6 +349,7 @@ class Service:
         """What ``/metrics`` serves: the process's series plus its blast workers'."""
         self.urgent_pending = 0
         """Transactional messages accepted and not yet handed to a gateway (blasts yield to them)."""
+        self._closing = anyio.Event()
         self.counters: Counter[str] = Counter()
         """What happened since start: messages accepted, reports, replies, opt-outs… (for logs)."""
 
@@ -384,6 +387,10 @@ class Service:
         self.store = SqliteStore(self.engine.store_path)
         self.optouts = await anyio.to_thread.run_sync(self.store.load_optouts)
         self.ledger = Ledger(self.engine.store_path)
+        # The loop's commits never fold the WAL into the file (a checkpoint takes milliseconds while
+        # a blast worker writes the same file): a thread does it every second instead.
+        self.ledger.db.execute("PRAGMA wal_autocheckpoint=0")
+        tg.start_soon(self._checkpoints)
         for name in sorted(self.config.gateways):
             gcfg = cfg.gateways[name]
             if gcfg.plugin not in self.host.gateways:
@@ -519,7 +526,21 @@ class Service:
 
         return handover
 
+    async def _checkpoints(self) -> None:
+        """``PRAGMA wal_checkpoint(PASSIVE)`` every :data:`CHECKPOINT_EVERY` seconds, in a thread,
+        until the service stops (passive: it never waits for, nor blocks, a writer)."""
+        db = sqlite3.connect(self.engine.store_path, check_same_thread=False, isolation_level=None, timeout=5)
+        try:
+            while not self._closing.is_set():
+                with anyio.move_on_after(CHECKPOINT_EVERY):
+                    await self._closing.wait()
+                with contextlib.suppress(sqlite3.Error):
+                    await anyio.to_thread.run_sync(db.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
     async def _stop(self) -> None:
+        self._closing.set()
         self.draining = True
         if self.campaigns is not None:
             self.campaigns.cancel_all()
