@@ -178,7 +178,7 @@ async def run_worker(plan: Plan, ledger: CampaignLedger | None, run_dir: Path, o
                     None,
                     control.stop,
                     metrics,
-                    ledger,
+                    ledger=ledger,
                     control=control,
                     shared=resources,
                     recorder=recorder,

@@ -111,6 +111,8 @@ class _Code(IntEnum):
 
 
 _STATE_OF: Final = {c: LedgerState[c.name] for c in _Code}
+_OUTCOME_CODE: Final = {Outcome.ACCEPTED: _Code.SUBMITTED, Outcome.UNKNOWN: _Code.UNKNOWN}
+"""A gateway's per-message answer → the recipient's state (anything else final is ``failed``)."""
 _CODE_OF: Final = {LedgerState[c.name].value: c for c in _Code}
 
 
@@ -271,7 +273,9 @@ CREATE TABLE IF NOT EXISTS ledger_records (
     reasons   BLOB,                  -- uint16 index into labels per row, or NULL (all labels[0])
     provider_ids BLOB,               -- msgpack list of str aligned with rows, or NULL
     parts     BLOB,                  -- billed parts per row, packed (submitting events)
-    ids       BLOB                   -- msgpack list of message ids when not <campaign>-<row>
+    ids       BLOB,                  -- msgpack list of message ids when not <campaign>-<row>
+    sends_last INTEGER NOT NULL DEFAULT 0  -- submitting: rowid of the request's last `sends` row
+                                     -- (one per row, in order), written in the same transaction
 );
 CREATE INDEX IF NOT EXISTS ledger_records_by_campaign ON ledger_records (campaign, seq);
 CREATE TABLE IF NOT EXISTS ledger_providers (
@@ -359,14 +363,20 @@ def _pack_parts(parts: Sequence[int]) -> bytes:
     top = max(parts)
     if top < 256:
         return b"B" + bytes(parts)
-    return b"H" + np.fromiter(parts, dtype=_U16, count=len(parts)).tobytes()
+    if top < 65536:
+        return b"H" + np.fromiter(parts, dtype=_U16, count=len(parts)).tobytes()
+    return b"I" + np.fromiter(parts, dtype=_I32, count=len(parts)).tobytes()
 
 
 def _unpack_parts(blob: bytes, n: int) -> npt.NDArray[np.int32]:
     tag, body = blob[:1], blob[1:]
     if tag == b"C":
         return np.full(n, int.from_bytes(body, "little"), dtype=np.int32)
-    return np.frombuffer(body, dtype=_U8 if tag == b"B" else _U16).astype(np.int32)
+    if tag == b"B":
+        return np.frombuffer(body, dtype=np.uint8).astype(np.int32)
+    if tag == b"H":
+        return np.frombuffer(body, dtype="<u2").astype(np.int32)
+    return np.frombuffer(body, dtype="<i4").astype(np.int32)
 
 
 class _Derived:
@@ -385,6 +395,8 @@ class _Derived:
         self.carrier = np.zeros(size, dtype=np.int8)
         self.carriers: list[str] = [""]
         self.parts = np.zeros(size, dtype=np.int32)
+        self.send_rowid = np.zeros(size, dtype=np.int64)
+        """The row's ``sends`` entry (its cap count) from its latest hand-over; 0: none."""
         self.provider: dict[int, str] = {}
         self.dlr_code: dict[int, tuple[str, str, float]] = {}
         self.latencies: list[float] = []
@@ -581,7 +593,7 @@ class Ledger:
         ).fetchone()[0]
         events = self.db.execute(
             "SELECT event, ts, gateway, carrier, fill, req, rows, states, labels, reasons, provider_ids, "
-            "parts FROM ledger_records WHERE campaign = ? ORDER BY seq",
+            "parts, sends_last FROM ledger_records WHERE campaign = ? ORDER BY seq",
             (campaign_id,),
         ).fetchall()
         size = int(top or 1)
@@ -610,6 +622,7 @@ class Ledger:
             reasons_b,
             pids_b,
             parts_b,
+            sends_last,
         ) in zip(unpacked, events, strict=True):
             if not rows.size:
                 continue
@@ -630,6 +643,9 @@ class Ledger:
                 d.carrier[rows] = _intern(d.carriers, carrier)
                 if parts_b:
                     d.parts[rows] = _unpack_parts(parts_b, rows.size)
+                d.send_rowid[rows] = (
+                    np.arange(sends_last - rows.size + 1, sends_last + 1, dtype=np.int64) if sends_last else 0
+                )
             elif event == _Event.OUTCOME:
                 d.answered_at[rows] = ts
                 d.gateway[rows] = _intern(d.gateways, gateway)
@@ -649,6 +665,8 @@ class Ledger:
             if new is not None:
                 d.state[row] = new
                 d.reason[row] = d.label(f"dlr:{code or status}") if new == _Code.FAILED else 0
+            if latency < 0 and done_at > 0 and d.submitted_at[row] > 0:  # matched by message id
+                latency = done_at - float(d.submitted_at[row])
             if latency >= 0 and status == DeliveryStatus.DELIVERED:
                 d.latencies.append(latency)
         return d
@@ -735,7 +753,8 @@ class Ledger:
 
     def report(self, campaign_id: str, prices: Mapping[str, float] | None = None) -> dict[str, Any]:
         """The campaign's report: counts by state and reason, billed parts and cost per carrier,
-        delivery rate, submit-to-delivery latency percentiles (seconds)."""
+        delivery rate (delivered among the messages gateways accepted), submit-to-delivery latency
+        percentiles (seconds)."""
         rec = self.campaign(campaign_id)
         if rec is None:
             raise LedgerError(f"no campaign {campaign_id!r} in {self.path}")
@@ -756,7 +775,8 @@ class Ledger:
                 "parts": parts,
                 "cost": round(parts * prices.get(name, 0.0), 4),
             }
-        submitted = counts.states.get("submitted", 0) + counts.states.get("delivered", 0)
+        dlr_failed = sum(n for r, n in counts.reasons.get("failed", {}).items() if r.startswith("dlr:"))
+        submitted = counts.states.get("submitted", 0) + counts.states.get("delivered", 0) + dlr_failed
         delivered = counts.states.get("delivered", 0)
         lat = np.array(d.latencies, dtype=np.float64)
         pct = (
@@ -832,7 +852,8 @@ class CampaignLedger:
         self.skip: npt.NDArray[np.bool_] | None = None
         """Rows to skip in this run (already final), indexed by row number; None: skip none."""
         self.resend: set[int] = set()
-        """Rows handed over before (at-least-once resume): sent again, not counted against caps again."""
+        """Rows handed over before and left ``submitting`` (at-least-once resume): sent again, their
+        earlier cap count taken back by :meth:`reconcile` (load the caps after it)."""
         self.reconciled = 0
         """Rows this run's :meth:`reconcile` settled."""
         self.stall_after = 5
@@ -864,9 +885,29 @@ class CampaignLedger:
         else:
             final = np.isin(d.state, list(_FINAL_AT_MOST_ONCE - {_Code.SUBMITTING}))
             self.resend = set(left.tolist())
+            # Sent again below, counted again then: take back their first count (same transaction
+            # discipline), so the caps see each message once — and do not hold back its resend.
+            rowids = d.send_rowid[left]
+            rowids = rowids[rowids > 0]
+            if rowids.size:
+                with _tx(self.db):
+                    self.db.executemany("DELETE FROM sends WHERE rowid = ?", [(int(r),) for r in rowids])
         self.skip = final if final.any() else None
         self.reconciled = int(left.size)
         return self.reconciled
+
+    def reserve_rows(self, n: int) -> range:
+        """Row numbers for ``n`` messages that do not come from a segment (a service's API stream,
+        e.g. campaign ``api-transactional``): build their :class:`MessageBatch` with these rows and
+        ids ``<campaign>-<row>``. Durable: a restart never hands out the same rows again."""
+        with _tx(self.db):
+            self.db.execute("UPDATE ledger_campaigns SET next_row = next_row + ? WHERE id = ?", (n, self.id))
+            end = int(
+                self.db.execute("SELECT next_row FROM ledger_campaigns WHERE id = ?", (self.id,)).fetchone()[
+                    0
+                ]
+            )
+        return range(end - n, end)
 
     def should_stop(self) -> bool:
         """Whether the campaign was cancelled meanwhile (the store is looked at once a second)."""
@@ -901,6 +942,7 @@ class CampaignLedger:
         parts: Sequence[int] | None = None,
         ts: float | None = None,
         req: int = 0,
+        sends_last: int = 0,
     ) -> None:
         labels_b = reasons_b = None
         if isinstance(reasons, str):
@@ -928,6 +970,7 @@ class CampaignLedger:
                 _enc.encode(list(provider_ids)) if provider_ids is not None else None,
                 _pack_parts(parts) if parts is not None else None,
                 None,
+                sends_last,
             )
         )
 
@@ -939,7 +982,8 @@ class CampaignLedger:
 
     def _insert(self) -> None:
         self.db.executemany(
-            "INSERT INTO ledger_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending
+            "INSERT INTO ledger_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._pending,
         )
         self._pending = []
 
@@ -985,26 +1029,25 @@ class CampaignLedger:
         self._open[id(batch)] = (self._req, batch)
         if len(self._open) > _OPEN_MAX:
             self._open.popitem(last=False)
-        self._write(
-            _Event.SUBMITTING,
-            rows,
-            _Code.SUBMITTING,
-            carrier=batch.carrier,
-            parts=batch.parts,
-            ts=now,
-            req=self._req,
-        )
-        sends: list[tuple[str, int, float, int]] | None = None
-        if keys is not None:
-            if self.resend and not self.resend.isdisjoint(rows):
-                mask = [r not in self.resend for r in rows]
-                keys = list(compress(keys, mask))
-                contents = list(compress(contents, mask)) if contents is not None else None
-            kind = self.kind
-            sends = [(kind, k, now, c) for k, c in zip(keys, contents or [0] * len(keys), strict=True)]
         with _tx(self.db):
-            if sends:
-                self.db.executemany("INSERT INTO sends VALUES (?, ?, ?, ?)", sends)
+            last = 0
+            if keys is not None:
+                kind = self.kind
+                self.db.executemany(
+                    "INSERT INTO sends VALUES (?, ?, ?, ?)",
+                    [(kind, k, now, c) for k, c in zip(keys, contents or [0] * len(keys), strict=True)],
+                )
+                last = int(self.db.execute("SELECT max(rowid) FROM sends").fetchone()[0] or 0)
+            self._write(
+                _Event.SUBMITTING,
+                rows,
+                _Code.SUBMITTING,
+                carrier=batch.carrier,
+                parts=batch.parts,
+                ts=now,
+                req=self._req,
+                sends_last=last,
+            )
             self._insert()
 
     def results(self, gateway: str, batch: MessageBatch, results: Sequence[SubmitResult]) -> None:
@@ -1028,9 +1071,13 @@ class CampaignLedger:
                 _Event.OUTCOME, rows, _Code.SUBMITTED, gateway=gateway, provider_ids=pids, ts=now, req=req
             )
         else:
-            codes = bytes(_Code.SUBMITTED if r.outcome is Outcome.ACCEPTED else _Code.FAILED for r in results)
+            codes = bytes(_OUTCOME_CODE.get(r.outcome, _Code.FAILED) for r in results)
             reasons = [
-                "" if r.outcome is Outcome.ACCEPTED else f"{r.outcome.value}:{r.code or r.outcome.value}"
+                ""
+                if r.outcome is Outcome.ACCEPTED
+                else r.code or r.outcome.value
+                if r.outcome is Outcome.UNKNOWN
+                else f"{r.outcome.value}:{r.code or r.outcome.value}"
                 for r in results
             ]
             self._write(

@@ -125,7 +125,8 @@ def _status(ledger: Ledger, campaign_id: str | None, as_json: bool, console: Con
             f"[bold]{escape(rec.id)}[/bold]  {rec.status.value}  ({rec.kind}, {rec.semantics.value}, "
             f"{rec.runs} run(s), started {_when(rec.created_at)}, last {_when(rec.updated_at)})"
         )
-        console.print("  " + "  ".join(f"{k} {v:,}" for k, v in sorted(data["states"].items())))
+        states = sorted(data["states"].items())
+        console.print("  " + ("  ".join(f"{k} {v:,}" for k, v in states) if states else "no recipients yet"))
         for state, reasons in data["reasons"].items():
             console.print(f"    {state}: " + ", ".join(f"{r} {n:,}" for r, n in reasons.items()))
         if rec.status.value == "running" and campaign_id:

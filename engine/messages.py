@@ -268,6 +268,10 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
     RETRY = "retry"
     THROTTLED = "throttled"
+    UNKNOWN = "unknown"
+    """The provider could not say whether it took the message (an internal timeout): the message
+    ends ``unknown`` and is not resent; a delivery report settles it. Gateways that are idempotent
+    answer ``retry`` instead."""
 
 
 class SubmitResult(msgspec.Struct, gc=False, frozen=True):

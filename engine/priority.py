@@ -125,3 +125,9 @@ class PriorityLane(Lane):
                         tg.start_soon(self._deliver, merged[start : start + size], slots)
                 if held:
                     slots.release()
+
+    async def _deliver(self, pending: MessageBatch, slots: anyio.Semaphore) -> None:
+        try:
+            await self._attempts(pending)
+        finally:
+            slots.release()

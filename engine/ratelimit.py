@@ -14,13 +14,14 @@ class SlidingWindowLimiter:
     :meth:`reserve` books a request and returns the delay before it may go. Reservations are kept
     (time, parts) in order; a request waits until enough of the parts sent in the last window have
     left it. A request larger than ``rate`` goes alone, once the window is empty. ``margin`` widens
-    the window slightly (1% by default) so that jitter between sender and provider cannot make two
-    requests look closer together than they were sent.
+    the window slightly (3% by default) so that jitter between sender and provider cannot make two
+    requests look closer together than they were sent — the first requests of a run also open
+    their connections, and arrive a few milliseconds later than the ones that follow on them.
     """
 
     __slots__ = ("_log", "_used", "ceiling", "rate", "window")
 
-    def __init__(self, rate: float, window: float = 1.0, margin: float = 0.01) -> None:
+    def __init__(self, rate: float, window: float = 1.0, margin: float = 0.03) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         if window <= 0:

@@ -268,17 +268,25 @@ class RunRecorder:
         if results.count(ACCEPTED) == len(results) or all(r.outcome is Outcome.ACCEPTED for r in results):
             n_accepted, parts = len(chunk), chunk.total_parts()
         else:
-            n_accepted = parts = 0
+            n_accepted = parts = n_unknown = unknown_parts = 0
             for r, p in zip(results, chunk.parts, strict=True):
                 if r.outcome is Outcome.ACCEPTED:
                     n_accepted += 1
                     parts += p
+                elif r.outcome is Outcome.UNKNOWN:  # the provider could not say: not resent
+                    n_unknown += 1
+                    unknown_parts += p
+                    self._reason(State.UNKNOWN, r.code or r.outcome.value)
                 else:
                     self._reason(State.FAILED, f"{r.outcome.value}:{r.code or r.outcome.value}")
-            n_failed = len(chunk) - n_accepted
+            n_failed = len(chunk) - n_accepted - n_unknown
             self.states[State.FAILED] += n_failed
             g.failed += n_failed
-            self.metrics.messages(gateway, chunk.carrier, "rejected", n_failed, chunk.total_parts() - parts)
+            failed_parts = chunk.total_parts() - parts - unknown_parts
+            self.metrics.messages(gateway, chunk.carrier, "rejected", n_failed, failed_parts)
+            if n_unknown:
+                self.states[State.UNKNOWN] += n_unknown
+                self.metrics.messages(gateway, chunk.carrier, "unknown", n_unknown, unknown_parts)
         g.accepted += n_accepted
         if n_accepted:
             self.metrics.messages(gateway, chunk.carrier, "accepted", n_accepted, parts)

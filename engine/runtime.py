@@ -432,6 +432,8 @@ def send(
     metrics = metrics if metrics is not None else Metrics(backend=backend)
     prepare_run(metrics, plan, [])  # gateways and carriers at zero from the first scrape; stages at open
     cl = _open_ledger(plan, force=force, again=again, notify=notify) if ledger else None
+    if cl is not None and cl.resend:
+        _reload_limits(plan)  # reconcile took back the cap counts of the messages it resends
     try:
         serving = metrics.serving(metrics_addr, metrics_port, notify)  # a taken port fails before anything
         run_dir = new_run_dir(plan, runs_dir, clock)
@@ -501,6 +503,26 @@ def _open_ledger(
             + (f"; {cl.reconciled:,} left submitting by the last run" if cl.reconciled else "")
         )
     return cl
+
+
+def _reload_limits(plan: Plan) -> None:
+    """Load the caps' and the same-content rule's history from the store again (as ``prepare``)."""
+    lane_caps = plan.engine.config.caps.get(plan.campaign.config.kind)
+    if lane_caps is None or (plan.caps is None and plan.same_content is None):
+        return
+    kind, now = plan.campaign.config.kind, plan.clock.time()
+    store = SqliteStore(plan.engine.store_path)
+    try:
+        if plan.caps is not None:
+            windows = plan.caps.windows
+            keys, times = store.load_sends(kind, min(w.start(now) for w in windows))
+            plan.caps = CapState(windows, keys, times)
+        if plan.same_content is not None and lane_caps.same_content:
+            period = parse_period(lane_caps.same_content) or 0.0
+            recent = store.recent_contents(kind, now - period)
+            plan.same_content = SameContent(recent, lane_caps.same_content)
+    finally:
+        store.close()
 
 
 def _cap_recorder(

@@ -12,6 +12,7 @@ resent blindly: those messages end ``unknown``. Nothing leaves a lane unrecorded
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 import anyio
@@ -81,6 +82,49 @@ class Accumulator:
         return [merged]
 
 
+class _WorkQueue:
+    """Request-sized batches waiting for a lane's workers; the feeder pauses while ``high`` wait."""
+
+    __slots__ = ("_items", "_ready", "_room", "closed", "high")
+
+    def __init__(self, high: int) -> None:
+        self._items: deque[MessageBatch] = deque()
+        self.high = high
+        self.closed = False
+        self._ready = anyio.Event()
+        self._room = anyio.Event()
+
+    def put(self, batches: list[MessageBatch]) -> None:
+        """Queue ``batches`` and wake the waiting workers."""
+        self._items.extend(batches)
+        self._ready.set()
+
+    def close(self) -> None:
+        """No more batches: workers stop once the queue is empty."""
+        self.closed = True
+        self._ready.set()
+
+    async def get(self) -> MessageBatch | None:
+        """The next batch, or None when the queue is closed and empty."""
+        items = self._items
+        while not items:
+            if self.closed:
+                return None
+            if self._ready.is_set():
+                self._ready = anyio.Event()
+            await self._ready.wait()
+        if len(items) <= self.high:
+            self._room.set()
+        return items.popleft()
+
+    async def wait_for_room(self) -> None:
+        """Return once fewer than ``high`` batches wait."""
+        while len(self._items) >= self.high:
+            if self._room.is_set():
+                self._room = anyio.Event()
+            await self._room.wait()
+
+
 class Lane:
     """Everything that sends through one primary gateway.
 
@@ -122,18 +166,27 @@ class Lane:
         """The queue lane its messages are counted in (``pigeon_queued_messages``)."""
 
     async def run(self, inbox: MemoryObjectReceiveStream[LaneItem]) -> None:
-        """Send everything that arrives in ``inbox``; returns when it is closed and drained."""
+        """Send everything that arrives in ``inbox``; returns when it is closed and drained.
+
+        ``in_flight`` workers each send one request at a time (with its retries) from a shared
+        queue of request-sized batches: no task, semaphore or channel hop per request.
+        """
         size = self.primary.max_batch
-        slots = anyio.Semaphore(self.in_flight)
+        queue = _WorkQueue(high=2 * self.in_flight)
         async with inbox, anyio.create_task_group() as tg:
+            for _ in range(self.in_flight):
+                tg.start_soon(self._worker, queue)
             async for messages in inbox:
-                if len(messages) <= size:  # the usual case (packed to size): no copy
-                    await slots.acquire()
-                    tg.start_soon(self._deliver, messages, slots)
-                    continue
-                for start in range(0, len(messages), size):
-                    await slots.acquire()
-                    tg.start_soon(self._deliver, messages[start : start + size], slots)
+                if len(messages) <= size:
+                    queue.put([messages])
+                else:
+                    queue.put([messages[start : start + size] for start in range(0, len(messages), size)])
+                await queue.wait_for_room()
+            queue.close()
+
+    async def _worker(self, queue: _WorkQueue) -> None:
+        while (pending := await queue.get()) is not None:
+            await self._attempts(pending)
 
     def _choose(self, carrier: str) -> tuple[Gateway | None, float]:
         """The first gateway for ``carrier`` whose breaker lets a request through, or when to look again."""
@@ -143,12 +196,6 @@ class Lane:
             if self.breakers[gw.name].allow(now):
                 return gw, 0.0
         return None, max(0.05, min(self.breakers[g.name].ready_at() for g in candidates) - now)
-
-    async def _deliver(self, pending: MessageBatch, slots: anyio.Semaphore) -> None:
-        try:
-            await self._attempts(pending)
-        finally:
-            slots.release()
 
     async def _attempts(self, pending: MessageBatch) -> None:
         recorder, policy, carrier = self.recorder, self.policy, pending.carrier

@@ -224,6 +224,8 @@ class ApiRecords:
                 if r.provider_id:
                     v.provider_id = r.provider_id
                     self.by_provider[r.provider_id] = mid
+            elif r.outcome.value == "unknown":
+                v.state, v.reason = "unknown", r.code or "unknown"
             else:
                 v.state, v.reason = "failed", f"{r.outcome.value}:{r.code or r.outcome.value}"
 

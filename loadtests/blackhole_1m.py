@@ -1,7 +1,8 @@
 """Load test: a 1,000,000-row CSV through `pigeon send` to the blackhole gateway, beside the floor.
 
 ``send`` runs without the campaign ledger, ``send_ledger`` with it (every recipient's state in the
-store, as `pigeon send` does), alternating in the same rounds.
+store, as `pigeon send` does), alternating in the same rounds; ``ledger_us_per_row`` is the
+ledger's write path alone (the same hand-over and outcome transactions, no engine around them).
 
 The floor is what any Python program pays for the same input: reading the CSV with the stdlib
 ``csv`` module and formatting each row with ``str.format``. Both run in this process, alternating,
@@ -74,7 +75,7 @@ def floor(segment: Path) -> float:
 
 
 def engine_send(
-    campaign: Path, runs: Path, *, ledger: bool = False, metrics: bool = True
+    campaign: Path, runs: Path, *, ledger: bool = False, metrics: bool = True, cpu: list[float] | None = None
 ) -> tuple[float, dict[str, int]]:
     """Rows per second through `pigeon send` (in process) and the summary's states; with
     ``ledger``, every recipient's state kept in the campaign ledger (a fresh store each time);
@@ -86,11 +87,40 @@ def engine_send(
     if ledger:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{plan.engine.store_path}{suffix}").unlink(missing_ok=True)
-    started = time.perf_counter()  # wall clock of send(): with the ledger, its opening (the
-    summary = send(  # segment's SHA-256) counts too
+    started, cpu_started = time.perf_counter(), time.process_time()  # the whole send(): with the
+    summary = send(  # ledger, its opening (SHA-256) counts too
         plan, runs_dir=runs, ledger=ledger, metrics=None if metrics else NO_METRICS
     )
+    if cpu is not None:  # CPU seconds: steadier than wall clock on a shared machine
+        cpu.append(time.process_time() - cpu_started)
     return summary.rows / (time.perf_counter() - started), summary.states
+
+
+def ledger_only(rows: int, store: Path, size: int = 1000) -> float:
+    """Microseconds per recipient of the ledger's write path alone: ``rows`` recipients handed over
+    and accepted in requests of ``size`` (one hand-over and one outcome transaction each), as the
+    blackhole run writes them."""
+    from engine.ledger import Fingerprint, Ledger
+    from engine.messages import ACCEPTED, MessageBatch
+
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{store}{suffix}").unlink(missing_ok=True)
+    ledger = Ledger(store)
+    run = ledger.open_campaign("ledger-only", kind="marketing", fingerprint=Fingerprint())
+    requests = []
+    for start in range(2, rows + 2, size):
+        nums = list(range(start, min(start + size, rows + 2)))
+        n = len(nums)
+        requests.append(
+            MessageBatch("cm", rows=nums, numbers=["13800138000"] * n, texts=["t"] * n, parts=[1] * n)
+        )
+    started = time.perf_counter()
+    for batch in requests:
+        run.handover(batch, now=0.0)
+        run.results("sink", batch, [ACCEPTED] * len(batch))
+    elapsed = time.perf_counter() - started
+    ledger.close()
+    return elapsed / rows * 1e6
 
 
 def stages_only(campaign: Path) -> float:
@@ -113,6 +143,10 @@ def stages_only(campaign: Path) -> float:
     elapsed = time.perf_counter() - started
     gc.unfreeze()
     return n / elapsed
+
+
+_RATES = ("floor", "send", "send_ledger", "stages")
+"""The figures in rows per second (the others are µs per row and CPU seconds)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,15 +186,24 @@ def main(argv: list[str] | None = None) -> int:
             "send_ledger": [],
             "send_metrics_off": [],
             "stages": [],
+            "ledger_us_per_row": [],
+            "send_cpu_s": [],
+            "send_ledger_cpu_s": [],
         }
         states: dict[str, int] = {}
         for round_ in range(args.repeat + 1):  # round 0 warms caches and CPU up; not reported
             f = floor(segment)
-            rate, states = engine_send(campaign, Path(tmp) / "runs")
-            rate_ledger, _ = engine_send(campaign, Path(tmp) / "runs", ledger=True)
+            cpu: list[float] = []
+            cpu_ledger: list[float] = []
+            rate, states = engine_send(campaign, Path(tmp) / "runs", cpu=cpu)
+            rate_ledger, _ = engine_send(campaign, Path(tmp) / "runs", ledger=True, cpu=cpu_ledger)
             off, _ = engine_send(campaign, Path(tmp) / "runs", metrics=False)
             st = stages_only(campaign)
+            led = ledger_only(args.rows, Path(tmp) / "ledger-only.db")
             if round_:
+                results["ledger_us_per_row"].append(led)
+                results["send_cpu_s"] += cpu
+                results["send_ledger_cpu_s"] += cpu_ledger
                 results["floor"].append(f)
                 results["send"].append(rate)
                 results["send_ledger"].append(rate_ledger)
@@ -170,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         "segment": str(segment),
         "repeat": args.repeat,
         "states": states,
-        **{f"{k}_best": round(max(v)) for k, v in results.items()},
-        **{f"{k}_median": round(statistics.median(v)) for k, v in results.items()},
+        **{f"{k}_best": round(max(v)) for k, v in results.items() if k in _RATES},
+        **{f"{k}_median": round(statistics.median(v)) for k, v in results.items() if k in _RATES},
         "send_to_floor_ratio_best": round(max(results["send"]) / max(results["floor"]), 3),
         "send_to_floor_ratio_median": round(
             statistics.median(results["send"]) / statistics.median(results["floor"]), 3
@@ -182,7 +225,18 @@ def main(argv: list[str] | None = None) -> int:
         "metrics_cost_median": round(
             1 - statistics.median(results["send"]) / statistics.median(results["send_metrics_off"]), 4
         ),
-        "runs": {k: [round(x) for x in v] for k, v in results.items()},
+        "ledger_to_no_ledger_ratio_per_round_median": round(
+            statistics.median(b / a for a, b in zip(results["send"], results["send_ledger"], strict=True)), 3
+        ),
+        "ledger_to_no_ledger_ratio_per_round": [
+            round(b / a, 3) for a, b in zip(results["send"], results["send_ledger"], strict=True)
+        ],
+        "send_us_per_row_median": round(1e6 / statistics.median(results["send"]), 3),
+        "ledger_cpu_cost_median": round(
+            statistics.median(results["send_ledger_cpu_s"]) / statistics.median(results["send_cpu_s"]) - 1, 3
+        ),
+        "ledger_only_us_per_row_median": round(statistics.median(results["ledger_us_per_row"]), 3),
+        "runs": {k: [round(x, 3) if x < 100 else round(x) for x in v] for k, v in results.items()},
     }
     emit(report, args.json)
     return 0

@@ -24,7 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -40,12 +42,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds used so far by process ``pid`` (the simulator), from /proc; 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
-async def baseline(url: str, requests: int, concurrency: int) -> dict[str, float]:
+async def baseline(url: str, requests: int, concurrency: int) -> dict[str, Any]:
     """One message per request, ``concurrency`` requests in flight."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
@@ -75,16 +86,27 @@ async def baseline(url: str, requests: int, concurrency: int) -> dict[str, float
     }
 
 
-def engine(url: str, segment: Path, tmp: Path, max_batch: int, in_flight: int) -> dict[str, float]:
-    """``pigeon send`` of the segment through the http gateway."""
+def engine(url: str, segment: Path, tmp: Path, max_batch: int, in_flight: int) -> dict[str, Any]:
+    """``pigeon send`` of the segment through the http gateway, with the campaign ledger on (as
+    ``pigeon send`` runs); each scenario is its own campaign, and a repeat starts a new run."""
+    from engine.metrics import Metrics
     from engine.report import RunRecorder
     from engine.runtime import prepare, send
 
     (tmp / "engine.toml").write_text(
         f"""
+[carriers.cm]
+rate_per_second = 200000
+[carriers.cu]
+rate_per_second = 200000
+[carriers.ct]
+rate_per_second = 200000
+[carriers.cbn]
+rate_per_second = 200000
 [gateways.sim]
 plugin = "http"
 in_flight = {in_flight}
+rate_per_second = 400000
 [gateways.sim.options]
 url = "{url}"
 max_batch = {max_batch}
@@ -95,7 +117,7 @@ timeout = 30
     )
     (tmp / "campaign.toml").write_text(
         f"""
-id = "http-blast"
+id = "http-blast-b{max_batch}"
 engine = "engine.toml"
 [segment]
 source = "csv"
@@ -121,7 +143,8 @@ respect_optouts = false
             )
 
     cpu, started = _cpu(), time.perf_counter()
-    summary = send(plan, runs_dir=tmp / "runs", progress=sample)
+    metrics = Metrics(backend="asyncio")  # metrics on: every batch and request counted
+    summary = send(plan, runs_dir=tmp / "runs", progress=sample, metrics=metrics, again=True)
     elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
     sent = summary.states.get("sent", 0)
     requests = summary.gateways["sim"].requests
@@ -132,10 +155,20 @@ respect_optouts = false
         "messages_per_s": round(sent / elapsed),
         "requests": requests,
         "cpu_ms_per_request": round(cpu / max(1, requests) * 1000, 3),
+        "client_cpu_s": round(cpu, 2),
+        "metrics_requests_counted": round(
+            sum(
+                sample.value
+                for family in metrics.registry.collect()
+                if family.name == "pigeon_gateway_request_duration_seconds"
+                for sample in family.samples
+                if sample.name.endswith("_count")
+            )
+        ),
         "retries": summary.gateways["sim"].retries,
-        "latency_ms": summary.gateways["sim"].latency_ms,  # type: ignore[dict-item]
-        "states": summary.states,  # type: ignore[dict-item]
-        "sent_over_time": timeline,  # type: ignore[dict-item]
+        "latency_ms": summary.gateways["sim"].latency_ms,
+        "states": summary.states,
+        "sent_over_time": timeline,
     }
 
 
@@ -145,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1_000_000, help="recipients for the batch-100 blast")
     p.add_argument("--rows-batch1", type=int, default=20_000, help="recipients for the batch-1 blast")
     p.add_argument("--baseline-requests", type=int, default=5_000)
+    p.add_argument("--in-flight-batch1", type=int, default=4, help="requests in flight at batch 1")
+    p.add_argument("--in-flight-batch100", type=int, default=4, help="requests in flight at batch 100")
+    p.add_argument("--only", choices=["batch1", "batch100"], help="skip the other Pigeon scenario")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -163,15 +199,22 @@ def main(argv: list[str] | None = None) -> int:
                 break
             except httpx.TransportError:
                 time.sleep(0.05)
-        report: dict[str, object] = {}
-        report["httpx_100_concurrent"] = asyncio.run(baseline(url, args.baseline_requests, 100))
-        report["httpx_10_concurrent"] = asyncio.run(baseline(url, args.baseline_requests, 10))
+        report: dict[str, object] = {"load_average_at_start": os.getloadavg()[0]}
+
+        def measured(name: str, run: Callable[[], dict[str, Any]]) -> None:
+            sim_cpu = _proc_cpu(sim.pid)
+            result = run()
+            result["simulator_cpu_s"] = round(_proc_cpu(sim.pid) - sim_cpu, 2)
+            report[name] = result
+
+        measured("httpx_100_concurrent", lambda: asyncio.run(baseline(url, args.baseline_requests, 100)))
+        measured("httpx_10_concurrent", lambda: asyncio.run(baseline(url, args.baseline_requests, 10)))
         with tempfile.TemporaryDirectory() as tmp_dir:
             tmp = Path(tmp_dir)
             big = HERE / "data" / f"segment-{args.rows}.csv"
             small = tmp / "small.csv"
             for path, rows in ((big, args.rows), (small, args.rows_batch1)):
-                if not path.exists():
+                if not path.exists() and args.only != ("batch1" if path is big else "batch100"):
                     subprocess.run(
                         [
                             sys.executable,
@@ -184,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
                         check=True,
                         capture_output=True,
                     )
-            report["pigeon_batch_100"] = engine(url, big, tmp, 100, 4)
-            report["pigeon_batch_1"] = engine(url, small, tmp, 1, 10)
+            if args.only != "batch1":
+                measured("pigeon_batch_100", lambda: engine(url, big, tmp, 100, args.in_flight_batch100))
+            if args.only != "batch100":
+                measured("pigeon_batch_1", lambda: engine(url, small, tmp, 1, args.in_flight_batch1))
         report["simulator"] = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
     finally:
         sim.terminate()

@@ -9,7 +9,9 @@ Faults are injected by configuration: latency (fixed plus uniform jitter), whole
 per-message rejects, and per-carrier acceptance limits (messages per second, in SMS parts) that it
 enforces — over-limit messages are answered ``retry`` with code ``throttled`` — and reports. Every
 accepted message is logged with its arrival time, so tests can check rates over any 1 s window
-and that nothing arrived twice.
+and that nothing arrived twice. It can speak other providers' shapes (``--shape aliyun|tencent|
+twilio``, :mod:`loadtests.sim_shapes`), and follow accepted messages with delivery reports and
+MO replies posted to webhooks (``--dlr-url``, ``--mo-url``; :mod:`loadtests.sim_callbacks`).
 
 Start it with one command (``--help`` lists the knobs)::
 
@@ -30,6 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+
+from loadtests.sim_callbacks import Callbacks
+from loadtests.sim_shapes import SHAPES, BadRequest, Fate
 
 __all__ = ["SimConfig", "Simulator", "SimulatorThread"]
 
@@ -55,6 +60,29 @@ class SimConfig:
     """Messages rejected one by one (code ``INVALID_NUMBER``)."""
     limits: dict[str, float] = field(default_factory=dict)
     """Carrier → SMS parts accepted per second; the excess is answered ``retry``/``throttled``."""
+    p_throttle: float = 0.0
+    """Messages answered "too fast" at random (besides the carrier limits)."""
+    shape: str = "pigeon"
+    """The provider API it speaks: ``pigeon``, ``aliyun``, ``tencent`` or ``twilio`` (see
+    :mod:`loadtests.sim_shapes`)."""
+    dlr_url: str = ""
+    """Where delivery reports are posted (``{"reports": [...]}``); empty: none."""
+    dlr_secret: str = ""
+    """Signs each callback (``X-Pigeon-Signature``) when set."""
+    dlr_delay_ms: float = 0.0
+    """Mean delay from accept to report (exponentially distributed)."""
+    p_undeliv: float = 0.0
+    """Share of reports that say ``failed`` (code ``UNDELIV``)."""
+    dlr_batch: int = 100
+    """Most reports (or replies) per POST."""
+    mo_url: str = ""
+    """Where MO replies are posted (``{"replies": [...]}``); empty: none."""
+    p_mo: float = 0.0
+    """Share of delivered recipients that reply."""
+    mo_text: str = "R"
+    close_after: int = 0
+    """Close a connection after this many answers, without saying so (a server's keep-alive
+    limit); 0 keeps connections open."""
     token: str = ""
     """If set, requests must carry ``Authorization: Bearer <token>`` (else 401)."""
     seed: int = 1
@@ -90,17 +118,56 @@ class Simulator:
         self._provider_seq = 0
         self._keys: dict[str, str] = {}
         """Idempotency key → the provider id it was accepted under (a key seen again is not re-sent)."""
+        self._shape = SHAPES[config.shape]()
+        self.callbacks = Callbacks(
+            stats=self.stats,
+            rng=random.Random(config.seed + 1),
+            dlr_url=config.dlr_url,
+            dlr_secret=config.dlr_secret,
+            dlr_delay_ms=config.dlr_delay_ms,
+            p_undeliv=config.p_undeliv,
+            dlr_batch=config.dlr_batch,
+            mo_url=config.mo_url,
+            p_mo=config.p_mo,
+            mo_text=config.mo_text,
+        )
+        """Delivery reports and MO replies (off the request path)."""
+        self._follow_up = self.callbacks.enabled
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.rejected: list[str] = []
+        """Numbers of the messages it rejected, in order."""
 
     async def serve(self, started: threading.Event | None = None) -> None:
         """Listen until cancelled."""
-        self._server = await asyncio.start_server(self._client, self.config.host, self.config.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        if started is not None:
-            started.set()
-        async with self._server:
-            await self._server.serve_forever()
+        self._loop = asyncio.get_running_loop()
+        await self.callbacks.start()
+        try:
+            self._server = await asyncio.start_server(self._client, self.config.host, self.config.port)
+            self.port = self._server.sockets[0].getsockname()[1]
+            if started is not None:
+                started.set()
+            async with self._server:
+                await self._server.serve_forever()
+        finally:
+            await self.callbacks.stop()
+
+    def inject_mo(self, from_: str, text: str) -> None:
+        """Make ``from_`` send ``text`` to the service number (posted to ``mo_url``); any thread."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the simulator is not serving")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self.callbacks.inject_mo(from_, text)
+        else:
+            loop.call_soon_threadsafe(self.callbacks.inject_mo, from_, text)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stats["connections"] += 1
+        answered = 0
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -117,11 +184,17 @@ class Simulator:
                 ).encode() + payload
                 writer.write(out)
                 await writer.drain()
+                answered += 1
+                if answered == self.config.close_after:
+                    break
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+                await writer.wait_closed()
+        if answered and answered == self.config.close_after:
+            self.stats["closed_idle"] += 1
 
     async def _handle(
         self, method: str, path: str, headers: dict[str, str], body: bytes
@@ -154,6 +227,8 @@ class Simulator:
         if roll < cfg.p_429:
             self.stats["429"] += 1
             return 429, f"Retry-After: {cfg.retry_after:g}\r\n", b'{"error": "slow down"}'
+        if self._shape.name != "pigeon":
+            return self._shaped(body)
         try:
             req = self._decode(body)
         except msgspec.DecodeError as exc:
@@ -168,18 +243,64 @@ class Simulator:
                 results.append({"id": m.id, "status": "accepted", "provider_id": keys[m.idempotency_key]})
             elif rng.random() < cfg.p_reject:
                 self.stats["rejected"] += 1
+                self.rejected.append(m.to)
                 results.append({"id": m.id, "status": "rejected", "code": "INVALID_NUMBER"})
-            elif not self._admit(m.carrier, m.parts, now):
+            elif self._throttle(rng) or not self._admit(m.carrier, m.parts, now):
                 self.stats["throttled"] += 1
                 results.append({"id": m.id, "status": "retry", "code": "throttled"})
             else:
                 self._provider_seq += 1
                 self.stats["accepted"] += 1
                 self.log.append((now, m.id, m.to, m.carrier, m.parts))
-                results.append({"id": m.id, "status": "accepted", "provider_id": f"sim-{self._provider_seq}"})
+                provider_id = f"sim-{self._provider_seq}"
+                results.append({"id": m.id, "status": "accepted", "provider_id": provider_id})
                 if m.idempotency_key:
-                    keys[m.idempotency_key] = f"sim-{self._provider_seq}"
+                    keys[m.idempotency_key] = provider_id
+                if self._follow_up:
+                    self.callbacks.accepted(provider_id, m.id, m.to, now)
         return 200, "", msgspec.json.encode({"results": results})
+
+    def _shaped(self, body: bytes) -> tuple[int, str, bytes]:
+        """A request in another provider's shape: the same fates, that provider's words."""
+        cfg, rng, shape = self.config, self._rng, self._shape
+        try:
+            msgs = shape.read(body)
+        except BadRequest as exc:
+            self.stats["400"] += 1
+            return 400, "", json.dumps({"error": str(exc)}).encode()
+        now = time.monotonic()
+        statuses = []
+        for m in msgs:
+            if rng.random() < cfg.p_reject:
+                statuses.append("rejected")
+            elif self._throttle(rng) or not self._admit(m.carrier, m.parts, now):
+                statuses.append("throttled")
+            else:
+                statuses.append("accepted")
+        if shape.all_or_nothing() and any(st != "accepted" for st in statuses):
+            worst = "rejected" if "rejected" in statuses else "throttled"
+            statuses = [worst] * len(msgs)  # one result for the request: none of it was taken
+        fates = []
+        request_id = ""
+        for m, st in zip(msgs, statuses, strict=True):
+            self.stats[st] += 1
+            if st == "rejected":
+                self.rejected.append(m.to)
+            if st != "accepted":
+                fates.append(Fate(st))
+                continue
+            if not request_id or not shape.all_or_nothing():
+                self._provider_seq += 1
+                request_id = f"sim-{self._provider_seq}"
+            self.log.append((now, m.id or m.to, m.to, m.carrier, m.parts))
+            fates.append(Fate(st, request_id))
+            if self._follow_up:
+                self.callbacks.accepted(request_id, m.id, m.to, now)
+        return shape.answer(msgs, fates, cfg.retry_after)
+
+    def _throttle(self, rng: random.Random) -> bool:
+        p = self.config.p_throttle
+        return bool(p) and rng.random() < p
 
     def _admit(self, carrier: str, parts: int, now: float) -> bool:
         limit = self.config.limits.get(carrier)
@@ -215,11 +336,16 @@ class Simulator:
 
     def summary(self) -> dict[str, Any]:
         """Counters and the per-carrier peaks."""
-        return {"stats": dict(self.stats), "max_parts_per_second": self.max_parts_per_second()}
+        return {
+            "stats": dict(self.stats),
+            "max_parts_per_second": self.max_parts_per_second(),
+            "callbacks_pending": self.callbacks.pending(),
+        }
 
 
 _REASONS = {
     200: "OK",
+    201: "Created",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
@@ -274,6 +400,12 @@ _KNOBS = (
     "hang_s",
     "p_drop",
     "p_reject",
+    "close_after",
+    "p_throttle",
+    "dlr_delay_ms",
+    "p_undeliv",
+    "dlr_batch",
+    "p_mo",
 )
 """The numeric fault-injection settings, each a ``--flag`` of the command line."""
 
@@ -284,14 +416,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "::1", "localhost"])
     p.add_argument("--port", type=int, default=8700)
     for name in _KNOBS:
-        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(SimConfig, name))
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=type(getattr(SimConfig, name)),
+            default=getattr(SimConfig, name),
+        )
     p.add_argument("--limit", action="append", default=[], metavar="CARRIER=PARTS_PER_S")
     p.add_argument("--token", default="")
+    p.add_argument("--dlr-url", default="", help="post delivery reports here (loopback)")
+    p.add_argument("--dlr-secret", default="", help="sign callbacks with this HMAC key")
+    p.add_argument("--mo-url", default="", help="post MO replies here (loopback)")
+    p.add_argument("--mo-text", default="R")
+    p.add_argument("--shape", default="pigeon", choices=sorted(SHAPES), help="provider API to speak")
     args = p.parse_args(argv)
     cfg = SimConfig(
         host=args.host,
         port=args.port,
         token=args.token,
+        shape=args.shape,
+        dlr_url=args.dlr_url,
+        dlr_secret=args.dlr_secret,
+        mo_url=args.mo_url,
+        mo_text=args.mo_text,
         limits={k: float(v) for k, v in (x.split("=", 1) for x in args.limit)},
         **{name: getattr(args, name) for name in _KNOBS},
     )

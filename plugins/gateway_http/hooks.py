@@ -1,4 +1,8 @@
-"""The ``http`` gateway: Pigeon's default JSON contract over one pooled ``httpx.AsyncClient``.
+"""The ``http`` gateway: a provider's HTTP API over one pooled ``httpx.AsyncClient`` per gateway.
+
+The request and response shapes are configurable (:mod:`plugins.gateway_http.shapes`: JSON or
+form, one message / a list / columns per request, where results live, provider codes → outcome
+classes); the default is Pigeon's own JSON contract:
 
 Request: ``POST {url}`` with ``{"messages": [{"id", "to", "text", "carrier", "parts"}]}`` (and
 ``"idempotency_key"`` per message with the ``idempotency_key`` option).
@@ -15,11 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.util
 import os
 import time
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated
 
+import httpcore
 import httpx
 import msgspec
 
@@ -27,13 +33,14 @@ from engine.errors import (
     ConfigError,
     GatewayAuthError,
     GatewayProtocolError,
-    GatewayTimeout,
     GatewayUnavailable,
 )
 from engine.gateway import GatewayContext
 from engine.hookspecs import hookimpl
 from engine.messages import ACCEPTED, MessageBatch, Outcome, SubmitResult
 from engine.plugins import GatewayRegistry
+from plugins.gateway_http.shapes import BodyEncoder, RequestShape, ResponseReader, ResponseShape
+from plugins.gateway_http.transport import PooledTransport, send
 
 __all__ = ["HttpConfig", "HttpGateway"]
 
@@ -62,10 +69,26 @@ class HttpConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     idempotency_key: bool = False
     """Send each message's id as ``idempotency_key`` too (for providers that deduplicate on it: an
     at-least-once campaign resumed after a crash resends with the same keys; docs/ledger.md)."""
+    request: RequestShape = RequestShape()
+    """How a batch is written (``[…options.request]``); the default is Pigeon's JSON contract."""
+    response: ResponseShape = ResponseShape()
+    """How the answer is read (``[…options.response]``); the default is Pigeon's JSON contract."""
+
+    def __post_init__(self) -> None:
+        if self.idempotency_key and self.request != RequestShape():
+            raise ValueError(
+                "`idempotency_key` adds a field to Pigeon's own contract; with a `request` shape, "
+                "name the provider's key field in `request.fields.id` instead"
+            )
+        if self.request.batch == "single" and self.max_batch != 1:
+            raise ValueError(
+                f'`request.batch = "single"` sends one message per request: '
+                f"set `max_batch = 1` (is {self.max_batch})"
+            )
 
 
 class _Result(msgspec.Struct):
-    status: Literal["accepted", "rejected", "retry"]
+    status: str
     id: str = ""
     provider_id: str = ""
     code: str = ""
@@ -106,66 +129,110 @@ class HttpGateway:
         self.idempotent = config.idempotent
         self._keyed = config.idempotency_key
         self.url = config.url
-        headers = {"Content-Type": "application/json", "User-Agent": "pigeon"}
+        encoder = BodyEncoder(config.request)
+        self._body = None if config.request == RequestShape() else encoder.encode
+        """The shape's encoder; None: the default contract's faster typed encoder."""
+        self._reader = ResponseReader(config.response, idempotent=config.idempotent, gateway=ctx.name)
+        self._fast_answer = config.response == ResponseShape()
+        target = httpx.URL(config.url)
+        if target.scheme not in ("http", "https") or not target.host:
+            raise ConfigError(
+                ctx.name, "options.url", f"expected an http:// or https:// URL, got {config.url!r}"
+            )
+        self._url = httpcore.URL(
+            scheme=target.raw_scheme, host=target.raw_host, port=target.port, target=target.raw_path
+        )
+        headers = {
+            "Host": target.netloc.decode("ascii"),
+            "Content-Type": encoder.content_type,
+            "User-Agent": "pigeon",
+        }
         token = _secret(config.token_env, "bearer token")
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        self._headers = [(k.encode(), v.encode()) for k, v in headers.items()]
         self._hmac_key = _secret(config.hmac_secret_env, "HMAC secret").encode()
-        try:
-            self._client = httpx.AsyncClient(
-                headers=headers,
-                http2=config.http2,
-                limits=httpx.Limits(
-                    max_connections=config.max_connections,
-                    max_keepalive_connections=config.max_connections,
-                ),
-                timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
-            )
-        except ImportError as exc:  # http2 without h2
-            raise ConfigError(ctx.name, "options.http2", f"HTTP/2 needs the h2 package: {exc}") from None
+        if config.http2 and importlib.util.find_spec("h2") is None:
+            raise ConfigError(ctx.name, "options.http2", "HTTP/2 needs the h2 package: pip install h2")
+        self._transport = PooledTransport(max_connections=config.max_connections, http2=config.http2)
+        timeouts = {
+            "connect": config.connect_timeout,
+            "read": config.timeout,
+            "write": config.timeout,
+            "pool": config.timeout,
+        }
+        self._extensions = {"timeout": timeouts}
+        self._client = httpx.AsyncClient(
+            transport=self._transport,
+            headers={k: v for k, v in headers.items() if k != "Host"},
+            timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
+        )
+        """The gateway's one client; sends go through its transport's pool."""
         self._encode = msgspec.json.Encoder().encode
         self._decode = msgspec.json.Decoder(_Response).decode
 
-    def _sign(self, body: bytes) -> dict[str, str]:
-        if not self._hmac_key:
-            return {}
-        ts = str(int(time.time()))
-        mac = hmac.new(self._hmac_key, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-        return {"X-Pigeon-Timestamp": ts, "X-Pigeon-Signature": mac}
+    def _sign(self, body: bytes) -> list[tuple[bytes, bytes]]:
+        ts = str(int(time.time())).encode()
+        mac = hmac.new(self._hmac_key, ts + b"." + body, hashlib.sha256).hexdigest()
+        return [(b"X-Pigeon-Timestamp", ts), (b"X-Pigeon-Signature", mac.encode())]
 
     async def send(self, batch: MessageBatch) -> Sequence[SubmitResult]:
         """POST the batch and read one result per message."""
-        c = batch.carrier
-        cols = zip(batch.ids, batch.tos, batch.texts, batch.parts, strict=True)
-        if self._keyed:  # the message id (``<campaign>-<row>``) is stable across resumes
-            body = self._encode(_Body([_Out(i, to, t, c, p, i) for i, to, t, p in cols]))
+        if self._body is not None:
+            body = self._body(batch)
         else:
-            body = self._encode(_Body([_Out(i, to, t, c, p) for i, to, t, p in cols]))
-        try:
-            resp = await self._client.post(self.url, content=body, headers=self._sign(body))
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            # The request never left: safe to send again.
-            raise GatewayUnavailable(f"{self.name}: {type(exc).__name__}: {exc}") from None
-        except (httpx.TimeoutException, httpx.TransportError) as exc:
-            # Sent, but no answer (read timeout, connection dropped): the provider may have it.
-            raise GatewayTimeout(f"{self.name}: no answer ({type(exc).__name__})") from None
-        if resp.status_code == 429:
-            after = _retry_after(resp.headers.get("retry-after"))
+            c = batch.carrier
+            rows = zip(batch.ids, batch.tos, batch.texts, batch.parts, strict=True)
+            if self._keyed:  # the message id (``<campaign>-<row>``) is stable across resumes
+                body = self._encode(_Body([_Out(i, to, t, c, p, i) for i, to, t, p in rows]))
+            else:
+                body = self._encode(_Body([_Out(i, to, t, c, p) for i, to, t, p in rows]))
+        headers = self._headers
+        if self._hmac_key:
+            headers = [*headers, *self._sign(body)]
+        resp = await send(self._transport.pool, self._url, headers, body, self._extensions, self.name)
+        status = resp.status
+        if status in self._reader.ok_status:
+            if self._fast_answer:
+                return self._default_answer(batch, resp.body)
+            return self._reader.results(batch, resp.body)
+        if status == 429:
+            after = _retry_after(resp.header(b"retry-after"))
             throttled = SubmitResult(Outcome.THROTTLED, code="429", retry_after=after)
             return [throttled] * len(batch)
-        if resp.status_code in (401, 403):
-            raise GatewayAuthError(f"{self.name}: the provider refused the credentials ({resp.status_code})")
-        if resp.status_code >= 500:
-            raise GatewayUnavailable(f"{self.name}: HTTP {resp.status_code}")
-        if resp.status_code != 200:
-            raise GatewayProtocolError(f"{self.name}: HTTP {resp.status_code}: {resp.text[:200]}")
+        if status in (401, 403):
+            raise GatewayAuthError(f"{self.name}: the provider refused the credentials ({status})")
+        if status >= 500:
+            raise GatewayUnavailable(f"{self.name}: HTTP {status}")
+        refused = self._reader.refused(batch, status, resp.body) if 400 <= status < 500 else None
+        if refused is None:
+            raise GatewayProtocolError(f"{self.name}: HTTP {status}: {resp.body[:200]!r}")
+        return refused
+
+    def _default_answer(self, batch: MessageBatch, body: bytes) -> list[SubmitResult]:
+        """Pigeon's contract through a typed decoder (the common case, kept fast)."""
         try:
-            results = self._decode(resp.content).results
+            results = self._decode(body).results
         except msgspec.DecodeError as exc:
             raise GatewayProtocolError(f"{self.name}: unreadable answer: {exc}") from None
         if len(results) != len(batch):
             raise GatewayProtocolError(f"{self.name}: {len(results)} results for {len(batch)} messages")
-        return [_outcome(r) for r in results]
+        accepted = Outcome.ACCEPTED
+        if all(r.status == "accepted" for r in results):  # the common answer: one comprehension
+            return [SubmitResult(accepted, r.provider_id) if r.provider_id else ACCEPTED for r in results]
+        reader = self._reader
+        out: list[SubmitResult] = []
+        for r in results:
+            if r.status == "accepted":
+                out.append(
+                    SubmitResult(Outcome.ACCEPTED, provider_id=r.provider_id) if r.provider_id else ACCEPTED
+                )
+            else:
+                outcome, code = reader.classify(r.status, r.code)
+                if outcome == "account":
+                    outcome = "rejected"
+                out.append(reader.submit(outcome, code, r.provider_id))
+        return out
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -177,16 +244,6 @@ def _retry_after(value: str | None) -> float:
         return max(0.0, float(value)) if value else 0.0
     except ValueError:
         return 0.0
-
-
-def _outcome(r: _Result) -> SubmitResult:
-    if r.status == "accepted":
-        return SubmitResult(Outcome.ACCEPTED, provider_id=r.provider_id) if r.provider_id else ACCEPTED
-    if r.status == "rejected":
-        return SubmitResult(Outcome.REJECTED, code=r.code or "rejected", permanent=True)
-    if r.code == "throttled":
-        return SubmitResult(Outcome.THROTTLED, code=r.code)
-    return SubmitResult(Outcome.RETRY, code=r.code or "retry")
 
 
 @hookimpl

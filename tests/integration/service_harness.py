@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -75,9 +76,13 @@ def write_engine(
 
 
 @asynccontextmanager
-async def serving(engine_path: Path) -> AsyncIterator[tuple[str, Service]]:
-    """The service's base URL and object while the block runs; stopped (drained) after it."""
-    sock = bind("127.0.0.1", 0)
+async def serving(engine_path: Path, sock: socket.socket | None = None) -> AsyncIterator[tuple[str, Service]]:
+    """The service's base URL and object while the block runs; stopped (drained) after it.
+
+    ``sock``: a listening socket bound beforehand (so a simulator can be told the service's
+    webhook URL before either starts); by default a free loopback port.
+    """
+    sock = sock if sock is not None else bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     stop = anyio.Event()
     started = anyio.Event()

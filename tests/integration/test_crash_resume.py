@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine.ledger import CampaignStatus, Ledger, LedgerState
@@ -30,19 +31,24 @@ from loadtests.simulator import SimConfig, Simulator, SimulatorThread
 ENV = {**os.environ, "PYTHONUTF8": "1"}
 
 
-def _segment(path: Path, rows: int) -> set[int]:
-    """A segment of ``rows`` data rows; every 997th phone is invalid. Returns the eligible row numbers."""
+def _segment(path: Path, rows: int) -> tuple[set[int], set[int]]:
+    """A segment of ``rows`` data rows; every 997th phone is invalid, every 499th repeats the number
+    three rows up (written another way). Returns the eligible row numbers and the duplicates'."""
     eligible: set[int] = set()
+    dups: set[int] = set()
     with path.open("w", encoding="utf-8") as f:
         f.write("phone,name,coupon\n")
         for i in range(rows):
             row = i + 2  # the header is row 1
             if i % 997 == 5:
                 f.write(f"12{i:05d},坏号,10\n")
+            elif i % 499 == 7 and (i - 3) % 997 != 5:
+                f.write(f"+86 138-{i - 3:08d},又是,20\n")
+                dups.add(row)
             else:
                 f.write(f"138{i:08d},客{i % 100},20\n")
                 eligible.add(row)
-    return eligible
+    return eligible, dups
 
 
 def _files(
@@ -136,7 +142,9 @@ def _wait_for(cond: Callable[[], bool], proc: subprocess.Popen[str], timeout: fl
     return False
 
 
-def _check_ledger_against_log(store: Path, sim: Simulator, eligible: set[int], rows: int) -> dict[str, int]:
+def _check_ledger_against_log(
+    store: Path, sim: Simulator, eligible: set[int], rows: int, dups: set[int]
+) -> dict[str, int]:
     """The promise, checked row for row; returns the ledger's counts."""
     logged = Counter(int(mid.rsplit("-", 1)[1]) for _, mid, *_ in sim.log)
     twice = [r for r, n in logged.items() if n > 1]
@@ -148,12 +156,14 @@ def _check_ledger_against_log(store: Path, sim: Simulator, eligible: set[int], r
         submitted = set(ledger.rows_in("crash", LedgerState.SUBMITTED).tolist())
         unknown = set(ledger.rows_in("crash", LedgerState.UNKNOWN).tolist())
         rejected = set(ledger.rows_in("crash", LedgerState.REJECTED).tolist())
+        suppressed = set(ledger.rows_in("crash", LedgerState.SUPPRESSED).tolist())
         pending = set(ledger.rows_in("crash", LedgerState.PENDING, LedgerState.SUBMITTING).tolist())
         counts = ledger.counts("crash")
     finally:
         ledger.close()
     assert not pending & set(range(2, rows + 2)), "every row of the segment ends in a final state"
-    assert rejected == set(range(2, rows + 2)) - eligible
+    assert suppressed == dups  # dedupe sees the whole segment on every resume
+    assert rejected == set(range(2, rows + 2)) - eligible - suppressed
     assert submitted | unknown == eligible  # every eligible recipient handed over, once
     assert not submitted & unknown
     assert submitted == submitted & set(logged)  # the ledger says sent: the gateway has it
@@ -167,13 +177,14 @@ def _check_ledger_against_log(store: Path, sim: Simulator, eligible: set[int], r
         db.close()
     assert sum(per_key.values()) == len(submitted | unknown) == len(per_key)
     assert counts.total == rows
+    assert counts.reasons["suppressed"] == {"duplicate": len(suppressed)}
     return counts.states
 
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_sends_everyone_once(tmp_path: Path) -> None:
     rows = 200_000
-    eligible = _segment(tmp_path / "seg.csv", rows)
+    eligible, dups = _segment(tmp_path / "seg.csv", rows)
     rng = random.Random(6)
     store = tmp_path / "pigeon.db"
     kills = 0
@@ -204,7 +215,7 @@ def test_sigkill_at_random_moments_then_resume_sends_everyone_once(tmp_path: Pat
         else:
             pytest.fail("the campaign never finished")
     assert kills >= 10
-    states = _check_ledger_against_log(store, sim, eligible, rows)
+    states = _check_ledger_against_log(store, sim, eligible, rows, dups)
     # In flight at a kill: at most the lane's window (4 requests of 250) each time.
     assert states.get("unknown", 0) <= kills * 4 * 250
     # A finished campaign is not sent again by accident.
@@ -222,7 +233,7 @@ def _can_mount_tmpfs(where: Path) -> bool:
 
 def test_a_store_whose_disk_fills_up_stops_cleanly_and_resume_finishes(tmp_path: Path) -> None:
     rows = 40_000
-    eligible = _segment(tmp_path / "seg.csv", rows)
+    eligible, dups = _segment(tmp_path / "seg.csv", rows)
     disk = tmp_path / "disk"
     if not _can_mount_tmpfs(disk):
         pytest.fail("this test needs a small tmpfs (mount -t tmpfs): run it as root or in a container")
@@ -244,7 +255,7 @@ def test_a_store_whose_disk_fills_up_stops_cleanly_and_resume_finishes(tmp_path:
             filler.unlink()  # space again
             done = _resume(tmp_path)
             assert done.returncode == 0, done.stderr
-            _check_ledger_against_log(store, sim, eligible, rows)
+            _check_ledger_against_log(store, sim, eligible, rows, dups)
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
         shutil.rmtree(disk, ignore_errors=True)
@@ -252,7 +263,7 @@ def test_a_store_whose_disk_fills_up_stops_cleanly_and_resume_finishes(tmp_path:
 
 def test_a_hanging_gateway_stops_the_run_and_resume_finishes(tmp_path: Path) -> None:
     rows = 20_000
-    eligible = _segment(tmp_path / "seg.csv", rows)
+    eligible, dups = _segment(tmp_path / "seg.csv", rows)
     store = tmp_path / "pigeon.db"
     with SimulatorThread(SimConfig()) as sim:
         campaign = _files(tmp_path, sim.port, store=store, options="timeout = 0.5", max_batch=100)
@@ -268,7 +279,51 @@ def test_a_hanging_gateway_stops_the_run_and_resume_finishes(tmp_path: Path) -> 
         sim.config.p_hang = 0.0  # back
         done = _resume(tmp_path)
         assert done.returncode == 0, done.stderr
-        states = _check_ledger_against_log(store, sim, eligible, rows)
+        states = _check_ledger_against_log(store, sim, eligible, rows, dups)
     # Only what was in flight when it hung is unknown (the window: 4 requests of 100, times the
     # 5 requests in a row it takes to call the gateway hung), never the rest of the segment.
     assert 0 < states["unknown"] <= 5 * 4 * 100 + 4 * 100
+
+
+def test_at_least_once_resends_what_was_in_flight_and_the_gateway_dedupes_it(tmp_path: Path) -> None:
+    rows = 30_000
+    eligible, _ = _segment(tmp_path / "seg.csv", rows)
+    rng = random.Random(7)
+    store = tmp_path / "pigeon.db"
+    kills = 0
+    with SimulatorThread(SimConfig(latency_ms=2)) as sim:
+        campaign = _files(
+            tmp_path, sim.port, store=store, kind="transactional", options="idempotency_key = true"
+        )
+        for run in range(20):
+            proc = _start(["send", str(campaign), "--backend", ("trio", "asyncio")[run % 2]], tmp_path)
+            if kills < 3:
+                target = len(sim.log) + rng.randint(1_000, 6_000)
+                if _wait_for(lambda t=target: len(sim.log) >= t, proc, 60):  # type: ignore[misc]
+                    proc.send_signal(signal.SIGKILL)
+                    proc.communicate(timeout=10)
+                    kills += 1
+                    continue
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            assert "resuming campaign 'crash' (at-least-once)" in err
+            break
+    assert kills == 3
+    logged = Counter(int(mid.rsplit("-", 1)[1]) for _, mid, *_ in sim.log)
+    assert set(logged) == eligible and max(logged.values()) == 1  # everyone, once: nobody skipped
+    ledger = Ledger(store)
+    try:
+        assert set(ledger.rows_in("crash", LedgerState.SUBMITTED).tolist()) == eligible
+        assert not ledger.rows_in("crash", LedgerState.UNKNOWN).size
+        retried = np.flatnonzero(ledger._derive("crash").attempts > 1)  # handed over in two runs
+    finally:
+        ledger.close()
+    # Whatever was resent went under the same idempotency key: the simulator answered it without
+    # sending it again, and the caps (1 a day here) counted it once and did not hold it back.
+    assert len(retried) >= sim.stats["deduplicated"]
+    db = sqlite3.connect(store)
+    try:
+        per_key = Counter(k for (k,) in db.execute("SELECT key FROM sends"))
+    finally:
+        db.close()
+    assert len(per_key) == sum(per_key.values()) == len(eligible)

@@ -457,3 +457,83 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path, simulator: Simulator) -> 
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+async def test_delivery_reports_and_opt_out_replies_arrive_from_the_simulator(
+    anyio_backend: object, tmp_path: Path
+) -> None:
+    """The simulator's own callbacks (signed, batched) reach the service's webhooks: every message
+    ends delivered or failed as the simulator reported it, and each reply "R" becomes an opt-out
+    that suppresses marketing to that number at once."""
+    from engine.serve import bind
+
+    sock = bind("127.0.0.1", 0)  # the service's port first: the simulator needs its webhook URLs
+    hooks = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/webhooks/sim"
+    config = SimConfig(
+        dlr_url=f"{hooks}/reports",
+        mo_url=f"{hooks}/replies",
+        dlr_secret=SECRET,
+        dlr_delay_ms=20,
+        dlr_batch=7,
+        p_undeliv=0.3,
+        p_mo=0.5,
+        mo_text="R",
+        seed=7,
+    )
+    n = 40
+    numbers = [f"+86139{i:08d}" for i in range(n)]
+    with SimulatorThread(config) as sim:
+        engine, key = write_engine(tmp_path, sim.port, max_batch=10)
+        auth = {"authorization": f"Bearer {key}"}
+        async with serving(engine, sock) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
+            body = {"messages": [{"to": to, "text": "您的订单已发货"} for to in numbers]}
+            r = await c.post("/v1/messages", json=body)
+            assert r.status_code == 202, r.text
+            ids = [m["id"] for m in r.json()["messages"]]
+
+            async def settled() -> list[dict[str, Any]] | None:
+                views = [(await c.get(f"/v1/messages/{i}")).json() for i in ids]
+                return views if all(v["state"] in ("delivered", "failed") for v in views) else None
+
+            views = await _until(settled, "every message settled by a report from the simulator")
+            stats = sim.summary()["stats"]
+            failed = [v for v in views if v["state"] == "failed"]
+            delivered = [v for v in views if v["state"] == "delivered"]
+            assert stats["dlr_sent"] == n and stats.get("dlr_posts_failed", 0) == 0
+            assert stats["dlr_posts_sent"] >= n // 7  # batched, several reports per POST
+            assert 0 < len(failed) < n  # p_undeliv 0.3 over 40 messages, seeded
+            assert all(v["delivery"]["code"] == "UNDELIV" for v in failed)
+            assert all(v["delivery"]["code"] == "DELIVRD" for v in delivered)
+            metrics = (await c.get("/metrics")).text
+            assert (
+                f'pigeon_delivery_reports_total{{gateway="sim",status="failed"}} {len(failed)}.0' in metrics
+            )
+            assert (
+                f'pigeon_delivery_reports_total{{gateway="sim",status="delivered"}} {len(delivered)}.0'
+                in metrics
+            )
+
+            async def replied() -> int:
+                return int(sim.summary()["stats"].get("mo_sent", 0))
+
+            repliers = await _until(replied, "some delivered recipients replied R")
+            assert 0 < repliers <= len(delivered)
+            store = SqliteStore(tmp_path / "pigeon.db")
+            try:
+
+                async def opted_out() -> dict[str, Any] | None:
+                    found = store.optout_records(numbers)
+                    return found if len(found) == repliers else None
+
+                found = await _until(opted_out, "every R reply recorded as an opt-out")
+            finally:
+                store.close()
+            assert {r.source for r in found.values()} == {"mo"}
+            to_of = dict(zip(ids, numbers, strict=True))
+            assert set(found) <= {to_of[v["id"]] for v in delivered}  # only the delivered replied
+            marketing = {
+                "priority": "marketing",
+                "messages": [{"to": to, "text": "周末特惠"} for to in sorted(found)],
+            }
+            answer = (await c.post("/v1/messages", json=marketing)).json()
+            assert {(m["state"], m["reason"]) for m in answer["messages"]} == {("suppressed", "opted_out")}

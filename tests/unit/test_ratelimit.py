@@ -36,7 +36,7 @@ def test_invalid_settings(rate: float, window: float) -> None:
 def test_no_window_of_one_second_ever_holds_more_than_the_rate(
     rate: int, requests: list[tuple[float, int]]
 ) -> None:
-    lim = SlidingWindowLimiter(rate)  # with its default 1% margin, as the engine runs it
+    lim = SlidingWindowLimiter(rate)  # with its default margin, as the engine runs it
     now = 0.0
     sent: list[tuple[float, int]] = []
     for gap, parts in requests:

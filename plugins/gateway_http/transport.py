@@ -1,0 +1,211 @@
+"""The ``http`` gateway's connection pool: one httpx client whose pool the hot path drives directly.
+
+The gateway keeps one pooled :class:`httpx.AsyncClient` for its whole life. Its transport is a
+:class:`PooledTransport` — an :class:`httpx.AsyncHTTPTransport` whose httpcore pool is built here
+— and each send goes straight to that pool with a :class:`httpcore.Request` made from prebuilt
+parts (URL, header list, timeouts), skipping the client's per-request work (URL parsing, header
+merging, cookies, auth and redirect hooks, event hooks) that a gateway posting to one fixed URL
+does not need. The pool's limits and keep-alive handling, and the timeouts, are httpcore's own.
+
+Two costs of loopback-speed HTTP/1.1 are cut in the network stream (:class:`CoalescingBackend`):
+the request head and body are written with one ``send`` instead of two (the stream holds writes
+until the client reads the answer, which on HTTP/1.1 always follows the request), and the
+"has the server closed this idle connection?" check the pool makes for every connection on every
+request polls the socket directly instead of building the backend's attribute table each time.
+HTTP/2 connections multiplex several requests on one stream, so they keep the plain backend.
+
+:func:`send` maps every httpcore failure to a :class:`~engine.errors.GatewayError`: nothing left
+(could not connect, no free connection in time) → :class:`GatewayUnavailable`; sent but no
+usable answer (read timeout, connection dropped) → :class:`GatewayTimeout` (ambiguous).
+"""
+
+# The stream and backend methods take ``timeout`` because httpcore's interface does.
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import httpcore
+import httpx
+
+from engine.errors import GatewayTimeout, GatewayUnavailable
+
+__all__ = ["CoalescingBackend", "PooledTransport", "Reply", "send"]
+
+Header = tuple[bytes, bytes]
+
+
+class _CoalescingStream(httpcore.AsyncNetworkStream):
+    """A network stream that sends what was written in one go, just before the next read."""
+
+    __slots__ = ("_pending", "_sock", "_stream", "_write_timeout")
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+        self._pending: list[bytes] = []
+        self._write_timeout: float | None = None
+        self._sock: socket.socket | None = None
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if buffer:
+            self._pending.append(buffer)
+            self._write_timeout = timeout
+
+    async def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        await self._stream.write(pending[0] if len(pending) == 1 else b"".join(pending), self._write_timeout)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._pending:
+            await self._flush()
+        return await self._stream.read(max_bytes, timeout)
+
+    async def aclose(self) -> None:
+        self._pending = []
+        await self._stream.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        if self._pending:
+            await self._flush()
+        return _CoalescingStream(await self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":  # asked for every idle connection on every request
+            sock = self._sock
+            if sock is None:
+                sock = self._sock = self._stream.get_extra_info("socket")
+            if sock is None or sock.fileno() < 0:
+                return True
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return self._stream.get_extra_info(info)
+
+
+class CoalescingBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's automatic backend (anyio on asyncio, trio on trio) with coalescing streams."""
+
+    def __init__(self) -> None:
+        self._backend: httpcore.AsyncNetworkBackend | None = None
+
+    def _pick(self) -> httpcore.AsyncNetworkBackend:
+        if self._backend is None:
+            import sniffio
+
+            if sniffio.current_async_library() == "trio":
+                self._backend = httpcore.TrioBackend()
+            else:
+                self._backend = httpcore.AnyIOBackend()
+        return self._backend
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._pick().connect_tcp(
+            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
+        return _CoalescingStream(stream)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:  # pragma: no cover - the gateway dials TCP
+        stream = await self._pick().connect_unix_socket(path, timeout=timeout, socket_options=socket_options)
+        return _CoalescingStream(stream)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._pick().sleep(seconds)
+
+
+class PooledTransport(httpx.AsyncHTTPTransport):
+    """An :class:`httpx.AsyncHTTPTransport` over a pool built here (exposed as :attr:`pool`).
+
+    The client's own requests (``client.post``…) and the gateway's direct sends share this pool,
+    so there is exactly one set of connections per gateway.
+    """
+
+    def __init__(self, *, max_connections: int, http2: bool, keepalive_expiry: float = 30.0) -> None:
+        super().__init__(http2=http2, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+        self.pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpcore.default_ssl_context(),
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=keepalive_expiry,
+            http1=True,
+            http2=http2,
+            retries=0,
+            network_backend=None if http2 else CoalescingBackend(),
+        )
+        """Connections of this gateway; the hot path sends here."""
+        self._pool = self.pool  # what httpx's handle_async_request sends through
+
+    async def aclose(self) -> None:
+        """Close every connection."""
+        await self.pool.aclose()
+
+
+class Reply:
+    """An answer read in full: status, headers (lower-cased names) and body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: Sequence[Header], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of header ``name`` (lower-case), or None."""
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v.decode("latin-1")
+        return None
+
+
+async def send(
+    pool: httpcore.AsyncConnectionPool,
+    url: httpcore.URL,
+    headers: list[Header],
+    body: bytes,
+    extensions: dict[str, Any],
+    gateway: str,
+) -> Reply:
+    """POST ``body`` with ``headers`` (``Content-Length`` is added) and read the whole answer."""
+    request = httpcore.Request(
+        b"POST",
+        url,
+        headers=[*headers, (b"Content-Length", str(len(body)).encode())],
+        content=body,
+        extensions=extensions,
+    )
+    try:
+        response = await pool.handle_async_request(request)
+        try:
+            content = await response.aread()
+        finally:
+            await response.aclose()
+    except (
+        httpcore.ConnectError,
+        httpcore.ConnectTimeout,
+        httpcore.PoolTimeout,
+        httpcore.UnsupportedProtocol,
+    ) as exc:
+        # The request never left: safe to send again.
+        raise GatewayUnavailable(f"{gateway}: {type(exc).__name__}: {exc}") from None
+    except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
+        # Sent, but no answer (read timeout, connection dropped): the provider may have it.
+        raise GatewayTimeout(f"{gateway}: no answer ({type(exc).__name__})") from None
+    return Reply(response.status, response.headers, content)

@@ -1,0 +1,131 @@
+"""The ``http`` gateway's pooled transport on loopback, on both event loops: reuse, closed peers, errors."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from engine.errors import GatewayTimeout, GatewayUnavailable
+from engine.gateway import GatewayContext
+from engine.messages import MessageBatch, Outcome
+from loadtests.simulator import SimConfig, SimulatorThread
+from plugins.gateway_http.hooks import HttpConfig, HttpGateway
+
+pytestmark = pytest.mark.anyio
+
+
+def _gateway(url: str, tmp_path: Path, **options: object) -> HttpGateway:
+    config = HttpConfig(url=url, **options)  # type: ignore[arg-type]
+    return HttpGateway(config, GatewayContext(name="sim", base_dir=tmp_path, run_dir=tmp_path))
+
+
+def _batch(*rows: int) -> MessageBatch:
+    return MessageBatch(
+        "cm",
+        rows=list(rows),
+        numbers=[f"1380013{r:04d}" for r in rows],
+        texts=["【小鹅】您好，回T退订"] * len(rows),
+        parts=[1] * len(rows),
+        id_prefix="t-",
+    )
+
+
+async def test_requests_reuse_one_connection_and_arrive_whole(anyio_backend: object, tmp_path: Path) -> None:
+    with SimulatorThread(SimConfig()) as sim:
+        gw = _gateway(f"http://127.0.0.1:{sim.port}/send", tmp_path, max_connections=2)
+        try:
+            for row in range(20):
+                results = await gw.send(_batch(row, row + 100))
+                assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 2
+        finally:
+            await gw.aclose()
+    assert sim.stats["connections"] == 1
+    assert sorted(m[1] for m in sim.log) == sorted(f"t-{r}" for row in range(20) for r in (row, row + 100))
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused(
+    anyio_backend: object, tmp_path: Path
+) -> None:
+    """The pool asks the stream whether an idle connection became readable (the server's FIN);
+    a request sent on such a connection would fail as ambiguous."""
+    with SimulatorThread(SimConfig(close_after=1)) as sim:
+        gw = _gateway(f"http://127.0.0.1:{sim.port}/send", tmp_path, max_connections=1)
+        try:
+            for row in range(5):
+                deadline = time.monotonic() + 10
+                # until the server has closed the previous connection
+                while sim.stats["closed_idle"] < row and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await anyio.sleep(0.001)
+                results = await gw.send(_batch(row))
+                assert results[0].outcome is Outcome.ACCEPTED
+        finally:
+            await gw.aclose()
+    assert sim.stats["connections"] == 5
+    assert len(sim.log) == 5
+
+
+async def test_the_client_and_the_gateway_share_one_pool(anyio_backend: object, tmp_path: Path) -> None:
+    with SimulatorThread(SimConfig()) as sim:
+        gw = _gateway(f"http://127.0.0.1:{sim.port}/send", tmp_path, max_connections=1)
+        try:
+            await gw.send(_batch(1))
+            r = await gw._client.get(f"http://127.0.0.1:{sim.port}/stats")
+            assert r.status_code == 200
+        finally:
+            await gw.aclose()
+    assert sim.stats["connections"] == 1
+
+
+async def test_nothing_listening_is_unavailable_and_a_hang_is_ambiguous(
+    anyio_backend: object, tmp_path: Path
+) -> None:
+    with SimulatorThread(SimConfig()) as sim:
+        free = sim.port
+    gw = _gateway(f"http://127.0.0.1:{free}/send", tmp_path, connect_timeout=1.0)
+    try:
+        with pytest.raises(GatewayUnavailable):
+            await gw.send(_batch(1))
+    finally:
+        await gw.aclose()
+    with SimulatorThread(SimConfig(p_hang=1.0, hang_s=5)) as sim:
+        gw = _gateway(f"http://127.0.0.1:{sim.port}/send", tmp_path, timeout=0.2)
+        try:
+            with pytest.raises(GatewayTimeout):
+                await gw.send(_batch(1))
+        finally:
+            await gw.aclose()
+
+
+def test_the_url_must_be_http(tmp_path: Path) -> None:
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"options\.url"):
+        _gateway("ftp://127.0.0.1/send", tmp_path)
+
+
+async def test_idempotency_keys_let_the_provider_drop_a_resend(anyio_backend: object, tmp_path: Path) -> None:
+    with SimulatorThread(SimConfig()) as sim:
+        gw = _gateway(f"http://127.0.0.1:{sim.port}/send", tmp_path, idempotency_key=True)
+        try:
+            first = await gw.send(_batch(1, 2, 3))
+            again = await gw.send(_batch(1, 2, 3))  # e.g. after a crash, resumed at least once
+        finally:
+            await gw.aclose()
+    assert [r.provider_id for r in again] == [r.provider_id for r in first]
+    assert len(sim.log) == 3 and sim.stats["deduplicated"] == 3
+
+
+def test_idempotency_keys_belong_to_the_default_contract(tmp_path: Path) -> None:
+    from engine.config import convert_section
+    from engine.errors import ConfigError
+
+    options = {
+        "url": "http://127.0.0.1:9/send",
+        "idempotency_key": True,
+        "request": {"encoding": "json", "list_key": "m"},
+    }
+    with pytest.raises(ConfigError, match=r"request\.fields\.id"):
+        convert_section(options, HttpConfig, file="engine.toml", path="gateways.p.options")
