@@ -1,8 +1,9 @@
 """The service's lifetime and wiring: gateways, the API's lanes, records, webhooks and campaigns.
 
-One :class:`Service` lives as long as ``pigeon serve``. It opens every configured gateway once and
-lends them, with their breakers and the marketing part of every carrier's rate
-(:mod:`engine.priority`), to the blasts it starts. Messages posted to the API go through the same
+One :class:`Service` lives as long as ``pigeon serve``. It opens every configured gateway once for
+the API's lanes; the blasts it starts run in worker processes (:mod:`engine.campaigns`,
+:mod:`engine.blast_worker`) with the marketing part of every carrier's rate (:mod:`engine.priority`),
+and ``/metrics`` adds their series to the service's (:mod:`engine.worker_metrics`). Messages posted to the API go through the same
 stages as a blast (normalize, caps, opt-outs for marketing, route, render, count_parts, quiet hours
 for marketing) and into a lane per gateway and priority: the transactional (priority) lane has its
 own in-flight window and the reserved part of each carrier's rate, so a running blast never holds
