@@ -2,13 +2,14 @@
 
 One :class:`Service` lives as long as ``pigeon serve``. It opens every configured gateway once for
 the API's lanes; the blasts it starts run in worker processes (:mod:`engine.campaigns`,
-:mod:`engine.blast_worker`) with the marketing part of every carrier's rate (:mod:`engine.priority`),
-and ``/metrics`` adds their series to the service's (:mod:`engine.worker_metrics`). Messages posted to the API go through the same
-stages as a blast (normalize, caps, opt-outs for marketing, route, render, count_parts, quiet hours
-for marketing) and into a lane per gateway and priority: the transactional (priority) lane has its
-own in-flight window and the reserved part of each carrier's rate, so a running blast never holds
-it back by more than a request already on the wire. Every API message is recorded in the ledger
-(campaign ``api-transactional`` or ``api-marketing``) and, for fast look-ups, in memory.
+:mod:`engine.blast_worker`) with the marketing part of every carrier's rate
+(:mod:`engine.priority`), and ``/metrics`` adds their series to the service's
+(:mod:`engine.worker_metrics`). Messages posted to the API go through the same stages as a blast
+(normalize, caps, opt-outs for marketing, route, render, count_parts, quiet hours for marketing)
+and into a lane per gateway and priority: the transactional (priority) lane has its own in-flight
+window and the reserved part of each carrier's rate, so a running blast never holds it back by
+more than a request already on the wire. Every API message is recorded in the ledger (campaign
+``api-transactional`` or ``api-marketing``) and, for fast look-ups, in memory.
 """
 
 from __future__ import annotations
