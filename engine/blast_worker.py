@@ -16,7 +16,8 @@ Protocol (one line each, UTF-8):
   blast's opt-out set). End of input means ``stop``; so do SIGTERM and SIGINT.
 * stdout, to the service: JSON objects: ``{"event": "started", "metrics_url": …}``, then
   ``{"event": "progress", …}`` at most every :data:`PROGRESS_EVERY` seconds and a last one with
-  ``"done": true`` (:class:`Progress`), or ``{"event": "failed", "error": …}``.
+  ``"done": true`` (:class:`Progress`), ``{"event": "metrics", "text": …}`` (its exposition, once a
+  second), or ``{"event": "failed", "error": …}``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ __all__ = ["METRICS_FILE", "NICE", "PROGRESS_EVERY", "Progress", "main"]
 
 PROGRESS_EVERY = 0.25
 """Seconds between two progress lines."""
+METRICS_EVERY = 4
+"""Progress lines between two copies of the worker's exposition sent to the service (one a second:
+a scrape of the service then never waits for the worker)."""
 METRICS_FILE = "metrics.prom"
 """The worker's last exposition, in its run directory."""
 NICE = 0
@@ -169,9 +173,14 @@ async def run_worker(plan: Plan, ledger: CampaignLedger | None, run_dir: Path, o
                 tg.start_soon(_signals, control)
 
                 async def report() -> None:
+                    beat = 0
                     while True:
                         await anyio.sleep(PROGRESS_EVERY)
                         _emit(out, snapshot(recorder, fraction[0]))
+                        beat += 1
+                        if beat % METRICS_EVERY == 0:
+                            text = metrics.exposition()[0].decode()
+                            _emit(out, {"event": "metrics", "text": text})
 
                 tg.start_soon(report)
                 summary = await _send(

@@ -76,6 +76,8 @@ class CampaignRun:
         self.counts = Progress()
         """The worker's last progress line."""
         self.metrics_url = ""
+        self.metrics_text = ""
+        """The worker's exposition as it last sent it (at most a second old)."""
         self.cancelled = False
         """Cancelled through the API: the ledger is marked cancelled when the worker ends."""
         self.commands: MemoryObjectSendStream[bytes]
@@ -233,7 +235,7 @@ class Campaigns:
                 # for good, once the worker is done with the ledger: `pigeon resume` will not continue it
                 self.service.ledger.set_status(run.id, CampaignStatus.CANCELLED)
             run.finished = time.monotonic()
-            run.metrics_url = ""
+            run.metrics_url = run.metrics_text = ""
             run.commands.close()
         log.info(
             "campaign ended",
@@ -271,6 +273,8 @@ class Campaigns:
             kind = event.get("event")
             if kind == "progress":
                 run.counts = msgspec.convert(event, Progress)
+            elif kind == "metrics":
+                run.metrics_text = str(event.get("text", ""))
             elif kind == "started":
                 run.metrics_url = str(event.get("metrics_url", ""))
                 log.info(
@@ -327,9 +331,9 @@ class Campaigns:
             if run.finished is None and run.plan.optouts is not None:
                 run.tell("optouts " + json.dumps(numbers))
 
-    def metrics_urls(self) -> list[str]:
-        """The ``/metrics`` of every running worker."""
-        return [r.metrics_url for r in self.runs.values() if r.finished is None and r.metrics_url]
+    def metrics_texts(self) -> list[str]:
+        """The last exposition of every running worker."""
+        return [r.metrics_text for r in self.runs.values() if r.finished is None and r.metrics_text]
 
     def status(self) -> dict[str, Any]:
         """Every campaign's state (for logs)."""

@@ -58,7 +58,7 @@ from engine.store import OptOutRecord
 from engine.store.sqlite import SqliteStore
 from engine.template import DEFAULT_OPT_OUT, Template, compile_template
 from engine.webhooks import GenericParser, MoReply, WebhookParser
-from engine.worker_metrics import MergedMetrics, fetch
+from engine.worker_metrics import MergedMetrics
 
 __all__ = [
     "ApiError",
@@ -918,17 +918,7 @@ class Service:
 
     async def scrape(self) -> tuple[bytes, str]:
         """The ``/metrics`` body and content type: the process's series and its blast workers'."""
-        urls = self.campaigns.metrics_urls() if self.campaigns is not None else []
-        texts: list[str | None] = [None] * len(urls)
-
-        async def one(i: int, url: str) -> None:
-            texts[i] = await fetch(url)
-
-        if urls:
-            async with anyio.create_task_group() as tg:
-                for i, url in enumerate(urls):
-                    tg.start_soon(one, i, url)
-        live = [t for t in texts if t is not None]
+        live = self.campaigns.metrics_texts() if self.campaigns is not None else []
         # in a thread: the loop keeps serving the API and the priority lane between GIL turns
         body = await anyio.to_thread.run_sync(self.merged_metrics.render, live)
         return body, CONTENT_TYPE

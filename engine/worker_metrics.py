@@ -1,25 +1,22 @@
 """One ``/metrics`` for the service and its blast workers: their series summed with the service's.
 
-Each blast runs in a worker process (:mod:`engine.blast_worker`) with its own registry, served on a
-loopback port. A scrape of the service fetches every running worker's exposition and adds it to
-the service's own, series by series (same names, same labels — no label per process or campaign,
-so the label sets stay bounded): counters and histograms add up, gauges (queue depth, in-flight
-requests and limits) add up across the processes, ``pigeon_build_info`` is kept once. When a worker
-ends, its last counters and histograms (written to its run directory) are kept and added to every
-later scrape, so a counter never goes down because a blast finished.
+Each blast runs in a worker process (:mod:`engine.blast_worker`) with its own registry (also served
+on a loopback port of its own); the worker sends its exposition to the service once a second, and
+a scrape of the service adds the last one of every running worker to the service's own, series by
+series (same names, same labels — no label per process or campaign, so the label sets stay
+bounded): counters and histograms add up, gauges (queue depth, in-flight requests and limits) add
+up across the processes, ``pigeon_build_info`` is kept once. When a worker ends, its last counters
+and histograms (written to its run directory) are kept and added to every later scrape, so a
+counter never goes down because a blast finished.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import anyio
 from prometheus_client import CollectorRegistry, generate_latest
 
-__all__ = ["FETCH_TIMEOUT", "MergedMetrics", "fetch"]
-
-FETCH_TIMEOUT = 2.0
-"""Seconds a scrape waits for one worker's exposition (a late worker is left out of that scrape)."""
+__all__ = ["MergedMetrics"]
 
 
 class _Family:
@@ -118,29 +115,3 @@ class MergedMetrics:
         for text in live:
             _merge(merged, text)
         return _render(merged)
-
-
-async def fetch(url: str) -> str | None:
-    """``GET url`` (a worker's ``http://127.0.0.1:port/metrics``): the body, or None when it does
-    not answer in time (the worker is ending)."""
-    hostport, _, path = url.removeprefix("http://").partition("/")
-    host, _, port = hostport.rpartition(":")
-    with anyio.move_on_after(FETCH_TIMEOUT):
-        try:
-            async with await anyio.connect_tcp(host.strip("[]"), int(port)) as s:
-                await s.send(
-                    f"GET /{path} HTTP/1.1\r\nhost: {hostport}\r\nconnection: close\r\n\r\n".encode()
-                )
-                chunks: list[bytes] = []
-                while True:
-                    try:
-                        chunks.append(await s.receive())
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        break
-        except OSError:
-            return None
-        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.") or head[9:12] != b"200":
-            return None
-        return body.decode("utf-8", "replace")
-    return None

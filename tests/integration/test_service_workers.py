@@ -75,7 +75,7 @@ def _accepted(exposition: str) -> float:
 async def test_a_blast_runs_in_a_worker_whose_metrics_the_service_serves(
     anyio_backend: object, tmp_path: Path, simulator: Simulator
 ) -> None:
-    rows = 3000
+    rows = 6000
     engine, key = write_engine(tmp_path, simulator.port, cm_rate=1000)
     _campaign(tmp_path, rows, "spring")
     auth = {"authorization": f"Bearer {key}"}
@@ -90,6 +90,15 @@ async def test_a_blast_runs_in_a_worker_whose_metrics_the_service_serves(
         assert own.startswith("http://127.0.0.1:") and not own.startswith(url)
         async with httpx.AsyncClient() as direct:  # the worker's own registry, on its own port
             assert "pigeon_gateway_in_flight_limit" in (await direct.get(own)).text
+
+        async def merged_while_running() -> bool:
+            text = (await c.get("/metrics")).text
+            both = 'pigeon_gateway_in_flight_limit{gateway="sim"} 8.0' in text  # 4 here + 4 there
+            view: dict[str, Any] = (await c.get("/v1/campaigns/spring")).json()
+            assert not view["done"] or both, "the blast ended before its metrics reached the service"
+            return both
+
+        await _until(merged_while_running, "the worker's series in the service's /metrics")
 
         async def finished() -> dict[str, Any] | None:
             view: dict[str, Any] = (await c.get("/v1/campaigns/spring")).json()
