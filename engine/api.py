@@ -184,7 +184,7 @@ def create_app(service: Service) -> Starlette:
     @wrap
     async def metrics(request: Request) -> Response:
         auth(request)
-        data, ctype = service.exposition()
+        data, ctype = await service.scrape()
         return Response(data, media_type=ctype)
 
     @wrap

@@ -1,21 +1,33 @@
-"""Blasts the service runs: start from a campaign file, pause, resume, cancel, and progress."""
+"""Blasts the service runs: start from a campaign file, pause, resume, cancel, and progress.
+
+Each blast runs in a worker process of its own (:mod:`engine.blast_worker`, the code path of
+``pigeon send`` with the campaign ledger), so its CPU-bound batches never queue in front of the
+service's event loop: the API, the priority lane and ``/metrics`` stay responsive beside it. The
+service keeps each run's state here and talks to the worker over its stdin (pause, resume, stop,
+opt-outs) and stdout (progress, the end).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
-from anyio.abc import TaskGroup
+from anyio.abc import Process, TaskGroup
+from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from engine.blast_worker import METRICS_FILE, Progress
 from engine.control import RunControl, RunState
 from engine.errors import EngineError
-from engine.ledger import CampaignLedger, CampaignStatus, LedgerError
-from engine.report import RunRecorder
-from engine.runtime import Plan, _open_ledger, _send, new_run_dir, prepare
+from engine.ledger import CampaignStatus, LedgerError
+from engine.runtime import Plan, _open_ledger, new_run_dir, prepare
 
 if TYPE_CHECKING:
     from engine.service import Service
@@ -43,6 +55,8 @@ class CampaignView(msgspec.Struct, kw_only=True):
     reasons: dict[str, dict[str, int]] = {}
     rate_per_carrier: dict[str, float] = {}
     """Messages accepted per second since the start, per carrier."""
+    metrics_url: str = ""
+    """The blast's own ``/metrics`` (its worker process's registry) while it runs."""
     error: str = ""
     done: bool = False
     """The run is over: nothing of it is in flight any more."""
@@ -51,40 +65,53 @@ class CampaignView(msgspec.Struct, kw_only=True):
 class CampaignRun:
     """One blast started by the service."""
 
-    def __init__(self, plan: Plan, file: str, ledger: CampaignLedger | None = None) -> None:
+    def __init__(self, plan: Plan, file: str, path: Path | None = None) -> None:
         self.plan = plan
-        self.ledger = ledger
-        """The campaign's ledger for this run (every recipient's state, resumable)."""
+        self.path = path or Path(file)
+        """The campaign file the worker loads."""
         self.id = plan.campaign.id
         self.file = file
         self.control = RunControl()
-        self.recorder = RunRecorder(plan.prices)
+        """The run's state as the service sees it (the worker is told every change)."""
+        self.counts = Progress()
+        """The worker's last progress line."""
+        self.metrics_url = ""
+        self.metrics_text = ""
+        """The worker's exposition as it last sent it (at most a second old)."""
+        self.cancelled = False
+        """Cancelled through the API: the ledger is marked cancelled when the worker ends."""
+        self.commands: MemoryObjectSendStream[bytes]
+        self._commands: MemoryObjectReceiveStream[bytes]
+        self.commands, self._commands = anyio.create_memory_object_stream[bytes](1024)
         self.started = time.monotonic()
         self.started_at = time.time()
-        self.fraction: float | None = 0.0
         self.finished: float | None = None
         self.state = "running"
         self.error = ""
 
-    def progress(self, recorder: RunRecorder, elapsed: float, fraction: float | None, done: bool) -> None:
-        """The runtime's progress hook: remember how much of the segment was read."""
-        self.fraction = fraction
+    def tell(self, command: str) -> None:
+        """Send ``command`` (a line of :mod:`engine.blast_worker`'s protocol) to the worker."""
+        if self.finished is None:
+            try:
+                self.commands.send_nowait(command.encode() + b"\n")
+            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                log.warning("campaign worker not listening", extra={"campaign": self.id})
 
     def view(self) -> CampaignView:
         """The campaign's progress now."""
         end = self.finished or time.monotonic()
         elapsed = end - self.started
-        r = self.recorder
+        r = self.counts
         state = self.state
         if state == "running":
             state = self.control.state.value
         eta = None
-        f = self.fraction
+        f = r.fraction
         if state in ("running", "paused") and f is not None and 0 < f < 1:
             eta = round(elapsed * (1 - f) / f, 1)
         elif self.finished is not None:
             eta = 0.0
-        rates = {c: round(s.messages / elapsed, 1) if elapsed > 0 else 0.0 for c, s in r.carriers.items()}
+        rates = {c: round(n / elapsed, 1) if elapsed > 0 else 0.0 for c, n in r.carriers.items()}
         return CampaignView(
             id=self.id,
             state=state,
@@ -98,6 +125,7 @@ class CampaignRun:
             states=dict(r.states),
             reasons={k: dict(v) for k, v in r.reasons.items()},
             rate_per_carrier=rates,
+            metrics_url=self.metrics_url if self.finished is None else "",
             error=self.error,
             done=self.finished is not None,
         )
@@ -109,6 +137,10 @@ class CampaignError(EngineError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class CampaignFailed(EngineError):
+    """A campaign's worker process failed (its error, or how it ended)."""
 
 
 class Campaigns:
@@ -152,31 +184,46 @@ class Campaigns:
             )
         except LedgerError as exc:
             raise CampaignError(409, str(exc)) from None
-        run = CampaignRun(plan, file, ledger)
-        run.control.yield_to = lambda: self.service.urgent_pending > 0
+        ledger.ledger.close()  # the worker resumes the run just opened (or restarted with ``again``)
+        run = CampaignRun(plan, file, path)
         self.runs[run.id] = run
         self.tg.start_soon(self._run, run)
         log.info("campaign started", extra={"event": "campaign.started", "campaign": run.id, "file": file})
         return run
 
+    def command(self, run: CampaignRun, run_dir: Path) -> list[str]:
+        """The worker's command line."""
+        return [
+            sys.executable,
+            "-m",
+            "engine.blast_worker",
+            "--engine",
+            str(Path(self.service.engine.file).resolve()),
+            "--campaign",
+            str(run.path),
+            "--run-dir",
+            str(run_dir),
+        ]
+
     async def _run(self, run: CampaignRun) -> None:
         try:
             run_dir = new_run_dir(run.plan, self.runs_dir)
-            summary = await _send(
-                run.plan,
-                run_dir,
-                run.progress,
-                run.plan.clock,
-                None,
-                run.control.stop,
-                self.service.metrics,
-                run.ledger,
-                control=run.control,
-                shared=self.service.resources,
-                recorder=run.recorder,
-            )
-            (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
-            run.state = "cancelled" if summary.stopped else "finished"
+            async with await anyio.open_process(
+                self.command(run, run_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
+            ) as proc:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._forward, run, proc)
+                    failed = await self._follow(run, proc)
+                    tg.cancel_scope.cancel()
+                code = await proc.wait()
+            last = run_dir / METRICS_FILE
+            if last.is_file():
+                self.service.merged_metrics.retire(last.read_text(encoding="utf-8"))
+            if failed is not None:
+                raise CampaignFailed(failed)
+            if code != 0 or not run.counts.done:
+                raise CampaignFailed(f"the campaign's worker process ended with exit code {code}")
+            run.state = "cancelled" if run.counts.stopped else "finished"
         except Exception as exc:  # a campaign's failure must never take the service down
             run.state = "failed"
             run.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, EngineError) else str(exc)
@@ -184,18 +231,63 @@ class Campaigns:
                 "campaign failed", extra={"event": "campaign.failed", "campaign": run.id, "error": run.error}
             )
         finally:
-            if run.ledger is not None:
-                run.ledger.ledger.close()
+            if run.cancelled and self.service.ledger is not None:
+                # for good, once the worker is done with the ledger: `pigeon resume` will not continue it
+                self.service.ledger.set_status(run.id, CampaignStatus.CANCELLED)
             run.finished = time.monotonic()
+            run.metrics_url = run.metrics_text = ""
+            run.commands.close()
         log.info(
             "campaign ended",
             extra={
                 "event": "campaign.ended",
                 "campaign": run.id,
                 "state": run.state,
-                "states": dict(run.recorder.states),
+                "states": dict(run.counts.states),
             },
         )
+
+    async def _forward(self, run: CampaignRun, proc: Process) -> None:
+        """The run's commands to the worker's stdin; closing it tells the worker to stop."""
+        assert proc.stdin is not None
+        async with proc.stdin, run._commands:
+            async for line in run._commands:
+                try:
+                    await proc.stdin.send(line)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return
+
+    async def _follow(self, run: CampaignRun, proc: Process) -> str | None:
+        """Read the worker's lines until it ends; its error when it says it failed."""
+        assert proc.stdout is not None
+        lines = BufferedByteReceiveStream(proc.stdout)
+        while True:
+            try:
+                line = await lines.receive_until(b"\n", 1 << 24)
+            except (anyio.EndOfStream, anyio.IncompleteRead):
+                return None
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            kind = event.get("event")
+            if kind == "progress":
+                run.counts = msgspec.convert(event, Progress)
+            elif kind == "metrics":
+                run.metrics_text = str(event.get("text", ""))
+            elif kind == "started":
+                run.metrics_url = str(event.get("metrics_url", ""))
+                log.info(
+                    "campaign worker started",
+                    extra={
+                        "event": "campaign.worker",
+                        "campaign": run.id,
+                        "pid": event.get("pid"),
+                        "metrics_url": run.metrics_url,
+                    },
+                )
+            elif kind == "failed":
+                return str(event.get("error", "the campaign's worker failed"))
 
     def get(self, campaign_id: str) -> CampaignRun:
         """The run of ``campaign_id``; 404 when the service never started it."""
@@ -213,14 +305,16 @@ class Campaigns:
             if run.control.state is RunState.CANCELLED:
                 raise CampaignError(409, f"campaign {campaign_id!r} is cancelled: it cannot be paused")
             run.control.pause()
+            run.tell("pause")
         elif action == "resume":
             if run.control.state is RunState.CANCELLED:
                 raise CampaignError(409, f"campaign {campaign_id!r} is cancelled: it cannot be resumed")
             run.control.resume()
+            run.tell("resume")
         else:
             run.control.cancel()
-            if run.ledger is not None:  # for good: `pigeon resume` will not continue it either
-                run.ledger.ledger.set_status(run.id, CampaignStatus.CANCELLED)
+            run.cancelled = True
+            run.tell("stop")
         log.info("campaign %s", action, extra={"event": f"campaign.{action}", "campaign": campaign_id})
         return run
 
@@ -229,12 +323,17 @@ class Campaigns:
         for run in self.runs.values():
             if run.finished is None:
                 run.control.cancel()
+                run.tell("stop")
 
     def add_optouts(self, numbers: list[str]) -> None:
         """Numbers that just opted out: into the opt-out set of every running blast."""
         for run in self.runs.values():
             if run.finished is None and run.plan.optouts is not None:
-                run.plan.optouts.add(numbers)
+                run.tell("optouts " + json.dumps(numbers))
+
+    def metrics_texts(self) -> list[str]:
+        """The last exposition of every running worker."""
+        return [r.metrics_text for r in self.runs.values() if r.finished is None and r.metrics_text]
 
     def status(self) -> dict[str, Any]:
         """Every campaign's state (for logs)."""

@@ -1,13 +1,15 @@
 """The service's lifetime and wiring: gateways, the API's lanes, records, webhooks and campaigns.
 
-One :class:`Service` lives as long as ``pigeon serve``. It opens every configured gateway once and
-lends them, with their breakers and the marketing part of every carrier's rate
-(:mod:`engine.priority`), to the blasts it starts. Messages posted to the API go through the same
-stages as a blast (normalize, caps, opt-outs for marketing, route, render, count_parts, quiet hours
-for marketing) and into a lane per gateway and priority: the transactional (priority) lane has its
-own in-flight window and the reserved part of each carrier's rate, so a running blast never holds
-it back by more than a request already on the wire. Every API message is recorded in the ledger
-(campaign ``api-transactional`` or ``api-marketing``) and, for fast look-ups, in memory.
+One :class:`Service` lives as long as ``pigeon serve``. It opens every configured gateway once for
+the API's lanes; the blasts it starts run in worker processes (:mod:`engine.campaigns`,
+:mod:`engine.blast_worker`) with the marketing part of every carrier's rate
+(:mod:`engine.priority`), and ``/metrics`` adds their series to the service's
+(:mod:`engine.worker_metrics`). Messages posted to the API go through the same stages as a blast
+(normalize, caps, opt-outs for marketing, route, render, count_parts, quiet hours for marketing)
+and into a lane per gateway and priority: the transactional (priority) lane has its own in-flight
+window and the reserved part of each carrier's rate, so a running blast never holds it back by
+more than a request already on the wire. Every API message is recorded in the ledger (campaign
+``api-transactional`` or ``api-marketing``) and, for fast look-ups, in memory.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from engine.errors import ConfigError, EngineError, TemplateError
 from engine.gateway import Gateway, GatewayContext
 from engine.ledger import CampaignLedger, Ledger, LedgerError, file_fingerprint
 from engine.messages import DeliveryReport, MessageBatch, Reject, State, SubmitResult
-from engine.metrics import Metrics
+from engine.metrics import CONTENT_TYPE, Metrics
 from engine.optout import DEFAULT_KEYWORDS, OptOutSet, is_opt_out_reply
 from engine.phone import mask, parse_phone
 from engine.pipeline import Batch, Stage, StageRunner
@@ -56,6 +58,7 @@ from engine.store import OptOutRecord
 from engine.store.sqlite import SqliteStore
 from engine.template import DEFAULT_OPT_OUT, Template, compile_template
 from engine.webhooks import GenericParser, MoReply, WebhookParser
+from engine.worker_metrics import MergedMetrics
 
 __all__ = [
     "ApiError",
@@ -74,6 +77,8 @@ log = logging.getLogger("pigeon.service")
 Priority = Literal["transactional", "marketing"]
 TEXT_TEMPLATE = "__text__"
 """The internal template of ``text`` messages (the text is its one field)."""
+CHECKPOINT_EVERY = 1.0
+"""Seconds between two checkpoints of the store's WAL (see ``Service._checkpoints``)."""
 RECENT_RECORDS = 200_000
 """API messages kept in memory for fast look-ups (older ones come from the ledger)."""
 
@@ -343,9 +348,12 @@ class Service:
         self.keywords = self.service.optout_keywords or sorted(DEFAULT_KEYWORDS)
         self.campaigns: Any = None  # engine.campaigns.Campaigns, set on start
         self.metrics = Metrics()
-        """The process's metrics: the API's lanes and every campaign it runs count here."""
+        """The process's metrics: the API's lanes count here (campaigns in their workers)."""
+        self.merged_metrics = MergedMetrics(self.metrics.registry)
+        """What ``/metrics`` serves: the process's series plus its blast workers'."""
         self.urgent_pending = 0
         """Transactional messages accepted and not yet handed to a gateway (blasts yield to them)."""
+        self._closing = anyio.Event()
         self.counters: Counter[str] = Counter()
         """What happened since start: messages accepted, reports, replies, opt-outs… (for logs)."""
 
@@ -383,6 +391,10 @@ class Service:
         self.store = SqliteStore(self.engine.store_path)
         self.optouts = await anyio.to_thread.run_sync(self.store.load_optouts)
         self.ledger = Ledger(self.engine.store_path)
+        # The loop's commits never fold the WAL into the file (a checkpoint takes milliseconds while
+        # a blast worker writes the same file): a thread does it every second instead.
+        self.ledger.db.execute("PRAGMA wal_autocheckpoint=0")
+        tg.start_soon(self._checkpoints)
         for name in sorted(self.config.gateways):
             gcfg = cfg.gateways[name]
             if gcfg.plugin not in self.host.gateways:
@@ -518,7 +530,21 @@ class Service:
 
         return handover
 
+    async def _checkpoints(self) -> None:
+        """``PRAGMA wal_checkpoint(PASSIVE)`` every :data:`CHECKPOINT_EVERY` seconds, in a thread,
+        until the service stops (passive: it never waits for, nor blocks, a writer)."""
+        db = sqlite3.connect(self.engine.store_path, check_same_thread=False, isolation_level=None, timeout=5)
+        try:
+            while not self._closing.is_set():
+                with anyio.move_on_after(CHECKPOINT_EVERY):
+                    await self._closing.wait()
+                with contextlib.suppress(sqlite3.Error):
+                    await anyio.to_thread.run_sync(db.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
     async def _stop(self) -> None:
+        self._closing.set()
         self.draining = True
         if self.campaigns is not None:
             self.campaigns.cancel_all()
@@ -887,8 +913,15 @@ class Service:
     # -- metrics -------------------------------------------------------------------------
 
     def exposition(self) -> tuple[bytes, str]:
-        """The ``/metrics`` body and content type."""
+        """The process's own metrics (without its blast workers') and content type."""
         return self.metrics.exposition()
+
+    async def scrape(self) -> tuple[bytes, str]:
+        """The ``/metrics`` body and content type: the process's series and its blast workers'."""
+        live = self.campaigns.metrics_texts() if self.campaigns is not None else []
+        # in a thread: the loop keeps serving the API and the priority lane between GIL turns
+        body = await anyio.to_thread.run_sync(self.merged_metrics.render, live)
+        return body, CONTENT_TYPE
 
     # -- health --------------------------------------------------------------------------
 

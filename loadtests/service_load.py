@@ -19,8 +19,10 @@ POST to the simulator's arrival time (both on the machine's monotonic clock); th
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -43,6 +45,11 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -127,6 +134,53 @@ send_window = ""
         )
 
 
+class RawPoster:
+    """A lean HTTP/1.1 client for the posts: keep-alive connections, one request at a time on each.
+
+    The load generator must not be what limits the rate: ``httpx`` costs ~1–3 ms of CPU a request
+    (loadtests/results-http-blast.json), which on a shared 2-core machine caps one client near
+    60 posts/s; this one writes a pre-built request and reads a Content-Length answer.
+    """
+
+    def __init__(self, host: str, port: int, headers: dict[str, str], limit: int = 64) -> None:
+        self.host, self.port, self.limit = host, port, limit
+        self.extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.opened = 0
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """POST ``body`` (JSON) to ``path``; the status and the answer's body."""
+        if self.idle:
+            r, w = self.idle.pop()
+        else:
+            r, w = await asyncio.open_connection(self.host, self.port)
+            self.opened += 1
+        w.write(
+            b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n%s\r\n%s"
+            % (path.encode(), self.host.encode(), len(body), self.extra, body)
+        )
+        head = await r.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        answer = await r.readexactly(length)
+        if b"connection: close" in head.lower():
+            w.close()
+        else:
+            self.idle.append((r, w))
+        return status, answer
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        for _, w in self.idle:
+            w.close()
+        self.idle.clear()
+
+
 async def _scrape(c: httpx.AsyncClient) -> float:
     t = time.perf_counter()
     r = await c.get("/metrics")
@@ -167,18 +221,18 @@ async def _run(url: str, rate: float, max_seconds: float) -> dict[str, Any]:
         refused: list[int] = []
         done = anyio.Event()
 
+        host, port = url.removeprefix("http://").split(":")
+        poster_client = RawPoster(host, int(port), HEADERS)
+
         async def post(i: int) -> None:
-            body = {
-                "messages": [
-                    {"to": f"139{i:08d}", "template": "code", "fields": {"code": f"{i % 10000:04d}"}}
-                ]
-            }
+            message = {"to": f"139{i:08d}", "template": "code", "fields": {"code": f"{i % 10000:04d}"}}
+            body = json.dumps({"messages": [message]}).encode()
             t = time.monotonic()
-            r = await c.post("/v1/messages", json=body)
-            if r.status_code != 202:
-                refused.append(r.status_code)
+            status, answer = await poster_client.post("/v1/messages", body)
+            if status != 202:
+                refused.append(status)
                 return
-            sent[r.json()["messages"][0]["id"]] = t
+            sent[json.loads(answer)["messages"][0]["id"]] = t
 
         async def poster() -> None:
             start = time.monotonic()
@@ -196,11 +250,15 @@ async def _run(url: str, rate: float, max_seconds: float) -> dict[str, Any]:
                 scrapes.append(await _scrape(c))
                 await anyio.sleep(0.5)
 
+        cpu = _cpu()
         async with anyio.create_task_group() as tg:
             tg.start_soon(poster)
             tg.start_soon(scraper)
             out["blast_with_transactional"] = await _blast(c, "loaded", max_seconds)
             done.set()
+        out["client_cpu_s_while_loaded"] = round(_cpu() - cpu, 2)
+        out["client_connections"] = poster_client.opened
+        poster_client.close()
         out["metrics_scrape_under_load"] = _ms(scrapes)
         await anyio.sleep(1.0)  # the last transactional messages leave
         accept_to_request: list[float] = []
