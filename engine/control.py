@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -33,10 +33,6 @@ class RunControl:
         self._resumed = anyio.Event()
         self._resumed.set()
         self.state = RunState.RUNNING
-        self.yield_to: Callable[[], bool] | None = None
-        """While this says True (transactional messages wait for a gateway), the blast holds its
-        next batch back, up to :attr:`max_yield` seconds per batch."""
-        self.max_yield = 0.05
 
     def pause(self) -> None:
         """Read no more rows until :meth:`resume` (requests already in the lanes still go)."""
@@ -57,17 +53,9 @@ class RunControl:
         self._resumed.set()
 
     async def wait_running(self) -> None:
-        """Return at once when running or cancelled; while paused, wait for resume or cancel; while
-        :attr:`yield_to` says so, give the event loop to the priority lane for a moment."""
+        """Return at once when running or cancelled; while paused, wait for resume or cancel."""
         while self.state is RunState.PAUSED:
             await self._resumed.wait()
-        if self.yield_to is None:
-            return
-        deadline = anyio.current_time() + self.max_yield
-        for _ in range(int(self.max_yield * 1000)):  # bounded: a blast is slowed, never stopped
-            if not self.yield_to() or anyio.current_time() >= deadline or self.state is not RunState.RUNNING:
-                return
-            await anyio.sleep(0.001)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ from engine.caps import CapState, CapWindow
 from engine.carriers import PrefixTable, default_prefix_table
 from engine.clock import Clock, SystemClock
 from engine.config import DEFAULT_MARKETING_WINDOW, LoadedEngine, convert_section
-from engine.control import SendResources
 from engine.errors import ConfigError, EngineError, TemplateError
 from engine.gateway import Gateway, GatewayContext
 from engine.ledger import CampaignLedger, Ledger, LedgerError, file_fingerprint
@@ -343,7 +342,6 @@ class Service:
         self.store: SqliteStore | None = None
         self.ledger: Ledger | None = None
         self.optouts = OptOutSet()
-        self.resources: SendResources | None = None
         self.parsers: dict[str, WebhookParser] = {}
         self.keywords = self.service.optout_keywords or sorted(DEFAULT_KEYWORDS)
         self.campaigns: Any = None  # engine.campaigns.Campaigns, set on start
@@ -413,12 +411,6 @@ class Service:
             )
             self.breakers[name] = Breaker(gcfg.breaker_threshold, gcfg.breaker_cooldown)
         budgets = split_budgets(cfg, {n: g.carriers for n, g in cfg.gateways.items()})
-        self.resources = SendResources(
-            gateways=self.gateways,
-            limiters=budgets.marketing,
-            gateway_limiters=budgets.marketing_gateways,
-            breakers=self.breakers,
-        )
         self._register_parsers()
         policy = RetryPolicy(cfg.retry.max_attempts, cfg.retry.base, cfg.retry.cap)
         prices: dict[str, float] = {c: cc.price_per_part for c, cc in cfg.carriers.items()}

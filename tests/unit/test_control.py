@@ -33,24 +33,3 @@ async def test_pause_waits_until_resume_or_cancel(anyio_backend: object) -> None
     assert control.state is RunState.CANCELLED and control.stop.is_set()
     control.resume()  # a cancelled run stays cancelled
     assert control.state is RunState.CANCELLED
-
-
-async def test_a_blast_yields_while_transactional_messages_wait_but_never_stops(
-    anyio_backend: object,
-) -> None:
-    control = RunControl()
-    answers = iter([True, True, False])
-    control.yield_to = lambda: next(answers)
-    await control.wait_running()
-    assert next(answers, "done") == "done"  # asked until the priority lane had handed its messages over
-
-    calls = 0
-
-    def always() -> bool:
-        nonlocal calls
-        calls += 1
-        return True
-
-    control.yield_to = always
-    await control.wait_running()  # returns although the lane is never empty
-    assert calls <= control.max_yield * 1000 + 1
