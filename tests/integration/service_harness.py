@@ -100,3 +100,25 @@ async def serving(engine_path: Path, sock: socket.socket | None = None) -> Async
             yield f"http://127.0.0.1:{port}", holder[0]
         finally:
             stop.set()
+
+
+def write_campaign(tmp_path: Path, rows: int, cid: str = "spring") -> None:
+    """A marketing campaign file under ``campaigns/`` with a ``rows``-member China Mobile segment."""
+    (tmp_path / "campaigns").mkdir(exist_ok=True)
+    (tmp_path / "campaigns" / "seg.csv").write_text(
+        "phone,name\n" + "".join(f"1380{i:07d},客{i}\n" for i in range(rows)), encoding="utf-8"
+    )
+    (tmp_path / "campaigns" / f"{cid}.toml").write_text(
+        f"""id = "{cid}"
+kind = "marketing"
+[segment]
+source = "csv"
+path = "seg.csv"
+[template]
+signature = "小鹅优选"
+text = "{{name}}，春季上新"
+[policy]
+send_window = ""
+""",
+        encoding="utf-8",
+    )

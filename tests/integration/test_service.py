@@ -18,7 +18,7 @@ from engine.store.sqlite import SqliteStore
 from engine.webhooks import sign
 from loadtests.simulator import SimConfig, Simulator, SimulatorThread
 from tests.conftest import ROOT
-from tests.integration.service_harness import SECRET, serving, write_engine
+from tests.integration.service_harness import SECRET, serving, write_campaign, write_engine
 
 pytestmark = pytest.mark.anyio
 
@@ -318,33 +318,12 @@ async def test_an_opt_out_reply_suppresses_marketing_at_once(
         store.close()
 
 
-def _campaign(tmp_path: Path, rows: int, cid: str = "spring") -> None:
-    (tmp_path / "campaigns").mkdir(exist_ok=True)
-    (tmp_path / "campaigns" / "seg.csv").write_text(
-        "phone,name\n" + "".join(f"1380{i:07d},客{i}\n" for i in range(rows)), encoding="utf-8"
-    )
-    (tmp_path / "campaigns" / f"{cid}.toml").write_text(
-        f"""id = "{cid}"
-kind = "marketing"
-[segment]
-source = "csv"
-path = "seg.csv"
-[template]
-signature = "小鹅优选"
-text = "{{name}}，春季上新"
-[policy]
-send_window = ""
-""",
-        encoding="utf-8",
-    )
-
-
 async def test_a_blast_and_transactional_traffic_together(
     anyio_backend: object, tmp_path: Path, simulator: Simulator
 ) -> None:
     rows = 3000
     engine, key = write_engine(tmp_path, simulator.port, cm_rate=3000)
-    _campaign(tmp_path, rows)
+    write_campaign(tmp_path, rows)
     auth = {"authorization": f"Bearer {key}"}
     async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
         _problem(await c.post("/v1/campaigns", json={"file": "../engine.toml"}), 403, "outside")
@@ -378,7 +357,7 @@ async def test_campaigns_pause_resume_and_cancel(
     anyio_backend: object, tmp_path: Path, simulator: Simulator
 ) -> None:
     engine, key = write_engine(tmp_path, simulator.port, cm_rate=400, max_batch=50)
-    _campaign(tmp_path, 20_000, "big")
+    write_campaign(tmp_path, 20_000, "big")
     auth = {"authorization": f"Bearer {key}"}
     async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
         assert (await c.post("/v1/campaigns", json={"file": "big.toml"})).status_code == 202

@@ -15,7 +15,7 @@ import pytest
 
 from engine.webhooks import sign
 from loadtests.simulator import SimConfig, Simulator, SimulatorThread
-from tests.integration.service_harness import SECRET, serving, write_engine
+from tests.integration.service_harness import SECRET, serving, write_campaign, write_engine
 
 pytestmark = pytest.mark.anyio
 
@@ -41,27 +41,6 @@ async def _until(check: Callable[[], Any], what: str, seconds: float = 60.0) -> 
             await anyio.sleep(0.05)
 
 
-def _campaign(tmp_path: Path, rows: int, cid: str) -> None:
-    (tmp_path / "campaigns").mkdir(exist_ok=True)
-    (tmp_path / "campaigns" / "seg.csv").write_text(
-        "phone,name\n" + "".join(f"1380{i:07d},客{i}\n" for i in range(rows)), encoding="utf-8"
-    )
-    (tmp_path / "campaigns" / f"{cid}.toml").write_text(
-        f"""id = "{cid}"
-kind = "marketing"
-[segment]
-source = "csv"
-path = "seg.csv"
-[template]
-signature = "小鹅优选"
-text = "{{name}}，春季上新"
-[policy]
-send_window = ""
-""",
-        encoding="utf-8",
-    )
-
-
 def _accepted(exposition: str) -> float:
     """The sum of ``pigeon_messages_total{outcome="accepted"}`` in an exposition."""
     return sum(
@@ -77,7 +56,7 @@ async def test_a_blast_runs_in_a_worker_whose_metrics_the_service_serves(
 ) -> None:
     rows = 6000
     engine, key = write_engine(tmp_path, simulator.port, cm_rate=1000)
-    _campaign(tmp_path, rows, "spring")
+    write_campaign(tmp_path, rows, "spring")
     auth = {"authorization": f"Bearer {key}"}
     async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
         assert (await c.post("/v1/campaigns", json={"file": "spring.toml"})).status_code == 202
@@ -122,7 +101,7 @@ async def test_an_opt_out_reply_reaches_the_running_blast(
 ) -> None:
     rows = 1500
     engine, key = write_engine(tmp_path, simulator.port, cm_rate=500)
-    _campaign(tmp_path, rows, "late")
+    write_campaign(tmp_path, rows, "late")
     auth = {"authorization": f"Bearer {key}"}
     async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
         assert (await c.post("/v1/campaigns", json={"file": "late.toml"})).status_code == 202
