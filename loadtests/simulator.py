@@ -29,14 +29,21 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
 from loadtests.sim_callbacks import Callbacks
 from loadtests.sim_shapes import SHAPES, BadRequest, Fate
 
-__all__ = ["SimConfig", "Simulator", "SimulatorThread"]
+__all__ = ["ServerThread", "SimConfig", "Simulator", "SimulatorThread"]
+
+
+class _Serves(Protocol):
+    async def serve(self, started: threading.Event) -> None: ...
+
+
+S = TypeVar("S", bound=_Serves)
 
 
 @dataclass
@@ -354,11 +361,12 @@ _REASONS = {
 }
 
 
-class SimulatorThread:
-    """Runs a :class:`Simulator` on its own asyncio loop in a thread (for tests on any backend)."""
+class ServerThread(Generic[S]):
+    """Runs a loopback server (anything with ``async serve(started)``) on its own asyncio loop in a
+    thread, so tests on any event loop can use it; the ``with`` block gives the server."""
 
-    def __init__(self, config: SimConfig) -> None:
-        self.sim = Simulator(config)
+    def __init__(self, server: S) -> None:
+        self.server = server
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._started = threading.Event()
@@ -366,7 +374,7 @@ class SimulatorThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._task = self._loop.create_task(self.sim.serve(self._started))
+        self._task = self._loop.create_task(self.server.serve(self._started))
         try:
             with contextlib.suppress(asyncio.CancelledError):
                 self._loop.run_until_complete(self._task)
@@ -378,16 +386,24 @@ class SimulatorThread:
         finally:
             self._loop.close()
 
-    def __enter__(self) -> Simulator:
+    def __enter__(self) -> S:
         self._thread.start()
         if not self._started.wait(10):
-            raise RuntimeError("the simulator did not start")
-        return self.sim
+            raise RuntimeError(f"the {type(self.server).__name__.lower()} did not start")
+        return self.server
 
     def __exit__(self, *exc: object) -> None:
         if self._task is not None:
             self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(10)
+
+
+class SimulatorThread(ServerThread["Simulator"]):
+    """Runs a :class:`Simulator` on its own asyncio loop in a thread (for tests on any backend)."""
+
+    def __init__(self, config: SimConfig) -> None:
+        super().__init__(Simulator(config))
+        self.sim = self.server
 
 
 _KNOBS = (
