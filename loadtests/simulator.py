@@ -29,21 +29,14 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any
 
 import msgspec
 
 from loadtests.sim_callbacks import Callbacks
 from loadtests.sim_shapes import SHAPES, BadRequest, Fate
 
-__all__ = ["ServerThread", "SimConfig", "Simulator", "SimulatorThread"]
-
-
-class _Serves(Protocol):
-    async def serve(self, started: threading.Event) -> None: ...
-
-
-S = TypeVar("S", bound=_Serves)
+__all__ = ["SimConfig", "Simulator", "SimulatorThread"]
 
 
 @dataclass
@@ -361,12 +354,11 @@ _REASONS = {
 }
 
 
-class ServerThread(Generic[S]):
-    """Runs a loopback server (anything with ``async serve(started)``) on its own asyncio loop in a
-    thread, so tests on any event loop can use it; the ``with`` block gives the server."""
+class SimulatorThread:
+    """Runs a :class:`Simulator` on its own asyncio loop in a thread (for tests on any backend)."""
 
-    def __init__(self, server: S) -> None:
-        self.server = server
+    def __init__(self, config: SimConfig) -> None:
+        self.sim = Simulator(config)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._started = threading.Event()
@@ -374,7 +366,7 @@ class ServerThread(Generic[S]):
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._task = self._loop.create_task(self.server.serve(self._started))
+        self._task = self._loop.create_task(self.sim.serve(self._started))
         try:
             with contextlib.suppress(asyncio.CancelledError):
                 self._loop.run_until_complete(self._task)
@@ -386,24 +378,16 @@ class ServerThread(Generic[S]):
         finally:
             self._loop.close()
 
-    def __enter__(self) -> S:
+    def __enter__(self) -> Simulator:
         self._thread.start()
         if not self._started.wait(10):
-            raise RuntimeError(f"the {type(self.server).__name__.lower()} did not start")
-        return self.server
+            raise RuntimeError("the simulator did not start")
+        return self.sim
 
     def __exit__(self, *exc: object) -> None:
         if self._task is not None:
             self._loop.call_soon_threadsafe(self._task.cancel)
         self._thread.join(10)
-
-
-class SimulatorThread(ServerThread["Simulator"]):
-    """Runs a :class:`Simulator` on its own asyncio loop in a thread (for tests on any backend)."""
-
-    def __init__(self, config: SimConfig) -> None:
-        super().__init__(Simulator(config))
-        self.sim = self.server
 
 
 _KNOBS = (

@@ -18,8 +18,6 @@ import threading
 import time
 from typing import Any
 
-from loadtests.simulator import ServerThread
-
 __all__ = ["Receiver", "ReceiverThread", "verify"]
 
 
@@ -100,5 +98,34 @@ class Receiver:
         return 200
 
 
-class ReceiverThread(ServerThread["Receiver"]):
+class ReceiverThread:
     """Runs a :class:`Receiver` on its own loop in a thread."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._task = self._loop.create_task(self.receiver.serve(self._started))
+        with contextlib.suppress(asyncio.CancelledError):
+            self._loop.run_until_complete(self._task)
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.close()
+
+    def __enter__(self) -> Receiver:
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("the receiver did not start")
+        return self.receiver
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(10)
