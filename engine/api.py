@@ -221,7 +221,7 @@ def create_app(service: Service) -> Starlette:
             raise ApiError(401, "Bad signature", str(exc), kind="bad-signature") from None
         if what == "reports":
             reports = parser.reports(raw, gateway)
-            matched = service.apply_reports(reports)
+            matched = await service.apply_reports(reports)
             return _json({"received": len(reports), "matched": matched})
         replies = parser.replies(raw, gateway)
         optouts = service.apply_replies(replies)

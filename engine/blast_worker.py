@@ -94,8 +94,9 @@ def _emit(out: IO[bytes], obj: Any) -> None:
     out.flush()
 
 
-def open_resources(plan: Plan, run_dir: Path) -> SendResources:
-    """The blast's gateways and breakers, and the marketing part of every rate."""
+def open_resources(plan: Plan, run_dir: Path, blasts: int = 1) -> SendResources:
+    """The blast's gateways and breakers, and its part of every rate: the marketing part divided
+    among the ``blasts`` that may run at once."""
     cfg = plan.engine.config
     gateways: dict[str, Gateway] = {}
     for name in sorted({g for names in plan.failover.values() for g in names}):
@@ -107,7 +108,7 @@ def open_resources(plan: Plan, run_dir: Path) -> SendResources:
         gateways[name] = reg.factory(
             opts, GatewayContext(name=name, base_dir=plan.engine.base_dir, run_dir=run_dir)
         )
-    budgets = split_budgets(cfg, {n: cfg.gateways[n].carriers for n in gateways})
+    budgets = split_budgets(cfg, {n: cfg.gateways[n].carriers for n in gateways}, blasts=blasts)
     return SendResources(
         gateways=gateways,
         limiters=budgets.marketing,
@@ -154,7 +155,9 @@ async def _signals(control: RunControl) -> None:
             control.cancel()
 
 
-async def run_worker(plan: Plan, ledger: CampaignLedger | None, run_dir: Path, out: IO[bytes]) -> Progress:
+async def run_worker(
+    plan: Plan, ledger: CampaignLedger | None, run_dir: Path, out: IO[bytes], blasts: int = 1
+) -> Progress:
     """Send ``plan`` under the service's control; the last progress (``done``)."""
     metrics = Metrics()
     control = RunControl()
@@ -164,7 +167,7 @@ async def run_worker(plan: Plan, ledger: CampaignLedger | None, run_dir: Path, o
     def progress(rec: RunRecorder, elapsed: float, f: float | None, final: bool) -> None:
         fraction[0] = f
 
-    resources = open_resources(plan, run_dir)
+    resources = open_resources(plan, run_dir, blasts)
     try:
         with metrics.serve("127.0.0.1", 0) as server:
             _emit(out, {"event": "started", "metrics_url": server.url, "pid": os.getpid()})
@@ -217,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--campaign", required=True, type=Path)
     p.add_argument("--run-dir", required=True, type=Path)
     p.add_argument("--nice", type=int, default=NICE)
+    p.add_argument("--blasts", type=int, default=1, help="blasts that may run at once (their budget share)")
     args = p.parse_args(argv)
     out = sys.stdout.buffer
     with contextlib.suppress(OSError):
@@ -233,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                 import uvloop  # noqa: F401
 
                 opts = {"use_uvloop": True}
-        last = anyio.run(run_worker, plan, ledger, args.run_dir, out, backend=backend, backend_options=opts)
+        last = anyio.run(
+            run_worker, plan, ledger, args.run_dir, out, args.blasts, backend=backend, backend_options=opts
+        )
     except Exception as exc:  # told to the service, which shows it in the campaign's view
         error = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, BaseExceptionGroup):

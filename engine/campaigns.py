@@ -42,7 +42,8 @@ class CampaignView(msgspec.Struct, kw_only=True):
 
     id: str
     state: str
-    """``running``, ``paused``, ``cancelled`` (drains, then stays), ``finished`` or ``failed``."""
+    """``queued`` (waiting for a blast to end: ``service.concurrent_blasts``), ``running``,
+    ``paused``, ``cancelled`` (drains, then stays), ``finished`` or ``failed``."""
     kind: str = ""
     file: str = ""
     started_at: float = 0.0
@@ -86,7 +87,8 @@ class CampaignRun:
         self.started = time.monotonic()
         self.started_at = time.time()
         self.finished: float | None = None
-        self.state = "running"
+        self.state = "queued"
+        """``queued`` until its worker starts, then ``running`` (paused / cancelled: see :attr:`control`)."""
         self.error = ""
 
     def tell(self, command: str) -> None:
@@ -103,7 +105,7 @@ class CampaignRun:
         elapsed = end - self.started
         r = self.counts
         state = self.state
-        if state == "running":
+        if state == "running" or (state == "queued" and self.control.state is RunState.CANCELLED):
             state = self.control.state.value
         eta = None
         f = r.fraction
@@ -152,6 +154,8 @@ class Campaigns:
         self.runs_dir = run_dir / "campaigns"
         self.runs: dict[str, CampaignRun] = {}
         self.root = service._path(service.service.campaigns_dir).resolve()
+        self.slots = anyio.Semaphore(service.service.concurrent_blasts)
+        """One per blast that may run at once; the others wait ``queued``, first started first."""
 
     def resolve(self, file: str) -> Path:
         """The campaign file ``file`` under ``service.campaigns_dir``; 4xx when outside or missing."""
@@ -187,6 +191,11 @@ class Campaigns:
         ledger.ledger.close()  # the worker resumes the run just opened (or restarted with ``again``)
         run = CampaignRun(plan, file, path)
         self.runs[run.id] = run
+        try:  # a free slot: running from this answer on; else queued (first started, first run)
+            self.slots.acquire_nowait()
+            run.state = "running"
+        except anyio.WouldBlock:
+            pass
         self.tg.start_soon(self._run, run)
         log.info("campaign started", extra={"event": "campaign.started", "campaign": run.id, "file": file})
         return run
@@ -203,9 +212,40 @@ class Campaigns:
             str(run.path),
             "--run-dir",
             str(run_dir),
+            "--blasts",
+            str(self.service.service.concurrent_blasts),
         ]
 
     async def _run(self, run: CampaignRun) -> None:
+        if run.state == "queued":  # until a running blast ends (concurrent_blasts are running)
+            await self.slots.acquire()
+        try:
+            if run.control.state is RunState.CANCELLED:  # while it waited (or the service stops)
+                self._end_queued(run)
+                return
+            if run.state == "queued":
+                run.state = "running"
+                run.started, run.started_at = time.monotonic(), time.time()
+            await self._work(run)
+        finally:
+            self.slots.release()
+
+    def _end_queued(self, run: CampaignRun) -> None:
+        """A queued run cancelled before its worker started: nothing of it was sent."""
+        if run.finished is not None:
+            return
+        run.state = "cancelled"
+        if run.cancelled and self.service.ledger is not None:  # through the API: for good
+            self.service.ledger.set_status(run.id, CampaignStatus.CANCELLED)
+        run.finished = time.monotonic()
+        run.commands.close()
+        run._commands.close()  # no worker will read them
+        log.info(
+            "campaign ended",
+            extra={"event": "campaign.ended", "campaign": run.id, "state": "cancelled", "states": {}},
+        )
+
+    async def _work(self, run: CampaignRun) -> None:
         try:
             run_dir = new_run_dir(run.plan, self.runs_dir)
             async with await anyio.open_process(
@@ -314,7 +354,10 @@ class Campaigns:
         else:
             run.control.cancel()
             run.cancelled = True
-            run.tell("stop")
+            if run.state == "queued":
+                self._end_queued(run)
+            else:
+                run.tell("stop")
         log.info("campaign %s", action, extra={"event": f"campaign.{action}", "campaign": campaign_id})
         return run
 

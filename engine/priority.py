@@ -68,31 +68,35 @@ class PriorityBudgets:
     """Gateway → the reserved part of its account's rate."""
 
 
-def _split(rate: float, share: float) -> tuple[SlidingWindowLimiter, SlidingWindowLimiter]:
-    if share <= 0:
+def _split(rate: float, share: float, blasts: int) -> tuple[SlidingWindowLimiter, SlidingWindowLimiter]:
+    if share <= 0 and blasts == 1:
         shared = SlidingWindowLimiter(rate)
         return shared, shared
-    marketing = SlidingWindowLimiter(rate * (1 - share))
-    return marketing, BorrowingLimiter(rate * share, marketing)
+    marketing = SlidingWindowLimiter(rate * (1 - share) / blasts)
+    return marketing, BorrowingLimiter(rate * share, marketing) if share > 0 else marketing
 
 
-def split_budgets(config: EngineConfig, gateway_carriers: Mapping[str, tuple[str, ...]]) -> PriorityBudgets:
+def split_budgets(
+    config: EngineConfig, gateway_carriers: Mapping[str, tuple[str, ...]], *, blasts: int = 1
+) -> PriorityBudgets:
     """Split each configured carrier and gateway rate; a gateway keeps the largest share of its carriers.
 
     :param gateway_carriers: gateway name → the carriers it serves (for its account's share).
+    :param blasts: blasts that may run at once (``service.concurrent_blasts``): the marketing part
+        is one blast's, ``rate × (1 − share) / blasts``, so that all of them together keep within it.
     """
     out = PriorityBudgets()
     shares: dict[str, float] = {c: cc.transactional_share for c, cc in config.carriers.items()}
     for carrier, cc in config.carriers.items():
         if cc.rate_per_second:
             out.marketing[carrier], out.transactional[carrier] = _split(
-                cc.rate_per_second, cc.transactional_share
+                cc.rate_per_second, cc.transactional_share, blasts
             )
     for name, carriers in gateway_carriers.items():
         rate = config.gateways[name].rate_per_second
         if rate:
             share = max((shares.get(c, 0.2) for c in carriers), default=0.2)
-            out.marketing_gateways[name], out.transactional_gateways[name] = _split(rate, share)
+            out.marketing_gateways[name], out.transactional_gateways[name] = _split(rate, share, blasts)
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -28,6 +29,10 @@ from engine.service import Service, open_service
 __all__ = ["bind", "run", "serve"]
 
 log = logging.getLogger("pigeon.serve")
+
+
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread holds the GIL before the event loop may take it back (CPython's default: 0.005)."""
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -121,6 +126,13 @@ def serve(
     backend = backend or engine.config.backend
     sock = bind(host, port)
     from engine.runtime import _backend_options
+
+    # The event loop shares the GIL with the service's threads (a /metrics render, WAL checkpoints).
+    # CPython hands the GIL over every "switch interval" (default 5 ms): a transactional message
+    # arriving while a scrape renders would wait that long at each of its several hand-backs. A
+    # tenth of it keeps that wait under a millisecond; the cost is a few more switches while a
+    # thread runs (measured: loadtests/service_load.py, docs/performance.md).
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
     anyio.run(lambda: run(engine_path, sock), backend=backend, backend_options=_backend_options(backend))
     return 0

@@ -341,6 +341,8 @@ class Service:
         self.streams: dict[str, _Stream] = {}
         self.store: SqliteStore | None = None
         self.ledger: Ledger | None = None
+        self.reports_ledger: Ledger | None = None
+        self._reports_limiter: anyio.CapacityLimiter | None = None
         self.optouts = OptOutSet()
         self.parsers: dict[str, WebhookParser] = {}
         self.keywords = self.service.optout_keywords or sorted(DEFAULT_KEYWORDS)
@@ -389,6 +391,9 @@ class Service:
         self.store = SqliteStore(self.engine.store_path)
         self.optouts = await anyio.to_thread.run_sync(self.store.load_optouts)
         self.ledger = Ledger(self.engine.store_path)
+        self.reports_ledger = Ledger(self.engine.store_path)
+        """Delivery reports' connection, used by one thread at a time (:meth:`apply_reports`)."""
+        self._reports_limiter = anyio.CapacityLimiter(1)
         # The loop's commits never fold the WAL into the file (a checkpoint takes milliseconds while
         # a blast worker writes the same file): a thread does it every second instead.
         self.ledger.db.execute("PRAGMA wal_autocheckpoint=0")
@@ -516,7 +521,8 @@ class Service:
                 stream.ledger.handover(batch, now=now, keys=keys)
             elif self.store is not None:
                 self.store.record_sends(stream.priority, keys, now, None)
-            records.handover(batch, now)
+            # After the commit, just before the request is written: "submitted at" includes it.
+            records.handover(batch, clock.time())
             if stream.priority == "transactional":
                 self.urgent_pending = max(0, self.urgent_pending - len(batch))
 
@@ -554,6 +560,8 @@ class Service:
                     stream.ledger.flush()
         if self.ledger is not None:
             self.ledger.close()
+        if self.reports_ledger is not None:
+            self.reports_ledger.close()
         if self.store is not None:
             self.store.close()
 
@@ -844,11 +852,18 @@ class Service:
             )
         return p
 
-    def apply_reports(self, reports: Sequence[DeliveryReport]) -> int:
-        """Record delivery reports (ledger and memory); how many matched a message."""
+    async def apply_reports(self, reports: Sequence[DeliveryReport]) -> int:
+        """Record delivery reports (ledger and memory); how many matched a message.
+
+        The ledger's part runs in a thread on a connection of its own: matching by provider id may
+        first bring the provider-id index up to date (:meth:`Ledger.index_providers`), which must
+        not hold up the event loop."""
         matched = self.records.reports(reports)
-        if self.ledger is not None:
-            matched = max(matched, self.ledger.apply_reports(reports))
+        if self.reports_ledger is not None:
+            found = await anyio.to_thread.run_sync(
+                self.reports_ledger.apply_reports, reports, limiter=self._reports_limiter
+            )
+            matched = max(matched, found)
         self.counters["reports"] += len(reports)
         by_gateway: dict[str, Counter[str]] = {}
         for r in reports:

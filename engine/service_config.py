@@ -57,6 +57,10 @@ class ServiceConfig(_Base, kw_only=True, frozen=True):
     transactional_in_flight: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     """Requests the priority lane keeps open per gateway, beside the gateway's own ``in_flight``
     (keep both within the plugin's connection pool)."""
+    concurrent_blasts: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
+    """Blasts that run at once. Each gets ``1/concurrent_blasts`` of every carrier's and gateway
+    account's marketing budget, so together they never exceed it; campaigns started beyond that
+    wait ``queued`` (in the order they were started)."""
     idempotency_ttl: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
     """Seconds an ``Idempotency-Key`` is remembered."""
     drain_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0

@@ -103,7 +103,7 @@ max_connections = 12
 [service]
 signature = "小鹅优选"
 campaigns_dir = "campaigns"
-transactional_in_flight = 4
+transactional_in_flight = 8
 log_level = "warning"
 [service.templates.code]
 text = "验证码{{code}}，5分钟内有效"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +11,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def promtool() -> str:
+    """The promtool binary. CI installs it and sets PIGEON_REQUIRE_PROMTOOL (.ci/run): there a
+    missing promtool fails the test; on a workstation without it the test is skipped, saying how
+    to install it."""
+    found = shutil.which("promtool")
+    if found is None:
+        hint = "promtool is not installed: apt-get install --no-install-recommends prometheus"
+        if os.environ.get("PIGEON_REQUIRE_PROMTOOL"):
+            pytest.fail(hint)
+        pytest.skip(hint)
+    return found
+
 
 ENGINE_FILE = """\
 batch_size = {batch_size}

@@ -46,6 +46,7 @@ campaigns_dir = "campaigns"
 max_body_bytes = {max_body}
 max_messages = 100
 drain_timeout = 10
+{service_extra}
 [service.templates.order_shipped]
 text = "您的订单{{order}}已发货，{{carrier|快递}}单号{{tracking}}"
 [service.templates.code]
@@ -58,9 +59,15 @@ SECRET = "s3cret-for-tests"
 
 
 def write_engine(
-    tmp_path: Path, port: int, *, max_batch: int = 100, max_body: int = 65536, cm_rate: int | None = None
+    tmp_path: Path,
+    port: int,
+    *,
+    max_batch: int = 100,
+    max_body: int = 65536,
+    cm_rate: int | None = None,
+    service_extra: str = "",
 ) -> tuple[Path, str]:
-    """The engine file and a fresh API key."""
+    """The engine file and a fresh API key (``service_extra``: more ``[service]`` lines)."""
     path = tmp_path / "engine.toml"
     path.write_text(
         ENGINE.format(
@@ -68,6 +75,7 @@ def write_engine(
             max_batch=max_batch,
             max_body=max_body,
             cm_rate=f"rate_per_second = {cm_rate}" if cm_rate else "",
+            service_extra=service_extra,
         ),
         encoding="utf-8",
     )

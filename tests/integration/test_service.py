@@ -19,6 +19,7 @@ from engine.webhooks import sign
 from loadtests.simulator import SimConfig, Simulator, SimulatorThread
 from tests.conftest import ROOT
 from tests.integration.service_harness import SECRET, serving, write_campaign, write_engine
+from tests.integration.test_send import run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -379,6 +380,63 @@ async def test_campaigns_pause_resume_and_cancel(
         assert sum(view["states"].values()) == view["rows"]  # every row read is accounted for
         _problem(await c.post("/v1/campaigns/big/resume"), 409, "already cancelled")
     assert len(simulator.log) == view["states"].get("sent", 0)
+
+
+async def test_blasts_beyond_concurrent_blasts_wait_queued_and_can_be_cancelled_there(
+    anyio_backend: object, tmp_path: Path, simulator: Simulator
+) -> None:
+    engine, key = write_engine(tmp_path, simulator.port, cm_rate=500, max_batch=50)  # one at a time
+    for cid in ("first", "second", "third"):
+        write_campaign(tmp_path, 1_000, cid)
+    auth = {"authorization": f"Bearer {key}"}
+    async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
+        assert (await c.post("/v1/campaigns", json={"file": "first.toml"})).json()["state"] == "running"
+        assert (await c.post("/v1/campaigns", json={"file": "second.toml"})).json()["state"] == "queued"
+        assert (await c.post("/v1/campaigns", json={"file": "third.toml"})).json()["state"] == "queued"
+        cancelled = (await c.post("/v1/campaigns/third/cancel")).json()
+        assert cancelled["state"] == "cancelled" and cancelled["done"]  # while queued: no worker at all
+
+        async def both_done() -> list[dict[str, Any]] | None:
+            views = [(await c.get(f"/v1/campaigns/{cid}")).json() for cid in ("first", "second")]
+            return views if all(v["done"] for v in views) else None
+
+        first, second = await _until(both_done, "both blasts ended", 60)
+        assert first["state"] == second["state"] == "finished", (first["error"], second["error"])
+    arrivals = {
+        cid: [t for t, mid, *_ in simulator.log if mid.startswith(f"{cid}-")] for cid in ("first", "second")
+    }
+    assert len(arrivals["first"]) == len(arrivals["second"]) == 1_000
+    assert max(arrivals["first"]) < min(arrivals["second"])  # the second waited for the first
+    assert not any(mid.startswith("third-") for _, mid, *_ in simulator.log)
+    status = run_cli("status", "third", "--engine", str(engine), "--json", cwd=tmp_path)
+    assert json.loads(status.stdout)["status"] == "cancelled"  # for good: not resumed by accident
+
+
+async def test_blasts_running_together_share_each_carrier_budget(
+    anyio_backend: object, tmp_path: Path, simulator: Simulator
+) -> None:
+    engine, key = write_engine(
+        tmp_path, simulator.port, cm_rate=300, max_batch=20, service_extra="concurrent_blasts = 2"
+    )
+    for cid in ("left", "right"):
+        write_campaign(tmp_path, 600, cid)
+    auth = {"authorization": f"Bearer {key}"}
+    async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
+        for cid in ("left", "right"):
+            assert (await c.post("/v1/campaigns", json={"file": f"{cid}.toml"})).json()["state"] == "running"
+
+        async def both_done() -> list[dict[str, Any]] | None:
+            views = [(await c.get(f"/v1/campaigns/{cid}")).json() for cid in ("left", "right")]
+            return views if all(v["done"] for v in views) else None
+
+        views = await _until(both_done, "both blasts ended", 60)
+        assert [v["state"] for v in views] == ["finished", "finished"], [v["error"] for v in views]
+    left = [t for t, mid, *_ in simulator.log if mid.startswith("left-")]
+    right = [t for t, mid, *_ in simulator.log if mid.startswith("right-")]
+    assert len(left) == len(right) == 600
+    assert min(right) < max(left) and min(left) < max(right)  # they did run at the same time
+    # Each got half of the marketing part (300 × 0.8 / 2 = 120/s): together within the carrier's 300.
+    assert simulator.max_parts_per_second()["cm"] <= 300
 
 
 async def test_openapi_document_is_served_and_kept_in_the_repo(

@@ -62,19 +62,28 @@ _op = st.one_of(
 @given(
     ops=st.lists(st.tuples(_op, st.integers(1, 12)), min_size=1, max_size=25),
     semantics=st.sampled_from(list(Semantics)),
+    echo=st.booleans(),
 )
 def test_every_row_ends_where_the_model_says(
-    ops: list[tuple[tuple[str, str], int]], semantics: Semantics
+    ops: list[tuple[tuple[str, str], int]], semantics: Semantics, echo: bool
 ) -> None:
+    """``echo``: the reports carry Pigeon's message id and find their row by it; else the provider
+    id alone, through the provider-id index that the first such report brings up to date."""
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger(Path(tmp) / "s.db")
         try:
-            _run(ledger, ops, semantics)
+            accepted = _run(ledger, ops, semantics, echo)
+            indexed = ledger.db.execute("SELECT count(*) FROM ledger_providers").fetchone()[0]
+            assert indexed <= accepted  # written lazily (only when a report needs it), never twice
+            assert ledger.index_providers() == accepted - indexed
+            assert ledger.db.execute("SELECT count(*) FROM ledger_providers").fetchone()[0] == accepted
+            assert ledger.index_providers() == 0
         finally:
             ledger.close()
 
 
-def _run(ledger: Ledger, ops: list[tuple[tuple[str, str], int]], semantics: Semantics) -> None:
+def _run(ledger: Ledger, ops: list[tuple[tuple[str, str], int]], semantics: Semantics, echo: bool) -> int:
+    """Play ``ops``, checking the ledger against the model; returns how many messages were accepted."""
     run = ledger.open_campaign("p", kind="marketing", fingerprint=FP, semantics=semantics)
     run.reconcile()
     model: dict[int, str] = {}
@@ -143,7 +152,10 @@ def _run(ledger: Ledger, ops: list[tuple[tuple[str, str], int]], semantics: Sema
         elif op == "report" and sent_rows:
             r = sent_rows[n % len(sent_rows)]
             status = DeliveryStatus(arg)
-            assert ledger.apply_reports([DeliveryReport(provider_id=f"x{r}", status=status, code="C")]) == 1
+            report = DeliveryReport(
+                provider_id=f"x{r}", message_id=f"p-{r}" if echo else "", status=status, code="C"
+            )
+            assert ledger.apply_reports([report]) == 1
             if status is DeliveryStatus.DELIVERED:
                 model[r], reasons[r] = "delivered", ""
             elif status is DeliveryStatus.FAILED:
@@ -160,6 +172,7 @@ def _run(ledger: Ledger, ops: list[tuple[tuple[str, str], int]], semantics: Sema
         rec = ledger.message(f"p-{r}")
         assert rec is not None and rec.state.value == s and rec.reason == reasons[r], (r, rec)
     assert ledger.apply_reports([DeliveryReport(provider_id="nobody", status=DeliveryStatus.DELIVERED)]) == 0
+    return len(provider)
 
 
 def test_rows_for_an_api_stream_are_never_handed_out_twice(tmp_path: Path) -> None:

@@ -4,17 +4,14 @@ and every PromQL expression in it parses (promtool)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from engine.metrics import NAMES, Metrics
+from tests.conftest import promtool as find_promtool
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "config" / "grafana-dashboard.json"
 METRIC = re.compile(r"\b(pigeon_[a-z0-9_]+)\b")
@@ -106,12 +103,7 @@ def test_panels_have_unique_ids_and_use_the_datasource_variable() -> None:
 
 def test_promtool_parses_every_expression(tmp_path: Path) -> None:
     """Each expression, Grafana's variables filled in, as a recording rule: promtool parses them."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        hint = "promtool is not installed: apt-get install --no-install-recommends prometheus"
-        if os.environ.get("PIGEON_REQUIRE_PROMTOOL"):
-            pytest.fail(hint)
-        pytest.skip(hint)
+    promtool = find_promtool()
     rules = []
     for i, expr in enumerate(expressions()):
         for var, value in GRAFANA_VARS.items():

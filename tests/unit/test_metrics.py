@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import platform
-import shutil
 import subprocess
 import urllib.request
 
@@ -30,6 +28,7 @@ from engine.metrics import (
     request_outcome,
 )
 from engine.stages.hold_quiet_hours import OUTSIDE_SEND_WINDOW
+from tests.conftest import promtool as find_promtool
 
 ROUTES = {"cm": ["primary", "backup"], "cu": ["primary"]}
 ALLOWED_LABELS = {"stage", "reason", "carrier", "gateway", "outcome", "status", "priority", "shard"}
@@ -215,14 +214,8 @@ def test_serve_answers_scrapes_and_releases_its_port() -> None:
 
 
 def test_promtool_finds_the_exposition_clean() -> None:
-    """CI installs promtool and sets PIGEON_REQUIRE_PROMTOOL (.ci/run): there a missing promtool
-    fails the test; on a workstation without it the test is skipped, saying how to install it."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        hint = "promtool is not installed: apt-get install --no-install-recommends prometheus"
-        if os.environ.get("PIGEON_REQUIRE_PROMTOOL"):
-            pytest.fail(hint)
-        pytest.skip(hint)
+    """Skipped without promtool, except in CI (:func:`tests.conftest.promtool`)."""
+    promtool = find_promtool()
     m = prepared()
     m.stage_batch("dedupe", 10, 9, {"duplicate": 1}, 0.001)
     m.request("backup", "timeout", 30.0, 7)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 from engine.metrics import Metrics
 from engine.worker_metrics import MergedMetrics
+from tests.conftest import promtool as find_promtool
 
 
 def _value(text: str, series: str) -> float:
@@ -54,8 +54,7 @@ def test_a_retired_workers_counters_stay_and_its_gauges_go() -> None:
 
 def test_the_merged_exposition_passes_promtool() -> None:
     """What the service serves with workers running is still a clean Prometheus exposition."""
-    promtool = shutil.which("promtool")
-    assert promtool is not None, "install promtool (Debian: prometheus) to run this test"
+    promtool = find_promtool()
     svc = Metrics()
     svc.prepare(routes={"cm": ["sim"]}, in_flight={"sim": 4}, stages=["normalize"])
     merged = MergedMetrics(svc.registry)
