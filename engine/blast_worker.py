@@ -39,6 +39,7 @@ from engine.config import convert_section
 from engine.control import RunControl, SendResources
 from engine.errors import EngineError
 from engine.gateway import Gateway, GatewayContext
+from engine.jsonlog import setup_logging
 from engine.ledger import CampaignLedger
 from engine.metrics import Metrics
 from engine.priority import split_budgets
@@ -228,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ledger: CampaignLedger | None = None
     try:
         plan = prepare(args.campaign, args.engine, strict=True)
+        setup_logging(plan.engine.config.service.log_level)  # JSON lines, like the service's own
         # The service opened (or restarted, with ``again``) the campaign's run: this resumes it.
         ledger = _open_ledger(plan, force=False, again=False, notify=None)
         backend = plan.engine.config.backend

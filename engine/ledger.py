@@ -914,6 +914,7 @@ class CampaignLedger:
         batch, so the id cannot be reused meanwhile). Bounded: requests answered in parts (retries)
         leave theirs, the oldest go first."""
         self._pending: list[tuple[Any, ...]] = []
+        self._deferred: list[tuple[str, Sequence[Any]]] = []
         self.skip: npt.NDArray[np.bool_] | None = None
         """Rows to skip in this run (already final), indexed by row number; None: skip none."""
         self.resend: set[int] = set()
@@ -1044,16 +1045,27 @@ class CampaignLedger:
 
     def flush(self) -> None:
         """Commit what is buffered (one transaction)."""
-        if self._pending:
+        if self._pending or self._deferred:
             with _tx(self.db):
                 self._insert()
 
+    def defer(self, sql: str, params: Sequence[Any]) -> None:
+        """Run a statement of the caller's in this ledger's next transaction — the next hand-over,
+        answer or :meth:`flush` — so that it becomes durable with what is recorded then (the
+        service's idempotency keys: with the hand-over of their messages)."""
+        self._deferred.append((sql, params))
+
     def _insert(self) -> None:
-        self.db.executemany(
-            "INSERT INTO ledger_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            self._pending,
-        )
-        self._pending = []
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            for sql, params in deferred:
+                self.db.execute(sql, params)
+        if self._pending:
+            self.db.executemany(
+                "INSERT INTO ledger_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self._pending,
+            )
+            self._pending = []
 
     def dropped(self, records: Sequence[Reject]) -> None:
         """A batch's rejected, suppressed and deferred rows (buffered)."""

@@ -312,6 +312,18 @@ class _Idem:
     at: float
 
 
+_IDEMPOTENCY_SCHEMA = """CREATE TABLE IF NOT EXISTS api_idempotency (
+    api_key     TEXT NOT NULL,       -- the API key's name
+    idem_key    TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,       -- SHA-256 of the request body
+    response    BLOB NOT NULL,       -- the 202 answer, JSON
+    at          REAL NOT NULL,
+    PRIMARY KEY (api_key, idem_key)
+)"""
+_response_enc = msgspec.json.Encoder()
+_response_dec = msgspec.json.Decoder(SubmitResponse)
+
+
 class Service:
     """The long-running engine behind the API. Create it with :func:`open_service`."""
 
@@ -391,6 +403,11 @@ class Service:
         self.store = SqliteStore(self.engine.store_path)
         self.optouts = await anyio.to_thread.run_sync(self.store.load_optouts)
         self.ledger = Ledger(self.engine.store_path)
+        with self.ledger.db:  # idempotency keys: written with their messages' hand-over
+            self.ledger.db.execute(_IDEMPOTENCY_SCHEMA)
+            self.ledger.db.execute(
+                "DELETE FROM api_idempotency WHERE at < ?", (time.time() - self.service.idempotency_ttl,)
+            )
         self.reports_ledger = Ledger(self.engine.store_path)
         """Delivery reports' connection, used by one thread at a time (:meth:`apply_reports`)."""
         self._reports_limiter = anyio.CapacityLimiter(1)
@@ -699,7 +716,7 @@ class Service:
             raise ApiError(503, "Shutting down", "the service is draining; send again to another instance")
         fp = hashlib.sha256(body).hexdigest()
         if idempotency_key is not None:
-            seen = self._idem.get((key, idempotency_key))
+            seen = self._idem.get((key, idempotency_key)) or self._stored_idem(key, idempotency_key)
             if seen is not None and self.clock.time() - seen.at < self.service.idempotency_ttl:
                 if seen.fingerprint != fp:
                     raise ApiError(
@@ -791,6 +808,11 @@ class Service:
             self._idem[(key, idempotency_key)] = _Idem(fp, response, now)
             if len(self._idem) > 100_000:
                 self._expire_idem(now)
+            if stream.ledger is not None:  # durable with the hand-over of its messages
+                stream.ledger.defer(
+                    "INSERT OR REPLACE INTO api_idempotency VALUES (?, ?, ?, ?, ?)",
+                    (key, idempotency_key, fp, _response_enc.encode(response), now),
+                )
         self.counters["messages_accepted"] += response.accepted
         log.info(
             "messages accepted",
@@ -810,6 +832,20 @@ class Service:
         for carrier, mbs in out_batches.items():
             await stream.inboxes[self.routes[carrier]].send(MessageBatch.concat(mbs))
         return response
+
+    def _stored_idem(self, key: str, idempotency_key: str) -> _Idem | None:
+        """An idempotency key recorded before this process started (it survives a restart)."""
+        if self.ledger is None:
+            return None
+        row = self.ledger.db.execute(
+            "SELECT fingerprint, response, at FROM api_idempotency WHERE api_key = ? AND idem_key = ?",
+            (key, idempotency_key),
+        ).fetchone()
+        if row is None:
+            return None
+        found = _Idem(row[0], _response_dec.decode(row[1]), float(row[2]))
+        self._idem[(key, idempotency_key)] = found
+        return found
 
     def _expire_idem(self, now: float) -> None:
         ttl = self.service.idempotency_ttl

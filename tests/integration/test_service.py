@@ -280,6 +280,30 @@ async def test_messages_are_sent_once_and_delivery_reports_settle_them(
         )  # every report received
 
 
+async def test_an_idempotency_key_outlives_a_restart_of_the_service(
+    anyio_backend: object, tmp_path: Path, simulator: Simulator
+) -> None:
+    engine, key = write_engine(tmp_path, simulator.port)
+    auth = {"authorization": f"Bearer {key}", "idempotency-key": "order-B52"}
+    body = {"messages": [{"to": "13800138000", "template": "code", "fields": {"code": "4321"}}]}
+    async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
+        first = await c.post("/v1/messages", json=body)
+        assert first.status_code == 202, first.text
+        mid = first.json()["messages"][0]["id"]
+
+        async def submitted() -> bool:
+            return bool((await c.get(f"/v1/messages/{mid}")).json()["state"] == "submitted")
+
+        await _until(submitted, "the message submitted")
+    # A new process: nothing in memory. The client retries (say its connection broke before the 202).
+    async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
+        again = await c.post("/v1/messages", json=body)
+        assert again.status_code == 202 and again.json() == first.json()  # the same ids, not sent again
+        other = {"messages": [{"to": "13800138000", "text": "另一条"}]}
+        _problem(await c.post("/v1/messages", json=other), 422, "different body")
+    assert [m for _, m, *_ in simulator.log] == [mid]
+
+
 async def test_an_opt_out_reply_suppresses_marketing_at_once(
     anyio_backend: object, tmp_path: Path, simulator: Simulator
 ) -> None:
