@@ -909,12 +909,18 @@ class CampaignLedger:
                 "SELECT coalesce(max(req), 0) FROM ledger_records WHERE campaign = ?", (campaign_id,)
             ).fetchone()[0]
         )
-        self._open: OrderedDict[int, tuple[int, MessageBatch]] = OrderedDict()
-        """id() of a request's batch handed over and not answered yet → its request number (and the
-        batch, so the id cannot be reused meanwhile). Bounded: requests answered in parts (retries)
-        leave theirs, the oldest go first."""
+        self._open: OrderedDict[int, tuple[int, MessageBatch, bytes]] = OrderedDict()
+        """id() of a request's batch handed over and not answered yet → its request number, the
+        batch (so the id cannot be reused meanwhile) and its packed rows. Bounded: requests
+        answered in parts (retries) leave theirs, the oldest go first."""
         self._pending: list[tuple[Any, ...]] = []
         self._deferred: list[tuple[str, Sequence[Any]]] = []
+        self.group_commit = False
+        """Answers wait for the next transaction — the next hand-over, which a lane's worker makes
+        in the same step of the event loop, or a :meth:`flush` that the lanes call before any of
+        their workers waits (``Lane.on_idle``) — instead of a commit each: one transaction per
+        request instead of two. Durability is the same: an answer is never left uncommitted
+        while its worker waits. ``pigeon send`` and blast workers set it."""
         self.skip: npt.NDArray[np.bool_] | None = None
         """Rows to skip in this run (already final), indexed by row number; None: skip none."""
         self.resend: set[int] = set()
@@ -1009,6 +1015,7 @@ class CampaignLedger:
         ts: float | None = None,
         req: int = 0,
         sends_last: int = 0,
+        packed: bytes | None = None,
     ) -> None:
         labels_b = reasons_b = None
         if isinstance(reasons, str):
@@ -1032,7 +1039,11 @@ class CampaignLedger:
                 # An answer to the very request handed over refers to its record instead of
                 # repeating the rows — unless it carries provider ids, which the index pairs with
                 # rows (Ledger.index_providers reads outcome records alone).
-                b"" if req and event == _Event.OUTCOME and provider_ids is None else _pack_rows(rows),
+                b""
+                if req and event == _Event.OUTCOME and provider_ids is None
+                else packed
+                if packed is not None
+                else _pack_rows(rows),
                 states,
                 labels_b,
                 reasons_b,
@@ -1106,7 +1117,8 @@ class CampaignLedger:
             )
         rows = batch.rows
         self._req += 1
-        self._open[id(batch)] = (self._req, batch)
+        packed = _pack_rows(rows)
+        self._open[id(batch)] = (self._req, batch, packed)
         if len(self._open) > _OPEN_MAX:
             self._open.popitem(last=False)
         with _tx(self.db):
@@ -1127,6 +1139,7 @@ class CampaignLedger:
                 ts=now,
                 req=self._req,
                 sends_last=last,
+                packed=packed,
             )
             self._insert()
 
@@ -1140,15 +1153,22 @@ class CampaignLedger:
         now = time.time()
         # The usual case, the very request handed over: its rows are those of the hand-over record.
         entry = self._open.pop(id(batch), None)
-        req = entry[0] if entry is not None and entry[1] is batch else 0
+        req, packed = (entry[0], entry[2]) if entry is not None and entry[1] is batch else (0, None)
         if results.count(ACCEPTED) == len(results):
             self._write(_Event.OUTCOME, rows, _Code.SUBMITTED, gateway=gateway, ts=now, req=req)
-            self.flush()
+            self._answered()
             return
         pids = [r.provider_id for r in results]
         if all(r.outcome is Outcome.ACCEPTED for r in results):
             self._write(
-                _Event.OUTCOME, rows, _Code.SUBMITTED, gateway=gateway, provider_ids=pids, ts=now, req=req
+                _Event.OUTCOME,
+                rows,
+                _Code.SUBMITTED,
+                gateway=gateway,
+                provider_ids=pids,
+                ts=now,
+                req=req,
+                packed=packed,
             )
         else:
             codes = bytes(_OUTCOME_CODE.get(r.outcome, _Code.FAILED) for r in results)
@@ -1173,7 +1193,12 @@ class CampaignLedger:
         # No provider-id index here: it is a B-tree insert of a random key per message, the
         # costliest write of a blast. Ledger.index_providers builds it from these records, in bulk
         # and off the send path, when a delivery report needs it.
-        self.flush()
+        self._answered()
+
+    def _answered(self) -> None:
+        """An answer is buffered: commit it now, or with the next hand-over (:attr:`group_commit`)."""
+        if not self.group_commit:
+            self.flush()
 
     def failed(self, gateway: str, batch: MessageBatch, reason: str) -> None:
         """A whole request failed (after its retries, or permanently); commits."""

@@ -622,6 +622,8 @@ async def _send(
         prefix = f"{plan.campaign.id}-"
         outbox = {c: lanes[g][0] for c, g in plan.routes.items()}
         packers = {c: Accumulator(gateways[g].max_batch) for c, g in plan.routes.items()}
+        if ledger is not None:
+            ledger.group_commit = True  # an answer commits with the next hand-over (Lane.on_idle)
         handover = _cap_recorder(plan, store, ledger) if store is not None or ledger else None
         async with anyio.create_task_group() as tg:
             for name, (_, rx) in lanes.items():
@@ -637,6 +639,7 @@ async def _send(
                     policy=policy,
                     in_flight=ecfg.gateways[name].in_flight,
                     priority=kind,
+                    on_idle=ledger.flush if ledger is not None else None,
                 )
                 tg.start_soon(lane.run, rx)
             try:

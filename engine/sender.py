@@ -94,6 +94,9 @@ class _WorkQueue:
         self._ready = anyio.Event()
         self._room = anyio.Event()
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def put(self, batches: list[MessageBatch]) -> None:
         """Queue ``batches`` and wake the waiting workers."""
         self._items.extend(batches)
@@ -131,6 +134,7 @@ class Lane:
     :param gateways: carrier → the gateways serving it, primary first (failover order).
     :param breakers: gateway name → its circuit breaker (shared by every lane using it).
     :param in_flight: requests this lane keeps open at once.
+    :param on_idle: called before any of its workers waits (see :attr:`on_idle`).
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class Lane:
         in_flight: int = 1,
         seed: int | None = None,
         priority: str = "marketing",
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.primary = primary
         self.gateways = gateways
@@ -163,6 +168,10 @@ class Lane:
         self.in_flight = in_flight
         self._rng = random.Random(seed)
         self.priority = priority
+        self.on_idle = on_idle
+        """Called when a worker is about to wait (no work queued, a rate-limit, breaker or retry
+        delay): the ledger commits the answers it holds for the next hand-over
+        (``CampaignLedger.group_commit``)."""
         """The queue lane its messages are counted in (``pigeon_queued_messages``)."""
 
     async def run(self, inbox: MemoryObjectReceiveStream[LaneItem]) -> None:
@@ -185,8 +194,18 @@ class Lane:
             queue.close()
 
     async def _worker(self, queue: _WorkQueue) -> None:
-        while (pending := await queue.get()) is not None:
+        idle = self.on_idle
+        while True:
+            if idle is not None and not queue:
+                idle()  # about to wait for work: nothing may stay buffered meanwhile
+            pending = await queue.get()
+            if pending is None:
+                return
             await self._attempts(pending)
+
+    def _pause(self) -> None:
+        if self.on_idle is not None:
+            self.on_idle()
 
     def _choose(self, carrier: str) -> tuple[Gateway | None, float]:
         """The first gateway for ``carrier`` whose breaker lets a request through, or when to look again."""
@@ -210,6 +229,7 @@ class Lane:
                 return
             gw, wait = self._choose(carrier)
             if gw is None:
+                self._pause()
                 await anyio.sleep(wait)  # every gateway for the carrier is resting: not an attempt
                 continue
             budget = [lim for lim in (self.limiters.get(carrier), self.gateway_limiters.get(gw.name)) if lim]
@@ -219,6 +239,7 @@ class Lane:
                 )
                 metrics.ratelimit_wait(carrier, delay)
                 if delay > 0:
+                    self._pause()
                     await anyio.sleep(delay)
             if not handed and self.on_handover is not None:
                 self.on_handover(pending)  # caps count a message once, when first handed over
@@ -247,6 +268,7 @@ class Lane:
                     return
                 metrics.retries(gw.name, outcome, len(pending))
                 metrics.queued(priority, carrier, len(pending))
+                self._pause()
                 await anyio.sleep(policy.delay(attempt, self._rng))
                 continue
             recorder.observe(gw.name, self.clock.monotonic() - sent_at, retry=attempt > 1)
@@ -277,6 +299,7 @@ class Lane:
             pending = pending.take(again)
             metrics.retries(gw.name, outcome, len(pending))
             metrics.queued(priority, carrier, len(pending))
+            self._pause()
             await anyio.sleep(policy.delay(attempt, self._rng, at_least=retry_after))
 
 

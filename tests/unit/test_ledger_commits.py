@@ -1,0 +1,91 @@
+"""Group commit: a blast's answers commit with the next hand-over, and never wait uncommitted while
+a lane's worker waits — checked from a second connection to the store, as a crash would see it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+from engine.clock import SystemClock
+from engine.ledger import Fingerprint, Ledger, LedgerState
+from engine.messages import MessageBatch, Outcome, SubmitResult
+from engine.report import RunRecorder
+from engine.retry import Breaker
+from engine.sender import Lane
+from engine.testing import RecordingGateway
+
+pytestmark = pytest.mark.anyio
+
+
+class NetworkGateway(RecordingGateway):
+    """Answers after a short wait, as over a network (the lane's feeder runs meanwhile)."""
+
+    async def send(self, batch: MessageBatch) -> Sequence[SubmitResult]:
+        """Wait 10 ms, then answer."""
+        await anyio.sleep(0.01)
+        return await super().send(batch)
+
+
+def _batch(start: int, n: int) -> MessageBatch:
+    rows = list(range(start, start + n))
+    return MessageBatch(
+        "cm",
+        rows=rows,
+        numbers=[f"138{r:08d}" for r in rows],
+        texts=["t"] * n,
+        parts=[1] * n,
+        id_prefix="g-",
+    )
+
+
+async def test_an_answer_commits_with_the_next_hand_over_or_before_the_worker_waits(
+    anyio_backend: object, tmp_path: Path
+) -> None:
+    store = tmp_path / "s.db"
+    writer, crash_view = Ledger(store), Ledger(store)
+    run = writer.open_campaign("g", kind="marketing", fingerprint=Fingerprint())
+    run.group_commit = True
+    durable: list[int] = []  # submitted rows another process sees, at each request's send
+    commits: list[str] = []
+    writer.db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+
+    def answer(batch: MessageBatch) -> Sequence[SubmitResult]:
+        durable.append(crash_view.rows_in("g", LedgerState.SUBMITTED).size)
+        return [SubmitResult(Outcome.ACCEPTED, provider_id=f"p{r}") for r in batch.rows]
+
+    gateway = NetworkGateway("gw", max_batch=10, answer=answer)
+    recorder = RunRecorder({})
+    recorder.sinks.append(run)
+    lane = Lane(
+        gateway,
+        gateways={"cm": [gateway]},
+        limiters={},
+        breakers={"gw": Breaker()},
+        clock=SystemClock(),
+        recorder=recorder,
+        on_handover=lambda b: run.handover(b, now=1.0),
+        in_flight=1,
+        on_idle=run.flush,
+    )
+    tx, rx = anyio.create_memory_object_stream[MessageBatch](4)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lane.run, rx)
+        async with tx:
+            for i in range(5):
+                await tx.send(_batch(2 + 10 * i, 10))
+            # The lane has nothing queued after the last answer: its worker must flush it before
+            # waiting for more (nobody calls finish() here).
+            for _ in range(1000):
+                if crash_view.rows_in("g", LedgerState.SUBMITTED).size == 50:
+                    break
+                await anyio.sleep(0.01)
+    # Each request's hand-over made the answer before it durable ...
+    assert durable == [0, 10, 20, 30, 40]
+    assert crash_view.counts("g").states == {"submitted": 50}
+    # ... in its own transaction: one commit a request, and one for the last answer.
+    assert len(commits) == 5 + 1
+    writer.close()
+    crash_view.close()
