@@ -1,8 +1,11 @@
-"""Group commit: a blast's answers commit with the next hand-over, and never wait uncommitted while
-a lane's worker waits — checked from a second connection to the store, as a crash would see it."""
+"""How the ledger commits: a blast's answers with the next hand-over (never left uncommitted while a
+lane's worker waits — checked from a second connection, as a crash would see it), and the service's
+connection waiting for another process's write lock in fine steps."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import anyio
 import pytest
 
 from engine.clock import SystemClock
-from engine.ledger import Fingerprint, Ledger, LedgerState
+from engine.ledger import Fingerprint, Ledger, LedgerState, LedgerWriteError, transaction
 from engine.messages import MessageBatch, Outcome, SubmitResult
 from engine.report import RunRecorder
 from engine.retry import Breaker
@@ -89,3 +92,26 @@ async def test_an_answer_commits_with_the_next_hand_over_or_before_the_worker_wa
     assert len(commits) == 5 + 1
     writer.close()
     crash_view.close()
+
+
+def test_a_spinning_connection_waits_for_another_writer_then_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "s.db"
+    service = Ledger(store, spin_on_busy=True)
+    other = sqlite3.connect(store, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # a blast worker in the middle of a transaction
+    release = threading.Timer(0.05, lambda: other.execute("COMMIT"))
+    release.start()
+    with transaction(service.db):  # no "database is locked": it waited for the commit
+        service.db.execute("INSERT INTO ledger_meta VALUES ('probe', 1)")
+    release.join()
+    assert service.db.execute("SELECT value FROM ledger_meta WHERE key = 'probe'").fetchone() == (1,)
+
+    monkeypatch.setattr("engine.ledger._SPIN_FOR", 0.05)
+    other.execute("BEGIN IMMEDIATE")  # held for longer than the caller waits
+    with pytest.raises(LedgerWriteError, match="locked"), transaction(service.db):
+        pass
+    other.execute("ROLLBACK")
+    other.close()
+    service.close()
