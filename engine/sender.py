@@ -168,11 +168,11 @@ class Lane:
         self.in_flight = in_flight
         self._rng = random.Random(seed)
         self.priority = priority
+        """The queue lane its messages are counted in (``pigeon_queued_messages``)."""
         self.on_idle = on_idle
         """Called when a worker is about to wait (no work queued, a rate-limit, breaker or retry
         delay): the ledger commits the answers it holds for the next hand-over
         (``CampaignLedger.group_commit``)."""
-        """The queue lane its messages are counted in (``pigeon_queued_messages``)."""
 
     async def run(self, inbox: MemoryObjectReceiveStream[LaneItem]) -> None:
         """Send everything that arrives in ``inbox``; returns when it is closed and drained.
