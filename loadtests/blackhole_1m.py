@@ -21,13 +21,12 @@ import argparse
 import csv
 import gc
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from loadtests._report import emit
+from loadtests._segment import segment_of
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -158,19 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     args = p.parse_args(argv)
 
-    segment = args.segment or HERE / "data" / f"segment-{args.rows}.csv"
-    if not segment.exists():
-        subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "config" / "make_segment.py"),
-                "--rows",
-                str(args.rows),
-                "-o",
-                str(segment),
-            ],
-            check=True,
-        )
+    segment = args.segment or segment_of(args.rows)
     with tempfile.TemporaryDirectory() as tmp:
         campaign = Path(tmp) / "campaign.toml"
         engine = Path(tmp) / "engine.toml"  # the blackhole engine with its store in the temp dir

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from loadtests._report import emit
+from loadtests._segment import make_segment, segment_of
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -216,22 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         measured("httpx_10_concurrent", lambda: asyncio.run(baseline(url, args.baseline_requests, 10)))
         with tempfile.TemporaryDirectory() as tmp_dir:
             tmp = Path(tmp_dir)
-            big = HERE / "data" / f"segment-{args.rows}.csv"
-            small = tmp / "small.csv"
-            for path, rows in ((big, args.rows), (small, args.rows_batch1)):
-                if not path.exists() and args.only != ("batch1" if path is big else "batch100"):
-                    subprocess.run(
-                        [
-                            sys.executable,
-                            str(ROOT / "config" / "make_segment.py"),
-                            "--rows",
-                            str(rows),
-                            "-o",
-                            str(path),
-                        ],
-                        check=True,
-                        capture_output=True,
-                    )
+            big = segment_of(args.rows) if args.only != "batch1" else Path()
+            small = make_segment(args.rows_batch1, tmp / "small.csv") if args.only != "batch100" else Path()
             if args.only != "batch1":
                 measured("pigeon_batch_100", lambda: engine(url, big, tmp, 100, args.in_flight_batch100))
                 if args.without_ledger:  # the ledger's cost: the same blast without it, same run

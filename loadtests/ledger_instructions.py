@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from loadtests._report import emit
+from loadtests._segment import make_segment
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -76,19 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        segment, one = Path(tmp) / "segment.csv", Path(tmp) / "one.csv"
-        subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "config" / "make_segment.py"),
-                "--rows",
-                str(args.rows),
-                "-o",
-                str(segment),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        segment, one = make_segment(args.rows, Path(tmp) / "segment.csv"), Path(tmp) / "one.csv"
         with segment.open(encoding="utf-8") as fh:
             one.write_text(fh.readline() + fh.readline(), encoding="utf-8")
         counts = {

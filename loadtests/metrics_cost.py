@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from loadtests._report import emit
+from loadtests._segment import segment_of
 from loadtests.blackhole_1m import CAMPAIGN
 from loadtests.http_blast import _free_port
 
@@ -48,24 +49,15 @@ COUNTING = (
 )
 
 
-def _segment(rows: int) -> Path:
-    path = HERE / "data" / f"segment-{rows}.csv"
-    if not path.exists():
-        subprocess.run(
-            [sys.executable, str(ROOT / "config" / "make_segment.py"), "--rows", str(rows), "-o", str(path)],
-            check=True,
-            capture_output=True,
-        )
-    return path
-
-
 def _send(campaign: Path, runs: Path, metrics: Any) -> tuple[float, int, Any]:
-    """CPU seconds of one in-process send, rows, summary."""
+    """CPU seconds of one in-process send, rows, summary. Without the campaign ledger, on both
+    sides (its cost is measured by blackhole_1m.py and ledger_instructions.py; with it, every
+    send after the first would be refused as already finished)."""
     from engine.runtime import prepare, send
 
     plan = prepare(campaign)
     cpu = time.process_time()
-    summary = send(plan, runs_dir=runs, metrics=metrics)
+    summary = send(plan, runs_dir=runs, metrics=metrics, ledger=False)
     return time.process_time() - cpu, summary.rows, summary
 
 
@@ -184,7 +176,7 @@ timeout = 30
         campaign = tmp / "campaign-http.toml"
         campaign.write_text(
             CAMPAIGN.replace('engine = "{engine}"', 'engine = "engine-http.toml"').format(
-                segment=_segment(rows).resolve()
+                segment=segment_of(rows).resolve()
             ),
             encoding="utf-8",
         )
@@ -221,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         campaign = tmp / "campaign.toml"
         campaign.write_text(
             CAMPAIGN.format(
-                engine=ROOT / "config" / "engine-blackhole.toml", segment=_segment(args.rows).resolve()
+                engine=ROOT / "config" / "engine-blackhole.toml", segment=segment_of(args.rows).resolve()
             ),
             encoding="utf-8",
         )
