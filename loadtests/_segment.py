@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["DATA", "make_segment", "segment_of"]
+__all__ = ["DATA", "make_segment", "segment_of", "write_marketing_campaign"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "loadtests" / "data"
@@ -28,3 +28,24 @@ def make_segment(rows: int, path: Path) -> Path:
 def segment_of(rows: int) -> Path:
     """The kept ``rows``-member segment (``loadtests/data/segment-<rows>.csv``), generated the first time."""
     return make_segment(rows, DATA / f"segment-{rows}.csv")
+
+
+def write_marketing_campaign(directory: Path, cid: str, segment: str = "seg.csv") -> Path:
+    """A marketing campaign file ``<cid>.toml`` in ``directory`` (a service's ``campaigns_dir``)
+    sending ``{name}，春季上新`` to ``segment``, at any hour; returns its path."""
+    path = directory / f"{cid}.toml"
+    path.write_text(
+        f"""id = "{cid}"
+kind = "marketing"
+[segment]
+source = "csv"
+path = "{segment}"
+[template]
+signature = "小鹅优选"
+text = "{{name}}，春季上新"
+[policy]
+send_window = ""
+""",
+        encoding="utf-8",
+    )
+    return path

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,17 +28,12 @@ from typing import Any
 
 import httpx
 
+from loadtests._host import cpu_seconds, free_port
 from loadtests._report import emit
 from loadtests._segment import make_segment, segment_of
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _proc_cpu(pid: int) -> float:
@@ -50,11 +43,6 @@ def _proc_cpu(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 async def baseline(url: str, requests: int, concurrency: int) -> dict[str, Any]:
@@ -78,9 +66,9 @@ async def baseline(url: str, requests: int, concurrency: int) -> dict[str, Any]:
                 r = await client.post(url, json={"messages": [msg]})
                 r.raise_for_status()
 
-        cpu, started = _cpu(), time.perf_counter()
+        cpu, started = cpu_seconds(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
+        elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     return {
         "messages_per_s": round(requests / elapsed),
         "cpu_ms_per_request": round(cpu / requests * 1000, 3),
@@ -145,10 +133,10 @@ respect_optouts = false
                 {"t": round(elapsed, 1), **{c: s.messages for c, s in sorted(rec.carriers.items())}}
             )
 
-    cpu, started = _cpu(), time.perf_counter()
+    cpu, started = cpu_seconds(), time.perf_counter()
     metrics = Metrics(backend="asyncio")  # metrics on: every batch and request counted
     summary = send(plan, runs_dir=tmp / "runs", progress=sample, metrics=metrics, ledger=ledger, again=ledger)
-    elapsed, cpu = time.perf_counter() - started, _cpu() - cpu
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     sent = summary.states.get("sent", 0)
     requests = summary.gateways["sim"].requests
     return {
@@ -190,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
-    port = _free_port()
+    port = free_port()
     sim = subprocess.Popen(
         [sys.executable, "-m", "loadtests.simulator", "--port", str(port)],
         cwd=ROOT,

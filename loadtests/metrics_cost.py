@@ -30,10 +30,10 @@ from typing import Any
 
 import httpx
 
+from loadtests._host import free_port
 from loadtests._report import emit
 from loadtests._segment import segment_of
 from loadtests.blackhole_1m import CAMPAIGN
-from loadtests.http_blast import _free_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -146,7 +146,7 @@ def http_batch1(rows: int, rounds: int, tmp: Path) -> dict[str, Any]:
     """One message per request to the simulator (own process), 10 in flight; client CPU per request."""
     from engine.metrics import NO_METRICS, Metrics
 
-    port = _free_port()
+    port = free_port()
     sim = subprocess.Popen(
         [sys.executable, "-m", "loadtests.simulator", "--port", str(port)],
         cwd=ROOT,

@@ -22,9 +22,7 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,21 +33,12 @@ from typing import Any
 import anyio
 import httpx
 
+from loadtests._host import cpu_seconds, free_port
 from loadtests._report import emit
+from loadtests._segment import write_marketing_campaign
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -118,20 +107,7 @@ text = "验证码{{code}}，5分钟内有效"
         for start in range(0, rows, step):
             fh.write("".join(f"138{i:08d},客{i % 1000}\n" for i in range(start, min(rows, start + step))))
     for cid in ("alone", "loaded"):
-        (camp / f"{cid}.toml").write_text(
-            f"""id = "{cid}"
-kind = "marketing"
-[segment]
-source = "csv"
-path = "seg.csv"
-[template]
-signature = "小鹅优选"
-text = "{{name}}，春季上新"
-[policy]
-send_window = ""
-""",
-            encoding="utf-8",
-        )
+        write_marketing_campaign(camp, cid)
 
 
 class RawPoster:
@@ -250,13 +226,13 @@ async def _run(url: str, rate: float, max_seconds: float) -> dict[str, Any]:
                 scrapes.append(await _scrape(c))
                 await anyio.sleep(0.5)
 
-        cpu = _cpu()
+        cpu = cpu_seconds()
         async with anyio.create_task_group() as tg:
             tg.start_soon(poster)
             tg.start_soon(scraper)
             out["blast_with_transactional"] = await _blast(c, "loaded", max_seconds)
             done.set()
-        out["client_cpu_s_while_loaded"] = round(_cpu() - cpu, 2)
+        out["client_cpu_s_while_loaded"] = round(cpu_seconds() - cpu, 2)
         out["client_connections"] = poster_client.opened
         poster_client.close()
         out["metrics_scrape_under_load"] = _ms(scrapes)
@@ -296,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        sim_port, port = _free_port(), _free_port()
+        sim_port, port = free_port(), free_port()
         _write_files(tmp, sim_port, args.rows)
         from engine.apikeys import KeyRing
 

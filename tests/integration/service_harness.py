@@ -13,6 +13,7 @@ import anyio
 from engine.apikeys import KeyRing
 from engine.serve import bind, run
 from engine.service import Service
+from loadtests._segment import write_marketing_campaign
 
 ENGINE = """\
 batch_size = 256
@@ -116,17 +117,4 @@ def write_campaign(tmp_path: Path, rows: int, cid: str = "spring") -> None:
     (tmp_path / "campaigns" / "seg.csv").write_text(
         "phone,name\n" + "".join(f"1380{i:07d},客{i}\n" for i in range(rows)), encoding="utf-8"
     )
-    (tmp_path / "campaigns" / f"{cid}.toml").write_text(
-        f"""id = "{cid}"
-kind = "marketing"
-[segment]
-source = "csv"
-path = "seg.csv"
-[template]
-signature = "小鹅优选"
-text = "{{name}}，春季上新"
-[policy]
-send_window = ""
-""",
-        encoding="utf-8",
-    )
+    write_marketing_campaign(tmp_path / "campaigns", cid)
