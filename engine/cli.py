@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     sd.add_argument("--json", action="store_true", help="print the summary as JSON")
     sd.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     sd.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="split the campaign by number across N worker processes (default: engine config, 1)",
+    )
+    sd.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
@@ -373,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics_addr=getattr(args, "metrics_addr", "127.0.0.1"),
                 force=args.force,
                 again=args.again,
+                shards=getattr(args, "shards", None),  # resume keeps the engine's
             )
     except RunAbandoned as exc:
         print(f"error: {exc}", file=sys.stderr)

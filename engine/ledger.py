@@ -944,6 +944,23 @@ class CampaignLedger:
         self._stall_reason = ""
         self._checked = 0.0
         self._cancelled = False
+        self._req_step = 1
+
+    def attach(self, index: int, count: int) -> CampaignLedger:
+        """A writer for shard ``index`` of ``count`` of this run, on a connection of its own: what
+        a worker process of a sharded send (:mod:`engine.shards`) writes with, after ``fork``.
+
+        It shares this run's rows to skip and to resend, never touches this writer's connection
+        (SQLite connections must not cross a fork), waits its turn when another shard is writing
+        (``spin_on_busy``), and numbers its requests ``index + 1``, ``index + 1 + count``, … past
+        the last one recorded, so that no two shards share a request number.
+        """
+        own = Ledger(self.ledger.path, spin_on_busy=True)
+        cl = CampaignLedger(own, self.id, self.kind, self.semantics, resumed=self.resumed)
+        cl.skip, cl.resend, cl.stall_after = self.skip, self.resend, self.stall_after
+        cl._req += index + 1 - count
+        cl._req_step = count
+        return cl
 
     # -- resume ----------------------------------------------------------------------------
 
@@ -1124,7 +1141,7 @@ class CampaignLedger:
                 f"resent); the rest are pending: `pigeon resume {self.id}` when the gateway is back"
             )
         rows = batch.rows
-        self._req += 1
+        self._req += self._req_step
         packed = _pack_rows(rows)
         self._open[id(batch)] = (self._req, batch, packed)
         if len(self._open) > _OPEN_MAX:

@@ -142,6 +142,14 @@ class Batch:
                 kept += col[a:b]
             col[:] = kept
 
+    def keep(self, mask: Sequence[bool]) -> None:
+        """Keep only the items whose ``mask`` entry is true, silently (no record: another shard
+        owns the others). One C-level filter per column filled so far."""
+        for name in _COLUMNS:
+            col = getattr(self, name)
+            if col:
+                col[:] = compress(col, mask)
+
     def messages(self, id_prefix: str) -> dict[str, MessageBatch]:
         """The items left, as one :class:`MessageBatch` per carrier (row order kept within each).
 

@@ -21,6 +21,7 @@ __all__ = [
     "GatewaySummary",
     "LatencyHistogram",
     "OutcomeSink",
+    "RecorderState",
     "RejectsWriter",
     "RunRecorder",
     "RunSummary",
@@ -123,6 +124,19 @@ class RunSummary(msgspec.Struct, kw_only=True):
     stopped: bool = False
     """The send was stopped (Ctrl-C / SIGTERM) before the whole segment was read: ``rows`` were read,
     and every one of them is accounted for; the rest of the segment was not touched."""
+
+
+class RecorderState(msgspec.Struct, kw_only=True):
+    """A :class:`RunRecorder`'s counts, to carry across processes (a shard's, :mod:`engine.shards`)
+    and add up: :meth:`RunRecorder.add` of every shard's state gives the run's counts."""
+
+    rows: int = 0
+    states: dict[str, int] = {}
+    reasons: dict[str, dict[str, int]] = {}
+    carriers: dict[str, CarrierSummary] = {}
+    gateways: dict[str, GatewaySummary] = {}
+    latency: dict[str, dict[int, int]] = {}
+    """Gateway → latency histogram buckets (:class:`LatencyHistogram`), so percentiles merge exactly."""
 
 
 class RejectsWriter:
@@ -335,6 +349,38 @@ class RunRecorder:
         self.states[State.FAILED] += len(chunk)
         self.metrics.messages(gateway, chunk.carrier, "failed", len(chunk), chunk.total_parts())
         self._reason(State.FAILED, reason, len(chunk))
+
+    def state(self) -> RecorderState:
+        """A copy of the counts (see :class:`RecorderState`)."""
+        return RecorderState(
+            rows=self.rows,
+            states=dict(self.states),
+            reasons={k: dict(v) for k, v in self.reasons.items()},
+            carriers={c: msgspec.structs.replace(s) for c, s in self.carriers.items()},
+            gateways={g: msgspec.structs.replace(s, latency_ms={}) for g, s in self.gateways.items()},
+            latency={g: dict(h.counts) for g, h in self.latency.items()},
+        )
+
+    def add(self, state: RecorderState) -> None:
+        """Add another recorder's counts to these (costs are recomputed from the parts)."""
+        self.rows += state.rows
+        self.states.update(state.states)
+        for k, v in state.reasons.items():
+            self.reasons.setdefault(k, Counter()).update(v)
+        for c, cs in state.carriers.items():
+            self._add(c, cs.messages, cs.parts)
+        for name, gs in state.gateways.items():
+            g = self._gateway(name)
+            g.requests += gs.requests
+            g.accepted += gs.accepted
+            g.failed += gs.failed
+            g.retries += gs.retries
+        for name, counts in state.latency.items():
+            h = self.latency.get(name)
+            if h is None:
+                h = self.latency[name] = LatencyHistogram()
+            h.counts.update(counts)
+            h.count += sum(counts.values())
 
     def _with_latency(self, name: str, g: GatewaySummary) -> GatewaySummary:
         h = self.latency.get(name)

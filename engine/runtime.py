@@ -6,7 +6,7 @@ import gc
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +43,7 @@ from engine.report import RejectsWriter, RunRecorder, RunSummary, close_writers
 from engine.retry import Breaker, RetryPolicy
 from engine.sender import Accumulator, Lane, LaneItem
 from engine.sendwindow import ALL_DAY, SendWindow
+from engine.shards import check_shards, run_shards
 from engine.source import SegmentReader, SegmentSource, SourceContext
 from engine.stages import Cap, CarrierResolver, HoldQuietHours, SameContent, standard_stages
 from engine.stages.same_content import content_hash
@@ -101,10 +102,11 @@ class Plan:
         domestic = [w for c, w in self.gateway_windows().items() if c != INTL]
         return [*([own] if own is not None else []), *dict.fromkeys(domestic)]
 
-    def open_segment(self) -> OpenSegment:
+    def open_segment(self, shard: tuple[int, int] | None = None) -> OpenSegment:
         """Open the segment, read its header, and bind the template to its columns.
 
-        Fails (``TemplateError``/``SourceError``) before any data row is read.
+        Fails (``TemplateError``/``SourceError``) before any data row is read. With
+        ``shard=(index, count)`` the batches hold only that shard's rows (:mod:`engine.shards`).
         """
         phone = self.campaign.segment.phone_field
         reader = self.source.open([phone, *self.template.fields])
@@ -139,8 +141,9 @@ class Plan:
             quiet,
             forbid_urls_in_fields=forbid_urls,
             same_content=self.same_content,
+            shard=shard,
         )
-        return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone))
+        return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone), shard)
 
 
 @dataclass
@@ -151,12 +154,20 @@ class OpenSegment:
     runner: StageRunner
     phone_col: int
     """Position of the phone column in the reader's rows."""
+    shard: tuple[int, int] | None = None
+    """``(index, count)`` of a sharded send: the source's rejects of other shards are left out."""
 
     def batches(self, size: int) -> Iterator[Batch]:
         """Read batches of about ``size`` rows and run every stage over each."""
         run, pc = self.runner.run, self.phone_col
+        if self.shard is None:
+            for sb in self.reader.batches(size):
+                yield run(Batch(sb.nums, sb.rows, pc, sb.rejects))
+            return
+        index, count = self.shard
         for sb in self.reader.batches(size):
-            yield run(Batch(sb.nums, sb.rows, pc, sb.rejects))
+            rejects = [r for r in sb.rejects if r.row % count == index] if sb.rejects else sb.rejects
+            yield run(Batch(sb.nums, sb.rows, pc, rejects))
 
     def close(self) -> None:
         """Close the reader."""
@@ -407,6 +418,7 @@ def send(
     ledger: bool = True,
     force: bool = False,
     again: bool = False,
+    shards: int | None = None,
 ) -> RunSummary:
     """Send the campaign: stages on each batch, then per-gateway lanes; returns the run summary.
 
@@ -419,9 +431,15 @@ def send(
     ``metrics`` counts the run (default: a fresh :class:`~engine.metrics.Metrics`;
     :data:`~engine.metrics.NO_METRICS` counts nothing); with ``metrics_port`` it is served on
     ``http://metrics_addr:metrics_port/metrics`` while the run lasts.
+
+    ``shards`` (default: the engine's ``shards``) above 1 splits the campaign by number across that
+    many worker processes (:mod:`engine.shards`); each counts its own metrics (``metrics`` is then
+    left untouched) and shard ``k`` serves them on ``metrics_port + k``.
     """
     backend = backend or plan.engine.config.backend
     clock = clock or plan.clock
+    count = shards if shards is not None else plan.engine.config.shards
+    check_shards(plan.engine.config, plan.engine.file, count)
     closed = [w for w in plan.pause_windows() if not w.is_open(clock.time())]
     if not wait and closed:
         window = closed[0]
@@ -435,21 +453,36 @@ def send(
     if cl is not None and cl.resend:
         _reload_limits(plan)  # reconcile took back the cap counts of the messages it resends
     try:
-        serving = metrics.serving(metrics_addr, metrics_port, notify)  # a taken port fails before anything
+        # A taken port fails before anything; the shards serve their own.
+        serving = metrics.serving(metrics_addr, metrics_port, notify) if count == 1 else nullcontext(None)
         run_dir = new_run_dir(plan, runs_dir, clock)
-        with quiet_gc(), serving:
-            summary: RunSummary | None = anyio.run(
-                _send_until_signalled,
+        if count > 1:
+            summary = _send_sharded(
                 plan,
+                count,
                 run_dir,
-                progress,
-                clock,
-                notify,
-                metrics,
-                cl,
+                progress=progress,
+                clock=clock,
+                notify=notify,
+                ledger=cl,
                 backend=backend,
-                backend_options=_backend_options(backend),
+                metrics_port=metrics_port,
+                metrics_addr=metrics_addr,
             )
+        else:
+            with quiet_gc(), serving:
+                summary = anyio.run(
+                    _send_until_signalled,
+                    plan,
+                    run_dir,
+                    progress,
+                    clock,
+                    notify,
+                    metrics,
+                    cl,
+                    backend=backend,
+                    backend_options=_backend_options(backend),
+                )
     finally:
         if cl is not None:
             cl.ledger.close()
@@ -459,6 +492,50 @@ def send(
             "the rows recorded so far"
         )
     (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
+    return summary
+
+
+def _send_sharded(
+    plan: Plan,
+    count: int,
+    run_dir: Path,
+    *,
+    progress: ProgressHook | None,
+    clock: Clock,
+    notify: Callable[[str], None] | None,
+    ledger: CampaignLedger | None,
+    backend: str,
+    metrics_port: int | None,
+    metrics_addr: str,
+) -> RunSummary | None:
+    """:func:`send` on ``count`` worker processes; None when abandoned."""
+    started = time.perf_counter()
+    if metrics_port is not None and notify is not None:
+        last = metrics_port + count - 1
+        notify(f"metrics: http://{metrics_addr}:{metrics_port}…{last}/metrics (one port per shard)")
+    with quiet_gc():  # frozen before the fork: the workers share what is loaded, copy-on-write
+        run = run_shards(
+            plan,
+            count,
+            run_dir,
+            progress=progress,
+            clock=clock,
+            notify=notify,
+            ledger=ledger,
+            backend=backend,
+            backend_options=_backend_options(backend),
+            metrics_port=metrics_port,
+            metrics_addr=metrics_addr,
+        )
+    if run.abandoned:
+        return None
+    if ledger is not None:
+        ledger.finish(complete=run.complete)
+    if progress is not None:
+        progress(run.recorder, time.perf_counter() - started, 1.0, True)
+    summary = _summarize(plan, run.recorder, "send", time.perf_counter() - started, str(run_dir))
+    summary.files = run.files
+    summary.stopped = run.stopped
     return summary
 
 
@@ -562,16 +639,21 @@ async def _send(
     control: RunControl | None = None,
     shared: SendResources | None = None,
     recorder: RunRecorder | None = None,
+    shard: tuple[int, int] | None = None,
+    on_finish: Callable[[bool], None] | None = None,
 ) -> RunSummary:
     """Send ``plan``; ``control`` pauses and resumes it between batches, ``shared`` lends it the
     gateways and budgets of a long-running service (not opened or closed here), ``recorder`` lets
-    the caller watch the counts while it runs."""
+    the caller watch the counts while it runs. ``shard=(index, count)`` sends only that shard's
+    rows, and ``on_finish`` is then told whether the shard handled all of them, instead of the
+    ledger marking the campaign finished (:mod:`engine.shards`: the parent does, once every shard
+    is done)."""
     started = time.perf_counter()
     ecfg = plan.engine.config
     recorder = recorder or RunRecorder(plan.prices)
     if ledger is not None:
         recorder.sinks.append(ledger)
-    segment = plan.open_segment()  # template and header checks: before any gateway opens
+    segment = plan.open_segment(shard)  # template and header checks: before any gateway opens
     kind = plan.campaign.config.kind
     recorder.metrics = segment.runner.metrics = metrics
     prepare_run(metrics, plan, [s.name for s in segment.runner.stages])
@@ -681,9 +763,14 @@ async def _send(
             finally:
                 for tx, _ in lanes.values():
                     tx.close()
-        if ledger is not None:
-            complete = not (stop is not None and stop.is_set()) and not ledger.should_stop()
-            ledger.finish(complete=complete and exhausted and not recorder.states[State.DEFERRED])
+        stopped = stop is not None and stop.is_set()
+        complete = not stopped and exhausted and not recorder.states[State.DEFERRED]
+        if on_finish is not None:
+            if ledger is not None:
+                ledger.flush()
+            on_finish(complete and (ledger is None or not ledger.should_stop()))
+        elif ledger is not None:
+            ledger.finish(complete=complete and not ledger.should_stop())
     finally:
         segment.close()
         close_writers(recorder)
@@ -707,6 +794,8 @@ async def _send_until_signalled(
     notify: Callable[[str], None] | None,
     metrics: Metrics = NO_METRICS,
     ledger: CampaignLedger | None = None,
+    shard: tuple[int, int] | None = None,
+    on_finish: Callable[[bool], None] | None = None,
 ) -> RunSummary | None:
     """Run :func:`_send`; a first Ctrl-C / SIGTERM stops reading and drains what is in flight, a
     second one abandons it (the row files still close). None when abandoned."""
@@ -729,7 +818,20 @@ async def _send_until_signalled(
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch, tg.cancel_scope)
         try:
-            result.append(await _send(plan, run_dir, progress, clock, notify, stop, metrics, ledger))
+            result.append(
+                await _send(
+                    plan,
+                    run_dir,
+                    progress,
+                    clock,
+                    notify,
+                    stop,
+                    metrics,
+                    ledger,
+                    shard=shard,
+                    on_finish=on_finish,
+                )
+            )
         except EngineError as exc:  # say it plainly, not wrapped in an exception group
             errors.append(exc)
         except BaseExceptionGroup as group:  # a lane's store write failed (disk full…): say that

@@ -1,4 +1,4 @@
-"""What the load tests ask of this machine: a free loopback port, this process's CPU seconds."""
+"""What the load tests ask of this machine: a free loopback port, CPU seconds used (children too)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds() -> float:
-    """User + system CPU seconds this process has used so far."""
+def cpu_seconds(*, children: bool = False) -> float:
+    """User + system CPU seconds this process has used so far; with ``children``, also those of
+    its child processes that have ended and been waited for (a sharded send's workers)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    total = r.ru_utime + r.ru_stime
+    if children:
+        c = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total += c.ru_utime + c.ru_stime
+    return total

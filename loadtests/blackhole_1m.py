@@ -8,8 +8,10 @@ The floor is what any Python program pays for the same input: reading the CSV wi
 ``csv`` module and formatting each row with ``str.format``. Both run in this process, alternating,
 ``--repeat`` times each after one warm-up round; the report gives the best and median of each and
 their ratio, plus the stage runner alone (the engine's stages without reading the file) measured
-the same way. ``send`` counts Prometheus metrics (the default); ``send_metrics_off`` is the same
-send with them off, measured in the same rounds: ``metrics_cost_median`` is what counting costs.
+the same way, and the send split across ``--shards`` worker processes (default 2; the floor stays
+one process: ``shards_to_floor_ratio_median`` is a two-core figure against a one-core floor).
+``send`` counts Prometheus metrics (the default); ``send_metrics_off`` is the same send with them
+off, measured in the same rounds: ``metrics_cost_median`` is what counting costs.
 
     python -m loadtests.blackhole_1m                 # generates loadtests/data/segment-1m.csv once
     python -m loadtests.blackhole_1m --rows 200000 --repeat 3 --json results.json
@@ -74,11 +76,18 @@ def floor(segment: Path) -> float:
 
 
 def engine_send(
-    campaign: Path, runs: Path, *, ledger: bool = False, metrics: bool = True, cpu: list[float] | None = None
+    campaign: Path,
+    runs: Path,
+    *,
+    ledger: bool = False,
+    metrics: bool = True,
+    cpu: list[float] | None = None,
+    shards: int = 1,
 ) -> tuple[float, dict[str, int]]:
     """Rows per second through `pigeon send` (in process) and the summary's states; with
     ``ledger``, every recipient's state kept in the campaign ledger (a fresh store each time);
-    ``metrics`` False turns the Prometheus counting off (it is on by default)."""
+    ``metrics`` False turns the Prometheus counting off (it is on by default); ``shards`` above
+    1 splits the send across that many worker processes (``pigeon send --shards``)."""
     from engine.metrics import NO_METRICS
     from engine.runtime import prepare, send
 
@@ -88,7 +97,7 @@ def engine_send(
             Path(f"{plan.engine.store_path}{suffix}").unlink(missing_ok=True)
     started, cpu_started = time.perf_counter(), time.process_time()  # the whole send(): with the
     summary = send(  # ledger, its opening (SHA-256) counts too
-        plan, runs_dir=runs, ledger=ledger, metrics=None if metrics else NO_METRICS
+        plan, runs_dir=runs, ledger=ledger, metrics=None if metrics else NO_METRICS, shards=shards
     )
     if cpu is not None:  # CPU seconds: steadier than wall clock on a shared machine
         cpu.append(time.process_time() - cpu_started)
@@ -144,7 +153,7 @@ def stages_only(campaign: Path) -> float:
     return n / elapsed
 
 
-_RATES = ("floor", "send", "send_ledger", "stages")
+_RATES = ("floor", "send", "send_ledger", "stages", "send_shards", "send_shards_ledger")
 """The figures in rows per second (the others are µs per row and CPU seconds)."""
 
 
@@ -154,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default 3)")
     p.add_argument("--segment", type=Path, help="CSV to use (default: generated under loadtests/data)")
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=2,
+        help="also send on this many worker processes (pigeon send --shards; default 2, 1: not)",
+    )
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     args = p.parse_args(argv)
 
@@ -173,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             "send_ledger": [],
             "send_metrics_off": [],
             "stages": [],
+            "send_shards": [],
+            "send_shards_ledger": [],
             "ledger_us_per_row": [],
             "send_cpu_s": [],
             "send_ledger_cpu_s": [],
@@ -187,7 +204,14 @@ def main(argv: list[str] | None = None) -> int:
             off, _ = engine_send(campaign, Path(tmp) / "runs", metrics=False)
             st = stages_only(campaign)
             led = ledger_only(args.rows, Path(tmp) / "ledger-only.db")
+            if args.shards > 1:
+                sharded, sharded_states = engine_send(campaign, Path(tmp) / "runs", shards=args.shards)
+                assert sharded_states == states, (sharded_states, states)  # the same outcome, split
+                sharded_ledger, _ = engine_send(campaign, Path(tmp) / "runs", ledger=True, shards=args.shards)
             if round_:
+                if args.shards > 1:
+                    results["send_shards"].append(sharded)
+                    results["send_shards_ledger"].append(sharded_ledger)
                 results["ledger_us_per_row"].append(led)
                 results["send_cpu_s"] += cpu
                 results["send_ledger_cpu_s"] += cpu_ledger
@@ -200,11 +224,24 @@ def main(argv: list[str] | None = None) -> int:
         "segment": str(segment),
         "repeat": args.repeat,
         "states": states,
-        **{f"{k}_best": round(max(v)) for k, v in results.items() if k in _RATES},
-        **{f"{k}_median": round(statistics.median(v)) for k, v in results.items() if k in _RATES},
+        "shards": args.shards,
+        **{f"{k}_best": round(max(v)) for k, v in results.items() if k in _RATES and v},
+        **{f"{k}_median": round(statistics.median(v)) for k, v in results.items() if k in _RATES and v},
         "send_to_floor_ratio_best": round(max(results["send"]) / max(results["floor"]), 3),
         "send_to_floor_ratio_median": round(
             statistics.median(results["send"]) / statistics.median(results["floor"]), 3
+        ),
+        **(
+            {
+                "shards_to_floor_ratio_median": round(
+                    statistics.median(results["send_shards"]) / statistics.median(results["floor"]), 3
+                ),
+                "shards_ledger_to_floor_ratio_median": round(
+                    statistics.median(results["send_shards_ledger"]) / statistics.median(results["floor"]), 3
+                ),
+            }
+            if args.shards > 1
+            else {}
         ),
         "ledger_to_no_ledger_ratio_median": round(
             statistics.median(results["send_ledger"]) / statistics.median(results["send"]), 3

@@ -5,12 +5,13 @@ The simulator runs in its own process (it gets the second core). In the same run
 * baseline: a plain ``httpx.AsyncClient`` loop posting one message per request, 100 concurrent;
 * baseline: the same with 10 concurrent;
 * ``pigeon send`` through the ``http`` gateway with ``max_batch`` 100 (1,000,000 recipients);
-* ``pigeon send`` with ``max_batch`` 1 (one message per request, like the baselines).
+* ``pigeon send`` with ``max_batch`` 1 (one message per request, like the baselines);
+* with ``--shards N``, the batch-100 blast again on N worker processes (``pigeon send --shards``).
 
 Each reports messages per second and the client's CPU per request; Pigeon's runs also give request
 latency percentiles, retries, and messages sent per carrier second by second.
 
-    python -m loadtests.http_blast --rows 1000000 --rows-batch1 20000
+    python -m loadtests.http_blast --rows 1000000 --rows-batch1 20000 --shards 2
 """
 
 from __future__ import annotations
@@ -76,10 +77,19 @@ async def baseline(url: str, requests: int, concurrency: int) -> dict[str, Any]:
 
 
 def engine(
-    url: str, segment: Path, tmp: Path, max_batch: int, in_flight: int, *, ledger: bool = True
+    url: str,
+    segment: Path,
+    tmp: Path,
+    max_batch: int,
+    in_flight: int,
+    *,
+    ledger: bool = True,
+    shards: int = 1,
 ) -> dict[str, Any]:
     """``pigeon send`` of the segment through the http gateway, with the campaign ledger on (as
-    ``pigeon send`` runs); each scenario is its own campaign, and a repeat starts a new run."""
+    ``pigeon send`` runs); each scenario is its own campaign, and a repeat starts a new run.
+    ``shards`` above 1 splits it across that many worker processes (``pigeon send --shards``):
+    their CPU counts in the client's."""
     from engine.metrics import Metrics
     from engine.report import RunRecorder
     from engine.runtime import prepare, send
@@ -133,10 +143,18 @@ respect_optouts = false
                 {"t": round(elapsed, 1), **{c: s.messages for c, s in sorted(rec.carriers.items())}}
             )
 
-    cpu, started = cpu_seconds(), time.perf_counter()
+    cpu, started = cpu_seconds(children=True), time.perf_counter()
     metrics = Metrics(backend="asyncio")  # metrics on: every batch and request counted
-    summary = send(plan, runs_dir=tmp / "runs", progress=sample, metrics=metrics, ledger=ledger, again=ledger)
-    elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    summary = send(
+        plan,
+        runs_dir=tmp / "runs",
+        progress=sample,
+        metrics=metrics,
+        ledger=ledger,
+        again=ledger,
+        shards=shards,
+    )
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds(children=True) - cpu
     sent = summary.states.get("sent", 0)
     requests = summary.gateways["sim"].requests
     return {
@@ -147,7 +165,8 @@ respect_optouts = false
         "requests": requests,
         "cpu_ms_per_request": round(cpu / max(1, requests) * 1000, 3),
         "client_cpu_s": round(cpu, 2),
-        "metrics_requests_counted": round(
+        "shards": shards,
+        "metrics_requests_counted": round(  # shards count in their own processes
             sum(
                 sample.value
                 for family in metrics.registry.collect()
@@ -155,7 +174,9 @@ respect_optouts = false
                 for sample in family.samples
                 if sample.name.endswith("_count")
             )
-        ),
+        )
+        if shards == 1
+        else None,
         "retries": summary.gateways["sim"].retries,
         "latency_ms": summary.gateways["sim"].latency_ms,
         "states": summary.states,
@@ -174,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["batch1", "batch100"], help="skip the other Pigeon scenario")
     p.add_argument(
         "--without-ledger", action="store_true", help="also run the batch-100 blast without the ledger"
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="also run the batch-100 blast on this many worker processes (pigeon send --shards)",
     )
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -208,11 +235,17 @@ def main(argv: list[str] | None = None) -> int:
             big = segment_of(args.rows) if args.only != "batch1" else Path()
             small = make_segment(args.rows_batch1, tmp / "small.csv") if args.only != "batch100" else Path()
             if args.only != "batch1":
-                measured("pigeon_batch_100", lambda: engine(url, big, tmp, 100, args.in_flight_batch100))
+                b100 = args.in_flight_batch100
+                measured("pigeon_batch_100", lambda: engine(url, big, tmp, 100, b100))
                 if args.without_ledger:  # the ledger's cost: the same blast without it, same run
                     measured(
                         "pigeon_batch_100_without_ledger",
-                        lambda: engine(url, big, tmp, 100, args.in_flight_batch100, ledger=False),
+                        lambda: engine(url, big, tmp, 100, b100, ledger=False),
+                    )
+                if args.shards > 1:  # the same blast split across worker processes, same run
+                    measured(
+                        f"pigeon_batch_100_shards_{args.shards}",
+                        lambda: engine(url, big, tmp, 100, b100, shards=args.shards),
                     )
             if args.only != "batch100":
                 measured("pigeon_batch_1", lambda: engine(url, small, tmp, 1, args.in_flight_batch1))

@@ -44,15 +44,17 @@ def standard_stages(
     *,
     forbid_urls_in_fields: bool = False,
     same_content: SameContent | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> list[Stage]:
     """normalize → dedupe → suppress_optouts → cap → route → render → count_parts → hold_quiet_hours.
 
     ``suppress_optouts`` runs when an opt-out set is given (marketing campaigns), ``cap`` when
     the engine configures caps for the campaign's kind, ``hold_quiet_hours`` when the campaign
-    has a send window (marketing, by default).
+    has a send window (marketing, by default). ``shard=(index, count)``: ``normalize`` keeps only
+    that shard's numbers and rejects (a sharded send, :mod:`engine.shards`).
     """
     return [
-        Normalize(),
+        Normalize(shard),
         Dedupe(),
         *([SuppressOptouts(optouts)] if optouts is not None else []),
         *([caps] if caps is not None else []),

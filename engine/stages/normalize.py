@@ -25,12 +25,23 @@ class Normalize:
 
     Clean 11-digit values take a comprehension-only fast path; everything else goes through
     :func:`engine.phone.parse_phone` one by one.
+
+    With ``shard=(index, count)`` (a sharded send, :mod:`engine.shards`) it then keeps only the
+    numbers of its shard — those whose key (:meth:`Batch.number_keys`) modulo ``count`` is
+    ``index`` — and the rejected rows whose row number modulo ``count`` is ``index``; the others
+    leave silently: another shard records them. Every later stage (dedupe, opt-outs, caps) so sees
+    each number in exactly one process.
     """
 
     name = "normalize"
 
+    def __init__(self, shard: tuple[int, int] | None = None) -> None:
+        if shard is not None and not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard {shard[0]} of {shard[1]} does not exist")
+        self.shard = shard
+
     def process(self, batch: Batch) -> None:
-        """Normalize every phone value of the batch."""
+        """Normalize every phone value of the batch (and keep this shard's, when sharded)."""
         numbers = list(map(itemgetter(batch.phone_col), batch.rows))
         # isascii() is O(1) in CPython: check it before the O(n) isdigit().
         odd = [
@@ -39,8 +50,14 @@ class Normalize:
             if not (len(p) == 11 and p.isascii() and p.isdigit() and p[0] == "1")
         ]
         batch.numbers = numbers
-        if not odd:
-            return
+        if odd:
+            self._odd(batch, numbers, odd)
+        if self.shard is not None and batch.nums:
+            index, count = self.shard
+            batch.keep([key % count == index for key in batch.number_keys()])
+
+    def _odd(self, batch: Batch, numbers: list[str], odd: list[int]) -> None:
+        """The values off the fast path: decorated, Excel-mangled, full-width, international or bad."""
         idx: list[int] = []
         reasons: list[str] = []
         details: list[str] = []
@@ -71,4 +88,25 @@ class Normalize:
                 idx.append(i)
                 reasons.append(parsed.reason)
                 details.append(parsed.detail)
+        if self.shard is not None:
+            index, count = self.shard
+            nums = batch.nums
+            if any(nums[i] % count != index for i in idx):
+                # Another shard records those: take them out silently first, then drop the rest
+                # at their new positions (each moved up by the foreign rows before it).
+                mask = [True] * len(nums)
+                mine: list[int] = []
+                keep_reasons: list[str] = []
+                keep_details: list[str] = []
+                foreign = 0
+                for i, reason, detail in zip(idx, reasons, details, strict=True):
+                    if nums[i] % count == index:
+                        mine.append(i - foreign)
+                        keep_reasons.append(reason)
+                        keep_details.append(detail)
+                    else:
+                        mask[i] = False
+                        foreign += 1
+                batch.keep(mask)
+                idx, reasons, details = mine, keep_reasons, keep_details
         batch.drop(idx, reasons, details)

@@ -554,7 +554,12 @@ async def test_delivery_reports_and_opt_out_replies_arrive_from_the_simulator(
 
             async def settled() -> list[dict[str, Any]] | None:
                 views = [(await c.get(f"/v1/messages/{i}")).json() for i in ids]
-                return views if all(v["state"] in ("delivered", "failed") for v in views) else None
+                # The simulator counts a report once its POST is answered: that may come a moment
+                # after the service has applied it.
+                counted = sim.summary()["stats"].get("dlr_sent", 0) >= n
+                return (
+                    views if counted and all(v["state"] in ("delivered", "failed") for v in views) else None
+                )
 
             views = await _until(settled, "every message settled by a report from the simulator")
             stats = sim.summary()["stats"]

@@ -1,0 +1,117 @@
+"""``pigeon send --shards N`` against the simulator: everyone once, budgets kept, signals and kills handled.
+
+The engine runs as a subprocess, as an operator runs it; the simulator runs in a thread of the
+test process. Each test checks the simulator's log against the ledger row for row with the crash
+tests' promise (:func:`_check_ledger_against_log`): every eligible recipient handed over exactly
+once, the duplicates suppressed across shards, the bad rows rejected once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.cli import EXIT_STOPPED
+from loadtests.simulator import SimConfig, SimulatorThread
+from tests.integration.test_crash_resume import (
+    _check_ledger_against_log,
+    _cli,
+    _files,
+    _segment,
+    _start,
+    _wait_for,
+)
+
+RATE = 6000
+"""China Mobile's configured budget, parts per second, that the shards share."""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_three_shards_send_everyone_once_within_the_carrier_budget(tmp_path: Path, backend: str) -> None:
+    rows = 15_000
+    eligible, dups = _segment(tmp_path / "seg.csv", rows)
+    store = tmp_path / "pigeon.db"
+    with SimulatorThread(SimConfig()) as sim:
+        campaign = _files(tmp_path, sim.port, store=store, gateway="in_flight = 6")
+        engine = tmp_path / "engine.toml"
+        engine.write_text(
+            engine.read_text("utf-8").replace(
+                "[carriers.cm]\n", f"[carriers.cm]\nrate_per_second = {RATE}\n"
+            ),
+            encoding="utf-8",
+        )
+        done = _cli(tmp_path, "send", str(campaign), "--shards", "3", "--backend", backend)
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout)
+        peak = sim.max_parts_per_second()
+    assert peak["cm"] <= RATE  # the three shares together, over any 1 s window of the log
+    assert peak["cm"] > RATE / 3  # …and more than one shard's share: they did send side by side
+    states = _check_ledger_against_log(store, sim, eligible, rows, dups)
+    assert summary["rows"] == rows == sum(summary["states"].values())
+    assert summary["states"] == {"sent" if k == "submitted" else k: n for k, n in states.items()}
+    # One rejects file for the run, in row order, each bad row once (not one per shard).
+    run_dir = tmp_path / summary["run_dir"]  # relative to where pigeon ran
+    rejects_file = tmp_path / summary["files"]["rejected"]
+    assert rejects_file.parent == run_dir
+    with rejects_file.open(newline="", encoding="utf-8") as f:
+        listed = [int(r["row"]) for r in csv.DictReader(f)]
+    assert listed == sorted(set(range(2, rows + 2)) - eligible - dups)
+    assert not list(run_dir.glob("shard-*/rejects.csv"))  # merged, not left twice
+
+
+def test_ctrl_c_stops_every_shard_and_resume_finishes_the_rest(tmp_path: Path) -> None:
+    rows = 30_000
+    eligible, dups = _segment(tmp_path / "seg.csv", rows)
+    store = tmp_path / "pigeon.db"
+    with SimulatorThread(SimConfig(latency_ms=20)) as sim:
+        campaign = _files(tmp_path, sim.port, store=store, gateway="in_flight = 2")
+        proc = _start(["send", str(campaign), "--shards", "2"], tmp_path)
+        assert _wait_for(lambda: len(sim.log) >= 3_000, proc, 60)
+        proc.send_signal(signal.SIGINT)  # to the parent only, as a terminal's Ctrl-C reaches it
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == EXIT_STOPPED, err
+        assert "stopping" in err and "Traceback" not in err
+        summary = json.loads(out)
+        assert summary["stopped"] is True
+        assert sum(summary["states"].values()) == summary["rows"]  # what was read is accounted for
+        assert len(sim.log) < len(eligible)  # it stopped part way
+        resumed = _cli(tmp_path, "resume", "crash", "--engine", str(tmp_path / "engine.toml"))
+        assert resumed.returncode == 0, resumed.stderr
+    _check_ledger_against_log(store, sim, eligible, rows, dups)
+
+
+def test_shards_whose_parent_is_killed_stop_and_resume_sends_nobody_twice(tmp_path: Path) -> None:
+    rows = 30_000
+    eligible, dups = _segment(tmp_path / "seg.csv", rows)
+    store = tmp_path / "pigeon.db"
+    with SimulatorThread(SimConfig(latency_ms=20)) as sim:
+        campaign = _files(tmp_path, sim.port, store=store, gateway="in_flight = 2")
+        proc = _start(["send", str(campaign), "--shards", "2"], tmp_path)
+        assert _wait_for(lambda: len(sim.log) >= 3_000, proc, 60)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+        # The orphaned shards notice within a progress interval and drain; the log then stops.
+        deadline, last = time.monotonic() + 20, -1
+        while time.monotonic() < deadline and len(sim.log) != last:
+            last = len(sim.log)
+            time.sleep(1.0)
+        assert len(sim.log) == last, "the shards kept sending after their parent died"
+        assert last < len(eligible)
+        resumed = _cli(tmp_path, "resume", "crash", "--engine", str(tmp_path / "engine.toml"))
+        assert resumed.returncode == 0, resumed.stderr
+    _check_ledger_against_log(store, sim, eligible, rows, dups)
+
+
+def test_a_budget_too_small_to_split_fails_before_anything_is_sent(tmp_path: Path) -> None:
+    _segment(tmp_path / "seg.csv", 10)
+    with SimulatorThread(SimConfig()) as sim:
+        campaign = _files(tmp_path, sim.port, store=tmp_path / "pigeon.db", gateway="rate_per_second = 2")
+        done = _cli(tmp_path, "send", str(campaign), "--shards", "3")
+        assert not sim.log
+    assert done.returncode == 2
+    assert "gateways.sim.rate_per_second" in done.stderr and "at most 2 shards" in done.stderr
