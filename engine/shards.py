@@ -308,6 +308,8 @@ def _worker(
     """One shard, in its own process: send its rows, report its counts, tell how it ended."""
     from engine.runtime import _send_until_signalled  # the runtime imports this module
 
+    for signum in (signal.SIGINT, signal.SIGTERM):  # not the parent's forwarding handler, copied by
+        signal.signal(signum, signal.SIG_IGN)  # fork: the run's own receiver takes over in a moment
     os.setpgid(0, 0)  # Ctrl-C reaches the parent only; it passes signals on
     parent = os.getppid()
     cl: CampaignLedger | None = None
