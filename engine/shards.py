@@ -68,21 +68,14 @@ def check_shards(config: EngineConfig, file: str, count: int) -> None:
         return
     if "fork" not in multiprocessing.get_all_start_methods():
         raise ConfigError(file, "shards", "sharded sends need fork() (Linux, macOS): use shards = 1 here")
-    for name, cc in config.carriers.items():
-        if cc.rate_per_second is not None and cc.rate_per_second < count:
+    budgets = [(f"carriers.{n}", c.rate_per_second) for n, c in config.carriers.items()]
+    budgets += [(f"gateways.{n}", g.rate_per_second) for n, g in config.gateways.items()]
+    for key, rate in budgets:
+        if rate is not None and rate < count:
             raise ConfigError(
                 file,
-                f"carriers.{name}.rate_per_second",
-                f"{cc.rate_per_second}/s cannot be split across {count} shards: use at most "
-                f"{cc.rate_per_second} shards",
-            )
-    for gname, gc in config.gateways.items():
-        if gc.rate_per_second is not None and gc.rate_per_second < count:
-            raise ConfigError(
-                file,
-                f"gateways.{gname}.rate_per_second",
-                f"{gc.rate_per_second}/s cannot be split across {count} shards: use at most "
-                f"{gc.rate_per_second} shards",
+                f"{key}.rate_per_second",
+                f"{rate}/s cannot be split across {count} shards: use at most {rate} shards",
             )
 
 
@@ -321,20 +314,17 @@ def _worker(
         prepare_run(metrics, shard_plan, [])
         last = [0.0]
 
+        recorders: list[RunRecorder] = []  # the run's, kept for the final counts
+
         def report(recorder: RunRecorder, _elapsed: float, fraction: float | None, final: bool) -> None:
+            if not recorders:
+                recorders.append(recorder)
             now = time.monotonic()
             if final or now - last[0] >= PROGRESS_SECONDS:
                 last[0] = now
                 conn.send(("progress", recorder.state(), fraction))
                 if os.getppid() != parent:  # the parent is gone: stop as on a signal
                     os.kill(os.getpid(), signal.SIGTERM)
-
-        recorders: list[RunRecorder] = []
-
-        def keep(recorder: RunRecorder, elapsed: float, fraction: float | None, final: bool) -> None:
-            if not recorders:
-                recorders.append(recorder)
-            report(recorder, elapsed, fraction, final)
 
         outcome: list[bool] = []
         try:
@@ -350,7 +340,7 @@ def _worker(
                     _send_until_signalled,
                     shard_plan,
                     run_dir,
-                    keep,
+                    report,
                     clock,
                     lambda text: conn.send(("notify", text)),
                     metrics,

@@ -11,13 +11,17 @@ from __future__ import annotations
 import csv
 import json
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from engine.cli import EXIT_STOPPED
-from loadtests.simulator import SimConfig, SimulatorThread
+from loadtests.simulator import SimConfig, Simulator, SimulatorThread
 from tests.integration.test_crash_resume import (
     _check_ledger_against_log,
     _cli,
@@ -64,14 +68,32 @@ def test_three_shards_send_everyone_once_within_the_carrier_budget(tmp_path: Pat
     assert not list(run_dir.glob("shard-*/rejects.csv"))  # merged, not left twice
 
 
-def test_ctrl_c_stops_every_shard_and_resume_finishes_the_rest(tmp_path: Path) -> None:
-    rows = 30_000
-    eligible, dups = _segment(tmp_path / "seg.csv", rows)
+class _UnderWay(NamedTuple):
+    proc: subprocess.Popen[str]
+    sim: Simulator
+    store: Path
+    eligible: set[int]
+    dups: set[int]
+
+
+ROWS_UNDER_WAY = 30_000
+
+
+@contextmanager
+def _sharded_send_under_way(tmp_path: Path) -> Iterator[_UnderWay]:
+    """``pigeon send --shards 2`` against a slow simulator, 3,000 messages in; the simulator stops
+    when the ``with`` ends."""
+    eligible, dups = _segment(tmp_path / "seg.csv", ROWS_UNDER_WAY)
     store = tmp_path / "pigeon.db"
     with SimulatorThread(SimConfig(latency_ms=20)) as sim:
         campaign = _files(tmp_path, sim.port, store=store, gateway="in_flight = 2")
         proc = _start(["send", str(campaign), "--shards", "2"], tmp_path)
         assert _wait_for(lambda: len(sim.log) >= 3_000, proc, 60)
+        yield _UnderWay(proc, sim, store, eligible, dups)
+
+
+def test_ctrl_c_stops_every_shard_and_resume_finishes_the_rest(tmp_path: Path) -> None:
+    with _sharded_send_under_way(tmp_path) as (proc, sim, store, eligible, dups):
         proc.send_signal(signal.SIGINT)  # to the parent only, as a terminal's Ctrl-C reaches it
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == EXIT_STOPPED, err
@@ -82,17 +104,11 @@ def test_ctrl_c_stops_every_shard_and_resume_finishes_the_rest(tmp_path: Path) -
         assert len(sim.log) < len(eligible)  # it stopped part way
         resumed = _cli(tmp_path, "resume", "crash", "--engine", str(tmp_path / "engine.toml"))
         assert resumed.returncode == 0, resumed.stderr
-    _check_ledger_against_log(store, sim, eligible, rows, dups)
+    _check_ledger_against_log(store, sim, eligible, ROWS_UNDER_WAY, dups)
 
 
 def test_shards_whose_parent_is_killed_stop_and_resume_sends_nobody_twice(tmp_path: Path) -> None:
-    rows = 30_000
-    eligible, dups = _segment(tmp_path / "seg.csv", rows)
-    store = tmp_path / "pigeon.db"
-    with SimulatorThread(SimConfig(latency_ms=20)) as sim:
-        campaign = _files(tmp_path, sim.port, store=store, gateway="in_flight = 2")
-        proc = _start(["send", str(campaign), "--shards", "2"], tmp_path)
-        assert _wait_for(lambda: len(sim.log) >= 3_000, proc, 60)
+    with _sharded_send_under_way(tmp_path) as (proc, sim, store, eligible, dups):
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
         # The orphaned shards notice within a progress interval and drain; the log then stops.
@@ -104,7 +120,7 @@ def test_shards_whose_parent_is_killed_stop_and_resume_sends_nobody_twice(tmp_pa
         assert last < len(eligible)
         resumed = _cli(tmp_path, "resume", "crash", "--engine", str(tmp_path / "engine.toml"))
         assert resumed.returncode == 0, resumed.stderr
-    _check_ledger_against_log(store, sim, eligible, rows, dups)
+    _check_ledger_against_log(store, sim, eligible, ROWS_UNDER_WAY, dups)
 
 
 def test_a_budget_too_small_to_split_fails_before_anything_is_sent(tmp_path: Path) -> None:
