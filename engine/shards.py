@@ -46,6 +46,9 @@ from engine.report import RecorderState, RunRecorder, RunSummary
 
 __all__ = ["ShardRun", "check_shards", "run_shards", "shard_config"]
 
+SHARDS_MAX = 64
+"""The most shards a send may have (as the engine key ``shards`` allows)."""
+
 PROGRESS_SECONDS = 0.25
 """How often a worker sends its counts to the parent (and always once at the end)."""
 
@@ -64,6 +67,8 @@ def _share(value: int, index: int, count: int) -> int:
 
 def check_shards(config: EngineConfig, file: str, count: int) -> None:
     """Refuse a shard count the machine or the budgets cannot split (before anything is sent)."""
+    if not 1 <= count <= SHARDS_MAX:
+        raise ConfigError(file, "shards", f"{count} is not a number of shards: use 1 to {SHARDS_MAX}")
     if count == 1:
         return
     if "fork" not in multiprocessing.get_all_start_methods():

@@ -71,6 +71,9 @@ def test_rates_and_windows_split_exactly(tmp_path: pytest.TempPathFactory) -> No
     assert [p.gateways["b"].rate_per_second for p in parts] == [None] * 3  # unlimited stays so
     assert all(p.gateways["b"].in_flight >= 1 for p in parts)
     check_shards(cfg, str(path), 7)
+    for bad in (0, -1, 65):
+        with pytest.raises(ConfigError, match=r"not a number of shards: use 1 to 64"):
+            check_shards(cfg, str(path), bad)
     with pytest.raises(ConfigError, match=r"gateways\.a\.rate_per_second.*at most 7 shards"):
         check_shards(cfg, str(path), 8)
 
