@@ -38,9 +38,15 @@ EXIT_STOPPED = 5
 
 def _version() -> str:
     try:
-        return version("pigeon-sms")
+        v = version("pigeon-sms")
     except PackageNotFoundError:  # running from a source tree that is not installed
-        return "0+unknown"
+        v = "0+unknown"
+    from engine import speedups
+
+    if speedups.ACCELERATED:
+        return f"{v} (compiled batch kernels)"
+    why = "PIGEON_PURE is set" if speedups.AVAILABLE else "engine._speedups is not built"
+    return f"{v} (pure-Python batch kernels: {why})"
 
 
 def _store_engine_arg(parser: argparse.ArgumentParser) -> None:

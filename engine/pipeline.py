@@ -15,6 +15,7 @@ from operator import itemgetter
 from time import perf_counter
 from typing import Any, Protocol
 
+from engine import speedups
 from engine.messages import INTL_KEY_OFFSET, MessageBatch, Reject, number_key
 from engine.metrics import NO_METRICS, Metrics
 
@@ -153,23 +154,30 @@ class Batch:
     def messages(self, id_prefix: str) -> dict[str, MessageBatch]:
         """The items left, as one :class:`MessageBatch` per carrier (row order kept within each).
 
-        Grouping is one stable sort of the indices by carrier and one C-level gather per column;
+        Grouping is one counting sort of the indices by carrier (:func:`engine.speedups.group_order`)
+        and one C-level gather per column;
         no per-message object is created.
         """
         nums, numbers, texts, carriers, parts = self.nums, self.numbers, self.texts, self.carriers, self.parts
-        counts = Counter(carriers)
-        if len(counts) == 1:
+        if not nums:
+            return {}
+        first = carriers[0]
+        if carriers.count(first) == len(carriers):  # one C-level scan: a batch of one carrier
             return {
-                carriers[0]: MessageBatch(
-                    carriers[0], rows=nums, numbers=numbers, texts=texts, parts=parts, id_prefix=id_prefix
+                first: MessageBatch(
+                    first, rows=nums, numbers=numbers, texts=texts, parts=parts, id_prefix=id_prefix
                 )
             }
-        take = itemgetter(*sorted(range(len(nums)), key=carriers.__getitem__))
+        grouped = speedups.group_order(carriers)
+        if grouped is None:  # more carriers than the kernel groups (never with the built-in ones)
+            grouped = sorted(range(len(nums)), key=carriers.__getitem__), sorted(Counter(carriers).items())
+        order, groups = grouped
+        take = itemgetter(*order)
         nums_s, numbers_s, texts_s, parts_s = take(nums), take(numbers), take(texts), take(parts)
         out: dict[str, MessageBatch] = {}
         start = 0
-        for c in sorted(counts):
-            end = start + counts[c]
+        for c, n in groups:
+            end = start + n
             out[c] = MessageBatch(
                 c,
                 rows=nums_s[start:end],

@@ -11,7 +11,10 @@ their ratio, plus the stage runner alone (the engine's stages without reading th
 the same way, and the send split across ``--shards`` worker processes (default 2; the floor stays
 one process: ``shards_to_floor_ratio_median`` is a two-core figure against a one-core floor).
 ``send`` counts Prometheus metrics (the default); ``send_metrics_off`` is the same send with them
-off, measured in the same rounds: ``metrics_cost_median`` is what counting costs.
+off, measured in the same rounds: ``metrics_cost_median`` is what counting costs. ``send_pure`` is
+the same send on the pure-Python twins of the compiled batch kernels (``engine.speedups``):
+``pure_to_floor_ratio_median`` is the engine without its C extension, ``kernels_speedup_median``
+what the extension buys.
 
     python -m loadtests.blackhole_1m                 # generates loadtests/data/segment-1m.csv once
     python -m loadtests.blackhole_1m --rows 200000 --repeat 3 --json results.json
@@ -83,22 +86,31 @@ def engine_send(
     metrics: bool = True,
     cpu: list[float] | None = None,
     shards: int = 1,
+    compiled: bool = True,
 ) -> tuple[float, dict[str, int]]:
     """Rows per second through `pigeon send` (in process) and the summary's states; with
     ``ledger``, every recipient's state kept in the campaign ledger (a fresh store each time);
     ``metrics`` False turns the Prometheus counting off (it is on by default); ``shards`` above
-    1 splits the send across that many worker processes (``pigeon send --shards``)."""
+    1 splits the send across that many worker processes (``pigeon send --shards``); ``compiled``
+    False runs the pure-Python twins of the batch kernels."""
+    from engine import speedups
     from engine.metrics import NO_METRICS
     from engine.runtime import prepare, send
+
+    if speedups.use(compiled) != compiled:
+        raise SystemExit("engine._speedups is not built: pip install -e . with a C compiler")
 
     plan = prepare(campaign)
     if ledger:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{plan.engine.store_path}{suffix}").unlink(missing_ok=True)
     started, cpu_started = time.perf_counter(), time.process_time()  # the whole send(): with the
-    summary = send(  # ledger, its opening (SHA-256) counts too
-        plan, runs_dir=runs, ledger=ledger, metrics=None if metrics else NO_METRICS, shards=shards
-    )
+    try:
+        summary = send(  # ledger, its opening (SHA-256) counts too
+            plan, runs_dir=runs, ledger=ledger, metrics=None if metrics else NO_METRICS, shards=shards
+        )
+    finally:
+        speedups.use(True)
     if cpu is not None:  # CPU seconds: steadier than wall clock on a shared machine
         cpu.append(time.process_time() - cpu_started)
     return summary.rows / (time.perf_counter() - started), summary.states
@@ -153,7 +165,7 @@ def stages_only(campaign: Path) -> float:
     return n / elapsed
 
 
-_RATES = ("floor", "send", "send_ledger", "stages", "send_shards", "send_shards_ledger")
+_RATES = ("floor", "send", "send_ledger", "send_pure", "stages", "send_shards", "send_shards_ledger")
 """The figures in rows per second (the others are µs per row and CPU seconds)."""
 
 
@@ -187,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             "send": [],
             "send_ledger": [],
             "send_metrics_off": [],
+            "send_pure": [],
             "stages": [],
             "send_shards": [],
             "send_shards_ledger": [],
@@ -202,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             rate, states = engine_send(campaign, Path(tmp) / "runs", cpu=cpu)
             rate_ledger, _ = engine_send(campaign, Path(tmp) / "runs", ledger=True, cpu=cpu_ledger)
             off, _ = engine_send(campaign, Path(tmp) / "runs", metrics=False)
+            pure, pure_states = engine_send(campaign, Path(tmp) / "runs", compiled=False)
+            assert pure_states == states, (pure_states, states)  # the same outcome, without C
             st = stages_only(campaign)
             led = ledger_only(args.rows, Path(tmp) / "ledger-only.db")
             if args.shards > 1:
@@ -219,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["send"].append(rate)
                 results["send_ledger"].append(rate_ledger)
                 results["send_metrics_off"].append(off)
+                results["send_pure"].append(pure)
                 results["stages"].append(st)
     report = {
         "segment": str(segment),
@@ -242,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
             }
             if args.shards > 1
             else {}
+        ),
+        "pure_to_floor_ratio_median": round(
+            statistics.median(results["send_pure"]) / statistics.median(results["floor"]), 3
+        ),
+        "kernels_speedup_median": round(
+            statistics.median(a / b for a, b in zip(results["send"], results["send_pure"], strict=True)), 3
         ),
         "ledger_to_no_ledger_ratio_median": round(
             statistics.median(results["send_ledger"]) / statistics.median(results["send"]), 3

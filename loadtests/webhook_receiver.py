@@ -75,6 +75,8 @@ class Receiver:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
+        except asyncio.CancelledError:
+            pass  # the receiver stopping (a hung handler included): end quietly, socket closed below
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
@@ -117,6 +119,8 @@ class ReceiverThread:
         for task in pending:
             task.cancel()
         self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        # Closed transports let go of their sockets on the loop's next turns: give it those.
+        self._loop.run_until_complete(asyncio.sleep(0.01))
         self._loop.close()
 
     def __enter__(self) -> Receiver:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from engine import speedups
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,6 +26,22 @@ def promtool() -> str:
             pytest.fail(hint)
         pytest.skip(hint)
     return found
+
+
+@pytest.fixture(scope="module", params=["compiled", "pure"])
+def kernels(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a module's tests on the compiled batch kernels and again on their pure-Python twins
+    (engine.speedups). CI sets PIGEON_REQUIRE_SPEEDUPS (.ci/run): there an install without the
+    compiled ones fails; elsewhere their runs are skipped, saying why."""
+    if request.param == "compiled" and not speedups.AVAILABLE:
+        hint = "engine._speedups is not built (no C compiler at install?): pip install -e . with gcc"
+        if os.environ.get("PIGEON_REQUIRE_SPEEDUPS"):
+            pytest.fail(hint)
+        pytest.skip(hint)
+    before = speedups.ACCELERATED
+    speedups.use(request.param == "compiled")
+    yield request.param
+    speedups.use(before)
 
 
 ENGINE_FILE = """\

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine import sms
+from engine import sms, speedups
 from engine.messages import RejectReason
 from engine.pipeline import Batch, positions
 from engine.template import Template
@@ -31,15 +31,15 @@ class CountParts:
     def process(self, batch: Batch) -> None:
         """Count the parts of every text of the batch."""
         texts = batch.texts
-        joined = "".join(texts)
         if self.ucs2:
-            # No character outside the BMP ⇔ UTF-16 takes exactly two bytes per character.
-            plain = len(joined.encode("utf-16-le", "surrogatepass")) == 2 * len(joined)
+            # Every character in the BMP: a text's UTF-16 length is its len().
+            lengths, plain = speedups.text_lengths(texts)
         else:
+            joined = "".join(texts)
             plain = sms.NOT_GSM7.search(joined) is None and sms.GSM7_EXT_RE.search(joined) is None
+            lengths = list(map(len, texts)) if plain else []
         limit = self.max_units
         if plain:
-            lengths = list(map(len, texts))
             if max(lengths) <= limit:
                 parts = list(map(self.table.__getitem__, lengths))
             else:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from operator import itemgetter
 
+import pytest
 from hypothesis import given, strategies as st
 
 from plugins.source_file._project import BlockProjector
+
+pytestmark = pytest.mark.usefixtures("kernels")  # on the compiled kernels and the pure twins
 
 # Field text without the delimiter (but with spaces, \r, CJK and an occasional \n inside a
 # "line", so that some generated lines have the wrong width or mixed line ends).

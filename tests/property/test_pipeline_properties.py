@@ -6,6 +6,7 @@ import csv
 import io
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from engine.carriers import default_prefix_table
@@ -18,6 +19,8 @@ from engine.stages import Dedupe, Normalize, standard_stages
 from engine.template import compile_template
 from plugins.source_file.config import CsvConfig
 from plugins.source_file.csv_source import CsvSource
+
+pytestmark = pytest.mark.usefixtures("kernels")  # on the compiled kernels and the pure twins
 
 TABLE = default_prefix_table()
 SENDABLE = sorted({k[:3] for k in TABLE.route})

@@ -9,6 +9,8 @@ from engine.phone import parse_phone
 from engine.pipeline import Batch
 from engine.stages import Normalize
 
+pytestmark = pytest.mark.usefixtures("kernels")  # on the compiled kernels and the pure twins
+
 FW = str.maketrans("0123456789", "０１２３４５６７８９")
 
 

@@ -19,6 +19,8 @@ from plugins.source_file.config import CsvConfig, JsonlConfig
 from plugins.source_file.csv_source import CsvSource
 from plugins.source_file.jsonl_source import JsonlSource
 
+pytestmark = pytest.mark.usefixtures("kernels")  # on the compiled kernels and the pure twins
+
 Write = Callable[[str, str | bytes], Path]
 
 

@@ -10,6 +10,8 @@ from engine.pipeline import Batch, StageRunner, positions
 from engine.stages import CountParts, Dedupe, Normalize, Render, Route, standard_stages
 from engine.template import compile_template
 
+pytestmark = pytest.mark.usefixtures("kernels")  # on the compiled kernels and the pure twins
+
 ALL = {"cm", "cu", "ct", "cbn", "intl"}
 
 

@@ -1,0 +1,182 @@
+"""The batch kernels of the hot path: compiled (``engine/_speedups.c``) when built, else pure Python.
+
+Five whole-batch functions carry the per-recipient loops that no chain of C-level builtins covers
+in one pass: projecting a CSV block onto the wanted columns, telling clean Chinese mobiles from
+the rest (and keying them), first-seen filtering for dedupe, grouping by carrier, and the text
+lengths for billing. Each has a pure-Python twin here with exactly the same results;
+``tests/unit/test_speedups.py`` checks the two against each other on generated input.
+
+The stages call them through this module (``speedups.first_seen(...)``), so :func:`use` switches
+every stage at once: the load tests measure both, and ``PIGEON_PURE=1`` in the environment starts
+the engine on the twins (to rule the extension out when chasing a bug). :data:`ACCELERATED` says
+which are in use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from types import ModuleType
+from typing import Any
+
+__all__ = [
+    "ACCELERATED",
+    "AVAILABLE",
+    "first_seen",
+    "group_order",
+    "phone_keys",
+    "project_block",
+    "text_lengths",
+    "use",
+]
+
+
+# ---- the pure-Python twins -------------------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def _patterns(delimiter: str, ncols: int, positions: tuple[int, ...]) -> tuple[Any, Any, Any]:
+    """The LF and CRLF patterns capturing the columns at ``positions``, and the reordering."""
+    order = sorted(positions)
+    d = re.escape(delimiter)
+    wanted = set(order)
+
+    def pattern(last_excluded: str, end: str) -> re.Pattern[str]:
+        fields = []
+        for col in range(ncols):
+            inner = f"[^{d}]*" if col < ncols - 1 else f"[^{d}{last_excluded}]*"
+            fields.append(f"({inner})" if col in wanted else inner)
+        return re.compile("^" + d.join(fields) + end, re.MULTILINE)
+
+    perm = [order.index(p) for p in positions]
+    reorder = None
+    if perm != list(range(len(perm))):
+        reorder = (lambda t: tuple(t[i] for i in perm)) if len(perm) == 1 else _itemgetter(perm)
+    return pattern(r"\n", "$"), pattern(r"\r", r"\r$"), reorder
+
+
+def _itemgetter(perm: list[int]) -> Callable[[Any], Any]:
+    from operator import itemgetter
+
+    return itemgetter(*perm)
+
+
+def _py_project_block(
+    block: str, delimiter: str, ncols: int, positions: tuple[int, ...]
+) -> list[tuple[str, ...]] | None:
+    """One tuple of the fields at ``positions`` per line of a quote-free ``block`` (whole lines,
+    no final newline), or None when some line does not have exactly ``ncols`` fields or the line
+    ends are mixed.
+
+    One ``findall`` with a pattern capturing only the wanted columns: each match is anchored at a
+    line start and a line end and matches never overlap, so as many matches as lines means every
+    line is one match with exactly ``ncols`` fields.
+    """
+    if delimiter in "\r\n" or len(delimiter) != 1:
+        raise ValueError("the delimiter must be one character, not a line end")
+    if any(not 0 <= p < ncols for p in positions):
+        raise ValueError("a position is outside the row")
+    lf, crlf_pattern, reorder = _patterns(delimiter, ncols, positions)
+    nl = block.count("\n")
+    crlf = "\r" in block
+    found: list[Any] = (crlf_pattern if crlf else lf).findall(block)
+    if len(found) != nl + 1:
+        return None
+    # CRLF: each of the nl + 1 matches ends with \r, so no other \r may exist (a lone \r).
+    if crlf and block.count("\r") != nl + 1:
+        return None
+    if len(positions) == 1:
+        found = [(v,) for v in found]  # findall gives strings, not tuples, for one group
+    elif reorder is not None:
+        found = list(map(reorder, found))
+    return found
+
+
+def _py_phone_keys(numbers: list[str]) -> tuple[list[int], list[int]]:
+    """The clean values (11 ASCII digits starting with 1) as ints and 0 for the others, and the
+    positions of the others."""
+    # isascii() is O(1) in CPython: check it before the O(n) isdigit().
+    odd = [
+        i for i, p in enumerate(numbers) if not (len(p) == 11 and p.isascii() and p.isdigit() and p[0] == "1")
+    ]
+    if not odd:
+        return list(map(int, numbers)), odd
+    values = numbers.copy()
+    for i in odd:
+        values[i] = "0"
+    return list(map(int, values)), odd
+
+
+def _py_first_seen(seen: set[int], keys: list[int]) -> list[int]:
+    """Add every key to ``seen``; the positions of the keys already there (or earlier in ``keys``)."""
+    if seen.isdisjoint(keys):
+        before = len(seen)
+        seen.update(keys)
+        if len(seen) - before == len(keys):
+            return []  # no key seen before, none twice in the batch: two set operations in C
+        seen.difference_update(keys)  # a key twice in this batch: redo it item by item
+    dup: list[int] = []
+    add = seen.add
+    for i, k in enumerate(keys):
+        if k in seen:
+            dup.append(i)
+        else:
+            add(k)
+    return dup
+
+
+def _py_group_order(carriers: list[str]) -> tuple[list[int], list[tuple[str, int]]] | None:
+    """The positions grouped by carrier (carriers sorted, positions ascending within each) and
+    each group's (carrier, count)."""
+    counts = Counter(carriers)
+    if len(counts) > 32:
+        return None  # as the compiled twin: the caller sorts for itself
+    return sorted(range(len(carriers)), key=carriers.__getitem__), sorted(counts.items())
+
+
+def _py_text_lengths(texts: list[str]) -> tuple[list[int], bool]:
+    """``len()`` of each text, and whether every character is in the Basic Multilingual Plane."""
+    joined = "".join(texts)
+    # No character outside the BMP ⇔ UTF-16 takes exactly two bytes per character.
+    return list(map(len, texts)), len(joined.encode("utf-16-le", "surrogatepass")) == 2 * len(joined)
+
+
+# ---- selection -------------------------------------------------------------------------------
+
+project_block: Callable[[str, str, int, tuple[int, ...]], list[tuple[str, ...]] | None]
+phone_keys: Callable[[list[str]], tuple[list[int], list[int]]]
+first_seen: Callable[[set[int], list[int]], list[int]]
+group_order: Callable[[list[str]], tuple[list[int], list[tuple[str, int]]] | None]
+text_lengths: Callable[[list[str]], tuple[list[int], bool]]
+
+_compiled: ModuleType | None
+try:
+    from engine import _speedups
+except ImportError:  # built without a C compiler: the twins above serve
+    _compiled = None
+else:
+    _compiled = _speedups
+
+AVAILABLE: bool = _compiled is not None
+"""Whether the compiled kernels were built with this install."""
+ACCELERATED: bool = False
+"""Whether the compiled kernels are in use now (see :func:`use`)."""
+
+_NAMES: Sequence[str] = ("project_block", "phone_keys", "first_seen", "group_order", "text_lengths")
+
+
+def use(accelerated: bool) -> bool:
+    """Switch every stage to the compiled kernels (when built) or to the pure-Python twins;
+    returns whether the compiled ones are now in use."""
+    global ACCELERATED
+    source: Any = _compiled if accelerated and _compiled is not None else None
+    for name in _NAMES:
+        globals()[name] = getattr(source, name) if source is not None else globals()[f"_py_{name}"]
+    ACCELERATED = source is not None
+    return ACCELERATED
+
+
+use(os.environ.get("PIGEON_PURE", "") in ("", "0"))

@@ -1,0 +1,127 @@
+"""The compiled batch kernels give exactly what their pure-Python twins give, on generated input."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from hypothesis import given, strategies as st
+
+from engine import speedups
+
+if speedups.AVAILABLE:
+    from engine import _speedups as compiled
+elif os.environ.get("PIGEON_REQUIRE_SPEEDUPS"):  # CI (.ci/run): the extension must be built
+    pytest.fail("engine._speedups is not built: pip install -e . with a C compiler", pytrace=False)
+else:
+    pytest.skip("engine._speedups is not built (no C compiler at install)", allow_module_level=True)
+
+# Text of every storage width (ASCII, Latin-1, CJK, an emoji) and the characters that matter to a
+# CSV line: delimiters, \r and \n, so that some generated lines have the wrong width or mixed ends.
+_FIELD = st.text(alphabet=st.sampled_from("ab 1é张😀\r\n,;\t"), max_size=5)
+
+
+@st.composite
+def blocks(draw: st.DrawFn) -> tuple[str, str, int, tuple[int, ...]]:
+    delim = draw(st.sampled_from([",", ";", "\t", "张"]))
+    ncols = draw(st.integers(1, 6))
+    positions = tuple(draw(st.lists(st.integers(0, ncols - 1), min_size=1, max_size=ncols, unique=True)))
+    rows = draw(st.lists(st.lists(_FIELD, min_size=max(ncols - 1, 0), max_size=ncols + 1), min_size=1, max_size=6))
+    eol = draw(st.sampled_from(["\n", "\r\n"]))
+    block = eol.join(delim.join(r) for r in rows) + ("\r" if eol == "\r\n" else "")
+    return block, delim, ncols, positions
+
+
+@given(blocks())
+def test_project_block_agrees(case: tuple[str, str, int, tuple[int, ...]]) -> None:
+    assert compiled.project_block(*case) == speedups._py_project_block(*case)
+
+
+def test_project_block_on_each_shape() -> None:
+    for f in (compiled.project_block, speedups._py_project_block):
+        assert f("a,b,c\nd,e,f", ",", 3, (2, 0)) == [("c", "a"), ("f", "d")]
+        assert f("a,b,c\r\nd,e,f\r", ",", 3, (1,)) == [("b",), ("e",)]
+        assert f("a,b,c\r\nd,e,f", ",", 3, (1,)) is None  # the last line without its \r
+        assert f("a,b\r,c\r", ",", 3, (1,)) is None  # a lone \r inside a field
+        assert f("a,b,c\nd,e", ",", 3, (0,)) is None  # a short row
+        assert f("a,b,c\nd,e,f,g", ",", 3, (0,)) is None  # a long row
+        assert f("a,b,c\n\nd,e,f", ",", 3, (0,)) is None  # a blank line
+        assert f("", ",", 2, (0,)) is None
+        assert f("张三,😀,x", ",", 3, (1, 0)) == [("😀", "张三")]  # 4-byte storage
+        assert f(",,", ",", 3, (0, 1, 2)) == [("", "", "")]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (b"a,b", ",", 2, (0,)),  # bytes, not str
+        ("a,b", ",,", 2, (0,)),  # a two-character delimiter
+        ("a,b", "\n", 2, (0,)),  # a line end as delimiter
+        ("a,b", ",", 2, (2,)),  # a position past the row
+        ("a,b", ",", 2, (-1,)),
+    ],
+)
+def test_project_block_refuses_bad_arguments(args: tuple[Any, ...]) -> None:
+    for f in (compiled.project_block, speedups._py_project_block):
+        with pytest.raises((TypeError, ValueError)):
+            f(*args)
+
+
+_PHONE = st.one_of(
+    st.from_regex(r"\A1[0-9]{10}\Z"),
+    st.text(alphabet=st.sampled_from("0123456789１+- .a"), max_size=14),
+    st.sampled_from(["", "1380013800", "138001380000", "23800138000", "1380013800a", "１３８００１３８０００"]),
+)
+
+
+@given(st.lists(_PHONE, max_size=40))
+def test_phone_keys_agree(numbers: list[str]) -> None:
+    keys, odd = compiled.phone_keys(numbers)
+    assert (keys, odd) == speedups._py_phone_keys(numbers)
+    assert all(keys[i] == int(n) for i, n in enumerate(numbers) if i not in set(odd))
+
+
+@given(st.sets(st.integers(0, 30)), st.lists(st.integers(0, 30), max_size=40))
+def test_first_seen_agrees(seen: set[int], keys: list[int]) -> None:
+    seen_py = set(seen)
+    assert compiled.first_seen(seen, keys) == speedups._py_first_seen(seen_py, keys)
+    assert seen == seen_py == seen_py | set(keys)
+
+
+@given(st.lists(st.sampled_from(["cm", "cu", "ct", "cbn", "intl", "".join(["c", "m"])]), max_size=60))
+def test_group_order_agrees(carriers: list[str]) -> None:
+    # "".join(["c", "m"]) is equal to "cm" but another object: grouping goes by value
+    assert compiled.group_order(carriers) == speedups._py_group_order(carriers)
+
+
+def test_group_order_declines_past_32_carriers() -> None:
+    carriers = [f"c{i}" for i in range(33)]
+    assert compiled.group_order(carriers) is None
+    assert speedups._py_group_order(carriers) is None
+    assert compiled.group_order([f"c{i}" for i in range(32)]) is not None
+
+
+@given(st.lists(st.text(max_size=8), max_size=20))
+def test_text_lengths_agree(texts: list[str]) -> None:
+    assert compiled.text_lengths(texts) == speedups._py_text_lengths(texts)
+
+
+@pytest.mark.parametrize(
+    ("name", "arg"),
+    [("phone_keys", [138]), ("group_order", ["cm", 1]), ("text_lengths", [b"x"]), ("phone_keys", ("1",))],
+)
+def test_kernels_refuse_what_is_not_a_list_of_str(name: str, arg: object) -> None:
+    with pytest.raises(TypeError):
+        getattr(compiled, name)(arg)
+
+
+def test_use_switches_every_kernel() -> None:
+    before = speedups.ACCELERATED
+    try:
+        assert speedups.use(False) is False
+        assert speedups.first_seen is speedups._py_first_seen
+        assert speedups.use(True) is True
+        assert speedups.first_seen is compiled.first_seen
+    finally:
+        speedups.use(before)
