@@ -129,8 +129,97 @@ done:
 
 /* ---- phone_keys --------------------------------------------------------------------------- */
 
-/* For a list of phone values: the clean ones (11 ASCII digits starting with 1) as ints, 0 for the
- * others, and the positions of the others ("odd": decorated, international or bad values). */
+/* An 11-digit national mobile in `d` (ASCII digits, the first 1)? Returns its value or -1. */
+static long long
+national_value(const Py_UCS4 *d, Py_ssize_t n)
+{
+    if (n != 11 || d[0] != '1')
+        return -1;
+    long long v = 0;
+    for (Py_ssize_t k = 0; k < 11; k++) {
+        if (d[k] < '0' || d[k] > '9')
+            return -1;
+        v = v * 10 + (long long)(d[k] - '0');
+    }
+    return v;
+}
+
+/* The cheap tiers of normalization for one value that is not already clean, as
+ * engine/stages/normalize.py describes them: (2) spaces and dashes removed, then an optional +86,
+ * 0086 or 86 before 11 digits starting with 1; (3) Excel's 13800138000.0 (one dot, then only
+ * zeros) and 11 full-width digits starting with １. Returns the national number's value, or -1. */
+static long long
+cheap_tiers(PyObject *s)
+{
+    const int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    const Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    Py_UCS4 buf[16];
+    Py_ssize_t m = 0;
+    /* Tier 2. */
+    int fits = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c == ' ' || c == '-')
+            continue;
+        if (m == 16) {
+            fits = 0;
+            break;
+        }
+        buf[m++] = c;
+    }
+    if (fits) {
+        long long v = national_value(buf, m);
+        if (v < 0 && m == 14 && buf[0] == '+' && buf[1] == '8' && buf[2] == '6')
+            v = national_value(buf + 3, 11);
+        else if (v < 0 && m == 15 && buf[0] == '0' && buf[1] == '0' && buf[2] == '8' && buf[3] == '6')
+            v = national_value(buf + 4, 11);
+        else if (v < 0 && m == 13 && buf[0] == '8' && buf[1] == '6')
+            v = national_value(buf + 2, 11);
+        if (v >= 0)
+            return v;
+    }
+    /* Tier 3: Excel's trailing .0, else full-width digits (the raw value, nothing removed). */
+    Py_ssize_t dot = PyUnicode_FindChar(s, '.', 0, n, 1);
+    if (dot >= 0) {
+        if (dot != 11 || n == 12)
+            return -1;
+        for (Py_ssize_t i = 12; i < n; i++)
+            if (PyUnicode_READ(kind, data, i) != '0')
+                return -1;
+        for (Py_ssize_t i = 0; i < 11; i++)
+            buf[i] = PyUnicode_READ(kind, data, i);
+        return national_value(buf, 11);
+    }
+    if (n != 11)
+        return -1;
+    for (Py_ssize_t i = 0; i < 11; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c < 0xFF10 || c > 0xFF19)
+            return -1;
+        buf[i] = c - 0xFF10 + '0';
+    }
+    return national_value(buf, 11);
+}
+
+/* The 11-digit string of a national number's value. */
+static PyObject *
+national_str(long long v)
+{
+    PyObject *out = PyUnicode_New(11, 127);
+    if (out == NULL)
+        return NULL;
+    Py_UCS1 *c = PyUnicode_1BYTE_DATA(out);
+    for (int k = 10; k >= 0; k--) {
+        c[k] = (Py_UCS1)('0' + v % 10);
+        v /= 10;
+    }
+    return out;
+}
+
+/* For a list of phone values: each clean one (11 ASCII digits starting with 1) as an int; each
+ * one the cheap tiers read replaced in `numbers` by its 11-digit national string, and keyed; 0 for
+ * the rest, whose positions come back as "odd" (for the full parser). */
 static PyObject *
 phone_keys(PyObject *Py_UNUSED(module), PyObject *numbers)
 {
@@ -163,6 +252,12 @@ phone_keys(PyObject *Py_UNUSED(module), PyObject *numbers)
                     v = v * 10 + (c[k] - '0');
                 }
             }
+        }
+        if (v < 0 && (v = cheap_tiers(s)) >= 0) {
+            PyObject *national = national_str(v);
+            if (national == NULL)
+                goto fail;
+            PyList_SetItem(numbers, i, national); /* steals it, releases the raw value */
         }
         PyObject *key;
         if (v >= 0) {

@@ -95,19 +95,60 @@ def _py_project_block(
     return found
 
 
-def _py_phone_keys(numbers: list[str]) -> tuple[list[int], list[int]]:
-    """The clean values (11 ASCII digits starting with 1) as ints and 0 for the others, and the
-    positions of the others."""
+_TIER2 = re.compile(r"^(?:\+86|0086|86)?(1[0-9]{10})$|^.*$", re.MULTILINE)
+"""One result per line: the 11-digit national number of a decorated value, or ""."""
+_TIER2_ONE = re.compile(r"(?:\+86|0086|86)?(1[0-9]{10})")
+_FULL_WIDTH = str.maketrans("０１２３４５６７８９", "0123456789")
+
+
+def _clean(p: str) -> bool:
+    """An 11-digit ASCII Chinese mobile as it is (the fast path's test)."""
     # isascii() is O(1) in CPython: check it before the O(n) isdigit().
+    return len(p) == 11 and p.isascii() and p.isdigit() and p[0] == "1"
+
+
+def _py_phone_keys(numbers: list[str]) -> tuple[list[int], list[int]]:
+    """Key the clean values (11 ASCII digits starting with 1) as ints; replace in ``numbers`` the
+    values the cheap tiers read by their 11-digit national number, and key them; 0 for the rest,
+    whose positions come back ("odd": for the full parser).
+
+    The tiers, as :func:`engine.phone.parse_phone` reads those forms: spaces and dashes removed,
+    then an optional ``+86``, ``0086`` or ``86`` before the 11 digits; Excel's ``13800138000.0``;
+    11 full-width digits.
+    """
     odd = [
         i for i, p in enumerate(numbers) if not (len(p) == 11 and p.isascii() and p.isdigit() and p[0] == "1")
     ]
     if not odd:
         return list(map(int, numbers)), odd
+    # Second tier, for all the odd values at once: one regex pass over the lines gives each its
+    # national number or "" (a value holding a newline would shift the lines: one by one then).
+    vals = [numbers[i] for i in odd]
+    stripped = "\n".join(vals).replace(" ", "").replace("-", "")
+    nationals: list[str] = _TIER2.findall(stripped)
+    if len(nationals) != len(vals):
+        nationals = [
+            m.group(1) if (m := _TIER2_ONE.fullmatch(v.replace(" ", "").replace("-", ""))) else ""
+            for v in vals
+        ]
+    rest: list[int] = []
+    for i, raw, national in zip(odd, vals, nationals, strict=True):
+        if not national:
+            # Third tier: Excel's 13800138000.0 and full-width digits.
+            head, dot, zeros = raw.partition(".")
+            if dot:
+                if zeros and not zeros.strip("0") and _clean(head):
+                    national = head
+            elif len(raw) == 11 and raw[0] == "\uff11" and max(raw) <= "\uff19" and min(raw) >= "\uff10":
+                national = raw.translate(_FULL_WIDTH)
+        if national:
+            numbers[i] = national
+        else:
+            rest.append(i)
     values = numbers.copy()
-    for i in odd:
+    for i in rest:
         values[i] = "0"
-    return list(map(int, values)), odd
+    return list(map(int, values)), rest
 
 
 def _py_first_seen(seen: set[int], keys: list[int]) -> list[int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from operator import itemgetter
 
 from engine import speedups
@@ -11,22 +10,14 @@ from engine.pipeline import Batch, number_key
 
 __all__ = ["Normalize"]
 
-_TIER2 = re.compile(r"^(?:\+86|0086|86)?(1[0-9]{10})$|^.*$", re.MULTILINE)
-"""One result per line: the 11-digit national number of a decorated value, or ""."""
-_FULL_WIDTH = str.maketrans("０１２３４５６７８９", "0123456789")
-
-
-def _clean(p: str) -> bool:
-    """An 11-digit ASCII Chinese mobile as it is (the fast path's test)."""
-    return len(p) == 11 and p.isascii() and p.isdigit() and p[0] == "1"
-
 
 class Normalize:
     """Fills ``batch.numbers``: an 11-digit Chinese mobile, or E.164 for other countries.
 
-    Clean 11-digit values take the fast path (:func:`engine.speedups.phone_keys`, which keys them
-    in the same pass); the rest go through two batch-wide tiers, then
-    :func:`engine.phone.parse_phone` one by one. ``batch.keys`` is filled as well.
+    One batch-wide pass (:func:`engine.speedups.phone_keys`) keys the clean 11-digit values and
+    reads the usual decorations (``+86 138-0013-8000``, ``0086…``, ``86…``), Excel's
+    ``13800138000.0`` and full-width digits; only the rest go through
+    :func:`engine.phone.parse_phone`, one by one. ``batch.keys`` is filled as well.
 
     With ``shard=(index, count)`` (a sharded send, :mod:`engine.shards`) it then keeps only the
     numbers of its shard — those whose key (:meth:`Batch.number_keys`) modulo ``count`` is
@@ -45,7 +36,7 @@ class Normalize:
     def process(self, batch: Batch) -> None:
         """Normalize every phone value of the batch (and keep this shard's, when sharded)."""
         numbers = list(map(itemgetter(batch.phone_col), batch.rows))
-        keys, odd = speedups.phone_keys(numbers)  # the clean values keyed in the same pass
+        keys, odd = speedups.phone_keys(numbers)  # keyed, the cheap forms read in place
         batch.numbers = numbers
         batch.keys = keys
         if odd:
@@ -55,37 +46,14 @@ class Normalize:
             batch.keep([key % count == index for key in batch.number_keys()])
 
     def _odd(self, batch: Batch, numbers: list[str], keys: list[int], odd: list[int]) -> None:
-        """The values off the fast path: decorated, Excel-mangled, full-width, international or bad.
-
-        Each value it reads is written back to ``numbers`` and keyed in ``keys``; the others are
-        dropped with their reason."""
+        """The values the cheap tiers did not read: international, unusual or bad, through the
+        full parser one by one. Each it reads is written back to ``numbers`` and keyed in
+        ``keys``; the others are dropped with their reason."""
         idx: list[int] = []
         reasons: list[str] = []
         details: list[str] = []
-        # Second tier, for all the odd values at once: the usual decorations (+86 138-0013-8000,
-        # 0086…, 86…) are spaces and dashes removed, then one regex pass gives each line its
-        # national number or "" (a value holding a newline would shift the lines: all "" then).
-        vals = [numbers[i] for i in odd]
-        nationals = _TIER2.findall("\n".join(vals).replace(" ", "").replace("-", ""))
-        if len(nationals) != len(vals):
-            nationals = [""] * len(vals)
-        for i, raw, national in zip(odd, vals, nationals, strict=True):
-            if national:
-                numbers[i] = national
-                keys[i] = int(national)
-                continue
-            # Third tier, as parse_phone reads them: Excel's 13800138000.0 and full-width digits.
-            head, dot, zeros = raw.partition(".")
-            if dot:
-                if zeros and not zeros.strip("0") and _clean(head):
-                    numbers[i] = head
-                    keys[i] = int(head)
-                    continue
-            elif len(raw) == 11 and raw[0] == "\uff11" and max(raw) <= "\uff19" and min(raw) >= "\uff10":
-                numbers[i] = raw.translate(_FULL_WIDTH)
-                keys[i] = int(numbers[i])
-                continue
-            parsed = parse_phone(raw)
+        for i in odd:
+            parsed = parse_phone(numbers[i])
             if parsed.reason is None:
                 numbers[i] = parsed.national or parsed.e164
                 keys[i] = number_key(numbers[i])

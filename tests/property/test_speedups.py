@@ -27,7 +27,9 @@ def blocks(draw: st.DrawFn) -> tuple[str, str, int, tuple[int, ...]]:
     delim = draw(st.sampled_from([",", ";", "\t", "张"]))
     ncols = draw(st.integers(1, 6))
     positions = tuple(draw(st.lists(st.integers(0, ncols - 1), min_size=1, max_size=ncols, unique=True)))
-    rows = draw(st.lists(st.lists(_FIELD, min_size=max(ncols - 1, 0), max_size=ncols + 1), min_size=1, max_size=6))
+    rows = draw(
+        st.lists(st.lists(_FIELD, min_size=max(ncols - 1, 0), max_size=ncols + 1), min_size=1, max_size=6)
+    )
     eol = draw(st.sampled_from(["\n", "\r\n"]))
     block = eol.join(delim.join(r) for r in rows) + ("\r" if eol == "\r\n" else "")
     return block, delim, ncols, positions
@@ -68,18 +70,52 @@ def test_project_block_refuses_bad_arguments(args: tuple[Any, ...]) -> None:
             f(*args)
 
 
+_FW = str.maketrans("0123456789", "０１２３４５６７８９")
 _PHONE = st.one_of(
     st.from_regex(r"\A1[0-9]{10}\Z"),
-    st.text(alphabet=st.sampled_from("0123456789１+- .a"), max_size=14),
-    st.sampled_from(["", "1380013800", "138001380000", "23800138000", "1380013800a", "１３８００１３８０００"]),
+    st.from_regex(r"\A(\+86|0086|86)?[ -]?1[0-9]{2}[ -]?[0-9]{4}[ -]?[0-9]{4}(\.0{0,2})?\Z"),
+    st.from_regex(r"\A1[0-9]{10}\Z").map(lambda n: n.translate(_FW)),
+    st.text(alphabet=st.sampled_from("0123456789１+- .a\n"), max_size=16),
+    st.sampled_from(
+        [
+            "",
+            "1380013800",
+            "138001380000",
+            "23800138000",
+            "1380013800a",
+            "+86 138\n0013 8000",
+            "13800138000.",
+            "13800138000.0.0",
+            "８６１３８００１３８０００",
+            "+44 20 7946 0958",
+            "008613800138000",
+        ]
+    ),
 )
 
 
 @given(st.lists(_PHONE, max_size=40))
 def test_phone_keys_agree(numbers: list[str]) -> None:
+    py_numbers = numbers.copy()
     keys, odd = compiled.phone_keys(numbers)
-    assert (keys, odd) == speedups._py_phone_keys(numbers)
-    assert all(keys[i] == int(n) for i, n in enumerate(numbers) if i not in set(odd))
+    assert (keys, odd) == speedups._py_phone_keys(py_numbers)
+    assert numbers == py_numbers  # the same values read in place
+    rest = set(odd)
+    assert all(keys[i] == int(n) and len(n) == 11 for i, n in enumerate(numbers) if i not in rest)
+
+
+def test_phone_keys_reads_the_cheap_forms_in_place() -> None:
+    for f in (compiled.phone_keys, speedups._py_phone_keys):
+        numbers = [
+            "13800138000",
+            "+86 138-0013-8000",
+            "8613800138001",
+            "13800138002.00",
+            "１３８００１３８００３",
+            "x",
+        ]
+        assert f(numbers) == ([13800138000, 13800138000, 13800138001, 13800138002, 13800138003, 0], [5])
+        assert numbers == ["13800138000", "13800138000", "13800138001", "13800138002", "13800138003", "x"]
 
 
 @given(st.sets(st.integers(0, 30)), st.lists(st.integers(0, 30), max_size=40))
