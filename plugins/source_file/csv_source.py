@@ -49,7 +49,7 @@ class CsvSource:
 class CsvReader:
     """Reads records block by block.
 
-    A block (about 1 MiB of whole lines) without any quote character is split with ``str.split``;
+    A block (about 128 KiB of whole lines) without any quote character is split with ``str.split``;
     a block with quotes goes through the stdlib ``csv`` parser, which may pull following lines for a
     quoted field that spans lines. Records are numbered as spreadsheets number rows: the header
     is row 1, and a quoted field with newlines is one row.
