@@ -311,13 +311,16 @@ first_seen(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
         Py_ssize_t before = PySet_GET_SIZE(seen);
-        if (PySet_Add(seen, PyList_GET_ITEM(keys, i)) < 0)
+        PyObject *key = Py_NewRef(PyList_GET_ITEM(keys, i)); /* hashing may run Python code */
+        int rc = PySet_Add(seen, key);
+        Py_DECREF(key);
+        if (rc < 0)
             goto fail;
         if (PySet_GET_SIZE(seen) == before) {
             PyObject *index = PyLong_FromSsize_t(i);
             if (index == NULL)
                 goto fail;
-            int rc = PyList_Append(dup, index);
+            rc = PyList_Append(dup, index);
             Py_DECREF(index);
             if (rc < 0)
                 goto fail;
