@@ -8,6 +8,20 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+/* Append the int `i` to `list`; -1 with an exception set on failure. */
+static int
+append_index(PyObject *list, Py_ssize_t i)
+{
+    PyObject *index = PyLong_FromSsize_t(i);
+    if (index == NULL)
+        return -1;
+    int rc = PyList_Append(list, index);
+    Py_DECREF(index);
+    return rc;
+}
+
 /* ---- project_block ------------------------------------------------------------------------ */
 
 /* Split a quote-free CSV block (whole lines joined by "\n", no final newline) whose every line has
@@ -266,18 +280,9 @@ phone_keys(PyObject *Py_UNUSED(module), PyObject *numbers)
                 goto fail;
         }
         else {
+            if (append_index(odd, i) < 0)
+                goto fail;
             key = Py_NewRef(zero);
-            PyObject *index = PyLong_FromSsize_t(i);
-            if (index == NULL) {
-                Py_DECREF(key);
-                goto fail;
-            }
-            int rc = PyList_Append(odd, index);
-            Py_DECREF(index);
-            if (rc < 0) {
-                Py_DECREF(key);
-                goto fail;
-            }
         }
         PyList_SET_ITEM(keys, i, key);
     }
@@ -316,15 +321,8 @@ first_seen(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(key);
         if (rc < 0)
             goto fail;
-        if (PySet_GET_SIZE(seen) == before) {
-            PyObject *index = PyLong_FromSsize_t(i);
-            if (index == NULL)
-                goto fail;
-            rc = PyList_Append(dup, index);
-            Py_DECREF(index);
-            if (rc < 0)
-                goto fail;
-        }
+        if (PySet_GET_SIZE(seen) == before && append_index(dup, i) < 0)
+            goto fail;
     }
     return dup;
 fail:
