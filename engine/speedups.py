@@ -4,7 +4,7 @@ Five whole-batch functions carry the per-recipient loops that no chain of C-leve
 in one pass: projecting a CSV block onto the wanted columns, telling clean Chinese mobiles from
 the rest (and keying them), first-seen filtering for dedupe, grouping by carrier, and the text
 lengths for billing. Each has a pure-Python twin here with exactly the same results;
-``tests/unit/test_speedups.py`` checks the two against each other on generated input.
+``tests/property/test_speedups.py`` checks the two against each other on generated input.
 
 The stages call them through this module (``speedups.first_seen(...)``), so :func:`use` switches
 every stage at once: the load tests measure both, and ``PIGEON_PURE=1`` in the environment starts
@@ -19,6 +19,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from operator import itemgetter
 from types import ModuleType
 from typing import Any
 
@@ -51,17 +52,11 @@ def _patterns(delimiter: str, ncols: int, positions: tuple[int, ...]) -> tuple[A
             fields.append(f"({inner})" if col in wanted else inner)
         return re.compile("^" + d.join(fields) + end, re.MULTILINE)
 
+    # findall gives groups in column order; put them back in the requested order if needed (a
+    # single position never needs it).
     perm = [order.index(p) for p in positions]
-    reorder = None
-    if perm != list(range(len(perm))):
-        reorder = (lambda t: tuple(t[i] for i in perm)) if len(perm) == 1 else _itemgetter(perm)
+    reorder = itemgetter(*perm) if perm != list(range(len(perm))) else None
     return pattern(r"\n", "$"), pattern(r"\r", r"\r$"), reorder
-
-
-def _itemgetter(perm: list[int]) -> Callable[[Any], Any]:
-    from operator import itemgetter
-
-    return itemgetter(*perm)
 
 
 def _py_project_block(
