@@ -1,9 +1,10 @@
 /* The compiled batch kernels of the hot path; engine/speedups.py holds their pure-Python twins.
  *
  * Each function takes and returns whole batches (lists), never one recipient, and has exactly the
- * semantics of its twin in engine/speedups.py: tests/unit/test_speedups.py checks the two against
- * each other on generated input. Only the public, limited-API-free CPython C API is used; every
- * function validates its arguments and raises TypeError or ValueError instead of crashing.
+ * semantics of its twin in engine/speedups.py: tests/property/test_speedups.py checks the two
+ * against each other on generated input. Only CPython's public C API is used (the full one, not
+ * the limited API: the str storage macros are what make these loops fast); every function checks
+ * its arguments and raises TypeError or ValueError instead of crashing.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -159,7 +160,7 @@ national_value(const Py_UCS4 *d, Py_ssize_t n)
 }
 
 /* The cheap tiers of normalization for one value that is not already clean, as
- * engine/stages/normalize.py describes them: (2) spaces and dashes removed, then an optional +86,
+ * engine/speedups.py (_py_phone_keys) describes them: (2) spaces and dashes removed, then an optional +86,
  * 0086 or 86 before 11 digits starting with 1; (3) Excel's 13800138000.0 (one dot, then only
  * zeros) and 11 full-width digits starting with １. Returns the national number's value, or -1. */
 static long long
