@@ -160,9 +160,10 @@ national_value(const Py_UCS4 *d, Py_ssize_t n)
 }
 
 /* The cheap tiers of normalization for one value that is not already clean, as
- * engine/speedups.py (_py_phone_keys) describes them: (2) spaces and dashes removed, then an optional +86,
- * 0086 or 86 before 11 digits starting with 1; (3) Excel's 13800138000.0 (one dot, then only
- * zeros) and 11 full-width digits starting with １. Returns the national number's value, or -1. */
+ * _py_phone_keys in engine/speedups.py describes them: (2) spaces and dashes removed, then an
+ * optional +86, 0086 or 86 before 11 digits starting with 1; (3) Excel's 13800138000.0 (one dot,
+ * then only zeros) and 11 full-width digits starting with １. Returns the national number's
+ * value, or -1. */
 static long long
 cheap_tiers(PyObject *s)
 {
