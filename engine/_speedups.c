@@ -23,6 +23,16 @@ append_index(PyObject *list, Py_ssize_t i)
     return rc;
 }
 
+/* Whether `o` is a list; if not, a TypeError naming `fn` ("phone_keys() takes a list of str"). */
+static int
+is_list(PyObject *o, const char *fn)
+{
+    if (PyList_Check(o))
+        return 1;
+    PyErr_Format(PyExc_TypeError, "%s() takes a list of str", fn);
+    return 0;
+}
+
 /* ---- project_block ------------------------------------------------------------------------ */
 
 /* Split a quote-free CSV block (whole lines joined by "\n", no final newline) whose every line has
@@ -239,10 +249,8 @@ national_str(long long v)
 static PyObject *
 phone_keys(PyObject *Py_UNUSED(module), PyObject *numbers)
 {
-    if (!PyList_Check(numbers)) {
-        PyErr_SetString(PyExc_TypeError, "phone_keys() takes a list of str");
+    if (!is_list(numbers, "phone_keys"))
         return NULL;
-    }
     Py_ssize_t n = PyList_GET_SIZE(numbers);
     PyObject *keys = PyList_New(n);
     PyObject *odd = PyList_New(0);
@@ -342,10 +350,8 @@ fail:
 static PyObject *
 group_order(PyObject *Py_UNUSED(module), PyObject *carriers)
 {
-    if (!PyList_Check(carriers)) {
-        PyErr_SetString(PyExc_TypeError, "group_order() takes a list of str");
+    if (!is_list(carriers, "group_order"))
         return NULL;
-    }
     Py_ssize_t n = PyList_GET_SIZE(carriers);
     PyObject *names[MAX_GROUPS];
     Py_ssize_t counts[MAX_GROUPS], offsets[MAX_GROUPS];
@@ -436,10 +442,8 @@ fail:
 static PyObject *
 text_lengths(PyObject *Py_UNUSED(module), PyObject *texts)
 {
-    if (!PyList_Check(texts)) {
-        PyErr_SetString(PyExc_TypeError, "text_lengths() takes a list of str");
+    if (!is_list(texts, "text_lengths"))
         return NULL;
-    }
     Py_ssize_t n = PyList_GET_SIZE(texts);
     PyObject *lengths = PyList_New(n);
     if (lengths == NULL)

@@ -168,10 +168,8 @@ class Batch:
                     first, rows=nums, numbers=numbers, texts=texts, parts=parts, id_prefix=id_prefix
                 )
             }
-        grouped = speedups.group_order(carriers)
-        if grouped is None:  # more carriers than the kernel groups (never with the built-in ones)
-            grouped = sorted(range(len(nums)), key=carriers.__getitem__), sorted(Counter(carriers).items())
-        order, groups = grouped
+        # sort_groups: more carriers than the kernel's table holds (never with the built-in ones)
+        order, groups = speedups.group_order(carriers) or speedups.sort_groups(carriers)
         take = itemgetter(*order)
         nums_s, numbers_s, texts_s, parts_s = take(nums), take(numbers), take(texts), take(parts)
         out: dict[str, MessageBatch] = {}

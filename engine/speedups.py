@@ -30,6 +30,7 @@ __all__ = [
     "group_order",
     "phone_keys",
     "project_block",
+    "sort_groups",
     "text_lengths",
     "use",
 ]
@@ -164,13 +165,16 @@ def _py_first_seen(seen: set[int], keys: list[int]) -> list[int]:
     return dup
 
 
-def _py_group_order(carriers: list[str]) -> tuple[list[int], list[tuple[str, int]]] | None:
+def sort_groups(carriers: list[str]) -> tuple[list[int], list[tuple[str, int]]]:
     """The positions grouped by carrier (carriers sorted, positions ascending within each) and
-    each group's (carrier, count)."""
-    counts = Counter(carriers)
-    if len(counts) > 32:
-        return None  # as the compiled twin: the caller sorts for itself
-    return sorted(range(len(carriers)), key=carriers.__getitem__), sorted(counts.items())
+    each group's (carrier, count), for any number of carriers: one stable sort."""
+    return sorted(range(len(carriers)), key=carriers.__getitem__), sorted(Counter(carriers).items())
+
+
+def _py_group_order(carriers: list[str]) -> tuple[list[int], list[tuple[str, int]]] | None:
+    """:func:`sort_groups`, or None past 32 distinct carriers, as the compiled twin (whose
+    counting sort keeps a fixed table) answers."""
+    return None if len(set(carriers)) > 32 else sort_groups(carriers)
 
 
 def _py_text_lengths(texts: list[str]) -> tuple[list[int], bool]:
