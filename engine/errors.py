@@ -13,10 +13,17 @@
     │   ├─ PluginLoadError    an entry point failed to import
     │   └─ PluginContractError a plugin registered something invalid (duplicate name, bad hook)
     └─ GatewayError           a whole request failed (per-message outcomes are SubmitResult data)
-        ├─ GatewayUnavailable     could not connect, or 5xx: nothing was taken (retriable)
+        ├─ GatewayUnavailable     the provider answered "not now" (5xx, busy): nothing was taken (retriable)
+        │   └─ GatewayUnreachable the request never left this machine (refused, DNS, TLS, no connection)
         ├─ GatewayTimeout         no answer in time: the request may have been taken (ambiguous)
-        ├─ GatewayAuthError       credentials refused (not retriable: fix the config)
-        └─ GatewayProtocolError   an answer the gateway plugin cannot read
+        ├─ GatewayAuthError       credentials, account, signature or template refused: fix the config
+        └─ GatewayProtocolError   an answer the gateway plugin cannot read (ambiguous)
+
+What the engine does with each (``engine.sender``): an *unreachable* gateway costs no retry — its
+recipients go back to ``pending``, the route pauses (failover first) and a run stops, everyone not
+sent still pending, when the route stays down past ``[outage] limit``; an *unavailable* answer spends
+one of the message's attempts; an *ambiguous* failure ends ``unknown`` unless the gateway is
+idempotent; an *auth* error stops the gateway (failover, else the run stops with recipients pending).
 
 Bad *rows* are not exceptions: they become :class:`engine.messages.Reject` records and the run goes on.
 """
@@ -31,6 +38,7 @@ __all__ = [
     "GatewayProtocolError",
     "GatewayTimeout",
     "GatewayUnavailable",
+    "GatewayUnreachable",
     "OutsideSendWindow",
     "PluginContractError",
     "PluginError",
@@ -95,16 +103,27 @@ class PluginContractError(PluginError):
 
 class GatewayError(EngineError):
     """A gateway request failed as a whole; ``retriable`` says whether sending again may succeed,
-    ``ambiguous`` whether the provider may have taken the messages anyway."""
+    ``ambiguous`` whether the provider may have taken the messages anyway, ``left`` whether the
+    request may have left this machine at all."""
 
     retriable: bool = False
     ambiguous: bool = False
+    left: bool = True
+    """False only when the request certainly never reached the wire: no retry is spent on it."""
 
 
 class GatewayUnavailable(GatewayError):
-    """The request did not reach the provider, or it answered 5xx: safe to send again."""
+    """The provider answered that it cannot take the request now (5xx, busy): safe to send again."""
 
     retriable = True
+
+
+class GatewayUnreachable(GatewayUnavailable):
+    """The request never left this machine: the connection was refused, the name did not resolve,
+    the TLS handshake failed, or no pooled connection came free in time. Its recipients go back to
+    ``pending`` and no retry is spent; the route pauses until the gateway answers again."""
+
+    left = False
 
 
 class GatewayTimeout(GatewayError):
@@ -115,7 +134,9 @@ class GatewayTimeout(GatewayError):
 
 
 class GatewayAuthError(GatewayError):
-    """The provider refused the credentials: fix the gateway's config."""
+    """The provider refused the credentials, the account (balance, permissions), the signature or
+    the template: nothing will go through this gateway until its config is fixed. The lane fails
+    over to another gateway of the carrier, or the run stops with its recipients ``pending``."""
 
 
 class GatewayProtocolError(GatewayError):

@@ -101,9 +101,20 @@ STAGE_REASONS: dict[str, tuple[str, ...]] = {
 }
 """Stage → every reason it can drop a row for (``RejectReason``/``SuppressReason`` values)."""
 
-REQUEST_OUTCOMES = ("ok", "retry", "throttled", "unavailable", "timeout", "auth", "protocol", "error")
+REQUEST_OUTCOMES = (
+    "ok",
+    "retry",
+    "throttled",
+    "unavailable",
+    "unreachable",
+    "timeout",
+    "auth",
+    "protocol",
+    "error",
+)
 """How a gateway request ended: answered (``ok``: every message settled; ``retry``/``throttled``:
-some must go again), or failed as a whole (``unavailable``: not taken, 5xx or no connection;
+some must go again), or failed as a whole (``unavailable``: answered 5xx, not taken;
+``unreachable``: never left this machine (refused, DNS, TLS), no retry spent;
 ``timeout``: no answer, maybe taken; ``auth``: credentials refused; ``protocol``: unreadable
 answer; ``error``: any other gateway error)."""
 
@@ -205,6 +216,7 @@ def _base(name: str) -> str:
 
 _ERROR_OUTCOMES = {
     "GatewayUnavailable": "unavailable",
+    "GatewayUnreachable": "unreachable",
     "GatewayTimeout": "timeout",
     "GatewayAuthError": "auth",
     "GatewayProtocolError": "protocol",
