@@ -80,6 +80,10 @@ class Progress(msgspec.Struct, kw_only=True):
     """Carrier → messages accepted by a gateway."""
     done: bool = False
     stopped: bool = False
+    halted: str = ""
+    """A fault stopped the blast (``RunSummary.halted``): everyone not sent is pending."""
+    verdict: str = ""
+    message: str = ""
 
 
 def snapshot(recorder: RunRecorder, fraction: float | None, *, done: bool = False) -> Progress:
@@ -214,6 +218,7 @@ async def run_worker(
     (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
     last = snapshot(recorder, 1.0, done=True)
     last.stopped = summary.stopped
+    last.halted, last.verdict, last.message = summary.halted, summary.verdict, summary.message
     return last
 
 
@@ -226,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", required=True, type=Path)
     p.add_argument("--nice", type=int, default=NICE)
     p.add_argument("--blasts", type=int, default=1, help="blasts that may run at once (their budget share)")
+    p.add_argument("--lease", default="", help="the token of the campaign's lease the service took for it")
     args = p.parse_args(argv)
     out = sys.stdout.buffer
     with contextlib.suppress(OSError):
@@ -235,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = prepare(args.campaign, args.engine, strict=True)
         setup_logging(plan.engine.config.service.log_level)  # JSON lines, like the service's own
         # The service opened (or restarted, with ``again``) the campaign's run: this resumes it.
-        ledger = _open_ledger(plan, force=False, again=False, notify=None)
+        ledger = _open_ledger(
+            plan, force=False, again=False, notify=None, owner="pigeon serve (blast worker)", adopt=args.lease
+        )
         backend = plan.engine.config.backend
         opts: dict[str, Any] = {}
         if backend == "asyncio":
@@ -254,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if ledger is not None:
-            ledger.ledger.close()
+            ledger.close()  # the lease goes back with it
     _emit(out, last)
     return 0
 

@@ -27,7 +27,7 @@ from engine.blast_worker import METRICS_FILE, Progress
 from engine.control import RunControl, RunState
 from engine.errors import EngineError
 from engine.ledger import CampaignStatus, LedgerError
-from engine.runtime import Plan, _open_ledger, new_run_dir, prepare
+from engine.runtime import Plan, _open_ledger, check_segment, new_run_dir, prepare
 
 if TYPE_CHECKING:
     from engine.service import Service
@@ -43,7 +43,9 @@ class CampaignView(msgspec.Struct, kw_only=True):
     id: str
     state: str
     """``queued`` (waiting for a blast to end: ``service.concurrent_blasts``), ``running``,
-    ``paused``, ``cancelled`` (drains, then stays), ``finished`` or ``failed``."""
+    ``paused``, ``cancelled`` (drains, then stays), ``finished``, ``halted`` (a fault stopped it:
+    a gateway unreachable past ``outage.limit``…; everyone not sent is pending, ``error`` says what
+    to do) or ``failed``."""
     kind: str = ""
     file: str = ""
     started_at: float = 0.0
@@ -90,6 +92,8 @@ class CampaignRun:
         self.state = "queued"
         """``queued`` until its worker starts, then ``running`` (paused / cancelled: see :attr:`control`)."""
         self.error = ""
+        self.lease = ""
+        """The token of the campaign's lease, taken by the service and adopted by the worker."""
 
     def tell(self, command: str) -> None:
         """Send ``command`` (a line of :mod:`engine.blast_worker`'s protocol) to the worker."""
@@ -182,14 +186,21 @@ class Campaigns:
         running = self.runs.get(plan.campaign.id)
         if running is not None and running.finished is None:
             raise CampaignError(409, f"campaign {plan.campaign.id!r} is already {running.view().state}")
+        try:  # the header, the template's fields and the first rows: before the ledger records a run
+            await anyio.to_thread.run_sync(lambda: check_segment(plan))
+        except EngineError as exc:
+            raise CampaignError(422, str(exc)) from None
         try:
             ledger = await anyio.to_thread.run_sync(
-                lambda: _open_ledger(plan, force=False, again=again, notify=None)
+                lambda: _open_ledger(plan, force=False, again=again, notify=None, owner="pigeon serve")
             )
         except LedgerError as exc:
             raise CampaignError(409, str(exc)) from None
-        ledger.ledger.close()  # the worker resumes the run just opened (or restarted with ``again``)
+        # The worker resumes the run just opened (or restarted with ``again``) and adopts its lease.
+        lease = ledger.lease.hand_off() if ledger.lease is not None else ""
+        ledger.ledger.close()
         run = CampaignRun(plan, file, path)
+        run.lease = lease
         self.runs[run.id] = run
         try:  # a free slot: running from this answer on; else queued (first started, first run)
             self.slots.acquire_nowait()
@@ -214,6 +225,7 @@ class Campaigns:
             str(run_dir),
             "--blasts",
             str(self.service.service.concurrent_blasts),
+            *(["--lease", run.lease] if run.lease else []),
         ]
 
     async def _run(self, run: CampaignRun) -> None:
@@ -263,7 +275,11 @@ class Campaigns:
                 raise CampaignFailed(failed)
             if code != 0 or not run.counts.done:
                 raise CampaignFailed(f"the campaign's worker process ended with exit code {code}")
-            run.state = "cancelled" if run.counts.stopped else "finished"
+            if run.counts.halted or run.counts.verdict:
+                run.state = "halted" if run.counts.halted else "failed"
+                run.error = run.counts.message
+            else:
+                run.state = "cancelled" if run.counts.stopped else "finished"
         except Exception as exc:  # a campaign's failure must never take the service down
             run.state = "failed"
             run.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, EngineError) else str(exc)

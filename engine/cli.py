@@ -18,7 +18,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from engine.carriers import CARRIER_NAMES, default_prefix_table
-from engine.errors import EngineError, OutsideSendWindow, RunAbandoned
+from engine.errors import EngineError, OutsideSendWindow, RunAbandoned, RunHalt
+from engine.ledger import CampaignBusy
 from engine.ledger_cli import add_ledger_commands, ledger_command, resume_target
 from engine.lists_cli import consent_command, optout_command
 from engine.messages import State
@@ -30,10 +31,25 @@ from engine.runtime import prepare, preview, send
 __all__ = ["main"]
 
 EXIT_OK = 0
-EXIT_FAILED_MESSAGES = 3
 EXIT_BAD_INPUT = 2
+EXIT_FAILED_MESSAGES = 3
 EXIT_NOT_NOW = 4
 EXIT_STOPPED = 5
+EXIT_HALTED = 6
+EXIT_BUSY = 7
+EXIT_CODES = """exit codes:
+  0  done: every row is in a final state (sent, failed by the gateway, rejected, suppressed…)
+  2  bad input: a config, template or segment to fix (the message says what); nothing was sent,
+     unless the message says the whole run judged its segment unusable
+  3  done, but some messages failed at a gateway (see the summary's reasons)
+  4  outside the sending hours, with --no-wait: nothing was sent
+  5  stopped on request (Ctrl-C / SIGTERM / pigeon cancel) after what was in flight was recorded
+  6  stopped by a fault outside Pigeon: a gateway unreachable past outage.limit, a gateway that
+     refused its credentials or template, gateways that stopped answering, a store that cannot be
+     written (disk full), the campaign taken over: everyone not sent is pending — fix the cause,
+     then `pigeon resume ID`
+  7  the campaign is being sent by another process (its lease is held): nothing was sent
+  130  abandoned on a second Ctrl-C: what was in flight was not waited for"""
 
 
 def _version() -> str:
@@ -75,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pigeon",
         description="Pigeon: a fast, safe SMS send engine for promotion blasts and transactional messages.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"pigeon {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -90,7 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     pv.add_argument("--rejects", type=Path, help="write every rejected row to this CSV file")
     pv.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    sd = sub.add_parser("send", help="send a campaign through the configured gateways")
+    sd = sub.add_parser(
+        "send",
+        help="send a campaign through the configured gateways",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sd.add_argument("campaign", type=Path, help="campaign file (TOML)")
     sd.add_argument("--engine", type=Path, help="engine file (default: the campaign's `engine` key)")
     sd.add_argument("--backend", choices=["asyncio", "trio"], help="event loop (default: engine config)")
@@ -122,9 +145,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     _resume_args(sd)
 
-    rs = sub.add_parser("resume", help="continue a campaign's unfinished run (what `send` does on it too)")
+    rs = sub.add_parser(
+        "resume",
+        help="continue a campaign's unfinished run (what `send` does on it too)",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     rs.add_argument("campaign", help="campaign id (its file is found in the ledger) or campaign file")
-    rs.add_argument("--engine", type=Path, help="engine file (default: the one it was sent with)")
+    rs.add_argument(
+        "--engine", type=Path, help="engine file (default: $PIGEON_ENGINE, else the one it was sent with)"
+    )
     rs.add_argument("--backend", choices=["asyncio", "trio"], help="event loop (default: engine config)")
     rs.add_argument("--runs-dir", type=Path, help="where run directories go (default: engine config)")
     rs.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -214,6 +244,8 @@ class _Progress:
             f"rows {rec.rows:,}  sent {st[State.SENT]:,}  suppressed {st[State.SUPPRESSED]:,}  "
             f"deferred {st[State.DEFERRED]:,}  rejected {st[State.REJECTED]:,}  failed {st[State.FAILED]:,}"
             + (f"  unknown {st[State.UNKNOWN]:,}" if st[State.UNKNOWN] else "")
+            + (f"  pending {st[State.PENDING]:,}" if st[State.PENDING] else "")
+            + (f"  waiting {rec.waiting():,}" if not final and rec.waiting() else "")
         )
         per_carrier = "  ".join(f"{c} {r:,.0f}/s" for c, r in sorted(rates.items()))
         eta_text = "done" if final else (f"ETA {eta:,.0f}s" if eta is not None else "ETA ?")
@@ -280,6 +312,10 @@ def _print_summary(console: Console, s: RunSummary) -> None:
             f"[yellow]stopped on request after {s.rows:,} rows: those are all accounted for above; "
             "the rest of the segment was not read[/yellow]"
         )
+    if s.halted:
+        console.print(f"[red]stopped ({s.halted}): {escape(s.message)}[/red]")
+    elif s.verdict:
+        console.print(f"[red]{s.verdict}: {escape(s.message)}[/red]")
     if s.run_dir:
         console.print(f"run directory: {s.run_dir}")
     for state, path in s.files.items():
@@ -345,9 +381,7 @@ def _plugins(as_json: bool, console: Console) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``pigeon`` command; returns the process exit code.
 
-    Exit codes: 0 done; 2 bad config, template or segment (nothing was sent); 3 some messages
-    failed at a gateway (see the summary); 4 outside the sending hours with ``--no-wait``;
-    5 stopped on request (Ctrl-C / SIGTERM) after draining; 130 abandoned on a second signal.
+    Exit codes: :data:`EXIT_CODES` (``pigeon --help`` lists them).
     """
     args = _parser().parse_args(argv)
     console = Console(highlight=False, soft_wrap=True)
@@ -393,6 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     except OutsideSendWindow as exc:
         print(f"not now: {exc}", file=sys.stderr)
         return EXIT_NOT_NOW
+    except CampaignBusy as exc:
+        print(f"busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except RunHalt as exc:  # a store that cannot even be opened for the run
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_HALTED
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -401,10 +441,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if args.json:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(summary)).decode() + "\n")
+        if summary.halted or summary.verdict:  # the JSON carries it too; stderr is where people look
+            print(f"error: {summary.halted or summary.verdict}: {summary.message}", file=sys.stderr)
     else:
         _print_summary(console, summary)
+    return exit_code(summary)
+
+
+def exit_code(summary: RunSummary) -> int:
+    """The exit code of a preview or a send that ran (see :data:`EXIT_CODES`)."""
     if any(f.level == "error" for f in summary.findings):
         return EXIT_BAD_INPUT  # a preview of a campaign that `send` would refuse
+    if summary.halted:
+        return EXIT_HALTED
+    if summary.verdict:
+        return EXIT_BAD_INPUT
     if summary.stopped:
         return EXIT_STOPPED
     return EXIT_FAILED_MESSAGES if summary.states.get(State.FAILED) else EXIT_OK

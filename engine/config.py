@@ -28,6 +28,7 @@ __all__ = [
     "LaneCapsConfig",
     "LoadedCampaign",
     "LoadedEngine",
+    "OutageConfig",
     "PluginsConfig",
     "PolicyConfig",
     "RetryConfig",
@@ -121,6 +122,19 @@ class StoreConfig(Base, kw_only=True, frozen=True):
 
     path: str = "pigeon.db"
     """The embedded SQLite store (WAL mode), relative to the engine file."""
+    lease_ttl: Annotated[float, msgspec.Meta(ge=3, le=3600)] = 15.0
+    """Seconds a campaign's lease lives without a heartbeat (renewed every third of it): after
+    that, a run on another host may take over the campaign of a run that stopped answering. On
+    this host a dead owner's lease is taken over at once (docs/ledger.md)."""
+
+
+class OutageConfig(Base, kw_only=True, frozen=True):
+    """``[outage]``: how long a send waits for gateways that cannot be reached."""
+
+    limit: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60.0
+    """Seconds every gateway of a carrier may stay unreachable (connection refused, DNS, TLS)
+    before the run stops, everyone not sent still ``pending`` for ``pigeon resume``. Until then the
+    route is paused and probed; nobody is failed or marked ``unknown`` for an outage."""
 
 
 class CapWindowConfig(Base, kw_only=True, frozen=True):
@@ -161,6 +175,7 @@ class EngineConfig(Base, kw_only=True, frozen=True):
     routing: RoutingConfig = RoutingConfig()
     store: StoreConfig = StoreConfig()
     retry: RetryConfig = RetryConfig()
+    outage: OutageConfig = OutageConfig()
     caps: dict[Literal["marketing", "transactional"], LaneCapsConfig] = {}
     """Frequency caps per number, across campaigns and runs, per kind of message."""
     service: ServiceConfig = ServiceConfig()
@@ -206,6 +221,10 @@ class PolicyConfig(Base, kw_only=True, frozen=True):
     respect_optouts: bool | None = None
     """Suppress numbers that opted out; unset = yes for marketing, no for transactional
     (order and shipping notices are not advertising)."""
+    max_rejected_share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    """The share of rows that may be rejected (bad numbers, missing fields, undecodable…) before
+    the segment is judged broken: checked on its first rows before anything is sent, and on the
+    whole run at the end (exit 2, the campaign not marked finished). 1 turns the check off."""
 
 
 class CampaignConfig(Base, kw_only=True, frozen=True):

@@ -8,7 +8,10 @@
     ├─ PreflightError         a campaign breaks a compliance rule (all findings listed)
     ├─ OutsideSendWindow      asked not to wait, and it is quiet hours now
     ├─ RunAbandoned           a second Ctrl-C / SIGTERM: in-flight messages were not waited for
+    ├─ RunHalt                a request must not go (store unwritable, gateways stalled, lease lost):
+    │                         the run halts, everyone not sent stays pending (``reason`` says why)
     ├─ SourceError            a segment source cannot be opened or its header is unusable
+    │   └─ SegmentRejected    its rows are mostly unusable (judged before anything is sent)
     ├─ PluginError
     │   ├─ PluginLoadError    an entry point failed to import
     │   └─ PluginContractError a plugin registered something invalid (duplicate name, bad hook)
@@ -45,6 +48,8 @@ __all__ = [
     "PluginLoadError",
     "PreflightError",
     "RunAbandoned",
+    "RunHalt",
+    "SegmentRejected",
     "SourceError",
     "TemplateError",
 ]
@@ -85,8 +90,22 @@ class RunAbandoned(EngineError):
     """A send was abandoned on a second signal, without waiting for the messages in flight."""
 
 
+class RunHalt(EngineError):
+    """A request must not go: the store cannot be written, the gateways stopped answering, the
+    campaign's lease was taken over… The run halts; everyone not sent stays ``pending`` for a resume.
+    ``reason`` is a bounded label (``store_unwritable``, ``gateway_stalled``, ``lease_lost``…)."""
+
+    reason: str = "halted"
+
+
 class SourceError(EngineError):
     """A segment source cannot be read at all (missing file, unusable header)."""
+
+
+class SegmentRejected(SourceError):
+    """The segment's rows are mostly unusable (no data rows, or more rejected than the campaign's
+    ``policy.max_rejected_share``): judged on its first rows before anything is sent. The message
+    gives the breakdown and what to change (an encoding, an export as CSV, the phone column…)."""
 
 
 class PluginError(EngineError):

@@ -19,7 +19,16 @@ Events:
 * ``submitting`` — a request's rows, committed *before* the request goes to the gateway (with the
   cap counts). A row left ``submitting`` by a crash is never resent under at-most-once.
 * ``outcome`` — a gateway's answer: ``submitted`` (with provider ids), ``failed`` or ``unknown``
-  with reasons; committed when the answer arrives.
+  with reasons; committed when the answer arrives. Also ``pending`` (reason ``waiting:…`` or
+  ``retry:…``) for a request that never left or must go again: a row is ``submitting`` only while
+  its request may be on the wire, and its cap count is taken back in the same transaction.
+
+One process owns a running campaign at a time: a *lease* row (owner, pid, host, start, heartbeat)
+taken in the transaction that opens the run, renewed every few seconds, checked in every
+hand-over's transaction (a writer whose lease was taken over can never hand a request over) and
+given back at the end. A second run of the campaign is refused while the lease is held (a
+:class:`CampaignBusy` that says by whom); a lease whose owner died — its pid is gone on this host,
+or its heartbeat is older than the lease's time to live — is taken over.
 
 Delivery semantics per campaign: ``at-most-once`` (marketing default: a row in ``submitting`` at
 a crash is reconciled from delivery reports when they arrived, else recorded ``unknown`` and not
@@ -30,10 +39,14 @@ the same message id as idempotency key, and not counted against caps twice).
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
+import socket
 import sqlite3
+import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from enum import IntEnum, StrEnum
 from itertools import compress
@@ -45,7 +58,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import EngineError
+from engine.errors import EngineError, RunHalt
 from engine.messages import (
     ACCEPTED,
     DeliveryReport,
@@ -57,13 +70,17 @@ from engine.messages import (
 )
 
 __all__ = [
+    "CampaignBusy",
     "CampaignCounts",
     "CampaignLedger",
     "CampaignRecord",
     "CampaignStatus",
     "Fingerprint",
+    "Lease",
+    "LeaseLost",
     "Ledger",
     "LedgerError",
+    "LedgerStalled",
     "LedgerState",
     "LedgerWriteError",
     "MessageRecord",
@@ -77,6 +94,33 @@ __all__ = [
 
 class LedgerError(EngineError):
     """A campaign's ledger refuses what was asked (finished, cancelled, changed segment…)."""
+
+
+class CampaignBusy(LedgerError):
+    """Another live process runs the campaign now (it holds the campaign's lease)."""
+
+    def __init__(self, campaign: str, holder: LeaseHolder) -> None:
+        self.campaign = campaign
+        self.holder = holder
+        super().__init__(
+            f"campaign {campaign!r} is being sent by {holder.describe()}; nothing was sent. Wait for "
+            f"it to end (`pigeon status {campaign}`), or stop it (Ctrl-C, or kill {holder.pid} on "
+            f"{holder.host}) and `pigeon resume {campaign}`. A lease whose holder died is taken over "
+            f"by itself (at once on this host; after {holder.ttl:g} s without a heartbeat elsewhere)"
+        )
+
+
+class LeaseLost(LedgerError, RunHalt):
+    """Another process took this run's campaign over (this one was stopped or cut off for longer
+    than the lease lives): it hands nothing more over."""
+
+    reason = "lease_lost"
+
+
+class LedgerStalled(LedgerError, RunHalt):
+    """Requests in a row got no answer: the gateway is hanging or gone."""
+
+    reason = "gateway_stalled"
 
 
 class LedgerState(StrEnum):
@@ -243,6 +287,162 @@ class CampaignCounts(msgspec.Struct, kw_only=True):
         return sum(self.states.values())
 
 
+# -- the campaign lease ---------------------------------------------------------------------
+
+LEASE_TTL: Final = 15.0
+"""Seconds a lease lives without a heartbeat (``store.lease_ttl``); renewed every third of it."""
+HOST: Final = socket.gethostname()
+
+
+def process_start(pid: int) -> str:
+    """When process ``pid`` started, as this host's kernel counts it ("" where it cannot tell):
+    with the pid, it names one process even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return ""
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else ""
+
+
+def _pid_alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        pass
+    return not start or process_start(pid) in ("", start)
+
+
+class LeaseHolder(msgspec.Struct, kw_only=True, frozen=True):
+    """Who holds a campaign's lease, as the store says."""
+
+    campaign: str
+    owner: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat: float
+    ttl: float
+    alive: bool
+    """Whether it still counts: its heartbeat is younger than ``ttl`` and, on this host, its
+    process is still there."""
+
+    def describe(self, now: float | None = None) -> str:
+        """ "pigeon send (pid 4242 on host h) since 14:02:03, heartbeat 2 s ago"."""
+        ago = (now if now is not None else time.time()) - self.heartbeat
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at))
+        return f"{self.owner} (pid {self.pid} on host {self.host}) since {when}, heartbeat {ago:.0f} s ago"
+
+
+_LEASE_ROW: Final = (
+    "SELECT campaign, owner, host, pid, pid_start, started_at, heartbeat, ttl, token "
+    "FROM ledger_leases WHERE campaign = ?"
+)
+
+
+_LEASE_TOKEN: Final = "SELECT token FROM ledger_leases WHERE campaign = ?"
+
+
+def _holder(row: Sequence[Any], now: float) -> LeaseHolder:
+    campaign, owner, host, pid, pid_start, started_at, heartbeat, ttl, _token = row
+    fresh = now - heartbeat < ttl
+    alive = fresh and (host != HOST or _pid_alive(pid, pid_start))
+    return LeaseHolder(
+        campaign=campaign,
+        owner=owner,
+        host=host,
+        pid=pid,
+        started_at=started_at,
+        heartbeat=heartbeat,
+        ttl=ttl,
+        alive=alive,
+    )
+
+
+def _take_lease(db: sqlite3.Connection, campaign: str, owner: str, ttl: float, adopt: str, now: float) -> str:
+    """Inside the caller's transaction: take the campaign's lease (or adopt the one ``adopt`` names)
+    and return its token; :class:`CampaignBusy` when a live process holds it."""
+    row = db.execute(_LEASE_ROW, (campaign,)).fetchone()
+    if row is not None and not (adopt and row[8] == adopt):
+        holder = _holder(row, now)
+        if holder.alive:
+            raise CampaignBusy(campaign, holder)
+    token = adopt or secrets.token_hex(16)
+    pid = os.getpid()
+    db.execute(
+        "INSERT OR REPLACE INTO ledger_leases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (campaign, token, owner, HOST, pid, process_start(pid), now, now, ttl),
+    )
+    return token
+
+
+class Lease:
+    """This process's hold on a campaign: a thread renews it every ``ttl / 3`` seconds on a
+    connection of its own (whatever the event loop is doing); every hand-over checks it in its
+    transaction (:meth:`CampaignLedger.handover`), so a process whose lease was taken over — it was
+    stopped or cut off for longer than ``ttl`` — never hands another request over.
+    """
+
+    def __init__(self, path: Path, campaign: str, token: str, ttl: float) -> None:
+        self.path = path
+        self.campaign = campaign
+        self.token = token
+        self.ttl = ttl
+        self.lost = False
+        """Set when a renewal found the lease taken over."""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Lease:
+        """Start renewing (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="pigeon-lease", daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5)
+        try:
+            while not self._stop.wait(self.ttl / 3):
+                try:
+                    cur = db.execute(
+                        "UPDATE ledger_leases SET heartbeat = ? WHERE campaign = ? AND token = ?",
+                        (time.time(), self.campaign, self.token),
+                    )
+                except sqlite3.Error:
+                    continue  # busy or a full disk: the next beat tries again; the hand-overs check too
+                if cur.rowcount == 0:
+                    self.lost = True
+                    return
+        finally:
+            db.close()
+
+    def hand_off(self) -> str:
+        """Stop renewing and keep the lease for another process that adopts it (its token, given
+        to :meth:`Ledger.open_campaign`'s ``adopt``): the service for the blast worker it starts."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        return self.token
+
+    def release(self) -> None:
+        """Stop renewing and give the lease back (when this process still holds it)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        with suppress(sqlite3.Error):
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=5)
+            try:
+                db.execute(
+                    "DELETE FROM ledger_leases WHERE campaign = ? AND token = ?", (self.campaign, self.token)
+                )
+            finally:
+                db.close()
+
+
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS ledger_campaigns (
     id         TEXT PRIMARY KEY,
@@ -303,6 +503,18 @@ CREATE TABLE IF NOT EXISTS ledger_reports (
     latency     REAL NOT NULL        -- done_at (or received_at) minus the submit time; -1 unknown
 );
 CREATE INDEX IF NOT EXISTS ledger_reports_by_row ON ledger_reports (campaign, row);
+-- Who runs a campaign now (one row while a run owns it; see Lease).
+CREATE TABLE IF NOT EXISTS ledger_leases (
+    campaign   TEXT PRIMARY KEY,
+    token      TEXT NOT NULL,
+    owner      TEXT NOT NULL,      -- what holds it: "pigeon send", "pigeon serve (blast worker)"…
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    pid_start  TEXT NOT NULL,      -- the process's start time on its host (pids are reused)
+    started_at REAL NOT NULL,
+    heartbeat  REAL NOT NULL,
+    ttl        REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 _I64: Final = np.dtype("<i8")
@@ -506,44 +718,61 @@ class Ledger:
         again: bool = False,
         campaign_file: str = "",
         engine_file: str = "",
+        owner: str = "",
+        lease_ttl: float = LEASE_TTL,
+        adopt: str = "",
     ) -> CampaignLedger:
         """Start or resume ``campaign_id`` and return its writer for this run.
 
         A campaign that never ran starts. One that is ``running`` (a crash, a stop, a pause) resumes:
         rows already in a final state are skipped, rows left ``submitting`` are reconciled (see
         :meth:`CampaignLedger.reconcile`). A changed segment or template refuses to resume unless
-        ``force``. A ``finished`` or ``cancelled`` campaign refuses unless ``again``: its ledger is
-        then kept under ``<id>~<n>`` and the campaign starts afresh.
+        ``force`` — or unless no request of the campaign was ever handed to a gateway: nobody was
+        contacted, so it starts afresh. A ``finished`` or ``cancelled`` campaign refuses unless
+        ``again``: its ledger is then kept under ``<id>~<n>`` and the campaign starts afresh.
+
+        With ``owner`` the run takes the campaign's lease in the same transaction (see
+        :class:`Lease`; :class:`CampaignBusy` when a live process holds it). ``adopt``: the token
+        of a lease another process took for this one (the service for its blast worker).
         """
         sem = semantics or default_semantics(kind)
-        rec = self.campaign(campaign_id)
         now = time.time()
-        if rec is not None and rec.status is not CampaignStatus.RUNNING:
-            if not again:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.updated_at))
-                raise LedgerError(
-                    f"campaign {campaign_id!r} is already {rec.status.value} ({when}); nothing was sent. "
-                    f"`pigeon report {campaign_id}` shows what happened. To send it again, give the "
-                    "campaign a new id (the `id` key of the campaign file) or pass --again"
-                )
-            self._archive(campaign_id)
-            rec = None
-        if rec is not None:
-            changes = rec.fingerprint.differences(fingerprint)
-            if changes and not force:
-                raise LedgerError(
-                    f"campaign {campaign_id!r} has an unfinished run, but "
-                    + "; ".join(changes)
-                    + ". Nothing was sent. Resuming would skip or repeat the wrong people: restore the "
-                    "original files, or pass --force to resume anyway (rows are matched by row number), "
-                    "or give the campaign a new id"
-                )
-            if rec.semantics is not sem and not force:
-                raise LedgerError(
-                    f"campaign {campaign_id!r} started as {rec.semantics.value}, now {sem.value}: "
-                    "pass --force to change it on resume"
-                )
+        fp = msgspec.json.encode(fingerprint)
         with _tx(self.db):
+            token = _take_lease(self.db, campaign_id, owner, lease_ttl, adopt, now) if owner else ""
+            rec = self.campaign(campaign_id)
+            fresh = False
+            if rec is not None and rec.status is not CampaignStatus.RUNNING:
+                if not again:
+                    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.updated_at))
+                    raise LedgerError(
+                        f"campaign {campaign_id!r} is already {rec.status.value} ({when}); nothing was sent. "
+                        f"`pigeon report {campaign_id}` shows what happened. To send it again, give the "
+                        "campaign a new id (the `id` key of the campaign file) or pass --again"
+                    )
+                self._archive(campaign_id)
+                rec = None
+            if rec is not None:
+                changes = rec.fingerprint.differences(fingerprint)
+                if (changes or rec.semantics is not sem) and not force and not self._handed_over(campaign_id):
+                    # Nobody was contacted yet (the last run stopped on bad rows, or before its
+                    # first request): start afresh with the files as they are now.
+                    for table in ("ledger_records", "ledger_reports", "ledger_providers"):
+                        self.db.execute(f"DELETE FROM {table} WHERE campaign = ?", (campaign_id,))
+                    fresh = True
+                elif changes and not force:
+                    raise LedgerError(
+                        f"campaign {campaign_id!r} has an unfinished run, but "
+                        + "; ".join(changes)
+                        + ". Nothing was sent. Resuming would skip or repeat the wrong people: restore "
+                        "the original files, or pass --force to resume anyway (rows are matched by row "
+                        "number), or give the campaign a new id"
+                    )
+                elif rec.semantics is not sem and not force:
+                    raise LedgerError(
+                        f"campaign {campaign_id!r} started as {rec.semantics.value}, now {sem.value}: "
+                        "pass --force to change it on resume"
+                    )
             if rec is None:
                 self.db.execute(
                     "INSERT INTO ledger_campaigns (id, kind, semantics, status, fingerprint, created_at, "
@@ -553,7 +782,7 @@ class Ledger:
                         kind,
                         sem.value,
                         CampaignStatus.RUNNING.value,
-                        msgspec.json.encode(fingerprint),
+                        fp,
                         now,
                         now,
                         campaign_file,
@@ -564,31 +793,47 @@ class Ledger:
                 self.db.execute(
                     "UPDATE ledger_campaigns SET runs = runs + 1, updated_at = ?, fingerprint = ?, "
                     "semantics = ?, campaign_file = ?, engine_file = ? WHERE id = ?",
-                    (
-                        now,
-                        msgspec.json.encode(fingerprint),
-                        sem.value,
-                        campaign_file,
-                        engine_file,
-                        campaign_id,
-                    ),
+                    (now, fp, sem.value, campaign_file, engine_file, campaign_id),
                 )
-        return CampaignLedger(self, campaign_id, kind, sem, resumed=rec is not None)
+        cl = CampaignLedger(self, campaign_id, kind, sem, resumed=rec is not None and not fresh)
+        cl.restarted = fresh
+        if token:
+            cl.lease = Lease(self.path, campaign_id, token, lease_ttl)
+        return cl
+
+    def _handed_over(self, campaign_id: str) -> bool:
+        """Whether any request of the campaign was ever handed to a gateway."""
+        found = self.db.execute(
+            "SELECT 1 FROM ledger_records WHERE campaign = ? AND event = ? LIMIT 1",
+            (campaign_id, int(_Event.SUBMITTING)),
+        ).fetchone()
+        return found is not None
+
+    def lease(self, campaign_id: str) -> LeaseHolder | None:
+        """Who holds the campaign's lease now (None: nobody; it may be stale — see ``alive``)."""
+        row = self.db.execute(_LEASE_ROW, (campaign_id,)).fetchone()
+        return _holder(row, time.time()) if row is not None else None
 
     def _archive(self, campaign_id: str) -> str:
+        """Keep a finished campaign's ledger under ``<id>~<n>`` (inside the caller's transaction)."""
         n = 1
         while self.campaign(f"{campaign_id}~{n}") is not None:
             n += 1
         new = f"{campaign_id}~{n}"
-        with _tx(self.db):
-            for table, col in (
-                ("ledger_campaigns", "id"),
-                ("ledger_records", "campaign"),
-                ("ledger_providers", "campaign"),
-                ("ledger_reports", "campaign"),
-            ):
-                self.db.execute(f"UPDATE {table} SET {col} = ? WHERE {col} = ?", (new, campaign_id))
+        for table, col in (
+            ("ledger_campaigns", "id"),
+            ("ledger_records", "campaign"),
+            ("ledger_providers", "campaign"),
+            ("ledger_reports", "campaign"),
+        ):
+            self.db.execute(f"UPDATE {table} SET {col} = ? WHERE {col} = ?", (new, campaign_id))
         return new
+
+    def check_free(self, campaign_id: str) -> None:
+        """Raise :class:`CampaignBusy` when a live process holds the campaign's lease."""
+        holder = self.lease(campaign_id)
+        if holder is not None and holder.alive:
+            raise CampaignBusy(campaign_id, holder)
 
     def set_status(self, campaign_id: str, status: CampaignStatus) -> None:
         """Mark a campaign finished, cancelled or running again."""
@@ -667,9 +912,8 @@ class Ledger:
                 d.carrier[rows] = _intern(d.carriers, carrier)
                 if parts_b:
                     d.parts[rows] = _unpack_parts(parts_b, rows.size)
-                d.send_rowid[rows] = (
-                    np.arange(sends_last - rows.size + 1, sends_last + 1, dtype=np.int64) if sends_last else 0
-                )
+                if sends_last:  # a retry's hand-over counts nothing: the first count stays the row's
+                    d.send_rowid[rows] = np.arange(sends_last - rows.size + 1, sends_last + 1, dtype=np.int64)
             elif event == _Event.OUTCOME:
                 d.answered_at[rows] = ts
                 d.gateway[rows] = _intern(d.gateways, gateway)
@@ -933,9 +1177,12 @@ class CampaignLedger:
         """Rows to skip in this run (already final), indexed by row number; None: skip none."""
         self.resend: set[int] = set()
         """Rows handed over before and left ``submitting`` (at-least-once resume): sent again, their
-        earlier cap count taken back by :meth:`reconcile` (load the caps after it)."""
+        earlier cap count taken back by :meth:`reconcile` (see :attr:`recounted`)."""
         self.reconciled = 0
         """Rows this run's :meth:`reconcile` settled."""
+        self.recounted = 0
+        """Rows whose cap count :meth:`reconcile` took back, to be counted when they are sent again
+        (load the caps after it)."""
         self.stall_after = 5
         """Requests in a row that end ``unknown`` or failed by a gateway error (timeouts, no
         connection) — with no answer in between — after which the run stops: the gateway is hanging
@@ -945,6 +1192,19 @@ class CampaignLedger:
         self._checked = 0.0
         self._cancelled = False
         self._req_step = 1
+        self.lease: Lease | None = None
+        """This run's hold on the campaign (None: the caller did not take one)."""
+        self.write_error: LedgerWriteError | None = None
+        """The store refused the last flush: what it held is still buffered (see :meth:`flush`)."""
+        self.restarted = False
+        """The campaign had an unfinished run that never handed a request over, and its files
+        changed: it started afresh instead of refusing (:meth:`Ledger.open_campaign`)."""
+
+    def close(self) -> None:
+        """Give the lease back and close the connection (the end of the run)."""
+        if self.lease is not None:
+            self.lease.release()
+        self.ledger.close()
 
     def attach(self, index: int, count: int) -> CampaignLedger:
         """A writer for shard ``index`` of ``count`` of this run, on a connection of its own: what
@@ -958,6 +1218,7 @@ class CampaignLedger:
         own = Ledger(self.ledger.path, spin_on_busy=True)
         cl = CampaignLedger(own, self.id, self.kind, self.semantics, resumed=self.resumed)
         cl.skip, cl.resend, cl.stall_after = self.skip, self.resend, self.stall_after
+        cl.lease = self.lease  # the parent renews it; each shard's hand-overs check it
         cl._req += index + 1 - count
         cl._req_step = count
         return cl
@@ -973,6 +1234,9 @@ class CampaignLedger:
         """
         d = self.ledger._derive(self.id)
         left = np.flatnonzero(d.state == _Code.SUBMITTING)
+        # Handed over before, then given back (the request never left, or had to go again): they are
+        # sent on resume like any pending row, and counted again then.
+        again = np.flatnonzero((d.state == _Code.PENDING) & (d.attempts > 0))
         if self.semantics is Semantics.AT_MOST_ONCE:
             if left.size:
                 self._write(_Event.OUTCOME, left.tolist(), _Code.UNKNOWN, reasons=INTERRUPTED)
@@ -982,13 +1246,15 @@ class CampaignLedger:
         else:
             final = np.isin(d.state, list(_FINAL_AT_MOST_ONCE - {_Code.SUBMITTING}))
             self.resend = set(left.tolist())
-            # Sent again below, counted again then: take back their first count (same transaction
-            # discipline), so the caps see each message once — and do not hold back its resend.
-            rowids = d.send_rowid[left]
-            rowids = rowids[rowids > 0]
-            if rowids.size:
-                with _tx(self.db):
-                    self.db.executemany("DELETE FROM sends WHERE rowid = ?", [(int(r),) for r in rowids])
+            again = np.concatenate([again, left])
+        # Sent again below, counted again then: take back their first count (same transaction
+        # discipline), so the caps see each message once — and do not hold back its resend.
+        rowids = d.send_rowid[again]
+        rowids = rowids[rowids > 0]
+        if rowids.size:
+            with _tx(self.db):
+                self.db.executemany("DELETE FROM sends WHERE rowid = ?", [(int(r),) for r in rowids])
+        self.recounted = int(rowids.size)
         self.skip = final if final.any() else None
         self.reconciled = int(left.size)
         return self.reconciled
@@ -1080,10 +1346,28 @@ class CampaignLedger:
         )
 
     def flush(self) -> None:
-        """Commit what is buffered (one transaction)."""
+        """Commit what is buffered (one transaction). When the store refuses (a full disk…) the
+        records stay buffered for the next transaction, and the next hand-over raises the error
+        (the run halts; nothing is handed over unrecorded) — a lane never crashes on a flush."""
         if self._pending or self._deferred:
+            try:
+                self._commit()
+            except LedgerWriteError as exc:
+                self.write_error = exc
+
+    def _commit(self, before: Callable[[], None] | None = None) -> None:
+        """One transaction: ``before`` (the caller's statements), then what is buffered. On failure
+        nothing is lost from the buffer (it is committed with the next transaction)."""
+        pending, deferred = self._pending[:], self._deferred[:]
+        try:
             with _tx(self.db):
+                if before is not None:
+                    before()
                 self._insert()
+        except BaseException:
+            self._pending, self._deferred = pending, deferred
+            raise
+        self.write_error = None
 
     def defer(self, sql: str, params: Sequence[Any]) -> None:
         """Run a statement of the caller's in this ledger's next transaction — the next hand-over,
@@ -1129,24 +1413,38 @@ class CampaignLedger:
         transaction as its cap counts (``keys``/``contents``: the store's send history), with the
         drops buffered so far.
 
-        Raises :class:`LedgerError` instead when the gateways stalled (see :attr:`stall_after`) or
-        the campaign was cancelled, and :class:`LedgerWriteError` when the store cannot be written:
-        in every case the request is not sent.
+        Raises instead — and the request is not sent — :class:`LedgerStalled` when the gateways
+        stalled (see :attr:`stall_after`), :class:`LeaseLost` when another process took the
+        campaign over, :class:`LedgerWriteError` when the store cannot be written (all are
+        :class:`~engine.errors.RunHalt`: the run halts).
         """
+        if self.write_error is not None:
+            self._commit()  # what the store refused before goes first (raises if it still refuses)
         if self._stalled >= self.stall_after:
-            raise LedgerError(
+            resent = (
+                "at-least-once: sent again on resume, with the same message ids"
+                if self.semantics is Semantics.AT_LEAST_ONCE
+                else "at-most-once: unknown, never resent"
+            )
+            raise LedgerStalled(
                 f"campaign {self.id!r}: {self._stalled} requests in a row got no answer "
                 f"(last {self._stall_reason}); the gateway is hanging or down, so the run stopped "
-                "before sending more. Messages in flight are recorded (at-most-once: unknown, never "
-                f"resent); the rest are pending: `pigeon resume {self.id}` when the gateway is back"
+                f"before sending more. Those requests are recorded ({resent}); the rest are pending: "
+                f"`pigeon resume {self.id}` when the gateway is back"
             )
+        lease = self.lease
+        if lease is not None and lease.lost:
+            raise self._lease_lost()
         rows = batch.rows
-        self._req += self._req_step
         packed = _pack_rows(rows)
-        self._open[id(batch)] = (self._req, batch, packed)
-        if len(self._open) > _OPEN_MAX:
-            self._open.popitem(last=False)
-        with _tx(self.db):
+        req = self._req + self._req_step
+
+        def record() -> None:
+            if lease is not None:
+                held = self.db.execute(_LEASE_TOKEN, (self.id,)).fetchone()
+                if held is None or held[0] != lease.token:
+                    lease.lost = True
+                    raise self._lease_lost()
             last = 0
             if keys is not None:
                 kind = self.kind
@@ -1162,11 +1460,37 @@ class CampaignLedger:
                 carrier=batch.carrier,
                 parts=batch.parts,
                 ts=now,
-                req=self._req,
+                req=req,
                 sends_last=last,
                 packed=packed,
             )
-            self._insert()
+
+        self._commit(record)
+        self._req = req
+        self._open[id(batch)] = (self._req, batch, packed)
+        if len(self._open) > _OPEN_MAX:
+            self._open.popitem(last=False)
+
+    def _lease_lost(self) -> LeaseLost:
+        return LeaseLost(
+            f"campaign {self.id!r} was taken over by another process (this one was stopped or cut off "
+            f"for longer than its lease lives): it hands nothing more over. `pigeon status {self.id}` "
+            "shows who runs it now"
+        )
+
+    def released(self, gateway: str, batch: MessageBatch, reason: str) -> None:
+        """A request handed over that did not go through — it never left this machine, or its
+        messages must go again: its rows are ``pending`` again (``reason``: ``waiting:…`` or
+        ``retry:…``) and their cap count is taken back, in one transaction, before the lane waits.
+        A crash meanwhile leaves them pending (sent on resume), never ``unknown``. Their cap count
+        stays from the first hand-over (a retry's hand-over counts nothing new); a resume that sends
+        them again takes it back (:meth:`reconcile`)."""
+        entry = self._open.pop(id(batch), None)
+        req, packed = (entry[0], entry[2]) if entry is not None and entry[1] is batch else (0, None)
+        self._write(
+            _Event.OUTCOME, batch.rows, _Code.PENDING, reasons=reason, gateway=gateway, req=req, packed=packed
+        )
+        self.flush()
 
     def results(self, gateway: str, batch: MessageBatch, results: Sequence[SubmitResult]) -> None:
         """A gateway's answers for a request (index-aligned with ``batch``); commits."""
@@ -1239,8 +1563,10 @@ class CampaignLedger:
         self.flush()
 
     def finish(self, *, complete: bool) -> None:
-        """End this run: flush, and mark the campaign ``finished`` when the whole segment was handled."""
-        self.flush()
+        """End this run: flush, and mark the campaign ``finished`` when the whole segment was handled.
+        Raises :class:`LedgerWriteError` when the store still refuses what is buffered."""
+        if self._pending or self._deferred:
+            self._commit()
         if complete and not self.is_cancelled():
             self.ledger.set_status(self.id, CampaignStatus.FINISHED)
 
@@ -1274,9 +1600,11 @@ def skip_rows(batch: Any, skip: npt.NDArray[np.bool_]) -> int:
     return dropped
 
 
-class LedgerWriteError(LedgerError):
+class LedgerWriteError(LedgerError, RunHalt):
     """The store refused a ledger write (disk full, read-only, I/O error): the run stops; every
     transaction committed before is intact."""
+
+    reason = "store_unwritable"
 
 
 class _tx:
@@ -1374,10 +1702,13 @@ def open_for_run(
     force: bool = False,
     again: bool = False,
     engine_file: str = "",
+    owner: str = "pigeon send",
+    lease_ttl: float = LEASE_TTL,
+    adopt: str = "",
 ) -> CampaignLedger:
     """Open (or resume) the ledger of a loaded campaign (:class:`~engine.config.LoadedCampaign`)
-    for one run, fingerprinting its segment file and template, and reconcile what a previous run
-    left ``submitting``."""
+    for one run — taking the campaign's lease for ``owner`` (renewed from now on) — fingerprinting
+    its segment file and template, and reconcile what a previous run left ``submitting``."""
     seg_path = campaign.source_options.get("path")
     path = None
     if isinstance(seg_path, str):
@@ -1385,6 +1716,7 @@ def open_for_run(
         path = p if p.is_absolute() else campaign.base_dir / p
     fp = file_fingerprint(path, str(seg_path or campaign.segment.source), template_parts)
     ledger = Ledger(store_path)
+    cl: CampaignLedger | None = None
     try:
         cl = ledger.open_campaign(
             campaign.id,
@@ -1395,9 +1727,17 @@ def open_for_run(
             again=again,
             campaign_file=str(Path(campaign.file).resolve()),
             engine_file=engine_file,
+            owner=owner,
+            lease_ttl=lease_ttl,
+            adopt=adopt,
         )
+        if cl.lease is not None:
+            cl.lease.start()
         cl.reconcile()
     except BaseException:
-        ledger.close()
+        if cl is not None:
+            cl.close()
+        else:
+            ledger.close()
         raise
     return cl

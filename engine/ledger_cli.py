@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,12 +66,15 @@ def resume_target(campaign: str, engine: Path | None) -> tuple[Path, Path | None
     p = Path(campaign)
     if p.suffix == ".toml" or p.is_file():
         return p, engine
-    ledger = _ledger(engine or Path("config/engine.toml"))
+    ledger = _ledger(engine or Path(os.environ.get("PIGEON_ENGINE", "config/engine.toml")))
     try:
         rec = _record(ledger, campaign)
     finally:
         ledger.close()
-    return Path(rec.campaign_file), engine or (Path(rec.engine_file) if rec.engine_file else None)
+    env = os.environ.get("PIGEON_ENGINE")
+    return Path(rec.campaign_file), engine or (
+        Path(env) if env else Path(rec.engine_file) if rec.engine_file else None
+    )
 
 
 def ledger_command(args: argparse.Namespace, console: Console) -> int:
@@ -103,11 +107,13 @@ def _when(ts: float) -> str:
 
 def _status(ledger: Ledger, campaign_id: str | None, as_json: bool, console: Console) -> int:
     records = [_record(ledger, campaign_id)] if campaign_id else ledger.campaigns()
+    holders = {rec.id: ledger.lease(rec.id) for rec in records}
     out = [
         {
             **msgspec.to_builtins(rec),
             "states": (counts := ledger.counts(rec.id)).states,
             "reasons": counts.reasons,
+            "lease": msgspec.to_builtins(h) if (h := holders[rec.id]) is not None and h.alive else None,
         }
         for rec in records
     ]
@@ -129,7 +135,10 @@ def _status(ledger: Ledger, campaign_id: str | None, as_json: bool, console: Con
         console.print("  " + ("  ".join(f"{k} {v:,}" for k, v in states) if states else "no recipients yet"))
         for state, reasons in data["reasons"].items():
             console.print(f"    {state}: " + ", ".join(f"{r} {n:,}" for r, n in reasons.items()))
-        if rec.status.value == "running" and campaign_id:
+        holder = holders[rec.id]
+        if holder is not None and holder.alive:
+            console.print(f"  being sent now by {escape(holder.describe())}")
+        elif rec.status.value == "running" and campaign_id:
             console.print(f"  unfinished: `pigeon resume {escape(rec.id)}` continues it")
     return EXIT_OK
 

@@ -53,6 +53,9 @@ class State(StrEnum):
     UNKNOWN = "unknown"
     """Handed to a gateway that gave no clear answer (a timeout on a non-idempotent API): not resent,
     to be settled by its delivery report."""
+    PENDING = "pending"
+    """Read but not sent: the run halted (a gateway unreachable past ``outage.limit``, a store that
+    cannot be written…) before it could go. Never handed over, or given back: a resume sends it."""
 
 
 class RejectReason(StrEnum):

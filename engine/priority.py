@@ -1,7 +1,7 @@
 """The priority lane's budgets: each carrier's rate split into a marketing part and a reserved part.
 
-A blast books its requests ahead on its limiter (each in-flight slot reserves the next free time),
-so a transactional message that shared that limiter would queue behind the blast's reservations.
+A blast keeps its limiter full (every in-flight request is charged until its answer), so a
+transactional message that shared that limiter would wait behind the blast's requests.
 ``pigeon serve`` therefore splits every carrier budget (``carriers.<c>.rate_per_second``) in two
 sliding windows: marketing lanes get ``rate × (1 − transactional_share)``, the priority lane gets
 ``rate × transactional_share`` and, when that is used up, borrows whatever the marketing part has
@@ -14,6 +14,7 @@ waits for a marketing batch: at most for one request already on the wire.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -22,36 +23,68 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.config import EngineConfig
 from engine.messages import MessageBatch
-from engine.ratelimit import SlidingWindowLimiter
+from engine.ratelimit import SlidingWindowLimiter, Ticket
 from engine.sender import Lane, LaneItem
 
 __all__ = ["BorrowingLimiter", "PriorityBudgets", "PriorityLane", "split_budgets"]
 
 
 class BorrowingLimiter(SlidingWindowLimiter):
-    """A sliding window that, when full, books on ``lender`` instead if the lender allows sooner."""
+    """A sliding window that, when full, charges ``lender`` instead if the lender allows sooner."""
 
-    __slots__ = ("lender",)
+    __slots__ = ("_borrowed", "lender")
 
-    def __init__(self, rate: float, lender: SlidingWindowLimiter | None) -> None:
-        super().__init__(rate)
+    def __init__(self, rate: float, lender: SlidingWindowLimiter | None, *, min_rate: float = 1.0) -> None:
+        super().__init__(rate, min_rate=min_rate)
         self.lender = lender
+        self._borrowed: set[Ticket] = set()
+
+    @property
+    def capacity(self) -> float:
+        """The largest request this window or its lender can let go."""
+        return max(self.ceiling, self.lender.capacity if self.lender is not None else 0.0)
+
+    def _own(self, at: float, parts: int) -> float:
+        return super().earliest(at, parts) if parts <= self.ceiling else math.inf
 
     def earliest(self, at: float, parts: int) -> float:
         """The sooner of this window's and the lender's first allowed time."""
-        own = super().earliest(at, parts)
-        if own <= at or self.lender is None:
+        own = self._own(at, parts)
+        if own <= at or self.lender is None or parts > self.lender.capacity:
             return own
         return min(own, self.lender.earliest(at, parts))
 
-    def book(self, at: float, parts: int) -> None:
-        """Book on this window when it allows ``at``, else on the lender."""
-        if self.lender is None or super().earliest(at, parts) <= at:
-            super().book(at, parts)
-        elif self.lender.earliest(at, parts) <= at:
-            self.lender.book(at, parts)
-        else:  # neither allows ``at`` (a caller that did not ask first): keep the own window's order
-            super().book(at, parts)
+    def take(self, at: float, parts: int) -> Ticket:
+        """Charge this window when it allows ``at``, else the lender."""
+        lender = self.lender
+        if (
+            lender is not None
+            and self._own(at, parts) > at
+            and parts <= lender.capacity
+            and lender.earliest(at, parts) <= at
+        ):
+            ticket = lender.take(at, parts)
+            self._borrowed.add(ticket)
+            return ticket
+        return super().take(at, parts)
+
+    def done(self, ticket: Ticket, at: float) -> None:
+        """The request is answered: its charge stays a window more where it was taken."""
+        if ticket in self._borrowed:
+            self._borrowed.discard(ticket)
+            assert self.lender is not None
+            self.lender.done(ticket, at)
+        else:
+            super().done(ticket, at)
+
+    def cancel(self, ticket: Ticket) -> None:
+        """The request never left: its charge is given back where it was taken."""
+        if ticket in self._borrowed:
+            self._borrowed.discard(ticket)
+            assert self.lender is not None
+            self.lender.cancel(ticket)
+        else:
+            super().cancel(ticket)
 
 
 @dataclass

@@ -124,6 +124,17 @@ class RunSummary(msgspec.Struct, kw_only=True):
     stopped: bool = False
     """The send was stopped (Ctrl-C / SIGTERM) before the whole segment was read: ``rows`` were read,
     and every one of them is accounted for; the rest of the segment was not touched."""
+    halted: str = ""
+    """A fault stopped the run before the end of its segment: ``gateway_unreachable`` (past
+    ``outage.limit``), ``gateway_refused`` (credentials, account, signature or template),
+    ``gateway_stalled`` (requests in a row without an answer), ``store_unwritable`` (a full disk…),
+    ``lease_lost`` (another process took the campaign over). Everyone not sent is ``pending``
+    (in ``states``) and ``pigeon resume`` sends them; ``message`` says what happened."""
+    verdict: str = ""
+    """The segment was judged not worth a send (``nothing_sendable``, ``too_many_rejected``: see
+    ``policy.max_rejected_share``): the campaign is not marked finished; ``message`` says why."""
+    message: str = ""
+    """What stopped the run, or the verdict, and what to do — for the operator."""
 
 
 class RecorderState(msgspec.Struct, kw_only=True):
@@ -178,6 +189,9 @@ class OutcomeSink(Protocol):
 
     def unknown(self, gateway: str, batch: MessageBatch, reason: str) -> None:
         """A request the gateway may or may not have taken."""
+
+    def released(self, gateway: str, batch: MessageBatch, reason: str) -> None:
+        """A request that did not go through (never left, or answered "again") is back to pending."""
 
 
 class RunRecorder:
@@ -320,6 +334,21 @@ class RunRecorder:
         """Count a request whose messages all go again (nothing final to record yet)."""
         if count_only:
             self._gateway(gateway).requests += 1
+
+    def released(self, gateway: str, chunk: MessageBatch, reason: str) -> None:
+        """Messages handed over that did not go through (the request never left, or must go again):
+        back to ``pending`` in the sinks until they are handed over again. Not a final state."""
+        for sink in self.sinks:
+            sink.released(gateway, chunk, reason)
+
+    def pending(self, chunk: MessageBatch, reason: str) -> None:
+        """Messages read but not sent when the run halted (``reason``): ``pending``, for a resume."""
+        self.states[State.PENDING] += len(chunk)
+        self._reason(State.PENDING, reason, len(chunk))
+
+    def waiting(self) -> int:
+        """Rows handed to the sender and not settled yet."""
+        return self.rows - sum(self.states.values())
 
     def unknown(self, gateway: str, chunk: MessageBatch, reason: str) -> None:
         """Record messages a gateway may or may not have taken (not resent: a delivery report settles it)."""

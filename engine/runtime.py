@@ -16,6 +16,7 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
+from engine import sms
 from engine.caps import CapState, CapWindow, parse_period
 from engine.carriers import INTL, PrefixTable, default_prefix_table
 from engine.clock import Clock, SystemClock
@@ -27,6 +28,8 @@ from engine.errors import (
     OutsideSendWindow,
     PreflightError,
     RunAbandoned,
+    RunHalt,
+    SegmentRejected,
     SourceError,
     TemplateError,
 )
@@ -41,14 +44,15 @@ from engine.preflight import DEFAULT_ALLOWED_TERMS, DEFAULT_BANNED_TERMS, Findin
 from engine.ratelimit import SlidingWindowLimiter
 from engine.report import RejectsWriter, RunRecorder, RunSummary, close_writers
 from engine.retry import Breaker, RetryPolicy
-from engine.sender import Accumulator, Lane, LaneItem
+from engine.sender import Accumulator, Halt, Lane, LaneItem, RouteHealth
 from engine.sendwindow import ALL_DAY, SendWindow
-from engine.shards import check_shards, run_shards
+from engine.shards import check_budgets, check_shards, run_shards
 from engine.source import SegmentReader, SegmentSource, SourceContext
 from engine.stages import Cap, CarrierResolver, HoldQuietHours, SameContent, standard_stages
 from engine.stages.same_content import content_hash
 from engine.store.sqlite import SqliteStore
 from engine.template import Template, compile_template
+from engine.verdict import SAMPLE_ROWS, Verdict, judge
 
 __all__ = ["OpenSegment", "Plan", "ProgressHook", "prepare", "preview", "quiet_gc", "send"]
 
@@ -81,6 +85,12 @@ class Plan:
     same_content: SameContent | None = None
     """The same-text window of the campaign's kind, with recent sends loaded from the store."""
     clock: Clock = field(default_factory=SystemClock)
+
+    @property
+    def max_parts(self) -> int:
+        """The most billed parts one message of this campaign can take (``template.max_length``):
+        every rate it goes through must allow at least that many parts a second."""
+        return sms.most_parts(self.template.max_length)
 
     @property
     def prices(self) -> dict[str, float]:
@@ -440,6 +450,7 @@ def send(
     clock = clock or plan.clock
     count = shards if shards is not None else plan.engine.config.shards
     check_shards(plan.engine.config, plan.engine.file, count)
+    check_budgets(plan, count)
     closed = [w for w in plan.pause_windows() if not w.is_open(clock.time())]
     if not wait and closed:
         window = closed[0]
@@ -447,11 +458,12 @@ def send(
             f"outside sending hours {window}; they open {window.describe_opening(clock.time())}. "
             "Nothing was sent: run again then, or without --no-wait to wait"
         )
+    check_segment(plan)  # header, template fields, encoding, the first rows: before the ledger
     metrics = metrics if metrics is not None else Metrics(backend=backend)
     prepare_run(metrics, plan, [])  # gateways and carriers at zero from the first scrape; stages at open
     cl = _open_ledger(plan, force=force, again=again, notify=notify) if ledger else None
-    if cl is not None and cl.resend:
-        _reload_limits(plan)  # reconcile took back the cap counts of the messages it resends
+    if cl is not None and cl.recounted:
+        _reload_limits(plan)  # reconcile took back the cap counts of the messages it sends again
     try:
         # A taken port fails before anything; the shards serve their own.
         serving = metrics.serving(metrics_addr, metrics_port, notify) if count == 1 else nullcontext(None)
@@ -485,14 +497,44 @@ def send(
                 )
     finally:
         if cl is not None:
-            cl.ledger.close()
+            cl.close()  # the lease goes back with it
     if summary is None:
         raise RunAbandoned(
             f"abandoned on a second signal: messages in flight were not waited for; {run_dir} holds "
             "the rows recorded so far"
         )
-    (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
+    try:
+        (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
+    except OSError as exc:  # a full disk: the summary is still returned (and printed)
+        if notify is not None:
+            notify(f"cannot write {run_dir / 'summary.json'}: {exc}")
     return summary
+
+
+def check_segment(plan: Plan, rows: int = SAMPLE_ROWS) -> None:
+    """Read the segment's header and its first ``rows`` rows through every stage, sending nothing
+    and recording nothing: a missing column or template field, a file that is not CSV text in its
+    encoding, no data rows, or too many rejected rows raise here — before a run is recorded."""
+    segment = plan.open_segment()
+    recorder = RunRecorder({})
+    try:
+        for batch in segment.batches(min(plan.engine.config.batch_size, rows)):
+            recorder.dropped(batch.rejects)
+            if batch.nums:
+                recorder.queued(len(batch.nums))
+            if recorder.rows >= rows:
+                break
+    finally:
+        segment.close()
+    verdict = judge(
+        recorder.rows,
+        recorder.states,
+        recorder.reasons,
+        max_rejected_share=plan.campaign.config.policy.max_rejected_share,
+        first_rows=recorder.rows >= rows,
+    )
+    if verdict is not None:
+        raise SegmentRejected(f"{plan.campaign.file}: {verdict.message}. Nothing was sent")
 
 
 def _send_sharded(
@@ -529,13 +571,17 @@ def _send_sharded(
         )
     if run.abandoned:
         return None
+    verdict = _verdict(plan, run.recorder, ledger) if run.complete else None
     if ledger is not None:
-        ledger.finish(complete=run.complete)
+        ledger.finish(complete=run.complete and verdict is None)
     if progress is not None:
         progress(run.recorder, time.perf_counter() - started, 1.0, True)
     summary = _summarize(plan, run.recorder, "send", time.perf_counter() - started, str(run_dir))
     summary.files = run.files
     summary.stopped = run.stopped
+    summary.halted, summary.message = run.halted, run.message
+    if verdict is not None:
+        summary.verdict, summary.message = verdict.reason, verdict.message
     return summary
 
 
@@ -560,7 +606,13 @@ async def _wait_for_window(
 
 
 def _open_ledger(
-    plan: Plan, *, force: bool, again: bool, notify: Callable[[str], None] | None
+    plan: Plan,
+    *,
+    force: bool,
+    again: bool,
+    notify: Callable[[str], None] | None,
+    owner: str = "pigeon send",
+    adopt: str = "",
 ) -> CampaignLedger:
     c = plan.campaign
     t = c.config.template
@@ -572,8 +624,16 @@ def _open_ledger(
         force=force,
         again=again,
         engine_file=str(Path(plan.engine.file).resolve()),
+        owner=owner,
+        lease_ttl=plan.engine.config.store.lease_ttl,
+        adopt=adopt,
     )
-    if cl.resumed and notify is not None:
+    if notify is not None and cl.restarted:
+        notify(
+            f"campaign {c.id!r}: its last run handed nothing to a gateway and its files changed since: "
+            "starting afresh"
+        )
+    elif cl.resumed and notify is not None:
         done = int(cl.skip.sum()) if cl.skip is not None else 0
         notify(
             f"resuming campaign {c.id!r} ({cl.semantics.value}): {done:,} rows already handled are skipped"
@@ -604,26 +664,44 @@ def _reload_limits(plan: Plan) -> None:
 
 def _cap_recorder(
     plan: Plan, store: SqliteStore | None, ledger: CampaignLedger | None = None
-) -> Callable[[MessageBatch], None]:
-    """Count each request's messages against the caps when they are handed to the gateway, in
-    memory for this run and in the store for the next ones — with the ledger, in the transaction
-    that records the request's rows as ``submitting``."""
+) -> Callable[[MessageBatch, bool], None]:
+    """Count each request's messages against the caps when they are first handed to the gateway,
+    in memory for this run and in the store for the next ones — with the ledger, in the transaction
+    that records the request's rows as ``submitting`` (a retry's hand-over counts nothing again)."""
     caps, kind, clock = plan.caps, plan.campaign.config.kind, plan.clock
     with_content = plan.same_content is not None
     counting = store is not None
 
-    def handover(batch: MessageBatch) -> None:
+    def handover(batch: MessageBatch, first: bool) -> None:
         now = clock.time()
-        keys = batch.keys() if counting else None
-        if caps is not None and keys is not None:
-            caps.record(now, keys)
-        contents = list(map(content_hash, batch.texts)) if with_content else None
+        keys = batch.keys() if counting and first else None
+        contents = list(map(content_hash, batch.texts)) if with_content and keys is not None else None
         if ledger is not None:
             ledger.handover(batch, now=now, keys=keys, contents=contents)
         elif store is not None and keys is not None:
             store.record_sends(kind, keys, now, contents)
+        if caps is not None and keys is not None:  # after the store: a refused hand-over counts nothing
+            caps.record(now, keys)
 
     return handover
+
+
+def _verdict(plan: Plan, recorder: RunRecorder, ledger: CampaignLedger | None) -> Verdict | None:
+    """The whole run's verdict on its segment (see :func:`engine.verdict.judge`)."""
+    st = recorder.states
+    handled = int(ledger.skip.sum()) if ledger is not None and ledger.skip is not None else 0
+    sendable = recorder.rows - st[State.REJECTED] - st[State.SUPPRESSED] + handled
+    return judge(
+        recorder.rows + handled,
+        st,
+        recorder.reasons,
+        max_rejected_share=plan.campaign.config.policy.max_rejected_share,
+        sendable=sendable,
+    )
+
+
+PROGRESS_TICK = 1.0
+"""Seconds between two progress calls while no batch moves (a paused route, a full lane)."""
 
 
 async def _send(
@@ -666,6 +744,15 @@ async def _send(
     gateways: dict[str, Gateway] = {}
     counting = plan.caps is not None or plan.same_content is not None
     store = SqliteStore(plan.engine.store_path) if counting else None
+    halt = Halt()
+    health = RouteHealth(
+        clock,
+        limit=ecfg.outage.limit,
+        halt=halt,
+        notify=notify,
+        waiting=recorder.waiting,
+        campaign=plan.campaign.id,
+    )
     try:
         for name in sorted({g for names in plan.failover.values() for g in names}):
             if shared is not None:
@@ -682,8 +769,9 @@ async def _send(
             gateways[name] = reg.factory(
                 opts, GatewayContext(name=name, base_dir=plan.engine.base_dir, run_dir=run_dir)
             )
+        floor = plan.max_parts
         limiters: dict[str, SlidingWindowLimiter] = {
-            c: SlidingWindowLimiter(cc.rate_per_second)
+            c: SlidingWindowLimiter(cc.rate_per_second, min_rate=floor)
             for c, cc in ecfg.carriers.items()
             if cc.rate_per_second
         }
@@ -694,7 +782,7 @@ async def _send(
         }
         policy = RetryPolicy(ecfg.retry.max_attempts, ecfg.retry.base, ecfg.retry.cap)
         gateway_limiters = {
-            name: SlidingWindowLimiter(rate)
+            name: SlidingWindowLimiter(rate, min_rate=floor)
             for name in gateways
             if (rate := ecfg.gateways[name].rate_per_second)
         }
@@ -707,7 +795,21 @@ async def _send(
         if ledger is not None:
             ledger.group_commit = True  # an answer commits with the next hand-over (Lane.on_idle)
         handover = _cap_recorder(plan, store, ledger) if store is not None or ledger else None
+        exhausted = False
+
+        async def tick() -> None:  # a line even while no batch moves (a paused route, a full lane)
+            while progress is not None:
+                await anyio.sleep(PROGRESS_TICK)
+                progress(recorder, time.perf_counter() - started, segment.reader.fraction_read(), False)
+
         async with anyio.create_task_group() as tg:
+            ticker = anyio.CancelScope()
+
+            async def ticking() -> None:
+                with ticker:
+                    await tick()
+
+            tg.start_soon(ticking)
             for name, (_, rx) in lanes.items():
                 lane = Lane(
                     gateways[name],
@@ -722,19 +824,19 @@ async def _send(
                     in_flight=ecfg.gateways[name].in_flight,
                     priority=kind,
                     on_idle=ledger.flush if ledger is not None else None,
+                    health=health,
                 )
                 tg.start_soon(lane.run, rx)
             try:
                 windows = plan.pause_windows()
                 batches = segment.batches(ecfg.batch_size)
-                exhausted = False
-                while stop is None or not stop.is_set():
+                while (stop is None or not stop.is_set()) and not halt:
                     if control is not None:
                         await control.wait_running()
                     for window in windows:
                         if not window.is_open(plan.clock.time()):
                             await _wait_for_window(window, plan.clock, notify, stop)  # before reading on
-                    if stop is not None and stop.is_set():
+                    if (stop is not None and stop.is_set()) or halt:
                         break
                     batch = next(batches, None)
                     if batch is None:
@@ -763,14 +865,21 @@ async def _send(
             finally:
                 for tx, _ in lanes.values():
                     tx.close()
+                ticker.cancel()
         stopped = stop is not None and stop.is_set()
-        complete = not stopped and exhausted and not recorder.states[State.DEFERRED]
+        complete = not stopped and not halt and exhausted and not recorder.states[State.DEFERRED]
+        if complete and ledger is not None and ledger.should_stop():
+            complete = False  # cancelled meanwhile
+        verdict = _verdict(plan, recorder, ledger) if complete and shard is None else None
         if on_finish is not None:
             if ledger is not None:
                 ledger.flush()
-            on_finish(complete and (ledger is None or not ledger.should_stop()))
+            on_finish(complete)
         elif ledger is not None:
-            ledger.finish(complete=complete and not ledger.should_stop())
+            try:
+                ledger.finish(complete=complete and verdict is None)
+            except RunHalt as exc:  # the store refuses even the last flush: say so in the summary
+                halt(exc.reason, str(exc))
     finally:
         segment.close()
         close_writers(recorder)
@@ -783,6 +892,9 @@ async def _send(
         progress(recorder, time.perf_counter() - started, 1.0, True)
     summary = _summarize(plan, recorder, "send", time.perf_counter() - started, str(run_dir))
     summary.stopped = stop is not None and stop.is_set()
+    summary.halted, summary.message = halt.reason, halt.message
+    if verdict is not None:
+        summary.verdict, summary.message = verdict.reason, verdict.message
     return summary
 
 

@@ -40,7 +40,7 @@ from engine.clock import Clock, SystemClock
 from engine.config import DEFAULT_MARKETING_WINDOW, LoadedEngine, convert_section
 from engine.errors import ConfigError, EngineError, TemplateError
 from engine.gateway import Gateway, GatewayContext
-from engine.ledger import CampaignLedger, Ledger, LedgerError, file_fingerprint, transaction
+from engine.ledger import CampaignBusy, CampaignLedger, Ledger, LedgerError, file_fingerprint, transaction
 from engine.messages import DeliveryReport, MessageBatch, Reject, State, SubmitResult
 from engine.metrics import CONTENT_TYPE, Metrics
 from engine.optout import DEFAULT_KEYWORDS, OptOutSet, is_opt_out_reply
@@ -50,7 +50,7 @@ from engine.plugins import PluginHost
 from engine.priority import PriorityLane, split_budgets
 from engine.report import RunRecorder
 from engine.retry import Breaker, RetryPolicy
-from engine.sender import Lane, LaneItem
+from engine.sender import Lane, LaneItem, RouteHealth
 from engine.sendwindow import SendWindow
 from engine.service_config import ServiceTemplate
 from engine.stages import Cap, CountParts, HoldQuietHours, Normalize, Render, Route, SuppressOptouts
@@ -238,6 +238,11 @@ class ApiRecords:
     def unknown(self, gateway: str, batch: MessageBatch, reason: str) -> None:
         """A request the gateway may or may not have taken."""
         self._set(batch.ids, state="unknown", reason=reason, gateway=gateway, answered_at=time.time())
+
+    def released(self, gateway: str, batch: MessageBatch, reason: str) -> None:
+        """A request that did not go through (the gateway could not be reached, or said "again"):
+        queued again until its next hand-over."""
+        self._set(batch.ids, state="queued", reason=reason)
 
     def reports(self, reports: Sequence[DeliveryReport]) -> int:
         """Apply delivery reports to the messages in memory; how many matched."""
@@ -443,6 +448,7 @@ class Service:
         policy = RetryPolicy(cfg.retry.max_attempts, cfg.retry.base, cfg.retry.cap)
         prices: dict[str, float] = {c: cc.price_per_part for c, cc in cfg.carriers.items()}
         by_carrier = {c: [self.gateways[g] for g in names] for c, names in self.failover.items()}
+        health = RouteHealth(self.clock)  # the API waits out an outage (no limit): messages stay queued
         for priority in ("transactional", "marketing"):
             stream = self._open_stream(priority, prices)
             self.streams[priority] = stream
@@ -462,6 +468,7 @@ class Service:
                     policy=policy,
                     in_flight=self.service.transactional_in_flight if urgent else 1,
                     priority=priority,
+                    health=health,
                 )
                 tg.start_soon(lane.run, rx)
         self.metrics.prepare(
@@ -523,8 +530,14 @@ class Service:
                 force=True,
                 campaign_file="",
                 engine_file=self.engine.file,
+                owner="pigeon serve",
+                lease_ttl=self.config.store.lease_ttl,
             )
             recorder.sinks.append(cl)
+            if cl.lease is not None:
+                cl.lease.start()
+        except CampaignBusy:
+            raise  # another service runs on this store: two would hand out the same rows
         except LedgerError as exc:
             log.warning("ledger unavailable for %s: %s", campaign, exc)
         lane_caps = self.config.caps.get(priority)
@@ -539,18 +552,18 @@ class Service:
     def _handover(self, stream: _Stream) -> Any:
         records, clock = self.records, self.clock
 
-        def handover(batch: MessageBatch) -> None:
+        def handover(batch: MessageBatch, first: bool) -> None:
             now = clock.time()
-            keys = batch.keys()
-            if stream.caps is not None:
-                stream.caps.record(now, keys)
+            keys = batch.keys() if first else None  # a retry's hand-over counts nothing again
             if stream.ledger is not None:
                 stream.ledger.handover(batch, now=now, keys=keys)
-            elif self.store is not None:
+            elif self.store is not None and keys is not None:
                 self.store.record_sends(stream.priority, keys, now, None)
+            if stream.caps is not None and keys is not None:
+                stream.caps.record(now, keys)
             # After the commit, just before the request is written: "submitted at" includes it.
             records.handover(batch, clock.time())
-            if stream.priority == "transactional":
+            if first and stream.priority == "transactional":
                 self.urgent_pending = max(0, self.urgent_pending - len(batch))
 
         return handover
@@ -586,6 +599,8 @@ class Service:
             if stream.ledger is not None:
                 with contextlib.suppress(Exception):
                     stream.ledger.flush()
+                if stream.ledger.lease is not None:
+                    stream.ledger.lease.release()
         if self.ledger is not None:
             self.ledger.close()
         if self.reports_ledger is not None:

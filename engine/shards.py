@@ -44,7 +44,7 @@ from engine.messages import State
 from engine.metrics import Metrics, prepare_run
 from engine.report import RecorderState, RunRecorder, RunSummary
 
-__all__ = ["ShardRun", "check_shards", "run_shards", "shard_config"]
+__all__ = ["ShardRun", "check_budgets", "check_shards", "run_shards", "shard_config"]
 
 SHARDS_MAX = 64
 """The most shards a send may have (as the engine key ``shards`` allows)."""
@@ -84,6 +84,31 @@ def check_shards(config: EngineConfig, file: str, count: int) -> None:
             )
 
 
+def check_budgets(plan: Any, count: int) -> None:
+    """Refuse a campaign one of whose messages could take more parts than a rate on its route
+    allows in a second (each shard's part of it): it could never be sent within the rate."""
+    cfg, most = plan.engine.config, plan.max_parts
+    for carrier, names in plan.failover.items():
+        budgets = [
+            (
+                f"carriers.{carrier}",
+                cfg.carriers[carrier].rate_per_second if carrier in cfg.carriers else None,
+            )
+        ]
+        budgets += [(f"gateways.{n}", cfg.gateways[n].rate_per_second) for n in names]
+        for key, rate in budgets:
+            if rate is not None and rate // count < most:
+                per = f" ({rate // count} for each of {count} shards)" if count > 1 else ""
+                raise ConfigError(
+                    plan.engine.file,
+                    f"{key}.rate_per_second",
+                    f"{rate} parts a second{per} is below the {most} parts one message of campaign "
+                    f"{plan.campaign.id!r} may take (template.max_length = {plan.template.max_length}): "
+                    f"raise the rate to at least {most * count}, or lower template.max_length in "
+                    f"{plan.campaign.file}",
+                )
+
+
 def shard_config(config: EngineConfig, index: int, count: int) -> EngineConfig:
     """The engine config shard ``index`` of ``count`` runs with: every carrier's and gateway's
     ``rate_per_second`` and every gateway's ``in_flight`` split (at least one request each)."""
@@ -118,6 +143,9 @@ class ShardRun:
     """Every shard handled all of its rows: the campaign can be marked finished."""
     files: dict[str, str]
     """State → the merged row file of the run (``rejects.csv``…)."""
+    halted: str = ""
+    """The first shard's halt reason (see :attr:`engine.report.RunSummary.halted`)."""
+    message: str = ""
 
 
 def run_shards(
@@ -158,7 +186,7 @@ def run_shards(
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     states: dict[int, RecorderState] = {}
     fractions: dict[int, float | None] = {}
-    finished: dict[int, tuple[bool, bool, bool]] = {}
+    finished: dict[int, tuple[bool, bool, bool, str, str]] = {}
     errors: list[EngineError] = []
     said: dict[str, float] = {}
     try:
@@ -226,12 +254,15 @@ def run_shards(
     merged = _total(plan, states)
     files = _merge_row_files(run_dir, count)
     abandoned = any(f[0] for f in finished.values())
+    halts = [(f[3], f[4]) for f in finished.values() if f[3]]
     return ShardRun(
         recorder=merged,
         abandoned=abandoned,
         stopped=any(f[1] for f in finished.values()),
         complete=not abandoned and all(f[2] for f in finished.values()),
         files=files,
+        halted=halts[0][0] if halts else "",
+        message=halts[0][1] if halts else "",
     )
 
 
@@ -361,7 +392,13 @@ def _worker(
             (
                 "done",
                 state,
-                (summary is None, summary is None or summary.stopped, bool(outcome and outcome[0])),
+                (
+                    summary is None,
+                    summary is None or summary.stopped,
+                    bool(outcome and outcome[0]),
+                    summary.halted if summary is not None else "",
+                    summary.message if summary is not None else "",
+                ),
             )
         )
     except EngineError as exc:

@@ -26,6 +26,7 @@ __all__ = [
     "Encoding",
     "count_parts",
     "encoding_of",
+    "most_parts",
     "parts_for_units",
     "split",
     "units",
@@ -98,3 +99,11 @@ def count_parts(text: str) -> int:
     if wide.search(text) is None:
         return parts_for_units(len(text), enc)
     return len(split(text, enc))
+
+
+def most_parts(max_units: int) -> int:
+    """The most parts a message of at most ``max_units`` billed units can take, in any encoding:
+    UCS-2 (the worst), with a two-unit character wasting a unit at every part boundary."""
+    if max_units <= SINGLE["ucs2"]:
+        return 1
+    return -(-max_units // (MULTI["ucs2"] - 1))

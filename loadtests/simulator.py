@@ -28,6 +28,7 @@ import random
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,26 @@ import msgspec
 from loadtests.sim_callbacks import Callbacks
 from loadtests.sim_shapes import SHAPES, BadRequest, Fate
 
-__all__ = ["SimConfig", "Simulator", "SimulatorThread"]
+__all__ = ["SimConfig", "Simulator", "SimulatorThread", "busiest_windows"]
+
+
+def busiest_windows(events: Iterable[tuple[str, float, int]], window: float = 1.0) -> dict[str, int]:
+    """Carrier → the most parts within any ``window`` seconds, from (carrier, time, parts) events."""
+    by_carrier: dict[str, list[tuple[float, int]]] = {}
+    for carrier, t, parts in events:
+        by_carrier.setdefault(carrier, []).append((t, parts))
+    out: dict[str, int] = {}
+    for carrier, times in by_carrier.items():
+        times.sort()
+        best = total = start = 0
+        for t, parts in times:
+            total += parts
+            while times[start][0] <= t - window:
+                total -= times[start][1]
+                start += 1
+            best = max(best, total)
+        out[carrier] = best
+    return out
 
 
 @dataclass
@@ -136,6 +156,12 @@ class Simulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.rejected: list[str] = []
         """Numbers of the messages it rejected, in order."""
+        self.arrivals: list[tuple[float, str, int]] = []
+        """Every message of every send request as it arrived — (time the request was read, carrier,
+        parts) — whether it was accepted, throttled or rejected: where a provider meters a rate."""
+        self._connections: dict[asyncio.StreamWriter, bool] = {}
+        """Open connections → whether a request is being answered on it."""
+        self._down = False
 
     async def serve(self, started: threading.Event | None = None) -> None:
         """Listen until cancelled."""
@@ -146,8 +172,10 @@ class Simulator:
             self.port = self._server.sockets[0].getsockname()[1]
             if started is not None:
                 started.set()
-            async with self._server:
-                await self._server.serve_forever()
+            try:
+                await asyncio.Event().wait()  # until cancelled (go_down/come_up swap the listener)
+            finally:
+                self._server.close()
         finally:
             await self.callbacks.stop()
 
@@ -165,12 +193,47 @@ class Simulator:
         else:
             loop.call_soon_threadsafe(self.callbacks.inject_mo, from_, text)
 
+    def go_down(self) -> None:
+        """An outage, from any thread: stop listening (new connections are refused) and close every
+        connection as soon as it is idle (requests being answered get their answer first). Returns
+        once it is down."""
+        self._call(self._go_down())
+
+    def come_up(self) -> None:
+        """Listen again on the same port (from any thread); returns once it does."""
+        self._call(self._come_up())
+
+    def _call(self, coro: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the simulator is not serving")
+        asyncio.run_coroutine_threadsafe(coro, loop).result(10)
+
+    async def _go_down(self) -> None:
+        self._down = True
+        if self._server is not None:
+            self._server.close()
+        for writer, busy in list(self._connections.items()):
+            if not busy:
+                writer.close()
+        self.stats["outages"] += 1
+
+    async def _come_up(self) -> None:
+        self._down = False
+        self._server = await asyncio.start_server(self._client, self.config.host, self.port)
+        await self._server.start_serving()
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._down:  # accepted just before the listener closed
+            writer.close()
+            return
         self.stats["connections"] += 1
+        self._connections[writer] = False
         answered = 0
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                self._connections[writer] = True
                 lines = head.decode("latin-1").split("\r\n")
                 method, path, _ = lines[0].split(" ", 2)
                 headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in lines[1:] if h)}
@@ -184,12 +247,14 @@ class Simulator:
                 ).encode() + payload
                 writer.write(out)
                 await writer.drain()
+                self._connections[writer] = False
                 answered += 1
-                if answered == self.config.close_after:
+                if answered == self.config.close_after or self._down:
                     break
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:
+            self._connections.pop(writer, None)
             with contextlib.suppress(Exception):
                 writer.close()
                 await writer.wait_closed()
@@ -199,6 +264,7 @@ class Simulator:
     async def _handle(
         self, method: str, path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, str, bytes]:
+        arrived = time.monotonic()  # the request is read: where the provider's meter ticks
         cfg, rng = self.config, self._rng
         self.stats["requests"] += 1
         if method == "GET" and path == "/stats":
@@ -228,12 +294,13 @@ class Simulator:
             self.stats["429"] += 1
             return 429, f"Retry-After: {cfg.retry_after:g}\r\n", b'{"error": "slow down"}'
         if self._shape.name != "pigeon":
-            return self._shaped(body)
+            return self._shaped(body, arrived)
         try:
             req = self._decode(body)
         except msgspec.DecodeError as exc:
             self.stats["400"] += 1
             return 400, "", json.dumps({"error": str(exc)}).encode()
+        self.arrivals.extend((arrived, m.carrier, m.parts) for m in req.messages)
         now = time.monotonic()
         results = []
         keys = self._keys
@@ -260,7 +327,7 @@ class Simulator:
                     self.callbacks.accepted(provider_id, m.id, m.to, now)
         return 200, "", msgspec.json.encode({"results": results})
 
-    def _shaped(self, body: bytes) -> tuple[int, str, bytes]:
+    def _shaped(self, body: bytes, arrived: float) -> tuple[int, str, bytes]:
         """A request in another provider's shape: the same fates, that provider's words."""
         cfg, rng, shape = self.config, self._rng, self._shape
         try:
@@ -268,6 +335,7 @@ class Simulator:
         except BadRequest as exc:
             self.stats["400"] += 1
             return 400, "", json.dumps({"error": str(exc)}).encode()
+        self.arrivals.extend((arrived, m.carrier, m.parts) for m in msgs)
         now = time.monotonic()
         statuses = []
         for m in msgs:
@@ -317,28 +385,19 @@ class Simulator:
 
     def max_parts_per_second(self) -> dict[str, int]:
         """For each carrier, the most SMS parts accepted within any 1 s window (from the log)."""
-        out: dict[str, int] = {}
-        by_carrier: dict[str, list[tuple[float, int]]] = {}
-        for t, _, _, carrier, parts in self.log:
-            by_carrier.setdefault(carrier, []).append((t, parts))
-        for carrier, events in by_carrier.items():
-            events.sort()
-            best = total = 0
-            start = 0
-            for t, parts in events:
-                total += parts
-                while events[start][0] <= t - 1.0:
-                    total -= events[start][1]
-                    start += 1
-                best = max(best, total)
-            out[carrier] = best
-        return out
+        return busiest_windows((carrier, t, parts) for t, _, _, carrier, parts in self.log)
+
+    def max_arrived_parts_per_second(self, window: float = 1.0) -> dict[str, int]:
+        """For each carrier, the most SMS parts that *arrived* (accepted or not) within any
+        ``window`` seconds: what a provider that meters arrivals would count."""
+        return busiest_windows(((carrier, t, parts) for t, carrier, parts in self.arrivals), window)
 
     def summary(self) -> dict[str, Any]:
         """Counters and the per-carrier peaks."""
         return {
             "stats": dict(self.stats),
             "max_parts_per_second": self.max_parts_per_second(),
+            "max_arrived_parts_per_second": self.max_arrived_parts_per_second(),
             "callbacks_pending": self.callbacks.pending(),
         }
 

@@ -1,4 +1,4 @@
-"""The ``http`` gateway: a provider's HTTP API over one pooled ``httpx.AsyncClient`` per gateway.
+r"""The ``http`` gateway: a provider's HTTP API over one pooled ``httpx.AsyncClient`` per gateway.
 
 The request and response shapes are configurable (:mod:`plugins.gateway_http.shapes`: JSON or
 form, one message / a list / columns per request, where results live, provider codes → outcome
@@ -9,10 +9,12 @@ Request: ``POST {url}`` with ``{"messages": [{"id", "to", "text", "carrier", "pa
 Response: ``{"results": [...]}``, one per message in order, each ``{"status": "accepted",
 "provider_id"}``, ``{"status": "rejected", "code"}`` or ``{"status": "retry", "code"}``
 (``code = "throttled"`` for a rate limit). A 429 throttles the whole request (``Retry-After``
-honoured); 5xx and failures to connect raise :class:`GatewayUnavailable` (nothing was taken), a
-timeout or a connection dropped after sending :class:`GatewayTimeout` (ambiguous: the provider
-may have taken the messages), 401/403 :class:`GatewayAuthError`. No ``httpx`` exception leaves
-this module.
+honoured); 5xx raises :class:`GatewayUnavailable` (answered, nothing taken); a request that
+never left this machine (refused, DNS, TLS, no free connection) :class:`GatewayUnreachable` (no
+retry spent: the engine pauses the route and :meth:`HttpGateway.probe`\ s it); a timeout or a
+connection dropped after the request went out :class:`GatewayTimeout` (ambiguous: the provider
+may have taken the messages); 401/403 :class:`GatewayAuthError`. No exception of httpx, httpcore
+or the socket layer leaves this module.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from engine.hookspecs import hookimpl
 from engine.messages import ACCEPTED, MessageBatch, Outcome, SubmitResult
 from engine.plugins import GatewayRegistry
 from plugins.gateway_http.shapes import BodyEncoder, RequestShape, ResponseReader, ResponseShape
-from plugins.gateway_http.transport import PooledTransport, send
+from plugins.gateway_http.transport import PooledTransport, probe, send
 
 __all__ = ["HttpConfig", "HttpGateway"]
 
@@ -142,6 +144,9 @@ class HttpGateway:
         self._url = httpcore.URL(
             scheme=target.raw_scheme, host=target.raw_host, port=target.port, target=target.raw_path
         )
+        self._host = target.host
+        self._port = target.port or (443 if target.scheme == "https" else 80)
+        self._connect_timeout = config.connect_timeout
         headers = {
             "Host": target.netloc.decode("ascii"),
             "Content-Type": encoder.content_type,
@@ -190,7 +195,15 @@ class HttpGateway:
         headers = self._headers
         if self._hmac_key:
             headers = [*headers, *self._sign(body)]
-        resp = await send(self._transport.pool, self._url, headers, body, self._extensions, self.name)
+        resp = await send(
+            self._transport.pool,
+            self._url,
+            headers,
+            body,
+            self._extensions,
+            self.name,
+            marked=self._transport.marks_writes,
+        )
         status = resp.status
         if status in self._reader.ok_status:
             if self._fast_answer:
@@ -233,6 +246,11 @@ class HttpGateway:
                     outcome = "rejected"
                 out.append(reader.submit(outcome, code, r.provider_id))
         return out
+
+    async def probe(self) -> None:
+        """Whether the provider can be reached at all: a TCP connection, no request (the engine
+        probes an unreachable gateway so, and hands messages over again once it answers)."""
+        await probe(self._host, self._port, self._connect_timeout)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -14,9 +14,15 @@ until the client reads the answer, which on HTTP/1.1 always follows the request)
 request polls the socket directly instead of building the backend's attribute table each time.
 HTTP/2 connections multiplex several requests on one stream, so they keep the plain backend.
 
-:func:`send` maps every httpcore failure to a :class:`~engine.errors.GatewayError`: nothing left
-(could not connect, no free connection in time) → :class:`GatewayUnavailable`; sent but no
-usable answer (read timeout, connection dropped) → :class:`GatewayTimeout` (ambiguous).
+:func:`send` maps *every* failure — httpcore's, the socket layer's, anything else — to a
+:class:`~engine.errors.GatewayError`, by whether the request could have left this machine. The
+coalescing stream knows: it marks the moment it starts writing the request (:data:`_WRITTEN`, a
+context variable of the sending task). A failure before that moment (connection refused, DNS,
+TLS handshake, no free connection in time, a connection reset before the write) is
+:class:`GatewayUnreachable` — nothing left, the engine spends no retry on it. A failure after it
+(read timeout, the connection dropped while waiting for the answer) is :class:`GatewayTimeout`:
+the provider may have the request (ambiguous). Over HTTP/2 the plain backend is used and the
+exception's kind decides.
 """
 
 # The stream and backend methods take ``timeout`` because httpcore's interface does.
@@ -24,19 +30,26 @@ usable answer (read timeout, connection dropped) → :class:`GatewayTimeout` (am
 
 from __future__ import annotations
 
+import contextvars
 import select
 import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import anyio
 import httpcore
 import httpx
 
-from engine.errors import GatewayTimeout, GatewayUnavailable
+from engine.errors import GatewayError, GatewayTimeout, GatewayUnreachable
 
-__all__ = ["CoalescingBackend", "PooledTransport", "Reply", "send"]
+__all__ = ["CoalescingBackend", "PooledTransport", "Reply", "probe", "send"]
 
 Header = tuple[bytes, bytes]
+
+_WRITTEN: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar(
+    "pigeon_http_written", default=None
+)
+"""Set by :func:`send` for its task: ``[True]`` once a byte of the request may be on the wire."""
 
 
 class _CoalescingStream(httpcore.AsyncNetworkStream):
@@ -57,6 +70,9 @@ class _CoalescingStream(httpcore.AsyncNetworkStream):
 
     async def _flush(self) -> None:
         pending, self._pending = self._pending, []
+        written = _WRITTEN.get()
+        if written is not None:
+            written[0] = True  # from here on the provider may receive the request
         await self._stream.write(pending[0] if len(pending) == 1 else b"".join(pending), self._write_timeout)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
@@ -150,6 +166,8 @@ class PooledTransport(httpx.AsyncHTTPTransport):
             network_backend=None if http2 else CoalescingBackend(),
         )
         """Connections of this gateway; the hot path sends here."""
+        self.marks_writes = not http2
+        """Whether the pool's streams mark when a request starts to leave (:func:`send`)."""
         self._pool = self.pool  # what httpx's handle_async_request sends through
 
     async def aclose(self) -> None:
@@ -182,8 +200,15 @@ async def send(
     body: bytes,
     extensions: dict[str, Any],
     gateway: str,
+    *,
+    marked: bool = True,
 ) -> Reply:
-    """POST ``body`` with ``headers`` (``Content-Length`` is added) and read the whole answer."""
+    """POST ``body`` with ``headers`` (``Content-Length`` is added) and read the whole answer.
+
+    Raises only :class:`~engine.errors.GatewayError`: :class:`GatewayUnreachable` when the
+    request certainly never left, :class:`GatewayTimeout` when it may have. ``marked``: the pool's
+    streams mark the start of each write (:class:`CoalescingBackend`; not over HTTP/2).
+    """
     request = httpcore.Request(
         b"POST",
         url,
@@ -191,21 +216,55 @@ async def send(
         content=body,
         extensions=extensions,
     )
+    written = [False]
+    token = _WRITTEN.set(written)
     try:
         response = await pool.handle_async_request(request)
         try:
             content = await response.aread()
         finally:
             await response.aclose()
-    except (
-        httpcore.ConnectError,
-        httpcore.ConnectTimeout,
-        httpcore.PoolTimeout,
-        httpcore.UnsupportedProtocol,
-    ) as exc:
-        # The request never left: safe to send again.
-        raise GatewayUnavailable(f"{gateway}: {type(exc).__name__}: {exc}") from None
-    except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
-        # Sent, but no answer (read timeout, connection dropped): the provider may have it.
-        raise GatewayTimeout(f"{gateway}: no answer ({type(exc).__name__})") from None
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception as exc:
+        raise _classify(exc, written[0] or not marked, gateway) from None
+    finally:
+        _WRITTEN.reset(token)
     return Reply(response.status, response.headers, content)
+
+
+_NEVER_LEFT = (
+    httpcore.ConnectError,
+    httpcore.ConnectTimeout,
+    httpcore.PoolTimeout,
+    httpcore.UnsupportedProtocol,
+)
+
+
+def _classify(exc: Exception, maybe_left: bool, gateway: str) -> GatewayError:
+    """The engine's error for a failed request, by whether it may have left this machine (connect
+    and pool failures never have; otherwise the stream's mark says — unknown: it may have)."""
+    what = type(exc).__name__
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, _NEVER_LEFT) or not maybe_left:
+        return GatewayUnreachable(f"{gateway}: {what}: {_short(exc)}")
+    return GatewayTimeout(f"{gateway}: no answer ({what})")
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text[:200] if text else "no detail"
+
+
+async def probe(host: str, port: int, timeout: float) -> None:
+    """Open and close a TCP connection to ``host:port`` (no request): :class:`GatewayUnreachable`
+    when it cannot be opened within ``timeout`` seconds."""
+    try:
+        with anyio.fail_after(timeout):
+            stream = await anyio.connect_tcp(host, port)
+        await stream.aclose()
+    except anyio.get_cancelled_exc_class():
+        raise
+    except (OSError, TimeoutError) as exc:
+        raise GatewayUnreachable(f"{host}:{port}: {type(exc).__name__}: {_short(exc)}") from None

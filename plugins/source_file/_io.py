@@ -11,7 +11,7 @@ from typing import BinaryIO, Final
 
 from engine.errors import SourceError
 
-__all__ = ["BLOCK_BYTES", "SURROGATE", "fraction_read", "open_binary", "resolve", "text_blocks"]
+__all__ = ["BLOCK_BYTES", "SURROGATE", "check_head", "fraction_read", "open_binary", "resolve", "text_blocks"]
 
 BLOCK_BYTES: Final = 1 << 17
 """Bytes read and decoded at a time: 128 KiB, about 2,500 rows of a typical segment. Small enough
@@ -98,16 +98,46 @@ def _decode(data: bytes, encoding: str) -> tuple[str, bool]:
         return data.decode(encoding, "surrogateescape"), True
 
 
+_NOT_TEXT: Final = (
+    (b"PK\x03\x04", "an Excel workbook (.xlsx) or another zip archive"),
+    (b"\xd0\xcf\x11\xe0", "an old Excel workbook (.xls)"),
+    (b"%PDF", "a PDF document"),
+)
+
+
+def check_head(head: bytes, encoding: str) -> bool:
+    """Refuse, before any row is read, a file that is not text in ``encoding``, saying what to do;
+    returns whether its lines end with a lone CR (old Mac exports), to be read as line ends."""
+    for magic, what in _NOT_TEXT:
+        if head.startswith(magic):
+            raise SourceError(
+                f"the segment file is {what}, not a CSV or JSON Lines file: open it in Excel or WPS "
+                'and save it as "CSV UTF-8 (comma delimited)" (or export the segment again as CSV)'
+            )
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (
+        head[:200].count(b"\x00") > len(head[:200]) // 4
+    ):
+        raise SourceError(
+            'the segment file is UTF-16 (Excel\'s "Unicode Text" export), not '
+            f'{encoding}: set segment.encoding = "utf-16" in the campaign file, or save it as "CSV UTF-8"'
+        )
+    return b"\r" in head and b"\n" not in head
+
+
 def _byte_blocks(raw: BinaryIO, encoding: str) -> Iterator[tuple[str, bool]]:
     utf8 = codecs.lookup(encoding).name == "utf-8"
     carry = b""
     first = True
+    cr_only = False
     while True:
         chunk = _read(raw)
         if first:
             first = False
+            cr_only = check_head(chunk, encoding)
             if utf8 and chunk.startswith(codecs.BOM_UTF8):
                 chunk = chunk[len(codecs.BOM_UTF8) :]
+        if cr_only:  # lines end with CR alone: read them as line ends (CR is never inside a character)
+            chunk = chunk.replace(b"\r", b"\n")
         if not chunk:
             if carry:
                 yield _decode(carry.removesuffix(b"\n"), encoding)

@@ -246,8 +246,11 @@ def test_a_store_whose_disk_fills_up_stops_cleanly_and_resume_finishes(tmp_path:
             with filler.open("wb") as f:
                 f.write(b"\0" * (15 * 1024 * 1024 + 512 * 1024))
             full = _cli(tmp_path, "send", str(campaign))
-            assert full.returncode == 2, full.stderr
+            assert full.returncode == 6, full.stderr  # a fault outside Pigeon, not bad input
             assert "cannot write to the store" in full.stderr and "disk is full" in full.stderr
+            summary = json.loads(full.stdout)  # the --json summary is printed all the same
+            assert summary["halted"] == "store_unwritable"
+            assert summary["states"].get("pending", 0) > 0  # read, never handed over: sent on resume
             assert "pigeon resume" in full.stderr
             assert "Traceback" not in full.stderr
             sent_before = len(sim.log)
@@ -270,9 +273,10 @@ def test_a_hanging_gateway_stops_the_run_and_resume_finishes(tmp_path: Path) -> 
         proc = _start(["send", str(campaign)], tmp_path)
         assert _wait_for(lambda: len(sim.log) >= 3_000, proc, 60)
         sim.config.p_hang, sim.config.hang_s = 1.0, 5.0  # the gateway stops answering
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 2, err
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 6, err
         assert "got no answer" in err and "pigeon resume crash" in err
+        assert json.loads(out)["halted"] == "gateway_stalled"
         assert "Traceback" not in err
         sent_before = len(sim.log)
         assert sent_before < len(eligible)

@@ -104,7 +104,7 @@ async def test_every_message_arrives_once(
         (SimConfig(p_5xx=1.0), "failed", "retries_exhausted:GatewayUnavailable"),
         (SimConfig(p_drop=1.0), "unknown", "ambiguous:GatewayTimeout"),
         (SimConfig(p_hang=1.0, hang_s=5), "unknown", "ambiguous:GatewayTimeout"),
-        (SimConfig(token="right"), "failed", "gateway_error:GatewayAuthError"),
+        (SimConfig(token="right"), "pending", "gateway_refused"),
     ],
     indirect=["simulator"],
     ids=["rejects", "429", "5xx", "dropped", "timeout", "auth"],
@@ -120,7 +120,8 @@ async def test_each_fault_is_recorded_never_swallowed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Persistent faults end as they must: rejects and exhausted retries ``failed``, answers that
-    never came ``unknown`` (never resent to a gateway that is not idempotent)."""
+    never came ``unknown`` (never resent to a gateway that is not idempotent), and refused
+    credentials stop the run with everyone ``pending`` (the config is wrong, not the recipients)."""
     monkeypatch.setenv("SIM_TOKEN", "wrong")
     campaign = campaign_file("seg.csv")
     _engine(tmp_path, simulator.port, options='timeout = 0.3\ntoken_env = "SIM_TOKEN"')

@@ -187,7 +187,7 @@ async def test_faults_at_the_simulator_are_counted_as_the_simulator_saw_them(
         (SimConfig(p_reject=1.0), "rejected", "ok"),
         (SimConfig(p_5xx=1.0), "failed", "unavailable"),
         (SimConfig(p_drop=1.0), "unknown", "timeout"),
-        (SimConfig(token="right"), "failed", "auth"),
+        (SimConfig(token="right"), "", "auth"),
     ],
     ids=["rejects", "5xx", "dropped", "auth"],
 )
@@ -209,7 +209,13 @@ async def test_each_fault_ends_in_its_outcome_with_nothing_left_queued(
         _http_engine(tmp_path, sim.port, options='timeout = 0.3\ntoken_env = "SIM_TOKEN"', max_attempts=2)
         summary = await _run(tmp_path, campaign, m)
     _check_against_summary(m, summary)  # nothing queued or in flight once retries ran out
-    assert _sum(m, "pigeon_messages_total", outcome=outcome) == 81
+    if outcome:
+        assert _sum(m, "pigeon_messages_total", outcome=outcome) == 81
+    else:  # credentials refused: the run halts, stops reading, and every message it read is pending
+        assert summary.halted == "gateway_refused"
+        dropped = summary.states.get("rejected", 0) + summary.states.get("suppressed", 0)
+        assert summary.states["pending"] == summary.rows - dropped > 0
+        assert _sum(m, "pigeon_messages_total") == 0
     requests = _by(m, "pigeon_gateway_request_duration_seconds_count", "outcome", gateway="sim")
     assert set(requests) == {request_outcome}
     assert requests[request_outcome] == sim.stats["requests"]

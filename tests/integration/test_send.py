@@ -235,11 +235,13 @@ def test_jsonl_segment(
         {"phone": 13800138000, "name": "张伟", "coupon": 20},
         {"phone": "bad", "coupon": 1},
         {"name": "x"},
+        {"phone": "13800138001", "name": "李娜", "coupon": 30},
+        {"phone": 13800138002, "coupon": 10},
     ]
     write("seg.jsonl", "\n".join(json.dumps(x, ensure_ascii=False) for x in lines))
     plan = prepare(campaign_file("seg.jsonl", source="jsonl"))
     summary = send(plan, runs_dir=tmp_path / "runs")
-    assert summary.states == {"sent": 1, "rejected": 2}
+    assert summary.states == {"sent": 3, "rejected": 2}
     assert summary.reasons["rejected"] == {"invalid_number": 1, "missing_phone": 1}
 
 

@@ -1,5 +1,7 @@
 """The ledger's state machine against a plain model: any sequence of batches, hand-overs, answers,
-crashes and delivery reports leaves every row in the state the model says, in a real SQLite store."""
+requests given back, lanes going idle, crashes and delivery reports leaves every row in the state
+the model says, in a real SQLite store — written as the runtime writes (``group_commit``: answers
+committed with the next hand-over), crashed as SIGKILL crashes (the uncommitted buffer lost)."""
 
 from __future__ import annotations
 
@@ -52,13 +54,16 @@ def _batch(rows: list[int]) -> MessageBatch:
 
 _op = st.one_of(
     st.tuples(st.just("drop"), st.sampled_from(["rejected", "suppressed", "deferred"])),
-    st.tuples(st.just("send"), st.sampled_from(["accepted", "mixed", "failed", "unknown", "none"])),
+    st.tuples(
+        st.just("send"), st.sampled_from(["accepted", "mixed", "failed", "unknown", "none", "released"])
+    ),
+    st.tuples(st.just("idle"), st.just("")),
     st.tuples(st.just("crash"), st.just("")),
     st.tuples(st.just("report"), st.sampled_from(["delivered", "failed", "unknown"])),
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     ops=st.lists(st.tuples(_op, st.integers(1, 12)), min_size=1, max_size=25),
     semantics=st.sampled_from(list(Semantics)),
@@ -72,7 +77,7 @@ def test_every_row_ends_where_the_model_says(
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger(Path(tmp) / "s.db")
         try:
-            accepted = _run(ledger, ops, semantics, echo)
+            accepted = _run(ledger, Path(tmp) / "s.db", ops, semantics, echo)
             indexed = ledger.db.execute("SELECT count(*) FROM ledger_providers").fetchone()[0]
             assert indexed <= accepted  # written lazily (only when a report needs it), never twice
             assert ledger.index_providers() == accepted - indexed
@@ -82,32 +87,42 @@ def test_every_row_ends_where_the_model_says(
             ledger.close()
 
 
-def _run(ledger: Ledger, ops: list[tuple[tuple[str, str], int]], semantics: Semantics, echo: bool) -> int:
-    """Play ``ops``, checking the ledger against the model; returns how many messages were accepted."""
-    run = ledger.open_campaign("p", kind="marketing", fingerprint=FP, semantics=semantics)
+def _run(
+    ledger: Ledger, path: Path, ops: list[tuple[tuple[str, str], int]], semantics: Semantics, echo: bool
+) -> int:
+    """Play ``ops`` as a run does — answers and drops committed with the next hand-over or when a
+    lane goes idle (``group_commit``), a crash losing whatever was not committed — checking the
+    ledger against the model; returns how many messages were accepted (and stayed recorded)."""
+    writer = Ledger(path)  # the run's own connection: a crash throws it away with its buffer
+    run = writer.open_campaign("p", kind="marketing", fingerprint=FP, semantics=semantics)
     run.reconcile()
-    model: dict[int, str] = {}
-    reasons: dict[int, str] = {}
+    run.group_commit = True
+    durable: dict[int, tuple[str, str]] = {}  # row → (state, reason) as committed
+    buffered: dict[int, tuple[str, str]] = {}  # … as recorded but not committed yet
+    counted: set[int] = set()  # rows with a cap count (``sends``) in the store
     provider: dict[str, int] = {}
     next_row = 2
-    sent_rows: list[int] = []
+
+    def commit() -> None:
+        durable.update(buffered)
+        buffered.clear()
+
     for (op, arg), n in ops:
+        rows = list(range(next_row, next_row + n))
         if op == "drop":
-            rows = list(range(next_row, next_row + n))
             next_row += n
             run.dropped([Reject(r, f"why_{arg}", state=arg) for r in rows])
-            for r in rows:
-                model[r], reasons[r] = arg, f"why_{arg}"
+            buffered.update((r, (arg, f"why_{arg}")) for r in rows)
         elif op == "send":
-            rows = list(range(next_row, next_row + n))
             next_row += n
             batch = _batch(rows)
-            run.handover(batch, now=100.0, keys=batch.keys())
-            for r in rows:
-                model[r], reasons[r] = "submitting", ""
+            run.handover(batch, now=100.0, keys=batch.keys())  # commits what was buffered, then this
+            commit()
+            durable.update((r, ("submitting", "")) for r in rows)
+            counted.update(rows)
             if arg == "accepted":
-                results = [SubmitResult(Outcome.ACCEPTED, provider_id=f"x{r}") for r in rows]
-                run.results("gw", batch, results)
+                run.results("gw", batch, [SubmitResult(Outcome.ACCEPTED, provider_id=f"x{r}") for r in rows])
+                buffered.update((r, ("submitted", "")) for r in rows)
             elif arg == "mixed":
                 results = [
                     SubmitResult(Outcome.ACCEPTED, provider_id=f"x{r}")
@@ -118,59 +133,78 @@ def _run(ledger: Ledger, ops: list[tuple[tuple[str, str], int]], semantics: Sema
                     for r in rows
                 ]
                 run.results("gw", batch, results)
-            elif arg == "failed":
+                for r in rows:
+                    buffered[r] = (
+                        ("submitted", "")
+                        if r % 3
+                        else ("failed", "rejected:E9")
+                        if r % 2
+                        else ("unknown", "ambiguous:T1")  # the provider could not say
+                    )
+            elif arg == "failed":  # committed at once
                 run.failed("gw", batch, "gateway_error:GatewayUnavailable")
+                durable.update((r, ("failed", "gateway_error:GatewayUnavailable")) for r in rows)
             elif arg == "unknown":
                 run.unknown("gw", batch, "ambiguous:GatewayTimeout")
-            for r in rows:
-                if arg == "accepted" or (arg == "mixed" and r % 3):
-                    model[r] = "submitted"
-                    provider[f"x{r}"] = r
-                    sent_rows.append(r)
-                elif arg == "mixed" and r % 2:
-                    model[r], reasons[r] = "failed", "rejected:E9"
-                elif arg == "mixed":  # the provider could not say (an internal timeout)
-                    model[r], reasons[r] = "unknown", "ambiguous:T1"
-                elif arg in ("failed", "unknown"):
-                    model[r] = arg
-                    reasons[r] = (
-                        "gateway_error:GatewayUnavailable" if arg == "failed" else "ambiguous:GatewayTimeout"
-                    )
-        elif op == "crash":
+                durable.update((r, ("unknown", "ambiguous:GatewayTimeout")) for r in rows)
+            elif arg == "released":  # never left (or answered "again"): pending, committed at once
+                run.released("gw", batch, "waiting:GatewayUnreachable")
+                commit()
+                durable.update((r, ("pending", "waiting:GatewayUnreachable")) for r in rows)
+        elif op == "idle":  # a lane's worker is about to wait: nothing stays buffered
             run.flush()
-            run = ledger.open_campaign("p", kind="marketing", fingerprint=FP, semantics=semantics)
+            commit()
+        elif op == "crash":  # SIGKILL: what was buffered is gone
+            buffered.clear()
+            writer.close()
+            writer = Ledger(path)
+            run = writer.open_campaign("p", kind="marketing", fingerprint=FP, semantics=semantics)
             left = run.reconcile()
-            assert left == sum(1 for s in model.values() if s == "submitting")
-            if semantics is Semantics.AT_MOST_ONCE:
-                for r, s in model.items():
-                    if s == "submitting":
-                        model[r], reasons[r] = "unknown", INTERRUPTED
+            run.group_commit = True
+            assert left == sum(1 for s, _ in durable.values() if s == "submitting")
+            for r, (s, _) in list(durable.items()):
+                if s == "submitting" and semantics is Semantics.AT_MOST_ONCE:
+                    durable[r] = ("unknown", INTERRUPTED)
+                if (s == "submitting" and semantics is Semantics.AT_LEAST_ONCE) or (
+                    s == "pending" and r in counted
+                ):
+                    counted.discard(r)  # sent again on resume, counted again then
             skip = run.skip if run.skip is not None else np.zeros(0, dtype=bool)
-            for r, s in model.items():
-                final = s not in ("deferred", "submitting")
+            for r, (s, _) in durable.items():
+                final = s not in ("deferred", "submitting", "pending")
                 assert (r < skip.size and bool(skip[r])) == final, (r, s)
-        elif op == "report" and sent_rows:
-            r = sent_rows[n % len(sent_rows)]
+            sends = writer.db.execute("SELECT count(*) FROM sends").fetchone()[0]
+            assert sends == len(counted)  # every message handed over counts once against the caps
+        elif op == "report":
+            sent = [r for r, (s, _) in durable.items() if s in ("submitted", "delivered")]
+            if not sent:
+                continue
+            r = sent[n % len(sent)]
             status = DeliveryStatus(arg)
             report = DeliveryReport(
                 provider_id=f"x{r}", message_id=f"p-{r}" if echo else "", status=status, code="C"
             )
             assert ledger.apply_reports([report]) == 1
             if status is DeliveryStatus.DELIVERED:
-                model[r], reasons[r] = "delivered", ""
+                durable[r] = ("delivered", "")
             elif status is DeliveryStatus.FAILED:
-                model[r], reasons[r] = "failed", "dlr:C"
+                durable[r] = ("failed", "dlr:C")
     run.flush()
+    commit()
+    writer.close()
+    model = durable
+    provider = {f"x{r}": r for r, (s, _) in model.items() if s in ("submitted", "delivered")}
+    provider.update({f"x{r}": r for r, (s, why) in model.items() if why == "dlr:C"})
     for state in LedgerState:
         got = set(ledger.rows_in("p", state).tolist()) - {0, 1}
         if state is LedgerState.PENDING:
             got &= set(model)  # rows never written are pending too
-        assert got == {r for r, s in model.items() if s == state.value}, state
+        assert got == {r for r, (s, _) in model.items() if s == state.value}, state
     counts = ledger.counts("p")
     assert counts.total == len(model)
-    for r, s in model.items():
+    for r, (s, why) in model.items():
         rec = ledger.message(f"p-{r}")
-        assert rec is not None and rec.state.value == s and rec.reason == reasons[r], (r, rec)
+        assert rec is not None and rec.state.value == s and rec.reason == why, (r, rec)
     assert ledger.apply_reports([DeliveryReport(provider_id="nobody", status=DeliveryStatus.DELIVERED)]) == 0
     return len(provider)
 
