@@ -626,7 +626,10 @@ class _Derived:
         self.carriers: list[str] = [""]
         self.parts = np.zeros(size, dtype=np.int32)
         self.send_rowid = np.zeros(size, dtype=np.int64)
-        """The row's ``sends`` entry (its cap count) from its latest hand-over; 0: none."""
+        """The row's ``sends`` entry (its cap count) from its latest counting hand-over; 0: none."""
+        self.send_ts = np.zeros(size, dtype=np.float64)
+        """That entry's time: a rowid SQLite reused for another send after this one was taken back
+        does not match it."""
         self.provider: dict[int, str] = {}
         self.dlr_code: dict[int, tuple[str, str, float]] = {}
         self.latencies: list[float] = []
@@ -914,6 +917,7 @@ class Ledger:
                     d.parts[rows] = _unpack_parts(parts_b, rows.size)
                 if sends_last:  # a retry's hand-over counts nothing: the first count stays the row's
                     d.send_rowid[rows] = np.arange(sends_last - rows.size + 1, sends_last + 1, dtype=np.int64)
+                    d.send_ts[rows] = ts
             elif event == _Event.OUTCOME:
                 d.answered_at[rows] = ts
                 d.gateway[rows] = _intern(d.gateways, gateway)
@@ -1249,12 +1253,16 @@ class CampaignLedger:
             again = np.concatenate([again, left])
         # Sent again below, counted again then: take back their first count (same transaction
         # discipline), so the caps see each message once — and do not hold back its resend.
-        rowids = d.send_rowid[again]
-        rowids = rowids[rowids > 0]
-        if rowids.size:
-            with _tx(self.db):
-                self.db.executemany("DELETE FROM sends WHERE rowid = ?", [(int(r),) for r in rowids])
-        self.recounted = int(rowids.size)
+        counted = again[d.send_rowid[again] > 0]
+        if counted.size:
+            with _tx(self.db):  # (a resume that dies before sending them again takes back nothing more)
+                cur = self.db.executemany(
+                    "DELETE FROM sends WHERE rowid = ? AND ts = ?",
+                    zip(d.send_rowid[counted].tolist(), d.send_ts[counted].tolist(), strict=True),
+                )
+                self.recounted = cur.rowcount
+        else:
+            self.recounted = 0
         self.skip = final if final.any() else None
         self.reconciled = int(left.size)
         return self.reconciled

@@ -159,8 +159,6 @@ class Simulator:
         self.arrivals: list[tuple[float, str, int]] = []
         """Every message of every send request as it arrived — (time the request was read, carrier,
         parts) — whether it was accepted, throttled or rejected: where a provider meters a rate."""
-        self._connections: dict[asyncio.StreamWriter, bool] = {}
-        """Open connections → whether a request is being answered on it."""
         self._down = False
 
     async def serve(self, started: threading.Event | None = None) -> None:
@@ -194,9 +192,10 @@ class Simulator:
             loop.call_soon_threadsafe(self.callbacks.inject_mo, from_, text)
 
     def go_down(self) -> None:
-        """An outage, from any thread: stop listening (new connections are refused) and close every
-        connection as soon as it is idle (requests being answered get their answer first). Returns
-        once it is down."""
+        """An outage, from any thread, as a server that shuts down gracefully: it stops listening
+        (new connections are refused) and answers the next request on each open connection with
+        ``Connection: close``, then closes it — no request that reached it goes unanswered.
+        Returns once it is down."""
         self._call(self._go_down())
 
     def come_up(self) -> None:
@@ -213,9 +212,6 @@ class Simulator:
         self._down = True
         if self._server is not None:
             self._server.close()
-        for writer, busy in list(self._connections.items()):
-            if not busy:
-                writer.close()
         self.stats["outages"] += 1
 
     async def _come_up(self) -> None:
@@ -228,12 +224,10 @@ class Simulator:
             writer.close()
             return
         self.stats["connections"] += 1
-        self._connections[writer] = False
         answered = 0
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                self._connections[writer] = True
                 lines = head.decode("latin-1").split("\r\n")
                 method, path, _ = lines[0].split(" ", 2)
                 headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in lines[1:] if h)}
@@ -241,20 +235,20 @@ class Simulator:
                 status, extra, payload = await self._handle(method, path, headers, body)
                 if status == 0:  # drop the connection without an answer
                     return
+                if self._down:
+                    extra += "Connection: close\r\n"
                 out = (
                     f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\nContent-Type: application/json\r\n"
                     f"Content-Length: {len(payload)}\r\n{extra}\r\n"
                 ).encode() + payload
                 writer.write(out)
                 await writer.drain()
-                self._connections[writer] = False
                 answered += 1
                 if answered == self.config.close_after or self._down:
                     break
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:
-            self._connections.pop(writer, None)
             with contextlib.suppress(Exception):
                 writer.close()
                 await writer.wait_closed()

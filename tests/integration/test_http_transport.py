@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import anyio
 import pytest
 
-from engine.errors import GatewayTimeout, GatewayUnavailable
+from engine.errors import GatewayError, GatewayTimeout, GatewayUnreachable
 from engine.gateway import GatewayContext
 from engine.messages import MessageBatch, Outcome
 from loadtests.simulator import SimConfig, SimulatorThread
@@ -79,15 +84,18 @@ async def test_the_client_and_the_gateway_share_one_pool(anyio_backend: object, 
     assert sim.stats["connections"] == 1
 
 
-async def test_nothing_listening_is_unavailable_and_a_hang_is_ambiguous(
+async def test_nothing_listening_is_unreachable_and_a_hang_is_ambiguous(
     anyio_backend: object, tmp_path: Path
 ) -> None:
     with SimulatorThread(SimConfig()) as sim:
         free = sim.port
     gw = _gateway(f"http://127.0.0.1:{free}/send", tmp_path, connect_timeout=1.0)
     try:
-        with pytest.raises(GatewayUnavailable):
+        with pytest.raises(GatewayUnreachable) as refused:  # never left: no retry is spent on it
             await gw.send(_batch(1))
+        assert not refused.value.left
+        with pytest.raises(GatewayUnreachable):
+            await gw.probe()
     finally:
         await gw.aclose()
     with SimulatorThread(SimConfig(p_hang=1.0, hang_s=5)) as sim:
@@ -129,3 +137,77 @@ def test_idempotency_keys_belong_to_the_default_contract(tmp_path: Path) -> None
     }
     with pytest.raises(ConfigError, match=r"request\.fields\.id"):
         convert_section(options, HttpConfig, file="engine.toml", path="gateways.p.options")
+
+
+class _HostileServer:
+    """A TCP server on loopback that mistreats every connection the same way (in a thread, so it
+    serves either event loop): ``reset`` (RST right after accepting, nothing read), ``half-close``
+    (reads the request, shuts its side without an answer), ``stall`` (reads, never answers),
+    ``garbage`` (answers bytes that are not HTTP)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.mode == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+                continue
+            conn.settimeout(2)
+            with contextlib.suppress(OSError):
+                conn.recv(65536)
+            if self.mode == "half-close":
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_WR)
+                self._held.append(conn)
+            elif self.mode == "stall":
+                self._held.append(conn)
+            else:
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"\x00\xffnot http at all\r\n\r\n")
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self._held:
+            c.close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "requests"), [("reset", 400), ("half-close", 40), ("stall", 8), ("garbage", 40)]
+)
+async def test_a_hostile_server_gets_gateway_errors_never_a_crash(
+    anyio_backend: object, tmp_path: Path, mode: str, requests: int
+) -> None:
+    """Whatever the server does to the connection, ``send`` raises a gateway error and nothing
+    else (the engine then records it); a request that went out is never called unreachable."""
+    server = _HostileServer(mode)
+    gw = _gateway(f"http://127.0.0.1:{server.port}/send", tmp_path, timeout=0.3, max_connections=4)
+    seen: Counter[str] = Counter()
+    try:
+        for row in range(requests):  # (a reset let an AttributeError escape about once in 400)
+            try:
+                await gw.send(_batch(row))
+            except GatewayError as exc:
+                seen[type(exc).__name__] += 1
+    finally:
+        await gw.aclose()
+        server.close()
+    assert sum(seen.values()) == requests  # every request failed, each as a gateway error
+    if mode == "reset":  # reset before or after the request was written: never-left or maybe-taken
+        assert set(seen) <= {"GatewayUnreachable", "GatewayTimeout"}
+    else:  # the server read the request: it may have taken it
+        assert set(seen) == {"GatewayTimeout"}
+    assert server.accepted >= 1

@@ -8,6 +8,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from engine.config import load_engine
 from engine.ledger import Ledger
 from engine.messages import DeliveryReport, DeliveryStatus
@@ -115,3 +117,28 @@ def test_a_changed_segment_or_template_refuses_to_resume_unless_forced(
     summary = json.loads(forced.stdout)
     assert summary["states"] == {"sent": 1}  # only the new row: everyone else was handled before
     assert "resuming campaign 't'" in forced.stderr
+
+
+def test_resume_finds_the_engine_file_in_pigeon_engine(
+    tmp_path: Path,
+    write: Callable[[str, str | bytes], Path],
+    campaign_file: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write("seg.csv", SEGMENT)
+    campaign = campaign_file("seg.csv")
+    engine = tmp_path / "engine.toml"
+    assert run_cli("send", str(campaign), "--json", cwd=tmp_path).returncode == 0
+    ledger = Ledger(load_engine(engine).store_path)
+    try:
+        from engine.ledger import CampaignStatus
+
+        ledger.set_status("t", CampaignStatus.RUNNING)  # as a crash leaves it
+    finally:
+        ledger.close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()  # no config/engine.toml here: only $PIGEON_ENGINE says where the store is
+    monkeypatch.setenv("PIGEON_ENGINE", str(engine))
+    done = run_cli("resume", "t", "--json", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["states"] == {}  # everyone was handled: nothing sent twice

@@ -346,8 +346,8 @@ async def test_an_opt_out_reply_suppresses_marketing_at_once(
 async def test_a_blast_and_transactional_traffic_together(
     anyio_backend: object, tmp_path: Path, simulator: Simulator
 ) -> None:
-    rows = 3000
-    engine, key = write_engine(tmp_path, simulator.port, cm_rate=3000)
+    rows, rate = 3000, 1000  # the blast alone needs more than three seconds of the budget
+    engine, key = write_engine(tmp_path, simulator.port, cm_rate=rate)
     write_campaign(tmp_path, rows)
     auth = {"authorization": f"Bearer {key}"}
     async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
@@ -375,7 +375,8 @@ async def test_a_blast_and_transactional_traffic_together(
             assert (await c.get(f"/v1/messages/{mid}")).json()["state"] == "submitted"
     logged = [mid for _, mid, *_ in simulator.log]
     assert len(logged) == len(set(logged)) == rows + 20
-    assert simulator.max_parts_per_second()["cm"] <= 3000  # blast + API together within the carrier rate
+    peak = simulator.max_arrived_parts_per_second()["cm"]  # what arrived, accepted or not
+    assert rate * 0.5 < peak <= rate  # blast + API together within the carrier rate, and using it
 
 
 async def test_campaigns_pause_resume_and_cancel(

@@ -15,6 +15,7 @@ from engine.ledger import (
     INTERRUPTED,
     Fingerprint,
     Ledger,
+    LedgerStalled,
     LedgerState,
     Semantics,
     _pack_parts,
@@ -116,7 +117,11 @@ def _run(
         elif op == "send":
             next_row += n
             batch = _batch(rows)
-            run.handover(batch, now=100.0, keys=batch.keys())  # commits what was buffered, then this
+            try:
+                run.handover(batch, now=100.0 + next_row, keys=batch.keys())  # commits the buffer, then this
+            except LedgerStalled:  # 5 requests in a row got no answer: the run halts, these stay pending
+                next_row -= n
+                continue
             commit()
             durable.update((r, ("submitting", "")) for r in rows)
             counted.update(rows)
