@@ -29,6 +29,29 @@ def test_opt_out_after_a_link_is_kept_apart_from_it() -> None:
     assert t.render_one({}).endswith("https://x.cn/a 拒收请回复R")
 
 
+@pytest.mark.parametrize(
+    ("body", "row", "want"),
+    [
+        # The body ends in a field: the value's last character decides, row by row.
+        ("戳 https://x.cn/c/{code}", ("ab12",), "【S】戳 https://x.cn/c/ab12 拒收请回复R"),
+        ("戳 https://x.cn/c/{code}", ("券",), "【S】戳 https://x.cn/c/券拒收请回复R"),
+        ("戳 https://x.cn/c/{code}", ("ab12/",), "【S】戳 https://x.cn/c/ab12/拒收请回复R"),
+        ("您的券码 {code|X9}", ("",), "【S】您的券码 X9 拒收请回复R"),  # the default's last character
+        ("您的券码 {code|码}", ("",), "【S】您的券码 码拒收请回复R"),
+        ("code{code|}", ("",), "【S】code 拒收请回复R"),  # empty value: the literal before it ends the body
+        ("{a}{b|}", ("x7", ""), "【S】x7 拒收请回复R"),
+        ("{a}", ("Ｚ",), "【S】Ｚ拒收请回复R"),  # full-width: not ASCII, no space (as for literals)
+    ],
+)
+def test_opt_out_after_a_field_value_is_kept_apart_as_after_literal_text(
+    body: str, row: tuple[str, ...], want: str
+) -> None:
+    t = compile_template(body, signature="S", opt_out_text="拒收请回复R")
+    columns = list(t.fields)
+    assert t.bind(columns).render_rows([row]) == [want]
+    assert t.render_one(dict(zip(columns, row, strict=True))) == want
+
+
 def test_defaults_fill_empty_values_only() -> None:
     t = compile_template("{name|亲}，{city|本地}见", signature="S")
     b = t.bind(["name", "city"])
