@@ -194,6 +194,54 @@ def test_dedupe_suppresses_later_rows_of_the_same_number_however_written() -> No
     assert later.nums == [3]
 
 
+@pytest.mark.parametrize(
+    ("phone", "reason"),
+    [
+        ("13490000000", RejectReason.SATELLITE_NUMBER),
+        ("+86 134-9000-0000", RejectReason.SATELLITE_NUMBER),
+        ("15400000000", RejectReason.UNALLOCATED_PREFIX),
+        ("19200000000", RejectReason.NO_GATEWAY),  # Broadnet, and no gateway serves it here
+        ("12345", RejectReason.INVALID_NUMBER),
+    ],
+)
+def test_a_repeated_unsendable_number_is_rejected_with_its_reason_on_every_row(
+    phone: str, reason: RejectReason
+) -> None:
+    t = compile_template("{name}", signature="S").bind(["phone", "name"])
+    runner = StageRunner(standard_stages(t, default_prefix_table(), {"cm", "cu", "ct", "intl"}))
+    out = runner.run(Batch([2, 3, 4], [(phone, "A"), (phone, "B"), ("13800138000", "C")], 0))
+    assert out.nums == [4]
+    assert sorted((r.row, r.state, r.reason) for r in out.rejects) == [
+        (2, "rejected", reason),
+        (3, "rejected", reason),
+    ]
+
+
+def test_a_number_whose_first_row_cannot_be_sent_is_sent_from_its_next_row() -> None:
+    """Dedupe keeps the first row of a number that passed every check, not the first row: a row
+    refused for its own data (an empty field, a text over the maximum) does not use the number up."""
+    t = compile_template("{name}，您好", signature="S", max_length=20).bind(["phone", "name"])
+    runner = StageRunner(standard_stages(t, default_prefix_table(), ALL))
+    rows = [
+        ("13800138000", ""),  # missing_field
+        ("13800138000", "张" * 30),  # too_long
+        ("+86 138 0013 8000", "张伟"),  # the one to send
+        ("13800138000", "王芳"),  # a true duplicate
+        ("13900139000", ""),  # missing_field, and nothing else for this number
+        ("13900139000", ""),  # … on both rows
+    ]
+    out = runner.run(Batch([2, 3, 4, 5, 6, 7], rows, 0))
+    assert out.nums == [4]
+    assert out.texts == ["【S】张伟，您好"]
+    assert sorted((r.row, r.reason) for r in out.rejects) == [
+        (2, RejectReason.MISSING_FIELD),
+        (3, RejectReason.TOO_LONG),
+        (5, "duplicate"),
+        (6, RejectReason.MISSING_FIELD),
+        (7, RejectReason.MISSING_FIELD),
+    ]
+
+
 def test_dedupe_keys_never_confuse_countries() -> None:
     b = batch()
     b.nums, b.rows = [2, 3], [("a",), ("b",)]
