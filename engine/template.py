@@ -116,12 +116,24 @@ class Template:
         self.literal += self.suffix
         """All fixed text (signature, body literals, opt-out text) without the fields."""
         self.literal_encoding: sms.Encoding = sms.encoding_of(self.literal)
-        fixed = sms.units(self.literal, self.literal_encoding)
-        if fixed > max_length:
-            raise TemplateError(
-                f"the fixed text alone is {fixed} characters (signature and opt-out text "
-                f"included), over the maximum of {max_length}: shorten the template"
+        self.fixed_length = sms.units(self.literal, self.literal_encoding)
+        """Billed characters of the fixed text: every message is at least this long."""
+        self.length_error: str | None = None
+        """Why the template cannot fit ``max_length`` whatever the values, or None. Not raised here:
+        preflight reports it with every other finding (:func:`engine.preflight.check_campaign`);
+        :meth:`check_length` raises it."""
+        if self.fixed_length > max_length:
+            self.length_error = (
+                f"the fixed text alone is {self.fixed_length} characters (signature and opt-out text "
+                f"included), over the maximum of {max_length}: shorten the template or raise "
+                "template.max_length"
             )
+
+    def check_length(self) -> Template:
+        """Raise :class:`TemplateError` if the fixed text alone is over ``max_length``; else ``self``."""
+        if self.length_error is not None:
+            raise TemplateError(self.length_error)
+        return self
 
     def bind(self, columns: Sequence[str]) -> BoundTemplate:
         """Check every field against the segment's columns and build the positional renderer."""
@@ -260,5 +272,9 @@ class BoundTemplate:
 def compile_template(
     body: str, *, signature: str = "", opt_out_text: str = "", max_length: int = 500
 ) -> Template:
-    """Compile a template body; raises :class:`TemplateError` with what to change."""
+    """Compile a template body; raises :class:`TemplateError` with what to change.
+
+    A fixed text over ``max_length`` is not raised here but kept in :attr:`Template.length_error`,
+    for preflight to list with every other finding; :meth:`Template.check_length` raises it.
+    """
     return Template(body, signature=signature, opt_out_text=opt_out_text, max_length=max_length)

@@ -101,9 +101,14 @@ def test_binding_to_missing_columns_lists_them_with_suggestions() -> None:
     assert "phone, name, coupon" in msg
 
 
-def test_fixed_text_over_the_maximum_fails_at_compile_time() -> None:
+def test_fixed_text_over_the_maximum_is_kept_for_preflight_and_raised_on_request() -> None:
+    t = compile_template("券" * 95, signature="小鹅优选", opt_out_text="拒收请回复R", max_length=100)
+    assert t.fixed_length == 107
+    assert t.length_error is not None and "over the maximum of 100" in t.length_error
     with pytest.raises(TemplateError, match="over the maximum of 100"):
-        compile_template("券" * 95, signature="小鹅优选", opt_out_text="拒收请回复R", max_length=100)
+        t.check_length()
+    ok = compile_template("券" * 88, signature="小鹅优选", opt_out_text="拒收请回复R", max_length=100)
+    assert ok.length_error is None and ok.check_length() is ok
 
 
 def test_render_rows_is_generated_code_checked_against_the_reference() -> None:
