@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.carriers import default_prefix_table
-from engine.messages import MessageBatch, RejectReason
+from engine.messages import MessageBatch, Reject, RejectReason
 from engine.pipeline import Batch, StageRunner, positions
 from engine.stages import CountParts, Dedupe, Normalize, Render, Route, standard_stages
 from engine.template import compile_template
@@ -150,6 +150,23 @@ def test_runner_tallies_every_row_once() -> None:
     assert stats["route"].dropped == {"satellite_number": 1}
     assert stats["render"].dropped == {"missing_field": 1}
     assert runner.tally.rejected_total == 3
+
+
+def test_the_rejects_of_a_batch_are_in_row_order_whichever_stage_made_them() -> None:
+    t = compile_template("{name}", signature="S").bind(["phone", "name"])
+    runner = StageRunner(standard_stages(t, default_prefix_table(), ALL))
+    rows = [
+        ("13490000000", "A"),  # 2: route (satellite)
+        ("13800138000", ""),  # 3: render (missing field)
+        ("bad", "B"),  # 4: normalize
+        ("13900139000", "C"),  # 5: sent
+        ("13900139000", "D"),  # 6: dedupe
+        ("12345", "E"),  # 7: normalize
+    ]
+    source_reject = Reject(1, RejectReason.MALFORMED_ROW, "wrong column count")  # from the source
+    out = runner.run(Batch([2, 3, 4, 5, 6, 7], rows, 0, [Reject(8, RejectReason.UNDECODABLE), source_reject]))
+    assert [r.row for r in out.rejects] == [1, 2, 3, 4, 6, 7, 8]
+    assert out.nums == [5]
 
 
 def test_messages_group_by_carrier_in_row_order() -> None:
