@@ -115,11 +115,45 @@ def _parse_international(s: str) -> ParsedPhone:
 
 
 def mask(number: str) -> str:
-    """Mask a phone number for logs and reports: ``13800138000`` → ``138****8000``.
+    """Mask a phone number for logs and reports, the same way whichever form it was written in.
 
-    Keeps the first three and last four digits of the national part; short values are fully masked.
+    The value is first read as :func:`parse_phone` reads it (separators and spaces dropped,
+    full-width digits, Excel's ``.0``, ``+86``/``0086``/``86`` before a Chinese number, ``00`` for
+    ``+``), then:
+
+    - a Chinese number keeps its first 3 and last 4 digits: ``13800138000``, ``+86 138-0013-8000``,
+      ``8613800138000`` and ``１３８００１３８０００`` all become ``138****8000``;
+    - an international number keeps ``+``, the first 2 digits and the last 4:
+      ``+44 7911 123456`` and ``0044 7911 123456`` become ``+44******3456``;
+    - digits are shown only when at least 4 stay hidden (11 digits or more for a Chinese number,
+      10 or more after ``+``); a shorter one has every digit starred: ``12345`` → ``*****``,
+      ``+6834001`` → ``+*******``;
+    - anything that is not a number (letters, Excel's scientific notation, a name typed into the
+      phone column) becomes one ``*`` per character: ``n/a`` → ``***``.
+
+    So a masked value never shows more than 7 digits, nor more than 4 in a row, nor anything but
+    digits, ``*`` and a leading ``+``.
     """
-    s = number[3:] if number.startswith("+86") else number
-    if len(s) < 8:
-        return "*" * len(s)
-    return s[:3] + "*" * (len(s) - 7) + s[-4:]
+    if len(number) == 11 and number.isascii() and number.isdigit():  # the usual case
+        return number[:3] + "****" + number[7:]
+    s = number.strip()
+    if "." in s and _EXCEL_FLOAT.match(s):
+        s = s.split(".", 1)[0]
+    s = s.translate(_TRANSLATE)
+    if s.startswith("00"):
+        s = "+" + s[2:]
+    plus = s.startswith("+")
+    digits = s[1:] if plus else s
+    if not (digits.isascii() and digits.isdigit()):
+        return "*" * len(number.strip())
+    if plus and digits.startswith("86"):
+        plus, digits = False, digits[2:]
+        if not digits:  # "+86" alone
+            return "*" * len(number.strip())
+    elif not plus and len(digits) == 13 and digits.startswith("86"):
+        digits = digits[2:]
+    if plus:
+        n = len(digits)
+        return "+" + (digits[:2] + "*" * (n - 6) + digits[-4:] if n >= 10 else "*" * n)
+    n = len(digits)
+    return digits[:3] + "*" * (n - 7) + digits[-4:] if n >= 11 else "*" * n

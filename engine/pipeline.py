@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import compress
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 _COLUMNS = ("nums", "rows", "numbers", "keys", "carriers", "texts", "parts")
+_ROW = attrgetter("row")
 
 
 def positions(seq: list[Any], value: object) -> list[int]:
@@ -232,7 +233,9 @@ class StageRunner:
         """Where each stage's batch is also counted (the run sets it)."""
 
     def run(self, batch: Batch) -> Batch:
-        """Run every stage over ``batch``; the rejects it gathered stay on ``batch.rejects``."""
+        """Run every stage over ``batch``; the rejects it gathered stay on ``batch.rejects``, in row
+        order (each stage appends its own, so those of two stages are sorted once at the end:
+        rejects.csv, suppressed.csv and the ledger then list rows as the segment has them)."""
         stats, metrics = self.tally.stages, self.metrics
         src = stats["source"]
         src.batches += 1
@@ -240,6 +243,7 @@ class StageRunner:
         src.items_in += len(batch) + len(batch.rejects)
         drops = self._count_rejects(src, batch.rejects)
         metrics.stage_batch("source", len(batch) + len(batch.rejects), len(batch), drops)
+        makers = 1 if batch.rejects else 0
         for stage in self.stages:
             if not batch.nums:
                 break
@@ -253,6 +257,9 @@ class StageRunner:
             st.items_out += len(batch)
             drops = self._count_rejects(st, batch.rejects[seen:]) if len(batch.rejects) != seen else None
             metrics.stage_batch(stage.name, n_in, len(batch), drops, perf_counter() - started)
+            makers += drops is not None
+        if makers > 1:
+            batch.rejects.sort(key=_ROW)
         return batch
 
     def _count_rejects(self, st: StageStats, rejects: Sequence[Reject]) -> Counter[str] | None:

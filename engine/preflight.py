@@ -72,9 +72,11 @@ def check_campaign(
     banned_terms: Iterable[str] = DEFAULT_BANNED_TERMS,
     allowed_terms: Sequence[str] = DEFAULT_ALLOWED_TERMS,
 ) -> list[Finding]:
-    """Every finding for a compiled campaign template (signature, opt-out, absolute terms)."""
+    """Every finding for a compiled campaign template (length, signature, opt-out, absolute terms)."""
     findings: list[Finding] = []
     sig = template.signature
+    if template.length_error is not None:
+        findings.append(Finding("error", "template.text", template.length_error))
     if not 2 <= len(sig) <= 12:
         findings.append(
             Finding(

@@ -402,7 +402,7 @@ class Service:
                     "no signature: set it here or service.signature (carriers require one)",
                 )
             try:
-                compile_template(t.text, signature=sig, max_length=t.max_length)
+                compile_template(t.text, signature=sig, max_length=t.max_length).check_length()
             except TemplateError as exc:
                 raise ConfigError(self.engine.file, f"service.templates.{tid}.text", str(exc)) from None
         return out

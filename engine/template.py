@@ -8,6 +8,7 @@ campaigns, the opt-out text appended, so length and billing always count the tex
 from __future__ import annotations
 
 import difflib
+import string
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -16,9 +17,10 @@ import msgspec
 from engine import sms
 from engine.errors import TemplateError
 
-__all__ = ["BoundTemplate", "Template", "compile_template"]
+__all__ = ["BoundTemplate", "Template", "compile_template", "needs_space"]
 
 DEFAULT_OPT_OUT: Final = "拒收请回复R"
+_ASCII_ALNUM: Final = string.ascii_letters + string.digits
 
 
 class Token(msgspec.Struct, frozen=True):
@@ -87,13 +89,17 @@ class Template:
         body = body.strip()
         if opt_out_text and body.endswith(opt_out_text):
             opt_out_text = ""  # already written into the body: do not append it twice
-        if opt_out_text and body and body[-1].isascii() and body[-1].isalnum():
-            # A body ending in a link or a word: keep the opt-out text out of it on the handset.
-            opt_out_text = " " + opt_out_text
-        self.suffix = opt_out_text
         self.body = body
         self.max_length = max_length
         self.pieces = _parse(body)
+        self.opt_out_after_field = bool(opt_out_text and self.pieces and isinstance(self.pieces[-1], Token))
+        """The body ends in a field: whether a space goes before the opt-out text is decided for each
+        message, by the last character of its rendered body (:func:`needs_space`)."""
+        if opt_out_text and not self.opt_out_after_field and needs_space(body):
+            # A body ending in a link or a word: keep the opt-out text out of it on the handset.
+            opt_out_text = " " + opt_out_text
+        self.suffix = opt_out_text
+        """The opt-out text as appended (with its space when the body's fixed end needs one)."""
         fields: dict[str, str | None] = {}
         for p in self.pieces:
             if isinstance(p, Token):
@@ -110,12 +116,24 @@ class Template:
         self.literal += self.suffix
         """All fixed text (signature, body literals, opt-out text) without the fields."""
         self.literal_encoding: sms.Encoding = sms.encoding_of(self.literal)
-        fixed = sms.units(self.literal, self.literal_encoding)
-        if fixed > max_length:
-            raise TemplateError(
-                f"the fixed text alone is {fixed} characters (signature and opt-out text "
-                f"included), over the maximum of {max_length}: shorten the template"
+        self.fixed_length = sms.units(self.literal, self.literal_encoding)
+        """Billed characters of the fixed text: every message is at least this long."""
+        self.length_error: str | None = None
+        """Why the template cannot fit ``max_length`` whatever the values, or None. Not raised here:
+        preflight reports it with every other finding (:func:`engine.preflight.check_campaign`);
+        :meth:`check_length` raises it."""
+        if self.fixed_length > max_length:
+            self.length_error = (
+                f"the fixed text alone is {self.fixed_length} characters (signature and opt-out text "
+                f"included), over the maximum of {max_length}: shorten the template or raise "
+                "template.max_length"
             )
+
+    def check_length(self) -> Template:
+        """Raise :class:`TemplateError` if the fixed text alone is over ``max_length``; else ``self``."""
+        if self.length_error is not None:
+            raise TemplateError(self.length_error)
+        return self
 
     def bind(self, columns: Sequence[str]) -> BoundTemplate:
         """Check every field against the segment's columns and build the positional renderer."""
@@ -141,8 +159,18 @@ class Template:
                 out.append(p)
             else:
                 out.append(values.get(p.field) or p.default or "")
-        out.append(self.suffix)
-        return "".join(out)
+        text = "".join(out)
+        if self.opt_out_after_field and needs_space(text):
+            return text + " " + self.suffix
+        return text + self.suffix
+
+
+def needs_space(text: str) -> bool:
+    """Whether the opt-out text appended to ``text`` needs a space before it: ``text`` ends in an
+    ASCII letter or digit (a link, a coupon code, a word), which the opt-out text would otherwise
+    run into on the handset (``…/c/ab12拒收请回复R``)."""
+    last = text[-1:]
+    return last.isascii() and last.isalnum()
 
 
 def _fstring_literal(text: str) -> str:
@@ -174,19 +202,41 @@ class BoundTemplate:
         self.template = template
         self.index = index
         names: dict[str, str] = {}
-        body = [_fstring_literal(template.prefix)]
-        for p in template.pieces:
-            if isinstance(p, str):
-                body.append(_fstring_literal(p))
-            elif p.default is None:
-                body.append(f"{{r[{index[p.field]}]}}")
-            else:
-                # Defaults are bound as names, never pasted into code: no escaping to get wrong.
-                name = names.setdefault(p.default, f"_d{len(names)}")
-                body.append(f"{{r[{index[p.field]}] or {name}}}")
-        body.append(_fstring_literal(template.suffix))
-        self.source = "lambda rows: [f'" + "".join(body) + "' for r in rows]"
+
+        def code(pieces: Sequence[str | Token]) -> list[str]:
+            out = []
+            for p in pieces:
+                if isinstance(p, str):
+                    out.append(_fstring_literal(p))
+                else:
+                    out.append("{" + self._value(p, names) + "}")
+            return out
+
         namespace: dict[str, object] = {"__builtins__": {}}
+        body = [_fstring_literal(template.prefix), *code(template.pieces)]
+        last = template.pieces[-1] if template.pieces else None
+        if template.opt_out_after_field and isinstance(last, Token):
+            # The body ends in a field: the space before the opt-out text depends on the value's last
+            # character (needs_space, as one dict lookup: +~55 ns a row, measured). An empty value
+            # leaves it to the text before the field (``_back``, rare: a slow path is fine).
+            value = self._value(last, names)
+            sp, oo = " " + template.suffix, template.suffix
+            before = "".join([_fstring_literal(template.prefix), *code(template.pieces[:-1])])
+            back_source = f"lambda r: _sp if _needs_space(f'{before}') else _oo"
+            namespace.update(
+                {
+                    "_sp": sp,
+                    "_oo": oo,
+                    "_g": dict.fromkeys(_ASCII_ALNUM, sp).get,
+                    "_needs_space": needs_space,
+                }
+            )
+            namespace.update({name: default for default, name in names.items()})
+            namespace["_back"] = eval(compile(back_source, "<pigeon template>", "eval"), namespace)
+            body.append(f"{{_g({value}[-1], _oo) if {value} else _back(r)}}")
+        else:
+            body.append(_fstring_literal(template.suffix))
+        self.source = "lambda rows: [f'" + "".join(body) + "' for r in rows]"
         namespace.update({name: default for default, name in names.items()})
         self.render_rows: Callable[[Sequence[Sequence[str]]], list[str]] = eval(
             compile(self.source, "<pigeon template>", "eval"), namespace
@@ -195,13 +245,23 @@ class BoundTemplate:
         """(column, field) of the fields without a default: an empty value rejects the row."""
         self._self_check()
 
+    def _value(self, token: Token, names: dict[str, str]) -> str:
+        """The expression of ``token``'s value in the generated code."""
+        col = f"r[{self.index[token.field]}]"
+        if token.default is None:
+            return col
+        # Defaults are bound as names, never pasted into code: no escaping to get wrong.
+        name = names.setdefault(token.default, f"_d{len(names)}")
+        return f"({col} or {name})"
+
     def _self_check(self) -> None:
         width = max(self.index.values(), default=-1) + 1
         full = [""] * width
         for f, i in self.index.items():
             full[i] = f"<{f}\\{{'\"}}>"
         empty = [""] * width
-        for row in (full, empty):
+        alnum = [f"{i}a1" for i in range(width)]  # values ending in a letter or digit (the opt-out's space)
+        for row in (full, empty, alnum):
             values = {f: row[i] for f, i in self.index.items()}
             got = self.render_rows([row])[0]
             want = self.template.render_one(values)
@@ -212,5 +272,9 @@ class BoundTemplate:
 def compile_template(
     body: str, *, signature: str = "", opt_out_text: str = "", max_length: int = 500
 ) -> Template:
-    """Compile a template body; raises :class:`TemplateError` with what to change."""
+    """Compile a template body; raises :class:`TemplateError` with what to change.
+
+    A fixed text over ``max_length`` is not raised here but kept in :attr:`Template.length_error`,
+    for preflight to list with every other finding; :meth:`Template.check_length` raises it.
+    """
     return Template(body, signature=signature, opt_out_text=opt_out_text, max_length=max_length)

@@ -46,21 +46,28 @@ def standard_stages(
     same_content: SameContent | None = None,
     shard: tuple[int, int] | None = None,
 ) -> list[Stage]:
-    """normalize → dedupe → suppress_optouts → cap → route → render → count_parts → hold_quiet_hours.
+    """normalize → suppress_optouts → cap → route → render → count_parts → dedupe → same_content
+    → hold_quiet_hours.
 
     ``suppress_optouts`` runs when an opt-out set is given (marketing campaigns), ``cap`` when
     the engine configures caps for the campaign's kind, ``hold_quiet_hours`` when the campaign
     has a send window (marketing, by default). ``shard=(index, count)``: ``normalize`` keeps only
     that shard's numbers and rejects (a sharded send, :mod:`engine.shards`).
+
+    ``dedupe`` comes after every stage that rejects a row: a number is used up by the first row
+    that could be sent, so a number that cannot be sent is rejected with its reason on every row
+    (not ``duplicate`` from its second on), and a row refused for its own data (an empty field, a
+    text over the maximum) leaves the number to its next row. Opt-outs and caps are the number's,
+    the same on every row, so they may come first.
     """
     return [
         Normalize(shard),
-        Dedupe(),
         *([SuppressOptouts(optouts)] if optouts is not None else []),
         *([caps] if caps is not None else []),
         Route(table, routable, resolvers),
         Render(template, forbid_urls=forbid_urls_in_fields),
         CountParts(template.template),
+        Dedupe(),
         *([same_content] if same_content is not None else []),
         # Last: only messages that could go now are held, never rows that would be rejected.
         *([quiet_hours] if quiet_hours is not None else []),

@@ -50,7 +50,7 @@ class Route:
         self.routable = frozenset(routable)
         self.resolvers = tuple(resolvers)
         # The route as a list indexed by the 5-digit prefix as an int: the batch's number keys
-        # (already computed for dedupe) route with one integer division and one index each.
+        # (computed by normalize) route with one integer division and one index each.
         # A national number has 11 digits, so its key // 10**6 is its 5-digit prefix; a key past the
         # list (an international number) raises IndexError and the batch takes the string path.
         route = table.route

@@ -143,7 +143,7 @@ async def test_a_run_to_the_file_gateway_counts_exactly_what_the_summary_says(
         "cbn": 1,
     }
     # Each stage hands on what the next one takes in.
-    stages = ["source", "normalize", "dedupe", "suppress_optouts", "route", "render", "count_parts"]
+    stages = ["source", "normalize", "suppress_optouts", "route", "render", "count_parts", "dedupe"]
     for a, b in itertools.pairwise(stages):
         assert _sum(m, "pigeon_stage_messages_out_total", stage=a) == _sum(
             m, "pigeon_stage_messages_in_total", stage=b

@@ -161,6 +161,36 @@ def test_compiled_templates_render_exactly_like_the_reference(pieces: list[str],
     assert b.render_rows([tuple(values)]) == [t.render_one(dict(zip("abc", values, strict=True)))]
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(alphabet="ab1 /。券Ｚ-", max_size=5).map(lambda s: s.replace("{", "{{")),
+            st.sampled_from(["{a}", "{b|X9}", "{c|码}"]),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.lists(st.text(alphabet="ab1 /。券Ｚ-", max_size=4), min_size=3, max_size=3),
+)
+def test_the_opt_out_text_is_kept_apart_from_a_body_ending_in_a_letter_or_digit(
+    pieces: list[str], values: list[str]
+) -> None:
+    """Whatever ends the body — literal text, a value or a default — the opt-out text follows it
+    directly, with one space between them exactly when the body ends in an ASCII letter or digit."""
+    body = "".join(pieces).strip() or "x"
+    row = dict(zip("abc", values, strict=True))
+    plain = compile_template(body, signature="S", opt_out_text="", max_length=5000)
+    with_opt_out = compile_template(body, signature="S", opt_out_text="拒收请回复R", max_length=5000)
+    text = plain.render_one(row)
+    if body.endswith("拒收请回复R"):
+        return
+    last = text[-1:]
+    want = text + (" " if last.isascii() and last.isalnum() else "") + "拒收请回复R"
+    assert with_opt_out.render_one(row) == want
+    assert with_opt_out.bind(["a", "b", "c"]).render_rows([tuple(values)]) == [want]
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(

@@ -97,10 +97,40 @@ def test_plus86_via_international_path_is_still_checked_as_chinese() -> None:
     [
         ("13800138000", "138****8000"),
         ("+8613800138000", "138****8000"),
+        # Every way a Chinese mobile is written masks the same (rejects.csv shows values as written).
+        ("+86 138-0013-8000", "138****8000"),
+        ("8613800138000", "138****8000"),
+        ("008613800138000", "138****8000"),
+        ("0086 138 0013 8000", "138****8000"),
+        ("１３８００１３８０００", "138****8000"),
+        ("＋８６ １３８ ００１３ ８０００", "138****8000"),
+        ("13800138000.0", "138****8000"),
+        ("138 0013 8000", "138****8000"),
+        ("(+86) 138.0013.8000", "138****8000"),
+        ("'13800138000", "138****8000"),
+        ("  13800138000 ", "138****8000"),
+        # International: +, two digits, the last four.
         ("+447911123456", "+44******3456"),
+        ("+44 7911 123456", "+44******3456"),
+        ("0044 7911 123456", "+44******3456"),
+        ("+1 202-555-0143", "+12*****0143"),
+        ("+6581234567", "+65****4567"),
+        ("+6834001", "+*******"),  # too short to show anything and hide four
+        # Other numbers: the same rule on their digits.
+        ("021-12345678", "021****5678"),
+        ("1440012345678", "144******5678"),
+        ("1380013800", "**********"),  # 10 digits: showing 7 would hide only 3
+        ("+86 10 8888 6666", "**********"),
         ("12345", "*****"),
+        # Not a number: one star per character, nothing of it shown.
+        ("n/a", "***"),
+        ("张三", "**"),
+        ("138OO138000", "***********"),
+        ("1.38E+10", "********"),
+        ("+86", "***"),
+        ("+", "*"),
         ("", ""),
     ],
 )
-def test_mask_hides_the_middle(number: str, masked: str) -> None:
+def test_mask_hides_the_middle_the_same_way_for_every_form(number: str, masked: str) -> None:
     assert mask(number) == masked

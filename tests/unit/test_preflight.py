@@ -72,3 +72,52 @@ def test_send_refuses_and_preview_shows_all_findings(
     assert "nothing was sent" in msg and "template.signature" in msg and "最低" in msg
     plan = prepare(campaign, strict=False)
     assert {f.key for f in plan.findings} == {"template.signature", "template.text"}
+
+
+def test_a_fixed_text_over_the_maximum_is_one_finding_among_all_the_others(
+    write: Callable[[str, str | bytes], Path], campaign_file: Callable[..., Path]
+) -> None:
+    write("seg.csv", "phone,name,coupon\n13800138000,张伟,20\n")
+    campaign = campaign_file("seg.csv", text="全国最低价" + "券" * 520 + " {name}", signature="鹅")
+    with pytest.raises(PreflightError) as exc:
+        prepare(campaign)
+    msg = str(exc.value)
+    assert "breaks 3 rule(s)" in msg
+    assert "template.signature" in msg and "最低" in msg
+    assert "the fixed text alone is 535 characters" in msg and "over the maximum of 500" in msg
+    plan = prepare(campaign, strict=False)  # pigeon preview shows them all as well
+    assert [f.key for f in errors(plan.findings)] == ["template.text", "template.signature", "template.text"]
+
+
+def test_the_length_finding_names_the_fixed_text_and_the_maximum() -> None:
+    t = compile_template("券" * 95, signature="小鹅优选", opt_out_text="拒收请回复R", max_length=100)
+    got = [(f.key, f.message) for f in errors(check_campaign(t, kind="marketing"))]
+    assert got == [
+        (
+            "template.text",
+            "the fixed text alone is 107 characters (signature and opt-out text included), over the "
+            "maximum of 100: shorten the template or raise template.max_length",
+        )
+    ]
+    assert (
+        check_campaign(
+            compile_template("券" * 80, signature="小鹅优选", max_length=100), kind="transactional"
+        )
+        == []
+    )
+
+
+def test_the_service_still_refuses_a_template_whose_fixed_text_is_too_long(tmp_path: Path) -> None:
+    from engine.config import load_engine
+    from engine.errors import ConfigError
+    from engine.service import Service
+
+    engine = tmp_path / "engine.toml"
+    engine.write_text(
+        '[gateways.sink]\nplugin = "blackhole"\n[service]\nsignature = "小鹅优选"\n'
+        f'[service.templates.long]\ntext = "{"券" * 60}"\nmax_length = 60\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as exc:
+        Service(load_engine(engine))
+    assert "service.templates.long.text" in str(exc.value) and "over the maximum of 60" in str(exc.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.carriers import default_prefix_table
-from engine.messages import MessageBatch, RejectReason
+from engine.messages import MessageBatch, Reject, RejectReason
 from engine.pipeline import Batch, StageRunner, positions
 from engine.stages import CountParts, Dedupe, Normalize, Render, Route, standard_stages
 from engine.template import compile_template
@@ -152,6 +152,23 @@ def test_runner_tallies_every_row_once() -> None:
     assert runner.tally.rejected_total == 3
 
 
+def test_the_rejects_of_a_batch_are_in_row_order_whichever_stage_made_them() -> None:
+    t = compile_template("{name}", signature="S").bind(["phone", "name"])
+    runner = StageRunner(standard_stages(t, default_prefix_table(), ALL))
+    rows = [
+        ("13490000000", "A"),  # 2: route (satellite)
+        ("13800138000", ""),  # 3: render (missing field)
+        ("bad", "B"),  # 4: normalize
+        ("13900139000", "C"),  # 5: sent
+        ("13900139000", "D"),  # 6: dedupe
+        ("12345", "E"),  # 7: normalize
+    ]
+    source_reject = Reject(1, RejectReason.MALFORMED_ROW, "wrong column count")  # from the source
+    out = runner.run(Batch([2, 3, 4, 5, 6, 7], rows, 0, [Reject(8, RejectReason.UNDECODABLE), source_reject]))
+    assert [r.row for r in out.rejects] == [1, 2, 3, 4, 6, 7, 8]
+    assert out.nums == [5]
+
+
 def test_messages_group_by_carrier_in_row_order() -> None:
     b = Batch([5, 6, 7, 8], [("",)] * 4, 0)
     b.numbers = ["13800138000", "13000130000", "13900139000", "+447911123456"]
@@ -192,6 +209,54 @@ def test_dedupe_suppresses_later_rows_of_the_same_number_however_written() -> No
     later.numbers = [r[0] for r in later.rows]
     d.process(later)  # across batches of the same run
     assert later.nums == [3]
+
+
+@pytest.mark.parametrize(
+    ("phone", "reason"),
+    [
+        ("13490000000", RejectReason.SATELLITE_NUMBER),
+        ("+86 134-9000-0000", RejectReason.SATELLITE_NUMBER),
+        ("15400000000", RejectReason.UNALLOCATED_PREFIX),
+        ("19200000000", RejectReason.NO_GATEWAY),  # Broadnet, and no gateway serves it here
+        ("12345", RejectReason.INVALID_NUMBER),
+    ],
+)
+def test_a_repeated_unsendable_number_is_rejected_with_its_reason_on_every_row(
+    phone: str, reason: RejectReason
+) -> None:
+    t = compile_template("{name}", signature="S").bind(["phone", "name"])
+    runner = StageRunner(standard_stages(t, default_prefix_table(), {"cm", "cu", "ct", "intl"}))
+    out = runner.run(Batch([2, 3, 4], [(phone, "A"), (phone, "B"), ("13800138000", "C")], 0))
+    assert out.nums == [4]
+    assert sorted((r.row, r.state, r.reason) for r in out.rejects) == [
+        (2, "rejected", reason),
+        (3, "rejected", reason),
+    ]
+
+
+def test_a_number_whose_first_row_cannot_be_sent_is_sent_from_its_next_row() -> None:
+    """Dedupe keeps the first row of a number that passed every check, not the first row: a row
+    refused for its own data (an empty field, a text over the maximum) does not use the number up."""
+    t = compile_template("{name}，您好", signature="S", max_length=20).bind(["phone", "name"])
+    runner = StageRunner(standard_stages(t, default_prefix_table(), ALL))
+    rows = [
+        ("13800138000", ""),  # missing_field
+        ("13800138000", "张" * 30),  # too_long
+        ("+86 138 0013 8000", "张伟"),  # the one to send
+        ("13800138000", "王芳"),  # a true duplicate
+        ("13900139000", ""),  # missing_field, and nothing else for this number
+        ("13900139000", ""),  # … on both rows
+    ]
+    out = runner.run(Batch([2, 3, 4, 5, 6, 7], rows, 0))
+    assert out.nums == [4]
+    assert out.texts == ["【S】张伟，您好"]
+    assert sorted((r.row, r.reason) for r in out.rejects) == [
+        (2, RejectReason.MISSING_FIELD),
+        (3, RejectReason.TOO_LONG),
+        (5, "duplicate"),
+        (6, RejectReason.MISSING_FIELD),
+        (7, RejectReason.MISSING_FIELD),
+    ]
 
 
 def test_dedupe_keys_never_confuse_countries() -> None:

@@ -29,6 +29,29 @@ def test_opt_out_after_a_link_is_kept_apart_from_it() -> None:
     assert t.render_one({}).endswith("https://x.cn/a 拒收请回复R")
 
 
+@pytest.mark.parametrize(
+    ("body", "row", "want"),
+    [
+        # The body ends in a field: the value's last character decides, row by row.
+        ("戳 https://x.cn/c/{code}", ("ab12",), "【S】戳 https://x.cn/c/ab12 拒收请回复R"),
+        ("戳 https://x.cn/c/{code}", ("券",), "【S】戳 https://x.cn/c/券拒收请回复R"),
+        ("戳 https://x.cn/c/{code}", ("ab12/",), "【S】戳 https://x.cn/c/ab12/拒收请回复R"),
+        ("您的券码 {code|X9}", ("",), "【S】您的券码 X9 拒收请回复R"),  # the default's last character
+        ("您的券码 {code|码}", ("",), "【S】您的券码 码拒收请回复R"),
+        ("code{code|}", ("",), "【S】code 拒收请回复R"),  # empty value: the literal before it ends the body
+        ("{a}{b|}", ("x7", ""), "【S】x7 拒收请回复R"),
+        ("{a}", ("Ｚ",), "【S】Ｚ拒收请回复R"),  # full-width: not ASCII, no space (as for literals)
+    ],
+)
+def test_opt_out_after_a_field_value_is_kept_apart_as_after_literal_text(
+    body: str, row: tuple[str, ...], want: str
+) -> None:
+    t = compile_template(body, signature="S", opt_out_text="拒收请回复R")
+    columns = list(t.fields)
+    assert t.bind(columns).render_rows([row]) == [want]
+    assert t.render_one(dict(zip(columns, row, strict=True))) == want
+
+
 def test_defaults_fill_empty_values_only() -> None:
     t = compile_template("{name|亲}，{city|本地}见", signature="S")
     b = t.bind(["name", "city"])
@@ -78,9 +101,14 @@ def test_binding_to_missing_columns_lists_them_with_suggestions() -> None:
     assert "phone, name, coupon" in msg
 
 
-def test_fixed_text_over_the_maximum_fails_at_compile_time() -> None:
+def test_fixed_text_over_the_maximum_is_kept_for_preflight_and_raised_on_request() -> None:
+    t = compile_template("券" * 95, signature="小鹅优选", opt_out_text="拒收请回复R", max_length=100)
+    assert t.fixed_length == 107
+    assert t.length_error is not None and "over the maximum of 100" in t.length_error
     with pytest.raises(TemplateError, match="over the maximum of 100"):
-        compile_template("券" * 95, signature="小鹅优选", opt_out_text="拒收请回复R", max_length=100)
+        t.check_length()
+    ok = compile_template("券" * 88, signature="小鹅优选", opt_out_text="拒收请回复R", max_length=100)
+    assert ok.length_error is None and ok.check_length() is ok
 
 
 def test_render_rows_is_generated_code_checked_against_the_reference() -> None:
