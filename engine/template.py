@@ -15,6 +15,7 @@ import msgspec
 
 from engine import sms
 from engine.errors import TemplateError
+from engine.provider_template import ProviderTemplate
 
 __all__ = ["BoundTemplate", "Template", "compile_template"]
 
@@ -93,6 +94,9 @@ class Template:
         self.suffix = opt_out_text
         self.body = body
         self.max_length = max_length
+        self.provider: ProviderTemplate | None = None
+        """The filed provider template this text was derived from (set by the run's set-up): the
+        ``render`` stage then checks and carries each row's parameters for the gateway."""
         self.pieces = _parse(body)
         fields: dict[str, str | None] = {}
         for p in self.pieces:
