@@ -97,7 +97,7 @@ async def test_a_bad_secret_or_an_unfiled_template_stops_the_gateway_after_one_r
         provider="aliyun", code="SMS_404", text=TEXT, params={"name": "n", "coupon": "c"}
     )
     gw = gateway(sim.port, tmp_path)
-    with pytest.raises(GatewayAuthError, match="isv.SMS_TEMPLATE_ILLEGAL"):
+    with pytest.raises(GatewayAuthError, match=r"isv\.SMS_TEMPLATE_ILLEGAL"):
         await gw.send(batch([(f"客{i}", "1") for i in range(300)], unfiled))
     assert sim.stats["isv.SMS_TEMPLATE_ILLEGAL"] == 1
     await gw.aclose()
