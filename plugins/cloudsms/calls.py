@@ -94,6 +94,8 @@ class Probe:
     def __init__(self) -> None:
         self.proven = False
         self.lock = anyio.Lock()
+        self.refused: GatewayAuthError | None = None
+        """The auth error the first call met: the sends that waited for it raise it too."""
 
 
 async def run_calls(
@@ -119,11 +121,14 @@ async def run_calls(
         # Until one call has gone through, calls go one at a time: a refused signature, template
         # or key costs one request, not a batch's worth (nor the other lanes' in flight).
         async with probe.lock:
+            if probe.refused is not None:
+                raise probe.refused
             if not probe.proven:
                 first = rest.pop(0)
                 await one(first)
                 if failed and isinstance(failed[-1][1], GatewayAuthError):
-                    raise failed[-1][1]
+                    probe.refused = failed[-1][1]
+                    raise probe.refused
                 if not failed:
                     probe.proven = True
     if len(rest) == 1:
