@@ -4,7 +4,6 @@ slows the lane and loses nothing, a template error stops the campaign after one 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
