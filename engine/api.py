@@ -216,15 +216,23 @@ def create_app(service: Service) -> Starlette:
         parser = service.parser(gateway)
         raw = await body(request)
         try:
-            parser.verify(raw, request.headers, time.time())
+            if getattr(parser, "uses_query", False):  # providers that cannot sign: a token in the URL
+                parser.verify(raw, request.headers, time.time(), query=request.query_params)  # type: ignore[call-arg]
+            else:
+                parser.verify(raw, request.headers, time.time())
         except WebhookError as exc:
             raise ApiError(401, "Bad signature", str(exc), kind="bad-signature") from None
+        answer = getattr(parser, "answer", None)  # the acknowledgement a provider expects, if its own
         if what == "reports":
             reports = parser.reports(raw, gateway)
             matched = await service.apply_reports(reports)
+            if answer is not None:
+                return Response(*answer(what, len(reports), matched))
             return _json({"received": len(reports), "matched": matched})
         replies = parser.replies(raw, gateway)
         optouts = service.apply_replies(replies)
+        if answer is not None:
+            return Response(*answer(what, len(replies), optouts))
         return _json({"received": len(replies), "optouts": optouts})
 
     @wrap

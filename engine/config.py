@@ -13,7 +13,8 @@ import msgspec
 
 from engine.caps import parse_period
 from engine.carriers import CARRIERS
-from engine.errors import ConfigError
+from engine.errors import ConfigError, TemplateError
+from engine.provider_template import ProviderTemplate, compile_provider_template
 from engine.sendwindow import SendWindow
 from engine.service_config import ServiceConfig
 from engine.template import DEFAULT_OPT_OUT
@@ -31,6 +32,7 @@ __all__ = [
     "OutageConfig",
     "PluginsConfig",
     "PolicyConfig",
+    "ProviderTemplateConfig",
     "RetryConfig",
     "RoutingConfig",
     "SegmentConfig",
@@ -191,17 +193,39 @@ class SegmentConfig(Base, kw_only=True, frozen=True):
     """Column holding the phone number."""
 
 
+class ProviderTemplateConfig(Base, kw_only=True, frozen=True):
+    """``[template.provider]``: a template filed with Aliyun or Tencent (engine/provider_template.py)."""
+
+    provider: Literal["aliyun", "tencent"]
+    code: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    """Aliyun ``TemplateCode`` (``SMS_…``) / Tencent ``TemplateId``, as the console shows it."""
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+    """The approved text with ``${name}`` (Aliyun) / ``{1}`` (Tencent) placeholders, without the
+    signature: what the provider will send, character for character."""
+    params: dict[str, str] = {}
+    """Placeholder → segment field (``"field"`` or ``"field|default"``); every placeholder needs one."""
+    max_param_length: Annotated[int, msgspec.Meta(ge=1, le=500)] | None = None
+    """Most characters per parameter value (default: Tencent 6, Aliyun 35)."""
+    param_lengths: dict[str, Annotated[int, msgspec.Meta(ge=1, le=500)]] = {}
+    """Per-placeholder limits over ``max_param_length`` (a variable filed longer)."""
+    links_in_params: bool = False
+    """Whether parameter values may hold links (both providers refuse them: keep links in the filed text)."""
+
+
 class TemplateConfig(Base, kw_only=True, frozen=True):
     """``[template]``: the text and what surrounds it."""
 
-    text: str
-    """Body with ``{field}`` / ``{field|default}`` tokens."""
+    text: str = ""
+    """Body with ``{field}`` / ``{field|default}`` tokens (or ``provider``: a filed template)."""
     signature: str
     """Sender signature, shown as ``【signature】`` before the body."""
     opt_out_text: str | None = None
     """Appended to marketing messages; defaults to ``拒收请回复R``; ``""`` to leave it out."""
     max_length: Annotated[int, msgspec.Meta(ge=10, le=5000)] = 500
     """Longest allowed message in billed characters, signature and opt-out text included."""
+    provider: ProviderTemplateConfig | None = None
+    """A template filed with the provider (for the ``aliyun`` and ``tencent`` gateways): its text
+    replaces ``text``, and nothing is appended to it (the opt-out text must be in the filed text)."""
 
 
 class PolicyConfig(Base, kw_only=True, frozen=True):
@@ -368,6 +392,8 @@ class LoadedCampaign(msgspec.Struct, frozen=True):
     id: str
     segment: SegmentConfig
     source_options: dict[str, Any]
+    provider: ProviderTemplate | None = None
+    """The filed provider template, compiled (``[template.provider]``), or None."""
 
 
 def load_engine(path: str | Path) -> LoadedEngine:
@@ -426,4 +452,42 @@ def load_campaign(path: str | Path) -> LoadedCampaign:
             raise ConfigError(str(p), "policy.send_window", str(exc)) from None
     if not cfg.template.signature.strip().strip("【】"):
         raise ConfigError(str(p), "template.signature", "the signature is empty; carriers require one")
-    return LoadedCampaign(cfg, str(p), p.resolve().parent, cid, segment, seg_raw)
+    cfg, provider = _provider_template(cfg, str(p))
+    return LoadedCampaign(cfg, str(p), p.resolve().parent, cid, segment, seg_raw, provider)
+
+
+def _provider_template(cfg: CampaignConfig, file: str) -> tuple[CampaignConfig, ProviderTemplate | None]:
+    """Compile ``[template.provider]``; the campaign's ``template.text`` becomes its text in Pigeon's
+    syntax and nothing is appended to it (the provider sends the filed text as it is)."""
+    t = cfg.template
+    pt = t.provider
+    if pt is None:
+        if not t.text.strip():
+            raise ConfigError(file, "template.text", "missing required key (or give [template.provider])")
+        return cfg, None
+    if t.text.strip():
+        raise ConfigError(
+            file,
+            "template.text",
+            "give either template.text or [template.provider] (a filed template's text is its own)",
+        )
+    if t.opt_out_text:
+        raise ConfigError(
+            file,
+            "template.opt_out_text",
+            "a filed template is sent as filed: write the opt-out text into template.provider.text",
+        )
+    try:
+        compiled = compile_provider_template(
+            provider=pt.provider,
+            code=pt.code,
+            text=pt.text,
+            params=pt.params,
+            max_param_length=pt.max_param_length,
+            param_lengths=pt.param_lengths,
+            links_in_params=pt.links_in_params,
+        )
+    except TemplateError as exc:
+        raise ConfigError(file, "template.provider", str(exc)) from None
+    template = msgspec.structs.replace(t, text=compiled.body, opt_out_text="")
+    return msgspec.structs.replace(cfg, template=template), compiled

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from enum import StrEnum
-from typing import Final, overload
+from typing import TYPE_CHECKING, Final, overload
 
 import msgspec
+
+if TYPE_CHECKING:
+    from engine.provider_template import ProviderParams
 
 __all__ = [
     "ACCEPTED",
@@ -73,6 +76,8 @@ class RejectReason(StrEnum):
     UNDECODABLE = "undecodable"
     TOO_LONG = "too_long"
     URL_IN_FIELD = "url_in_field"
+    PARAM_TOO_LONG = "param_too_long"
+    """A value over the per-parameter limit of the provider's filed template."""
     NO_GATEWAY = "no_gateway"
 
 
@@ -128,9 +133,12 @@ class MessageBatch(Sequence[Message]):
     and never pay for a per-message object; simple gateways iterate it and get :class:`Message`
     structs built on demand. Slicing gives a batch, not a list. Ids and E.164 numbers are derived
     on first use (``<id_prefix><row>``; ``+86`` before Chinese national numbers).
+
+    Messages rendered from a template filed with a provider also carry :attr:`params` (the
+    template and the parameter values of each message) for the gateways that send by template.
     """
 
-    __slots__ = ("_ids", "_numbers", "_prefix", "_tos", "carrier", "parts", "rows", "texts")
+    __slots__ = ("_ids", "_numbers", "_prefix", "_tos", "carrier", "params", "parts", "rows", "texts")
 
     def __init__(
         self,
@@ -142,12 +150,16 @@ class MessageBatch(Sequence[Message]):
         parts: Sequence[int],
         id_prefix: str = "",
         ids: Sequence[str] | None = None,
+        params: Sequence[ProviderParams | None] | None = None,
     ) -> None:
         self.carrier = carrier
         self.rows = rows
         """Source row numbers (0 for messages that did not come from a segment)."""
         self.texts = texts
         self.parts = parts
+        self.params = params
+        """Per message: its filed provider template and parameter values (None: free text); None
+        when no message of the batch has any (:mod:`engine.provider_template`)."""
         self._numbers = numbers
         self._prefix = id_prefix
         self._ids = ids
@@ -190,7 +202,21 @@ class MessageBatch(Sequence[Message]):
             parts += b.parts
             if ids is not None:
                 ids += b.ids
-        return cls(carrier, rows=rows, numbers=numbers, texts=texts, parts=parts, id_prefix=prefix, ids=ids)
+        params: list[ProviderParams | None] | None = None
+        if any(b.params is not None for b in batches):
+            params = []
+            for b in batches:
+                params += b.params if b.params is not None else [None] * len(b)
+        return cls(
+            carrier,
+            rows=rows,
+            numbers=numbers,
+            texts=texts,
+            parts=parts,
+            id_prefix=prefix,
+            ids=ids,
+            params=params,
+        )
 
     @property
     def ids(self) -> Sequence[str]:
@@ -205,6 +231,7 @@ class MessageBatch(Sequence[Message]):
         if len(indices) == len(self):
             return self
         ids = self.ids
+        params = self.params
         return MessageBatch(
             self.carrier,
             rows=[self.rows[i] for i in indices],
@@ -212,6 +239,7 @@ class MessageBatch(Sequence[Message]):
             texts=[self.texts[i] for i in indices],
             parts=[self.parts[i] for i in indices],
             ids=[ids[i] for i in indices],
+            params=[params[i] for i in indices] if params is not None else None,
         )
 
     def keys(self) -> list[int]:
@@ -246,6 +274,7 @@ class MessageBatch(Sequence[Message]):
                 parts=self.parts[index],
                 id_prefix=self._prefix,
                 ids=self._ids[index] if self._ids is not None else None,
+                params=self.params[index] if self.params is not None else None,
             )
         return Message(
             self.ids[index],

@@ -94,7 +94,7 @@ STAGE_REASONS: dict[str, tuple[str, ...]] = {
         "invalid_number",
         "no_gateway",
     ),
-    "render": ("missing_field", "url_in_field"),
+    "render": ("missing_field", "url_in_field", "param_too_long"),
     "count_parts": ("too_long",),
     "same_content": ("same_content",),
     "hold_quiet_hours": ("outside_send_window",),

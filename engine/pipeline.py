@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from engine import speedups
 from engine.messages import INTL_KEY_OFFSET, MessageBatch, Reject, number_key
 from engine.metrics import NO_METRICS, Metrics
+from engine.provider_template import ProviderParams
 
 __all__ = [
     "INTL_KEY_OFFSET",
@@ -30,7 +31,7 @@ __all__ = [
     "positions",
 ]
 
-_COLUMNS = ("nums", "rows", "numbers", "keys", "carriers", "texts", "parts")
+_COLUMNS = ("nums", "rows", "numbers", "keys", "carriers", "texts", "parts", "params")
 _ROW = attrgetter("row")
 
 
@@ -50,7 +51,18 @@ def positions(seq: list[Any], value: object) -> list[int]:
 class Batch:
     """Recipients moving through the stages, one list per column, index-aligned."""
 
-    __slots__ = ("carriers", "keys", "numbers", "nums", "parts", "phone_col", "rejects", "rows", "texts")
+    __slots__ = (
+        "carriers",
+        "keys",
+        "numbers",
+        "nums",
+        "params",
+        "parts",
+        "phone_col",
+        "rejects",
+        "rows",
+        "texts",
+    )
 
     def __init__(
         self,
@@ -74,6 +86,9 @@ class Batch:
         """After ``render``: full message texts."""
         self.parts: list[int] = []
         """After ``count_parts``: billed parts per message."""
+        self.params: list[ProviderParams] = []
+        """After ``render``, for a template filed with a provider: each row's template and parameter
+        values (empty otherwise)."""
         self.rejects: list[Reject] = rejects if rejects is not None else []
         """Rows refused in this batch (by the source or a stage)."""
 
@@ -162,17 +177,25 @@ class Batch:
         nums, numbers, texts, carriers, parts = self.nums, self.numbers, self.texts, self.carriers, self.parts
         if not nums:
             return {}
+        params = self.params or None
         first = carriers[0]
         if carriers.count(first) == len(carriers):  # one C-level scan: a batch of one carrier
             return {
                 first: MessageBatch(
-                    first, rows=nums, numbers=numbers, texts=texts, parts=parts, id_prefix=id_prefix
+                    first,
+                    rows=nums,
+                    numbers=numbers,
+                    texts=texts,
+                    parts=parts,
+                    id_prefix=id_prefix,
+                    params=params,
                 )
             }
         # sort_groups: more carriers than the kernel's table holds (never with the built-in ones)
         order, groups = speedups.group_order(carriers) or speedups.sort_groups(carriers)
         take = itemgetter(*order)
         nums_s, numbers_s, texts_s, parts_s = take(nums), take(numbers), take(texts), take(parts)
+        params_s = take(params) if params is not None else None
         out: dict[str, MessageBatch] = {}
         start = 0
         for c, n in groups:
@@ -184,6 +207,7 @@ class Batch:
                 texts=texts_s[start:end],
                 parts=parts_s[start:end],
                 id_prefix=id_prefix,
+                params=params_s[start:end] if params_s is not None else None,
             )
             start = end
         return out

@@ -255,6 +255,7 @@ def prepare(
         )
     except TemplateError as exc:
         raise TemplateError(f"{campaign.file}: template.text: {exc}") from None
+    template.provider = campaign.provider  # a filed provider template: render carries its params
 
     routes: dict[str, str] = {}
     failover: dict[str, list[str]] = {}

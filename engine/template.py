@@ -16,6 +16,7 @@ import msgspec
 
 from engine import sms
 from engine.errors import TemplateError
+from engine.provider_template import ProviderTemplate
 
 __all__ = ["BoundTemplate", "Template", "compile_template", "needs_space"]
 
@@ -91,6 +92,9 @@ class Template:
             opt_out_text = ""  # already written into the body: do not append it twice
         self.body = body
         self.max_length = max_length
+        self.provider: ProviderTemplate | None = None
+        """The filed provider template this text was derived from (set by the run's set-up): the
+        ``render`` stage then checks and carries each row's parameters for the gateway."""
         self.pieces = _parse(body)
         self.opt_out_after_field = bool(opt_out_text and self.pieces and isinstance(self.pieces[-1], Token))
         """The body ends in a field: whether a space goes before the opt-out text is decided for each

@@ -52,7 +52,14 @@ class WebhookError(ValueError):
 
 
 class WebhookParser(Protocol):
-    """Reads one gateway's callbacks. ``verify`` may raise :class:`WebhookError` (answered 401)."""
+    """Reads one gateway's callbacks. ``verify`` may raise :class:`WebhookError` (answered 401).
+
+    Two optional members serve providers with their own conventions: ``uses_query = True`` makes
+    the service pass the callback URL's query parameters to ``verify`` as ``query=`` (for
+    providers that cannot sign their pushes: a token in the registered URL), and
+    ``answer(what, received, applied) -> (body, media type)`` gives the acknowledgement the
+    provider expects instead of Pigeon's ``{"received", …}`` (``what``: ``reports``/``replies``).
+    """
 
     def verify(self, body: bytes, headers: Mapping[str, str], now: float) -> None:
         """Check the request's signature; raise :class:`WebhookError` if it is not the gateway's."""

@@ -1,0 +1,1 @@
+"""Shared parts of the cloud SMS gateways (``aliyun``, ``tencent``): HTTP client, grouping, settling."""

@@ -1,0 +1,1 @@
+"""The ``aliyun`` gateway: Alibaba Cloud SMS (Dysmsapi) with filed templates, receipts and replies."""

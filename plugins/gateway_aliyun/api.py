@@ -1,0 +1,77 @@
+"""Dysmsapi 2017-05-25 requests, signed: the actions Pigeon calls and how each request is built.
+
+Parameters travel in the query string of ``POST /`` with an empty body, as the official SDK sends
+RPC-style actions; the request is signed with ACS3-HMAC-SHA256 (``algorithm = "acs3"``, the
+default) or the older RPC HMAC-SHA1 (``"rpc"``), see :mod:`plugins.gateway_aliyun.signing`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Literal
+
+from plugins.gateway_aliyun.signing import (
+    EMPTY_SHA256,
+    acs3_authorization,
+    iso_timestamp,
+    percent,
+    rpc_signature,
+)
+
+__all__ = ["DEFAULT_HOST", "VERSION", "Signer", "encode_query"]
+
+DEFAULT_HOST = "dysmsapi.aliyuncs.com"
+VERSION = "2017-05-25"
+
+Algorithm = Literal["acs3", "rpc"]
+
+
+def encode_query(query: Mapping[str, str]) -> str:
+    """The query string as sent (RFC 3986 percent-encoding, so every value arrives unchanged)."""
+    return "&".join(f"{percent(k)}={percent(v)}" for k, v in query.items())
+
+
+class Signer:
+    """Signs Dysmsapi requests with one AccessKey pair."""
+
+    def __init__(self, key_id: str, secret: str, *, host: str = DEFAULT_HOST, algorithm: Algorithm = "acs3"):
+        self.key_id = key_id
+        self._secret = secret
+        self.host = host
+        self.algorithm: Algorithm = algorithm
+
+    def sign(
+        self, action: str, params: Mapping[str, str], *, now: float | None = None, nonce: str | None = None
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """(query parameters, headers) of a signed ``POST /`` calling ``action`` with ``params``."""
+        stamp = iso_timestamp(now)
+        nonce = nonce or secrets.token_hex(16)
+        if self.algorithm == "rpc":
+            query = {
+                **params,
+                "AccessKeyId": self.key_id,
+                "Action": action,
+                "Format": "JSON",
+                "SignatureMethod": "HMAC-SHA1",
+                "SignatureNonce": nonce,
+                "SignatureVersion": "1.0",
+                "Timestamp": stamp,
+                "Version": VERSION,
+            }
+            query["Signature"] = rpc_signature("POST", query, self._secret)
+            return query, {"host": self.host, "accept": "application/json"}
+        query = dict(params)
+        headers = {
+            "host": self.host,
+            "accept": "application/json",
+            "x-acs-action": action,
+            "x-acs-version": VERSION,
+            "x-acs-date": stamp,
+            "x-acs-signature-nonce": nonce,
+            "x-acs-content-sha256": EMPTY_SHA256,
+        }
+        headers["Authorization"] = acs3_authorization(
+            "POST", "/", query, headers, EMPTY_SHA256, self.key_id, self._secret
+        )
+        return query, headers

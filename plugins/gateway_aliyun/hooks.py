@@ -1,0 +1,356 @@
+"""The ``aliyun`` gateway: filed templates to Dysmsapi SendSms / SendBatchSms on one pooled client.
+
+Each batch is grouped by template, signature and parameter values: a group of equal parameters goes
+as one SendSms (up to 1,000 numbers, comma-joined), the messages with parameters of their own as
+SendBatchSms (up to 100 numbers, each with its parameters). The calls are made at once
+(:mod:`plugins.cloudsms.calls`). An answer's ``BizId`` is one per request; a message's provider id
+is ``<BizId>-<number>``, what the delivery receipt names it by.
+
+Codes (:mod:`plugins.gateway_aliyun.codes`): ``OK`` → accepted; throttling → ``throttled`` (the lane
+slows down); blacklist / invalid number / bad parameter → ``rejected`` (permanent, with the code) —
+in a request of several messages the request is split in halves and sent again so that only the
+guilty message is refused; ``isp.SYSTEM_ERROR`` → ``retry``; signature, template, credential and
+account errors → :class:`~engine.errors.GatewayAuthError` (the campaign stops with the reason, its
+recipients stay pending). Connection refused → :class:`~engine.errors.GatewayUnreachable`; 5xx
+without a code → :class:`~engine.errors.GatewayUnavailable`; no answer after the request was
+written → :class:`~engine.errors.GatewayTimeout` (the messages end ``unknown``; their calls are
+journalled for :meth:`AliyunGateway.settle`, which asks QuerySendDetails).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import httpx
+import msgspec
+
+from engine.errors import ConfigError, GatewayAuthError, GatewayProtocolError, GatewayUnavailable
+from engine.gateway import GatewayContext
+from engine.hookspecs import hookimpl
+from engine.messages import DeliveryReport, DeliveryStatus, MessageBatch, Outcome, SubmitResult
+from engine.plugins import GatewayRegistry, WebhookParserRegistry
+from engine.provider_template import ProviderParams
+from plugins.cloudsms.calls import Call, Probe, Unsettled, national, run_calls, sign_name
+from plugins.cloudsms.http import CloudClient
+from plugins.gateway_aliyun.api import Signer, encode_query
+from plugins.gateway_aliyun.codes import PER_MESSAGE, classify
+from plugins.gateway_aliyun.webhooks import AliyunParser
+
+__all__ = ["AliyunConfig", "AliyunGateway"]
+
+SEND_SMS_MAX = 1000
+BATCH_SMS_MAX = 100
+
+
+class AliyunConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``plugin = "aliyun"`` options."""
+
+    url: str = "https://dysmsapi.aliyuncs.com"
+    """The Dysmsapi endpoint (the simulator's address in tests)."""
+    access_key_id_env: str = "ALIBABA_CLOUD_ACCESS_KEY_ID"
+    """Environment variable holding the AccessKey ID (keys stay out of config files)."""
+    access_key_secret_env: str = "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
+    signature: Literal["acs3", "rpc"] = "acs3"
+    """``acs3`` (ACS3-HMAC-SHA256, the SDK's default) or ``rpc`` (the older HMAC-SHA1)."""
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=SEND_SMS_MAX)] = SEND_SMS_MAX
+    """Messages per gateway batch (SendSms takes 1,000 numbers; per-number parameters go by 100)."""
+    group_min: Annotated[int, msgspec.Meta(ge=1)] = 2
+    """Messages with equal parameters that go as one SendSms rather than by SendBatchSms."""
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 16
+    timeout: Annotated[float, msgspec.Meta(ge=1)] = 10.0
+    """Seconds for a whole request (Aliyun asks for at least 1 s)."""
+    connect_timeout: Annotated[float, msgspec.Meta(gt=0)] = 3.0
+    sms_up_extend_code: str = ""
+    """``SmsUpExtendCode``: the extension replies come back to (empty: none)."""
+
+
+def _secret(env: str, gateway: str, key: str) -> str:
+    value = os.environ.get(env, "")
+    if not value:
+        raise ConfigError(gateway, f"options.{key}", f"the environment variable {env} is not set")
+    return value
+
+
+_NOT_FILED = SubmitResult(Outcome.REJECTED, code="pigeon.NOT_A_FILED_TEMPLATE", permanent=True)
+
+
+class AliyunGateway:
+    """Dysmsapi over one pooled client, signing every request itself."""
+
+    idempotent = False
+    """SendSms is not idempotent: a request without an answer is not sent again (it is settled)."""
+
+    def __init__(self, config: AliyunConfig, ctx: GatewayContext) -> None:
+        self.name = ctx.name
+        self.max_batch = config.max_batch
+        self.config = config
+        url = httpx.URL(config.url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(
+                ctx.name, "options.url", f"expected an http:// or https:// URL, got {config.url!r}"
+            )
+        self._host = url.netloc.decode("ascii")
+        self._signer = Signer(
+            _secret(config.access_key_id_env, ctx.name, "access_key_id_env"),
+            _secret(config.access_key_secret_env, ctx.name, "access_key_secret_env"),
+            host=self._host,
+            algorithm=config.signature,
+        )
+        self._client = CloudClient(
+            f"{url.scheme}://{self._host}",
+            gateway=ctx.name,
+            timeout=config.timeout,
+            connect_timeout=config.connect_timeout,
+            max_connections=config.max_connections,
+        )
+        self.unsettled = Unsettled(ctx.run_dir, ctx.name)
+        """Calls that got no clear answer (for :meth:`settle`)."""
+        self._auth: GatewayAuthError | None = None
+        self._probe = Probe()
+        self._run = secrets.token_hex(3)
+        self._seq = 0
+        self.calls = 0
+        """Requests made (for tests and load tests)."""
+
+    # -- sending -------------------------------------------------------------------------
+
+    def _key(self) -> str:
+        self._seq += 1
+        return f"pg{self._run}{self._seq}"
+
+    def _plan(
+        self, batch: MessageBatch, params: Sequence[ProviderParams | None]
+    ) -> tuple[list[Call], list[Call]]:
+        """(SendSms calls, SendBatchSms calls) for the filed-template messages of ``batch``."""
+        texts = batch.texts
+        groups: dict[tuple[str, str, tuple[str, ...]], list[int]] = {}
+        for i, p in enumerate(params):
+            if p is not None and p[0].provider == "aliyun":
+                groups.setdefault((p[0].code, sign_name(texts[i]), p[1]), []).append(i)
+        singles: dict[str, list[int]] = {}
+        grouped: list[Call] = []
+        tos = batch.tos
+        for (code, _, _), idx in groups.items():
+            if len(idx) < self.config.group_min:
+                singles.setdefault(code, []).extend(idx)
+                continue
+            chunks: list[tuple[list[int], set[str]]] = []
+            for i in idx:  # one number once per request: a repeated number goes in the next one
+                n = tos[i]
+                for chunk, seen in chunks:
+                    if len(chunk) < SEND_SMS_MAX and n not in seen:
+                        chunk.append(i)
+                        seen.add(n)
+                        break
+                else:
+                    chunks.append(([i], {n}))
+            grouped += [Call(chunk, self._key()) for chunk, _ in chunks]
+        batched = [
+            Call(idx[k : k + BATCH_SMS_MAX], self._key())
+            for idx in singles.values()
+            for k in range(0, len(idx), BATCH_SMS_MAX)
+        ]
+        return grouped, batched
+
+    async def send(self, batch: MessageBatch) -> Sequence[SubmitResult]:
+        """Send the batch's filed-template messages; one result per message, in order."""
+        if self._auth is not None:
+            raise self._auth
+        params = batch.params
+        if params is None or not any(p is not None and p[0].provider == "aliyun" for p in params):
+            raise GatewayAuthError(
+                f"{self.name}: Aliyun sends only templates filed in its console: give the campaign a "
+                '[template.provider] with provider = "aliyun" (docs/providers-aliyun-tencent.md)'
+            )
+        grouped, batched = self._plan(batch, params)
+        calls = [*grouped, *batched]
+        single = {id(c) for c in grouped}
+
+        async def make(call: Call) -> None:
+            await self._call(batch, params, call, bulk=id(call) in single)
+
+        try:
+            results, auth = await run_calls(
+                batch, calls, make, on_ambiguous=lambda c: self._journal(batch, c), probe=self._probe
+            )
+        except GatewayAuthError as exc:
+            self._auth = exc
+            raise
+        if auth is not None:
+            self._auth = auth
+        for i, p in enumerate(params):
+            if p is None or p[0].provider != "aliyun":
+                results[i] = _NOT_FILED
+        return results
+
+    def _journal(self, batch: MessageBatch, call: Call) -> None:
+        ids, tos = batch.ids, batch.tos
+        self.unsettled.add(call.key, [ids[i] for i in call.indices], [national(tos[i]) for i in call.indices])
+
+    def _request(
+        self, batch: MessageBatch, params: Sequence[ProviderParams | None], call: Call, bulk: bool
+    ) -> tuple[str, dict[str, str]]:
+        tos, texts = batch.tos, batch.texts
+        first = params[call.indices[0]]
+        assert first is not None
+        template = first[0]
+        if bulk:
+            values = first[1]
+            q: dict[str, str] = {
+                "PhoneNumbers": ",".join(national(tos[i]) for i in call.indices),
+                "SignName": sign_name(texts[call.indices[0]]),
+                "TemplateCode": template.code,
+                "OutId": call.key,
+            }
+            if template.names:
+                q["TemplateParam"] = _json(dict(zip(template.names, values, strict=True)))
+            if self.config.sms_up_extend_code:
+                q["SmsUpExtendCode"] = self.config.sms_up_extend_code
+            return "SendSms", q
+        rows = [params[i] for i in call.indices]
+        q = {
+            "PhoneNumberJson": _json([national(tos[i]) for i in call.indices]),
+            "SignNameJson": _json([sign_name(texts[i]) for i in call.indices]),
+            "TemplateCode": template.code,
+            "OutId": call.key,
+        }
+        if template.names:
+            q["TemplateParamJson"] = _json([dict(zip(p[0].names, p[1], strict=True)) for p in rows if p])
+        if self.config.sms_up_extend_code:
+            q["SmsUpExtendCodeJson"] = _json([self.config.sms_up_extend_code] * len(call.indices))
+        return "SendBatchSms", q
+
+    async def _call(
+        self, batch: MessageBatch, params: Sequence[ProviderParams | None], call: Call, *, bulk: bool
+    ) -> None:
+        action, query = self._request(batch, params, call, bulk)
+        doc = await self.call(action, query)
+        code = str(doc.get("Code", ""))
+        tos = batch.tos
+        if code == "OK":
+            biz = str(doc.get("BizId", ""))
+            call.results = {
+                i: SubmitResult(Outcome.ACCEPTED, provider_id=f"{biz}-{national(tos[i])}")
+                for i in call.indices
+            }
+            return
+        outcome, after = classify(code, str(doc.get("Message", "")))
+        if outcome == "rejected" and code in PER_MESSAGE and len(call.indices) > 1:
+            half = len(call.indices) // 2
+            parts = [Call(call.indices[:half], self._key()), Call(call.indices[half:], self._key())]
+            for part in parts:  # one after the other: a refused request sent nothing
+                await self._call(batch, params, part, bulk=bulk)
+                call.results.update(part.results)
+            return
+        if outcome == "account":
+            raise GatewayAuthError(
+                f"{self.name}: Aliyun refused the request: {code}: {doc.get('Message', '')}"
+            )
+        if outcome == "ambiguous":
+            self._journal(batch, call)
+        call.results = dict.fromkeys(call.indices, _result(outcome, code, after))
+
+    async def call(self, action: str, params: dict[str, str]) -> dict[str, Any]:
+        """Make one signed Dysmsapi call; its JSON answer (raises a gateway error when unreadable)."""
+        query, headers = self._signer.sign(action, params)
+        self.calls += 1
+        status, body = await self._client.post("/?" + encode_query(query), headers, b"")
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or "Code" not in doc:
+            if status >= 500:
+                raise GatewayUnavailable(f"{self.name}: HTTP {status}")
+            raise GatewayProtocolError(f"{self.name}: HTTP {status}: {body[:200]!r}")
+        if status >= 500 and doc.get("Code") != "isp.SYSTEM_ERROR":
+            raise GatewayUnavailable(f"{self.name}: HTTP {status}: {doc.get('Code')}")
+        return doc
+
+    # -- settling ------------------------------------------------------------------------
+
+    async def settle(self, entries: Sequence[dict[str, Any]] | None = None) -> list[DeliveryReport]:
+        """Ask QuerySendDetails about the messages of calls that got no clear answer.
+
+        Each message is looked up by number and send date and matched by the call's ``OutId``:
+        found means the provider took it (its status: waiting, failed or delivered); a message
+        not found was never taken (``failed`` with code ``pigeon.NOT_SENT``, safe to send again).
+        Returns one report per message, naming Pigeon's message id.
+        """
+        out: list[DeliveryReport] = []
+        for entry in entries if entries is not None else self.unsettled.entries():
+            key = str(entry["key"])
+            day = time.strftime("%Y%m%d", time.localtime(float(entry["at"])))
+            for message_id, number in entry["messages"]:
+                doc = await self.call(
+                    "QuerySendDetails",
+                    {"PhoneNumber": number, "SendDate": day, "PageSize": "50", "CurrentPage": "1"},
+                )
+                if doc.get("Code") != "OK":
+                    raise GatewayProtocolError(f"{self.name}: QuerySendDetails: {doc.get('Code')}")
+                out.append(_settled(doc, key, message_id, self.name))
+        return out
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+
+_STATUS = {"1": DeliveryStatus.UNKNOWN, "2": DeliveryStatus.FAILED, "3": DeliveryStatus.DELIVERED}
+
+
+def _settled(doc: dict[str, Any], key: str, message_id: str, gateway: str) -> DeliveryReport:
+    dto = doc.get("SmsSendDetailDTOs") or {}
+    rows = dto.get("SmsSendDetailDTO", []) if isinstance(dto, dict) else dto
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, dict) and row.get("OutId") == key:
+            status = _STATUS.get(str(row.get("SendStatus")), DeliveryStatus.UNKNOWN)
+            return DeliveryReport(
+                provider_id="",
+                status=status,
+                message_id=message_id,
+                code=str(row.get("ErrCode") or ("DELIVERED" if status == DeliveryStatus.DELIVERED else "")),
+                gateway=gateway,
+            )
+    return DeliveryReport(
+        provider_id="",
+        status=DeliveryStatus.FAILED,
+        message_id=message_id,
+        code="pigeon.NOT_SENT",
+        gateway=gateway,
+    )
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _result(outcome: str, code: str, after: float) -> SubmitResult:
+    if outcome == "throttled":
+        return SubmitResult(Outcome.THROTTLED, code=code, retry_after=after)
+    if outcome == "retry":
+        return SubmitResult(Outcome.RETRY, code=code, retry_after=after)
+    if outcome == "ambiguous":
+        return SubmitResult(Outcome.UNKNOWN, code=f"ambiguous:{code}")
+    if outcome == "accepted":  # a success code other than OK: keep it, without an id
+        return SubmitResult(Outcome.ACCEPTED)
+    return SubmitResult(Outcome.REJECTED, code=code, permanent=outcome == "rejected")
+
+
+@hookimpl
+def register_gateways(gateways: GatewayRegistry) -> None:
+    """Register ``aliyun``."""
+    gateways.add(
+        "aliyun", AliyunGateway, AliyunConfig, description="Alibaba Cloud SMS (Dysmsapi), filed templates"
+    )
+
+
+@hookimpl
+def register_webhook_parsers(parsers: WebhookParserRegistry) -> None:
+    """Register ``aliyun``: SmsReport receipts and SmsUp replies."""
+    parsers.add("aliyun", AliyunParser)
