@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from engine.clock import SystemClock
-from engine.errors import EngineError
 from engine.runtime import _send, new_run_dir, prepare, preview
 from loadtests.sim_aliyun import AliyunSim, AliyunSimConfig
 from loadtests.sim_cloud import SimThread
@@ -130,16 +129,12 @@ async def test_a_template_error_stops_the_campaign_after_one_request(
 ) -> None:
     campaign = _files(tmp_path, provider, sim.port, code="404404")
     plan = prepare(campaign)
-    # The engine's answer to GatewayAuthError is the sender's (stop with recipients pending, or
-    # record them failed with the reason on an older sender); the gateway's promise is that no
-    # request after the first refused one is spent and nothing is sent.
-    try:
-        summary = await _send(plan, new_run_dir(plan, tmp_path / "runs"), None, SystemClock())
-    except EngineError:
-        pass
-    else:
-        assert not summary.states.get("sent")
-        assert any("GatewayAuthError" in r for r in summary.reasons.get("failed", {})) or summary.stopped
+    # The template is refused: the gateway spends no request after the first, and the run stops
+    # with everyone it read pending (the recipients did nothing wrong), saying why.
+    summary = await _send(plan, new_run_dir(plan, tmp_path / "runs"), None, SystemClock())
+    assert summary.halted == "gateway_refused"
+    assert "404404" in summary.message or "emplate" in summary.message
+    assert set(summary.states) <= {"pending", "rejected", "suppressed"} and summary.states["pending"] > 0
     assert sim.stats["requests"] == 1
     assert sim.sent == []
 

@@ -225,7 +225,8 @@ def _hog() -> None:  # pragma: no cover - runs in a child process
         pass
 
 
-def test_the_rate_holds_at_the_receiver_with_a_cpu_hog_beside_the_send(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_rate_holds_at_the_receiver_with_a_cpu_hog_beside_the_send(tmp_path: Path, backend: str) -> None:
     rows = 3_000
     eligible, dups = segment(tmp_path / "seg.csv", rows)
     store = tmp_path / "pigeon.db"
@@ -236,7 +237,7 @@ def test_the_rate_holds_at_the_receiver_with_a_cpu_hog_beside_the_send(tmp_path:
     try:
         with SimulatorThread(SimConfig(latency_ms=2, jitter_ms=20)) as sim:
             campaign = files(tmp_path, sim.port, store=store, max_batch=1000, cm=f"rate_per_second = {rate}")
-            done = cli(tmp_path, "send", str(campaign))
+            done = cli(tmp_path, "send", str(campaign), "--backend", backend)
             assert done.returncode == 0, done.stderr
     finally:
         for h in hogs:

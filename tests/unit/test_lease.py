@@ -134,3 +134,25 @@ def test_a_lease_handed_off_is_adopted_by_the_worker_that_gets_its_token(tmp_pat
     assert worker.lease("c").owner == "blast worker"  # type: ignore[union-attr]
     adopted.handover(_batch([2]), now=1.0)
     adopted.close()
+
+
+@pytest.mark.parametrize(
+    ("semantics", "says"),
+    [("at-most-once", "at-most-once: unknown, never resent"), ("at-least-once", "sent again on resume")],
+)
+def test_the_stop_after_requests_without_an_answer_names_the_campaigns_semantics(
+    tmp_path: Path, semantics: str, says: str
+) -> None:
+    from engine.ledger import LedgerStalled, Semantics
+
+    ledger = Ledger(tmp_path / "s.db")
+    run = ledger.open_campaign("c", kind="marketing", fingerprint=FP, semantics=Semantics(semantics))
+    for row in range(2, 7):  # five requests in a row, no answer
+        batch = _batch([row])
+        run.handover(batch, now=float(row))
+        run.unknown("gw", batch, "ambiguous:GatewayTimeout")
+    with pytest.raises(LedgerStalled, match="5 requests in a row got no answer") as stalled:
+        run.handover(_batch([7]), now=7.0)
+    assert says in str(stalled.value) and "pigeon resume c" in str(stalled.value)
+    assert ledger.rows_in("c", LedgerState.SUBMITTING).size == 0  # row 7 was not handed over
+    ledger.close()
