@@ -1,10 +1,11 @@
 """A crash loop: kill, cut off and resume one campaign until it finishes, then count what broke.
 
-Each round starts ``pigeon send`` (or ``pigeon resume``, on asyncio or trio) against the simulator
-and, at a random moment, does one of: SIGKILL the engine; take the gateway down for a few seconds
-(the run pauses and goes on); take it down past ``outage.limit`` (the run stops, exit 6); take it
-down and SIGKILL the engine while its requests wait. Then it lets a last run finish and compares
-the simulator's log of every message that arrived with the ledger, row for row::
+Each run is ``pigeon send`` (or ``pigeon resume``, on asyncio or trio) against the simulator; every
+0.5–4 s while it sends, up to ``--rounds`` faults in all, the loop does one of: SIGKILL the engine;
+take the gateway down for a few seconds (the run pauses and goes on); take it down past
+``outage.limit`` (the run stops, exit 6); take it down and SIGKILL the engine while its requests
+wait. Then it lets a last run finish and compares the simulator's log of every message that
+arrived with the ledger, row for row::
 
     python -m loadtests.crash_loop --rows 200000 --rounds 30 --json loadtests/results-crash-loop.json
 
@@ -12,8 +13,8 @@ Reported: kills, outages, runs stopped by the outage limit, recipients received 
 (``duplicates``), eligible recipients never received and not ``unknown`` (``missing``), ``unknown``
 rows, ``unknown`` rows that never reached the gateway (``unknown_never_sent``: must be 0 but for a
 kill between a hand-over's commit and its write), rows left not final, and the busiest 1 s window
-of parts that arrived at the simulator against the configured rate. Bounded: ``--rounds`` runs of
-at most ``--round-seconds`` each.
+of parts that arrived at the simulator against the configured rate. Bounded: ``--rounds`` faults,
+at most ``--rounds`` + 2 runs of at most ``--round-seconds`` each after their faults.
 """
 
 from __future__ import annotations
@@ -104,6 +105,36 @@ def _pigeon(tmp: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def _fault(
+    proc: subprocess.Popen[str], sim: Any, rng: random.Random, limit: float, counts: Counter[str]
+) -> None:
+    """One fault, chosen at random, while ``proc`` sends."""
+    fault = rng.choice(["kill", "short outage", "long outage", "outage then kill"])
+    if fault == "kill":
+        proc.send_signal(signal.SIGKILL)
+        counts["kills"] += 1
+    elif fault == "short outage":  # shorter than the limit: the run pauses and goes on
+        sim.go_down()
+        time.sleep(rng.uniform(0.5, limit - 1))
+        sim.come_up()
+        counts["outages"] += 1
+    elif fault == "long outage":  # past the limit: the run must stop by itself (exit 6)
+        sim.go_down()
+        counts["outages"] += 1
+        try:
+            proc.wait(limit + 15)
+        except subprocess.TimeoutExpired:
+            counts["outage_not_stopped_in_time"] += 1
+        sim.come_up()
+    else:  # requests waiting on a refusing gateway when the kill comes
+        sim.go_down()
+        time.sleep(rng.uniform(0.3, 2.0))
+        proc.send_signal(signal.SIGKILL)
+        sim.come_up()
+        counts["outages"] += 1
+        counts["kills"] += 1
+
+
 def run(rows: int, rounds: int, rate: int, seed: int, round_seconds: float) -> dict[str, Any]:
     """The loop; returns the figures."""
     rng = random.Random(seed)
@@ -114,41 +145,19 @@ def run(rows: int, rounds: int, rate: int, seed: int, round_seconds: float) -> d
         limit = 3.0
         campaign = _files(tmp, sim.port, rate, limit)
         finished = False
-        for n in range(rounds + 1):
+        faults = 0
+        for n in range(rounds + 2):  # bounded: every run but the last meets at least one fault
             backend = ("asyncio", "trio")[n % 2]
             args = ["send", str(campaign)] if n % 3 != 2 else ["resume", "loop", "--engine", "engine.toml"]
             proc = _pigeon(tmp, *args, "--backend", backend)
             counts["runs"] += 1
-            last = n == rounds
-            if not last:
+            while proc.poll() is None and faults < rounds:  # faults at random moments while it sends
                 deadline = time.monotonic() + rng.uniform(0.5, 4.0)
                 while time.monotonic() < deadline and proc.poll() is None:
                     time.sleep(0.01)
-                fault = rng.choice(["kill", "short outage", "long outage", "outage then kill"])
                 if proc.poll() is None:
-                    if fault == "kill":
-                        proc.send_signal(signal.SIGKILL)
-                        counts["kills"] += 1
-                    elif fault == "short outage":
-                        sim.go_down()
-                        time.sleep(rng.uniform(0.5, limit - 1))
-                        sim.come_up()
-                        counts["outages"] += 1
-                    elif fault == "long outage":
-                        sim.go_down()
-                        counts["outages"] += 1
-                        try:
-                            proc.wait(limit + 15)
-                        except subprocess.TimeoutExpired:
-                            counts["outage_not_stopped_in_time"] += 1
-                        sim.come_up()
-                    else:
-                        sim.go_down()
-                        time.sleep(rng.uniform(0.3, 2.0))
-                        proc.send_signal(signal.SIGKILL)
-                        sim.come_up()
-                        counts["outages"] += 1
-                        counts["kills"] += 1
+                    _fault(proc, sim, rng, limit, counts)
+                    faults += 1
             try:
                 _, err = proc.communicate(timeout=round_seconds)
             except subprocess.TimeoutExpired:
@@ -157,8 +166,9 @@ def run(rows: int, rounds: int, rate: int, seed: int, round_seconds: float) -> d
             counts[f"exit_{proc.returncode}"] += 1
             if "Traceback" in err:
                 counts["tracebacks"] += 1
-            if proc.returncode == 0 and last:
+            if proc.returncode == 0:
                 finished = True
+                break
         logged = Counter(int(mid.rsplit("-", 1)[1]) for _, mid, *_ in sim.log)
         ledger = Ledger(tmp / "pigeon.db")
         try:
@@ -199,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--rounds", type=int, default=30)
-    p.add_argument("--rate", type=int, default=20_000, help="China Mobile's parts per second")
+    p.add_argument(
+        "--rate", type=int, default=5_000, help="China Mobile's parts per second (sets how long a run lasts)"
+    )
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--round-seconds", type=float, default=120.0)
     p.add_argument("--json", type=Path, help="also write the figures here")
