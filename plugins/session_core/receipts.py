@@ -1,0 +1,337 @@
+"""Delivery receipts: provider ids in one canonical form, stat words → status, per-part folding.
+
+Peers get message ids wrong in every way (``reference/providers-protocols-scaleout.md`` §6):
+the submit answer says ``00B8BE19`` and the receipt ``b8be19`` or ``12107289`` (the same number
+in decimal), with or without zero padding, in either letter case. :func:`canonical_id` folds case,
+padding and NULs; :func:`id_forms` adds the hex↔decimal readings, tried in order until one
+matches a tracked message. CMPP's 64-bit ``Msg_Id`` is canonical as its unsigned decimal.
+
+The :class:`Correlator` remembers the part ids of each message submitted (bounded, oldest
+forgotten first) and folds one receipt per part into one report per message:
+
+* a part that failed (undeliverable, expired, rejected, unknown) settles the message with that
+  status at once;
+* the message is delivered when every part is;
+* intermediate states (``ENROUTE``, ``ACCEPTD``) are ignored, and so is a second receipt for a
+  part or one for a message already settled (duplicates);
+* a receipt whose id is not (yet) known is parked for ``park`` seconds — an SMSC may send it
+  before the submit answer is read — and then reported as it is, in the form learnt from the
+  receipts that did match (the engine's ledger may still know the id: a restart forgets the
+  table, not the ledger).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Final, NamedTuple
+
+from engine.messages import DeliveryReport, DeliveryStatus
+
+__all__ = [
+    "Correlator",
+    "Receipt",
+    "canonical_id",
+    "id_forms",
+    "parse_receipt_text",
+    "status_of",
+]
+
+_FINAL: Final = {
+    "DELIVRD": DeliveryStatus.DELIVERED,
+    "DELIVERED": DeliveryStatus.DELIVERED,
+    "EXPIRED": DeliveryStatus.EXPIRED,
+    "UNDELIV": DeliveryStatus.FAILED,
+    "UNDELIVERABLE": DeliveryStatus.FAILED,
+    "DELETED": DeliveryStatus.FAILED,
+    "REJECTD": DeliveryStatus.REJECTED,
+    "REJECTED": DeliveryStatus.REJECTED,
+    "UNKNOWN": DeliveryStatus.UNKNOWN,
+}
+_INTERMEDIATE: Final = frozenset({"ENROUTE", "ACCEPTD", "ACCEPTED", "SCHEDULED", "BUFFRED", "BUFFERED"})
+
+MESSAGE_STATES: Final = {
+    1: None,  # ENROUTE
+    2: DeliveryStatus.DELIVERED,
+    3: DeliveryStatus.EXPIRED,
+    4: DeliveryStatus.FAILED,  # DELETED
+    5: DeliveryStatus.FAILED,  # UNDELIVERABLE
+    6: None,  # ACCEPTED
+    7: DeliveryStatus.UNKNOWN,
+    8: DeliveryStatus.REJECTED,
+}
+"""SMPP ``message_state`` TLV values → status (None: not final)."""
+
+
+def status_of(stat: str) -> DeliveryStatus | None:
+    """The status of a receipt's ``stat`` word; None for an intermediate state.
+
+    The standard words (``DELIVRD``, ``UNDELIV``, ``EXPIRED``…) map as their names say; a
+    carrier's own code (``MK:0001``, ``DB:0144``, ``MBBLACK``…) is a failure, a blacklist one
+    (``*BLACK*``) a rejection.
+    """
+    word = stat.strip().upper()
+    hit = _FINAL.get(word)
+    if hit is not None:
+        return hit
+    if word in _INTERMEDIATE:
+        return None
+    if "BLACK" in word:
+        return DeliveryStatus.REJECTED
+    return DeliveryStatus.FAILED
+
+
+def canonical_id(raw: str) -> str:
+    """A provider id with case, surrounding blanks/NULs and leading zeros folded away."""
+    s = raw.strip().strip("\x00").strip().lower().lstrip("0")
+    return s or "0"
+
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def id_forms(canon: str) -> list[str]:
+    """The readings of a canonical id to look up, most likely first: itself, then decimal → hex
+    and hex → decimal (a peer that writes the number in the other base)."""
+    forms = [canon]
+    if canon.isdigit() and len(canon) <= 20:
+        forms.append(format(int(canon), "x"))
+    if _HEX.fullmatch(canon) and len(canon) <= 16:
+        dec = str(int(canon, 16))
+        if dec not in forms:
+            forms.append(dec)
+    return forms
+
+
+class Receipt(NamedTuple):
+    """What a receipt says, in any protocol."""
+
+    id: str
+    """The provider id as the receipt wrote it."""
+    stat: str
+    """The stat word (``DELIVRD``) or the carrier's code."""
+    err: str = ""
+    done_at: float = 0.0
+
+
+_FIELD = re.compile(
+    r"(id|sub|dlvrd|submit date|done date|stat|err|text)\s*:\s*",
+    re.IGNORECASE,
+)
+
+
+def parse_receipt_text(text: str, utc_offset_hours: float = 0.0) -> Receipt | None:
+    """Read the de-facto receipt text ``id:… sub:… dlvrd:… submit date:… done date:… stat:… err:… text:…``.
+
+    Lenient: keys in any case, fields in any order, dates with or without seconds, ``err`` not
+    necessarily numeric. None when it has no ``id`` or no ``stat``.
+    """
+    fields: dict[str, str] = {}
+    marks = list(_FIELD.finditer(text))
+    for i, m in enumerate(marks):
+        key = m.group(1).lower()
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        value = text[m.end() : end]
+        fields.setdefault(key, value if key == "text" else value.strip())
+    rid, stat = fields.get("id", ""), fields.get("stat", "")
+    if not rid or not stat:
+        return None
+    err = fields.get("err", "").split(" ")[0]
+    return Receipt(
+        rid.split()[0], stat.split()[0], err, receipt_time(fields.get("done date", ""), utc_offset_hours)
+    )
+
+
+def receipt_time(value: str, utc_offset_hours: float = 0.0) -> float:
+    """Epoch seconds of a ``YYMMDDhhmm[ss]`` receipt date in the peer's zone (0 when unreadable)."""
+    digits = value.strip()
+    if not digits.isdigit() or len(digits) not in (10, 12):
+        return 0.0
+    try:
+        dt = datetime.strptime(digits, "%y%m%d%H%M%S" if len(digits) == 12 else "%y%m%d%H%M")
+    except ValueError:
+        return 0.0
+    return dt.replace(tzinfo=timezone(timedelta(hours=utc_offset_hours))).timestamp()
+
+
+class _Tracked:
+    __slots__ = ("done", "key", "message_id", "part_ids", "provider_id", "states")
+
+    def __init__(self, key: int, message_id: str, part_ids: tuple[str, ...]) -> None:
+        self.key = key
+        self.message_id = message_id
+        self.provider_id = part_ids[0]
+        self.part_ids = part_ids
+        self.states: list[DeliveryStatus | None] = [None] * len(part_ids)
+        self.done = False
+
+
+class _Parked:
+    __slots__ = ("done", "forms", "receipt", "status", "until")
+
+    def __init__(self, until: float, receipt: Receipt, status: DeliveryStatus, forms: list[str]) -> None:
+        self.until = until
+        self.receipt = receipt
+        self.status = status
+        self.forms = forms
+        self.done = False
+
+
+class Correlator:
+    """Matches receipts to submitted messages and folds their parts; see the module docstring.
+
+    :param gateway: written into each report.
+    :param max_tracked: messages remembered (the oldest are forgotten first).
+    :param park: seconds an unknown receipt waits for its submit answer.
+    """
+
+    def __init__(
+        self,
+        gateway: str,
+        *,
+        max_tracked: int = 500_000,
+        park: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.gateway = gateway
+        self.max_tracked = max_tracked
+        self.park = park
+        self.clock = clock
+        self._messages: OrderedDict[int, _Tracked] = OrderedDict()
+        self._parts: dict[str, tuple[int, int]] = {}
+        """Canonical part id → (message key, part index)."""
+        self._ids = 0
+        self._parked: dict[str, _Parked] = {}
+        """Every reading of a parked receipt's id → it (matched by any of them)."""
+        self._parked_order: deque[_Parked] = deque()
+        self._form = 0
+        """Which reading of :func:`id_forms` matched last (0 as written, 1/2 the other base)."""
+        self.duplicates = 0
+        self.unmatched = 0
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def track(self, message_id: str, part_ids: list[str]) -> list[DeliveryReport]:
+        """Remember a message accepted as ``part_ids`` (canonical); reports for receipts parked for it."""
+        self._ids += 1
+        key = self._ids
+        t = _Tracked(key, message_id, tuple(part_ids))
+        self._messages[key] = t
+        parts = self._parts
+        for i, pid in enumerate(part_ids):
+            parts[pid] = (key, i)
+        while len(self._messages) > self.max_tracked:
+            _, old = self._messages.popitem(last=False)
+            self._forget(old)
+        if not self._parked:
+            return []
+        out: list[DeliveryReport] = []
+        for i, pid in enumerate(part_ids):
+            p = self._parked.get(pid)
+            if p is not None and not p.done:
+                self._unpark(p)
+                out += self._fold((key, i), p.receipt, p.status)
+        return out
+
+    def _unpark(self, p: _Parked) -> None:
+        p.done = True
+        for form in p.forms:
+            if self._parked.get(form) is p:
+                del self._parked[form]
+
+    def _forget(self, t: _Tracked) -> None:
+        parts = self._parts
+        for pid in t.part_ids:
+            hit = parts.get(pid)
+            if hit is not None and hit[0] == t.key:  # (an id the peer reused later stays)
+                del parts[pid]
+
+    def _find(self, canon: str) -> tuple[int, int] | None:
+        parts = self._parts
+        forms = id_forms(canon)
+        for n, form in enumerate(forms):
+            hit = parts.get(form)
+            if hit is not None:
+                self._form = n
+                return hit
+        return None
+
+    def receipt(self, receipt: Receipt, status: DeliveryStatus | None = None) -> list[DeliveryReport]:
+        """Take one receipt; the reports it settles (none, or one for its message)."""
+        if status is None:
+            status = status_of(receipt.stat)
+            if status is None:
+                return []
+        canon = canonical_id(receipt.id)
+        hit = self._find(canon)
+        if hit is None:
+            p = _Parked(self.clock() + self.park, receipt, status, id_forms(canon))
+            for form in p.forms:
+                self._parked.setdefault(form, p)
+            self._parked_order.append(p)
+            return []
+        return self._fold(hit, receipt, status)
+
+    def _fold(self, hit: tuple[int, int], receipt: Receipt, status: DeliveryStatus) -> list[DeliveryReport]:
+        t = self._messages.get(hit[0])
+        if t is None:
+            return []
+        if t.done or t.states[hit[1]] is not None:
+            self.duplicates += 1
+            return []
+        t.states[hit[1]] = status
+        delivered = DeliveryStatus.DELIVERED
+        if status is not delivered or all(s is delivered for s in t.states):
+            t.done = True
+        else:
+            return []
+        code = (
+            receipt.stat
+            if not receipt.err or receipt.err.strip("0") == ""
+            else f"{receipt.stat}:{receipt.err}"
+        )
+        return [
+            DeliveryReport(
+                provider_id=t.provider_id,
+                status=status,
+                message_id=t.message_id,
+                code=code[:64],
+                done_at=receipt.done_at,
+                gateway=self.gateway,
+            )
+        ]
+
+    def expire(self, now: float | None = None) -> list[DeliveryReport]:
+        """Report parked receipts whose wait is over as they are (in the form learnt last)."""
+        order = self._parked_order
+        if not order:
+            return []
+        now = self.clock() if now is None else now
+        out: list[DeliveryReport] = []
+        while order and (order[0].done or order[0].until <= now):
+            p = order.popleft()
+            if p.done:
+                continue
+            self._unpark(p)
+            self.unmatched += 1
+            forms = p.forms
+            pid = forms[self._form] if self._form < len(forms) else forms[0]
+            out.append(
+                DeliveryReport(
+                    provider_id=pid,
+                    status=p.status,
+                    code=p.receipt.stat[:64],
+                    done_at=p.receipt.done_at,
+                    gateway=self.gateway,
+                )
+            )
+        return out
+
+    @property
+    def parked(self) -> int:
+        """Receipts waiting for their submit answer."""
+        return sum(1 for p in self._parked_order if not p.done)
