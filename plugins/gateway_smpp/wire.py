@@ -208,6 +208,7 @@ class SmppWire:
             parsed.stat if parsed else "",
             parsed.err if parsed else "",
             parsed.done_at if parsed else 0.0,
+            sm.source_addr,
         )
         if state:
             status = MESSAGE_STATES.get(state[0])

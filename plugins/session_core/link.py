@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from engine.errors import GatewayAuthError, GatewayUnreachable
 from plugins.session_core.backoff import Backoff
@@ -321,6 +322,8 @@ class Link:
                 return
             finally:
                 self._read_scope = None
+        else:
+            await anyio.lowlevel.checkpoint()  # (timers only: still let the others run)
         now = self.clock()
         try:
             events = session.receive(data, now) if data else []

@@ -246,19 +246,28 @@ def decode_payload(
 class Reassembler:
     """Puts MO parts back together: by (source, reference, total), each part number kept once.
 
-    :meth:`add` returns the whole text when the last missing part arrives (duplicates of a part
-    are dropped); parts of a message never completed are forgotten after ``ttl`` seconds.
+    :meth:`add` returns the whole text when the last missing part arrives; a duplicate of a part
+    is dropped, also for ``done_ttl`` seconds after its message was completed. Parts of a message
+    never completed are forgotten after ``ttl`` seconds.
     """
 
-    def __init__(self, ttl: float = 600.0, limit: int = 10_000) -> None:
+    def __init__(self, ttl: float = 600.0, limit: int = 10_000, done_ttl: float = 120.0) -> None:
         self.ttl = ttl
         self.limit = limit
+        self.done_ttl = done_ttl
         self._open: dict[tuple[str, int, int], tuple[float, dict[int, str]]] = {}
+        self._done: dict[tuple[str, int, int], float] = {}
         self.duplicates = 0
 
     def add(self, source: str, concat: Concat, text: str, now: float) -> str | None:
         """Record one part; the whole message's text once every part is in."""
         key = (source, concat.ref, concat.total)
+        done = self._done.get(key)
+        if done is not None:
+            if now - done <= self.done_ttl:
+                self.duplicates += 1
+                return None
+            del self._done[key]
         entry = self._open.get(key)
         if entry is None:
             if len(self._open) >= self.limit:
@@ -273,6 +282,9 @@ class Reassembler:
         if len(parts) < concat.total:
             return None
         del self._open[key]
+        self._done[key] = now
+        if len(self._done) > self.limit:
+            self._done = {k: t for k, t in self._done.items() if now - t <= self.done_ttl}
         return "".join(parts[i] for i in range(1, concat.total + 1))
 
     def expire(self, now: float, force: bool = False) -> int:

@@ -143,11 +143,12 @@ class _Share:
 class _Job:
     """One message in flight: its parts' PDUs, answers and ids (the token of its requests)."""
 
-    __slots__ = ("bodies", "ids", "message_id", "open", "pool", "share", "status", "tries", "written")
+    __slots__ = ("bodies", "ids", "message_id", "open", "pool", "share", "status", "to", "tries", "written")
 
-    def __init__(self, pool: BindPool, bodies: list[bytes], message_id: str) -> None:
+    def __init__(self, pool: BindPool, bodies: list[bytes], message_id: str, to: str) -> None:
         self.pool = pool
         self.message_id = message_id
+        self.to = to
         self.open = len(bodies)
         """Parts not yet accepted (tracked for receipts when it reaches 0)."""
         self.bodies = bodies
@@ -170,7 +171,7 @@ class _Job:
             self.ids[tag] = pid
             self.open -= 1
             if not self.open and pid:  # every part accepted: its receipts can be matched from now
-                reports = pool.correlator.track(self.message_id, self.ids)
+                reports = pool.correlator.track(self.message_id, self.ids, self.to)
                 if reports:
                     pool._pending_reports += reports
             return
@@ -275,7 +276,7 @@ class BindPool:
         """Submit every message of ``batch``; one result per message, in order."""
         wire = self.wire
         rows = zip(batch.ids, batch.tos, batch.texts, strict=True)
-        jobs = [_Job(self, wire.submit_bodies(to, text), mid) for mid, to, text in rows]
+        jobs = [_Job(self, wire.submit_bodies(to, text), mid, to) for mid, to, text in rows]
         if not jobs:
             return []
         links = await self._usable()

@@ -94,16 +94,11 @@ _HEX = re.compile(r"[0-9a-f]+")
 
 
 def id_forms(canon: str) -> list[str]:
-    """The readings of a canonical id to look up, most likely first: itself, then decimal → hex
-    and hex → decimal (a peer that writes the number in the other base)."""
-    forms = [canon]
-    if canon.isdigit() and len(canon) <= 20:
-        forms.append(format(int(canon), "x"))
-    if _HEX.fullmatch(canon) and len(canon) <= 16:
-        dec = str(int(canon, 16))
-        if dec not in forms:
-            forms.append(dec)
-    return forms
+    """The readings of a canonical id to look up: ``[as written, decimal→hex, hex→decimal]``
+    (an entry is ``""`` where that reading does not apply)."""
+    dec2hex = format(int(canon), "x") if canon.isdigit() and len(canon) <= 20 else ""
+    hex2dec = str(int(canon, 16)) if _HEX.fullmatch(canon) and len(canon) <= 16 else ""
+    return [canon, dec2hex if dec2hex != canon else "", hex2dec if hex2dec != canon else ""]
 
 
 class Receipt(NamedTuple):
@@ -115,6 +110,8 @@ class Receipt(NamedTuple):
     """The stat word (``DELIVRD``) or the carrier's code."""
     err: str = ""
     done_at: float = 0.0
+    addr: str = ""
+    """The handset's number as the receipt gives it (settles an id that reads two ways)."""
 
 
 _FIELD = re.compile(
@@ -158,10 +155,11 @@ def receipt_time(value: str, utc_offset_hours: float = 0.0) -> float:
 
 
 class _Tracked:
-    __slots__ = ("done", "key", "message_id", "part_ids", "provider_id", "states")
+    __slots__ = ("done", "key", "message_id", "part_ids", "provider_id", "states", "to")
 
-    def __init__(self, key: int, message_id: str, part_ids: tuple[str, ...]) -> None:
+    def __init__(self, key: int, message_id: str, part_ids: tuple[str, ...], to: str) -> None:
         self.key = key
+        self.to = to
         self.message_id = message_id
         self.provider_id = part_ids[0]
         self.part_ids = part_ids
@@ -207,19 +205,20 @@ class Correlator:
         self._parked: dict[str, _Parked] = {}
         """Every reading of a parked receipt's id → it (matched by any of them)."""
         self._parked_order: deque[_Parked] = deque()
-        self._form = 0
-        """Which reading of :func:`id_forms` matched last (0 as written, 1/2 the other base)."""
+        self._evidence = [0, 0, 0]
+        """How often each reading of :func:`id_forms` was the only one that matched."""
         self.duplicates = 0
         self.unmatched = 0
 
     def __len__(self) -> int:
         return len(self._messages)
 
-    def track(self, message_id: str, part_ids: list[str]) -> list[DeliveryReport]:
-        """Remember a message accepted as ``part_ids`` (canonical); reports for receipts parked for it."""
+    def track(self, message_id: str, part_ids: list[str], to: str = "") -> list[DeliveryReport]:
+        """Remember a message to ``to`` accepted as ``part_ids`` (canonical); reports for receipts
+        parked for it."""
         self._ids += 1
         key = self._ids
-        t = _Tracked(key, message_id, tuple(part_ids))
+        t = _Tracked(key, message_id, tuple(part_ids), to)
         self._messages[key] = t
         parts = self._parts
         for i, pid in enumerate(part_ids):
@@ -232,7 +231,11 @@ class Correlator:
         out: list[DeliveryReport] = []
         for i, pid in enumerate(part_ids):
             p = self._parked.get(pid)
-            if p is not None and not p.done:
+            if (
+                p is not None
+                and not p.done
+                and (not p.receipt.addr or not to or p.receipt.addr[-8:] == to[-8:])
+            ):
                 self._unpark(p)
                 out += self._fold((key, i), p.receipt, p.status)
         return out
@@ -250,15 +253,32 @@ class Correlator:
             if hit is not None and hit[0] == t.key:  # (an id the peer reused later stays)
                 del parts[pid]
 
-    def _find(self, canon: str) -> tuple[int, int] | None:
+    def _find(self, canon: str, addr: str = "") -> tuple[int, int] | None:
+        """The (message, part) a receipt id names. An id that reads as two tracked ids (``16``:
+        decimal 16, or hex 0x16?) is settled by the handset's number, else by which reading
+        alone matched before."""
         parts = self._parts
+        hits = [(n, hit) for n, form in enumerate(id_forms(canon)) if form and (hit := parts.get(form))]
+        if not hits:
+            return None
+        if len(hits) > 1 and addr:
+            tail = addr[-8:]
+            same = [h for h in hits if (t := self._messages.get(h[1][0])) is not None and t.to[-8:] == tail]
+            if same:
+                hits = same
+        if len(hits) == 1:
+            if hits[0][0] or len([f for f in id_forms(canon) if f]) > 1:
+                self._evidence[hits[0][0]] += 1
+            return hits[0][1]
+        evidence = self._evidence
+        return max(hits, key=lambda h: (evidence[h[0]], -h[0]))[1]
+
+    def _learnt(self, canon: str) -> str:
+        """The reading of an unmatched id that matched most often before (as written when none did)."""
         forms = id_forms(canon)
-        for n, form in enumerate(forms):
-            hit = parts.get(form)
-            if hit is not None:
-                self._form = n
-                return hit
-        return None
+        evidence = self._evidence
+        best = max((n for n in range(3) if forms[n]), key=lambda n: (evidence[n], -n))
+        return forms[best]
 
     def receipt(self, receipt: Receipt, status: DeliveryStatus | None = None) -> list[DeliveryReport]:
         """Take one receipt; the reports it settles (none, or one for its message)."""
@@ -267,9 +287,12 @@ class Correlator:
             if status is None:
                 return []
         canon = canonical_id(receipt.id)
-        hit = self._find(canon)
+        hit = self._find(canon, receipt.addr)
         if hit is None:
-            p = _Parked(self.clock() + self.park, receipt, status, id_forms(canon))
+            if canon in self._parked:  # the same receipt again while the first one waits
+                self.duplicates += 1
+                return []
+            p = _Parked(self.clock() + self.park, receipt, status, [f for f in id_forms(canon) if f])
             for form in p.forms:
                 self._parked.setdefault(form, p)
             self._parked_order.append(p)
@@ -317,9 +340,12 @@ class Correlator:
             if p.done:
                 continue
             self._unpark(p)
+            hit = self._find(p.forms[0], p.receipt.addr)
+            if hit is not None:
+                out += self._fold(hit, p.receipt, p.status)
+                continue
             self.unmatched += 1
-            forms = p.forms
-            pid = forms[self._form] if self._form < len(forms) else forms[0]
+            pid = self._learnt(p.forms[0])
             out.append(
                 DeliveryReport(
                     provider_id=pid,

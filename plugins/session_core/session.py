@@ -362,9 +362,11 @@ class Session:
     def deadline(self) -> float:
         """When :meth:`tick` next has something to do (``inf``: only on input)."""
         t = self.window.next_deadline()
-        for deadline, _ in self._control.values():
+        waiting = False
+        for deadline, kind in self._control.values():
             t = min(t, deadline)
-        if self.state is State.BOUND:
+            waiting = waiting or kind is _KEEPALIVE
+        if self.state is State.BOUND and not waiting:
             t = min(t, self._last_rx + self.settings.keepalive_interval)
         return t
 
