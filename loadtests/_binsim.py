@@ -9,7 +9,7 @@ message:
 suffix what happens to a message sent to it
 ====== =====================================================================
 ``444`` refused as throttled (SMPP ESME_RTHROTTLED 0x58, CMPP result 8)
-``445`` refused with a transient error (SMPP ESME_RSYSERR 0x08, CMPP result 9)
+``445`` refused with a transient error (SMPP ESME_RSYSERR 0x08, CMPP result 20: a gateway "busy")
 ``446`` refused permanently (SMPP ESME_RINVDSTADR 0x0B, CMPP result 13)
 ``666`` accepted, then an undeliverable receipt (UNDELIV)
 ``667`` accepted, then an expired receipt (EXPIRED)

@@ -21,7 +21,7 @@ def test_builtins_register_through_the_entry_point_group() -> None:
     host = PluginHost()
     assert {"source_file", "gateway_blackhole", "gateway_file"} <= set(host.plugin_names())
     assert host.sources.names() == ["csv", "jsonl"]
-    assert host.gateways.names() == ["blackhole", "file", "http", "smpp"]
+    assert host.gateways.names() == ["blackhole", "cmpp", "file", "http", "smpp"]
     assert host.sources.get("csv").plugin == "source_file"
 
 
@@ -29,7 +29,7 @@ def test_disable_list_from_config_and_environment(monkeypatch: pytest.MonkeyPatc
     assert "file" not in PluginHost(disabled=["gateway_file"]).gateways
     monkeypatch.setenv(DISABLE_ENV, "gateway_blackhole, source_file")
     host = PluginHost()
-    assert host.gateways.names() == ["file", "http", "smpp"]
+    assert host.gateways.names() == ["cmpp", "file", "http", "smpp"]
     assert host.sources.names() == []
 
 
