@@ -69,6 +69,8 @@ class SmppConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     enquire_link_interval: _Seconds = 30.0
     enquire_link_timeout: _Seconds = 10.0
     enquire_link_tries: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
+    unbind_timeout: _Seconds = 2.0
+    """How long closing waits for unbind_resp."""
     reconnect_base: _Seconds = 0.5
     reconnect_cap: _Seconds = 30.0
     idempotent: bool = False
@@ -125,6 +127,7 @@ class SmppGateway(BinaryGateway):
             keepalive_interval=config.enquire_link_interval,
             keepalive_timeout=config.enquire_link_timeout,
             keepalive_tries=config.enquire_link_tries,
+            unbind_timeout=config.unbind_timeout,
         )
         tls = None
         if config.tls:
