@@ -286,44 +286,7 @@ def decode(data: bytes) -> Pdu:
     if length != len(data):
         raise DecodeError(f"command_length says {length}, the PDU has {len(data)} bytes")
     if command in (SUBMIT_SM, DELIVER_SM):
-        r = _Reader(data, 16)
-        service_type = r.cstr(6, "service_type")
-        s_ton, s_npi = r.byte("source_addr_ton"), r.byte("source_addr_npi")
-        source = r.cstr(21, "source_addr")
-        d_ton, d_npi = r.byte("dest_addr_ton"), r.byte("dest_addr_npi")
-        dest = r.cstr(21, "destination_addr")
-        esm, pid, prio = r.byte("esm_class"), r.byte("protocol_id"), r.byte("priority_flag")
-        sched = r.cstr(17, "schedule_delivery_time")
-        validity = r.cstr(17, "validity_period")
-        reg, rep, dc, dflt = (
-            r.byte("registered_delivery"),
-            r.byte("replace"),
-            r.byte("data_coding"),
-            r.byte("sm_default_msg_id"),
-        )
-        sm = r.take(r.byte("sm_length"), "short_message")
-        return ShortMessage(
-            command=command,
-            seq=seq,
-            service_type=service_type,
-            source_addr_ton=s_ton,
-            source_addr_npi=s_npi,
-            source_addr=source,
-            dest_addr_ton=d_ton,
-            dest_addr_npi=d_npi,
-            destination_addr=dest,
-            esm_class=esm,
-            protocol_id=pid,
-            priority_flag=prio,
-            schedule_delivery_time=sched,
-            validity_period=validity,
-            registered_delivery=reg,
-            replace_if_present_flag=rep,
-            data_coding=dc,
-            sm_default_msg_id=dflt,
-            short_message=sm,
-            tlvs=read_tlvs(data, r.at),
-        )
+        return _short_message(data, command, seq)
     if command in (SUBMIT_SM | RESP, DELIVER_SM | RESP):
         # an error answer may come without a body at all
         mid = data[16:].split(b"\x00", 1)[0].decode("latin-1") if length > 16 else ""
@@ -348,6 +311,48 @@ def decode(data: bytes) -> Pdu:
         sid = r.cstr(16, "system_id")
         return BindResp(command=command, seq=seq, status=status, system_id=sid, tlvs=read_tlvs(data, r.at))
     return Header(command=command, seq=seq, status=status)
+
+
+def _short_message(d: bytes, command: int, seq: int) -> ShortMessage:
+    """submit_sm / deliver_sm fields, read inline (the receipts' path: no reader object)."""
+    try:
+        e1 = d.index(0, 16, 22)
+        e2 = d.index(0, e1 + 3, e1 + 24)
+        e3 = d.index(0, e2 + 3, e2 + 24)
+        at = e3 + 4
+        e4 = d.index(0, at, at + 17)
+        e5 = d.index(0, e4 + 1, e4 + 18)
+    except ValueError:
+        raise DecodeError("a C-octet string of submit_sm/deliver_sm has no NUL within its size") from None
+    at = e5 + 1
+    if at + 5 > len(d):
+        raise DecodeError("submit_sm/deliver_sm ends early")
+    n = d[at + 4]
+    end = at + 5 + n
+    if end > len(d):
+        raise DecodeError(f"short_message: {n} bytes announced, {len(d) - at - 5} left")
+    return ShortMessage(
+        command=command,
+        seq=seq,
+        service_type=d[16:e1].decode("latin-1"),
+        source_addr_ton=d[e1 + 1],
+        source_addr_npi=d[e1 + 2],
+        source_addr=d[e1 + 3 : e2].decode("latin-1"),
+        dest_addr_ton=d[e2 + 1],
+        dest_addr_npi=d[e2 + 2],
+        destination_addr=d[e2 + 3 : e3].decode("latin-1"),
+        esm_class=d[e3 + 1],
+        protocol_id=d[e3 + 2],
+        priority_flag=d[e3 + 3],
+        schedule_delivery_time=d[e3 + 4 : e4].decode("latin-1"),
+        validity_period=d[e4 + 1 : e5].decode("latin-1"),
+        registered_delivery=d[at],
+        replace_if_present_flag=d[at + 1],
+        data_coding=d[at + 2],
+        sm_default_msg_id=d[at + 3],
+        short_message=d[at + 5 : end],
+        tlvs=read_tlvs(d, end) if end < len(d) else [],
+    )
 
 
 class SubmitTemplate:
