@@ -60,6 +60,8 @@ class BinSimConfig:
     password: str = "secret"
     keep: bool = True
     """Keep every accepted part in :attr:`BinSimServer.parts` (off for load tests)."""
+    magic: bool = True
+    """Act on magic destination numbers (off for load tests over real segments)."""
     seed: int = 0
 
 
@@ -114,7 +116,7 @@ class BinSimServer:
 
     def fate(self, dest: str) -> str:
         """What happens to a message for ``dest``: a magic suffix, else the configured mix."""
-        suffix = dest[-3:]
+        suffix = dest[-3:] if self.config.magic else ""
         if suffix in ("444", "445", "446", "666", "667", "668", "669", "997", "998", "999"):
             return suffix
         if self.config.p_undeliv or self.config.p_expired:
@@ -259,6 +261,7 @@ def add_arguments(p: Any) -> None:
     ):
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(BinSimConfig, name))
     p.add_argument("--no-receipts", action="store_true")
+    p.add_argument("--no-magic", action="store_true", help="ignore magic destination numbers")
 
 
 def config_from(args: Any) -> dict[str, Any]:
@@ -280,5 +283,6 @@ def config_from(args: Any) -> dict[str, Any]:
     )
     kw = {n: getattr(args, n) for n in names}
     kw["receipts"] = not args.no_receipts
+    kw["magic"] = not args.no_magic
     kw["keep"] = False
     return kw

@@ -333,12 +333,14 @@ class Link:
             return
         events += session.tick(now)
         inbound = self._dispatch(events)
-        if session.has_output:
-            await self._write(session.output())
-        if session.state is State.CLOSED:
-            await self._teardown()
-        if inbound and self.on_inbound is not None:
-            with anyio.CancelScope(shield=True):  # their answers are written: they must not be lost
+        # What was read is settled now: its answers and its hand-over must not be lost to a
+        # cancellation (a waiter's deadline) while the write lock is busy.
+        with anyio.CancelScope(shield=True):
+            if session.has_output:
+                await self._write(session.output())
+            if session.state is State.CLOSED:
+                await self._teardown()
+            if inbound and self.on_inbound is not None:
                 await self.on_inbound(inbound)
 
     def _dispatch(self, events: list[Event]) -> list[Frame]:

@@ -364,9 +364,9 @@ class BindPool:
             await link.flush()
             if not (queue or share.open or retries):
                 break
-            if not share.open and not (queue and link.room):
-                await self._pause(link, max(0.0, min(r[0] for r in retries) - clock()) if retries else 0.01)
-            else:
+            if retries and not share.open and not queue:  # only parts to send again, later
+                await self._pause(link, max(0.0, min(r[0] for r in retries) - clock()))
+            else:  # answers to wait for, or window room (another send may hold it all)
                 await link.step()
         if limiter is not None:
             if share.throttled:

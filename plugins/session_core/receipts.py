@@ -22,11 +22,11 @@ forgotten first) and folds one receipt per part into one report per message:
 
 from __future__ import annotations
 
+import calendar
 import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 from typing import Final, NamedTuple
 
 from engine.messages import DeliveryReport, DeliveryStatus
@@ -120,18 +120,27 @@ _FIELD = re.compile(
 )
 
 
+_STANDARD = re.compile(
+    r"id:(\S+) sub:\S* dlvrd:\S* submit date:\d* done date:(\d*) stat:(\S+) err:(\S*)", re.IGNORECASE
+)
+"""The usual layout, read in one match before the lenient reader."""
+
+
 def parse_receipt_text(text: str, utc_offset_hours: float = 0.0) -> Receipt | None:
     """Read the de-facto receipt text ``id:… sub:… dlvrd:… submit date:… done date:… stat:… err:… text:…``.
 
     Lenient: keys in any case, fields in any order, dates with or without seconds, ``err`` not
     necessarily numeric. None when it has no ``id`` or no ``stat``.
     """
+    m = _STANDARD.match(text)
+    if m is not None:
+        return Receipt(m.group(1), m.group(3), m.group(4), receipt_time(m.group(2), utc_offset_hours))
     fields: dict[str, str] = {}
     marks = list(_FIELD.finditer(text))
-    for i, m in enumerate(marks):
-        key = m.group(1).lower()
+    for i, mark in enumerate(marks):
+        key = mark.group(1).lower()
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        value = text[m.end() : end]
+        value = text[mark.end() : end]
         fields.setdefault(key, value if key == "text" else value.strip())
     rid, stat = fields.get("id", ""), fields.get("stat", "")
     if not rid or not stat:
@@ -144,14 +153,13 @@ def parse_receipt_text(text: str, utc_offset_hours: float = 0.0) -> Receipt | No
 
 def receipt_time(value: str, utc_offset_hours: float = 0.0) -> float:
     """Epoch seconds of a ``YYMMDDhhmm[ss]`` receipt date in the peer's zone (0 when unreadable)."""
-    digits = value.strip()
-    if not digits.isdigit() or len(digits) not in (10, 12):
+    if len(value) not in (10, 12) or not value.isdigit():
         return 0.0
-    try:
-        dt = datetime.strptime(digits, "%y%m%d%H%M%S" if len(digits) == 12 else "%y%m%d%H%M")
-    except ValueError:
+    yy, mo, dd, hh, mi = int(value[0:2]), int(value[2:4]), int(value[4:6]), int(value[6:8]), int(value[8:10])
+    ss = int(value[10:12]) if len(value) == 12 else 0
+    if not (1 <= mo <= 12 and 1 <= dd <= 31 and hh < 24 and mi < 60 and ss < 61):
         return 0.0
-    return dt.replace(tzinfo=timezone(timedelta(hours=utc_offset_hours))).timestamp()
+    return calendar.timegm((2000 + yy, mo, dd, hh, mi, ss, 0, 0, 0)) - utc_offset_hours * 3600.0
 
 
 class _Tracked:
@@ -202,8 +210,10 @@ class Correlator:
         self._parts: dict[str, tuple[int, int]] = {}
         """Canonical part id → (message key, part index)."""
         self._ids = 0
-        self._parked: dict[str, _Parked] = {}
-        """Every reading of a parked receipt's id → it (matched by any of them)."""
+        self._parked: dict[str, list[_Parked]] = {}
+        """Every reading of a parked receipt's id → the receipts parked under it."""
+        self._parked_ids: dict[str, _Parked] = {}
+        """A parked receipt's id as written (canonical) → it (a second one is a duplicate)."""
         self._parked_order: deque[_Parked] = deque()
         self._evidence = [0, 0, 0]
         """How often each reading of :func:`id_forms` was the only one that matched."""
@@ -229,22 +239,35 @@ class Correlator:
         if not self._parked:
             return []
         out: list[DeliveryReport] = []
+        evidence = self._evidence
         for i, pid in enumerate(part_ids):
-            p = self._parked.get(pid)
-            if (
-                p is not None
-                and not p.done
-                and (not p.receipt.addr or not to or p.receipt.addr[-8:] == to[-8:])
-            ):
-                self._unpark(p)
-                out += self._fold((key, i), p.receipt, p.status)
+            waiting = self._parked.get(pid)
+            if not waiting:
+                continue
+            fits = [p for p in waiting if not p.receipt.addr or not to or p.receipt.addr[-8:] == to[-8:]]
+            if not fits:
+                continue
+            # several receipts read as this id: the one written as it, else the likeliest reading
+            best = max(
+                fits, key=lambda p: evidence[p.forms.index(pid)] + (1 << 30 if p.forms[0] == pid else 0)
+            )
+            self._unpark(best)
+            out += self._fold((key, i), best.receipt, best.status)
         return out
 
     def _unpark(self, p: _Parked) -> None:
         p.done = True
         for form in p.forms:
-            if self._parked.get(form) is p:
-                del self._parked[form]
+            if not form:
+                continue
+            waiting = self._parked.get(form)
+            if waiting is not None:
+                if p in waiting:
+                    waiting.remove(p)
+                if not waiting:
+                    del self._parked[form]
+        if self._parked_ids.get(p.forms[0]) is p:
+            del self._parked_ids[p.forms[0]]
 
     def _forget(self, t: _Tracked) -> None:
         parts = self._parts
@@ -261,6 +284,14 @@ class Correlator:
         hits = [(n, hit) for n, form in enumerate(id_forms(canon)) if form and (hit := parts.get(form))]
         if not hits:
             return None
+        if len(hits) > 1:  # a part that has its receipt already is not the one this is for
+            open_ = [
+                h
+                for h in hits
+                if (t := self._messages.get(h[1][0])) is not None and not t.done and t.states[h[1][1]] is None
+            ]
+            if open_:
+                hits = open_
         if len(hits) > 1 and addr:
             tail = addr[-8:]
             same = [h for h in hits if (t := self._messages.get(h[1][0])) is not None and t.to[-8:] == tail]
@@ -289,12 +320,14 @@ class Correlator:
         canon = canonical_id(receipt.id)
         hit = self._find(canon, receipt.addr)
         if hit is None:
-            if canon in self._parked:  # the same receipt again while the first one waits
+            if canon in self._parked_ids:  # the same receipt again while the first one waits
                 self.duplicates += 1
                 return []
-            p = _Parked(self.clock() + self.park, receipt, status, [f for f in id_forms(canon) if f])
+            p = _Parked(self.clock() + self.park, receipt, status, id_forms(canon))
             for form in p.forms:
-                self._parked.setdefault(form, p)
+                if form:
+                    self._parked.setdefault(form, []).append(p)
+            self._parked_ids[canon] = p
             self._parked_order.append(p)
             return []
         return self._fold(hit, receipt, status)

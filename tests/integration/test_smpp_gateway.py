@@ -273,3 +273,19 @@ async def test_a_rate_is_split_among_the_binds(smsc: Smsc) -> None:
 def test_the_password_is_not_in_the_config_type() -> None:
     assert "password" not in {f for f in SmppConfig.__struct_fields__ if not f.endswith("_env")}
     assert os.environ.get("TEST_SMPP_PASSWORD") == "secret"
+
+
+@pytest.mark.parametrize("smsc", [SmscConfig(latency_ms=2, receipt_delay_ms=1, keep=False)], indirect=True)
+async def test_two_sends_sharing_a_small_window_lose_no_receipt(smsc: Smsc) -> None:
+    """A send that waits for window room reads for the others; a deadline of its own must not cut
+    a read step short between answering a deliver_sm and handing its receipt over (it did)."""
+    gw = gateway(smsc.port, window=10)
+    inbox = inbox_of(gw)
+    n = 1500
+    async with serving(gw):
+        async with anyio.create_task_group() as tg:
+            for k in range(3):
+                tg.start_soon(gw.send, batch(plain(500, k * 500), prefix=f"s{k}-"))
+        await wait_for(lambda: len(inbox.delivery_reports) >= n, inbox, limit=10)
+    assert smsc.stats["deliver_sm_resp"] == n
+    assert len({r.message_id for r in inbox.delivery_reports}) == n
