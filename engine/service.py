@@ -441,6 +441,10 @@ class Service:
             self.breakers[name] = Breaker(gcfg.breaker_threshold, gcfg.breaker_cooldown)
         budgets = split_budgets(cfg, {n: g.carriers for n, g in cfg.gateways.items()})
         self._register_parsers()
+        for gw in self.gateways.values():  # a gateway's own series (the binds of smpp/cmpp)
+            collector = getattr(gw, "metrics_collector", None)
+            if callable(collector):
+                self.metrics.registry.register(collector())
         receiving = {n: gw for n, gw in self.gateways.items() if isinstance(gw, Receiving)}
         if receiving:
             tg.start_soon(self._serve_inbound, receiving)

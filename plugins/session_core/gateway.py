@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from engine.messages import MessageBatch, SubmitResult
 from plugins.session_core.backoff import Backoff
+from plugins.session_core.metrics import BindCollector
 from plugins.session_core.pool import BindPool, Sink
 from plugins.session_core.stats import LinkStats
 
@@ -51,6 +52,17 @@ class BinaryGateway:
     def window_occupancy(self) -> dict[str, tuple[int, int]]:
         """Each bind's requests in flight and window size."""
         return {link.name: (link.in_flight, link.settings.window) for link in self.pool.links}
+
+    def metrics_collector(self) -> BindCollector:
+        """A Prometheus collector of the per-bind metrics (:mod:`plugins.session_core.metrics`)."""
+
+        def binds() -> dict[str, tuple[LinkStats, int, int]]:
+            return {
+                str(i): (link.stats, link.in_flight, link.settings.window)
+                for i, link in enumerate(self.pool.links)
+            }
+
+        return BindCollector(self.name, binds)
 
     async def aclose(self) -> None:
         """Unbind every bind; hand over receipts still parked."""

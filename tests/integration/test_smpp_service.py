@@ -98,4 +98,10 @@ async def test_receipts_and_an_opt_out_reply_arrive_over_the_bind(
         assert {r.source for r in found.values()} == {"mo"}
         metrics = (await c.get("/metrics")).text
         assert 'pigeon_delivery_reports_total{gateway="smsc",status="failed"} 1.0' in metrics
+        # the bind's own series (plugins/session_core/metrics.py)
+        assert 'pigeon_bind_receipts_total{bind="0",gateway="smsc",status="delivered"} 2.0' in metrics
+        assert 'pigeon_bind_receipts_total{bind="0",gateway="smsc",status="failed"} 1.0' in metrics
+        assert 'pigeon_bind_window_size{bind="0",gateway="smsc"} 10.0' in metrics
+        assert 'pigeon_bind_response_seconds_count{bind="0",gateway="smsc"} 3.0' in metrics
+        assert 'pigeon_bind_throttled_total{bind="0",gateway="smsc"} 0.0' in metrics
     assert smsc.stats["unbind"] >= 1  # the service unbound on its way out
