@@ -129,3 +129,13 @@ async def test_long_messages_carry_pk_fields_and_a_udh_and_mo_joins_back(ismg: I
     texts = {r.from_: r.text for r in inbox.mo_replies}
     assert texts == {"+8613800138000": "退订", "+8613800138001": "麻烦帮我退订这个号码的短信"}
     assert ismg.stats["enquire_link"] >= 1  # CMPP_ACTIVE_TEST while idle
+
+
+async def test_the_plugin_kit_contract_holds(ismg: Ismg, version: str) -> None:
+    from engine.gateway import Gateway, Receiving
+    from engine.testing import check_gateway
+
+    gw = gateway(ismg.port, version)
+    assert isinstance(gw, Gateway) and isinstance(gw, Receiving)
+    results = await check_gateway(gw, batch(["13900000001", "13900000444", "13900000446"]))
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED, Outcome.THROTTLED, Outcome.REJECTED]

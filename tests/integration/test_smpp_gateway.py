@@ -289,3 +289,14 @@ async def test_two_sends_sharing_a_small_window_lose_no_receipt(smsc: Smsc) -> N
         await wait_for(lambda: len(inbox.delivery_reports) >= n, inbox, limit=10)
     assert smsc.stats["deliver_sm_resp"] == n
     assert len({r.message_id for r in inbox.delivery_reports}) == n
+
+
+async def test_the_plugin_kit_contract_holds(smsc: Smsc) -> None:
+    from engine.gateway import Gateway, Receiving
+    from engine.testing import check_gateway
+
+    gw = gateway(smsc.port)
+    assert isinstance(gw, Gateway) and isinstance(gw, Receiving)
+    mixed = batch(["13900000001", "13900000444", "13900000446"])
+    results = await check_gateway(gw, mixed)
+    assert [r.outcome for r in results] == [Outcome.ACCEPTED, Outcome.THROTTLED, Outcome.REJECTED]
