@@ -63,15 +63,23 @@ class ThirdParty:
                     n += 1
                     mid = f"{n:08X}"
                     ev.accept(mid)
-                    esme = self.esmes.get(ev.session_id)
-                    if self.receipts and esme is not None and ev.registered_delivery & 1:
-                        t = asyncio.create_task(self._receipt(esme, ev.destination_addr, mid, n))
+                    if self.receipts and ev.registered_delivery & 1:
+                        t = asyncio.create_task(self._receipt(ev.session_id, ev.destination_addr, mid, n))
                         pending.add(t)
                         t.add_done_callback(pending.discard)
         finally:
             await server.stop()
 
-    async def _receipt(self, esme: smpp34.Esme, dest: str, mid: str, n: int) -> None:
+    async def _receipt(self, session: str, dest: str, mid: str, n: int) -> None:
+        # the server may hand over a bind's first submits before the bind itself: wait for it
+        for _ in range(500):
+            esme = self.esmes.get(session)
+            if esme is not None:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            self.errors.append(RuntimeError(f"no Esme for session {session}"))
+            return
         stat, state = ("UNDELIV", 5) if dest.endswith("666") else ("DELIVRD", 2)
         text = (
             f"id:{n} sub:001 dlvrd:001 submit date:2612031200 done date:2612031201 stat:{stat} err:000 text:"

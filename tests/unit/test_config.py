@@ -127,7 +127,9 @@ def test_unknown_source_and_gateway_plugins_list_the_installed_ones(write: Write
         prepare(f)
     write("engine.toml", '[gateways.main]\nplugin = "smtp"\n')
     f = write("campaign.toml", CAMPAIGN)
-    with pytest.raises(ConfigError, match="unknown gateway plugin 'smtp'; installed: blackhole, cmpp, file, http, smpp"):
+    with pytest.raises(
+        ConfigError, match="unknown gateway plugin 'smtp'; installed: blackhole, cmpp, file, http, smpp"
+    ):
         prepare(f)
 
 
