@@ -1,4 +1,9 @@
-"""The gateway contract: what a gateway plugin returns, what it is given, and what it must answer."""
+"""The gateway contract: what a gateway plugin returns, what it is given, and what it must answer.
+
+Gateways that receive on their own connections (SMPP deliver_sm, CMPP_DELIVER) also implement
+:class:`Receiving`: a long-lived host attaches an :class:`InboundSink` (where delivery reports
+and MO replies go: the service's ``apply_reports`` / ``apply_replies``) and runs ``serve()``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from engine.messages import MessageBatch, SubmitResult
+from engine.messages import DeliveryReport, MessageBatch, SubmitResult
+from engine.webhooks import MoReply
 
-__all__ = ["Gateway", "GatewayContext"]
+__all__ = ["Gateway", "GatewayContext", "InboundSink", "Receiving"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +52,24 @@ class Gateway(Protocol):
 
     async def aclose(self) -> None:
         """Close connections and flush files; called once at the end of a run."""
+
+
+class InboundSink(Protocol):
+    """Where a :class:`Receiving` gateway hands what its connections bring in."""
+
+    async def reports(self, reports: Sequence[DeliveryReport]) -> None:
+        """Delivery reports, one per message settled (its parts folded)."""
+
+    async def replies(self, replies: Sequence[MoReply]) -> None:
+        """MO replies, reassembled from their parts."""
+
+
+@runtime_checkable
+class Receiving(Protocol):
+    """A gateway whose connections also bring delivery reports and MO replies (SMPP, CMPP)."""
+
+    def attach(self, sink: InboundSink) -> None:
+        """Send reports and replies to ``sink`` from now on (without one, the gateway keeps them)."""
+
+    async def serve(self) -> None:
+        """Keep the connections up and read them until cancelled (reports arrive between sends)."""

@@ -39,7 +39,7 @@ from engine.carriers import PrefixTable, default_prefix_table
 from engine.clock import Clock, SystemClock
 from engine.config import DEFAULT_MARKETING_WINDOW, LoadedEngine, convert_section
 from engine.errors import ConfigError, EngineError, TemplateError
-from engine.gateway import Gateway, GatewayContext
+from engine.gateway import Gateway, GatewayContext, Receiving
 from engine.ledger import CampaignBusy, CampaignLedger, Ledger, LedgerError, file_fingerprint, transaction
 from engine.messages import DeliveryReport, MessageBatch, Reject, State, SubmitResult
 from engine.metrics import CONTENT_TYPE, Metrics
@@ -375,6 +375,7 @@ class Service:
         self.urgent_pending = 0
         """Transactional messages accepted and not yet handed to a gateway (blasts yield to them)."""
         self._closing = anyio.Event()
+        self._inbound_scope: anyio.CancelScope | None = None
         self.counters: Counter[str] = Counter()
         """What happened since start: messages accepted, reports, replies, opt-outs… (for logs)."""
 
@@ -445,6 +446,13 @@ class Service:
             self.breakers[name] = Breaker(gcfg.breaker_threshold, gcfg.breaker_cooldown)
         budgets = split_budgets(cfg, {n: g.carriers for n, g in cfg.gateways.items()})
         self._register_parsers()
+        for gw in self.gateways.values():  # a gateway's own series (the binds of smpp/cmpp)
+            collector = getattr(gw, "metrics_collector", None)
+            if callable(collector):
+                self.metrics.registry.register(collector())
+        receiving = {n: gw for n, gw in self.gateways.items() if isinstance(gw, Receiving)}
+        if receiving:
+            tg.start_soon(self._serve_inbound, receiving)
         policy = RetryPolicy(cfg.retry.max_attempts, cfg.retry.base, cfg.retry.cap)
         prices: dict[str, float] = {c: cc.price_per_part for c, cc in cfg.carriers.items()}
         by_carrier = {c: [self.gateways[g] for g in names] for c, names in self.failover.items()}
@@ -581,7 +589,18 @@ class Service:
         finally:
             db.close()
 
+    async def _serve_inbound(self, gateways: Mapping[str, Receiving]) -> None:
+        """Feed what SMPP/CMPP connections bring in (receipts, MO) to the webhook path until stopped."""
+        sink = _ServiceSink(self)
+        async with anyio.create_task_group() as tg:
+            self._inbound_scope = tg.cancel_scope
+            for gw in gateways.values():
+                gw.attach(sink)
+                tg.start_soon(gw.serve)
+
     async def _stop(self) -> None:
+        if self._inbound_scope is not None:
+            self._inbound_scope.cancel()
         self._closing.set()
         self.draining = True
         if self.campaigns is not None:
@@ -1010,6 +1029,21 @@ class Service:
         checks["gateways"] = "ok" if not down else f"no gateway up for {', '.join(down)}"
         checks["ready"] = not self.draining and checks["store"] == "ok" and not down
         return checks
+
+
+class _ServiceSink:
+    """Receipts and MO read on a gateway's own connections go where webhooks' go."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def reports(self, reports: Sequence[DeliveryReport]) -> None:
+        """:meth:`Service.apply_reports`."""
+        await self.service.apply_reports(reports)
+
+    async def replies(self, replies: Sequence[MoReply]) -> None:
+        """:meth:`Service.apply_replies` (an R / 退订 records an opt-out)."""
+        self.service.apply_replies(replies)
 
 
 @asynccontextmanager

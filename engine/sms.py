@@ -72,14 +72,18 @@ def parts_for_units(n: int, enc: Encoding) -> int:
     return -(-n // per)
 
 
-def split(text: str, enc: Encoding | None = None) -> list[str]:
-    """Split a message into its parts as a sender must, never cutting a two-unit character."""
+def split(text: str, enc: Encoding | None = None, per_part: int | None = None) -> list[str]:
+    """Split a message into its parts as a sender must, never cutting a two-unit character.
+
+    ``per_part`` overrides the units a part of a long message holds (153 GSM-7 / 67 UCS-2 with
+    the usual 6-byte header; a 7-byte header with a 16-bit reference leaves 152 / 66).
+    """
     enc = enc or encoding_of(text)
     wide = _double_width(text, enc)
     n = len(text) + len(wide.findall(text))
     if n <= SINGLE[enc]:
         return [text]
-    per = MULTI[enc]
+    per = per_part or MULTI[enc]
     out: list[str] = []
     start = used = 0
     for i, ch in enumerate(text):

@@ -21,7 +21,7 @@ def test_builtins_register_through_the_entry_point_group() -> None:
     host = PluginHost()
     assert {"source_file", "gateway_blackhole", "gateway_file"} <= set(host.plugin_names())
     assert host.sources.names() == ["csv", "jsonl"]
-    assert host.gateways.names() == ["aliyun", "blackhole", "file", "http", "tencent"]
+    assert host.gateways.names() == ["aliyun", "blackhole", "cmpp", "file", "http", "smpp", "tencent"]
     assert host.webhook_parsers.names() == ["aliyun", "tencent"]
     assert host.sources.get("csv").plugin == "source_file"
 
@@ -30,7 +30,7 @@ def test_disable_list_from_config_and_environment(monkeypatch: pytest.MonkeyPatc
     assert "file" not in PluginHost(disabled=["gateway_file"]).gateways
     monkeypatch.setenv(DISABLE_ENV, "gateway_blackhole, source_file")
     host = PluginHost()
-    assert host.gateways.names() == ["aliyun", "file", "http", "tencent"]
+    assert host.gateways.names() == ["aliyun", "cmpp", "file", "http", "smpp", "tencent"]
     assert host.sources.names() == []
 
 
