@@ -344,12 +344,18 @@ class BindPool:
             while queue and link.room:
                 job = queue[0]
                 if limiter is not None and job.written == 0:
-                    wait = limiter.reserve(clock(), len(job.bodies))
+                    # The bind's share of the rate paces its submits (the engine's lanes hold the
+                    # carrier's and the account's budgets where the provider measures them).
+                    parts = min(len(job.bodies), int(limiter.capacity))
+                    wait = limiter.earliest(clock(), parts) - clock()
                     if wait > 0:
                         await link.flush()
                         await self._pause(link, wait)
                         if not link.is_up():
                             break
+                        continue  # look again: the window moved meanwhile
+                    now = clock()
+                    limiter.done(limiter.take(now, parts), now)
                 k = job.written
                 bodies = job.bodies
                 while k < len(bodies) and link.room:

@@ -128,7 +128,8 @@ def test_unknown_source_and_gateway_plugins_list_the_installed_ones(write: Write
     write("engine.toml", '[gateways.main]\nplugin = "smtp"\n')
     f = write("campaign.toml", CAMPAIGN)
     with pytest.raises(
-        ConfigError, match="unknown gateway plugin 'smtp'; installed: aliyun, blackhole, cmpp, file, http, smpp, tencent"
+        ConfigError,
+        match="unknown gateway plugin 'smtp'; installed: aliyun, blackhole, cmpp, file, http, smpp, tencent",
     ):
         prepare(f)
 
