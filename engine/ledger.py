@@ -991,6 +991,30 @@ class Ledger:
             return campaign_id, int(tail)
         return None
 
+    def recent_parts(self, since: float) -> tuple[dict[str, int], dict[str, int]]:
+        """Billed parts handed over since ``since`` (epoch seconds), by any campaign in this store:
+        by carrier and by gateway. A run that starts counts them against its rate budgets, so that
+        a restart (a resume right after a kill) cannot put two runs' requests in one second at
+        the provider."""
+        by_carrier: Counter[str] = Counter()
+        by_gateway: Counter[str] = Counter()
+        old = 0
+        for ts, carrier, gateway, rows_b, parts_b in self.db.execute(
+            "SELECT ts, carrier, gateway, rows, parts FROM ledger_records WHERE event = ? ORDER BY seq DESC",
+            (int(_Event.SUBMITTING),),
+        ):
+            if ts < since:
+                old += 1
+                if old > 256:  # records are appended in time order (shards interleave a little)
+                    break
+                continue
+            n = int(_unpack_rows(rows_b).size)
+            parts = int(_unpack_parts(parts_b, n).sum()) if parts_b else n
+            by_carrier[carrier] += parts
+            if gateway:
+                by_gateway[gateway] += parts
+        return dict(by_carrier), dict(by_gateway)
+
     # -- delivery reports ------------------------------------------------------------------
 
     def apply_reports(self, reports: Sequence[DeliveryReport]) -> int:
@@ -1416,8 +1440,9 @@ class CampaignLedger:
         now: float,
         keys: Sequence[int] | None = None,
         contents: Sequence[int] | None = None,
+        gateway: str = "",
     ) -> None:
-        """Commit a request's rows as ``submitting`` before it goes to the gateway — in the same
+        """Commit a request's rows as ``submitting`` before it goes to ``gateway`` — in the same
         transaction as its cap counts (``keys``/``contents``: the store's send history), with the
         drops buffered so far.
 
@@ -1466,6 +1491,7 @@ class CampaignLedger:
                 rows,
                 _Code.SUBMITTING,
                 carrier=batch.carrier,
+                gateway=gateway,
                 parts=batch.parts,
                 ts=now,
                 req=req,

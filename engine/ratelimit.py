@@ -115,6 +115,14 @@ class SlidingWindowLimiter:
         done.append((max(at, done[-1][0]) if done else at, parts))
         self._done_parts += parts
 
+    def charge(self, parts: int, at: float) -> None:
+        """Count ``parts`` as answered at ``at`` (charged until a window later): another run's
+        recent requests, read from the store when this limiter starts."""
+        if parts > 0:
+            done = self._done
+            done.append((max(at, done[-1][0]) if done else at, parts))
+            self._done_parts += parts
+
     def cancel(self, ticket: Ticket) -> None:
         """The request never left this machine: its parts are not charged."""
         parts = self._in_flight.pop(ticket, None)

@@ -665,7 +665,7 @@ def _reload_limits(plan: Plan) -> None:
 
 def _cap_recorder(
     plan: Plan, store: SqliteStore | None, ledger: CampaignLedger | None = None
-) -> Callable[[MessageBatch, bool], None]:
+) -> Callable[[MessageBatch, bool, str], None]:
     """Count each request's messages against the caps when they are first handed to the gateway,
     in memory for this run and in the store for the next ones — with the ledger, in the transaction
     that records the request's rows as ``submitting`` (a retry's hand-over counts nothing again)."""
@@ -673,12 +673,12 @@ def _cap_recorder(
     with_content = plan.same_content is not None
     counting = store is not None
 
-    def handover(batch: MessageBatch, first: bool) -> None:
+    def handover(batch: MessageBatch, first: bool, gateway: str) -> None:
         now = clock.time()
         keys = batch.keys() if counting and first else None
         contents = list(map(content_hash, batch.texts)) if with_content and keys is not None else None
         if ledger is not None:
-            ledger.handover(batch, now=now, keys=keys, contents=contents)
+            ledger.handover(batch, now=now, keys=keys, contents=contents, gateway=gateway)
         elif store is not None and keys is not None:
             store.record_sends(kind, keys, now, contents)
         if caps is not None and keys is not None:  # after the store: a refused hand-over counts nothing
@@ -699,6 +699,31 @@ def _verdict(plan: Plan, recorder: RunRecorder, ledger: CampaignLedger | None) -
         max_rejected_share=plan.campaign.config.policy.max_rejected_share,
         sendable=sendable,
     )
+
+
+RECENT_SECONDS = 3.0
+"""How far back a starting run looks for requests of earlier runs (a killed one's may still be on
+their way): a window, plus the time a request may take to arrive."""
+
+
+def _count_recent(
+    ledger: CampaignLedger,
+    clock: Clock,
+    limiters: dict[str, SlidingWindowLimiter],
+    gateway_limiters: dict[str, SlidingWindowLimiter],
+    shard: tuple[int, int] | None,
+) -> None:
+    """Charge the budgets with what runs on this store handed over in the last seconds (a run just
+    killed and resumed, or one that just ended): they may reach the provider in this run's first
+    second. Charged until a window from now (when they have arrived, at the latest)."""
+    by_carrier, by_gateway = ledger.ledger.recent_parts(clock.time() - RECENT_SECONDS)
+    share = shard[1] if shard is not None else 1
+    now = clock.monotonic()
+    for budgets, used in ((limiters, by_carrier), (gateway_limiters, by_gateway)):
+        for name, parts in used.items():
+            lim = budgets.get(name)
+            if lim is not None:
+                lim.charge(-(-parts // share), now)
 
 
 PROGRESS_TICK = 1.0
@@ -790,6 +815,8 @@ async def _send(
         if shared is not None:
             limiters, gateway_limiters = dict(shared.limiters), dict(shared.gateway_limiters)
             breakers = dict(shared.breakers)
+        elif ledger is not None:
+            _count_recent(ledger, clock, limiters, gateway_limiters, shard)
         prefix = f"{plan.campaign.id}-"
         outbox = {c: lanes[g][0] for c, g in plan.routes.items()}
         packers = {c: Accumulator(gateways[g].max_batch) for c, g in plan.routes.items()}

@@ -47,9 +47,10 @@ __all__ = ["Accumulator", "Halt", "HandoverHook", "Lane", "LaneItem", "RouteHeal
 
 log = logging.getLogger("pigeon.sender")
 
-HandoverHook = Callable[[MessageBatch, bool], None]
-"""Called just before a request goes, with its messages and whether they are handed over for the
-first time (``False`` on a retry): records the rows ``submitting`` and counts the caps. Raises a
+HandoverHook = Callable[[MessageBatch, bool, str], None]
+"""Called just before a request goes, with its messages, whether they are handed over for the
+first time (``False`` on a retry) and the gateway's name: records the rows ``submitting`` and
+counts the caps. Raises a
 :class:`~engine.errors.RunHalt` when the request must not go (store unwritable, stalled
 gateways, the campaign's lease lost): the run then halts."""
 
@@ -517,7 +518,7 @@ class Lane:
                 waited = 0.0
             if self.on_handover is not None:
                 try:
-                    self.on_handover(pending, not handed)  # the ledger: submitting; caps counted once
+                    self.on_handover(pending, not handed, gw.name)  # ledger: submitting; caps counted once
                 except RunHalt as exc:
                     self.halt(exc.reason, str(exc))
                     continue

@@ -560,11 +560,11 @@ class Service:
     def _handover(self, stream: _Stream) -> Any:
         records, clock = self.records, self.clock
 
-        def handover(batch: MessageBatch, first: bool) -> None:
+        def handover(batch: MessageBatch, first: bool, gateway: str) -> None:
             now = clock.time()
             keys = batch.keys() if first else None  # a retry's hand-over counts nothing again
             if stream.ledger is not None:
-                stream.ledger.handover(batch, now=now, keys=keys)
+                stream.ledger.handover(batch, now=now, keys=keys, gateway=gateway)
             elif self.store is not None and keys is not None:
                 self.store.record_sends(stream.priority, keys, now, None)
             if stream.caps is not None and keys is not None:

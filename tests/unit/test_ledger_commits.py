@@ -69,7 +69,7 @@ async def test_an_answer_commits_with_the_next_hand_over_or_before_the_worker_wa
         breakers={"gw": Breaker()},
         clock=SystemClock(),
         recorder=recorder,
-        on_handover=lambda b, first: run.handover(b, now=1.0),
+        on_handover=lambda b, first, gateway: run.handover(b, now=1.0, gateway=gateway),
         in_flight=1,
         on_idle=run.flush,
     )
