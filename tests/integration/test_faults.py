@@ -246,3 +246,24 @@ def test_the_rate_holds_at_the_receiver_with_a_cpu_hog_beside_the_send(tmp_path:
     assert peak <= rate  # where the provider meters: arrivals, in any 1 s window
     assert peak > rate / 2  # and the send was not simply slow
     check_ledger_against_log(store, sim, eligible, rows, dups)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_rate_holds_at_the_receiver_across_a_kill_and_an_immediate_resume(
+    tmp_path: Path, backend: str
+) -> None:
+    """A resumed run counts what the killed one handed over in its last seconds (from the ledger):
+    the provider never sees both runs' requests in one second over the rate."""
+    rows, rate = 12_000, 2_000
+    eligible, dups = segment(tmp_path / "seg.csv", rows)
+    store = tmp_path / "pigeon.db"
+    with SimulatorThread(SimConfig(latency_ms=2)) as sim:
+        campaign = files(tmp_path, sim.port, store=store, max_batch=100, cm=f"rate_per_second = {rate}")
+        proc = start(["send", str(campaign), "--backend", backend], tmp_path)
+        assert wait_for(lambda: len(sim.log) >= 3_000, proc, 60)  # in its second second: budget in use
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+        done = resume(tmp_path)  # at once
+        assert done.returncode == 0, done.stderr
+    assert sim.max_arrived_parts_per_second()["cm"] <= rate
+    check_ledger_against_log(store, sim, eligible, rows, dups)
