@@ -15,7 +15,9 @@ window was therefore counted together by the last of them: together they fit the
 Requests larger than the rate can never go (the sender splits them first, and refuses at start
 a message whose parts exceed a rate); after :meth:`~SlidingWindowLimiter.slow_down`, a request
 larger than the lowered rate goes alone in its window. A request that never left the machine
-(connection refused) gives its parts back (:meth:`~SlidingWindowLimiter.cancel`). ``margin``
+(connection refused) gives its parts back (:meth:`~SlidingWindowLimiter.cancel`). A run that starts
+charges what earlier runs on its store handed over in the last seconds
+(:meth:`~SlidingWindowLimiter.charge`): a resume right after a kill cannot double the rate. ``margin``
 widens the window slightly (1% by default) for the receiver's own clock and timestamping.
 """
 
