@@ -7,7 +7,8 @@ and MO replies go: the service's ``apply_reports`` / ``apply_replies``) and runs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextvars
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -15,7 +16,44 @@ from typing import Protocol, runtime_checkable
 from engine.messages import DeliveryReport, MessageBatch, SubmitResult
 from engine.webhooks import MoReply
 
-__all__ = ["Gateway", "GatewayContext", "InboundSink", "Receiving"]
+__all__ = [
+    "Gateway",
+    "GatewayContext",
+    "InboundSink",
+    "Receiving",
+    "about_to_write",
+    "handing_over",
+    "reset_handing_over",
+]
+
+_HANDOVER: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "pigeon_handover", default=None
+)
+
+
+def about_to_write() -> None:
+    """Called by a gateway whose ``hands_over_on_write`` is true, in the task that called
+    ``send``, once its connection is up and just before the first byte of the request is written
+    (the ``http`` gateway: in its stream's write). The engine records the request's hand-over then —
+    so a crash before it leaves no recipient ``submitting`` that never left, and a connection that
+    cannot be opened leaves them ``pending`` without a record at all. Raises
+    :class:`~engine.errors.RunHalt` when the request must not go (the store cannot be written…):
+    the gateway must then not write it, and let the exception out of ``send`` as it is. Calling it
+    more than once, or outside ``send``, does nothing."""
+    hook = _HANDOVER.get()
+    if hook is not None:
+        hook()
+
+
+def handing_over(hook: Callable[[], None] | None) -> contextvars.Token[Callable[[], None] | None]:
+    """The engine's side of :func:`about_to_write`, around one ``send``: ``hook`` records the
+    hand-over; :func:`reset_handing_over` with the returned token ends it."""
+    return _HANDOVER.set(hook)
+
+
+def reset_handing_over(token: contextvars.Token[Callable[[], None] | None]) -> None:
+    """End what :func:`handing_over` began."""
+    _HANDOVER.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +84,8 @@ class Gateway(Protocol):
     """Messages per request (1 for one-per-request APIs)."""
     idempotent: bool
     """Whether sending the same message id twice is safe (the provider deduplicates)."""
+    # Optional: ``hands_over_on_write = True`` — the gateway calls :func:`about_to_write` just
+    # before it writes a request (else the engine records the hand-over before calling ``send``).
 
     async def send(self, batch: MessageBatch) -> Sequence[SubmitResult]:
         """Submit ``batch`` (at most ``max_batch`` messages) and report each message's outcome."""

@@ -36,7 +36,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.clock import Clock
 from engine.errors import GatewayAuthError, GatewayError, RunHalt
-from engine.gateway import Gateway
+from engine.gateway import Gateway, handing_over, reset_handing_over
 from engine.messages import ACCEPTED, MessageBatch, Outcome, SubmitResult
 from engine.metrics import request_outcome
 from engine.ratelimit import SlidingWindowLimiter, Ticket
@@ -516,26 +516,38 @@ class Lane:
             if budget:
                 metrics.ratelimit_wait(carrier, waited)
                 waited = 0.0
-            if self.on_handover is not None:
+            # The hand-over (ledger: submitting; caps counted once) is recorded at the last moment
+            # the gateway can tell: just before the request's first byte is written when it calls
+            # about_to_write(), else now.
+            hand = _HandOver(self.on_handover, pending, not handed, gw.name)
+            late = hand.hook is not None and getattr(gw, "hands_over_on_write", False)
+            if not late:
                 try:
-                    self.on_handover(pending, not handed, gw.name)  # ledger: submitting; caps counted once
+                    hand()
                 except RunHalt as exc:
                     self.halt(exc.reason, str(exc))
                     continue
-            handed = True
             sent_at = self.clock.monotonic()
             tickets = [(lim, lim.take(sent_at, pending.total_parts())) for lim in budget]
             try:
-                results = await self._send(gw, pending, attempt)
+                results = await self._send(gw, pending, attempt, hand if late else None)
+            except RunHalt as exc:  # raised by the hand-over inside the gateway: nothing was written
+                _release(tickets, None)
+                metrics.queued(priority, carrier, len(pending))
+                self.halt(exc.reason, str(exc))
+                continue
             except GatewayError as exc:
                 answered_at = self.clock.monotonic()
                 outcome = request_outcome(exc)
                 metrics.request(gw.name, outcome, answered_at - sent_at, len(pending))
                 metrics.queued(priority, carrier, len(pending))  # back in the queue, whatever follows
                 last = type(exc).__name__
-                if not exc.left:  # never left this machine: nothing charged, no attempt spent
+                handed = handed or hand.done
+                # A gateway that hands over on write failed before writing: it never left.
+                if not exc.left or not hand.done:  # never left this machine: no charge, no attempt spent
                     _release(tickets, None)
-                    recorder.released(gw.name, pending, f"waiting:{last}")
+                    if hand.done:  # (a gateway that hands over on write got no connection: no record)
+                        recorder.released(gw.name, pending, f"waiting:{last}")
                     self.health.unreachable(gw.name, f"{last}: {exc}")
                     continue
                 _release(tickets, answered_at)
@@ -558,8 +570,14 @@ class Lane:
                 recorder.released(gw.name, pending, f"retry:{last}")
                 await self._sleep(policy.delay(attempt, self._rng))
                 continue
+            if not hand.done:  # the gateway answered without saying when it wrote: record it now
+                try:
+                    hand()
+                except RunHalt as exc:
+                    self.halt(exc.reason, str(exc))
             answered_at = self.clock.monotonic()
             _release(tickets, answered_at)
+            handed = True
             attempt += 1
             self.breakers[gw.name].success()
             self.health.answered(gw.name)
@@ -591,18 +609,22 @@ class Lane:
             recorder.released(gw.name, pending, f"retry:{last}")
             await self._sleep(policy.delay(attempt, self._rng, at_least=retry_after))
 
-    async def _send(self, gw: Gateway, pending: MessageBatch, attempt: int) -> Sequence[SubmitResult]:
-        """``gw.send`` with the request counted; any exception a plugin lets escape is a gateway
-        error that may have left (never a crash of the run, never a loss)."""
+    async def _send(
+        self, gw: Gateway, pending: MessageBatch, attempt: int, hand: _HandOver | None = None
+    ) -> Sequence[SubmitResult]:
+        """``gw.send`` with the request counted (and ``hand`` for its :func:`about_to_write`); any
+        exception a plugin lets escape is a gateway error that may have left (never a crash of the
+        run, never a loss) — but a :class:`RunHalt` from the hand-over goes out as it is."""
         metrics = self.recorder.metrics
         metrics.queued(self.priority, pending.carrier, -len(pending))
         if gw is not self.primary:
             metrics.failover(pending.carrier, gw.name, len(pending))
         metrics.in_flight(gw.name, 1)
         started = self.clock.monotonic()
+        token = handing_over(hand)
         try:
             return await gw.send(pending)
-        except GatewayError:
+        except (GatewayError, RunHalt):
             raise
         except Exception as exc:
             log.error(
@@ -613,8 +635,26 @@ class Lane:
             )
             raise _PluginFault(f"{gw.name}: {type(exc).__name__}") from None
         finally:
+            reset_handing_over(token)
             metrics.in_flight(gw.name, -1)
             self.recorder.observe(gw.name, self.clock.monotonic() - started, retry=attempt > 0)
+
+
+class _HandOver:
+    """A request's hand-over, made once: before ``send``, or from the gateway's
+    :func:`~engine.gateway.about_to_write`."""
+
+    __slots__ = ("done", "first", "gateway", "hook", "pending")
+
+    def __init__(self, hook: HandoverHook | None, pending: MessageBatch, first: bool, gateway: str) -> None:
+        self.hook, self.pending, self.first, self.gateway = hook, pending, first, gateway
+        self.done = hook is None
+
+    def __call__(self) -> None:
+        if not self.done:
+            assert self.hook is not None
+            self.hook(self.pending, self.first, self.gateway)
+            self.done = True
 
 
 class _PluginFault(GatewayError):

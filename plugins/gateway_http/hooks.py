@@ -37,7 +37,7 @@ from engine.errors import (
     GatewayProtocolError,
     GatewayUnavailable,
 )
-from engine.gateway import GatewayContext
+from engine.gateway import GatewayContext, about_to_write
 from engine.hookspecs import hookimpl
 from engine.messages import ACCEPTED, MessageBatch, Outcome, SubmitResult
 from engine.plugins import GatewayRegistry
@@ -125,6 +125,10 @@ def _secret(env: str, what: str) -> str:
 class HttpGateway:
     """One provider endpoint, one connection pool for the gateway's whole life."""
 
+    hands_over_on_write = True
+    """The engine's hand-over is recorded when the request's first byte is written
+    (:func:`engine.gateway.about_to_write`, from the transport's stream)."""
+
     def __init__(self, config: HttpConfig, ctx: GatewayContext) -> None:
         self.name = ctx.name
         self.max_batch = config.max_batch
@@ -195,6 +199,8 @@ class HttpGateway:
         headers = self._headers
         if self._hmac_key:
             headers = [*headers, *self._sign(body)]
+        if not self._transport.marks_writes:  # HTTP/2 streams do not tell: hand over before sending
+            about_to_write()
         resp = await send(
             self._transport.pool,
             self._url,

@@ -21,8 +21,10 @@ context variable of the sending task). A failure before that moment (connection 
 TLS handshake, no free connection in time, a connection reset before the write) is
 :class:`GatewayUnreachable` — nothing left, the engine spends no retry on it. A failure after it
 (read timeout, the connection dropped while waiting for the answer) is :class:`GatewayTimeout`:
-the provider may have the request (ambiguous). Over HTTP/2 the plain backend is used and the
-exception's kind decides.
+the provider may have the request (ambiguous). At that same moment the stream calls
+:func:`engine.gateway.about_to_write`: the engine records the request's hand-over just before its
+first byte goes out, not before a connection that may never open. Over HTTP/2 the plain backend
+is used and the exception's kind decides.
 """
 
 # The stream and backend methods take ``timeout`` because httpcore's interface does.
@@ -40,7 +42,8 @@ import anyio
 import httpcore
 import httpx
 
-from engine.errors import GatewayError, GatewayTimeout, GatewayUnreachable
+from engine.errors import GatewayError, GatewayTimeout, GatewayUnreachable, RunHalt
+from engine.gateway import about_to_write
 
 __all__ = ["CoalescingBackend", "PooledTransport", "Reply", "probe", "send"]
 
@@ -72,6 +75,7 @@ class _CoalescingStream(httpcore.AsyncNetworkStream):
         pending, self._pending = self._pending, []
         written = _WRITTEN.get()
         if written is not None:
+            about_to_write()  # the engine records the hand-over now (or raises RunHalt: not written)
             written[0] = True  # from here on the provider may receive the request
         await self._stream.write(pending[0] if len(pending) == 1 else b"".join(pending), self._write_timeout)
 
@@ -224,7 +228,7 @@ async def send(
             content = await response.aread()
         finally:
             await response.aclose()
-    except anyio.get_cancelled_exc_class():
+    except (anyio.get_cancelled_exc_class(), RunHalt):
         raise
     except Exception as exc:
         raise _classify(exc, written[0] or not marked, gateway) from None
