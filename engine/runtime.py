@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,11 +33,12 @@ from engine.errors import (
     SourceError,
     TemplateError,
 )
-from engine.gateway import Gateway, GatewayContext
+from engine.gateway import Gateway, GatewayContext, Receiving
 from engine.ledger import CampaignLedger, Semantics, open_for_run, skip_rows
-from engine.messages import MessageBatch, State
+from engine.messages import DeliveryReport, MessageBatch, State
 from engine.metrics import NO_METRICS, Metrics, prepare_run
-from engine.optout import OptOutSet
+from engine.optout import DEFAULT_KEYWORDS, OptOutSet, is_opt_out_reply
+from engine.phone import parse_phone
 from engine.pipeline import Batch, StageRunner
 from engine.plugins import PluginHost
 from engine.preflight import DEFAULT_ALLOWED_TERMS, DEFAULT_BANNED_TERMS, Finding, check_campaign, errors
@@ -50,9 +51,11 @@ from engine.shards import check_budgets, check_shards, run_shards
 from engine.source import SegmentReader, SegmentSource, SourceContext
 from engine.stages import Cap, CarrierResolver, HoldQuietHours, SameContent, standard_stages
 from engine.stages.same_content import content_hash
+from engine.store import OptOutRecord
 from engine.store.sqlite import SqliteStore
 from engine.template import Template, compile_template
 from engine.verdict import SAMPLE_ROWS, Verdict, judge
+from engine.webhooks import MoReply
 
 __all__ = ["OpenSegment", "Plan", "ProgressHook", "prepare", "preview", "quiet_gc", "send"]
 
@@ -701,6 +704,52 @@ def _verdict(plan: Plan, recorder: RunRecorder, ledger: CampaignLedger | None) -
     )
 
 
+class _RunSink:
+    """Where a run's SMPP/CMPP binds hand the receipts and replies they read: receipts into the
+    campaign's ledger, opt-out replies into the store and this run's opt-out set (``pigeon serve``
+    has its own, for its blasts and API messages)."""
+
+    def __init__(self, plan: Plan, ledger: CampaignLedger | None, metrics: Metrics) -> None:
+        self.plan, self.ledger, self.metrics = plan, ledger, metrics
+
+    async def reports(self, reports: Sequence[DeliveryReport]) -> None:
+        """Into the ledger (matched by provider id or message id, as webhooks' are)."""
+        if self.ledger is not None and reports:
+            self.ledger.ledger.apply_reports(reports)
+
+    async def replies(self, replies: Sequence[MoReply]) -> None:
+        """An R / 退订 reply: the number is opted out now, for this run and every later one."""
+        records, numbers = [], []
+        for r in replies:
+            if not is_opt_out_reply(r.text, DEFAULT_KEYWORDS):
+                continue
+            parsed = parse_phone(r.from_)
+            if parsed.reason is not None:
+                continue
+            numbers.append(parsed.national or parsed.e164)
+            records.append(
+                OptOutRecord(
+                    number=parsed.e164, source="mo", reason=r.text[:64], created_at=r.at or time.time()
+                )
+            )
+        if records:
+            store = SqliteStore(self.plan.engine.store_path)
+            try:
+                self.metrics.optouts_added(store.add_optouts(records), "mo")
+            finally:
+                store.close()
+            if self.plan.optouts is not None:
+                self.plan.optouts.add(numbers)
+
+
+async def _serving(gateways: list[Receiving], scope: anyio.CancelScope) -> None:
+    """Keep the ``gateways``' binds read until the run ends (``scope`` is cancelled then)."""
+    with scope:
+        async with anyio.create_task_group() as tg:
+            for gw in gateways:
+                tg.start_soon(gw.serve)
+
+
 RECENT_SECONDS = 3.0
 """How far back a starting run looks for requests of earlier runs (a killed one's may still be on
 their way): a window, plus the time a request may take to arrive."""
@@ -838,6 +887,20 @@ async def _send(
                     await tick()
 
             tg.start_soon(ticking)
+            inbound: list[Receiving] = []
+            if shared is None:  # receipts and replies read on the binds during the run (SMPP, CMPP)
+                inbound = [g for g in gateways.values() if isinstance(g, Receiving)]
+            reading = anyio.CancelScope()
+            if inbound:
+                sink = _RunSink(plan, ledger, metrics)
+                for receiver in inbound:
+                    receiver.attach(sink)
+                    collector = getattr(receiver, "metrics_collector", None)
+                    registry = getattr(metrics, "registry", None)
+                    if callable(collector) and registry is not None and metrics is not NO_METRICS:
+                        with suppress(ValueError):  # (already registered: a metrics object reused)
+                            registry.register(collector())
+                tg.start_soon(_serving, inbound, reading)
             for name, (_, rx) in lanes.items():
                 lane = Lane(
                     gateways[name],
@@ -894,6 +957,7 @@ async def _send(
                 for tx, _ in lanes.values():
                     tx.close()
                 ticker.cancel()
+                reading.cancel()
         stopped = stop is not None and stop.is_set()
         complete = not stopped and not halt and exhausted and not recorder.states[State.DEFERRED]
         if complete and ledger is not None and ledger.should_stop():
