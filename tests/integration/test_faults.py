@@ -206,12 +206,12 @@ def test_a_sigkill_while_requests_wait_on_a_refusing_gateway_leaves_nothing_unkn
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
         ledger = Ledger(store)
-        try:  # what a crash leaves: requests that may be on the wire only — none is
+        try:  # what a crash leaves: requests that may be on the wire only — none is; the requests
+            # refused since the gateway went down were never handed over (no connection, no record)
             assert not ledger.rows_in("crash", LedgerState.SUBMITTING).size
-            waiting = ledger.counts("crash").reasons.get("pending", {})
+            assert not ledger.counts("crash").reasons.get("pending")
         finally:
             ledger.close()
-        assert any(r.startswith("waiting:GatewayUnreachable") for r in waiting), waiting
         sim.come_up()
         done = resume(tmp_path)
         assert done.returncode == 0, done.stderr
