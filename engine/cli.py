@@ -418,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     tree = parser()
     args = finish(tree.parse_args(argv))
+    if args.command != "serve":  # serve's standard error is its JSON log: it logs them there
+        for note in args.deprecations:
+            print(f"warning: {note}", file=sys.stderr)
     console = Console(highlight=False, soft_wrap=True)
     engine: EngineFile | None = None  # once known: its path goes into the hints of what is printed
     try:

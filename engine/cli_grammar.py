@@ -208,17 +208,17 @@ def shared_options(
 
 
 def finish(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill in the common options a command line left out (``engine`` None, ``json`` False) and warn,
-    on standard error, about each deprecated spelling it used."""
+    """Fill in the common options a command line left out (``engine`` None, ``json`` False), and
+    list in ``args.deprecations`` a sentence for each deprecated spelling it used (the caller says
+    them: on standard error, or in ``serve``'s JSON log)."""
     if not hasattr(args, "engine"):
         args.engine = None
     if not hasattr(args, "json"):
         args.json = False
-    for action in getattr(args, "deprecated_options", []):
-        print(
-            f"warning: {action.option_strings[0]} is deprecated: use {action.new} (same meaning)",
-            file=sys.stderr,
-        )
+    args.deprecations = [
+        f"{action.option_strings[0]} is deprecated: use {action.new} (same meaning)"
+        for action in getattr(args, "deprecated_options", [])
+    ]
     return args
 
 

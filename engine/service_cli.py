@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from engine.apikeys import KeyRing
 from engine.cli_grammar import EXIT_BAD_INPUT, EXIT_OK, emit_json, engine_option, shared_options
 from engine.config import load_engine
 from engine.engine_file import find_engine
+from engine.jsonlog import setup_logging
 
 __all__ = ["add_service_commands", "service_command"]
 
@@ -55,6 +57,10 @@ def service_command(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from engine.serve import serve
 
+        if args.deprecations:  # said in the service's own log format (stderr is JSON lines)
+            setup_logging(load_engine(engine.path).config.service.log_level)
+            for note in args.deprecations:
+                logging.getLogger("pigeon.cli").warning(note, extra={"event": "cli.deprecated_option"})
         return serve(engine.path, args.host, args.port, args.backend)
     loaded = load_engine(engine.path)
     p = Path(loaded.config.service.keys_file).expanduser()

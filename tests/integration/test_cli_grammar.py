@@ -256,6 +256,39 @@ def test_serve_and_keys_take_engine_and_still_config(here: Path, capsys: pytest.
     assert isinstance(created, dict) and created["name"] == "crm" and len(created["key"]) > 20
 
 
+def test_serve_says_config_is_deprecated_in_its_json_log(here: Path) -> None:
+    """``serve``'s standard error is its JSON log: the deprecation is one more JSON line there, and
+    the service runs (and drains on SIGTERM) as with --engine."""
+    import signal
+
+    _engine(here / "e.toml")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "serve", "--config", "e.toml", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=here,
+    )
+    try:
+        assert proc.stderr is not None
+        events = []
+        for line in proc.stderr:
+            events.append(json.loads(line))  # every line is JSON
+            if events[-1].get("event") == "service.listening":
+                break
+        proc.send_signal(signal.SIGTERM)
+        events += [json.loads(line) for line in proc.stderr.read().splitlines()]
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert events[0]["event"] == "cli.deprecated_option" and events[0]["level"] == "warning"
+    assert "--config is deprecated: use --engine" in events[0]["msg"]
+    assert events[-1]["event"] == "service.stopped"
+
+
 # --- --json on every command that prints data ---------------------------------------------------
 
 
