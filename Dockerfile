@@ -1,7 +1,7 @@
 # Pigeon: a fast, safe SMS send engine.
 #   docker build -t pigeon .
 #   docker run --rm -v "$PWD/work:/work" pigeon send campaign.toml
-#   docker run --rm -p 8080:8080 -v "$PWD/work:/work" pigeon serve --config engine.toml --host 0.0.0.0
+#   docker run --rm -p 8080:8080 -v "$PWD/work:/work" pigeon serve --engine engine.toml --host 0.0.0.0
 #     (the service: SIGTERM, as `docker stop` sends, drains in-flight messages and exits 0)
 # The container runs as uid 10001: a mounted work directory must be writable by it
 # (`chown 10001 work`, or `docker run --user "$(id -u)"`), for the store, runs and API keys.

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TextIO
 
-import msgspec
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -18,38 +16,59 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from engine.carriers import CARRIER_NAMES, default_prefix_table
+from engine.cli_grammar import (
+    EXIT_BAD_INPUT,
+    EXIT_BUSY,
+    EXIT_FAILED_MESSAGES,
+    EXIT_HALTED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_NOW,
+    EXIT_OK,
+    EXIT_STOPPED,
+    EXITS,
+    CommandParser,
+    emit_json,
+    engine_option,
+    exit_codes_text,
+    finish,
+    json_option,
+)
+from engine.engine_file import EngineFile, with_engine
 from engine.errors import EngineError, OutsideSendWindow, RunAbandoned, RunHalt
 from engine.ledger import CampaignBusy
-from engine.ledger_cli import add_ledger_commands, ledger_command, resume_target
-from engine.lists_cli import consent_command, optout_command
+from engine.ledger_cli import add_ledger_commands, campaign_file_engine, ledger_command, resume_target
+from engine.lists_cli import add_list_commands, consent_command, optout_command
 from engine.messages import State
 from engine.phone import mask, parse_phone
 from engine.plugins import PluginHost
 from engine.report import RunRecorder, RunSummary
 from engine.runtime import prepare, preview, send
+from engine.service_cli import add_service_commands
 
-__all__ = ["main"]
+__all__ = ["EXIT_CODES", "exit_code", "main", "parser"]
 
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_FAILED_MESSAGES = 3
-EXIT_NOT_NOW = 4
-EXIT_STOPPED = 5
-EXIT_HALTED = 6
-EXIT_BUSY = 7
-EXIT_CODES = """exit codes:
-  0  done: every row is in a final state (sent, failed by the gateway, rejected, suppressed…)
-  2  bad input: a config, template or segment to fix (the message says what); nothing was sent,
-     unless the message says the whole run judged its segment unusable
-  3  done, but some messages failed at a gateway (see the summary's reasons)
-  4  outside the sending hours, with --no-wait: nothing was sent
-  5  stopped on request (Ctrl-C / SIGTERM / pigeon cancel) after what was in flight was recorded
-  6  stopped by a fault outside Pigeon: a gateway unreachable past outage.limit, a gateway that
-     refused its credentials or template, gateways that stopped answering, a store that cannot be
-     written (disk full), the campaign taken over: everyone not sent is pending — fix the cause,
-     then `pigeon resume ID`
-  7  the campaign is being sent by another process (its lease is held): nothing was sent
-  130  abandoned on a second Ctrl-C: what was in flight was not waited for"""
+EXIT_CODES = exit_codes_text(tuple(EXITS))
+"""Every exit code of the ``pigeon`` commands (``pigeon --help``); each command's ``--help`` lists its own."""
+_SEND_EXITS = (
+    EXIT_OK,
+    EXIT_BAD_INPUT,
+    EXIT_FAILED_MESSAGES,
+    EXIT_NOT_NOW,
+    EXIT_STOPPED,
+    EXIT_HALTED,
+    EXIT_BUSY,
+    EXIT_INTERRUPTED,
+)
+_ROOT_EPILOG = """\
+the engine file: every command that uses one takes --engine PATH (before or after an action);
+without it: $PIGEON_ENGINE, then the campaign file's `engine` key (commands given a campaign
+file), then the engine file the campaign was sent with (commands given a campaign id), then
+./engine.toml or ./config/engine.toml. Every command that prints data takes --json.
+Shell completion: pigeon completion bash|zsh|fish (docs/cli.md says where it goes)."""
+_CAMPAIGN_ENGINE_HELP = (
+    "engine file (default: $PIGEON_ENGINE, else the campaign file's `engine` key, "
+    "else ./engine.toml or ./config/engine.toml)"
+)
 
 
 def _version() -> str:
@@ -65,15 +84,6 @@ def _version() -> str:
     return f"{v} (pure-Python batch kernels: {why})"
 
 
-def _store_engine_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--engine",
-        type=Path,
-        default=Path(os.environ.get("PIGEON_ENGINE", "config/engine.toml")),
-        help="engine file whose [store] to use (default: $PIGEON_ENGINE or config/engine.toml)",
-    )
-
-
 def _resume_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force",
@@ -87,38 +97,46 @@ def _resume_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def parser() -> CommandParser:
+    """The ``pigeon`` command's parser: every command and action, their options and exit codes
+    (docs/cli.md's table and the shell completion scripts are made from it)."""
+    p = CommandParser(
         prog="pigeon",
         description="Pigeon: a fast, safe SMS send engine for promotion blasts and transactional messages.",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_ROOT_EPILOG,
+        exit_codes=tuple(EXITS),
     )
     p.add_argument("--version", action="version", version=f"pigeon {_version()}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.start_commands("command", "COMMAND")
 
-    pv = sub.add_parser(
+    pv = p.add_command(
         "preview",
         help="show what a campaign would send: sample messages, counts and cost per carrier, rejects",
+        exit_codes=(
+            (EXIT_OK, "previewed: `pigeon send` would take this campaign"),
+            (EXIT_BAD_INPUT, "bad input, or the campaign breaks a rule `pigeon send` would refuse"),
+            EXIT_INTERRUPTED,
+        ),
     )
-    pv.add_argument("campaign", type=Path, help="campaign file (TOML)")
-    pv.add_argument("--engine", type=Path, help="engine file (default: the campaign's `engine` key)")
-    pv.add_argument("-n", "--samples", type=int, default=5, help="rendered messages to show (default 5)")
-    pv.add_argument("--rows", type=int, help="read only the first ROWS rows (default: the whole segment)")
-    pv.add_argument("--rejects", type=Path, help="write every rejected row to this CSV file")
-    pv.add_argument("--json", action="store_true", help="print the summary as JSON")
+    pv.add_argument("campaign", type=Path, metavar="CAMPAIGN_FILE", help="campaign file (TOML)")
+    engine_option(pv, _CAMPAIGN_ENGINE_HELP)
+    pv.add_argument(
+        "-n", "--samples", type=int, default=5, metavar="N", help="rendered messages to show (default 5)"
+    )
+    pv.add_argument(
+        "--rows", type=int, metavar="N", help="read only the first N rows (default: the whole segment)"
+    )
+    pv.add_argument("--rejects", type=Path, metavar="FILE", help="write every rejected row to this CSV file")
+    json_option(pv, "print the summary as JSON")
 
-    sd = sub.add_parser(
-        "send",
-        help="send a campaign through the configured gateways",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sd.add_argument("campaign", type=Path, help="campaign file (TOML)")
-    sd.add_argument("--engine", type=Path, help="engine file (default: the campaign's `engine` key)")
+    sd = p.add_command("send", help="send a campaign through the configured gateways", exit_codes=_SEND_EXITS)
+    sd.add_argument("campaign", type=Path, metavar="CAMPAIGN_FILE", help="campaign file (TOML)")
+    engine_option(sd, _CAMPAIGN_ENGINE_HELP)
     sd.add_argument("--backend", choices=["asyncio", "trio"], help="event loop (default: engine config)")
-    sd.add_argument("--runs-dir", type=Path, help="where run directories go (default: engine config)")
-    sd.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sd.add_argument(
+        "--runs-dir", type=Path, metavar="DIR", help="where run directories go (default: engine config)"
+    )
+    json_option(sd, "print the summary as JSON")
     sd.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     sd.add_argument(
         "--shards",
@@ -145,73 +163,58 @@ def _parser() -> argparse.ArgumentParser:
     )
     _resume_args(sd)
 
-    rs = sub.add_parser(
+    rs = p.add_command(
         "resume",
         help="continue a campaign's unfinished run (what `send` does on it too)",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        exit_codes=_SEND_EXITS,
     )
-    rs.add_argument("campaign", help="campaign id (its file is found in the ledger) or campaign file")
     rs.add_argument(
-        "--engine", type=Path, help="engine file (default: $PIGEON_ENGINE, else the one it was sent with)"
+        "campaign",
+        metavar="ID_OR_FILE",
+        help="campaign id (its file is found in the ledger) or campaign file",
+    )
+    engine_option(
+        rs,
+        "engine file (default: $PIGEON_ENGINE; for a campaign file its `engine` key, for an id the one it "
+        "was sent with as the ledger recorded it; else ./engine.toml or ./config/engine.toml)",
     )
     rs.add_argument("--backend", choices=["asyncio", "trio"], help="event loop (default: engine config)")
-    rs.add_argument("--runs-dir", type=Path, help="where run directories go (default: engine config)")
-    rs.add_argument("--json", action="store_true", help="print the summary as JSON")
+    rs.add_argument(
+        "--runs-dir", type=Path, metavar="DIR", help="where run directories go (default: engine config)"
+    )
+    json_option(rs, "print the summary as JSON")
     rs.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     rs.add_argument("--no-wait", action="store_true", help="outside the sending hours, stop at once (exit 4)")
     _resume_args(rs)
-    add_ledger_commands(sub, _store_engine_arg)
+    add_ledger_commands(p)
 
-    lk = sub.add_parser("lookup", help="normalize phone numbers and show their carrier")
-    lk.add_argument("numbers", nargs="+", help="numbers in any common form")
-
-    oo = sub.add_parser("optout", help="manage the opt-out list (people who replied 退订/R or asked to stop)")
-    _store_engine_arg(oo)
-    oo_sub = oo.add_subparsers(dest="optout_command", required=True, metavar="ACTION")
-    imp = oo_sub.add_parser(
-        "import", help="add every number of a file (one per line, or the first CSV column)"
+    lk = p.add_command(
+        "lookup",
+        help="normalize phone numbers and show their carrier",
+        exit_codes=(
+            (EXIT_OK, "printed (a number that cannot be sent to is a result: its reason is shown)"),
+            (EXIT_BAD_INPUT, "bad arguments"),
+        ),
     )
-    imp.add_argument("file", type=Path)
-    imp.add_argument("--source", default="import", help="where the list came from (default: import)")
-    imp.add_argument("--reason", default="", help="why (shown by `check`)")
-    imp.add_argument("--encoding", default="utf-8-sig", help="file encoding (default utf-8, BOM accepted)")
-    exp = oo_sub.add_parser("export", help="write the whole list as CSV (number,source,reason,created_at)")
-    exp.add_argument("file", type=Path, nargs="?", help="output file (default: standard output)")
-    add = oo_sub.add_parser("add", help="add numbers")
-    add.add_argument("numbers", nargs="+")
-    add.add_argument("--source", default="manual")
-    add.add_argument("--reason", default="")
-    rm = oo_sub.add_parser("remove", help="remove numbers (someone opted back in)")
-    rm.add_argument("numbers", nargs="+")
-    chk = oo_sub.add_parser("check", help="is a number on the list, and since when")
-    chk.add_argument("numbers", nargs="+")
+    lk.add_argument("numbers", nargs="+", metavar="NUMBER", help="numbers in any common form")
+    json_option(lk)
 
-    cs = sub.add_parser(
-        "consent", help="record who agreed to marketing messages, with proof (kept 5+ months)"
+    add_list_commands(p)
+    add_service_commands(p)
+
+    pl = p.add_command(
+        "plugins",
+        help="list installed plugins and what they register",
+        exit_codes=((EXIT_OK, "printed"), (EXIT_BAD_INPUT, "a plugin failed to load or broke its contract")),
     )
-    _store_engine_arg(cs)
-    cs_sub = cs.add_subparsers(dest="consent_command", required=True, metavar="ACTION")
-    cimp = cs_sub.add_parser("import", help="record consent for every number of a file")
-    cimp.add_argument("file", type=Path)
-    cimp.add_argument("--source", required=True, help="where consent was given (checkout, member_signup…)")
-    cimp.add_argument("--proof", default="", help="what shows it (form id, terms version…)")
-    cimp.add_argument("--encoding", default="utf-8-sig")
-    cchk = cs_sub.add_parser("check", help="show the consent on record for numbers")
-    cchk.add_argument("numbers", nargs="+")
+    json_option(pl, "print as JSON")
 
-    sv = sub.add_parser("serve", help="run the HTTP service: transactional API, campaigns, webhooks, metrics")
-    sv.add_argument("--config", type=Path, required=True, help="engine file (with its [service] section)")
-    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    sv.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
-    sv.add_argument("--backend", choices=["asyncio", "trio"], help="event loop (default: engine config)")
-    ks = sub.add_parser("keys", help="manage the service's API keys (stored hashed)")
-    ks.add_argument("action", choices=["create", "list", "revoke"])
-    ks.add_argument("name", nargs="?", help="key name (create, revoke)")
-    ks.add_argument("--config", type=Path, required=True, help="engine file (its service.keys_file)")
-
-    pl = sub.add_parser("plugins", help="list installed plugins and what they register")
-    pl.add_argument("--json", action="store_true", help="print as JSON")
+    cp = p.add_command(
+        "completion",
+        help="print a shell completion script (bash, zsh or fish); docs/cli.md says where it goes",
+        exit_codes=((EXIT_OK, "printed"), (EXIT_BAD_INPUT, "an unknown shell")),
+    )
+    cp.add_argument("shell", choices=["bash", "zsh", "fish"], help="the shell")
     return p
 
 
@@ -323,32 +326,62 @@ def _print_summary(console: Console, s: RunSummary) -> None:
             console.print(f"{state} rows: {escape(path)}")
 
 
-def _lookup(numbers: list[str], console: Console) -> int:
+def _lookup_rows(numbers: list[str]) -> list[dict[str, str]]:
+    """One row per number: input, E.164, carrier (code and name), kind, result."""
     table = default_prefix_table()
-    t = Table(title=f"prefix table {table.version}")
-    for col in ("input", "E.164", "carrier", "kind", "result"):
-        t.add_column(col)
+    rows = []
     for raw in numbers:
         p = parse_phone(raw)
+        row = {
+            "input": raw,
+            "e164": p.e164 or "",
+            "carrier": "",
+            "carrier_name": "",
+            "kind": "",
+            "result": "ok",
+        }
         if p.reason is not None:
-            t.add_row(escape(raw), "", "", "", f"rejected: {p.reason} ({escape(p.detail)})")
-            continue
-        if not p.national:
-            t.add_row(escape(raw), p.e164, "intl", "", "ok")
-            continue
-        info = table.lookup(p.national)
-        if info is None or not info.sendable:
-            reason, detail = table.reject_reason(p.national)
-            t.add_row(
-                escape(raw),
-                p.e164,
-                info.carrier if info else "",
-                info.kind if info else "",
-                f"rejected: {reason} ({detail})",
-            )
+            row["result"] = f"rejected: {p.reason} ({p.detail})"
+        elif not p.national:
+            row |= {"carrier": "intl", "carrier_name": "intl"}
         else:
-            kind = info.kind + (" (virtual operator, host carrier shown)" if info.vno else "")
-            t.add_row(escape(raw), p.e164, CARRIER_NAMES[info.carrier], kind, "ok")
+            info = table.lookup(p.national)
+            if info is not None:
+                vno = " (virtual operator, host carrier shown)" if info.vno else ""
+                row |= {
+                    "carrier": info.carrier,
+                    "carrier_name": CARRIER_NAMES.get(info.carrier, info.carrier),
+                    "kind": info.kind + vno,
+                }
+            if info is None or not info.sendable:
+                reason, detail = table.reject_reason(p.national)
+                row["result"] = f"rejected: {reason} ({detail})"
+                row["carrier_name"] = row["carrier"]
+        rows.append(row)
+    return rows
+
+
+def _lookup(numbers: list[str], console: Console, as_json: bool, tty: bool) -> int:
+    """Print each number's E.164 and carrier: JSON, a table on a terminal, else tab-separated lines
+    (whole values, never cut to a terminal's width)."""
+    rows = _lookup_rows(numbers)
+    version = default_prefix_table().version
+    if as_json:
+        emit_json({"prefix_table": version, "numbers": rows})
+        return EXIT_OK
+    columns = ("input", "e164", "carrier_name", "kind", "result")
+    if not tty:  # piped: one line per number, every field whole
+        sys.stdout.write("\t".join(("input", "E.164", "carrier", "kind", "result")) + "\n")
+        for row in rows:
+            sys.stdout.write("\t".join(row[c].replace("\t", " ") for c in columns) + "\n")
+        return EXIT_OK
+    t = Table(title=f"prefix table {version}")
+    for col, name in zip(columns, ("input", "E.164", "carrier", "kind", "result"), strict=True):
+        # numbers are never wrapped or cut; the text columns give way on a narrow terminal
+        whole = col in ("input", "e164")
+        t.add_column(name, no_wrap=whole, min_width=16 if col == "e164" else None, overflow="fold")
+    for row in rows:
+        t.add_row(*(escape(row[c]) for c in columns))
     console.print(t)
     return EXIT_OK
 
@@ -366,7 +399,7 @@ def _plugins(as_json: bool, console: Console) -> int:
         },
     }
     if as_json:
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(data)).decode() + "\n")
+        emit_json(data)
         return EXIT_OK
     t = Table(title="Installed plugins")
     for col in ("kind", "name", "plugin", "description"):
@@ -381,13 +414,23 @@ def _plugins(as_json: bool, console: Console) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``pigeon`` command; returns the process exit code.
 
-    Exit codes: :data:`EXIT_CODES` (``pigeon --help`` lists them).
+    Exit codes: :data:`EXIT_CODES` (``pigeon --help`` lists them, each command's ``--help`` its own).
     """
-    args = _parser().parse_args(argv)
+    tree = parser()
+    args = finish(tree.parse_args(argv))
+    if args.command != "serve":  # serve's standard error is its JSON log: it logs them there
+        for note in args.deprecations:
+            print(f"warning: {note}", file=sys.stderr)
     console = Console(highlight=False, soft_wrap=True)
+    engine: EngineFile | None = None  # once known: its path goes into the hints of what is printed
     try:
+        if args.command == "completion":
+            from engine.completion import script
+
+            sys.stdout.write(script(args.shell, tree))
+            return EXIT_OK
         if args.command == "lookup":
-            return _lookup(args.numbers, console)
+            return _lookup(args.numbers, console, args.json, sys.stdout.isatty())
         if args.command == "plugins":
             return _plugins(args.json, console)
         if args.command == "optout":
@@ -401,19 +444,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("status", "report", "cancel"):
             return ledger_command(args, console)
         if args.command == "resume":
-            args.campaign, args.engine = resume_target(args.campaign, args.engine)
+            campaign, engine = resume_target(args.campaign, args.engine)
             args.command = "send"
-        plan = prepare(args.campaign, args.engine, strict=args.command == "send")
+        else:
+            campaign = args.campaign
+            engine = campaign_file_engine(campaign, args.engine)
+        plan = prepare(campaign, engine.path, strict=args.command == "send")
         if args.command == "preview":
             summary = preview(plan, samples=args.samples, max_rows=args.rows, rejects_path=args.rejects)
         else:
             progress = None if args.quiet else _Progress(sys.stderr, live=sys.stderr.isatty())
+            said = engine
             summary = send(
                 plan,
                 backend=args.backend,
                 runs_dir=args.runs_dir,
                 progress=progress,
-                notify=lambda text: print(text, file=sys.stderr, flush=True),
+                notify=lambda text: print(with_engine(text, said), file=sys.stderr, flush=True),
                 wait=not args.no_wait,
                 metrics_port=getattr(args, "metrics_port", None),  # resume has no --metrics-port
                 metrics_addr=getattr(args, "metrics_addr", "127.0.0.1"),
@@ -422,25 +469,26 @@ def main(argv: list[str] | None = None) -> int:
                 shards=getattr(args, "shards", None),  # resume keeps the engine's
             )
     except RunAbandoned as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 130
+        print(f"error: {with_engine(str(exc), engine)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except OutsideSendWindow as exc:
-        print(f"not now: {exc}", file=sys.stderr)
+        print(f"not now: {with_engine(str(exc), engine)}", file=sys.stderr)
         return EXIT_NOT_NOW
     except CampaignBusy as exc:
-        print(f"busy: {exc}", file=sys.stderr)
+        print(f"busy: {with_engine(str(exc), engine)}", file=sys.stderr)
         return EXIT_BUSY
     except RunHalt as exc:  # a store that cannot even be opened for the run
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {with_engine(str(exc), engine)}", file=sys.stderr)
         return EXIT_HALTED
     except EngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {with_engine(str(exc), engine)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    summary.message = with_engine(summary.message, engine)
     if args.json:
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(summary)).decode() + "\n")
+        emit_json(summary)
         if summary.halted or summary.verdict:  # the JSON carries it too; stderr is where people look
             print(f"error: {summary.halted or summary.verdict}: {summary.message}", file=sys.stderr)
     else:

@@ -259,7 +259,7 @@ class CampaignConfig(Base, kw_only=True, frozen=True):
     name: str = ""
     kind: Literal["marketing", "transactional"] = "marketing"
     engine: str | None = None
-    """Path of the engine file, relative to this file (the CLI's ``--engine`` wins)."""
+    """Path of the engine file, relative to this file (``--engine`` and ``$PIGEON_ENGINE`` win)."""
     segment: dict[str, Any]
     template: TemplateConfig
     policy: PolicyConfig = PolicyConfig()

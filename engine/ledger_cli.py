@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,88 +14,154 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from engine.config import load_engine
+from engine.cli_grammar import EXIT_BAD_INPUT, EXIT_OK, emit_json, engine_option, json_option
+from engine.config import load_campaign, load_engine
+from engine.engine_file import EngineFile, find_engine, from_flags, with_engine
 from engine.errors import ConfigError
 from engine.ledger import CampaignRecord, Ledger, LedgerError
 
-__all__ = ["add_ledger_commands", "ledger_command", "resume_target"]
+__all__ = [
+    "add_ledger_commands",
+    "campaign_engine",
+    "campaign_file_engine",
+    "ledger_command",
+    "resume_target",
+]
 
-EXIT_OK = 0
-EXIT_NOT_FOUND = 2
+_READ_EXITS = (
+    (EXIT_OK, "printed"),
+    (EXIT_BAD_INPUT, "no such campaign, or the engine file or its store is missing or unusable"),
+)
 
 
-def add_ledger_commands(sub: Any, store_engine_arg: Any) -> None:
+_ID_ENGINE_HELP = (
+    "engine file (default: $PIGEON_ENGINE, else the one the campaign was sent with as the ledger "
+    "of ./engine.toml or ./config/engine.toml recorded it, else that file)"
+)
+
+
+def add_ledger_commands(sub: Any) -> None:
     """Register ``status``, ``report`` and ``cancel`` on the ``pigeon`` parser's subcommands."""
-    st = sub.add_parser("status", help="where a campaign stands: its run state and recipients by state")
-    st.add_argument("campaign", nargs="?", help="campaign id (default: list every campaign)")
-    st.add_argument("--json", action="store_true", help="print as JSON")
-    store_engine_arg(st)
-    rp = sub.add_parser(
+    st = sub.add_command(
+        "status",
+        help="where a campaign stands: its run state and recipients by state",
+        exit_codes=_READ_EXITS,
+    )
+    st.add_argument("campaign", nargs="?", metavar="ID", help="campaign id (default: list every campaign)")
+    json_option(st)
+    engine_option(st, _ID_ENGINE_HELP)
+    rp = sub.add_command(
         "report",
         help="a campaign's report from its ledger: states, reasons, cost per carrier, delivery rate, latency",
+        exit_codes=_READ_EXITS,
     )
-    rp.add_argument("campaign", help="campaign id")
+    rp.add_argument("campaign", metavar="ID", help="campaign id")
     rp.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
-    store_engine_arg(rp)
-    cn = sub.add_parser("cancel", help="cancel a campaign: no run continues it (a running send stops)")
-    cn.add_argument("campaign", help="campaign id")
-    store_engine_arg(cn)
+    json_option(rp, "print as JSON (the same as --format json)")
+    engine_option(rp, _ID_ENGINE_HELP)
+    cn = sub.add_command(
+        "cancel",
+        help="cancel a campaign: no run continues it (a running send stops)",
+        exit_codes=((EXIT_OK, "cancelled"), _READ_EXITS[1]),
+    )
+    cn.add_argument("campaign", metavar="ID", help="campaign id")
+    json_option(cn, "print the campaign's recipients by state as JSON")
+    engine_option(cn, _ID_ENGINE_HELP)
 
 
-def _ledger(engine: Path) -> Ledger:
-    path = load_engine(engine).store_path
+def _ledger(engine: EngineFile) -> Ledger:
+    path = load_engine(engine.path).store_path
     if not path.exists():
         raise ConfigError(
-            str(engine), "store.path", f"no store at {path}: nothing was sent with this engine file"
+            str(engine.path),
+            "store.path",
+            f"no store at {path}: nothing was sent with this engine file (from {engine.source}); "
+            "another one: --engine PATH",
         )
     return Ledger(path)
 
 
-def _record(ledger: Ledger, campaign_id: str) -> CampaignRecord:
+def _record(ledger: Ledger, campaign_id: str, engine: EngineFile) -> CampaignRecord:
     rec = ledger.campaign(campaign_id)
     if rec is None:
         known = ", ".join(c.id for c in ledger.campaigns()[:10]) or "(none)"
-        raise LedgerError(f"no campaign {campaign_id!r} in {ledger.path}; campaigns there: {known}")
+        raise LedgerError(
+            f"no campaign {campaign_id!r} in {ledger.path}, the store of {engine.describe()}; "
+            f"campaigns there: {known}. Another engine file: --engine PATH"
+        )
     return rec
 
 
-def resume_target(campaign: str, engine: Path | None) -> tuple[Path, Path | None]:
-    """The campaign file (and engine file) ``pigeon resume CAMPAIGN`` sends: ``CAMPAIGN`` itself
-    when it is a file, else the file the campaign was last sent from, as its ledger recorded it."""
-    p = Path(campaign)
-    if p.suffix == ".toml" or p.is_file():
-        return p, engine
-    ledger = _ledger(engine or Path(os.environ.get("PIGEON_ENGINE", "config/engine.toml")))
+def campaign_engine(explicit: Path | None, campaign_id: str) -> tuple[EngineFile, CampaignRecord]:
+    """The engine file of a command given a campaign id, and the campaign's record: ``--engine`` or
+    ``$PIGEON_ENGINE``; else the engine file the campaign was sent with, as the ledger of the
+    current directory's engine file recorded it (if that file still exists); else that one."""
+    chosen = from_flags(explicit)
+    where = chosen or find_engine(None)
+    ledger = _ledger(where)
     try:
-        rec = _record(ledger, campaign)
+        rec = _record(ledger, campaign_id, where)
     finally:
         ledger.close()
-    env = os.environ.get("PIGEON_ENGINE")
-    return Path(rec.campaign_file), engine or (
-        Path(env) if env else Path(rec.engine_file) if rec.engine_file else None
-    )
+    if chosen is None and rec.engine_file:
+        recorded = Path(rec.engine_file)
+        if recorded.is_file() and recorded.resolve() != where.path.resolve():
+            return EngineFile(recorded, "ledger"), rec
+    return where, rec
+
+
+def campaign_file_engine(campaign: Path, explicit: Path | None) -> EngineFile:
+    """The engine file of a command given a campaign file: ``--engine``, ``$PIGEON_ENGINE``, the
+    file's ``engine`` key, or the current directory's."""
+    if explicit is None and from_flags(None) is None:
+        loaded = load_campaign(campaign)
+        if loaded.config.engine:
+            return find_engine(None, campaign_key=loaded.base_dir / loaded.config.engine)
+    return find_engine(explicit)
+
+
+def resume_target(campaign: str, explicit: Path | None) -> tuple[Path, EngineFile]:
+    """The campaign file and engine file ``pigeon resume CAMPAIGN`` sends: ``CAMPAIGN`` itself when it
+    is a file, else the file the campaign was last sent from, as its ledger recorded it."""
+    p = Path(campaign)
+    if p.suffix == ".toml" or p.is_file():
+        return p, campaign_file_engine(p, explicit)
+    engine, rec = campaign_engine(explicit, campaign)
+    return Path(rec.campaign_file), engine
 
 
 def ledger_command(args: argparse.Namespace, console: Console) -> int:
     """Run ``status``, ``report`` or ``cancel``; returns the exit code."""
-    ledger = _ledger(args.engine)
+    if args.campaign is None:  # status of every campaign
+        engine = find_engine(args.engine)
+    else:
+        engine, _ = campaign_engine(args.engine, args.campaign)
+    ledger = _ledger(engine)
     try:
         if args.command == "status":
-            return _status(ledger, args.campaign, args.json, console)
+            return _status(ledger, args.campaign, args.json, console, engine)
+        _record(ledger, args.campaign, engine)
         if args.command == "cancel":
-            _record(ledger, args.campaign)
             counts = ledger.cancel(args.campaign)
+            if args.json:
+                emit_json({"campaign": args.campaign, "status": "cancelled", "states": counts.states})
+                return EXIT_OK
             console.print(
-                f"campaign {escape(args.campaign)} cancelled: "
-                + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.states.items()))
-                + ". A send still running stops within a second; `pigeon send … --again` starts it afresh."
+                escape(
+                    with_engine(
+                        f"campaign {args.campaign} cancelled: "
+                        + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.states.items()))
+                        + ". A send still running stops within a second; `pigeon send … --again` "
+                        "starts it afresh.",
+                        engine,
+                    )
+                )
             )
             return EXIT_OK
-        _record(ledger, args.campaign)
         prices: dict[str, float] = {
-            c: cfg.price_per_part for c, cfg in load_engine(args.engine).config.carriers.items()
+            c: cfg.price_per_part for c, cfg in load_engine(engine.path).config.carriers.items()
         }
-        return _report(ledger.report(args.campaign, prices), args.format, console)
+        return _report(ledger.report(args.campaign, prices), "json" if args.json else args.format, console)
     finally:
         ledger.close()
 
@@ -105,8 +170,10 @@ def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _status(ledger: Ledger, campaign_id: str | None, as_json: bool, console: Console) -> int:
-    records = [_record(ledger, campaign_id)] if campaign_id else ledger.campaigns()
+def _status(
+    ledger: Ledger, campaign_id: str | None, as_json: bool, console: Console, engine: EngineFile
+) -> int:
+    records = [_record(ledger, campaign_id, engine)] if campaign_id else ledger.campaigns()
     holders = {rec.id: ledger.lease(rec.id) for rec in records}
     out = [
         {
@@ -118,10 +185,7 @@ def _status(ledger: Ledger, campaign_id: str | None, as_json: bool, console: Con
         for rec in records
     ]
     if as_json:
-        sys.stdout.write(
-            msgspec.json.format(msgspec.json.encode(out if campaign_id is None else out[0])).decode()
-        )
-        sys.stdout.write("\n")
+        emit_json(out if campaign_id is None else out[0])
         return EXIT_OK
     if not records:
         console.print("no campaigns in the ledger yet")
@@ -139,13 +203,15 @@ def _status(ledger: Ledger, campaign_id: str | None, as_json: bool, console: Con
         if holder is not None and holder.alive:
             console.print(f"  being sent now by {escape(holder.describe())}")
         elif rec.status.value == "running" and campaign_id:
-            console.print(f"  unfinished: `pigeon resume {escape(rec.id)}` continues it")
+            console.print(
+                "  " + escape(with_engine(f"unfinished: `pigeon resume {rec.id}` continues it", engine))
+            )
     return EXIT_OK
 
 
 def _report(rep: dict[str, Any], fmt: str, console: Console) -> int:
     if fmt == "json":
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(rep)).decode() + "\n")
+        emit_json(rep)
         return EXIT_OK
     if fmt == "csv":
         w = csv.writer(sys.stdout)

@@ -6,24 +6,30 @@ The simulator runs in its own process (it gets the second core). In the same run
 * baseline: the same with 10 concurrent;
 * ``pigeon send`` through the ``http`` gateway with ``max_batch`` 100 (1,000,000 recipients);
 * ``pigeon send`` with ``max_batch`` 1 (one message per request, like the baselines);
-* with ``--shards N``, the batch-100 blast again on N worker processes (``pigeon send --shards``).
+* with ``--shards N``, the batch-100 blast again on N worker processes (``pigeon send --shards``);
+* with ``--transport-ref REF``, both Pigeon blasts again with the ``http`` gateway's transport
+  module as it was at git revision REF (``plugins/gateway_http/transport.py``), each right before
+  the same blast on the transport of the working tree: a transport change measured side by side.
 
 Each reports messages per second and the client's CPU per request; Pigeon's runs also give request
 latency percentiles, retries, and messages sent per carrier second by second.
 
     python -m loadtests.http_blast --rows 1000000 --rows-batch1 20000 --shards 2
+    python -m loadtests.http_blast --rows 200000 --rows-batch1 5000 --transport-ref HEAD~1
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +80,37 @@ async def baseline(url: str, requests: int, concurrency: int) -> dict[str, Any]:
         "messages_per_s": round(requests / elapsed),
         "cpu_ms_per_request": round(cpu / requests * 1000, 3),
     }
+
+
+def transport_at(ref: str) -> types.ModuleType:
+    """The http gateway's transport module as it was at git revision ``ref`` (loaded from
+    ``git show``, not installed), for a side-by-side run."""
+    src = subprocess.run(
+        ["git", "show", f"{ref}:plugins/gateway_http/transport.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    module = types.ModuleType(f"transport_at_{ref}")
+    exec(compile(src, f"{ref}:plugins/gateway_http/transport.py", "exec"), module.__dict__)
+    return module
+
+
+@contextlib.contextmanager
+def gateway_transport(module: types.ModuleType | None) -> Iterator[None]:
+    """Make the ``http`` gateway build its pool and send with ``module``'s (None: its own)."""
+    if module is None:
+        yield
+        return
+    from plugins.gateway_http import hooks
+
+    saved = hooks.PooledTransport, hooks.send, hooks.probe
+    hooks.PooledTransport, hooks.send, hooks.probe = module.PooledTransport, module.send, module.probe
+    try:
+        yield
+    finally:
+        hooks.PooledTransport, hooks.send, hooks.probe = saved
 
 
 def engine(
@@ -202,8 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="also run the batch-100 blast on this many worker processes (pigeon send --shards)",
     )
+    p.add_argument(
+        "--transport-ref",
+        metavar="REF",
+        help="also run both blasts with the http gateway's transport at this git revision, side by side",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    old = transport_at(args.transport_ref) if args.transport_ref else None
 
     port = free_port()
     sim = subprocess.Popen(
@@ -234,9 +277,14 @@ def main(argv: list[str] | None = None) -> int:
             tmp = Path(tmp_dir)
             big = segment_of(args.rows) if args.only != "batch1" else Path()
             small = make_segment(args.rows_batch1, tmp / "small.csv") if args.only != "batch100" else Path()
+            variants: list[tuple[str, types.ModuleType | None]] = [("", None)]
+            if old is not None:  # the old transport first, then the working tree's, per blast
+                variants.insert(0, (f"@{args.transport_ref}", old))
             if args.only != "batch1":
                 b100 = args.in_flight_batch100
-                measured("pigeon_batch_100", lambda: engine(url, big, tmp, 100, b100))
+                for suffix, module in variants:
+                    with gateway_transport(module):
+                        measured(f"pigeon_batch_100{suffix}", lambda: engine(url, big, tmp, 100, b100))
                 if args.without_ledger:  # the ledger's cost: the same blast without it, same run
                     measured(
                         "pigeon_batch_100_without_ledger",
@@ -248,7 +296,12 @@ def main(argv: list[str] | None = None) -> int:
                         lambda: engine(url, big, tmp, 100, b100, shards=args.shards),
                     )
             if args.only != "batch100":
-                measured("pigeon_batch_1", lambda: engine(url, small, tmp, 1, args.in_flight_batch1))
+                for suffix, module in variants:
+                    with gateway_transport(module):
+                        measured(
+                            f"pigeon_batch_1{suffix}",
+                            lambda: engine(url, small, tmp, 1, args.in_flight_batch1),
+                        )
         report["simulator"] = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
     finally:
         sim.terminate()

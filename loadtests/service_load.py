@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                 "-m",
                 "engine",
                 "serve",
-                "--config",
+                "--engine",
                 str(tmp / "engine.toml"),
                 "--port",
                 str(port),

@@ -1,11 +1,15 @@
-"""The ``http`` gateway's connection pool: one httpx client whose pool the hot path drives directly.
+"""The ``http`` gateway's connection pool: one httpcore pool, driven directly by the hot path.
 
-The gateway keeps one pooled :class:`httpx.AsyncClient` for its whole life. Its transport is a
-:class:`PooledTransport` — an :class:`httpx.AsyncHTTPTransport` whose httpcore pool is built here
-— and each send goes straight to that pool with a :class:`httpcore.Request` made from prebuilt
-parts (URL, header list, timeouts), skipping the client's per-request work (URL parsing, header
-merging, cookies, auth and redirect hooks, event hooks) that a gateway posting to one fixed URL
-does not need. The pool's limits and keep-alive handling, and the timeouts, are httpcore's own.
+The gateway keeps one httpcore :class:`~httpcore.AsyncConnectionPool` for its whole life, built
+here (:class:`PooledTransport`), and each send goes straight to it with a :class:`httpcore.Request`
+made from prebuilt parts (URL, header list, timeouts), skipping the client's per-request work (URL
+parsing, header merging, cookies, auth and redirect hooks, event hooks) that a gateway posting to
+one fixed URL does not need. The pool's limits and keep-alive handling, and the timeouts, are
+httpcore's own. The gateway's :class:`httpx.AsyncClient` (for anything else it asks) uses the same
+pool: :class:`PooledTransport` is an :class:`httpx.AsyncBaseTransport` that hands each request to
+it. Only public APIs of both libraries are used: httpx's transport interface
+(``AsyncBaseTransport``, ``Request.stream``, ``Response(stream=…)``, ``AsyncByteStream``) and
+httpcore's pool, request, response, network-backend and exception types.
 
 Two costs of loopback-speed HTTP/1.1 are cut in the network stream (:class:`CoalescingBackend`):
 the request head and body are written with one ``send`` instead of two (the stream holds writes
@@ -25,6 +29,11 @@ the provider may have the request (ambiguous). At that same moment the stream ca
 :func:`engine.gateway.about_to_write`: the engine records the request's hand-over just before its
 first byte goes out, not before a connection that may never open. Over HTTP/2 the plain backend
 is used and the exception's kind decides.
+
+What this relies on, and so the bounds in pyproject.toml: httpcore 1.x's network-backend
+interface and its HTTP/1.1 connection asking idle streams ``get_extra_info("is_readable")`` and
+writing a request before reading its answer (``httpcore>=1.0,<2``); httpx's transport interface
+over httpcore 1.x (``httpx>=0.27,<1``: httpx 1.0 is announced without httpcore).
 """
 
 # The stream and backend methods take ``timeout`` because httpcore's interface does.
@@ -35,7 +44,7 @@ from __future__ import annotations
 import contextvars
 import select
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import anyio
@@ -150,15 +159,13 @@ class CoalescingBackend(httpcore.AsyncNetworkBackend):
         await self._pick().sleep(seconds)
 
 
-class PooledTransport(httpx.AsyncHTTPTransport):
-    """An :class:`httpx.AsyncHTTPTransport` over a pool built here (exposed as :attr:`pool`).
-
-    The client's own requests (``client.post``…) and the gateway's direct sends share this pool,
-    so there is exactly one set of connections per gateway.
+class PooledTransport(httpx.AsyncBaseTransport):
+    """The gateway's connection pool (:attr:`pool`, which the hot path sends to directly), and the
+    httpx client's transport over it: the client's own requests (``client.get``…) and the gateway's
+    direct sends share the same connections.
     """
 
     def __init__(self, *, max_connections: int, http2: bool, keepalive_expiry: float = 30.0) -> None:
-        super().__init__(http2=http2, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
         self.pool = httpcore.AsyncConnectionPool(
             ssl_context=httpcore.default_ssl_context(),
             max_connections=max_connections,
@@ -172,11 +179,77 @@ class PooledTransport(httpx.AsyncHTTPTransport):
         """Connections of this gateway; the hot path sends here."""
         self.marks_writes = not http2
         """Whether the pool's streams mark when a request starts to leave (:func:`send`)."""
-        self._pool = self.pool  # what httpx's handle_async_request sends through
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send an httpx request through the pool; httpcore's errors come out as httpx's."""
+        url = request.url
+        core = httpcore.Request(
+            request.method,
+            httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path),
+            headers=request.headers.raw,
+            content=request.stream,  # an AsyncByteStream: async iterable of bytes
+            extensions=request.extensions,
+        )
+        try:
+            response = await self.pool.handle_async_request(core)
+        except httpcore.TimeoutException as exc:
+            raise _as_httpx(exc, request) from exc
+        except httpcore.NetworkError as exc:
+            raise _as_httpx(exc, request) from exc
+        except (httpcore.ProtocolError, httpcore.ProxyError, httpcore.UnsupportedProtocol) as exc:
+            raise _as_httpx(exc, request) from exc
+        return httpx.Response(
+            response.status,
+            headers=response.headers,
+            stream=_ResponseBody(response, request),
+            extensions=response.extensions,
+        )
 
     async def aclose(self) -> None:
         """Close every connection."""
         await self.pool.aclose()
+
+
+class _ResponseBody(httpx.AsyncByteStream):
+    """An httpcore response's body as httpx reads it, its errors as httpx's."""
+
+    def __init__(self, response: httpcore.Response, request: httpx.Request) -> None:
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.aiter_stream():
+                yield chunk
+        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            raise _as_httpx(exc, self._request) from exc
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+_HTTPX_ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
+    httpcore.ConnectTimeout: httpx.ConnectTimeout,
+    httpcore.ReadTimeout: httpx.ReadTimeout,
+    httpcore.WriteTimeout: httpx.WriteTimeout,
+    httpcore.PoolTimeout: httpx.PoolTimeout,
+    httpcore.TimeoutException: httpx.TimeoutException,
+    httpcore.ConnectError: httpx.ConnectError,
+    httpcore.ReadError: httpx.ReadError,
+    httpcore.WriteError: httpx.WriteError,
+    httpcore.NetworkError: httpx.NetworkError,
+    httpcore.RemoteProtocolError: httpx.RemoteProtocolError,
+    httpcore.LocalProtocolError: httpx.LocalProtocolError,
+    httpcore.ProtocolError: httpx.ProtocolError,
+    httpcore.ProxyError: httpx.ProxyError,
+    httpcore.UnsupportedProtocol: httpx.UnsupportedProtocol,
+}
+"""httpcore's exceptions and httpx's for the same failure, most specific first."""
+
+
+def _as_httpx(exc: Exception, request: httpx.Request) -> httpx.TransportError:
+    kind = next(h for c, h in _HTTPX_ERRORS.items() if isinstance(exc, c))
+    return kind(str(exc) or type(exc).__name__, request=request)
 
 
 class Reply:

@@ -84,6 +84,96 @@ async def test_the_client_and_the_gateway_share_one_pool(anyio_backend: object, 
     assert sim.stats["connections"] == 1
 
 
+async def test_the_client_posts_and_reads_through_the_pool(anyio_backend: object, tmp_path: Path) -> None:
+    """The client's own requests go through the gateway's pool (our transport over httpcore's
+    public API): a body streamed out, an answer streamed back, the connection kept for the
+    gateway's next send."""
+    with SimulatorThread(SimConfig()) as sim:
+        gw = _gateway(f"http://127.0.0.1:{sim.port}/send", tmp_path, max_connections=1)
+        try:
+            messages = [
+                {"id": f"c-{i}", "to": f"+86138{i:08d}", "text": "您好" * 30, "carrier": "cm", "parts": 1}
+                for i in range(500)
+            ]
+            r = await gw._client.post(f"http://127.0.0.1:{sim.port}/send", json={"messages": messages})
+            assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+            assert [x["status"] for x in r.json()["results"]] == ["accepted"] * 500
+            assert (await gw.send(_batch(1)))[0].outcome is Outcome.ACCEPTED
+            missing = await gw._client.get(f"http://127.0.0.1:{sim.port}/nothing-here")
+            assert missing.status_code == 404 and missing.json() == {"error": "not found"}
+        finally:
+            await gw.aclose()
+    assert sim.stats["connections"] == 1 and len(sim.log) == 501
+
+
+async def test_the_clients_failures_are_httpx_errors(anyio_backend: object, tmp_path: Path) -> None:
+    """httpcore's exceptions never leave the transport: the client raises httpx's own, by kind."""
+    import httpx
+
+    with SimulatorThread(SimConfig()) as sim:
+        free = sim.port
+    gw = _gateway(f"http://127.0.0.1:{free}/send", tmp_path, connect_timeout=1.0)
+    try:
+        with pytest.raises(httpx.ConnectError):
+            await gw._client.get(f"http://127.0.0.1:{free}/stats")
+    finally:
+        await gw.aclose()
+    server = _HostileServer("stall")
+    gw = _gateway(f"http://127.0.0.1:{server.port}/send", tmp_path, timeout=0.2)
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            await gw._client.post(f"http://127.0.0.1:{server.port}/send", content=b"{}")
+    finally:
+        await gw.aclose()
+        server.close()
+    server = _HostileServer("garbage")
+    gw = _gateway(f"http://127.0.0.1:{server.port}/send", tmp_path, timeout=1.0)
+    try:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await gw._client.get(f"http://127.0.0.1:{server.port}/")
+    finally:
+        await gw.aclose()
+        server.close()
+
+
+def test_the_transport_uses_only_public_httpx_and_httpcore() -> None:
+    """No concrete httpx transport is subclassed (its private ``_pool`` was what the old transport
+    set), and no ``httpx._…``/``httpcore._…`` name is reached from the plugin's code."""
+    import ast
+
+    import httpx
+
+    from plugins.gateway_http import transport
+
+    from_httpx = [c for c in transport.PooledTransport.__mro__ if c.__module__.split(".")[0] == "httpx"]
+    assert from_httpx == [httpx.AsyncBaseTransport]
+    for path in Path(transport.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text("utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                assert not (node.value.id in ("httpx", "httpcore") and node.attr.startswith("_")), (
+                    f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}"
+                )
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(("httpx._", "httpcore._")), f"{path.name}: {node.module}"
+
+
+def test_httpx_and_httpcore_are_bounded_where_the_transport_relies_on_them() -> None:
+    """The transport relies on httpcore 1.x's backend interface and httpx's transport interface
+    over it (the module's docstring says how): both have an upper bound, and the installed
+    versions are inside it."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text("utf-8"))
+    reqs = {r.name: r for r in map(Requirement, deps["project"]["dependencies"])}
+    for name in ("httpx", "httpcore"):
+        assert any(s.operator == "<" for s in reqs[name].specifier), name
+        assert reqs[name].specifier.contains(version(name)), (name, version(name))
+
+
 async def test_nothing_listening_is_unreachable_and_a_hang_is_ambiguous(
     anyio_backend: object, tmp_path: Path
 ) -> None:
