@@ -25,7 +25,9 @@ _TRANSLATE = str.maketrans(
     }
 )
 
-_EXCEL_FLOAT = re.compile(r"^\+?\d+\.0+$")
+_EXCEL_FLOAT = re.compile(r"^\d+\.0+$")
+"""Excel's float of a number cell (``13800138000.0``); never with a ``+``, which makes Excel keep
+the value as text — there a dot separates digits (``+1.415.555.1234``)."""
 _SCIENTIFIC = re.compile(r"^\d(?:\.\d+)?[eE]\+?\d+$")
 
 
