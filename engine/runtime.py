@@ -37,8 +37,7 @@ from engine.gateway import Gateway, GatewayContext, Receiving
 from engine.ledger import CampaignLedger, Semantics, open_for_run, skip_rows
 from engine.messages import DeliveryReport, MessageBatch, State
 from engine.metrics import NO_METRICS, Metrics, prepare_run
-from engine.optout import DEFAULT_KEYWORDS, OptOutSet, is_opt_out_reply
-from engine.phone import parse_phone
+from engine.optout import DEFAULT_KEYWORDS, OptOutSet
 from engine.pipeline import Batch, StageRunner
 from engine.plugins import PluginHost
 from engine.preflight import DEFAULT_ALLOWED_TERMS, DEFAULT_BANNED_TERMS, Finding, check_campaign, errors
@@ -51,11 +50,10 @@ from engine.shards import check_budgets, check_shards, run_shards
 from engine.source import SegmentReader, SegmentSource, SourceContext
 from engine.stages import Cap, CarrierResolver, HoldQuietHours, SameContent, standard_stages
 from engine.stages.same_content import content_hash
-from engine.store import OptOutRecord
 from engine.store.sqlite import SqliteStore
 from engine.template import Template, compile_template
 from engine.verdict import SAMPLE_ROWS, Verdict, judge
-from engine.webhooks import MoReply
+from engine.webhooks import MoReply, opt_outs_in
 
 __all__ = ["OpenSegment", "Plan", "ProgressHook", "prepare", "preview", "quiet_gc", "send"]
 
@@ -719,19 +717,7 @@ class _RunSink:
 
     async def replies(self, replies: Sequence[MoReply]) -> None:
         """An R / 退订 reply: the number is opted out now, for this run and every later one."""
-        records, numbers = [], []
-        for r in replies:
-            if not is_opt_out_reply(r.text, DEFAULT_KEYWORDS):
-                continue
-            parsed = parse_phone(r.from_)
-            if parsed.reason is not None:
-                continue
-            numbers.append(parsed.national or parsed.e164)
-            records.append(
-                OptOutRecord(
-                    number=parsed.e164, source="mo", reason=r.text[:64], created_at=r.at or time.time()
-                )
-            )
+        numbers, records = opt_outs_in(replies, DEFAULT_KEYWORDS)
         if records:
             store = SqliteStore(self.plan.engine.store_path)
             try:

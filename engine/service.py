@@ -43,8 +43,8 @@ from engine.gateway import Gateway, GatewayContext, Receiving
 from engine.ledger import CampaignBusy, CampaignLedger, Ledger, LedgerError, file_fingerprint, transaction
 from engine.messages import DeliveryReport, MessageBatch, Reject, State, SubmitResult
 from engine.metrics import CONTENT_TYPE, Metrics
-from engine.optout import DEFAULT_KEYWORDS, OptOutSet, is_opt_out_reply
-from engine.phone import mask, parse_phone
+from engine.optout import DEFAULT_KEYWORDS, OptOutSet
+from engine.phone import mask
 from engine.pipeline import Batch, Stage, StageRunner
 from engine.plugins import PluginHost
 from engine.priority import PriorityLane, split_budgets
@@ -54,10 +54,9 @@ from engine.sender import Lane, LaneItem, RouteHealth
 from engine.sendwindow import SendWindow
 from engine.service_config import ServiceTemplate
 from engine.stages import Cap, CountParts, HoldQuietHours, Normalize, Render, Route, SuppressOptouts
-from engine.store import OptOutRecord
 from engine.store.sqlite import SqliteStore
 from engine.template import DEFAULT_OPT_OUT, Template, compile_template
-from engine.webhooks import GenericParser, MoReply, WebhookParser
+from engine.webhooks import GenericParser, MoReply, WebhookParser, opt_outs_in
 from engine.worker_metrics import MergedMetrics
 
 __all__ = [
@@ -965,20 +964,7 @@ class Service:
 
     def apply_replies(self, replies: Sequence[MoReply]) -> int:
         """Record MO replies; opt-out keywords go to the store and every running blast's set now."""
-        numbers: list[str] = []
-        records: list[OptOutRecord] = []
-        for r in replies:
-            if not is_opt_out_reply(r.text, self.keywords):
-                continue
-            parsed = parse_phone(r.from_)
-            if parsed.reason is not None:
-                continue
-            numbers.append(parsed.national or parsed.e164)
-            records.append(
-                OptOutRecord(
-                    number=parsed.e164, source="mo", reason=r.text[:64], created_at=r.at or time.time()
-                )
-            )
+        numbers, records = opt_outs_in(replies, self.keywords)
         if records:
             assert self.store is not None
             self.metrics.optouts_added(self.store.add_optouts(records), "mo")

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Protocol, TypeVar
 
 import msgspec
 
 from engine.messages import DeliveryReport, DeliveryStatus
+from engine.optout import is_opt_out_reply
+from engine.phone import parse_phone
+from engine.store import OptOutRecord
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -24,6 +28,7 @@ __all__ = [
     "MoReply",
     "WebhookError",
     "WebhookParser",
+    "opt_outs_in",
     "sign",
     "verify_signature",
 ]
@@ -45,6 +50,25 @@ class MoReply(msgspec.Struct, frozen=True, kw_only=True):
     text: str
     at: float = 0.0
     gateway: str = ""
+
+
+def opt_outs_in(replies: Sequence[MoReply], keywords: Iterable[str]) -> tuple[list[str], list[OptOutRecord]]:
+    """The replies that ask to stop (``R``, ``退订``… as :func:`~engine.optout.is_opt_out_reply`
+    reads them) from a readable number: the numbers (national or E.164, for an opt-out set) and
+    the records to store (source ``mo``, the text as the reason)."""
+    numbers: list[str] = []
+    records: list[OptOutRecord] = []
+    for r in replies:
+        if not is_opt_out_reply(r.text, keywords):
+            continue
+        parsed = parse_phone(r.from_)
+        if parsed.reason is not None:
+            continue
+        numbers.append(parsed.national or parsed.e164)
+        records.append(
+            OptOutRecord(number=parsed.e164, source="mo", reason=r.text[:64], created_at=r.at or time.time())
+        )
+    return numbers, records
 
 
 class WebhookError(ValueError):
