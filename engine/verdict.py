@@ -87,8 +87,9 @@ def judge(
             f"{rejected:,} of {where} are rejected ({rejected / rows:.0%}, over policy.max_rejected_share "
             f"= {max_rejected_share:g}): {_breakdown(by_reason)}. "
             + (f"Probably {hint}. " if hint else "")
-            + "Fix the segment or the campaign (rejects.csv lists each row and why), or raise "
-            "policy.max_rejected_share if this is expected",
+            + "Fix the segment or the campaign ("
+            + ("`pigeon preview --rejects FILE` lists" if first_rows else "rejects.csv lists")
+            + " each row and why), or raise policy.max_rejected_share if this is expected",
         )
     if sendable == 0:
         suppressed = reasons.get(State.SUPPRESSED, {})
