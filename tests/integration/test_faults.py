@@ -242,6 +242,7 @@ def test_the_rate_holds_at_the_receiver_with_a_cpu_hog_beside_the_send(tmp_path:
     finally:
         for h in hogs:
             h.kill()
+            h.join(10)
     peak = sim.max_arrived_parts_per_second()["cm"]
     assert peak <= rate  # where the provider meters: arrivals, in any 1 s window
     assert peak > rate / 2  # and the send was not simply slow
