@@ -13,7 +13,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.clock import SystemClock
 from engine.ledger import CampaignStatus, Ledger, LedgerState
+from engine.report import RunSummary
+from engine.runtime import _open_ledger, _send, new_run_dir, prepare
 from loadtests.simulator import Simulator
 
 ENV = {**os.environ, "PYTHONUTF8": "1"}
@@ -194,3 +197,14 @@ def check_ledger_against_log(
     assert counts.total == rows
     assert counts.reasons["suppressed"] == {"duplicate": len(suppressed)}
     return counts.states
+
+
+async def send_with_ledger(campaign: Path, runs: Path) -> RunSummary:
+    """Send ``campaign`` in this process with its ledger (lease included), as ``pigeon send`` does
+    (``pigeon send`` itself runs ``anyio.run``, which a test on both loops cannot nest)."""
+    plan = prepare(campaign)
+    ledger = _open_ledger(plan, force=False, again=False, notify=None)
+    try:
+        return await _send(plan, new_run_dir(plan, runs), None, SystemClock(), ledger=ledger)
+    finally:
+        ledger.close()

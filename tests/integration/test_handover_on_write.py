@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.clock import SystemClock
 from engine.ledger import Ledger, LedgerState
-from engine.runtime import _open_ledger, _send, new_run_dir, prepare
+from tests.integration.crash_harness import send_with_ledger
 
 pytestmark = pytest.mark.anyio
 
@@ -113,14 +112,7 @@ async def test_each_request_is_submitting_in_the_store_when_its_first_byte_arriv
     witness = _Witness(tmp_path / "pigeon.db")
     try:
         _engine(tmp_path, witness.port)
-        plan = prepare(campaign)
-        ledger = _open_ledger(plan, force=False, again=False, notify=None)
-        try:
-            summary = await _send(
-                plan, new_run_dir(plan, tmp_path / "runs"), None, SystemClock(), ledger=ledger
-            )
-        finally:
-            ledger.close()
+        summary = await send_with_ledger(campaign, tmp_path / "runs")
     finally:
         witness.close()
     assert summary.states == {"sent": ROWS}
@@ -140,12 +132,7 @@ async def test_a_connection_that_never_opens_hands_nothing_over(
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]  # nothing listens here
     _engine(tmp_path, closed, extra="[outage]\nlimit = 1")
-    plan = prepare(campaign)
-    ledger = _open_ledger(plan, force=False, again=False, notify=None)
-    try:
-        summary = await _send(plan, new_run_dir(plan, tmp_path / "runs"), None, SystemClock(), ledger=ledger)
-    finally:
-        ledger.close()
+    summary = await send_with_ledger(campaign, tmp_path / "runs")
     assert summary.halted == "gateway_unreachable" and summary.states == {"pending": ROWS}
     view = Ledger(tmp_path / "pigeon.db")
     try:  # no hand-over was ever recorded: no attempt, no cap count, nothing to reconcile

@@ -21,7 +21,7 @@ import pytest
 
 from engine.ledger import CampaignStatus, Ledger, LedgerState
 from loadtests.smsc_sim import SmscConfig, SmscThread
-from tests.integration.crash_harness import segment, wait_for
+from tests.integration.crash_harness import files, segment, wait_for
 
 ENV = {**os.environ, "PYTHONUTF8": "1", "TEST_SMPP_PASSWORD": "secret"}
 MAX_BATCH = 200
@@ -31,6 +31,8 @@ is one hand-over, pipelined over the bind's window of 10."""
 
 
 def _files(tmp: Path, port: int) -> Path:
+    """The crash harness's campaign (``crash``), sent through an ``smpp`` bind to ``port``."""
+    campaign = files(tmp, port, store=tmp / "pigeon.db")
     (tmp / "engine.toml").write_text(
         f"""[store]
 path = "pigeon.db"
@@ -46,21 +48,6 @@ port = {port}
 system_id = "pigeon"
 password_env = "TEST_SMPP_PASSWORD"
 max_batch = {MAX_BATCH}
-""",
-        encoding="utf-8",
-    )
-    campaign = tmp / "campaign.toml"
-    campaign.write_text(
-        """id = "crash"
-engine = "engine.toml"
-[segment]
-source = "csv"
-path = "seg.csv"
-[template]
-signature = "小鹅优选"
-text = "{name}，您的{coupon}元券已到账"
-[policy]
-send_window = ""
 """,
         encoding="utf-8",
     )

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.clock import SystemClock
 from engine.ledger import Ledger, LedgerState
-from engine.runtime import _open_ledger, _send, new_run_dir, prepare
 from engine.store.sqlite import SqliteStore
 from loadtests.smsc_sim import SmscConfig, SmscThread
+from tests.integration.crash_harness import send_with_ledger
 
 pytestmark = pytest.mark.anyio
 
@@ -52,8 +51,6 @@ password_env = "TEST_SMPP_PASSWORD"
 """,
             encoding="utf-8",
         )
-        plan = prepare(campaign)
-        ledger = _open_ledger(plan, force=False, again=False, notify=None)
         replied: list[bool] = []
 
         def reply() -> None:  # a customer replies R mid-blast, on the bind
@@ -65,12 +62,7 @@ password_env = "TEST_SMPP_PASSWORD"
 
         replier = threading.Thread(target=reply, daemon=True)
         replier.start()
-        try:
-            summary = await _send(
-                plan, new_run_dir(plan, tmp_path / "runs"), None, SystemClock(), ledger=ledger
-            )
-        finally:
-            ledger.close()
+        summary = await send_with_ledger(campaign, tmp_path / "runs")
         replier.join(10)
     assert replied and summary.states == {"sent": ROWS}
     view = Ledger(tmp_path / "pigeon.db")
