@@ -9,7 +9,7 @@
 
 # Both stages on Debian 12 (bookworm), so that the pinned packages below exist and the kernels are
 # built against the C library they run on.
-# The wheel, with the compiled batch kernels (engine/_speedups.c): the compiler stays in this stage.
+# The wheel, with the compiled batch kernels (engine/core/_speedups.c): the compiler stays in this stage.
 # gcc is Debian's meta package (fixed for the release); libc6-dev must equal the image's own libc6,
 # which moves with bookworm's point releases: pinned to glibc 2.36 of bookworm, any stable update.
 FROM python:3.11-slim-bookworm AS build
@@ -36,7 +36,7 @@ RUN pip install --no-cache-dir /wheels/*.whl \
     && groupadd --gid 10001 pigeon \
     && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin pigeon \
     && install -d -o 10001 -g 10001 -m 0750 /work \
-    && python -c "from engine import speedups; assert speedups.ACCELERATED, 'no compiled kernels'"
+    && python -c "from engine.core import speedups; assert speedups.ACCELERATED, 'no compiled kernels'"
 # Example configs and their JSON Schemas, for reference (copy what you use into /work); .dockerignore
 # keeps stores, keys and segments out of the build context, so none can ride along.
 COPY config ./config
@@ -47,6 +47,6 @@ EXPOSE 8080
 # `pigeon serve`: GET /healthz on its --host/--port (read from its command line). Any other command
 # (a one-shot `pigeon send`) has no service and counts as healthy. Standard library only: no curl.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-m", "engine.healthcheck", "--timeout", "4"]
+    CMD ["python", "-m", "engine.cli.healthcheck", "--timeout", "4"]
 ENTRYPOINT ["pigeon"]
 CMD ["--help"]

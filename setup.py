@@ -1,7 +1,7 @@
-"""Build the compiled batch kernels (engine/_speedups.c); everything else is in pyproject.toml.
+"""Build the compiled batch kernels (engine/core/_speedups.c); everything else is in pyproject.toml.
 
 The extension is optional: without a C compiler the install still succeeds and the engine runs
-its pure-Python twins (engine/speedups.py), about a third slower on a blast; `pigeon --version`
+its pure-Python twins (engine/core/speedups.py), about a third slower on a blast; `pigeon --version`
 says which it runs.
 """
 
@@ -10,8 +10,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "engine._speedups",
-            sources=["engine/_speedups.c"],
+            "engine.core._speedups",
+            sources=["engine/core/_speedups.c"],
             extra_compile_args=["-O2"],
             optional=True,
         )

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.carriers import default_prefix_table
+from engine.core.carriers import default_prefix_table
 
 # Share of each carrier in the mix (roughly the national subscriber split); the prefixes come
 # from the shipped table, so generated numbers are always sendable unless made bad on purpose.

@@ -1,5 +1,5 @@
 """``python -m engine``: the same as the ``pigeon`` command."""
 
-from engine.cli import main
+from engine.cli.main import main
 
 raise SystemExit(main())

@@ -103,8 +103,9 @@ def gateway_options(protocol: str, port: int, window: int) -> str:
 
 def engine_instant(protocol: str, rows: int, window: int, tmp: Path) -> dict[str, Any]:
     """``pigeon send`` of a ``rows`` segment through one bind; the simulator answers at once."""
-    from engine.metrics import Metrics
-    from engine.runtime import prepare, send
+    from engine.observability.metrics import Metrics
+    from engine.run.plan import prepare
+    from engine.run.send import send
 
     with Sim(protocol, "--no-receipts") as sim:
         (tmp / "engine.toml").write_text(
@@ -164,8 +165,8 @@ async def gateway_receipts(protocol: str, n: int, window: int, latency_ms: float
     """The gateway alone: ``n`` messages in batches of 1000, two sends in flight, every receipt awaited."""
     import anyio
 
-    from engine.messages import MessageBatch
-    from engine.testing import gateway_context
+    from engine.core.messages import MessageBatch
+    from engine.sending.testing import gateway_context
     from plugins.session_core.pool import Inbox
 
     with Sim(protocol, "--latency-ms", str(latency_ms), "--receipt-delay-ms", "20") as sim:

@@ -12,7 +12,7 @@ the same way, and the send split across ``--shards`` worker processes (default 2
 one process: ``shards_to_floor_ratio_median`` is a two-core figure against a one-core floor).
 ``send`` counts Prometheus metrics (the default); ``send_metrics_off`` is the same send with them
 off, measured in the same rounds: ``metrics_cost_median`` is what counting costs. ``send_pure`` is
-the same send on the pure-Python twins of the compiled batch kernels (``engine.speedups``):
+the same send on the pure-Python twins of the compiled batch kernels (``engine.core.speedups``):
 ``pure_to_floor_ratio_median`` is the engine without its C extension, ``kernels_speedup_median``
 what the extension buys.
 
@@ -93,12 +93,13 @@ def engine_send(
     ``metrics`` False turns the Prometheus counting off (it is on by default); ``shards`` above
     1 splits the send across that many worker processes (``pigeon send --shards``); ``compiled``
     False runs the pure-Python twins of the batch kernels."""
-    from engine import speedups
-    from engine.metrics import NO_METRICS
-    from engine.runtime import prepare, send
+    from engine.core import speedups
+    from engine.observability.metrics import NO_METRICS
+    from engine.run.plan import prepare
+    from engine.run.send import send
 
     if speedups.use(compiled) != compiled:
-        raise SystemExit("engine._speedups is not built: pip install -e . with a C compiler")
+        raise SystemExit("engine.core._speedups is not built: pip install -e . with a C compiler")
 
     plan = prepare(campaign)
     if ledger:
@@ -120,8 +121,8 @@ def ledger_only(rows: int, store: Path, size: int = 1000) -> float:
     """Microseconds per recipient of the ledger's write path alone: ``rows`` recipients handed over
     and accepted in requests of ``size`` (one hand-over and one outcome transaction each), as the
     blackhole run writes them."""
-    from engine.ledger import Fingerprint, Ledger
-    from engine.messages import ACCEPTED, MessageBatch
+    from engine.core.messages import ACCEPTED, MessageBatch
+    from engine.state.ledger import Fingerprint, Ledger
 
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)
@@ -145,8 +146,8 @@ def ledger_only(rows: int, store: Path, size: int = 1000) -> float:
 
 def stages_only(campaign: Path) -> float:
     """Rows per second through the stage runner alone, on batches read beforehand."""
-    from engine.pipeline import Batch
-    from engine.runtime import prepare
+    from engine.pipeline.runner import Batch
+    from engine.run.plan import prepare
 
     plan = prepare(campaign)
     segment = plan.open_segment()

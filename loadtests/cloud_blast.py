@@ -30,9 +30,9 @@ from typing import Any
 
 import anyio
 
-from engine.gateway import GatewayContext
-from engine.messages import MessageBatch, Outcome
-from engine.provider_template import compile_provider_template
+from engine.core.messages import MessageBatch, Outcome
+from engine.core.provider_template import compile_provider_template
+from engine.sending.gateway import GatewayContext
 from loadtests._host import cpu_seconds, free_port
 
 __all__ = ["main", "run"]

@@ -22,7 +22,8 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from engine.runtime import prepare, preview
+from engine.run.plan import prepare
+from engine.run.preview import preview
 from loadtests.sim_aliyun import AliyunSim, AliyunSimConfig
 from loadtests.sim_cloud import SimThread
 from loadtests.sim_tencent import TencentSim, TencentSimConfig

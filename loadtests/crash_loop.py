@@ -32,7 +32,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from engine.ledger import Ledger, LedgerState
+from engine.state.ledger import Ledger, LedgerState
 from loadtests.simulator import SimConfig, SimulatorThread
 
 __all__ = ["main", "run"]

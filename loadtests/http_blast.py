@@ -127,9 +127,10 @@ def engine(
     ``pigeon send`` runs); each scenario is its own campaign, and a repeat starts a new run.
     ``shards`` above 1 splits it across that many worker processes (``pigeon send --shards``):
     their CPU counts in the client's."""
-    from engine.metrics import Metrics
-    from engine.report import RunRecorder
-    from engine.runtime import prepare, send
+    from engine.observability.metrics import Metrics
+    from engine.observability.report import RunRecorder
+    from engine.run.plan import prepare
+    from engine.run.send import send
 
     (tmp / "engine.toml").write_text(
         f"""

@@ -6,7 +6,7 @@ measures three ways, each beside its own baseline:
 * ``blackhole``: ``pigeon send`` to the blackhole gateway, metrics on, off, and off again (an A/A
   control that shows the machine's own spread), the order rotated every round, rows per CPU second;
 * ``replay``: every metric call of one blackhole run recorded, then replayed alone against a fresh
-  :class:`~engine.metrics.Metrics`: their CPU time as a share of the same send with metrics off
+  :class:`~engine.observability.metrics.Metrics`: their CPU time as a share of the same send with metrics off
   (the steadiest figure: no other work in the timed loop);
 * ``http_batch1``: one message per request to the simulator (its own process), on and off
   alternating: the client's CPU per request;
@@ -53,7 +53,8 @@ def _send(campaign: Path, runs: Path, metrics: Any) -> tuple[float, int, Any]:
     """CPU seconds of one in-process send, rows, summary. Without the campaign ledger, on both
     sides (its cost is measured by blackhole_1m.py and ledger_instructions.py; with it, every
     send after the first would be refused as already finished)."""
-    from engine.runtime import prepare, send
+    from engine.run.plan import prepare
+    from engine.run.send import send
 
     plan = prepare(campaign)
     cpu = time.process_time()
@@ -64,7 +65,7 @@ def _send(campaign: Path, runs: Path, metrics: Any) -> tuple[float, int, Any]:
 def blackhole(campaign: Path, runs: Path, rounds: int) -> dict[str, Any]:
     """Rows per CPU second with metrics on, off, and off again (the A/A control: how far two
     identical sends differ on this machine), rotating the order every round (after a warm-up)."""
-    from engine.metrics import NO_METRICS, Metrics
+    from engine.observability.metrics import NO_METRICS, Metrics
 
     kinds = ["on", "off", "off_again"]
     runs_by: dict[str, list[float]] = {k: [] for k in kinds}
@@ -84,8 +85,8 @@ def blackhole(campaign: Path, runs: Path, rounds: int) -> dict[str, Any]:
 
 def replay(campaign: Path, runs: Path, rounds: int) -> tuple[dict[str, Any], Any]:
     """The recorded metric calls of one run, timed alone, against the send with metrics off."""
-    from engine.metrics import NO_METRICS, Metrics, prepare_run
-    from engine.runtime import prepare
+    from engine.observability.metrics import NO_METRICS, Metrics
+    from engine.run.plan import prepare, prepare_run
 
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
@@ -144,7 +145,7 @@ def scrape(metrics: Any, rounds: int = 50) -> dict[str, Any]:
 
 def http_batch1(rows: int, rounds: int, tmp: Path) -> dict[str, Any]:
     """One message per request to the simulator (own process), 10 in flight; client CPU per request."""
-    from engine.metrics import NO_METRICS, Metrics
+    from engine.observability.metrics import NO_METRICS, Metrics
 
     port = free_port()
     sim = subprocess.Popen(

@@ -21,7 +21,7 @@ from loadtests._report import emit
 
 MEASURE = """
 import sys, time
-from engine.store.sqlite import SqliteStore
+from engine.state.store.sqlite import SqliteStore
 
 def status(field):
     for line in open("/proc/self/status"):
@@ -40,8 +40,8 @@ print(len(optouts), round(elapsed, 3), peak, kept, optouts.nbytes // 2**20)
 
 def main(argv: list[str] | None = None) -> int:
     """Fill a store and measure loading it."""
-    from engine.store import OptOutRecord
-    from engine.store.sqlite import SqliteStore
+    from engine.state.store import OptOutRecord
+    from engine.state.store.sqlite import SqliteStore
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--numbers", type=int, default=10_000_000)

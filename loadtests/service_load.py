@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(d)
         sim_port, port = free_port(), free_port()
         _write_files(tmp, sim_port, args.rows)
-        from engine.apikeys import KeyRing
+        from engine.service.apikeys import KeyRing
 
         HEADERS["authorization"] = "Bearer " + KeyRing(tmp / "api-keys.json").create("load")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}

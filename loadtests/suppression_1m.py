@@ -21,15 +21,15 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from engine.caps import CapState, CapWindow
-from engine.carriers import default_prefix_table
-from engine.clock import FakeClock
-from engine.messages import number_key
-from engine.optout import OptOutSet
-from engine.pipeline import Batch, StageRunner
-from engine.sendwindow import SendWindow
-from engine.stages import Cap, HoldQuietHours, standard_stages
-from engine.template import compile_template
+from engine.core.carriers import default_prefix_table
+from engine.core.clock import FakeClock
+from engine.core.messages import number_key
+from engine.core.sendwindow import SendWindow
+from engine.core.template import compile_template
+from engine.pipeline.runner import Batch, StageRunner
+from engine.pipeline.stages import Cap, HoldQuietHours, standard_stages
+from engine.state.caps import CapState, CapWindow
+from engine.state.optout import OptOutSet
 from loadtests._report import emit
 
 ALL = {"cm", "cu", "ct", "cbn", "intl"}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import speedups
+from engine.core import speedups
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,10 +31,10 @@ def promtool() -> str:
 @pytest.fixture(scope="module", params=["compiled", "pure"])
 def kernels(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run a module's tests on the compiled batch kernels and again on their pure-Python twins
-    (engine.speedups). CI sets PIGEON_REQUIRE_SPEEDUPS (.ci/run): there an install without the
+    (engine.core.speedups). CI sets PIGEON_REQUIRE_SPEEDUPS (.ci/run): there an install without the
     compiled ones fails; elsewhere their runs are skipped, saying why."""
     if request.param == "compiled" and not speedups.AVAILABLE:
-        hint = "engine._speedups is not built (no C compiler at install?): pip install -e . with gcc"
+        hint = "engine.core._speedups is not built (no C compiler at install?): pip install -e . with gcc"
         if os.environ.get("PIGEON_REQUIRE_SPEEDUPS"):
             pytest.fail(hint)
         pytest.skip(hint)

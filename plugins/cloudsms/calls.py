@@ -20,8 +20,7 @@ from typing import Any
 
 import anyio
 
-from engine.errors import GatewayAuthError, GatewayError, GatewayUnavailable
-from engine.messages import MessageBatch, Outcome, SubmitResult
+from pigeon import GatewayAuthError, GatewayError, GatewayUnavailable, MessageBatch, Outcome, SubmitResult
 
 __all__ = ["Call", "Probe", "Unsettled", "national", "run_calls", "sign_name"]
 

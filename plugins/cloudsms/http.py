@@ -1,10 +1,10 @@
 """One pooled httpx client per cloud SMS gateway, with every httpx failure mapped to a gateway error.
 
 * the request certainly never left (refused, DNS, TLS handshake, no free pooled connection in time)
-  → :class:`~engine.errors.GatewayUnreachable`;
+  → :class:`~pigeon.GatewayUnreachable`;
 * written but no usable answer (read or write timeout, connection dropped) →
-  :class:`~engine.errors.GatewayTimeout` (ambiguous: the provider may have taken it);
-* anything else httpx raises → :class:`~engine.errors.GatewayProtocolError`.
+  :class:`~pigeon.GatewayTimeout` (ambiguous: the provider may have taken it);
+* anything else httpx raises → :class:`~pigeon.GatewayProtocolError`.
 
 The answer itself (status and body) is the caller's to read: providers put their error codes in
 4xx and 5xx bodies.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import httpx
 
-from engine.errors import GatewayProtocolError, GatewayTimeout, GatewayUnreachable
+from pigeon import GatewayProtocolError, GatewayTimeout, GatewayUnreachable
 
 __all__ = ["CloudClient"]
 

@@ -2,7 +2,7 @@
 
 The classes are those of :mod:`plugins.gateway_http.shapes` (its :data:`DEFAULT_CODES` table is the
 base) with the changes a template-sending gateway needs: signature, template and credential
-errors stop the gateway (``account`` → :class:`~engine.errors.GatewayAuthError`, the engine stops
+errors stop the gateway (``account`` → :class:`~pigeon.GatewayAuthError`, the engine stops
 the campaign with the reason, nobody is marked failed), ``isp.SYSTEM_ERROR`` is retried,
 ``isv.BUSINESS_LIMIT_CONTROL`` slows the lane down unless it is the day's or hour's cap.
 """

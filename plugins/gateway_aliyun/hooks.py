@@ -10,10 +10,10 @@ Codes (:mod:`plugins.gateway_aliyun.codes`): ``OK`` → accepted; throttling →
 slows down); blacklist / invalid number / bad parameter → ``rejected`` (permanent, with the code) —
 in a request of several messages the request is split in halves and sent again so that only the
 guilty message is refused; ``isp.SYSTEM_ERROR`` → ``retry``; signature, template, credential and
-account errors → :class:`~engine.errors.GatewayAuthError` (the campaign stops with the reason, its
-recipients stay pending). Connection refused → :class:`~engine.errors.GatewayUnreachable`; 5xx
-without a code → :class:`~engine.errors.GatewayUnavailable`; no answer after the request was
-written → :class:`~engine.errors.GatewayTimeout` (the messages end ``unknown``; their calls are
+account errors → :class:`~pigeon.GatewayAuthError` (the campaign stops with the reason, its
+recipients stay pending). Connection refused → :class:`~pigeon.GatewayUnreachable`; 5xx
+without a code → :class:`~pigeon.GatewayUnavailable`; no answer after the request was
+written → :class:`~pigeon.GatewayTimeout` (the messages end ``unknown``; their calls are
 journalled for :meth:`AliyunGateway.settle`, which asks QuerySendDetails).
 """
 
@@ -29,12 +29,22 @@ from typing import Annotated, Any, Literal
 import httpx
 import msgspec
 
-from engine.errors import ConfigError, GatewayAuthError, GatewayProtocolError, GatewayUnavailable
-from engine.gateway import GatewayContext
-from engine.hookspecs import hookimpl
-from engine.messages import DeliveryReport, DeliveryStatus, MessageBatch, Outcome, SubmitResult
-from engine.plugins import GatewayRegistry, WebhookParserRegistry
-from engine.provider_template import ProviderParams
+from pigeon import (
+    ConfigError,
+    DeliveryReport,
+    DeliveryStatus,
+    GatewayAuthError,
+    GatewayContext,
+    GatewayProtocolError,
+    GatewayRegistry,
+    GatewayUnavailable,
+    MessageBatch,
+    Outcome,
+    ProviderParams,
+    SubmitResult,
+    WebhookParserRegistry,
+    hookimpl,
+)
 from plugins.cloudsms.calls import Call, Probe, Unsettled, national, run_calls, sign_name
 from plugins.cloudsms.http import CloudClient
 from plugins.gateway_aliyun.api import Signer, encode_query

@@ -3,7 +3,7 @@
 Both are JSON arrays posted to the URLs registered in the console (reference protocols §4.1):
 
 * SmsReport: ``[{"phone_number", "send_time", "report_time", "success", "err_code", "err_msg",
-  "sms_size", "biz_id", "out_id"}, …]`` → one :class:`~engine.messages.DeliveryReport` each, its
+  "sms_size", "biz_id", "out_id"}, …]`` → one :class:`~engine.core.messages.DeliveryReport` each, its
   provider id ``<biz_id>-<phone_number>`` as the gateway recorded it;
 * SmsUp: ``[{"phone_number", "content", "send_time", "dest_code", "sequence_id"}, …]`` → MO replies
   (an ``R`` / ``TD`` / ``退订`` opts the number out).
@@ -26,8 +26,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from engine.messages import DeliveryReport, DeliveryStatus
-from engine.webhooks import MoReply, WebhookError
+from pigeon import DeliveryReport, DeliveryStatus, MoReply, WebhookError
 from plugins.cloudsms.dedupe import SeenKeys
 
 __all__ = ["ACK", "AliyunParser"]

@@ -7,10 +7,7 @@ from typing import Annotated
 
 import msgspec
 
-from engine.gateway import GatewayContext
-from engine.hookspecs import hookimpl
-from engine.messages import ACCEPTED, MessageBatch, SubmitResult
-from engine.plugins import GatewayRegistry
+from pigeon import ACCEPTED, GatewayContext, GatewayRegistry, MessageBatch, SubmitResult, hookimpl
 
 __all__ = ["BlackholeConfig", "BlackholeGateway"]
 

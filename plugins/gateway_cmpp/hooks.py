@@ -19,10 +19,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from engine.errors import ConfigError
-from engine.gateway import GatewayContext
-from engine.hookspecs import hookimpl
-from engine.plugins import GatewayRegistry
+from pigeon import ConfigError, GatewayContext, GatewayRegistry, hookimpl
 from plugins.gateway_cmpp import codec as c
 from plugins.gateway_cmpp.wire import CmppDialect, CmppWire
 from plugins.session_core.gateway import BinaryGateway

@@ -8,10 +8,7 @@ from typing import Annotated
 
 import msgspec
 
-from engine.gateway import GatewayContext
-from engine.hookspecs import hookimpl
-from engine.messages import MessageBatch, Outcome, SubmitResult
-from engine.plugins import GatewayRegistry
+from pigeon import GatewayContext, GatewayRegistry, MessageBatch, Outcome, SubmitResult, hookimpl
 
 __all__ = ["FileConfig", "FileGateway"]
 

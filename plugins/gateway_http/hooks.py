@@ -31,16 +31,20 @@ import httpcore
 import httpx
 import msgspec
 
-from engine.errors import (
+from pigeon import (
+    ACCEPTED,
     ConfigError,
     GatewayAuthError,
+    GatewayContext,
     GatewayProtocolError,
+    GatewayRegistry,
     GatewayUnavailable,
+    MessageBatch,
+    Outcome,
+    SubmitResult,
+    about_to_write,
+    hookimpl,
 )
-from engine.gateway import GatewayContext, about_to_write
-from engine.hookspecs import hookimpl
-from engine.messages import ACCEPTED, MessageBatch, Outcome, SubmitResult
-from engine.plugins import GatewayRegistry
 from plugins.gateway_http.shapes import BodyEncoder, RequestShape, ResponseReader, ResponseShape
 from plugins.gateway_http.transport import PooledTransport, probe, send
 
@@ -127,7 +131,7 @@ class HttpGateway:
 
     hands_over_on_write = True
     """The engine's hand-over is recorded when the request's first byte is written
-    (:func:`engine.gateway.about_to_write`, from the transport's stream)."""
+    (:func:`engine.sending.gateway.about_to_write`, from the transport's stream)."""
 
     def __init__(self, config: HttpConfig, ctx: GatewayContext) -> None:
         self.name = ctx.name

@@ -20,7 +20,7 @@ window     outside the provider's hours: failed with the code (the engine's wind
 ambiguous  the provider does not know (internal timeout): resent only on an idempotent gateway,
            otherwise ``unknown`` with ``ambiguous:<code>`` — a delivery report settles it
 account    the account cannot send (balance, arrears, permissions): the request fails as a
-           whole (:class:`~engine.errors.GatewayAuthError`) so its carriers fail over
+           whole (:class:`~pigeon.GatewayAuthError`) so its carriers fail over
 ========== ===================================================================================
 """
 
@@ -32,8 +32,7 @@ from typing import Annotated, Any, Literal, cast
 
 import msgspec
 
-from engine.errors import GatewayAuthError, GatewayProtocolError
-from engine.messages import MessageBatch, Outcome, SubmitResult
+from pigeon import GatewayAuthError, GatewayProtocolError, MessageBatch, Outcome, SubmitResult
 
 __all__ = [
     "DEFAULT_CODES",

@@ -19,14 +19,14 @@ request polls the socket directly instead of building the backend's attribute ta
 HTTP/2 connections multiplex several requests on one stream, so they keep the plain backend.
 
 :func:`send` maps *every* failure — httpcore's, the socket layer's, anything else — to a
-:class:`~engine.errors.GatewayError`, by whether the request could have left this machine. The
+:class:`~pigeon.GatewayError`, by whether the request could have left this machine. The
 coalescing stream knows: it marks the moment it starts writing the request (:data:`_WRITTEN`, a
 context variable of the sending task). A failure before that moment (connection refused, DNS,
 TLS handshake, no free connection in time, a connection reset before the write) is
 :class:`GatewayUnreachable` — nothing left, the engine spends no retry on it. A failure after it
 (read timeout, the connection dropped while waiting for the answer) is :class:`GatewayTimeout`:
 the provider may have the request (ambiguous). At that same moment the stream calls
-:func:`engine.gateway.about_to_write`: the engine records the request's hand-over just before its
+:func:`engine.sending.gateway.about_to_write`: the engine records the request's hand-over just before its
 first byte goes out, not before a connection that may never open. Over HTTP/2 the plain backend
 is used and the exception's kind decides.
 
@@ -51,8 +51,7 @@ import anyio
 import httpcore
 import httpx
 
-from engine.errors import GatewayError, GatewayTimeout, GatewayUnreachable, RunHalt
-from engine.gateway import about_to_write
+from pigeon import GatewayError, GatewayTimeout, GatewayUnreachable, RunHalt, about_to_write
 
 __all__ = ["CoalescingBackend", "PooledTransport", "Reply", "probe", "send"]
 
@@ -282,7 +281,7 @@ async def send(
 ) -> Reply:
     """POST ``body`` with ``headers`` (``Content-Length`` is added) and read the whole answer.
 
-    Raises only :class:`~engine.errors.GatewayError`: :class:`GatewayUnreachable` when the
+    Raises only :class:`~pigeon.GatewayError`: :class:`GatewayUnreachable` when the
     request certainly never left, :class:`GatewayTimeout` when it may have. ``marked``: the pool's
     streams mark the start of each write (:class:`CoalescingBackend`; not over HTTP/2).
     """

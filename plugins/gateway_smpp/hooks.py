@@ -17,10 +17,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from engine.errors import ConfigError
-from engine.gateway import GatewayContext
-from engine.hookspecs import hookimpl
-from engine.plugins import GatewayRegistry
+from pigeon import ConfigError, GatewayContext, GatewayRegistry, hookimpl
 from plugins.gateway_smpp import codec as c
 from plugins.gateway_smpp.wire import SmppDialect, SmppWire
 from plugins.session_core.gateway import BinaryGateway

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-from engine.messages import DeliveryStatus
+from pigeon import DeliveryStatus
 from plugins.gateway_smpp import codec as c
 from plugins.session_core.longsms import Concat, Segmenter, decode_payload
 from plugins.session_core.pool import Kind, Mo

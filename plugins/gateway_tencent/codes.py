@@ -2,7 +2,7 @@
 
 Built on :data:`plugins.gateway_http.shapes.DEFAULT_CODES`, with a template-sending gateway's
 changes: signature, template, credential and account errors stop the gateway (``account`` →
-:class:`~engine.errors.GatewayAuthError`); ``LimitExceeded.*`` slows the lane down, except the
+:class:`~pigeon.GatewayAuthError`); ``LimitExceeded.*`` slows the lane down, except the
 per-number hourly and daily caps (they cannot be waited out in a run: failed with the code) and
 ``PhoneNumberCountLimit`` (over 200 numbers: never sent so by this gateway).
 """

@@ -10,9 +10,9 @@ Codes (:mod:`plugins.gateway_tencent.codes`): ``LimitExceeded.*`` / ``RequestLim
 ``throttled``; ``InvalidParameterValue.*``, blacklist, bad number → ``rejected`` (permanent);
 signature, template, credential and account errors (``FailedOperation.Signature…``,
 ``…Template…``, ``AuthFailure.*``, ``UnauthorizedOperation.*``) →
-:class:`~engine.errors.GatewayAuthError`; ``InternalError.Timeout`` → ``unknown``. Connection
-refused → :class:`~engine.errors.GatewayUnreachable`, 5xx → :class:`~engine.errors.GatewayUnavailable`,
-no answer after the request was written → :class:`~engine.errors.GatewayTimeout`; every request's
+:class:`~pigeon.GatewayAuthError`; ``InternalError.Timeout`` → ``unknown``. Connection
+refused → :class:`~pigeon.GatewayUnreachable`, 5xx → :class:`~pigeon.GatewayUnavailable`,
+no answer after the request was written → :class:`~pigeon.GatewayTimeout`; every request's
 ``SessionContext`` names it, so :meth:`TencentGateway.settle` can match PullSmsSendStatus results
 to the messages of requests that got no answer.
 """
@@ -28,12 +28,22 @@ from typing import Annotated, Any
 import httpx
 import msgspec
 
-from engine.errors import ConfigError, GatewayAuthError, GatewayProtocolError, GatewayUnavailable
-from engine.gateway import GatewayContext
-from engine.hookspecs import hookimpl
-from engine.messages import DeliveryReport, DeliveryStatus, MessageBatch, Outcome, SubmitResult
-from engine.plugins import GatewayRegistry, WebhookParserRegistry
-from engine.provider_template import ProviderParams
+from pigeon import (
+    ConfigError,
+    DeliveryReport,
+    DeliveryStatus,
+    GatewayAuthError,
+    GatewayContext,
+    GatewayProtocolError,
+    GatewayRegistry,
+    GatewayUnavailable,
+    MessageBatch,
+    Outcome,
+    ProviderParams,
+    SubmitResult,
+    WebhookParserRegistry,
+    hookimpl,
+)
 from plugins.cloudsms.calls import Call, Probe, Unsettled, run_calls, sign_name
 from plugins.cloudsms.http import CloudClient
 from plugins.gateway_tencent.api import Signer

@@ -21,8 +21,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from engine.messages import DeliveryReport, DeliveryStatus
-from engine.webhooks import MoReply, WebhookError
+from pigeon import DeliveryReport, DeliveryStatus, MoReply, WebhookError
 from plugins.cloudsms.dedupe import SeenKeys
 
 __all__ = ["ACK", "TencentParser"]

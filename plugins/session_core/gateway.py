@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from engine.messages import MessageBatch, SubmitResult
+from pigeon import MessageBatch, SubmitResult
 from plugins.session_core.backoff import Backoff
 from plugins.session_core.metrics import BindCollector
 from plugins.session_core.pool import BindPool, Sink
@@ -14,7 +14,7 @@ __all__ = ["BinaryGateway"]
 
 
 class BinaryGateway:
-    """A :class:`~engine.gateway.Gateway` whose messages go over the binds of a :class:`BindPool`.
+    """A :class:`~engine.sending.gateway.Gateway` whose messages go over the binds of a :class:`BindPool`.
 
     Besides ``send``/``aclose`` it offers what a host that keeps it alive uses (the service):
     :meth:`attach` (where receipts and MO replies go) and :meth:`serve` (keep the binds up and

@@ -8,8 +8,8 @@ a task switch; a host that wants receipts between sends runs :meth:`Link.serve`,
 keeps reading. Works on both anyio backends.
 
 Faults end as the gateway contract says: no connection or no bind answer raises
-:class:`~engine.errors.GatewayUnreachable` (nothing was submitted), a refused bind
-:class:`~engine.errors.GatewayAuthError` (or ``GatewayUnreachable`` for a busy peer); requests
+:class:`~pigeon.GatewayUnreachable` (nothing was submitted), a refused bind
+:class:`~pigeon.GatewayAuthError` (or ``GatewayUnreachable`` for a busy peer); requests
 in flight when the connection goes are reported to their tokens as dropped (ambiguous).
 """
 
@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from engine.errors import GatewayAuthError, GatewayUnreachable
+from pigeon import GatewayAuthError, GatewayUnreachable
 from plugins.session_core.backoff import Backoff
 from plugins.session_core.framing import FramingError
 from plugins.session_core.session import (

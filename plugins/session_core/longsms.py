@@ -1,6 +1,6 @@
 """Long messages on binary protocols: split by the engine's billed-part rules, encode, concatenate.
 
-The split is :func:`engine.sms.split` (the rule the engine bills by): a part never cuts a
+The split is :func:`engine.core.sms.split` (the rule the engine bills by): a part never cuts a
 surrogate pair or a GSM-7 escape. Each part is encoded as GSM-7 (one septet per octet, or packed
 seven bits at a time), ASCII or UCS-2 big-endian (UTF-16: a character outside the BMP is its
 surrogate pair), and carries a concatenation header: a UDH ``05 00 03 ref total seq`` (8-bit
@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from typing import Final, Literal, NamedTuple
 
-from engine.sms import GSM7_BASIC, GSM7_EXTENSION, MAX_PARTS, encoding_of, split
+from engine.core.sms import GSM7_BASIC, GSM7_EXTENSION, MAX_PARTS, encoding_of, split
 
 __all__ = [
     "GSM7_TABLE",

@@ -1,7 +1,7 @@
 """Per-bind Prometheus metrics of a gateway on the session core, read from its binds on each scrape.
 
 Families (labels ``gateway`` and ``bind``, the bind's index — bounded by the gateway's ``binds``
-option, at most 64; receipts also by ``status``, a :class:`~engine.messages.DeliveryStatus`):
+option, at most 64; receipts also by ``status``, a :class:`~engine.core.messages.DeliveryStatus`):
 
 =====================================  =========  ==================================================
 ``pigeon_bind_in_flight_requests``     gauge      requests awaiting their answer (window occupancy)
@@ -13,8 +13,8 @@ option, at most 64; receipts also by ``status``, a :class:`~engine.messages.Deli
 ``pigeon_bind_receipts_total``         counter    delivery receipts read on the bind, by status
 =====================================  =========  ==================================================
 
-They live here rather than in ``engine/metrics.py`` because they need the ``bind`` label, which is
-not in the engine's label set; a host registers :class:`BindCollector` in its registry (the
+They live here rather than in ``engine/observability/metrics.py`` because they need the ``bind`` label,
+which the engine's label set lacks; a host registers :class:`BindCollector` in its registry (the
 service does, for every gateway that offers ``metrics_collector()``).
 """
 

@@ -32,11 +32,19 @@ from typing import NamedTuple, Protocol
 
 import anyio
 
-from engine.errors import GatewayAuthError, GatewayError, GatewayUnreachable
-from engine.messages import DeliveryReport, DeliveryStatus, MessageBatch, Outcome, SubmitResult
-from engine.phone import mask
-from engine.ratelimit import SlidingWindowLimiter
-from engine.webhooks import MoReply
+from engine.sending.ratelimit import SlidingWindowLimiter
+from pigeon import (
+    DeliveryReport,
+    DeliveryStatus,
+    GatewayAuthError,
+    GatewayError,
+    GatewayUnreachable,
+    MessageBatch,
+    MoReply,
+    Outcome,
+    SubmitResult,
+    mask,
+)
 from plugins.session_core.link import Link
 from plugins.session_core.longsms import Concat, Reassembler
 from plugins.session_core.receipts import Correlator, Receipt, status_of
@@ -89,7 +97,7 @@ class Wire(Protocol):
 
 
 class Sink(Protocol):
-    """Where receipts and MO replies go (the service attaches one; see engine.gateway.Inbound)."""
+    """Where receipts and MO replies go (the service attaches one; see engine.sending.gateway.Inbound)."""
 
     async def reports(self, reports: Sequence[DeliveryReport]) -> None:
         """Delivery reports, one per message settled."""

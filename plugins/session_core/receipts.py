@@ -29,7 +29,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
-from engine.messages import DeliveryReport, DeliveryStatus
+from pigeon import DeliveryReport, DeliveryStatus
 
 __all__ = [
     "Correlator",

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from engine.errors import SourceError
+from pigeon import SourceError
 
 __all__ = ["BLOCK_BYTES", "SURROGATE", "check_head", "fraction_read", "open_binary", "resolve", "text_blocks"]
 

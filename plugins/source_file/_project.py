@@ -1,4 +1,4 @@
-"""Split and project a whole quote-free CSV block in one pass (``engine.speedups.project_block``).
+"""Split and project a whole quote-free CSV block in one pass (``engine.core.speedups.project_block``).
 
 ``str.split`` per line allocates every field of every row and a list per row, then a projection
 keeps a few fields. One pass over the block that allocates just the wanted strings and one tuple per
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from engine import speedups
+from engine.core import speedups
 
 __all__ = ["BlockProjector"]
 

@@ -8,9 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from pathlib import Path
 
-from engine.errors import SourceError
-from engine.messages import Reject, RejectReason
-from engine.source import SourceBatch, SourceContext
+from pigeon import Reject, RejectReason, SourceBatch, SourceContext, SourceError
 from plugins.source_file._io import SURROGATE, fraction_read, open_binary, resolve, text_blocks
 from plugins.source_file._project import BlockProjector
 from plugins.source_file.config import CsvConfig

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from engine.hookspecs import hookimpl
-from engine.plugins import SourceRegistry
+from pigeon import SourceRegistry, hookimpl
 from plugins.source_file.config import CsvConfig, JsonlConfig
 from plugins.source_file.csv_source import CsvSource
 from plugins.source_file.jsonl_source import JsonlSource

@@ -8,8 +8,7 @@ from typing import Any
 
 import msgspec
 
-from engine.messages import Reject, RejectReason
-from engine.source import SourceBatch, SourceContext
+from pigeon import Reject, RejectReason, SourceBatch, SourceContext
 from plugins.source_file._io import fraction_read, open_binary, resolve, text_blocks
 from plugins.source_file.config import JsonlConfig
 

@@ -8,7 +8,7 @@ as a smoke test). Groups put each engine figure next to its baseline:
 * ``read``: the CSV source over a 100,000-row file, against ``csv.reader`` + ``str.format``.
 
 The engine's side of each group runs twice: on the compiled batch kernels and on their
-pure-Python twins (``engine.speedups``; the ``kernels`` fixture).
+pure-Python twins (``engine.core.speedups``; the ``kernels`` fixture).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.pipeline import Batch
-from engine.runtime import Plan, prepare
-from engine.stages import Dedupe
+from engine.pipeline.runner import Batch
+from engine.pipeline.stages import Dedupe
+from engine.run.plan import Plan, prepare
 from loadtests.blackhole_1m import CAMPAIGN, FLOOR_FORMAT, floor_rows
 from tests.conftest import ROOT
 

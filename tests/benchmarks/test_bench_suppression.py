@@ -13,15 +13,15 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from engine.caps import CapState, CapWindow
-from engine.carriers import default_prefix_table
-from engine.clock import FakeClock
-from engine.messages import number_key
-from engine.optout import OptOutSet
-from engine.pipeline import Batch, StageRunner
-from engine.sendwindow import SendWindow
-from engine.stages import Cap, HoldQuietHours, standard_stages
-from engine.template import compile_template
+from engine.core.carriers import default_prefix_table
+from engine.core.clock import FakeClock
+from engine.core.messages import number_key
+from engine.core.sendwindow import SendWindow
+from engine.core.template import compile_template
+from engine.pipeline.runner import Batch, StageRunner
+from engine.pipeline.stages import Cap, HoldQuietHours, standard_stages
+from engine.state.caps import CapState, CapWindow
+from engine.state.optout import OptOutSet
 from loadtests.suppression_1m import ALL, segment
 
 ROWS = 100_000

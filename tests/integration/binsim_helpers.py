@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from engine.messages import MessageBatch
+from engine.core.messages import MessageBatch
 from plugins.session_core.pool import Inbox
 
 

@@ -13,10 +13,11 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.clock import SystemClock
-from engine.ledger import CampaignStatus, Ledger, LedgerState
-from engine.report import RunSummary
-from engine.runtime import _open_ledger, _send, new_run_dir, prepare
+from engine.core.clock import SystemClock
+from engine.observability.report import RunSummary
+from engine.run.blast import _send
+from engine.run.plan import _open_ledger, new_run_dir, prepare
+from engine.state.ledger import CampaignStatus, Ledger, LedgerState
 from loadtests.simulator import Simulator
 
 ENV = {**os.environ, "PYTHONUTF8": "1"}

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import anyio
 
-from engine.apikeys import KeyRing
-from engine.serve import bind, run
-from engine.service import Service
+from engine.service.apikeys import KeyRing
+from engine.service.core import Service
+from engine.service.serve import bind, run
 from loadtests._segment import write_marketing_campaign
 
 ENGINE = """\

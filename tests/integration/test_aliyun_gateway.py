@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import GatewayAuthError, GatewayTimeout, GatewayUnreachable
-from engine.gateway import GatewayContext
-from engine.messages import DeliveryStatus, MessageBatch, Outcome
-from engine.provider_template import ProviderTemplate, compile_provider_template
+from engine.core.errors import GatewayAuthError, GatewayTimeout, GatewayUnreachable
+from engine.core.messages import DeliveryStatus, MessageBatch, Outcome
+from engine.core.provider_template import ProviderTemplate, compile_provider_template
+from engine.sending.gateway import GatewayContext
 from loadtests._host import free_port
 from loadtests.sim_aliyun import AliyunSim, AliyunSimConfig
 from loadtests.sim_cloud import SimThread

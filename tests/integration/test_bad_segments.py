@@ -1,7 +1,7 @@
 """A bad segment or template fails before anything is recorded, says what to change, and a fixed
 one is sent without ``--force``; a run where nothing could be sent is a failure, not "finished".
 
-Each case runs ``pigeon send`` in this process (``engine.cli.main``) through the ``file`` gateway.
+Each case runs ``pigeon send`` in this process (``engine.cli.main.main``) through the ``file`` gateway.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from engine.ledger import CampaignStatus, Ledger
+from engine.cli.main import EXIT_BAD_INPUT, EXIT_OK, main
+from engine.state.ledger import CampaignStatus, Ledger
 
 GOOD = "phone,name,coupon\n" + "".join(f"1380013{i:04d},客{i},20\n" for i in range(30))
 

@@ -2,7 +2,7 @@
 the documented order and said in every hint, ``--engine``/``--json`` before or after an action,
 ``--json`` on every command that prints data, and ``lookup`` piped without cutting numbers.
 
-Commands run in this process (``engine.cli.main``) from a temporary current directory, except where
+Commands run in this process (``engine.cli.main.main``) from a temporary current directory, except where
 a real pipe matters (``lookup``).
 """
 
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main, parser
-from engine.cli_grammar import commands, update_docs
-from engine.engine_file import EngineFile, find_engine, with_engine
-from engine.errors import ConfigError
-from engine.ledger import CampaignStatus, Ledger
+from engine.cli.grammar import commands, update_docs
+from engine.cli.main import main, parser
+from engine.core.engine_file import EngineFile, find_engine, with_engine
+from engine.core.errors import ConfigError
+from engine.state.ledger import CampaignStatus, Ledger
 from tests.conftest import ENGINE_FILE, ROOT
 
 SEGMENT = "phone,name,coupon\n13800138000,张伟,20\n13000130000,李娜,30\n13300133000,王芳,10\n"
@@ -115,7 +115,7 @@ def test_the_exemptions_are_exact() -> None:
 
 def test_every_command_is_in_the_docs_table_and_the_table_is_the_parsers() -> None:
     doc = (ROOT / "docs" / "cli.md").read_text("utf-8")
-    assert update_docs(doc, parser()) == doc, "run: python -m engine.cli_grammar --write docs/cli.md"
+    assert update_docs(doc, parser()) == doc, "run: python -m engine.cli.grammar_doc --write docs/cli.md"
     rows = [line for line in doc.splitlines() if line.startswith("| `pigeon")]
     for path, cmd in commands(parser()):
         words = " ".join(["pigeon", *path])

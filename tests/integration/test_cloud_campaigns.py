@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from engine.clock import SystemClock
-from engine.runtime import _send, new_run_dir, prepare, preview
+from engine.core.clock import SystemClock
+from engine.run.blast import _send
+from engine.run.plan import new_run_dir, prepare
+from engine.run.preview import preview
 from loadtests.sim_aliyun import AliyunSim, AliyunSimConfig
 from loadtests.sim_cloud import SimThread
 from loadtests.sim_tencent import TencentSim, TencentSimConfig

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from engine.errors import GatewayAuthError
-from engine.messages import DeliveryStatus, Outcome
-from engine.testing import gateway_context
+from engine.core.errors import GatewayAuthError
+from engine.core.messages import DeliveryStatus, Outcome
+from engine.sending.testing import gateway_context
 from loadtests.ismg_sim import Ismg, IsmgConfig, IsmgThread
 from plugins.gateway_cmpp import codec as c
 from plugins.gateway_cmpp.hooks import CmppConfig, CmppGateway
@@ -132,8 +132,8 @@ async def test_long_messages_carry_pk_fields_and_a_udh_and_mo_joins_back(ismg: I
 
 
 async def test_the_plugin_kit_contract_holds(ismg: Ismg, version: str) -> None:
-    from engine.gateway import Gateway, Receiving
-    from engine.testing import check_gateway
+    from engine.sending.gateway import Gateway, Receiving
+    from engine.sending.testing import check_gateway
 
     gw = gateway(ismg.port, version)
     assert isinstance(gw, Gateway) and isinstance(gw, Receiving)

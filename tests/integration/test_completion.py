@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import parser
-from engine.cli_grammar import CommandParser
-from engine.completion import script
+from engine.cli.completion import script
+from engine.cli.grammar import CommandParser
+from engine.cli.main import parser
 
 OPTOUT_ACTIONS = {"import", "export", "add", "remove", "check"}
 

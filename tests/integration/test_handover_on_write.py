@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.ledger import Ledger, LedgerState
+from engine.state.ledger import Ledger, LedgerState
 from tests.integration.crash_harness import send_with_ledger
 
 pytestmark = pytest.mark.anyio

@@ -1,4 +1,4 @@
-"""The image's HEALTHCHECK (``python -m engine.healthcheck``): it finds ``pigeon serve`` and its port
+"""The image's HEALTHCHECK (``python -m engine.cli.healthcheck``): it finds ``pigeon serve`` and its port
 from the process table, passes a live service, fails a dead, sick or hanging one, and leaves
 containers that run no service alone."""
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.healthcheck import check, find_serve, main, serve_url
+from engine.cli.healthcheck import check, find_serve, main, serve_url
 
 PY = sys.executable
 
@@ -50,7 +50,7 @@ PY = sys.executable
         (["pigeon", "--engine", "e.toml", "serve", "--port", "81"], "http://127.0.0.1:81/healthz"),
         (["pigeon", "--engine", "serve", "send", "c.toml"], None),
         (["pigeon", "--help"], None),
-        (["python", "-m", "engine.healthcheck"], None),
+        (["python", "-m", "engine.cli.healthcheck"], None),
         (["/usr/sbin/nginx", "serve"], None),
         ([], None),
     ],
@@ -74,8 +74,8 @@ def test_it_finds_the_service_among_the_processes(tmp_path: Path) -> None:
         tmp_path,
         {
             1: ["/sbin/docker-init", "--", "pigeon", "serve", "--port", "9100"],
-            12: ["python", "-m", "engine.blast_worker"],
-            30: ["python", "-m", "engine.healthcheck"],
+            12: ["python", "-m", "engine.run.blast_worker"],
+            30: ["python", "-m", "engine.cli.healthcheck"],
         },
     )
     assert find_serve(proc) == "http://127.0.0.1:9100/healthz"
@@ -167,7 +167,7 @@ def test_it_passes_a_real_pigeon_serve_and_fails_it_once_stopped(tmp_path: Path)
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    probe = [PY, "-m", "engine.healthcheck", "--pid", str(serve.pid), "--timeout", "1"]
+    probe = [PY, "-m", "engine.cli.healthcheck", "--pid", str(serve.pid), "--timeout", "1"]
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -185,7 +185,7 @@ def test_it_passes_a_real_pigeon_serve_and_fails_it_once_stopped(tmp_path: Path)
             serve.stderr.close()
     assert serve.returncode == 0
     dead = subprocess.run(
-        [PY, "-m", "engine.healthcheck", "--url", f"http://127.0.0.1:{port}/healthz", "--timeout", "1"],
+        [PY, "-m", "engine.cli.healthcheck", "--url", f"http://127.0.0.1:{port}/healthz", "--timeout", "1"],
         capture_output=True,
         text=True,
         timeout=30,

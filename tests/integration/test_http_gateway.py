@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.clock import SystemClock
-from engine.runtime import _send, new_run_dir, prepare
+from engine.core.clock import SystemClock
+from engine.run.blast import _send
+from engine.run.plan import new_run_dir, prepare
 from loadtests.simulator import SimConfig, Simulator, SimulatorThread
 
 pytestmark = pytest.mark.anyio

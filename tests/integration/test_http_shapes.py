@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.clock import SystemClock
-from engine.config import convert_section
-from engine.errors import ConfigError, GatewayAuthError
-from engine.gateway import GatewayContext
-from engine.messages import MessageBatch, Outcome
-from engine.runtime import _send, new_run_dir, prepare
+from engine.core.clock import SystemClock
+from engine.core.config import convert_section
+from engine.core.errors import ConfigError, GatewayAuthError
+from engine.core.messages import MessageBatch, Outcome
+from engine.run.blast import _send
+from engine.run.plan import new_run_dir, prepare
+from engine.sending.gateway import GatewayContext
 from loadtests.simulator import SimConfig, SimulatorThread
 from plugins.gateway_http.hooks import HttpConfig, HttpGateway
 from plugins.gateway_http.shapes import CodeTable, ResponseReader, ResponseShape

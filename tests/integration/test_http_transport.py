@@ -13,9 +13,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from engine.errors import GatewayError, GatewayTimeout, GatewayUnreachable
-from engine.gateway import GatewayContext
-from engine.messages import MessageBatch, Outcome
+from engine.core.errors import GatewayError, GatewayTimeout, GatewayUnreachable
+from engine.core.messages import MessageBatch, Outcome
+from engine.sending.gateway import GatewayContext
 from loadtests.simulator import SimConfig, SimulatorThread
 from plugins.gateway_http.hooks import HttpConfig, HttpGateway
 
@@ -198,7 +198,7 @@ async def test_nothing_listening_is_unreachable_and_a_hang_is_ambiguous(
 
 
 def test_the_url_must_be_http(tmp_path: Path) -> None:
-    from engine.errors import ConfigError
+    from engine.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"options\.url"):
         _gateway("ftp://127.0.0.1/send", tmp_path)
@@ -217,8 +217,8 @@ async def test_idempotency_keys_let_the_provider_drop_a_resend(anyio_backend: ob
 
 
 def test_idempotency_keys_belong_to_the_default_contract(tmp_path: Path) -> None:
-    from engine.config import convert_section
-    from engine.errors import ConfigError
+    from engine.core.config import convert_section
+    from engine.core.errors import ConfigError
 
     options = {
         "url": "http://127.0.0.1:9/send",

@@ -19,10 +19,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.clock import SystemClock
-from engine.metrics import Metrics
-from engine.report import RunSummary
-from engine.runtime import _send, new_run_dir, prepare
+from engine.core.clock import SystemClock
+from engine.observability.metrics import Metrics
+from engine.observability.report import RunSummary
+from engine.run.blast import _send
+from engine.run.plan import new_run_dir, prepare
 from loadtests.simulator import SimConfig, SimulatorThread
 
 pytestmark = pytest.mark.anyio

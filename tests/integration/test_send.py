@@ -13,7 +13,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine.runtime import prepare, send
+from engine.run.plan import prepare
+from engine.run.send import send
 from tests.conftest import ROOT
 
 SEGMENT = (
@@ -218,8 +219,9 @@ async def test_send_api_on_both_backends_gives_the_same_result(
     campaign_file: Callable[..., Path],
 ) -> None:
     """The async core is backend-neutral: the lanes run inside the test's own event loop here."""
-    from engine.clock import SystemClock
-    from engine.runtime import _send, new_run_dir
+    from engine.core.clock import SystemClock
+    from engine.run.blast import _send
+    from engine.run.plan import new_run_dir
 
     write("seg.csv", SEGMENT)
     plan = prepare(campaign_file("seg.csv", engine_kwargs={"max_batch": 1}))
@@ -322,8 +324,8 @@ def test_caps_hold_across_runs_and_kinds(
 
 
 def test_bad_cap_settings_name_the_key(write: Callable[[str, str | bytes], Path]) -> None:
-    from engine.config import load_engine
-    from engine.errors import ConfigError
+    from engine.core.config import load_engine
+    from engine.core.errors import ConfigError
 
     f = write(
         "engine.toml",
@@ -374,8 +376,9 @@ async def test_a_blast_at_night_pauses_until_the_window_opens_then_sends_everyon
 
     import anyio
 
-    import engine.runtime as rt
-    from engine.clock import FakeClock
+    import engine.run.blast as rt
+    from engine.core.clock import FakeClock
+    from engine.run.plan import new_run_dir
 
     monkeypatch.setattr(rt, "WINDOW_POLL_SECONDS", 0.01)
     write("seg.csv", SEGMENT)
@@ -386,9 +389,7 @@ async def test_a_blast_at_night_pauses_until_the_window_opens_then_sends_everyon
     result: list[object] = []
 
     async def blast() -> None:
-        result.append(
-            await rt._send(plan, rt.new_run_dir(plan, tmp_path / "runs"), None, clock, notes.append)
-        )
+        result.append(await rt._send(plan, new_run_dir(plan, tmp_path / "runs"), None, clock, notes.append))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(blast)

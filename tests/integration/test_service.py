@@ -13,9 +13,9 @@ import anyio
 import httpx
 import pytest
 
-from engine.openapi import document
-from engine.store.sqlite import SqliteStore
-from engine.webhooks import sign
+from engine.sending.webhooks import sign
+from engine.service.openapi import document
+from engine.state.store.sqlite import SqliteStore
 from loadtests.simulator import SimConfig, Simulator, SimulatorThread
 from tests.conftest import ROOT
 from tests.integration.service_harness import SECRET, serving, write_campaign, write_engine
@@ -471,7 +471,7 @@ async def test_openapi_document_is_served_and_kept_in_the_repo(
     async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url) as c:
         served = (await c.get("/openapi.json")).content
     assert served == document() == (ROOT / "docs" / "openapi.json").read_bytes(), (
-        "docs/openapi.json is stale: python -m engine.openapi > docs/openapi.json"
+        "docs/openapi.json is stale: python -m engine.service.openapi > docs/openapi.json"
     )
     doc = json.loads(served)
     assert doc["openapi"] == "3.1.0"
@@ -527,7 +527,7 @@ async def test_delivery_reports_and_opt_out_replies_arrive_from_the_simulator(
     """The simulator's own callbacks (signed, batched) reach the service's webhooks: every message
     ends delivered or failed as the simulator reported it, and each reply "R" becomes an opt-out
     that suppresses marketing to that number at once."""
-    from engine.serve import bind
+    from engine.service.serve import bind
 
     sock = bind("127.0.0.1", 0)  # the service's port first: the simulator needs its webhook URLs
     hooks = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/webhooks/sim"

@@ -13,7 +13,7 @@ import anyio
 import httpx
 import pytest
 
-from engine.webhooks import sign
+from engine.sending.webhooks import sign
 from loadtests.simulator import SimConfig, Simulator, SimulatorThread
 from tests.integration.service_harness import SECRET, serving, write_campaign, write_engine
 

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import pytest
 
-from engine.cli import EXIT_STOPPED
+from engine.cli.main import EXIT_STOPPED
 from loadtests.simulator import SimConfig, Simulator, SimulatorThread
 from tests.integration.crash_harness import (
     check_ledger_against_log,

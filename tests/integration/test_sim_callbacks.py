@@ -14,8 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from engine.gateway import GatewayContext
-from engine.messages import MessageBatch, Outcome
+from engine.core.messages import MessageBatch, Outcome
+from engine.sending.gateway import GatewayContext
 from loadtests.sim_callbacks import MO_SERVICE_NUMBER, sign
 from loadtests.simulator import SimConfig, SimulatorThread
 from loadtests.webhook_receiver import Receiver, ReceiverThread, verify

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.ledger import CampaignStatus, Ledger, LedgerState
+from engine.state.ledger import CampaignStatus, Ledger, LedgerState
 from loadtests.smsc_sim import SmscConfig, SmscThread
 from tests.integration.crash_harness import files, segment, wait_for
 

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from engine.errors import GatewayAuthError, GatewayUnreachable
-from engine.messages import DeliveryStatus, Outcome
-from engine.testing import gateway_context
+from engine.core.errors import GatewayAuthError, GatewayUnreachable
+from engine.core.messages import DeliveryStatus, Outcome
+from engine.sending.testing import gateway_context
 from loadtests.smsc_sim import Smsc, SmscConfig, SmscThread
 from plugins.gateway_smpp.hooks import SmppConfig, SmppGateway
 from plugins.session_core.longsms import read_udh
@@ -148,7 +148,7 @@ async def test_a_wrong_password_is_an_auth_error(smsc: Smsc, monkeypatch: pytest
 
 
 async def test_no_password_in_the_environment_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.errors import ConfigError
+    from engine.core.errors import ConfigError
 
     monkeypatch.delenv("TEST_SMPP_PASSWORD")
     with pytest.raises(ConfigError, match="TEST_SMPP_PASSWORD"):
@@ -294,8 +294,8 @@ async def test_two_sends_sharing_a_small_window_lose_no_receipt(smsc: Smsc) -> N
 
 
 async def test_the_plugin_kit_contract_holds(smsc: Smsc) -> None:
-    from engine.gateway import Gateway, Receiving
-    from engine.testing import check_gateway
+    from engine.sending.gateway import Gateway, Receiving
+    from engine.sending.testing import check_gateway
 
     gw = gateway(smsc.port)
     assert isinstance(gw, Gateway) and isinstance(gw, Receiving)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import pytest
 import smpp34
 
-from engine.messages import DeliveryStatus, Outcome
-from engine.testing import gateway_context
+from engine.core.messages import DeliveryStatus, Outcome
+from engine.sending.testing import gateway_context
 from plugins.gateway_smpp.hooks import SmppConfig, SmppGateway
 from plugins.session_core.longsms import read_udh
 from plugins.session_core.pool import Inbox

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.ledger import Ledger, LedgerState
-from engine.store.sqlite import SqliteStore
+from engine.state.ledger import Ledger, LedgerState
+from engine.state.store.sqlite import SqliteStore
 from loadtests.smsc_sim import SmscConfig, SmscThread
 from tests.integration.crash_harness import send_with_ledger
 

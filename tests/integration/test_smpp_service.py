@@ -11,8 +11,8 @@ import anyio
 import httpx
 import pytest
 
-from engine.apikeys import KeyRing
-from engine.store.sqlite import SqliteStore
+from engine.service.apikeys import KeyRing
+from engine.state.store.sqlite import SqliteStore
 from loadtests.smsc_sim import Smsc, SmscConfig, SmscThread
 from tests.integration.service_harness import serving
 

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from engine.testing import check_gateway, gateway_context, registered, sample_batch
+from pigeon.testing import check_gateway, gateway_context, registered, sample_batch
 from loadtests.simulator import SimConfig, Simulator, SimulatorThread
 from tests.conftest import ROOT
 

@@ -6,8 +6,8 @@ import itertools
 
 from hypothesis import given, settings, strategies as st
 
-from engine.messages import DeliveryStatus
-from engine.sms import GSM7_BASIC, GSM7_EXTENSION, count_parts
+from engine.core.messages import DeliveryStatus
+from engine.core.sms import GSM7_BASIC, GSM7_EXTENSION, count_parts
 from plugins.gateway_smpp import codec as c
 from plugins.session_core.framing import Framer
 from plugins.session_core.longsms import (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.caps import CapState, CapWindow, parse_period
+from engine.state.caps import CapState, CapWindow, parse_period
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
 WINDOWS = [CapWindow(3, "calendar_day"), CapWindow(2, "7d"), CapWindow(1, "30s")]

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from engine.ledger import (
+from engine.core.messages import DeliveryReport, DeliveryStatus, MessageBatch, Outcome, Reject, SubmitResult
+from engine.state.ledger import (
     INTERRUPTED,
     Fingerprint,
     Ledger,
@@ -23,7 +24,6 @@ from engine.ledger import (
     _unpack_parts,
     _unpack_rows,
 )
-from engine.messages import DeliveryReport, DeliveryStatus, MessageBatch, Outcome, Reject, SubmitResult
 
 FP = Fingerprint(segment="seg.csv", size=1, sha256="00", template="t")
 

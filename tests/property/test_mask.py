@@ -1,4 +1,4 @@
-"""Masking (``engine.phone.mask``): one style for every form a number is written in, and never more
+"""Masking (``engine.core.phone.mask``): one style for every form a number is written in, and never more
 of a number than the first three and last four digits, whatever the input."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import re
 
 from hypothesis import given, settings, strategies as st
 
-from engine.phone import mask, parse_phone
+from engine.core.phone import mask, parse_phone
 
 FULL_WIDTH = str.maketrans("0123456789+", "０１２３４５６７８９＋")
 SEPARATORS = [" ", "-", "\u3000", "\xa0", ".", "－", ""]

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from engine.carriers import default_prefix_table
-from engine.messages import RejectReason
-from engine.phone import parse_phone
-from engine.pipeline import Batch, StageRunner
-from engine.sms import count_parts, split, units
-from engine.source import SourceContext
-from engine.stages import Dedupe, Normalize, standard_stages
-from engine.template import compile_template
+from engine.core.carriers import default_prefix_table
+from engine.core.messages import RejectReason
+from engine.core.phone import parse_phone
+from engine.core.sms import count_parts, split, units
+from engine.core.template import compile_template
+from engine.pipeline.runner import Batch, StageRunner
+from engine.pipeline.source import SourceContext
+from engine.pipeline.stages import Dedupe, Normalize, standard_stages
 from plugins.source_file.config import CsvConfig
 from plugins.source_file.csv_source import CsvSource
 
@@ -262,9 +262,9 @@ def test_dedupe_is_idempotent_and_keeps_first_occurrences(numbers: list[str], ba
 def test_deferral_never_loses_a_message(phones: list[str], offset: float, batch_size: int) -> None:
     """With quiet hours at any moment, every row ends in exactly one state, and every row that
     would be rendered by day is rendered or deferred (with when it can go) — never anything else."""
-    from engine.clock import FakeClock
-    from engine.sendwindow import SendWindow
-    from engine.stages import HoldQuietHours
+    from engine.core.clock import FakeClock
+    from engine.core.sendwindow import SendWindow
+    from engine.pipeline.stages import HoldQuietHours
 
     bound = compile_template("{name|亲}", signature="小鹅", opt_out_text="拒收请回复R").bind(
         ["phone", "name"]

@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 from hypothesis import given, strategies as st
 
-from engine import speedups
+from engine.core import speedups
 
 if speedups.AVAILABLE:
-    from engine import _speedups as compiled
+    from engine.core import _speedups as compiled
 elif os.environ.get("PIGEON_REQUIRE_SPEEDUPS"):  # CI (.ci/run): the extension must be built
-    pytest.fail("engine._speedups is not built: pip install -e . with a C compiler", pytrace=False)
+    pytest.fail("engine.core._speedups is not built: pip install -e . with a C compiler", pytrace=False)
 else:
-    pytest.skip("engine._speedups is not built (no C compiler at install)", allow_module_level=True)
+    pytest.skip("engine.core._speedups is not built (no C compiler at install)", allow_module_level=True)
 
 # Text of every storage width (ASCII, Latin-1, CJK, an emoji) and the characters that matter to a
 # CSV line: delimiters, \r and \n, so that some generated lines have the wrong width or mixed ends.

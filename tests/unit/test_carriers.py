@@ -9,9 +9,9 @@ import phonenumbers
 import pytest
 from phonenumbers import carrier as pn_carrier
 
-from engine.carriers import default_prefix_table, load_prefix_table
-from engine.errors import ConfigError
-from engine.messages import RejectReason
+from engine.core.carriers import default_prefix_table, load_prefix_table
+from engine.core.errors import ConfigError
+from engine.core.messages import RejectReason
 
 # Typed in from reference/protocols-carriers-compliance.md §1.1, independently of the data file.
 EXPECTED: dict[str, tuple[str, str]] = {

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from engine.messages import DeliveryStatus
-from engine.optout import is_opt_out_reply
-from engine.webhooks import WebhookError
+from engine.core.messages import DeliveryStatus
+from engine.sending.webhooks import WebhookError
+from engine.state.optout import is_opt_out_reply
 from plugins.gateway_aliyun.webhooks import AliyunParser
 from plugins.gateway_tencent.webhooks import TencentParser
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import load_campaign, load_engine
-from engine.errors import ConfigError, TemplateError
-from engine.runtime import prepare
+from engine.core.config import load_campaign, load_engine
+from engine.core.errors import ConfigError, TemplateError
+from engine.run.plan import prepare
 from tests.conftest import ROOT
 
 Write = Callable[[str, str | bytes], Path]

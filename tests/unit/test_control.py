@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from engine.control import RunControl, RunState
+from engine.run.control import RunControl, RunState
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""config/grafana-dashboard.json is built on exactly the names and labels engine.metrics exports,
+"""config/grafana-dashboard.json is built on exactly the names and labels engine.observability.metrics exports,
 and every PromQL expression in it parses (promtool)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.metrics import NAMES, Metrics
+from engine.observability.metrics import NAMES, Metrics
 from tests.conftest import promtool as find_promtool
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "config" / "grafana-dashboard.json"
@@ -64,7 +64,7 @@ def test_every_metric_and_label_in_the_dashboard_exists_in_the_registry() -> Non
         assert used, f"no Pigeon metric in {expr!r}"
         labels: set[str] = {"le"} if "histogram_quantile" in expr else set()
         for name in used:
-            assert name in names, f"{name} (in {expr!r}) is not exported by engine.metrics"
+            assert name in names, f"{name} (in {expr!r}) is not exported by engine.observability.metrics"
             labels |= names[name]
         for name, matchers in SELECTOR.findall(expr):
             for label, _ in MATCHER.findall(matchers):

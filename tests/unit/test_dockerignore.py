@@ -23,7 +23,7 @@ JUNK = [
     "config/pigeon.db-shm",
     "pigeon.db",
     "work/pigeon.db",
-    "engine/data/cache.sqlite3",
+    "engine/core/data/cache.sqlite3",
     "config/api-keys.json",
     "api-keys.json",
     "work/service/api-keys.json",
@@ -41,9 +41,9 @@ JUNK = [
     ".venv/bin/python",
     "examples/pigeon-gateway-example/.venv/lib/x.py",
     "engine/__pycache__/cli.cpython-311.pyc",
-    "engine/_speedups.cpython-311-x86_64-linux-gnu.so",
+    "engine/core/_speedups.cpython-311-x86_64-linux-gnu.so",
     "pigeon_sms.egg-info/PKG-INFO",
-    "build/lib/engine/cli.py",
+    "build/lib/engine/cli/main.py",
     "dist/pigeon_sms-0.1.0.tar.gz",
     ".mypy_cache/3.11/x.json",
     ".ruff_cache/x",
@@ -103,7 +103,12 @@ def test_everything_the_dockerfile_copies_is_in_the_context(context: tuple[Path,
         )
         assert wanted, src
         assert sorted(set(wanted) - sent) == [], src
-    for need in ("engine/_speedups.c", "engine/data/cn_prefixes.toml", "config/engine.toml", "LICENSE"):
+    for need in (
+        "engine/core/_speedups.c",
+        "engine/core/data/cn_prefixes.toml",
+        "config/engine.toml",
+        "LICENSE",
+    ):
         assert need in sent
 
 
@@ -113,7 +118,7 @@ def test_the_image_runs_as_uid_10001_owns_its_work_dir_and_checks_its_health() -
     assert re.search(r"install -d -o 10001 -g 10001 .*/work\b", text)
     assert re.search(r"^WORKDIR /work$", text, re.M)
     m = re.search(r'^HEALTHCHECK .*\n?.*CMD \["python", "-m", "([\w.]+)"', text, re.M)
-    assert m and m.group(1) == "engine.healthcheck"
+    assert m and m.group(1) == "engine.cli.healthcheck"
     assert (ROOT / (m.group(1).replace(".", "/") + ".py")).is_file()
     for pkgs in re.findall(r"apt-get install ([^\n\\&]+)", text):
         assert all("=" in p for p in pkgs.split() if not p.startswith("-")), pkgs  # pinned

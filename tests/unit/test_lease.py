@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.ledger import (
+from engine.core.messages import MessageBatch
+from engine.state.ledger import (
     HOST,
     CampaignBusy,
     CampaignLedger,
@@ -21,7 +22,6 @@ from engine.ledger import (
     LedgerState,
     process_start,
 )
-from engine.messages import MessageBatch
 
 FP = Fingerprint(segment="seg.csv", size=1, sha256="00", template="t")
 
@@ -143,7 +143,7 @@ def test_a_lease_handed_off_is_adopted_by_the_worker_that_gets_its_token(tmp_pat
 def test_the_stop_after_requests_without_an_answer_names_the_campaigns_semantics(
     tmp_path: Path, semantics: str, says: str
 ) -> None:
-    from engine.ledger import LedgerStalled, Semantics
+    from engine.state.ledger import LedgerStalled, Semantics
 
     ledger = Ledger(tmp_path / "s.db")
     run = ledger.open_campaign("c", kind="marketing", fingerprint=FP, semantics=Semantics(semantics))

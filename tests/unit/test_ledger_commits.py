@@ -12,13 +12,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from engine.clock import SystemClock
-from engine.ledger import Fingerprint, Ledger, LedgerState, LedgerWriteError, transaction
-from engine.messages import MessageBatch, Outcome, SubmitResult
-from engine.report import RunRecorder
-from engine.retry import Breaker
-from engine.sender import Lane
-from engine.testing import RecordingGateway
+from engine.core.clock import SystemClock
+from engine.core.messages import MessageBatch, Outcome, SubmitResult
+from engine.observability.report import RunRecorder
+from engine.sending.retry import Breaker
+from engine.sending.sender import Lane
+from engine.sending.testing import RecordingGateway
+from engine.state.ledger import Fingerprint, Ledger, LedgerState, LedgerWriteError, transaction
 
 pytestmark = pytest.mark.anyio
 
@@ -108,7 +108,7 @@ def test_a_spinning_connection_waits_for_another_writer_then_commits(
     release.join()
     assert service.db.execute("SELECT value FROM ledger_meta WHERE key = 'probe'").fetchone() == (1,)
 
-    monkeypatch.setattr("engine.ledger._SPIN_FOR", 0.05)
+    monkeypatch.setattr("engine.state.ledger._SPIN_FOR", 0.05)
     other.execute("BEGIN IMMEDIATE")  # held for longer than the caller waits
     with pytest.raises(LedgerWriteError, match="locked"), transaction(service.db):
         pass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.ledger import _INDEX_CHUNK, CampaignLedger, Fingerprint, Ledger
-from engine.messages import DeliveryReport, DeliveryStatus, MessageBatch, Outcome, SubmitResult
+from engine.core.messages import DeliveryReport, DeliveryStatus, MessageBatch, Outcome, SubmitResult
+from engine.state.ledger import _INDEX_CHUNK, CampaignLedger, Fingerprint, Ledger
 
 
 def _send(run: CampaignLedger, rows: list[int], pid: str = "x") -> None:

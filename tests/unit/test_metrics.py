@@ -1,4 +1,4 @@
-"""engine.metrics on its own: names, pre-initialized series, bounded labels, exposition, promtool."""
+"""engine.observability.metrics on its own: names, pre-initialized series, bounded labels, exposition, promtool."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.errors import (
+from engine.core.errors import (
     EngineError,
     GatewayAuthError,
     GatewayProtocolError,
     GatewayTimeout,
     GatewayUnavailable,
 )
-from engine.messages import RejectReason, SuppressReason
-from engine.metrics import (
+from engine.core.messages import RejectReason, SuppressReason
+from engine.observability.metrics import (
     DELIVERY_STATUSES,
     MESSAGE_OUTCOMES,
     NAMES,
@@ -27,7 +27,7 @@ from engine.metrics import (
     Metrics,
     request_outcome,
 )
-from engine.stages.hold_quiet_hours import OUTSIDE_SEND_WINDOW
+from engine.pipeline.stages.hold_quiet_hours import OUTSIDE_SEND_WINDOW
 from tests.conftest import promtool as find_promtool
 
 ROUTES = {"cm": ["primary", "backup"], "cu": ["primary"]}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.phone import parse_phone
-from engine.pipeline import Batch
-from engine.stages import Normalize
+from engine.core.phone import parse_phone
+from engine.pipeline.runner import Batch
+from engine.pipeline.stages import Normalize
 
 pytestmark = pytest.mark.usefixtures("kernels")  # on the compiled kernels and the pure twins
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.messages import number_key
-from engine.optout import OptOutSet, is_opt_out_reply
-from engine.pipeline import Batch
-from engine.stages import SuppressOptouts
-from engine.store import OptOutRecord
-from engine.store.sqlite import SqliteStore
+from engine.core.messages import number_key
+from engine.pipeline.runner import Batch
+from engine.pipeline.stages import SuppressOptouts
+from engine.state.optout import OptOutSet, is_opt_out_reply
+from engine.state.store import OptOutRecord
+from engine.state.store.sqlite import SqliteStore
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_stage_suppresses_opted_out_numbers_with_a_reason() -> None:
 
 
 def test_consents_are_kept_with_proof_and_for_five_months(tmp_path: Path) -> None:
-    from engine.store import ConsentRecord
+    from engine.state.store import ConsentRecord
 
     store = SqliteStore(tmp_path / "p.db")
     now = 1_800_000_000.0

@@ -32,7 +32,7 @@ JUNK = {
     "config/pigeon.db-wal": "x",
     "config/pigeon.db-shm": "x",
     "engine/pigeon.db": "x",
-    "engine/data/old.db": "x",
+    "engine/core/data/old.db": "x",
     "config/api-keys.json": "{}",
     "engine/api-keys.json": "{}",
     "config/segment.csv": "phone\n13800138000\n",
@@ -111,11 +111,11 @@ def test_the_sdist_carries_the_license_the_c_source_and_nothing_from_the_working
         "README.md",
         "pyproject.toml",
         "setup.py",
-        "engine/_speedups.c",
-        "engine/_speedups.pyi",
+        "engine/core/_speedups.c",
+        "engine/core/_speedups.pyi",
         "engine/py.typed",
         "plugins/py.typed",
-        "engine/data/cn_prefixes.toml",
+        "engine/core/data/cn_prefixes.toml",
     ):
         assert need in names, need
     tracked = [
@@ -139,8 +139,8 @@ def test_the_wheel_carries_the_license_and_type_markers_and_nothing_else(
     assert {
         "engine/py.typed",
         "plugins/py.typed",
-        "engine/_speedups.pyi",
-        "engine/data/cn_prefixes.toml",
+        "engine/core/_speedups.pyi",
+        "engine/core/data/cn_prefixes.toml",
     } <= set(names)
     assert not [n for n in names if n.endswith(".c")]  # the source stays in the sdist
     assert _leaks(names) == []

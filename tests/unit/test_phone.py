@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.messages import RejectReason
-from engine.phone import mask, parse_phone
+from engine.core.messages import RejectReason
+from engine.core.phone import mask, parse_phone
 
 
 @pytest.mark.parametrize(

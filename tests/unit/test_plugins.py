@@ -10,10 +10,10 @@ from types import ModuleType
 import msgspec
 import pytest
 
-from engine import hookspecs
-from engine.errors import PluginContractError, PluginLoadError
-from engine.hookspecs import hookimpl
-from engine.plugins import DISABLE_ENV, PluginHost
+from engine.core import hookspecs
+from engine.core.errors import PluginContractError, PluginLoadError
+from engine.core.hookspecs import hookimpl
+from engine.core.plugin_host import DISABLE_ENV, PluginHost
 from tests.conftest import ROOT
 
 

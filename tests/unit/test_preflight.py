@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import PreflightError
-from engine.preflight import DEFAULT_ALLOWED_TERMS, check_campaign, errors
-from engine.runtime import prepare
-from engine.template import compile_template
+from engine.core.errors import PreflightError
+from engine.core.preflight import DEFAULT_ALLOWED_TERMS, check_campaign, errors
+from engine.core.template import compile_template
+from engine.run.plan import prepare
 
 
 def findings(
@@ -108,9 +108,9 @@ def test_the_length_finding_names_the_fixed_text_and_the_maximum() -> None:
 
 
 def test_the_service_still_refuses_a_template_whose_fixed_text_is_too_long(tmp_path: Path) -> None:
-    from engine.config import load_engine
-    from engine.errors import ConfigError
-    from engine.service import Service
+    from engine.core.config import load_engine
+    from engine.core.errors import ConfigError
+    from engine.service.core import Service
 
     engine = tmp_path / "engine.toml"
     engine.write_text(

@@ -8,15 +8,15 @@ from collections.abc import Sequence
 import anyio
 import pytest
 
-from engine.clock import FakeClock
-from engine.config import CarrierConfig, EngineConfig, GatewayConfig
-from engine.messages import ACCEPTED, MessageBatch, SubmitResult
-from engine.priority import BorrowingLimiter, PriorityLane, split_budgets
-from engine.ratelimit import SlidingWindowLimiter
-from engine.report import RunRecorder
-from engine.retry import Breaker
-from engine.sender import Lane, LaneItem
-from engine.testing import sample_batch
+from engine.core.clock import FakeClock
+from engine.core.config import CarrierConfig, EngineConfig, GatewayConfig
+from engine.core.messages import ACCEPTED, MessageBatch, SubmitResult
+from engine.observability.report import RunRecorder
+from engine.sending.priority import BorrowingLimiter, PriorityLane, split_budgets
+from engine.sending.ratelimit import SlidingWindowLimiter
+from engine.sending.retry import Breaker
+from engine.sending.sender import Lane, LaneItem
+from engine.sending.testing import sample_batch
 from tests.unit.test_ratelimit import busiest_window
 
 

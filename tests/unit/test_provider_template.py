@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.carriers import default_prefix_table
-from engine.config import load_campaign
-from engine.errors import ConfigError, TemplateError
-from engine.messages import MessageBatch
-from engine.pipeline import Batch, StageRunner
-from engine.provider_template import compile_provider_template, placeholders
-from engine.stages import standard_stages
-from engine.template import compile_template
+from engine.core.carriers import default_prefix_table
+from engine.core.config import load_campaign
+from engine.core.errors import ConfigError, TemplateError
+from engine.core.messages import MessageBatch
+from engine.core.provider_template import compile_provider_template, placeholders
+from engine.core.template import compile_template
+from engine.pipeline.runner import Batch, StageRunner
+from engine.pipeline.stages import standard_stages
 
 pytestmark = pytest.mark.usefixtures("kernels")
 

@@ -16,7 +16,7 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.ratelimit import SlidingWindowLimiter
+from engine.sending.ratelimit import SlidingWindowLimiter
 
 
 def test_a_full_window_makes_the_next_request_wait_for_the_oldest_answer_to_leave() -> None:

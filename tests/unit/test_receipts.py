@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.messages import DeliveryStatus
+from engine.core.messages import DeliveryStatus
 from plugins.session_core.receipts import Correlator, Receipt, canonical_id
 
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from engine.messages import MessageBatch, Outcome, State, SubmitResult
-from engine.report import LatencyHistogram, RunRecorder
+from engine.core.messages import MessageBatch, Outcome, State, SubmitResult
+from engine.observability.report import LatencyHistogram, RunRecorder
 
 
 def test_percentiles_are_within_ten_percent() -> None:

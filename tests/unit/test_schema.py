@@ -12,10 +12,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from engine.config import convert_section, load_campaign, load_engine
-from engine.errors import ConfigError
-from engine.plugins import PluginHost
-from engine.schema import main, render, schemas
+from engine.cli.schema import main, render, schemas
+from engine.core.config import convert_section, load_campaign, load_engine
+from engine.core.errors import ConfigError
+from engine.core.plugin_host import PluginHost
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = ROOT / "config" / "schema"
@@ -40,7 +40,7 @@ def test_the_committed_schemas_are_what_the_types_generate(host: PluginHost) -> 
     for name, schema in schemas(host).items():
         committed = (SCHEMA_DIR / name).read_text(encoding="utf-8")
         assert committed == render(schema), (
-            f"config/schema/{name} is stale: regenerate it with `python -m engine.schema` from the "
+            f"config/schema/{name} is stale: regenerate it with `python -m engine.cli.schema` from the "
             "repository root, and commit it"
         )
 
@@ -48,7 +48,7 @@ def test_the_committed_schemas_are_what_the_types_generate(host: PluginHost) -> 
 def test_check_mode_reports_a_stale_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-o", str(tmp_path)]) == 0
     assert main(["-o", str(tmp_path), "--check"]) == 0
-    (tmp_path / "engine.schema.json").write_text("{}\n")
+    (tmp_path / "engine.cli.schema.json").write_text("{}\n")
     assert main(["-o", str(tmp_path), "--check"]) == 1
     assert "stale: " in capsys.readouterr().out
 
@@ -66,7 +66,7 @@ def test_every_example_config_validates_and_names_its_schema(
 
 
 def test_descriptions_come_from_the_field_docstrings() -> None:
-    engine = json.loads((SCHEMA_DIR / "engine.schema.json").read_text(encoding="utf-8"))
+    engine = json.loads((SCHEMA_DIR / "engine.cli.schema.json").read_text(encoding="utf-8"))
     props = engine["$defs"]["EngineConfig"]["properties"]
     assert props["batch_size"]["description"] == "Recipients per batch through the stages."
     assert "uvloop" in props["backend"]["description"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.messages import Message, MessageBatch
-from engine.sender import Accumulator
+from engine.core.messages import Message, MessageBatch
+from engine.sending.sender import Accumulator
 
 
 def mb(rows: range, carrier: str = "cm", prefix: str = "c-") -> MessageBatch:

@@ -7,10 +7,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine.clock import FakeClock
-from engine.pipeline import Batch
-from engine.sendwindow import SendWindow, timezone_for
-from engine.stages import HoldQuietHours
+from engine.core.clock import FakeClock
+from engine.core.sendwindow import SendWindow, timezone_for
+from engine.pipeline.runner import Batch
+from engine.pipeline.stages import HoldQuietHours
 
 SH = ZoneInfo("Asia/Shanghai")
 
@@ -91,7 +91,7 @@ def test_stage_defers_only_the_international_recipients_asleep() -> None:
 
 
 def test_a_gateways_hours_hold_its_carriers_messages_too() -> None:
-    from engine.sendwindow import ALL_DAY
+    from engine.core.sendwindow import ALL_DAY
 
     clock = FakeClock(at(20, 30))  # inside the campaign's 08:00-21:00, outside the gateway's 08:00-20:00
     stage = HoldQuietHours(SendWindow.parse("08:00-21:00"), clock, {"cm": SendWindow.parse("08:00-20:00")})

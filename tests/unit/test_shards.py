@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine.config import load_engine
-from engine.errors import ConfigError
-from engine.messages import MessageBatch, Outcome, SubmitResult
-from engine.pipeline import Batch
-from engine.report import RunRecorder
-from engine.shards import check_shards, shard_config
-from engine.stages import Normalize
+from engine.core.config import load_engine
+from engine.core.errors import ConfigError
+from engine.core.messages import MessageBatch, Outcome, SubmitResult
+from engine.observability.report import RunRecorder
+from engine.pipeline.runner import Batch
+from engine.pipeline.stages import Normalize
+from engine.run.shards import check_shards, shard_config
 
 PHONES = st.one_of(
     st.integers(13_000_000_000, 19_999_999_999).map(str),  # clean

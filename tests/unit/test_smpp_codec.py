@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import smpp34
 
-from engine.messages import DeliveryStatus
+from engine.core.messages import DeliveryStatus
 from plugins.gateway_smpp import codec as c
 from plugins.gateway_smpp.wire import SmppWire, classify
 from plugins.session_core.pool import Kind, Mo

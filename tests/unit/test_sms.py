@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.sms import count_parts, encoding_of, split, units
+from engine.core.sms import count_parts, encoding_of, split, units
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import SourceError
-from engine.messages import Reject, RejectReason
-from engine.source import SourceContext
+from engine.core.errors import SourceError
+from engine.core.messages import Reject, RejectReason
+from engine.pipeline.source import SourceContext
 from plugins.source_file import _io
 from plugins.source_file.config import CsvConfig, JsonlConfig
 from plugins.source_file.csv_source import CsvSource

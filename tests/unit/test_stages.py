@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from engine.carriers import default_prefix_table
-from engine.messages import MessageBatch, Reject, RejectReason
-from engine.pipeline import Batch, StageRunner, positions
-from engine.stages import CountParts, Dedupe, Normalize, Render, Route, standard_stages
-from engine.template import compile_template
+from engine.core.carriers import default_prefix_table
+from engine.core.messages import MessageBatch, Reject, RejectReason
+from engine.core.template import compile_template
+from engine.pipeline.runner import Batch, StageRunner, positions
+from engine.pipeline.stages import CountParts, Dedupe, Normalize, Render, Route, standard_stages
 
 pytestmark = pytest.mark.usefixtures("kernels")  # on the compiled kernels and the pure twins
 

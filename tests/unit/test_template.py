@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import TemplateError
-from engine.template import DEFAULT_OPT_OUT, compile_template
+from engine.core.errors import TemplateError
+from engine.core.template import DEFAULT_OPT_OUT, compile_template
 
 
 def test_signature_body_and_opt_out_make_the_full_text() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import subprocess
 
-from engine.metrics import Metrics
-from engine.worker_metrics import MergedMetrics
+from engine.observability.metrics import Metrics
+from engine.observability.worker_metrics import MergedMetrics
 from tests.conftest import promtool as find_promtool
 
 

@@ -17,17 +17,19 @@ from collections.abc import Sequence
 import httpx
 import msgspec
 
-from engine.errors import (
+from pigeon import (
     ConfigError,
     GatewayAuthError,
+    GatewayContext,
     GatewayProtocolError,
+    GatewayRegistry,
     GatewayTimeout,
     GatewayUnavailable,
+    MessageBatch,
+    Outcome,
+    SubmitResult,
+    hookimpl,
 )
-from engine.gateway import GatewayContext
-from engine.hookspecs import hookimpl
-from engine.messages import MessageBatch, Outcome, SubmitResult
-from engine.plugins import GatewayRegistry
 
 __all__ = ["ExampleConfig", "ExampleGateway"]
 

@@ -1,0 +1,766 @@
+"""Every Prometheus metric Pigeon exports, in one place, with per-batch counting methods.
+
+A :class:`Metrics` owns its own :class:`prometheus_client.CollectorRegistry` (tests and several
+engines in one process never collide). It is created once per run (or per service process),
+pre-initialized from the plan with :meth:`Metrics.prepare` so every series exists from the first
+scrape (dashboards see zeros, not gaps), and passed to the parts that count. Each counting method
+is called once per batch or per gateway request, never per message; label children are looked up
+in plain dicts and hold plain numbers, so a call costs a dict lookup and an add (no lock: the
+counting methods are called from one thread, the event loop's; :meth:`Metrics.delivery_reports`
+and :meth:`Metrics.optouts_added` take a lock, as a service may call them from worker threads).
+
+Names follow DESIGN.md: prefix ``pigeon_``, counters end ``_total``, durations are ``_seconds``
+histograms, labels only from ``stage, reason, carrier, gateway, outcome, status, priority, shard``
+(``pigeon_build_info`` alone carries ``version, python, backend``). Never a phone number, campaign
+id or raw error text: labels that come from outside (a webhook's gateway name, a report's status,
+an opt-out's source) are folded into bounded sets.
+
+The method API (stable; other modules call exactly these)::
+
+    Metrics(*, version=None, backend="")       # registry, build info
+    prepare(*, stages=(), routes={}, in_flight={}, priorities=PRIORITIES)   # pre-initialize
+    stage_batch(stage, n_in, n_out, drops=None, seconds=None)
+    queued(priority, carrier, delta)
+    ratelimit_wait(carrier, seconds)
+    in_flight(gateway, delta)
+    request(gateway, outcome, seconds, n_messages)
+    messages(gateway, carrier, outcome, n, parts=0)
+    retries(gateway, outcome, n)
+    failover(carrier, gateway, n)
+    delivery_reports(counts_by_status, latencies=(), *, gateway="")
+    optouts_added(n, source)
+    exposition() -> (body, content type)
+    serve(addr, port) -> MetricsServer        # /metrics over HTTP in a thread, .close() stops it
+    serving(addr, port, notify=None)          # serve() as a context manager; nothing when port is None
+
+:data:`NO_METRICS` is a :class:`Metrics` that counts nothing (metrics off).
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from importlib import metadata
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+from engine.core.errors import EngineError
+
+__all__ = [
+    "DELIVERY_BUCKETS",
+    "DELIVERY_STATUSES",
+    "GATEWAY_BUCKETS",
+    "MESSAGE_OUTCOMES",
+    "NAMES",
+    "NO_METRICS",
+    "OPTOUT_SOURCES",
+    "PRIORITIES",
+    "REQUEST_OUTCOMES",
+    "STAGE_BUCKETS",
+    "STAGE_REASONS",
+    "Metrics",
+    "MetricsServer",
+    "request_outcome",
+]
+
+# --- label values: bounded sets, every series pre-initialized from them ---------------------------
+
+PRIORITIES = ("transactional", "marketing")
+"""Lanes of the send queue (``priority`` label): a campaign's kind."""
+
+STAGE_REASONS: dict[str, tuple[str, ...]] = {
+    "source": ("malformed_row", "undecodable"),
+    "normalize": ("missing_phone", "invalid_number", "iot_number", "not_mobile"),
+    "dedupe": ("duplicate",),
+    "suppress_optouts": ("opted_out",),
+    "cap": ("capped",),
+    "route": (
+        "unallocated_prefix",
+        "iot_number",
+        "satellite_number",
+        "special_number",
+        "not_mobile",
+        "invalid_number",
+        "no_gateway",
+    ),
+    "render": ("missing_field", "url_in_field", "param_too_long"),
+    "count_parts": ("too_long",),
+    "same_content": ("same_content",),
+    "hold_quiet_hours": ("outside_send_window",),
+}
+"""Stage → every reason it can drop a row for (``RejectReason``/``SuppressReason`` values)."""
+
+REQUEST_OUTCOMES = (
+    "ok",
+    "retry",
+    "throttled",
+    "unavailable",
+    "unreachable",
+    "timeout",
+    "auth",
+    "protocol",
+    "error",
+)
+"""How a gateway request ended: answered (``ok``: every message settled; ``retry``/``throttled``:
+some must go again), or failed as a whole (``unavailable``: answered 5xx, not taken;
+``unreachable``: never left this machine (refused, DNS, TLS), no retry spent;
+``timeout``: no answer, maybe taken; ``auth``: credentials refused; ``protocol``: unreadable
+answer; ``error``: any other gateway error)."""
+
+MESSAGE_OUTCOMES = ("accepted", "rejected", "failed", "unknown")
+"""Where a message ended at the gateways: ``accepted`` (sent), ``rejected`` by the provider,
+``failed`` (request failed for good, retries exhausted), ``unknown`` (no clear answer, not resent)."""
+
+RETRY_OUTCOMES = tuple(o for o in REQUEST_OUTCOMES if o != "ok")
+"""Why messages were sent again (``outcome`` of ``pigeon_retries_total``)."""
+
+DELIVERY_STATUSES = ("delivered", "failed", "expired", "rejected", "unknown")
+"""``DeliveryStatus`` values; anything else counts as ``unknown``."""
+
+OPTOUT_SOURCES = ("api", "mo", "import", "manual", "other")
+"""Where an opt-out came from (the ``reason`` label of ``pigeon_optouts_added_total``)."""
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The Prometheus text format version 0.0.4, which every Prometheus scrapes."""
+
+_OTHER_GATEWAY = "other"
+"""A delivery report naming a gateway the config does not know (webhooks are outside input)."""
+
+# --- buckets -------------------------------------------------------------------------------------
+
+GATEWAY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+)
+"""Gateway round trips and rate-limiter waits: 1 ms (loopback, SMPP window) to a minute (timeouts,
+Retry-After), densest at 25–250 ms where provider HTTP APIs answer."""
+
+STAGE_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.5)
+"""One stage over one batch (about a thousand rows): 10 µs to 0.5 s."""
+
+DELIVERY_BUCKETS = (
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    21600.0,
+    86400.0,
+)
+"""Submit to delivery report: a second (most handsets) to a day (phone off, carrier retries)."""
+
+# --- names ---------------------------------------------------------------------------------------
+
+NAMES = {
+    "stage_in": "pigeon_stage_messages_in_total",
+    "stage_out": "pigeon_stage_messages_out_total",
+    "stage_dropped": "pigeon_stage_messages_dropped_total",
+    "stage_seconds": "pigeon_stage_batch_duration_seconds",
+    "queued": "pigeon_queued_messages",
+    "ratelimit_wait": "pigeon_ratelimit_wait_seconds",
+    "request_seconds": "pigeon_gateway_request_duration_seconds",
+    "request_messages": "pigeon_gateway_request_messages_total",
+    "in_flight": "pigeon_gateway_in_flight_requests",
+    "in_flight_limit": "pigeon_gateway_in_flight_limit",
+    "messages": "pigeon_messages_total",
+    "parts": "pigeon_message_parts_total",
+    "retries": "pigeon_retries_total",
+    "failovers": "pigeon_failovers_total",
+    "dlr": "pigeon_delivery_reports_total",
+    "dlr_seconds": "pigeon_submit_to_delivery_seconds",
+    "optouts": "pigeon_optouts_added_total",
+    "build_info": "pigeon_build_info",
+}
+"""Every metric family's full name (as exposed: counters with ``_total``)."""
+
+
+def _base(name: str) -> str:
+    """prometheus_client appends ``_total`` to counters itself."""
+    return name.removesuffix("_total")
+
+
+_ERROR_OUTCOMES = {
+    "GatewayUnavailable": "unavailable",
+    "GatewayUnreachable": "unreachable",
+    "GatewayTimeout": "timeout",
+    "GatewayAuthError": "auth",
+    "GatewayProtocolError": "protocol",
+}
+
+
+def request_outcome(exc: BaseException) -> str:
+    """The ``outcome`` label for a gateway request that raised ``exc`` (a bounded set)."""
+    for cls in type(exc).__mro__:
+        found = _ERROR_OUTCOMES.get(cls.__name__)
+        if found is not None:
+            return found
+    return "error"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("pigeon-sms")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+# --- families ------------------------------------------------------------------------------------
+#
+# prometheus_client's Counter/Histogram take a lock and check their arguments on every call (about
+# 1.5 and 3 µs on this machine). The counting here happens on one thread — the event loop's — once
+# per batch, so the families below keep plain numbers in slotted objects (an add is ~0.1 µs) and
+# turn them into prometheus_client metric families only when scraped. Scrapes run in another
+# thread: they read a copy of the children (a C-level copy, atomic under the GIL), and a
+# histogram's count is the sum of its buckets, so a scrape never sees them disagree. Methods called
+# from several threads (delivery reports, opt-outs) take a lock of their own in :class:`Metrics`.
+
+
+class _Value:
+    """One series of a counter or gauge."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` (counters: never negative; the callers ensure it)."""
+        self.value += amount
+
+    def set(self, value: float) -> None:
+        """Gauges: set the value."""
+        self.value = value
+
+
+class _Observed:
+    """One series of a histogram: a count per bucket (the last is +Inf) and the sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one value into the first bucket whose upper bound is at least ``value``."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class _Family:
+    """A metric family with labels, registered as a collector; children created once per label set."""
+
+    kind = "counter"
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labelnames: Sequence[str],
+        *,
+        registry: CollectorRegistry,
+        buckets: tuple[float, ...] = (),
+    ) -> None:
+        self.name = name
+        self.doc = doc
+        self.labelnames = list(labelnames)
+        self.buckets = buckets
+        self._le = [floatToGoString(b) for b in buckets]  # type: ignore[no-untyped-call]
+        self._children: dict[tuple[str, ...], Any] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> Any:
+        """The child for these label values (created at zero the first time)."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children.setdefault(values, _Observed(self.buckets) if self.buckets else _Value())
+        return child
+
+    def _family(self) -> Any:
+        if self.kind == "histogram":
+            return HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        if self.kind == "gauge":
+            return GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
+        return CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+
+    def describe(self) -> list[Metric]:
+        """The family without samples (the registry checks names with it)."""
+        return [self._family()]
+
+    def collect(self) -> list[Metric]:
+        """The family with every child's current values."""
+        fam = self._family()
+        for values, child in list(self._children.items()):
+            if isinstance(child, _Observed):
+                cumulative, buckets = 0, []
+                for le, n in zip([*self._le, "+Inf"], list(child.counts), strict=True):
+                    cumulative += n
+                    buckets.append((le, float(cumulative)))
+                fam.add_metric(list(values), buckets=buckets, sum_value=child.sum)
+            else:
+                fam.add_metric(list(values), child.value)
+        return [fam]
+
+
+class _Counter(_Family):
+    kind = "counter"
+
+
+class _Gauge(_Family):
+    kind = "gauge"
+
+
+class _Histogram(_Family):
+    kind = "histogram"
+
+
+class MetricsServer:
+    """``/metrics`` served over HTTP from a daemon thread (prometheus_client's server)."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and port it listens on (the port is the real one when 0 was asked)."""
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        """Where to scrape it."""
+        host, port = self.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving and release the port; waits for the thread."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Metrics:
+    """Pigeon's metrics: one registry, every family, per-batch counting methods.
+
+    :param version: reported by ``pigeon_build_info`` (default: the installed package's).
+    :param backend: the event loop (``asyncio``/``trio``), for ``pigeon_build_info``.
+    """
+
+    enabled = True
+    """False for :data:`NO_METRICS`."""
+
+    def __init__(self, *, version: str | None = None, backend: str = "") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        """The registry :meth:`exposition` renders; nothing else is registered in it."""
+        r = self.registry
+        self._stage_in = _Counter(
+            _base(NAMES["stage_in"]), "Rows that entered a stage (source: rows read).", ["stage"], registry=r
+        )
+        self._stage_out = _Counter(
+            _base(NAMES["stage_out"]), "Rows a stage passed on.", ["stage"], registry=r
+        )
+        self._stage_dropped = _Counter(
+            _base(NAMES["stage_dropped"]),
+            "Rows a stage took out: rejected, suppressed or deferred, by reason.",
+            ["stage", "reason"],
+            registry=r,
+        )
+        self._stage_seconds = _Histogram(
+            NAMES["stage_seconds"],
+            "Time one stage took over one batch.",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self._queued = _Gauge(
+            NAMES["queued"],
+            "Messages handed to the send lanes and waiting for a gateway request "
+            "(packing, lane queue, in-flight window, rate limiter, retry backoff).",
+            ["priority", "carrier"],
+            registry=r,
+        )
+        self._wait = _Histogram(
+            NAMES["ratelimit_wait"],
+            "Time a request waited for its carrier's and gateway's rate budgets (0 when it did not).",
+            ["carrier"],
+            buckets=GATEWAY_BUCKETS,
+            registry=r,
+        )
+        self._req_seconds = _Histogram(
+            NAMES["request_seconds"],
+            "Gateway request round trip, by how the request ended.",
+            ["gateway", "outcome"],
+            buckets=GATEWAY_BUCKETS,
+            registry=r,
+        )
+        self._req_messages = _Counter(
+            _base(NAMES["request_messages"]),
+            "Messages carried by gateway requests (resends included), by how the request ended.",
+            ["gateway", "outcome"],
+            registry=r,
+        )
+        self._in_flight = _Gauge(
+            NAMES["in_flight"], "Gateway requests open right now.", ["gateway"], registry=r
+        )
+        self._in_flight_limit = _Gauge(
+            NAMES["in_flight_limit"], "The gateway's configured in-flight window.", ["gateway"], registry=r
+        )
+        self._messages = _Counter(
+            _base(NAMES["messages"]),
+            "Messages that reached their end at a gateway, by outcome (accepted = sent).",
+            ["gateway", "carrier", "outcome"],
+            registry=r,
+        )
+        self._parts = _Counter(
+            _base(NAMES["parts"]),
+            "Billed SMS parts of the messages counted by pigeon_messages_total.",
+            ["gateway", "carrier", "outcome"],
+            registry=r,
+        )
+        self._retries = _Counter(
+            _base(NAMES["retries"]),
+            "Messages scheduled to be sent again, by the outcome that sent them back.",
+            ["gateway", "outcome"],
+            registry=r,
+        )
+        self._failovers = _Counter(
+            _base(NAMES["failovers"]),
+            "Messages sent through a gateway other than their carrier's primary one.",
+            ["carrier", "gateway"],
+            registry=r,
+        )
+        self._dlr = _Counter(
+            _base(NAMES["dlr"]), "Delivery reports received, by status.", ["gateway", "status"], registry=r
+        )
+        self._dlr_seconds = _Histogram(
+            NAMES["dlr_seconds"],
+            "Time from a gateway accepting a message to its delivery report (the carrier's done time).",
+            ["gateway"],
+            buckets=DELIVERY_BUCKETS,
+            registry=r,
+        )
+        self._optouts = _Counter(
+            _base(NAMES["optouts"]),
+            "Numbers added to the opt-out list, by where the opt-out came from (api, mo, import, manual).",
+            ["reason"],
+            registry=r,
+        )
+        self._build = _Gauge(
+            NAMES["build_info"],
+            "Always 1: the running Pigeon's version, Python and event loop.",
+            ["version", "python", "backend"],
+            registry=r,
+        )
+        self._build.labels(version or _version(), platform.python_version(), backend or "none").set(1)
+        self._stage: dict[str, tuple[Any, Any, Any]] = {}
+        self._drops: dict[tuple[str, str], Any] = {}
+        self._queue: dict[tuple[str, str], Any] = {}
+        self._waits: dict[str, Any] = {}
+        self._flight: dict[str, Any] = {}
+        self._requests: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._outcomes: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._retry: dict[tuple[str, str], Any] = {}
+        self._failover: dict[tuple[str, str], Any] = {}
+        self._gateways: set[str] = set()
+        self._lock = threading.Lock()
+        for source in OPTOUT_SOURCES[:-1]:
+            self._optouts.labels(source)
+
+    # --- set-up ----------------------------------------------------------------------------------
+
+    def prepare(
+        self,
+        *,
+        stages: Iterable[str] = (),
+        routes: Mapping[str, Sequence[str]] | None = None,
+        in_flight: Mapping[str, int] | None = None,
+        priorities: Iterable[str] = PRIORITIES,
+    ) -> None:
+        """Create every series a run can touch, at zero, so dashboards never see gaps.
+
+        :param stages: the stage names, in order (``source`` is always added).
+        :param routes: carrier → the gateways serving it, primary first (``Plan.failover``).
+        :param in_flight: gateway → its configured in-flight window.
+        :param priorities: the lanes (``priority`` label) to show.
+
+        Call it again to add more (the service prepares per campaign); nothing is reset.
+        """
+        routes = routes or {}
+        in_flight = dict(in_flight or {})
+        for stage in ("source", *stages):
+            self._stage_children(stage)
+            for reason in STAGE_REASONS.get(stage, ()):
+                self._drop(stage, reason)
+        gateways = sorted({g for names in routes.values() for g in names} | set(in_flight))
+        self._gateways.update(gateways)
+        for prio in priorities:
+            for carrier in routes:
+                self._queue_child(prio, carrier)
+        for carrier, names in routes.items():
+            self._wait_child(carrier)
+            for g in names:
+                for outcome in MESSAGE_OUTCOMES:
+                    self._outcome_children(g, carrier, outcome)
+                self._failover_child(carrier, g)
+        for g in gateways:
+            self._flight_child(g)
+            if g in in_flight:
+                self._in_flight_limit.labels(g).set(in_flight[g])
+            for outcome in REQUEST_OUTCOMES:
+                self._request_children(g, outcome)
+            for outcome in RETRY_OUTCOMES:
+                self._retry_child(g, outcome)
+            for status in DELIVERY_STATUSES:
+                self._dlr.labels(g, status)
+            self._dlr_seconds.labels(g)
+
+    # --- counting (once per batch or request) ----------------------------------------------------
+
+    def stage_batch(
+        self,
+        stage: str,
+        n_in: int,
+        n_out: int,
+        drops: Mapping[str, int] | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        """One stage ran over one batch: rows in, rows out, rows dropped by reason, time taken."""
+        c = self._stage.get(stage) or self._stage_children(stage)
+        c[0].inc(n_in)
+        c[1].inc(n_out)
+        if seconds is not None:
+            c[2].observe(seconds)
+        if drops:
+            get = self._drops.get
+            for reason, n in drops.items():
+                (get((stage, reason)) or self._drop(stage, reason)).inc(n)
+
+    def queued(self, priority: str, carrier: str, delta: int) -> None:
+        """Messages entered (``delta`` > 0) or left (< 0) the send queue of a lane and carrier."""
+        (self._queue.get((priority, carrier)) or self._queue_child(priority, carrier)).inc(delta)
+
+    def ratelimit_wait(self, carrier: str, seconds: float) -> None:
+        """A request waited ``seconds`` (0 when it did not) for the rate budgets of ``carrier``."""
+        (self._waits.get(carrier) or self._wait_child(carrier)).observe(seconds)
+
+    def in_flight(self, gateway: str, delta: int) -> None:
+        """A request to ``gateway`` opened (+1) or closed (-1)."""
+        (self._flight.get(gateway) or self._flight_child(gateway)).inc(delta)
+
+    def request(self, gateway: str, outcome: str, seconds: float, n_messages: int) -> None:
+        """One gateway request of ``n_messages`` took ``seconds`` and ended with ``outcome``
+        (one of :data:`REQUEST_OUTCOMES`)."""
+        c = self._requests.get((gateway, outcome)) or self._request_children(gateway, outcome)
+        c[0].observe(seconds)
+        c[1].inc(n_messages)
+
+    def messages(self, gateway: str, carrier: str, outcome: str, n: int, parts: int = 0) -> None:
+        """``n`` messages (``parts`` billed parts) of ``carrier`` ended at ``gateway`` with
+        ``outcome`` (one of :data:`MESSAGE_OUTCOMES`)."""
+        if n:
+            c = self._outcomes.get((gateway, carrier, outcome)) or self._outcome_children(
+                gateway, carrier, outcome
+            )
+            c[0].inc(n)
+            if parts:
+                c[1].inc(parts)
+
+    def retries(self, gateway: str, outcome: str, n: int) -> None:
+        """``n`` messages sent back for another attempt after ``gateway`` answered ``outcome``."""
+        if n:
+            (self._retry.get((gateway, outcome)) or self._retry_child(gateway, outcome)).inc(n)
+
+    def failover(self, carrier: str, gateway: str, n: int) -> None:
+        """``n`` messages of ``carrier`` went to ``gateway``, which is not the carrier's primary."""
+        (self._failover.get((carrier, gateway)) or self._failover_child(carrier, gateway)).inc(n)
+
+    def delivery_reports(
+        self,
+        counts_by_status: Mapping[str, int],
+        latencies: Iterable[float] = (),
+        *,
+        gateway: str = "",
+    ) -> None:
+        """A batch of delivery reports: counts by status, and the submit-to-report seconds of
+        those whose times are known. A gateway or status outside the config's and
+        ``DeliveryStatus``'s sets is counted as ``other`` / ``unknown`` (webhooks are outside input)."""
+        g = gateway if gateway in self._gateways else _OTHER_GATEWAY
+        with self._lock:
+            for status, n in counts_by_status.items():
+                if n:
+                    self._dlr.labels(g, status if status in DELIVERY_STATUSES else "unknown").inc(n)
+            h = self._dlr_seconds.labels(g)
+            for s in latencies:
+                h.observe(max(0.0, s))
+
+    def optouts_added(self, n: int, source: str) -> None:
+        """``n`` numbers newly added to the opt-out list from ``source`` (``api``, ``mo``,
+        ``import``, ``manual``; anything else counts as ``other``)."""
+        if n:
+            with self._lock:
+                self._optouts.labels(source if source in OPTOUT_SOURCES else "other").inc(n)
+
+    # --- output ----------------------------------------------------------------------------------
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition of every series and its content type: what ``/metrics`` serves."""
+        return generate_latest(self.registry), CONTENT_TYPE
+
+    def serve(self, addr: str = "127.0.0.1", port: int = 0) -> MetricsServer:
+        """Serve ``/metrics`` (any path) on ``addr:port`` from a daemon thread until closed.
+
+        Raises :class:`~engine.core.errors.EngineError` when the address cannot be bound.
+        """
+        try:
+            server, thread = start_http_server(port, addr, registry=self.registry)
+        except OSError as exc:
+            raise EngineError(
+                f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}; "
+                "choose another --metrics-port (or --metrics-addr)"
+            ) from None
+        return MetricsServer(server, thread)
+
+    def serving(
+        self, addr: str, port: int | None, notify: Callable[[str], None] | None = None
+    ) -> AbstractContextManager[MetricsServer | None]:
+        """:meth:`serve` now (so a taken port fails at once) and stop at the end of the ``with``;
+        nothing when ``port`` is None. ``notify`` is told the URL."""
+        if port is None:
+            return nullcontext()
+        server = self.serve(addr, port)
+        if notify is not None:
+            notify(f"metrics: {server.url}")
+        return server
+
+    # --- children, created once --------------------------------------------------------------------
+
+    def _stage_children(self, stage: str) -> tuple[Any, Any, Any]:
+        c = self._stage[stage] = (
+            self._stage_in.labels(stage),
+            self._stage_out.labels(stage),
+            self._stage_seconds.labels(stage),
+        )
+        return c
+
+    def _drop(self, stage: str, reason: str) -> Any:
+        c = self._drops[stage, reason] = self._stage_dropped.labels(stage, reason)
+        return c
+
+    def _queue_child(self, priority: str, carrier: str) -> Any:
+        c = self._queue[priority, carrier] = self._queued.labels(priority, carrier)
+        return c
+
+    def _wait_child(self, carrier: str) -> Any:
+        c = self._waits[carrier] = self._wait.labels(carrier)
+        return c
+
+    def _flight_child(self, gateway: str) -> Any:
+        c = self._flight[gateway] = self._in_flight.labels(gateway)
+        return c
+
+    def _request_children(self, gateway: str, outcome: str) -> tuple[Any, Any]:
+        c = self._requests[gateway, outcome] = (
+            self._req_seconds.labels(gateway, outcome),
+            self._req_messages.labels(gateway, outcome),
+        )
+        return c
+
+    def _outcome_children(self, gateway: str, carrier: str, outcome: str) -> tuple[Any, Any]:
+        c = self._outcomes[gateway, carrier, outcome] = (
+            self._messages.labels(gateway, carrier, outcome),
+            self._parts.labels(gateway, carrier, outcome),
+        )
+        return c
+
+    def _retry_child(self, gateway: str, outcome: str) -> Any:
+        c = self._retry[gateway, outcome] = self._retries.labels(gateway, outcome)
+        return c
+
+    def _failover_child(self, carrier: str, gateway: str) -> Any:
+        c = self._failover[carrier, gateway] = self._failovers.labels(carrier, gateway)
+        return c
+
+
+class _NoMetrics(Metrics):
+    """Counts nothing: every method returns at once (metrics off)."""
+
+    enabled = False
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+
+    def prepare(self, **_: Any) -> None:
+        """Nothing to create."""
+
+    def stage_batch(self, *_: Any, **__: Any) -> None:
+        """Not counted."""
+
+    def queued(self, *_: Any) -> None:
+        """Not counted."""
+
+    def ratelimit_wait(self, *_: Any) -> None:
+        """Not counted."""
+
+    def in_flight(self, *_: Any) -> None:
+        """Not counted."""
+
+    def request(self, *_: Any) -> None:
+        """Not counted."""
+
+    def messages(self, *_: Any, **__: Any) -> None:
+        """Not counted."""
+
+    def retries(self, *_: Any) -> None:
+        """Not counted."""
+
+    def failover(self, *_: Any) -> None:
+        """Not counted."""
+
+    def delivery_reports(self, *_: Any, **__: Any) -> None:
+        """Not counted."""
+
+    def optouts_added(self, *_: Any) -> None:
+        """Not counted."""
+
+
+NO_METRICS: Metrics = _NoMetrics()
+"""Metrics off: a :class:`Metrics` whose counting methods do nothing and whose registry is empty."""

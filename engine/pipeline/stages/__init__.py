@@ -1,0 +1,74 @@
+"""The built-in synchronous stages, one per module, and the standard order they run in."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+from engine.core.carriers import PrefixTable
+from engine.core.template import BoundTemplate
+from engine.pipeline.runner import Stage
+from engine.pipeline.stages.cap import Cap
+from engine.pipeline.stages.count_parts import CountParts
+from engine.pipeline.stages.dedupe import Dedupe
+from engine.pipeline.stages.hold_quiet_hours import HoldQuietHours
+from engine.pipeline.stages.normalize import Normalize
+from engine.pipeline.stages.render import Render
+from engine.pipeline.stages.route import CarrierResolver, Route
+from engine.pipeline.stages.same_content import SameContent
+from engine.pipeline.stages.suppress_optouts import SuppressOptouts
+from engine.state.optout import OptOutSet
+
+__all__ = [
+    "Cap",
+    "CarrierResolver",
+    "CountParts",
+    "Dedupe",
+    "HoldQuietHours",
+    "Normalize",
+    "Render",
+    "Route",
+    "SameContent",
+    "SuppressOptouts",
+    "standard_stages",
+]
+
+
+def standard_stages(
+    template: BoundTemplate,
+    table: PrefixTable,
+    routable: Collection[str],
+    resolvers: Sequence[CarrierResolver] = (),
+    optouts: OptOutSet | None = None,
+    caps: Cap | None = None,
+    quiet_hours: HoldQuietHours | None = None,
+    *,
+    forbid_urls_in_fields: bool = False,
+    same_content: SameContent | None = None,
+    shard: tuple[int, int] | None = None,
+) -> list[Stage]:
+    """normalize → suppress_optouts → cap → route → render → count_parts → dedupe → same_content
+    → hold_quiet_hours.
+
+    ``suppress_optouts`` runs when an opt-out set is given (marketing campaigns), ``cap`` when
+    the engine configures caps for the campaign's kind, ``hold_quiet_hours`` when the campaign
+    has a send window (marketing, by default). ``shard=(index, count)``: ``normalize`` keeps only
+    that shard's numbers and rejects (a sharded send, :mod:`engine.run.shards`).
+
+    ``dedupe`` comes after every stage that rejects a row: a number is used up by the first row
+    that could be sent, so a number that cannot be sent is rejected with its reason on every row
+    (not ``duplicate`` from its second on), and a row refused for its own data (an empty field, a
+    text over the maximum) leaves the number to its next row. Opt-outs and caps are the number's,
+    the same on every row, so they may come first.
+    """
+    return [
+        Normalize(shard),
+        *([SuppressOptouts(optouts)] if optouts is not None else []),
+        *([caps] if caps is not None else []),
+        Route(table, routable, resolvers),
+        Render(template, forbid_urls=forbid_urls_in_fields),
+        CountParts(template.template),
+        Dedupe(),
+        *([same_content] if same_content is not None else []),
+        # Last: only messages that could go now are held, never rows that would be rejected.
+        *([quiet_hours] if quiet_hours is not None else []),
+    ]

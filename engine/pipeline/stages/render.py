@@ -1,0 +1,117 @@
+"""Stage ``render``: fill defaults, reject rows missing a required field, and format every text.
+
+For a template filed with a provider (:mod:`engine.core.provider_template`) it also checks each row's
+parameter values against the provider's rules (length, no link) and keeps them in
+``batch.params`` for the gateway.
+"""
+
+from __future__ import annotations
+
+import re
+from operator import itemgetter
+
+from engine.core.messages import RejectReason
+from engine.core.provider_template import LINK, ProviderTemplate
+from engine.core.template import BoundTemplate
+from engine.pipeline.runner import Batch, positions
+
+__all__ = ["Render"]
+
+_LINK = re.compile(r"(?i)\b(?:https?://|www\.)|\b[a-z0-9-]+\.(?:com|cn|net|top|xyz|cc|me|io|shop)(?:/|\b)")
+
+
+class Render:
+    """Fills ``batch.texts`` with the template compiled into one list comprehension (defaults included)."""
+
+    name = "render"
+
+    def __init__(self, template: BoundTemplate, *, forbid_urls: bool = False) -> None:
+        self.template = template
+        self.forbid_urls = forbid_urls
+        """Reject rows whose field values hold a link (for gateways that refuse links in variables)."""
+        self._field_cols = sorted({template.index[f] for f in template.template.fields})
+        self.provider: ProviderTemplate | None = template.template.provider
+        """The filed template whose parameters each row must carry (None: free text)."""
+        if self.provider is not None:
+            p = self.provider
+            self._param_cols = [template.index[f] for f in p.fields]
+            self._param_defaults = [d or "" for d in p.defaults]
+
+    def process(self, batch: Batch) -> None:
+        """Render every row of the batch."""
+        t = self.template
+        rows = batch.rows
+        if self.forbid_urls and self._field_cols:
+            self._drop_links(batch)
+            rows = batch.rows
+        missing: dict[int, str] = {}
+        for col, field in t.required:
+            getter = itemgetter(col)
+            if all(map(getter, rows)):  # the usual case: no value empty, no list built
+                continue
+            for i in positions(list(map(getter, rows)), ""):
+                missing.setdefault(i, field)
+        if missing:
+            idx = sorted(missing)
+            batch.drop(
+                idx,
+                RejectReason.MISSING_FIELD,
+                [f"field {missing[i]!r} is empty; give it a default: {{{missing[i]}|…}}" for i in idx],
+            )
+            rows = batch.rows
+        if self.provider is not None:
+            self._params(batch)
+            rows = batch.rows
+        batch.texts = t.render_rows(rows)
+
+    def _drop_links(self, batch: Batch) -> None:
+        rows = batch.rows
+        values = ["\x00".join([r[c] for c in self._field_cols]) for r in rows]
+        if not _LINK.search("\x00".join(values)):
+            return
+        bad = [i for i, v in enumerate(values) if _LINK.search(v)]
+        batch.drop(
+            bad,
+            RejectReason.URL_IN_FIELD,
+            "a field holds a link, and a gateway of this campaign refuses links in variables: "
+            "put the link in the template text",
+        )
+
+    def _params(self, batch: Batch) -> None:
+        """Each row's parameter values (defaults filled), rows breaking a provider rule dropped."""
+        p = self.provider
+        assert p is not None
+        cols, defaults = self._param_cols, self._param_defaults
+        values = [tuple([r[c] or d for c, d in zip(cols, defaults, strict=True)]) for r in batch.rows]
+        bad: dict[int, tuple[str, str]] = {}
+        limits = p.limits
+        for k, limit in enumerate(limits):
+            column = [v[k] for v in values]
+            if max(map(len, column), default=0) > limit:
+                for i, v in enumerate(column):
+                    if len(v) > limit:
+                        bad.setdefault(
+                            i,
+                            (
+                                RejectReason.PARAM_TOO_LONG,
+                                f"parameter {p.names[k]} ({p.fields[k]}) has {len(v)} characters; "
+                                f"the filed template allows {limit}",
+                            ),
+                        )
+            if not p.links_allowed and LINK.search("\x00".join(column)):
+                for i, v in enumerate(column):
+                    if LINK.search(v):
+                        bad.setdefault(
+                            i,
+                            (
+                                RejectReason.URL_IN_FIELD,
+                                f"parameter {p.names[k]} ({p.fields[k]}) holds a link; {p.provider} "
+                                "refuses links in variables: put the link in the filed text",
+                            ),
+                        )
+        if bad:
+            idx = sorted(bad)
+            batch.drop(idx, [bad[i][0] for i in idx], [bad[i][1] for i in idx])
+            skip = set(idx)
+            values = [v for i, v in enumerate(values) if i not in skip]
+        batch.params = [(p, v) for v in values]

@@ -1,0 +1,349 @@
+"""The send loop of one process: batches through the stages into the lanes, with ledger, caps, progress."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+
+from engine.core.clock import Clock
+from engine.core.config import convert_section
+from engine.core.errors import (
+    RunHalt,
+)
+from engine.core.messages import DeliveryReport, MessageBatch, State
+from engine.core.sendwindow import SendWindow
+from engine.observability.metrics import NO_METRICS, Metrics
+from engine.observability.report import RejectsWriter, RunRecorder, RunSummary, close_writers
+from engine.pipeline.stages.same_content import content_hash
+from engine.run.control import RunControl, SendResources
+from engine.run.plan import Plan, ProgressHook, _summarize, _verdict, prepare_run
+from engine.sending.gateway import Gateway, GatewayContext, Receiving
+from engine.sending.ratelimit import SlidingWindowLimiter
+from engine.sending.retry import Breaker, RetryPolicy
+from engine.sending.sender import Accumulator, Halt, Lane, LaneItem, RouteHealth
+from engine.sending.webhooks import MoReply, opt_outs_in
+from engine.state.ledger import CampaignLedger, skip_rows
+from engine.state.optout import DEFAULT_KEYWORDS
+from engine.state.store.sqlite import SqliteStore
+
+WINDOW_POLL_SECONDS = 60.0
+"""How often a paused blast looks at the clock again."""
+
+
+async def _wait_for_window(
+    window: SendWindow, clock: Clock, notify: Callable[[str], None] | None, stop: anyio.Event | None = None
+) -> None:
+    """Pause the blast until the send window opens (or a stop is asked for)."""
+    now = clock.time()
+    if notify is not None:
+        notify(f"outside sending hours {window}: paused; resuming {window.describe_opening(now)}")
+    while not window.is_open(now := clock.time()):
+        if stop is not None and stop.is_set():
+            return
+        with anyio.move_on_after(min(WINDOW_POLL_SECONDS, max(0.01, window.next_open(now) - now))):
+            await (stop.wait() if stop is not None else anyio.sleep_forever())
+    if notify is not None:
+        notify("sending hours: resumed")
+
+
+def _cap_recorder(
+    plan: Plan, store: SqliteStore | None, ledger: CampaignLedger | None = None
+) -> Callable[[MessageBatch, bool, str], None]:
+    """Count each request's messages against the caps when they are first handed to the gateway,
+    in memory for this run and in the store for the next ones — with the ledger, in the transaction
+    that records the request's rows as ``submitting`` (a retry's hand-over counts nothing again)."""
+    caps, kind, clock = plan.caps, plan.campaign.config.kind, plan.clock
+    with_content = plan.same_content is not None
+    counting = store is not None
+
+    def handover(batch: MessageBatch, first: bool, gateway: str) -> None:
+        now = clock.time()
+        keys = batch.keys() if counting and first else None
+        contents = list(map(content_hash, batch.texts)) if with_content and keys is not None else None
+        if ledger is not None:
+            ledger.handover(batch, now=now, keys=keys, contents=contents, gateway=gateway)
+        elif store is not None and keys is not None:
+            store.record_sends(kind, keys, now, contents)
+        if caps is not None and keys is not None:  # after the store: a refused hand-over counts nothing
+            caps.record(now, keys)
+
+    return handover
+
+
+class _RunSink:
+    """Where a run's SMPP/CMPP binds hand the receipts and replies they read: receipts into the
+    campaign's ledger, opt-out replies into the store and this run's opt-out set (``pigeon serve``
+    has its own, for its blasts and API messages)."""
+
+    def __init__(self, plan: Plan, ledger: CampaignLedger | None, metrics: Metrics) -> None:
+        self.plan, self.ledger, self.metrics = plan, ledger, metrics
+
+    async def reports(self, reports: Sequence[DeliveryReport]) -> None:
+        """Into the ledger (matched by provider id or message id, as webhooks' are)."""
+        if self.ledger is not None and reports:
+            self.ledger.ledger.apply_reports(reports)
+
+    async def replies(self, replies: Sequence[MoReply]) -> None:
+        """An R / 退订 reply: the number is opted out now, for this run and every later one."""
+        numbers, records = opt_outs_in(replies, DEFAULT_KEYWORDS)
+        if records:
+            store = SqliteStore(self.plan.engine.store_path)
+            try:
+                self.metrics.optouts_added(store.add_optouts(records), "mo")
+            finally:
+                store.close()
+            if self.plan.optouts is not None:
+                self.plan.optouts.add(numbers)
+
+
+async def _serving(gateways: list[Receiving], scope: anyio.CancelScope) -> None:
+    """Keep the ``gateways``' binds read until the run ends (``scope`` is cancelled then)."""
+    with scope:
+        async with anyio.create_task_group() as tg:
+            for gw in gateways:
+                tg.start_soon(gw.serve)
+
+
+RECENT_SECONDS = 3.0
+"""How far back a starting run looks for requests of earlier runs (a killed one's may still be on
+their way): a window, plus the time a request may take to arrive."""
+
+
+def _count_recent(
+    ledger: CampaignLedger,
+    clock: Clock,
+    limiters: dict[str, SlidingWindowLimiter],
+    gateway_limiters: dict[str, SlidingWindowLimiter],
+    shard: tuple[int, int] | None,
+) -> None:
+    """Charge the budgets with what runs on this store handed over in the last seconds (a run just
+    killed and resumed, or one that just ended): they may reach the provider in this run's first
+    second. Charged until a window from now (when they have arrived, at the latest)."""
+    by_carrier, by_gateway = ledger.ledger.recent_parts(clock.time() - RECENT_SECONDS)
+    share = shard[1] if shard is not None else 1
+    now = clock.monotonic()
+    for budgets, used in ((limiters, by_carrier), (gateway_limiters, by_gateway)):
+        for name, parts in used.items():
+            lim = budgets.get(name)
+            if lim is not None:
+                lim.charge(-(-parts // share), now)
+
+
+PROGRESS_TICK = 1.0
+"""Seconds between two progress calls while no batch moves (a paused route, a full lane)."""
+
+
+async def _send(
+    plan: Plan,
+    run_dir: Path,
+    progress: ProgressHook | None,
+    clock: Clock,
+    notify: Callable[[str], None] | None = None,
+    stop: anyio.Event | None = None,
+    metrics: Metrics = NO_METRICS,
+    ledger: CampaignLedger | None = None,
+    *,
+    control: RunControl | None = None,
+    shared: SendResources | None = None,
+    recorder: RunRecorder | None = None,
+    shard: tuple[int, int] | None = None,
+    on_finish: Callable[[bool], None] | None = None,
+) -> RunSummary:
+    """Send ``plan``; ``control`` pauses and resumes it between batches, ``shared`` lends it the
+    gateways and budgets of a long-running service (not opened or closed here), ``recorder`` lets
+    the caller watch the counts while it runs. ``shard=(index, count)`` sends only that shard's
+    rows, and ``on_finish`` is then told whether the shard handled all of them, instead of the
+    ledger marking the campaign finished (:mod:`engine.run.shards`: the parent does, once every shard
+    is done)."""
+    started = time.perf_counter()
+    ecfg = plan.engine.config
+    recorder = recorder or RunRecorder(plan.prices)
+    if ledger is not None:
+        recorder.sinks.append(ledger)
+    segment = plan.open_segment(shard)  # template and header checks: before any gateway opens
+    kind = plan.campaign.config.kind
+    recorder.metrics = segment.runner.metrics = metrics
+    prepare_run(metrics, plan, [s.name for s in segment.runner.stages])
+    for state, name in (
+        (State.REJECTED, "rejects.csv"),
+        (State.SUPPRESSED, "suppressed.csv"),
+        (State.DEFERRED, "deferred.csv"),
+    ):
+        recorder.writers[state] = RejectsWriter(run_dir / name)
+    gateways: dict[str, Gateway] = {}
+    counting = plan.caps is not None or plan.same_content is not None
+    store = SqliteStore(plan.engine.store_path) if counting else None
+    halt = Halt()
+    health = RouteHealth(
+        clock,
+        limit=ecfg.outage.limit,
+        halt=halt,
+        notify=notify,
+        waiting=recorder.waiting,
+        campaign=plan.campaign.id,
+    )
+    try:
+        for name in sorted({g for names in plan.failover.values() for g in names}):
+            if shared is not None:
+                gateways[name] = shared.gateways[name]
+                continue
+            gcfg = ecfg.gateways[name]
+            reg = plan.host.gateways.get(gcfg.plugin)
+            opts = convert_section(
+                gcfg.options,
+                reg.config_type,
+                file=plan.engine.file,
+                path=f"gateways.{name}.options",
+            )
+            gateways[name] = reg.factory(
+                opts, GatewayContext(name=name, base_dir=plan.engine.base_dir, run_dir=run_dir)
+            )
+        floor = plan.max_parts
+        limiters: dict[str, SlidingWindowLimiter] = {
+            c: SlidingWindowLimiter(cc.rate_per_second, min_rate=floor)
+            for c, cc in ecfg.carriers.items()
+            if cc.rate_per_second
+        }
+        lanes = {name: anyio.create_memory_object_stream[LaneItem](4) for name in set(plan.routes.values())}
+        breakers = {
+            name: Breaker(ecfg.gateways[name].breaker_threshold, ecfg.gateways[name].breaker_cooldown)
+            for name in gateways
+        }
+        policy = RetryPolicy(ecfg.retry.max_attempts, ecfg.retry.base, ecfg.retry.cap)
+        gateway_limiters = {
+            name: SlidingWindowLimiter(rate, min_rate=floor)
+            for name in gateways
+            if (rate := ecfg.gateways[name].rate_per_second)
+        }
+        if shared is not None:
+            limiters, gateway_limiters = dict(shared.limiters), dict(shared.gateway_limiters)
+            breakers = dict(shared.breakers)
+        elif ledger is not None:
+            _count_recent(ledger, clock, limiters, gateway_limiters, shard)
+        prefix = f"{plan.campaign.id}-"
+        outbox = {c: lanes[g][0] for c, g in plan.routes.items()}
+        packers = {c: Accumulator(gateways[g].max_batch) for c, g in plan.routes.items()}
+        if ledger is not None:
+            ledger.group_commit = True  # an answer commits with the next hand-over (Lane.on_idle)
+        handover = _cap_recorder(plan, store, ledger) if store is not None or ledger else None
+        exhausted = False
+
+        async def tick() -> None:  # a line even while no batch moves (a paused route, a full lane)
+            while progress is not None:
+                await anyio.sleep(PROGRESS_TICK)
+                progress(recorder, time.perf_counter() - started, segment.reader.fraction_read(), False)
+
+        async with anyio.create_task_group() as tg:
+            ticker = anyio.CancelScope()
+
+            async def ticking() -> None:
+                with ticker:
+                    await tick()
+
+            tg.start_soon(ticking)
+            inbound: list[Receiving] = []
+            if shared is None:  # receipts and replies read on the binds during the run (SMPP, CMPP)
+                inbound = [g for g in gateways.values() if isinstance(g, Receiving)]
+            reading = anyio.CancelScope()
+            if inbound:
+                sink = _RunSink(plan, ledger, metrics)
+                for receiver in inbound:
+                    receiver.attach(sink)
+                    collector = getattr(receiver, "metrics_collector", None)
+                    registry = getattr(metrics, "registry", None)
+                    if callable(collector) and registry is not None and metrics is not NO_METRICS:
+                        with suppress(ValueError):  # (already registered: a metrics object reused)
+                            registry.register(collector())
+                tg.start_soon(_serving, inbound, reading)
+            for name, (_, rx) in lanes.items():
+                lane = Lane(
+                    gateways[name],
+                    gateways={c: [gateways[g] for g in names] for c, names in plan.failover.items()},
+                    limiters=limiters,
+                    gateway_limiters=gateway_limiters,
+                    breakers=breakers,
+                    clock=clock,
+                    recorder=recorder,
+                    on_handover=handover,
+                    policy=policy,
+                    in_flight=ecfg.gateways[name].in_flight,
+                    priority=kind,
+                    on_idle=ledger.flush if ledger is not None else None,
+                    health=health,
+                )
+                tg.start_soon(lane.run, rx)
+            try:
+                windows = plan.pause_windows()
+                batches = segment.batches(ecfg.batch_size)
+                while (stop is None or not stop.is_set()) and not halt:
+                    if control is not None:
+                        await control.wait_running()
+                    for window in windows:
+                        if not window.is_open(plan.clock.time()):
+                            await _wait_for_window(window, plan.clock, notify, stop)  # before reading on
+                    if (stop is not None and stop.is_set()) or halt:
+                        break
+                    batch = next(batches, None)
+                    if batch is None:
+                        exhausted = True
+                        break
+                    if ledger is not None:
+                        if ledger.skip is not None:
+                            skip_rows(batch, ledger.skip)  # already handled by an earlier run
+                        if ledger.should_stop():  # cancelled meanwhile (looked up once a second)
+                            break
+                    recorder.dropped(batch.rejects)
+                    if batch.nums:
+                        recorder.queued(len(batch))
+                        for carrier, msgs in batch.messages(prefix).items():
+                            metrics.queued(kind, carrier, len(msgs))
+                            for full in packers[carrier].add(msgs):
+                                await outbox[carrier].send(full)
+                    if progress is not None:
+                        progress(
+                            recorder, time.perf_counter() - started, segment.reader.fraction_read(), False
+                        )
+                    await anyio.lowlevel.checkpoint()
+                for carrier, packer in packers.items():
+                    for rest in packer.flush():
+                        await outbox[carrier].send(rest)
+            finally:
+                for tx, _ in lanes.values():
+                    tx.close()
+                ticker.cancel()
+                reading.cancel()
+        stopped = stop is not None and stop.is_set()
+        complete = not stopped and not halt and exhausted and not recorder.states[State.DEFERRED]
+        if complete and ledger is not None and ledger.should_stop():
+            complete = False  # cancelled meanwhile
+        verdict = _verdict(plan, recorder, ledger) if complete and shard is None else None
+        if on_finish is not None:
+            if ledger is not None:
+                ledger.flush()
+            on_finish(complete)
+        elif ledger is not None:
+            try:
+                ledger.finish(complete=complete and verdict is None)
+            except RunHalt as exc:  # the store refuses even the last flush: say so in the summary
+                halt(exc.reason, str(exc))
+    finally:
+        segment.close()
+        close_writers(recorder)
+        if store is not None:
+            store.close()
+        for gw in gateways.values() if shared is None else ():
+            with anyio.move_on_after(10, shield=True), suppress(Exception):
+                await gw.aclose()
+    if progress is not None:
+        progress(recorder, time.perf_counter() - started, 1.0, True)
+    summary = _summarize(plan, recorder, "send", time.perf_counter() - started, str(run_dir))
+    summary.stopped = stop is not None and stop.is_set()
+    summary.halted, summary.message = halt.reason, halt.message
+    if verdict is not None:
+        summary.verdict, summary.message = verdict.reason, verdict.message
+    return summary

@@ -1,0 +1,272 @@
+"""Run one blast of ``pigeon serve`` in a process of its own, controlled over its stdin and stdout.
+
+A blast at full speed keeps an event loop CPU-bound (stages, the ledger, the gateway client): in
+the service's own loop every API request, priority-lane request and ``/metrics`` render would
+wait behind its ready tasks. The service therefore starts each campaign as
+``python -m engine.run.blast_worker`` (:class:`engine.service.campaigns.Campaigns`), on the same code path as
+``pigeon send`` (``_send`` with the campaign ledger: every recipient recorded, resumable), with
+the marketing part of every carrier's and gateway's rate (``rate × (1 − transactional_share)``,
+:func:`engine.sending.priority.split_budgets`) while the service keeps the reserved part for its priority
+lane. The operating system then shares the cores between the two loops (:data:`NICE`).
+
+Protocol (one line each, UTF-8):
+
+* stdin, from the service: ``pause``, ``resume``, ``stop`` (no more rows; drain what is in flight;
+  the ledger stays resumable), ``optouts ["138…", …]`` (numbers that just opted out, into the
+  blast's opt-out set). End of input means ``stop``; so do SIGTERM and SIGINT.
+* stdout, to the service: JSON objects: ``{"event": "started", "metrics_url": …}``, then
+  ``{"event": "progress", …}`` at most every :data:`PROGRESS_EVERY` seconds and a last one with
+  ``"done": true`` (:class:`Progress`), ``{"event": "metrics", "text": …}`` (its exposition, once a
+  second), or ``{"event": "failed", "error": …}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import msgspec
+
+from engine.core.config import convert_section
+from engine.core.errors import EngineError
+from engine.observability.jsonlog import setup_logging
+from engine.observability.metrics import Metrics
+from engine.observability.report import RunRecorder
+from engine.run.blast import _send
+from engine.run.control import RunControl, SendResources
+from engine.run.plan import Plan, _open_ledger, prepare
+from engine.sending.gateway import Gateway, GatewayContext
+from engine.sending.priority import split_budgets
+from engine.sending.retry import Breaker
+from engine.state.ledger import CampaignLedger
+
+__all__ = ["METRICS_FILE", "NICE", "PROGRESS_EVERY", "Progress", "main"]
+
+PROGRESS_EVERY = 0.25
+"""Seconds between two progress lines."""
+METRICS_EVERY = 4
+"""Progress lines between two copies of the worker's exposition sent to the service (one a second:
+a scrape of the service then never waits for the worker)."""
+METRICS_FILE = "metrics.prom"
+"""The worker's last exposition, in its run directory."""
+NICE = 19
+"""How much lower the worker's CPU priority is than the service's (``os.nice``; ``--nice``).
+
+The lowest: on a busy machine the API's requests and the priority lane run first, and the blast
+takes what is left. Measured on 2 cores (``loadtests/service_load.py``, 1M-row blast, 200
+transactional posts/s, final code of 2026-12-01, back to back): API accept → gateway request p99
+19.9 / 22.3 ms at nice 0, 14.3 / 17.2 ms at nice 10, 12.2 / 17.6 ms at nice 19; the blast under
+load 0.65 / 0.70, 0.62 / 0.57 and 0.69 / 0.62 of the blast alone. (Before the service's store
+connection waited for the write lock in fine steps, a niced worker made things worse: the
+service slept in SQLite's 1, 2, 5 … ms steps behind a descheduled worker's lock.)"""
+
+
+class Progress(msgspec.Struct, kw_only=True):
+    """Where the blast stands: the counts the service shows in ``GET /v1/campaigns/{id}``."""
+
+    event: str = "progress"
+    rows: int = 0
+    fraction: float | None = 0.0
+    states: dict[str, int] = {}
+    reasons: dict[str, dict[str, int]] = {}
+    carriers: dict[str, int] = {}
+    """Carrier → messages accepted by a gateway."""
+    done: bool = False
+    stopped: bool = False
+    halted: str = ""
+    """A fault stopped the blast (``RunSummary.halted``): everyone not sent is pending."""
+    verdict: str = ""
+    message: str = ""
+
+
+def snapshot(recorder: RunRecorder, fraction: float | None, *, done: bool = False) -> Progress:
+    """The recorder's counts now."""
+    return Progress(
+        rows=recorder.rows,
+        fraction=fraction,
+        states=dict(recorder.states),
+        reasons={k: dict(v) for k, v in recorder.reasons.items()},
+        carriers={c: s.messages for c, s in recorder.carriers.items()},
+        done=done,
+    )
+
+
+def _emit(out: IO[bytes], obj: Any) -> None:
+    out.write(msgspec.json.encode(obj) + b"\n")
+    out.flush()
+
+
+def open_resources(plan: Plan, run_dir: Path, blasts: int = 1) -> SendResources:
+    """The blast's gateways and breakers, and its part of every rate: the marketing part divided
+    among the ``blasts`` that may run at once."""
+    cfg = plan.engine.config
+    gateways: dict[str, Gateway] = {}
+    for name in sorted({g for names in plan.failover.values() for g in names}):
+        gcfg = cfg.gateways[name]
+        reg = plan.host.gateways.get(gcfg.plugin)
+        opts = convert_section(
+            gcfg.options, reg.config_type, file=plan.engine.file, path=f"gateways.{name}.options"
+        )
+        gateways[name] = reg.factory(
+            opts, GatewayContext(name=name, base_dir=plan.engine.base_dir, run_dir=run_dir)
+        )
+    budgets = split_budgets(cfg, {n: cfg.gateways[n].carriers for n in gateways}, blasts=blasts)
+    return SendResources(
+        gateways=gateways,
+        limiters=budgets.marketing,
+        gateway_limiters=budgets.marketing_gateways,
+        breakers={
+            n: Breaker(cfg.gateways[n].breaker_threshold, cfg.gateways[n].breaker_cooldown) for n in gateways
+        },
+    )
+
+
+async def _commands(plan: Plan, control: RunControl) -> None:
+    """Apply the service's commands from stdin until it closes (then stop)."""
+    fd = sys.stdin.fileno()
+    os.set_blocking(fd, False)
+    pending = b""
+    try:
+        while True:
+            await anyio.wait_readable(fd)
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not data:
+                return
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                word, _, arg = line.decode("utf-8", "replace").strip().partition(" ")
+                if word == "pause":
+                    control.pause()
+                elif word == "resume":
+                    control.resume()
+                elif word == "stop":
+                    control.cancel()
+                elif word == "optouts" and plan.optouts is not None:
+                    plan.optouts.add([str(n) for n in json.loads(arg)])
+    finally:
+        control.cancel()
+
+
+async def _signals(control: RunControl) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            control.cancel()
+
+
+async def run_worker(
+    plan: Plan, ledger: CampaignLedger | None, run_dir: Path, out: IO[bytes], blasts: int = 1
+) -> Progress:
+    """Send ``plan`` under the service's control; the last progress (``done``)."""
+    metrics = Metrics()
+    control = RunControl()
+    recorder = RunRecorder(plan.prices)
+    fraction: list[float | None] = [0.0]
+
+    def progress(rec: RunRecorder, elapsed: float, f: float | None, final: bool) -> None:
+        fraction[0] = f
+
+    resources = open_resources(plan, run_dir, blasts)
+    try:
+        with metrics.serve("127.0.0.1", 0) as server:
+            _emit(out, {"event": "started", "metrics_url": server.url, "pid": os.getpid()})
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_commands, plan, control)
+                tg.start_soon(_signals, control)
+
+                async def report() -> None:
+                    beat = 0
+                    while True:
+                        await anyio.sleep(PROGRESS_EVERY)
+                        _emit(out, snapshot(recorder, fraction[0]))
+                        beat += 1
+                        if beat % METRICS_EVERY == 0:
+                            text = metrics.exposition()[0].decode()
+                            _emit(out, {"event": "metrics", "text": text})
+
+                tg.start_soon(report)
+                summary = await _send(
+                    plan,
+                    run_dir,
+                    progress,
+                    plan.clock,
+                    None,
+                    control.stop,
+                    metrics,
+                    ledger=ledger,
+                    control=control,
+                    shared=resources,
+                    recorder=recorder,
+                )
+                tg.cancel_scope.cancel()
+            # its last counts, for the service's /metrics once this process is gone
+            (run_dir / METRICS_FILE).write_bytes(metrics.exposition()[0])
+    finally:
+        for gw in resources.gateways.values():
+            with anyio.move_on_after(10, shield=True), contextlib.suppress(Exception):
+                await gw.aclose()
+    (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
+    last = snapshot(recorder, 1.0, done=True)
+    last.stopped = summary.stopped
+    last.halted, last.verdict, last.message = summary.halted, summary.verdict, summary.message
+    return last
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine.run.blast_worker --engine E --campaign C --run-dir D``: 0 when the blast ended
+    (finished or stopped), 1 when it failed (the reason on stdout)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--engine", required=True, type=Path)
+    p.add_argument("--campaign", required=True, type=Path)
+    p.add_argument("--run-dir", required=True, type=Path)
+    p.add_argument("--nice", type=int, default=NICE)
+    p.add_argument("--blasts", type=int, default=1, help="blasts that may run at once (their budget share)")
+    p.add_argument("--lease", default="", help="the token of the campaign's lease the service took for it")
+    args = p.parse_args(argv)
+    out = sys.stdout.buffer
+    with contextlib.suppress(OSError):
+        os.nice(args.nice)
+    ledger: CampaignLedger | None = None
+    try:
+        plan = prepare(args.campaign, args.engine, strict=True)
+        setup_logging(plan.engine.config.service.log_level)  # JSON lines, like the service's own
+        # The service opened (or restarted, with ``again``) the campaign's run: this resumes it.
+        ledger = _open_ledger(
+            plan, force=False, again=False, notify=None, owner="pigeon serve (blast worker)", adopt=args.lease
+        )
+        backend = plan.engine.config.backend
+        opts: dict[str, Any] = {}
+        if backend == "asyncio":
+            with contextlib.suppress(ImportError):
+                import uvloop  # noqa: F401
+
+                opts = {"use_uvloop": True}
+        last = anyio.run(
+            run_worker, plan, ledger, args.run_dir, out, args.blasts, backend=backend, backend_options=opts
+        )
+    except Exception as exc:  # told to the service, which shows it in the campaign's view
+        error = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, BaseExceptionGroup):
+            error = "; ".join(f"{type(e).__name__}: {e}" for e in exc.exceptions)
+        _emit(out, {"event": "failed", "error": error, "at": time.time()})
+        return 1
+    finally:
+        if ledger is not None:
+            ledger.close()  # the lease goes back with it
+    _emit(out, last)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,445 @@
+"""A campaign and an engine file made into a checked plan: its stages, gateways, segment and run directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from engine.core import sms
+from engine.core.carriers import INTL, PrefixTable, default_prefix_table
+from engine.core.clock import Clock, SystemClock
+from engine.core.config import LoadedCampaign, LoadedEngine, convert_section, load_campaign, load_engine
+from engine.core.errors import (
+    ConfigError,
+    PreflightError,
+    SegmentRejected,
+    SourceError,
+    TemplateError,
+)
+from engine.core.messages import State
+from engine.core.periods import parse_period
+from engine.core.plugin_host import PluginHost
+from engine.core.preflight import DEFAULT_ALLOWED_TERMS, DEFAULT_BANNED_TERMS, Finding, check_campaign, errors
+from engine.core.sendwindow import ALL_DAY, SendWindow
+from engine.core.template import Template, compile_template
+from engine.observability.metrics import Metrics
+from engine.observability.report import RunRecorder, RunSummary
+from engine.pipeline.runner import Batch, StageRunner
+from engine.pipeline.source import SegmentReader, SegmentSource, SourceContext
+from engine.pipeline.stages import Cap, CarrierResolver, HoldQuietHours, SameContent, standard_stages
+from engine.pipeline.verdict import SAMPLE_ROWS, Verdict, judge
+from engine.state.caps import CapState, CapWindow
+from engine.state.ledger import CampaignLedger, Semantics, open_for_run
+from engine.state.optout import OptOutSet
+from engine.state.store.sqlite import SqliteStore
+
+__all__ = ["OpenSegment", "Plan", "ProgressHook", "prepare"]
+
+ProgressHook = Callable[[RunRecorder, float, "float | None", bool], None]
+"""Called after each batch with the recorder, the seconds since the run started, the fraction of
+the segment read (None if the source cannot tell) and False; once more at the end with True."""
+
+
+@dataclass
+class Plan:
+    """Everything checked and built before the first row is read."""
+
+    campaign: LoadedCampaign
+    engine: LoadedEngine
+    host: PluginHost
+    template: Template
+    source: SegmentSource
+    table: PrefixTable
+    routes: dict[str, str]
+    """Carrier → name of its primary gateway."""
+    failover: dict[str, list[str]] = field(default_factory=dict)
+    """Carrier → every gateway serving it, primary first."""
+    resolvers: list[CarrierResolver] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    """Preflight findings (errors refuse a send; ``prepare(strict=True)`` raises on them)."""
+    optouts: OptOutSet | None = None
+    """Opted-out numbers to suppress (None when the campaign does not respect opt-outs)."""
+    caps: CapState | None = None
+    """Frequency caps of the campaign's kind, with the history loaded from the store."""
+    same_content: SameContent | None = None
+    """The same-text window of the campaign's kind, with recent sends loaded from the store."""
+    clock: Clock = field(default_factory=SystemClock)
+
+    @property
+    def max_parts(self) -> int:
+        """The most billed parts one message of this campaign can take (``template.max_length``):
+        every rate it goes through must allow at least that many parts a second."""
+        return sms.most_parts(self.template.max_length)
+
+    @property
+    def prices(self) -> dict[str, float]:
+        """Price per billed part, per carrier."""
+        return {c: cfg.price_per_part for c, cfg in self.engine.config.carriers.items()}
+
+    def gateway_windows(self) -> dict[str, SendWindow]:
+        """Carrier → the hours of its gateway, for gateways that have some."""
+        gateways = self.engine.config.gateways
+        return {
+            carrier: SendWindow.parse(g.send_window, g.send_window_timezone)
+            for carrier, name in self.routes.items()
+            if (g := gateways[name]).send_window
+        }
+
+    def pause_windows(self) -> list[SendWindow]:
+        """Windows a blast waits for: the campaign's and those of gateways for Chinese carriers."""
+        own = self.campaign.config.send_window
+        domestic = [w for c, w in self.gateway_windows().items() if c != INTL]
+        return [*([own] if own is not None else []), *dict.fromkeys(domestic)]
+
+    def open_segment(self, shard: tuple[int, int] | None = None) -> OpenSegment:
+        """Open the segment, read its header, and bind the template to its columns.
+
+        Fails (``TemplateError``/``SourceError``) before any data row is read. With
+        ``shard=(index, count)`` the batches hold only that shard's rows (:mod:`engine.run.shards`).
+        """
+        phone = self.campaign.segment.phone_field
+        reader = self.source.open([phone, *self.template.fields])
+        try:
+            if phone not in reader.columns:
+                raise SourceError(
+                    f"the segment has no column {phone!r} for phone numbers (segment.phone_field); "
+                    f"its columns are: {', '.join(reader.columns)}"
+                )
+            try:
+                bound = self.template.bind(reader.columns)
+            except TemplateError as exc:
+                raise TemplateError(f"{self.campaign.file}: template.text: {exc}") from None
+        except BaseException:
+            reader.close()
+            raise
+        cap = Cap(self.caps, self.clock) if self.caps is not None else None
+        window = self.campaign.config.send_window
+        carrier_windows = self.gateway_windows()
+        quiet = None
+        if window is not None or carrier_windows:
+            quiet = HoldQuietHours(window or ALL_DAY, self.clock, carrier_windows)
+        gateways = self.engine.config.gateways
+        forbid_urls = any(not gateways[g].urls_in_fields for g in set(self.routes.values()))
+        stages = standard_stages(
+            bound,
+            self.table,
+            set(self.routes),
+            self.resolvers,
+            self.optouts,
+            cap,
+            quiet,
+            forbid_urls_in_fields=forbid_urls,
+            same_content=self.same_content,
+            shard=shard,
+        )
+        return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone), shard)
+
+
+@dataclass
+class OpenSegment:
+    """A segment being read, with the stage runner bound to its columns."""
+
+    reader: SegmentReader
+    runner: StageRunner
+    phone_col: int
+    """Position of the phone column in the reader's rows."""
+    shard: tuple[int, int] | None = None
+    """``(index, count)`` of a sharded send: the source's rejects of other shards are left out."""
+
+    def batches(self, size: int) -> Iterator[Batch]:
+        """Read batches of about ``size`` rows and run every stage over each."""
+        run, pc = self.runner.run, self.phone_col
+        if self.shard is None:
+            for sb in self.reader.batches(size):
+                yield run(Batch(sb.nums, sb.rows, pc, sb.rejects))
+            return
+        index, count = self.shard
+        for sb in self.reader.batches(size):
+            rejects = [r for r in sb.rejects if r.row % count == index] if sb.rejects else sb.rejects
+            yield run(Batch(sb.nums, sb.rows, pc, rejects))
+
+    def close(self) -> None:
+        """Close the reader."""
+        self.reader.close()
+
+
+def prepare_run(metrics: Metrics, plan: Plan, stages: Iterable[str]) -> None:
+    """Pre-initialize ``metrics`` for a run of ``plan`` through ``stages`` (names, in order)."""
+    gateways = plan.engine.config.gateways
+    metrics.prepare(
+        stages=stages,
+        routes=plan.failover,
+        in_flight={g: gateways[g].in_flight for names in plan.failover.values() for g in names},
+    )
+
+
+def _engine_path(campaign: LoadedCampaign, engine_path: str | Path | None) -> Path:
+    if engine_path is not None:
+        return Path(engine_path)
+    if campaign.config.engine:
+        return campaign.base_dir / campaign.config.engine
+    raise ConfigError(
+        campaign.file, "engine", 'no engine config: set engine = "engine.toml" or pass --engine'
+    )
+
+
+def prepare(
+    campaign_path: str | Path,
+    engine_path: str | Path | None = None,
+    *,
+    host: PluginHost | None = None,
+    strict: bool = True,
+    clock: Clock | None = None,
+) -> Plan:
+    """Load and check both config files, the plugins, the template and the routes, and run the
+    preflight.
+
+    Everything that can be wrong without reading the segment's rows fails here, with a message
+    that says what to change. With ``strict`` (for sending) preflight errors raise
+    :class:`PreflightError`; without (for previews) they are kept on ``plan.findings``.
+    """
+    campaign = load_campaign(campaign_path)
+    engine = load_engine(_engine_path(campaign, engine_path))
+    ecfg = engine.config
+    host = host or PluginHost(disabled=ecfg.plugins.disabled)
+
+    seg = campaign.segment
+    if seg.source not in host.sources:
+        raise ConfigError(
+            campaign.file,
+            "segment.source",
+            f"unknown source {seg.source!r}; installed sources: {', '.join(host.sources.names())}",
+        )
+    reg = host.sources.get(seg.source)
+    options = convert_section(campaign.source_options, reg.config_type, file=campaign.file, path="segment")
+    source = reg.factory(options, SourceContext(base_dir=campaign.base_dir))
+
+    tcfg = campaign.config.template
+    try:
+        template = compile_template(
+            tcfg.text,
+            signature=tcfg.signature,
+            opt_out_text=campaign.config.opt_out_text,
+            max_length=tcfg.max_length,
+        )
+    except TemplateError as exc:
+        raise TemplateError(f"{campaign.file}: template.text: {exc}") from None
+    template.provider = campaign.provider  # a filed provider template: render carries its params
+
+    routes: dict[str, str] = {}
+    failover: dict[str, list[str]] = {}
+    for name, gcfg in ecfg.gateways.items():
+        if gcfg.plugin not in host.gateways:
+            raise ConfigError(
+                engine.file,
+                f"gateways.{name}.plugin",
+                f"unknown gateway plugin {gcfg.plugin!r}; installed: {', '.join(host.gateways.names())}",
+            )
+        convert_section(
+            gcfg.options,
+            host.gateways.get(gcfg.plugin).config_type,
+            file=engine.file,
+            path=f"gateways.{name}.options",
+        )
+        for carrier in gcfg.carriers:
+            routes.setdefault(carrier, name)
+            failover.setdefault(carrier, []).append(name)
+
+    resolvers: list[CarrierResolver] = []
+    for rname in ecfg.routing.resolvers:
+        if rname not in host.resolvers:
+            raise ConfigError(
+                engine.file,
+                "routing.resolvers",
+                f"unknown carrier resolver {rname!r}; installed: "
+                f"{', '.join(host.resolvers.names()) or '(none)'}",
+            )
+        rreg = host.resolvers.get(rname)
+        ropts = convert_section(
+            ecfg.routing.options.get(rname, {}),
+            rreg.config_type,
+            file=engine.file,
+            path=f"routing.options.{rname}",
+        )
+        resolvers.append(rreg.factory(ropts, None))
+
+    policy = campaign.config.policy
+    findings = check_campaign(
+        template,
+        kind=campaign.config.kind,
+        banned_terms=policy.banned_terms if policy.banned_terms is not None else DEFAULT_BANNED_TERMS,
+        allowed_terms=[*DEFAULT_ALLOWED_TERMS, *policy.allowed_terms],
+    )
+    if strict and errors(findings):
+        raise PreflightError(
+            f"{campaign.file}: the campaign breaks {len(errors(findings))} rule(s); nothing was sent:\n"
+            + "\n".join(f"  {f.key}: {f.message}" for f in errors(findings))
+        )
+    optouts: OptOutSet | None = None
+    caps: CapState | None = None
+    respect = policy.respect_optouts
+    respect_optouts = respect if respect is not None else campaign.config.kind == "marketing"
+    lane_caps = ecfg.caps.get(campaign.config.kind)
+    clock = clock or SystemClock()
+    same_content: SameContent | None = None
+    if respect_optouts or (lane_caps and (lane_caps.windows or lane_caps.same_content)):
+        store = SqliteStore(engine.store_path)
+        try:
+            if respect_optouts:
+                optouts = store.load_optouts()
+            if lane_caps and lane_caps.windows:
+                windows = [CapWindow(w.limit, w.period, lane_caps.timezone) for w in lane_caps.windows]
+                now = clock.time()
+                keys, times = store.load_sends(campaign.config.kind, min(w.start(now) for w in windows))
+                caps = CapState(windows, keys, times)
+            if lane_caps and lane_caps.same_content:
+                period = parse_period(lane_caps.same_content) or 0.0
+                recent = store.recent_contents(campaign.config.kind, clock.time() - period)
+                same_content = SameContent(recent, lane_caps.same_content)
+        finally:
+            store.close()
+    return Plan(
+        campaign=campaign,
+        engine=engine,
+        host=host,
+        template=template,
+        source=source,
+        table=default_prefix_table(),
+        routes=routes,
+        failover=failover,
+        resolvers=resolvers,
+        findings=findings,
+        optouts=optouts,
+        caps=caps,
+        clock=clock,
+        same_content=same_content,
+    )
+
+
+def _summarize(plan: Plan, recorder: RunRecorder, mode: str, elapsed: float, run_dir: str = "") -> RunSummary:
+    c = plan.campaign
+    summary = recorder.summary(
+        campaign=c.id,
+        name=c.config.name,
+        kind=c.config.kind,
+        mode=mode,
+        currency=plan.engine.config.currency,
+        elapsed=elapsed,
+        run_dir=run_dir,
+        prefix_table=plan.table.version,
+    )
+    summary.findings = list(plan.findings)
+    return summary
+
+
+def new_run_dir(plan: Plan, runs_dir: str | Path | None = None, clock: Clock | None = None) -> Path:
+    """A fresh directory for one run: ``<runs_dir>/<campaign id>/<UTC time>``."""
+    base = Path(runs_dir or plan.engine.config.runs_dir)
+    now = datetime.fromtimestamp((clock or SystemClock()).time(), UTC)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    path = base / plan.campaign.id / stamp
+    n = 1
+    while path.exists():
+        n += 1
+        path = base / plan.campaign.id / f"{stamp}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+def check_segment(plan: Plan, rows: int = SAMPLE_ROWS) -> None:
+    """Read the segment's header and its first ``rows`` rows through every stage, sending nothing
+    and recording nothing: a missing column or template field, a file that is not CSV text in its
+    encoding, no data rows, or too many rejected rows raise here — before a run is recorded."""
+    segment = plan.open_segment()
+    recorder = RunRecorder({})
+    try:
+        for batch in segment.batches(min(plan.engine.config.batch_size, rows)):
+            recorder.dropped(batch.rejects)
+            if batch.nums:
+                recorder.queued(len(batch.nums))
+            if recorder.rows >= rows:
+                break
+    finally:
+        segment.close()
+    verdict = judge(
+        recorder.rows,
+        recorder.states,
+        recorder.reasons,
+        max_rejected_share=plan.campaign.config.policy.max_rejected_share,
+        first_rows=recorder.rows >= rows,
+    )
+    if verdict is not None:
+        raise SegmentRejected(f"{plan.campaign.file}: {verdict.message}. Nothing was sent")
+
+
+def _open_ledger(
+    plan: Plan,
+    *,
+    force: bool,
+    again: bool,
+    notify: Callable[[str], None] | None,
+    owner: str = "pigeon send",
+    adopt: str = "",
+) -> CampaignLedger:
+    c = plan.campaign
+    t = c.config.template
+    cl = open_for_run(
+        plan.engine.store_path,
+        c,
+        [t.text, t.signature, c.config.opt_out_text],
+        semantics=Semantics(c.config.delivery) if c.config.delivery else None,
+        force=force,
+        again=again,
+        engine_file=str(Path(plan.engine.file).resolve()),
+        owner=owner,
+        lease_ttl=plan.engine.config.store.lease_ttl,
+        adopt=adopt,
+    )
+    if notify is not None and cl.restarted:
+        notify(
+            f"campaign {c.id!r}: its last run handed nothing to a gateway and its files changed since: "
+            "starting afresh"
+        )
+    elif cl.resumed and notify is not None:
+        done = int(cl.skip.sum()) if cl.skip is not None else 0
+        notify(
+            f"resuming campaign {c.id!r} ({cl.semantics.value}): {done:,} rows already handled are skipped"
+            + (f"; {cl.reconciled:,} left submitting by the last run" if cl.reconciled else "")
+        )
+    return cl
+
+
+def _reload_limits(plan: Plan) -> None:
+    """Load the caps' and the same-content rule's history from the store again (as ``prepare``)."""
+    lane_caps = plan.engine.config.caps.get(plan.campaign.config.kind)
+    if lane_caps is None or (plan.caps is None and plan.same_content is None):
+        return
+    kind, now = plan.campaign.config.kind, plan.clock.time()
+    store = SqliteStore(plan.engine.store_path)
+    try:
+        if plan.caps is not None:
+            windows = plan.caps.windows
+            keys, times = store.load_sends(kind, min(w.start(now) for w in windows))
+            plan.caps = CapState(windows, keys, times)
+        if plan.same_content is not None and lane_caps.same_content:
+            period = parse_period(lane_caps.same_content) or 0.0
+            recent = store.recent_contents(kind, now - period)
+            plan.same_content = SameContent(recent, lane_caps.same_content)
+    finally:
+        store.close()
+
+
+def _verdict(plan: Plan, recorder: RunRecorder, ledger: CampaignLedger | None) -> Verdict | None:
+    """The whole run's verdict on its segment (see :func:`engine.pipeline.verdict.judge`)."""
+    st = recorder.states
+    handled = int(ledger.skip.sum()) if ledger is not None and ledger.skip is not None else 0
+    sendable = recorder.rows - st[State.REJECTED] - st[State.SUPPRESSED] + handled
+    return judge(
+        recorder.rows + handled,
+        st,
+        recorder.reasons,
+        max_rejected_share=plan.campaign.config.policy.max_rejected_share,
+        sendable=sendable,
+    )

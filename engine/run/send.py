@@ -1,0 +1,193 @@
+"""``pigeon send``'s entry: check, open the ledger, and run the blast in this process or on shards."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import msgspec
+
+from engine.core.clock import Clock
+from engine.core.errors import (
+    OutsideSendWindow,
+    RunAbandoned,
+)
+from engine.observability.metrics import Metrics
+from engine.observability.report import RunSummary
+from engine.run.plan import (
+    Plan,
+    ProgressHook,
+    _open_ledger,
+    _reload_limits,
+    _summarize,
+    _verdict,
+    check_segment,
+    new_run_dir,
+    prepare_run,
+)
+from engine.run.shards import check_budgets, check_shards, run_shards
+from engine.run.signals import _send_until_signalled, quiet_gc
+from engine.state.ledger import CampaignLedger
+
+__all__ = ["send"]
+
+
+def _backend_options(backend: str) -> dict[str, Any]:
+    if backend != "asyncio":
+        return {}
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return {}
+    return {"use_uvloop": True}
+
+
+def send(
+    plan: Plan,
+    *,
+    backend: str | None = None,
+    runs_dir: str | Path | None = None,
+    progress: ProgressHook | None = None,
+    clock: Clock | None = None,
+    notify: Callable[[str], None] | None = None,
+    wait: bool = True,
+    metrics: Metrics | None = None,
+    metrics_port: int | None = None,
+    metrics_addr: str = "127.0.0.1",
+    ledger: bool = True,
+    force: bool = False,
+    again: bool = False,
+    shards: int | None = None,
+) -> RunSummary:
+    """Send the campaign: stages on each batch, then per-gateway lanes; returns the run summary.
+
+    The run's directory receives ``rejects.csv`` and ``summary.json`` (and the ``file`` gateway's
+    output). Runs on asyncio (with uvloop) or trio. With ``ledger`` (the default) every recipient's
+    state is kept in the campaign ledger and a campaign with an unfinished run resumes
+    (docs/ledger.md); ``force`` resumes despite a changed segment or template, ``again`` starts a
+    finished or cancelled campaign afresh.
+
+    ``metrics`` counts the run (default: a fresh :class:`~engine.observability.metrics.Metrics`;
+    :data:`~engine.observability.metrics.NO_METRICS` counts nothing); with ``metrics_port`` it is served on
+    ``http://metrics_addr:metrics_port/metrics`` while the run lasts.
+
+    ``shards`` (default: the engine's ``shards``) above 1 splits the campaign by number across that
+    many worker processes (:mod:`engine.run.shards`); each counts its own metrics (``metrics`` is then
+    left untouched) and shard ``k`` serves them on ``metrics_port + k``.
+    """
+    backend = backend or plan.engine.config.backend
+    clock = clock or plan.clock
+    count = shards if shards is not None else plan.engine.config.shards
+    check_shards(plan.engine.config, plan.engine.file, count)
+    check_budgets(plan, count)
+    closed = [w for w in plan.pause_windows() if not w.is_open(clock.time())]
+    if not wait and closed:
+        window = closed[0]
+        raise OutsideSendWindow(
+            f"outside sending hours {window}; they open {window.describe_opening(clock.time())}. "
+            "Nothing was sent: run again then, or without --no-wait to wait"
+        )
+    check_segment(plan)  # header, template fields, encoding, the first rows: before the ledger
+    metrics = metrics if metrics is not None else Metrics(backend=backend)
+    prepare_run(metrics, plan, [])  # gateways and carriers at zero from the first scrape; stages at open
+    cl = _open_ledger(plan, force=force, again=again, notify=notify) if ledger else None
+    if cl is not None and cl.recounted:
+        _reload_limits(plan)  # reconcile took back the cap counts of the messages it sends again
+    try:
+        # A taken port fails before anything; the shards serve their own.
+        serving = metrics.serving(metrics_addr, metrics_port, notify) if count == 1 else nullcontext(None)
+        run_dir = new_run_dir(plan, runs_dir, clock)
+        if count > 1:
+            summary = _send_sharded(
+                plan,
+                count,
+                run_dir,
+                progress=progress,
+                clock=clock,
+                notify=notify,
+                ledger=cl,
+                backend=backend,
+                metrics_port=metrics_port,
+                metrics_addr=metrics_addr,
+            )
+        else:
+            with quiet_gc(), serving:
+                summary = anyio.run(
+                    _send_until_signalled,
+                    plan,
+                    run_dir,
+                    progress,
+                    clock,
+                    notify,
+                    metrics,
+                    cl,
+                    backend=backend,
+                    backend_options=_backend_options(backend),
+                )
+    finally:
+        if cl is not None:
+            cl.close()  # the lease goes back with it
+    if summary is None:
+        raise RunAbandoned(
+            f"abandoned on a second signal: messages in flight were not waited for; {run_dir} holds "
+            "the rows recorded so far"
+        )
+    try:
+        (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
+    except OSError as exc:  # a full disk: the summary is still returned (and printed)
+        if notify is not None:
+            notify(f"cannot write {run_dir / 'summary.json'}: {exc}")
+    return summary
+
+
+def _send_sharded(
+    plan: Plan,
+    count: int,
+    run_dir: Path,
+    *,
+    progress: ProgressHook | None,
+    clock: Clock,
+    notify: Callable[[str], None] | None,
+    ledger: CampaignLedger | None,
+    backend: str,
+    metrics_port: int | None,
+    metrics_addr: str,
+) -> RunSummary | None:
+    """:func:`send` on ``count`` worker processes; None when abandoned."""
+    started = time.perf_counter()
+    if metrics_port is not None and notify is not None:
+        last = metrics_port + count - 1
+        notify(f"metrics: http://{metrics_addr}:{metrics_port}…{last}/metrics (one port per shard)")
+    with quiet_gc():  # frozen before the fork: the workers share what is loaded, copy-on-write
+        run = run_shards(
+            plan,
+            count,
+            run_dir,
+            progress=progress,
+            clock=clock,
+            notify=notify,
+            ledger=ledger,
+            backend=backend,
+            backend_options=_backend_options(backend),
+            metrics_port=metrics_port,
+            metrics_addr=metrics_addr,
+        )
+    if run.abandoned:
+        return None
+    verdict = _verdict(plan, run.recorder, ledger) if run.complete else None
+    if ledger is not None:
+        ledger.finish(complete=run.complete and verdict is None)
+    if progress is not None:
+        progress(run.recorder, time.perf_counter() - started, 1.0, True)
+    summary = _summarize(plan, run.recorder, "send", time.perf_counter() - started, str(run_dir))
+    summary.files = run.files
+    summary.stopped = run.stopped
+    summary.halted, summary.message = run.halted, run.message
+    if verdict is not None:
+        summary.verdict, summary.message = verdict.reason, verdict.message
+    return summary

@@ -1,0 +1,115 @@
+"""The gateway contract: what a gateway plugin returns, what it is given, and what it must answer.
+
+Gateways that receive on their own connections (SMPP deliver_sm, CMPP_DELIVER) also implement
+:class:`Receiving`: a long-lived host attaches an :class:`InboundSink` (where delivery reports
+and MO replies go: the service's ``apply_reports`` / ``apply_replies``) and runs ``serve()``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from engine.core.messages import DeliveryReport, MessageBatch, SubmitResult
+from engine.sending.webhooks import MoReply
+
+__all__ = [
+    "Gateway",
+    "GatewayContext",
+    "InboundSink",
+    "Receiving",
+    "about_to_write",
+    "handing_over",
+    "reset_handing_over",
+]
+
+_HANDOVER: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "pigeon_handover", default=None
+)
+
+
+def about_to_write() -> None:
+    """Called by a gateway whose ``hands_over_on_write`` is true, in the task that called
+    ``send``, once its connection is up and just before the first byte of the request is written
+    (the ``http`` gateway: in its stream's write). The engine records the request's hand-over then —
+    so a crash before it leaves no recipient ``submitting`` that never left, and a connection that
+    cannot be opened leaves them ``pending`` without a record at all. Raises
+    :class:`~engine.core.errors.RunHalt` when the request must not go (the store cannot be written…):
+    the gateway must then not write it, and let the exception out of ``send`` as it is. Calling it
+    more than once, or outside ``send``, does nothing."""
+    hook = _HANDOVER.get()
+    if hook is not None:
+        hook()
+
+
+def handing_over(hook: Callable[[], None] | None) -> contextvars.Token[Callable[[], None] | None]:
+    """The engine's side of :func:`about_to_write`, around one ``send``: ``hook`` records the
+    hand-over; :func:`reset_handing_over` with the returned token ends it."""
+    return _HANDOVER.set(hook)
+
+
+def reset_handing_over(token: contextvars.Token[Callable[[], None] | None]) -> None:
+    """End what :func:`handing_over` began."""
+    _HANDOVER.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayContext:
+    """What a gateway factory gets besides its config."""
+
+    name: str
+    """The gateway's name in the engine config (``[gateways.<name>]``)."""
+    base_dir: Path
+    """Directory of the engine config file: relative paths resolve against it."""
+    run_dir: Path
+    """Directory of the current run, for gateways that write files."""
+
+
+@runtime_checkable
+class Gateway(Protocol):
+    """Sends batches of messages to one provider over one pooled connection (or a few).
+
+    A :class:`~engine.core.messages.MessageBatch` holds one carrier's messages as columns (``ids``,
+    ``tos``, ``texts``, ``parts``); iterating it yields :class:`~engine.core.messages.Message` structs.
+    ``send`` answers with one :class:`SubmitResult` per message, index-aligned with the batch.
+    Per-message refusals are results, not exceptions; a failure of the whole request raises a
+    :class:`~engine.core.errors.GatewayError`. Library exceptions never escape a gateway.
+    """
+
+    name: str
+    max_batch: int
+    """Messages per request (1 for one-per-request APIs)."""
+    idempotent: bool
+    """Whether sending the same message id twice is safe (the provider deduplicates)."""
+    # Optional: ``hands_over_on_write = True`` — the gateway calls :func:`about_to_write` just
+    # before it writes a request (else the engine records the hand-over before calling ``send``).
+
+    async def send(self, batch: MessageBatch) -> Sequence[SubmitResult]:
+        """Submit ``batch`` (at most ``max_batch`` messages) and report each message's outcome."""
+
+    async def aclose(self) -> None:
+        """Close connections and flush files; called once at the end of a run."""
+
+
+class InboundSink(Protocol):
+    """Where a :class:`Receiving` gateway hands what its connections bring in."""
+
+    async def reports(self, reports: Sequence[DeliveryReport]) -> None:
+        """Delivery reports, one per message settled (its parts folded)."""
+
+    async def replies(self, replies: Sequence[MoReply]) -> None:
+        """MO replies, reassembled from their parts."""
+
+
+@runtime_checkable
+class Receiving(Protocol):
+    """A gateway whose connections also bring delivery reports and MO replies (SMPP, CMPP)."""
+
+    def attach(self, sink: InboundSink) -> None:
+        """Send reports and replies to ``sink`` from now on (without one, the gateway keeps them)."""
+
+    async def serve(self) -> None:
+        """Keep the connections up and read them until cancelled (reports arrive between sends)."""

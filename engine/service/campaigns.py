@@ -1,0 +1,412 @@
+"""Blasts the service runs: start from a campaign file, pause, resume, cancel, and progress.
+
+Each blast runs in a worker process of its own (:mod:`engine.run.blast_worker`, the code path of
+``pigeon send`` with the campaign ledger), so its CPU-bound batches never queue in front of the
+service's event loop: the API, the priority lane and ``/metrics`` stay responsive beside it. The
+service keeps each run's state here and talks to the worker over its stdin (pause, resume, stop,
+opt-outs) and stdout (progress, the end).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import msgspec
+from anyio.abc import Process, TaskGroup
+from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from engine.core.config import LoadedEngine
+from engine.core.errors import EngineError
+from engine.core.plugin_host import PluginHost
+from engine.core.service_config import ServiceConfig
+from engine.observability.worker_metrics import MergedMetrics
+from engine.run.blast_worker import METRICS_FILE, Progress
+from engine.run.control import RunControl, RunState
+from engine.run.plan import Plan, _open_ledger, check_segment, new_run_dir, prepare
+from engine.state.ledger import CampaignStatus, Ledger, LedgerError
+
+__all__ = ["CampaignHost", "CampaignRun", "CampaignView", "Campaigns"]
+
+log = logging.getLogger("pigeon.campaigns")
+
+
+class CampaignHost(Protocol):
+    """What :class:`Campaigns` uses of the service that runs them (:class:`~engine.service.core.Service`)."""
+
+    engine: LoadedEngine
+    host: PluginHost
+    service: ServiceConfig
+    ledger: Ledger | None
+    merged_metrics: MergedMetrics
+    draining: bool
+
+
+class CampaignView(msgspec.Struct, kw_only=True):
+    """``GET /v1/campaigns/{id}``: where a blast stands."""
+
+    id: str
+    state: str
+    """``queued`` (waiting for a blast to end: ``service.concurrent_blasts``), ``running``,
+    ``paused``, ``cancelled`` (drains, then stays), ``finished``, ``halted`` (a fault stopped it:
+    a gateway unreachable past ``outage.limit``…; everyone not sent is pending, ``error`` says what
+    to do) or ``failed``."""
+    kind: str = ""
+    file: str = ""
+    started_at: float = 0.0
+    elapsed_seconds: float = 0.0
+    rows: int = 0
+    """Rows read and accounted for so far."""
+    fraction_read: float | None = None
+    eta_seconds: float | None = None
+    states: dict[str, int] = {}
+    reasons: dict[str, dict[str, int]] = {}
+    rate_per_carrier: dict[str, float] = {}
+    """Messages accepted per second since the start, per carrier."""
+    metrics_url: str = ""
+    """The blast's own ``/metrics`` (its worker process's registry) while it runs."""
+    error: str = ""
+    done: bool = False
+    """The run is over: nothing of it is in flight any more."""
+
+
+class CampaignRun:
+    """One blast started by the service."""
+
+    def __init__(self, plan: Plan, file: str, path: Path | None = None) -> None:
+        self.plan = plan
+        self.path = path or Path(file)
+        """The campaign file the worker loads."""
+        self.id = plan.campaign.id
+        self.file = file
+        self.control = RunControl()
+        """The run's state as the service sees it (the worker is told every change)."""
+        self.counts = Progress()
+        """The worker's last progress line."""
+        self.metrics_url = ""
+        self.metrics_text = ""
+        """The worker's exposition as it last sent it (at most a second old)."""
+        self.cancelled = False
+        """Cancelled through the API: the ledger is marked cancelled when the worker ends."""
+        self.commands: MemoryObjectSendStream[bytes]
+        self._commands: MemoryObjectReceiveStream[bytes]
+        self.commands, self._commands = anyio.create_memory_object_stream[bytes](1024)
+        self.started = time.monotonic()
+        self.started_at = time.time()
+        self.finished: float | None = None
+        self.state = "queued"
+        """``queued`` until its worker starts, then ``running`` (paused / cancelled: see :attr:`control`)."""
+        self.error = ""
+        self.lease = ""
+        """The token of the campaign's lease, taken by the service and adopted by the worker."""
+
+    def tell(self, command: str) -> None:
+        """Send ``command`` (a line of :mod:`engine.run.blast_worker`'s protocol) to the worker."""
+        if self.finished is None:
+            try:
+                self.commands.send_nowait(command.encode() + b"\n")
+            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                log.warning("campaign worker not listening", extra={"campaign": self.id})
+
+    def view(self) -> CampaignView:
+        """The campaign's progress now."""
+        end = self.finished or time.monotonic()
+        elapsed = end - self.started
+        r = self.counts
+        state = self.state
+        if state == "running" or (state == "queued" and self.control.state is RunState.CANCELLED):
+            state = self.control.state.value
+        eta = None
+        f = r.fraction
+        if state in ("running", "paused") and f is not None and 0 < f < 1:
+            eta = round(elapsed * (1 - f) / f, 1)
+        elif self.finished is not None:
+            eta = 0.0
+        rates = {c: round(n / elapsed, 1) if elapsed > 0 else 0.0 for c, n in r.carriers.items()}
+        return CampaignView(
+            id=self.id,
+            state=state,
+            kind=self.plan.campaign.config.kind,
+            file=self.file,
+            started_at=self.started_at,
+            elapsed_seconds=round(elapsed, 3),
+            rows=r.rows,
+            fraction_read=round(f, 4) if f is not None else None,
+            eta_seconds=eta,
+            states=dict(r.states),
+            reasons={k: dict(v) for k, v in r.reasons.items()},
+            rate_per_carrier=rates,
+            metrics_url=self.metrics_url if self.finished is None else "",
+            error=self.error,
+            done=self.finished is not None,
+        )
+
+
+class CampaignError(EngineError):
+    """A campaign that cannot be started or controlled; ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class CampaignFailed(EngineError):
+    """A campaign's worker process failed (its error, or how it ended)."""
+
+
+class Campaigns:
+    """The blasts of one service, by campaign id."""
+
+    def __init__(self, service: CampaignHost, tg: TaskGroup, run_dir: Path) -> None:
+        self.service = service
+        self.tg = tg
+        self.runs_dir = run_dir / "campaigns"
+        self.runs: dict[str, CampaignRun] = {}
+        root = Path(service.service.campaigns_dir).expanduser()
+        self.root = (root if root.is_absolute() else service.engine.base_dir / root).resolve()
+        self.slots = anyio.Semaphore(service.service.concurrent_blasts)
+        """One per blast that may run at once; the others wait ``queued``, first started first."""
+
+    def resolve(self, file: str) -> Path:
+        """The campaign file ``file`` under ``service.campaigns_dir``; 4xx when outside or missing."""
+        if not file or len(file) > 1024 or "\x00" in file:
+            raise CampaignError(422, "file: give a campaign file path relative to service.campaigns_dir")
+        path = (self.root / file).resolve()
+        if not path.is_relative_to(self.root):
+            raise CampaignError(
+                403, f"file: {file!r} is outside the campaigns directory {self.root} (service.campaigns_dir)"
+            )
+        if not path.is_file():
+            raise CampaignError(404, f"file: no campaign file {file!r} in {self.root}")
+        return path
+
+    async def start(self, file: str, *, again: bool = False) -> CampaignRun:
+        """Check and start the campaign in ``file`` (preflight and ledger as ``pigeon send``: an
+        unfinished campaign resumes; a finished one starts afresh only with ``again``)."""
+        if self.service.draining:
+            raise CampaignError(503, "the service is draining: no new campaigns")
+        path = self.resolve(file)
+        plan = await anyio.to_thread.run_sync(
+            lambda: prepare(path, self.service.engine.file, host=self.service.host, strict=True)
+        )
+        running = self.runs.get(plan.campaign.id)
+        if running is not None and running.finished is None:
+            raise CampaignError(409, f"campaign {plan.campaign.id!r} is already {running.view().state}")
+        try:  # the header, the template's fields and the first rows: before the ledger records a run
+            await anyio.to_thread.run_sync(lambda: check_segment(plan))
+        except EngineError as exc:
+            raise CampaignError(422, str(exc)) from None
+        try:
+            ledger = await anyio.to_thread.run_sync(
+                lambda: _open_ledger(plan, force=False, again=again, notify=None, owner="pigeon serve")
+            )
+        except LedgerError as exc:
+            raise CampaignError(409, str(exc)) from None
+        # The worker resumes the run just opened (or restarted with ``again``) and adopts its lease.
+        lease = ledger.lease.hand_off() if ledger.lease is not None else ""
+        ledger.ledger.close()
+        run = CampaignRun(plan, file, path)
+        run.lease = lease
+        self.runs[run.id] = run
+        try:  # a free slot: running from this answer on; else queued (first started, first run)
+            self.slots.acquire_nowait()
+            run.state = "running"
+        except anyio.WouldBlock:
+            pass
+        self.tg.start_soon(self._run, run)
+        log.info("campaign started", extra={"event": "campaign.started", "campaign": run.id, "file": file})
+        return run
+
+    def command(self, run: CampaignRun, run_dir: Path) -> list[str]:
+        """The worker's command line."""
+        return [
+            sys.executable,
+            "-m",
+            "engine.run.blast_worker",
+            "--engine",
+            str(Path(self.service.engine.file).resolve()),
+            "--campaign",
+            str(run.path),
+            "--run-dir",
+            str(run_dir),
+            "--blasts",
+            str(self.service.service.concurrent_blasts),
+            *(["--lease", run.lease] if run.lease else []),
+        ]
+
+    async def _run(self, run: CampaignRun) -> None:
+        if run.state == "queued":  # until a running blast ends (concurrent_blasts are running)
+            await self.slots.acquire()
+        try:
+            if run.control.state is RunState.CANCELLED:  # while it waited (or the service stops)
+                self._end_queued(run)
+                return
+            if run.state == "queued":
+                run.state = "running"
+                run.started, run.started_at = time.monotonic(), time.time()
+            await self._work(run)
+        finally:
+            self.slots.release()
+
+    def _end_queued(self, run: CampaignRun) -> None:
+        """A queued run cancelled before its worker started: nothing of it was sent."""
+        if run.finished is not None:
+            return
+        run.state = "cancelled"
+        if run.cancelled and self.service.ledger is not None:  # through the API: for good
+            self.service.ledger.set_status(run.id, CampaignStatus.CANCELLED)
+        run.finished = time.monotonic()
+        run.commands.close()
+        run._commands.close()  # no worker will read them
+        log.info(
+            "campaign ended",
+            extra={"event": "campaign.ended", "campaign": run.id, "state": "cancelled", "states": {}},
+        )
+
+    async def _work(self, run: CampaignRun) -> None:
+        try:
+            run_dir = new_run_dir(run.plan, self.runs_dir)
+            async with await anyio.open_process(
+                self.command(run, run_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
+            ) as proc:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._forward, run, proc)
+                    failed = await self._follow(run, proc)
+                    tg.cancel_scope.cancel()
+                code = await proc.wait()
+            last = run_dir / METRICS_FILE
+            if last.is_file():
+                self.service.merged_metrics.retire(last.read_text(encoding="utf-8"))
+            if failed is not None:
+                raise CampaignFailed(failed)
+            if code != 0 or not run.counts.done:
+                raise CampaignFailed(f"the campaign's worker process ended with exit code {code}")
+            if run.counts.halted or run.counts.verdict:
+                run.state = "halted" if run.counts.halted else "failed"
+                run.error = run.counts.message
+            else:
+                run.state = "cancelled" if run.counts.stopped else "finished"
+        except Exception as exc:  # a campaign's failure must never take the service down
+            run.state = "failed"
+            run.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, EngineError) else str(exc)
+            log.warning(
+                "campaign failed", extra={"event": "campaign.failed", "campaign": run.id, "error": run.error}
+            )
+        finally:
+            if run.cancelled and self.service.ledger is not None:
+                # for good, once the worker is done with the ledger: `pigeon resume` will not continue it
+                self.service.ledger.set_status(run.id, CampaignStatus.CANCELLED)
+            run.finished = time.monotonic()
+            run.metrics_url = run.metrics_text = ""
+            run.commands.close()
+        log.info(
+            "campaign ended",
+            extra={
+                "event": "campaign.ended",
+                "campaign": run.id,
+                "state": run.state,
+                "states": dict(run.counts.states),
+            },
+        )
+
+    async def _forward(self, run: CampaignRun, proc: Process) -> None:
+        """The run's commands to the worker's stdin; closing it tells the worker to stop."""
+        assert proc.stdin is not None
+        async with proc.stdin, run._commands:
+            async for line in run._commands:
+                try:
+                    await proc.stdin.send(line)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return
+
+    async def _follow(self, run: CampaignRun, proc: Process) -> str | None:
+        """Read the worker's lines until it ends; its error when it says it failed."""
+        assert proc.stdout is not None
+        lines = BufferedByteReceiveStream(proc.stdout)
+        while True:
+            try:
+                line = await lines.receive_until(b"\n", 1 << 24)
+            except (anyio.EndOfStream, anyio.IncompleteRead):
+                return None
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            kind = event.get("event")
+            if kind == "progress":
+                run.counts = msgspec.convert(event, Progress)
+            elif kind == "metrics":
+                run.metrics_text = str(event.get("text", ""))
+            elif kind == "started":
+                run.metrics_url = str(event.get("metrics_url", ""))
+                log.info(
+                    "campaign worker started",
+                    extra={
+                        "event": "campaign.worker",
+                        "campaign": run.id,
+                        "pid": event.get("pid"),
+                        "metrics_url": run.metrics_url,
+                    },
+                )
+            elif kind == "failed":
+                return str(event.get("error", "the campaign's worker failed"))
+
+    def get(self, campaign_id: str) -> CampaignRun:
+        """The run of ``campaign_id``; 404 when the service never started it."""
+        run = self.runs.get(campaign_id)
+        if run is None:
+            raise CampaignError(404, f"no campaign {campaign_id[:64]!r} was started by this service")
+        return run
+
+    def control(self, campaign_id: str, action: str) -> CampaignRun:
+        """``pause``, ``resume`` or ``cancel`` a running campaign; 409 when it is over."""
+        run = self.get(campaign_id)
+        if run.finished is not None:
+            raise CampaignError(409, f"campaign {campaign_id!r} is already {run.state}: nothing to {action}")
+        if action == "pause":
+            if run.control.state is RunState.CANCELLED:
+                raise CampaignError(409, f"campaign {campaign_id!r} is cancelled: it cannot be paused")
+            run.control.pause()
+            run.tell("pause")
+        elif action == "resume":
+            if run.control.state is RunState.CANCELLED:
+                raise CampaignError(409, f"campaign {campaign_id!r} is cancelled: it cannot be resumed")
+            run.control.resume()
+            run.tell("resume")
+        else:
+            run.control.cancel()
+            run.cancelled = True
+            if run.state == "queued":
+                self._end_queued(run)
+            else:
+                run.tell("stop")
+        log.info("campaign %s", action, extra={"event": f"campaign.{action}", "campaign": campaign_id})
+        return run
+
+    def cancel_all(self) -> None:
+        """Stop every running campaign (shutdown): they drain what is in flight."""
+        for run in self.runs.values():
+            if run.finished is None:
+                run.control.cancel()
+                run.tell("stop")
+
+    def add_optouts(self, numbers: list[str]) -> None:
+        """Numbers that just opted out: into the opt-out set of every running blast."""
+        for run in self.runs.values():
+            if run.finished is None and run.plan.optouts is not None:
+                run.tell("optouts " + json.dumps(numbers))
+
+    def metrics_texts(self) -> list[str]:
+        """The last exposition of every running worker."""
+        return [r.metrics_text for r in self.runs.values() if r.finished is None and r.metrics_text]
+
+    def status(self) -> dict[str, Any]:
+        """Every campaign's state (for logs)."""
+        return {cid: r.view().state for cid, r in self.runs.items()}

@@ -1,0 +1,251 @@
+"""The OpenAPI 3.1 document of the service, built from the same msgspec Structs the API decodes."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import msgspec
+
+__all__ = ["build", "document"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _problem(desc: str) -> dict[str, Any]:
+    return {"description": desc, "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+
+
+def _ok(name: str, desc: str = "OK") -> dict[str, Any]:
+    return {"description": desc, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def build() -> dict[str, Any]:
+    """The document as a dict."""
+    from engine.service.campaigns import CampaignView
+    from engine.service.wire import MessagesIn, MessageView, Problem, StartCampaign, SubmitResponse
+
+    _, components = msgspec.json.schema_components(
+        [MessagesIn, SubmitResponse, MessageView, CampaignView, StartCampaign, Problem],
+        ref_template="#/components/schemas/{name}",
+    )
+    components["MessageIn"]["properties"]["to"] = {
+        "type": "string",
+        "description": "Recipient: a Chinese mobile (13800138000, +86 138-0013-8000…) or E.164",
+    }
+    components["Reports"] = {
+        "type": "object",
+        "required": ["reports"],
+        "properties": {
+            "reports": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "provider_id": {"type": "string"},
+                        "id": {"type": "string", "description": "Pigeon's message id"},
+                        "to": {"type": "string"},
+                        "status": {"enum": ["delivered", "failed", "expired", "rejected", "unknown"]},
+                        "code": {"type": "string"},
+                        "done_at": {"type": "number"},
+                    },
+                },
+            }
+        },
+    }
+    components["Replies"] = {
+        "type": "object",
+        "required": ["replies"],
+        "properties": {
+            "replies": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["from", "text"],
+                    "properties": {
+                        "from": {"type": "string"},
+                        "to": {"type": "string"},
+                        "text": {"type": "string"},
+                        "at": {"type": "number"},
+                    },
+                },
+            }
+        },
+    }
+    auth: list[dict[str, list[str]]] = [{"apiKey": []}]
+    errors = {
+        "401": _problem("No or bad API key"),
+        "404": _problem("Not found"),
+        "422": _problem("Invalid request: what to change"),
+    }
+    body_errors = {
+        **errors,
+        "400": _problem("Malformed JSON or bad UTF-8"),
+        "413": _problem("Body over service.max_body_bytes, or too many messages"),
+        "415": _problem("Not application/json"),
+    }
+    cid = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    gw = {"name": "gateway", "in": "path", "required": True, "schema": {"type": "string"}}
+    webhook = {
+        "security": [],
+        "parameters": [
+            gw,
+            {
+                "name": "X-Pigeon-Signature",
+                "in": "header",
+                "schema": {"type": "string"},
+                "description": "t=<unix seconds>,v1=<hex HMAC-SHA256(secret, '<t>.' + body)>",
+            },
+        ],
+    }
+    paths: dict[str, Any] = {
+        "/healthz": {
+            "get": {
+                "summary": "The process is alive",
+                "security": [],
+                "responses": {"200": {"description": "alive"}},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Store open, gateways up, not draining",
+                "security": [],
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus exposition",
+                "security": auth,
+                "responses": {"200": {"description": "text exposition format"}, "401": errors["401"]},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": {"description": "OpenAPI 3.1"}},
+            }
+        },
+        "/v1/messages": {
+            "post": {
+                "summary": "Send one or many messages (template + fields, or text)",
+                "security": auth,
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "schema": {"type": "string", "maxLength": 255},
+                        "description": "Same key and body: same answer, sent once",
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("MessagesIn")}},
+                },
+                "responses": {
+                    "202": _ok("SubmitResponse", "Accepted: message ids and states"),
+                    **body_errors,
+                    "503": _problem("Draining for shutdown"),
+                },
+            }
+        },
+        "/v1/messages/{id}": {
+            "get": {
+                "summary": "A message's recorded state and delivery report",
+                "security": auth,
+                "parameters": [cid],
+                "responses": {"200": _ok("MessageView"), **errors},
+            }
+        },
+        "/v1/webhooks/{gateway}/reports": {
+            "post": {
+                "summary": "Delivery reports from a gateway",
+                **webhook,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("Reports")}},
+                },
+                "responses": {"200": {"description": "received"}, **body_errors},
+            }
+        },
+        "/v1/webhooks/{gateway}/replies": {
+            "post": {
+                "summary": "MO replies from a gateway (opt-out keywords go to the opt-out list)",
+                **webhook,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("Replies")}},
+                },
+                "responses": {"200": {"description": "received"}, **body_errors},
+            }
+        },
+        "/v1/campaigns": {
+            "post": {
+                "summary": "Start a campaign file under service.campaigns_dir",
+                "security": auth,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("StartCampaign")}},
+                },
+                "responses": {
+                    "202": _ok("CampaignView", "Started"),
+                    **body_errors,
+                    "403": _problem("Outside the campaigns directory"),
+                    "409": _problem("Already running"),
+                },
+            }
+        },
+        "/v1/campaigns/{id}": {
+            "get": {
+                "summary": "Progress, counts by state and reason, rate per carrier, ETA",
+                "security": auth,
+                "parameters": [cid],
+                "responses": {"200": _ok("CampaignView"), **errors},
+            }
+        },
+    }
+    for action in ("pause", "resume", "cancel"):
+        paths[f"/v1/campaigns/{{id}}/{action}"] = {
+            "post": {
+                "summary": f"{action.capitalize()} a running campaign",
+                "security": auth,
+                "parameters": [cid],
+                "responses": {"200": _ok("CampaignView"), **errors, "409": _problem("Already over")},
+            }
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Pigeon service",
+            "version": "0.1.0",
+            "description": "Transactional messages, campaigns, delivery reports and MO replies. "
+            "Errors are RFC 9457 problem details. See docs/service.md.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key from `pigeon keys create`",
+                }
+            },
+        },
+        "security": auth,
+    }
+
+
+@cache
+def document() -> bytes:
+    """The document as formatted JSON bytes (what ``/openapi.json`` serves and docs/openapi.json holds)."""
+    return msgspec.json.format(msgspec.json.encode(build()), indent=2) + b"\n"
+
+
+if __name__ == "__main__":  # python -m engine.service.openapi > docs/openapi.json
+    import sys
+
+    sys.stdout.buffer.write(document())

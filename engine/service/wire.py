@@ -1,0 +1,135 @@
+"""The service's request and response bodies (msgspec Structs), shared by the API and its OpenAPI document."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "ApiError",
+    "FieldError",
+    "MessageIn",
+    "MessageView",
+    "MessagesIn",
+    "Priority",
+    "Problem",
+    "StartCampaign",
+    "SubmitResponse",
+]
+
+Priority = Literal["transactional", "marketing"]
+
+_Phone = msgspec.Meta(min_length=1, max_length=32)
+
+
+_Name = msgspec.Meta(min_length=1, max_length=64)
+
+
+class MessageIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One message to send: ``to`` and either ``template`` + ``fields`` or ``text``."""
+
+    to: Any  # checked by hand for a clearer message than a type error
+    template: str | None = None
+    fields: dict[str, str] = {}
+    text: str | None = None
+
+
+class MessagesIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The body of ``POST /v1/messages``."""
+
+    messages: list[MessageIn]
+    priority: Priority = "transactional"
+
+
+class MessageState(msgspec.Struct, kw_only=True):
+    """One accepted message in a 202 answer."""
+
+    index: int
+    id: str
+    state: str
+    """``queued`` (in a lane), ``suppressed`` (opted out, capped) or ``deferred`` (quiet hours)."""
+    reason: str = ""
+    parts: int = 0
+
+
+class SubmitResponse(msgspec.Struct, kw_only=True):
+    """The 202 answer of ``POST /v1/messages``."""
+
+    priority: str
+    messages: list[MessageState]
+    accepted: int
+    """Messages queued for sending."""
+
+
+class FieldError(msgspec.Struct, kw_only=True):
+    """What is wrong with one message of a request."""
+
+    index: int
+    """Position of the message in ``messages`` (0-based)."""
+    field: str
+    detail: str
+
+
+class ApiError(Exception):
+    """An error the API answers as problem details (RFC 9457)."""
+
+    def __init__(
+        self, status: int, title: str, detail: str, *, errors: Sequence[FieldError] = (), kind: str = ""
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.errors = list(errors)
+        self.kind = kind or title.lower().replace(" ", "-")
+
+
+class Delivery(msgspec.Struct, kw_only=True, gc=False):
+    """The delivery report of a message."""
+
+    status: str
+    code: str = ""
+    done_at: float = 0.0
+
+
+class MessageView(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """``GET /v1/messages/{id}``: what is recorded about a message."""
+
+    id: str
+    state: str
+    """``queued``, ``submitting``, ``submitted``/``sent``, ``failed``, ``unknown``, ``suppressed``,
+    ``rejected``, ``deferred``; a delivery report moves it to ``delivered`` or keeps ``failed``."""
+    campaign: str = ""
+    to: str = ""
+    """Masked (``138****8000``)."""
+    priority: str = ""
+    carrier: str = ""
+    parts: int = 0
+    reason: str = ""
+    gateway: str = ""
+    provider_id: str = ""
+    accepted_at: float = 0.0
+    submitted_at: float = 0.0
+    answered_at: float = 0.0
+    delivery: Delivery | None = None
+
+
+class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] = []
+    """Per-message problems (``POST /v1/messages``)."""
+
+
+class StartCampaign(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The body of ``POST /v1/campaigns``: a campaign file under ``service.campaigns_dir``."""
+
+    file: str
+    again: bool = False
+    """Start a finished or cancelled campaign afresh (its ledger is archived), as ``pigeon send --again``."""

@@ -1,0 +1,115 @@
+"""Pigeon's public plugin API: the one import a source, gateway or webhook-parser plugin needs.
+
+Plugins import from here and from :mod:`pigeon.testing`; ``engine.*`` is internal and may move
+between releases. The surface follows :data:`API_VERSION`: a minor version only adds (new names,
+new optional hook arguments, new fields with defaults); a major version may remove or change.
+
+A gateway plugin in full::
+
+    from pigeon import GatewayContext, GatewayRegistry, MessageBatch, Outcome, SubmitResult, hookimpl
+
+    class EchoGateway:
+        max_batch = 100  # messages per request
+        idempotent = False  # may a message id be sent twice safely? (no: an unanswered request ends unknown)
+
+        def __init__(self, options: object, ctx: GatewayContext) -> None:
+            self.name = ctx.name
+
+        async def send(self, batch: MessageBatch) -> list[SubmitResult]:
+            return [SubmitResult(Outcome.ACCEPTED, provider_id=f"echo-{i}") for i in batch.ids]
+
+        async def aclose(self) -> None:
+            pass
+
+    @hookimpl
+    def register_gateways(gateways: GatewayRegistry) -> None:
+        gateways.add("echo", EchoGateway)
+
+Register the module under the ``pigeon`` entry-point group (``[project.entry-points.pigeon]``).
+docs/plugins.md is the guide; examples/pigeon-gateway-example is a package to copy.
+"""
+
+from __future__ import annotations
+
+from engine.core.errors import (
+    ConfigError,
+    EngineError,
+    GatewayAuthError,
+    GatewayError,
+    GatewayProtocolError,
+    GatewayTimeout,
+    GatewayUnavailable,
+    GatewayUnreachable,
+    RunHalt,
+    SourceError,
+)
+from engine.core.hookspecs import hookimpl
+from engine.core.messages import (
+    ACCEPTED,
+    DeliveryReport,
+    DeliveryStatus,
+    Message,
+    MessageBatch,
+    Outcome,
+    Reject,
+    RejectReason,
+    SubmitResult,
+)
+from engine.core.phone import mask
+from engine.core.provider_template import ProviderParams
+from engine.core.registries import (
+    GatewayRegistry,
+    Registration,
+    ResolverRegistry,
+    SourceRegistry,
+    WebhookParserRegistry,
+)
+from engine.pipeline.source import SegmentReader, SegmentSource, SourceBatch, SourceContext
+from engine.sending.gateway import Gateway, GatewayContext, InboundSink, Receiving, about_to_write
+from engine.sending.webhooks import MoReply, WebhookError, WebhookParser
+
+__all__ = [
+    "ACCEPTED",
+    "API_VERSION",
+    "ConfigError",
+    "DeliveryReport",
+    "DeliveryStatus",
+    "EngineError",
+    "Gateway",
+    "GatewayAuthError",
+    "GatewayContext",
+    "GatewayError",
+    "GatewayProtocolError",
+    "GatewayRegistry",
+    "GatewayTimeout",
+    "GatewayUnavailable",
+    "GatewayUnreachable",
+    "InboundSink",
+    "Message",
+    "MessageBatch",
+    "MoReply",
+    "Outcome",
+    "ProviderParams",
+    "Receiving",
+    "Registration",
+    "Reject",
+    "RejectReason",
+    "ResolverRegistry",
+    "RunHalt",
+    "SegmentReader",
+    "SegmentSource",
+    "SourceBatch",
+    "SourceContext",
+    "SourceError",
+    "SourceRegistry",
+    "SubmitResult",
+    "WebhookError",
+    "WebhookParser",
+    "WebhookParserRegistry",
+    "about_to_write",
+    "hookimpl",
+    "mask",
+]
+
+API_VERSION = "1.0"
+"""The plugin API's version (``major.minor``), separate from the package's; see the module docstring."""
