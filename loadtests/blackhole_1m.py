@@ -122,7 +122,8 @@ def ledger_only(rows: int, store: Path, size: int = 1000) -> float:
     and accepted in requests of ``size`` (one hand-over and one outcome transaction each), as the
     blackhole run writes them."""
     from engine.core.messages import ACCEPTED, MessageBatch
-    from engine.state.ledger import Fingerprint, Ledger
+    from engine.state.ledger.records import Fingerprint
+    from engine.state.ledger.store import Ledger
 
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)

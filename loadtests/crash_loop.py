@@ -32,7 +32,8 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from engine.state.ledger import Ledger, LedgerState
+from engine.state.ledger.records import LedgerState
+from engine.state.ledger.store import Ledger
 from loadtests.simulator import SimConfig, SimulatorThread
 
 __all__ = ["main", "run"]

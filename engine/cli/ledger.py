@@ -18,7 +18,8 @@ from engine.cli.grammar import EXIT_BAD_INPUT, EXIT_OK, emit_json, engine_option
 from engine.core.config import load_campaign, load_engine
 from engine.core.engine_file import EngineFile, find_engine, from_flags, with_engine
 from engine.core.errors import ConfigError
-from engine.state.ledger import CampaignRecord, Ledger, LedgerError
+from engine.state.ledger.records import CampaignRecord, LedgerError
+from engine.state.ledger.store import Ledger
 
 __all__ = [
     "add_ledger_commands",

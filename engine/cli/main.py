@@ -45,7 +45,7 @@ from engine.observability.report import RunRecorder, RunSummary
 from engine.run.plan import prepare
 from engine.run.preview import preview
 from engine.run.send import send
-from engine.state.ledger import CampaignBusy
+from engine.state.ledger.lease import CampaignBusy
 
 __all__ = ["EXIT_CODES", "exit_code", "main", "parser"]
 

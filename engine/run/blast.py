@@ -27,7 +27,7 @@ from engine.sending.ratelimit import SlidingWindowLimiter
 from engine.sending.retry import Breaker, RetryPolicy
 from engine.sending.sender import Accumulator, Halt, Lane, LaneItem, RouteHealth
 from engine.sending.webhooks import MoReply, opt_outs_in
-from engine.state.ledger import CampaignLedger, skip_rows
+from engine.state.ledger.run import CampaignLedger, skip_rows
 from engine.state.optout import DEFAULT_KEYWORDS
 from engine.state.store.sqlite import SqliteStore
 

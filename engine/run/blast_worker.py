@@ -46,7 +46,7 @@ from engine.run.plan import Plan, _open_ledger, prepare
 from engine.sending.gateway import Gateway, GatewayContext
 from engine.sending.priority import split_budgets
 from engine.sending.retry import Breaker
-from engine.state.ledger import CampaignLedger
+from engine.state.ledger.run import CampaignLedger
 
 __all__ = ["METRICS_FILE", "NICE", "PROGRESS_EVERY", "Progress", "main"]
 

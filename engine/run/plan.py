@@ -31,7 +31,9 @@ from engine.pipeline.source import SegmentReader, SegmentSource, SourceContext
 from engine.pipeline.stages import Cap, CarrierResolver, HoldQuietHours, SameContent, standard_stages
 from engine.pipeline.verdict import SAMPLE_ROWS, Verdict, judge
 from engine.state.caps import CapState, CapWindow
-from engine.state.ledger import CampaignLedger, Semantics, open_for_run
+from engine.state.ledger.records import Semantics
+from engine.state.ledger.run import CampaignLedger
+from engine.state.ledger.store import open_for_run
 from engine.state.optout import OptOutSet
 from engine.state.store.sqlite import SqliteStore
 

@@ -32,7 +32,7 @@ from engine.run.plan import (
 )
 from engine.run.shards import check_budgets, check_shards, run_shards
 from engine.run.signals import _send_until_signalled, quiet_gc
-from engine.state.ledger import CampaignLedger
+from engine.state.ledger.run import CampaignLedger
 
 __all__ = ["send"]
 

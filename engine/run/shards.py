@@ -43,7 +43,7 @@ from engine.core.messages import State
 from engine.observability.metrics import Metrics
 from engine.observability.report import RecorderState, RunRecorder, RunSummary
 from engine.run.plan import prepare_run
-from engine.state.ledger import CampaignLedger
+from engine.state.ledger.run import CampaignLedger
 
 __all__ = ["ShardRun", "check_budgets", "check_shards", "run_shards", "shard_config"]
 

@@ -20,7 +20,7 @@ from engine.observability.metrics import NO_METRICS, Metrics
 from engine.observability.report import RunSummary
 from engine.run.blast import _send
 from engine.run.plan import Plan, ProgressHook
-from engine.state.ledger import CampaignLedger
+from engine.state.ledger.run import CampaignLedger
 
 __all__ = ["quiet_gc"]
 

@@ -37,7 +37,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from engine.core.clock import Clock
 from engine.core.errors import GatewayAuthError, GatewayError, RunHalt
 from engine.core.messages import ACCEPTED, MessageBatch, Outcome, SubmitResult
-from engine.observability.metrics import request_outcome
+from engine.observability.metric_names import request_outcome
 from engine.observability.report import RunRecorder
 from engine.sending.gateway import Gateway, handing_over, reset_handing_over
 from engine.sending.ratelimit import SlidingWindowLimiter, Ticket

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from engine.core.config import _explain
 from engine.sending.webhooks import WebhookError
-from engine.service.campaigns import CampaignError
+from engine.service.campaigns import CampaignError, Campaigns
 from engine.service.core import Service
 from engine.service.openapi import document
 from engine.service.wire import ApiError, FieldError, MessagesIn, Problem, StartCampaign
@@ -69,6 +69,12 @@ def _decode_error(exc: msgspec.DecodeError, root: type[msgspec.Struct]) -> ApiEr
             422, "Invalid request", f"{where or 'body'}: {what}; see /openapi.json for the schema"
         )
     return ApiError(400, "Malformed JSON", f"the body is not valid UTF-8 JSON: {text}")
+
+
+def _campaigns(service: Service) -> Campaigns:
+    if service.campaigns is None:
+        raise ApiError(503, "Starting", "the service is starting: send again in a moment")
+    return service.campaigns
 
 
 def create_app(service: Service) -> Starlette:
@@ -182,21 +188,21 @@ def create_app(service: Service) -> Starlette:
         idem = request.headers.get("idempotency-key")
         if idem is not None and not 1 <= len(idem) <= 255:
             raise ApiError(422, "Invalid request", "Idempotency-Key must be 1-255 characters")
-        resp = await service.submit(req, key=key, idempotency_key=idem, body=raw)
+        resp = await service.messages.submit(req, key=key, idempotency_key=idem, body=raw)
         return _json(resp, 202)
 
     @wrap
     async def get_message(request: Request) -> Response:
         auth(request)
         mid = request.path_params["id"]
-        view = service.message(mid)
+        view = service.messages.message(mid)
         if view is None:
             raise ApiError(404, "Not found", f"no message {mid[:80]!r} is recorded")
         return _json(view)
 
     async def _webhook(request: Request, what: str) -> Response:
         gateway = request.path_params["gateway"]
-        parser = service.parser(gateway)
+        parser = service.inbound.parser(gateway)
         raw = await body(request)
         try:
             if getattr(parser, "uses_query", False):  # providers that cannot sign: a token in the URL
@@ -208,12 +214,12 @@ def create_app(service: Service) -> Starlette:
         answer = getattr(parser, "answer", None)  # the acknowledgement a provider expects, if its own
         if what == "reports":
             reports = parser.reports(raw, gateway)
-            matched = await service.apply_reports(reports)
+            matched = await service.inbound.apply_reports(reports)
             if answer is not None:
                 return Response(*answer(what, len(reports), matched))
             return _json({"received": len(reports), "matched": matched})
         replies = parser.replies(raw, gateway)
-        optouts = service.apply_replies(replies)
+        optouts = service.inbound.apply_replies(replies)
         if answer is not None:
             return Response(*answer(what, len(replies), optouts))
         return _json({"received": len(replies), "optouts": optouts})
@@ -236,7 +242,7 @@ def create_app(service: Service) -> Starlette:
         except msgspec.DecodeError as exc:
             raise _decode_error(exc, StartCampaign) from None
         try:
-            run = await service.campaigns.start(req.file, again=req.again)
+            run = await _campaigns(service).start(req.file, again=req.again)
         except CampaignError:
             raise
         except Exception as exc:  # the campaign's own config or preflight: say what to change
@@ -250,7 +256,7 @@ def create_app(service: Service) -> Starlette:
     @wrap
     async def get_campaign(request: Request) -> Response:
         auth(request)
-        return _json(service.campaigns.get(request.path_params["id"]).view())
+        return _json(_campaigns(service).get(request.path_params["id"]).view())
 
     @wrap
     async def control_campaign(request: Request) -> Response:
@@ -258,7 +264,7 @@ def create_app(service: Service) -> Starlette:
         action = request.path_params["action"]
         if action not in ("pause", "resume", "cancel"):
             raise ApiError(404, "Not found", f"no action {action[:32]!r}: use pause, resume or cancel")
-        return _json(service.campaigns.control(request.path_params["id"], action).view())
+        return _json(_campaigns(service).control(request.path_params["id"], action).view())
 
     @wrap
     async def openapi(request: Request) -> Response:

@@ -31,7 +31,8 @@ from engine.observability.worker_metrics import MergedMetrics
 from engine.run.blast_worker import METRICS_FILE, Progress
 from engine.run.control import RunControl, RunState
 from engine.run.plan import Plan, _open_ledger, check_segment, new_run_dir, prepare
-from engine.state.ledger import CampaignStatus, Ledger, LedgerError
+from engine.state.ledger.records import CampaignStatus, LedgerError
+from engine.state.ledger.store import Ledger
 
 __all__ = ["CampaignHost", "CampaignRun", "CampaignView", "Campaigns"]
 
@@ -41,12 +42,35 @@ log = logging.getLogger("pigeon.campaigns")
 class CampaignHost(Protocol):
     """What :class:`Campaigns` uses of the service that runs them (:class:`~engine.service.core.Service`)."""
 
-    engine: LoadedEngine
-    host: PluginHost
-    service: ServiceConfig
-    ledger: Ledger | None
-    merged_metrics: MergedMetrics
-    draining: bool
+    @property
+    def engine(self) -> LoadedEngine:
+        """The engine file."""
+        ...
+
+    @property
+    def host(self) -> PluginHost:
+        """The plugin host."""
+        ...
+
+    @property
+    def service(self) -> ServiceConfig:
+        """The ``[service]`` section."""
+        ...
+
+    @property
+    def ledger(self) -> Ledger | None:
+        """The service's ledger connection."""
+        ...
+
+    @property
+    def merged_metrics(self) -> MergedMetrics:
+        """Where a finished blast's last series are kept."""
+        ...
+
+    @property
+    def draining(self) -> bool:
+        """The service is stopping."""
+        ...
 
 
 class CampaignView(msgspec.Struct, kw_only=True):

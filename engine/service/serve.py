@@ -73,7 +73,7 @@ async def run(
 
         async def trigger() -> None:
             await stop.wait()
-            svc.draining = True
+            svc.ctx.draining = True
             log.info("draining", extra={"event": "service.draining"})
 
         async with anyio.create_task_group() as tg:

@@ -17,7 +17,8 @@ from engine.core.clock import SystemClock
 from engine.observability.report import RunSummary
 from engine.run.blast import _send
 from engine.run.plan import _open_ledger, new_run_dir, prepare
-from engine.state.ledger import CampaignStatus, Ledger, LedgerState
+from engine.state.ledger.records import CampaignStatus, LedgerState
+from engine.state.ledger.store import Ledger
 from loadtests.simulator import Simulator
 
 ENV = {**os.environ, "PYTHONUTF8": "1"}

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from engine.cli.main import EXIT_BAD_INPUT, EXIT_OK, main
-from engine.state.ledger import CampaignStatus, Ledger
+from engine.state.ledger.records import CampaignStatus
+from engine.state.ledger.store import Ledger
 
 GOOD = "phone,name,coupon\n" + "".join(f"1380013{i:04d},客{i},20\n" for i in range(30))
 

@@ -21,7 +21,8 @@ from engine.cli.grammar import commands, update_docs
 from engine.cli.main import main, parser
 from engine.core.engine_file import EngineFile, find_engine, with_engine
 from engine.core.errors import ConfigError
-from engine.state.ledger import CampaignStatus, Ledger
+from engine.state.ledger.records import CampaignStatus
+from engine.state.ledger.store import Ledger
 from tests.conftest import ENGINE_FILE, ROOT
 
 SEGMENT = "phone,name,coupon\n13800138000,张伟,20\n13000130000,李娜,30\n13300133000,王芳,10\n"

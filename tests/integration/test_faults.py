@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from engine.cli.main import EXIT_BUSY, EXIT_HALTED
-from engine.state.ledger import Ledger, LedgerState
+from engine.state.ledger.records import LedgerState
+from engine.state.ledger.store import Ledger
 from loadtests.simulator import SimConfig, SimulatorThread
 from tests.integration.crash_harness import (
     check_ledger_against_log,

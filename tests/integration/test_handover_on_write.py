@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.state.ledger import Ledger, LedgerState
+from engine.state.ledger.records import LedgerState
+from engine.state.ledger.store import Ledger
 from tests.integration.crash_harness import send_with_ledger
 
 pytestmark = pytest.mark.anyio

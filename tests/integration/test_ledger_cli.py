@@ -12,7 +12,7 @@ import pytest
 
 from engine.core.config import load_engine
 from engine.core.messages import DeliveryReport, DeliveryStatus
-from engine.state.ledger import Ledger
+from engine.state.ledger.store import Ledger
 from tests.integration.test_send import SEGMENT, run_cli
 
 
@@ -97,7 +97,7 @@ def test_a_changed_segment_or_template_refuses_to_resume_unless_forced(
     assert run_cli("send", str(campaign), "--json", cwd=tmp_path).returncode == 0
     ledger = Ledger(load_engine(engine).store_path)
     try:
-        from engine.state.ledger import CampaignStatus
+        from engine.state.ledger.records import CampaignStatus
 
         ledger.set_status("t", CampaignStatus.RUNNING)
     finally:
@@ -131,7 +131,7 @@ def test_resume_finds_the_engine_file_in_pigeon_engine(
     assert run_cli("send", str(campaign), "--json", cwd=tmp_path).returncode == 0
     ledger = Ledger(load_engine(engine).store_path)
     try:
-        from engine.state.ledger import CampaignStatus
+        from engine.state.ledger.records import CampaignStatus
 
         ledger.set_status("t", CampaignStatus.RUNNING)  # as a crash leaves it
     finally:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.state.ledger import CampaignStatus, Ledger, LedgerState
+from engine.state.ledger.records import CampaignStatus, LedgerState
+from engine.state.ledger.store import Ledger
 from loadtests.smsc_sim import SmscConfig, SmscThread
 from tests.integration.crash_harness import files, segment, wait_for
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.state.ledger import Ledger, LedgerState
+from engine.state.ledger.records import LedgerState
+from engine.state.ledger.store import Ledger
 from engine.state.store.sqlite import SqliteStore
 from loadtests.smsc_sim import SmscConfig, SmscThread
 from tests.integration.crash_harness import send_with_ledger

@@ -17,8 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from pigeon.testing import check_gateway, gateway_context, registered, sample_batch
 from loadtests.simulator import SimConfig, Simulator, SimulatorThread
+from pigeon.testing import check_gateway, gateway_context, registered, sample_batch
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "examples" / "pigeon-gateway-example"

@@ -12,18 +12,9 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from engine.core.messages import DeliveryReport, DeliveryStatus, MessageBatch, Outcome, Reject, SubmitResult
-from engine.state.ledger import (
-    INTERRUPTED,
-    Fingerprint,
-    Ledger,
-    LedgerStalled,
-    LedgerState,
-    Semantics,
-    _pack_parts,
-    _pack_rows,
-    _unpack_parts,
-    _unpack_rows,
-)
+from engine.state.ledger.encoding import INTERRUPTED, _pack_parts, _pack_rows, _unpack_parts, _unpack_rows
+from engine.state.ledger.records import Fingerprint, LedgerStalled, LedgerState, Semantics
+from engine.state.ledger.store import Ledger
 
 FP = Fingerprint(segment="seg.csv", size=1, sha256="00", template="t")
 

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.observability.metrics import NAMES, Metrics
+from engine.observability.metric_names import NAMES
+from engine.observability.metrics import Metrics
 from tests.conftest import promtool as find_promtool
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "config" / "grafana-dashboard.json"

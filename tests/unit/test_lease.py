@@ -12,16 +12,10 @@ from pathlib import Path
 import pytest
 
 from engine.core.messages import MessageBatch
-from engine.state.ledger import (
-    HOST,
-    CampaignBusy,
-    CampaignLedger,
-    Fingerprint,
-    LeaseLost,
-    Ledger,
-    LedgerState,
-    process_start,
-)
+from engine.state.ledger.lease import HOST, CampaignBusy, process_start
+from engine.state.ledger.records import Fingerprint, LeaseLost, LedgerState
+from engine.state.ledger.run import CampaignLedger
+from engine.state.ledger.store import Ledger
 
 FP = Fingerprint(segment="seg.csv", size=1, sha256="00", template="t")
 
@@ -143,7 +137,7 @@ def test_a_lease_handed_off_is_adopted_by_the_worker_that_gets_its_token(tmp_pat
 def test_the_stop_after_requests_without_an_answer_names_the_campaigns_semantics(
     tmp_path: Path, semantics: str, says: str
 ) -> None:
-    from engine.state.ledger import LedgerStalled, Semantics
+    from engine.state.ledger.records import LedgerStalled, Semantics
 
     ledger = Ledger(tmp_path / "s.db")
     run = ledger.open_campaign("c", kind="marketing", fingerprint=FP, semantics=Semantics(semantics))

@@ -18,7 +18,9 @@ from engine.observability.report import RunRecorder
 from engine.sending.retry import Breaker
 from engine.sending.sender import Lane
 from engine.sending.testing import RecordingGateway
-from engine.state.ledger import Fingerprint, Ledger, LedgerState, LedgerWriteError, transaction
+from engine.state.ledger.records import Fingerprint, LedgerState, LedgerWriteError
+from engine.state.ledger.store import Ledger
+from engine.state.ledger.tx import transaction
 
 pytestmark = pytest.mark.anyio
 
@@ -108,7 +110,7 @@ def test_a_spinning_connection_waits_for_another_writer_then_commits(
     release.join()
     assert service.db.execute("SELECT value FROM ledger_meta WHERE key = 'probe'").fetchone() == (1,)
 
-    monkeypatch.setattr("engine.state.ledger._SPIN_FOR", 0.05)
+    monkeypatch.setattr("engine.state.ledger.tx._SPIN_FOR", 0.05)
     other.execute("BEGIN IMMEDIATE")  # held for longer than the caller waits
     with pytest.raises(LedgerWriteError, match="locked"), transaction(service.db):
         pass

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.core.messages import DeliveryReport, DeliveryStatus, MessageBatch, Outcome, SubmitResult
-from engine.state.ledger import _INDEX_CHUNK, CampaignLedger, Fingerprint, Ledger
+from engine.state.ledger.encoding import _INDEX_CHUNK
+from engine.state.ledger.records import Fingerprint
+from engine.state.ledger.run import CampaignLedger
+from engine.state.ledger.store import Ledger
 
 
 def _send(run: CampaignLedger, rows: list[int], pid: str = "x") -> None:

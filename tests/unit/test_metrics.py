@@ -17,16 +17,15 @@ from engine.core.errors import (
     GatewayUnavailable,
 )
 from engine.core.messages import RejectReason, SuppressReason
-from engine.observability.metrics import (
+from engine.observability.metric_names import (
     DELIVERY_STATUSES,
     MESSAGE_OUTCOMES,
     NAMES,
-    NO_METRICS,
     REQUEST_OUTCOMES,
     STAGE_REASONS,
-    Metrics,
     request_outcome,
 )
+from engine.observability.metrics import NO_METRICS, Metrics
 from engine.pipeline.stages.hold_quiet_hours import OUTSIDE_SEND_WINDOW
 from tests.conftest import promtool as find_promtool
 

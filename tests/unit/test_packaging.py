@@ -76,7 +76,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("pkg")
     tree = tmp / "tree"
     shutil.copytree(ROOT, tree, ignore=_COPY_IGNORE)
-    shutil.copytree(ROOT / "engine" / "data", tree / "engine" / "data", ignore=_COPY_IGNORE)
+    shutil.copytree(ROOT / "engine" / "core" / "data", tree / "engine" / "core" / "data", ignore=_COPY_IGNORE)
     for rel, text in JUNK.items():
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         (tree / rel).write_text(text)
@@ -115,12 +115,13 @@ def test_the_sdist_carries_the_license_the_c_source_and_nothing_from_the_working
         "engine/core/_speedups.pyi",
         "engine/py.typed",
         "plugins/py.typed",
+        "pigeon/py.typed",
         "engine/core/data/cn_prefixes.toml",
     ):
         assert need in names, need
     tracked = [
         p.relative_to(ROOT).as_posix()
-        for top in ("engine", "plugins")
+        for top in ("engine", "pigeon", "plugins")
         for p in (ROOT / top).rglob("*.py")
         if "__pycache__" not in p.parts
     ]
@@ -134,11 +135,12 @@ def test_the_wheel_carries_the_license_and_type_markers_and_nothing_else(
 ) -> None:
     names = _names(artifacts[1])
     dist_info = next(n.split("/")[0] for n in names if n.split("/")[0].endswith(".dist-info"))
-    assert {n.split("/")[0] for n in names} == {"engine", "plugins", dist_info}
+    assert {n.split("/")[0] for n in names} == {"engine", "pigeon", "plugins", dist_info}
     assert f"{dist_info}/licenses/LICENSE" in names
     assert {
         "engine/py.typed",
         "plugins/py.typed",
+        "pigeon/py.typed",
         "engine/core/_speedups.pyi",
         "engine/core/data/cn_prefixes.toml",
     } <= set(names)
@@ -146,7 +148,7 @@ def test_the_wheel_carries_the_license_and_type_markers_and_nothing_else(
     assert _leaks(names) == []
     compiler = sysconfig.get_config_var("CC")
     if os.environ.get("PIGEON_REQUIRE_SPEEDUPS") or (compiler and shutil.which(compiler.split()[0])):
-        assert [n for n in names if re.fullmatch(r"engine/_speedups\..*\.so", n)], "no compiled kernels"
+        assert [n for n in names if re.fullmatch(r"engine/core/_speedups\..*\.so", n)], "no compiled kernels"
 
 
 def test_the_metadata_names_license_authors_urls_and_real_classifiers(artifacts: tuple[Path, Path]) -> None:

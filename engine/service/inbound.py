@@ -1,0 +1,171 @@
+"""What gateways bring in: delivery reports and MO replies, by webhook or on their own connections."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import anyio
+
+from engine.core.errors import ConfigError
+from engine.core.messages import DeliveryReport
+from engine.core.phone import mask
+from engine.core.plugin_host import PluginHost
+from engine.sending.gateway import Receiving
+from engine.sending.webhooks import GenericParser, MoReply, WebhookParser, opt_outs_in
+from engine.service.context import ServiceContext
+from engine.service.wire import ApiError
+from engine.state.ledger.store import Ledger
+from engine.state.optout import DEFAULT_KEYWORDS
+
+__all__ = ["Inbound"]
+
+log = logging.getLogger("pigeon.service")
+
+
+class Inbound:
+    """Webhook parsers per gateway; reports matched in memory and in the ledger; replies' opt-outs
+    recorded in the store, the service's opt-out set and every listener's (the running blasts)."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.parsers: dict[str, WebhookParser] = {}
+        self.keywords = ctx.service.optout_keywords or sorted(DEFAULT_KEYWORDS)
+        self.optout_listeners: list[Callable[[list[str]], None]] = []
+        """Called with the numbers of every new opt-out from a reply."""
+        self.reports_ledger: Ledger | None = None
+        """Delivery reports' connection, used by one thread at a time (:meth:`apply_reports`)."""
+        self._reports_limiter = anyio.CapacityLimiter(1)
+        self._scope: anyio.CancelScope | None = None
+
+    def open(self) -> None:
+        """Open the reports' own ledger connection."""
+        self.reports_ledger = Ledger(self.ctx.engine.store_path)
+
+    def register(self, host: PluginHost, gateways: Iterable[str]) -> None:
+        """A parser per gateway: ``service.webhooks.<gateway>.parser`` (generic by default) and its secret."""
+        registry = host.webhook_parsers
+        for name in gateways:
+            wcfg = self.ctx.service.webhooks.get(name)
+            secret: bytes | None = None
+            if wcfg is not None and wcfg.secret_env:
+                value = os.environ.get(wcfg.secret_env)
+                if not value:
+                    raise ConfigError(
+                        self.ctx.engine.file,
+                        f"service.webhooks.{name}.secret_env",
+                        f"the environment variable {wcfg.secret_env} is not set",
+                    )
+                secret = value.encode()
+            kind = wcfg.parser if wcfg is not None else "generic"
+            allow = wcfg.allow_unsigned if wcfg is not None else False
+            if kind == "generic":
+                self.parsers[name] = GenericParser(secret, allow_unsigned=allow)
+            elif kind in registry:
+                self.parsers[name] = registry.get(kind).factory(secret, name)
+            else:
+                known = ["generic", *registry.names()]
+                raise ConfigError(
+                    self.ctx.engine.file,
+                    f"service.webhooks.{name}.parser",
+                    f"unknown webhook parser {kind!r}; registered: {', '.join(known)}",
+                )
+
+    def parser(self, gateway: str) -> WebhookParser:
+        """The parser of ``gateway``'s callbacks; 404 for an unknown gateway."""
+        p = self.parsers.get(gateway)
+        if p is None:
+            raise ApiError(
+                404,
+                "Unknown gateway",
+                f"no gateway {gateway[:64]!r}; configured: {', '.join(sorted(self.parsers))}",
+            )
+        return p
+
+    async def apply_reports(self, reports: Sequence[DeliveryReport]) -> int:
+        """Record delivery reports (ledger and memory); how many matched a message.
+
+        The ledger's part runs in a thread on a connection of its own: matching by provider id may
+        first bring the provider-id index up to date (:meth:`Ledger.index_providers`), which must
+        not hold up the event loop."""
+        matched = self.ctx.records.reports(reports)
+        if self.reports_ledger is not None:
+            found = await anyio.to_thread.run_sync(
+                self.reports_ledger.apply_reports, reports, limiter=self._reports_limiter
+            )
+            matched = max(matched, found)
+        self.ctx.counters["reports"] += len(reports)
+        by_gateway: dict[str, Counter[str]] = {}
+        for r in reports:
+            by_gateway.setdefault(r.gateway, Counter())[r.status.value] += 1
+        for gw, counts in by_gateway.items():
+            self.ctx.metrics.delivery_reports(counts, gateway=gw)
+        self.ctx.counters["reports_matched"] += matched
+        log.info(
+            "delivery reports",
+            extra={
+                "event": "webhook.reports",
+                "count": len(reports),
+                "matched": matched,
+                "gateway": reports[0].gateway if reports else "",
+            },
+        )
+        return matched
+
+    def apply_replies(self, replies: Sequence[MoReply]) -> int:
+        """Record MO replies; opt-out keywords go to the store and every running blast's set now."""
+        numbers, records = opt_outs_in(replies, self.keywords)
+        if records:
+            assert self.ctx.store is not None
+            self.ctx.metrics.optouts_added(self.ctx.store.add_optouts(records), "mo")
+            self.ctx.optouts.add(numbers)
+            for listener in self.optout_listeners:
+                listener(numbers)
+        self.ctx.counters["replies"] += len(replies)
+        self.ctx.counters["optouts"] += len(records)
+        log.info(
+            "MO replies",
+            extra={
+                "event": "webhook.replies",
+                "count": len(replies),
+                "optouts": len(records),
+                "numbers": [mask(n) for n in numbers[:20]],
+            },
+        )
+        return len(records)
+
+    async def serve(self, gateways: Mapping[str, Receiving]) -> None:
+        """Feed what SMPP/CMPP connections bring in (receipts, MO) to the webhook path until stopped."""
+        sink = _Sink(self)
+        async with anyio.create_task_group() as tg:
+            self._scope = tg.cancel_scope
+            for gw in gateways.values():
+                gw.attach(sink)
+                tg.start_soon(gw.serve)
+
+    def stop(self) -> None:
+        """Stop reading the gateways' connections."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def close(self) -> None:
+        """Close the reports' connection."""
+        if self.reports_ledger is not None:
+            self.reports_ledger.close()
+
+
+class _Sink:
+    """Receipts and MO read on a gateway's own connections go where webhooks' go."""
+
+    def __init__(self, inbound: Inbound) -> None:
+        self.inbound = inbound
+
+    async def reports(self, reports: Sequence[DeliveryReport]) -> None:
+        """:meth:`Inbound.apply_reports`."""
+        await self.inbound.apply_reports(reports)
+
+    async def replies(self, replies: Sequence[MoReply]) -> None:
+        """:meth:`Inbound.apply_replies` (an R / 退订 records an opt-out)."""
+        self.inbound.apply_replies(replies)

@@ -1,0 +1,349 @@
+"""API messages in: checked, run through the stages, recorded and queued; idempotency keys; look-ups."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+import msgspec
+
+from engine.core.config import _read_toml, convert_section
+from engine.core.errors import ConfigError, TemplateError
+from engine.core.messages import MessageBatch, Reject, State
+from engine.core.phone import mask
+from engine.core.service_config import ServiceTemplate
+from engine.core.template import Template, compile_template
+from engine.pipeline.runner import Batch
+from engine.service.context import ServiceContext
+from engine.service.lanes import TEXT_TEMPLATE, ApiLanes
+from engine.service.wire import (
+    ApiError,
+    Delivery,
+    FieldError,
+    MessagesIn,
+    MessageState,
+    MessageView,
+    SubmitResponse,
+)
+from engine.state.ledger.tx import transaction
+
+__all__ = ["IDEMPOTENCY_SCHEMA", "Submissions", "load_templates"]
+
+log = logging.getLogger("pigeon.service")
+
+IDEMPOTENCY_SCHEMA = """CREATE TABLE IF NOT EXISTS api_idempotency (
+    api_key     TEXT NOT NULL,       -- the API key's name
+    idem_key    TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,       -- SHA-256 of the request body
+    response    BLOB NOT NULL,       -- the 202 answer, JSON
+    at          REAL NOT NULL,
+    PRIMARY KEY (api_key, idem_key)
+)"""
+
+_response_enc = msgspec.json.Encoder()
+_response_dec = msgspec.json.Decoder(SubmitResponse)
+
+
+@dataclass
+class _Idem:
+    fingerprint: str
+    response: SubmitResponse
+    at: float
+
+
+class Submissions:
+    """``POST /v1/messages`` and ``GET /v1/messages/{id}`` behind the API."""
+
+    def __init__(self, ctx: ServiceContext, lanes: ApiLanes, templates: dict[str, ServiceTemplate]) -> None:
+        self.ctx = ctx
+        self.lanes = lanes
+        self.templates = templates
+        self._idem: dict[tuple[str, str], _Idem] = {}
+        self._fields_of: dict[str, Template] = {}
+        """Template id → its compiled template (for the field checks)."""
+
+    def open(self) -> None:
+        """Create the idempotency table and forget keys past ``service.idempotency_ttl``."""
+        assert self.ctx.ledger is not None
+        db = self.ctx.ledger.db
+        with transaction(db):  # idempotency keys: written with their messages' hand-over
+            db.execute(IDEMPOTENCY_SCHEMA)
+            db.execute(
+                "DELETE FROM api_idempotency WHERE at < ?", (time.time() - self.ctx.service.idempotency_ttl,)
+            )
+
+    def _validate(self, req: MessagesIn) -> list[tuple[str, list[str]]]:
+        """Per message: (template id, row values in the template's field order); raises 422."""
+        if not req.messages:
+            raise ApiError(422, "Invalid request", "messages is empty: send at least one message")
+        if len(req.messages) > self.ctx.service.max_messages:
+            raise ApiError(
+                413,
+                "Too many messages",
+                f"{len(req.messages)} messages in one request; at most {self.ctx.service.max_messages} "
+                "(service.max_messages): split the request",
+            )
+        errors: list[FieldError] = []
+        out: list[tuple[str, list[str]]] = []
+        for i, m in enumerate(req.messages):
+            if not isinstance(m.to, str) or not 1 <= len(m.to) <= 32:
+                errors.append(FieldError(index=i, field="to", detail="expected a phone number as a string"))
+                continue
+            if (m.template is None) == (m.text is None):
+                errors.append(
+                    FieldError(index=i, field="template", detail="give either template (with fields) or text")
+                )
+                continue
+            if m.text is not None:
+                if m.fields:
+                    errors.append(FieldError(index=i, field="fields", detail="fields go with a template"))
+                elif not m.text.strip():
+                    errors.append(FieldError(index=i, field="text", detail="the text is empty"))
+                elif len(m.text) > 1000:
+                    errors.append(FieldError(index=i, field="text", detail="longer than 1000 characters"))
+                else:
+                    out.append((TEXT_TEMPLATE, [m.to, m.text]))
+                continue
+            tid = m.template or ""
+            t = self.templates.get(tid)
+            if t is None:
+                close = difflib.get_close_matches(tid, list(self.templates), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                known = ", ".join(sorted(self.templates)) or "(none configured)"
+                errors.append(
+                    FieldError(
+                        index=i,
+                        field="template",
+                        detail=f"unknown template {tid[:64]!r}{hint} Known: {known}",
+                    )
+                )
+                continue
+            template = self._fields_of.get(tid)
+            if template is None:
+                template = self._fields_of[tid] = compile_template(
+                    t.text, signature="x", max_length=t.max_length
+                )
+            unknown = [f for f in m.fields if f not in template.fields]
+            missing = [f for f in template.required if not m.fields.get(f, "").strip()]
+            if unknown:
+                errors.append(
+                    FieldError(
+                        index=i,
+                        field=f"fields.{unknown[0][:64]}",
+                        detail=f"template {tid!r} has no field {unknown[0][:64]!r}; its fields: "
+                        + (", ".join(template.fields) or "(none)"),
+                    )
+                )
+            elif missing:
+                errors.append(
+                    FieldError(
+                        index=i, field=f"fields.{missing[0]}", detail=f"template {tid!r} needs this field"
+                    )
+                )
+            elif any(len(v) > 500 for v in m.fields.values()):
+                errors.append(
+                    FieldError(index=i, field="fields", detail="a field value is over 500 characters")
+                )
+            else:
+                out.append((tid, [m.to, *(m.fields.get(f, "") for f in template.fields)]))
+        if errors:
+            raise ApiError(
+                422,
+                "Invalid messages",
+                f"{len(errors)} of {len(req.messages)} message(s) cannot be sent; nothing was sent: "
+                + errors[0].detail,
+                errors=errors,
+            )
+        return out
+
+    async def submit(
+        self, req: MessagesIn, *, key: str, idempotency_key: str | None, body: bytes
+    ) -> SubmitResponse:
+        """Check, run the stages, record and queue one request's messages; raises :class:`ApiError`."""
+        if self.ctx.draining:
+            raise ApiError(503, "Shutting down", "the service is draining; send again to another instance")
+        fp = hashlib.sha256(body).hexdigest()
+        if idempotency_key is not None:
+            seen = self._idem.get((key, idempotency_key)) or self._stored_idem(key, idempotency_key)
+            if seen is not None and self.ctx.clock.time() - seen.at < self.ctx.service.idempotency_ttl:
+                if seen.fingerprint != fp:
+                    raise ApiError(
+                        422,
+                        "Idempotency key reused",
+                        "this Idempotency-Key came with a different body; use a new key for a new request",
+                    )
+                return seen.response
+        values = self._validate(req)
+        stream = self.lanes.streams[req.priority]
+        rows = stream.rows.take(len(values))
+        index_of = {row: i for i, row in enumerate(rows)}
+        groups: dict[str, list[int]] = {}
+        for i, (tid, _) in enumerate(values):
+            groups.setdefault(tid, []).append(i)
+        out_batches: dict[str, list[MessageBatch]] = {}
+        dropped: list[Reject] = []
+        prefix = f"{stream.campaign}-"
+        for tid, idx in groups.items():
+            _, runner = self.lanes.runner(stream, tid)
+            batch = runner.run(Batch([rows[i] for i in idx], [values[i][1] for i in idx], 0))
+            dropped += batch.rejects
+            for carrier, mb in (batch.messages(prefix) if batch.nums else {}).items():
+                out_batches.setdefault(carrier, []).append(mb)
+        refused = [r for r in dropped if r.state == State.REJECTED]
+        if refused:
+            errors = [
+                FieldError(
+                    index=index_of[r.row],
+                    field="to"
+                    if "number" in r.reason
+                    or "prefix" in r.reason
+                    or r.reason
+                    in ("iot_number", "not_mobile", "special_number", "satellite_number", "missing_phone")
+                    else r.reason,
+                    detail=f"{r.reason}: {r.detail}",
+                )
+                for r in sorted(refused, key=lambda r: r.row)
+            ]
+            raise ApiError(
+                422,
+                "Invalid messages",
+                f"{len(errors)} of {len(values)} message(s) cannot be sent; nothing was sent: "
+                + errors[0].detail,
+                errors=errors,
+            )
+        now = self.ctx.clock.time()
+        states: dict[int, MessageState] = {}
+        views: list[MessageView] = []
+        for carrier, mbs in out_batches.items():
+            for mb in mbs:
+                for mid, row, to, parts in zip(mb.ids, mb.rows, mb.tos, mb.parts, strict=True):
+                    states[row] = MessageState(index=index_of[row], id=mid, state="queued", parts=parts)
+                    views.append(
+                        MessageView(
+                            id=mid,
+                            state="queued",
+                            campaign=stream.campaign,
+                            to=mask(to),
+                            priority=req.priority,
+                            carrier=carrier,
+                            parts=parts,
+                            accepted_at=now,
+                        )
+                    )
+        for r in dropped:
+            mid = f"{prefix}{r.row}"
+            states[r.row] = MessageState(index=index_of[r.row], id=mid, state=r.state, reason=r.reason)
+            views.append(
+                MessageView(
+                    id=mid,
+                    state=r.state,
+                    campaign=stream.campaign,
+                    to=mask(r.phone),
+                    priority=req.priority,
+                    reason=r.reason,
+                    accepted_at=now,
+                )
+            )
+        self.ctx.records.add(views)
+        if dropped:
+            stream.recorder.dropped(dropped)
+        response = SubmitResponse(
+            priority=req.priority,
+            messages=[states[row] for row in rows],
+            accepted=sum(1 for s in states.values() if s.state == "queued"),
+        )
+        if idempotency_key is not None:
+            self._idem[(key, idempotency_key)] = _Idem(fp, response, now)
+            if len(self._idem) > 100_000:
+                self._expire_idem(now)
+            if stream.ledger is not None:  # durable with the hand-over of its messages
+                stream.ledger.defer(
+                    "INSERT OR REPLACE INTO api_idempotency VALUES (?, ?, ?, ?, ?)",
+                    (key, idempotency_key, fp, _response_enc.encode(response), now),
+                )
+        self.ctx.counters["messages_accepted"] += response.accepted
+        log.info(
+            "messages accepted",
+            extra={
+                "event": "messages.accepted",
+                "priority": req.priority,
+                "messages": [
+                    {"id": v.id, "to": v.to, "state": v.state, **({"reason": v.reason} if v.reason else {})}
+                    for v in views[:20]
+                ],
+                "count": len(views),
+            },
+        )
+        stream.recorder.queued(len(views) - len(dropped))
+        if req.priority == "transactional":
+            self.lanes.urgent_pending += response.accepted
+        await self.lanes.send(stream, out_batches)
+        return response
+
+    def _stored_idem(self, key: str, idempotency_key: str) -> _Idem | None:
+        """An idempotency key recorded before this process started (it survives a restart)."""
+        if self.ctx.ledger is None:
+            return None
+        row = self.ctx.ledger.db.execute(
+            "SELECT fingerprint, response, at FROM api_idempotency WHERE api_key = ? AND idem_key = ?",
+            (key, idempotency_key),
+        ).fetchone()
+        if row is None:
+            return None
+        found = _Idem(row[0], _response_dec.decode(row[1]), float(row[2]))
+        self._idem[(key, idempotency_key)] = found
+        return found
+
+    def _expire_idem(self, now: float) -> None:
+        ttl = self.ctx.service.idempotency_ttl
+        self._idem = {k: v for k, v in self._idem.items() if now - v.at < ttl}
+
+    def message(self, message_id: str) -> MessageView | None:
+        """What is recorded about a message: in memory for recent API messages, else the ledger."""
+        v = self.ctx.records.by_id.get(message_id)
+        if v is not None:
+            return v
+        if self.ctx.ledger is None or len(message_id) > 200:
+            return None
+        rec = self.ctx.ledger.message(message_id)
+        if rec is None:
+            return None
+        return MessageView(
+            id=rec.message_id,
+            state=rec.delivery_status if rec.delivery_status == "delivered" else rec.state.value,
+            campaign=rec.campaign,
+            reason=rec.reason,
+            gateway=rec.gateway,
+            provider_id=rec.provider_id,
+            submitted_at=rec.submitted_at,
+            answered_at=rec.answered_at,
+            delivery=Delivery(status=rec.delivery_status, code=rec.delivery_code, done_at=rec.delivered_at)
+            if rec.delivery_status
+            else None,
+        )
+
+
+def load_templates(ctx: ServiceContext) -> dict[str, ServiceTemplate]:
+    """The API's templates (``service.templates`` and ``service.templates_file``), each checked."""
+    out = dict(ctx.service.templates)
+    if ctx.service.templates_file:
+        path = ctx.path(ctx.service.templates_file)
+        raw = _read_toml(path)
+        for tid, section in raw.items():
+            out[tid] = convert_section(section, ServiceTemplate, file=str(path), path=tid)
+    for tid, t in out.items():
+        sig = t.signature or ctx.service.signature
+        if not sig.strip().strip("【】"):
+            raise ConfigError(
+                ctx.engine.file,
+                f"service.templates.{tid}.signature",
+                "no signature: set it here or service.signature (carriers require one)",
+            )
+        try:
+            compile_template(t.text, signature=sig, max_length=t.max_length).check_length()
+        except TemplateError as exc:
+            raise ConfigError(ctx.engine.file, f"service.templates.{tid}.text", str(exc)) from None
+    return out
