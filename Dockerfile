@@ -20,6 +20,7 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md LICENSE ./
 COPY engine ./engine
 COPY plugins ./plugins
+COPY pigeon ./pigeon
 RUN pip wheel --no-cache-dir --no-deps -w /wheels .
 
 FROM python:3.11-slim-bookworm

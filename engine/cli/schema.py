@@ -1,10 +1,10 @@
 """JSON Schemas of the engine and campaign files, generated from their msgspec types for editors.
 
-``python -m engine.cli.schema`` writes ``config/schema/engine.cli.schema.json`` and
+``python -m engine.cli.schema`` writes ``config/schema/engine.schema.json`` and
 ``config/schema/campaign.schema.json``; a test fails when the committed files differ from what this
 module generates, so they follow every change to :mod:`engine.core.config`. An editor with a TOML
 language server (Taplo, VS Code's Even Better TOML) then completes and checks keys when a file
-starts with ``#:schema ./schema/engine.cli.schema.json`` (docs/configuration.md).
+starts with ``#:schema ./schema/engine.schema.json`` (docs/configuration.md).
 
 What msgspec's own schema lacks is added here: each key's description from the docstring under
 its field; the settings of the built-in plugins, for ``[segment]`` by ``source`` and for
@@ -231,7 +231,7 @@ def schemas(
     """File name → schema, for both config files."""
     host = host or PluginHost()
     return {
-        "engine.cli.schema.json": engine_schema(host, plugins),
+        "engine.schema.json": engine_schema(host, plugins),
         "campaign.schema.json": campaign_schema(host, plugins),
     }
 

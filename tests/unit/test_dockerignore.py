@@ -58,7 +58,7 @@ JUNK = [
 def context(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
     """A copy of the sources with junk planted in it, and the files Docker would send of it."""
     root = tmp_path_factory.mktemp("context")
-    for top in ("engine", "plugins", "config", "examples"):
+    for top in ("engine", "pigeon", "plugins", "config", "examples"):
         shutil.copytree(
             ROOT / top,
             root / top,

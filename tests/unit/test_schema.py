@@ -48,7 +48,7 @@ def test_the_committed_schemas_are_what_the_types_generate(host: PluginHost) -> 
 def test_check_mode_reports_a_stale_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-o", str(tmp_path)]) == 0
     assert main(["-o", str(tmp_path), "--check"]) == 0
-    (tmp_path / "engine.cli.schema.json").write_text("{}\n")
+    (tmp_path / "engine.schema.json").write_text("{}\n")
     assert main(["-o", str(tmp_path), "--check"]) == 1
     assert "stale: " in capsys.readouterr().out
 
@@ -66,7 +66,7 @@ def test_every_example_config_validates_and_names_its_schema(
 
 
 def test_descriptions_come_from_the_field_docstrings() -> None:
-    engine = json.loads((SCHEMA_DIR / "engine.cli.schema.json").read_text(encoding="utf-8"))
+    engine = json.loads((SCHEMA_DIR / "engine.schema.json").read_text(encoding="utf-8"))
     props = engine["$defs"]["EngineConfig"]["properties"]
     assert props["batch_size"]["description"] == "Recipients per batch through the stages."
     assert "uvloop" in props["backend"]["description"]
