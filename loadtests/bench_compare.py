@@ -1,4 +1,4 @@
-"""Two checkouts' pytest-benchmark suites side by side in one run, rounds interleaved: is a change within noise?
+"""Two checkouts' pytest-benchmark suites side by side, rounds interleaved: is a change within noise?
 
     python -m loadtests.bench_compare --base ../pigeon-before --head . [--rounds 3] [-k EXPR]
 
@@ -32,7 +32,7 @@ def _run(checkout: Path, out: Path, expr: str | None) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     """Run both suites ``--rounds`` times, interleaved; print a table; 1 if any benchmark is over noise."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", type=Path, required=True, help="the checkout before the change (with its .venv)")
+    ap.add_argument("--base", type=Path, required=True, help="the checkout before (with its .venv)")
     ap.add_argument("--head", type=Path, required=True, help="the checkout after it (with its .venv)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--noise", type=float, default=1.10, help="head/base ratio above which a row is flagged")
@@ -54,12 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'benchmark':<{width}}  {'base µs':>10}  {'head µs':>10}  ratio")
     for r in rows:
         flag = "  ← over noise" if r["ratio"] > args.noise else ""
-        print(f"{r['benchmark']:<{width}}  {r['base_us']:>10.1f}  {r['head_us']:>10.1f}  {r['ratio']:.3f}{flag}")
+        figures = f"{r['base_us']:>10.1f}  {r['head_us']:>10.1f}  {r['ratio']:.3f}"
+        print(f"{r['benchmark']:<{width}}  {figures}{flag}")
     only = sorted(set(best["base"]) ^ set(best["head"]))
     if only:
         print("in one checkout only:", ", ".join(only))
     if args.json:
-        args.json.write_text(json.dumps({"rounds": args.rounds, "noise": args.noise, "rows": rows}, indent=1) + "\n")
+        table = {"rounds": args.rounds, "noise": args.noise, "rows": rows}
+        args.json.write_text(json.dumps(table, indent=1) + "\n")
     return 1 if any(r["ratio"] > args.noise for r in rows) else 0
 
 
