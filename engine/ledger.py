@@ -1055,10 +1055,13 @@ class Ledger:
 
     # -- delivery reports ------------------------------------------------------------------
 
-    def apply_reports(self, reports: Sequence[DeliveryReport]) -> int:
+    def apply_reports(
+        self, reports: Sequence[DeliveryReport], unmatched: list[DeliveryReport] | None = None
+    ) -> int:
         """Record delivery reports (matched by provider id, else by Pigeon's message id), in one
         transaction; returns how many matched a message of some campaign. Unmatched ones are
-        ignored (another system's messages, or a campaign archived since)."""
+        ignored (another system's messages, a campaign archived since, or a message whose submit
+        answer is not recorded yet) — and appended to ``unmatched`` when it is given."""
         now = time.time()
         rows: list[tuple[str, int, str, str, float, float, str, float]] = []
         find = self.db.execute
@@ -1075,12 +1078,20 @@ class Ledger:
                 hits.append((i, r, hit))
             elif r.provider_id:
                 missed.append((i, r))
+            elif unmatched is not None:
+                unmatched.append(r)
         if missed and self.index_providers():  # ids of requests answered since the last reports
+            still: list[tuple[int, DeliveryReport]] = []
             for i, r in missed:
                 hit = find(by_provider, (r.provider_id,)).fetchone()
                 if hit is not None:
                     hits.append((i, r, hit))
+                else:
+                    still.append((i, r))
+            missed = still
             hits.sort(key=lambda h: h[0])  # in the order they came (a row's later report wins)
+        if unmatched is not None:
+            unmatched += [r for _, r in missed]
         for _, r, (campaign_id, row, ts) in hits:
             done = r.done_at or now
             latency = done - ts if ts > 0 else -1.0

@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,11 +34,13 @@ import msgspec
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
+from engine.api_templates import compile_filed, field_problem, gateway_problem, opt_out_problem
 from engine.apikeys import KeyRing
 from engine.caps import CapState, CapWindow
 from engine.carriers import PrefixTable, default_prefix_table
 from engine.clock import Clock, SystemClock
 from engine.config import DEFAULT_MARKETING_WINDOW, LoadedEngine, convert_section
+from engine.early_reports import RETRY_EVERY, EarlyReports
 from engine.errors import ConfigError, EngineError, TemplateError
 from engine.gateway import Gateway, GatewayContext, Receiving
 from engine.ledger import CampaignBusy, CampaignLedger, Ledger, LedgerError, file_fingerprint, transaction
@@ -48,6 +51,7 @@ from engine.phone import mask
 from engine.pipeline import Batch, Stage, StageRunner
 from engine.plugins import PluginHost
 from engine.priority import PriorityLane, split_budgets
+from engine.provider_template import ProviderTemplate
 from engine.report import RunRecorder
 from engine.retry import Breaker, RetryPolicy
 from engine.sender import Lane, LaneItem, RouteHealth
@@ -86,7 +90,13 @@ _Name = msgspec.Meta(min_length=1, max_length=64)
 
 
 class MessageIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """One message to send: ``to`` and either ``template`` + ``fields`` or ``text``."""
+    """One message to send: ``to`` and either ``template`` + ``fields`` or ``text``.
+
+    A template filed with Aliyun or Tencent (``[service.templates.<id>.provider]``) is sent as
+    filed, its ``fields`` filling the provider's parameters; each value is checked as a campaign's
+    rows are — within the provider's length limit, no link — and the message must route to a
+    gateway of that provider (free text, to none that sends only filed templates): otherwise 422,
+    naming the message and field, and nothing of the request is sent."""
 
     to: Any  # checked by hand for a clearer message than a type error
     template: str | None = None
@@ -243,13 +253,18 @@ class ApiRecords:
         queued again until its next hand-over."""
         self._set(batch.ids, state="queued", reason=reason)
 
-    def reports(self, reports: Sequence[DeliveryReport]) -> int:
-        """Apply delivery reports to the messages in memory; how many matched."""
+    def reports(
+        self, reports: Sequence[DeliveryReport], unmatched: list[DeliveryReport] | None = None
+    ) -> int:
+        """Apply delivery reports to the messages in memory; how many matched (the others are
+        appended to ``unmatched`` when it is given)."""
         n = 0
         for r in reports:
             mid = self.by_provider.get(r.provider_id, "") if r.provider_id else ""
             v = self.by_id.get(mid or r.message_id)
             if v is None:
+                if unmatched is not None:
+                    unmatched.append(r)
                 continue
             n += 1
             v.delivery = Delivery(status=r.status.value, code=r.code, done_at=r.done_at)
@@ -343,10 +358,14 @@ class Service:
         self.clock = clock or SystemClock()
         self.table: PrefixTable = default_prefix_table()
         self.keys = KeyRing(self._path(self.service.keys_file))
+        self.filed: dict[str, ProviderTemplate] = {}
+        """Template id → its filed provider template (``[service.templates.<id>.provider]``)."""
         self.templates = self._load_templates()
         self.draining = False
         self.started_at = time.time()
         self.records = ApiRecords()
+        self.early = EarlyReports()
+        """Reports that matched no message yet (come before their submit answer), tried again."""
         self._idem: dict[tuple[str, str], _Idem] = {}
         self._fields_of: dict[str, Template] = {}
         """Template id → its compiled template (for the field checks)."""
@@ -401,11 +420,19 @@ class Service:
                     f"service.templates.{tid}.signature",
                     "no signature: set it here or service.signature (carriers require one)",
                 )
+            filed = compile_filed(self.engine.file, tid, t)
+            if filed is not None:
+                self.filed[tid] = filed
             try:
-                compile_template(t.text, signature=sig, max_length=t.max_length).check_length()
+                compile_template(self._body(tid, t), signature=sig, max_length=t.max_length).check_length()
             except TemplateError as exc:
                 raise ConfigError(self.engine.file, f"service.templates.{tid}.text", str(exc)) from None
         return out
+
+    def _body(self, tid: str, t: ServiceTemplate) -> str:
+        """A template's text in Pigeon's syntax (a filed template's, derived from its filed text)."""
+        filed = self.filed.get(tid)
+        return filed.body if filed is not None else t.text
 
     async def _start(self, tg: TaskGroup, run_dir: Path) -> None:
         cfg = self.config
@@ -426,6 +453,7 @@ class Service:
         # a blast worker writes the same file): a thread does it every second instead.
         self.ledger.db.execute("PRAGMA wal_autocheckpoint=0")
         tg.start_soon(self._checkpoints)
+        tg.start_soon(self._early_reports)
         for name in sorted(self.config.gateways):
             gcfg = cfg.gateways[name]
             if gcfg.plugin not in self.host.gateways:
@@ -640,12 +668,14 @@ class Service:
             )
         else:
             t = self.templates[tid]
+            filed = self.filed.get(tid)
             template = compile_template(
-                t.text,
+                self._body(tid, t),
                 signature=t.signature or self.service.signature,
-                opt_out_text=opt_out,
+                opt_out_text=opt_out if filed is None else "",  # a filed template goes as filed
                 max_length=t.max_length,
             )
+            template.provider = filed
         bound = template.bind(["phone", *template.fields])
         forbid = any(not self.config.gateways[g].urls_in_fields for g in set(self.routes.values()))
         stages: list[Stage] = [Normalize()]
@@ -717,8 +747,17 @@ class Service:
             template = self._fields_of.get(tid)
             if template is None:
                 template = self._fields_of[tid] = compile_template(
-                    t.text, signature="x", max_length=t.max_length
+                    self._body(tid, t), signature="x", max_length=t.max_length
                 )
+            filed = self.filed.get(tid)
+            if filed is not None:
+                problem = field_problem(filed, m.fields)
+                if problem is None and req.priority == "marketing":
+                    why = opt_out_problem(filed)
+                    problem = ("template", why) if why else None
+                if problem is not None:
+                    errors.append(FieldError(index=i, field=problem[0], detail=problem[1]))
+                    continue
             unknown = [f for f in m.fields if f not in template.fields]
             missing = [f for f in template.required if not m.fields.get(f, "").strip()]
             if unknown:
@@ -751,6 +790,26 @@ class Service:
                 errors=errors,
             )
         return out
+
+    def _misrouted(
+        self,
+        out_batches: dict[str, list[MessageBatch]],
+        values: Sequence[tuple[str, list[str]]],
+        index_of: dict[int, int],
+    ) -> list[FieldError]:
+        """Messages whose gateway cannot send their template: a filed template to another
+        provider's gateway, or free text to a gateway that sends only filed templates."""
+        errors: list[FieldError] = []
+        for carrier, mbs in out_batches.items():
+            gateway = self.routes[carrier]
+            sends = str(getattr(self.gateways.get(gateway), "template_provider", "") or "")
+            for mb in mbs:
+                for row in mb.rows:
+                    i = index_of[row]
+                    why = gateway_problem(self.filed.get(values[i][0]), gateway, sends)
+                    if why is not None:
+                        errors.append(FieldError(index=i, field="template", detail=why))
+        return sorted(errors, key=lambda e: e.index)
 
     async def submit(
         self, req: MessagesIn, *, key: str, idempotency_key: str | None, body: bytes
@@ -785,6 +844,15 @@ class Service:
             dropped += batch.rejects
             for carrier, mb in (batch.messages(prefix) if batch.nums else {}).items():
                 out_batches.setdefault(carrier, []).append(mb)
+        misrouted = self._misrouted(out_batches, values, index_of)
+        if misrouted:
+            raise ApiError(
+                422,
+                "Invalid messages",
+                f"{len(misrouted)} of {len(values)} message(s) cannot be sent; nothing was sent: "
+                + misrouted[0].detail,
+                errors=misrouted,
+            )
         refused = [r for r in dropped if r.state == State.REJECTED]
         if refused:
             errors = [
@@ -938,12 +1006,9 @@ class Service:
         The ledger's part runs in a thread on a connection of its own: matching by provider id may
         first bring the provider-id index up to date (:meth:`Ledger.index_providers`), which must
         not hold up the event loop."""
-        matched = self.records.reports(reports)
-        if self.reports_ledger is not None:
-            found = await anyio.to_thread.run_sync(
-                self.reports_ledger.apply_reports, reports, limiter=self._reports_limiter
-            )
-            matched = max(matched, found)
+        matched, missed = await self._apply_reports(reports)
+        if missed:  # their submit answer may not be recorded yet: tried again for a while
+            self.early.park(missed, time.monotonic())
         self.counters["reports"] += len(reports)
         by_gateway: dict[str, Counter[str]] = {}
         for r in reports:
@@ -961,6 +1026,32 @@ class Service:
             },
         )
         return matched
+
+    async def _apply_reports(self, reports: Sequence[DeliveryReport]) -> tuple[int, list[DeliveryReport]]:
+        """Apply reports to the ledger, then to the messages in memory (which see an answer before
+        the ledger commits it): how many matched, and those that matched nothing in the ledger
+        (without a ledger: in memory)."""
+        missed: list[DeliveryReport] = []
+        found = 0
+        if self.reports_ledger is not None:
+            found = await anyio.to_thread.run_sync(
+                partial(self.reports_ledger.apply_reports, reports, missed), limiter=self._reports_limiter
+            )
+        matched = self.records.reports(reports, None if self.reports_ledger is not None else missed)
+        return max(matched, found), missed
+
+    async def _early_reports(self) -> None:
+        """Try the parked reports again until they match or expire (:mod:`engine.early_reports`)."""
+        while not self._closing.is_set():
+            with anyio.move_on_after(RETRY_EVERY):
+                await self._closing.wait()
+            items = self.early.take(time.monotonic()) if len(self.early) else []
+            if not items:
+                continue
+            matched, missed = await self._apply_reports([r for _, r in items])
+            self.counters["reports_matched"] += matched
+            left = {id(r) for r in missed}
+            self.early.put_back([p for p in items if id(p[1]) in left])
 
     def apply_replies(self, replies: Sequence[MoReply]) -> int:
         """Record MO replies; opt-out keywords go to the store and every running blast's set now."""

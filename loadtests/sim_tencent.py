@@ -61,6 +61,8 @@ class TencentSimConfig:
     status_delay: float = 0.0
     p_dup_status: float = 0.0
     p_undeliv: float = 0.0
+    answer_delay: float = 0.0
+    """Seconds SendSms waits before answering, after its statuses went out (receipts first)."""
     hang_numbers: set[str] = field(default_factory=set)
     """A request holding one of these numbers (E.164) is sent and never answered."""
     drop_numbers: set[str] = field(default_factory=set)
@@ -157,6 +159,8 @@ class TencentSim(CloudSim):
             self.stats["hung"] += 1
             await asyncio.sleep(self.config.hang_s)
             return None
+        if self.config.answer_delay:
+            await asyncio.sleep(self.config.answer_delay)
         return 200, answer
 
     def _send(self, req: dict[str, Any]) -> bytes | None:

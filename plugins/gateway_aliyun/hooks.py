@@ -100,6 +100,8 @@ class AliyunGateway:
 
     idempotent = False
     """SendSms is not idempotent: a request without an answer is not sent again (it is settled)."""
+    template_provider = "aliyun"
+    """It sends only templates filed with Aliyun (the service refuses other messages for it)."""
 
     def __init__(self, config: AliyunConfig, ctx: GatewayContext) -> None:
         self.name = ctx.name

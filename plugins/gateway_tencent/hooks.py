@@ -79,6 +79,8 @@ class TencentGateway:
     """Tencent Cloud SMS over one pooled client, signing every request itself (TC3)."""
 
     idempotent = False
+    template_provider = "tencent"
+    """It sends only templates filed with Tencent (the service refuses other messages for it)."""
 
     def __init__(self, config: TencentConfig, ctx: GatewayContext) -> None:
         self.name = ctx.name
