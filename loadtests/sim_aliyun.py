@@ -79,6 +79,8 @@ class AliyunSimConfig:
     """A request holding one of these numbers is taken and never answered."""
     drop_numbers: set[str] = field(default_factory=set)
     """A request holding one of these numbers is read and hung up on, not taken."""
+    undeliv_numbers: set[str] = field(default_factory=set)
+    """Numbers whose messages always fail (besides ``p_undeliv`` of the others)."""
     seed: int = 1
 
 
@@ -235,7 +237,7 @@ class AliyunSim(CloudSim):
         biz = f"{next(self._biz):06d}^{int(time.time() * 1000)}"
         out_id = q.get("OutId", "")
         now = time.time()
-        fates = [self.rng.random() >= cfg.p_undeliv for _ in numbers]
+        fates = [self.rng.random() >= cfg.p_undeliv and n not in cfg.undeliv_numbers for n in numbers]
         for n, text_, ok in zip(numbers, rendered, fates, strict=True):
             self.sent.append((n, text_))
             self.records.append(

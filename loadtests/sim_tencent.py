@@ -67,6 +67,8 @@ class TencentSimConfig:
     """A request holding one of these numbers (E.164) is sent and never answered."""
     drop_numbers: set[str] = field(default_factory=set)
     """A request holding one of these numbers is read and hung up on, not sent."""
+    undeliv_numbers: set[str] = field(default_factory=set)
+    """Numbers (E.164) whose statuses always say ``FAIL`` (besides ``p_undeliv`` of the others)."""
     seed: int = 1
 
 
@@ -220,7 +222,7 @@ class TencentSim(CloudSim):
 
     def _status(self, serial: str, number: str, session: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 8 * 3600))
-        ok = self.rng.random() >= self.config.p_undeliv
+        ok = self.rng.random() >= self.config.p_undeliv and number not in self.config.undeliv_numbers
         self.fates[number] = ok
         self._unpulled.append(
             {
