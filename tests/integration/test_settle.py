@@ -248,3 +248,26 @@ def test_send_settle_after_asks_about_what_the_run_left_unknown(
         assert ledger.counts("cloud").total == ROWS
     finally:
         ledger.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("provider", ["aliyun"], indirect=True)
+async def test_numbers_are_read_only_from_the_segment_the_campaign_was_sent_from(
+    tmp_path: Path, keys: None, provider: str, sim: Any, anyio_backend: Any
+) -> None:
+    campaign = _files(tmp_path, provider, sim.port)
+    summary = await send_with_ledger(campaign, tmp_path / "runs")
+    unknown = summary.states["unknown"]
+    for journal in (tmp_path / "runs").glob("cloud/*/unsettled-*.jsonl"):
+        journal.unlink()  # no journal (as after a crash): only the segment knows the numbers
+    seg = tmp_path / "seg.csv"
+    original = seg.read_bytes()
+    seg.write_bytes(original.replace(_number(HUNG).encode(), b"13999999999"))  # edited since
+    engine = load_engine(tmp_path / "engine.toml")
+    said: list[str] = []
+    counts = await asettle_campaign(engine, "cloud", notify=said.append)
+    assert counts.no_number == unknown and counts.asked == 0 and sim.stats["queries"] == 0
+    assert any("not the file the campaign was sent from" in s for s in said)
+    seg.write_bytes(original)
+    counts = await asettle_campaign(engine, "cloud")
+    assert counts.no_number == 0 and counts.asked == unknown and counts.settled == unknown
