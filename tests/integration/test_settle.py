@@ -271,3 +271,13 @@ async def test_numbers_are_read_only_from_the_segment_the_campaign_was_sent_from
     seg.write_bytes(original)
     counts = await asettle_campaign(engine, "cloud")
     assert counts.no_number == 0 and counts.asked == unknown and counts.settled == unknown
+    # --submitted: also those accepted without a receipt yet (the simulator pushed none)
+    ledger = Ledger(tmp_path / "pigeon.db")
+    try:
+        waiting = ledger.rows_in("cloud", LedgerState.SUBMITTED).size
+    finally:
+        ledger.close()
+    assert waiting == ROWS - unknown
+    counts = await asettle_campaign(engine, "cloud", submitted=True)
+    assert counts.asked == waiting and counts.delivered == waiting and counts.unknown == 0
+    assert _reports_per_row(tmp_path) == dict.fromkeys(range(2, ROWS + 2), 1)
