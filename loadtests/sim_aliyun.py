@@ -13,10 +13,14 @@ rendered, limits enforced with Aliyun's own error bodies, receipts and replies p
 * **Limits**: ``qps`` requests per second (``Throttling.User``) and ``rate`` numbers per second
   (``isv.BUSINESS_LIMIT_CONTROL`` "触发分钟级流控Permits:N") — nothing over them is sent.
 * **Faults**: ``p_hang`` takes the messages and then never answers (a client timeout that did
-  send), ``p_system_error`` answers ``isp.SYSTEM_ERROR`` without sending.
+  send), ``p_system_error`` answers ``isp.SYSTEM_ERROR`` without sending; a request holding a
+  number of ``hang_numbers`` is taken and never answered, one holding a number of
+  ``drop_numbers`` is read and its connection closed without taking it.
 * **Receipts** (SmsReport, a JSON array per push) go to ``report_url`` after ``report_delay``;
   ``p_dup_report`` pushes a push twice. **Replies** (SmsUp) go to ``up_url``: :meth:`inject_reply`.
-* **QuerySendDetails** answers from the log (``SendStatus`` 3 delivered).
+* **QuerySendDetails** answers from the log, each message's true fate (``SendStatus`` 3
+  delivered, 2 failed with its code — ``p_undeliv`` of them — or 1 until its receipt is due),
+  ``OutId`` echoed, dates in Beijing time.
 
 Start it with one command::
 
@@ -71,7 +75,17 @@ class AliyunSimConfig:
     report_delay: float = 0.0
     p_dup_report: float = 0.0
     p_undeliv: float = 0.0
+    hang_numbers: set[str] = field(default_factory=set)
+    """A request holding one of these numbers is taken and never answered."""
+    drop_numbers: set[str] = field(default_factory=set)
+    """A request holding one of these numbers is read and hung up on, not taken."""
+    undeliv_numbers: set[str] = field(default_factory=set)
+    """Numbers whose messages always fail (besides ``p_undeliv`` of the others)."""
     seed: int = 1
+
+
+def _beijing(ts: float, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    return time.strftime(fmt, time.gmtime(ts + 8 * 3600))
 
 
 class AliyunSim(CloudSim):
@@ -173,6 +187,9 @@ class AliyunSim(CloudSim):
             limit = 100
         else:
             return 404, _err("InvalidAction.NotFound", f"no action {action}")
+        if self.config.drop_numbers & set(numbers):  # read, not taken, hung up on
+            self.stats["dropped"] += 1
+            return None
         answer = self._send(numbers, signs, params, q, limit)
         if answer[1] is None:  # taken, and the answer never comes
             self.stats["hung"] += 1
@@ -220,23 +237,33 @@ class AliyunSim(CloudSim):
         biz = f"{next(self._biz):06d}^{int(time.time() * 1000)}"
         out_id = q.get("OutId", "")
         now = time.time()
-        for n, text_ in zip(numbers, rendered, strict=True):
+        fates = [self.rng.random() >= cfg.p_undeliv and n not in cfg.undeliv_numbers for n in numbers]
+        for n, text_, ok in zip(numbers, rendered, fates, strict=True):
             self.sent.append((n, text_))
-            self.records.append({"n": n, "text": text_, "biz": biz, "out_id": out_id, "at": now})
+            self.records.append(
+                {
+                    "n": n,
+                    "text": text_,
+                    "biz": biz,
+                    "out_id": out_id,
+                    "at": now,
+                    "ok": ok,
+                    "due": now + cfg.report_delay,
+                }
+            )
         self.stats["sent"] += len(numbers)
-        self._report(biz, numbers, out_id)
-        if self.rng.random() < cfg.p_hang:
+        self._report(biz, numbers, out_id, fates)
+        if self.rng.random() < cfg.p_hang or cfg.hang_numbers & set(numbers):
             return 200, None
         return 200, json.dumps({"Code": "OK", "Message": "OK", "BizId": biz, "RequestId": _rid()}).encode()
 
-    def _report(self, biz: str, numbers: list[str], out_id: str) -> None:
+    def _report(self, biz: str, numbers: list[str], out_id: str, fates: list[bool]) -> None:
         cfg = self.config
         if not cfg.report_url:
             return
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 8 * 3600))
+        stamp = _beijing(time.time())
         items = []
-        for n in numbers:
-            ok = self.rng.random() >= cfg.p_undeliv
+        for n, ok in zip(numbers, fates, strict=True):
             items.append(
                 {
                     "phone_number": n,
@@ -261,7 +288,7 @@ class AliyunSim(CloudSim):
         seq = next(self._biz)
 
         def go() -> None:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 8 * 3600))
+            stamp = _beijing(time.time())
             item = {
                 "phone_number": number,
                 "content": content,
@@ -275,25 +302,29 @@ class AliyunSim(CloudSim):
 
     def _query(self, q: dict[str, str]) -> bytes:
         number, day = q.get("PhoneNumber", ""), q.get("SendDate", "")
+        self.stats["queries"] += 1
+        now = time.time()
+        found = [r for r in self.records if r["n"] == number and _beijing(r["at"], "%Y%m%d") == day]
+        size = int(q.get("PageSize", "50") or 50)
+        page = int(q.get("CurrentPage", "1") or 1)
         rows = [
             {
                 "PhoneNum": r["n"],
-                "SendStatus": 3,
-                "ErrCode": "DELIVERED",
+                "SendStatus": 1 if r["due"] > now else 3 if r["ok"] else 2,
+                "ErrCode": "" if r["due"] > now else "DELIVERED" if r["ok"] else "MK:0001",
                 "TemplateCode": "",
                 "Content": r["text"],
-                "SendDate": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"])),
-                "ReceiveDate": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"])),
+                "SendDate": _beijing(r["at"]),
+                "ReceiveDate": "" if r["due"] > now else _beijing(r["due"]),
                 "OutId": r["out_id"],
             }
-            for r in self.records
-            if r["n"] == number and time.strftime("%Y%m%d", time.localtime(r["at"])) == day
-        ][: int(q.get("PageSize", "50") or 50)]
+            for r in found[(page - 1) * size : page * size]
+        ]
         doc = {
             "Code": "OK",
             "Message": "OK",
             "RequestId": _rid(),
-            "TotalCount": str(len(rows)),
+            "TotalCount": str(len(found)),
             "SmsSendDetailDTOs": {"SmsSendDetailDTO": rows},
         }
         return json.dumps(doc, ensure_ascii=False).encode()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 import time
 from collections import Counter, deque
@@ -138,9 +139,11 @@ class CloudSim:
         return len(self._tasks)
 
     def call_soon(self, fn: Any, *args: Any) -> None:
-        """Run ``fn(*args)`` in the simulator's loop (from any thread)."""
+        """Run ``fn(*args)`` in the simulator's loop (from any thread), in a context of its own: not
+        the caller's (a trio caller's context would make the simulator's httpx think it runs
+        under trio)."""
         assert self.loop is not None
-        self.loop.call_soon_threadsafe(fn, *args)
+        self.loop.call_soon_threadsafe(fn, *args, context=contextvars.Context())
 
 
 class SimThread:

@@ -11,7 +11,9 @@ rendered, limits enforced with Tencent's own error bodies, status and reply call
   (``InvalidParameterValue.IncorrectPhoneNumber``, ``FailedOperation.PhoneNumberInBlacklist``).
 * **Limits**: ``qps`` requests per second (``RequestLimitExceeded`` for the request), ``rate``
   numbers per second (``LimitExceeded.DeliveryFrequencyLimit`` for the numbers over it).
-* **Faults**: ``p_hang`` sends and never answers.
+* **Faults**: ``p_hang`` sends and never answers; a request holding a number of ``hang_numbers``
+  is sent and never answered, one holding a number of ``drop_numbers`` is read and hung up on
+  without sending; ``p_undeliv`` of the statuses say ``FAIL``.
 * **Callbacks**: statuses to ``status_url`` (``p_dup_status`` pushes one twice), replies to
   ``reply_url`` via :meth:`inject_reply`; **PullSmsSendStatus** hands out each status once.
 
@@ -58,6 +60,15 @@ class TencentSimConfig:
     reply_url: str = ""
     status_delay: float = 0.0
     p_dup_status: float = 0.0
+    p_undeliv: float = 0.0
+    answer_delay: float = 0.0
+    """Seconds SendSms waits before answering, after its statuses went out (receipts first)."""
+    hang_numbers: set[str] = field(default_factory=set)
+    """A request holding one of these numbers (E.164) is sent and never answered."""
+    drop_numbers: set[str] = field(default_factory=set)
+    """A request holding one of these numbers is read and hung up on, not sent."""
+    undeliv_numbers: set[str] = field(default_factory=set)
+    """Numbers (E.164) whose statuses always say ``FAIL`` (besides ``p_undeliv`` of the others)."""
     seed: int = 1
 
 
@@ -76,6 +87,8 @@ class TencentSim(CloudSim):
         self.rate = RateWindow(config.rate)
         self.sent: list[tuple[str, str]] = []
         """(E.164 number, text) of every message taken, in order."""
+        self.fates: dict[str, bool] = {}
+        """E.164 number → whether the status of its last message says delivered."""
         self.actions: list[str] = []
         self._serial = itertools.count(1)
         self._unpulled: list[dict[str, Any]] = []
@@ -140,11 +153,16 @@ class TencentSim(CloudSim):
         if not self.qps.admit(1):
             self.stats["RequestLimitExceeded"] += 1
             return 200, _error("RequestLimitExceeded", "The number of requests exceeds the frequency limit.")
+        if self.config.drop_numbers & {str(n) for n in req.get("PhoneNumberSet") or []}:
+            self.stats["dropped"] += 1
+            return None
         answer = self._send(req)
         if answer is None:
             self.stats["hung"] += 1
             await asyncio.sleep(self.config.hang_s)
             return None
+        if self.config.answer_delay:
+            await asyncio.sleep(self.config.answer_delay)
         return 200, answer
 
     def _send(self, req: dict[str, Any]) -> bytes | None:
@@ -197,13 +215,15 @@ class TencentSim(CloudSim):
                     "IsoCode": "CN",
                 }
             )
-        if self.rng.random() < cfg.p_hang:
+        if self.rng.random() < cfg.p_hang or cfg.hang_numbers & {str(n) for n in numbers}:
             return None
         self.rng.shuffle(results)  # results pair by number, never by order
         return _ok({"SendStatusSet": results})
 
     def _status(self, serial: str, number: str, session: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 8 * 3600))
+        ok = self.rng.random() >= self.config.p_undeliv and number not in self.config.undeliv_numbers
+        self.fates[number] = ok
         self._unpulled.append(
             {
                 "UserReceiveTime": int(time.time()),
@@ -211,8 +231,8 @@ class TencentSim(CloudSim):
                 "SubscriberNumber": number[3:],
                 "PhoneNumber": number,
                 "SerialNo": serial,
-                "ReportStatus": "SUCCESS",
-                "Description": "DELIVRD",
+                "ReportStatus": "SUCCESS" if ok else "FAIL",
+                "Description": "DELIVRD" if ok else "MK:0001",
                 "SessionContext": session,
             }
         )
@@ -222,9 +242,9 @@ class TencentSim(CloudSim):
             "user_receive_time": stamp,
             "nationcode": "86",
             "mobile": number[3:],
-            "report_status": "SUCCESS",
-            "errmsg": "DELIVRD",
-            "description": "用户短信送达成功",
+            "report_status": "SUCCESS" if ok else "FAIL",
+            "errmsg": "DELIVRD" if ok else "MK:0001",
+            "description": "用户短信送达成功" if ok else "空号",
             "sid": serial,
         }
         body = json.dumps([item], ensure_ascii=False).encode()
@@ -273,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--app-id", default=TencentSimConfig.app_id)
     p.add_argument("--sign", action="append", default=[])
     p.add_argument("--template", action="append", default=[], metavar="ID=TEXT")
-    for name in ("qps", "rate", "p_hang", "hang_s", "status_delay", "p_dup_status"):
+    for name in ("qps", "rate", "p_hang", "hang_s", "status_delay", "p_dup_status", "p_undeliv"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(TencentSimConfig, name))
     p.add_argument("--status-url", default="")
     p.add_argument("--reply-url", default="")
@@ -282,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         app_id=a.app_id,
         status_url=a.status_url,
         reply_url=a.reply_url,
-        **{k: getattr(a, k) for k in ("qps", "rate", "p_hang", "hang_s", "status_delay", "p_dup_status")},
+        **{
+            k: getattr(a, k)
+            for k in ("qps", "rate", "p_hang", "hang_s", "status_delay", "p_dup_status", "p_undeliv")
+        },
     )
     if a.key:
         cfg.keys = dict(k.split("=", 1) for k in a.key)

@@ -66,6 +66,7 @@ from engine.core.registries import (
 )
 from engine.pipeline.source import SegmentReader, SegmentSource, SourceBatch, SourceContext
 from engine.sending.gateway import Gateway, GatewayContext, InboundSink, Receiving, about_to_write
+from engine.sending.settling import Journal, ProviderStatus, Settled, SettleQuery, Settling, request_key
 from engine.sending.webhooks import MoReply, WebhookError, WebhookParser
 
 __all__ = [
@@ -85,11 +86,13 @@ __all__ = [
     "GatewayUnavailable",
     "GatewayUnreachable",
     "InboundSink",
+    "Journal",
     "Message",
     "MessageBatch",
     "MoReply",
     "Outcome",
     "ProviderParams",
+    "ProviderStatus",
     "Receiving",
     "Registration",
     "Reject",
@@ -98,6 +101,9 @@ __all__ = [
     "RunHalt",
     "SegmentReader",
     "SegmentSource",
+    "SettleQuery",
+    "Settled",
+    "Settling",
     "SourceBatch",
     "SourceContext",
     "SourceError",
@@ -109,6 +115,7 @@ __all__ = [
     "about_to_write",
     "hookimpl",
     "mask",
+    "request_key",
 ]
 
 API_VERSION = "1.0"

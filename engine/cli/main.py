@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TextIO
 
+import msgspec
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -35,6 +36,7 @@ from engine.cli.grammar import (
 from engine.cli.ledger import add_ledger_commands, campaign_file_engine, ledger_command, resume_target
 from engine.cli.lists import add_list_commands, consent_command, optout_command
 from engine.cli.service import add_service_commands
+from engine.cli.settle import add_settle_command, print_counts, settle_command, settle_now
 from engine.core.carriers import CARRIER_NAMES, default_prefix_table
 from engine.core.engine_file import EngineFile, with_engine
 from engine.core.errors import EngineError, OutsideSendWindow, RunAbandoned, RunHalt
@@ -45,6 +47,7 @@ from engine.observability.report import RunRecorder, RunSummary
 from engine.run.plan import prepare
 from engine.run.preview import preview
 from engine.run.send import send
+from engine.run.settle import SettleCounts
 from engine.state.ledger.lease import CampaignBusy
 
 __all__ = ["EXIT_CODES", "exit_code", "main", "parser"]
@@ -96,6 +99,13 @@ def _resume_args(parser: argparse.ArgumentParser) -> None:
         "--again",
         action="store_true",
         help="send a finished or cancelled campaign afresh (its old ledger is kept as <id>~N)",
+    )
+    parser.add_argument(
+        "--settle-after",
+        type=float,
+        metavar="SECONDS",
+        help="when the run leaves messages unknown, wait this long for late receipts, then ask the "
+        "providers' query APIs about them (`pigeon settle`)",
     )
 
 
@@ -189,6 +199,7 @@ def parser() -> CommandParser:
     rs.add_argument("--no-wait", action="store_true", help="outside the sending hours, stop at once (exit 4)")
     _resume_args(rs)
     add_ledger_commands(p)
+    add_settle_command(p)
 
     lk = p.add_command(
         "lookup",
@@ -445,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             return service_command(args)
         if args.command in ("status", "report", "cancel"):
             return ledger_command(args, console)
+        if args.command == "settle":
+            return settle_command(args, console)
         if args.command == "resume":
             campaign, engine = resume_target(args.campaign, args.engine)
             args.command = "send"
@@ -489,13 +502,42 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     summary.message = with_engine(summary.message, engine)
+    if not args.json:
+        _print_summary(console, summary)
+    settled: SettleCounts | None = None
+    wait = getattr(args, "settle_after", None)
+    if wait is not None and summary.states.get(State.UNKNOWN) and not summary.halted:
+        try:
+            settled = _settle_after(args, engine, summary, wait)
+        except EngineError as exc:
+            print(f"error: settling: {with_engine(str(exc), engine)}", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("settling interrupted: `pigeon settle` asks again", file=sys.stderr)
+        else:
+            if not args.json:
+                print_counts(settled, console, engine)
     if args.json:
-        emit_json(summary)
+        doc = msgspec.to_builtins(summary)
+        if settled is not None:
+            doc["settle"] = {**msgspec.to_builtins(settled), "settled": settled.settled}
+        emit_json(doc)
         if summary.halted or summary.verdict:  # the JSON carries it too; stderr is where people look
             print(f"error: {summary.halted or summary.verdict}: {summary.message}", file=sys.stderr)
-    else:
-        _print_summary(console, summary)
     return exit_code(summary)
+
+
+def _settle_after(
+    args: argparse.Namespace, engine: EngineFile, summary: RunSummary, wait: float
+) -> SettleCounts:
+    """``--settle-after``: wait for late receipts, then ask the query APIs about what is still unknown."""
+    unknown = summary.states.get(State.UNKNOWN, 0)
+    print(
+        f"{unknown:,} message(s) unknown: waiting {wait:g} s for late receipts, then asking the providers",
+        file=sys.stderr,
+        flush=True,
+    )
+    time.sleep(max(0.0, wait))
+    return settle_now(engine, summary.campaign, backend=args.backend, runs_dir=args.runs_dir)
 
 
 def exit_code(summary: RunSummary) -> int:

@@ -160,6 +160,8 @@ def engine_schema(
     host = host or PluginHost()
     gateways = _builtin(host.gateways.items(), plugins)
     body, _ = _generate(EngineConfig, [g.config_type for g in gateways])
+    # a service template is free text or a filed one: one of the two keys (the loader says so too)
+    body["$defs"]["ServiceTemplate"]["anyOf"] = [{"required": ["text"]}, {"required": ["provider"]}]
     gw = body["$defs"]["GatewayConfig"]
     if gateways:
         gw["properties"]["plugin"]["examples"] = [g.name for g in gateways]

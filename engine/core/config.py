@@ -14,9 +14,10 @@ import msgspec
 from engine.core.carriers import CARRIERS
 from engine.core.errors import ConfigError, TemplateError
 from engine.core.periods import parse_period
-from engine.core.provider_template import ProviderTemplate, compile_provider_template
+from engine.core.provider_template import ProviderTemplate, ProviderTemplateConfig, compile_provider_template
 from engine.core.sendwindow import SendWindow
 from engine.core.service_config import ServiceConfig
+from engine.core.service_templates import compile_filed
 from engine.core.template import DEFAULT_OPT_OUT
 
 __all__ = [
@@ -191,25 +192,6 @@ class SegmentConfig(Base, kw_only=True, frozen=True):
     """Source plugin: ``csv`` or ``jsonl`` built in."""
     phone_field: str = "phone"
     """Column holding the phone number."""
-
-
-class ProviderTemplateConfig(Base, kw_only=True, frozen=True):
-    """``[template.provider]``: a template filed with Aliyun or Tencent (engine/core/provider_template.py)."""
-
-    provider: Literal["aliyun", "tencent"]
-    code: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    """Aliyun ``TemplateCode`` (``SMS_…``) / Tencent ``TemplateId``, as the console shows it."""
-    text: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
-    """The approved text with ``${name}`` (Aliyun) / ``{1}`` (Tencent) placeholders, without the
-    signature: what the provider will send, character for character."""
-    params: dict[str, str] = {}
-    """Placeholder → segment field (``"field"`` or ``"field|default"``); every placeholder needs one."""
-    max_param_length: Annotated[int, msgspec.Meta(ge=1, le=500)] | None = None
-    """Most characters per parameter value (default: Tencent 6, Aliyun 35)."""
-    param_lengths: dict[str, Annotated[int, msgspec.Meta(ge=1, le=500)]] = {}
-    """Per-placeholder limits over ``max_param_length`` (a variable filed longer)."""
-    links_in_params: bool = False
-    """Whether parameter values may hold links (both providers refuse them: keep links in the filed text)."""
 
 
 class TemplateConfig(Base, kw_only=True, frozen=True):
@@ -433,6 +415,8 @@ def load_engine(path: str | Path) -> LoadedEngine:
                 raise ConfigError(str(p), f"caps.{kind}.same_content", str(exc)) from None
             if seconds is None:
                 raise ConfigError(str(p), f"caps.{kind}.same_content", "needs a rolling period such as 30s")
+    for tid, t in cfg.service.templates.items():
+        compile_filed(str(p), tid, t)  # text or a filed template, and the filed one's mapping
     return LoadedEngine(cfg, str(p), p.resolve().parent)
 
 

@@ -25,7 +25,7 @@ values to the gateway in :attr:`engine.core.messages.MessageBatch.params`.
 from __future__ import annotations
 
 import re
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -37,7 +37,9 @@ __all__ = [
     "Provider",
     "ProviderParams",
     "ProviderTemplate",
+    "ProviderTemplateConfig",
     "compile_provider_template",
+    "param_problem",
     "placeholders",
 ]
 
@@ -56,6 +58,26 @@ LINK: Final = re.compile(
 _ALIYUN = re.compile(r"\$\{([^{}]*)\}")
 _TENCENT = re.compile(r"\{([0-9]+)\}")
 _ALIYUN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,24}")
+
+
+class ProviderTemplateConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[template.provider]`` (and ``[service.templates.<id>.provider]``): a template filed with
+    Aliyun or Tencent, as the config gives it."""
+
+    provider: Literal["aliyun", "tencent"]
+    code: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    """Aliyun ``TemplateCode`` (``SMS_…``) / Tencent ``TemplateId``, as the console shows it."""
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+    """The approved text with ``${name}`` (Aliyun) / ``{1}`` (Tencent) placeholders, without the
+    signature: what the provider will send, character for character."""
+    params: dict[str, str] = {}
+    """Placeholder → segment field (``"field"`` or ``"field|default"``); every placeholder needs one."""
+    max_param_length: Annotated[int, msgspec.Meta(ge=1, le=500)] | None = None
+    """Most characters per parameter value (default: Tencent 6, Aliyun 35)."""
+    param_lengths: dict[str, Annotated[int, msgspec.Meta(ge=1, le=500)]] = {}
+    """Per-placeholder limits over ``max_param_length`` (a variable filed longer)."""
+    links_in_params: bool = False
+    """Whether parameter values may hold links (both providers refuse them: keep links in the filed text)."""
 
 
 class ProviderTemplate(msgspec.Struct, frozen=True, gc=False):
@@ -82,6 +104,25 @@ class ProviderTemplate(msgspec.Struct, frozen=True, gc=False):
 
 ProviderParams = tuple[ProviderTemplate, tuple[str, ...]]
 """One message's template and its parameter values (aligned with ``template.names``)."""
+
+
+def param_problem(template: ProviderTemplate, k: int, value: str) -> tuple[str, str] | None:
+    """What is wrong with ``value`` as the template's ``k``-th parameter — (reason, what to change):
+    ``param_too_long`` over its limit, ``url_in_field`` a link the provider refuses — or None."""
+    limit = template.limits[k]
+    name, field = template.names[k], template.fields[k]
+    if len(value) > limit:
+        return (
+            "param_too_long",
+            f"parameter {name} ({field}) has {len(value)} characters; the filed template allows {limit}",
+        )
+    if not template.links_allowed and LINK.search(value):
+        return (
+            "url_in_field",
+            f"parameter {name} ({field}) holds a link; {template.provider} refuses links in variables: "
+            "put the link in the filed text",
+        )
+    return None
 
 
 def placeholders(text: str, provider: str) -> list[str | tuple[str]]:

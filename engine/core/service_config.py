@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from engine.core.provider_template import ProviderTemplateConfig
+
 __all__ = ["ServiceConfig", "ServiceTemplate", "WebhookConfig"]
 
 _Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -18,8 +20,13 @@ class _Base(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
 class ServiceTemplate(_Base, kw_only=True, frozen=True):
     """``[service.templates.<id>]``: a template the API sends by id (``template`` + ``fields``)."""
 
-    text: str
-    """Body with ``{field}`` / ``{field|default}`` tokens (the campaign file's syntax)."""
+    text: str = ""
+    """Body with ``{field}`` / ``{field|default}`` tokens (the campaign file's syntax); or give
+    ``provider`` instead."""
+    provider: ProviderTemplateConfig | None = None
+    """A template filed with Aliyun or Tencent (``[service.templates.<id>.provider]``: code,
+    approved text, placeholder → field): sent as filed, its parameters checked per message against
+    the provider's limits (docs/providers-aliyun-tencent.md)."""
     signature: str = ""
     """Sender signature; unset = ``service.signature``."""
     max_length: Annotated[int, msgspec.Meta(ge=10, le=5000)] = 500

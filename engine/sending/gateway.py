@@ -86,6 +86,9 @@ class Gateway(Protocol):
     """Whether sending the same message id twice is safe (the provider deduplicates)."""
     # Optional: ``hands_over_on_write = True`` — the gateway calls :func:`about_to_write` just
     # before it writes a request (else the engine records the hand-over before calling ``send``).
+    # Optional: ``template_provider = "aliyun"`` — it sends only templates filed with that provider
+    # (``MessageBatch.params``); the service refuses an API message it could not send.
+    # Optional: ``settle(queries)`` — :class:`engine.sending.settling.Settling`, for ``pigeon settle``.
 
     async def send(self, batch: MessageBatch) -> Sequence[SubmitResult]:
         """Submit ``batch`` (at most ``max_batch`` messages) and report each message's outcome."""

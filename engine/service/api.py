@@ -215,13 +215,15 @@ def create_app(service: Service) -> Starlette:
         if what == "reports":
             reports = parser.reports(raw, gateway)
             matched = await service.inbound.apply_reports(reports)
-            if answer is not None:
-                return Response(*answer(what, len(reports), matched))
+            if answer is not None:  # (body, media type): a provider's own acknowledgement, status 200
+                content, media = answer(what, len(reports), matched)
+                return Response(content, media_type=media)
             return _json({"received": len(reports), "matched": matched})
         replies = parser.replies(raw, gateway)
         optouts = service.inbound.apply_replies(replies)
         if answer is not None:
-            return Response(*answer(what, len(replies), optouts))
+            content, media = answer(what, len(replies), optouts)
+            return Response(content, media_type=media)
         return _json({"received": len(replies), "optouts": optouts})
 
     @wrap

@@ -34,6 +34,7 @@ from engine.core.service_config import ServiceConfig, ServiceTemplate
 from engine.observability.metric_names import CONTENT_TYPE
 from engine.observability.metrics import Metrics
 from engine.observability.worker_metrics import MergedMetrics
+from engine.service.api_templates import ApiTemplates
 from engine.service.apikeys import KeyRing
 from engine.service.campaigns import Campaigns
 from engine.service.context import ServiceContext
@@ -41,7 +42,7 @@ from engine.service.gateways import ServiceGateways
 from engine.service.inbound import Inbound
 from engine.service.lanes import TEXT_TEMPLATE, ApiLanes
 from engine.service.records import ApiRecords
-from engine.service.submissions import Submissions, load_templates
+from engine.service.submissions import Submissions
 from engine.state.ledger.store import Ledger
 from engine.state.store.sqlite import SqliteStore
 
@@ -76,8 +77,8 @@ class Service:
         self.keys = KeyRing(self.ctx.path(self.service.keys_file))
         self.started_at = time.time()
         self.gateways = ServiceGateways(self.ctx)
-        self.lanes = ApiLanes(self.ctx, self.gateways, load_templates(self.ctx))
-        self.messages = Submissions(self.ctx, self.lanes, dict(self.lanes.templates))
+        self.lanes = ApiLanes(self.ctx, self.gateways, ApiTemplates(self.ctx))
+        self.messages = Submissions(self.ctx, self.lanes)
         self.inbound = Inbound(self.ctx)
         self.campaigns: Campaigns | None = None
         """Set when the service starts (it needs the task group its workers are watched in)."""
@@ -142,6 +143,7 @@ class Service:
         # a blast worker writes the same file): a thread does it every second instead.
         ctx.ledger.db.execute("PRAGMA wal_autocheckpoint=0")
         tg.start_soon(self._checkpoints)
+        tg.start_soon(self.inbound.retry_early, self._closing)
         self.gateways.open(self.host, run_dir)
         self.inbound.register(self.host, self.gateways.gateways)
         receiving = self.gateways.receiving()

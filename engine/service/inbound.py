@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 
 import anyio
 
@@ -16,6 +18,7 @@ from engine.core.plugin_host import PluginHost
 from engine.sending.gateway import Receiving
 from engine.sending.webhooks import GenericParser, MoReply, WebhookParser, opt_outs_in
 from engine.service.context import ServiceContext
+from engine.service.early_reports import RETRY_EVERY, EarlyReports
 from engine.service.wire import ApiError
 from engine.state.ledger.store import Ledger
 from engine.state.optout import DEFAULT_KEYWORDS
@@ -39,6 +42,8 @@ class Inbound:
         """Delivery reports' connection, used by one thread at a time (:meth:`apply_reports`)."""
         self._reports_limiter = anyio.CapacityLimiter(1)
         self._scope: anyio.CancelScope | None = None
+        self.early = EarlyReports()
+        """Reports that matched no message yet (come before their submit answer), tried again."""
 
     def open(self) -> None:
         """Open the reports' own ledger connection."""
@@ -90,12 +95,9 @@ class Inbound:
         The ledger's part runs in a thread on a connection of its own: matching by provider id may
         first bring the provider-id index up to date (:meth:`Ledger.index_providers`), which must
         not hold up the event loop."""
-        matched = self.ctx.records.reports(reports)
-        if self.reports_ledger is not None:
-            found = await anyio.to_thread.run_sync(
-                self.reports_ledger.apply_reports, reports, limiter=self._reports_limiter
-            )
-            matched = max(matched, found)
+        matched, missed = await self._apply_reports(reports)
+        if missed:  # their submit answer may not be recorded yet: tried again for a while
+            self.early.park(missed, time.monotonic())
         self.ctx.counters["reports"] += len(reports)
         by_gateway: dict[str, Counter[str]] = {}
         for r in reports:
@@ -113,6 +115,33 @@ class Inbound:
             },
         )
         return matched
+
+    async def _apply_reports(self, reports: Sequence[DeliveryReport]) -> tuple[int, list[DeliveryReport]]:
+        """Apply reports to the ledger, then to the messages in memory (which see an answer before
+        the ledger commits it): how many matched, and those that matched nothing in the ledger
+        (without a ledger: in memory)."""
+        missed: list[DeliveryReport] = []
+        found = 0
+        if self.reports_ledger is not None:
+            found = await anyio.to_thread.run_sync(
+                partial(self.reports_ledger.apply_reports, reports, missed), limiter=self._reports_limiter
+            )
+        matched = self.ctx.records.reports(reports, None if self.reports_ledger is not None else missed)
+        return max(matched, found), missed
+
+    async def retry_early(self, closing: anyio.Event) -> None:
+        """Try the parked reports again until they match or expire (:mod:`engine.service.early_reports`),
+        until ``closing`` is set."""
+        while not closing.is_set():
+            with anyio.move_on_after(RETRY_EVERY):
+                await closing.wait()
+            items = self.early.take(time.monotonic()) if len(self.early) else []
+            if not items:
+                continue
+            matched, missed = await self._apply_reports([r for _, r in items])
+            self.ctx.counters["reports_matched"] += matched
+            left = {id(r) for r in missed}
+            self.early.put_back([p for p in items if id(p[1]) in left])
 
     def apply_replies(self, replies: Sequence[MoReply]) -> int:
         """Record MO replies; opt-out keywords go to the store and every running blast's set now."""

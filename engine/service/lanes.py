@@ -16,7 +16,6 @@ from engine.core.carriers import PrefixTable, default_prefix_table
 from engine.core.config import DEFAULT_MARKETING_WINDOW
 from engine.core.messages import MessageBatch
 from engine.core.sendwindow import SendWindow
-from engine.core.service_config import ServiceTemplate
 from engine.core.template import DEFAULT_OPT_OUT, Template, compile_template
 from engine.observability.report import RunRecorder
 from engine.pipeline.runner import Stage, StageRunner
@@ -24,6 +23,7 @@ from engine.pipeline.stages import Cap, CountParts, HoldQuietHours, Normalize, R
 from engine.sending.priority import PriorityLane, split_budgets
 from engine.sending.retry import RetryPolicy
 from engine.sending.sender import Lane, LaneItem, RouteHealth
+from engine.service.api_templates import ApiTemplates
 from engine.service.context import ServiceContext
 from engine.service.gateways import ServiceGateways
 from engine.service.wire import Priority
@@ -93,9 +93,7 @@ class ApiLanes:
     than a request already on the wire.
     """
 
-    def __init__(
-        self, ctx: ServiceContext, gateways: ServiceGateways, templates: Mapping[str, ServiceTemplate]
-    ) -> None:
+    def __init__(self, ctx: ServiceContext, gateways: ServiceGateways, templates: ApiTemplates) -> None:
         self.ctx = ctx
         self.gateways = gateways
         self.templates = templates
@@ -205,13 +203,15 @@ class ApiLanes:
                 "{text}", signature=ctx.service.signature, opt_out_text=opt_out, max_length=500
             )
         else:
-            t = self.templates[tid]
+            t = self.templates.templates[tid]
+            filed = self.templates.filed.get(tid)
             template = compile_template(
-                t.text,
+                self.templates.body(tid),
                 signature=t.signature or ctx.service.signature,
-                opt_out_text=opt_out,
+                opt_out_text=opt_out if filed is None else "",  # a filed template goes as filed
                 max_length=t.max_length,
             )
+            template.provider = filed
         bound = template.bind(["phone", *template.fields])
         routes = self.gateways.routes
         forbid = any(not ctx.config.gateways[g].urls_in_fields for g in set(routes.values()))

@@ -83,13 +83,18 @@ class ApiRecords:
         queued again until its next hand-over."""
         self._set(batch.ids, state="queued", reason=reason)
 
-    def reports(self, reports: Sequence[DeliveryReport]) -> int:
-        """Apply delivery reports to the messages in memory; how many matched."""
+    def reports(
+        self, reports: Sequence[DeliveryReport], unmatched: list[DeliveryReport] | None = None
+    ) -> int:
+        """Apply delivery reports to the messages in memory; how many matched (the others are
+        appended to ``unmatched`` when it is given)."""
         n = 0
         for r in reports:
             mid = self.by_provider.get(r.provider_id, "") if r.provider_id else ""
             v = self.by_id.get(mid or r.message_id)
             if v is None:
+                if unmatched is not None:
+                    unmatched.append(r)
                 continue
             n += 1
             v.delivery = Delivery(status=r.status.value, code=r.code, done_at=r.done_at)

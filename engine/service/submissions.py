@@ -6,15 +6,14 @@ import difflib
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
 
-from engine.core.config import _read_toml, convert_section
-from engine.core.errors import ConfigError, TemplateError
 from engine.core.messages import MessageBatch, Reject, State
 from engine.core.phone import mask
-from engine.core.service_config import ServiceTemplate
+from engine.core.service_templates import field_problem, gateway_problem, opt_out_problem
 from engine.core.template import Template, compile_template
 from engine.pipeline.runner import Batch
 from engine.service.context import ServiceContext
@@ -30,7 +29,7 @@ from engine.service.wire import (
 )
 from engine.state.ledger.tx import transaction
 
-__all__ = ["IDEMPOTENCY_SCHEMA", "Submissions", "load_templates"]
+__all__ = ["IDEMPOTENCY_SCHEMA", "Submissions"]
 
 log = logging.getLogger("pigeon.service")
 
@@ -57,10 +56,12 @@ class _Idem:
 class Submissions:
     """``POST /v1/messages`` and ``GET /v1/messages/{id}`` behind the API."""
 
-    def __init__(self, ctx: ServiceContext, lanes: ApiLanes, templates: dict[str, ServiceTemplate]) -> None:
+    def __init__(self, ctx: ServiceContext, lanes: ApiLanes) -> None:
         self.ctx = ctx
         self.lanes = lanes
-        self.templates = templates
+        self.api_templates = lanes.templates
+        self.templates = lanes.templates.templates
+        self.filed = lanes.templates.filed
         self._idem: dict[tuple[str, str], _Idem] = {}
         self._fields_of: dict[str, Template] = {}
         """Template id → its compiled template (for the field checks)."""
@@ -124,8 +125,17 @@ class Submissions:
             template = self._fields_of.get(tid)
             if template is None:
                 template = self._fields_of[tid] = compile_template(
-                    t.text, signature="x", max_length=t.max_length
+                    self.api_templates.body(tid), signature="x", max_length=t.max_length
                 )
+            filed = self.filed.get(tid)
+            if filed is not None:
+                problem = field_problem(filed, m.fields)
+                if problem is None and req.priority == "marketing":
+                    why = opt_out_problem(filed)
+                    problem = ("template", why) if why else None
+                if problem is not None:
+                    errors.append(FieldError(index=i, field=problem[0], detail=problem[1]))
+                    continue
             unknown = [f for f in m.fields if f not in template.fields]
             missing = [f for f in template.required if not m.fields.get(f, "").strip()]
             if unknown:
@@ -158,6 +168,27 @@ class Submissions:
                 errors=errors,
             )
         return out
+
+    def _misrouted(
+        self,
+        out_batches: dict[str, list[MessageBatch]],
+        values: Sequence[tuple[str, list[str]]],
+        index_of: dict[int, int],
+    ) -> list[FieldError]:
+        """Messages whose gateway cannot send their template: a filed template to another
+        provider's gateway, or free text to a gateway that sends only filed templates."""
+        errors: list[FieldError] = []
+        gateways = self.lanes.gateways
+        for carrier, mbs in out_batches.items():
+            gateway = gateways.routes[carrier]
+            sends = str(getattr(gateways.gateways.get(gateway), "template_provider", "") or "")
+            for mb in mbs:
+                for row in mb.rows:
+                    i = index_of[row]
+                    why = gateway_problem(self.filed.get(values[i][0]), gateway, sends)
+                    if why is not None:
+                        errors.append(FieldError(index=i, field="template", detail=why))
+        return sorted(errors, key=lambda e: e.index)
 
     async def submit(
         self, req: MessagesIn, *, key: str, idempotency_key: str | None, body: bytes
@@ -192,6 +223,15 @@ class Submissions:
             dropped += batch.rejects
             for carrier, mb in (batch.messages(prefix) if batch.nums else {}).items():
                 out_batches.setdefault(carrier, []).append(mb)
+        misrouted = self._misrouted(out_batches, values, index_of)
+        if misrouted:
+            raise ApiError(
+                422,
+                "Invalid messages",
+                f"{len(misrouted)} of {len(values)} message(s) cannot be sent; nothing was sent: "
+                + misrouted[0].detail,
+                errors=misrouted,
+            )
         refused = [r for r in dropped if r.state == State.REJECTED]
         if refused:
             errors = [
@@ -324,26 +364,3 @@ class Submissions:
             if rec.delivery_status
             else None,
         )
-
-
-def load_templates(ctx: ServiceContext) -> dict[str, ServiceTemplate]:
-    """The API's templates (``service.templates`` and ``service.templates_file``), each checked."""
-    out = dict(ctx.service.templates)
-    if ctx.service.templates_file:
-        path = ctx.path(ctx.service.templates_file)
-        raw = _read_toml(path)
-        for tid, section in raw.items():
-            out[tid] = convert_section(section, ServiceTemplate, file=str(path), path=tid)
-    for tid, t in out.items():
-        sig = t.signature or ctx.service.signature
-        if not sig.strip().strip("【】"):
-            raise ConfigError(
-                ctx.engine.file,
-                f"service.templates.{tid}.signature",
-                "no signature: set it here or service.signature (carriers require one)",
-            )
-        try:
-            compile_template(t.text, signature=sig, max_length=t.max_length).check_length()
-        except TemplateError as exc:
-            raise ConfigError(ctx.engine.file, f"service.templates.{tid}.text", str(exc)) from None
-    return out

@@ -28,7 +28,13 @@ _Name = msgspec.Meta(min_length=1, max_length=64)
 
 
 class MessageIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """One message to send: ``to`` and either ``template`` + ``fields`` or ``text``."""
+    """One message to send: ``to`` and either ``template`` + ``fields`` or ``text``.
+
+    A template filed with Aliyun or Tencent (``[service.templates.<id>.provider]``) is sent as
+    filed, its ``fields`` filling the provider's parameters; each value is checked as a campaign's
+    rows are — within the provider's length limit, no link — and the message must route to a
+    gateway of that provider (free text, to none that sends only filed templates): otherwise 422,
+    naming the message and field, and nothing of the request is sent."""
 
     to: Any  # checked by hand for a clearer message than a type error
     template: str | None = None

@@ -11,18 +11,14 @@ when only some did, the failed calls' messages get ``retry`` (unreachable, unava
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import anyio
 
 from pigeon import GatewayAuthError, GatewayError, GatewayUnavailable, MessageBatch, Outcome, SubmitResult
 
-__all__ = ["Call", "Probe", "Unsettled", "national", "run_calls", "sign_name"]
+__all__ = ["Call", "Probe", "national", "run_calls", "sign_name"]
 
 
 @dataclass(slots=True)
@@ -49,42 +45,6 @@ def sign_name(text: str) -> str:
         if end > 1:
             return text[1:end]
     return ""
-
-
-class Unsettled:
-    """Messages of calls that got no clear answer, kept for the query APIs to settle.
-
-    Each ambiguous call is appended to ``<run dir>/unsettled-<gateway>.jsonl`` as one JSON line
-    ``{"key", "at", "messages": [[id, number], …]}`` (the file outlives the process: settle after
-    a crash too) and kept in memory for :meth:`entries`.
-    """
-
-    def __init__(self, run_dir: Path | None, gateway: str) -> None:
-        self.path = run_dir / f"unsettled-{gateway}.jsonl" if run_dir is not None else None
-        self._entries: list[dict[str, Any]] = []
-
-    def add(self, key: str, ids: Sequence[str], numbers: Sequence[str]) -> None:
-        """Record a call whose fate is unknown."""
-        entry: dict[str, Any] = {
-            "key": key,
-            "at": time.time(),
-            "messages": [[i, n] for i, n in zip(ids, numbers, strict=True)],
-        }
-        self._entries.append(entry)
-        if self.path is not None:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-
-    def entries(self) -> list[dict[str, Any]]:
-        """The calls recorded by this process."""
-        return list(self._entries)
-
-    @staticmethod
-    def load(path: Path) -> list[dict[str, Any]]:
-        """The calls recorded in a journal file (by any process)."""
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 class Probe:

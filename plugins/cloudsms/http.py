@@ -1,10 +1,20 @@
-"""One pooled httpx client per cloud SMS gateway, with every httpx failure mapped to a gateway error.
+"""One pooled HTTP connection pool per cloud SMS gateway, each request sent from prebuilt parts.
 
-* the request certainly never left (refused, DNS, TLS handshake, no free pooled connection in time)
-  → :class:`~pigeon.GatewayUnreachable`;
+The pool is the ``http`` gateway's (:class:`plugins.gateway_http.transport.PooledTransport`: one
+httpcore pool for the gateway's whole life, request head and body written in one ``send``), and
+:meth:`CloudClient.post` hands it an :class:`httpcore.Request` built from parts made once — the
+endpoint's scheme, host and port — and the request target as bytes. No client sits in between:
+an Aliyun SendSms of 1,000 numbers carries a 14 KB query string, which an ``httpx`` client parses
+and re-encodes three times a request (more client CPU than everything else Pigeon does for it;
+``loadtests/cloud_blast.py``).
+
+Failures come out as the engine's gateway errors (:func:`plugins.gateway_http.transport.send`), by
+whether the request could have left this machine:
+
+* it certainly never left (refused, DNS, TLS handshake, no free pooled connection in time, a
+  connection reset before the write) → :class:`~pigeon.GatewayUnreachable`;
 * written but no usable answer (read or write timeout, connection dropped) →
-  :class:`~pigeon.GatewayTimeout` (ambiguous: the provider may have taken it);
-* anything else httpx raises → :class:`~pigeon.GatewayProtocolError`.
+  :class:`~pigeon.GatewayTimeout` (ambiguous: the provider may have taken it).
 
 The answer itself (status and body) is the caller's to read: providers put their error codes in
 4xx and 5xx bodies.
@@ -12,11 +22,17 @@ The answer itself (status and body) is the caller's to read: providers put their
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import httpcore
 import httpx
 
-from pigeon import GatewayProtocolError, GatewayTimeout, GatewayUnreachable
+from plugins.gateway_http.transport import PooledTransport, send
 
 __all__ = ["CloudClient"]
+
+_USER_AGENT = (b"User-Agent", b"pigeon")
 
 
 class CloudClient:
@@ -33,30 +49,32 @@ class CloudClient:
     ) -> None:
         self.gateway = gateway
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"User-Agent": "pigeon"},
-            trust_env=False,
-        )
+        url = httpx.URL(self.base_url)  # parsed once, here
+        self._scheme, self._host, self._port = url.raw_scheme, url.raw_host, url.port
+        self._transport = PooledTransport(max_connections=max_connections, http2=False)
+        self._extensions: dict[str, Any] = {
+            "timeout": {
+                "connect": connect_timeout,
+                "read": timeout,
+                "write": timeout,
+                "pool": connect_timeout,
+            }
+        }
 
-    async def post(self, target: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
-        """POST ``body`` to ``base_url + target``; (status, body) of the answer."""
-        try:
-            resp = await self._client.post(self.base_url + target, headers=headers, content=body)
-        except (
-            httpx.ConnectError,
-            httpx.ConnectTimeout,
-            httpx.PoolTimeout,
-            httpx.UnsupportedProtocol,
-        ) as exc:
-            raise GatewayUnreachable(f"{self.gateway}: {type(exc).__name__}: {exc}") from None
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            raise GatewayTimeout(f"{self.gateway}: no answer ({type(exc).__name__})") from None
-        except httpx.HTTPError as exc:
-            raise GatewayProtocolError(f"{self.gateway}: {type(exc).__name__}: {exc}") from None
-        return resp.status_code, resp.content
+    async def post(self, target: bytes | str, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes]:
+        """POST ``body`` to ``target`` (``/?…``, percent-encoded) with ``headers`` (``Host`` among
+        them); (status, body) of the answer."""
+        url = httpcore.URL(
+            scheme=self._scheme,
+            host=self._host,
+            port=self._port,
+            target=target if isinstance(target, bytes) else target.encode("ascii"),
+        )
+        raw = [(k.encode("ascii"), v.encode("utf-8")) for k, v in headers.items()]
+        raw.append(_USER_AGENT)
+        reply = await send(self._transport.pool, url, raw, body, self._extensions, self.gateway)
+        return reply.status, reply.body
 
     async def aclose(self) -> None:
         """Close the pool."""
-        await self._client.aclose()
+        await self._transport.aclose()

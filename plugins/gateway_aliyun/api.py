@@ -3,6 +3,9 @@
 Parameters travel in the query string of ``POST /`` with an empty body, as the official SDK sends
 RPC-style actions; the request is signed with ACS3-HMAC-SHA256 (``algorithm = "acs3"``, the
 default) or the older RPC HMAC-SHA1 (``"rpc"``), see :mod:`plugins.gateway_aliyun.signing`.
+:meth:`Signer.target` gives the request target as it goes on the wire: the canonical query the
+signature was computed over (sorted, percent-encoded once), so a 14 KB SendSms of 1,000 numbers is
+encoded once and never parsed again.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Literal
 from plugins.gateway_aliyun.signing import (
     EMPTY_SHA256,
     acs3_authorization,
+    canonical_query,
     iso_timestamp,
     percent,
     rpc_signature,
@@ -45,6 +49,24 @@ class Signer:
         self, action: str, params: Mapping[str, str], *, now: float | None = None, nonce: str | None = None
     ) -> tuple[dict[str, str], dict[str, str]]:
         """(query parameters, headers) of a signed ``POST /`` calling ``action`` with ``params``."""
+        query, headers, _ = self._signed(action, params, now, nonce)
+        return query, headers
+
+    def target(
+        self, action: str, params: Mapping[str, str], *, now: float | None = None, nonce: str | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        """(request target ``/?<query>``, headers) of the same signed ``POST /`` as :meth:`sign`:
+        the query is the canonical one the signature covers (its order is the sorted one; the
+        server reads parameters by name)."""
+        query, headers, canonical = self._signed(action, params, now, nonce)
+        if self.algorithm == "rpc":
+            canonical += "&Signature=" + percent(query["Signature"])
+        return ("/?" + canonical).encode("ascii"), headers
+
+    def _signed(
+        self, action: str, params: Mapping[str, str], now: float | None, nonce: str | None
+    ) -> tuple[dict[str, str], dict[str, str], str]:
+        """(query, headers, the canonical query without ``Signature``)."""
         stamp = iso_timestamp(now)
         nonce = nonce or secrets.token_hex(16)
         if self.algorithm == "rpc":
@@ -59,9 +81,11 @@ class Signer:
                 "Timestamp": stamp,
                 "Version": VERSION,
             }
-            query["Signature"] = rpc_signature("POST", query, self._secret)
-            return query, {"host": self.host, "accept": "application/json"}
+            canonical = canonical_query(query)
+            query["Signature"] = rpc_signature("POST", query, self._secret, canonical)
+            return query, {"host": self.host, "accept": "application/json"}, canonical
         query = dict(params)
+        canonical = canonical_query(query)
         headers = {
             "host": self.host,
             "accept": "application/json",
@@ -72,6 +96,6 @@ class Signer:
             "x-acs-content-sha256": EMPTY_SHA256,
         }
         headers["Authorization"] = acs3_authorization(
-            "POST", "/", query, headers, EMPTY_SHA256, self.key_id, self._secret
+            "POST", "/", query, headers, EMPTY_SHA256, self.key_id, self._secret, canonical
         )
-        return query, headers
+        return query, headers, canonical

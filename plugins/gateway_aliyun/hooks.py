@@ -14,24 +14,32 @@ account errors → :class:`~pigeon.GatewayAuthError` (the campaign stops with th
 recipients stay pending). Connection refused → :class:`~pigeon.GatewayUnreachable`; 5xx
 without a code → :class:`~pigeon.GatewayUnavailable`; no answer after the request was
 written → :class:`~pigeon.GatewayTimeout` (the messages end ``unknown``; their calls are
-journalled for :meth:`AliyunGateway.settle`, which asks QuerySendDetails).
+journalled with their numbers, and :meth:`AliyunGateway.settle` asks QuerySendDetails about them).
+
+Each request's ``OutId`` is the message id of its first message (:func:`engine.sending.settling.request_key`):
+QuerySendDetails echoes it, so ``pigeon settle`` can tell which record is which message's from
+the ledger alone.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
-import secrets
 import time
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from itertools import repeat
+from operator import itemgetter
+from typing import Annotated, Any, Literal, cast
+from zoneinfo import ZoneInfo
 
+import anyio
 import httpx
 import msgspec
 
+from engine.sending.settling import SKEW, Journal, ProviderStatus, Settled, SettleQuery, request_key
 from pigeon import (
     ConfigError,
-    DeliveryReport,
     DeliveryStatus,
     GatewayAuthError,
     GatewayContext,
@@ -45,9 +53,9 @@ from pigeon import (
     WebhookParserRegistry,
     hookimpl,
 )
-from plugins.cloudsms.calls import Call, Probe, Unsettled, national, run_calls, sign_name
+from plugins.cloudsms.calls import Call, Probe, national, run_calls, sign_name
 from plugins.cloudsms.http import CloudClient
-from plugins.gateway_aliyun.api import Signer, encode_query
+from plugins.gateway_aliyun.api import Signer
 from plugins.gateway_aliyun.codes import PER_MESSAGE, classify
 from plugins.gateway_aliyun.webhooks import AliyunParser
 
@@ -55,6 +63,10 @@ __all__ = ["AliyunConfig", "AliyunGateway"]
 
 SEND_SMS_MAX = 1000
 BATCH_SMS_MAX = 100
+QUERY_PAGE = 50
+"""QuerySendDetails' largest page."""
+_SHANGHAI = ZoneInfo("Asia/Shanghai")
+_THROTTLED = frozenset({"Throttling.User", "Throttling", "isv.BUSINESS_LIMIT_CONTROL"})
 
 
 class AliyunConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -77,6 +89,11 @@ class AliyunConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     connect_timeout: Annotated[float, msgspec.Meta(gt=0)] = 3.0
     sms_up_extend_code: str = ""
     """``SmsUpExtendCode``: the extension replies come back to (empty: none)."""
+    query_lag: Annotated[float, msgspec.Meta(ge=0)] = 600.0
+    """Seconds after a send before QuerySendDetails is trusted to list it: a message it does not
+    list by then was never taken (``failed``, ``pigeon.NOT_SENT``); sooner it stays ``unknown``."""
+    query_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
+    """QuerySendDetails calls in flight at once while settling (one per number)."""
 
 
 def _secret(env: str, gateway: str, key: str) -> str:
@@ -94,6 +111,8 @@ class AliyunGateway:
 
     idempotent = False
     """SendSms is not idempotent: a request without an answer is not sent again (it is settled)."""
+    template_provider = "aliyun"
+    """It sends only templates filed with Aliyun (the service refuses other messages for it)."""
 
     def __init__(self, config: AliyunConfig, ctx: GatewayContext) -> None:
         self.name = ctx.name
@@ -118,54 +137,72 @@ class AliyunGateway:
             connect_timeout=config.connect_timeout,
             max_connections=config.max_connections,
         )
-        self.unsettled = Unsettled(ctx.run_dir, ctx.name)
-        """Calls that got no clear answer (for :meth:`settle`)."""
+        self.unsettled = Journal(ctx.run_dir, ctx.name)
+        """Calls that got no clear answer, with their numbers (for ``pigeon settle``)."""
         self._auth: GatewayAuthError | None = None
         self._probe = Probe()
-        self._run = secrets.token_hex(3)
-        self._seq = 0
         self.calls = 0
         """Requests made (for tests and load tests)."""
 
     # -- sending -------------------------------------------------------------------------
 
-    def _key(self) -> str:
-        self._seq += 1
-        return f"pg{self._run}{self._seq}"
-
     def _plan(
         self, batch: MessageBatch, params: Sequence[ProviderParams | None]
-    ) -> tuple[list[Call], list[Call]]:
-        """(SendSms calls, SendBatchSms calls) for the filed-template messages of ``batch``."""
-        texts = batch.texts
+    ) -> tuple[list[Call], list[Call], bool]:
+        """(SendSms calls, SendBatchSms calls, whether every message is a filed Aliyun template's)
+        for the filed-template messages of ``batch``.
+
+        The usual batch — one template, one signature, numbers unique — is grouped with C-level
+        passes and one dictionary insert per message (this runs for every message sent)."""
+        texts, ids, tos = batch.texts, batch.ids, batch.tos
         groups: dict[tuple[str, str, tuple[str, ...]], list[int]] = {}
-        for i, p in enumerate(params):
-            if p is not None and p[0].provider == "aliyun":
-                groups.setdefault((p[0].code, sign_name(texts[i]), p[1]), []).append(i)
+        sign0 = sign_name(texts[0]) if texts else ""
+        head = f"【{sign0}】"
+        one_sign = bool(sign0) and all(map(str.startswith, texts, repeat(head)))
+        all_filed = None not in params
+        one_template = all_filed and len({id(p[0]) for p in params if p is not None}) == 1
+        first = params[0] if params else None
+        if one_sign and one_template and first is not None and first[0].provider == "aliyun":
+            code = first[0].code
+            by_values: dict[tuple[str, ...], list[int]] = {}
+            for i, v in enumerate(map(itemgetter(1), cast("Sequence[ProviderParams]", params))):
+                by_values.setdefault(v, []).append(i)
+            groups = {(code, sign0, v): idx for v, idx in by_values.items()}
+        else:
+            all_filed = True
+            for i, p in enumerate(params):
+                if p is not None and p[0].provider == "aliyun":
+                    groups.setdefault((p[0].code, sign_name(texts[i]), p[1]), []).append(i)
+                else:
+                    all_filed = False
         singles: dict[str, list[int]] = {}
         grouped: list[Call] = []
-        tos = batch.tos
         for (code, _, _), idx in groups.items():
             if len(idx) < self.config.group_min:
                 singles.setdefault(code, []).extend(idx)
                 continue
-            chunks: list[tuple[list[int], set[str]]] = []
-            for i in idx:  # one number once per request: a repeated number goes in the next one
-                n = tos[i]
-                for chunk, seen in chunks:
-                    if len(chunk) < SEND_SMS_MAX and n not in seen:
-                        chunk.append(i)
-                        seen.add(n)
-                        break
-                else:
-                    chunks.append(([i], {n}))
-            grouped += [Call(chunk, self._key()) for chunk, _ in chunks]
+            if len(set(map(tos.__getitem__, idx))) == len(idx):  # numbers unique: slices
+                chunked = [idx[k : k + SEND_SMS_MAX] for k in range(0, len(idx), SEND_SMS_MAX)]
+            else:  # one number once per request: a repeated number goes in the next one
+                chunks: list[tuple[list[int], set[str]]] = []
+                for i in idx:
+                    n = tos[i]
+                    for chunk, seen in chunks:
+                        if len(chunk) < SEND_SMS_MAX and n not in seen:
+                            chunk.append(i)
+                            seen.add(n)
+                            break
+                    else:
+                        chunks.append(([i], {n}))
+                chunked = [chunk for chunk, _ in chunks]
+            grouped += [Call(chunk, request_key(ids, chunk)) for chunk in chunked]
         batched = [
-            Call(idx[k : k + BATCH_SMS_MAX], self._key())
+            Call(part, request_key(ids, part))
             for idx in singles.values()
             for k in range(0, len(idx), BATCH_SMS_MAX)
+            if (part := idx[k : k + BATCH_SMS_MAX])
         ]
-        return grouped, batched
+        return grouped, batched, all_filed
 
     async def send(self, batch: MessageBatch) -> Sequence[SubmitResult]:
         """Send the batch's filed-template messages; one result per message, in order."""
@@ -177,7 +214,7 @@ class AliyunGateway:
                 f"{self.name}: Aliyun sends only templates filed in its console: give the campaign a "
                 '[template.provider] with provider = "aliyun" (docs/providers-aliyun-tencent.md)'
             )
-        grouped, batched = self._plan(batch, params)
+        grouped, batched, all_filed = self._plan(batch, params)
         calls = [*grouped, *batched]
         single = {id(c) for c in grouped}
 
@@ -193,14 +230,15 @@ class AliyunGateway:
             raise
         if auth is not None:
             self._auth = auth
-        for i, p in enumerate(params):
-            if p is None or p[0].provider != "aliyun":
-                results[i] = _NOT_FILED
+        if not all_filed:
+            for i, p in enumerate(params):
+                if p is None or p[0].provider != "aliyun":
+                    results[i] = _NOT_FILED
         return results
 
     def _journal(self, batch: MessageBatch, call: Call) -> None:
         ids, tos = batch.ids, batch.tos
-        self.unsettled.add(call.key, [ids[i] for i in call.indices], [national(tos[i]) for i in call.indices])
+        self.unsettled.add(call.key, [ids[i] for i in call.indices], [tos[i] for i in call.indices])
 
     def _request(
         self, batch: MessageBatch, params: Sequence[ProviderParams | None], call: Call, bulk: bool
@@ -212,7 +250,7 @@ class AliyunGateway:
         if bulk:
             values = first[1]
             q: dict[str, str] = {
-                "PhoneNumbers": ",".join(national(tos[i]) for i in call.indices),
+                "PhoneNumbers": _nationals(tos, call.indices),
                 "SignName": sign_name(texts[call.indices[0]]),
                 "TemplateCode": template.code,
                 "OutId": call.key,
@@ -243,16 +281,21 @@ class AliyunGateway:
         code = str(doc.get("Code", ""))
         tos = batch.tos
         if code == "OK":
-            biz = str(doc.get("BizId", ""))
+            prefix = f"{doc.get('BizId', '')}-"
+            numbers = _nationals(tos, call.indices).split(",")
             call.results = {
-                i: SubmitResult(Outcome.ACCEPTED, provider_id=f"{biz}-{national(tos[i])}")
-                for i in call.indices
+                i: SubmitResult(Outcome.ACCEPTED, provider_id=prefix + n)
+                for i, n in zip(call.indices, numbers, strict=True)
             }
             return
         outcome, after = classify(code, str(doc.get("Message", "")))
         if outcome == "rejected" and code in PER_MESSAGE and len(call.indices) > 1:
             half = len(call.indices) // 2
-            parts = [Call(call.indices[:half], self._key()), Call(call.indices[half:], self._key())]
+            ids = batch.ids
+            parts = [
+                Call(call.indices[:half], request_key(ids, call.indices[:half])),
+                Call(call.indices[half:], request_key(ids, call.indices[half:])),
+            ]
             for part in parts:  # one after the other: a refused request sent nothing
                 await self._call(batch, params, part, bulk=bulk)
                 call.results.update(part.results)
@@ -267,9 +310,9 @@ class AliyunGateway:
 
     async def call(self, action: str, params: dict[str, str]) -> dict[str, Any]:
         """Make one signed Dysmsapi call; its JSON answer (raises a gateway error when unreadable)."""
-        query, headers = self._signer.sign(action, params)
+        target, headers = self._signer.target(action, params)
         self.calls += 1
-        status, body = await self._client.post("/?" + encode_query(query), headers, b"")
+        status, body = await self._client.post(target, headers, b"")
         try:
             doc = json.loads(body)
         except ValueError:
@@ -284,27 +327,68 @@ class AliyunGateway:
 
     # -- settling ------------------------------------------------------------------------
 
-    async def settle(self, entries: Sequence[dict[str, Any]] | None = None) -> list[DeliveryReport]:
-        """Ask QuerySendDetails about the messages of calls that got no clear answer.
+    async def settle(self, queries: Sequence[SettleQuery]) -> Settled:
+        """Ask QuerySendDetails about each query's number on the day(s) of its send (Beijing time),
+        every page, ``query_concurrency`` at a time.
 
-        Each message is looked up by number and send date and matched by the call's ``OutId``:
-        found means the provider took it (its status: waiting, failed or delivered); a message
-        not found was never taken (``failed`` with code ``pigeon.NOT_SENT``, safe to send again).
-        Returns one report per message, naming Pigeon's message id.
+        Every record becomes a :class:`~engine.sending.settling.ProviderStatus` (``SendStatus`` 3
+        delivered, 2 failed, 1 waiting for its receipt) keyed by its ``OutId``. The answer lists
+        every record of those numbers, so a query sent more than ``query_lag`` seconds ago is in
+        :attr:`~engine.sending.settling.Settled.listed`: no record of it means Aliyun never took it.
+        Throttled queries wait and ask again (five times at most).
         """
-        out: list[DeliveryReport] = []
-        for entry in entries if entries is not None else self.unsettled.entries():
-            key = str(entry["key"])
-            day = time.strftime("%Y%m%d", time.localtime(float(entry["at"])))
-            for message_id, number in entry["messages"]:
-                doc = await self.call(
-                    "QuerySendDetails",
-                    {"PhoneNumber": number, "SendDate": day, "PageSize": "50", "CurrentPage": "1"},
-                )
-                if doc.get("Code") != "OK":
-                    raise GatewayProtocolError(f"{self.name}: QuerySendDetails: {doc.get('Code')}")
-                out.append(_settled(doc, key, message_id, self.name))
-        return out
+        statuses: list[ProviderStatus] = []
+        limiter = anyio.CapacityLimiter(self.config.query_concurrency)
+        asked: dict[tuple[str, str], list[ProviderStatus]] = {}
+        wanted = sorted({(q.number, day) for q in queries for day in _days(q.sent_at)})
+
+        async def one(number: str, day: str) -> None:
+            async with limiter:
+                asked[(number, day)] = await self._details(number, day)
+
+        async with anyio.create_task_group() as tg:
+            for number, day in wanted:
+                tg.start_soon(one, number, day)
+        for number, day in wanted:
+            statuses += asked[(number, day)]
+        cutoff = time.time() - self.config.query_lag
+        listed = frozenset(q.message_id for q in queries if q.sent_at <= cutoff)
+        return Settled(statuses=statuses, listed=listed)
+
+    async def _details(self, number: str, day: str) -> list[ProviderStatus]:
+        """Every record of ``number`` (E.164) sent on ``day`` (``yyyyMMdd``)."""
+        out: list[ProviderStatus] = []
+        page = 1
+        while True:
+            doc = await self._query(national(number), day, page)
+            dto = doc.get("SmsSendDetailDTOs") or {}
+            rows = dto.get("SmsSendDetailDTO", []) if isinstance(dto, dict) else dto
+            rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+            out += [_status(r, number) for r in rows]
+            try:
+                total = int(doc.get("TotalCount") or 0)
+            except (TypeError, ValueError):
+                total = 0
+            if len(rows) < QUERY_PAGE or len(out) >= total or page >= 100:
+                return out
+            page += 1
+
+    async def _query(self, number: str, day: str, page: int) -> dict[str, Any]:
+        params = {
+            "PhoneNumber": number,
+            "SendDate": day,
+            "PageSize": str(QUERY_PAGE),
+            "CurrentPage": str(page),
+        }
+        for attempt in range(6):
+            doc = await self.call("QuerySendDetails", params)
+            code = str(doc.get("Code", ""))
+            if code == "OK":
+                return doc
+            if code not in _THROTTLED or attempt == 5:
+                raise GatewayProtocolError(f"{self.name}: QuerySendDetails: {code}: {doc.get('Message', '')}")
+            await anyio.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -314,26 +398,47 @@ class AliyunGateway:
 _STATUS = {"1": DeliveryStatus.UNKNOWN, "2": DeliveryStatus.FAILED, "3": DeliveryStatus.DELIVERED}
 
 
-def _settled(doc: dict[str, Any], key: str, message_id: str, gateway: str) -> DeliveryReport:
-    dto = doc.get("SmsSendDetailDTOs") or {}
-    rows = dto.get("SmsSendDetailDTO", []) if isinstance(dto, dict) else dto
-    for row in rows if isinstance(rows, list) else []:
-        if isinstance(row, dict) and row.get("OutId") == key:
-            status = _STATUS.get(str(row.get("SendStatus")), DeliveryStatus.UNKNOWN)
-            return DeliveryReport(
-                provider_id="",
-                status=status,
-                message_id=message_id,
-                code=str(row.get("ErrCode") or ("DELIVERED" if status == DeliveryStatus.DELIVERED else "")),
-                gateway=gateway,
-            )
-    return DeliveryReport(
-        provider_id="",
-        status=DeliveryStatus.FAILED,
-        message_id=message_id,
-        code="pigeon.NOT_SENT",
-        gateway=gateway,
+def _days(sent_at: float) -> list[str]:
+    """The Beijing dates (``yyyyMMdd``) a send handed over at ``sent_at`` may be filed under."""
+    first = _day(sent_at)
+    late = _day(sent_at + SKEW)
+    return [first] if late == first else [first, late]
+
+
+def _day(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, _SHANGHAI).strftime("%Y%m%d")
+
+
+def _when(text: object) -> float:
+    """Epoch seconds of Aliyun's ``yyyy-MM-dd HH:mm:ss`` (Beijing time); 0 when absent or unreadable."""
+    try:
+        naive = datetime.datetime.strptime(str(text), "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return 0.0
+    return naive.replace(tzinfo=_SHANGHAI).timestamp()
+
+
+def _status(row: dict[str, Any], number: str) -> ProviderStatus:
+    """One QuerySendDetails record."""
+    status = _STATUS.get(str(row.get("SendStatus")), DeliveryStatus.UNKNOWN)
+    code = str(row.get("ErrCode") or "")
+    return ProviderStatus(
+        number=number,
+        key=str(row.get("OutId") or ""),
+        status=status,
+        code=code or ("DELIVERED" if status == DeliveryStatus.DELIVERED else ""),
+        at=_when(row.get("SendDate")),
+        done_at=_when(row.get("ReceiveDate")) if status != DeliveryStatus.UNKNOWN else 0.0,
     )
+
+
+def _nationals(tos: Sequence[str], indices: Sequence[int]) -> str:
+    """The numbers at ``indices`` as Aliyun takes and echoes them (:func:`national`), comma-joined:
+    Chinese ones (all, usually) by one C-level join and replace."""
+    joined = ",".join(map(tos.__getitem__, indices))
+    if joined.count("+86") == len(indices) == joined.count("+"):
+        return joined.replace("+86", "")
+    return ",".join(national(tos[i]) for i in indices)
 
 
 def _json(value: object) -> str:

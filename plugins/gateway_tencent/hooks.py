@@ -13,15 +13,15 @@ signature, template, credential and account errors (``FailedOperation.Signature�
 :class:`~pigeon.GatewayAuthError`; ``InternalError.Timeout`` → ``unknown``. Connection
 refused → :class:`~pigeon.GatewayUnreachable`, 5xx → :class:`~pigeon.GatewayUnavailable`,
 no answer after the request was written → :class:`~pigeon.GatewayTimeout`; every request's
-``SessionContext`` names it, so :meth:`TencentGateway.settle` can match PullSmsSendStatus results
-to the messages of requests that got no answer.
+``SessionContext`` is the message id of its first message (:func:`engine.sending.settling.request_key`),
+so ``pigeon settle`` can match PullSmsSendStatus results to the messages of requests that got no
+answer from the ledger alone (:meth:`TencentGateway.settle`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -30,21 +30,25 @@ import msgspec
 
 from pigeon import (
     ConfigError,
-    DeliveryReport,
     DeliveryStatus,
     GatewayAuthError,
     GatewayContext,
     GatewayProtocolError,
     GatewayRegistry,
     GatewayUnavailable,
+    Journal,
     MessageBatch,
     Outcome,
     ProviderParams,
+    ProviderStatus,
+    Settled,
+    SettleQuery,
     SubmitResult,
     WebhookParserRegistry,
     hookimpl,
+    request_key,
 )
-from plugins.cloudsms.calls import Call, Probe, Unsettled, run_calls, sign_name
+from plugins.cloudsms.calls import Call, Probe, run_calls, sign_name
 from plugins.cloudsms.http import CloudClient
 from plugins.gateway_tencent.api import Signer
 from plugins.gateway_tencent.codes import classify
@@ -88,6 +92,8 @@ class TencentGateway:
     """Tencent Cloud SMS over one pooled client, signing every request itself (TC3)."""
 
     idempotent = False
+    template_provider = "tencent"
+    """It sends only templates filed with Tencent (the service refuses other messages for it)."""
 
     def __init__(self, config: TencentConfig, ctx: GatewayContext) -> None:
         self.name = ctx.name
@@ -112,15 +118,14 @@ class TencentGateway:
             connect_timeout=config.connect_timeout,
             max_connections=config.max_connections,
         )
-        self.unsettled = Unsettled(ctx.run_dir, ctx.name)
+        self.unsettled = Journal(ctx.run_dir, ctx.name)
+        """Calls that got no clear answer, with their numbers (for ``pigeon settle``)."""
         self._auth: GatewayAuthError | None = None
         self._probe = Probe()
-        self._run = secrets.token_hex(3)
-        self._seq = 0
         self.calls = 0
 
     def _plan(self, batch: MessageBatch, params: Sequence[ProviderParams | None]) -> list[Call]:
-        texts, tos = batch.texts, batch.tos
+        texts, tos, ids = batch.texts, batch.tos, batch.ids
         groups: dict[tuple[str, str, tuple[str, ...]], list[int]] = {}
         for i, p in enumerate(params):
             if p is not None and p[0].provider == "tencent":
@@ -136,9 +141,7 @@ class TencentGateway:
                         break
                 else:
                     chunks.append(([i], {tos[i]}))
-            for chunk, _ in chunks:
-                self._seq += 1
-                calls.append(Call(chunk, f"pg{self._run}{self._seq}"))
+            calls += [Call(chunk, request_key(ids, chunk)) for chunk, _ in chunks]
         return calls
 
     async def send(self, batch: MessageBatch) -> Sequence[SubmitResult]:
@@ -248,42 +251,48 @@ class TencentGateway:
         response: dict[str, Any] = doc["Response"]
         return response
 
-    async def settle(
-        self, entries: Sequence[dict[str, Any]] | None = None, *, rounds: int = 100
-    ) -> list[DeliveryReport]:
-        """Pull delivery statuses (PullSmsSendStatus, 100 a call, until none is left).
+    async def settle(self, queries: Sequence[SettleQuery], *, rounds: int = 100) -> Settled:
+        """Pull delivery statuses (PullSmsSendStatus, 100 a call, until none is left or ``rounds``
+        calls were made).
 
-        Statuses of requests that got no answer are matched by their ``SessionContext`` and number
-        and name Pigeon's message id; every other status is returned by its SerialNo (a receipt
-        like a callback's). A message whose status has not come yet stays ``unknown``.
+        The pull hands each status out once and knows nothing of ``queries``: every status comes
+        back (:attr:`~engine.sending.settling.Settled.consumed`), keyed by its ``SessionContext`` with its
+        SerialNo as provider id — those of requests that got no answer match their queries, the
+        others are receipts of messages Tencent answered for. A message whose status has not come
+        (not delivered yet, or never taken: the pull cannot tell) stays ``unknown``.
         """
-        pending = entries if entries is not None else self.unsettled.entries()
-        ids: dict[tuple[str, str], str] = {}
-        for e in pending:
-            for message_id, number in e["messages"]:
-                ids[(str(e["key"]), str(number))] = str(message_id)
-        out: list[DeliveryReport] = []
+        del queries  # the pull is not by number
+        out: list[ProviderStatus] = []
         for _ in range(rounds):
             resp = await self.call("PullSmsSendStatus", {"Limit": 100, "SmsSdkAppId": self.config.sdk_app_id})
-            if isinstance(resp.get("Error"), dict):
-                raise GatewayProtocolError(f"{self.name}: PullSmsSendStatus: {resp['Error'].get('Code')}")
+            error = resp.get("Error")
+            if isinstance(error, dict):
+                raise GatewayProtocolError(
+                    f"{self.name}: PullSmsSendStatus: {error.get('Code')}: {error.get('Message', '')}"
+                )
             items = resp.get("PullSmsSendStatusSet") or []
-            for s in items:
+            for s in items if isinstance(items, list) else []:
+                if not isinstance(s, dict):
+                    continue
                 ok = s.get("ReportStatus") == "SUCCESS"
-                mid = ids.get((str(s.get("SessionContext", "")), str(s.get("PhoneNumber", ""))), "")
+                try:
+                    received = float(s.get("UserReceiveTime") or 0)
+                except (TypeError, ValueError):
+                    received = 0.0
                 out.append(
-                    DeliveryReport(
-                        provider_id=str(s.get("SerialNo", "")),
+                    ProviderStatus(
+                        number=str(s.get("PhoneNumber", "")),
+                        key=str(s.get("SessionContext", "")),
                         status=DeliveryStatus.DELIVERED if ok else DeliveryStatus.FAILED,
-                        message_id=mid,
                         code=str(s.get("Description") or s.get("ReportStatus", "")),
-                        done_at=float(s.get("UserReceiveTime") or 0),
-                        gateway=self.name,
+                        provider_id=str(s.get("SerialNo", "")),
+                        at=received,
+                        done_at=received,
                     )
                 )
-            if len(items) < 100:
+            if not isinstance(items, list) or len(items) < 100:
                 break
-        return out
+        return Settled(statuses=out, consumed=True)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -7,15 +7,18 @@ checks signatures on its own, renders the filed template and enforces Aliyun's r
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from engine.core.errors import GatewayAuthError, GatewayTimeout, GatewayUnreachable
 from engine.core.messages import DeliveryStatus, MessageBatch, Outcome
 from engine.core.provider_template import ProviderTemplate, compile_provider_template
 from engine.sending.gateway import GatewayContext
+from engine.sending.settling import ProviderStatus, Settled, SettleQuery, match
 from loadtests._host import free_port
 from loadtests.sim_aliyun import AliyunSim, AliyunSimConfig
 from loadtests.sim_cloud import SimThread
@@ -158,25 +161,43 @@ async def test_connection_refused_is_unreachable(tmp_path: Path, keys: None) -> 
     await gw.aclose()
 
 
-@pytest.mark.parametrize("sim", [AliyunSimConfig(p_hang=1.0, hang_s=5)], indirect=True)
+@pytest.mark.parametrize("sim", [AliyunSimConfig(p_hang=1.0, hang_s=5, p_undeliv=0.5)], indirect=True)
 async def test_a_request_taken_without_an_answer_is_settled_by_query_send_details(
     sim: AliyunSim, tmp_path: Path, keys: None
 ) -> None:
-    b = batch([("同", "1")] * 3)
-    gw = gateway(sim.port, tmp_path, timeout=1.0)
+    b = batch([("同", "1")] * 6)
+    gw = gateway(sim.port, tmp_path, timeout=1.0, query_lag=0.0)
     with pytest.raises(GatewayTimeout):
         await gw.send(b)
-    journal = tmp_path / "unsettled-aliyun.jsonl"
-    assert journal.exists()
+    assert (tmp_path / "unsettled-aliyun.jsonl").exists()
+    queries = gw.unsettled.queries()  # the journal: every message of the call, its number and key
+    assert sorted(q.message_id for q in queries) == sorted(b.ids)
+    assert {q.number for q in queries} == set(b.tos)
     sim.config.p_hang = 0.0
-    reports = await gw.settle()
-    await gw.aclose()
-    assert sorted(r.message_id for r in reports) == sorted(b.ids)
-    assert {r.status for r in reports} == {DeliveryStatus.DELIVERED}
-    # a message the provider never took settles as not sent
+    answer = await gw.settle(queries)
+    found, _ = match(queries, answer.statuses, answer.listed)
+    truth = {
+        "+86" + r["n"]: DeliveryStatus.DELIVERED if r["ok"] else DeliveryStatus.FAILED for r in sim.records
+    }
+    assert {DeliveryStatus.DELIVERED, DeliveryStatus.FAILED} <= set(truth.values())
+    assert {m.query.message_id: m.status.status for m in found if m.status is not None} == {
+        q.message_id: truth[q.number] for q in queries
+    }
+    # a message the provider never took: not listed, so never taken — once query_lag has passed
     lost = batch([("x", "1")], start=50)
-    gw = gateway(sim.port, tmp_path)
-    gw.unsettled.add("pg-never", lost.ids, [t[3:] for t in lost.tos])
-    (report,) = await gw.settle()
+    q = SettleQuery(message_id=lost.ids[0], number=lost.tos[0], sent_at=time.time(), keys=frozenset(lost.ids))
+    (m,), _ = match([q], *_answer(await gw.settle([q])))
+    assert m.absent and m.final
     await gw.aclose()
-    assert (report.status, report.code) == (DeliveryStatus.FAILED, "pigeon.NOT_SENT")
+    patient = gateway(sim.port, tmp_path, query_lag=600.0)
+    (m,), _ = match([q], *_answer(await patient.settle([q])))
+    assert m.status is None and not m.absent and not m.final  # too soon to say: it stays unknown
+    # another campaign's send to the same number (another OutId) is not this message's
+    other = msgspec.structs.replace(queries[0], keys=frozenset({"other-1"}))
+    (m,), _ = match([other], *_answer(await patient.settle([other])))
+    await patient.aclose()
+    assert m.status is None and not m.absent
+
+
+def _answer(s: Settled) -> tuple[list[ProviderStatus], frozenset[str]]:
+    return s.statuses, s.listed

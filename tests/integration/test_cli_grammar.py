@@ -305,6 +305,7 @@ def test_every_data_command_prints_json(here: Path, capsys: pytest.CaptureFixtur
         ("resume", "t", "--again", "-q"),
         ("status",),
         ("report", "t"),
+        ("settle", "t"),
         ("lookup", "13800138000", "+44 7911 123456"),
         ("optout", "import", "list.csv"),
         ("optout", "export"),

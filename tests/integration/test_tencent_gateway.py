@@ -12,6 +12,7 @@ from engine.core.errors import GatewayAuthError, GatewayTimeout, GatewayUnreacha
 from engine.core.messages import DeliveryStatus, MessageBatch, Outcome
 from engine.core.provider_template import ProviderTemplate, compile_provider_template
 from engine.sending.gateway import GatewayContext
+from engine.sending.settling import match
 from loadtests._host import free_port
 from loadtests.sim_cloud import SimThread
 from loadtests.sim_tencent import TencentSim, TencentSimConfig
@@ -117,17 +118,26 @@ async def test_connection_refused_is_unreachable(tmp_path: Path, keys: None) -> 
     await gw.aclose()
 
 
-@pytest.mark.parametrize("sim", [TencentSimConfig(p_hang=1.0, hang_s=5)], indirect=True)
+@pytest.mark.parametrize("sim", [TencentSimConfig(p_hang=1.0, hang_s=5, p_undeliv=0.5)], indirect=True)
 async def test_sent_without_an_answer_is_settled_by_pull_sms_send_status(
     sim: TencentSim, tmp_path: Path, keys: None
 ) -> None:
-    b = batch([("同", "1")] * 3)
+    b = batch([("同", "1")] * 6)
     gw = gateway(sim.port, tmp_path, timeout=1.0)
     with pytest.raises(GatewayTimeout):
         await gw.send(b)
+    queries = gw.unsettled.queries()  # the journal: every message of the call, its number and key
+    assert sorted(q.message_id for q in queries) == sorted(b.ids)
+    assert {q.keys for q in queries} == {frozenset({b.ids[0]})}  # the call is named by its first id
     sim.config.p_hang = 0.0
-    reports = await gw.settle()
+    answer = await gw.settle(queries)
+    assert answer.consumed and not answer.listed  # a pull: it cannot prove a message was never taken
+    found, used = match(queries, answer.statuses)
+    assert len(used) == len(b)
+    truth = {n: DeliveryStatus.DELIVERED if ok else DeliveryStatus.FAILED for n, ok in sim.fates.items()}
+    assert {DeliveryStatus.DELIVERED, DeliveryStatus.FAILED} <= set(truth.values())
+    assert {m.query.message_id: m.status.status for m in found if m.status is not None} == {
+        q.message_id: truth[q.number] for q in queries
+    }
+    assert (await gw.settle(queries)).statuses == []  # handed out once
     await gw.aclose()
-    mine = sorted(r.message_id for r in reports if r.message_id)
-    assert mine == sorted(b.ids)
-    assert {r.status for r in reports} == {DeliveryStatus.DELIVERED}

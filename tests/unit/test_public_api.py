@@ -23,7 +23,8 @@ PINNED = {
     "MoReply", "Outcome", "ProviderParams", "Receiving", "Registration", "Reject", "RejectReason",
     "ResolverRegistry", "RunHalt", "SegmentReader", "SegmentSource", "SourceBatch", "SourceContext",
     "SourceError", "SourceRegistry", "SubmitResult", "WebhookError", "WebhookParser", "WebhookParserRegistry",
-    "about_to_write", "hookimpl", "mask",
+    "about_to_write", "hookimpl", "mask", "Journal", "ProviderStatus", "SettleQuery", "Settled", "Settling",
+    "request_key",
 }  # fmt: skip
 
 

@@ -123,7 +123,7 @@ BAD_ENGINE = [
     ("[caps.promo]\nwindows = []", "caps: invalid key 'promo'"),
     ("[service]\nmax_messages = 0", "service.max_messages"),
     ('[service]\nlog_level = "trace"', "service.log_level"),
-    ("[service.templates.t]\nsignature = 'x'", "service.templates.*.text"),
+    ("[service.templates.t]\nsignature = 'x'", "service.templates.t.text"),
 ]
 
 BAD_PLUGIN_OPTIONS = [

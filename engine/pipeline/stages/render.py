@@ -11,7 +11,7 @@ import re
 from operator import itemgetter
 
 from engine.core.messages import RejectReason
-from engine.core.provider_template import LINK, ProviderTemplate
+from engine.core.provider_template import LINK, ProviderTemplate, param_problem
 from engine.core.template import BoundTemplate
 from engine.pipeline.runner import Batch, positions
 
@@ -84,31 +84,15 @@ class Render:
         cols, defaults = self._param_cols, self._param_defaults
         values = [tuple([r[c] or d for c, d in zip(cols, defaults, strict=True)]) for r in batch.rows]
         bad: dict[int, tuple[str, str]] = {}
-        limits = p.limits
-        for k, limit in enumerate(limits):
+        for k, limit in enumerate(p.limits):
             column = [v[k] for v in values]
-            if max(map(len, column), default=0) > limit:
+            # the usual case, every value fine, costs two C-level passes over the column
+            if max(map(len, column), default=0) > limit or (
+                not p.links_allowed and LINK.search("\x00".join(column))
+            ):
                 for i, v in enumerate(column):
-                    if len(v) > limit:
-                        bad.setdefault(
-                            i,
-                            (
-                                RejectReason.PARAM_TOO_LONG,
-                                f"parameter {p.names[k]} ({p.fields[k]}) has {len(v)} characters; "
-                                f"the filed template allows {limit}",
-                            ),
-                        )
-            if not p.links_allowed and LINK.search("\x00".join(column)):
-                for i, v in enumerate(column):
-                    if LINK.search(v):
-                        bad.setdefault(
-                            i,
-                            (
-                                RejectReason.URL_IN_FIELD,
-                                f"parameter {p.names[k]} ({p.fields[k]}) holds a link; {p.provider} "
-                                "refuses links in variables: put the link in the filed text",
-                            ),
-                        )
+                    if i not in bad and (problem := param_problem(p, k, v)) is not None:
+                        bad[i] = problem
         if bad:
             idx = sorted(bad)
             batch.drop(idx, [bad[i][0] for i in idx], [bad[i][1] for i in idx])

@@ -64,7 +64,9 @@ class LedgerFile(Protocol):
 
     def _derive(self, campaign_id: str) -> _Derived: ...
 
-    def apply_reports(self, reports: Sequence[DeliveryReport]) -> int:
+    def apply_reports(
+        self, reports: Sequence[DeliveryReport], unmatched: list[DeliveryReport] | None = None
+    ) -> int:
         """Record delivery reports; how many matched a message."""
         ...
 

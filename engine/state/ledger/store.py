@@ -372,6 +372,44 @@ class Ledger:
         rows = np.flatnonzero(np.isin(d.state, want)).astype(np.int64)
         return rows[rows > 0] if LedgerState.PENDING in states else rows
 
+    def last_handovers(
+        self, campaign_id: str, rows: Sequence[int]
+    ) -> dict[int, tuple[float, str, npt.NDArray[np.int64]]]:
+        """For each of ``rows``: its last hand-over — the time, the gateway, and every row of that
+        request (what ``pigeon settle`` asks a provider about). Rows never handed over are left out."""
+        want = np.zeros(int(max(rows, default=0)) + 1, dtype=np.bool_)
+        want[np.asarray(rows, dtype=np.int64)] = True
+        out: dict[int, tuple[float, str, npt.NDArray[np.int64]]] = {}
+        for ts, gateway, rows_b in self.db.execute(
+            "SELECT ts, gateway, rows FROM ledger_records WHERE campaign = ? AND event = ? ORDER BY seq",
+            (campaign_id, int(_Event.SUBMITTING)),
+        ):
+            req = _unpack_rows(rows_b)
+            inside = req[req < want.size]
+            hit = inside[want[inside]]
+            if hit.size:
+                entry = (float(ts), str(gateway), req)
+                for r in hit.tolist():
+                    out[r] = entry
+        return out
+
+    def known_providers(self, provider_ids: Sequence[str]) -> set[str]:
+        """Those of ``provider_ids`` some campaign's message was accepted under (the index brought
+        up to date first)."""
+        self.index_providers()
+        found: set[str] = set()
+        ids = list(dict.fromkeys(p for p in provider_ids if p))
+        for k in range(0, len(ids), 500):
+            chunk = ids[k : k + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                r[0]
+                for r in self.db.execute(
+                    f"SELECT provider_id FROM ledger_providers WHERE provider_id IN ({marks})", chunk
+                )
+            )
+        return found
+
     def message(self, message_id: str) -> MessageRecord | None:
         """What the ledger knows about one message (by Pigeon's id ``<campaign>-<row>``)."""
         found = self._locate(message_id)
@@ -434,10 +472,13 @@ class Ledger:
 
     # -- delivery reports ------------------------------------------------------------------
 
-    def apply_reports(self, reports: Sequence[DeliveryReport]) -> int:
+    def apply_reports(
+        self, reports: Sequence[DeliveryReport], unmatched: list[DeliveryReport] | None = None
+    ) -> int:
         """Record delivery reports (matched by provider id, else by Pigeon's message id), in one
         transaction; returns how many matched a message of some campaign. Unmatched ones are
-        ignored (another system's messages, or a campaign archived since)."""
+        ignored (another system's messages, a campaign archived since, or a message whose submit
+        answer is not recorded yet) — and appended to ``unmatched`` when it is given."""
         now = time.time()
         rows: list[tuple[str, int, str, str, float, float, str, float]] = []
         find = self.db.execute
@@ -454,12 +495,20 @@ class Ledger:
                 hits.append((i, r, hit))
             elif r.provider_id:
                 missed.append((i, r))
+            elif unmatched is not None:
+                unmatched.append(r)
         if missed and self.index_providers():  # ids of requests answered since the last reports
+            still: list[tuple[int, DeliveryReport]] = []
             for i, r in missed:
                 hit = find(by_provider, (r.provider_id,)).fetchone()
                 if hit is not None:
                     hits.append((i, r, hit))
+                else:
+                    still.append((i, r))
+            missed = still
             hits.sort(key=lambda h: h[0])  # in the order they came (a row's later report wins)
+        if unmatched is not None:
+            unmatched += [r for _, r in missed]
         for _, r, (campaign_id, row, ts) in hits:
             done = r.done_at or now
             latency = done - ts if ts > 0 else -1.0
