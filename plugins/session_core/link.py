@@ -134,6 +134,9 @@ class Link:
         self._retry_at = 0.0
         self._rng = random.Random()
         self._read_scope: anyio.CancelScope | None = None
+        self._inbox: list[Frame] = []
+        self._delivering = False
+        """The peer's requests read (and answered) but not yet handed to ``on_inbound``."""
         self.last_error = ""
 
     # -- state -------------------------------------------------------------------------------
@@ -245,19 +248,18 @@ class Link:
     def request(self, seq: int, pdu: bytes, token: Waiter, tag: int = 0) -> None:
         """Queue a request (the caller checked :attr:`room`); :meth:`flush` writes it."""
         assert self.session is not None
-        now = self.clock()
-        self.session.request(seq, pdu, token, tag, now)
+        self.session.request(seq, pdu, token, tag, self.clock())
         self.stats.requests += 1
-        scope = self._read_scope
-        if scope is not None:  # a reader sleeps until a later deadline: wake it for this answer's
-            wake = anyio.current_time() + self.settings.response_timeout
-            if wake < scope.deadline:
-                scope.deadline = wake
 
     async def flush(self) -> None:
         """Write whatever is queued."""
         s = self.session
         if s is not None and s.has_output:
+            scope = self._read_scope
+            if scope is not None:  # a reader sleeps until a later deadline: wake it for these answers'
+                wake = anyio.current_time() + self.settings.response_timeout
+                if wake < scope.deadline:
+                    scope.deadline = wake
             await self._write(s.output())
 
     async def _write(self, data: bytes) -> None:
@@ -291,8 +293,13 @@ class Link:
 
     # -- reading -----------------------------------------------------------------------------
 
-    async def step(self) -> None:
-        """Make progress once: read (or act on timers) if no other task is reading, else wait for it."""
+    async def step(self, *, deliver: bool = True) -> None:
+        """Make progress once: read (or act on timers) if no other task is reading, else wait for it.
+
+        The peer's requests read in the step (receipts, MO: answered already) are handed to
+        ``on_inbound`` after the tasks waiting for the step had their turn (they refill the
+        window first); with ``deliver=False`` they wait for the caller's :meth:`deliver`.
+        """
         if self._reading:
             await self._changed.wait()
             return
@@ -305,6 +312,29 @@ class Link:
             self._reading = False
             changed, self._changed = self._changed, anyio.Event()
             changed.set()
+        if deliver and self._inbox:
+            await anyio.lowlevel.cancel_shielded_checkpoint()  # (the woken senders refill first)
+            await self.deliver()
+
+    async def deliver(self) -> None:
+        """Hand the peer's requests read so far to ``on_inbound`` (they were answered already, so
+        this is never cancelled halfway)."""
+        if self._delivering:
+            return  # (another task is at it, and takes what comes meanwhile too: in order)
+        self._delivering = True
+        try:
+            while self._inbox:
+                frames, self._inbox = self._inbox, []
+                if self.on_inbound is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self.on_inbound(frames)
+        finally:
+            self._delivering = False
+
+    @property
+    def inbound_waiting(self) -> int:
+        """The peer's requests read and answered, not yet handed to ``on_inbound``."""
+        return len(self._inbox)
 
     async def _read_once(self) -> None:
         session, stream = self.session, self._stream
@@ -332,16 +362,14 @@ class Link:
             await self._lost()
             return
         events += session.tick(now)
-        inbound = self._dispatch(events)
-        # What was read is settled now: its answers and its hand-over must not be lost to a
-        # cancellation (a waiter's deadline) while the write lock is busy.
+        self._inbox += self._dispatch(events)
+        # What was read is settled now: its answers must not be lost to a cancellation (a
+        # waiter's deadline) while the write lock is busy.
         with anyio.CancelScope(shield=True):
             if session.has_output:
                 await self._write(session.output())
             if session.state is State.CLOSED:
                 await self._teardown()
-            if inbound and self.on_inbound is not None:
-                await self.on_inbound(inbound)
 
     def _dispatch(self, events: list[Event]) -> list[Frame]:
         inbound: list[Frame] = []
@@ -409,6 +437,7 @@ class Link:
         if stream is not None:
             with anyio.CancelScope(shield=True):
                 await _aclose(stream)
+        await self.deliver()
 
 
 def _state(session: Session) -> State:

@@ -40,7 +40,7 @@ from engine.webhooks import MoReply
 from plugins.session_core.link import Link
 from plugins.session_core.longsms import Concat, Reassembler
 from plugins.session_core.receipts import Correlator, Receipt, status_of
-from plugins.session_core.session import Frame
+from plugins.session_core.session import Frame, State
 
 __all__ = ["BindPool", "Inbox", "Kind", "Mo", "Sink", "Wire"]
 
@@ -121,6 +121,7 @@ class Inbox:
         changed.set()
 
 
+_OK = Kind.OK
 _NOT_SENT = -3
 _DROPPED = -2
 _EXPIRED = -1
@@ -165,8 +166,8 @@ class _Job:
         share.open -= 1
         pool = self.pool
         status, pid = pool.wire.submit_answer(frame)
-        kind = pool.wire.classify(status)
-        if kind is Kind.OK:
+        kind = _OK if status == 0 else pool.wire.classify(status)
+        if kind is _OK:
             self.status[tag] = 0
             self.ids[tag] = pid
             self.open -= 1
@@ -315,14 +316,16 @@ class BindPool:
         queue, retries = share.queue, share.retries
         limiter = self.limiters.get(id(link))
         reconnects = 0
-        wire = self.wire
+        build = self.wire.request
         clock = self.clock
+        timeout = link.settings.response_timeout
         if not await link.ready():
             reconnects += 1
             if not await self._reopen(link):
                 return
         while queue or share.open or retries:
-            if not link.up:
+            session = link.session
+            if session is None or session.state is not State.BOUND:
                 if share.open:
                     share.open = 0  # (their tokens were told: dropped)
                 retries.clear()
@@ -330,50 +333,68 @@ class BindPool:
                     return
                 reconnects += 1
                 continue
-            if retries and link.room:
+            window = session.window
+            room = window.size - len(window.pending)
+            submit = session.submit
+            deadline = clock() + timeout  # (one read of the clock for what goes out now)
+            sent = 0
+            paused = 0.0
+            if retries and room:
                 now = clock()
                 due = [r for r in retries if r[0] <= now]
                 for r in due:
-                    if not link.room:
+                    if not room:
                         break
                     retries.remove(r)
                     _, job, k = r
-                    seq = link.next_seq()
-                    link.request(seq, wire.request(seq, job.bodies[k]), job, k)
-                    share.open += 1
-            while queue and link.room:
+                    submit(build, job.bodies[k], job, k, deadline)
+                    room -= 1
+                    sent += 1
+            while queue and room:
                 job = queue[0]
+                bodies = job.bodies
                 if limiter is not None and job.written == 0:
                     # The bind's share of the rate paces its submits (the engine's lanes hold the
                     # carrier's and the account's budgets where the provider measures them).
-                    parts = min(len(job.bodies), int(limiter.capacity))
+                    parts = min(len(bodies), int(limiter.capacity))
                     wait = limiter.earliest(clock(), parts) - clock()
                     if wait > 0:
-                        await link.flush()
-                        await self._pause(link, wait)
-                        if not link.is_up():
-                            break
-                        continue  # look again: the window moved meanwhile
+                        paused = wait
+                        break
                     now = clock()
                     limiter.done(limiter.take(now, parts), now)
                 k = job.written
-                bodies = job.bodies
-                while k < len(bodies) and link.room:
-                    seq = link.next_seq()
-                    link.request(seq, wire.request(seq, bodies[k]), job, k)
-                    job.status[k] = _PENDING
-                    share.open += 1
-                    k += 1
-                job.written = k
-                if k == len(bodies):
+                n = len(bodies)
+                if n == 1 and k == 0:  # (most messages: one part)
+                    submit(build, bodies[0], job, 0, deadline)
+                    job.status[0] = _PENDING
+                    job.written = 1
                     queue.popleft()
+                    room -= 1
+                    sent += 1
+                    continue
+                status = job.status
+                while k < n and room:
+                    submit(build, bodies[k], job, k, deadline)
+                    status[k] = _PENDING
+                    k += 1
+                    room -= 1
+                    sent += 1
+                job.written = k
+                if k == n:
+                    queue.popleft()
+            share.open += sent
+            link.stats.requests += sent
             await link.flush()
+            await link.deliver()  # (receipts read in the last step: after the window was refilled)
             if not (queue or share.open or retries):
                 break
-            if retries and not share.open and not queue:  # only parts to send again, later
+            if paused:
+                await self._pause(link, paused)  # then look again: the window moved meanwhile
+            elif retries and not share.open and not queue:  # only parts to send again, later
                 await self._pause(link, max(0.0, min(r[0] for r in retries) - clock()))
             else:  # answers to wait for, or window room (another send may hold it all)
-                await link.step()
+                await link.step(deliver=False)
         if limiter is not None:
             if share.throttled:
                 limiter.slow_down()

@@ -27,6 +27,7 @@ import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Final, NamedTuple
 
 from engine.messages import DeliveryReport, DeliveryStatus
@@ -51,6 +52,7 @@ _FINAL: Final = {
     "REJECTED": DeliveryStatus.REJECTED,
     "UNKNOWN": DeliveryStatus.UNKNOWN,
 }
+_DELIVERED: Final = DeliveryStatus.DELIVERED
 _INTERMEDIATE: Final = frozenset({"ENROUTE", "ACCEPTD", "ACCEPTED", "SCHEDULED", "BUFFRED", "BUFFERED"})
 
 MESSAGE_STATES: Final = {
@@ -90,15 +92,24 @@ def canonical_id(raw: str) -> str:
     return s or "0"
 
 
-_HEX = re.compile(r"[0-9a-f]+")
+_HEX_DIGITS: Final = frozenset("0123456789abcdef")
 
 
 def id_forms(canon: str) -> list[str]:
     """The readings of a canonical id to look up: ``[as written, decimal→hex, hex→decimal]``
     (an entry is ``""`` where that reading does not apply)."""
-    dec2hex = format(int(canon), "x") if canon.isdigit() and len(canon) <= 20 else ""
-    hex2dec = str(int(canon, 16)) if _HEX.fullmatch(canon) and len(canon) <= 16 else ""
-    return [canon, dec2hex if dec2hex != canon else "", hex2dec if hex2dec != canon else ""]
+    if not canon.isascii():  # (a latin-1 '³' is a digit to isdigit(), not to int())
+        return [canon, "", ""]
+    if canon.isdigit():
+        n = len(canon)
+        if n == 1:
+            return [canon, "", ""]  # 0-9 read the same in both bases
+        dec2hex = format(int(canon), "x") if n <= 20 else ""
+        hex2dec = str(int(canon, 16)) if n <= 16 else ""
+        return [canon, dec2hex, hex2dec]
+    if len(canon) <= 16 and _HEX_DIGITS.issuperset(canon):
+        return [canon, "", str(int(canon, 16))]
+    return [canon, "", ""]
 
 
 class Receipt(NamedTuple):
@@ -151,8 +162,11 @@ def parse_receipt_text(text: str, utc_offset_hours: float = 0.0) -> Receipt | No
     )
 
 
+@lru_cache(maxsize=4096)
 def receipt_time(value: str, utc_offset_hours: float = 0.0) -> float:
-    """Epoch seconds of a ``YYMMDDhhmm[ss]`` receipt date in the peer's zone (0 when unreadable)."""
+    """Epoch seconds of a ``YYMMDDhhmm[ss]`` receipt date in the peer's zone (0 when unreadable).
+
+    Remembered for the last few thousand dates (the receipts of one minute share theirs)."""
     if len(value) not in (10, 12) or not value.isdigit():
         return 0.0
     yy, mo, dd, hh, mi = int(value[0:2]), int(value[2:4]), int(value[4:6]), int(value[6:8]), int(value[8:10])
@@ -226,16 +240,19 @@ class Correlator:
     def track(self, message_id: str, part_ids: list[str], to: str = "") -> list[DeliveryReport]:
         """Remember a message to ``to`` accepted as ``part_ids`` (canonical); reports for receipts
         parked for it."""
-        self._ids += 1
-        key = self._ids
-        t = _Tracked(key, message_id, tuple(part_ids), to)
-        self._messages[key] = t
+        self._ids = key = self._ids + 1
+        messages = self._messages
+        messages[key] = _Tracked(key, message_id, tuple(part_ids), to)
         parts = self._parts
-        for i, pid in enumerate(part_ids):
-            parts[pid] = (key, i)
-        while len(self._messages) > self.max_tracked:
-            _, old = self._messages.popitem(last=False)
-            self._forget(old)
+        if len(part_ids) == 1:
+            parts[part_ids[0]] = (key, 0)
+        else:
+            for i, pid in enumerate(part_ids):
+                parts[pid] = (key, i)
+        if len(messages) > self.max_tracked:
+            while len(messages) > self.max_tracked:
+                _, old = messages.popitem(last=False)
+                self._forget(old)
         if not self._parked:
             return []
         out: list[DeliveryReport] = []
@@ -281,9 +298,14 @@ class Correlator:
         decimal 16, or hex 0x16?) is settled by the handset's number, else by which reading
         alone matched before."""
         parts = self._parts
-        hits = [(n, hit) for n, form in enumerate(id_forms(canon)) if form and (hit := parts.get(form))]
+        forms = id_forms(canon)
+        hits = [(n, hit) for n, form in enumerate(forms) if form and (hit := parts.get(form))]
         if not hits:
             return None
+        if len(hits) == 1:
+            if hits[0][0] or forms[1] or forms[2]:
+                self._evidence[hits[0][0]] += 1
+            return hits[0][1]
         if len(hits) > 1:  # a part that has its receipt already is not the one this is for
             open_ = [
                 h
@@ -298,7 +320,7 @@ class Correlator:
             if same:
                 hits = same
         if len(hits) == 1:
-            if hits[0][0] or len([f for f in id_forms(canon) if f]) > 1:
+            if hits[0][0] or forms[1] or forms[2]:
                 self._evidence[hits[0][0]] += 1
             return hits[0][1]
         evidence = self._evidence
@@ -339,17 +361,14 @@ class Correlator:
         if t.done or t.states[hit[1]] is not None:
             self.duplicates += 1
             return []
-        t.states[hit[1]] = status
-        delivered = DeliveryStatus.DELIVERED
-        if status is not delivered or all(s is delivered for s in t.states):
+        states = t.states
+        states[hit[1]] = status
+        if status is not _DELIVERED or len(states) == 1 or all(s is _DELIVERED for s in states):
             t.done = True
         else:
             return []
-        code = (
-            receipt.stat
-            if not receipt.err or receipt.err.strip("0") == ""
-            else f"{receipt.stat}:{receipt.err}"
-        )
+        err = receipt.err
+        code = receipt.stat if not err or not err.strip("0") else f"{receipt.stat}:{err}"
         return [
             DeliveryReport(
                 provider_id=t.provider_id,
