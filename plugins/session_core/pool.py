@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from enum import IntEnum
+from itertools import islice
 from typing import NamedTuple, Protocol
 
 import anyio
@@ -122,10 +123,14 @@ class Inbox:
 
 
 _OK = Kind.OK
+_WORDS: dict[DeliveryStatus, str] = {s: s.value for s in DeliveryStatus}
 _NOT_SENT = -3
 _DROPPED = -2
 _EXPIRED = -1
 _PENDING = -4
+_UNENCODABLE = -5
+_UNBUILT: list[bytes] = []
+"""A job's bodies until it is built (compared by identity)."""
 
 
 class _Share:
@@ -142,23 +147,55 @@ class _Share:
 
 
 class _Job:
-    """One message in flight: its parts' PDUs, answers and ids (the token of its requests)."""
+    """One message in flight: its parts' PDUs, answers and ids (the token of its requests).
 
-    __slots__ = ("bodies", "ids", "message_id", "open", "pool", "share", "status", "to", "tries", "written")
+    Its PDUs are built when its bind is about to send it (:meth:`encode`), so a batch starts
+    going out at once and the building is spread between the answers.
+    """
 
-    def __init__(self, pool: BindPool, bodies: list[bytes], message_id: str, to: str) -> None:
+    __slots__ = (
+        "bodies",
+        "ids",
+        "message_id",
+        "open",
+        "pool",
+        "share",
+        "status",
+        "text",
+        "to",
+        "tries",
+        "written",
+    )
+
+    def __init__(self, pool: BindPool, message_id: str, to: str, text: str) -> None:
         self.pool = pool
         self.message_id = message_id
         self.to = to
-        self.open = len(bodies)
+        self.text = text
+        self.bodies: list[bytes] = _UNBUILT
+        self.open = 1
         """Parts not yet accepted (tracked for receipts when it reaches 0)."""
-        self.bodies = bodies
-        n = len(bodies)
-        self.status = [_NOT_SENT] * n
-        self.ids: list[str] = [""] * n
+        self.status = [_NOT_SENT]
+        self.ids: list[str] = [""]
         self.written = 0
         self.tries = 0
         self.share: _Share | None = None
+
+    def encode(self) -> list[bytes]:
+        """Build the parts' PDUs (once); a text no PDU can carry leaves none (``unencodable``)."""
+        try:
+            bodies = self.pool.wire.submit_bodies(self.to, self.text)
+        except ValueError as exc:  # (TooLong: the engine's part count should have caught it)
+            log.warning("unencodable message", extra={"gateway": self.pool.name, "error": str(exc)})
+            bodies = []
+            self.status = [_UNENCODABLE]
+        n = len(bodies)
+        if n > 1:
+            self.open = n
+            self.status = [_NOT_SENT] * n
+            self.ids = [""] * n
+        self.bodies = bodies
+        return bodies
 
     def on_answer(self, tag: int, frame: Frame, latency: float) -> None:
         share = self.share
@@ -275,9 +312,8 @@ class BindPool:
 
     async def send(self, batch: MessageBatch) -> list[SubmitResult]:
         """Submit every message of ``batch``; one result per message, in order."""
-        wire = self.wire
         rows = zip(batch.ids, batch.tos, batch.texts, strict=True)
-        jobs = [_Job(self, wire.submit_bodies(to, text), mid, to) for mid, to, text in rows]
+        jobs = [_Job(self, mid, to, text) for mid, to, text in rows]
         if not jobs:
             return []
         links = await self._usable()
@@ -294,16 +330,13 @@ class BindPool:
                 chunk = jobs[i * per : (i + 1) * per]
                 if chunk:
                     shares.append(_Share(link, chunk))
-        for share in shares:
-            for job in share.queue:
-                job.share = share
         if len(shares) == 1:
             await self._drive(shares[0])
         else:
             async with anyio.create_task_group() as tg:
                 for share in shares:
                     tg.start_soon(self._drive, share)
-        if all(job.written == 0 for job in jobs):
+        if all(job.written == 0 and job.status[0] != _UNENCODABLE for job in jobs):
             errors = [s.link.last_error for s in shares]
             raise GatewayUnreachable(f"{self.name}: nothing could be written ({'; '.join(errors)})")
         results = self._results(jobs)
@@ -353,6 +386,12 @@ class BindPool:
             while queue and room:
                 job = queue[0]
                 bodies = job.bodies
+                if bodies is _UNBUILT:
+                    job.share = share
+                    bodies = job.encode()
+                    if not bodies:
+                        queue.popleft()
+                        continue
                 if limiter is not None and job.written == 0:
                     # The bind's share of the rate paces its submits (the engine's lanes hold the
                     # carrier's and the account's budgets where the provider measures them).
@@ -394,6 +433,12 @@ class BindPool:
             elif retries and not share.open and not queue:  # only parts to send again, later
                 await self._pause(link, max(0.0, min(r[0] for r in retries) - clock()))
             else:  # answers to wait for, or window room (another send may hold it all)
+                if queue and queue[-1].bodies is _UNBUILT:
+                    # While the answers are on their way, build what their room will take.
+                    for job in islice(queue, window.size):
+                        if job.bodies is _UNBUILT:
+                            job.share = share
+                            job.encode()
                 await link.step(deliver=False)
         if limiter is not None:
             if share.throttled:
@@ -434,6 +479,8 @@ class BindPool:
 
     def _failed(self, job: _Job, classify: Callable[[int], Kind], ambiguous: Outcome) -> SubmitResult:
         status = job.status
+        if status[0] == _UNENCODABLE:
+            return SubmitResult(Outcome.REJECTED, code="unencodable", permanent=True)
         sent = [s for s in status if s != _NOT_SENT]
         if not sent:
             return SubmitResult(Outcome.RETRY, code="not_sent")
@@ -493,8 +540,11 @@ class BindPool:
                 status = maybe
             else:
                 receipt, status = item
-            counts[status.value] = counts.get(status.value, 0) + 1
-            reports += correlator.receipt(receipt, status)
+            word = _WORDS[status]
+            counts[word] = counts.get(word, 0) + 1
+            settled = correlator.receipt(receipt, status)
+            if settled:
+                reports += settled
         reports += correlator.expire()
         await self.flush_inbound(reports, replies)
 

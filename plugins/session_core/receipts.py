@@ -185,8 +185,14 @@ class _Tracked:
         self.message_id = message_id
         self.provider_id = part_ids[0]
         self.part_ids = part_ids
-        self.states: list[DeliveryStatus | None] = [None] * len(part_ids)
+        self.states: list[DeliveryStatus | None] | None = None
+        """Each part's final status, from a multipart message's first receipt on (a message of one
+        part is settled by its first: no list for most messages)."""
         self.done = False
+
+    def is_open(self, part: int) -> bool:
+        """Whether ``part`` still waits for its receipt."""
+        return not self.done and (self.states is None or self.states[part] is None)
 
 
 class _Parked:
@@ -307,11 +313,7 @@ class Correlator:
                 self._evidence[hits[0][0]] += 1
             return hits[0][1]
         if len(hits) > 1:  # a part that has its receipt already is not the one this is for
-            open_ = [
-                h
-                for h in hits
-                if (t := self._messages.get(h[1][0])) is not None and not t.done and t.states[h[1][1]] is None
-            ]
+            open_ = [h for h in hits if (t := self._messages.get(h[1][0])) is not None and t.is_open(h[1][1])]
             if open_:
                 hits = open_
         if len(hits) > 1 and addr:
@@ -358,15 +360,20 @@ class Correlator:
         t = self._messages.get(hit[0])
         if t is None:
             return []
-        if t.done or t.states[hit[1]] is not None:
+        if t.done:
             self.duplicates += 1
             return []
-        states = t.states
-        states[hit[1]] = status
-        if status is not _DELIVERED or len(states) == 1 or all(s is _DELIVERED for s in states):
-            t.done = True
-        else:
-            return []
+        if len(t.part_ids) > 1:
+            states = t.states
+            if states is None:
+                states = t.states = [None] * len(t.part_ids)
+            elif states[hit[1]] is not None:
+                self.duplicates += 1
+                return []
+            states[hit[1]] = status
+            if status is _DELIVERED and not all(s is _DELIVERED for s in states):
+                return []
+        t.done = True
         err = receipt.err
         code = receipt.stat if not err or not err.strip("0") else f"{receipt.stat}:{err}"
         return [
