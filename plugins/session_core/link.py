@@ -296,9 +296,10 @@ class Link:
     async def step(self, *, deliver: bool = True) -> None:
         """Make progress once: read (or act on timers) if no other task is reading, else wait for it.
 
-        The peer's requests read in the step (receipts, MO: answered already) are handed to
-        ``on_inbound`` after the tasks waiting for the step had their turn (they refill the
-        window first); with ``deliver=False`` they wait for the caller's :meth:`deliver`.
+        The answers to the peer's requests read in the step are written, and the requests
+        (receipts, MO) handed to ``on_inbound``, after the tasks waiting for the step had their
+        turn: they refill the window first, and their write carries the answers too. With
+        ``deliver=False`` the caller does both: :meth:`flush` (soon) and :meth:`deliver`.
         """
         if self._reading:
             await self._changed.wait()
@@ -312,9 +313,12 @@ class Link:
             self._reading = False
             changed, self._changed = self._changed, anyio.Event()
             changed.set()
-        if deliver and self._inbox:
+        if deliver:
             await anyio.lowlevel.cancel_shielded_checkpoint()  # (the woken senders refill first)
-            await self.deliver()
+            with anyio.CancelScope(shield=True):
+                await self.flush()
+            if self._inbox:
+                await self.deliver()
 
     async def deliver(self) -> None:
         """Hand the peer's requests read so far to ``on_inbound`` (they were answered already, so
@@ -363,13 +367,13 @@ class Link:
             return
         events += session.tick(now)
         self._inbox += self._dispatch(events)
-        # What was read is settled now: its answers must not be lost to a cancellation (a
-        # waiter's deadline) while the write lock is busy.
-        with anyio.CancelScope(shield=True):
-            if session.has_output:
-                await self._write(session.output())
-            if session.state is State.CLOSED:
+        if session.state is State.CLOSED:
+            with anyio.CancelScope(shield=True):  # (the last answers: unbind_resp)
+                if session.has_output:
+                    await self._write(session.output())
                 await self._teardown()
+        # Otherwise the answers to what was read (deliver_sm_resp, enquire_link_resp) stay queued
+        # and go out with the next write: the sender's refill, or the flush that ends step().
 
     def _dispatch(self, events: list[Event]) -> list[Frame]:
         inbound: list[Frame] = []
@@ -417,12 +421,15 @@ class Link:
                         on_error(exc)
                     await anyio.sleep(max(0.05, self._retry_at - self.clock()))
                     continue
+            if self._inbox:  # (left by a sender that stopped reading)
+                await self.deliver()
             await self.step()
 
     async def close(self, wait: float | None = None) -> None:
         """Unbind politely (waiting up to the unbind timeout for the answer), then close."""
         s = self.session
         if s is None or self._stream is None:
+            await self.deliver()  # (receipts read before the connection went)
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(wait or s.settings.unbind_timeout + 1):
             if s.state is State.BOUND:

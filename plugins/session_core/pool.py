@@ -432,6 +432,8 @@ class BindPool:
                 await self._pause(link, paused)  # then look again: the window moved meanwhile
             elif retries and not share.open and not queue:  # only parts to send again, later
                 await self._pause(link, max(0.0, min(r[0] for r in retries) - clock()))
+            elif queue and link.room:
+                continue  # answers read by another task while this one wrote: refill first
             else:  # answers to wait for, or window room (another send may hold it all)
                 if queue and queue[-1].bodies is _UNBUILT:
                     # While the answers are on their way, build what their room will take.
@@ -440,6 +442,9 @@ class BindPool:
                             job.share = share
                             job.encode()
                 await link.step(deliver=False)
+        # (the last step's answers to the peer and its receipts: not left for the next reader)
+        await link.flush()
+        await link.deliver()
         if limiter is not None:
             if share.throttled:
                 limiter.slow_down()
