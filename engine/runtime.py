@@ -34,6 +34,7 @@ from engine.errors import (
     TemplateError,
 )
 from engine.gateway import Gateway, GatewayContext, Receiving
+from engine.late_receipts import wait_for_receipts
 from engine.ledger import CampaignLedger, Semantics, open_for_run, skip_rows
 from engine.messages import DeliveryReport, MessageBatch, State
 from engine.metrics import NO_METRICS, Metrics, prepare_run
@@ -945,6 +946,9 @@ async def _send(
                 ticker.cancel()
                 reading.cancel()
         stopped = stop is not None and stop.is_set()
+        without_receipt: dict[str, int] = {}
+        if inbound and not stopped and not halt:  # receipts still due: up to each receipt_wait
+            without_receipt = await wait_for_receipts(inbound, notify)
         complete = not stopped and not halt and exhausted and not recorder.states[State.DEFERRED]
         if complete and ledger is not None and ledger.should_stop():
             complete = False  # cancelled meanwhile
@@ -970,6 +974,9 @@ async def _send(
         progress(recorder, time.perf_counter() - started, 1.0, True)
     summary = _summarize(plan, recorder, "send", time.perf_counter() - started, str(run_dir))
     summary.stopped = stop is not None and stop.is_set()
+    for name, left in without_receipt.items():
+        if name in summary.gateways:
+            summary.gateways[name].without_receipt = left
     summary.halted, summary.message = halt.reason, halt.message
     if verdict is not None:
         summary.verdict, summary.message = verdict.reason, verdict.message

@@ -274,6 +274,7 @@ class BindPool:
         self.correlator = correlator or Correlator(name, clock=clock)
         self.reassembler = reassembler or Reassembler()
         self.sink: Sink = Inbox()
+        self._reported: anyio.Event | None = None
         self._pending_reports: list[DeliveryReport] = []
         """Reports settled outside a read step (receipts parked until their submit answer)."""
         for link in links:
@@ -563,6 +564,9 @@ class BindPool:
             self._pending_reports = []
         if reports:
             await self.sink.reports(reports)
+            if self._reported is not None:
+                self._reported.set()
+                self._reported = None
         if replies:
             log.info(
                 "MO read",
@@ -573,6 +577,12 @@ class BindPool:
                 },
             )
             await self.sink.replies(replies)
+
+    async def reported(self) -> None:
+        """Wait until the next delivery reports are handed to the sink."""
+        if self._reported is None:
+            self._reported = anyio.Event()
+        await self._reported.wait()
 
     # -- long-lived hosts and shutdown -------------------------------------------------------
 

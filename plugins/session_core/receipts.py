@@ -239,6 +239,8 @@ class Correlator:
         """How often each reading of :func:`id_forms` was the only one that matched."""
         self.duplicates = 0
         self.unmatched = 0
+        self.awaiting = 0
+        """Messages tracked whose final receipt has not come (forgotten ones not counted)."""
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -247,6 +249,7 @@ class Correlator:
         """Remember a message to ``to`` accepted as ``part_ids`` (canonical); reports for receipts
         parked for it."""
         self._ids = key = self._ids + 1
+        self.awaiting += 1
         messages = self._messages
         messages[key] = _Tracked(key, message_id, tuple(part_ids), to)
         parts = self._parts
@@ -293,6 +296,8 @@ class Correlator:
             del self._parked_ids[p.forms[0]]
 
     def _forget(self, t: _Tracked) -> None:
+        if not t.done:
+            self.awaiting -= 1
         parts = self._parts
         for pid in t.part_ids:
             hit = parts.get(pid)
@@ -374,6 +379,7 @@ class Correlator:
             if status is _DELIVERED and not all(s is _DELIVERED for s in states):
                 return []
         t.done = True
+        self.awaiting -= 1
         err = receipt.err
         code = receipt.stat if not err or not err.strip("0") else f"{receipt.stat}:{err}"
         return [

@@ -253,3 +253,10 @@ def test_the_in_place_reader_leaves_mo_to_the_decoder_and_refuses_what_it_refuse
     for cut in (pdu[:40], pdu[:-1], pdu[:-3]):
         with pytest.raises(c.DecodeError):
             c.receipt_view(cut)
+
+
+def test_an_id_with_a_digit_int_cannot_read_has_no_other_reading() -> None:
+    # latin-1 has digits that str.isdigit() accepts and int() refuses ('³'): no base conversion
+    assert id_forms(canonical_id("12³")) == ["12³", "", ""]
+    assert id_forms("16") == ["16", "10", "22"]
+    assert id_forms("ab") == ["ab", "", "171"]
