@@ -14,7 +14,7 @@ Protocol (one line each, UTF-8):
 * stdin, from the service: ``pause``, ``resume``, ``stop`` (no more rows; drain what is in flight;
   the ledger stays resumable), ``optouts ["138…", …]`` (numbers that just opted out, into the
   blast's opt-out set). End of input means ``stop``; so do SIGTERM and SIGINT.
-* stdout, to the service: JSON objects: ``{"event": "started", "metrics_url": …}``, then
+* stdout, to the service: JSON objects: ``{"event": "started", "pid": …}``, then
   ``{"event": "progress", …}`` at most every :data:`PROGRESS_EVERY` seconds and a last one with
   ``"done": true`` (:class:`Progress`), ``{"event": "metrics", "text": …}`` (its exposition, once a
   second), or ``{"event": "failed", "error": …}``.
@@ -179,45 +179,48 @@ async def run_worker(
 
     resources = open_resources(plan, run_dir, blasts)
     try:
-        with metrics.serve("127.0.0.1", 0) as server:
-            _emit(out, {"event": "started", "metrics_url": server.url, "pid": os.getpid()})
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_commands, plan, control)
-                tg.start_soon(_signals, control)
+        # No HTTP server of its own: its series reach the service's /metrics (which needs an API key)
+        # through stdout, so nothing of the blast is served without a key.
+        _emit(out, {"event": "started", "pid": os.getpid()})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_commands, plan, control)
+            tg.start_soon(_signals, control)
 
-                async def report() -> None:
-                    beat = 0
-                    while True:
-                        await anyio.sleep(PROGRESS_EVERY)
-                        _emit(out, snapshot(recorder, fraction[0]))
-                        beat += 1
-                        if beat % METRICS_EVERY == 0:
-                            text = metrics.exposition()[0].decode()
-                            _emit(out, {"event": "metrics", "text": text})
+            async def report() -> None:
+                beat = 0
+                while True:
+                    await anyio.sleep(PROGRESS_EVERY)
+                    _emit(out, snapshot(recorder, fraction[0]))
+                    beat += 1
+                    if beat % METRICS_EVERY == 0:
+                        text = metrics.exposition()[0].decode()
+                        _emit(out, {"event": "metrics", "text": text})
 
-                tg.start_soon(report)
-                summary = await _send(
-                    plan,
-                    run_dir,
-                    progress,
-                    plan.clock,
-                    None,
-                    control.stop,
-                    metrics,
-                    ledger=ledger,
-                    control=control,
-                    shared=resources,
-                    recorder=recorder,
-                )
-                tg.cancel_scope.cancel()
-            # its last counts, for the service's /metrics once this process is gone
-            (run_dir / METRICS_FILE).write_bytes(metrics.exposition()[0])
+            tg.start_soon(report)
+            summary = await _send(
+                plan,
+                run_dir,
+                progress,
+                plan.clock,
+                None,
+                control.stop,
+                metrics,
+                ledger=ledger,
+                control=control,
+                shared=resources,
+                recorder=recorder,
+            )
+            tg.cancel_scope.cancel()
+        # its last counts, for the service's /metrics once this process is gone
+        (run_dir / METRICS_FILE).write_bytes(metrics.exposition()[0])
     finally:
         for gw in resources.gateways.values():
             with anyio.move_on_after(10, shield=True), contextlib.suppress(Exception):
                 await gw.aclose()
     (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
-    last = snapshot(recorder, 1.0, done=True)
+    # All of it read when it ran to the end; a cancelled or halted run stopped somewhere the file's
+    # position (read ahead of what was sent) does not tell: unknown, not 1.0 (`rows` says how far).
+    last = snapshot(recorder, None if summary.stopped or summary.halted else 1.0, done=True)
     last.stopped = summary.stopped
     last.halted, last.verdict, last.message = summary.halted, summary.verdict, summary.message
     return last

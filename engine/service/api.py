@@ -12,17 +12,20 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from engine.core.config import _explain
-from engine.sending.webhooks import WebhookError
+from engine.core.messages import DeliveryReport
+from engine.observability.redact import redact
+from engine.sending.webhooks import MoReply, WebhookError
 from engine.service.campaigns import CampaignError, Campaigns
 from engine.service.core import Service
 from engine.service.openapi import document
@@ -32,7 +35,13 @@ __all__ = ["PROBLEM", "create_app"]
 
 log = logging.getLogger("pigeon.api")
 
+T = TypeVar("T")
+
 PROBLEM = "application/problem+json"
+MAX_DETAIL = 2000
+"""Characters of a problem's ``detail`` (msgspec quotes an unknown key or enum value as sent)."""
+MAX_KEY = 256
+"""An API key longer than this is not one (Pigeon's are 47 characters)."""
 _JSON = "application/json"
 _enc = msgspec.json.Encoder()
 
@@ -51,7 +60,7 @@ def problem(
         type=f"https://pigeon.dev/problems/{kind or title.lower().replace(' ', '-')}",
         title=title,
         status=status,
-        detail=detail,
+        detail=detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL] + "…",
         errors=errors or [],
     )
     return Response(_enc.encode(body), status_code=status, media_type=PROBLEM, headers=headers)
@@ -61,14 +70,24 @@ def _json(obj: Any, status: int = 200) -> Response:
     return Response(_enc.encode(obj), status_code=status, media_type=_JSON)
 
 
-def _decode_error(exc: msgspec.DecodeError, root: type[msgspec.Struct]) -> ApiError:
-    text = str(exc)
-    if isinstance(exc, msgspec.ValidationError):
+_PLAIN: dict[str, str] = {"to": "expected a phone number as a string (1-32 characters)"}
+"""What to say about a key, whatever msgspec said (the schema's words are in /openapi.json)."""
+
+
+def _decode(decoder: msgspec.json.Decoder[T], raw: bytes, root: type[msgspec.Struct]) -> T:
+    """``raw`` decoded, or the :class:`ApiError` that says what to change (400 or 422)."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
         where, what = _explain(exc, root, "")
-        return ApiError(
+        what = _PLAIN.get(where.rpartition(".")[2], what) if not what.startswith("unknown key") else what
+        raise ApiError(
             422, "Invalid request", f"{where or 'body'}: {what}; see /openapi.json for the schema"
-        )
-    return ApiError(400, "Malformed JSON", f"the body is not valid UTF-8 JSON: {text}")
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "Malformed JSON", f"the body is not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:  # (a typed body never gets here; kept for an unknown key's value)
+        raise ApiError(422, "Invalid request", "the JSON is nested too deeply") from None
 
 
 def _campaigns(service: Service) -> Campaigns:
@@ -90,6 +109,8 @@ def create_app(service: Service) -> Starlette:
             key = request.headers.get("x-api-key", "")
         elif scheme.lower() != "bearer":
             raise ApiError(401, "Unauthorized", "use Authorization: Bearer <API key>", kind="unauthorized")
+        if len(key) > MAX_KEY:
+            raise ApiError(401, "Unauthorized", "the API key is not valid (revoked, or mistyped)")
         if not key:
             raise ApiError(
                 401,
@@ -104,7 +125,7 @@ def create_app(service: Service) -> Starlette:
     async def body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (0 < len(declared) <= 18 and declared.isascii() and declared.isdigit()):
                 raise ApiError(400, "Bad request", "Content-Length is not a number")
             if int(declared) > limit:
                 raise ApiError(
@@ -115,13 +136,16 @@ def create_app(service: Service) -> Starlette:
                 )
         chunks: list[bytes] = []
         size = 0
-        async with aclosing(request.stream()) as stream:
-            async for chunk in stream:
-                size += len(chunk)
-                if size <= limit:
-                    chunks.append(chunk)
-                elif size > 8 * limit:  # past the limit, a bounded rest is read and dropped, so the
-                    break  # client is still reading when the 413 comes
+        try:
+            async with aclosing(request.stream()) as stream:
+                async for chunk in stream:
+                    size += len(chunk)
+                    if size <= limit:
+                        chunks.append(chunk)
+                    elif size > 8 * limit:  # past the limit, a bounded rest is read and dropped, so
+                        break  # the client is still reading when the 413 comes
+        except ClientDisconnect:
+            raise ApiError(400, "Client disconnected", "the body ended early") from None
         if size > limit:
             raise ApiError(
                 413,
@@ -153,10 +177,18 @@ def create_app(service: Service) -> Starlette:
                     exc.status, exc.title, exc.detail, errors=exc.errors, kind=exc.kind, headers=headers
                 )
             except CampaignError as exc:
-                titles = {403: "Forbidden", 404: "Not found", 409: "Conflict", 422: "Invalid request"}
+                titles = {
+                    403: "Forbidden",
+                    404: "Not found",
+                    409: "Conflict",
+                    422: "Invalid request",
+                    503: "Shutting down",
+                }
                 return problem(exc.status, titles.get(exc.status, "Campaign error"), str(exc))
             except WebhookError as exc:
-                return problem(400, "Invalid callback", str(exc))
+                return problem(422, "Invalid callback", str(exc))
+            except Exception as exc:  # a bug: logged without user data, answered without details
+                return crashed(request, exc)
 
         endpoint.__name__ = fn.__name__
         return endpoint
@@ -181,13 +213,10 @@ def create_app(service: Service) -> Starlette:
         key = auth(request)
         json_type(request)
         raw = await body(request)
-        try:
-            req = messages_decoder.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise _decode_error(exc, MessagesIn) from None
+        req = _decode(messages_decoder, raw, MessagesIn)
         idem = request.headers.get("idempotency-key")
-        if idem is not None and not 1 <= len(idem) <= 255:
-            raise ApiError(422, "Invalid request", "Idempotency-Key must be 1-255 characters")
+        if idem is not None and not (1 <= len(idem) <= 255 and idem.isprintable()):
+            raise ApiError(422, "Invalid request", "Idempotency-Key must be 1-255 printable characters")
         resp = await service.messages.submit(req, key=key, idempotency_key=idem, body=raw)
         return _json(resp, 202)
 
@@ -211,14 +240,26 @@ def create_app(service: Service) -> Starlette:
                 parser.verify(raw, request.headers, time.time())
         except WebhookError as exc:
             raise ApiError(401, "Bad signature", str(exc), kind="bad-signature") from None
+        except Exception as exc:  # a plugin's parser that fails on what it was sent: not verified
+            _parser_failed(gateway, "verify", exc)
+            raise ApiError(
+                401, "Bad signature", "the signature could not be verified", kind="bad-signature"
+            ) from None
         answer = getattr(parser, "answer", None)  # the acknowledgement a provider expects, if its own
+        try:
+            items = parser.reports(raw, gateway) if what == "reports" else parser.replies(raw, gateway)
+        except WebhookError:
+            raise
+        except Exception as exc:  # a plugin's parser that fails on what it was sent: unreadable
+            _parser_failed(gateway, what, exc)
+            raise WebhookError(f"the {what} cannot be read by the gateway's parser") from None
         if what == "reports":
-            reports = parser.reports(raw, gateway)
+            reports = cast("list[DeliveryReport]", items)
             matched = await service.inbound.apply_reports(reports)
             if answer is not None:
                 return Response(*answer(what, len(reports), matched))
             return _json({"received": len(reports), "matched": matched})
-        replies = parser.replies(raw, gateway)
+        replies = cast("list[MoReply]", items)
         optouts = service.inbound.apply_replies(replies)
         if answer is not None:
             return Response(*answer(what, len(replies), optouts))
@@ -237,20 +278,8 @@ def create_app(service: Service) -> Starlette:
         auth(request)
         json_type(request)
         raw = await body(request)
-        try:
-            req = campaign_decoder.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise _decode_error(exc, StartCampaign) from None
-        try:
-            run = await _campaigns(service).start(req.file, again=req.again)
-        except CampaignError:
-            raise
-        except Exception as exc:  # the campaign's own config or preflight: say what to change
-            from engine.core.errors import EngineError
-
-            if isinstance(exc, EngineError):
-                raise ApiError(422, "Campaign refused", str(exc)) from None
-            raise
+        req = _decode(campaign_decoder, raw, StartCampaign)
+        run = await _campaigns(service).start(req.file, again=req.again)
         return _json(run.view(), 202)
 
     @wrap
@@ -275,13 +304,18 @@ def create_app(service: Service) -> Starlette:
         titles = {404: "Not found", 405: "Method not allowed"}
         detail = {
             404: f"no endpoint {request.url.path[:200]!r}; see /openapi.json",
-            405: f"{request.method} is not allowed on {request.url.path[:200]!r}; see /openapi.json",
+            405: f"{request.method[:16]} is not allowed on {request.url.path[:200]!r}; see /openapi.json",
         }.get(exc.status_code, str(exc.detail))
-        return problem(exc.status_code, titles.get(exc.status_code, "HTTP error"), detail)
+        allow = (exc.headers or {}).get("Allow")
+        return problem(
+            exc.status_code,
+            titles.get(exc.status_code, "HTTP error"),
+            detail,
+            headers={"Allow": allow} if allow else None,
+        )
 
     async def crash(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", extra={"event": "http.error", "path": request.url.path})
-        return problem(500, "Internal error", "the service failed on this request; it is logged")
+        return crashed(request, exc)
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
@@ -296,4 +330,43 @@ def create_app(service: Service) -> Starlette:
         Route("/v1/campaigns/{id}", get_campaign, methods=["GET"]),
         Route("/v1/campaigns/{id}/{action}", control_campaign, methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
+    return _App(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
+
+
+def crashed(request: Request, exc: Exception) -> Response:
+    """The 500 of an unexpected exception: logged with its traceback (numbers masked, messages
+    cut: :func:`~engine.observability.redact.format_exception`), answered without details."""
+    log.error(
+        "unhandled error",
+        exc_info=exc,
+        extra={
+            "event": "http.error",
+            "method": request.method[:16],
+            "path": redact(request.url.path, 200),
+            "error": type(exc).__name__,
+        },
+    )
+    return problem(500, "Internal error", "the service failed on this request; it is logged")
+
+
+def _parser_failed(gateway: str, step: str, exc: Exception) -> None:
+    log.warning(
+        "webhook parser failed",
+        exc_info=exc,
+        extra={"event": "webhook.parser_error", "gateway": gateway[:64], "step": step},
+    )
+
+
+class _App(Starlette):
+    """Starlette, without the re-raise after a 500: an unexpected error is answered and logged
+    once (by :func:`crashed`), not handed on to the server to log again with its traceback."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one connection's request (or the lifespan)."""
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception:  # answered 500 by the Exception handler, and logged there
+            return

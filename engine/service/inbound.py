@@ -8,11 +8,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import anyio
+import msgspec
 
 from engine.core.errors import ConfigError
 from engine.core.messages import DeliveryReport
 from engine.core.phone import mask
 from engine.core.plugin_host import PluginHost
+from engine.core.timestamps import epoch_seconds
 from engine.sending.gateway import Receiving
 from engine.sending.webhooks import GenericParser, MoReply, WebhookParser, opt_outs_in
 from engine.service.context import ServiceContext
@@ -20,7 +22,7 @@ from engine.service.wire import ApiError
 from engine.state.ledger.store import Ledger
 from engine.state.optout import DEFAULT_KEYWORDS
 
-__all__ = ["Inbound"]
+__all__ = ["Inbound", "sane_reports"]
 
 log = logging.getLogger("pigeon.service")
 
@@ -77,10 +79,8 @@ class Inbound:
         """The parser of ``gateway``'s callbacks; 404 for an unknown gateway."""
         p = self.parsers.get(gateway)
         if p is None:
-            raise ApiError(
-                404,
-                "Unknown gateway",
-                f"no gateway {gateway[:64]!r}; configured: {', '.join(sorted(self.parsers))}",
+            raise ApiError(  # (no list of the configured ones: the caller is not authenticated)
+                404, "Unknown gateway", "no such gateway receives callbacks here (service.webhooks)"
             )
         return p
 
@@ -90,18 +90,23 @@ class Inbound:
         The ledger's part runs in a thread on a connection of its own: matching by provider id may
         first bring the provider-id index up to date (:meth:`Ledger.index_providers`), which must
         not hold up the event loop."""
-        matched = self.ctx.records.reports(reports)
+        reports = sane_reports(reports, self.ctx.clock.time())
+        latencies: dict[int, float] = {}
+        matched = self.ctx.records.reports(reports, latencies)
         if self.reports_ledger is not None:
             found = await anyio.to_thread.run_sync(
-                self.reports_ledger.apply_reports, reports, limiter=self._reports_limiter
+                self.reports_ledger.apply_reports, reports, latencies, limiter=self._reports_limiter
             )
             matched = max(matched, found)
         self.ctx.counters["reports"] += len(reports)
-        by_gateway: dict[str, Counter[str]] = {}
-        for r in reports:
-            by_gateway.setdefault(r.gateway, Counter())[r.status.value] += 1
-        for gw, counts in by_gateway.items():
-            self.ctx.metrics.delivery_reports(counts, gateway=gw)
+        by_gateway: dict[str, tuple[Counter[str], list[float]]] = {}
+        for i, r in enumerate(reports):
+            counts, seconds = by_gateway.setdefault(r.gateway, (Counter(), []))
+            counts[r.status.value] += 1
+            if i in latencies:
+                seconds.append(latencies[i])
+        for gw, (counts, seconds) in by_gateway.items():
+            self.ctx.metrics.delivery_reports(counts, seconds, gateway=gw)
         self.ctx.counters["reports_matched"] += matched
         log.info(
             "delivery reports",
@@ -154,6 +159,19 @@ class Inbound:
         """Close the reports' connection."""
         if self.reports_ledger is not None:
             self.reports_ledger.close()
+
+
+def sane_reports(reports: Sequence[DeliveryReport], now: float) -> Sequence[DeliveryReport]:
+    """``reports`` with every ``done_at`` in Unix seconds: a plugin parser's milliseconds converted,
+    a value that is no sane time dropped (``0``: unknown), as the generic parser refuses them."""
+    out: list[DeliveryReport] | None = None
+    for i, r in enumerate(reports):
+        seconds = epoch_seconds(r.done_at, now) or 0.0
+        if seconds != r.done_at:
+            if out is None:
+                out = list(reports)
+            out[i] = msgspec.structs.replace(r, done_at=seconds)
+    return reports if out is None else out
 
 
 class _Sink:

@@ -31,9 +31,10 @@ def build() -> dict[str, Any]:
         [MessagesIn, SubmitResponse, MessageView, CampaignView, StartCampaign, Problem],
         ref_template="#/components/schemas/{name}",
     )
-    components["MessageIn"]["properties"]["to"] = {
-        "type": "string",
-        "description": "Recipient: a Chinese mobile (13800138000, +86 138-0013-8000…) or E.164",
+    seconds = {
+        "type": "number",
+        "description": "Unix time in seconds (milliseconds, microseconds and nanoseconds are detected and "
+        "converted); 0 or absent: unknown. Earlier than 2000-01-01 or more than a day ahead: 422.",
     }
     components["Reports"] = {
         "type": "object",
@@ -41,15 +42,22 @@ def build() -> dict[str, Any]:
         "properties": {
             "reports": {
                 "type": "array",
+                "maxItems": 10_000,
                 "items": {
                     "type": "object",
+                    "description": "Needs a provider_id or an id (422 otherwise); other keys are ignored.",
                     "properties": {
-                        "provider_id": {"type": "string"},
-                        "id": {"type": "string", "description": "Pigeon's message id"},
-                        "to": {"type": "string"},
-                        "status": {"enum": ["delivered", "failed", "expired", "rejected", "unknown"]},
-                        "code": {"type": "string"},
-                        "done_at": {"type": "number"},
+                        "provider_id": {"type": "string", "maxLength": 256},
+                        "id": {"type": "string", "maxLength": 256, "description": "Pigeon's message id"},
+                        "to": {"type": "string", "maxLength": 64},
+                        "status": {
+                            "type": "string",
+                            "maxLength": 64,
+                            "description": "delivered, failed, expired, rejected or unknown; any other "
+                            "value is counted as unknown (and kept as the code when there is none)",
+                        },
+                        "code": {"type": "string", "maxLength": 64},
+                        "done_at": seconds,
                     },
                 },
             }
@@ -61,14 +69,15 @@ def build() -> dict[str, Any]:
         "properties": {
             "replies": {
                 "type": "array",
+                "maxItems": 10_000,
                 "items": {
                     "type": "object",
                     "required": ["from", "text"],
                     "properties": {
-                        "from": {"type": "string"},
-                        "to": {"type": "string"},
-                        "text": {"type": "string"},
-                        "at": {"type": "number"},
+                        "from": {"type": "string", "maxLength": 64},
+                        "to": {"type": "string", "maxLength": 64},
+                        "text": {"type": "string", "maxLength": 2048},
+                        "at": seconds,
                     },
                 },
             }
@@ -85,6 +94,12 @@ def build() -> dict[str, Any]:
         "400": _problem("Malformed JSON or bad UTF-8"),
         "413": _problem("Body over service.max_body_bytes, or too many messages"),
         "415": _problem("Not application/json"),
+    }
+    webhook_errors = {
+        **body_errors,
+        "401": _problem("Missing or bad signature, or a replay"),
+        "404": _problem("No such gateway receives callbacks here"),
+        "422": _problem("A body that does not match the contract (a bad time, no id)"),
     }
     cid = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     gw = {"name": "gateway", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -168,7 +183,7 @@ def build() -> dict[str, Any]:
                     "required": True,
                     "content": {"application/json": {"schema": _ref("Reports")}},
                 },
-                "responses": {"200": {"description": "received"}, **body_errors},
+                "responses": {"200": {"description": "received"}, **webhook_errors},
             }
         },
         "/v1/webhooks/{gateway}/replies": {
@@ -179,7 +194,7 @@ def build() -> dict[str, Any]:
                     "required": True,
                     "content": {"application/json": {"schema": _ref("Replies")}},
                 },
-                "responses": {"200": {"description": "received"}, **body_errors},
+                "responses": {"200": {"description": "received"}, **webhook_errors},
             }
         },
         "/v1/campaigns": {
@@ -194,7 +209,8 @@ def build() -> dict[str, Any]:
                     "202": _ok("CampaignView", "Started"),
                     **body_errors,
                     "403": _problem("Outside the campaigns directory"),
-                    "409": _problem("Already running"),
+                    "409": _problem("Already running, or over and not started with again"),
+                    "503": _problem("Starting, or draining for shutdown"),
                 },
             }
         },

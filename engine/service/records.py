@@ -83,15 +83,19 @@ class ApiRecords:
         queued again until its next hand-over."""
         self._set(batch.ids, state="queued", reason=reason)
 
-    def reports(self, reports: Sequence[DeliveryReport]) -> int:
-        """Apply delivery reports to the messages in memory; how many matched."""
+    def reports(self, reports: Sequence[DeliveryReport], latencies: dict[int, float] | None = None) -> int:
+        """Apply delivery reports to the messages in memory; how many matched. ``latencies``, if
+        given, gets report index → seconds from the hand-over to the report (its ``done_at``, or now)."""
         n = 0
-        for r in reports:
+        now = time.time()
+        for i, r in enumerate(reports):
             mid = self.by_provider.get(r.provider_id, "") if r.provider_id else ""
             v = self.by_id.get(mid or r.message_id)
             if v is None:
                 continue
             n += 1
+            if latencies is not None and v.submitted_at > 0:
+                latencies[i] = max(0.0, (r.done_at or now) - v.submitted_at)
             v.delivery = Delivery(status=r.status.value, code=r.code, done_at=r.done_at)
             v.state = "delivered" if r.status.value == "delivered" else "failed"
             if v.state == "failed":

@@ -17,6 +17,7 @@ from engine.core.phone import mask
 from engine.core.service_config import ServiceTemplate
 from engine.core.template import Template, compile_template
 from engine.pipeline.runner import Batch
+from engine.service.compliance import MarketingPolicy
 from engine.service.context import ServiceContext
 from engine.service.lanes import TEXT_TEMPLATE, ApiLanes
 from engine.service.wire import (
@@ -64,6 +65,7 @@ class Submissions:
         self._idem: dict[tuple[str, str], _Idem] = {}
         self._fields_of: dict[str, Template] = {}
         """Template id → its compiled template (for the field checks)."""
+        self.policy = MarketingPolicy(ctx, lanes)
 
     def open(self) -> None:
         """Create the idempotency table and forget keys past ``service.idempotency_ttl``."""
@@ -177,6 +179,16 @@ class Submissions:
                     )
                 return seen.response
         values = self._validate(req)
+        if req.priority == "marketing":  # the campaigns' preflight (signature, opt-out, banned terms)
+            broken = self.policy.check(values)
+            if broken:
+                raise ApiError(
+                    422,
+                    "Invalid messages",
+                    f"{len(broken)} of {len(values)} marketing message(s) break the preflight rules; "
+                    "nothing was sent: " + broken[0].detail,
+                    errors=broken,
+                )
         stream = self.lanes.streams[req.priority]
         rows = stream.rows.take(len(values))
         index_of = {row: i for i, row in enumerate(rows)}
@@ -315,6 +327,8 @@ class Submissions:
             id=rec.message_id,
             state=rec.delivery_status if rec.delivery_status == "delivered" else rec.state.value,
             campaign=rec.campaign,
+            carrier=rec.carrier,
+            parts=rec.parts,
             reason=rec.reason,
             gateway=rec.gateway,
             provider_id=rec.provider_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -13,6 +13,7 @@ __all__ = [
     "MessageIn",
     "MessageView",
     "MessagesIn",
+    "Phone",
     "Priority",
     "Problem",
     "StartCampaign",
@@ -21,26 +22,41 @@ __all__ = [
 
 Priority = Literal["transactional", "marketing"]
 
-_Phone = msgspec.Meta(min_length=1, max_length=32)
+MAX_TEXT = 1000
+"""Longest ``text`` of a message, in characters."""
+MAX_FIELD = 500
+"""Longest value of a template field, in characters."""
 
-
-_Name = msgspec.Meta(min_length=1, max_length=64)
+Phone = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=32,
+        description="Recipient: a Chinese mobile (13800138000, +86 138-0013-8000…) or E.164",
+    ),
+]
+_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+_FieldValue = Annotated[str, msgspec.Meta(max_length=MAX_FIELD)]
 
 
 class MessageIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """One message to send: ``to`` and either ``template`` + ``fields`` or ``text``."""
 
-    to: Any  # checked by hand for a clearer message than a type error
-    template: str | None = None
-    fields: dict[str, str] = {}
-    text: str | None = None
+    to: Phone
+    template: _Name | None = None
+    fields: Annotated[dict[_Name, _FieldValue], msgspec.Meta(max_length=64)] = {}
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)] | None = None
 
 
 class MessagesIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The body of ``POST /v1/messages``."""
 
-    messages: list[MessageIn]
-    priority: Priority = "transactional"
+    messages: Annotated[list[MessageIn], msgspec.Meta(min_length=1)]
+    """At most ``service.max_messages`` (413 above)."""
+    priority: Priority
+    """Required: ``transactional`` (order notices, codes: sent to opted-out numbers, at any hour) or
+    ``marketing`` (preflight, opt-outs, quiet hours). No default, so nothing is sent as
+    transactional by omission."""
 
 
 class MessageState(msgspec.Struct, kw_only=True):
@@ -130,6 +146,7 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
 class StartCampaign(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The body of ``POST /v1/campaigns``: a campaign file under ``service.campaigns_dir``."""
 
-    file: str
+    file: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    """Relative to ``service.campaigns_dir``; each path component at most 255 bytes."""
     again: bool = False
     """Start a finished or cancelled campaign afresh (its ledger is archived), as ``pigeon send --again``."""
