@@ -20,12 +20,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope as AsgiScope, Send
 
 from engine.core.config import _explain
 from engine.core.messages import DeliveryReport
+from engine.core.timestamps import iso_utc
 from engine.observability.redact import redact
 from engine.sending.webhooks import MoReply, WebhookError
+from engine.service.apikeys import Scope
 from engine.service.campaigns import CampaignError, Campaigns
 from engine.service.core import Service
 from engine.service.openapi import document
@@ -34,6 +36,10 @@ from engine.service.wire import ApiError, FieldError, MessagesIn, Problem, Start
 __all__ = ["PROBLEM", "create_app"]
 
 log = logging.getLogger("pigeon.api")
+access = logging.getLogger("pigeon.access")
+
+KEY_ID = "pigeon.key"
+"""Where the request's ASGI scope keeps the name of its API key, for the access log."""
 
 T = TypeVar("T")
 
@@ -102,7 +108,8 @@ def create_app(service: Service) -> Starlette:
     messages_decoder = msgspec.json.Decoder(MessagesIn)
     campaign_decoder = msgspec.json.Decoder(StartCampaign)
 
-    def auth(request: Request) -> str:
+    def auth(request: Request, scope: Scope) -> str:
+        """The name of the request's API key; 401 without a valid one, 403 without ``scope``."""
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if not header:
@@ -117,10 +124,29 @@ def create_app(service: Service) -> Starlette:
                 "Unauthorized",
                 "an API key is required: send Authorization: Bearer <key> (`pigeon keys create` makes one)",
             )
-        name = service.keys.check(key.strip())
-        if name is None:
+        key = key.strip()
+        found = service.keys.find(key)
+        if found is None and service.reload_keys(only_if_changed=True):  # made a moment ago?
+            found = service.keys.find(key)
+        if found is None:
             raise ApiError(401, "Unauthorized", "the API key is not valid (revoked, or mistyped)")
-        return name
+        request.scope[KEY_ID] = found.id
+        now = time.time()
+        if found.expired(now):
+            raise ApiError(
+                401,
+                "Unauthorized",
+                f"the API key {found.id!r} expired at {iso_utc(found.expires_at or 0)}: ask for a new one",
+            )
+        service.key_usage.used(found.id, now)
+        if not found.allows(scope):
+            raise ApiError(
+                403,
+                "Forbidden",
+                f"the API key {found.id!r} may not do this: it needs the `{scope}` scope "
+                f"(it has: {', '.join(found.scopes or [])})",
+            )
+        return found.id
 
     async def body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -204,13 +230,13 @@ def create_app(service: Service) -> Starlette:
 
     @wrap
     async def metrics(request: Request) -> Response:
-        auth(request)
+        auth(request, "metrics")
         data, ctype = await service.scrape()
         return Response(data, media_type=ctype)
 
     @wrap
     async def post_messages(request: Request) -> Response:
-        key = auth(request)
+        key = auth(request, "send")
         json_type(request)
         raw = await body(request)
         req = _decode(messages_decoder, raw, MessagesIn)
@@ -222,7 +248,7 @@ def create_app(service: Service) -> Starlette:
 
     @wrap
     async def get_message(request: Request) -> Response:
-        auth(request)
+        auth(request, "read")
         mid = request.path_params["id"]
         view = service.messages.message(mid)
         if view is None:
@@ -275,7 +301,7 @@ def create_app(service: Service) -> Starlette:
 
     @wrap
     async def post_campaign(request: Request) -> Response:
-        auth(request)
+        auth(request, "campaigns")
         json_type(request)
         raw = await body(request)
         req = _decode(campaign_decoder, raw, StartCampaign)
@@ -284,12 +310,12 @@ def create_app(service: Service) -> Starlette:
 
     @wrap
     async def get_campaign(request: Request) -> Response:
-        auth(request)
+        auth(request, "campaigns")
         return _json(_campaigns(service).get(request.path_params["id"]).view())
 
     @wrap
     async def control_campaign(request: Request) -> Response:
-        auth(request)
+        auth(request, "campaigns")
         action = request.path_params["action"]
         if action not in ("pause", "resume", "cancel"):
             raise ApiError(404, "Not found", f"no action {action[:32]!r}: use pause, resume or cancel")
@@ -358,15 +384,36 @@ def _parser_failed(gateway: str, step: str, exc: Exception) -> None:
 
 
 class _App(Starlette):
-    """Starlette, without the re-raise after a 500: an unexpected error is answered and logged
-    once (by :func:`crashed`), not handed on to the server to log again with its traceback."""
+    """Starlette, without the re-raise after a 500 (an unexpected error is answered and logged
+    once, by :func:`crashed`, not handed on to the server to log again with its traceback), and
+    with a log line per request: method, path (numbers masked), status, milliseconds and the API
+    key's name (``key``; never the key)."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         """Serve one connection's request (or the lifespan)."""
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        started = time.perf_counter()
+        status = [0]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, sending)
         except Exception:  # answered 500 by the Exception handler, and logged there
-            return
+            status[0] = status[0] or 500
+        access.info(
+            "request",
+            extra={
+                "event": "http.request",
+                "method": str(scope.get("method", ""))[:16],
+                "path": redact(str(scope.get("path", "")), 200),
+                "status": status[0],
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+                "key": scope.get(KEY_ID, ""),
+            },
+        )

@@ -85,7 +85,8 @@ def build() -> dict[str, Any]:
     }
     auth: list[dict[str, list[str]]] = [{"apiKey": []}]
     errors = {
-        "401": _problem("No or bad API key"),
+        "401": _problem("No, bad, revoked or expired API key"),
+        "403": _problem("The API key lacks the scope this needs (send, campaigns, read, metrics)"),
         "404": _problem("Not found"),
         "422": _problem("Invalid request: what to change"),
     }
@@ -96,7 +97,7 @@ def build() -> dict[str, Any]:
         "415": _problem("Not application/json"),
     }
     webhook_errors = {
-        **body_errors,
+        **{k: v for k, v in body_errors.items() if k != "403"},  # (no keys: a signature)
         "401": _problem("Missing or bad signature, or a replay"),
         "404": _problem("No such gateway receives callbacks here"),
         "422": _problem("A body that does not match the contract (a bad time, no id)"),
@@ -134,7 +135,11 @@ def build() -> dict[str, Any]:
             "get": {
                 "summary": "Prometheus exposition",
                 "security": auth,
-                "responses": {"200": {"description": "text exposition format"}, "401": errors["401"]},
+                "responses": {
+                    "200": {"description": "text exposition format"},
+                    "401": errors["401"],
+                    "403": errors["403"],
+                },
             }
         },
         "/openapi.json": {
@@ -208,7 +213,7 @@ def build() -> dict[str, Any]:
                 "responses": {
                     "202": _ok("CampaignView", "Started"),
                     **body_errors,
-                    "403": _problem("Outside the campaigns directory"),
+                    "403": _problem("Outside the campaigns directory, or the key lacks `campaigns`"),
                     "409": _problem("Already running, or over and not started with again"),
                     "503": _problem("Starting, or draining for shutdown"),
                 },
@@ -247,7 +252,8 @@ def build() -> dict[str, Any]:
                 "apiKey": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "An API key from `pigeon keys create`",
+                    "description": "An API key from `pigeon keys create` (optionally limited to scopes: "
+                    "send, campaigns, read, metrics; and to a time)",
                 }
             },
         },

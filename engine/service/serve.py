@@ -3,7 +3,8 @@
 Shutdown: the first SIGTERM/SIGINT marks the service draining (``/readyz`` answers 503, new
 messages 503), Hypercorn stops accepting connections and waits for the requests in flight, then the
 running blasts stop reading and the lanes send what they hold; the process exits 0. A second
-signal abandons the drain.
+signal abandons the drain. SIGHUP reloads the API keys file (the service also sees it change by
+itself within a second) and does nothing else.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ async def run(
 
         async with anyio.create_task_group() as tg:
             if handle_signals:
-                await tg.start(_signals, stop, tg.cancel_scope)
+                await tg.start(_signals, stop, tg.cancel_scope, svc)
             log.info(
                 "listening",
                 extra={"event": "service.listening", "host": addr[0], "port": addr[1], "backend": _backend()},
@@ -109,11 +110,19 @@ def _backend() -> str:
 
 
 async def _signals(
-    stop: anyio.Event, scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    stop: anyio.Event,
+    scope: anyio.CancelScope,
+    svc: Service,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         task_status.started()
-        async for _ in signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:  # reload the keys file (it does not stop the service)
+                log.info("SIGHUP: reloading the keys", extra={"event": "service.sighup"})
+                svc.reload_keys()
+                continue
             if stop.is_set():
                 log.warning("second signal: abandoning the drain", extra={"event": "service.abandon"})
                 scope.cancel()

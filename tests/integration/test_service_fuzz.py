@@ -153,7 +153,9 @@ def test_the_openapi_fuzzer_finds_no_5xx_and_no_disagreement(
     rest = log.read_text(encoding="utf-8")
     assert not failures, f"seed {SEED}:\n\n" + "\n\n".join(failures)
     statuses = Counter(status for (_, status) in seen.elements())
-    print(f"fuzzed pigeon serve ({backend}, seed {SEED}): {sum(statuses.values())} requests, {dict(statuses)}")
+    print(
+        f"fuzzed pigeon serve ({backend}, seed {SEED}): {sum(statuses.values())} requests, {dict(statuses)}"
+    )
     assert sum(statuses.values()) >= 10 * EXAMPLES, statuses  # it did send requests
     assert not any(s >= 500 for s in statuses), statuses
     # the steering reached the code behind "not found": accepted messages, parsed callbacks
