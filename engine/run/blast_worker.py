@@ -25,10 +25,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -57,6 +60,8 @@ METRICS_EVERY = 4
 a scrape of the service then never waits for the worker)."""
 METRICS_FILE = "metrics.prom"
 """The worker's last exposition, in its run directory."""
+log = logging.getLogger("pigeon.worker")
+
 NICE = 19
 """How much lower the worker's CPU priority is than the service's (``os.nice``; ``--nice``).
 
@@ -99,9 +104,43 @@ def snapshot(recorder: RunRecorder, fraction: float | None, *, done: bool = Fals
     )
 
 
-def _emit(out: IO[bytes], obj: Any) -> None:
-    out.write(msgspec.json.encode(obj) + b"\n")
-    out.flush()
+class ToService:
+    """The worker's stdout, to the service. When the service is gone (killed: the pipe is broken)
+    the worker goes on by itself: every line after that is dropped (stdout is pointed at
+    ``/dev/null``, so nothing fails at exit either), it says so once in its JSON log, and
+    :attr:`on_gone` is called (``stop``: it stops reading and drains what is in flight)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.gone = False
+        self.on_gone: list[Callable[[], None]] = []
+
+    def emit(self, obj: Any) -> None:
+        """Write one JSON line (nothing once the service is gone)."""
+        if self.gone:
+            return
+        try:
+            self.out.write(msgspec.json.encode(obj) + b"\n")
+            self.out.flush()
+        except (OSError, ValueError):  # BrokenPipeError; a closed stdout
+            self._lost()
+
+    def _lost(self) -> None:
+        self.gone = True
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.out.fileno())
+            os.close(devnull)
+        log.warning(
+            "the service is gone: the blast stops reading and drains what is in flight",
+            extra={"event": "campaign.orphaned", "pid": os.getpid()},
+        )
+        for callback in self.on_gone:
+            callback()
+
+
+def _emit(out: ToService, obj: Any) -> None:
+    out.emit(obj)
 
 
 def open_resources(plan: Plan, run_dir: Path, blasts: int = 1) -> SendResources:
@@ -160,17 +199,19 @@ async def _commands(plan: Plan, control: RunControl) -> None:
 
 
 async def _signals(control: RunControl) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # SIGHUP too: a terminal that closes hangs up the service's process group, this worker with it
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for _ in signals:
             control.cancel()
 
 
 async def run_worker(
-    plan: Plan, ledger: CampaignLedger | None, run_dir: Path, out: IO[bytes], blasts: int = 1
+    plan: Plan, ledger: CampaignLedger | None, run_dir: Path, out: ToService, blasts: int = 1
 ) -> Progress:
     """Send ``plan`` under the service's control; the last progress (``done``)."""
     metrics = Metrics()
     control = RunControl()
+    out.on_gone.append(control.cancel)
     recorder = RunRecorder(plan.prices)
     fraction: list[float | None] = [0.0]
 
@@ -237,13 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blasts", type=int, default=1, help="blasts that may run at once (their budget share)")
     p.add_argument("--lease", default="", help="the token of the campaign's lease the service took for it")
     args = p.parse_args(argv)
-    out = sys.stdout.buffer
+    out = ToService(sys.stdout.buffer)
     with contextlib.suppress(OSError):
         os.nice(args.nice)
     ledger: CampaignLedger | None = None
     try:
         plan = prepare(args.campaign, args.engine, strict=True)
         setup_logging(plan.engine.config.service.log_level)  # JSON lines, like the service's own
+        _only_json_on_stderr()
         # The service opened (or restarted, with ``again``) the campaign's run: this resumes it.
         ledger = _open_ledger(
             plan, force=False, again=False, notify=None, owner="pigeon serve (blast worker)", adopt=args.lease
@@ -269,6 +311,34 @@ def main(argv: list[str] | None = None) -> int:
             ledger.close()  # the lease goes back with it
     _emit(out, last)
     return 0
+
+
+def _only_json_on_stderr() -> None:
+    """What Python itself would print on stderr (another library's log, a warning, an exception
+    in a thread or a finalizer) goes through the JSON log too: the service's stderr, which this
+    process shares, stays JSON lines only."""
+    pigeon = logging.getLogger("pigeon")
+    root = logging.getLogger()
+    root.handlers[:] = list(pigeon.handlers)
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+
+    def unraisable(u: Any) -> None:
+        log.error(
+            "ignored exception",
+            exc_info=u.exc_value,
+            extra={"event": "worker.unraisable", "where": repr(u.object)[:200]},
+        )
+
+    def in_thread(a: threading.ExceptHookArgs) -> None:
+        log.error(
+            "exception in a thread",
+            exc_info=a.exc_value,
+            extra={"event": "worker.thread_error", "in_thread": a.thread.name if a.thread else ""},
+        )
+
+    sys.unraisablehook = unraisable
+    threading.excepthook = in_thread
 
 
 if __name__ == "__main__":
