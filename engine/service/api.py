@@ -8,11 +8,12 @@ answered as RFC 9457 problem details (``application/problem+json``) that say wha
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from typing import Any, TypeVar, cast
+from typing import Annotated, Any, TypeVar, cast
 
 import msgspec
 from starlette.applications import Starlette
@@ -24,14 +25,25 @@ from starlette.types import Message, Receive, Scope as AsgiScope, Send
 
 from engine.core.config import _explain
 from engine.core.messages import DeliveryReport
+from engine.core.phone import parse_phone
 from engine.core.timestamps import iso_utc
 from engine.observability.redact import redact
 from engine.sending.webhooks import MoReply, WebhookError
 from engine.service.apikeys import Scope
-from engine.service.campaigns import CampaignError, Campaigns
+from engine.service.campaigns import LIST_STATES, CampaignError, CampaignPage, Campaigns
 from engine.service.core import Service
 from engine.service.openapi import document
-from engine.service.wire import ApiError, FieldError, MessagesIn, Problem, StartCampaign
+from engine.service.wire import (
+    API_CAMPAIGNS,
+    MAX_PAGE,
+    MESSAGE_STATES,
+    ApiError,
+    FieldError,
+    MessagePage,
+    MessagesIn,
+    Problem,
+    StartCampaign,
+)
 
 __all__ = ["PROBLEM", "create_app"]
 
@@ -247,6 +259,61 @@ def create_app(service: Service) -> Starlette:
         return _json(resp, 202)
 
     @wrap
+    async def list_messages(request: Request) -> Response:
+        auth(request, "read")
+        q = _query(request, {"to": 32, "campaign": 64, "state": 32, "limit": 5, "cursor": 400})
+        to = None
+        if "to" in q:
+            parsed = parse_phone(q["to"])
+            if parsed.reason is not None or not parsed.e164:
+                raise ApiError(422, "Invalid request", "to: not a phone number (13800138000, +86…, E.164)")
+            to = parsed.e164
+        campaign = q.get("campaign")
+        if campaign is not None and campaign not in API_CAMPAIGNS:
+            raise ApiError(
+                422,
+                "Invalid request",
+                f"campaign: the API's messages are in {' or '.join(API_CAMPAIGNS)}; a blast's are "
+                "counted by GET /v1/campaigns/{id} (and `pigeon report`), not listed",
+            )
+        state = q.get("state")
+        if state is not None and state not in MESSAGE_STATES:
+            raise ApiError(422, "Invalid request", f"state: one of {', '.join(MESSAGE_STATES)}")
+        after = _cursor(q["cursor"])[0] if "cursor" in q else None
+        views, last = service.records.search(
+            to=to, campaign=campaign, state=state, after=after, limit=_limit(q)
+        )
+        return _json(MessagePage(messages=views, next_cursor=_cursor_for([last]) if last else None))
+
+    @wrap
+    async def list_campaigns(request: Request) -> Response:
+        auth(request, "campaigns")
+        q = _query(request, {"state": 32, "kind": 32, "limit": 5, "cursor": 400})
+        state = q.get("state")
+        if state is not None and state not in LIST_STATES:
+            raise ApiError(422, "Invalid request", f"state: one of {', '.join(LIST_STATES)}")
+        after: tuple[float, str] | None = None
+        if "cursor" in q:
+            got = _cursor(q["cursor"])
+            if len(got) != 2:
+                raise ApiError(422, "Invalid request", "cursor: not one this service gave")
+            try:
+                after = (float(got[0]), got[1])
+            except ValueError:
+                raise ApiError(422, "Invalid request", "cursor: not one this service gave") from None
+        found, last = _campaigns(service).listing(
+            state=state, kind=q.get("kind"), after=after, limit=_limit(q)
+        )
+        nxt = _cursor_for([repr(last[0]), last[1]]) if last else None
+        return _json(CampaignPage(campaigns=found, next_cursor=nxt))
+
+    async def messages_root(request: Request) -> Response:
+        return await (post_messages if request.method == "POST" else list_messages)(request)
+
+    async def campaigns_root(request: Request) -> Response:
+        return await (post_campaign if request.method == "POST" else list_campaigns)(request)
+
+    @wrap
     async def get_message(request: Request) -> Response:
         auth(request, "read")
         mid = request.path_params["id"]
@@ -348,15 +415,56 @@ def create_app(service: Service) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/v1/messages", post_messages, methods=["POST"]),
+        Route("/v1/messages", messages_root, methods=["GET", "POST"]),
         Route("/v1/messages/{id}", get_message, methods=["GET"]),
         Route("/v1/webhooks/{gateway}/reports", webhook_reports, methods=["POST"]),
         Route("/v1/webhooks/{gateway}/replies", webhook_replies, methods=["POST"]),
-        Route("/v1/campaigns", post_campaign, methods=["POST"]),
+        Route("/v1/campaigns", campaigns_root, methods=["GET", "POST"]),
         Route("/v1/campaigns/{id}", get_campaign, methods=["GET"]),
         Route("/v1/campaigns/{id}/{action}", control_campaign, methods=["POST"]),
     ]
     return _App(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
+
+
+def _query(request: Request, allowed: dict[str, int]) -> dict[str, str]:
+    """The request's query parameters, each known, given once and within its length; else 422."""
+    params = request.query_params
+    out: dict[str, str] = {}
+    for name in params:
+        if name not in allowed:
+            raise ApiError(
+                422,
+                "Invalid request",
+                f"unknown query parameter {name[:32]!r}; allowed: {', '.join(allowed)}",
+            )
+        values = params.getlist(name)
+        if len(values) > 1:
+            raise ApiError(422, "Invalid request", f"{name}: give it once")
+        if not 1 <= len(values[0]) <= allowed[name]:
+            raise ApiError(422, "Invalid request", f"{name}: 1 to {allowed[name]} characters")
+        out[name] = values[0]
+    return out
+
+
+def _limit(q: dict[str, str]) -> int:
+    raw = q.get("limit", "100")
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PAGE):
+        raise ApiError(422, "Invalid request", f"limit: a whole number from 1 to {MAX_PAGE}")
+    return int(raw)
+
+
+def _cursor_for(parts: list[str]) -> str:
+    """An opaque cursor holding ``parts``."""
+    return base64.urlsafe_b64encode(_enc.encode(parts)).decode().rstrip("=")
+
+
+def _cursor(text: str) -> list[str]:
+    """What :func:`_cursor_for` put in ``text``; 422 for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return msgspec.json.decode(raw, type=list[Annotated[str, msgspec.Meta(max_length=256)]])
+    except (ValueError, msgspec.DecodeError):  # (binascii.Error is a ValueError)
+        raise ApiError(422, "Invalid request", "cursor: not one this service gave") from None
 
 
 def crashed(request: Request, exc: Exception) -> Response:

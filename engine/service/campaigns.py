@@ -34,7 +34,15 @@ from engine.run.plan import Plan, _open_ledger, check_segment, new_run_dir, prep
 from engine.state.ledger.records import CampaignStatus, LedgerError
 from engine.state.ledger.store import Ledger
 
-__all__ = ["CampaignHost", "CampaignRun", "CampaignView", "Campaigns"]
+__all__ = [
+    "LIST_STATES",
+    "CampaignHost",
+    "CampaignPage",
+    "CampaignRun",
+    "CampaignSummary",
+    "CampaignView",
+    "Campaigns",
+]
 
 log = logging.getLogger("pigeon.campaigns")
 
@@ -104,6 +112,34 @@ class CampaignView(msgspec.Struct, kw_only=True):
     error: str = ""
     done: bool = False
     """The run is over: nothing of it is in flight any more."""
+
+
+class CampaignSummary(msgspec.Struct, kw_only=True):
+    """One campaign in ``GET /v1/campaigns``."""
+
+    id: str
+    kind: str
+    state: str
+    """As in ``GET /v1/campaigns/{id}`` for a campaign this service started; else the ledger's
+    ``running`` (unfinished: resumable), ``finished`` or ``cancelled``."""
+    created_at: float
+    updated_at: float
+    runs: int
+    """Runs that worked on it (a send, each resume)."""
+    file: str = ""
+    """The campaign file, as posted (campaigns this service started)."""
+
+
+class CampaignPage(msgspec.Struct, kw_only=True):
+    """``GET /v1/campaigns``: one page of campaigns, newest first."""
+
+    campaigns: list[CampaignSummary]
+    next_cursor: str | None = None
+    """Pass it as ``cursor`` for the next page; null on the last."""
+
+
+LIST_STATES = ("queued", "running", "paused", "cancelled", "finished", "halted", "failed")
+"""The states ``GET /v1/campaigns?state=`` filters on."""
 
 
 class CampaignRun:
@@ -436,6 +472,41 @@ class Campaigns:
                 run.tell("stop")
         log.info("campaign %s", action, extra={"event": f"campaign.{action}", "campaign": campaign_id})
         return run
+
+    def listing(
+        self, *, state: str | None, kind: str | None, after: tuple[float, str] | None, limit: int
+    ) -> tuple[list[CampaignSummary], tuple[float, str] | None]:
+        """Campaigns in the ledger (not the API's own streams, nor archived runs), newest first,
+        from the one after ``after`` (its ``created_at`` and id); and where to continue, if more."""
+        ledger = self.service.ledger
+        records = ledger.campaigns() if ledger is not None else []
+        rows = sorted(
+            (r for r in records if not r.id.startswith("api-") and "~" not in r.id),
+            key=lambda r: (-r.created_at, r.id),
+        )
+        out: list[CampaignSummary] = []
+        for r in rows:
+            if after is not None and (-r.created_at, r.id) <= (-after[0], after[1]):
+                continue
+            run = self.runs.get(r.id)
+            now = run.view().state if run is not None else r.status.value
+            if (state is not None and now != state) or (kind is not None and r.kind != kind):
+                continue
+            if len(out) == limit:
+                last = out[-1]
+                return out, (last.created_at, last.id)
+            out.append(
+                CampaignSummary(
+                    id=r.id,
+                    kind=r.kind,
+                    state=now,
+                    created_at=r.created_at,
+                    updated_at=r.updated_at,
+                    runs=r.runs,
+                    file=run.file if run is not None else "",
+                )
+            )
+        return out, None
 
     def cancel_all(self) -> None:
         """Stop every running campaign (shutdown): they drain what is in flight."""

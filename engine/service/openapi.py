@@ -24,11 +24,30 @@ def _ok(name: str, desc: str = "OK") -> dict[str, Any]:
 
 def build() -> dict[str, Any]:
     """The document as a dict."""
-    from engine.service.campaigns import CampaignView
-    from engine.service.wire import MessagesIn, MessageView, Problem, StartCampaign, SubmitResponse
+    from engine.service.campaigns import LIST_STATES, CampaignPage, CampaignView
+    from engine.service.wire import (
+        API_CAMPAIGNS,
+        MAX_PAGE,
+        MESSAGE_STATES,
+        MessagePage,
+        MessagesIn,
+        MessageView,
+        Problem,
+        StartCampaign,
+        SubmitResponse,
+    )
 
     _, components = msgspec.json.schema_components(
-        [MessagesIn, SubmitResponse, MessageView, CampaignView, StartCampaign, Problem],
+        [
+            MessagesIn,
+            SubmitResponse,
+            MessageView,
+            MessagePage,
+            CampaignView,
+            CampaignPage,
+            StartCampaign,
+            Problem,
+        ],
         ref_template="#/components/schemas/{name}",
     )
     seconds = {
@@ -116,6 +135,19 @@ def build() -> dict[str, Any]:
             },
         ],
     }
+
+    def q(name: str, schema: dict[str, Any], desc: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": schema, "description": desc}
+
+    paging = [
+        q(
+            "limit",
+            {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100},
+            "Items per page",
+        ),
+        q("cursor", {"type": "string", "minLength": 1, "maxLength": 400}, "next_cursor of the page before"),
+    ]
+    list_errors = {"401": errors["401"], "403": errors["403"], "422": _problem("A bad query parameter")}
     paths: dict[str, Any] = {
         "/healthz": {
             "get": {
@@ -172,6 +204,23 @@ def build() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/messages#get": {
+            "get": {
+                "summary": "Recent API messages, newest first (numbers masked), filtered and paged",
+                "security": auth,
+                "parameters": [
+                    q(
+                        "to",
+                        {"type": "string", "minLength": 1, "maxLength": 32},
+                        "A recipient, in any form POST takes",
+                    ),
+                    q("campaign", {"enum": list(API_CAMPAIGNS)}, "The API's stream"),
+                    q("state", {"enum": list(MESSAGE_STATES)}, "Its state now"),
+                    *paging,
+                ],
+                "responses": {"200": _ok("MessagePage"), **list_errors},
+            }
+        },
         "/v1/messages/{id}": {
             "get": {
                 "summary": "A message's recorded state and delivery report",
@@ -219,6 +268,18 @@ def build() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/campaigns#get": {
+            "get": {
+                "summary": "Campaigns in the ledger, newest first, filtered and paged",
+                "security": auth,
+                "parameters": [
+                    q("state", {"enum": list(LIST_STATES)}, "As GET /v1/campaigns/{id} says it"),
+                    q("kind", {"type": "string", "minLength": 1, "maxLength": 32}, "marketing, …"),
+                    *paging,
+                ],
+                "responses": {"200": _ok("CampaignPage"), **list_errors},
+            }
+        },
         "/v1/campaigns/{id}": {
             "get": {
                 "summary": "Progress, counts by state and reason, rate per carrier, ETA",
@@ -228,6 +289,8 @@ def build() -> dict[str, Any]:
             }
         },
     }
+    for path in ("/v1/messages", "/v1/campaigns"):  # GET and POST on one path item
+        paths[path].update(paths.pop(f"{path}#get"))
     for action in ("pause", "resume", "cancel"):
         paths[f"/v1/campaigns/{{id}}/{action}"] = {
             "post": {

@@ -13,7 +13,7 @@ import msgspec
 from engine.core.config import _read_toml, convert_section
 from engine.core.errors import ConfigError, TemplateError
 from engine.core.messages import MessageBatch, Reject, State
-from engine.core.phone import mask
+from engine.core.phone import mask, parse_phone
 from engine.core.service_config import ServiceTemplate
 from engine.core.template import Template, compile_template
 from engine.pipeline.runner import Batch
@@ -229,10 +229,12 @@ class Submissions:
         now = self.ctx.clock.time()
         states: dict[int, MessageState] = {}
         views: list[MessageView] = []
+        numbers: list[str] = []  # (E.164, beside each view: for GET /v1/messages?to=)
         for carrier, mbs in out_batches.items():
             for mb in mbs:
                 for mid, row, to, parts in zip(mb.ids, mb.rows, mb.tos, mb.parts, strict=True):
                     states[row] = MessageState(index=index_of[row], id=mid, state="queued", parts=parts)
+                    numbers.append(to)
                     views.append(
                         MessageView(
                             id=mid,
@@ -248,6 +250,7 @@ class Submissions:
         for r in dropped:
             mid = f"{prefix}{r.row}"
             states[r.row] = MessageState(index=index_of[r.row], id=mid, state=r.state, reason=r.reason)
+            numbers.append(parse_phone(r.phone).e164 or r.phone)
             views.append(
                 MessageView(
                     id=mid,
@@ -259,7 +262,7 @@ class Submissions:
                     accepted_at=now,
                 )
             )
-        self.ctx.records.add(views)
+        self.ctx.records.add(views, numbers)
         if dropped:
             stream.recorder.dropped(dropped)
         response = SubmitResponse(

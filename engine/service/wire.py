@@ -8,9 +8,13 @@ from typing import Annotated, Literal
 import msgspec
 
 __all__ = [
+    "API_CAMPAIGNS",
+    "MAX_PAGE",
+    "MESSAGE_STATES",
     "ApiError",
     "FieldError",
     "MessageIn",
+    "MessagePage",
     "MessageView",
     "MessagesIn",
     "Phone",
@@ -21,6 +25,21 @@ __all__ = [
 ]
 
 Priority = Literal["transactional", "marketing"]
+
+API_CAMPAIGNS = ("api-transactional", "api-marketing")
+MESSAGE_STATES = (
+    "queued",
+    "submitting",
+    "submitted",
+    "delivered",
+    "failed",
+    "unknown",
+    "suppressed",
+    "deferred",
+)
+"""What ``GET /v1/messages?state=`` filters on."""
+MAX_PAGE = 1000
+"""Most items in one page of a list."""
 
 MAX_TEXT = 1000
 """Longest ``text`` of a message, in characters."""
@@ -150,3 +169,11 @@ class StartCampaign(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Relative to ``service.campaigns_dir``; each path component at most 255 bytes."""
     again: bool = False
     """Start a finished or cancelled campaign afresh (its ledger is archived), as ``pigeon send --again``."""
+
+
+class MessagePage(msgspec.Struct, kw_only=True):
+    """``GET /v1/messages``: one page of recent API messages, newest first."""
+
+    messages: list[MessageView]
+    next_cursor: str | None = None
+    """Pass it as ``cursor`` for the next page; null on the last."""

@@ -91,6 +91,8 @@ def _steered(path: str) -> Callable[[Any, Any], Any] | None:
                     {"to": draw(st.sampled_from(NUMBERS)), **draw(st.sampled_from(MESSAGES))}
                     for _ in case.body.get("messages", [None])
                 ][:3]
+                if case.headers and "Idempotency-Key" in case.headers:  # a fresh one: not "reused"
+                    case.headers["Idempotency-Key"] = draw(st.uuids()).hex
             return case
 
         return messages

@@ -206,7 +206,7 @@ async def test_405_says_what_is_allowed(anyio_backend: object, tmp_path: Path, s
     async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url) as c:
         r = await c.delete("/v1/messages")
         _problem(r, 405, "DELETE")
-        assert r.headers["allow"] == "POST"
+        assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
         r = await c.put("/v1/campaigns/x")
         assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"GET", "HEAD"}
 
