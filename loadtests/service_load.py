@@ -202,7 +202,7 @@ async def _run(url: str, rate: float, max_seconds: float) -> dict[str, Any]:
 
         async def post(i: int) -> None:
             message = {"to": f"139{i:08d}", "template": "code", "fields": {"code": f"{i % 10000:04d}"}}
-            body = json.dumps({"messages": [message]}).encode()
+            body = json.dumps({"priority": "transactional", "messages": [message]}).encode()
             t = time.monotonic()
             status, answer = await poster_client.post("/v1/messages", body)
             if status != 202:

@@ -18,6 +18,7 @@ from engine.cli.grammar import EXIT_BAD_INPUT, EXIT_OK, emit_json, engine_option
 from engine.core.config import load_campaign, load_engine
 from engine.core.engine_file import EngineFile, find_engine, from_flags, with_engine
 from engine.core.errors import ConfigError
+from engine.core.timestamps import iso_utc
 from engine.state.ledger.records import CampaignRecord, LedgerError
 from engine.state.ledger.store import Ledger
 
@@ -168,7 +169,10 @@ def ledger_command(args: argparse.Namespace, console: Console) -> int:
 
 
 def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (OverflowError, ValueError, OSError):
+        return iso_utc(ts)
 
 
 def _status(

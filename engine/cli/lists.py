@@ -7,7 +7,6 @@ import csv
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +19,7 @@ from engine.core.config import load_engine
 from engine.core.engine_file import find_engine
 from engine.core.errors import SourceError
 from engine.core.phone import mask, parse_phone
+from engine.core.timestamps import iso_utc
 from engine.state.store import ConsentRecord, OptOutRecord
 from engine.state.store.sqlite import SqliteStore
 
@@ -222,7 +222,7 @@ def _import(store: SqliteStore, args: argparse.Namespace, console: Console) -> i
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()
+    return iso_utc(ts)
 
 
 def _export(store: SqliteStore, file: Path | None, as_json: bool, console: Console) -> int:
@@ -292,7 +292,7 @@ def _remove(store: SqliteStore, args: argparse.Namespace, console: Console) -> i
 
 
 def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return iso_utc(ts, "%Y-%m-%d %H:%M UTC")
 
 
 def _check_numbers(

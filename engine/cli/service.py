@@ -4,17 +4,51 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from engine.cli.grammar import EXIT_BAD_INPUT, EXIT_OK, emit_json, engine_option, shared_options
 from engine.core.config import load_engine
 from engine.core.engine_file import find_engine
+from engine.core.periods import parse_period
+from engine.core.timestamps import iso_utc
 from engine.observability.jsonlog import setup_logging
-from engine.service.apikeys import KeyRing
+from engine.service.apikeys import SCOPES, KeyRing, KeyUsage
 
 __all__ = ["add_service_commands", "service_command"]
+
+
+def _expiry(text: str) -> float:
+    """``--expires``: a period from now (``90d``) or a UTC date or time (``2027-01-31``)."""
+    try:
+        seconds = parse_period(text)
+    except ValueError:
+        seconds = None
+    if seconds is not None:
+        return time.time() + seconds
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a period (90d, 12h) nor a date (2027-01-31)") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _last_used(store_path: Path) -> dict[str, float]:
+    """Key name → when the service last saw it (the store's ``api_key_usage``; empty if none)."""
+    if not store_path.is_file():
+        return {}
+    try:
+        db = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return {}
+    try:
+        return KeyUsage.read(db)
+    finally:
+        db.close()
 
 
 def add_service_commands(sub: Any) -> None:
@@ -43,7 +77,22 @@ def add_service_commands(sub: Any) -> None:
         exit_codes=((EXIT_OK, "created"), (EXIT_BAD_INPUT, "the engine file is missing or unusable")),
     )
     kc.add_argument("name", help="key name (who uses it: shop, crm…)")
-    kl = ks.add_command("list", help="the names of the keys", exit_codes=((EXIT_OK, "printed"), bad))
+    kc.add_argument(
+        "--scope",
+        action="append",
+        choices=SCOPES,
+        help="what the key may do (repeat for several): send, campaigns, read, metrics; default: all",
+    )
+    kc.add_argument(
+        "--expires",
+        metavar="WHEN",
+        help="refuse the key after this: a period from now (90d, 12h) or a UTC date (2027-01-31)",
+    )
+    kl = ks.add_command(
+        "list",
+        help="the keys: name, scopes, expiry, created and last used",
+        exit_codes=((EXIT_OK, "printed"), bad),
+    )
     kr = ks.add_command(
         "revoke", help="delete a key: requests with it are refused", exit_codes=((EXIT_OK, "revoked"), bad)
     )
@@ -66,14 +115,33 @@ def service_command(args: argparse.Namespace) -> int:
     p = Path(loaded.config.service.keys_file).expanduser()
     ring = KeyRing(p if p.is_absolute() else loaded.base_dir / p)
     if args.action == "list":
+        used = _last_used(loaded.store_path)
+        rows: list[dict[str, Any]] = [
+            {
+                "name": k.name,
+                "scopes": k.scopes if k.scopes is not None else list(SCOPES),
+                "created_at": iso_utc(k.created_at),
+                "expires_at": iso_utc(k.expires_at) if k.expires_at is not None else None,
+                "last_used_at": iso_utc(used[k.name]) if k.name in used else None,
+            }
+            for k in ring.records()
+        ]
         if args.json:
-            emit_json(ring.names())
+            emit_json(rows)
         else:
-            for name in ring.names():
-                print(name)
+            for r in rows:
+                print(
+                    f"{r['name']}\tscopes: {','.join(r['scopes'])}\texpires: {r['expires_at'] or 'never'}"
+                    f"\tlast used: {r['last_used_at'] or 'never'}"
+                )
         return EXIT_OK
     if args.action == "create":
-        key = ring.create(args.name)
+        try:
+            expires = _expiry(args.expires) if args.expires else None
+        except ValueError as exc:
+            print(f"error: --expires: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        key = ring.create(args.name, scopes=args.scope, expires_at=expires)
         if args.json:
             emit_json({"name": args.name, "key": key})
         else:

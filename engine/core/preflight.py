@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_BANNED_TERMS",
     "OPT_OUT_MARKERS",
     "Finding",
+    "banned_terms_in",
     "check_campaign",
     "errors",
 ]
@@ -63,6 +64,15 @@ def _term_hits(text: str, banned: Iterable[str], allowed: Sequence[str]) -> list
     for phrase in sorted(allowed, key=len, reverse=True):
         masked = masked.replace(phrase, "\x00" * len(phrase))
     return [t for t in banned if t and t in masked]
+
+
+def banned_terms_in(
+    text: str,
+    banned: Iterable[str] = DEFAULT_BANNED_TERMS,
+    allowed: Sequence[str] = DEFAULT_ALLOWED_TERMS,
+) -> list[str]:
+    """The banned terms in ``text`` (a whole message, as sent) outside the allowed phrases."""
+    return _term_hits(text, banned, allowed)
 
 
 def check_campaign(

@@ -73,6 +73,11 @@ class ServiceConfig(_Base, kw_only=True, frozen=True):
     drain_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     """Seconds SIGTERM waits for in-flight requests and lanes before exiting."""
     webhooks: dict[str, WebhookConfig] = {}
+    banned_terms: list[str] | None = None
+    """Absolute terms refused in ``priority: marketing`` messages (the whole text as sent); unset =
+    the built-in list campaigns use (``policy.banned_terms`` of a campaign file)."""
+    allowed_terms: list[str] = []
+    """Lawful phrases holding a banned term, added to the built-in carve-outs (as a campaign's)."""
     optout_keywords: list[str] | None = None
     """MO replies that opt out; unset = the built-in set (R, T, TD, 退订, STOP…)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

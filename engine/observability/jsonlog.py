@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object per line and event (numbers in them are masked by the caller)."""
+"""Structured logs: one JSON object per line and event (numbers masked by the caller; in tracebacks, here)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import time
 from typing import Any, TextIO
 
 import msgspec
+
+from engine.observability.redact import format_exception
 
 __all__ = ["JsonFormatter", "setup_logging"]
 
@@ -29,8 +31,8 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         out.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")})
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and record.exc_info[1] is not None:
+            out["exception"] = format_exception(record.exc_info[1])
         return _enc.encode(out).decode("utf-8", "replace")
 
 

@@ -14,7 +14,7 @@ Protocol (one line each, UTF-8):
 * stdin, from the service: ``pause``, ``resume``, ``stop`` (no more rows; drain what is in flight;
   the ledger stays resumable), ``optouts ["138…", …]`` (numbers that just opted out, into the
   blast's opt-out set). End of input means ``stop``; so do SIGTERM and SIGINT.
-* stdout, to the service: JSON objects: ``{"event": "started", "metrics_url": …}``, then
+* stdout, to the service: JSON objects: ``{"event": "started", "pid": …}``, then
   ``{"event": "progress", …}`` at most every :data:`PROGRESS_EVERY` seconds and a last one with
   ``"done": true`` (:class:`Progress`), ``{"event": "metrics", "text": …}`` (its exposition, once a
   second), or ``{"event": "failed", "error": …}``.
@@ -25,10 +25,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -57,6 +60,8 @@ METRICS_EVERY = 4
 a scrape of the service then never waits for the worker)."""
 METRICS_FILE = "metrics.prom"
 """The worker's last exposition, in its run directory."""
+log = logging.getLogger("pigeon.worker")
+
 NICE = 19
 """How much lower the worker's CPU priority is than the service's (``os.nice``; ``--nice``).
 
@@ -99,9 +104,43 @@ def snapshot(recorder: RunRecorder, fraction: float | None, *, done: bool = Fals
     )
 
 
-def _emit(out: IO[bytes], obj: Any) -> None:
-    out.write(msgspec.json.encode(obj) + b"\n")
-    out.flush()
+class ToService:
+    """The worker's stdout, to the service. When the service is gone (killed: the pipe is broken)
+    the worker goes on by itself: every line after that is dropped (stdout is pointed at
+    ``/dev/null``, so nothing fails at exit either), it says so once in its JSON log, and
+    :attr:`on_gone` is called (``stop``: it stops reading and drains what is in flight)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.gone = False
+        self.on_gone: list[Callable[[], None]] = []
+
+    def emit(self, obj: Any) -> None:
+        """Write one JSON line (nothing once the service is gone)."""
+        if self.gone:
+            return
+        try:
+            self.out.write(msgspec.json.encode(obj) + b"\n")
+            self.out.flush()
+        except (OSError, ValueError):  # BrokenPipeError; a closed stdout
+            self._lost()
+
+    def _lost(self) -> None:
+        self.gone = True
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.out.fileno())
+            os.close(devnull)
+        log.warning(
+            "the service is gone: the blast stops reading and drains what is in flight",
+            extra={"event": "campaign.orphaned", "pid": os.getpid()},
+        )
+        for callback in self.on_gone:
+            callback()
+
+
+def _emit(out: ToService, obj: Any) -> None:
+    out.emit(obj)
 
 
 def open_resources(plan: Plan, run_dir: Path, blasts: int = 1) -> SendResources:
@@ -160,17 +199,19 @@ async def _commands(plan: Plan, control: RunControl) -> None:
 
 
 async def _signals(control: RunControl) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # SIGHUP too: a terminal that closes hangs up the service's process group, this worker with it
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for _ in signals:
             control.cancel()
 
 
 async def run_worker(
-    plan: Plan, ledger: CampaignLedger | None, run_dir: Path, out: IO[bytes], blasts: int = 1
+    plan: Plan, ledger: CampaignLedger | None, run_dir: Path, out: ToService, blasts: int = 1
 ) -> Progress:
     """Send ``plan`` under the service's control; the last progress (``done``)."""
     metrics = Metrics()
     control = RunControl()
+    out.on_gone.append(control.cancel)
     recorder = RunRecorder(plan.prices)
     fraction: list[float | None] = [0.0]
 
@@ -179,45 +220,48 @@ async def run_worker(
 
     resources = open_resources(plan, run_dir, blasts)
     try:
-        with metrics.serve("127.0.0.1", 0) as server:
-            _emit(out, {"event": "started", "metrics_url": server.url, "pid": os.getpid()})
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_commands, plan, control)
-                tg.start_soon(_signals, control)
+        # No HTTP server of its own: its series reach the service's /metrics (which needs an API key)
+        # through stdout, so nothing of the blast is served without a key.
+        _emit(out, {"event": "started", "pid": os.getpid()})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_commands, plan, control)
+            tg.start_soon(_signals, control)
 
-                async def report() -> None:
-                    beat = 0
-                    while True:
-                        await anyio.sleep(PROGRESS_EVERY)
-                        _emit(out, snapshot(recorder, fraction[0]))
-                        beat += 1
-                        if beat % METRICS_EVERY == 0:
-                            text = metrics.exposition()[0].decode()
-                            _emit(out, {"event": "metrics", "text": text})
+            async def report() -> None:
+                beat = 0
+                while True:
+                    await anyio.sleep(PROGRESS_EVERY)
+                    _emit(out, snapshot(recorder, fraction[0]))
+                    beat += 1
+                    if beat % METRICS_EVERY == 0:
+                        text = metrics.exposition()[0].decode()
+                        _emit(out, {"event": "metrics", "text": text})
 
-                tg.start_soon(report)
-                summary = await _send(
-                    plan,
-                    run_dir,
-                    progress,
-                    plan.clock,
-                    None,
-                    control.stop,
-                    metrics,
-                    ledger=ledger,
-                    control=control,
-                    shared=resources,
-                    recorder=recorder,
-                )
-                tg.cancel_scope.cancel()
-            # its last counts, for the service's /metrics once this process is gone
-            (run_dir / METRICS_FILE).write_bytes(metrics.exposition()[0])
+            tg.start_soon(report)
+            summary = await _send(
+                plan,
+                run_dir,
+                progress,
+                plan.clock,
+                None,
+                control.stop,
+                metrics,
+                ledger=ledger,
+                control=control,
+                shared=resources,
+                recorder=recorder,
+            )
+            tg.cancel_scope.cancel()
+        # its last counts, for the service's /metrics once this process is gone
+        (run_dir / METRICS_FILE).write_bytes(metrics.exposition()[0])
     finally:
         for gw in resources.gateways.values():
             with anyio.move_on_after(10, shield=True), contextlib.suppress(Exception):
                 await gw.aclose()
     (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
-    last = snapshot(recorder, 1.0, done=True)
+    # All of it read when it ran to the end; a cancelled or halted run stopped somewhere the file's
+    # position (read ahead of what was sent) does not tell: unknown, not 1.0 (`rows` says how far).
+    last = snapshot(recorder, None if summary.stopped or summary.halted else 1.0, done=True)
     last.stopped = summary.stopped
     last.halted, last.verdict, last.message = summary.halted, summary.verdict, summary.message
     return last
@@ -234,13 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blasts", type=int, default=1, help="blasts that may run at once (their budget share)")
     p.add_argument("--lease", default="", help="the token of the campaign's lease the service took for it")
     args = p.parse_args(argv)
-    out = sys.stdout.buffer
+    out = ToService(sys.stdout.buffer)
     with contextlib.suppress(OSError):
         os.nice(args.nice)
     ledger: CampaignLedger | None = None
     try:
         plan = prepare(args.campaign, args.engine, strict=True)
         setup_logging(plan.engine.config.service.log_level)  # JSON lines, like the service's own
+        _only_json_on_stderr()
         # The service opened (or restarted, with ``again``) the campaign's run: this resumes it.
         ledger = _open_ledger(
             plan, force=False, again=False, notify=None, owner="pigeon serve (blast worker)", adopt=args.lease
@@ -266,6 +311,34 @@ def main(argv: list[str] | None = None) -> int:
             ledger.close()  # the lease goes back with it
     _emit(out, last)
     return 0
+
+
+def _only_json_on_stderr() -> None:
+    """What Python itself would print on stderr (another library's log, a warning, an exception
+    in a thread or a finalizer) goes through the JSON log too: the service's stderr, which this
+    process shares, stays JSON lines only."""
+    pigeon = logging.getLogger("pigeon")
+    root = logging.getLogger()
+    root.handlers[:] = list(pigeon.handlers)
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+
+    def unraisable(u: Any) -> None:
+        log.error(
+            "ignored exception",
+            exc_info=u.exc_value,
+            extra={"event": "worker.unraisable", "where": repr(u.object)[:200]},
+        )
+
+    def in_thread(a: threading.ExceptHookArgs) -> None:
+        log.error(
+            "exception in a thread",
+            exc_info=a.exc_value,
+            extra={"event": "worker.thread_error", "in_thread": a.thread.name if a.thread else ""},
+        )
+
+    sys.unraisablehook = unraisable
+    threading.excepthook = in_thread
 
 
 if __name__ == "__main__":

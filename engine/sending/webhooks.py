@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Protocol, TypeVar
@@ -17,6 +18,7 @@ import msgspec
 
 from engine.core.messages import DeliveryReport, DeliveryStatus
 from engine.core.phone import parse_phone
+from engine.core.timestamps import epoch_seconds
 from engine.state.optout import is_opt_out_reply
 from engine.state.store import OptOutRecord
 
@@ -28,7 +30,9 @@ __all__ = [
     "MoReply",
     "WebhookError",
     "WebhookParser",
+    "checked_time",
     "opt_outs_in",
+    "parse_signature",
     "sign",
     "verify_signature",
 ]
@@ -58,6 +62,7 @@ def opt_outs_in(replies: Sequence[MoReply], keywords: Iterable[str]) -> tuple[li
     the records to store (source ``mo``, the text as the reason)."""
     numbers: list[str] = []
     records: list[OptOutRecord] = []
+    now = time.time()
     for r in replies:
         if not is_opt_out_reply(r.text, keywords):
             continue
@@ -66,7 +71,12 @@ def opt_outs_in(replies: Sequence[MoReply], keywords: Iterable[str]) -> tuple[li
             continue
         numbers.append(parsed.national or parsed.e164)
         records.append(
-            OptOutRecord(number=parsed.e164, source="mo", reason=r.text[:64], created_at=r.at or time.time())
+            OptOutRecord(
+                number=parsed.e164,
+                source="mo",
+                reason=r.text[:64],
+                created_at=epoch_seconds(r.at, now) or now,  # (a parser's milliseconds, in seconds)
+            )
         )
     return numbers, records
 
@@ -101,24 +111,44 @@ def sign(secret: bytes, body: bytes, t: int) -> str:
     return f"t={t},v1={mac}"
 
 
-def verify_signature(secret: bytes, header: str | None, body: bytes, now: float) -> None:
-    """Raise :class:`WebhookError` unless ``header`` signs ``body`` with ``secret`` within the window."""
+_T_FIELD = re.compile(r"[0-9]{1,12}")
+_V1_FIELD = re.compile(r"[0-9a-fA-F]{64}")
+MAX_SIGNATURE_HEADER = 1024
+"""Longest ``X-Pigeon-Signature`` value read (``t=`` + 10 digits + ``,v1=`` + 64 hex is 80)."""
+
+
+def parse_signature(header: str | None) -> tuple[int, str]:
+    """``(t, v1)`` of an ``X-Pigeon-Signature`` value; raises :class:`WebhookError` and nothing else.
+
+    ``t`` must be 1–12 ASCII digits and ``v1`` 64 hex digits: a header is outside input, so any
+    text (non-ASCII digits such as ``²``, 5,000 digits, non-ASCII bytes, no ``=``) is a 401, never
+    a crash. Unknown keys are ignored; the first ``t`` and the first ``v1`` count.
+    """
     if not header:
         raise WebhookError(f"missing {SIGNATURE_HEADER} header (t=<unix seconds>,v1=<hex HMAC-SHA256>)")
+    if len(header) > MAX_SIGNATURE_HEADER:
+        raise WebhookError(f"{SIGNATURE_HEADER} is over {MAX_SIGNATURE_HEADER} characters")
     fields: dict[str, str] = {}
     for piece in header.split(","):
         k, _, v = piece.strip().partition("=")
         fields.setdefault(k, v)
     t_raw, mac = fields.get("t", ""), fields.get("v1", "")
-    if not t_raw.isdigit() or not mac:
-        raise WebhookError(f"malformed {SIGNATURE_HEADER}: expected t=<unix seconds>,v1=<hex>")
-    t = int(t_raw)
+    if _T_FIELD.fullmatch(t_raw) is None or _V1_FIELD.fullmatch(mac) is None:
+        raise WebhookError(
+            f"malformed {SIGNATURE_HEADER}: expected t=<unix seconds>,v1=<64 hex digits of HMAC-SHA256>"
+        )
+    return int(t_raw), mac.lower()
+
+
+def verify_signature(secret: bytes, header: str | None, body: bytes, now: float) -> None:
+    """Raise :class:`WebhookError` unless ``header`` signs ``body`` with ``secret`` within the window."""
+    t, mac = parse_signature(header)
     if abs(now - t) > REPLAY_WINDOW:
         raise WebhookError(
             f"signature timestamp is {now - t:+.0f} s from now (more than {REPLAY_WINDOW:.0f} s): a replay?"
         )
     want = hmac.new(secret, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(want, mac.lower()):
+    if not hmac.compare_digest(want.encode(), mac.encode()):
         raise WebhookError(
             "bad signature: the HMAC-SHA256 of '<t>.' + body with the shared secret does not match"
         )
@@ -131,7 +161,8 @@ class _Report(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     provider_id: Annotated[str, msgspec.Meta(max_length=256)] = ""
     id: Annotated[str, msgspec.Meta(max_length=256)] = ""
     to: Annotated[str, msgspec.Meta(max_length=64)] = ""
-    status: DeliveryStatus = DeliveryStatus.UNKNOWN
+    status: Annotated[str, msgspec.Meta(max_length=64)] = "unknown"
+    """One of :class:`DeliveryStatus`; anything else is counted as ``unknown`` (its text kept as the code)."""
     code: Annotated[str, msgspec.Meta(max_length=64)] = ""
     done_at: float = 0.0
 
@@ -151,6 +182,9 @@ class _Replies(msgspec.Struct, frozen=True):
     replies: Annotated[list[_Reply], msgspec.Meta(max_length=10_000)]
 
 
+_STATUSES = {s.value: s for s in DeliveryStatus}
+
+
 def _decode(body: bytes, tp: type[_T]) -> _T:
     try:
         return msgspec.json.decode(body, type=tp)
@@ -158,6 +192,19 @@ def _decode(body: bytes, tp: type[_T]) -> _T:
         raise WebhookError(f"invalid callback: {exc}") from None
     except msgspec.DecodeError as exc:
         raise WebhookError(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise WebhookError("invalid callback: the JSON is nested too deeply") from None
+
+
+def checked_time(value: float, now: float, where: str) -> float:
+    """``value`` as Unix seconds (milliseconds converted, :func:`~engine.core.timestamps.epoch_seconds`);
+    :class:`WebhookError` naming ``where`` when it is not a sane time."""
+    seconds = epoch_seconds(value, now)
+    if seconds is None:
+        raise WebhookError(
+            f"{where}: {value!r} is not a Unix time in seconds (from 2000-01-01 to a day ahead of now)"
+        )
+    return seconds
 
 
 class GenericParser:
@@ -178,16 +225,18 @@ class GenericParser:
     def reports(self, body: bytes, gateway: str) -> list[DeliveryReport]:
         """``{"reports": [{"provider_id", "id", "to", "status", "code", "done_at"}, …]}``."""
         out = []
+        now = time.time()
         for i, r in enumerate(_decode(body, _Reports).reports):
             if not r.provider_id and not r.id:
                 raise WebhookError(f"reports[{i}]: needs a provider_id or an id")
+            status = _STATUSES.get(r.status, DeliveryStatus.UNKNOWN)
             out.append(
                 DeliveryReport(
                     provider_id=r.provider_id,
-                    status=r.status,
+                    status=status,
                     message_id=r.id,
-                    code=r.code,
-                    done_at=r.done_at,
+                    code=r.code or ("" if status.value == r.status else r.status),
+                    done_at=checked_time(r.done_at, now, f"reports[{i}].done_at"),
                     gateway=gateway,
                 )
             )
@@ -195,9 +244,16 @@ class GenericParser:
 
     def replies(self, body: bytes, gateway: str) -> list[MoReply]:
         """``{"replies": [{"from", "to", "text", "at"}, …]}``."""
+        now = time.time()
         return [
-            MoReply(from_=r.from_, to=r.to, text=r.text, at=r.at, gateway=gateway)
-            for r in _decode(body, _Replies).replies
+            MoReply(
+                from_=r.from_,
+                to=r.to,
+                text=r.text,
+                at=checked_time(r.at, now, f"replies[{i}].at"),
+                gateway=gateway,
+            )
+            for i, r in enumerate(_decode(body, _Replies).replies)
         ]
 
 

@@ -8,31 +8,58 @@ answered as RFC 9457 problem details (``application/problem+json``) that say wha
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from typing import Any
+from typing import Annotated, Any, TypeVar, cast
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope as AsgiScope, Send
 
 from engine.core.config import _explain
-from engine.sending.webhooks import WebhookError
-from engine.service.campaigns import CampaignError, Campaigns
+from engine.core.messages import DeliveryReport
+from engine.core.phone import parse_phone
+from engine.core.timestamps import iso_utc
+from engine.observability.redact import redact
+from engine.sending.webhooks import MoReply, WebhookError
+from engine.service.apikeys import Scope
+from engine.service.campaigns import LIST_STATES, CampaignError, CampaignPage, Campaigns
 from engine.service.core import Service
 from engine.service.openapi import document
-from engine.service.wire import ApiError, FieldError, MessagesIn, Problem, StartCampaign
+from engine.service.wire import (
+    API_CAMPAIGNS,
+    MAX_PAGE,
+    MESSAGE_STATES,
+    ApiError,
+    FieldError,
+    MessagePage,
+    MessagesIn,
+    Problem,
+    StartCampaign,
+)
 
 __all__ = ["PROBLEM", "create_app"]
 
 log = logging.getLogger("pigeon.api")
+access = logging.getLogger("pigeon.access")
+
+KEY_ID = "pigeon.key"
+"""Where the request's ASGI scope keeps the name of its API key, for the access log."""
+
+T = TypeVar("T")
 
 PROBLEM = "application/problem+json"
+MAX_DETAIL = 2000
+"""Characters of a problem's ``detail`` (msgspec quotes an unknown key or enum value as sent)."""
+MAX_KEY = 256
+"""An API key longer than this is not one (Pigeon's are 47 characters)."""
 _JSON = "application/json"
 _enc = msgspec.json.Encoder()
 
@@ -51,7 +78,7 @@ def problem(
         type=f"https://pigeon.dev/problems/{kind or title.lower().replace(' ', '-')}",
         title=title,
         status=status,
-        detail=detail,
+        detail=detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL] + "…",
         errors=errors or [],
     )
     return Response(_enc.encode(body), status_code=status, media_type=PROBLEM, headers=headers)
@@ -61,14 +88,24 @@ def _json(obj: Any, status: int = 200) -> Response:
     return Response(_enc.encode(obj), status_code=status, media_type=_JSON)
 
 
-def _decode_error(exc: msgspec.DecodeError, root: type[msgspec.Struct]) -> ApiError:
-    text = str(exc)
-    if isinstance(exc, msgspec.ValidationError):
+_PLAIN: dict[str, str] = {"to": "expected a phone number as a string (1-32 characters)"}
+"""What to say about a key, whatever msgspec said (the schema's words are in /openapi.json)."""
+
+
+def _decode(decoder: msgspec.json.Decoder[T], raw: bytes, root: type[msgspec.Struct]) -> T:
+    """``raw`` decoded, or the :class:`ApiError` that says what to change (400 or 422)."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
         where, what = _explain(exc, root, "")
-        return ApiError(
+        what = _PLAIN.get(where.rpartition(".")[2], what) if not what.startswith("unknown key") else what
+        raise ApiError(
             422, "Invalid request", f"{where or 'body'}: {what}; see /openapi.json for the schema"
-        )
-    return ApiError(400, "Malformed JSON", f"the body is not valid UTF-8 JSON: {text}")
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "Malformed JSON", f"the body is not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:  # (a typed body never gets here; kept for an unknown key's value)
+        raise ApiError(422, "Invalid request", "the JSON is nested too deeply") from None
 
 
 def _campaigns(service: Service) -> Campaigns:
@@ -83,28 +120,50 @@ def create_app(service: Service) -> Starlette:
     messages_decoder = msgspec.json.Decoder(MessagesIn)
     campaign_decoder = msgspec.json.Decoder(StartCampaign)
 
-    def auth(request: Request) -> str:
+    def auth(request: Request, scope: Scope) -> str:
+        """The name of the request's API key; 401 without a valid one, 403 without ``scope``."""
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if not header:
             key = request.headers.get("x-api-key", "")
         elif scheme.lower() != "bearer":
             raise ApiError(401, "Unauthorized", "use Authorization: Bearer <API key>", kind="unauthorized")
+        if len(key) > MAX_KEY:
+            raise ApiError(401, "Unauthorized", "the API key is not valid (revoked, or mistyped)")
         if not key:
             raise ApiError(
                 401,
                 "Unauthorized",
                 "an API key is required: send Authorization: Bearer <key> (`pigeon keys create` makes one)",
             )
-        name = service.keys.check(key.strip())
-        if name is None:
+        key = key.strip()
+        found = service.keys.find(key)
+        if found is None and service.reload_keys(only_if_changed=True):  # made a moment ago?
+            found = service.keys.find(key)
+        if found is None:
             raise ApiError(401, "Unauthorized", "the API key is not valid (revoked, or mistyped)")
-        return name
+        request.scope[KEY_ID] = found.id
+        now = time.time()
+        if found.expired(now):
+            raise ApiError(
+                401,
+                "Unauthorized",
+                f"the API key {found.id!r} expired at {iso_utc(found.expires_at or 0)}: ask for a new one",
+            )
+        service.key_usage.used(found.id, now)
+        if not found.allows(scope):
+            raise ApiError(
+                403,
+                "Forbidden",
+                f"the API key {found.id!r} may not do this: it needs the `{scope}` scope "
+                f"(it has: {', '.join(found.scopes or [])})",
+            )
+        return found.id
 
     async def body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (0 < len(declared) <= 18 and declared.isascii() and declared.isdigit()):
                 raise ApiError(400, "Bad request", "Content-Length is not a number")
             if int(declared) > limit:
                 raise ApiError(
@@ -115,13 +174,16 @@ def create_app(service: Service) -> Starlette:
                 )
         chunks: list[bytes] = []
         size = 0
-        async with aclosing(request.stream()) as stream:
-            async for chunk in stream:
-                size += len(chunk)
-                if size <= limit:
-                    chunks.append(chunk)
-                elif size > 8 * limit:  # past the limit, a bounded rest is read and dropped, so the
-                    break  # client is still reading when the 413 comes
+        try:
+            async with aclosing(request.stream()) as stream:
+                async for chunk in stream:
+                    size += len(chunk)
+                    if size <= limit:
+                        chunks.append(chunk)
+                    elif size > 8 * limit:  # past the limit, a bounded rest is read and dropped, so
+                        break  # the client is still reading when the 413 comes
+        except ClientDisconnect:
+            raise ApiError(400, "Client disconnected", "the body ended early") from None
         if size > limit:
             raise ApiError(
                 413,
@@ -153,10 +215,18 @@ def create_app(service: Service) -> Starlette:
                     exc.status, exc.title, exc.detail, errors=exc.errors, kind=exc.kind, headers=headers
                 )
             except CampaignError as exc:
-                titles = {403: "Forbidden", 404: "Not found", 409: "Conflict", 422: "Invalid request"}
+                titles = {
+                    403: "Forbidden",
+                    404: "Not found",
+                    409: "Conflict",
+                    422: "Invalid request",
+                    503: "Shutting down",
+                }
                 return problem(exc.status, titles.get(exc.status, "Campaign error"), str(exc))
             except WebhookError as exc:
-                return problem(400, "Invalid callback", str(exc))
+                return problem(422, "Invalid callback", str(exc))
+            except Exception as exc:  # a bug: logged without user data, answered without details
+                return crashed(request, exc)
 
         endpoint.__name__ = fn.__name__
         return endpoint
@@ -172,28 +242,80 @@ def create_app(service: Service) -> Starlette:
 
     @wrap
     async def metrics(request: Request) -> Response:
-        auth(request)
+        auth(request, "metrics")
         data, ctype = await service.scrape()
         return Response(data, media_type=ctype)
 
     @wrap
     async def post_messages(request: Request) -> Response:
-        key = auth(request)
+        key = auth(request, "send")
         json_type(request)
         raw = await body(request)
-        try:
-            req = messages_decoder.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise _decode_error(exc, MessagesIn) from None
+        req = _decode(messages_decoder, raw, MessagesIn)
         idem = request.headers.get("idempotency-key")
-        if idem is not None and not 1 <= len(idem) <= 255:
-            raise ApiError(422, "Invalid request", "Idempotency-Key must be 1-255 characters")
+        if idem is not None and not (1 <= len(idem) <= 255 and idem.isprintable()):
+            raise ApiError(422, "Invalid request", "Idempotency-Key must be 1-255 printable characters")
         resp = await service.messages.submit(req, key=key, idempotency_key=idem, body=raw)
         return _json(resp, 202)
 
     @wrap
+    async def list_messages(request: Request) -> Response:
+        auth(request, "read")
+        q = _query(request, {"to": 32, "campaign": 64, "state": 32, "limit": 5, "cursor": 400})
+        to = None
+        if "to" in q:
+            parsed = parse_phone(q["to"])
+            if parsed.reason is not None or not parsed.e164:
+                raise ApiError(422, "Invalid request", "to: not a phone number (13800138000, +86…, E.164)")
+            to = parsed.e164
+        campaign = q.get("campaign")
+        if campaign is not None and campaign not in API_CAMPAIGNS:
+            raise ApiError(
+                422,
+                "Invalid request",
+                f"campaign: the API's messages are in {' or '.join(API_CAMPAIGNS)}; a blast's are "
+                "counted by GET /v1/campaigns/{id} (and `pigeon report`), not listed",
+            )
+        state = q.get("state")
+        if state is not None and state not in MESSAGE_STATES:
+            raise ApiError(422, "Invalid request", f"state: one of {', '.join(MESSAGE_STATES)}")
+        after = _cursor(q["cursor"])[0] if "cursor" in q else None
+        views, last = service.records.search(
+            to=to, campaign=campaign, state=state, after=after, limit=_limit(q)
+        )
+        return _json(MessagePage(messages=views, next_cursor=_cursor_for([last]) if last else None))
+
+    @wrap
+    async def list_campaigns(request: Request) -> Response:
+        auth(request, "campaigns")
+        q = _query(request, {"state": 32, "kind": 32, "limit": 5, "cursor": 400})
+        state = q.get("state")
+        if state is not None and state not in LIST_STATES:
+            raise ApiError(422, "Invalid request", f"state: one of {', '.join(LIST_STATES)}")
+        after: tuple[float, str] | None = None
+        if "cursor" in q:
+            got = _cursor(q["cursor"])
+            if len(got) != 2:
+                raise ApiError(422, "Invalid request", "cursor: not one this service gave")
+            try:
+                after = (float(got[0]), got[1])
+            except ValueError:
+                raise ApiError(422, "Invalid request", "cursor: not one this service gave") from None
+        found, last = _campaigns(service).listing(
+            state=state, kind=q.get("kind"), after=after, limit=_limit(q)
+        )
+        nxt = _cursor_for([repr(last[0]), last[1]]) if last else None
+        return _json(CampaignPage(campaigns=found, next_cursor=nxt))
+
+    async def messages_root(request: Request) -> Response:
+        return await (post_messages if request.method == "POST" else list_messages)(request)
+
+    async def campaigns_root(request: Request) -> Response:
+        return await (post_campaign if request.method == "POST" else list_campaigns)(request)
+
+    @wrap
     async def get_message(request: Request) -> Response:
-        auth(request)
+        auth(request, "read")
         mid = request.path_params["id"]
         view = service.messages.message(mid)
         if view is None:
@@ -211,15 +333,27 @@ def create_app(service: Service) -> Starlette:
                 parser.verify(raw, request.headers, time.time())
         except WebhookError as exc:
             raise ApiError(401, "Bad signature", str(exc), kind="bad-signature") from None
+        except Exception as exc:  # a plugin's parser that fails on what it was sent: not verified
+            _parser_failed(gateway, "verify", exc)
+            raise ApiError(
+                401, "Bad signature", "the signature could not be verified", kind="bad-signature"
+            ) from None
         answer = getattr(parser, "answer", None)  # the acknowledgement a provider expects, if its own
+        try:
+            items = parser.reports(raw, gateway) if what == "reports" else parser.replies(raw, gateway)
+        except WebhookError:
+            raise
+        except Exception as exc:  # a plugin's parser that fails on what it was sent: unreadable
+            _parser_failed(gateway, what, exc)
+            raise WebhookError(f"the {what} cannot be read by the gateway's parser") from None
         if what == "reports":
-            reports = parser.reports(raw, gateway)
+            reports = cast("list[DeliveryReport]", items)
             matched = await service.inbound.apply_reports(reports)
             if answer is not None:  # (body, media type): a provider's own acknowledgement, status 200
                 content, media = answer(what, len(reports), matched)
                 return Response(content, media_type=media)
             return _json({"received": len(reports), "matched": matched})
-        replies = parser.replies(raw, gateway)
+        replies = cast("list[MoReply]", items)
         optouts = service.inbound.apply_replies(replies)
         if answer is not None:
             content, media = answer(what, len(replies), optouts)
@@ -236,33 +370,21 @@ def create_app(service: Service) -> Starlette:
 
     @wrap
     async def post_campaign(request: Request) -> Response:
-        auth(request)
+        auth(request, "campaigns")
         json_type(request)
         raw = await body(request)
-        try:
-            req = campaign_decoder.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise _decode_error(exc, StartCampaign) from None
-        try:
-            run = await _campaigns(service).start(req.file, again=req.again)
-        except CampaignError:
-            raise
-        except Exception as exc:  # the campaign's own config or preflight: say what to change
-            from engine.core.errors import EngineError
-
-            if isinstance(exc, EngineError):
-                raise ApiError(422, "Campaign refused", str(exc)) from None
-            raise
+        req = _decode(campaign_decoder, raw, StartCampaign)
+        run = await _campaigns(service).start(req.file, again=req.again)
         return _json(run.view(), 202)
 
     @wrap
     async def get_campaign(request: Request) -> Response:
-        auth(request)
+        auth(request, "campaigns")
         return _json(_campaigns(service).get(request.path_params["id"]).view())
 
     @wrap
     async def control_campaign(request: Request) -> Response:
-        auth(request)
+        auth(request, "campaigns")
         action = request.path_params["action"]
         if action not in ("pause", "resume", "cancel"):
             raise ApiError(404, "Not found", f"no action {action[:32]!r}: use pause, resume or cancel")
@@ -277,25 +399,131 @@ def create_app(service: Service) -> Starlette:
         titles = {404: "Not found", 405: "Method not allowed"}
         detail = {
             404: f"no endpoint {request.url.path[:200]!r}; see /openapi.json",
-            405: f"{request.method} is not allowed on {request.url.path[:200]!r}; see /openapi.json",
+            405: f"{request.method[:16]} is not allowed on {request.url.path[:200]!r}; see /openapi.json",
         }.get(exc.status_code, str(exc.detail))
-        return problem(exc.status_code, titles.get(exc.status_code, "HTTP error"), detail)
+        allow = (exc.headers or {}).get("Allow")
+        return problem(
+            exc.status_code,
+            titles.get(exc.status_code, "HTTP error"),
+            detail,
+            headers={"Allow": allow} if allow else None,
+        )
 
     async def crash(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", extra={"event": "http.error", "path": request.url.path})
-        return problem(500, "Internal error", "the service failed on this request; it is logged")
+        return crashed(request, exc)
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/v1/messages", post_messages, methods=["POST"]),
+        Route("/v1/messages", messages_root, methods=["GET", "POST"]),
         Route("/v1/messages/{id}", get_message, methods=["GET"]),
         Route("/v1/webhooks/{gateway}/reports", webhook_reports, methods=["POST"]),
         Route("/v1/webhooks/{gateway}/replies", webhook_replies, methods=["POST"]),
-        Route("/v1/campaigns", post_campaign, methods=["POST"]),
+        Route("/v1/campaigns", campaigns_root, methods=["GET", "POST"]),
         Route("/v1/campaigns/{id}", get_campaign, methods=["GET"]),
         Route("/v1/campaigns/{id}/{action}", control_campaign, methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
+    return _App(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
+
+
+def _query(request: Request, allowed: dict[str, int]) -> dict[str, str]:
+    """The request's query parameters, each known, given once and within its length; else 422."""
+    params = request.query_params
+    out: dict[str, str] = {}
+    for name in params:
+        if name not in allowed:
+            raise ApiError(
+                422,
+                "Invalid request",
+                f"unknown query parameter {name[:32]!r}; allowed: {', '.join(allowed)}",
+            )
+        values = params.getlist(name)
+        if len(values) > 1:
+            raise ApiError(422, "Invalid request", f"{name}: give it once")
+        if not 1 <= len(values[0]) <= allowed[name]:
+            raise ApiError(422, "Invalid request", f"{name}: 1 to {allowed[name]} characters")
+        out[name] = values[0]
+    return out
+
+
+def _limit(q: dict[str, str]) -> int:
+    raw = q.get("limit", "100")
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PAGE):
+        raise ApiError(422, "Invalid request", f"limit: a whole number from 1 to {MAX_PAGE}")
+    return int(raw)
+
+
+def _cursor_for(parts: list[str]) -> str:
+    """An opaque cursor holding ``parts``."""
+    return base64.urlsafe_b64encode(_enc.encode(parts)).decode().rstrip("=")
+
+
+def _cursor(text: str) -> list[str]:
+    """What :func:`_cursor_for` put in ``text``; 422 for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return msgspec.json.decode(raw, type=list[Annotated[str, msgspec.Meta(max_length=256)]])
+    except (ValueError, msgspec.DecodeError):  # (binascii.Error is a ValueError)
+        raise ApiError(422, "Invalid request", "cursor: not one this service gave") from None
+
+
+def crashed(request: Request, exc: Exception) -> Response:
+    """The 500 of an unexpected exception: logged with its traceback (numbers masked, messages
+    cut: :func:`~engine.observability.redact.format_exception`), answered without details."""
+    log.error(
+        "unhandled error",
+        exc_info=exc,
+        extra={
+            "event": "http.error",
+            "method": request.method[:16],
+            "path": redact(request.url.path, 200),
+            "error": type(exc).__name__,
+        },
+    )
+    return problem(500, "Internal error", "the service failed on this request; it is logged")
+
+
+def _parser_failed(gateway: str, step: str, exc: Exception) -> None:
+    log.warning(
+        "webhook parser failed",
+        exc_info=exc,
+        extra={"event": "webhook.parser_error", "gateway": gateway[:64], "step": step},
+    )
+
+
+class _App(Starlette):
+    """Starlette, without the re-raise after a 500 (an unexpected error is answered and logged
+    once, by :func:`crashed`, not handed on to the server to log again with its traceback), and
+    with a log line per request: method, path (numbers masked), status, milliseconds and the API
+    key's name (``key``; never the key)."""
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        """Serve one connection's request (or the lifespan)."""
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [0]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, sending)
+        except Exception:  # answered 500 by the Exception handler, and logged there
+            status[0] = status[0] or 500
+        access.info(
+            "request",
+            extra={
+                "event": "http.request",
+                "method": str(scope.get("method", ""))[:16],
+                "path": redact(str(scope.get("path", "")), 200),
+                "status": status[0],
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+                "key": scope.get(KEY_ID, ""),
+            },
+        )

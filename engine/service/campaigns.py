@@ -34,9 +34,22 @@ from engine.run.plan import Plan, _open_ledger, check_segment, new_run_dir, prep
 from engine.state.ledger.records import CampaignStatus, LedgerError
 from engine.state.ledger.store import Ledger
 
-__all__ = ["CampaignHost", "CampaignRun", "CampaignView", "Campaigns"]
+__all__ = [
+    "LIST_STATES",
+    "CampaignHost",
+    "CampaignPage",
+    "CampaignRun",
+    "CampaignSummary",
+    "CampaignView",
+    "Campaigns",
+]
 
 log = logging.getLogger("pigeon.campaigns")
+
+MAX_PATH = 1024
+"""Longest campaign file path (relative to ``service.campaigns_dir``) the API takes."""
+MAX_PART = 255
+"""Longest component of it, in bytes (what Linux file systems take)."""
 
 
 class CampaignHost(Protocol):
@@ -89,16 +102,44 @@ class CampaignView(msgspec.Struct, kw_only=True):
     rows: int = 0
     """Rows read and accounted for so far."""
     fraction_read: float | None = None
+    """Share of the segment file read so far (reading runs ahead of sending); ``null`` when the
+    source cannot tell, and once a cancelled or halted run has ended (``rows`` says how far it got)."""
     eta_seconds: float | None = None
     states: dict[str, int] = {}
     reasons: dict[str, dict[str, int]] = {}
     rate_per_carrier: dict[str, float] = {}
     """Messages accepted per second since the start, per carrier."""
-    metrics_url: str = ""
-    """The blast's own ``/metrics`` (its worker process's registry) while it runs."""
     error: str = ""
     done: bool = False
     """The run is over: nothing of it is in flight any more."""
+
+
+class CampaignSummary(msgspec.Struct, kw_only=True):
+    """One campaign in ``GET /v1/campaigns``."""
+
+    id: str
+    kind: str
+    state: str
+    """As in ``GET /v1/campaigns/{id}`` for a campaign this service started; else the ledger's
+    ``running`` (unfinished: resumable), ``finished`` or ``cancelled``."""
+    created_at: float
+    updated_at: float
+    runs: int
+    """Runs that worked on it (a send, each resume)."""
+    file: str = ""
+    """The campaign file, as posted (campaigns this service started)."""
+
+
+class CampaignPage(msgspec.Struct, kw_only=True):
+    """``GET /v1/campaigns``: one page of campaigns, newest first."""
+
+    campaigns: list[CampaignSummary]
+    next_cursor: str | None = None
+    """Pass it as ``cursor`` for the next page; null on the last."""
+
+
+LIST_STATES = ("queued", "running", "paused", "cancelled", "finished", "halted", "failed")
+"""The states ``GET /v1/campaigns?state=`` filters on."""
 
 
 class CampaignRun:
@@ -114,7 +155,6 @@ class CampaignRun:
         """The run's state as the service sees it (the worker is told every change)."""
         self.counts = Progress()
         """The worker's last progress line."""
-        self.metrics_url = ""
         self.metrics_text = ""
         """The worker's exposition as it last sent it (at most a second old)."""
         self.cancelled = False
@@ -167,7 +207,6 @@ class CampaignRun:
             states=dict(r.states),
             reasons={k: dict(v) for k, v in r.reasons.items()},
             rate_per_carrier=rates,
-            metrics_url=self.metrics_url if self.finished is None else "",
             error=self.error,
             done=self.finished is not None,
         )
@@ -199,17 +238,40 @@ class Campaigns:
         """One per blast that may run at once; the others wait ``queued``, first started first."""
 
     def resolve(self, file: str) -> Path:
-        """The campaign file ``file`` under ``service.campaigns_dir``; 4xx when outside or missing."""
-        if not file or len(file) > 1024 or "\x00" in file:
-            raise CampaignError(422, "file: give a campaign file path relative to service.campaigns_dir")
-        path = (self.root / file).resolve()
-        if not path.is_relative_to(self.root):
-            raise CampaignError(
-                403, f"file: {file!r} is outside the campaigns directory {self.root} (service.campaigns_dir)"
-            )
-        if not path.is_file():
-            raise CampaignError(404, f"file: no campaign file {file!r} in {self.root}")
+        """The campaign file ``file`` under ``service.campaigns_dir``; 4xx when outside or missing.
+
+        The answers name ``file`` as given and ``service.campaigns_dir``, never the server's
+        absolute paths; a name no file system takes (a component over 255 bytes, a NUL) is a 422.
+        """
+        bad = CampaignError(
+            422,
+            "file: give a campaign file path relative to service.campaigns_dir "
+            f"(at most {MAX_PATH} characters, each part at most {MAX_PART} bytes, no NUL)",
+        )
+        if not file or len(file) > MAX_PATH or "\x00" in file:
+            raise bad
+        try:
+            if any(len(part.encode("utf-8", "surrogatepass")) > MAX_PART for part in file.split("/")):
+                raise bad
+            path = (self.root / file).resolve()
+            if not path.is_relative_to(self.root):
+                raise CampaignError(403, f"file: {file[:200]!r} is outside service.campaigns_dir")
+            if not path.is_file():
+                raise CampaignError(404, f"file: no campaign file {file[:200]!r} in service.campaigns_dir")
+        except (OSError, ValueError):  # too long a path, a loop of links, an unencodable name
+            raise bad from None
         return path
+
+    def public(self, text: str) -> str:
+        """``text`` (an error about a campaign) for an API caller: the server's directories left out,
+        the CLI's options put in the API's words."""
+        for root, name in ((str(self.root), "<campaigns_dir>"), (str(self.service.engine.base_dir), ".")):
+            text = text.replace(root + "/", "").replace(root, name)
+        return (
+            text.replace("or pass --again", 'or post it with "again": true')
+            .replace("pass --force to", "`pigeon send --force` can")
+            .replace("--force", "`pigeon send --force`")
+        )
 
     async def start(self, file: str, *, again: bool = False) -> CampaignRun:
         """Check and start the campaign in ``file`` (preflight and ledger as ``pigeon send``: an
@@ -217,22 +279,25 @@ class Campaigns:
         if self.service.draining:
             raise CampaignError(503, "the service is draining: no new campaigns")
         path = self.resolve(file)
-        plan = await anyio.to_thread.run_sync(
-            lambda: prepare(path, self.service.engine.file, host=self.service.host, strict=True)
-        )
+        try:  # the campaign's own config or preflight: say what to change
+            plan = await anyio.to_thread.run_sync(
+                lambda: prepare(path, self.service.engine.file, host=self.service.host, strict=True)
+            )
+        except EngineError as exc:
+            raise CampaignError(422, self.public(str(exc))) from None
         running = self.runs.get(plan.campaign.id)
         if running is not None and running.finished is None:
             raise CampaignError(409, f"campaign {plan.campaign.id!r} is already {running.view().state}")
         try:  # the header, the template's fields and the first rows: before the ledger records a run
             await anyio.to_thread.run_sync(lambda: check_segment(plan))
         except EngineError as exc:
-            raise CampaignError(422, str(exc)) from None
+            raise CampaignError(422, self.public(str(exc))) from None
         try:
             ledger = await anyio.to_thread.run_sync(
                 lambda: _open_ledger(plan, force=False, again=again, notify=None, owner="pigeon serve")
             )
         except LedgerError as exc:
-            raise CampaignError(409, str(exc)) from None
+            raise CampaignError(409, self.public(str(exc))) from None
         # The worker resumes the run just opened (or restarted with ``again``) and adopts its lease.
         lease = ledger.lease.hand_off() if ledger.lease is not None else ""
         ledger.ledger.close()
@@ -328,7 +393,7 @@ class Campaigns:
                 # for good, once the worker is done with the ledger: `pigeon resume` will not continue it
                 self.service.ledger.set_status(run.id, CampaignStatus.CANCELLED)
             run.finished = time.monotonic()
-            run.metrics_url = run.metrics_text = ""
+            run.metrics_text = ""
             run.commands.close()
         log.info(
             "campaign ended",
@@ -369,15 +434,9 @@ class Campaigns:
             elif kind == "metrics":
                 run.metrics_text = str(event.get("text", ""))
             elif kind == "started":
-                run.metrics_url = str(event.get("metrics_url", ""))
                 log.info(
                     "campaign worker started",
-                    extra={
-                        "event": "campaign.worker",
-                        "campaign": run.id,
-                        "pid": event.get("pid"),
-                        "metrics_url": run.metrics_url,
-                    },
+                    extra={"event": "campaign.worker", "campaign": run.id, "pid": event.get("pid")},
                 )
             elif kind == "failed":
                 return str(event.get("error", "the campaign's worker failed"))
@@ -413,6 +472,41 @@ class Campaigns:
                 run.tell("stop")
         log.info("campaign %s", action, extra={"event": f"campaign.{action}", "campaign": campaign_id})
         return run
+
+    def listing(
+        self, *, state: str | None, kind: str | None, after: tuple[float, str] | None, limit: int
+    ) -> tuple[list[CampaignSummary], tuple[float, str] | None]:
+        """Campaigns in the ledger (not the API's own streams, nor archived runs), newest first,
+        from the one after ``after`` (its ``created_at`` and id); and where to continue, if more."""
+        ledger = self.service.ledger
+        records = ledger.campaigns() if ledger is not None else []
+        rows = sorted(
+            (r for r in records if not r.id.startswith("api-") and "~" not in r.id),
+            key=lambda r: (-r.created_at, r.id),
+        )
+        out: list[CampaignSummary] = []
+        for r in rows:
+            if after is not None and (-r.created_at, r.id) <= (-after[0], after[1]):
+                continue
+            run = self.runs.get(r.id)
+            now = run.view().state if run is not None else r.status.value
+            if (state is not None and now != state) or (kind is not None and r.kind != kind):
+                continue
+            if len(out) == limit:
+                last = out[-1]
+                return out, (last.created_at, last.id)
+            out.append(
+                CampaignSummary(
+                    id=r.id,
+                    kind=r.kind,
+                    state=now,
+                    created_at=r.created_at,
+                    updated_at=r.updated_at,
+                    runs=r.runs,
+                    file=run.file if run is not None else "",
+                )
+            )
+        return out, None
 
     def cancel_all(self) -> None:
         """Stop every running campaign (shutdown): they drain what is in flight."""

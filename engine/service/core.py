@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -28,14 +29,14 @@ from anyio.abc import TaskGroup
 
 from engine.core.clock import Clock, SystemClock
 from engine.core.config import EngineConfig, LoadedEngine
-from engine.core.errors import EngineError
+from engine.core.errors import ConfigError, EngineError
 from engine.core.plugin_host import PluginHost
 from engine.core.service_config import ServiceConfig, ServiceTemplate
 from engine.observability.metric_names import CONTENT_TYPE
 from engine.observability.metrics import Metrics
 from engine.observability.worker_metrics import MergedMetrics
 from engine.service.api_templates import ApiTemplates
-from engine.service.apikeys import KeyRing
+from engine.service.apikeys import WATCH_EVERY, KeyRing, KeyUsage
 from engine.service.campaigns import Campaigns
 from engine.service.context import ServiceContext
 from engine.service.gateways import ServiceGateways
@@ -50,6 +51,10 @@ __all__ = ["Service", "open_service"]
 
 CHECKPOINT_EVERY = 1.0
 """Seconds between two checkpoints of the store's WAL (see ``Service._checkpoints``)."""
+USAGE_EVERY = 5
+"""Checkpoints between two writes of the keys' last-used times."""
+
+log = logging.getLogger("pigeon.service")
 
 
 class Service:
@@ -75,6 +80,8 @@ class Service:
         self.engine = engine
         self.host = host or PluginHost(disabled=engine.config.plugins.disabled)
         self.keys = KeyRing(self.ctx.path(self.service.keys_file))
+        self.key_usage = KeyUsage()
+        """When each key was last used, flushed to the store every :data:`USAGE_EVERY` seconds."""
         self.started_at = time.time()
         self.gateways = ServiceGateways(self.ctx)
         self.lanes = ApiLanes(self.ctx, self.gateways, ApiTemplates(self.ctx))
@@ -85,6 +92,7 @@ class Service:
         self.merged_metrics = MergedMetrics(self.ctx.metrics.registry)
         """What ``/metrics`` serves: the process's series plus its blast workers'."""
         self._closing = anyio.Event()
+        self._keys_error = ""
 
     # What the campaigns and the API read (CampaignHost)
 
@@ -144,6 +152,7 @@ class Service:
         ctx.ledger.db.execute("PRAGMA wal_autocheckpoint=0")
         tg.start_soon(self._checkpoints)
         tg.start_soon(self.inbound.retry_early, self._closing)
+        tg.start_soon(self._watch_keys)
         self.gateways.open(self.host, run_dir)
         self.inbound.register(self.host, self.gateways.gateways)
         receiving = self.gateways.receiving()
@@ -170,14 +179,48 @@ class Service:
         db = sqlite3.connect(
             self.ctx.engine.store_path, check_same_thread=False, isolation_level=None, timeout=5
         )
+        beats = 0
         try:
             while not self._closing.is_set():
                 with anyio.move_on_after(CHECKPOINT_EVERY):
                     await self._closing.wait()
                 with contextlib.suppress(sqlite3.Error):
                     await anyio.to_thread.run_sync(db.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                beats += 1
+                if beats % USAGE_EVERY == 0 or self._closing.is_set():
+                    with contextlib.suppress(sqlite3.Error):
+                        await anyio.to_thread.run_sync(self.key_usage.flush, db)
         finally:
             db.close()
+
+    async def _watch_keys(self) -> None:
+        """Reload the keys file when it changes (a ``stat`` every :data:`WATCH_EVERY` seconds)."""
+        while not self._closing.is_set():
+            with anyio.move_on_after(WATCH_EVERY):
+                await self._closing.wait()
+            self.reload_keys(only_if_changed=True)
+
+    def reload_keys(self, *, only_if_changed: bool = False) -> bool:
+        """Read the keys file again (SIGHUP; the watcher when it changed); whether it was read. A
+        file that cannot be read keeps the keys as they were, and says so in the log."""
+        try:
+            if only_if_changed:
+                if not self.keys.refresh():
+                    return False
+            else:
+                self.keys.reload()
+        except ConfigError as exc:
+            if self._keys_error != str(exc):  # once per bad version of the file
+                self._keys_error = str(exc)
+                log.error(
+                    "keys file not reloaded: %s",
+                    exc,
+                    extra={"event": "keys.error", "keys": len(self.keys.names())},
+                )
+            return False
+        self._keys_error = ""
+        log.info("keys reloaded", extra={"event": "keys.reloaded", "keys": len(self.keys.names())})
+        return True
 
     async def _stop(self) -> None:
         self.inbound.stop()
@@ -189,6 +232,12 @@ class Service:
 
     async def _close(self) -> None:
         gc.unfreeze()  # (frozen by _start: a service run inside another program gives it back)
+        with contextlib.suppress(sqlite3.Error):  # the keys' last use since the last flush
+            db = sqlite3.connect(self.ctx.engine.store_path, isolation_level=None, timeout=5)
+            try:
+                self.key_usage.flush(db)
+            finally:
+                db.close()
         await self.gateways.aclose()
         self.lanes.close()
         if self.ctx.ledger is not None:

@@ -10,11 +10,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 
 import anyio
+import msgspec
 
 from engine.core.errors import ConfigError
 from engine.core.messages import DeliveryReport
 from engine.core.phone import mask
 from engine.core.plugin_host import PluginHost
+from engine.core.timestamps import epoch_seconds
 from engine.sending.gateway import Receiving
 from engine.sending.webhooks import GenericParser, MoReply, WebhookParser, opt_outs_in
 from engine.service.context import ServiceContext
@@ -23,7 +25,7 @@ from engine.service.wire import ApiError
 from engine.state.ledger.store import Ledger
 from engine.state.optout import DEFAULT_KEYWORDS
 
-__all__ = ["Inbound"]
+__all__ = ["Inbound", "sane_reports"]
 
 log = logging.getLogger("pigeon.service")
 
@@ -82,10 +84,8 @@ class Inbound:
         """The parser of ``gateway``'s callbacks; 404 for an unknown gateway."""
         p = self.parsers.get(gateway)
         if p is None:
-            raise ApiError(
-                404,
-                "Unknown gateway",
-                f"no gateway {gateway[:64]!r}; configured: {', '.join(sorted(self.parsers))}",
+            raise ApiError(  # (no list of the configured ones: the caller is not authenticated)
+                404, "Unknown gateway", "no such gateway receives callbacks here (service.webhooks)"
             )
         return p
 
@@ -95,15 +95,20 @@ class Inbound:
         The ledger's part runs in a thread on a connection of its own: matching by provider id may
         first bring the provider-id index up to date (:meth:`Ledger.index_providers`), which must
         not hold up the event loop."""
-        matched, missed = await self._apply_reports(reports)
+        reports = sane_reports(reports, self.ctx.clock.time())
+        latencies: dict[int, float] = {}
+        matched, missed = await self._apply_reports(reports, latencies)
         if missed:  # their submit answer may not be recorded yet: tried again for a while
             self.early.park(missed, time.monotonic())
         self.ctx.counters["reports"] += len(reports)
-        by_gateway: dict[str, Counter[str]] = {}
-        for r in reports:
-            by_gateway.setdefault(r.gateway, Counter())[r.status.value] += 1
-        for gw, counts in by_gateway.items():
-            self.ctx.metrics.delivery_reports(counts, gateway=gw)
+        by_gateway: dict[str, tuple[Counter[str], list[float]]] = {}
+        for i, r in enumerate(reports):
+            counts, seconds = by_gateway.setdefault(r.gateway, (Counter(), []))
+            counts[r.status.value] += 1
+            if i in latencies:
+                seconds.append(latencies[i])
+        for gw, (counts, seconds) in by_gateway.items():
+            self.ctx.metrics.delivery_reports(counts, seconds, gateway=gw)
         self.ctx.counters["reports_matched"] += matched
         log.info(
             "delivery reports",
@@ -116,17 +121,19 @@ class Inbound:
         )
         return matched
 
-    async def _apply_reports(self, reports: Sequence[DeliveryReport]) -> tuple[int, list[DeliveryReport]]:
+    async def _apply_reports(
+        self, reports: Sequence[DeliveryReport], latencies: dict[int, float] | None = None
+    ) -> tuple[int, list[DeliveryReport]]:
         """Apply reports to the ledger, then to the messages in memory (which see an answer before
         the ledger commits it): how many matched, and those that matched nothing in the ledger
-        (without a ledger: in memory)."""
+        (without a ledger: in memory). ``latencies`` gets report index → seconds to the report."""
         missed: list[DeliveryReport] = []
         found = 0
         if self.reports_ledger is not None:
-            found = await anyio.to_thread.run_sync(
-                partial(self.reports_ledger.apply_reports, reports, missed), limiter=self._reports_limiter
-            )
-        matched = self.ctx.records.reports(reports, None if self.reports_ledger is not None else missed)
+            apply = partial(self.reports_ledger.apply_reports, reports, missed, latencies=latencies)
+            found = await anyio.to_thread.run_sync(apply, limiter=self._reports_limiter)
+        in_memory = None if self.reports_ledger is not None else missed
+        matched = self.ctx.records.reports(reports, in_memory, latencies=latencies)
         return max(matched, found), missed
 
     async def retry_early(self, closing: anyio.Event) -> None:
@@ -183,6 +190,19 @@ class Inbound:
         """Close the reports' connection."""
         if self.reports_ledger is not None:
             self.reports_ledger.close()
+
+
+def sane_reports(reports: Sequence[DeliveryReport], now: float) -> Sequence[DeliveryReport]:
+    """``reports`` with every ``done_at`` in Unix seconds: a plugin parser's milliseconds converted,
+    a value that is no sane time dropped (``0``: unknown), as the generic parser refuses them."""
+    out: list[DeliveryReport] | None = None
+    for i, r in enumerate(reports):
+        seconds = epoch_seconds(r.done_at, now) or 0.0
+        if seconds != r.done_at:
+            if out is None:
+                out = list(reports)
+            out[i] = msgspec.structs.replace(r, done_at=seconds)
+    return reports if out is None else out
 
 
 class _Sink:

@@ -24,16 +24,36 @@ def _ok(name: str, desc: str = "OK") -> dict[str, Any]:
 
 def build() -> dict[str, Any]:
     """The document as a dict."""
-    from engine.service.campaigns import CampaignView
-    from engine.service.wire import MessagesIn, MessageView, Problem, StartCampaign, SubmitResponse
+    from engine.service.campaigns import LIST_STATES, CampaignPage, CampaignView
+    from engine.service.wire import (
+        API_CAMPAIGNS,
+        MAX_PAGE,
+        MESSAGE_STATES,
+        MessagePage,
+        MessagesIn,
+        MessageView,
+        Problem,
+        StartCampaign,
+        SubmitResponse,
+    )
 
     _, components = msgspec.json.schema_components(
-        [MessagesIn, SubmitResponse, MessageView, CampaignView, StartCampaign, Problem],
+        [
+            MessagesIn,
+            SubmitResponse,
+            MessageView,
+            MessagePage,
+            CampaignView,
+            CampaignPage,
+            StartCampaign,
+            Problem,
+        ],
         ref_template="#/components/schemas/{name}",
     )
-    components["MessageIn"]["properties"]["to"] = {
-        "type": "string",
-        "description": "Recipient: a Chinese mobile (13800138000, +86 138-0013-8000…) or E.164",
+    seconds = {
+        "type": "number",
+        "description": "Unix time in seconds (milliseconds, microseconds and nanoseconds are detected and "
+        "converted); 0 or absent: unknown. Earlier than 2000-01-01 or more than a day ahead: 422.",
     }
     components["Reports"] = {
         "type": "object",
@@ -41,15 +61,22 @@ def build() -> dict[str, Any]:
         "properties": {
             "reports": {
                 "type": "array",
+                "maxItems": 10_000,
                 "items": {
                     "type": "object",
+                    "description": "Needs a provider_id or an id (422 otherwise); other keys are ignored.",
                     "properties": {
-                        "provider_id": {"type": "string"},
-                        "id": {"type": "string", "description": "Pigeon's message id"},
-                        "to": {"type": "string"},
-                        "status": {"enum": ["delivered", "failed", "expired", "rejected", "unknown"]},
-                        "code": {"type": "string"},
-                        "done_at": {"type": "number"},
+                        "provider_id": {"type": "string", "maxLength": 256},
+                        "id": {"type": "string", "maxLength": 256, "description": "Pigeon's message id"},
+                        "to": {"type": "string", "maxLength": 64},
+                        "status": {
+                            "type": "string",
+                            "maxLength": 64,
+                            "description": "delivered, failed, expired, rejected or unknown; any other "
+                            "value is counted as unknown (and kept as the code when there is none)",
+                        },
+                        "code": {"type": "string", "maxLength": 64},
+                        "done_at": seconds,
                     },
                 },
             }
@@ -61,14 +88,15 @@ def build() -> dict[str, Any]:
         "properties": {
             "replies": {
                 "type": "array",
+                "maxItems": 10_000,
                 "items": {
                     "type": "object",
                     "required": ["from", "text"],
                     "properties": {
-                        "from": {"type": "string"},
-                        "to": {"type": "string"},
-                        "text": {"type": "string"},
-                        "at": {"type": "number"},
+                        "from": {"type": "string", "maxLength": 64},
+                        "to": {"type": "string", "maxLength": 64},
+                        "text": {"type": "string", "maxLength": 2048},
+                        "at": seconds,
                     },
                 },
             }
@@ -76,7 +104,8 @@ def build() -> dict[str, Any]:
     }
     auth: list[dict[str, list[str]]] = [{"apiKey": []}]
     errors = {
-        "401": _problem("No or bad API key"),
+        "401": _problem("No, bad, revoked or expired API key"),
+        "403": _problem("The API key lacks the scope this needs (send, campaigns, read, metrics)"),
         "404": _problem("Not found"),
         "422": _problem("Invalid request: what to change"),
     }
@@ -85,6 +114,12 @@ def build() -> dict[str, Any]:
         "400": _problem("Malformed JSON or bad UTF-8"),
         "413": _problem("Body over service.max_body_bytes, or too many messages"),
         "415": _problem("Not application/json"),
+    }
+    webhook_errors = {
+        **{k: v for k, v in body_errors.items() if k != "403"},  # (no keys: a signature)
+        "401": _problem("Missing or bad signature, or a replay"),
+        "404": _problem("No such gateway receives callbacks here"),
+        "422": _problem("A body that does not match the contract (a bad time, no id)"),
     }
     cid = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     gw = {"name": "gateway", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -100,6 +135,19 @@ def build() -> dict[str, Any]:
             },
         ],
     }
+
+    def q(name: str, schema: dict[str, Any], desc: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": schema, "description": desc}
+
+    paging = [
+        q(
+            "limit",
+            {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100},
+            "Items per page",
+        ),
+        q("cursor", {"type": "string", "minLength": 1, "maxLength": 400}, "next_cursor of the page before"),
+    ]
+    list_errors = {"401": errors["401"], "403": errors["403"], "422": _problem("A bad query parameter")}
     paths: dict[str, Any] = {
         "/healthz": {
             "get": {
@@ -119,7 +167,11 @@ def build() -> dict[str, Any]:
             "get": {
                 "summary": "Prometheus exposition",
                 "security": auth,
-                "responses": {"200": {"description": "text exposition format"}, "401": errors["401"]},
+                "responses": {
+                    "200": {"description": "text exposition format"},
+                    "401": errors["401"],
+                    "403": errors["403"],
+                },
             }
         },
         "/openapi.json": {
@@ -152,6 +204,23 @@ def build() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/messages#get": {
+            "get": {
+                "summary": "Recent API messages, newest first (numbers masked), filtered and paged",
+                "security": auth,
+                "parameters": [
+                    q(
+                        "to",
+                        {"type": "string", "minLength": 1, "maxLength": 32},
+                        "A recipient, in any form POST takes",
+                    ),
+                    q("campaign", {"enum": list(API_CAMPAIGNS)}, "The API's stream"),
+                    q("state", {"enum": list(MESSAGE_STATES)}, "Its state now"),
+                    *paging,
+                ],
+                "responses": {"200": _ok("MessagePage"), **list_errors},
+            }
+        },
         "/v1/messages/{id}": {
             "get": {
                 "summary": "A message's recorded state and delivery report",
@@ -168,7 +237,7 @@ def build() -> dict[str, Any]:
                     "required": True,
                     "content": {"application/json": {"schema": _ref("Reports")}},
                 },
-                "responses": {"200": {"description": "received"}, **body_errors},
+                "responses": {"200": {"description": "received"}, **webhook_errors},
             }
         },
         "/v1/webhooks/{gateway}/replies": {
@@ -179,7 +248,7 @@ def build() -> dict[str, Any]:
                     "required": True,
                     "content": {"application/json": {"schema": _ref("Replies")}},
                 },
-                "responses": {"200": {"description": "received"}, **body_errors},
+                "responses": {"200": {"description": "received"}, **webhook_errors},
             }
         },
         "/v1/campaigns": {
@@ -193,9 +262,22 @@ def build() -> dict[str, Any]:
                 "responses": {
                     "202": _ok("CampaignView", "Started"),
                     **body_errors,
-                    "403": _problem("Outside the campaigns directory"),
-                    "409": _problem("Already running"),
+                    "403": _problem("Outside the campaigns directory, or the key lacks `campaigns`"),
+                    "409": _problem("Already running, or over and not started with again"),
+                    "503": _problem("Starting, or draining for shutdown"),
                 },
+            }
+        },
+        "/v1/campaigns#get": {
+            "get": {
+                "summary": "Campaigns in the ledger, newest first, filtered and paged",
+                "security": auth,
+                "parameters": [
+                    q("state", {"enum": list(LIST_STATES)}, "As GET /v1/campaigns/{id} says it"),
+                    q("kind", {"type": "string", "minLength": 1, "maxLength": 32}, "marketing, …"),
+                    *paging,
+                ],
+                "responses": {"200": _ok("CampaignPage"), **list_errors},
             }
         },
         "/v1/campaigns/{id}": {
@@ -207,6 +289,8 @@ def build() -> dict[str, Any]:
             }
         },
     }
+    for path in ("/v1/messages", "/v1/campaigns"):  # GET and POST on one path item
+        paths[path].update(paths.pop(f"{path}#get"))
     for action in ("pause", "resume", "cancel"):
         paths[f"/v1/campaigns/{{id}}/{action}"] = {
             "post": {
@@ -231,7 +315,8 @@ def build() -> dict[str, Any]:
                 "apiKey": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "An API key from `pigeon keys create`",
+                    "description": "An API key from `pigeon keys create` (optionally limited to scopes: "
+                    "send, campaigns, read, metrics; and to a time)",
                 }
             },
         },

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,17 +28,59 @@ class ApiRecords:
         self.limit = limit
         self.by_id: dict[str, MessageView] = {}
         self.by_provider: dict[str, str] = {}
+        self.number_of: dict[str, bytes] = {}
+        """Message id → a keyed digest of its recipient (for ``GET /v1/messages?to=``; no numbers
+        are kept: the key is random per process)."""
+        self._key = secrets.token_bytes(16)
 
-    def add(self, views: Sequence[MessageView]) -> None:
-        """Remember new messages (the oldest are forgotten past ``limit``)."""
+    def digest(self, e164: str) -> bytes:
+        """The keyed digest of a recipient in E.164 (what :attr:`number_of` holds)."""
+        return hashlib.blake2b(e164.encode(), key=self._key, digest_size=8).digest()
+
+    def add(self, views: Sequence[MessageView], numbers: Sequence[str] | None = None) -> None:
+        """Remember new messages and (E.164) their recipients; the oldest are forgotten past ``limit``."""
         by_id = self.by_id
         for v in views:
             by_id[v.id] = v
+        if numbers is not None:
+            for v, n in zip(views, numbers, strict=True):
+                self.number_of[v.id] = self.digest(n)
         over = len(by_id) - self.limit
         if over > 0:
             for k in list(itertools_islice(by_id, over)):
                 v = by_id.pop(k)
                 self.by_provider.pop(v.provider_id, None)
+                self.number_of.pop(k, None)
+
+    def search(
+        self,
+        *,
+        to: str | None = None,
+        campaign: str | None = None,
+        state: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[MessageView], str | None]:
+        """Recent messages, newest first, matching every filter given (``to`` in E.164), from the
+        one after message ``after``; and the id to continue after, when there may be more."""
+        wanted = self.digest(to) if to is not None else None
+        out: list[MessageView] = []
+        started = after is None
+        for mid in reversed(self.by_id):
+            if not started:
+                started = mid == after
+                continue
+            v = self.by_id[mid]
+            if campaign is not None and v.campaign != campaign:
+                continue
+            if state is not None and v.state != state:
+                continue
+            if wanted is not None and self.number_of.get(mid) != wanted:
+                continue
+            if len(out) == limit:
+                return out, out[-1].id
+            out.append(v)
+        return out, None
 
     def _set(self, ids: Sequence[str], **values: Any) -> None:
         for mid in ids:
@@ -84,12 +128,18 @@ class ApiRecords:
         self._set(batch.ids, state="queued", reason=reason)
 
     def reports(
-        self, reports: Sequence[DeliveryReport], unmatched: list[DeliveryReport] | None = None
+        self,
+        reports: Sequence[DeliveryReport],
+        unmatched: list[DeliveryReport] | None = None,
+        *,
+        latencies: dict[int, float] | None = None,
     ) -> int:
         """Apply delivery reports to the messages in memory; how many matched (the others are
-        appended to ``unmatched`` when it is given)."""
+        appended to ``unmatched`` when it is given). ``latencies``, if given, gets report index →
+        seconds from the hand-over to the report (its ``done_at``, or now)."""
         n = 0
-        for r in reports:
+        now = time.time()
+        for i, r in enumerate(reports):
             mid = self.by_provider.get(r.provider_id, "") if r.provider_id else ""
             v = self.by_id.get(mid or r.message_id)
             if v is None:
@@ -97,6 +147,8 @@ class ApiRecords:
                     unmatched.append(r)
                 continue
             n += 1
+            if latencies is not None and v.submitted_at > 0:
+                latencies[i] = max(0.0, (r.done_at or now) - v.submitted_at)
             v.delivery = Delivery(status=r.status.value, code=r.code, done_at=r.done_at)
             v.state = "delivered" if r.status.value == "delivered" else "failed"
             if v.state == "failed":

@@ -3,7 +3,8 @@
 Shutdown: the first SIGTERM/SIGINT marks the service draining (``/readyz`` answers 503, new
 messages 503), Hypercorn stops accepting connections and waits for the requests in flight, then the
 running blasts stop reading and the lanes send what they hold; the process exits 0. A second
-signal abandons the drain.
+signal abandons the drain. SIGHUP reloads the API keys file (the service also sees it change by
+itself within a second) and does nothing else.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from anyio.abc import TaskStatus
 from hypercorn.config import Config as HyperConfig
 
 from engine.core.config import load_engine
+from engine.core.errors import EngineError
 from engine.core.plugin_host import PluginHost
 from engine.observability.jsonlog import setup_logging
 from engine.service.api import create_app
@@ -30,6 +32,9 @@ __all__ = ["bind", "run", "serve"]
 
 log = logging.getLogger("pigeon.serve")
 
+
+EXIT_BAD_INPUT = 2
+"""``pigeon serve``'s exit code when the engine file or an argument is wrong (the CLI's code 2)."""
 
 SWITCH_INTERVAL = 0.0005
 """Seconds a thread holds the GIL before the event loop may take it back (CPython's default: 0.005)."""
@@ -78,7 +83,7 @@ async def run(
 
         async with anyio.create_task_group() as tg:
             if handle_signals:
-                await tg.start(_signals, stop, tg.cancel_scope)
+                await tg.start(_signals, stop, tg.cancel_scope, svc)
             log.info(
                 "listening",
                 extra={"event": "service.listening", "host": addr[0], "port": addr[1], "backend": _backend()},
@@ -105,11 +110,19 @@ def _backend() -> str:
 
 
 async def _signals(
-    stop: anyio.Event, scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    stop: anyio.Event,
+    scope: anyio.CancelScope,
+    svc: Service,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         task_status.started()
-        async for _ in signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:  # reload the keys file (it does not stop the service)
+                log.info("SIGHUP: reloading the keys", extra={"event": "service.sighup"})
+                svc.reload_keys()
+                continue
             if stop.is_set():
                 log.warning("second signal: abandoning the drain", extra={"event": "service.abandon"})
                 scope.cancel()
@@ -124,7 +137,17 @@ def serve(
     engine = load_engine(engine_path)
     setup_logging(engine.config.service.log_level)
     backend = backend or engine.config.backend
-    sock = bind(host, port)
+    try:
+        sock = bind(host, port)
+    except OSError as exc:  # a taken port, an address not on this host: said, not a traceback
+        log.error(
+            "cannot listen on %s:%s: %s",
+            host,
+            port,
+            exc.strerror or exc,
+            extra={"event": "service.failed", "host": host, "port": port},
+        )
+        return EXIT_BAD_INPUT
     from engine.run.send import _backend_options
 
     # The event loop shares the GIL with the service's threads (a /metrics render, WAL checkpoints).
@@ -134,5 +157,25 @@ def serve(
     # thread runs (measured: loadtests/service_load.py, docs/performance.md).
     sys.setswitchinterval(SWITCH_INTERVAL)
 
-    anyio.run(lambda: run(engine_path, sock), backend=backend, backend_options=_backend_options(backend))
+    try:
+        anyio.run(lambda: run(engine_path, sock), backend=backend, backend_options=_backend_options(backend))
+    except Exception as exc:
+        error = _engine_error(exc)
+        if error is None:
+            raise
+        # the [service] section (a secret's variable not set, a gateway's options): what to change
+        log.error(str(error), extra={"event": "service.failed"})
+        return EXIT_BAD_INPUT
     return 0
+
+
+def _engine_error(exc: BaseException) -> EngineError | None:
+    """The :class:`EngineError` that stopped the service, out of the task groups' exception groups."""
+    if isinstance(exc, EngineError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _engine_error(inner)
+            if found is not None:
+                return found
+    return None

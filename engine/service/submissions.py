@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import msgspec
 
 from engine.core.messages import MessageBatch, Reject, State
-from engine.core.phone import mask
+from engine.core.phone import mask, parse_phone
 from engine.core.service_templates import field_problem, gateway_problem, opt_out_problem
 from engine.core.template import Template, compile_template
 from engine.pipeline.runner import Batch
+from engine.service.compliance import MarketingPolicy
 from engine.service.context import ServiceContext
 from engine.service.lanes import TEXT_TEMPLATE, ApiLanes
 from engine.service.wire import (
@@ -65,6 +66,7 @@ class Submissions:
         self._idem: dict[tuple[str, str], _Idem] = {}
         self._fields_of: dict[str, Template] = {}
         """Template id → its compiled template (for the field checks)."""
+        self.policy = MarketingPolicy(ctx, lanes)
 
     def open(self) -> None:
         """Create the idempotency table and forget keys past ``service.idempotency_ttl``."""
@@ -208,6 +210,16 @@ class Submissions:
                     )
                 return seen.response
         values = self._validate(req)
+        if req.priority == "marketing":  # the campaigns' preflight (signature, opt-out, banned terms)
+            broken = self.policy.check(values)
+            if broken:
+                raise ApiError(
+                    422,
+                    "Invalid messages",
+                    f"{len(broken)} of {len(values)} marketing message(s) break the preflight rules; "
+                    "nothing was sent: " + broken[0].detail,
+                    errors=broken,
+                )
         stream = self.lanes.streams[req.priority]
         rows = stream.rows.take(len(values))
         index_of = {row: i for i, row in enumerate(rows)}
@@ -257,10 +269,12 @@ class Submissions:
         now = self.ctx.clock.time()
         states: dict[int, MessageState] = {}
         views: list[MessageView] = []
+        numbers: list[str] = []  # (E.164, beside each view: for GET /v1/messages?to=)
         for carrier, mbs in out_batches.items():
             for mb in mbs:
                 for mid, row, to, parts in zip(mb.ids, mb.rows, mb.tos, mb.parts, strict=True):
                     states[row] = MessageState(index=index_of[row], id=mid, state="queued", parts=parts)
+                    numbers.append(to)
                     views.append(
                         MessageView(
                             id=mid,
@@ -276,6 +290,7 @@ class Submissions:
         for r in dropped:
             mid = f"{prefix}{r.row}"
             states[r.row] = MessageState(index=index_of[r.row], id=mid, state=r.state, reason=r.reason)
+            numbers.append(parse_phone(r.phone).e164 or r.phone)
             views.append(
                 MessageView(
                     id=mid,
@@ -287,7 +302,7 @@ class Submissions:
                     accepted_at=now,
                 )
             )
-        self.ctx.records.add(views)
+        self.ctx.records.add(views, numbers)
         if dropped:
             stream.recorder.dropped(dropped)
         response = SubmitResponse(
@@ -355,6 +370,8 @@ class Submissions:
             id=rec.message_id,
             state=rec.delivery_status if rec.delivery_status == "delivered" else rec.state.value,
             campaign=rec.campaign,
+            carrier=rec.carrier,
+            parts=rec.parts,
             reason=rec.reason,
             gateway=rec.gateway,
             provider_id=rec.provider_id,

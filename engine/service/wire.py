@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 __all__ = [
+    "API_CAMPAIGNS",
+    "MAX_PAGE",
+    "MESSAGE_STATES",
     "ApiError",
     "FieldError",
     "MessageIn",
+    "MessagePage",
     "MessageView",
     "MessagesIn",
+    "Phone",
     "Priority",
     "Problem",
     "StartCampaign",
@@ -21,10 +26,36 @@ __all__ = [
 
 Priority = Literal["transactional", "marketing"]
 
-_Phone = msgspec.Meta(min_length=1, max_length=32)
+API_CAMPAIGNS = ("api-transactional", "api-marketing")
+MESSAGE_STATES = (
+    "queued",
+    "submitting",
+    "submitted",
+    "delivered",
+    "failed",
+    "unknown",
+    "suppressed",
+    "deferred",
+)
+"""What ``GET /v1/messages?state=`` filters on."""
+MAX_PAGE = 1000
+"""Most items in one page of a list."""
 
+MAX_TEXT = 1000
+"""Longest ``text`` of a message, in characters."""
+MAX_FIELD = 500
+"""Longest value of a template field, in characters."""
 
-_Name = msgspec.Meta(min_length=1, max_length=64)
+Phone = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=32,
+        description="Recipient: a Chinese mobile (13800138000, +86 138-0013-8000…) or E.164",
+    ),
+]
+_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+_FieldValue = Annotated[str, msgspec.Meta(max_length=MAX_FIELD)]
 
 
 class MessageIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -36,17 +67,21 @@ class MessageIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     gateway of that provider (free text, to none that sends only filed templates): otherwise 422,
     naming the message and field, and nothing of the request is sent."""
 
-    to: Any  # checked by hand for a clearer message than a type error
-    template: str | None = None
-    fields: dict[str, str] = {}
-    text: str | None = None
+    to: Phone
+    template: _Name | None = None
+    fields: Annotated[dict[_Name, _FieldValue], msgspec.Meta(max_length=64)] = {}
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)] | None = None
 
 
 class MessagesIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The body of ``POST /v1/messages``."""
 
-    messages: list[MessageIn]
-    priority: Priority = "transactional"
+    messages: Annotated[list[MessageIn], msgspec.Meta(min_length=1)]
+    """At most ``service.max_messages`` (413 above)."""
+    priority: Priority
+    """Required: ``transactional`` (order notices, codes: sent to opted-out numbers, at any hour) or
+    ``marketing`` (preflight, opt-outs, quiet hours). No default, so nothing is sent as
+    transactional by omission."""
 
 
 class MessageState(msgspec.Struct, kw_only=True):
@@ -136,6 +171,15 @@ class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
 class StartCampaign(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The body of ``POST /v1/campaigns``: a campaign file under ``service.campaigns_dir``."""
 
-    file: str
+    file: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    """Relative to ``service.campaigns_dir``; each path component at most 255 bytes."""
     again: bool = False
     """Start a finished or cancelled campaign afresh (its ledger is archived), as ``pigeon send --again``."""
+
+
+class MessagePage(msgspec.Struct, kw_only=True):
+    """``GET /v1/messages``: one page of recent API messages, newest first."""
+
+    messages: list[MessageView]
+    next_cursor: str | None = None
+    """Pass it as ``cursor`` for the next page; null on the last."""

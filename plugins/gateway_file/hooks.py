@@ -32,8 +32,8 @@ class _Line(msgspec.Struct, gc=False, array_like=False):
 class FileGateway:
     """Appends ``{"id", "to", "text", "carrier", "parts"}`` per message to a JSON Lines file.
 
-    Each batch is encoded in one call and written with one ``write``; the provider id of a message
-    is ``<file name>:<line number>``.
+    Each batch is encoded in one call and written to the file unbuffered before it is acknowledged;
+    the provider id of a message is ``<file name>:<line number>``.
     """
 
     idempotent = False
@@ -44,7 +44,9 @@ class FileGateway:
         path = Path(config.path).expanduser()
         self.path = path if path.is_absolute() else ctx.run_dir / path
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = self.path.open("ab")
+        # Unbuffered: a batch is in the file (the OS's) when it is acknowledged, so a process killed
+        # right after (kill -9) leaves what its ledger says was sent.
+        self._fh = self.path.open("ab", buffering=0)
         self._encoder = msgspec.json.Encoder()
         self._lines = 0
 
@@ -55,7 +57,12 @@ class FileGateway:
             _Line(i, to, text, c, parts)
             for i, to, text, parts in zip(batch.ids, batch.tos, batch.texts, batch.parts, strict=True)
         ]
-        self._fh.write(self._encoder.encode_lines(lines))
+        data = memoryview(self._encoder.encode_lines(lines))
+        while data:  # (a raw write may take part of it)
+            n = self._fh.write(data)
+            if not n:
+                raise OSError(f"could not write to {self.path}")
+            data = data[n:]
         first = self._lines
         self._lines += len(batch)
         stem = self.path.name

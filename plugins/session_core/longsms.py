@@ -74,13 +74,27 @@ def decode_gsm7(septets: bytes) -> str:
     return "".join(out)
 
 
-def pack_septets(septets: bytes, fill: int = 0) -> bytes:
-    """Pack septets seven bits each, least significant first, after ``fill`` zero bits."""
+_CR = 0x0D
+
+
+def pack_septets(septets: bytes, fill: int = 0, *, limit: int = 140) -> bytes:
+    """Pack septets seven bits each, least significant first, after ``fill`` zero bits.
+
+    As 3GPP TS 23.038 §6.1.2.3.1 says, 7 spare bits at the end are filled with CR (a zero there
+    would read as a trailing ``@``), and a CR that is the last septet on an octet boundary is
+    doubled (a receiver drops one CR there as padding) when the result stays within ``limit``
+    octets; a full part ending in CR keeps one, which a receiver may read as padding.
+    """
+    bits = fill + 7 * len(septets)
+    if septets and septets[-1] == _CR and bits % 8 == 0 and bits // 8 < limit:
+        septets += bytes([_CR])
     value = 0
     shift = fill
     for s in septets:
         value |= (s & 0x7F) << shift
         shift += 7
+    if shift % 8 == 1:  # 7 spare bits: CR, not a zero septet
+        value |= _CR << shift
     return value.to_bytes((shift + 7) // 8, "little")
 
 
@@ -216,7 +230,7 @@ class Segmenter:
         payloads = []
         for c, e in zip(concat, encoded, strict=True):
             udh = concat_udh(ref, total, c.seq, wide)
-            payloads.append(udh + (pack_septets(e, _fill(len(udh))) if packed else e))
+            payloads.append(udh + (pack_septets(e, _fill(len(udh)), limit=140 - len(udh)) if packed else e))
         return Segments(coding, payloads, concat, True)
 
 
@@ -238,8 +252,10 @@ def decode_payload(
             fill = _fill(udh_len) if udh_len else 0
             bits = len(body) * 8 - fill
             septets = unpack_septets(body, bits // 7, fill)
-            if bits % 7 == 0 and septets.endswith(b"\x00"):
-                septets = septets[:-1]  # 7 spare bits read as a septet: padding, not an '@'
+            if bits % 7 == 0 and septets.endswith(b"\r"):
+                septets = septets[:-1]  # a CR on an octet boundary is padding (23.038 §6.1.2.3.1)
+            elif septets.endswith(b"\r\r") and (fill + 7 * (len(septets) - 1)) % 8 == 0:
+                septets = septets[:-1]  # a wanted last CR on a boundary, doubled by the sender
             return concat, decode_gsm7(septets)
         return concat, decode_gsm7(body)
     if coding == "ucs2":

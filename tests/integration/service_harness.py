@@ -52,6 +52,7 @@ drain_timeout = 10
 text = "您的订单{{order}}已发货，{{carrier|快递}}单号{{tracking}}"
 [service.templates.code]
 text = "验证码{{code}}，5分钟内有效"
+{templates}
 [service.webhooks.sim]
 secret_env = "PIGEON_TEST_WEBHOOK_SECRET"
 """
@@ -67,8 +68,10 @@ def write_engine(
     max_body: int = 65536,
     cm_rate: int | None = None,
     service_extra: str = "",
+    templates: str = "",
 ) -> tuple[Path, str]:
-    """The engine file and a fresh API key (``service_extra``: more ``[service]`` lines)."""
+    """The engine file and a fresh API key (``service_extra``: more ``[service]`` lines;
+    ``templates``: more ``[service.templates.<id>]`` tables)."""
     path = tmp_path / "engine.toml"
     path.write_text(
         ENGINE.format(
@@ -77,6 +80,7 @@ def write_engine(
             max_body=max_body,
             cm_rate=f"rate_per_second = {cm_rate}" if cm_rate else "",
             service_extra=service_extra,
+            templates=templates,
         ),
         encoding="utf-8",
     )

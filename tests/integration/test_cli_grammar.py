@@ -250,8 +250,8 @@ def test_serve_and_keys_take_engine_and_still_config(here: Path, capsys: pytest.
     engine = _engine(here / "conf" / "e.toml")
     code, out, err = _run(capsys, "keys", "create", "shop", "--config", str(engine))
     assert code == 0 and out.strip() and "--config is deprecated: use --engine" in err
-    assert _json(capsys, "keys", "list", "--engine", str(engine), "--json") == ["shop"]
-    assert _json(capsys, "keys", "--engine", str(engine), "--json", "list") == ["shop"]
+    assert [k["name"] for k in _json(capsys, "keys", "list", "--engine", str(engine), "--json")] == ["shop"]
+    assert [k["name"] for k in _json(capsys, "keys", "--engine", str(engine), "--json", "list")] == ["shop"]
     assert _run(capsys, "keys", "revoke", "nobody", "--engine", str(engine))[0] == 2
     created = _json(capsys, "keys", "create", "crm", "--engine", str(engine), "--json")
     assert isinstance(created, dict) and created["name"] == "crm" and len(created["key"]) > 20

@@ -165,7 +165,7 @@ async def test_filed_templates_arrive_as_filed_receipts_count_once_and_replies_o
         serving(engine, service_sock) as (url, svc),
         httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {key}"}) as c,
     ):
-        r = await c.post("/v1/messages", json={"messages": messages})
+        r = await c.post("/v1/messages", json={"priority": "transactional", "messages": messages})
         assert r.status_code == 202, r.text
         ids = [m["id"] for m in r.json()["messages"]]
 
@@ -245,7 +245,11 @@ async def test_receipts_that_come_before_the_answer_are_kept_until_it_does(
         httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {key}"}) as c,
     ):
         r = await c.post(
-            "/v1/messages", json={"messages": [{"to": CU[0], "template": "verify", "fields": {"code": "42"}}]}
+            "/v1/messages",
+            json={
+                "priority": "transactional",
+                "messages": [{"to": CU[0], "template": "verify", "fields": {"code": "42"}}],
+            },
         )
         assert r.status_code == 202, r.text
         mid = r.json()["messages"][0]["id"]
@@ -345,7 +349,7 @@ async def test_a_message_the_provider_would_refuse_is_a_422_and_nothing_is_sent(
             assert says in doc["errors"][0]["detail"], doc
             assert "nothing was sent" in doc["detail"]
         assert ali.stats["requests"] == 0 and ten.stats["requests"] == 0
-        r = await c.post("/v1/messages", json={"messages": [ok]})
+        r = await c.post("/v1/messages", json={"priority": "transactional", "messages": [ok]})
         assert r.status_code == 202, r.text
 
         async def sent() -> bool:

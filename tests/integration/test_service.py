@@ -70,7 +70,7 @@ async def test_auth_is_required_everywhere_but_health(
     async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url) as c:
         assert (await c.get("/healthz")).status_code == 200
         assert (await c.get("/readyz")).json()["ready"] is True
-        body = {"messages": [{"to": "13800138000", "text": "hi"}]}
+        body = {"priority": "transactional", "messages": [{"to": "13800138000", "text": "hi"}]}
         _problem(await c.post("/v1/messages", json=body), 401, "API key is required")
         _problem(
             await c.post("/v1/messages", json=body, headers={"authorization": "Bearer pgn_wrong"}),
@@ -89,17 +89,17 @@ async def test_auth_is_required_everywhere_but_health(
 
 
 HOSTILE: list[tuple[str, bytes, dict[str, str], int, str]] = [
-    ("bad json", b'{"messages": [', {}, 400, "not valid UTF-8 JSON"),
+    ("bad json", b'{"priority": "transactional", "messages": [', {}, 400, "not valid UTF-8 JSON"),
     ("not an object", b"[1, 2, 3]", {}, 422, "expected `object`"),
-    ("wrong type", b'{"messages": "all"}', {}, 422, "expected `array`"),
+    ("wrong type", b'{"priority": "transactional", "messages": "all"}', {}, 422, "expected `array`"),
     (
         "wrong field type",
-        b'{"messages": [{"to": 13800138000, "text": "x"}]}',
+        b'{"priority": "transactional", "messages": [{"to": 13800138000, "text": "x"}]}',
         {},
         422,
         "phone number as a string",
     ),
-    ("unknown key", b'{"messages": [], "prio": 1}', {}, 422, "did you mean `priority`"),
+    ("unknown key", b'{"prio": 1, "messages": []}', {}, 422, "did you mean `priority`"),
     (
         "bad priority",
         b'{"messages": [{"to": "13800138000", "text": "x"}], "priority": "urgent"}',
@@ -107,59 +107,106 @@ HOSTILE: list[tuple[str, bytes, dict[str, str], int, str]] = [
         422,
         "transactional",
     ),
-    ("empty", b'{"messages": []}', {}, 422, "at least one message"),
+    ("empty", b'{"priority": "transactional", "messages": []}', {}, 422, "length >= 1"),
+    (
+        "no priority",
+        b'{"messages": [{"to": "13800138000", "text": "x"}]}',
+        {},
+        422,
+        "priority: missing required key",
+    ),
     ("no body", b"", {}, 400, "needs a JSON body"),
-    ("bad utf-8", b'{"messages": [{"to": "13800138000", "text": "\xff\xfe"}]}', {}, 400, "JSON"),
-    ("deep nesting", b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", {}, 422, "expected `object`"),
+    (
+        "bad utf-8",
+        b'{"priority": "transactional", "messages": [{"to": "13800138000", "text": "\xff\xfe"}]}',
+        {},
+        400,
+        "JSON",
+    ),
+    (
+        "deep nesting",
+        b'{"priority": "transactional", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        {},
+        422,
+        "expected `object`",
+    ),
     (
         "huge array",
-        json.dumps({"messages": [{"to": "13800138000", "text": "x"}] * 101}).encode(),
+        json.dumps(
+            {"priority": "transactional", "messages": [{"to": "13800138000", "text": "x"}] * 101}
+        ).encode(),
         {},
         413,
         "at most 100",
     ),
     (
         "oversized",
-        b'{"messages": [{"to": "13800138000", "text": "' + b"x" * 70_000 + b'"}]}',
+        b'{"priority": "transactional", "messages": [{"to": "13800138000", "text": "'
+        + b"x" * 70_000
+        + b'"}]}',
         {},
         413,
         "max_body_bytes",
     ),
-    ("bad phone", b'{"messages": [{"to": "12345", "text": "x"}]}', {}, 422, "invalid_number"),
-    ("landline", b'{"messages": [{"to": "01012345678", "text": "x"}]}', {}, 422, "cannot be sent"),
+    (
+        "bad phone",
+        b'{"priority": "transactional", "messages": [{"to": "12345", "text": "x"}]}',
+        {},
+        422,
+        "invalid_number",
+    ),
+    (
+        "landline",
+        b'{"priority": "transactional", "messages": [{"to": "01012345678", "text": "x"}]}',
+        {},
+        422,
+        "cannot be sent",
+    ),
     (
         "unknown template",
-        b'{"messages": [{"to": "13800138000", "template": "order_shiped"}]}',
+        b'{"priority": "transactional", "messages": [{"to": "13800138000", "template": "order_shiped"}]}',
         {},
         422,
         "did you mean 'order_shipped'",
     ),
     (
         "unknown field",
-        b'{"messages": [{"to": "13800138000", "template": "code", "fields": {"cod": "1"}}]}',
+        b'{"priority": "transactional", "messages": [{"to": "13800138000", "template": "code", "fields": {"cod": "1"}}]}',
         {},
         422,
         "has no field 'cod'",
     ),
     (
         "missing field",
-        b'{"messages": [{"to": "13800138000", "template": "code"}]}',
+        b'{"priority": "transactional", "messages": [{"to": "13800138000", "template": "code"}]}',
         {},
         422,
         "needs this field",
     ),
-    ("both", b'{"messages": [{"to": "13800138000", "template": "code", "text": "x"}]}', {}, 422, "either"),
+    (
+        "both",
+        b'{"priority": "transactional", "messages": [{"to": "13800138000", "template": "code", "text": "x"}]}',
+        {},
+        422,
+        "either",
+    ),
     (
         "field not str",
-        b'{"messages": [{"to": "13800138000", "template": "code", "fields": {"code": 1}}]}',
+        b'{"priority": "transactional", "messages": [{"to": "13800138000", "template": "code", "fields": {"code": 1}}]}',
         {},
         422,
         "expected `str`",
     ),
-    ("content type", b'{"messages": []}', {"content-type": "text/plain"}, 415, "application/json"),
+    (
+        "content type",
+        b'{"priority": "transactional", "messages": []}',
+        {"content-type": "text/plain"},
+        415,
+        "application/json",
+    ),
     (
         "idempotency key",
-        b'{"messages": [{"to": "13800138000", "text": "x"}]}',
+        b'{"priority": "transactional", "messages": [{"to": "13800138000", "text": "x"}]}',
         {"idempotency-key": "k" * 300},
         422,
         "1-255",
@@ -185,15 +232,23 @@ async def test_malformed_oversized_and_hostile_payloads_get_a_clear_4xx(
                 yield b"x" * 1000
 
         _problem(await c.post("/v1/messages", content=chunks()), 413, "max_body_bytes")
-        one = (await c.post("/v1/messages", content=b'{"messages":[{"to":"1380013800","text":"x"}]}')).json()
+        one = (
+            await c.post(
+                "/v1/messages",
+                content=b'{"priority":"transactional","messages":[{"to":"1380013800","text":"x"}]}',
+            )
+        ).json()
         assert one["errors"] == [{"index": 0, "field": "to", "detail": one["errors"][0]["detail"]}]
         # One bad message refuses the whole request: nothing half-sent.
-        mixed = {"messages": [{"to": "13800138000", "text": "ok"}, {"to": "1", "text": "no"}]}
+        mixed = {
+            "priority": "transactional",
+            "messages": [{"to": "13800138000", "text": "ok"}, {"to": "1", "text": "no"}],
+        }
         _problem(await c.post("/v1/messages", json=mixed), 422, "1 of 2")
         _problem(await c.get("/v1/nothing"), 404, "see /openapi.json")
         _problem(await c.delete("/v1/messages"), 405, "DELETE")
         _problem(await c.get("/v1/messages/" + "x" * 5000), 404)
-        _problem(await c.post("/v1/webhooks/nogw/reports", content=b"{}"), 404, "no gateway")
+        _problem(await c.post("/v1/webhooks/nogw/reports", content=b"{}"), 404, "no such gateway")
         assert (await c.get("/healthz")).status_code == 200  # still up after all of it
     assert simulator.summary()["stats"].get("accepted", 0) == 0
 
@@ -204,10 +259,11 @@ async def test_messages_are_sent_once_and_delivery_reports_settle_them(
     engine, key = write_engine(tmp_path, simulator.port)
     auth = {"authorization": f"Bearer {key}"}
     body = {
+        "priority": "transactional",
         "messages": [
             {"to": "13800138000", "template": "order_shipped", "fields": {"order": "A17", "tracking": "SF9"}},
             {"to": "+86 139-0013-9000", "text": "您的验证码是 4321"},
-        ]
+        ],
     }
     async with serving(engine) as (url, svc), httpx.AsyncClient(base_url=url, headers=auth) as c:
         r = await c.post("/v1/messages", json=body, headers={"idempotency-key": "order-A17"})
@@ -262,7 +318,7 @@ async def test_messages_are_sent_once_and_delivery_reports_settle_them(
         )
         bad = b'{"reports": [{"status": "delivered"}]}'
         _problem(
-            await c.post("/v1/webhooks/sim/reports", content=bad, headers=_signed(bad)), 400, "provider_id"
+            await c.post("/v1/webhooks/sim/reports", content=bad, headers=_signed(bad)), 422, "provider_id"
         )
         r = await c.post("/v1/webhooks/sim/reports", content=raw, headers=_signed(raw))
         assert r.status_code == 200, r.text
@@ -285,7 +341,10 @@ async def test_an_idempotency_key_outlives_a_restart_of_the_service(
 ) -> None:
     engine, key = write_engine(tmp_path, simulator.port)
     auth = {"authorization": f"Bearer {key}", "idempotency-key": "order-B52"}
-    body = {"messages": [{"to": "13800138000", "template": "code", "fields": {"code": "4321"}}]}
+    body = {
+        "priority": "transactional",
+        "messages": [{"to": "13800138000", "template": "code", "fields": {"code": "4321"}}],
+    }
     async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
         first = await c.post("/v1/messages", json=body)
         assert first.status_code == 202, first.text
@@ -299,7 +358,7 @@ async def test_an_idempotency_key_outlives_a_restart_of_the_service(
     async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
         again = await c.post("/v1/messages", json=body)
         assert again.status_code == 202 and again.json() == first.json()  # the same ids, not sent again
-        other = {"messages": [{"to": "13800138000", "text": "另一条"}]}
+        other = {"priority": "transactional", "messages": [{"to": "13800138000", "text": "另一条"}]}
         _problem(await c.post("/v1/messages", json=other), 422, "different body")
     assert [m for _, m, *_ in simulator.log] == [mid]
 
@@ -332,7 +391,10 @@ async def test_an_opt_out_reply_suppresses_marketing_at_once(
         assert states[1][0] in ("queued", "deferred")  # quiet hours depend on the time of day
         # A transactional message (an order notice) still goes to the opted-out number.
         tx = (
-            await c.post("/v1/messages", json={"messages": [{"to": "13800138000", "text": "订单已发货"}]})
+            await c.post(
+                "/v1/messages",
+                json={"priority": "transactional", "messages": [{"to": "13800138000", "text": "订单已发货"}]},
+            )
         ).json()
         assert tx["messages"][0]["state"] == "queued"
     store = SqliteStore(tmp_path / "pigeon.db")
@@ -359,7 +421,11 @@ async def test_a_blast_and_transactional_traffic_together(
         ids: list[str] = []
         for i in range(20):
             r = await c.post(
-                "/v1/messages", json={"messages": [{"to": f"1390013{i:04d}", "text": f"验证码{i}"}]}
+                "/v1/messages",
+                json={
+                    "priority": "transactional",
+                    "messages": [{"to": f"1390013{i:04d}", "text": f"验证码{i}"}],
+                },
             )
             assert r.status_code == 202, r.text
             ids += [m["id"] for m in r.json()["messages"]]
@@ -402,6 +468,7 @@ async def test_campaigns_pause_resume_and_cancel(
         view = await _until(over, "the cancel drained", 60)
         assert view["state"] == "cancelled", view["error"]
         assert view["rows"] < 20_000  # it stopped reading
+        assert view["fraction_read"] is None  # not "all read" (it stopped; rows says how far)
         assert sum(view["states"].values()) == view["rows"]  # every row read is accounted for
         _problem(await c.post("/v1/campaigns/big/resume"), 409, "already cancelled")
     assert len(simulator.log) == view["states"].get("sent", 0)
@@ -504,7 +571,10 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path, simulator: Simulator) -> 
         with httpx.Client(
             base_url=f"http://127.0.0.1:{port}", headers={"authorization": f"Bearer {key}"}
         ) as c:
-            r = c.post("/v1/messages", json={"messages": [{"to": "13800138000", "text": "发货了"}]})
+            r = c.post(
+                "/v1/messages",
+                json={"priority": "transactional", "messages": [{"to": "13800138000", "text": "发货了"}]},
+            )
             assert r.status_code == 202
         proc.send_signal(signal.SIGTERM)
         rest = proc.stderr.read()
@@ -548,7 +618,10 @@ async def test_delivery_reports_and_opt_out_replies_arrive_from_the_simulator(
         engine, key = write_engine(tmp_path, sim.port, max_batch=10)
         auth = {"authorization": f"Bearer {key}"}
         async with serving(engine, sock) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
-            body = {"messages": [{"to": to, "text": "您的订单已发货"} for to in numbers]}
+            body = {
+                "priority": "transactional",
+                "messages": [{"to": to, "text": "您的订单已发货"} for to in numbers],
+            }
             r = await c.post("/v1/messages", json=body)
             assert r.status_code == 202, r.text
             ids = [m["id"] for m in r.json()["messages"]]

@@ -61,14 +61,8 @@ async def test_a_blast_runs_in_a_worker_whose_metrics_the_service_serves(
     async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
         assert (await c.post("/v1/campaigns", json={"file": "spring.toml"})).status_code == 202
 
-        async def worker_url() -> str:
-            view: dict[str, Any] = (await c.get("/v1/campaigns/spring")).json()
-            return str(view["metrics_url"])
-
-        own = await _until(worker_url, "the worker's metrics URL")
-        assert own.startswith("http://127.0.0.1:") and not own.startswith(url)
-        async with httpx.AsyncClient() as direct:  # the worker's own registry, on its own port
-            assert "pigeon_gateway_in_flight_limit" in (await direct.get(own)).text
+        view = (await c.get("/v1/campaigns/spring")).json()
+        assert "metrics_url" not in view  # the worker serves nothing: no series without a key
 
         async def merged_while_running() -> bool:
             text = (await c.get("/metrics")).text
@@ -85,7 +79,6 @@ async def test_a_blast_runs_in_a_worker_whose_metrics_the_service_serves(
 
         view = await _until(finished, "the blast finished")
         assert view["state"] == "finished" and view["states"] == {"sent": rows}
-        assert view["metrics_url"] == ""  # the worker is gone
         served = (await c.get("/metrics")).text
         assert _accepted(served) == rows  # the worker's last counts, kept by the service
         assert served.count("# TYPE pigeon_messages_total counter") == 1
@@ -126,3 +119,109 @@ async def test_an_opt_out_reply_reaches_the_running_blast(
         assert view["reasons"]["suppressed"] == {"opted_out": 1}
     sent_to = [to for _, _, to, *_ in simulator.log]
     assert len(sent_to) == rows - 1 and not any(to.endswith(last) for to in sent_to)
+
+
+def test_a_worker_whose_service_is_killed_drains_by_itself_and_the_campaign_resumes_exactly(
+    tmp_path: Path, simulator: Simulator
+) -> None:
+    """SIGKILL the service mid-blast: the worker sees its pipe close, stops reading, settles what it
+    had in flight (nothing left ``submitting`` to end ``unknown`` on resume), logs only JSON lines
+    and gives the campaign back; a new service resumes it and every recipient gets one message."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from engine.state.ledger.store import Ledger
+
+    rows = 6000
+    engine, key = write_engine(tmp_path, simulator.port, cm_rate=1000, max_batch=50)
+    write_campaign(tmp_path, rows, "spring")
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PIGEON_TEST_WEBHOOK_SECRET": SECRET}
+
+    def start(n: int) -> tuple[subprocess.Popen[bytes], str]:
+        with log.open("a") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "engine", "serve", "--engine", str(engine), "--port", "0"],
+                stderr=stderr,
+                env=env,
+                cwd=tmp_path,
+            )
+        return proc, f"http://127.0.0.1:{_event(log, 'service.listening', n, proc)['port']}"
+
+    auth = {"authorization": f"Bearer {key}"}
+    proc, url = start(1)
+    try:
+        with httpx.Client(base_url=url, headers=auth) as c:
+            assert c.post("/v1/campaigns", json={"file": "spring.toml"}).status_code == 202
+            deadline = time.monotonic() + 60
+            while c.get("/v1/campaigns/spring").json()["rows"] < 1000:  # mid-blast
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        worker = int(_event(log, "campaign.worker", 1)["pid"])
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 60
+        while _alive(worker):  # the orphan drains, then ends by itself
+            assert time.monotonic() < deadline, "the orphaned worker did not end"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = log.read_text(encoding="utf-8").splitlines()
+    events = [json.loads(line)["event"] for line in lines if json.loads(line).get("event")]  # all JSON
+    assert "campaign.orphaned" in events
+    ledger = Ledger(tmp_path / "pigeon.db")
+    try:
+        states = ledger.counts("spring").states
+    finally:
+        ledger.close()
+    assert set(states) <= {"submitted", "pending"}, states  # nothing in flight, nothing unknown
+    sent_before = len(simulator.log)
+    assert sent_before == states["submitted"] and 1000 <= sent_before < rows
+
+    proc, url = start(2)  # a new service resumes the campaign the worker gave back
+    try:
+        with httpx.Client(base_url=url, headers=auth) as c:
+            r = c.post("/v1/campaigns", json={"file": "spring.toml"})
+            assert r.status_code == 202, r.text
+            deadline = time.monotonic() + 60
+            while not (view := c.get("/v1/campaigns/spring").json())["done"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert view["state"] == "finished", view
+    sent = [mid for _, mid, *_ in simulator.log]
+    assert len(sent) == len(set(sent)) == rows  # every recipient once: none lost, none twice
+    ledger = Ledger(tmp_path / "pigeon.db")
+    try:
+        assert ledger.counts("spring").states == {"submitted": rows}
+    finally:
+        ledger.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _event(log: Path, name: str, count: int, proc: Any = None) -> dict[str, Any]:
+    """The ``count``-th log line of event ``name`` in the service's log file (bounded wait)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
+        found = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines() if f'"{name}"' in x]
+        if len(found) >= count:
+            return found[count - 1]
+        time.sleep(0.02)  # (another process's log file: nothing to wait on but the file)
+    raise AssertionError(f"no {name} in {log.read_text(encoding='utf-8')}")

@@ -70,7 +70,11 @@ async def test_receipts_and_an_opt_out_reply_arrive_over_the_bind(
         httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {key}"}) as c,
     ):
         r = await c.post(
-            "/v1/messages", json={"messages": [{"to": n, "text": "您的验证码是 4321"} for n in numbers]}
+            "/v1/messages",
+            json={
+                "priority": "transactional",
+                "messages": [{"to": n, "text": "您的验证码是 4321"} for n in numbers],
+            },
         )
         assert r.status_code == 202, r.text
         ids = [m["id"] for m in r.json()["messages"]]

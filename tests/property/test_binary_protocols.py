@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from hypothesis import given, settings, strategies as st
+import pytest
+from hypothesis import assume, given, settings, strategies as st
 
 from engine.core.messages import DeliveryStatus
 from engine.core.sms import GSM7_BASIC, GSM7_EXTENSION, count_parts
@@ -99,6 +100,35 @@ _any_text = st.text(
 
 
 @settings(max_examples=150)
+def _full_part_ending_in_cr(payload: bytes, udhi: bool) -> bool:
+    udh_len = payload[0] + 1 if udhi else 0
+    fill = (7 - (udh_len * 8) % 7) % 7 if udh_len else 0
+    bits = (len(payload) - udh_len) * 8 - fill
+    septets = unpack_septets(payload[udh_len:], bits // 7, fill)
+    return len(payload) == 140 and bits % 7 == 0 and septets.endswith(b"\r")
+
+
+@pytest.mark.parametrize(
+    ("text", "concat"),
+    [
+        ("0000000@", "udh8"),  # 8 septets fill 7 octets: the '@' (septet 0) is a character, not padding
+        ("1234567", "udh8"),  # 7 septets and 7 spare bits: padded with CR, read back without it
+        ("0000000\r", "sar"),  # a wanted last CR on an octet boundary: doubled, read back once
+        ("@" * 15, "udh8"),
+        ("x" * 152 + "@" + "y" * 3, "udh8"),  # an '@' ending a full part of a long message
+    ],
+)
+def test_packed_gsm7_keeps_a_trailing_at_and_pads_with_cr(text: str, concat: str) -> None:
+    seg = Segmenter("packed", concat, seed=1).segments(text)  # type: ignore[arg-type]
+    got = "".join(decode_payload(p, "gsm7", udhi=seg.udhi, packed=True)[1] for p in seg.payloads)
+    assert got == text
+
+
+def test_seven_spare_bits_are_a_cr() -> None:
+    packed = pack_septets(encode_gsm7("1234567"))
+    assert len(packed) == 7 and packed[-1] >> 1 == 0x0D
+
+
 @given(
     _any_text,
     st.sampled_from(["unpacked", "packed", "never"]),
@@ -107,6 +137,9 @@ _any_text = st.text(
 def test_long_messages_split_encode_and_join_back(text: str, gsm7: str, concat: str) -> None:
     seg = Segmenter(gsm7, concat, seed=1).segments(text)  # type: ignore[arg-type]
     packed = gsm7 == "packed" and seg.coding == "gsm7"
+    # 23.038 §6.1.2.3.1: a full packed part whose last septet is CR ends on an octet boundary with
+    # no room to double it, and every receiver reads that CR as padding (tested apart below).
+    assume(not (packed and any(_full_part_ending_in_cr(p, seg.udhi) for p in seg.payloads)))
     if concat == "udh8" and gsm7 != "never":
         assert len(seg.payloads) == count_parts(text)  # the parts the engine bills
     texts = []

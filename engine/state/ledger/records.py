@@ -202,6 +202,10 @@ class MessageRecord(msgspec.Struct, kw_only=True):
     delivery_code: str = ""
     delivered_at: float = 0.0
     """``done_at`` of the delivery report."""
+    carrier: str = ""
+    """The carrier it was routed to (once handed over)."""
+    parts: int = 0
+    """Billed parts (once handed over)."""
 
 
 class CampaignCounts(msgspec.Struct, kw_only=True):

@@ -65,7 +65,11 @@ class LedgerFile(Protocol):
     def _derive(self, campaign_id: str) -> _Derived: ...
 
     def apply_reports(
-        self, reports: Sequence[DeliveryReport], unmatched: list[DeliveryReport] | None = None
+        self,
+        reports: Sequence[DeliveryReport],
+        unmatched: list[DeliveryReport] | None = None,
+        *,
+        latencies: dict[int, float] | None = None,
     ) -> int:
         """Record delivery reports; how many matched a message."""
         ...

@@ -17,6 +17,7 @@ from engine.core.messages import (
     DeliveryReport,
     DeliveryStatus,
 )
+from engine.core.timestamps import epoch_seconds
 from engine.state.ledger.encoding import (
     _INDEX_CHUNK,
     _REPORT_STATE,
@@ -342,6 +343,7 @@ class Ledger:
                     for r, p in zip(rows.tolist(), _dec_strs.decode(pids_b), strict=True):
                         if p:
                             d.provider[r] = p
+        now = time.time()
         for row, status, code, done_at, latency in self.db.execute(
             "SELECT row, status, code, done_at, latency FROM ledger_reports WHERE campaign = ? "
             "ORDER BY received_at",
@@ -349,6 +351,11 @@ class Ledger:
         ):
             if row >= size:
                 continue
+            seconds = epoch_seconds(done_at, now)  # a row stored before timestamps were checked
+            if seconds != done_at:
+                # the same hand-over time, "done" in seconds
+                latency = seconds - (done_at - latency) if latency >= 0 and done_at > 0 and seconds else -1.0
+                done_at = seconds or 0.0
             new = _REPORT_STATE.get(DeliveryStatus(status))
             d.dlr_code[row] = (status, code, done_at)
             if new is not None:
@@ -437,6 +444,8 @@ class Ledger:
             delivery_status=status,
             delivery_code=dcode,
             delivered_at=done_at,
+            carrier=d.carriers[int(d.carrier[row])],
+            parts=int(d.parts[row]),
         )
 
     def _locate(self, message_id: str) -> tuple[str, int] | None:
@@ -473,12 +482,18 @@ class Ledger:
     # -- delivery reports ------------------------------------------------------------------
 
     def apply_reports(
-        self, reports: Sequence[DeliveryReport], unmatched: list[DeliveryReport] | None = None
+        self,
+        reports: Sequence[DeliveryReport],
+        unmatched: list[DeliveryReport] | None = None,
+        *,
+        latencies: dict[int, float] | None = None,
     ) -> int:
         """Record delivery reports (matched by provider id, else by Pigeon's message id), in one
         transaction; returns how many matched a message of some campaign. Unmatched ones are
         ignored (another system's messages, a campaign archived since, or a message whose submit
-        answer is not recorded yet) — and appended to ``unmatched`` when it is given."""
+        answer is not recorded yet) — and appended to ``unmatched`` when it is given.
+        ``latencies``, if given, gets report index → seconds from the gateway's answer to the
+        report, where known."""
         now = time.time()
         rows: list[tuple[str, int, str, str, float, float, str, float]] = []
         find = self.db.execute
@@ -509,10 +524,12 @@ class Ledger:
             hits.sort(key=lambda h: h[0])  # in the order they came (a row's later report wins)
         if unmatched is not None:
             unmatched += [r for _, r in missed]
-        for _, r, (campaign_id, row, ts) in hits:
-            done = r.done_at or now
-            latency = done - ts if ts > 0 else -1.0
-            rows.append((campaign_id, row, r.status.value, r.code, r.done_at, now, r.provider_id, latency))
+        for i, r, (campaign_id, row, ts) in hits:
+            done_at = epoch_seconds(r.done_at, now) or 0.0  # (the service checked it; a caller may not)
+            latency = (done_at or now) - ts if ts > 0 else -1.0
+            rows.append((campaign_id, row, r.status.value, r.code, done_at, now, r.provider_id, latency))
+            if latencies is not None and latency >= 0:
+                latencies[i] = latency
         if rows:
             with _tx(self.db):
                 self.db.executemany("INSERT INTO ledger_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
