@@ -24,7 +24,8 @@ PINNED = {
     "ResolverRegistry", "RunHalt", "SegmentReader", "SegmentSource", "SourceBatch", "SourceContext",
     "SourceError", "SourceRegistry", "SubmitResult", "WebhookError", "WebhookParser", "WebhookParserRegistry",
     "about_to_write", "hookimpl", "mask", "Journal", "ProviderStatus", "SettleQuery", "Settled", "Settling",
-    "request_key",
+    "request_key", "BudgetKey", "BudgetSpec", "CampaignBusy", "Claim", "Coordinator", "CoordinatorContext",
+    "CoordinatorRegistry", "LeaseGrant", "LeaseHolder", "LeaseLost",
 }  # fmt: skip
 
 
