@@ -37,6 +37,7 @@ from engine.coordination.contract import (
     Claim,
     Coordinator,
     CoordinatorContext,
+    CoordinatorUnavailable,
     LeaseGrant,
     LeaseLost,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "Coordinator",
     "CoordinatorContext",
     "CoordinatorRegistry",
+    "CoordinatorUnavailable",
     "DeliveryReport",
     "DeliveryStatus",
     "EngineError",

@@ -15,6 +15,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
+from engine.core.errors import EngineError
 from engine.state.ledger.records import LeaseLost
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Claim",
     "Coordinator",
     "CoordinatorContext",
+    "CoordinatorUnavailable",
     "LeaseGrant",
     "LeaseLost",  # the ledger's: the run halts, it hands nothing more over
     "worker_id",
@@ -32,6 +34,11 @@ __all__ = [
 def worker_id() -> str:
     """A name for this process that no other worker shares: ``host:pid:random``."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class CoordinatorUnavailable(EngineError):
+    """The shared store did not answer (down, failing over, timed out). Nothing that needed its
+    answer may go: a request without a claim or a booked budget waits, it is never sent blind."""
 
 
 class LeaseGrant(msgspec.Struct, kw_only=True, frozen=True):
@@ -90,6 +97,13 @@ class BudgetSpec:
             )
         if self.window <= 0 or self.margin < 0:
             raise ValueError("window must be positive and margin not negative")
+
+    def check(self, parts: int) -> None:
+        """ValueError unless a request of ``parts`` fits one burst (a larger one could never go)."""
+        if not 1 <= parts <= self.burst:
+            raise ValueError(
+                f"a request of {parts} parts does not fit the budget's burst ({self.burst}): split it"
+            )
 
     @property
     def interval(self) -> float:

@@ -35,14 +35,6 @@ _FENCES: Final = (
 )
 
 
-def check_parts(spec: BudgetSpec, parts: int) -> None:
-    """A request must fit one burst: larger ones could never go."""
-    if not 1 <= parts <= spec.burst:
-        raise ValueError(
-            f"a request of {parts} parts does not fit the budget's burst of {spec.burst}: split it"
-        )
-
-
 class EmbeddedCoordinator:
     """One host's coordinator (see the module docstring)."""
 
@@ -112,7 +104,7 @@ class EmbeddedCoordinator:
 
     async def charge(self, key: BudgetKey, spec: BudgetSpec, parts: int) -> float:
         """Book ``parts`` on this process's limiter for ``key``, or say how long to wait."""
-        check_parts(spec, parts)
+        spec.check(parts)
         held = self._limiters.get(key)
         if held is None or held[0] != spec:
             held = (spec, SlidingWindowLimiter(spec.rate, spec.window, spec.margin))

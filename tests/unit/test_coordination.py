@@ -153,3 +153,25 @@ def test_a_plugin_registers_a_coordinator_through_the_hook(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="known: embedded, mine"):
         open_coordinator(host.coordinators, "zk", None, ctx)
     assert isinstance(open_coordinator(host.coordinators, ctx=ctx), EmbeddedCoordinator)
+
+
+def test_the_built_in_redis_coordinator_is_registered_through_the_entry_point() -> None:
+    host = PluginHost()
+    registration = host.coordinators.get("redis")
+    assert registration.plugin == "store_redis"
+    from plugins.store_redis.config import RedisConfig
+
+    assert registration.config_type is RedisConfig
+    assert msgspec.convert({"url": "redis://10.0.0.5:6379/2"}, RedisConfig).prefix == "pigeon"
+
+
+def test_redis_keys_keep_one_hash_tag_per_campaign_and_budget(tmp_path: Path) -> None:
+    pytest.importorskip("redis")
+    from plugins.store_redis.config import RedisConfig
+    from plugins.store_redis.coordinator import RedisCoordinator
+
+    c = RedisCoordinator(RedisConfig(prefix="p"), CoordinatorContext())
+    assert c.lease_key("a{b}") == "p:lease:{a%7Bb%7D}"
+    assert c.fence_key("a{b}") == "p:fence:{a%7Bb%7D}"
+    assert c.claims_key("a{b}") == "p:claims:{a%7Bb%7D}"
+    assert c.budget_key(KEY) == "p:budget:{gw:cm:bulk}"
