@@ -1,0 +1,235 @@
+"""The ``redis`` coordinator against the real Redis on loopback: lease and fence, claims raced by 4
+OS processes, one GCRA budget shared by 4 processes measured at a receiver.
+
+asyncio backend only: redis-py's client is asyncio-only (docs/scale-out.md says how trio users run
+it). ``PIGEON_TEST_REDIS_URL`` picks the server (default DB 11 on 127.0.0.1:6379); every test uses a
+key prefix of its own and deletes its keys. .ci/run starts a Redis where none answers and sets
+``PIGEON_REQUIRE_REDIS``: there a missing server fails these tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import secrets
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+pytest.importorskip("redis")
+
+import redis
+
+from engine.coordination.contract import (
+    BudgetKey,
+    BudgetSpec,
+    Claim,
+    CoordinatorContext,
+    CoordinatorUnavailable,
+)
+from engine.state.ledger.lease import CampaignBusy
+from engine.state.ledger.records import LeaseLost
+from plugins.store_redis.config import RedisConfig
+from plugins.store_redis.coordinator import RedisCoordinator
+from tests.integration import redis_workers
+
+URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+
+pytestmark = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> str:
+    """The test Redis; skipped (failed under PIGEON_REQUIRE_REDIS) when none answers."""
+    try:
+        redis.Redis.from_url(URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        hint = f"no Redis answers at {URL} ({exc}): apt-get install redis-server, or run .ci/run"
+        if os.environ.get("PIGEON_REQUIRE_REDIS"):
+            pytest.fail(hint)
+        pytest.skip(hint)
+    return URL
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Any:
+    """A key prefix for one test; its keys are deleted after it."""
+    p = f"pigeon-test-{secrets.token_hex(4)}"
+    yield p
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{p}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+async def make(redis_url: str, prefix: str) -> AsyncIterator[Callable[..., RedisCoordinator]]:
+    made: list[RedisCoordinator] = []
+
+    def factory(**options: Any) -> RedisCoordinator:
+        c = RedisCoordinator(RedisConfig(url=redis_url, prefix=prefix, **options), CoordinatorContext())
+        made.append(c)
+        return c
+
+    yield factory
+    for c in made:
+        await c.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_lease_excludes_a_second_owner(make: Callable[..., RedisCoordinator]) -> None:
+    a, b = make(), make()
+    grant = await a.take_lease("spring{sale}", "pigeon worker", 30.0)
+    with pytest.raises(CampaignBusy, match=rf"pigeon worker \(pid {os.getpid()} on host"):
+        await b.take_lease("spring{sale}", "pigeon worker", 30.0)
+    await a.renew_lease(grant)
+    assert await b.holds(grant)
+    assert await a.release_lease(grant)
+    again = await b.take_lease("spring{sale}", "pigeon worker", 30.0)
+    assert again.fence == grant.fence + 1
+    assert not await a.release_lease(grant)  # an old grant releases nothing
+    assert await a.holds(again)
+
+
+@pytest.mark.anyio
+async def test_an_expired_lease_is_taken_over_and_the_old_owner_is_fenced(
+    make: Callable[..., RedisCoordinator],
+) -> None:
+    a, b = make(), make()
+    old = await a.take_lease("c", "w1", 0.2)
+    time.sleep(0.3)  # no renewal: Redis expires the lease on its own clock  # noqa: ASYNC251
+    new = await b.take_lease("c", "w2", 30.0)
+    assert new.fence == old.fence + 1
+    with pytest.raises(LeaseLost):
+        await a.renew_lease(old)
+    assert not await a.holds(old)
+    assert not await a.release_lease(old)
+    assert await b.holds(new)
+
+
+@pytest.mark.anyio
+async def test_claims_are_per_worker_and_given_back_only_by_their_owner(
+    make: Callable[..., RedisCoordinator],
+) -> None:
+    a, b = make(), make()
+    assert await a.claim("c", ["8613800000001", "8613800000002"]) == [Claim.NEW, Claim.NEW]
+    assert await b.claim("c", ["8613800000002", "8613800000003"]) == [Claim.TAKEN, Claim.NEW]
+    assert await a.claim("c", ["8613800000001"]) == [Claim.MINE]
+    assert await b.release_claims("c", ["8613800000001", "8613800000003"]) == 1  # only its own
+    assert await a.claim("c", ["8613800000003"]) == [Claim.NEW]
+    assert await b.claim("other", ["8613800000001"]) == [Claim.NEW]  # per campaign
+    ttl = await a.client.pttl(a.claims_key("c"))
+    assert 0 < ttl <= 14 * 86400 * 1000
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_redis_is_coordinator_unavailable_and_books_nothing() -> None:
+    c = RedisCoordinator(RedisConfig(url="redis://127.0.0.1:1/0", timeout=0.5), CoordinatorContext())
+    with pytest.raises(CoordinatorUnavailable, match="could not claim recipients"):
+        await c.claim("c", ["8613800000001"])
+    with pytest.raises(CoordinatorUnavailable, match="could not charge a budget"):
+        await c.charge(BudgetKey("g", "cm", "bulk"), BudgetSpec(rate=10, burst=1), 1)
+    await c.aclose()
+
+
+def _spawn(target: Callable[..., None], argsets: list[tuple[Any, ...]]) -> list[Any]:
+    """Start one process per args, let them go together, return what each put."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*a, ready, go, out)) for a in argsets]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=60)
+    go.set()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    return results
+
+
+def test_four_processes_racing_over_overlapping_recipients_claim_each_exactly_once(
+    anyio_backend: str, redis_url: str, prefix: str
+) -> None:
+    universe = [f"86138{n:08d}" for n in range(20_000)]
+    rng = random.Random(17)
+    asked = []
+    for _ in range(4):
+        mine = rng.sample(universe, 12_000)  # each recipient is asked for by 2.4 workers on average
+        asked.append(mine)
+    results = _spawn(redis_workers.claim_worker, [(redis_url, prefix, "blast", mine, 200) for mine in asked])
+    wanted = set().union(*map(set, asked))
+    won = [r for _, new, _, _ in results for r in new]
+    assert len(won) == len(set(won)), "a recipient was claimed by two workers"
+    assert set(won) == wanted, "a recipient asked for was claimed by no worker"
+    assert sum(t for *_, t, _ in results) == sum(map(len, asked)) - len(wanted)  # every other ask: TAKEN
+    assert all(m == 0 for *_, m in results)
+    owners = redis.Redis.from_url(redis_url).hgetall(f"{prefix}:claims:{{blast}}")
+    by_worker = {r: w for w, new, _, _ in results for r in new}
+    assert {k.decode(): v.decode() for k, v in owners.items()} == by_worker
+
+
+def _receiver() -> tuple[socket.socket, list[tuple[float, int]], threading.Thread]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    log: list[tuple[float, int]] = []
+
+    def run() -> None:
+        while True:
+            data = sock.recv(64)
+            if data == b"stop":
+                return
+            log.append((time.monotonic(), int(data)))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return sock, log, thread
+
+
+def _busiest_window(log: list[tuple[float, int]], window: float) -> int:
+    """The most parts that arrived in any ``window`` seconds (every window starting at an arrival)."""
+    best = total = 0
+    j = 0
+    for i in range(len(log)):
+        while j < len(log) and log[j][0] < log[i][0] + window:
+            total += log[j][1]
+            j += 1
+        best = max(best, total)
+        total -= log[i][1]
+    return best
+
+
+def test_one_budget_shared_by_four_processes_holds_the_rate_in_every_second_at_the_receiver(
+    anyio_backend: str, redis_url: str, prefix: str
+) -> None:
+    rate, burst, margin, seconds = 200.0, 8, 0.05, 3.0
+    sock, log, thread = _receiver()
+    port = sock.getsockname()[1]
+    results = _spawn(
+        redis_workers.gcra_worker,
+        [(redis_url, prefix, port, rate, burst, margin, seconds, seed) for seed in range(4)],
+    )
+    time.sleep(0.2)  # the last datagrams
+    sock.sendto(b"stop", ("127.0.0.1", port))
+    thread.join(5)
+    sock.close()
+    parts = sum(p for _, p, _ in results)
+    assert sum(n for _, n in log) == parts, "datagrams were lost: the receiver's log is incomplete"
+    assert all(sent > 0 for sent, _, _ in results), "a worker never got budget"
+    busiest = _busiest_window(log, 1.0)
+    assert busiest <= rate, f"{busiest} parts arrived within one second (budget {rate:g}/s)"
+    span = log[-1][0] - log[0][0]
+    steady = (rate - burst) / (1 + margin)
+    assert parts >= 0.7 * steady * span, f"{parts} parts in {span:.2f} s: the budget starves its users"
+    print(
+        f"\n4 processes, {seconds:g} s: {parts} parts ({parts / span:.1f}/s, steady {steady:.1f}/s); "
+        f"busiest 1 s window {busiest} of {rate:g}; waits {sum(w for *_, w in results)}"
+    )
