@@ -175,3 +175,13 @@ def test_redis_keys_keep_one_hash_tag_per_campaign_and_budget(tmp_path: Path) ->
     assert c.fence_key("a{b}") == "p:fence:{a%7Bb%7D}"
     assert c.claims_key("a{b}") == "p:claims:{a%7Bb%7D}"
     assert c.budget_key(KEY) == "p:budget:{gw:cm:bulk}"
+
+
+def test_pigeon_plugins_lists_the_coordinators(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from engine.cli.main import main
+
+    assert main(["plugins", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["coordinators"]
+    assert listed["redis"]["plugin"] == "store_redis"
