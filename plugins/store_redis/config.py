@@ -14,6 +14,9 @@ class RedisConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
     url: str = "redis://127.0.0.1:6379/0"
     """Where Redis 7 (or Valkey) listens: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS."""
+    cluster: bool = False
+    """``url`` names one node of a Redis Cluster: the client follows the slots (every script's keys
+    share one hash tag, so each runs on one node)."""
     prefix: str = "pigeon"
     """Every key starts ``<prefix>:``: several deployments can share one Redis."""
     claim_ttl: Annotated[float, msgspec.Meta(gt=0)] = 14 * 86400.0

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from pigeon import (
@@ -70,9 +71,15 @@ class RedisCoordinator:
         self.config = config
         self.worker = ctx.worker
         self.prefix = config.prefix
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
-            config.url, socket_timeout=config.timeout, socket_connect_timeout=config.timeout
-        )
+        self.client: aioredis.Redis | RedisCluster
+        if config.cluster:
+            self.client = RedisCluster.from_url(
+                config.url, socket_timeout=config.timeout, socket_connect_timeout=config.timeout
+            )
+        else:
+            self.client = aioredis.Redis.from_url(
+                config.url, socket_timeout=config.timeout, socket_connect_timeout=config.timeout
+            )
         reg = self.client.register_script
         self._take = reg(scripts.LEASE_TAKE)
         self._renew = reg(scripts.LEASE_RENEW)

@@ -13,10 +13,13 @@ import multiprocessing
 import os
 import random
 import secrets
+import shutil
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +27,7 @@ import pytest
 pytest.importorskip("redis")
 
 import redis
+from redis.asyncio.cluster import RedisCluster
 
 from engine.coordination.contract import (
     BudgetKey,
@@ -233,3 +237,101 @@ def test_one_budget_shared_by_four_processes_holds_the_rate_in_every_second_at_t
         f"\n4 processes, {seconds:g} s: {parts} parts ({parts / span:.1f}/s, steady {steady:.1f}/s); "
         f"busiest 1 s window {busiest} of {rate:g}; waits {sum(w for *_, w in results)}"
     )
+
+
+def _free_port_pair() -> int:
+    """A loopback port free for a node and for its cluster bus (port + 10000)."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20_000, 30_000)
+        try:
+            for p in (port, port + 10_000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-master Redis Cluster of our own on loopback (no replicas, no persistence)."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if not (server and cli):
+        hint = "redis-server / redis-cli are not installed: apt-get install redis-server"
+        if os.environ.get("PIGEON_REQUIRE_REDIS"):
+            pytest.fail(hint)
+        pytest.skip(hint)
+    root = tmp_path_factory.mktemp("cluster")
+    ports: list[int] = []
+    procs = []
+    for _ in range(3):
+        port = _free_port_pair()
+        ports.append(port)
+        d: Path = root / str(port)
+        d.mkdir()
+        procs.append(
+            subprocess.Popen(
+                [server, "--bind", "127.0.0.1", "--port", str(port), "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--dir", str(d), "--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+    try:
+        for port in ports:
+            for _ in range(50):
+                if (
+                    subprocess.run([cli, "-p", str(port), "ping"], capture_output=True).stdout.strip()
+                    == b"PONG"
+                ):
+                    break
+                time.sleep(0.1)
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        for _ in range(100):
+            info = subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True).stdout
+            if b"cluster_state:ok" in info:
+                break
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)
+
+
+@pytest.mark.anyio
+async def test_on_a_cluster_each_campaign_s_keys_share_one_slot_and_every_script_runs(cluster: str) -> None:
+    make = lambda: RedisCoordinator(RedisConfig(url=cluster, cluster=True), CoordinatorContext())  # noqa: E731
+    a, b = make(), make()
+    try:
+        slots = set()
+        for campaign in ("spring", "autumn", "winter{x}", "vip"):
+            grant = await a.take_lease(campaign, "pigeon worker", 30.0)
+            with pytest.raises(CampaignBusy):
+                await b.take_lease(campaign, "pigeon worker", 30.0)
+            assert await b.holds(grant)
+            assert await a.claim(campaign, ["8613800000001", "8613800000002"]) == [Claim.NEW, Claim.NEW]
+            assert await b.claim(campaign, ["8613800000002", "8613800000003"]) == [Claim.TAKEN, Claim.NEW]
+            assert await a.release_lease(grant)
+            keys = [a.lease_key(campaign), a.fence_key(campaign), a.claims_key(campaign)]
+            one = {await a.client.cluster_keyslot(k) for k in keys}
+            assert len(one) == 1, keys
+            slots |= one
+        assert len(slots) == 4  # the campaigns spread over slots
+        assert isinstance(a.client, RedisCluster)
+        nodes = {
+            a.client.get_node_from_key(a.claims_key(c)).port for c in ("spring", "autumn", "winter{x}", "vip")
+        }
+        assert len(nodes) > 1  # and over more than one of the three masters
+        spec = BudgetSpec(rate=100, burst=10, margin=0.0)
+        key = BudgetKey("gw", "cm", "bulk")
+        assert [await a.charge(key, spec, 5), await b.charge(key, spec, 5)] == [0.0, 0.0]
+        assert await a.charge(key, spec, 5) > 0  # one budget, whichever client asks
+    finally:
+        await a.aclose()
+        await b.aclose()
