@@ -118,6 +118,28 @@ async def test_an_expired_lease_is_taken_over_and_the_old_owner_is_fenced(
 
 
 @pytest.mark.anyio
+async def test_a_kept_redis_lease_outlives_its_ttl_and_a_takeover_is_noticed(
+    make: Callable[..., RedisCoordinator],
+) -> None:
+    import anyio
+
+    from engine.coordination.keeper import LeaseKeeper
+
+    a, b = make(), make()
+    grant = await a.take_lease("c", "w1", 0.3)
+    keeper = LeaseKeeper(a, grant)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keeper.run)
+        await anyio.sleep(0.75)
+        assert await b.holds(grant)  # 2.5 ttls later, renewed
+        await a.client.delete(a.lease_key("c"))  # as if it expired: another takes it
+        other = await b.take_lease("c", "w2", 30.0)
+        with anyio.fail_after(1):
+            await keeper.lost_event.wait()
+    assert other.fence == grant.fence + 1 and "lost" in keeper.lost
+
+
+@pytest.mark.anyio
 async def test_claims_are_per_worker_and_given_back_only_by_their_owner(
     make: Callable[..., RedisCoordinator],
 ) -> None:
