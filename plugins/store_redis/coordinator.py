@@ -48,7 +48,7 @@ from pigeon import (
 from plugins.store_redis import scripts
 from plugins.store_redis.config import RedisConfig
 
-__all__ = ["RedisConfig", "RedisCoordinator", "tag"]
+__all__ = ["RedisConfig", "RedisCoordinator", "SharedLeaseBusy", "tag"]
 
 T = TypeVar("T")
 Arg = str | int
@@ -60,6 +60,18 @@ def tag(name: str) -> str:
 
 
 _CLAIMS = {0: Claim.TAKEN, 1: Claim.NEW, 2: Claim.MINE}
+
+
+class SharedLeaseBusy(CampaignBusy):
+    """:class:`~pigeon.CampaignBusy` for a lease in Redis: taken over only after its ttl (Redis
+    cannot tell whether a process on another host is alive)."""
+
+    def __init__(self, campaign: str, holder: LeaseHolder) -> None:
+        super().__init__(campaign, holder)
+        self.args = (
+            f"campaign {campaign!r} is being sent by {holder.describe()}; nothing was sent. Its lease "
+            f"in Redis passes to another worker {holder.ttl:g} s after its holder's last renewal",
+        )
 
 
 class RedisCoordinator:
@@ -132,7 +144,7 @@ class RedisCoordinator:
         )
         ttl_s = int(h_ttl) / 1000
         now = time.time()
-        raise CampaignBusy(
+        raise SharedLeaseBusy(
             campaign,
             LeaseHolder(
                 campaign=campaign,

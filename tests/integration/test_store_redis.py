@@ -90,8 +90,10 @@ async def make(redis_url: str, prefix: str) -> AsyncIterator[Callable[..., Redis
 async def test_the_lease_excludes_a_second_owner(make: Callable[..., RedisCoordinator]) -> None:
     a, b = make(), make()
     grant = await a.take_lease("spring{sale}", "pigeon worker", 30.0)
-    with pytest.raises(CampaignBusy, match=rf"pigeon worker \(pid {os.getpid()} on host"):
+    with pytest.raises(CampaignBusy, match=rf"pigeon worker \(pid {os.getpid()} on host") as busy:
         await b.take_lease("spring{sale}", "pigeon worker", 30.0)
+    assert "passes to another worker 30 s after its holder's last renewal" in str(busy.value)
+    assert busy.value.holder.owner == "pigeon worker" and busy.value.holder.ttl == 30.0
     await a.renew_lease(grant)
     assert await b.holds(grant)
     assert await a.release_lease(grant)
