@@ -87,6 +87,13 @@ async def make(redis_url: str, prefix: str) -> AsyncIterator[Callable[..., Redis
 
 
 @pytest.mark.anyio
+async def test_the_redis_coordinator_keeps_the_contract(make: Callable[..., RedisCoordinator]) -> None:
+    from pigeon.testing import check_coordinator
+
+    await check_coordinator(make)
+
+
+@pytest.mark.anyio
 async def test_the_lease_excludes_a_second_owner(make: Callable[..., RedisCoordinator]) -> None:
     a, b = make(), make()
     grant = await a.take_lease("spring{sale}", "pigeon worker", 30.0)

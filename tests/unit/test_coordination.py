@@ -185,3 +185,38 @@ def test_pigeon_plugins_lists_the_coordinators(capsys: pytest.CaptureFixture[str
     assert main(["plugins", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)["coordinators"]
     assert listed["redis"]["plugin"] == "store_redis"
+
+
+def test_the_embedded_coordinator_keeps_the_contract(tmp_path: Path) -> None:
+    from pigeon.testing import check_coordinator
+
+    anyio.run(lambda: check_coordinator(lambda: _embedded(tmp_path / "s.db"), shared=False))
+
+
+class _NoExclusion(EmbeddedCoordinator):
+    """Broken on purpose: a second take wins."""
+
+    async def take_lease(self, campaign: str, owner: str, ttl: float) -> pigeon.LeaseGrant:
+        self.db.execute("DELETE FROM ledger_leases WHERE campaign = ?", (campaign,))
+        return await super().take_lease(campaign, owner, ttl)
+
+
+class _NoBudget(EmbeddedCoordinator):
+    """Broken on purpose: books everything."""
+
+    async def charge(self, key: BudgetKey, spec: BudgetSpec, parts: int) -> float:
+        return 0.0
+
+
+@pytest.mark.parametrize(
+    ("broken", "says"),
+    [(_NoExclusion, "a second worker took a held lease"), (_NoBudget, "all fit 1000 parts/s")],
+)
+def test_the_contract_check_fails_a_broken_coordinator(
+    tmp_path: Path, broken: type[EmbeddedCoordinator], says: str
+) -> None:
+    from pigeon.testing import check_coordinator
+
+    make = lambda: broken(CoordinatorContext(store_path=tmp_path / "s.db"))  # noqa: E731
+    with pytest.raises(AssertionError, match=says):
+        anyio.run(lambda: check_coordinator(make, shared=False))

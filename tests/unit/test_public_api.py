@@ -32,7 +32,8 @@ PINNED = {
 def test_the_names_are_the_pinned_ones() -> None:
     assert set(pigeon.__all__) == PINNED
     assert set(pigeon.testing.__all__) == {
-        "FakeClock", "RecordingGateway", "check_gateway", "gateway_context", "registered", "sample_batch",
+        "FakeClock", "RecordingGateway", "check_coordinator", "check_gateway", "gateway_context", "registered",
+        "sample_batch",
     }  # fmt: skip
 
 
