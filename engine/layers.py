@@ -44,7 +44,7 @@ JOBS: Mapping[str, str] = {
     "engine.sending": "gateway contract, lanes, rate limits, retry, priority, webhooks, test kit",
     "engine.coordination": "coordinator contract: leases, shared rate budgets, recipient claims",
     "pigeon": "the public plugin API",
-    "plugins": "built-in sources and gateways",
+    "plugins": "built-in sources, gateways and coordinators",
     "engine.run": "plan, preview, send loop, signals, shards, workers",
     "engine.service": "HTTP API, OpenAPI, keys, campaigns",
     "engine.cli": "the pigeon command",

@@ -233,6 +233,7 @@ async def gateway_receipts(protocol: str, n: int, window: int, latency_ms: float
         elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
         await gw.aclose()
         matched = sum(1 for r in inbox.delivery_reports if r.message_id)
+        stats = next(iter(gw.bind_stats.values()))
         return {
             "messages": n,
             "accepted": accepted,
@@ -246,6 +247,7 @@ async def gateway_receipts(protocol: str, n: int, window: int, latency_ms: float
             "simulator_cpu_s": round(sim.cpu() - sim_cpu, 2),
             "window": window,
             "latency_ms": latency_ms,
+            "mean_round_trip_ms": round(stats.latency_sum / max(1, stats.answers) * 1000, 2),
         }
 
 

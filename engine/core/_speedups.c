@@ -1,7 +1,7 @@
-/* The compiled batch kernels of the hot path; engine/speedups.py holds their pure-Python twins.
+/* The compiled batch kernels of the hot path; engine/core/speedups.py holds their pure-Python twins.
  *
  * Each function takes and returns whole batches (lists), never one recipient, and has exactly the
- * semantics of its twin in engine/speedups.py: tests/property/test_speedups.py checks the two
+ * semantics of its twin in engine/core/speedups.py: tests/property/test_speedups.py checks the two
  * against each other on generated input. Only CPython's public C API is used (the full one, not
  * the limited API: the str storage macros are what make these loops fast); every function checks
  * its arguments and raises TypeError or ValueError instead of crashing.
@@ -170,7 +170,7 @@ national_value(const Py_UCS4 *d, Py_ssize_t n)
 }
 
 /* The cheap tiers of normalization for one value that is not already clean, as
- * _py_phone_keys in engine/speedups.py describes them: (2) spaces and dashes removed, then an
+ * _py_phone_keys in engine/core/speedups.py describes them: (2) spaces and dashes removed, then an
  * optional +86, 0086 or 86 before 11 digits starting with 1; (3) Excel's 13800138000.0 (one dot,
  * then only zeros) and 11 full-width digits starting with １. Returns the national number's
  * value, or -1. */

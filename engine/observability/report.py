@@ -79,6 +79,9 @@ class GatewaySummary(msgspec.Struct, kw_only=True):
     """Requests that sent messages again (after a throttle, a 5xx, a retry answer)."""
     latency_ms: dict[str, float] = {}
     """Request latency percentiles: ``p50``, ``p90``, ``p99``, ``p99.9``."""
+    without_receipt: int = 0
+    """SMPP/CMPP: accepted messages whose delivery receipt had not come when the run ended (after
+    the gateway's ``receipt_wait``); their recipients stay ``submitted``."""
 
 
 class SampleMessage(msgspec.Struct, kw_only=True):

@@ -23,6 +23,7 @@ from engine.pipeline.stages.same_content import content_hash
 from engine.run.control import RunControl, SendResources
 from engine.run.plan import Plan, ProgressHook, _summarize, _verdict, prepare_run
 from engine.sending.gateway import Gateway, GatewayContext, Receiving
+from engine.sending.late_receipts import wait_for_receipts
 from engine.sending.ratelimit import SlidingWindowLimiter
 from engine.sending.retry import Breaker, RetryPolicy
 from engine.sending.sender import Accumulator, Halt, Lane, LaneItem, RouteHealth
@@ -318,6 +319,9 @@ async def _send(
                 ticker.cancel()
                 reading.cancel()
         stopped = stop is not None and stop.is_set()
+        without_receipt: dict[str, int] = {}
+        if inbound and not stopped and not halt:  # receipts still due: up to each receipt_wait
+            without_receipt = await wait_for_receipts(inbound, notify)
         complete = not stopped and not halt and exhausted and not recorder.states[State.DEFERRED]
         if complete and ledger is not None and ledger.should_stop():
             complete = False  # cancelled meanwhile
@@ -343,6 +347,9 @@ async def _send(
         progress(recorder, time.perf_counter() - started, 1.0, True)
     summary = _summarize(plan, recorder, "send", time.perf_counter() - started, str(run_dir))
     summary.stopped = stop is not None and stop.is_set()
+    for name, left in without_receipt.items():
+        if name in summary.gateways:
+            summary.gateways[name].without_receipt = left
     summary.halted, summary.message = halt.reason, halt.message
     if verdict is not None:
         summary.verdict, summary.message = verdict.reason, verdict.message

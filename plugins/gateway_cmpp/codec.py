@@ -260,6 +260,27 @@ def decode_report(content: bytes, version: int = V3) -> Report:
     )
 
 
+def report_view(data: bytes, version: int = V3) -> tuple[int, str, str, str] | None:
+    """``(Msg_Id, Stat, Done_time, Dest_terminal_Id)`` of a whole CMPP_DELIVER that carries a
+    status report, read in place; None for anything else (an MO, a PDU too short to be one:
+    :func:`decode` it, which says what is wrong)."""
+    t = _term(version)
+    v3 = version >= V3
+    reg = 12 + 8 + 21 + 10 + 3 + t + (1 if v3 else 0)
+    if len(data) < reg + 2 or data[reg] != 1:
+        return None
+    n = data[reg + 1]
+    if len(data) != reg + 2 + n + (20 if v3 else 8) or n < 8 + 7 + 20 + t + 4:
+        return None
+    at = reg + 2
+    return (
+        int.from_bytes(data[at : at + 8], "big"),
+        _str(data[at + 8 : at + 15]),
+        _str(data[at + 25 : at + 35]),
+        _str(data[at + 35 : at + 35 + t]),
+    )
+
+
 def encode(pdu: Pdu, version: int = V3) -> bytes:
     """The bytes of ``pdu`` in CMPP ``version`` (0x20 / 0x30), header included."""
     v3 = version >= V3

@@ -12,6 +12,8 @@ from plugins.session_core.pool import Kind, Mo
 from plugins.session_core.receipts import Receipt, receipt_time
 from plugins.session_core.session import Frame, Reply
 
+_new = tuple.__new__  # (a NamedTuple from its fields, without the class call)
+
 __all__ = ["CmppDialect", "CmppWire", "classify"]
 
 _REJECTED: Final = frozenset({1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 13})
@@ -48,7 +50,7 @@ class CmppDialect:
     def frame(self, pdu: bytes) -> Frame:
         """The header of one PDU (CMPP keeps results in bodies: status 0)."""
         _, command, seq = c.HEADER.unpack_from(pdu)
-        return Frame(command, seq, 0, pdu)
+        return _new(Frame, (command, seq, 0, pdu))
 
     def is_response(self, command: int) -> bool:
         """Answers have the top bit set."""
@@ -194,6 +196,11 @@ class CmppWire:
 
     def inbound(self, frame: Frame) -> Receipt | Mo | None:
         """A CMPP_DELIVER: a status report (Registered_Delivery 1) or an MO part."""
+        if frame.command == c.DELIVER:
+            report = c.report_view(frame.pdu, self.version)  # (read in place: the common case)
+            if report is not None:
+                msg_id, stat, done, dest = report
+                return Receipt(str(msg_id), stat, "", receipt_time(done, self.utc_offset), dest)
         d = c.decode(frame.pdu, self.version)
         if not isinstance(d, c.Deliver):
             return None

@@ -37,6 +37,7 @@ __all__ = [
     "decode",
     "encode",
     "read_tlvs",
+    "receipt_view",
 ]
 
 HEADER: Final = struct.Struct(">IIII")
@@ -353,6 +354,52 @@ def _short_message(d: bytes, command: int, seq: int) -> ShortMessage:
         short_message=d[at + 5 : end],
         tlvs=read_tlvs(d, end) if end < len(d) else [],
     )
+
+
+def receipt_view(d: bytes) -> tuple[int, str, bytes, bytes | None, bytes | None] | None:
+    """What a receipt reader needs of a deliver_sm, without building a :class:`ShortMessage`.
+
+    ``(esm_class, source_addr, text, receipted_message_id, message_state)`` when ``esm_class``
+    says it is an SMSC delivery receipt (``text``: short_message, else the message_payload TLV;
+    the TLVs are None when absent), None when it is not one (an MO: :func:`decode` it). Raises
+    :class:`DecodeError` on a malformed PDU, as :func:`decode` does.
+    """
+    try:
+        e1 = d.index(0, 16, 22)
+        e2 = d.index(0, e1 + 3, e1 + 24)
+        e3 = d.index(0, e2 + 3, e2 + 24)
+        esm = d[e3 + 1]
+        if (esm & 0x3C) != ESM_RECEIPT:
+            return None
+        at = e3 + 4
+        e4 = d.index(0, at, at + 17)
+        e5 = d.index(0, e4 + 1, e4 + 18)
+    except (ValueError, IndexError):
+        raise DecodeError("a C-octet string of deliver_sm has no NUL within its size") from None
+    at = e5 + 1
+    size = len(d)
+    if at + 5 > size:
+        raise DecodeError("deliver_sm ends early")
+    end = at + 5 + d[at + 4]
+    if end > size:
+        raise DecodeError(f"short_message: {d[at + 4]} bytes announced, {size - at - 5} left")
+    text = d[at + 5 : end]
+    rid = state = None
+    while end < size:
+        if end + 4 > size:
+            raise DecodeError("TLV header cut short")
+        tag, n = _TLV.unpack_from(d, end)
+        end += 4
+        if end + n > size:
+            raise DecodeError(f"TLV {tag:#06x}: {n} bytes announced, {size - end} left")
+        if tag == TLV_RECEIPTED_MESSAGE_ID and rid is None:
+            rid = d[end : end + n]
+        elif tag == TLV_MESSAGE_STATE and state is None:
+            state = d[end : end + n]
+        elif tag == TLV_MESSAGE_PAYLOAD and not text:
+            text = d[end : end + n]
+        end += n
+    return esm, d[e1 + 3 : e2].decode("latin-1"), text, rid, state
 
 
 class SubmitTemplate:

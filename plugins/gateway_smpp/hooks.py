@@ -78,6 +78,11 @@ class SmppConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     receipt_utc_offset_hours: float = 0.0
     max_tracked: Annotated[int, msgspec.Meta(ge=1000)] = 500_000
     """Messages remembered for receipt correlation and folding."""
+    receipt_wait: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 0.0
+    """Seconds a ``pigeon send`` keeps the binds open after its last submit for the receipts still
+    due (it stops as soon as every accepted message has its final receipt); those that do not come
+    in time leave their recipients ``submitted``. 0: end at once (a running ``pigeon serve`` on the
+    same account and store records the rest)."""
 
 
 class SmppGateway(BinaryGateway):
@@ -150,7 +155,15 @@ class SmppGateway(BinaryGateway):
             throttle_retry_after=config.throttle_retry_after,
             correlator=Correlator(ctx.name, max_tracked=config.max_tracked),
         )
-        super().__init__(ctx.name, pool, max_batch=config.max_batch, idempotent=config.idempotent)
+        super().__init__(
+            ctx.name,
+            pool,
+            max_batch=config.max_batch,
+            idempotent=config.idempotent,
+            receipt_wait=config.receipt_wait
+            if config.registered_delivery & 3 and config.bind == "transceiver"
+            else 0.0,
+        )
 
 
 @hookimpl

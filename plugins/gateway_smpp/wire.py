@@ -12,6 +12,8 @@ from plugins.session_core.pool import Kind, Mo
 from plugins.session_core.receipts import MESSAGE_STATES, Receipt, canonical_id, parse_receipt_text
 from plugins.session_core.session import Frame, Reply
 
+_new = tuple.__new__  # (a NamedTuple from its fields, without the class call)
+
 __all__ = ["SmppDialect", "SmppWire", "classify"]
 
 _THROTTLED: Final = frozenset({c.ESME_RTHROTTLED, c.ESME_RMSGQFUL})
@@ -48,7 +50,7 @@ class SmppDialect:
     def frame(self, pdu: bytes) -> Frame:
         """The header of one PDU."""
         _, command, status, seq = c.HEADER.unpack_from(pdu)
-        return Frame(command, seq, status, pdu)
+        return _new(Frame, (command, seq, status, pdu))
 
     def is_response(self, command: int) -> bool:
         """Answers (and generic_nack) have the top bit set."""
@@ -172,11 +174,21 @@ class SmppWire:
 
     def inbound(self, frame: Frame) -> Receipt | tuple[Receipt, DeliveryStatus] | Mo | None:
         """A deliver_sm / data_sm: a receipt (esm_class type 0x04) or an MO part."""
+        if frame.command == c.DELIVER_SM:
+            view = c.receipt_view(frame.pdu)  # (a receipt read without decoding every field)
+            if view is not None:
+                _, source, body, tlv_id, state = view
+                return self._receipt(body, source, tlv_id, state)
         sm = c.decode(frame.pdu)
         if not isinstance(sm, c.ShortMessage):
             return None
         if (sm.esm_class & 0x3C) == c.ESM_RECEIPT:
-            return self._receipt(sm)
+            return self._receipt(
+                sm.short_message or sm.tlv(c.TLV_MESSAGE_PAYLOAD) or b"",
+                sm.source_addr,
+                sm.tlv(c.TLV_RECEIPTED_MESSAGE_ID),
+                sm.tlv(c.TLV_MESSAGE_STATE),
+            )
         payload = sm.short_message or sm.tlv(c.TLV_MESSAGE_PAYLOAD) or b""
         coding = _CODINGS.get(sm.data_coding, "latin1")
         concat, text = decode_payload(
@@ -195,20 +207,17 @@ class SmppWire:
             source = "+" + source
         return Mo(source, sm.destination_addr, text, concat)
 
-    def _receipt(self, sm: c.ShortMessage) -> Receipt | tuple[Receipt, DeliveryStatus] | None:
-        text = (sm.short_message or sm.tlv(c.TLV_MESSAGE_PAYLOAD) or b"").decode("latin-1", errors="replace")
-        parsed = parse_receipt_text(text, self.utc_offset)
-        tlv_id = sm.tlv(c.TLV_RECEIPTED_MESSAGE_ID)
+    def _receipt(
+        self, payload: bytes, source: str, tlv_id: bytes | None, state: bytes | None
+    ) -> Receipt | tuple[Receipt, DeliveryStatus] | None:
+        parsed = parse_receipt_text(payload.decode("latin-1", errors="replace"), self.utc_offset)
         rid = tlv_id.split(b"\x00", 1)[0].decode("latin-1") if tlv_id else ""
-        state = sm.tlv(c.TLV_MESSAGE_STATE)
         if not rid and parsed is None:
             return None
-        receipt = Receipt(
-            rid or (parsed.id if parsed else ""),
-            parsed.stat if parsed else "",
-            parsed.err if parsed else "",
-            parsed.done_at if parsed else 0.0,
-            sm.source_addr,
+        receipt = (
+            Receipt(rid or parsed.id, parsed.stat, parsed.err, parsed.done_at, source)
+            if parsed is not None
+            else Receipt(rid, "", "", 0.0, source)
         )
         if state:
             status = MESSAGE_STATES.get(state[0])

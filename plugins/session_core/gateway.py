@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import anyio
+
 from pigeon import MessageBatch, SubmitResult
 from plugins.session_core.backoff import Backoff
 from plugins.session_core.metrics import BindCollector
@@ -21,11 +23,15 @@ class BinaryGateway:
     read them between sends); :attr:`bind_stats` feeds the per-bind metrics.
     """
 
-    def __init__(self, name: str, pool: BindPool, *, max_batch: int, idempotent: bool) -> None:
+    def __init__(
+        self, name: str, pool: BindPool, *, max_batch: int, idempotent: bool, receipt_wait: float = 0.0
+    ) -> None:
         self.name = name
         self.pool = pool
         self.max_batch = max_batch
         self.idempotent = idempotent
+        self.receipt_wait = receipt_wait
+        """Seconds a run waits at its end for the receipts still due (0: none asked for, or none)."""
 
     @staticmethod
     def backoff(base: float, cap: float) -> Backoff:
@@ -43,6 +49,32 @@ class BinaryGateway:
     async def serve(self) -> None:
         """Keep every bind up and read it until cancelled."""
         await self.pool.serve()
+
+    @property
+    def receipts_awaited(self) -> int:
+        """Messages accepted whose final delivery receipt has not come yet."""
+        return self.pool.correlator.awaiting
+
+    async def wait_receipts(self, seconds: float | None = None) -> int:
+        """After a run's last submit: keep the binds read until every message accepted has its final
+        receipt, or ``seconds`` (default: the ``receipt_wait`` option) have passed. Returns how many
+        are still without one (their recipients stay ``submitted``).
+
+        Binds lost meanwhile are opened again (an SMSC hands pending receipts to any bind of the
+        account); the receipts read are handed to the attached sink as they come.
+        """
+        wait = self.receipt_wait if seconds is None else seconds
+        pool = self.pool
+        if wait > 0 and pool.correlator.awaiting:
+            with anyio.move_on_after(wait):
+                async with anyio.create_task_group() as tg:
+                    for link in pool.links:
+                        tg.start_soon(link.serve)
+                    while pool.correlator.awaiting:
+                        await pool.reported()
+                    tg.cancel_scope.cancel()
+        await pool.flush_inbound()
+        return pool.correlator.awaiting
 
     @property
     def bind_stats(self) -> dict[str, LinkStats]:

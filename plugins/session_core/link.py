@@ -134,6 +134,9 @@ class Link:
         self._retry_at = 0.0
         self._rng = random.Random()
         self._read_scope: anyio.CancelScope | None = None
+        self._inbox: list[Frame] = []
+        self._delivering = False
+        """The peer's requests read (and answered) but not yet handed to ``on_inbound``."""
         self.last_error = ""
 
     # -- state -------------------------------------------------------------------------------
@@ -245,19 +248,18 @@ class Link:
     def request(self, seq: int, pdu: bytes, token: Waiter, tag: int = 0) -> None:
         """Queue a request (the caller checked :attr:`room`); :meth:`flush` writes it."""
         assert self.session is not None
-        now = self.clock()
-        self.session.request(seq, pdu, token, tag, now)
+        self.session.request(seq, pdu, token, tag, self.clock())
         self.stats.requests += 1
-        scope = self._read_scope
-        if scope is not None:  # a reader sleeps until a later deadline: wake it for this answer's
-            wake = anyio.current_time() + self.settings.response_timeout
-            if wake < scope.deadline:
-                scope.deadline = wake
 
     async def flush(self) -> None:
         """Write whatever is queued."""
         s = self.session
         if s is not None and s.has_output:
+            scope = self._read_scope
+            if scope is not None:  # a reader sleeps until a later deadline: wake it for these answers'
+                wake = anyio.current_time() + self.settings.response_timeout
+                if wake < scope.deadline:
+                    scope.deadline = wake
             await self._write(s.output())
 
     async def _write(self, data: bytes) -> None:
@@ -291,8 +293,14 @@ class Link:
 
     # -- reading -----------------------------------------------------------------------------
 
-    async def step(self) -> None:
-        """Make progress once: read (or act on timers) if no other task is reading, else wait for it."""
+    async def step(self, *, deliver: bool = True) -> None:
+        """Make progress once: read (or act on timers) if no other task is reading, else wait for it.
+
+        The answers to the peer's requests read in the step are written, and the requests
+        (receipts, MO) handed to ``on_inbound``, after the tasks waiting for the step had their
+        turn: they refill the window first, and their write carries the answers too. With
+        ``deliver=False`` the caller does both: :meth:`flush` (soon) and :meth:`deliver`.
+        """
         if self._reading:
             await self._changed.wait()
             return
@@ -305,6 +313,32 @@ class Link:
             self._reading = False
             changed, self._changed = self._changed, anyio.Event()
             changed.set()
+        if deliver:
+            await anyio.lowlevel.cancel_shielded_checkpoint()  # (the woken senders refill first)
+            with anyio.CancelScope(shield=True):
+                await self.flush()
+            if self._inbox:
+                await self.deliver()
+
+    async def deliver(self) -> None:
+        """Hand the peer's requests read so far to ``on_inbound`` (they were answered already, so
+        this is never cancelled halfway)."""
+        if self._delivering:
+            return  # (another task is at it, and takes what comes meanwhile too: in order)
+        self._delivering = True
+        try:
+            while self._inbox:
+                frames, self._inbox = self._inbox, []
+                if self.on_inbound is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self.on_inbound(frames)
+        finally:
+            self._delivering = False
+
+    @property
+    def inbound_waiting(self) -> int:
+        """The peer's requests read and answered, not yet handed to ``on_inbound``."""
+        return len(self._inbox)
 
     async def _read_once(self) -> None:
         session, stream = self.session, self._stream
@@ -332,16 +366,14 @@ class Link:
             await self._lost()
             return
         events += session.tick(now)
-        inbound = self._dispatch(events)
-        # What was read is settled now: its answers and its hand-over must not be lost to a
-        # cancellation (a waiter's deadline) while the write lock is busy.
-        with anyio.CancelScope(shield=True):
-            if session.has_output:
-                await self._write(session.output())
-            if session.state is State.CLOSED:
+        self._inbox += self._dispatch(events)
+        if session.state is State.CLOSED:
+            with anyio.CancelScope(shield=True):  # (the last answers: unbind_resp)
+                if session.has_output:
+                    await self._write(session.output())
                 await self._teardown()
-            if inbound and self.on_inbound is not None:
-                await self.on_inbound(inbound)
+        # Otherwise the answers to what was read (deliver_sm_resp, enquire_link_resp) stay queued
+        # and go out with the next write: the sender's refill, or the flush that ends step().
 
     def _dispatch(self, events: list[Event]) -> list[Frame]:
         inbound: list[Frame] = []
@@ -389,12 +421,15 @@ class Link:
                         on_error(exc)
                     await anyio.sleep(max(0.05, self._retry_at - self.clock()))
                     continue
+            if self._inbox:  # (left by a sender that stopped reading)
+                await self.deliver()
             await self.step()
 
     async def close(self, wait: float | None = None) -> None:
         """Unbind politely (waiting up to the unbind timeout for the answer), then close."""
         s = self.session
         if s is None or self._stream is None:
+            await self.deliver()  # (receipts read before the connection went)
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(wait or s.settings.unbind_timeout + 1):
             if s.state is State.BOUND:
@@ -409,6 +444,7 @@ class Link:
         if stream is not None:
             with anyio.CancelScope(shield=True):
                 await _aclose(stream)
+        await self.deliver()
 
 
 def _state(session: Session) -> State:

@@ -180,6 +180,16 @@ class Segmenter:
         enc = encoding_of(text)
         if enc == "gsm7" and (gsm7 == "never" or (gsm7 == "ascii" and not text.isascii())):
             enc = "ucs2"
+        # One part (most messages): the encoded length is the billed length, nothing to split.
+        if enc == "ucs2":
+            if len(text) <= 70:
+                whole = text.encode(UCS2)
+                if len(whole) <= 140:
+                    return Segments("ucs2", [whole], None, False)
+        elif gsm7 == "unpacked" and len(text) <= 160:
+            whole = encode_gsm7(text)
+            if len(whole) <= 160:
+                return Segments("gsm7", [whole], None, False)
         coding: Literal["gsm7", "ascii", "ucs2"] = (
             "ucs2" if enc == "ucs2" else "ascii" if gsm7 == "ascii" else "gsm7"
         )

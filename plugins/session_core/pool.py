@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from enum import IntEnum
+from itertools import islice
 from typing import NamedTuple, Protocol
 
 import anyio
@@ -48,7 +49,7 @@ from pigeon import (
 from plugins.session_core.link import Link
 from plugins.session_core.longsms import Concat, Reassembler
 from plugins.session_core.receipts import Correlator, Receipt, status_of
-from plugins.session_core.session import Frame
+from plugins.session_core.session import Frame, State
 
 __all__ = ["BindPool", "Inbox", "Kind", "Mo", "Sink", "Wire"]
 
@@ -129,10 +130,15 @@ class Inbox:
         changed.set()
 
 
+_OK = Kind.OK
+_WORDS: dict[DeliveryStatus, str] = {s: s.value for s in DeliveryStatus}
 _NOT_SENT = -3
 _DROPPED = -2
 _EXPIRED = -1
 _PENDING = -4
+_UNENCODABLE = -5
+_UNBUILT: list[bytes] = []
+"""A job's bodies until it is built (compared by identity)."""
 
 
 class _Share:
@@ -149,23 +155,55 @@ class _Share:
 
 
 class _Job:
-    """One message in flight: its parts' PDUs, answers and ids (the token of its requests)."""
+    """One message in flight: its parts' PDUs, answers and ids (the token of its requests).
 
-    __slots__ = ("bodies", "ids", "message_id", "open", "pool", "share", "status", "to", "tries", "written")
+    Its PDUs are built when its bind is about to send it (:meth:`encode`), so a batch starts
+    going out at once and the building is spread between the answers.
+    """
 
-    def __init__(self, pool: BindPool, bodies: list[bytes], message_id: str, to: str) -> None:
+    __slots__ = (
+        "bodies",
+        "ids",
+        "message_id",
+        "open",
+        "pool",
+        "share",
+        "status",
+        "text",
+        "to",
+        "tries",
+        "written",
+    )
+
+    def __init__(self, pool: BindPool, message_id: str, to: str, text: str) -> None:
         self.pool = pool
         self.message_id = message_id
         self.to = to
-        self.open = len(bodies)
+        self.text = text
+        self.bodies: list[bytes] = _UNBUILT
+        self.open = 1
         """Parts not yet accepted (tracked for receipts when it reaches 0)."""
-        self.bodies = bodies
-        n = len(bodies)
-        self.status = [_NOT_SENT] * n
-        self.ids: list[str] = [""] * n
+        self.status = [_NOT_SENT]
+        self.ids: list[str] = [""]
         self.written = 0
         self.tries = 0
         self.share: _Share | None = None
+
+    def encode(self) -> list[bytes]:
+        """Build the parts' PDUs (once); a text no PDU can carry leaves none (``unencodable``)."""
+        try:
+            bodies = self.pool.wire.submit_bodies(self.to, self.text)
+        except ValueError as exc:  # (TooLong: the engine's part count should have caught it)
+            log.warning("unencodable message", extra={"gateway": self.pool.name, "error": str(exc)})
+            bodies = []
+            self.status = [_UNENCODABLE]
+        n = len(bodies)
+        if n > 1:
+            self.open = n
+            self.status = [_NOT_SENT] * n
+            self.ids = [""] * n
+        self.bodies = bodies
+        return bodies
 
     def on_answer(self, tag: int, frame: Frame, latency: float) -> None:
         share = self.share
@@ -173,8 +211,8 @@ class _Job:
         share.open -= 1
         pool = self.pool
         status, pid = pool.wire.submit_answer(frame)
-        kind = pool.wire.classify(status)
-        if kind is Kind.OK:
+        kind = _OK if status == 0 else pool.wire.classify(status)
+        if kind is _OK:
             self.status[tag] = 0
             self.ids[tag] = pid
             self.open -= 1
@@ -244,6 +282,7 @@ class BindPool:
         self.correlator = correlator or Correlator(name, clock=clock)
         self.reassembler = reassembler or Reassembler()
         self.sink: Sink = Inbox()
+        self._reported: anyio.Event | None = None
         self._pending_reports: list[DeliveryReport] = []
         """Reports settled outside a read step (receipts parked until their submit answer)."""
         for link in links:
@@ -282,9 +321,8 @@ class BindPool:
 
     async def send(self, batch: MessageBatch) -> list[SubmitResult]:
         """Submit every message of ``batch``; one result per message, in order."""
-        wire = self.wire
         rows = zip(batch.ids, batch.tos, batch.texts, strict=True)
-        jobs = [_Job(self, wire.submit_bodies(to, text), mid, to) for mid, to, text in rows]
+        jobs = [_Job(self, mid, to, text) for mid, to, text in rows]
         if not jobs:
             return []
         links = await self._usable()
@@ -301,16 +339,13 @@ class BindPool:
                 chunk = jobs[i * per : (i + 1) * per]
                 if chunk:
                     shares.append(_Share(link, chunk))
-        for share in shares:
-            for job in share.queue:
-                job.share = share
         if len(shares) == 1:
             await self._drive(shares[0])
         else:
             async with anyio.create_task_group() as tg:
                 for share in shares:
                     tg.start_soon(self._drive, share)
-        if all(job.written == 0 for job in jobs):
+        if all(job.written == 0 and job.status[0] != _UNENCODABLE for job in jobs):
             errors = [s.link.last_error for s in shares]
             raise GatewayUnreachable(f"{self.name}: nothing could be written ({'; '.join(errors)})")
         results = self._results(jobs)
@@ -323,14 +358,16 @@ class BindPool:
         queue, retries = share.queue, share.retries
         limiter = self.limiters.get(id(link))
         reconnects = 0
-        wire = self.wire
+        build = self.wire.request
         clock = self.clock
+        timeout = link.settings.response_timeout
         if not await link.ready():
             reconnects += 1
             if not await self._reopen(link):
                 return
         while queue or share.open or retries:
-            if not link.up:
+            session = link.session
+            if session is None or session.state is not State.BOUND:
                 if share.open:
                     share.open = 0  # (their tokens were told: dropped)
                 retries.clear()
@@ -338,50 +375,85 @@ class BindPool:
                     return
                 reconnects += 1
                 continue
-            if retries and link.room:
+            window = session.window
+            room = window.size - len(window.pending)
+            submit = session.submit
+            deadline = clock() + timeout  # (one read of the clock for what goes out now)
+            sent = 0
+            paused = 0.0
+            if retries and room:
                 now = clock()
                 due = [r for r in retries if r[0] <= now]
                 for r in due:
-                    if not link.room:
+                    if not room:
                         break
                     retries.remove(r)
                     _, job, k = r
-                    seq = link.next_seq()
-                    link.request(seq, wire.request(seq, job.bodies[k]), job, k)
-                    share.open += 1
-            while queue and link.room:
+                    submit(build, job.bodies[k], job, k, deadline)
+                    room -= 1
+                    sent += 1
+            while queue and room:
                 job = queue[0]
+                bodies = job.bodies
+                if bodies is _UNBUILT:
+                    job.share = share
+                    bodies = job.encode()
+                    if not bodies:
+                        queue.popleft()
+                        continue
                 if limiter is not None and job.written == 0:
                     # The bind's share of the rate paces its submits (the engine's lanes hold the
                     # carrier's and the account's budgets where the provider measures them).
-                    parts = min(len(job.bodies), int(limiter.capacity))
+                    parts = min(len(bodies), int(limiter.capacity))
                     wait = limiter.earliest(clock(), parts) - clock()
                     if wait > 0:
-                        await link.flush()
-                        await self._pause(link, wait)
-                        if not link.is_up():
-                            break
-                        continue  # look again: the window moved meanwhile
+                        paused = wait
+                        break
                     now = clock()
                     limiter.done(limiter.take(now, parts), now)
                 k = job.written
-                bodies = job.bodies
-                while k < len(bodies) and link.room:
-                    seq = link.next_seq()
-                    link.request(seq, wire.request(seq, bodies[k]), job, k)
-                    job.status[k] = _PENDING
-                    share.open += 1
-                    k += 1
-                job.written = k
-                if k == len(bodies):
+                n = len(bodies)
+                if n == 1 and k == 0:  # (most messages: one part)
+                    submit(build, bodies[0], job, 0, deadline)
+                    job.status[0] = _PENDING
+                    job.written = 1
                     queue.popleft()
+                    room -= 1
+                    sent += 1
+                    continue
+                status = job.status
+                while k < n and room:
+                    submit(build, bodies[k], job, k, deadline)
+                    status[k] = _PENDING
+                    k += 1
+                    room -= 1
+                    sent += 1
+                job.written = k
+                if k == n:
+                    queue.popleft()
+            share.open += sent
+            link.stats.requests += sent
             await link.flush()
+            await link.deliver()  # (receipts read in the last step: after the window was refilled)
             if not (queue or share.open or retries):
                 break
-            if retries and not share.open and not queue:  # only parts to send again, later
+            if paused:
+                await self._pause(link, paused)  # then look again: the window moved meanwhile
+            elif retries and not share.open and not queue:  # only parts to send again, later
                 await self._pause(link, max(0.0, min(r[0] for r in retries) - clock()))
+            elif queue and link.room:
+                continue  # answers read by another task while this one wrote: refill first
             else:  # answers to wait for, or window room (another send may hold it all)
-                await link.step()
+                if queue and queue[-1].bodies is _UNBUILT:
+                    # While the answers are on their way, build what their room will take.
+                    for job in islice(queue, window.size):
+                        if job.bodies is _UNBUILT:
+                            job.share = share
+                            job.encode()
+                await link.step(deliver=False)
+        # (the last step's answers to the peer and its receipts: not left for the next reader)
+        await link.flush()
+        await link.deliver()
         if limiter is not None:
             if share.throttled:
                 limiter.slow_down()
@@ -421,6 +493,8 @@ class BindPool:
 
     def _failed(self, job: _Job, classify: Callable[[int], Kind], ambiguous: Outcome) -> SubmitResult:
         status = job.status
+        if status[0] == _UNENCODABLE:
+            return SubmitResult(Outcome.REJECTED, code="unencodable", permanent=True)
         sent = [s for s in status if s != _NOT_SENT]
         if not sent:
             return SubmitResult(Outcome.RETRY, code="not_sent")
@@ -480,8 +554,11 @@ class BindPool:
                 status = maybe
             else:
                 receipt, status = item
-            counts[status.value] = counts.get(status.value, 0) + 1
-            reports += correlator.receipt(receipt, status)
+            word = _WORDS[status]
+            counts[word] = counts.get(word, 0) + 1
+            settled = correlator.receipt(receipt, status)
+            if settled:
+                reports += settled
         reports += correlator.expire()
         await self.flush_inbound(reports, replies)
 
@@ -495,6 +572,9 @@ class BindPool:
             self._pending_reports = []
         if reports:
             await self.sink.reports(reports)
+            if self._reported is not None:
+                self._reported.set()
+                self._reported = None
         if replies:
             log.info(
                 "MO read",
@@ -505,6 +585,12 @@ class BindPool:
                 },
             )
             await self.sink.replies(replies)
+
+    async def reported(self) -> None:
+        """Wait until the next delivery reports are handed to the sink."""
+        if self._reported is None:
+            self._reported = anyio.Event()
+        await self._reported.wait()
 
     # -- long-lived hosts and shutdown -------------------------------------------------------
 

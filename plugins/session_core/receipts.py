@@ -27,6 +27,7 @@ import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Final, NamedTuple
 
 from pigeon import DeliveryReport, DeliveryStatus
@@ -51,6 +52,7 @@ _FINAL: Final = {
     "REJECTED": DeliveryStatus.REJECTED,
     "UNKNOWN": DeliveryStatus.UNKNOWN,
 }
+_DELIVERED: Final = DeliveryStatus.DELIVERED
 _INTERMEDIATE: Final = frozenset({"ENROUTE", "ACCEPTD", "ACCEPTED", "SCHEDULED", "BUFFRED", "BUFFERED"})
 
 MESSAGE_STATES: Final = {
@@ -90,15 +92,24 @@ def canonical_id(raw: str) -> str:
     return s or "0"
 
 
-_HEX = re.compile(r"[0-9a-f]+")
+_HEX_DIGITS: Final = frozenset("0123456789abcdef")
 
 
 def id_forms(canon: str) -> list[str]:
     """The readings of a canonical id to look up: ``[as written, decimal→hex, hex→decimal]``
     (an entry is ``""`` where that reading does not apply)."""
-    dec2hex = format(int(canon), "x") if canon.isdigit() and len(canon) <= 20 else ""
-    hex2dec = str(int(canon, 16)) if _HEX.fullmatch(canon) and len(canon) <= 16 else ""
-    return [canon, dec2hex if dec2hex != canon else "", hex2dec if hex2dec != canon else ""]
+    if not canon.isascii():  # (a latin-1 '³' is a digit to isdigit(), not to int())
+        return [canon, "", ""]
+    if canon.isdigit():
+        n = len(canon)
+        if n == 1:
+            return [canon, "", ""]  # 0-9 read the same in both bases
+        dec2hex = format(int(canon), "x") if n <= 20 else ""
+        hex2dec = str(int(canon, 16)) if n <= 16 else ""
+        return [canon, dec2hex, hex2dec]
+    if len(canon) <= 16 and _HEX_DIGITS.issuperset(canon):
+        return [canon, "", str(int(canon, 16))]
+    return [canon, "", ""]
 
 
 class Receipt(NamedTuple):
@@ -151,8 +162,11 @@ def parse_receipt_text(text: str, utc_offset_hours: float = 0.0) -> Receipt | No
     )
 
 
+@lru_cache(maxsize=4096)
 def receipt_time(value: str, utc_offset_hours: float = 0.0) -> float:
-    """Epoch seconds of a ``YYMMDDhhmm[ss]`` receipt date in the peer's zone (0 when unreadable)."""
+    """Epoch seconds of a ``YYMMDDhhmm[ss]`` receipt date in the peer's zone (0 when unreadable).
+
+    Remembered for the last few thousand dates (the receipts of one minute share theirs)."""
     if len(value) not in (10, 12) or not value.isdigit():
         return 0.0
     yy, mo, dd, hh, mi = int(value[0:2]), int(value[2:4]), int(value[4:6]), int(value[6:8]), int(value[8:10])
@@ -171,8 +185,14 @@ class _Tracked:
         self.message_id = message_id
         self.provider_id = part_ids[0]
         self.part_ids = part_ids
-        self.states: list[DeliveryStatus | None] = [None] * len(part_ids)
+        self.states: list[DeliveryStatus | None] | None = None
+        """Each part's final status, from a multipart message's first receipt on (a message of one
+        part is settled by its first: no list for most messages)."""
         self.done = False
+
+    def is_open(self, part: int) -> bool:
+        """Whether ``part`` still waits for its receipt."""
+        return not self.done and (self.states is None or self.states[part] is None)
 
 
 class _Parked:
@@ -219,6 +239,8 @@ class Correlator:
         """How often each reading of :func:`id_forms` was the only one that matched."""
         self.duplicates = 0
         self.unmatched = 0
+        self.awaiting = 0
+        """Messages tracked whose final receipt has not come (forgotten ones not counted)."""
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -226,16 +248,20 @@ class Correlator:
     def track(self, message_id: str, part_ids: list[str], to: str = "") -> list[DeliveryReport]:
         """Remember a message to ``to`` accepted as ``part_ids`` (canonical); reports for receipts
         parked for it."""
-        self._ids += 1
-        key = self._ids
-        t = _Tracked(key, message_id, tuple(part_ids), to)
-        self._messages[key] = t
+        self._ids = key = self._ids + 1
+        self.awaiting += 1
+        messages = self._messages
+        messages[key] = _Tracked(key, message_id, tuple(part_ids), to)
         parts = self._parts
-        for i, pid in enumerate(part_ids):
-            parts[pid] = (key, i)
-        while len(self._messages) > self.max_tracked:
-            _, old = self._messages.popitem(last=False)
-            self._forget(old)
+        if len(part_ids) == 1:
+            parts[part_ids[0]] = (key, 0)
+        else:
+            for i, pid in enumerate(part_ids):
+                parts[pid] = (key, i)
+        if len(messages) > self.max_tracked:
+            while len(messages) > self.max_tracked:
+                _, old = messages.popitem(last=False)
+                self._forget(old)
         if not self._parked:
             return []
         out: list[DeliveryReport] = []
@@ -270,6 +296,8 @@ class Correlator:
             del self._parked_ids[p.forms[0]]
 
     def _forget(self, t: _Tracked) -> None:
+        if not t.done:
+            self.awaiting -= 1
         parts = self._parts
         for pid in t.part_ids:
             hit = parts.get(pid)
@@ -281,15 +309,16 @@ class Correlator:
         decimal 16, or hex 0x16?) is settled by the handset's number, else by which reading
         alone matched before."""
         parts = self._parts
-        hits = [(n, hit) for n, form in enumerate(id_forms(canon)) if form and (hit := parts.get(form))]
+        forms = id_forms(canon)
+        hits = [(n, hit) for n, form in enumerate(forms) if form and (hit := parts.get(form))]
         if not hits:
             return None
+        if len(hits) == 1:
+            if hits[0][0] or forms[1] or forms[2]:
+                self._evidence[hits[0][0]] += 1
+            return hits[0][1]
         if len(hits) > 1:  # a part that has its receipt already is not the one this is for
-            open_ = [
-                h
-                for h in hits
-                if (t := self._messages.get(h[1][0])) is not None and not t.done and t.states[h[1][1]] is None
-            ]
+            open_ = [h for h in hits if (t := self._messages.get(h[1][0])) is not None and t.is_open(h[1][1])]
             if open_:
                 hits = open_
         if len(hits) > 1 and addr:
@@ -298,7 +327,7 @@ class Correlator:
             if same:
                 hits = same
         if len(hits) == 1:
-            if hits[0][0] or len([f for f in id_forms(canon) if f]) > 1:
+            if hits[0][0] or forms[1] or forms[2]:
                 self._evidence[hits[0][0]] += 1
             return hits[0][1]
         evidence = self._evidence
@@ -336,20 +365,23 @@ class Correlator:
         t = self._messages.get(hit[0])
         if t is None:
             return []
-        if t.done or t.states[hit[1]] is not None:
+        if t.done:
             self.duplicates += 1
             return []
-        t.states[hit[1]] = status
-        delivered = DeliveryStatus.DELIVERED
-        if status is not delivered or all(s is delivered for s in t.states):
-            t.done = True
-        else:
-            return []
-        code = (
-            receipt.stat
-            if not receipt.err or receipt.err.strip("0") == ""
-            else f"{receipt.stat}:{receipt.err}"
-        )
+        if len(t.part_ids) > 1:
+            states = t.states
+            if states is None:
+                states = t.states = [None] * len(t.part_ids)
+            elif states[hit[1]] is not None:
+                self.duplicates += 1
+                return []
+            states[hit[1]] = status
+            if status is _DELIVERED and not all(s is _DELIVERED for s in states):
+                return []
+        t.done = True
+        self.awaiting -= 1
+        err = receipt.err
+        code = receipt.stat if not err or not err.strip("0") else f"{receipt.stat}:{err}"
         return [
             DeliveryReport(
                 provider_id=t.provider_id,

@@ -20,6 +20,7 @@ unanswered tries the link is declared dead. Anything received resets the count.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
@@ -174,6 +175,9 @@ class Closed(NamedTuple):
 
 Event = Bound | BindFailed | Answered | Expired | Dropped | Received | Closed
 
+_new = tuple.__new__
+"""Builds a NamedTuple from a tuple of its fields (half the cost of calling the class)."""
+
 _BIND = object()
 _KEEPALIVE = object()
 _UNBIND = object()
@@ -242,6 +246,24 @@ class Session:
         """A fresh sequence number for the next request."""
         return self.seqs.next()
 
+    def submit(
+        self, build: Callable[[int, bytes], bytes], body: bytes, token: Any, tag: int, deadline: float
+    ) -> None:
+        """:meth:`request` for a sender's loop: the next sequence number taken, the request built
+        as ``build(seq, body)`` and queued with its response ``deadline``, in one call.
+
+        The caller checked that the session is bound and the window has room (see
+        :attr:`Window.room`); its answer comes back as :class:`Answered` like any request's.
+        """
+        seqs = self.seqs
+        seq = seqs._next
+        seqs._next = seq + 1 if seq < seqs.last else seqs.first
+        pending = self.window.pending
+        if seq in pending:
+            raise ValueError(f"sequence number {seq} is already in flight")
+        pending[seq] = (deadline, token, tag)
+        self._out.append(build(seq, body))
+
     def unbind(self, now: float) -> None:
         """Queue the unbind request; requests in flight may still be answered."""
         if self.state is State.BOUND:
@@ -262,12 +284,14 @@ class Session:
         dialect = self.dialect
         window = self.window
         base = now + self.settings.response_timeout  # an answer's latency is base - its deadline
+        pop = window.pending.pop
+        read, is_response, append = dialect.frame, dialect.is_response, events.append
         for pdu in self._framer.feed(data):
-            frame = dialect.frame(pdu)
-            if dialect.is_response(frame.command):
-                hit = window.pop(frame.seq)
+            frame = read(pdu)
+            if is_response(frame.command):
+                hit = pop(frame.seq, None)
                 if hit is not None:
-                    events.append(Answered(hit[1], hit[2], frame, base - hit[0]))
+                    append(_new(Answered, (hit[1], hit[2], frame, base - hit[0])))
                     continue
                 control = self._control.pop(frame.seq, None)
                 if control is None:

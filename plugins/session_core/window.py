@@ -34,54 +34,56 @@ class Window:
     tag)``; the token and tag are the caller's (what to tell when the answer comes).
     """
 
-    __slots__ = ("_pending", "size")
+    __slots__ = ("pending", "size")
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError("a window holds at least one request")
         self.size = size
-        self._pending: dict[int, tuple[float, Any, int]] = {}
+        self.pending: dict[int, tuple[float, Any, int]] = {}
+        """``seq → (deadline, token, tag)`` in the order they were sent (the session's hot paths
+        use it directly)."""
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self.pending)
 
     def __contains__(self, seq: int) -> bool:
-        return seq in self._pending
+        return seq in self.pending
 
     @property
     def room(self) -> int:
         """How many more requests may go now."""
-        return self.size - len(self._pending)
+        return self.size - len(self.pending)
 
     def add(self, seq: int, deadline: float, token: Any, tag: int = 0) -> None:
         """Record a request sent; the caller checked :attr:`room`."""
-        if seq in self._pending:
+        if seq in self.pending:
             raise ValueError(f"sequence number {seq} is already in flight")
-        self._pending[seq] = (deadline, token, tag)
+        self.pending[seq] = (deadline, token, tag)
 
     def pop(self, seq: int) -> tuple[float, Any, int] | None:
         """The request answered by ``seq`` (removed), or None if none is waiting for it."""
-        return self._pending.pop(seq, None)
+        return self.pending.pop(seq, None)
 
     def next_deadline(self) -> float:
         """The earliest deadline (``inf`` when empty)."""
-        for deadline, _, _ in self._pending.values():
+        for deadline, _, _ in self.pending.values():
             return deadline
         return float("inf")
 
     def expired(self, now: float) -> list[tuple[int, Any, int]]:
         """Remove and return ``(seq, token, tag)`` of every request whose deadline is ``<= now``."""
         out: list[tuple[int, Any, int]] = []
-        for seq, (deadline, token, tag) in self._pending.items():
+        for seq, (deadline, token, tag) in self.pending.items():
             if deadline > now:
                 break
             out.append((seq, token, tag))
         for seq, _, _ in out:
-            del self._pending[seq]
+            del self.pending[seq]
         return out
 
     def drain(self) -> list[tuple[int, Any, int]]:
         """Remove and return every request (the connection is gone)."""
-        out = [(seq, token, tag) for seq, (_, token, tag) in self._pending.items()]
-        self._pending.clear()
+        out = [(seq, token, tag) for seq, (_, token, tag) in self.pending.items()]
+        self.pending.clear()
         return out

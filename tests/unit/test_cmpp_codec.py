@@ -156,3 +156,22 @@ def test_the_wire_reads_reports_and_mo_and_writes_long_messages() -> None:
     assert kind is Reply.INBOUND
     assert answer == c.encode(c.SubmitResp(command=c.DELIVER | c.RESP, seq=1, msg_id=0), c.V3)
     assert c.decode(dialect.bind(1, 0.0), c.V3).timestamp == 101080000  # type: ignore[union-attr]  # 1970-01-01 08:00 in China
+
+
+@pytest.mark.parametrize("version", [c.V2, c.V3])
+def test_a_report_read_in_place_says_what_the_decoded_pdu_says(version: int) -> None:
+    report = c.Report(
+        msg_id=2**63 + 7, stat="DELIVRD", done_time="2612031201", dest_terminal_id="13800138000"
+    )
+    pdu = c.encode(c.Deliver(seq=1, registered_delivery=1, content=c.encode_report(report, version)), version)
+    assert c.report_view(pdu, version) == (2**63 + 7, "DELIVRD", "2612031201", "13800138000")
+    decoded = c.decode(pdu, version)
+    assert isinstance(decoded, c.Deliver)
+    full = c.decode_report(decoded.content, version)
+    assert (full.msg_id, full.stat, full.done_time, full.dest_terminal_id) == c.report_view(pdu, version)
+    mo = c.encode(c.Deliver(seq=2, src_terminal_id="13800138000", content=b"R", msg_fmt=0), version)
+    assert c.report_view(mo, version) is None  # an MO: the decoder's
+    short = c.encode(c.Deliver(seq=3, registered_delivery=1, content=b"\x00" * 20), version)
+    assert c.report_view(short, version) is None  # too short to be a report: the decoder says why
+    with pytest.raises(c.DecodeError):
+        CmppWire(version=version).inbound(_frame(short))

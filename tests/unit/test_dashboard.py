@@ -1,5 +1,6 @@
-"""config/grafana-dashboard.json is built on exactly the names and labels engine.observability.metrics exports,
-and every PromQL expression in it parses (promtool)."""
+"""config/grafana-dashboard.json is built on exactly the names and labels engine.observability.metrics exports
+(and the per-bind series the SMPP/CMPP gateways add to the same registry), and every PromQL
+expression in it parses (promtool)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 
 from engine.observability.metric_names import NAMES
 from engine.observability.metrics import Metrics
+from plugins.session_core.metrics import FAMILIES as BIND_FAMILIES, BindCollector
+from plugins.session_core.stats import LinkStats
 from tests.conftest import promtool as find_promtool
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "config" / "grafana-dashboard.json"
@@ -25,6 +28,7 @@ GRAFANA_VARS = {
     "$__range": "1h",
     "$carrier": ".*",
     "$gateway": ".*",
+    "$bind": ".*",
 }
 
 
@@ -33,6 +37,10 @@ def exported() -> dict[str, set[str]]:
     m = Metrics(backend="asyncio")
     m.prepare(stages=["normalize", "dedupe", "route"], routes={"cm": ["a", "b"]}, in_flight={"a": 2, "b": 1})
     m.delivery_reports({"delivered": 1}, [1.0], gateway="a")
+    stats = LinkStats()  # a bind of an smpp/cmpp gateway, registered as the service and sends do
+    stats.answered(0.004)
+    stats.receipts["delivered"] = 1
+    m.registry.register(BindCollector("a", lambda: {"0": (stats, 3, 10)}))
     out: dict[str, set[str]] = {}
     for fam in m.registry.collect():
         assert fam.samples, f"{fam.name} has no series after prepare()"
@@ -65,7 +73,7 @@ def test_every_metric_and_label_in_the_dashboard_exists_in_the_registry() -> Non
         assert used, f"no Pigeon metric in {expr!r}"
         labels: set[str] = {"le"} if "histogram_quantile" in expr else set()
         for name in used:
-            assert name in names, f"{name} (in {expr!r}) is not exported by engine.observability.metrics"
+            assert name in names, f"{name} (in {expr!r}) is not exported"
             labels |= names[name]
         for name, matchers in SELECTOR.findall(expr):
             for label, _ in MATCHER.findall(matchers):
@@ -87,7 +95,7 @@ def test_template_variables_query_existing_labels() -> None:
 
 def test_the_dashboard_shows_every_metric_family() -> None:
     used = {n for expr in expressions() for n in METRIC.findall(expr)}
-    for full in NAMES.values():
+    for full in [*NAMES.values(), *BIND_FAMILIES]:
         shown = {full, f"{full}_bucket", f"{full}_count", f"{full}_sum"} & used
         assert shown, f"{full} is on no panel"
 
@@ -116,3 +124,11 @@ def test_promtool_parses_every_expression(tmp_path: Path) -> None:
     done = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, check=False)
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
     assert f"SUCCESS: {len(rules)} rules found" in done.stdout.decode()
+
+
+def test_the_bind_panels_are_split_by_bind_and_filtered_by_the_variable() -> None:
+    for expr in expressions():
+        if "pigeon_bind_" in expr:
+            assert 'bind=~"$bind"' in expr, expr
+            for group in GROUPING.findall(expr):
+                assert {"gateway", "bind"} <= {g.strip() for g in group.split(",")}, expr

@@ -175,3 +175,88 @@ def test_mo_with_a_udh_and_an_international_source() -> None:
     got = wire.inbound(_frame(pdu))
     assert isinstance(got, Mo)
     assert (got.source, got.text, got.concat) == ("+8613800138000", "退订", (9, 2, 1))
+
+
+def _deliver(esm: int, short_message: bytes, tlvs: list[tuple[int, bytes]] | None = None) -> bytes:
+    return c.encode(
+        c.ShortMessage(
+            command=c.DELIVER_SM,
+            seq=3,
+            source_addr="8613800138000",
+            source_addr_ton=1,
+            destination_addr="10690000",
+            esm_class=esm,
+            short_message=short_message,
+            tlvs=tlvs or [],
+        )
+    )
+
+
+TEXT_RECEIPT = (
+    b"id:00B8BE19 sub:001 dlvrd:001 submit date:2612031200 done date:2612031201 stat:DELIVRD err:000"
+)
+
+
+@pytest.mark.parametrize(
+    ("short_message", "tlvs", "expected"),
+    [
+        (TEXT_RECEIPT, [], ("00B8BE19", "DELIVRD", "000", DeliveryStatus.DELIVERED)),
+        (  # the TLV id wins over the text's; message_state gives the status
+            TEXT_RECEIPT.replace(b"DELIVRD", b"UNDELIV"),
+            [(c.TLV_RECEIPTED_MESSAGE_ID, b"b8be19\x00"), (c.TLV_MESSAGE_STATE, b"\x05")],
+            ("b8be19", "UNDELIV", "000", DeliveryStatus.FAILED),
+        ),
+        (  # no text: the TLVs alone
+            b"",
+            [(c.TLV_RECEIPTED_MESSAGE_ID, b"12107289\x00"), (c.TLV_MESSAGE_STATE, b"\x03")],
+            ("12107289", "EXPIRED", "", DeliveryStatus.EXPIRED),
+        ),
+        (  # the text in message_payload
+            b"",
+            [(c.TLV_MESSAGE_PAYLOAD, TEXT_RECEIPT)],
+            ("00B8BE19", "DELIVRD", "000", DeliveryStatus.DELIVERED),
+        ),
+        (b"", [(c.TLV_RECEIPTED_MESSAGE_ID, b"1\x00"), (c.TLV_MESSAGE_STATE, b"\x01")], None),  # ENROUTE
+        (b"no receipt words here", [], None),
+    ],
+)
+def test_a_receipt_read_in_place_says_what_the_decoded_pdu_says(
+    short_message: bytes, tlvs: list[tuple[int, bytes]], expected: tuple[str, str, str, DeliveryStatus] | None
+) -> None:
+    wire = SmppWire(c.SubmitTemplate())
+    pdu = _deliver(c.ESM_RECEIPT, short_message, tlvs)
+    view = c.receipt_view(pdu)
+    assert view is not None and view[:2] == (c.ESM_RECEIPT, "8613800138000")
+    got = wire.inbound(_frame(pdu))
+    if expected is None:
+        assert got is None
+        return
+    receipt, status = (got, status_of(got.stat)) if isinstance(got, Receipt) else got  # type: ignore[misc]
+    assert isinstance(receipt, Receipt)
+    assert (receipt.id, receipt.stat, receipt.err, status) == expected
+    assert receipt.addr == "8613800138000"
+    # the same through the full decoder (data_sm takes that path): the same receipt
+    sm = c.decode(pdu)
+    assert isinstance(sm, c.ShortMessage)
+    slow = wire._receipt(
+        sm.short_message or sm.tlv(c.TLV_MESSAGE_PAYLOAD) or b"",
+        sm.source_addr,
+        sm.tlv(c.TLV_RECEIPTED_MESSAGE_ID),
+        sm.tlv(c.TLV_MESSAGE_STATE),
+    )
+    assert slow == got
+
+
+def test_the_in_place_reader_leaves_mo_to_the_decoder_and_refuses_what_it_refuses() -> None:
+    assert c.receipt_view(_deliver(0, "退订".encode("utf-16-be"))) is None
+    pdu = _deliver(c.ESM_RECEIPT, TEXT_RECEIPT, [(c.TLV_MESSAGE_STATE, b"\x02")])
+    for cut in (pdu[:40], pdu[:-1], pdu[:-3]):
+        with pytest.raises(c.DecodeError):
+            c.receipt_view(cut)
+
+
+def test_an_id_with_a_digit_int_cannot_read_has_no_other_reading() -> None:
+    # latin-1 has digits that str.isdigit() accepts and int() refuses ('³'): no base conversion
+    assert id_forms(canonical_id("12³")) == ["12³", "", ""]
+    assert id_forms("16") == ["16", "10", "22"]
+    assert id_forms("ab") == ["ab", "", "171"]
