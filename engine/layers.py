@@ -26,12 +26,13 @@ LAYERS: Mapping[str, int] = {
     "engine.observability": 2,
     "engine.pipeline": 3,
     "engine.sending": 3,
-    "pigeon": 4,  # the public plugin API: re-exports core and sending, nothing above
-    "plugins": 5,  # the built-in plugins: the public API and the layers up to sending
-    "engine.run": 6,
-    "engine.service": 7,
-    "engine.cli": 8,
-    "engine.__main__": 9,
+    "engine.coordination": 4,  # the plane workers share: wraps state's lease and sending's limiter
+    "pigeon": 5,  # the public plugin API: re-exports core, sending and coordination, nothing above
+    "plugins": 6,  # the built-in plugins: the public API and the layers up to coordination
+    "engine.run": 7,
+    "engine.service": 8,
+    "engine.cli": 9,
+    "engine.__main__": 10,
 }
 """Package → rank. A module imports only from its own package or from ranks below its own."""
 
@@ -41,8 +42,9 @@ JOBS: Mapping[str, str] = {
     "engine.observability": "metrics, JSON logs, run reports",
     "engine.pipeline": "sources, stages, the batch runner",
     "engine.sending": "gateway contract, lanes, rate limits, retry, priority, webhooks, test kit",
+    "engine.coordination": "coordinator contract: leases, shared rate budgets, recipient claims",
     "pigeon": "the public plugin API",
-    "plugins": "built-in sources and gateways",
+    "plugins": "built-in sources, gateways and coordinators",
     "engine.run": "plan, preview, send loop, signals, shards, workers",
     "engine.service": "HTTP API, OpenAPI, keys, campaigns",
     "engine.cli": "the pigeon command",

@@ -1,4 +1,4 @@
-"""Pigeon's public plugin API: the one import a source, gateway or webhook-parser plugin needs.
+"""Pigeon's public plugin API: the one import a source, gateway, webhook-parser or coordinator plugin needs.
 
 Plugins import from here and from :mod:`pigeon.testing`; ``engine.*`` is internal and may move
 between releases. The surface follows :data:`API_VERSION`: a minor version only adds (new names,
@@ -31,6 +31,16 @@ docs/plugins.md is the guide; examples/pigeon-gateway-example is a package to co
 
 from __future__ import annotations
 
+from engine.coordination.contract import (
+    BudgetKey,
+    BudgetSpec,
+    Claim,
+    Coordinator,
+    CoordinatorContext,
+    CoordinatorUnavailable,
+    LeaseGrant,
+    LeaseLost,
+)
 from engine.core.errors import (
     ConfigError,
     EngineError,
@@ -58,6 +68,7 @@ from engine.core.messages import (
 from engine.core.phone import mask
 from engine.core.provider_template import ProviderParams
 from engine.core.registries import (
+    CoordinatorRegistry,
     GatewayRegistry,
     Registration,
     ResolverRegistry,
@@ -68,11 +79,20 @@ from engine.pipeline.source import SegmentReader, SegmentSource, SourceBatch, So
 from engine.sending.gateway import Gateway, GatewayContext, InboundSink, Receiving, about_to_write
 from engine.sending.settling import Journal, ProviderStatus, Settled, SettleQuery, Settling, request_key
 from engine.sending.webhooks import MoReply, WebhookError, WebhookParser
+from engine.state.ledger.lease import CampaignBusy, LeaseHolder
 
 __all__ = [
     "ACCEPTED",
     "API_VERSION",
+    "BudgetKey",
+    "BudgetSpec",
+    "CampaignBusy",
+    "Claim",
     "ConfigError",
+    "Coordinator",
+    "CoordinatorContext",
+    "CoordinatorRegistry",
+    "CoordinatorUnavailable",
     "DeliveryReport",
     "DeliveryStatus",
     "EngineError",
@@ -87,6 +107,9 @@ __all__ = [
     "GatewayUnreachable",
     "InboundSink",
     "Journal",
+    "LeaseGrant",
+    "LeaseHolder",
+    "LeaseLost",
     "Message",
     "MessageBatch",
     "MoReply",
@@ -118,5 +141,5 @@ __all__ = [
     "request_key",
 ]
 
-API_VERSION = "1.0"
+API_VERSION = "1.1"
 """The plugin API's version (``major.minor``), separate from the package's; see the module docstring."""

@@ -410,6 +410,9 @@ def _plugins(as_json: bool, console: Console) -> int:
         "carrier_resolvers": {
             r.name: {"plugin": r.plugin, "description": r.description} for r in host.resolvers.items()
         },
+        "coordinators": {
+            r.name: {"plugin": r.plugin, "description": r.description} for r in host.coordinators.items()
+        },
     }
     if as_json:
         emit_json(data)
@@ -417,7 +420,7 @@ def _plugins(as_json: bool, console: Console) -> int:
     t = Table(title="Installed plugins")
     for col in ("kind", "name", "plugin", "description"):
         t.add_column(col)
-    for kind in ("sources", "gateways", "carrier_resolvers"):
+    for kind in ("sources", "gateways", "carrier_resolvers", "coordinators"):
         for name, info in sorted(data[kind].items()):  # type: ignore[attr-defined]
             t.add_row(kind.rstrip("s"), name, info["plugin"], info["description"])
     console.print(t)

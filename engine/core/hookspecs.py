@@ -13,6 +13,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from engine.core.registries import (
+        CoordinatorRegistry,
         GatewayRegistry,
         ResolverRegistry,
         SourceRegistry,
@@ -84,6 +85,24 @@ def register_webhook_parsers(parsers: WebhookParserRegistry) -> None:
         and the gateway's name, and returns a :class:`~engine.sending.webhooks.WebhookParser`: ``verify``
         (the provider's signature scheme), ``reports`` and ``replies``. An engine selects it with
         ``service.webhooks.<gateway>.parser = "<name>"``.
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec
+def register_coordinators(coordinators: CoordinatorRegistry) -> None:
+    """Register coordinators: the shared plane through which many workers of one campaign hold its
+    lease, charge per-(gateway, carrier, lane) rate budgets and claim recipients.
+
+    Called once per process when the plugin host starts. Must not do I/O.
+
+    :param coordinators: call ``coordinators.add(name, factory, config_type)``. ``factory(config,
+        ctx)`` receives the ``[coordinator]`` options converted to ``config_type`` and a
+        :class:`~engine.coordination.contract.CoordinatorContext`, and returns a
+        :class:`~engine.coordination.contract.Coordinator`. It is called inside the run's event loop,
+        so it may create async clients, but it must not block. ``embedded`` (today's SQLite lease
+        and in-process limits, for one host) is the engine's own and the default.
 
     .. versionadded:: 0.2
     """

@@ -14,6 +14,7 @@ from engine.core import hookspecs
 from engine.core.errors import PluginContractError, PluginLoadError
 from engine.core.registries import (
     DISABLE_ENV,
+    CoordinatorRegistry,
     GatewayRegistry,
     Registry,
     ResolverRegistry,
@@ -29,6 +30,7 @@ _HOOKS: Mapping[str, str] = {
     "register_gateways": "gateways",
     "register_carrier_resolvers": "resolvers",
     "register_webhook_parsers": "webhook_parsers",
+    "register_coordinators": "coordinators",
 }
 
 
@@ -56,6 +58,7 @@ class PluginHost:
         self.gateways = GatewayRegistry()
         self.resolvers = ResolverRegistry()
         self.webhook_parsers = WebhookParserRegistry()
+        self.coordinators = CoordinatorRegistry()
         if load_entrypoints:
             self._load_entrypoints()
         for plugin in plugins:

@@ -12,6 +12,7 @@ from engine.core.errors import PluginContractError
 
 __all__ = [
     "DISABLE_ENV",
+    "CoordinatorRegistry",
     "GatewayRegistry",
     "Registration",
     "Registry",
@@ -119,3 +120,10 @@ class WebhookParserRegistry(Registry[Callable[..., Any]]):
     """Webhook parsers by name (the service's ``/v1/webhooks/{gateway}/…``)."""
 
     kind = "webhook parser"
+
+
+class CoordinatorRegistry(Registry[Callable[..., Any]]):
+    """Coordinators by name (``redis``…): where the workers of one campaign share leases, rate
+    budgets and per-recipient claims. ``embedded`` (one host) is the engine's own, never registered."""
+
+    kind = "coordinator"

@@ -24,14 +24,16 @@ PINNED = {
     "ResolverRegistry", "RunHalt", "SegmentReader", "SegmentSource", "SourceBatch", "SourceContext",
     "SourceError", "SourceRegistry", "SubmitResult", "WebhookError", "WebhookParser", "WebhookParserRegistry",
     "about_to_write", "hookimpl", "mask", "Journal", "ProviderStatus", "SettleQuery", "Settled", "Settling",
-    "request_key",
+    "request_key", "BudgetKey", "BudgetSpec", "CampaignBusy", "Claim", "Coordinator", "CoordinatorContext",
+    "CoordinatorRegistry", "CoordinatorUnavailable", "LeaseGrant", "LeaseHolder", "LeaseLost",
 }  # fmt: skip
 
 
 def test_the_names_are_the_pinned_ones() -> None:
     assert set(pigeon.__all__) == PINNED
     assert set(pigeon.testing.__all__) == {
-        "FakeClock", "RecordingGateway", "check_gateway", "gateway_context", "registered", "sample_batch",
+        "FakeClock", "RecordingGateway", "check_coordinator", "check_gateway", "gateway_context", "registered",
+        "sample_batch",
     }  # fmt: skip
 
 

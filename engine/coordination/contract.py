@@ -1,0 +1,186 @@
+"""The coordinator contract: the lease, the rate budgets and the recipient claims a worker shares."""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import msgspec
+
+from engine.core.errors import EngineError
+from engine.state.ledger.records import LeaseLost
+
+__all__ = [
+    "BudgetKey",
+    "BudgetSpec",
+    "Claim",
+    "Coordinator",
+    "CoordinatorContext",
+    "CoordinatorUnavailable",
+    "LeaseGrant",
+    "LeaseLost",  # the ledger's: the run halts, it hands nothing more over
+    "worker_id",
+]
+
+
+def worker_id() -> str:
+    """A name for this process that no other worker shares: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class CoordinatorUnavailable(EngineError):
+    """The shared store did not answer (down, failing over, timed out). Nothing that needed its
+    answer may go: a request without a claim or a booked budget waits, it is never sent blind."""
+
+
+class LeaseGrant(msgspec.Struct, kw_only=True, frozen=True):
+    """A lease this worker holds on a campaign.
+
+    ``fence`` is the fencing token: it grows by one at every take, across every owner the campaign
+    ever had, so a store that records the fence with each write can refuse a late write of an owner
+    whose lease was taken over (its fence is smaller than the current one).
+    """
+
+    campaign: str
+    owner: str
+    """Who took it, for people: ``pigeon send``, ``pigeon worker``…"""
+    token: str
+    """This grant's own secret: renew and release only act when it still matches."""
+    fence: int
+    ttl: float
+    """Seconds the lease lives without a renewal; renew every third of it."""
+
+
+class BudgetKey(NamedTuple):
+    """One rate budget: the parts a gateway may send to a carrier on a lane (``bulk``, ``transactional``)."""
+
+    gateway: str
+    carrier: str
+    lane: str
+
+    def tag(self) -> str:
+        """``gateway:carrier:lane``: the name a shared store files the budget under."""
+        return f"{self.gateway}:{self.carrier}:{self.lane}"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSpec:
+    """A budget's figures: at most ``rate`` billed parts in any ``window`` seconds, charged per request.
+
+    ``burst`` is the largest request, in parts, the budget lets go at once. A shared GCRA
+    (generic cell rate algorithm: one timestamp per budget) holds the window bound by letting parts
+    through at ``rate - burst`` per ``window`` on average, with room for one request of ``burst``
+    parts at once; ``margin`` widens the window (1% by default) for the time between the charge
+    and the request's arrival at the receiver.
+    """
+
+    rate: float
+    burst: int = 1
+    window: float = 1.0
+    margin: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not (self.rate > 0 and math.isfinite(self.rate)):
+            raise ValueError(f"rate must be a positive number of parts per window, not {self.rate!r}")
+        if not 1 <= self.burst < self.rate:
+            raise ValueError(
+                f"burst ({self.burst} parts: the largest request) must be at least 1 and below the rate "
+                f"({self.rate:g} parts per {self.window:g} s): make requests smaller or the window longer"
+            )
+        if self.window <= 0 or self.margin < 0:
+            raise ValueError("window must be positive and margin not negative")
+
+    def check(self, parts: int) -> None:
+        """ValueError unless a request of ``parts`` fits one burst (a larger one could never go)."""
+        if not 1 <= parts <= self.burst:
+            raise ValueError(
+                f"a request of {parts} parts does not fit the budget's burst ({self.burst}): split it"
+            )
+
+    @property
+    def interval(self) -> float:
+        """GCRA's emission interval: seconds charged per part."""
+        return self.window * (1 + self.margin) / (self.rate - self.burst)
+
+    @property
+    def tolerance(self) -> float:
+        """GCRA's burst tolerance in seconds: room for one request of ``burst`` parts."""
+        return self.burst * self.interval
+
+
+class Claim(IntEnum):
+    """What a claim on one recipient found."""
+
+    TAKEN = 0
+    """Another worker claimed the recipient: do not submit."""
+    NEW = 1
+    """Claimed by this call: submit."""
+    MINE = 2
+    """Claimed before by this worker (a retry of its own): submit if its ledger says so."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorContext:
+    """What a coordinator factory is given besides its options."""
+
+    worker: str = field(default_factory=worker_id)
+    """This worker's name (unique across hosts): the owner of its claims."""
+    store_path: Path | None = None
+    """The worker's SQLite store (its ledger), where the embedded coordinator keeps the lease."""
+    clock: Callable[[], float] = time.monotonic
+    """The clock in-process limits read (a fake one in tests); shared stores use their own."""
+
+
+@runtime_checkable
+class Coordinator(Protocol):
+    """The plane the workers of one campaign share; called per request, never per message.
+
+    Lease: :meth:`take_lease` raises :class:`~engine.state.ledger.lease.CampaignBusy` while another
+    live owner holds it; :meth:`renew_lease` raises :class:`LeaseLost` once it is not ours.
+    Budgets: :meth:`charge` books a request's parts or, when over, books nothing and says how long
+    to wait. Claims: :meth:`claim` takes every recipient of one request in one step, so a recipient
+    is claimed by at most one worker whatever they race.
+    """
+
+    name: str
+
+    async def take_lease(self, campaign: str, owner: str, ttl: float) -> LeaseGrant:
+        """Take the campaign's lease for ``ttl`` seconds with a new, larger fence."""
+        ...
+
+    async def renew_lease(self, grant: LeaseGrant) -> None:
+        """Extend the lease by its ttl; :class:`LeaseLost` if it is not this grant's any more."""
+        ...
+
+    async def release_lease(self, grant: LeaseGrant) -> bool:
+        """Give the lease back; False (and nothing changed) if it was not this grant's any more."""
+        ...
+
+    async def holds(self, grant: LeaseGrant) -> bool:
+        """Whether ``grant`` is still the campaign's lease (its token and fence are current)."""
+        ...
+
+    async def charge(self, key: BudgetKey, spec: BudgetSpec, parts: int) -> float:
+        """Book ``parts`` on the budget: 0.0 when booked, else the seconds to wait before asking
+        again (nothing booked)."""
+        ...
+
+    async def claim(self, campaign: str, recipients: Sequence[str]) -> list[Claim]:
+        """Claim every recipient of one request for this worker, in one step; one answer each."""
+        ...
+
+    async def release_claims(self, campaign: str, recipients: Sequence[str]) -> int:
+        """Give back claims of this worker whose request never left (refused before sending); how many."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close connections; the lease is not released (call :meth:`release_lease`)."""
+        ...

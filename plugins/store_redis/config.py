@@ -1,0 +1,25 @@
+"""The ``redis`` coordinator's options (importable without the ``redis`` package)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+__all__ = ["RedisConfig"]
+
+
+class RedisConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[coordinator] plugin = "redis"`` options."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    """Where Redis 7 (or Valkey) listens: ``redis://[user:password@]host:port/db``, ``rediss://`` for TLS."""
+    cluster: bool = False
+    """``url`` names one node of a Redis Cluster: the client follows the slots (every script's keys
+    share one hash tag, so each runs on one node)."""
+    prefix: str = "pigeon"
+    """Every key starts ``<prefix>:``: several deployments can share one Redis."""
+    claim_ttl: Annotated[float, msgspec.Meta(gt=0)] = 14 * 86400.0
+    """Seconds a campaign's claims outlive its last claim (longer than any campaign runs)."""
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """Seconds to wait for an answer before :class:`~pigeon.CoordinatorUnavailable`."""

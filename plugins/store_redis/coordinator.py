@@ -1,0 +1,215 @@
+"""The Redis coordinator: one campaign's lease, the shared GCRA budgets and the recipient claims.
+
+Keys (``prefix`` is ``pigeon`` unless configured; ``{…}`` is a Redis Cluster hash tag, so every
+script touches one slot):
+
+========================================  ===========  ==============================================
+key                                       type         holds
+========================================  ===========  ==============================================
+``<prefix>:lease:{<campaign>}``           hash         token, owner, host, pid, started, ttl, fence;
+                                                       expires ``ttl`` after the last renewal
+``<prefix>:fence:{<campaign>}``           string       the fencing counter, grown at every take
+                                                       (never expires: fences only grow)
+``<prefix>:claims:{<campaign>}``          hash         recipient → the worker that claimed it;
+                                                       expires ``claim_ttl`` after the last claim
+``<prefix>:budget:{<gw>:<carrier>:<lane>}``  string    GCRA's theoretical arrival time (µs, the
+                                                       server's clock); expires when drained
+========================================  ===========  ==============================================
+
+A name's ``{`` and ``}`` are written ``%7B`` / ``%7D`` so they cannot break the hash tag.
+redis-py's client is asyncio-only: run the engine on the asyncio backend with this coordinator.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from pigeon import (
+    BudgetKey,
+    BudgetSpec,
+    CampaignBusy,
+    Claim,
+    CoordinatorContext,
+    CoordinatorUnavailable,
+    LeaseGrant,
+    LeaseHolder,
+    LeaseLost,
+)
+from plugins.store_redis import scripts
+from plugins.store_redis.config import RedisConfig
+
+__all__ = ["RedisConfig", "RedisCoordinator", "SharedLeaseBusy", "tag"]
+
+T = TypeVar("T")
+Arg = str | int
+
+
+def tag(name: str) -> str:
+    """``name`` as a Cluster hash tag's content: its braces escaped."""
+    return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+_CLAIMS = {0: Claim.TAKEN, 1: Claim.NEW, 2: Claim.MINE}
+
+
+class SharedLeaseBusy(CampaignBusy):
+    """:class:`~pigeon.CampaignBusy` for a lease in Redis: taken over only after its ttl (Redis
+    cannot tell whether a process on another host is alive)."""
+
+    def __init__(self, campaign: str, holder: LeaseHolder) -> None:
+        super().__init__(campaign, holder)
+        self.args = (
+            f"campaign {campaign!r} is being sent by {holder.describe()}; nothing was sent. Its lease "
+            f"in Redis passes to another worker {holder.ttl:g} s after its holder's last renewal",
+        )
+
+
+class RedisCoordinator:
+    """The :class:`~pigeon.Coordinator` on Redis (see the module docstring for its keys)."""
+
+    name = "redis"
+
+    def __init__(self, config: RedisConfig, ctx: CoordinatorContext) -> None:
+        self.config = config
+        self.worker = ctx.worker
+        self.prefix = config.prefix
+        self.client: aioredis.Redis | RedisCluster
+        if config.cluster:
+            self.client = RedisCluster.from_url(
+                config.url, socket_timeout=config.timeout, socket_connect_timeout=config.timeout
+            )
+        else:
+            self.client = aioredis.Redis.from_url(
+                config.url, socket_timeout=config.timeout, socket_connect_timeout=config.timeout
+            )
+        reg = self.client.register_script
+        self._take = reg(scripts.LEASE_TAKE)
+        self._renew = reg(scripts.LEASE_RENEW)
+        self._release = reg(scripts.LEASE_RELEASE)
+        self._gcra = reg(scripts.GCRA)
+        self._claim = reg(scripts.CLAIM)
+        self._unclaim = reg(scripts.RELEASE_CLAIMS)
+        self._claim_ttl_ms = math.ceil(config.claim_ttl * 1000)
+
+    # -- keys ------------------------------------------------------------------------------------
+
+    def lease_key(self, campaign: str) -> str:
+        """The campaign's lease hash."""
+        return f"{self.prefix}:lease:{{{tag(campaign)}}}"
+
+    def fence_key(self, campaign: str) -> str:
+        """The campaign's fencing counter."""
+        return f"{self.prefix}:fence:{{{tag(campaign)}}}"
+
+    def claims_key(self, campaign: str) -> str:
+        """The campaign's claims hash."""
+        return f"{self.prefix}:claims:{{{tag(campaign)}}}"
+
+    def budget_key(self, key: BudgetKey) -> str:
+        """The budget's GCRA timestamp."""
+        return f"{self.prefix}:budget:{{{tag(key.tag())}}}"
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except RedisError as exc:
+            raise CoordinatorUnavailable(
+                f"redis coordinator ({self.config.url.rsplit('@', 1)[-1]}) could not {what}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    # -- the lease -------------------------------------------------------------------------------
+
+    async def take_lease(self, campaign: str, owner: str, ttl: float) -> LeaseGrant:
+        """Take the lease with a new fence; :class:`~pigeon.CampaignBusy` while another holds it."""
+        token = secrets.token_hex(16)
+        ttl_ms = max(1, math.ceil(ttl * 1000))
+        keys = [self.lease_key(campaign), self.fence_key(campaign)]
+        args: list[Arg] = [token, owner, socket.gethostname(), os.getpid(), ttl_ms]
+        res: list[Any] = await self._call("take the lease", lambda: self._take(keys=keys, args=args))
+        if int(res[0]) == 1:
+            return LeaseGrant(campaign=campaign, owner=owner, token=token, fence=int(res[1]), ttl=ttl)
+        h_owner, host, pid, started, h_ttl, pttl = (
+            (x.decode() if isinstance(x, bytes) else x) for x in res[1:]
+        )
+        ttl_s = int(h_ttl) / 1000
+        now = time.time()
+        raise SharedLeaseBusy(
+            campaign,
+            LeaseHolder(
+                campaign=campaign,
+                owner=h_owner,
+                host=host,
+                pid=int(pid),
+                started_at=float(started),
+                heartbeat=now - max(0.0, ttl_s - int(pttl) / 1000),
+                ttl=ttl_s,
+                alive=True,
+            ),
+        )
+
+    async def renew_lease(self, grant: LeaseGrant) -> None:
+        """Extend the lease by its ttl; :class:`~pigeon.LeaseLost` once it expired or was taken."""
+        keys = [self.lease_key(grant.campaign)]
+        args: list[Arg] = [grant.token, max(1, math.ceil(grant.ttl * 1000))]
+        if not int(await self._call("renew the lease", lambda: self._renew(keys=keys, args=args))):
+            raise LeaseLost(f"the lease on campaign {grant.campaign!r} (fence {grant.fence}) is lost")
+
+    async def release_lease(self, grant: LeaseGrant) -> bool:
+        """Delete the lease if it is still this grant's."""
+        keys = [self.lease_key(grant.campaign)]
+        return bool(
+            int(await self._call("release the lease", lambda: self._release(keys=keys, args=[grant.token])))
+        )
+
+    async def holds(self, grant: LeaseGrant) -> bool:
+        """Whether the lease is this grant's, with its fence."""
+        key = self.lease_key(grant.campaign)
+        token, fence = await self._call("read the lease", lambda: self.client.hmget(key, ["token", "fence"]))
+        return token == grant.token.encode() and fence is not None and int(fence) == grant.fence
+
+    # -- budgets ---------------------------------------------------------------------------------
+
+    async def charge(self, key: BudgetKey, spec: BudgetSpec, parts: int) -> float:
+        """Book ``parts`` on the shared GCRA, or say how long to wait (nothing booked)."""
+        if not 1 <= parts <= spec.burst:
+            raise ValueError(
+                f"a request of {parts} parts does not fit the budget's burst ({spec.burst}): split it"
+            )
+        keys = [self.budget_key(key)]
+        args: list[Arg] = [f"{spec.interval * 1e6:.3f}", f"{spec.tolerance * 1e6:.3f}", parts]
+        wait_us = int(await self._call("charge a budget", lambda: self._gcra(keys=keys, args=args)))
+        return wait_us / 1e6
+
+    # -- claims ----------------------------------------------------------------------------------
+
+    async def claim(self, campaign: str, recipients: Sequence[str]) -> list[Claim]:
+        """Claim the request's recipients in one script: NEW, MINE (this worker's) or TAKEN."""
+        if not recipients:
+            return []
+        keys = [self.claims_key(campaign)]
+        args: list[Arg] = [self.worker, self._claim_ttl_ms, *recipients]
+        res: list[int] = await self._call("claim recipients", lambda: self._claim(keys=keys, args=args))
+        return [_CLAIMS[int(r)] for r in res]
+
+    async def release_claims(self, campaign: str, recipients: Sequence[str]) -> int:
+        """Give back this worker's claims on ``recipients``."""
+        if not recipients:
+            return 0
+        keys = [self.claims_key(campaign)]
+        args: list[Arg] = [self.worker, *recipients]
+        return int(await self._call("release claims", lambda: self._unclaim(keys=keys, args=args)))
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()

@@ -1,0 +1,433 @@
+"""The ``redis`` coordinator against the real Redis on loopback: lease and fence, claims raced by 4
+OS processes, one GCRA budget shared by 4 processes measured at a receiver.
+
+asyncio backend only: redis-py's client is asyncio-only (docs/scale-out.md says how trio users run
+it). ``PIGEON_TEST_REDIS_URL`` picks the server (default DB 11 on 127.0.0.1:6379); every test uses a
+key prefix of its own and deletes its keys. .ci/run starts a Redis where none answers and sets
+``PIGEON_REQUIRE_REDIS``: there a missing server fails these tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("redis")
+
+import redis
+from redis.asyncio.cluster import RedisCluster
+
+from engine.coordination.contract import (
+    BudgetKey,
+    BudgetSpec,
+    Claim,
+    CoordinatorContext,
+    CoordinatorUnavailable,
+)
+from engine.state.ledger.lease import CampaignBusy
+from engine.state.ledger.records import LeaseLost
+from plugins.store_redis.config import RedisConfig
+from plugins.store_redis.coordinator import RedisCoordinator
+from tests.integration import redis_workers
+
+URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+
+pytestmark = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> str:
+    """The test Redis; skipped (failed under PIGEON_REQUIRE_REDIS) when none answers."""
+    try:
+        redis.Redis.from_url(URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        hint = f"no Redis answers at {URL} ({exc}): apt-get install redis-server, or run .ci/run"
+        if os.environ.get("PIGEON_REQUIRE_REDIS"):
+            pytest.fail(hint)
+        pytest.skip(hint)
+    return URL
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Any:
+    """A key prefix for one test; its keys are deleted after it."""
+    p = f"pigeon-test-{secrets.token_hex(4)}"
+    yield p
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{p}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+async def make(redis_url: str, prefix: str) -> AsyncIterator[Callable[..., RedisCoordinator]]:
+    made: list[RedisCoordinator] = []
+
+    def factory(**options: Any) -> RedisCoordinator:
+        c = RedisCoordinator(RedisConfig(url=redis_url, prefix=prefix, **options), CoordinatorContext())
+        made.append(c)
+        return c
+
+    yield factory
+    for c in made:
+        await c.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_redis_coordinator_keeps_the_contract(make: Callable[..., RedisCoordinator]) -> None:
+    from pigeon.testing import check_coordinator
+
+    await check_coordinator(make)
+
+
+@pytest.mark.anyio
+async def test_the_lease_excludes_a_second_owner(make: Callable[..., RedisCoordinator]) -> None:
+    a, b = make(), make()
+    grant = await a.take_lease("spring{sale}", "pigeon worker", 30.0)
+    with pytest.raises(CampaignBusy, match=rf"pigeon worker \(pid {os.getpid()} on host") as busy:
+        await b.take_lease("spring{sale}", "pigeon worker", 30.0)
+    assert "passes to another worker 30 s after its holder's last renewal" in str(busy.value)
+    assert busy.value.holder.owner == "pigeon worker" and busy.value.holder.ttl == 30.0
+    await a.renew_lease(grant)
+    assert await b.holds(grant)
+    assert await a.release_lease(grant)
+    again = await b.take_lease("spring{sale}", "pigeon worker", 30.0)
+    assert again.fence == grant.fence + 1
+    assert not await a.release_lease(grant)  # an old grant releases nothing
+    assert await a.holds(again)
+
+
+@pytest.mark.anyio
+async def test_an_expired_lease_is_taken_over_and_the_old_owner_is_fenced(
+    make: Callable[..., RedisCoordinator],
+) -> None:
+    a, b = make(), make()
+    old = await a.take_lease("c", "w1", 0.2)
+    time.sleep(0.3)  # no renewal: Redis expires the lease on its own clock  # noqa: ASYNC251
+    new = await b.take_lease("c", "w2", 30.0)
+    assert new.fence == old.fence + 1
+    with pytest.raises(LeaseLost):
+        await a.renew_lease(old)
+    assert not await a.holds(old)
+    assert not await a.release_lease(old)
+    assert await b.holds(new)
+
+
+@pytest.mark.anyio
+async def test_a_kept_redis_lease_outlives_its_ttl_and_a_takeover_is_noticed(
+    make: Callable[..., RedisCoordinator],
+) -> None:
+    import anyio
+
+    from engine.coordination.keeper import LeaseKeeper
+
+    a, b = make(), make()
+    grant = await a.take_lease("c", "w1", 0.3)
+    keeper = LeaseKeeper(a, grant)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keeper.run)
+        await anyio.sleep(0.75)
+        assert await b.holds(grant)  # 2.5 ttls later, renewed
+        await a.client.delete(a.lease_key("c"))  # as if it expired: another takes it
+        other = await b.take_lease("c", "w2", 30.0)
+        with anyio.fail_after(1):
+            await keeper.lost_event.wait()
+    assert other.fence == grant.fence + 1 and "lost" in keeper.lost
+
+
+@pytest.mark.anyio
+async def test_claims_are_per_worker_and_given_back_only_by_their_owner(
+    make: Callable[..., RedisCoordinator],
+) -> None:
+    a, b = make(), make()
+    assert await a.claim("c", ["8613800000001", "8613800000002"]) == [Claim.NEW, Claim.NEW]
+    assert await b.claim("c", ["8613800000002", "8613800000003"]) == [Claim.TAKEN, Claim.NEW]
+    assert await a.claim("c", ["8613800000001"]) == [Claim.MINE]
+    assert await b.release_claims("c", ["8613800000001", "8613800000003"]) == 1  # only its own
+    assert await a.claim("c", ["8613800000003"]) == [Claim.NEW]
+    assert await b.claim("other", ["8613800000001"]) == [Claim.NEW]  # per campaign
+    ttl = await a.client.pttl(a.claims_key("c"))
+    assert 0 < ttl <= 14 * 86400 * 1000
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_redis_is_coordinator_unavailable_and_books_nothing() -> None:
+    c = RedisCoordinator(RedisConfig(url="redis://127.0.0.1:1/0", timeout=0.5), CoordinatorContext())
+    with pytest.raises(CoordinatorUnavailable, match="could not claim recipients"):
+        await c.claim("c", ["8613800000001"])
+    with pytest.raises(CoordinatorUnavailable, match="could not charge a budget"):
+        await c.charge(BudgetKey("g", "cm", "bulk"), BudgetSpec(rate=10, burst=1), 1)
+    await c.aclose()
+
+
+def _spawn(target: Callable[..., None], argsets: list[tuple[Any, ...]]) -> list[Any]:
+    """Start one process per args, let them go together, return what each put."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*a, ready, go, out)) for a in argsets]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=60)
+    go.set()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    return results
+
+
+def test_four_processes_racing_over_overlapping_recipients_claim_each_exactly_once(
+    anyio_backend: str, redis_url: str, prefix: str
+) -> None:
+    universe = [f"86138{n:08d}" for n in range(20_000)]
+    rng = random.Random(17)
+    asked = []
+    for _ in range(4):
+        mine = rng.sample(universe, 12_000)  # each recipient is asked for by 2.4 workers on average
+        asked.append(mine)
+    results = _spawn(redis_workers.claim_worker, [(redis_url, prefix, "blast", mine, 200) for mine in asked])
+    wanted = set().union(*map(set, asked))
+    won = [r for _, new, _, _ in results for r in new]
+    assert len(won) == len(set(won)), "a recipient was claimed by two workers"
+    assert set(won) == wanted, "a recipient asked for was claimed by no worker"
+    assert sum(t for *_, t, _ in results) == sum(map(len, asked)) - len(wanted)  # every other ask: TAKEN
+    assert all(m == 0 for *_, m in results)
+    owners = redis.Redis.from_url(redis_url).hgetall(f"{prefix}:claims:{{blast}}")
+    by_worker = {r: w for w, new, _, _ in results for r in new}
+    assert {k.decode(): v.decode() for k, v in owners.items()} == by_worker
+
+
+def _receiver() -> tuple[socket.socket, list[tuple[float, int]], threading.Thread]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    log: list[tuple[float, int]] = []
+
+    def run() -> None:
+        while True:
+            data = sock.recv(64)
+            if data == b"stop":
+                return
+            log.append((time.monotonic(), int(data)))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return sock, log, thread
+
+
+def _busiest_window(log: list[tuple[float, int]], window: float) -> int:
+    """The most parts that arrived in any ``window`` seconds (every window starting at an arrival)."""
+    best = total = 0
+    j = 0
+    for i in range(len(log)):
+        while j < len(log) and log[j][0] < log[i][0] + window:
+            total += log[j][1]
+            j += 1
+        best = max(best, total)
+        total -= log[i][1]
+    return best
+
+
+def test_one_budget_shared_by_four_processes_holds_the_rate_in_every_second_at_the_receiver(
+    anyio_backend: str, redis_url: str, prefix: str
+) -> None:
+    rate, burst, margin, seconds = 200.0, 8, 0.05, 3.0
+    sock, log, thread = _receiver()
+    port = sock.getsockname()[1]
+    results = _spawn(
+        redis_workers.gcra_worker,
+        [(redis_url, prefix, port, rate, burst, margin, seconds, seed) for seed in range(4)],
+    )
+    time.sleep(0.2)  # the last datagrams
+    sock.sendto(b"stop", ("127.0.0.1", port))
+    thread.join(5)
+    sock.close()
+    parts = sum(p for _, p, _ in results)
+    assert sum(n for _, n in log) == parts, "datagrams were lost: the receiver's log is incomplete"
+    assert all(sent > 0 for sent, _, _ in results), "a worker never got budget"
+    busiest = _busiest_window(log, 1.0)
+    assert busiest <= rate, f"{busiest} parts arrived within one second (budget {rate:g}/s)"
+    span = log[-1][0] - log[0][0]
+    steady = (rate - burst) / (1 + margin)
+    assert parts >= 0.7 * steady * span, f"{parts} parts in {span:.2f} s: the budget starves its users"
+    print(
+        f"\n4 processes, {seconds:g} s: {parts} parts ({parts / span:.1f}/s, steady {steady:.1f}/s); "
+        f"busiest 1 s window {busiest} of {rate:g}; waits {sum(w for *_, w in results)}"
+    )
+
+
+def _free_port_pair() -> int:
+    """A loopback port free for a node and for its cluster bus (port + 10000)."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20_000, 30_000)
+        try:
+            for p in (port, port + 10_000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-master Redis Cluster of our own on loopback (no replicas, no persistence)."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if not (server and cli):
+        hint = "redis-server / redis-cli are not installed: apt-get install redis-server"
+        if os.environ.get("PIGEON_REQUIRE_REDIS"):
+            pytest.fail(hint)
+        pytest.skip(hint)
+    root = tmp_path_factory.mktemp("cluster")
+    ports: list[int] = []
+    procs = []
+    for _ in range(3):
+        port = _free_port_pair()
+        ports.append(port)
+        d: Path = root / str(port)
+        d.mkdir()
+        procs.append(
+            subprocess.Popen(
+                [server, "--bind", "127.0.0.1", "--port", str(port), "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--dir", str(d), "--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+    try:
+        for port in ports:
+            for _ in range(50):
+                if (
+                    subprocess.run([cli, "-p", str(port), "ping"], capture_output=True).stdout.strip()
+                    == b"PONG"
+                ):
+                    break
+                time.sleep(0.1)
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        for _ in range(100):
+            info = subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True).stdout
+            if b"cluster_state:ok" in info:
+                break
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)
+
+
+@pytest.mark.anyio
+async def test_on_a_cluster_each_campaign_s_keys_share_one_slot_and_every_script_runs(cluster: str) -> None:
+    make = lambda: RedisCoordinator(RedisConfig(url=cluster, cluster=True), CoordinatorContext())  # noqa: E731
+    a, b = make(), make()
+    try:
+        slots = set()
+        for campaign in ("spring", "autumn", "winter{x}", "vip"):
+            grant = await a.take_lease(campaign, "pigeon worker", 30.0)
+            with pytest.raises(CampaignBusy):
+                await b.take_lease(campaign, "pigeon worker", 30.0)
+            assert await b.holds(grant)
+            assert await a.claim(campaign, ["8613800000001", "8613800000002"]) == [Claim.NEW, Claim.NEW]
+            assert await b.claim(campaign, ["8613800000002", "8613800000003"]) == [Claim.TAKEN, Claim.NEW]
+            assert await a.release_lease(grant)
+            keys = [a.lease_key(campaign), a.fence_key(campaign), a.claims_key(campaign)]
+            one = {await a.client.cluster_keyslot(k) for k in keys}
+            assert len(one) == 1, keys
+            slots |= one
+        assert len(slots) == 4  # the campaigns spread over slots
+        assert isinstance(a.client, RedisCluster)
+        nodes = {
+            a.client.get_node_from_key(a.claims_key(c)).port for c in ("spring", "autumn", "winter{x}", "vip")
+        }
+        assert len(nodes) > 1  # and over more than one of the three masters
+        spec = BudgetSpec(rate=100, burst=10, margin=0.0)
+        key = BudgetKey("gw", "cm", "bulk")
+        assert [await a.charge(key, spec, 5), await b.charge(key, spec, 5)] == [0.0, 0.0]
+        assert await a.charge(key, spec, 5) > 0  # one budget, whichever client asks
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+def _start_redis(server: str, port: int, d: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(d), "--save", "",
+         "--appendonly", "yes", "--appendfsync", "everysec"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    for _ in range(100):
+        try:
+            if client.ping():
+                break
+        except redis.RedisError:
+            time.sleep(0.05)
+    client.close()
+    return proc
+
+
+@pytest.mark.anyio
+async def test_a_killed_and_restarted_redis_with_aof_keeps_claims_fences_and_leases(
+    tmp_path: Path, redis_url: str
+) -> None:
+    server = shutil.which("redis-server")
+    assert server is not None  # redis_url answered: the server is installed here
+    port = _free_port_pair()
+    proc = _start_redis(server, port, tmp_path)
+    config = RedisConfig(url=f"redis://127.0.0.1:{port}/0", timeout=0.5)
+    a, b = RedisCoordinator(config, CoordinatorContext()), RedisCoordinator(config, CoordinatorContext())
+    numbers = [f"86137{n:08d}" for n in range(1000)]
+    try:
+        grant = await a.take_lease("c", "w1", 60.0)
+        assert await a.claim("c", numbers) == [Claim.NEW] * 1000
+        proc.kill()  # SIGKILL: no shutdown save; the AOF was written before each answer
+        proc.wait(10)
+        with pytest.raises(CoordinatorUnavailable):
+            await b.claim("c", numbers[:10])  # down: no answer, nothing claimed, nothing may go
+        proc = _start_redis(server, port, tmp_path)
+        # The same clients carry on: a call on a connection the restart cut is CoordinatorUnavailable
+        # (the caller waits and asks again: a claim asked twice by its owner answers MINE), the next
+        # one reconnects.
+        unavailable = 0
+
+        async def again(call: Callable[[], Any]) -> Any:
+            nonlocal unavailable
+            for _ in range(3):
+                try:
+                    return await call()
+                except CoordinatorUnavailable:
+                    unavailable += 1
+            raise AssertionError("redis never came back")
+
+        assert await again(lambda: b.claim("c", numbers)) == [Claim.TAKEN] * 1000
+        assert await again(lambda: a.claim("c", numbers[:3])) == [Claim.MINE] * 3
+        assert unavailable <= 2
+        assert await a.holds(grant)
+        with pytest.raises(CampaignBusy):
+            await b.take_lease("c", "w2", 60.0)
+        await a.release_lease(grant)
+        assert (await b.take_lease("c", "w2", 60.0)).fence == grant.fence + 1
+    finally:
+        await a.aclose()
+        await b.aclose()
+        proc.terminate()
+        proc.wait(10)
