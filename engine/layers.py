@@ -29,6 +29,7 @@ LAYERS: Mapping[str, int] = {
     "pigeon": 4,  # the public plugin API: re-exports core and sending, nothing above
     "plugins": 5,  # the built-in plugins: the public API and the layers up to sending
     "engine.run": 6,
+    "engine.outcomes": 6,  # order exports, RFM segments: beside run, neither imports the other
     "engine.service": 7,
     "engine.cli": 8,
     "engine.__main__": 9,
@@ -44,6 +45,7 @@ JOBS: Mapping[str, str] = {
     "pigeon": "the public plugin API",
     "plugins": "built-in sources and gateways",
     "engine.run": "plan, preview, send loop, signals, shards, workers",
+    "engine.outcomes": "order exports, per-customer totals, RFM scores, classes and segment files",
     "engine.service": "HTTP API, OpenAPI, keys, campaigns",
     "engine.cli": "the pigeon command",
     "engine.__main__": "python -m engine",

@@ -34,6 +34,7 @@ from engine.cli.grammar import (
 )
 from engine.cli.ledger import add_ledger_commands, campaign_file_engine, ledger_command, resume_target
 from engine.cli.lists import add_list_commands, consent_command, optout_command
+from engine.cli.segment import add_segment_commands, segment_command
 from engine.cli.service import add_service_commands
 from engine.core.carriers import CARRIER_NAMES, default_prefix_table
 from engine.core.engine_file import EngineFile, with_engine
@@ -202,6 +203,7 @@ def parser() -> CommandParser:
     json_option(lk)
 
     add_list_commands(p)
+    add_segment_commands(p)
     add_service_commands(p)
 
     pl = p.add_command(
@@ -439,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             return optout_command(args, console)
         if args.command == "consent":
             return consent_command(args, console)
+        if args.command == "segment":
+            return segment_command(args, console)
         if args.command in ("serve", "keys"):
             from engine.cli.service import service_command
 
