@@ -87,6 +87,17 @@ class SqlOrders:
             self._conn.close()
 
 
+def _close_quietly(cur: Any, conn: Any) -> None:
+    """Close a cursor that may be half made and its connection, after a failure."""
+    try:
+        if cur is not None:
+            cur.close()
+    except Exception:  # the transaction failed already: closing the connection ends the cursor too
+        pass
+    finally:
+        conn.close()
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -125,13 +136,17 @@ def _open_postgres(
         conn = psycopg.connect(dsn, autocommit=False)
     except psycopg.Error as exc:
         raise SourceError(f"cannot connect to {redact(dsn)}: {_first_line(exc)}") from None
+    cur = None
     try:
         conn.read_only = True
         statement: sql.Composable
         if table is not None:
+            name = sql.Identifier(*table.split("."))
+            # the table's columns first: a missing one is named with the ones it has
+            probe = conn.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(name))
+            check_columns([d.name for d in probe.description or ()], columns, where)
             statement = sql.SQL("SELECT {} FROM {}").format(
-                sql.SQL(", ").join(sql.Identifier(c) for c in columns.names()),
-                sql.Identifier(*table.split(".")),
+                sql.SQL(", ").join(sql.Identifier(c) for c in columns.names()), name
             )
         else:
             assert query is not None
@@ -140,9 +155,11 @@ def _open_postgres(
         cur.itersize = SqlOrders.fetch
         cur.execute(statement)
         names = [d.name for d in cur.description or ()]
-    except psycopg.Error as exc:
-        conn.close()
-        raise SourceError(f"{where}: {_first_line(exc)}") from None
+    except BaseException as exc:
+        _close_quietly(cur, conn)
+        if isinstance(exc, psycopg.Error):
+            raise SourceError(f"{where}: {_first_line(exc)}") from None
+        raise
     return SqlOrders("postgres", conn, cur, names, where)
 
 
@@ -182,18 +199,26 @@ def _open_mariadb(
         conn = pymysql.connect(**_mariadb_params(dsn), cursorclass=pymysql.cursors.SSCursor)
     except pymysql.MySQLError as exc:
         raise SourceError(f"cannot connect to {redact(dsn)}: {_first_line(exc)}") from None
+    cur = None
     try:
-        cur = conn.cursor()
         if table is not None:
+            probe = conn.cursor(pymysql.cursors.Cursor)
+            probe.execute(f"SELECT * FROM {_quote_mariadb(table)} LIMIT 0")
+            have = [d[0] for d in probe.description or ()]
+            probe.close()
+            check_columns(have, columns, where)
             statement = (
                 f"SELECT {', '.join(map(_quote_mariadb, columns.names()))} FROM {_quote_mariadb(table)}"
             )
         else:
             assert query is not None
             statement = query
+        cur = conn.cursor()
         cur.execute(statement)
         names = [d[0] for d in cur.description or ()]
-    except pymysql.MySQLError as exc:
+    except BaseException as exc:
         conn.close()
-        raise SourceError(f"{where}: {_first_line(exc)}") from None
+        if isinstance(exc, pymysql.MySQLError):
+            raise SourceError(f"{where}: {_first_line(exc)}") from None
+        raise
     return SqlOrders("mariadb", conn, cur, names, where)
