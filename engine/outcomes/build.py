@@ -280,7 +280,7 @@ def build_rfm(
 
 def _write_groups_csv(path: Path, groups: list[GroupSummary]) -> None:
     """One line per segment file: the merchant's tracking table starts here (targets per group)."""
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    with path.open("w", newline="", encoding="utf-8-sig") as fh:  # a BOM: Excel shows the Chinese right
         w = csv.writer(fh)
         w.writerow(
             ["group", "file", "customers", "orders", "revenue", "avg_order_value", "of_group", "group_zh"]

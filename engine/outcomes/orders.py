@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from itertools import compress
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -233,9 +235,9 @@ class OrderParser:
             empty = np.empty(0, dtype=np.int64)
             return ParsedOrders(empty, empty.copy(), empty.copy(), np.empty(0, dtype=np.bool_), rejects)
         take = self.positions
-        phones = [r[take[0]] for r in rows]
-        times = [r[take[1]] for r in rows]
-        amounts = [r[take[2]] for r in rows]
+        phones = list(map(itemgetter(take[0]), rows))
+        times = list(map(itemgetter(take[1]), rows))
+        amounts = list(map(itemgetter(take[2]), rows))
         failed: dict[int, tuple[str, str]] = {}
 
         keys = self._keys(phones, failed)
@@ -243,12 +245,11 @@ class OrderParser:
         cents = self._cents(amounts, failed)
         if self.columns.status is not None:
             paid_values = self.paid_values
-            status = [r[take[3]] for r in rows]
-            paid = np.fromiter(
-                ((s.strip() if isinstance(s, str) else str(s)) in paid_values for s in status),
-                dtype=np.bool_,
-                count=n,
-            )
+            status = list(map(itemgetter(take[3]), rows))
+            paid = np.fromiter(map(paid_values.__contains__, status), dtype=np.bool_, count=n)
+            for i in np.flatnonzero(~paid).tolist():  # a few: closed orders, or a value with spaces
+                s = status[i]
+                paid[i] = (s.strip() if isinstance(s, str) else str(s)) in paid_values
         else:
             paid = np.ones(n, dtype=np.bool_)
         if self.as_of_day is not None:
@@ -272,7 +273,7 @@ class OrderParser:
     # ---- phones ----------------------------------------------------------------------------
 
     def _keys(self, phones: list[Any], failed: dict[int, tuple[str, str]]) -> Int64Array:
-        if not all(type(p) is str for p in phones):
+        if set(map(type, phones)) != {str}:
             phones = ["" if p is None else str(p) for p in phones]
         keys, odd = speedups.phone_keys(phones)
         for i in odd:
@@ -288,9 +289,16 @@ class OrderParser:
 
     def _seconds(self, values: list[Any], failed: dict[int, tuple[str, str]]) -> Int64Array:
         kinds = set(map(type, values))
-        if kinds == {str} or (
-            kinds <= {datetime, date} and not any(isinstance(v, datetime) and v.tzinfo for v in values)
-        ):
+        if kinds == {str}:
+            arr = _all_or_none(values, _datetimes)
+            if arr is None:
+                # some value numpy cannot read: the plain forms (2025-11-11, 2025-11-11 10:23,
+                # 2025-11-11 10:23:45) at once, the rest one by one below
+                plain = _plain_times(values)
+                arr = np.full(len(values), np.datetime64("NaT", "s"))
+                if plain.any():
+                    arr[plain] = _tolerant(list(compress(values, plain.tolist())), _datetimes, arr[0])
+        elif kinds <= {datetime, date} and not any(isinstance(v, datetime) and v.tzinfo for v in values):
             arr = _tolerant(values, _datetimes, np.datetime64("NaT", "s"))
         else:  # mixed types, numbers, or times with their zone: one by one
             return self._times_one_by_one(values, range(len(values)), failed)
@@ -316,7 +324,14 @@ class OrderParser:
     # ---- amounts ---------------------------------------------------------------------------
 
     def _cents(self, values: list[Any], failed: dict[int, tuple[str, str]]) -> Int64Array:
-        yuan = _tolerant(values, _floats, np.float64("nan"))
+        yuan = _all_or_none(values, _floats)
+        if yuan is None and set(map(type, values)) == {str}:
+            plain = _plain_amounts(values)  # 88, 88.5, 88.50: at once; the rest one by one below
+            yuan = np.full(len(values), np.nan)
+            if plain.any():
+                yuan[plain] = _floats(list(compress(values, plain.tolist())))
+        elif yuan is None:
+            yuan = _tolerant(values, _floats, np.float64("nan"))
         bad = ~np.isfinite(yuan) | (yuan < 0) | (yuan > 1e12)
         if bad.any():
             for i in np.flatnonzero(bad).tolist():
@@ -345,6 +360,73 @@ def _datetimes(values: Sequence[Any]) -> _Arr:
 def _floats(values: Sequence[Any]) -> _Arr:
     """All values at once as float64 (NaN for None); raises when one is not a plain number."""
     return np.array(values, dtype=np.float64)
+
+
+def _all_or_none(values: Sequence[Any], convert: Callable[[Sequence[Any]], _Arr]) -> _Arr | None:
+    """``convert(values)``, or None when some value cannot be converted."""
+    try:
+        return convert(values)
+    except _CONVERT_ERRORS:
+        return None
+
+
+def _codes(values: list[str]) -> npt.NDArray[np.uint32] | None:
+    """The values as a 2-D array of code points (rows padded with 0), or None for an empty batch."""
+    u = np.array(values)
+    width = u.dtype.itemsize // 4
+    if u.dtype.kind != "U" or width == 0:
+        return None
+    out: npt.NDArray[np.uint32] = u.view(np.uint32).reshape(len(values), width)
+    return out
+
+
+def _is(codes: npt.NDArray[np.uint32], col: int, chars: str) -> npt.NDArray[np.bool_]:
+    """Whether column ``col`` of each row is one of ``chars``; ``""`` means the value has ended."""
+    if col >= codes.shape[1]:  # past the longest value: every value has ended there
+        return np.full(len(codes), chars == "", dtype=np.bool_)
+    c = codes[:, col]
+    if chars == "0-9":
+        out: npt.NDArray[np.bool_] = (c >= 48) & (c <= 57)
+        return out
+    out = c == (ord(chars[0]) if chars else 0)
+    for ch in chars[1:]:
+        out |= c == ord(ch)
+    return out
+
+
+def _plain_times(values: list[str]) -> npt.NDArray[np.bool_]:
+    """Which values are exactly ``YYYY-MM-DD``, optionally with `` HH:MM`` (or ``T``) and ``:SS``:
+    forms numpy reads alike everywhere. Checked on all values at once, character by character."""
+    codes = _codes(values)
+    if codes is None or codes.shape[1] < 10:
+        return np.zeros(len(values), dtype=np.bool_)
+    d = "0-9"
+    ok = _is(codes, 4, "-") & _is(codes, 7, "-")
+    for col in (0, 1, 2, 3, 5, 6, 8, 9):
+        ok &= _is(codes, col, d)
+    minutes = _is(codes, 10, " T") & _is(codes, 13, ":")
+    for col in (11, 12, 14, 15):
+        minutes &= _is(codes, col, d)
+    secs = minutes & _is(codes, 16, ":") & _is(codes, 17, d) & _is(codes, 18, d) & _is(codes, 19, "")
+    ends = _is(codes, 10, "") | (minutes & _is(codes, 16, "")) | secs
+    out: npt.NDArray[np.bool_] = ok & ends
+    return out
+
+
+def _plain_amounts(values: list[str]) -> npt.NDArray[np.bool_]:
+    """Which values are digits with at most one dot, starting with a digit (``88``, ``88.50``)."""
+    codes = _codes(values)
+    if codes is None:
+        return np.zeros(len(values), dtype=np.bool_)
+    digit = (codes >= 48) & (codes <= 57)
+    dot = codes == 46
+    out: npt.NDArray[np.bool_] = (
+        digit[:, 0] & np.all(digit | dot | (codes == 0), axis=1) & (dot.sum(axis=1) <= 1)
+    )
+    # no character after the padding starts (a value is never "1\x002")
+    pad = codes == 0
+    out &= ~np.any(pad[:, :-1] & ~pad[:, 1:], axis=1) if codes.shape[1] > 1 else True
+    return out
 
 
 _CONVERT_ERRORS = (ValueError, TypeError, OverflowError, UserWarning, DeprecationWarning)

@@ -1,6 +1,7 @@
 """Segment files from an RFM table: customers grouped, big groups split, one CSV per (sub-)group.
 
-Each file is a segment ``pigeon send`` reads as it is (``[segment] source = "csv"``): the phone
+Each file is a segment ``pigeon send`` reads as it is (``[segment] source = "csv"``; UTF-8 with a
+byte-order mark, so Excel and WPS show the Chinese right, and Excel's CRLF line ends): the phone
 (the 11-digit national number, or E.164 abroad) and the RFM fields a template can use —
 ``{rfm_class_zh}``, ``{orders}``, ``{spent}``, ``{last_order}``, ``{recency_days}``… (see
 :data:`FIELDS`). A group over ``max_size`` customers is split into the fewest sub-groups of at
@@ -11,8 +12,6 @@ the same way. Within a file, the biggest spenders come first.
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -167,40 +166,45 @@ def _dates(seconds: npt.NDArray[np.int64], has: npt.NDArray[np.bool_]) -> list[s
     return [t if h else "" for t, h in zip(text, has.tolist(), strict=True)]
 
 
-def _rows(
-    table: RfmTable, grouping: Grouping, idx: npt.NDArray[np.int64], label: str
-) -> Iterator[tuple[str, ...]]:
-    """The segment rows of the customers at ``idx`` (one file's slice)."""
+def _lines(table: RfmTable, idx: npt.NDArray[np.int64], label: str) -> str:
+    """The segment lines (CSV, CRLF) of the customers at ``idx``: one file's slice.
+
+    No field can hold a comma, a quote or a line end, so lines are joined as they are. The class
+    and stage fields come from a table of every combination (9 × 4 × 4 strings), the scores'
+    ``rfm`` from the three digits: one format per customer."""
     t = table.totals
     orders = t.orders[idx]
     cents = t.cents[idx]
     buyer = orders > 0
     avg = np.where(buyer, cents // np.maximum(orders, 1), 0)
-    klass = [CLASSES[k] for k in table.klass[idx].tolist()]
-    r_st = [R_STAGES[s] for s in table.r_stage[idx].tolist()]
-    f_st = [F_STAGES[s] for s in table.f_stage[idx].tolist()]
-    r, f, m = table.r_score[idx].tolist(), table.f_score[idx].tolist(), table.m_score[idx].tolist()
+    middle = [
+        f"{label},{c.slug},{c.zh},{r.slug},{r.zh},{f.slug},{f.zh}"
+        for c in CLASSES
+        for r in R_STAGES
+        for f in F_STAGES
+    ]
+    combo = (table.klass[idx].astype(np.int64) * len(R_STAGES) + table.r_stage[idx]) * len(
+        F_STAGES
+    ) + table.f_stage[idx]
     avg_text = [a if b else "" for a, b in zip(_money(avg.tolist()), buyer.tolist(), strict=True)]
-    yield from zip(
-        phone_of(t.keys[idx]),
-        [label] * len(idx),
-        [c.slug for c in klass],
-        [c.zh for c in klass],
-        [s.slug for s in r_st],
-        [s.zh for s in r_st],
-        [s.slug for s in f_st],
-        [s.zh for s in f_st],
-        map(str, table.recency[idx].tolist()),
-        map(str, orders.tolist()),
-        _money(cents.tolist()),
-        avg_text,
-        _dates(t.first[idx], buyer),
-        _dates(t.last[idx], buyer),
-        map(str, r),
-        map(str, f),
-        map(str, m),
-        [f"{a}{b}{c}" for a, b, c in zip(r, f, m, strict=True)],
-        strict=True,
+    return "".join(
+        [
+            f"{p},{middle[k]},{d},{o},{sp},{av},{fo},{lo},{r},{f},{m},{r}{f}{m}\r\n"
+            for p, k, d, o, sp, av, fo, lo, r, f, m in zip(
+                phone_of(t.keys[idx]),
+                combo.tolist(),
+                table.recency[idx].tolist(),
+                orders.tolist(),
+                _money(cents.tolist()),
+                avg_text,
+                _dates(t.first[idx], buyer),
+                _dates(t.last[idx], buyer),
+                table.r_score[idx].tolist(),
+                table.f_score[idx].tolist(),
+                table.m_score[idx].tolist(),
+                strict=True,
+            )
+        ]
     )
 
 
@@ -219,11 +223,10 @@ def write_segments(table: RfmTable, grouping: Grouping, out_dir: Path) -> list[G
         g, p = int(g_sorted[a]), int(p_sorted[a])
         label = grouping.label(g, p)
         name = f"{label}.csv"
-        with (out_dir / name).open("w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(FIELDS)
+        with (out_dir / name).open("w", newline="", encoding="utf-8-sig") as fh:
+            fh.write(",".join(FIELDS) + "\r\n")
             for start in range(a, b, _WRITE_ROWS):
-                w.writerows(_rows(table, grouping, order[start : min(b, start + _WRITE_ROWS)], label))
+                fh.write(_lines(table, order[start : min(b, start + _WRITE_ROWS)], label))
         idx = order[a:b]
         files.setdefault(g, []).append(
             FileSummary(label, name, b - a, int(t.orders[idx].sum()), int(t.cents[idx].sum()) / 100)

@@ -352,7 +352,7 @@ def read_segments(out: Path) -> dict[str, dict[str, str]]:
     rows: dict[str, dict[str, str]] = {}
     for g in summary["groups"]:
         for f in g["files"]:
-            with (out / f["file"]).open(newline="", encoding="utf-8") as fh:
+            with (out / f["file"]).open(newline="", encoding="utf-8-sig") as fh:
                 got = list(csv.DictReader(fh))
             assert len(got) == f["customers"]
             for r in got:
@@ -597,7 +597,7 @@ def test_the_files_are_segments_pigeon_send_takes(
     preview = json.loads(done.stdout)
     group = next(g for g in summary["groups"] if g["name"] == "important_value")  # type: ignore[union-attr]
     assert preview["rows"] == group["customers"] and preview["states"].get("rejected", 0) == 0
-    with (tmp_path / "rfm" / "important_value.csv").open(newline="", encoding="utf-8") as fh:
+    with (tmp_path / "rfm" / "important_value.csv").open(newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.DictReader(fh))
     assert len(preview["samples"]) == 3
     for sample in preview["samples"]:
