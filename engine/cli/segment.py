@@ -37,7 +37,8 @@ _RFM_EXITS = (
     (EXIT_OK, "built: the segment files are written (rows that could not be read are in rejects.csv)"),
     (
         EXIT_BAD_INPUT,
-        "the export, the database, a column or an option is wrong, or no row could be read: nothing written",
+        "the export, the database, a column or an option is wrong (nothing written), or no row could be "
+        "read (see rejects.csv)",
     ),
     EXIT_INTERRUPTED,
 )

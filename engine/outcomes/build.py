@@ -197,10 +197,14 @@ def build_rfm(
     started = time.perf_counter()
     zone = shop_zone(request.timezone)
     out_dir = request.out_dir
-    _prepare(out_dir)
     as_of_day = request.as_of.toordinal() - _EPOCH_DAY if request.as_of else None
-    reader, source = open_orders(request, host)
-    rejects = RejectsWriter(out_dir / REJECTS_FILE)
+    reader, source = open_orders(request, host)  # a wrong export or column: nothing is touched
+    try:
+        _prepare(out_dir)
+        rejects = RejectsWriter(out_dir / REJECTS_FILE)
+    except BaseException:
+        reader.close()
+        raise
     reasons: Counter[str] = Counter()
     samples: list[RejectSample] = []
     totals = CustomerTotals()

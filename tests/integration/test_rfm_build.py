@@ -620,6 +620,10 @@ def test_a_rebuild_replaces_its_own_files_and_refuses_other_directories(
     assert run(capsys, str(orders), "--out", str(out), "--max-size", "0")[0] == 0
     few = {p.name for p in out.iterdir()}
     assert len(few) < len(many) and all("-" not in n for n in few if n.endswith(".csv"))
+    # a rebuild that cannot read its export leaves the last build as it was
+    assert main(["segment", "rfm", str(orders), "--out", str(out), "--phone-column", "mobile"]) == 2
+    assert "no column 'mobile'" in capsys.readouterr().err
+    assert {p.name for p in out.iterdir()} == few
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine", "utf-8")
