@@ -123,6 +123,34 @@ def truth(shop: dict[str, np.ndarray]) -> dict[str, int]:
     }
 
 
+def customer_truth(shop: dict[str, np.ndarray], path: Path) -> None:
+    """Each customer's true totals over the good rows, summed in plain Python from the generated
+    values (never from the written file): ``phone,orders,cents,last_day,seen_day`` (days since
+    1970-01-01; ``last_day`` empty without a paid order). A load test classes them independently."""
+    per: dict[int, list[int]] = {}
+    for n, s, c, p, b in zip(
+        shop["number"].tolist(),
+        (shop["seconds"] // 86_400).tolist(),
+        shop["cents"].tolist(),
+        shop["paid"].tolist(),
+        shop["bad"].tolist(),
+        strict=True,
+    ):
+        if b:
+            continue
+        t = per.setdefault(n, [0, 0, -1, -1])
+        t[3] = max(t[3], s)
+        if p:
+            t[0] += 1
+            t[1] += c
+            t[2] = max(t[2], s)
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write("phone,orders,cents,last_day,seen_day\n")
+        fh.writelines(
+            f"{n},{o},{c},{'' if last < 0 else last},{seen}\n" for n, (o, c, last, seen) in per.items()
+        )
+
+
 def _phone(n: int, form: float) -> str:
     s = str(n)
     if form < 0.82:
@@ -182,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         "--as-of", type=date.fromisoformat, default=date(2025, 11, 30), help="the export's last day"
     )
     p.add_argument("--seed", type=int, default=2026)
+    p.add_argument(
+        "--customer-truth", type=Path, help="also write each customer's true totals here (CSV), for checking"
+    )
     args = p.parse_args(argv)
     if args.orders < args.customers:
         p.error("--orders must be at least --customers (every customer has an order)")
@@ -213,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                 text.write("".join(map(_csv_line, chunk)))
     facts = truth(shop) | {"as_of": args.as_of.isoformat(), "seed": args.seed}
     Path(str(out) + ".truth.json").write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+    if args.customer_truth:
+        customer_truth(shop, args.customer_truth)
     took = (datetime.now() - started).total_seconds()
     print(f"wrote {total:,} orders of {args.customers:,} customers to {out} in {took:.1f}s", file=sys.stderr)
     return 0

@@ -17,7 +17,9 @@ times:
   score, in one SQL statement, written to one CSV.
 
 DuckDB runs on every core of the machine (``threads`` in the report); the builder on one. The
-builder's counts are checked against the generator's truth file.
+builder's counts are checked against the generator's truth file on every run, and on each file's
+first run every customer's class and scores against a plain-Python reference computed from the
+generator's own per-customer totals (``--customer-truth``).
 
     pip install -e '.[load]'
     python -m loadtests.rfm_orders --json loadtests/results-rfm-orders.json
@@ -26,6 +28,7 @@ builder's counts are checked against the generator's truth file.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -100,25 +103,72 @@ def _run(argv: list[str]) -> tuple[str, float, int]:
 
 def _orders_file(customers: int, orders: int) -> Path:
     path = DATA / f"orders-{customers}-{orders}.csv"
-    if not path.exists():
+    if not path.exists() or not _customer_truth(path).exists():
         DATA.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "config" / "make_orders.py"),
-                "--customers",
-                str(customers),
-                "--orders",
-                str(orders),
-                "-o",
-                str(path),
-            ],
-            check=True,
-        )
+        generate = [sys.executable, str(ROOT / "config" / "make_orders.py"), "-o", str(path)]
+        generate += ["--customers", str(customers), "--orders", str(orders)]
+        generate += ["--customer-truth", str(_customer_truth(path))]
+        subprocess.run(generate, check=True)
     return path
 
 
-def builder(path: Path, tmp: Path) -> dict[str, Any]:
+def _customer_truth(path: Path) -> Path:
+    return Path(str(path) + ".customers.csv")
+
+
+CLASS_OF = {
+    (True, True, True): "important_value",
+    (False, True, True): "important_recall",
+    (True, False, True): "important_develop",
+    (False, False, True): "important_retain",
+    (True, True, False): "promising",
+    (True, False, False): "newcomer",
+    (False, True, False): "general_maintain",
+    (False, False, False): "churned",
+}
+
+
+def reference_classes(truth: Path, scores: int = 5) -> dict[str, tuple[str, str]]:
+    """Each customer's class and ``rfm`` digits by the rules of docs/segments.md, in plain Python
+    (sorted lists, dicts) from the generator's own per-customer totals — not from the export."""
+    with truth.open(encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))[1:]
+    as_of = max(int(last or seen) for _, _, _, last, seen in rows)
+    buyers = [(p, int(o), int(c), as_of - int(last)) for p, o, c, last, _ in rows if int(o)]
+
+    def cuts(values: list[int]) -> list[int]:
+        ordered = sorted(values)
+        return [ordered[(k * (len(ordered) - 1)) // scores] for k in range(1, scores)]
+
+    rc, fc, mc = cuts([b[3] for b in buyers]), cuts([b[1] for b in buyers]), cuts([b[2] for b in buyers])
+    scored = {
+        p: (scores - sum(q < d for q in rc), 1 + sum(q < o for q in fc), 1 + sum(q < c for q in mc))
+        for p, o, c, d in buyers
+    }
+    means = [sum(s[i] for s in scored.values()) / len(scored) for i in range(3)]
+    out = {p: ("potential", "000") for p, o, *_ in rows if not int(o)}
+    for p, (r, f, m) in scored.items():
+        out[p] = (CLASS_OF[(r > means[0], f > means[1], m > means[2])], f"{r}{f}{m}")
+    return out
+
+
+def check_classes(summary: dict[str, Any], out: Path, truth: Path) -> int:
+    """Compare every customer's class and scores in the segment files with the reference;
+    returns how many customers were compared (raises on any difference)."""
+    expected = reference_classes(truth)
+    got: dict[str, tuple[str, str]] = {}
+    for g in summary["groups"]:
+        for f in g["files"]:
+            with (out / f["file"]).open(newline="", encoding="utf-8-sig") as fh:
+                for r in csv.DictReader(fh):
+                    got[r["phone"]] = (r["rfm_class"], r["rfm"])
+    wrong = [p for p in expected if got.get(p) != expected[p]]
+    if wrong or len(got) != len(expected):
+        raise AssertionError(f"{len(wrong)} customers classed unlike the reference, e.g. {wrong[:3]}")
+    return len(expected)
+
+
+def builder(path: Path, tmp: Path, check: bool = False) -> dict[str, Any]:
     out = tmp / "rfm"
     shutil.rmtree(out, ignore_errors=True)
     text, wall, peak = _run(
@@ -150,6 +200,7 @@ def builder(path: Path, tmp: Path) -> dict[str, Any]:
     }
     if not all(matches.values()):
         raise AssertionError(f"the builder disagrees with the generator's truth: {matches}")
+    checked = check_classes(s, out, _customer_truth(path)) if check else 0
     return {
         "wall_seconds": round(wall, 2),
         "rows_per_second": round(s["rows"] / wall),
@@ -160,6 +211,7 @@ def builder(path: Path, tmp: Path) -> dict[str, Any]:
         "files": sum(len(g["files"]) for g in s["groups"]),
         "folds": s["folds"],
         "matches_truth": True,
+        "classes_checked_against_reference": checked,
     }
 
 
@@ -201,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             path = _orders_file(args.customers, orders)
             truth = json.loads(Path(str(path) + ".truth.json").read_text("utf-8"))
             runs: dict[str, list[dict[str, Any]]] = {"builder": [], "duckdb_group_by": [], "duckdb_rfm": []}
-            for _ in range(args.repeat):  # interleaved: a slow moment of the machine hits all alike
-                runs["builder"].append(builder(path, tmp))
+            for rep in range(args.repeat):  # interleaved: a slow moment of the machine hits all alike
+                runs["builder"].append(builder(path, tmp, check=rep == 0))
                 runs["duckdb_group_by"].append(duck(GROUP_BY, path, tmp, truth["rows"]))
                 runs["duckdb_rfm"].append(duck(RFM, path, tmp, truth["rows"]))
             report["files"].append(
