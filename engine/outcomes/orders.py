@@ -157,7 +157,11 @@ def open_file_orders(
         options |= {"encoding": encoding, "delimiter": delimiter}
     config = convert_section(options, reg.config_type, file="command line", path="")
     reader: SegmentReader = reg.factory(config, SourceContext(base_dir=Path.cwd())).open(columns.names())
-    check_columns(reader.columns, columns, str(path))
+    try:
+        check_columns(reader.columns, columns, str(path))
+    except BaseException:
+        reader.close()
+        raise
     return reader
 
 
