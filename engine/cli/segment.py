@@ -40,7 +40,7 @@ _RFM_EXITS = (
         "the export, the database, a column or an option is wrong (nothing written), or no row could be "
         "read (see rejects.csv)",
     ),
-    EXIT_INTERRUPTED,
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C): the files in --out are incomplete; run it again"),
 )
 _RFM_EPILOG = """\
 examples:
@@ -101,7 +101,7 @@ def add_segment_commands(sub: Any) -> None:
         "--format", dest="file_format", choices=FILE_FORMATS, help="file format (default: from the name)"
     )
     rf.add_argument("--encoding", default="utf-8", help="CSV encoding (default utf-8; gbk for Excel exports)")
-    rf.add_argument("--delimiter", default=",", help="CSV field separator (default ,)")
+    rf.add_argument("--delimiter", default=",", metavar="CHAR", help="CSV field separator (default ,)")
     rf.add_argument("--table", metavar="NAME", help="database: read this table (schema.table ok)")
     rf.add_argument(
         "--query", metavar="SQL", help="database: run this query; its columns name the order columns"
