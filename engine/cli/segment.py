@@ -101,7 +101,9 @@ def add_segment_commands(sub: Any) -> None:
         "--format", dest="file_format", choices=FILE_FORMATS, help="file format (default: from the name)"
     )
     rf.add_argument("--encoding", default="utf-8", help="CSV encoding (default utf-8; gbk for Excel exports)")
-    rf.add_argument("--delimiter", default=",", metavar="CHAR", help="CSV field separator (default ,)")
+    rf.add_argument(
+        "--delimiter", default=",", metavar="CHAR", help="CSV field separator (default , or a tab for .tsv)"
+    )
     rf.add_argument("--table", metavar="NAME", help="database: read this table (schema.table ok)")
     rf.add_argument(
         "--query", metavar="SQL", help="database: run this query; its columns name the order columns"

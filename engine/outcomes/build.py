@@ -147,8 +147,11 @@ def open_orders(request: RfmRequest, host: PluginHost | None = None) -> tuple[Se
     if not path.is_file():
         raise SourceError(f"order export not found: {path}")
     fmt = file_format(path, request.fmt)
+    delimiter = request.delimiter
+    if delimiter == "," and path.name.lower().removesuffix(".gz").endswith(".tsv"):
+        delimiter = "\t"  # a .tsv file is tab-separated unless told otherwise
     reader = open_file_orders(
-        path, request.columns, fmt=fmt, encoding=request.encoding, delimiter=request.delimiter, host=host
+        path, request.columns, fmt=fmt, encoding=request.encoding, delimiter=delimiter, host=host
     )
     return reader, str(path)
 

@@ -605,6 +605,15 @@ def test_the_files_are_segments_pigeon_send_takes(
         assert f"重要价值客户您好，您已在本店下单{row['orders']}次、共{row['spent']}元" in sample["text"]
 
 
+def test_a_tab_separated_export_needs_no_delimiter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    orders = tmp_path / "orders.tsv"
+    orders.write_text("phone\tpaid_at\tamount\n13800138000\t2025-11-11 10:00\t1,299.00\n", "utf-8")
+    code, summary = run(capsys, str(orders), "--out", str(tmp_path / "rfm"))
+    assert code == 0 and summary["revenue"] == 1299.0 and summary["rejected"] == 0
+
+
 def test_a_rebuild_replaces_its_own_files_and_refuses_other_directories(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
