@@ -302,7 +302,9 @@ class OrderParser:
                 arr = np.full(len(values), np.datetime64("NaT", "s"))
                 if plain.any():
                     arr[plain] = _tolerant(list(compress(values, plain.tolist())), _datetimes, arr[0])
-        elif kinds <= {datetime, date} and not any(isinstance(v, datetime) and v.tzinfo for v in values):
+        elif kinds <= {datetime, date, type(None)} and not any(
+            isinstance(v, datetime) and v.tzinfo for v in values
+        ):  # a database's timestamps (NULL: NaT, rejected below)
             arr = _tolerant(values, _datetimes, np.datetime64("NaT", "s"))
         else:  # mixed types, numbers, or times with their zone: one by one
             return self._times_one_by_one(values, range(len(values)), failed)

@@ -86,6 +86,17 @@ def test_database_values_are_read_as_the_driver_gives_them() -> None:
     assert got.cents.tolist() == [8880, 1200, 150]
 
 
+def test_database_nulls_are_rejected_and_the_rest_read_at_once() -> None:
+    rows = [
+        ("13800138000", datetime(2025, 11, 11, 10, 0), Decimal("1.00")),
+        ("13800138001", None, Decimal("2.00")),
+        ("13800138002", datetime(2025, 11, 12, 10, 0), None),
+    ]
+    got = _parser().parse(_batch(rows, first=1))
+    assert [(r.row, r.reason) for r in got.rejects] == [(2, "bad_time"), (3, "bad_amount")]
+    assert got.seconds.tolist() == [_secs("2025-11-11 10:00:00")] and got.cents.tolist() == [100]
+
+
 def test_amounts_in_the_forms_exports_write_them() -> None:
     amounts = ["1,299.00", "¥88", "88元", "￥ 12.5", "０.５", "7", "3.005", "RMB 10"]
     rows = [("13800138000", "2025-11-11 10:00:00", a) for a in amounts]
