@@ -157,13 +157,15 @@ def phone_of(keys: npt.NDArray[np.int64]) -> list[str]:
     return [str(k) if k < INTL_KEY_OFFSET else f"+{k - INTL_KEY_OFFSET}" for k in keys.tolist()]
 
 
-def _money(cents: list[int]) -> list[str]:
-    return [f"{c // 100}.{c % 100:02d}" for c in cents]
-
-
 def _dates(seconds: npt.NDArray[np.int64], has: npt.NDArray[np.bool_]) -> list[str]:
-    text = (seconds // 86_400).astype("datetime64[D]").astype(str).tolist()
-    return [t if h else "" for t, h in zip(text, has.tolist(), strict=True)]
+    """``YYYY-MM-DD`` of each time, ``""`` where ``has`` is False: each distinct day formatted once
+    (a shop's orders span a few thousand days, its customers are millions)."""
+    days = np.where(has, seconds // 86_400, 0)
+    distinct, where = np.unique(days, return_inverse=True)
+    text = distinct.astype("datetime64[D]").astype(str).astype(object)
+    text[distinct == 0] = ""  # no paid order (1970-01-01 is never an order day: times start in 1990)
+    out: list[str] = text[where].tolist()
+    return out
 
 
 def _lines(table: RfmTable, idx: npt.NDArray[np.int64], label: str) -> str:
@@ -176,7 +178,7 @@ def _lines(table: RfmTable, idx: npt.NDArray[np.int64], label: str) -> str:
     orders = t.orders[idx]
     cents = t.cents[idx]
     buyer = orders > 0
-    avg = np.where(buyer, cents // np.maximum(orders, 1), 0)
+    avg = np.where(buyer, cents // np.maximum(orders, 1), -1)
     middle = [
         f"{label},{c.slug},{c.zh},{r.slug},{r.zh},{f.slug},{f.zh}"
         for c in CLASSES
@@ -186,22 +188,22 @@ def _lines(table: RfmTable, idx: npt.NDArray[np.int64], label: str) -> str:
     combo = (table.klass[idx].astype(np.int64) * len(R_STAGES) + table.r_stage[idx]) * len(
         F_STAGES
     ) + table.f_stage[idx]
-    avg_text = [a if b else "" for a, b in zip(_money(avg.tolist()), buyer.tolist(), strict=True)]
+    score_text = [f"{r},{f},{m},{r}{f}{m}" for r in range(11) for f in range(11) for m in range(11)]
+    score_index = (table.r_score[idx].astype(np.int64) * 11 + table.f_score[idx]) * 11 + table.m_score[idx]
     return "".join(
         [
-            f"{p},{middle[k]},{d},{o},{sp},{av},{fo},{lo},{r},{f},{m},{r}{f}{m}\r\n"
-            for p, k, d, o, sp, av, fo, lo, r, f, m in zip(
+            f"{p},{middle[k]},{d},{o},{c // 100}.{c % 100:02d},"
+            f"{'' if a < 0 else f'{a // 100}.{a % 100:02d}'},{fo},{lo},{score_text[s]}\r\n"
+            for p, k, d, o, c, a, fo, lo, s in zip(
                 phone_of(t.keys[idx]),
                 combo.tolist(),
                 table.recency[idx].tolist(),
                 orders.tolist(),
-                _money(cents.tolist()),
-                avg_text,
+                cents.tolist(),
+                avg.tolist(),
                 _dates(t.first[idx], buyer),
                 _dates(t.last[idx], buyer),
-                table.r_score[idx].tolist(),
-                table.f_score[idx].tolist(),
-                table.m_score[idx].tolist(),
+                score_index.tolist(),
                 strict=True,
             )
         ]

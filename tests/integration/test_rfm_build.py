@@ -48,6 +48,18 @@ CLASS_OF = {
     (False, False, False): "churned",
 }
 
+CLASS_ZH = {
+    "important_value": "重要价值客户",
+    "important_recall": "重要唤回客户",
+    "important_develop": "重要深耕客户",
+    "important_retain": "重要挽留客户",
+    "promising": "潜力客户",
+    "newcomer": "新客户",
+    "general_maintain": "一般维持客户",
+    "churned": "流失客户",
+    "potential": "潜在客户",
+}
+
 
 @dataclass
 class Order:
@@ -214,7 +226,11 @@ def reference(shop: Shop, scores: int = 5) -> dict[str, dict[str, object]]:
             "avg_order": f"{cents // n // 100}.{cents // n % 100:02d}" if n else "",
             "first_order": c["first"].isoformat() if c["first"] else "",  # type: ignore[attr-defined]
             "last_order": c["last"].isoformat() if c["last"] else "",  # type: ignore[attr-defined]
+            "r_score": str(r),
+            "f_score": str(f),
+            "m_score": str(m),
             "rfm": f"{r}{f}{m}",
+            "rfm_class_zh": CLASS_ZH[klass],
         }
     return out
 
