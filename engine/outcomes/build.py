@@ -239,9 +239,10 @@ def build_rfm(
     result = totals.result()
     if len(result) == 0:
         why = ", ".join(f"{r} {n:,}" for r, n in reasons.most_common()) or "no rows"
+        top = reasons.most_common(1)[0][0] if reasons else ""
+        hint = "Is --as-of right?" if top == "after_as_of" else "Are the columns and the encoding right?"
         raise SourceError(
-            f"{source}: no readable order in {rows:,} rows ({why}); see {out_dir / REJECTS_FILE}. "
-            "Are the columns and the encoding right?"
+            f"{source}: no readable order in {rows:,} rows ({why}); see {out_dir / REJECTS_FILE}. {hint}"
         )
     table = score_customers(result, request.scoring, as_of_day)
     grouping = group_customers(table, request.group_by, request.max_size)
