@@ -162,6 +162,9 @@ def _prepare(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise SourceError(f"--out {out_dir} is a file, not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not summary.is_file() and {p.name for p in out_dir.iterdir()} <= {REJECTS_FILE}:
+            (out_dir / REJECTS_FILE).unlink()  # a build that found no readable order left only this
+            return
         if not summary.is_file():
             raise SourceError(
                 f"--out {out_dir} is not empty and was not written by `pigeon segment rfm`: "

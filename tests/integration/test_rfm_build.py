@@ -649,6 +649,11 @@ def test_a_rebuild_replaces_its_own_files_and_refuses_other_directories(
     assert main(["segment", "rfm", str(orders), "--out", str(out), "--phone-column", "mobile"]) == 2
     assert "no column 'mobile'" in capsys.readouterr().err
     assert {p.name for p in out.iterdir()} == few
+    # a build that finds no order leaves its rejects; the next build into that directory goes ahead
+    failed = tmp_path / "failed"
+    assert main(["segment", "rfm", str(orders), "--out", str(failed), "--as-of", "2020-01-01"]) == 2
+    assert "--as-of" in capsys.readouterr().err and {p.name for p in failed.iterdir()} == {"rejects.csv"}
+    assert run(capsys, str(orders), "--out", str(failed))[0] == 0
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine", "utf-8")
