@@ -659,3 +659,79 @@ def test_a_rebuild_replaces_its_own_files_and_refuses_other_directories(
     (other / "keep.txt").write_text("mine", "utf-8")
     assert main(["segment", "rfm", str(orders), "--out", str(other)]) == 2
     assert "not empty" in capsys.readouterr().err and (other / "keep.txt").exists()
+
+
+@pytest.mark.slow
+def test_a_million_customers_and_five_million_orders_match_the_reference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's scale: config/make_orders.py's shop of 1M customers and about 5M orders (written
+    forms, bad and closed rows), classed by the builder, and by plain Python from the generator's
+    own per-customer totals (not from the file); every customer's class, scores, recency, orders
+    and spend agree."""
+    orders, truth = tmp_path / "orders.csv", tmp_path / "customers.csv"
+    made = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "config" / "make_orders.py"),
+            "--customers",
+            "1000000",
+            "--orders",
+            "5000000",
+            "-o",
+            str(orders),
+            "--customer-truth",
+            str(truth),
+            "--seed",
+            "19",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    code, summary = run(
+        capsys, str(orders), "--status-column", "status", "--paid", "交易成功", "--out", str(tmp_path / "rfm")
+    )
+    assert code == 0
+    orders.unlink()  # 300 MB: not needed any more
+
+    with truth.open(encoding="utf-8") as fh:
+        rows = [
+            (p, int(o), int(c), int(last) if last else None, int(seen))
+            for p, o, c, last, seen in list(csv.reader(fh))[1:]
+        ]
+    as_of = max(last if last is not None else seen for _, _, _, last, seen in rows)
+    buyers = [(p, o, c, as_of - last) for p, o, c, last, _ in rows if o and last is not None]
+
+    def cuts(values: list[int]) -> list[int]:
+        s = sorted(values)
+        return [s[(k * (len(s) - 1)) // 5] for k in range(1, 5)]
+
+    rc, fc, mc = cuts([b[3] for b in buyers]), cuts([b[1] for b in buyers]), cuts([b[2] for b in buyers])
+    scored = {
+        p: (5 - sum(q < d for q in rc), 1 + sum(q < o for q in fc), 1 + sum(q < c for q in mc))
+        for p, o, c, d in buyers
+    }
+    means = [sum(s[i] for s in scored.values()) / len(scored) for i in range(3)]
+    expected = {}
+    for p, o, c, last, seen in rows:
+        if p in scored:
+            r, f, m = scored[p]
+            klass = CLASS_OF[(r > means[0], f > means[1], m > means[2])]
+        else:
+            r = f = m = 0
+            klass = "potential"
+        days = as_of - (last if last is not None else seen)
+        expected[p] = (klass, f"{r}{f}{m}", str(days), str(o), f"{c // 100}.{c % 100:02d}")
+    got = {
+        p: (r["rfm_class"], r["rfm"], r["recency_days"], r["orders"], r["spent"])
+        for p, r in read_segments(tmp_path / "rfm").items()
+    }
+    assert len(got) == len(expected) == summary["customers"] > 990_000
+    wrong = [p for p, e in expected.items() if got.get(p) != e]
+    assert wrong == [], (len(wrong), [(expected[p], got.get(p)) for p in wrong[:3]])
+    assert summary["classes"] == dict(Counter(e[0] for e in expected.values())) | {
+        k: 0 for k in [*CLASS_OF.values(), "potential"] if k not in {e[0] for e in expected.values()}
+    }
