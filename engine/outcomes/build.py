@@ -34,7 +34,7 @@ from engine.outcomes.orders import (
 )
 from engine.outcomes.rfm import CLASSES, Scoring, score_customers
 from engine.outcomes.segments import GroupSummary, group_customers, write_segments
-from engine.outcomes.sql import is_database, open_sql_orders, redact
+from engine.outcomes.sql import is_database, open_sql_orders
 from engine.outcomes.totals import CustomerTotals
 from engine.pipeline.source import SegmentReader
 
@@ -302,8 +302,3 @@ def _write_groups_csv(path: Path, groups: list[GroupSummary]) -> None:
                 w.writerow(
                     [f.group, f.file, f.customers, f.orders, f"{f.revenue:.2f}", f"{aov:.2f}", g.name, g.zh]
                 )
-
-
-def redacted(orders: str) -> str:
-    """``orders`` as it may be shown (a database password hidden)."""
-    return redact(orders) if is_database(orders) else orders
