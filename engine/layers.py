@@ -30,6 +30,7 @@ LAYERS: Mapping[str, int] = {
     "pigeon": 5,  # the public plugin API: re-exports core, sending and coordination, nothing above
     "plugins": 6,  # the built-in plugins: the public API and the layers up to coordination
     "engine.run": 7,
+    "engine.outcomes": 7,  # order exports, RFM segments: beside run, neither imports the other
     "engine.service": 8,
     "engine.cli": 9,
     "engine.__main__": 10,
@@ -46,6 +47,7 @@ JOBS: Mapping[str, str] = {
     "pigeon": "the public plugin API",
     "plugins": "built-in sources, gateways and coordinators",
     "engine.run": "plan, preview, send loop, signals, shards, workers",
+    "engine.outcomes": "order exports, per-customer totals, RFM scores, classes and segment files",
     "engine.service": "HTTP API, OpenAPI, keys, campaigns",
     "engine.cli": "the pigeon command",
     "engine.__main__": "python -m engine",

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.cli.grammar import CommandParser, commands
+from engine.cli.grammar import CommandParser, FileOrAddress, commands
 
 __all__ = ["Node", "nodes", "script"]
 
@@ -54,7 +54,7 @@ def _value(action: argparse.Action) -> str:
         return ""
     if action.choices:
         return " ".join(str(c) for c in action.choices)
-    if action.type is Path:
+    if action.type is Path or action.type is FileOrAddress:
         return FILES
     return NONE
 

@@ -34,6 +34,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_STOPPED",
     "CommandParser",
+    "FileOrAddress",
     "commands",
     "emit_json",
     "engine_option",
@@ -137,6 +138,13 @@ class CommandParser(argparse.ArgumentParser):
         parser: CommandParser = self._subparsers.add_parser(name, help=help, **kwargs)
         self.commands[name] = (parser, help)
         return parser
+
+
+class FileOrAddress(str):
+    """An argument that is a file name or an address (``postgresql://…``): kept as written (a
+    :class:`~pathlib.Path` would fold the ``//``), completed as a file name."""
+
+    __slots__ = ()
 
 
 class _DeprecatedAlias(argparse.Action):

@@ -299,6 +299,7 @@ def test_every_data_command_prints_json(here: Path, capsys: pytest.CaptureFixtur
     _engine(here / "engine.toml")
     _campaign(here / "campaign.toml", engine_key=None)
     (here / "list.csv").write_text("13800138000\n", "utf-8")
+    (here / "orders.csv").write_text("phone,paid_at,amount\n13800138000,2025-11-11 10:00:00,99.00\n", "utf-8")
     runs: list[tuple[str, ...]] = [
         ("preview", "campaign.toml"),
         ("send", "campaign.toml", "-q"),
@@ -318,6 +319,7 @@ def test_every_data_command_prints_json(here: Path, capsys: pytest.CaptureFixtur
         ("keys", "list"),
         ("keys", "revoke", "shop"),
         ("plugins",),
+        ("segment", "rfm", "orders.csv", "-q"),
         ("cancel", "t"),
     ]
     leaves = set(_leaves())

@@ -1,0 +1,1 @@
+"""Merchant outcomes: order exports read into per-customer totals, and RFM segments built from them."""
