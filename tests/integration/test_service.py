@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +22,6 @@ from tests.integration.service_harness import SECRET, serving, write_campaign, w
 from tests.integration.test_send import run_cli
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _webhook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PIGEON_TEST_WEBHOOK_SECRET", SECRET)
-
-
-@pytest.fixture
-def simulator() -> Iterator[Simulator]:
-    with SimulatorThread(SimConfig()) as sim:
-        yield sim
 
 
 def _problem(r: httpx.Response, status: int, *words: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from schemathesis.config import SchemathesisConfig
 
 from engine.sending.webhooks import sign
 from engine.service.openapi import build
-from loadtests.simulator import SimConfig, Simulator, SimulatorThread
+from loadtests.simulator import Simulator
 from tests.integration.service_harness import SECRET, write_campaign, write_engine
 
 EXAMPLES = int(os.environ.get("PIGEON_FUZZ_EXAMPLES", "20"))
@@ -62,12 +62,6 @@ MESSAGES = [
     {"template": "code", "fields": {"code": "8888"}},
     {"template": "order_shipped", "fields": {"order": "A1", "tracking": "SF1"}},
 ]
-
-
-@pytest.fixture
-def simulator() -> Iterator[Simulator]:
-    with SimulatorThread(SimConfig()) as sim:
-        yield sim
 
 
 class _Signed(requests.auth.AuthBase):

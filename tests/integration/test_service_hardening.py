@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import re
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,46 +20,17 @@ import anyio
 import httpx
 import pytest
 
-from engine.observability.jsonlog import JsonFormatter
 from engine.sending.webhooks import sign
 from engine.service.openapi import build
 from engine.state.store import OptOutRecord
 from engine.state.store.sqlite import SqliteStore
-from loadtests.simulator import SimConfig, Simulator, SimulatorThread
+from loadtests.simulator import Simulator
 from tests.integration.service_harness import SECRET, serving, write_campaign, write_engine
 from tests.integration.test_send import run_cli
 
 pytestmark = pytest.mark.anyio
 
 TX = "transactional"
-
-
-@pytest.fixture(autouse=True)
-def _webhook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PIGEON_TEST_WEBHOOK_SECRET", SECRET)
-
-
-@pytest.fixture
-def simulator() -> Iterator[Simulator]:
-    with SimulatorThread(SimConfig()) as sim:
-        yield sim
-
-
-@pytest.fixture
-def logged() -> Iterator[io.StringIO]:
-    """What the service logs, as the JSON lines ``pigeon serve`` writes."""
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("pigeon")
-    root.addHandler(handler)
-    old = root.level
-    root.setLevel(logging.INFO)
-    try:
-        yield out
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old)
 
 
 def _problem(r: httpx.Response, status: int, *words: str) -> dict[str, Any]:

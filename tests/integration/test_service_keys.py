@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,42 +18,14 @@ import httpx
 import msgspec
 import pytest
 
-from engine.observability.jsonlog import JsonFormatter
 from engine.service.apikeys import KeyRing
-from loadtests.simulator import SimConfig, Simulator, SimulatorThread
+from loadtests.simulator import Simulator
 from tests.integration.service_harness import SECRET, serving, write_engine
 from tests.integration.test_send import run_cli
 
 pytestmark = pytest.mark.anyio
 
 MESSAGE = {"priority": "transactional", "messages": [{"to": "13800138000", "text": "您的验证码是 1234"}]}
-
-
-@pytest.fixture(autouse=True)
-def _webhook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PIGEON_TEST_WEBHOOK_SECRET", SECRET)
-
-
-@pytest.fixture
-def simulator() -> Iterator[Simulator]:
-    with SimulatorThread(SimConfig()) as sim:
-        yield sim
-
-
-@pytest.fixture
-def logged() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("pigeon")
-    root.addHandler(handler)
-    old = root.level
-    root.setLevel(logging.INFO)
-    try:
-        yield out
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old)
 
 
 def _bearer(key: str) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +14,10 @@ import pytest
 
 from engine.sending.webhooks import sign
 from engine.service.apikeys import KeyRing
-from loadtests.simulator import SimConfig, Simulator, SimulatorThread
+from loadtests.simulator import Simulator
 from tests.integration.service_harness import SECRET, serving, write_campaign, write_engine
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _webhook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PIGEON_TEST_WEBHOOK_SECRET", SECRET)
-
-
-@pytest.fixture
-def simulator() -> Iterator[Simulator]:
-    with SimulatorThread(SimConfig()) as sim:
-        yield sim
 
 
 async def _until(check: Callable[[], Any], seconds: float = 60.0) -> Any:
