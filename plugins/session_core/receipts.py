@@ -304,13 +304,27 @@ class Correlator:
             if hit is not None and hit[0] == t.key:  # (an id the peer reused later stays)
                 del parts[pid]
 
-    def _find(self, canon: str, addr: str = "") -> tuple[int, int] | None:
+    def _find(self, canon: str, addr: str = "", *, strict: bool = True) -> tuple[int, int] | None:
         """The (message, part) a receipt id names. An id that reads as two tracked ids (``16``:
         decimal 16, or hex 0x16?) is settled by the handset's number, else by which reading
-        alone matched before."""
+        alone matched before.
+
+        A match by another reading than the id as written is a guess: with ``strict`` it must not
+        contradict the handset's number (the receipt for hex ``14`` may come before that message
+        is tracked, while the message tracked as ``e`` — decimal 14 — waits for its own), so such a
+        receipt is parked until its own message is tracked; when its wait is over (``strict``
+        off) the guess is taken, as for a peer whose receipts carry no usable number."""
         parts = self._parts
         forms = id_forms(canon)
         hits = [(n, hit) for n, form in enumerate(forms) if form and (hit := parts.get(form))]
+        if strict and addr and hits:
+            tail = addr[-8:]
+            messages = self._messages
+            hits = [
+                h
+                for h in hits
+                if not h[0] or (t := messages.get(h[1][0])) is None or not t.to or t.to[-8:] == tail
+            ]
         if not hits:
             return None
         if len(hits) == 1:
@@ -405,7 +419,7 @@ class Correlator:
             if p.done:
                 continue
             self._unpark(p)
-            hit = self._find(p.forms[0], p.receipt.addr)
+            hit = self._find(p.forms[0], p.receipt.addr, strict=False)
             if hit is not None:
                 out += self._fold(hit, p.receipt, p.status)
                 continue

@@ -57,3 +57,30 @@ def test_receipt_dates(value: str, offset: float, epoch: float) -> None:
     assert receipt_time(value, offset) == epoch
     if epoch:
         assert datetime.fromtimestamp(epoch, UTC).strftime("%y%m%d%H%M") == "2612031201"
+
+
+@pytest.mark.parametrize("ahead", [1, 3, 7])
+def test_an_early_receipt_in_hex_waits_for_its_own_message_not_one_whose_id_reads_the_same(
+    ahead: int,
+) -> None:
+    """The interop race (smpp34, issue 15): the receipt for hex ``14`` is read before the answer
+    that tracks its message, while the message tracked as ``e`` (decimal 14) still waits for its
+    own receipt. The number in the receipt says it is not ``e``'s: it is parked, and settles its
+    own message when that is tracked; ``e``'s own receipt then settles ``e``."""
+    corr = Correlator("g", clock=lambda: 0.0)
+    n = 0x30
+    ids = [canonical_id(f"{i:08X}") for i in range(1, n + 1)]
+    to = [f"+86139{i:08d}" for i in range(1, n + 1)]
+    receipts = [Receipt(f"{i:08x}", "DELIVRD", addr=to[i - 1][1:]) for i in range(1, n + 1)]
+    reports = []
+    for i in range(n):  # each receipt is read `ahead` answers before its message is tracked
+        if i + ahead < n:
+            reports += corr.receipt(receipts[i + ahead], DeliveryStatus.DELIVERED)
+        reports += corr.track(f"m-{i + 1}", [ids[i]], to[i])
+    for r in receipts[:ahead]:
+        reports += corr.receipt(r, DeliveryStatus.DELIVERED)
+    reports += corr.expire(1e9)
+    assert sorted((r.message_id, r.provider_id) for r in reports) == sorted(
+        (f"m-{i + 1}", ids[i]) for i in range(n)
+    )
+    assert corr.duplicates == 0 and corr.unmatched == 0 and corr.awaiting == 0
