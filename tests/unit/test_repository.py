@@ -1,4 +1,4 @@
-"""The repository's text files are whole: no merge left a conflict marker behind."""
+"""The repository's text files are whole: no merge left a conflict marker or a backup file behind."""
 
 from __future__ import annotations
 
@@ -22,3 +22,12 @@ def test_no_tracked_file_holds_a_conflict_marker() -> None:
         if MARKER.search(path.read_bytes()):
             found.append(name.decode())
     assert found == []
+
+
+def test_no_merge_leftover_is_tracked() -> None:
+    """A merge tool's backups (``*.orig``, ``*.rej``, ``*.BACKUP.*``…) never land with the merge."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, check=True, text=True).stdout
+    leftovers = [
+        f for f in files.splitlines() if re.search(r"\.(orig|rej)$|\.(BACKUP|BASE|LOCAL|REMOTE)\.", f)
+    ]
+    assert leftovers == []
