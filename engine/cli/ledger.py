@@ -229,6 +229,9 @@ def _report(rep: dict[str, Any], fmt: str, console: Console) -> int:
         for carrier, c in rep["carriers"].items():
             for k in ("messages", "parts", "cost"):
                 w.writerow(["carrier", carrier, k, c[k]])
+        for variant, v in rep.get("variants", {}).items():
+            for k, value in v.items():
+                w.writerow(["variant", variant, k, value])
         for k in ("recipients", "total_parts", "total_cost", "delivery_reports", "delivery_rate"):
             w.writerow(["total", k, "", rep[k]])
         for k, v in rep["latency_seconds"].items():
@@ -253,6 +256,31 @@ def _report(rep: dict[str, Any], fmt: str, console: Console) -> int:
         t.add_row(carrier, f"{c['messages']:,}", f"{c['parts']:,}", f"{c['cost']:,.2f}")
     t.add_row("total", "", f"{rep['total_parts']:,}", f"{rep['total_cost']:,.2f}")
     console.print(t)
+    if rep.get("variants"):
+        t = Table(title="Per A/B variant")
+        for col in (
+            "variant",
+            "messages",
+            "billed parts",
+            "cost",
+            "delivered",
+            "failed",
+            "unknown",
+            "delivery rate",
+        ):
+            t.add_column(col, justify="left" if col == "variant" else "right")
+        for name, v in rep["variants"].items():
+            t.add_row(
+                escape(name),
+                f"{v['messages']:,}",
+                f"{v['parts']:,}",
+                f"{v['cost']:,.2f}",
+                f"{v['delivered']:,}",
+                f"{v['failed']:,}",
+                f"{v['unknown']:,}",
+                f"{v['delivery_rate']:.1%}",
+            )
+        console.print(t)
     lat = rep["latency_seconds"]
     console.print(
         f"delivery reports {rep['delivery_reports']:,}, delivery rate {rep['delivery_rate']:.1%}"

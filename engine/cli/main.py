@@ -307,6 +307,12 @@ def _print_summary(console: Console, s: RunSummary) -> None:
         f"{s.total_cost:,.2f}",
     )
     console.print(t)
+    if s.variants:
+        total = sum(s.variants.values())
+        console.print(
+            "A/B variants: "
+            + ", ".join(f"{escape(name)} {n:,} ({n / total:.1%})" for name, n in sorted(s.variants.items()))
+        )
     states = "  ".join(f"{k} {v:,}" for k, v in sorted(s.states.items()))
     console.print(f"rows {s.rows:,}:  {states}")
     for state, reasons in s.reasons.items():

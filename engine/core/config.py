@@ -39,6 +39,7 @@ __all__ = [
     "SegmentConfig",
     "StoreConfig",
     "TemplateConfig",
+    "VariantConfig",
     "convert_section",
     "load_campaign",
     "load_engine",
@@ -194,6 +195,17 @@ class SegmentConfig(Base, kw_only=True, frozen=True):
     """Column holding the phone number."""
 
 
+class VariantConfig(Base, kw_only=True, frozen=True):
+    """``[[template.variants]]``: one text of an A/B test and the share of recipients it goes to."""
+
+    name: Identifier
+    """How the report names it (``a``, ``b``, ``short-copy``…)."""
+    share: Annotated[float, msgspec.Meta(gt=0, le=1)]
+    """The share of the campaign's recipients who get this text; the shares add up to 1."""
+    text: str
+    """The body, in the ``template.text`` syntax (signature and opt-out text are the template's)."""
+
+
 class TemplateConfig(Base, kw_only=True, frozen=True):
     """``[template]``: the text and what surrounds it."""
 
@@ -208,6 +220,9 @@ class TemplateConfig(Base, kw_only=True, frozen=True):
     provider: ProviderTemplateConfig | None = None
     """A template filed with the provider (for the ``aliyun`` and ``tencent`` gateways): its text
     replaces ``text``, and nothing is appended to it (the opt-out text must be in the filed text)."""
+    variants: list[VariantConfig] = []
+    """An A/B test: two or more texts, each to its share of the recipients (chosen per number,
+    stable across resumes); ``text`` is then left out. The report counts each variant apart."""
 
 
 class PolicyConfig(Base, kw_only=True, frozen=True):
@@ -436,8 +451,43 @@ def load_campaign(path: str | Path) -> LoadedCampaign:
             raise ConfigError(str(p), "policy.send_window", str(exc)) from None
     if not cfg.template.signature.strip().strip("【】"):
         raise ConfigError(str(p), "template.signature", "the signature is empty; carriers require one")
+    _check_variants(cfg, str(p))
     cfg, provider = _provider_template(cfg, str(p))
     return LoadedCampaign(cfg, str(p), p.resolve().parent, cid, segment, seg_raw, provider)
+
+
+def _check_variants(cfg: CampaignConfig, file: str) -> None:
+    """An A/B test's texts replace ``template.text``; names are unique and the shares add up to 1."""
+    variants = cfg.template.variants
+    if not variants:
+        return
+    if len(variants) < 2:
+        raise ConfigError(
+            file, "template.variants", "an A/B test needs two variants or more (or use template.text)"
+        )
+    if len(variants) > 16:
+        raise ConfigError(file, "template.variants", f"{len(variants)} variants; at most 16")
+    if cfg.template.text.strip() or cfg.template.provider is not None:
+        raise ConfigError(
+            file,
+            "template.text",
+            "give either template.text (or [template.provider]) or [[template.variants]], each with its text",
+        )
+    names = [v.name for v in variants]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(
+            file, "template.variants", f"variant names must differ: {', '.join(twice)} repeated"
+        )
+    for i, v in enumerate(variants):
+        if not v.text.strip():
+            raise ConfigError(file, f"template.variants[{i}].text", f"variant {v.name!r} has no text")
+    total = sum(v.share for v in variants)
+    if abs(total - 1.0) > 1e-6:
+        shares = " + ".join(f"{v.share:g}" for v in variants)
+        raise ConfigError(
+            file, "template.variants", f"the shares add up to {total:g} ({shares}); make them add up to 1"
+        )
 
 
 def _provider_template(cfg: CampaignConfig, file: str) -> tuple[CampaignConfig, ProviderTemplate | None]:
@@ -446,7 +496,7 @@ def _provider_template(cfg: CampaignConfig, file: str) -> tuple[CampaignConfig, 
     t = cfg.template
     pt = t.provider
     if pt is None:
-        if not t.text.strip():
+        if not t.text.strip() and not t.variants:
             raise ConfigError(file, "template.text", "missing required key (or give [template.provider])")
         return cfg, None
     if t.text.strip():

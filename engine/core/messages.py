@@ -135,10 +135,22 @@ class MessageBatch(Sequence[Message]):
     on first use (``<id_prefix><row>``; ``+86`` before Chinese national numbers).
 
     Messages rendered from a template filed with a provider also carry :attr:`params` (the
-    template and the parameter values of each message) for the gateways that send by template.
+    template and the parameter values of each message) for the gateways that send by template;
+    those of an A/B test carry :attr:`variants` (each message's variant name, for the ledger).
     """
 
-    __slots__ = ("_ids", "_numbers", "_prefix", "_tos", "carrier", "params", "parts", "rows", "texts")
+    __slots__ = (
+        "_ids",
+        "_numbers",
+        "_prefix",
+        "_tos",
+        "carrier",
+        "params",
+        "parts",
+        "rows",
+        "texts",
+        "variants",
+    )
 
     def __init__(
         self,
@@ -151,6 +163,7 @@ class MessageBatch(Sequence[Message]):
         id_prefix: str = "",
         ids: Sequence[str] | None = None,
         params: Sequence[ProviderParams | None] | None = None,
+        variants: Sequence[str] | None = None,
     ) -> None:
         self.carrier = carrier
         self.rows = rows
@@ -160,6 +173,8 @@ class MessageBatch(Sequence[Message]):
         self.params = params
         """Per message: its filed provider template and parameter values (None: free text); None
         when no message of the batch has any (:mod:`engine.core.provider_template`)."""
+        self.variants = variants
+        """Per message: the name of its A/B variant; None when the campaign has no A/B test."""
         self._numbers = numbers
         self._prefix = id_prefix
         self._ids = ids
@@ -207,6 +222,11 @@ class MessageBatch(Sequence[Message]):
             params = []
             for b in batches:
                 params += b.params if b.params is not None else [None] * len(b)
+        variants: list[str] | None = None
+        if any(b.variants is not None for b in batches):
+            variants = []
+            for b in batches:
+                variants += b.variants if b.variants is not None else [""] * len(b)
         return cls(
             carrier,
             rows=rows,
@@ -216,6 +236,7 @@ class MessageBatch(Sequence[Message]):
             id_prefix=prefix,
             ids=ids,
             params=params,
+            variants=variants,
         )
 
     @property
@@ -231,7 +252,7 @@ class MessageBatch(Sequence[Message]):
         if len(indices) == len(self):
             return self
         ids = self.ids
-        params = self.params
+        params, variants = self.params, self.variants
         return MessageBatch(
             self.carrier,
             rows=[self.rows[i] for i in indices],
@@ -240,6 +261,7 @@ class MessageBatch(Sequence[Message]):
             parts=[self.parts[i] for i in indices],
             ids=[ids[i] for i in indices],
             params=[params[i] for i in indices] if params is not None else None,
+            variants=[variants[i] for i in indices] if variants is not None else None,
         )
 
     def keys(self) -> list[int]:
@@ -275,6 +297,7 @@ class MessageBatch(Sequence[Message]):
                 id_prefix=self._prefix,
                 ids=self._ids[index] if self._ids is not None else None,
                 params=self.params[index] if self.params is not None else None,
+                variants=self.variants[index] if self.variants is not None else None,
             )
         return Message(
             self.ids[index],

@@ -118,6 +118,8 @@ class RunSummary(msgspec.Struct, kw_only=True):
     run_dir: str = ""
     files: dict[str, str] = {}
     """The CSV listing the rows of each state that has one: ``rejected``, ``suppressed``, ``deferred``."""
+    variants: dict[str, int] = {}
+    """An A/B test, in previews: the messages rendered of each variant (a send's are in ``pigeon report``)."""
     samples: list[SampleMessage] = []
     reject_samples: list[Reject] = []
     prefix_table: str = ""
@@ -206,6 +208,7 @@ class RunRecorder:
         self.reasons: dict[str, Counter[str]] = {}
         self.carriers: dict[str, CarrierSummary] = {}
         self.gateways: dict[str, GatewaySummary] = {}
+        self.variants: Counter[str] = Counter()
         self.rows = 0
         self.sample_limit = samples
         self.samples: list[SampleMessage] = []
@@ -250,9 +253,12 @@ class RunRecorder:
         carriers: Sequence[str],
         texts: Sequence[str],
         parts: Sequence[int],
+        variants: Sequence[str] = (),
     ) -> None:
         """Record a batch that passed every stage (previews: nothing is sent)."""
         self.rows += len(nums)
+        if variants:
+            self.variants.update(variants)
         self.states["rendered"] += len(nums)
         self._bill(carriers, parts)
         room = self.sample_limit - len(self.samples)
@@ -447,6 +453,7 @@ class RunRecorder:
             states=dict(self.states),
             reasons={k: dict(v.most_common()) for k, v in self.reasons.items()},
             carriers=dict(sorted(self.carriers.items())),
+            variants=dict(self.variants),
             total_parts=parts,
             total_cost=round(cost, 4),
             currency=currency,

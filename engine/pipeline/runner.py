@@ -31,7 +31,7 @@ __all__ = [
     "positions",
 ]
 
-_COLUMNS = ("nums", "rows", "numbers", "keys", "carriers", "texts", "parts", "params")
+_COLUMNS = ("nums", "rows", "numbers", "keys", "carriers", "texts", "parts", "params", "variants")
 _ROW = attrgetter("row")
 
 
@@ -62,6 +62,7 @@ class Batch:
         "rejects",
         "rows",
         "texts",
+        "variants",
     )
 
     def __init__(
@@ -89,6 +90,8 @@ class Batch:
         self.params: list[ProviderParams] = []
         """After ``render``, for a template filed with a provider: each row's template and parameter
         values (empty otherwise)."""
+        self.variants: list[str] = []
+        """After ``render``, for an A/B test: each row's variant name (empty otherwise)."""
         self.rejects: list[Reject] = rejects if rejects is not None else []
         """Rows refused in this batch (by the source or a stage)."""
 
@@ -178,6 +181,7 @@ class Batch:
         if not nums:
             return {}
         params = self.params or None
+        variants = self.variants or None
         first = carriers[0]
         if carriers.count(first) == len(carriers):  # one C-level scan: a batch of one carrier
             return {
@@ -189,6 +193,7 @@ class Batch:
                     parts=parts,
                     id_prefix=id_prefix,
                     params=params,
+                    variants=variants,
                 )
             }
         # sort_groups: more carriers than the kernel's table holds (never with the built-in ones)
@@ -196,6 +201,7 @@ class Batch:
         take = itemgetter(*order)
         nums_s, numbers_s, texts_s, parts_s = take(nums), take(numbers), take(texts), take(parts)
         params_s = take(params) if params is not None else None
+        variants_s = take(variants) if variants is not None else None
         out: dict[str, MessageBatch] = {}
         start = 0
         for c, n in groups:
@@ -208,6 +214,7 @@ class Batch:
                 parts=parts_s[start:end],
                 id_prefix=id_prefix,
                 params=params_s[start:end] if params_s is not None else None,
+                variants=variants_s[start:end] if variants_s is not None else None,
             )
             start = end
         return out

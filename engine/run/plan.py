@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from engine.core.plugin_host import PluginHost
 from engine.core.preflight import DEFAULT_ALLOWED_TERMS, DEFAULT_BANNED_TERMS, Finding, check_campaign, errors
 from engine.core.sendwindow import ALL_DAY, SendWindow
 from engine.core.template import Template, compile_template
+from engine.core.variants import Split
 from engine.observability.metrics import Metrics
 from engine.observability.report import RunRecorder, RunSummary
 from engine.pipeline.runner import Batch, StageRunner
@@ -68,6 +69,16 @@ class Plan:
     same_content: SameContent | None = None
     """The same-text window of the campaign's kind, with recent sends loaded from the store."""
     clock: Clock = field(default_factory=SystemClock)
+    variants: list[Template] = field(default_factory=list)
+    """An A/B test's templates, in the order of ``split.names`` (empty: ``template`` for all;
+    else ``template`` is the first of them)."""
+    split: Split | None = None
+    """Who gets which variant (None without an A/B test)."""
+
+    @property
+    def fields(self) -> list[str]:
+        """Every segment field the campaign's texts use, in order of first use."""
+        return list(dict.fromkeys(f for t in (self.template, *self.variants) for f in t.fields))
 
     @property
     def max_parts(self) -> int:
@@ -102,7 +113,7 @@ class Plan:
         ``shard=(index, count)`` the batches hold only that shard's rows (:mod:`engine.run.shards`).
         """
         phone = self.campaign.segment.phone_field
-        reader = self.source.open([phone, *self.template.fields])
+        reader = self.source.open([phone, *self.fields])
         try:
             if phone not in reader.columns:
                 raise SourceError(
@@ -112,7 +123,14 @@ class Plan:
             try:
                 bound = self.template.bind(reader.columns)
             except TemplateError as exc:
-                raise TemplateError(f"{self.campaign.file}: template.text: {exc}") from None
+                key = "template.variants[0].text" if self.variants else "template.text"
+                raise TemplateError(f"{self.campaign.file}: {key}: {exc}") from None
+            variants = []
+            for i, t in enumerate(self.variants):
+                try:
+                    variants.append(t.bind(reader.columns))
+                except TemplateError as exc:
+                    raise TemplateError(f"{self.campaign.file}: template.variants[{i}].text: {exc}") from None
         except BaseException:
             reader.close()
             raise
@@ -135,6 +153,8 @@ class Plan:
             forbid_urls_in_fields=forbid_urls,
             same_content=self.same_content,
             shard=shard,
+            variants=variants,
+            split=self.split,
         )
         return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone), shard)
 
@@ -219,16 +239,38 @@ def prepare(
     source = reg.factory(options, SourceContext(base_dir=campaign.base_dir))
 
     tcfg = campaign.config.template
+    variants: list[Template] = []
+    for i, vcfg in enumerate(tcfg.variants):
+        try:
+            variants.append(
+                compile_template(
+                    vcfg.text,
+                    signature=tcfg.signature,
+                    opt_out_text=campaign.config.opt_out_text,
+                    max_length=tcfg.max_length,
+                )
+            )
+        except TemplateError as exc:
+            raise TemplateError(f"{campaign.file}: template.variants[{i}].text: {exc}") from None
     try:
-        template = compile_template(
-            tcfg.text,
-            signature=tcfg.signature,
-            opt_out_text=campaign.config.opt_out_text,
-            max_length=tcfg.max_length,
+        template = (
+            variants[0]
+            if variants
+            else compile_template(
+                tcfg.text,
+                signature=tcfg.signature,
+                opt_out_text=campaign.config.opt_out_text,
+                max_length=tcfg.max_length,
+            )
         )
     except TemplateError as exc:
         raise TemplateError(f"{campaign.file}: template.text: {exc}") from None
     template.provider = campaign.provider  # a filed provider template: render carries its params
+    split = (
+        Split(campaign.id, [v.name for v in tcfg.variants], [v.share for v in tcfg.variants])
+        if variants
+        else None
+    )
 
     routes: dict[str, str] = {}
     failover: dict[str, list[str]] = {}
@@ -268,12 +310,21 @@ def prepare(
         resolvers.append(rreg.factory(ropts, None))
 
     policy = campaign.config.policy
-    findings = check_campaign(
-        template,
-        kind=campaign.config.kind,
-        banned_terms=policy.banned_terms if policy.banned_terms is not None else DEFAULT_BANNED_TERMS,
-        allowed_terms=[*DEFAULT_ALLOWED_TERMS, *policy.allowed_terms],
-    )
+    findings: list[Finding] = []
+    for i, t in enumerate(variants or [template]):
+        found = check_campaign(
+            t,
+            kind=campaign.config.kind,
+            banned_terms=policy.banned_terms if policy.banned_terms is not None else DEFAULT_BANNED_TERMS,
+            allowed_terms=[*DEFAULT_ALLOWED_TERMS, *policy.allowed_terms],
+        )
+        if variants:  # the key to change is the variant's text, and a finding on the rest is said once
+            found = [
+                replace(f, key=f"template.variants[{i}].text") if f.key == "template.text" else f
+                for f in found
+                if f.key == "template.text" or not i
+            ]
+        findings += found
     if strict and errors(findings):
         raise PreflightError(
             f"{campaign.file}: the campaign breaks {len(errors(findings))} rule(s); nothing was sent:\n"
@@ -317,6 +368,8 @@ def prepare(
         caps=caps,
         clock=clock,
         same_content=same_content,
+        variants=variants,
+        split=split,
     )
 
 
@@ -390,7 +443,13 @@ def _open_ledger(
     cl = open_for_run(
         plan.engine.store_path,
         c,
-        [t.text, t.signature, c.config.opt_out_text],
+        # (an A/B test's names, shares and texts too: a resume with other ones is refused)
+        [
+            t.text,
+            t.signature,
+            c.config.opt_out_text,
+            *(f"{v.name}\x1e{v.share!r}\x1e{v.text}" for v in t.variants),
+        ],
         semantics=Semantics(c.config.delivery) if c.config.delivery else None,
         force=force,
         again=again,

@@ -31,7 +31,9 @@ def preview(
             for batch in segment.batches(plan.engine.config.batch_size):
                 recorder.dropped(batch.rejects)
                 if batch.nums:
-                    recorder.rendered(batch.nums, batch.numbers, batch.carriers, batch.texts, batch.parts)
+                    recorder.rendered(
+                        batch.nums, batch.numbers, batch.carriers, batch.texts, batch.parts, batch.variants
+                    )
                 if max_rows is not None and recorder.rows >= max_rows:
                     break
     finally:

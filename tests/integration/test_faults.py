@@ -46,21 +46,25 @@ def test_a_second_run_of_a_running_campaign_is_refused_and_nobody_gets_two(
     eligible, dups = segment(tmp_path / "seg.csv", rows)
     store = tmp_path / "pigeon.db"
     with SimulatorThread(SimConfig()) as sim:
-        campaign = files(tmp_path, sim.port, store=store, max_batch=100, cm="rate_per_second = 5000")
+        # 2,500/s: the 18,000 left take 7 s, time for three more processes to start on a busy machine
+        campaign = files(tmp_path, sim.port, store=store, max_batch=100, cm="rate_per_second = 2500")
         first = start(["send", str(campaign), "--backend", backend], tmp_path)
         assert wait_for(lambda: len(sim.log) >= 2_000, first, 60)
-        again = cli(tmp_path, "send", str(campaign), "--backend", backend)  # "my SSH session dropped"
-        resumed = cli(tmp_path, "resume", "crash", "--engine", str(tmp_path / "engine.toml"))
-        status = cli(
-            tmp_path, "status", "crash", "--engine", str(tmp_path / "engine.toml"), flags=("--json",)
-        )
+        # all three at once, while the first runs ("my SSH session dropped")
+        engine = str(tmp_path / "engine.toml")
+        again = start(["send", str(campaign), "--backend", backend], tmp_path)
+        resumed = start(["resume", "crash", "--engine", engine], tmp_path)
+        status = start(["status", "crash", "--engine", engine], tmp_path, quiet=False)
+        answers = [p.communicate(timeout=120) for p in (again, resumed, status)]
+        still_running = first.poll() is None
         _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
-    for refused in (again, resumed):
-        assert refused.returncode == EXIT_BUSY, refused.stderr
-        assert f"is being sent by pigeon send (pid {first.pid} on host" in refused.stderr
-        assert "nothing was sent" in refused.stderr
-    assert json.loads(status.stdout)["lease"]["pid"] == first.pid  # who holds it, while it runs
+    assert still_running, "the first run ended before the others were answered: the test proves nothing"
+    for refused, (_, stderr) in zip((again, resumed), answers, strict=False):
+        assert refused.returncode == EXIT_BUSY, stderr
+        assert f"is being sent by pigeon send (pid {first.pid} on host" in stderr
+        assert "nothing was sent" in stderr
+    assert json.loads(answers[2][0])["lease"]["pid"] == first.pid  # who holds it, while it runs
     states = check_ledger_against_log(store, sim, eligible, rows, dups, unknown_only_if_received=True)
     assert "unknown" not in states
 

@@ -6,6 +6,7 @@ from collections.abc import Collection, Sequence
 
 from engine.core.carriers import PrefixTable
 from engine.core.template import BoundTemplate
+from engine.core.variants import Split
 from engine.pipeline.runner import Stage
 from engine.pipeline.stages.cap import Cap
 from engine.pipeline.stages.count_parts import CountParts
@@ -45,14 +46,17 @@ def standard_stages(
     forbid_urls_in_fields: bool = False,
     same_content: SameContent | None = None,
     shard: tuple[int, int] | None = None,
+    variants: Sequence[BoundTemplate] = (),
+    split: Split | None = None,
 ) -> list[Stage]:
     """normalize → suppress_optouts → cap → route → render → count_parts → dedupe → same_content
     → hold_quiet_hours.
 
     ``suppress_optouts`` runs when an opt-out set is given (marketing campaigns), ``cap`` when
     the engine configures caps for the campaign's kind, ``hold_quiet_hours`` when the campaign
-    has a send window (marketing, by default). ``shard=(index, count)``: ``normalize`` keeps only
-    that shard's numbers and rejects (a sharded send, :mod:`engine.run.shards`).
+    has a send window (marketing, by default). ``variants`` and ``split``: an A/B test's bound
+    templates and who gets which (``render`` picks each row's). ``shard=(index, count)``:
+    ``normalize`` keeps only that shard's numbers and rejects (a sharded send, :mod:`engine.run.shards`).
 
     ``dedupe`` comes after every stage that rejects a row: a number is used up by the first row
     that could be sent, so a number that cannot be sent is rejected with its reason on every row
@@ -65,8 +69,8 @@ def standard_stages(
         *([SuppressOptouts(optouts)] if optouts is not None else []),
         *([caps] if caps is not None else []),
         Route(table, routable, resolvers),
-        Render(template, forbid_urls=forbid_urls_in_fields),
-        CountParts(template.template),
+        Render(template, forbid_urls=forbid_urls_in_fields, variants=variants, split=split),
+        CountParts(template.template, [v.template for v in variants]),
         Dedupe(),
         *([same_content] if same_content is not None else []),
         # Last: only messages that could go now are held, never rows that would be rejected.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from engine.core import sms, speedups
 from engine.core.messages import RejectReason
 from engine.core.template import Template
@@ -20,9 +22,10 @@ class CountParts:
 
     name = "count_parts"
 
-    def __init__(self, template: Template) -> None:
+    def __init__(self, template: Template, others: Sequence[Template] = ()) -> None:
         self.max_length = template.max_length
-        self.ucs2 = template.literal_encoding == "ucs2"
+        # (an A/B test's texts share the maximum; the shortcut holds when every text is UCS-2)
+        self.ucs2 = all(t.literal_encoding == "ucs2" for t in (template, *others))
         enc: sms.Encoding = "ucs2" if self.ucs2 else "gsm7"
         limit = min(template.max_length, sms.MULTI[enc] * sms.MAX_PARTS)
         self.max_units = limit

@@ -2,17 +2,22 @@
 
 For a template filed with a provider (:mod:`engine.core.provider_template`) it also checks each row's
 parameter values against the provider's rules (length, no link) and keeps them in
-``batch.params`` for the gateway.
+``batch.params`` for the gateway. In an A/B test (:mod:`engine.core.variants`) each row gets the
+text of its number's variant, and ``batch.variants`` its name.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from operator import itemgetter
+
+import numpy as np
 
 from engine.core.messages import RejectReason
 from engine.core.provider_template import LINK, ProviderTemplate, param_problem
 from engine.core.template import BoundTemplate
+from engine.core.variants import Split
 from engine.pipeline.runner import Batch, positions
 
 __all__ = ["Render"]
@@ -25,11 +30,23 @@ class Render:
 
     name = "render"
 
-    def __init__(self, template: BoundTemplate, *, forbid_urls: bool = False) -> None:
+    def __init__(
+        self,
+        template: BoundTemplate,
+        *,
+        forbid_urls: bool = False,
+        variants: Sequence[BoundTemplate] = (),
+        split: Split | None = None,
+    ) -> None:
         self.template = template
         self.forbid_urls = forbid_urls
         """Reject rows whose field values hold a link (for gateways that refuse links in variables)."""
-        self._field_cols = sorted({template.index[f] for f in template.template.fields})
+        self.variants = list(variants)
+        """An A/B test's templates, in the order of ``split.names`` (empty: one text for all)."""
+        self.split = split if self.variants else None
+        if self.split is not None and len(self.split.names) != len(self.variants):
+            raise ValueError("one bound template per variant of the split")
+        self._field_cols = sorted({t.index[f] for t in (template, *self.variants) for f in t.template.fields})
         self.provider: ProviderTemplate | None = template.template.provider
         """The filed template whose parameters each row must carry (None: free text)."""
         if self.provider is not None:
@@ -44,6 +61,9 @@ class Render:
         if self.forbid_urls and self._field_cols:
             self._drop_links(batch)
             rows = batch.rows
+        if self.split is not None:
+            self._render_variants(batch, self.split)
+            return
         missing: dict[int, str] = {}
         for col, field in t.required:
             getter = itemgetter(col)
@@ -63,6 +83,46 @@ class Render:
             self._params(batch)
             rows = batch.rows
         batch.texts = t.render_rows(rows)
+
+    def _render_variants(self, batch: Batch, split: Split) -> None:
+        """Each row in its number's variant: rows grouped by variant, each group rendered by its
+        template in one call, the texts put back in row order."""
+        members = self._members(batch, split)
+        missing: dict[int, str] = {}
+        rows = batch.rows
+        for bound, idx in zip(self.variants, members, strict=True):
+            for col, field in bound.required:
+                values = [rows[i][col] for i in idx]
+                if all(values):
+                    continue
+                for k in positions(values, ""):
+                    missing.setdefault(idx[k], field)
+        if missing:
+            drop = sorted(missing)
+            batch.drop(
+                drop,
+                RejectReason.MISSING_FIELD,
+                [f"field {missing[i]!r} is empty; give it a default: {{{missing[i]}|…}}" for i in drop],
+            )
+            members = self._members(batch, split)
+            rows = batch.rows
+        texts: list[str] = [""] * len(rows)
+        for bound, idx in zip(self.variants, members, strict=True):
+            if idx:
+                for i, text in zip(idx, bound.render_rows([rows[i] for i in idx]), strict=True):
+                    texts[i] = text
+        batch.texts = texts
+        names = split.names
+        order = np.zeros(len(rows), dtype=np.intp)
+        for v, idx in enumerate(members):
+            order[idx] = v
+        batch.variants = [names[v] for v in order.tolist()]
+
+    @staticmethod
+    def _members(batch: Batch, split: Split) -> list[list[int]]:
+        """Per variant, the batch positions of its rows (ascending)."""
+        which = split.indices(batch.number_keys())
+        return [np.flatnonzero(which == v).tolist() for v in range(len(split.names))]
 
     def _drop_links(self, batch: Batch) -> None:
         rows = batch.rows

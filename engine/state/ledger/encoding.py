@@ -48,8 +48,10 @@ CREATE TABLE IF NOT EXISTS ledger_records (
     provider_ids BLOB,               -- msgpack list of str aligned with rows, or NULL
     parts     BLOB,                  -- billed parts per row, packed (submitting events)
     ids       BLOB,                  -- msgpack list of message ids when not <campaign>-<row>
-    sends_last INTEGER NOT NULL DEFAULT 0  -- submitting: rowid of the request's last `sends` row
+    sends_last INTEGER NOT NULL DEFAULT 0, -- submitting: rowid of the request's last `sends` row
                                      -- (one per row, in order), written in the same transaction
+    variants  BLOB                   -- submitting, in an A/B test: msgpack [names, uint8 name index
+                                     -- per row], or NULL (added to older files by Ledger)
 );
 CREATE INDEX IF NOT EXISTS ledger_records_by_campaign ON ledger_records (campaign, seq);
 CREATE TABLE IF NOT EXISTS ledger_providers (
@@ -201,6 +203,21 @@ def _unpack_parts(blob: bytes, n: int) -> npt.NDArray[np.int32]:
     return np.frombuffer(body, dtype="<i4").astype(np.int32)
 
 
+def _pack_variants(variants: Sequence[str]) -> bytes:
+    """An A/B test's variant name of each row: the names once, then one byte per row."""
+    names = list(dict.fromkeys(variants))
+    ix = {name: i for i, name in enumerate(names)}
+    return _enc.encode([names, bytes(map(ix.__getitem__, variants))])
+
+
+_dec_variants = msgspec.msgpack.Decoder(tuple[list[str], bytes])
+
+
+def _unpack_variants(blob: bytes) -> tuple[list[str], npt.NDArray[np.uint8]]:
+    names, ix = _dec_variants.decode(blob)
+    return names, np.frombuffer(ix, dtype=_U8)
+
+
 class _Derived:
     """Per-row state of a campaign, replayed from its events and reports."""
 
@@ -217,6 +234,9 @@ class _Derived:
         self.carrier = np.zeros(size, dtype=np.int8)
         self.carriers: list[str] = [""]
         self.parts = np.zeros(size, dtype=np.int32)
+        self.variant = np.zeros(size, dtype=np.int8)
+        self.variants: list[str] = [""]
+        """An A/B test's variant names (0: none); ``variant`` indexes them per row."""
         self.send_rowid = np.zeros(size, dtype=np.int64)
         """The row's ``sends`` entry (its cap count) from its latest counting hand-over; 0: none."""
         self.send_ts = np.zeros(size, dtype=np.float64)

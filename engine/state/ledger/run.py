@@ -30,6 +30,7 @@ from engine.state.ledger.encoding import (
     _enc,
     _pack_parts,
     _pack_rows,
+    _pack_variants,
 )
 from engine.state.ledger.lease import _LEASE_TOKEN, Lease
 from engine.state.ledger.records import (
@@ -255,6 +256,7 @@ class CampaignLedger:
         req: int = 0,
         sends_last: int = 0,
         packed: bytes | None = None,
+        variants: Sequence[str] | None = None,
     ) -> None:
         labels_b = reasons_b = None
         if isinstance(reasons, str):
@@ -290,6 +292,7 @@ class CampaignLedger:
                 _pack_parts(parts) if parts is not None else None,
                 None,
                 sends_last,
+                _pack_variants(variants) if variants is not None else None,
             )
         )
 
@@ -330,7 +333,7 @@ class CampaignLedger:
                 self.db.execute(sql, params)
         if self._pending:
             self.db.executemany(
-                "INSERT INTO ledger_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO ledger_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self._pending,
             )
             self._pending = []
@@ -413,6 +416,7 @@ class CampaignLedger:
                 req=req,
                 sends_last=last,
                 packed=packed,
+                variants=batch.variants,
             )
 
         self._commit(record)

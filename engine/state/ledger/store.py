@@ -29,6 +29,7 @@ from engine.state.ledger.encoding import (
     _intern,
     _unpack_parts,
     _unpack_rows,
+    _unpack_variants,
 )
 from engine.state.ledger.lease import (
     _LEASE_ROW,
@@ -85,6 +86,7 @@ class Ledger:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
             self.db.executescript(_SCHEMA)
+            _add_missing_columns(self.db)
             # The store's own tables (the send history) are created by SqliteStore; make sure they
             # exist so a hand-over can count caps in the same transaction.
             from engine.state.store.sqlite import SqliteStore
@@ -283,7 +285,7 @@ class Ledger:
         ).fetchone()[0]
         events = self.db.execute(
             "SELECT event, ts, gateway, carrier, fill, req, rows, states, labels, reasons, provider_ids, "
-            "parts, sends_last FROM ledger_records WHERE campaign = ? ORDER BY seq",
+            "parts, sends_last, variants FROM ledger_records WHERE campaign = ? ORDER BY seq",
             (campaign_id,),
         ).fetchall()
         size = int(top or 1)
@@ -313,6 +315,7 @@ class Ledger:
             pids_b,
             parts_b,
             sends_last,
+            variants_b,
         ) in zip(unpacked, events, strict=True):
             if not rows.size:
                 continue
@@ -333,6 +336,10 @@ class Ledger:
                 d.carrier[rows] = _intern(d.carriers, carrier)
                 if parts_b:
                     d.parts[rows] = _unpack_parts(parts_b, rows.size)
+                if variants_b is not None:
+                    names, ix = _unpack_variants(variants_b)
+                    lut = np.array([_intern(d.variants, n) for n in names], dtype=np.int8)
+                    d.variant[rows] = lut[ix]
                 if sends_last:  # a retry's hand-over counts nothing: the first count stays the row's
                     d.send_rowid[rows] = np.arange(sends_last - rows.size + 1, sends_last + 1, dtype=np.int64)
                     d.send_ts[rows] = ts
@@ -603,6 +610,33 @@ class Ledger:
                 "parts": parts,
                 "cost": round(parts * prices.get(name, 0.0), 4),
             }
+        variants: dict[str, dict[str, float | int]] = {}
+        dlr_labels = [i for i, label in enumerate(d.labels) if label.startswith("dlr:")]
+        for vi, name in enumerate(d.variants):
+            if not name:
+                continue
+            mine = d.variant == vi
+            sel = billed_codes & mine
+            sent = sel & np.isin(d.state, [_Code.SUBMITTED, _Code.DELIVERED])
+            delivered_v = int(np.count_nonzero(mine & (d.state == _Code.DELIVERED)))
+            failed_v = int(np.count_nonzero(sel & (d.state == _Code.FAILED)))
+            cost = sum(
+                int(d.parts[sent & (d.carrier == ci)].sum()) * prices.get(cname, 0.0)
+                for ci, cname in enumerate(d.carriers)
+                if cname
+            )
+            accepted = int(np.count_nonzero(sent)) + int(
+                np.count_nonzero(sel & (d.state == _Code.FAILED) & np.isin(d.reason, dlr_labels))
+            )
+            variants[name] = {
+                "messages": int(np.count_nonzero(sent)),
+                "parts": int(d.parts[sent].sum()),
+                "cost": round(cost, 4),
+                "delivered": delivered_v,
+                "failed": failed_v,
+                "unknown": int(np.count_nonzero(sel & (d.state == _Code.UNKNOWN))),
+                "delivery_rate": round(delivered_v / accepted, 4) if accepted else 0.0,
+            }
         dlr_failed = sum(n for r, n in counts.reasons.get("failed", {}).items() if r.startswith("dlr:"))
         submitted = counts.states.get("submitted", 0) + counts.states.get("delivered", 0) + dlr_failed
         delivered = counts.states.get("delivered", 0)
@@ -622,6 +656,7 @@ class Ledger:
             "states": counts.states,
             "reasons": counts.reasons,
             "carriers": carriers,
+            **({"variants": variants} if variants else {}),
             "total_parts": sum(int(c["parts"]) for c in carriers.values()),
             "total_cost": round(sum(float(c["cost"]) for c in carriers.values()), 4),
             "delivery_reports": len(d.dlr_code),
@@ -632,6 +667,17 @@ class Ledger:
     def close(self) -> None:
         """Close the connection."""
         self.db.close()
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a ledger file written by an older Pigeon up to the schema (columns added since)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(ledger_records)")}
+    if "variants" not in have:
+        try:
+            db.execute("ALTER TABLE ledger_records ADD COLUMN variants BLOB")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def _counts(campaign_id: str, d: _Derived) -> CampaignCounts:
