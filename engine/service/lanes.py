@@ -24,6 +24,7 @@ from engine.sending.priority import PriorityLane, split_budgets
 from engine.sending.retry import RetryPolicy
 from engine.sending.sender import Lane, LaneItem, RouteHealth
 from engine.service.api_templates import ApiTemplates
+from engine.service.callbacks import CallbackSink
 from engine.service.context import ServiceContext
 from engine.service.gateways import ServiceGateways
 from engine.service.wire import Priority
@@ -143,6 +144,8 @@ class ApiLanes:
         recorder.sinks.append(ctx.records)
         recorder.metrics = ctx.metrics
         cl: CampaignLedger | None = None
+        sink = CallbackSink(ctx.pending_callbacks, None, ctx.ledger.db)
+        recorder.sinks.append(sink)  # before the ledger: its events go in the ledger's transaction
         try:
             cl = ctx.ledger.open_campaign(
                 campaign,
@@ -155,6 +158,7 @@ class ApiLanes:
                 lease_ttl=ctx.config.store.lease_ttl,
             )
             recorder.sinks.append(cl)
+            sink.ledger = cl
             if cl.lease is not None:
                 cl.lease.start()
         except CampaignBusy:
