@@ -249,8 +249,11 @@ class Submissions:
         out_batches: dict[str, list[MessageBatch]] = {}
         dropped: list[Reject] = []
         prefix = f"{stream.campaign}-"
+        consent = req.priority == "marketing" and (
+            self.ctx.service.require_consent or (api_key is not None and api_key.require_consent)
+        )
         for tid, idx in groups.items():
-            _, runner = self.lanes.runner(stream, tid)
+            _, runner = self.lanes.runner(stream, tid, consent=consent)
             batch = runner.run(Batch([rows[i] for i in idx], [values[i][1] for i in idx], 0))
             dropped += batch.rejects
             for carrier, mb in (batch.messages(prefix) if batch.nums else {}).items():

@@ -13,6 +13,7 @@ from engine.pipeline.stages.dedupe import Dedupe
 from engine.pipeline.stages.hold_quiet_hours import HoldQuietHours
 from engine.pipeline.stages.normalize import Normalize
 from engine.pipeline.stages.render import Render
+from engine.pipeline.stages.require_consent import RequireConsent
 from engine.pipeline.stages.route import CarrierResolver, Route
 from engine.pipeline.stages.same_content import SameContent
 from engine.pipeline.stages.suppress_optouts import SuppressOptouts
@@ -26,6 +27,7 @@ __all__ = [
     "HoldQuietHours",
     "Normalize",
     "Render",
+    "RequireConsent",
     "Route",
     "SameContent",
     "SuppressOptouts",
@@ -45,11 +47,13 @@ def standard_stages(
     forbid_urls_in_fields: bool = False,
     same_content: SameContent | None = None,
     shard: tuple[int, int] | None = None,
+    consent: RequireConsent | None = None,
 ) -> list[Stage]:
-    """normalize → suppress_optouts → cap → route → render → count_parts → dedupe → same_content
-    → hold_quiet_hours.
+    """normalize → suppress_optouts → require_consent → cap → route → render → count_parts → dedupe
+    → same_content → hold_quiet_hours.
 
-    ``suppress_optouts`` runs when an opt-out set is given (marketing campaigns), ``cap`` when
+    ``suppress_optouts`` runs when an opt-out set is given (marketing campaigns),
+    ``require_consent`` when the campaign requires a consent record (``policy.require_consent``), ``cap`` when
     the engine configures caps for the campaign's kind, ``hold_quiet_hours`` when the campaign
     has a send window (marketing, by default). ``shard=(index, count)``: ``normalize`` keeps only
     that shard's numbers and rejects (a sharded send, :mod:`engine.run.shards`).
@@ -63,6 +67,7 @@ def standard_stages(
     return [
         Normalize(shard),
         *([SuppressOptouts(optouts)] if optouts is not None else []),
+        *([consent] if consent is not None else []),
         *([caps] if caps is not None else []),
         Route(table, routable, resolvers),
         Render(template, forbid_urls=forbid_urls_in_fields),
