@@ -301,7 +301,9 @@ async def test_ten_thousand_messages_every_state_change_across_an_outage_and_a_r
         # the service stopped (its sender cut off mid-stream), and starts again on the same store
         with sqlite3.connect(tmp_path / "pigeon.db") as db:
             waiting = db.execute("SELECT count(*) FROM callback_outbox").fetchone()[0]
-        assert waiting >= 3000 * 3  # (at least the events of the outage, kept across the restart)
+        # at least what happened during the outage, kept across the restart: the second 3,000's
+        # accepted and sent, and the 2,500 delivered reported meanwhile
+        assert waiting >= 3000 * 2 + 2500
         async with (
             serving(engine) as (url, svc),
             httpx.AsyncClient(base_url=url, headers=auth, timeout=30) as c,
