@@ -377,11 +377,15 @@ def create_app(service: Service) -> Starlette:
 
     @wrap
     async def post_campaign(request: Request) -> Response:
-        auth(request, "campaigns")
+        key = auth(request, "campaigns")
         json_type(request)
         raw = await body(request)
         req = _decode(campaign_decoder, raw, StartCampaign)
-        run = await _campaigns(service).start(req.file, again=req.again)
+        callback = None
+        if req.callback_url is not None:
+            service.messages.check_callback(req.callback_url, key)
+            callback = (req.callback_url, key.allows("numbers"), key.id)
+        run = await _campaigns(service).start(req.file, again=req.again, callback=callback)
         return _json(run.view(), 202)
 
     @wrap

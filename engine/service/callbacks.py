@@ -16,10 +16,8 @@ failed ``max_attempts`` POSTs or waited longer than ``max_age`` goes to ``callba
 
 from __future__ import annotations
 
-import base64
 import logging
 import random
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -28,15 +26,23 @@ from typing import Any
 
 import anyio
 import httpx
-import msgspec
 
-from engine.core.messages import MessageBatch, Outcome, Reject, SubmitResult
-from engine.core.phone import mask
+from engine.core.messages import MessageBatch, Reject, SubmitResult
 from engine.core.service_config import CallbackConfig
 from engine.observability.metrics import Metrics
 from engine.sending.webhooks import sign
 from engine.state.ledger.run import CampaignLedger
 from engine.state.ledger.tx import transaction
+from engine.state.outbox import (
+    INSERT_EVENT,
+    OUTBOX_SCHEMA,
+    CallbackEvent,
+    create_tables,
+    drop_state,
+    event_row,
+    report_state,
+    result_state,
+)
 
 __all__ = [
     "INSERT_EVENT",
@@ -53,109 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("pigeon.callbacks")
-
-OUTBOX_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS callback_outbox (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    url        TEXT NOT NULL,       -- the receiver
-    event      BLOB NOT NULL,       -- the event, JSON
-    created_at REAL NOT NULL,
-    attempts   INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT ''
-)""",
-    "CREATE INDEX IF NOT EXISTS callback_outbox_url ON callback_outbox (url, seq)",
-    "CREATE INDEX IF NOT EXISTS callback_outbox_age ON callback_outbox (created_at)",
-    """CREATE TABLE IF NOT EXISTS callback_dead (
-    seq        INTEGER PRIMARY KEY,
-    url        TEXT NOT NULL,
-    event      BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    attempts   INTEGER NOT NULL,
-    last_error TEXT NOT NULL,
-    dead_at    REAL NOT NULL
-)""",
-)
-
-INSERT_EVENT = "INSERT INTO callback_outbox (url, event, created_at) VALUES (?, ?, ?)"
-"""Parameters: the receiver's URL, the event's JSON, when it was written."""
-
-
-class CallbackEvent(msgspec.Struct, kw_only=True):
-    """One state change of a message, as posted (``{"events": [...]}``)."""
-
-    id: str
-    """Unique per event (``evt_…``): a receiver drops an id it has seen (delivery is at least once)."""
-    message_id: str
-    campaign: str
-    """``api-transactional`` or ``api-marketing``."""
-    state: str
-    """``accepted``, ``sent``, ``delivered``, ``failed``, ``unknown``, ``opted_out``, ``suppressed``
-    or ``deferred``."""
-    reason: str = ""
-    at: float
-    """Unix seconds of the change."""
-    to: str
-    """The recipient: masked (``138****8000``) unless the sending key has the ``numbers`` scope."""
-
-
-_enc = msgspec.json.Encoder()
-
-
-def create_tables(db: sqlite3.Connection) -> None:
-    """Create the outbox and dead-letter tables (one transaction)."""
-    with transaction(db):
-        for sql in OUTBOX_SCHEMA:
-            db.execute(sql)
-
-
-def _event_id() -> str:
-    return "evt_" + base64.b32encode(secrets.token_bytes(12)).decode().lower().rstrip("=")
-
-
-def event_row(
-    url: str,
-    *,
-    message_id: str,
-    campaign: str,
-    state: str,
-    reason: str,
-    at: float,
-    to_e164: str,
-    show_numbers: bool,
-) -> tuple[str, bytes, float]:
-    """The :data:`INSERT_EVENT` parameters of one event."""
-    ev = CallbackEvent(
-        id=_event_id(),
-        message_id=message_id,
-        campaign=campaign,
-        state=state,
-        reason=reason,
-        at=round(at, 3),
-        to=to_e164 if show_numbers else mask(to_e164),
-    )
-    return (url, _enc.encode(ev), time.time())
-
-
-def drop_state(r: Reject) -> str:
-    """The event state of a message the stages took out."""
-    if r.reason == "opted_out":
-        return "opted_out"
-    return str(r.state)
-
-
-def _result_state(r: SubmitResult) -> tuple[str, str]:
-    if r.outcome is Outcome.ACCEPTED:
-        return "sent", ""
-    if r.outcome is Outcome.UNKNOWN:
-        return "unknown", r.code or "unknown"
-    return "failed", f"{r.outcome.value}:{r.code or r.outcome.value}"
-
-
-def report_state(status: str, code: str) -> tuple[str, str]:
-    """The event state and reason of a delivery report's status."""
-    if status == "delivered":
-        return "delivered", ""
-    return "failed", f"dlr:{code or status}"
 
 
 class Pending:
@@ -224,7 +127,7 @@ class CallbackSink:
         if len(results) != len(batch):
             self.failed(gateway, batch, "gateway_contract")
             return
-        self._write(self._rows(batch, lambda i: _result_state(results[i])))
+        self._write(self._rows(batch, lambda i: result_state(results[i])))
 
     def failed(self, gateway: str, batch: MessageBatch, reason: str) -> None:
         """A whole request failed: ``failed``."""

@@ -27,6 +27,7 @@ from engine.service.stored import by_row, is_opaque, load
 from engine.service.wire import API_CAMPAIGNS, ApiError
 from engine.state.ledger.store import Ledger
 from engine.state.optout import DEFAULT_KEYWORDS
+from engine.state.outbox import campaign_callback
 
 __all__ = ["Inbound", "sane_reports"]
 
@@ -259,8 +260,26 @@ def _report_events(db: sqlite3.Connection, hits: list[tuple[str, int, DeliveryRe
     """The status-callback events of matched reports (in the reports' transaction, on ``db``)."""
     now = time.time()
     rows: list[tuple[str, bytes, float]] = []
+    hooks: dict[str, tuple[str, bool] | None] = {}
     for campaign, row, r in hits:
-        if campaign not in API_CAMPAIGNS:
+        if campaign not in API_CAMPAIGNS:  # a blast's recipient: its campaign's callback, if any
+            if campaign not in hooks:
+                hooks[campaign] = campaign_callback(db, campaign)
+            hook = hooks[campaign]
+            if hook is not None:
+                state, reason = report_state(r.status.value, r.code)
+                rows.append(
+                    event_row(
+                        hook[0],
+                        message_id=f"{campaign}-{row}",
+                        campaign=campaign,
+                        state=state,
+                        reason=reason,
+                        at=r.done_at or now,
+                        to_e164="",  # (the ledger keeps no numbers: the sent event had it)
+                        show_numbers=hook[1],
+                    )
+                )
             continue
         m = by_row(db, campaign, row)
         if m is None or m.callback_url is None:

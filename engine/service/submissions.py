@@ -217,7 +217,7 @@ class Submissions:
         if self.ctx.draining:
             raise ApiError(503, "Shutting down", "the service is draining; send again to another instance")
         if req.callback_url is not None:
-            self._check_callback(req.callback_url, api_key)
+            self.check_callback(req.callback_url, api_key)
         fp = hashlib.sha256(body).hexdigest()
         if idempotency_key is not None:
             seen = self._idem.get((key, idempotency_key)) or self._stored_idem(key, idempotency_key)
@@ -418,8 +418,8 @@ class Submissions:
         await self.lanes.send(stream, out_batches)
         return response
 
-    def _check_callback(self, url: str, api_key: ApiKey | None) -> None:
-        """422 unless callbacks are on and ``url`` is on the key's allow-list."""
+    def check_callback(self, url: str, api_key: ApiKey | None) -> None:
+        """422 unless callbacks are on and ``url`` is on the key's allow-list (messages and campaigns)."""
         if not self.ctx.callbacks_on:
             raise ApiError(
                 422,

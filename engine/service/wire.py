@@ -180,6 +180,9 @@ class StartCampaign(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Relative to ``service.campaigns_dir``; each path component at most 255 bytes."""
     again: bool = False
     """Start a finished or cancelled campaign afresh (its ledger is archived), as ``pigeon send --again``."""
+    callback_url: Annotated[str, msgspec.Meta(min_length=8, max_length=2048)] | None = None
+    """Where the state changes of the campaign's recipients are posted (as for messages: under one of
+    the API key's allowed prefixes). Kept for the campaign: a resume posts there too."""
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

@@ -18,7 +18,7 @@ from engine.sending.webhooks import WebhookError, sign, verify_signature
 from engine.service.apikeys import KeyRing
 from loadtests.simulator import Simulator
 from tests.integration.callback_receiver import Receiver, receiver
-from tests.integration.service_harness import SECRET, serving, write_engine
+from tests.integration.service_harness import SECRET, serving, write_campaign, write_engine
 
 pytestmark = pytest.mark.anyio
 
@@ -346,3 +346,40 @@ async def test_receiver_helper_goes_down_and_up(anyio_backend: object) -> None:
                 rx_.url, content=body, headers={"x-pigeon-signature": sign(b"k", body, int(time.time()))}
             )
             assert r.status_code == 200
+
+
+async def test_a_campaign_started_with_a_callback_url_reports_each_recipient(
+    anyio_backend: object, tmp_path: Path, simulator: Simulator
+) -> None:
+    write_campaign(tmp_path, 5, "other")  # (refused below; both read the same seg.csv)
+    write_campaign(tmp_path, 200, "spring")
+    async with receiver(CALLBACK_SECRET.encode()) as rx:
+        engine, _ = callbacks_engine(tmp_path, simulator.port)
+        key = KeyRing(tmp_path / "api-keys.json").create("crm", callback_urls=[rx.url])
+        auth = {"authorization": f"Bearer {key}"}
+        async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=auth) as c:
+            r = await c.post(
+                "/v1/campaigns", json={"file": "other.toml", "callback_url": "https://elsewhere.example/x"}
+            )
+            assert (
+                r.status_code == 422
+                and "not under a URL the API key 'crm' may call back" in r.json()["detail"]
+            )
+            r = await c.post("/v1/campaigns", json={"file": "spring.toml", "callback_url": rx.url})
+            assert r.status_code == 202, r.text
+
+            async def finished() -> bool:
+                return (await c.get("/v1/campaigns/spring")).json()["state"] == "finished"
+
+            await until(finished, 60)
+            sent = await until(
+                lambda: {m for m, s in rx.seen() if s == "sent"} if len(rx.seen()) >= 200 else None
+            )
+            some = sorted(sent)[:10]
+            await report(c, [{"id": m, "status": "delivered"} for m in some])
+            await until(lambda: {(m, "delivered") for m in some} <= rx.seen())
+    assert len(sent) == 200 and all(re.fullmatch(r"spring-\d+", m) for m in sent)
+    assert {s for _, s in rx.seen()} == {"sent", "delivered"}
+    assert all(e["campaign"] == "spring" for e in rx.events)
+    assert all(re.fullmatch(r"138\*{4}\d{4}", e["to"]) for e in rx.events if e["state"] == "sent")
+    assert rx.bad_signatures == 0 and rx.posts < 50
