@@ -177,9 +177,10 @@ class CallbackSender:
         """Receivers with events waiting, the outbox's depth, and how many events just went dead
         (past ``max_age`` or ``max_attempts``)."""
         db = self._open()
-        dead = self._bury(
-            db, "created_at < ? OR attempts >= ?", (now - self.cfg.max_age, self.cfg.max_attempts)
-        )
+        where, due = "created_at < ? OR attempts >= ?", (now - self.cfg.max_age, self.cfg.max_attempts)
+        dead = 0  # (a read first: the write lock only when something is to be buried)
+        if db.execute(f"SELECT 1 FROM callback_outbox WHERE {where} LIMIT 1", due).fetchone():
+            dead = self._bury(db, where, due)
         urls = [r[0] for r in db.execute("SELECT DISTINCT url FROM callback_outbox").fetchall()]
         depth = int(db.execute("SELECT count(*) FROM callback_outbox").fetchone()[0])
         return urls, depth, dead

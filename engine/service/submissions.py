@@ -32,7 +32,7 @@ from engine.service.wire import (
     MessageView,
     SubmitResponse,
 )
-from engine.state.ledger.records import MessageRecord
+from engine.state.ledger.records import LedgerWriteError, MessageRecord
 from engine.state.ledger.run import CampaignLedger
 from engine.state.ledger.tx import transaction
 
@@ -447,14 +447,15 @@ class Submissions:
         """Commit ``stored`` (api_messages rows) and ``events`` (outbox rows) in one transaction,
         with what the stream's ledger holds (the request's drops)."""
         if ledger is not None:
-            for row in stored:
-                ledger.defer(INSERT_MESSAGE, row)
-            for ev in events:
-                ledger.defer(INSERT_EVENT, ev)
-            ledger.flush()
-            if ledger.write_error is None:
-                return
-            raise ApiError(503, "Store unavailable", "the store refused the write; send again in a moment")
+            try:  # (the idempotency keys deferred to their hand-over are left for it)
+                ledger.commit_with(
+                    [(INSERT_MESSAGE, row) for row in stored] + [(INSERT_EVENT, ev) for ev in events]
+                )
+            except LedgerWriteError:
+                raise ApiError(
+                    503, "Store unavailable", "the store refused the write; send again in a moment"
+                ) from None
+            return
         if self.ctx.ledger is not None:
             db = self.ctx.ledger.db
             with transaction(db):
