@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -383,3 +387,64 @@ async def test_a_campaign_started_with_a_callback_url_reports_each_recipient(
     assert all(e["campaign"] == "spring" for e in rx.events)
     assert all(re.fullmatch(r"138\*{4}\d{4}", e["to"]) for e in rx.events if e["state"] == "sent")
     assert rx.bad_signatures == 0 and rx.posts < 50
+
+
+def _start_service(engine: Path, tmp_path: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """``pigeon serve`` in a process of its own (its JSON log into ``log``) and its port."""
+    env = {**os.environ, "PIGEON_TEST_WEBHOOK_SECRET": SECRET, "PIGEON_TEST_CALLBACK_SECRET": CALLBACK_SECRET}
+    seen = log.read_text("utf-8").count('"service.listening"') if log.exists() else 0
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "serve", "--engine", str(engine), "--port", "0"],
+            stderr=out,
+            env=env,
+            cwd=tmp_path,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        lines = [ln for ln in log.read_text("utf-8").splitlines() if '"service.listening"' in ln]
+        if len(lines) > seen:  # (the log holds an earlier process's lines too)
+            return proc, int(json.loads(lines[-1])["port"])
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(log.read_text("utf-8")[-2000:])
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_events_outlive_a_sigkill_of_the_service(
+    anyio_backend: object, tmp_path: Path, simulator: Simulator
+) -> None:
+    async with receiver(CALLBACK_SECRET.encode()) as rx:
+        rx.status = 503  # refusing: every event waits in the outbox when the service is killed
+        engine, _ = callbacks_engine(tmp_path, simulator.port)
+        key = KeyRing(tmp_path / "api-keys.json").create("crm", callback_urls=[rx.url])
+        auth = {"authorization": f"Bearer {key}"}
+        first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+        proc, port = _start_service(engine, tmp_path, first_log)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=auth, timeout=30) as c:
+                ids = await _post_all(c, rx.url, [f"139{i:08d}" for i in range(2000)])
+            proc.send_signal(signal.SIGKILL)  # no drain, no flush: what is committed is all there is
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        with sqlite3.connect(tmp_path / "pigeon.db") as db:
+            waiting = db.execute("SELECT count(*) FROM callback_outbox").fetchone()[0]
+        assert waiting >= 2000  # at least every acceptance
+        rx.status = 200
+        proc, port = _start_service(engine, tmp_path, second_log)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=auth, timeout=30) as c:
+                await until(lambda: {(m, "accepted") for m in ids} <= rx.seen(), 60)
+                states = {m: (await c.get(f"/v1/messages/{m}")).json()["state"] for m in ids}
+                sent = [m for m, s in states.items() if s == "submitted"]
+                await until(lambda: {(m, "sent") for m in sent} <= rx.seen(), 60)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    assert len(sent) > 0  # (the simulator answers fast: most were answered before the kill)
+    # every message the ledger records as answered has its `sent` event, every accepted one its `accepted`
+    assert {m for m, s in rx.seen() if s == "sent"} >= set(sent)
+    assert rx.bad_signatures == 0
