@@ -74,7 +74,7 @@ def simulator_process(port: int, out: Path) -> None:
         task.cancel()
 
     asyncio.run(main())
-    api = {mid: t for t, mid, *_ in sim.log if mid.startswith("api-")}
+    api = {mid: t for t, mid, *_ in sim.log if mid.startswith(("api-", "msg_"))}  # (msg_: opaque API ids)
     out.write_text(json.dumps({"api": api, "total": len(sim.log)}))
 
 

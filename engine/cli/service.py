@@ -17,7 +17,7 @@ from engine.core.engine_file import find_engine
 from engine.core.periods import parse_period
 from engine.core.timestamps import iso_utc
 from engine.observability.jsonlog import setup_logging
-from engine.service.apikeys import SCOPES, KeyRing, KeyUsage
+from engine.service.apikeys import IMPLIED, SCOPES, KeyRing, KeyUsage
 
 __all__ = ["add_service_commands", "service_command"]
 
@@ -81,7 +81,19 @@ def add_service_commands(sub: Any) -> None:
         "--scope",
         action="append",
         choices=SCOPES,
-        help="what the key may do (repeat for several): send, campaigns, read, metrics; default: all",
+        help="what the key may do (repeat for several): send, campaigns, read, metrics, numbers "
+        "(see numbers unmasked); default: all but numbers",
+    )
+    kc.add_argument(
+        "--callback-url",
+        action="append",
+        metavar="URL",
+        help="allow status callbacks to URLs under this prefix (repeat for several; default: none)",
+    )
+    kc.add_argument(
+        "--require-consent",
+        action="store_true",
+        help="send this key's marketing messages only to numbers with a consent record",
     )
     kc.add_argument(
         "--expires",
@@ -119,7 +131,9 @@ def service_command(args: argparse.Namespace) -> int:
         rows: list[dict[str, Any]] = [
             {
                 "name": k.name,
-                "scopes": k.scopes if k.scopes is not None else list(SCOPES),
+                "scopes": k.scopes if k.scopes is not None else list(IMPLIED),
+                "callback_urls": k.callback_urls or [],
+                "require_consent": k.require_consent,
                 "created_at": iso_utc(k.created_at),
                 "expires_at": iso_utc(k.expires_at) if k.expires_at is not None else None,
                 "last_used_at": iso_utc(used[k.name]) if k.name in used else None,
@@ -141,7 +155,13 @@ def service_command(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: --expires: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        key = ring.create(args.name, scopes=args.scope, expires_at=expires)
+        key = ring.create(
+            args.name,
+            scopes=args.scope,
+            expires_at=expires,
+            callback_urls=args.callback_url,
+            require_consent=args.require_consent,
+        )
         if args.json:
             emit_json({"name": args.name, "key": key})
         else:

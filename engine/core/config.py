@@ -242,6 +242,9 @@ class PolicyConfig(Base, kw_only=True, frozen=True):
     respect_optouts: bool | None = None
     """Suppress numbers that opted out; unset = yes for marketing, no for transactional
     (order and shipping notices are not advertising)."""
+    require_consent: bool = False
+    """Send only to numbers with a consent record (``pigeon consent import``); the others end
+    ``suppressed`` with reason ``no_consent``."""
     max_rejected_share: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
     """The share of rows that may be rejected (bad numbers, missing fields, undecodable…) before
     the segment is judged broken: checked on its first rows before anything is sent, and on the

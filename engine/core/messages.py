@@ -88,6 +88,7 @@ class SuppressReason(StrEnum):
     OPTED_OUT = "opted_out"
     CAPPED = "capped"
     SAME_CONTENT = "same_content"
+    NO_CONSENT = "no_consent"
 
 
 class Reject(msgspec.Struct, gc=False, frozen=True):
@@ -246,6 +247,20 @@ class MessageBatch(Sequence[Message]):
             prefix = self._prefix
             self._ids = [f"{prefix}{n}" for n in self.rows]
         return self._ids
+
+    def with_ids(self, ids: Sequence[str]) -> MessageBatch:
+        """The same messages under the ids ``ids`` (index-aligned)."""
+        if len(ids) != len(self):
+            raise ValueError("with_ids needs one id per message")
+        return MessageBatch(
+            self.carrier,
+            rows=self.rows,
+            numbers=self._numbers,
+            texts=self.texts,
+            parts=self.parts,
+            ids=ids,
+            params=self.params,
+        )
 
     def take(self, indices: Sequence[int]) -> MessageBatch:
         """The messages at ``indices``, as a batch (for the ones to retry or to send elsewhere)."""

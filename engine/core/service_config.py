@@ -8,7 +8,7 @@ import msgspec
 
 from engine.core.provider_template import ProviderTemplateConfig
 
-__all__ = ["ServiceConfig", "ServiceTemplate", "WebhookConfig"]
+__all__ = ["CallbackConfig", "ServiceConfig", "ServiceTemplate", "WebhookConfig"]
 
 _Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
@@ -45,6 +45,30 @@ class WebhookConfig(_Base, kw_only=True, frozen=True):
     """Accept callbacks without a signature (loopback tests only; never in production)."""
 
 
+class CallbackConfig(_Base, kw_only=True, frozen=True):
+    """``[service.callbacks]``: status callbacks to the callers' URLs (docs/service.md)."""
+
+    secret_env: str = ""
+    """Environment variable holding the HMAC secret that signs every callback
+    (``X-Pigeon-Signature``); unset: callbacks are off and a ``callback_url`` is refused (422)."""
+    batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    """Most events in one POST to a receiver."""
+    flush_every: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.25
+    """Seconds between two looks at the outbox."""
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    """Seconds a receiver has to answer a POST."""
+    backoff_base: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    """Seconds before the first retry of a receiver that failed; doubled per failure in a row."""
+    backoff_cap: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
+    """Longest wait between two tries of a failing receiver."""
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 50
+    """POSTs an event may fail before it goes to the dead letters."""
+    max_age: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
+    """Seconds an event may wait undelivered before it goes to the dead letters."""
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8
+    """Receivers posted to at once."""
+
+
 class ServiceConfig(_Base, kw_only=True, frozen=True):
     """``[service]``: API keys, templates, limits and webhooks of the long-running service."""
 
@@ -73,6 +97,11 @@ class ServiceConfig(_Base, kw_only=True, frozen=True):
     drain_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     """Seconds SIGTERM waits for in-flight requests and lanes before exiting."""
     webhooks: dict[str, WebhookConfig] = {}
+    callbacks: CallbackConfig = CallbackConfig()
+    """Status callbacks to the callers (``callback_url`` of a message)."""
+    require_consent: bool = False
+    """Every ``priority: marketing`` API message goes only to numbers with a consent record
+    (``pigeon consent import``); others end ``suppressed: no_consent``. A key can ask for it too."""
     banned_terms: list[str] | None = None
     """Absolute terms refused in ``priority: marketing`` messages (the whole text as sent); unset =
     the built-in list campaigns use (``policy.banned_terms`` of a campaign file)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from importlib import metadata
 
 __all__ = [
+    "CALLBACK_EVENT_OUTCOMES",
+    "CALLBACK_REQUEST_OUTCOMES",
     "DELIVERY_BUCKETS",
     "DELIVERY_STATUSES",
     "GATEWAY_BUCKETS",
@@ -28,6 +30,7 @@ STAGE_REASONS: dict[str, tuple[str, ...]] = {
     "normalize": ("missing_phone", "invalid_number", "iot_number", "not_mobile"),
     "dedupe": ("duplicate",),
     "suppress_optouts": ("opted_out",),
+    "require_consent": ("no_consent",),
     "cap": ("capped",),
     "route": (
         "unallocated_prefix",
@@ -74,6 +77,12 @@ DELIVERY_STATUSES = ("delivered", "failed", "expired", "rejected", "unknown")
 
 OPTOUT_SOURCES = ("api", "mo", "import", "manual", "other")
 """Where an opt-out came from (the ``reason`` label of ``pigeon_optouts_added_total``)."""
+
+CALLBACK_EVENT_OUTCOMES = ("delivered", "dead")
+"""What became of a status-callback event: a receiver answered 2xx, or it went to the dead letters."""
+
+CALLBACK_REQUEST_OUTCOMES = ("ok", "refused", "unreachable", "timeout")
+"""How a POST to a callback receiver ended: 2xx, another status, no connection, no answer in time."""
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text format version 0.0.4, which every Prometheus scrapes."""
@@ -149,6 +158,9 @@ NAMES = {
     "dlr_seconds": "pigeon_submit_to_delivery_seconds",
     "optouts": "pigeon_optouts_added_total",
     "build_info": "pigeon_build_info",
+    "callback_events": "pigeon_callback_events_total",
+    "callback_requests": "pigeon_callback_requests_total",
+    "callback_queue": "pigeon_callback_queue_depth",
 }
 """Every metric family's full name (as exposed: counters with ``_total``)."""
 

@@ -50,6 +50,8 @@ from engine.core.errors import EngineError
 from engine.observability.families import _Counter, _Gauge, _Histogram
 from engine.observability.metric_names import (
     _OTHER_GATEWAY,
+    CALLBACK_EVENT_OUTCOMES,
+    CALLBACK_REQUEST_OUTCOMES,
     CONTENT_TYPE,
     DELIVERY_BUCKETS,
     DELIVERY_STATUSES,
@@ -176,6 +178,30 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self._cb_events = _Counter(
+            _base(NAMES["callback_events"]),
+            "Status-callback events, by what became of them: delivered to the receiver (2xx), or dead "
+            "(dead letters, after callbacks.max_attempts or callbacks.max_age).",
+            ["outcome"],
+            registry=r,
+        )
+        self._cb_requests = _Counter(
+            _base(NAMES["callback_requests"]),
+            "POSTs to status-callback receivers, by how they ended (ok, refused, unreachable, timeout).",
+            ["outcome"],
+            registry=r,
+        )
+        self._cb_queue = _Gauge(
+            NAMES["callback_queue"],
+            "Status-callback events in the outbox, not yet delivered nor dead.",
+            [],
+            registry=r,
+        )
+        self._cb_depth = self._cb_queue.labels()
+        for o in CALLBACK_EVENT_OUTCOMES:
+            self._cb_events.labels(o)
+        for o in CALLBACK_REQUEST_OUTCOMES:
+            self._cb_requests.labels(o)
         self._build = _Gauge(
             NAMES["build_info"],
             "Always 1: the running Pigeon's version, Python and event loop.",
@@ -331,6 +357,21 @@ class Metrics:
             with self._lock:
                 self._optouts.labels(source if source in OPTOUT_SOURCES else "other").inc(n)
 
+    def callback_events(self, outcome: str, n: int) -> None:
+        """``n`` status-callback events ``delivered`` or ``dead``."""
+        if n:
+            with self._lock:
+                self._cb_events.labels(outcome).inc(n)
+
+    def callback_request(self, outcome: str) -> None:
+        """One POST to a callback receiver ended ``outcome`` (:data:`CALLBACK_REQUEST_OUTCOMES`)."""
+        with self._lock:
+            self._cb_requests.labels(outcome).inc()
+
+    def callback_queue(self, depth: int) -> None:
+        """Events now in the callback outbox."""
+        self._cb_depth.set(depth)
+
     # --- output ----------------------------------------------------------------------------------
 
     def exposition(self) -> tuple[bytes, str]:
@@ -451,6 +492,15 @@ class _NoMetrics(Metrics):
         """Not counted."""
 
     def optouts_added(self, *_: Any) -> None:
+        """Not counted."""
+
+    def callback_events(self, *_: Any) -> None:
+        """Not counted."""
+
+    def callback_request(self, *_: Any) -> None:
+        """Not counted."""
+
+    def callback_queue(self, *_: Any) -> None:
         """Not counted."""
 
 

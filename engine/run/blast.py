@@ -30,6 +30,7 @@ from engine.sending.sender import Accumulator, Halt, Lane, LaneItem, RouteHealth
 from engine.sending.webhooks import MoReply, opt_outs_in
 from engine.state.ledger.run import CampaignLedger, skip_rows
 from engine.state.optout import DEFAULT_KEYWORDS
+from engine.state.outbox import CampaignCallbackSink, campaign_callback
 from engine.state.store.sqlite import SqliteStore
 
 WINDOW_POLL_SECONDS = 60.0
@@ -165,6 +166,9 @@ async def _send(
     ecfg = plan.engine.config
     recorder = recorder or RunRecorder(plan.prices)
     if ledger is not None:
+        hook = campaign_callback(ledger.db, ledger.id)  # started by the service with a callback URL
+        if hook is not None:  # (before the ledger: its events go into the ledger's transactions)
+            recorder.sinks.append(CampaignCallbackSink(hook[0], hook[1], ledger.id, ledger))
         recorder.sinks.append(ledger)
     segment = plan.open_segment(shard)  # template and header checks: before any gateway opens
     kind = plan.campaign.config.kind

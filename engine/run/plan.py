@@ -29,7 +29,14 @@ from engine.observability.metrics import Metrics
 from engine.observability.report import RunRecorder, RunSummary
 from engine.pipeline.runner import Batch, StageRunner
 from engine.pipeline.source import SegmentReader, SegmentSource, SourceContext
-from engine.pipeline.stages import Cap, CarrierResolver, HoldQuietHours, SameContent, standard_stages
+from engine.pipeline.stages import (
+    Cap,
+    CarrierResolver,
+    HoldQuietHours,
+    RequireConsent,
+    SameContent,
+    standard_stages,
+)
 from engine.pipeline.verdict import SAMPLE_ROWS, Verdict, judge
 from engine.state.caps import CapState, CapWindow
 from engine.state.ledger.records import Semantics
@@ -68,6 +75,8 @@ class Plan:
     """Frequency caps of the campaign's kind, with the history loaded from the store."""
     same_content: SameContent | None = None
     """The same-text window of the campaign's kind, with recent sends loaded from the store."""
+    consents: OptOutSet | None = None
+    """The numbers with a consent record (None when the campaign does not require one)."""
     clock: Clock = field(default_factory=SystemClock)
     variants: list[Template] = field(default_factory=list)
     """An A/B test's templates, in the order of ``split.names`` (empty: ``template`` for all;
@@ -155,6 +164,7 @@ class Plan:
             shard=shard,
             variants=variants,
             split=self.split,
+            consent=RequireConsent(self.consents.contains) if self.consents is not None else None,
         )
         return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone), shard)
 
@@ -337,11 +347,15 @@ def prepare(
     lane_caps = ecfg.caps.get(campaign.config.kind)
     clock = clock or SystemClock()
     same_content: SameContent | None = None
-    if respect_optouts or (lane_caps and (lane_caps.windows or lane_caps.same_content)):
+    consents: OptOutSet | None = None
+    needs_history = bool(lane_caps and (lane_caps.windows or lane_caps.same_content))
+    if respect_optouts or policy.require_consent or needs_history:
         store = SqliteStore(engine.store_path)
         try:
             if respect_optouts:
                 optouts = store.load_optouts()
+            if policy.require_consent:
+                consents = store.load_consents()
             if lane_caps and lane_caps.windows:
                 windows = [CapWindow(w.limit, w.period, lane_caps.timezone) for w in lane_caps.windows]
                 now = clock.time()
@@ -365,6 +379,7 @@ def prepare(
         resolvers=resolvers,
         findings=findings,
         optouts=optouts,
+        consents=consents,
         caps=caps,
         clock=clock,
         same_content=same_content,

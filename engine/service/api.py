@@ -29,15 +29,19 @@ from engine.core.phone import parse_phone
 from engine.core.timestamps import iso_utc
 from engine.observability.redact import redact
 from engine.sending.webhooks import MoReply, WebhookError
-from engine.service.apikeys import Scope
+from engine.service.apikeys import ApiKey, Scope
+from engine.service.callbacks import dead_letters
 from engine.service.campaigns import LIST_STATES, CampaignError, CampaignPage, Campaigns
 from engine.service.core import Service
 from engine.service.openapi import document
+from engine.service.stored import numbers_of
 from engine.service.wire import (
     API_CAMPAIGNS,
     MAX_PAGE,
     MESSAGE_STATES,
     ApiError,
+    DeadLetter,
+    DeadLetterPage,
     FieldError,
     MessagePage,
     MessagesIn,
@@ -120,8 +124,8 @@ def create_app(service: Service) -> Starlette:
     messages_decoder = msgspec.json.Decoder(MessagesIn)
     campaign_decoder = msgspec.json.Decoder(StartCampaign)
 
-    def auth(request: Request, scope: Scope) -> str:
-        """The name of the request's API key; 401 without a valid one, 403 without ``scope``."""
+    def auth(request: Request, scope: Scope) -> ApiKey:
+        """The request's API key; 401 without a valid one, 403 without ``scope``."""
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if not header:
@@ -158,7 +162,7 @@ def create_app(service: Service) -> Starlette:
                 f"the API key {found.id!r} may not do this: it needs the `{scope}` scope "
                 f"(it has: {', '.join(found.scopes or [])})",
             )
-        return found.id
+        return found
 
     async def body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -255,12 +259,12 @@ def create_app(service: Service) -> Starlette:
         idem = request.headers.get("idempotency-key")
         if idem is not None and not (1 <= len(idem) <= 255 and idem.isprintable()):
             raise ApiError(422, "Invalid request", "Idempotency-Key must be 1-255 printable characters")
-        resp = await service.messages.submit(req, key=key, idempotency_key=idem, body=raw)
+        resp = await service.messages.submit(req, key=key.id, idempotency_key=idem, body=raw, api_key=key)
         return _json(resp, 202)
 
     @wrap
     async def list_messages(request: Request) -> Response:
-        auth(request, "read")
+        key = auth(request, "read")
         q = _query(request, {"to": 32, "campaign": 64, "state": 32, "limit": 5, "cursor": 400})
         to = None
         if "to" in q:
@@ -283,6 +287,9 @@ def create_app(service: Service) -> Starlette:
         views, last = service.records.search(
             to=to, campaign=campaign, state=state, after=after, limit=_limit(q)
         )
+        if key.allows("numbers") and service.ledger is not None and views:  # unmasked for this key
+            full = numbers_of(service.ledger.db, [v.id for v in views])
+            views = [msgspec.structs.replace(v, to=full[v.id]) if v.id in full else v for v in views]
         return _json(MessagePage(messages=views, next_cursor=_cursor_for([last]) if last else None))
 
     @wrap
@@ -315,9 +322,9 @@ def create_app(service: Service) -> Starlette:
 
     @wrap
     async def get_message(request: Request) -> Response:
-        auth(request, "read")
+        key = auth(request, "read")
         mid = request.path_params["id"]
-        view = service.messages.message(mid)
+        view = service.messages.message(mid, show_numbers=key.allows("numbers"))
         if view is None:
             raise ApiError(404, "Not found", f"no message {mid[:80]!r} is recorded")
         return _json(view)
@@ -370,11 +377,15 @@ def create_app(service: Service) -> Starlette:
 
     @wrap
     async def post_campaign(request: Request) -> Response:
-        auth(request, "campaigns")
+        key = auth(request, "campaigns")
         json_type(request)
         raw = await body(request)
         req = _decode(campaign_decoder, raw, StartCampaign)
-        run = await _campaigns(service).start(req.file, again=req.again)
+        callback = None
+        if req.callback_url is not None:
+            service.messages.check_callback(req.callback_url, key)
+            callback = (req.callback_url, key.allows("numbers"), key.id)
+        run = await _campaigns(service).start(req.file, again=req.again, callback=callback)
         return _json(run.view(), 202)
 
     @wrap
@@ -389,6 +400,35 @@ def create_app(service: Service) -> Starlette:
         if action not in ("pause", "resume", "cancel"):
             raise ApiError(404, "Not found", f"no action {action[:32]!r}: use pause, resume or cancel")
         return _json(_campaigns(service).control(request.path_params["id"], action).view())
+
+    @wrap
+    async def dead_callbacks(request: Request) -> Response:
+        auth(request, "read")
+        q = _query(request, {"limit": 5, "cursor": 400})
+        after = None
+        if "cursor" in q:
+            got = _cursor(q["cursor"])
+            if len(got) != 1 or not (got[0].isascii() and got[0].isdigit() and len(got[0]) <= 18):
+                raise ApiError(422, "Invalid request", "cursor: not one this service gave")
+            after = int(got[0])
+        if service.ledger is None:
+            raise ApiError(503, "Starting", "the service is starting: send again in a moment")
+        rows, nxt = dead_letters(service.ledger.db, after=after, limit=_limit(q))
+        page = DeadLetterPage(
+            dead=[
+                DeadLetter(
+                    url=url,
+                    event=msgspec.json.decode(event),
+                    created_at=created,
+                    attempts=attempts,
+                    last_error=error,
+                    dead_at=dead_at,
+                )
+                for _, url, event, created, attempts, error, dead_at in rows
+            ],
+            next_cursor=_cursor_for([str(nxt)]) if nxt is not None else None,
+        )
+        return _json(page)
 
     @wrap
     async def openapi(request: Request) -> Response:
@@ -421,6 +461,7 @@ def create_app(service: Service) -> Starlette:
         Route("/v1/messages/{id}", get_message, methods=["GET"]),
         Route("/v1/webhooks/{gateway}/reports", webhook_reports, methods=["POST"]),
         Route("/v1/webhooks/{gateway}/replies", webhook_replies, methods=["POST"]),
+        Route("/v1/callbacks/dead", dead_callbacks, methods=["GET"]),
         Route("/v1/campaigns", campaigns_root, methods=["GET", "POST"]),
         Route("/v1/campaigns/{id}", get_campaign, methods=["GET"]),
         Route("/v1/campaigns/{id}/{action}", control_campaign, methods=["POST"]),

@@ -23,21 +23,36 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal, get_args
+from urllib.parse import urlsplit
 
 import msgspec
 
 from engine.core.errors import ConfigError
 
-__all__ = ["SCOPES", "ApiKey", "KeyRing", "KeyUsage", "Scope", "digest"]
+__all__ = [
+    "IMPLIED",
+    "SCOPES",
+    "ApiKey",
+    "KeyRing",
+    "KeyUsage",
+    "Scope",
+    "check_callback_url",
+    "digest",
+    "url_under",
+]
 
 PREFIX = "pgn_"
 WATCH_EVERY = 0.25
 """Seconds between two looks at the keys file by a running service."""
 
-Scope = Literal["send", "campaigns", "read", "metrics"]
+Scope = Literal["send", "campaigns", "read", "metrics", "numbers"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 """What a key may do: ``send`` (``POST /v1/messages``), ``campaigns`` (start, control and see
-campaigns), ``read`` (look messages up), ``metrics`` (``/metrics``). A key without scopes may do all."""
+campaigns), ``read`` (look messages up), ``metrics`` (``/metrics``), ``numbers`` (see recipients'
+numbers unmasked in look-ups, lists and status callbacks). A key without scopes may do all but
+``numbers``, which is never implied: it must be named."""
+IMPLIED: tuple[Scope, ...] = ("send", "campaigns", "read", "metrics")
+"""What a key without scopes may do."""
 
 
 class ApiKey(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -50,6 +65,12 @@ class ApiKey(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What it may do; None (unset): everything."""
     expires_at: float | None = None
     """Unix seconds after which it is refused; None: never."""
+    callback_urls: list[str] | None = None
+    """Where its messages' status callbacks may go: URL prefixes (scheme, host, port and the start
+    of the path); None: no callback URL is allowed."""
+    require_consent: bool = False
+    """Its ``priority: marketing`` messages go only to numbers with a consent record (else
+    ``suppressed: no_consent``)."""
 
     @property
     def id(self) -> str:
@@ -57,8 +78,14 @@ class ApiKey(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return self.name
 
     def allows(self, scope: Scope) -> bool:
-        """Whether the key may do ``scope``."""
-        return self.scopes is None or scope in self.scopes
+        """Whether the key may do ``scope`` (``numbers`` only when named)."""
+        if self.scopes is None:
+            return scope in IMPLIED
+        return scope in self.scopes
+
+    def callback_allowed(self, url: str) -> bool:
+        """Whether ``url`` is under one of :attr:`callback_urls`."""
+        return any(url_under(url, prefix) for prefix in self.callback_urls or ())
 
     def expired(self, now: float) -> bool:
         """Whether the key is past its expiry at ``now``."""
@@ -67,6 +94,36 @@ class ApiKey(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 class _KeyFile(msgspec.Struct, kw_only=True):
     keys: list[ApiKey] = []
+
+
+def url_under(url: str, prefix: str) -> bool:
+    """Whether ``url`` has ``prefix``'s scheme, host and port, and a path that starts with its path
+    (at a ``/`` boundary); no user info, no fragment."""
+    try:
+        u, p = urlsplit(url), urlsplit(prefix)
+        if u.scheme not in ("http", "https") or u.username or u.password or u.fragment or not u.hostname:
+            return False
+        if (u.scheme, u.hostname, u.port) != (p.scheme, p.hostname, p.port):
+            return False
+    except ValueError:  # (a port out of range, a bad IPv6 literal)
+        return False
+    base = p.path or "/"
+    path = u.path or "/"
+    return bool(path == base or path.startswith(base if base.endswith("/") else base + "/"))
+
+
+def check_callback_url(url: str) -> str | None:
+    """What is wrong with ``url`` as an allow-list entry, or None."""
+    try:
+        u = urlsplit(url)
+        u.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        return f"not a URL: {exc}"
+    if u.scheme not in ("http", "https") or not u.hostname:
+        return "use an http:// or https:// URL with a host"
+    if u.username or u.password or u.fragment or u.query:
+        return "no user info, query or fragment"
+    return None
 
 
 def digest(key: str) -> str:
@@ -127,7 +184,13 @@ class KeyRing:
         return list(self._keys)
 
     def create(
-        self, name: str, *, scopes: Iterable[str] | None = None, expires_at: float | None = None
+        self,
+        name: str,
+        *,
+        scopes: Iterable[str] | None = None,
+        expires_at: float | None = None,
+        callback_urls: Iterable[str] | None = None,
+        require_consent: bool = False,
     ) -> str:
         """Add a key named ``name`` and return it: the only time it is ever shown."""
         self.reload()  # (another process may have written it since)
@@ -146,9 +209,22 @@ class KeyRing:
         now = time.time()
         if expires_at is not None and expires_at <= now:
             raise ConfigError(str(self.path), "expires", "the expiry is in the past")
+        urls = list(dict.fromkeys(callback_urls)) if callback_urls else None
+        for u in urls or ():
+            why = check_callback_url(u)
+            if why is not None:
+                raise ConfigError(str(self.path), "callback-url", f"{u[:200]!r}: {why}")
         key = PREFIX + secrets.token_urlsafe(32)
         self._keys.append(
-            ApiKey(name=name, sha256=digest(key), created_at=now, scopes=chosen, expires_at=expires_at)
+            ApiKey(
+                name=name,
+                sha256=digest(key),
+                created_at=now,
+                scopes=chosen,
+                expires_at=expires_at,
+                callback_urls=urls,
+                require_consent=require_consent,
+            )
         )
         self._save()
         return key

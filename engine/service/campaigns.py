@@ -33,6 +33,7 @@ from engine.run.control import RunControl, RunState
 from engine.run.plan import Plan, _open_ledger, check_segment, new_run_dir, prepare
 from engine.state.ledger.records import CampaignStatus, LedgerError
 from engine.state.ledger.store import Ledger
+from engine.state.ledger.tx import transaction
 
 __all__ = [
     "LIST_STATES",
@@ -273,9 +274,13 @@ class Campaigns:
             .replace("--force", "`pigeon send --force`")
         )
 
-    async def start(self, file: str, *, again: bool = False) -> CampaignRun:
+    async def start(
+        self, file: str, *, again: bool = False, callback: tuple[str, bool, str] | None = None
+    ) -> CampaignRun:
         """Check and start the campaign in ``file`` (preflight and ledger as ``pigeon send``: an
-        unfinished campaign resumes; a finished one starts afresh only with ``again``)."""
+        unfinished campaign resumes; a finished one starts afresh only with ``again``).
+        ``callback``: (URL, numbers unmasked, key name) its recipients' state changes are posted
+        to, kept for the campaign (a later start without one keeps it, unless ``again``)."""
         if self.service.draining:
             raise CampaignError(503, "the service is draining: no new campaigns")
         path = self.resolve(file)
@@ -298,6 +303,7 @@ class Campaigns:
             )
         except LedgerError as exc:
             raise CampaignError(409, self.public(str(exc))) from None
+        self._set_callback(plan.campaign.id, callback, again=again)
         # The worker resumes the run just opened (or restarted with ``again``) and adopts its lease.
         lease = ledger.lease.hand_off() if ledger.lease is not None else ""
         ledger.ledger.close()
@@ -312,6 +318,21 @@ class Campaigns:
         self.tg.start_soon(self._run, run)
         log.info("campaign started", extra={"event": "campaign.started", "campaign": run.id, "file": file})
         return run
+
+    def _set_callback(self, campaign: str, callback: tuple[str, bool, str] | None, *, again: bool) -> None:
+        """Record (or, started afresh without one, forget) the campaign's callback URL, before its
+        worker starts: the worker's sink reads it when the run opens."""
+        db = self.service.ledger.db if self.service.ledger is not None else None
+        if db is None or (callback is None and not again):
+            return
+        with transaction(db):
+            if callback is None:
+                db.execute("DELETE FROM campaign_callbacks WHERE campaign = ?", (campaign,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO campaign_callbacks VALUES (?, ?, ?, ?)",
+                    (campaign, callback[0], int(callback[1]), callback[2]),
+                )
 
     def command(self, run: CampaignRun, run_dir: Path) -> list[str]:
         """The worker's command line."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.core.clock import Clock
 from engine.core.config import EngineConfig, LoadedEngine
@@ -34,6 +35,11 @@ class ServiceContext:
     ledger: Ledger | None = None
     """The loop's ledger connection (it spins on a busy database instead of sleeping)."""
     draining: bool = False
+    pending_callbacks: dict[str, Any] = field(default_factory=dict)
+    """Message id → where its gateway's answer is to be told (:class:`~engine.service.callbacks.Pending`),
+    for the messages with a callback URL that are in the lanes."""
+    callbacks_on: bool = False
+    """Status callbacks are configured (``service.callbacks.secret_env`` set)."""
 
     @property
     def config(self) -> EngineConfig:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +38,7 @@ from engine.observability.metrics import Metrics
 from engine.observability.worker_metrics import MergedMetrics
 from engine.service.api_templates import ApiTemplates
 from engine.service.apikeys import WATCH_EVERY, KeyRing, KeyUsage
+from engine.service.callbacks import CallbackSender
 from engine.service.campaigns import Campaigns
 from engine.service.context import ServiceContext
 from engine.service.gateways import ServiceGateways
@@ -87,6 +89,8 @@ class Service:
         self.lanes = ApiLanes(self.ctx, self.gateways, ApiTemplates(self.ctx))
         self.messages = Submissions(self.ctx, self.lanes)
         self.inbound = Inbound(self.ctx)
+        self.callbacks: CallbackSender | None = None
+        """Posts the status-callback outbox (set when the service starts, if configured)."""
         self.campaigns: Campaigns | None = None
         """Set when the service starts (it needs the task group its workers are watched in)."""
         self.merged_metrics = MergedMetrics(self.ctx.metrics.registry)
@@ -147,6 +151,10 @@ class Service:
         ctx.ledger = Ledger(self.engine.store_path, spin_on_busy=True)
         self.messages.open()
         self.inbound.open()
+        self.callbacks = self._callback_sender()
+        if self.callbacks is not None:
+            ctx.callbacks_on = True
+            tg.start_soon(self.callbacks.run, self._closing)
         # The loop's commits never fold the WAL into the file (a checkpoint takes milliseconds while
         # a blast worker writes the same file): a thread does it every second instead.
         ctx.ledger.db.execute("PRAGMA wal_autocheckpoint=0")
@@ -172,6 +180,21 @@ class Service:
         # collection over it took ~45 ms of the loop under load; MessageViews are not tracked).
         gc.collect()
         gc.freeze()
+
+    def _callback_sender(self) -> CallbackSender | None:
+        """The status-callback sender, when ``service.callbacks.secret_env`` is set (its variable
+        must be: a service that would send unsigned callbacks does not start)."""
+        cfg = self.service.callbacks
+        if not cfg.secret_env:
+            return None
+        secret = os.environ.get(cfg.secret_env, "")
+        if not secret:
+            raise ConfigError(
+                self.engine.file,
+                "service.callbacks.secret_env",
+                f"the environment variable {cfg.secret_env} is not set (it holds the callbacks' HMAC secret)",
+            )
+        return CallbackSender(self.engine.store_path, cfg, secret.encode(), self.ctx.metrics)
 
     async def _checkpoints(self) -> None:
         """``PRAGMA wal_checkpoint(PASSIVE)`` every :data:`CHECKPOINT_EVERY` seconds, in a thread,

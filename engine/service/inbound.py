@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,11 +20,14 @@ from engine.core.plugin_host import PluginHost
 from engine.core.timestamps import epoch_seconds
 from engine.sending.gateway import Receiving
 from engine.sending.webhooks import GenericParser, MoReply, WebhookParser, opt_outs_in
+from engine.service.callbacks import INSERT_EVENT, event_row, report_state
 from engine.service.context import ServiceContext
 from engine.service.early_reports import RETRY_EVERY, EarlyReports
-from engine.service.wire import ApiError
+from engine.service.stored import by_row, is_opaque, load
+from engine.service.wire import API_CAMPAIGNS, ApiError
 from engine.state.ledger.store import Ledger
 from engine.state.optout import DEFAULT_KEYWORDS
+from engine.state.outbox import campaign_callback
 
 __all__ = ["Inbound", "sane_reports"]
 
@@ -130,11 +134,43 @@ class Inbound:
         missed: list[DeliveryReport] = []
         found = 0
         if self.reports_ledger is not None:
-            apply = partial(self.reports_ledger.apply_reports, reports, missed, latencies=latencies)
+            apply = partial(self._ledger_reports, self.reports_ledger, reports, missed, latencies)
             found = await anyio.to_thread.run_sync(apply, limiter=self._reports_limiter)
         in_memory = None if self.reports_ledger is not None else missed
         matched = self.ctx.records.reports(reports, in_memory, latencies=latencies)
         return max(matched, found), missed
+
+    def _ledger_reports(
+        self,
+        ledger: Ledger,
+        reports: Sequence[DeliveryReport],
+        missed: list[DeliveryReport],
+        latencies: dict[int, float] | None,
+    ) -> int:
+        """(In a worker thread.) The reports into the ledger: an API message's opaque id is read as
+        its ledger id first, and each matched API message with a callback URL gets its event in
+        the reports' transaction. Returns how many matched; the unmatched go to ``missed``
+        (as they came)."""
+        db = ledger.db
+        opaque = [r.message_id for r in reports if r.message_id and is_opaque(r.message_id)]
+        stored = load(db, opaque) if opaque else {}
+        given: Sequence[DeliveryReport] = reports
+        original: dict[int, DeliveryReport] = {}
+        if stored:
+            translated: list[DeliveryReport] = []
+            for r in reports:
+                m = stored.get(r.message_id)
+                if m is not None:
+                    t = msgspec.structs.replace(r, message_id=m.ledger_id)
+                    original[id(t)] = r
+                    translated.append(t)
+                else:
+                    translated.append(r)
+            given = translated
+        unmatched: list[DeliveryReport] = []
+        n = ledger.apply_reports(given, unmatched, latencies=latencies, also=_report_events)
+        missed += [original.get(id(r), r) for r in unmatched]
+        return n
 
     async def retry_early(self, closing: anyio.Event) -> None:
         """Try the parked reports again until they match or expire (:mod:`engine.service.early_reports`),
@@ -218,3 +254,48 @@ class _Sink:
     async def replies(self, replies: Sequence[MoReply]) -> None:
         """:meth:`Inbound.apply_replies` (an R / 退订 records an opt-out)."""
         self.inbound.apply_replies(replies)
+
+
+def _report_events(db: sqlite3.Connection, hits: list[tuple[str, int, DeliveryReport]]) -> None:
+    """The status-callback events of matched reports (in the reports' transaction, on ``db``)."""
+    now = time.time()
+    rows: list[tuple[str, bytes, float]] = []
+    hooks: dict[str, tuple[str, bool] | None] = {}
+    for campaign, row, r in hits:
+        if campaign not in API_CAMPAIGNS:  # a blast's recipient: its campaign's callback, if any
+            if campaign not in hooks:
+                hooks[campaign] = campaign_callback(db, campaign)
+            hook = hooks[campaign]
+            if hook is not None:
+                state, reason = report_state(r.status.value, r.code)
+                rows.append(
+                    event_row(
+                        hook[0],
+                        message_id=f"{campaign}-{row}",
+                        campaign=campaign,
+                        state=state,
+                        reason=reason,
+                        at=r.done_at or now,
+                        to_e164="",  # (the ledger keeps no numbers: the sent event had it)
+                        show_numbers=hook[1],
+                    )
+                )
+            continue
+        m = by_row(db, campaign, row)
+        if m is None or m.callback_url is None:
+            continue
+        state, reason = report_state(r.status.value, r.code)
+        rows.append(
+            event_row(
+                m.callback_url,
+                message_id=m.id,
+                campaign=campaign,
+                state=state,
+                reason=reason,
+                at=r.done_at or now,
+                to_e164=m.to_e164,
+                show_numbers=m.show_numbers,
+            )
+        )
+    if rows:
+        db.executemany(INSERT_EVENT, rows)

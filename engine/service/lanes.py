@@ -19,11 +19,21 @@ from engine.core.sendwindow import SendWindow
 from engine.core.template import DEFAULT_OPT_OUT, Template, compile_template
 from engine.observability.report import RunRecorder
 from engine.pipeline.runner import Stage, StageRunner
-from engine.pipeline.stages import Cap, CountParts, HoldQuietHours, Normalize, Render, Route, SuppressOptouts
+from engine.pipeline.stages import (
+    Cap,
+    CountParts,
+    HoldQuietHours,
+    Normalize,
+    Render,
+    RequireConsent,
+    Route,
+    SuppressOptouts,
+)
 from engine.sending.priority import PriorityLane, split_budgets
 from engine.sending.retry import RetryPolicy
 from engine.sending.sender import Lane, LaneItem, RouteHealth
 from engine.service.api_templates import ApiTemplates
+from engine.service.callbacks import CallbackSink
 from engine.service.context import ServiceContext
 from engine.service.gateways import ServiceGateways
 from engine.service.wire import Priority
@@ -143,6 +153,8 @@ class ApiLanes:
         recorder.sinks.append(ctx.records)
         recorder.metrics = ctx.metrics
         cl: CampaignLedger | None = None
+        sink = CallbackSink(ctx.pending_callbacks, None, ctx.ledger.db)
+        recorder.sinks.append(sink)  # before the ledger: its events go in the ledger's transaction
         try:
             cl = ctx.ledger.open_campaign(
                 campaign,
@@ -155,6 +167,7 @@ class ApiLanes:
                 lease_ttl=ctx.config.store.lease_ttl,
             )
             recorder.sinks.append(cl)
+            sink.ledger = cl
             if cl.lease is not None:
                 cl.lease.start()
         except CampaignBusy:
@@ -190,9 +203,10 @@ class ApiLanes:
 
         return handover
 
-    def runner(self, stream: Stream, tid: str) -> tuple[Template, StageRunner]:
-        """The compiled template ``tid`` and the stages an API message of ``stream`` goes through."""
-        found = stream.runners.get(tid)
+    def runner(self, stream: Stream, tid: str, *, consent: bool = False) -> tuple[Template, StageRunner]:
+        """The compiled template ``tid`` and the stages an API message of ``stream`` goes through
+        (``consent``: with ``require_consent``, for marketing when the service or the key asks)."""
+        found = stream.runners.get(f"{tid}\0consent" if consent else tid)
         if found is not None:
             return found
         ctx = self.ctx
@@ -218,6 +232,9 @@ class ApiLanes:
         stages: list[Stage] = [Normalize()]
         if marketing:
             stages.append(SuppressOptouts(ctx.optouts))
+        if consent:
+            assert ctx.store is not None
+            stages.append(RequireConsent(ctx.store.consented))  # (a query: consents imported meanwhile count)
         if stream.caps is not None:
             stages.append(Cap(stream.caps, ctx.clock))
         stages += [Route(self.table, set(routes)), Render(bound, forbid_urls=forbid), CountParts(template)]
@@ -228,7 +245,7 @@ class ApiLanes:
         runner = StageRunner(stages)
         runner.metrics = ctx.metrics
         found = (template, runner)
-        stream.runners[tid] = found
+        stream.runners[f"{tid}\0consent" if consent else tid] = found
         return found
 
     async def send(self, stream: Stream, batches: Mapping[str, list[MessageBatch]]) -> None:

@@ -29,6 +29,7 @@ def build() -> dict[str, Any]:
         API_CAMPAIGNS,
         MAX_PAGE,
         MESSAGE_STATES,
+        DeadLetterPage,
         MessagePage,
         MessagesIn,
         MessageView,
@@ -43,6 +44,7 @@ def build() -> dict[str, Any]:
             SubmitResponse,
             MessageView,
             MessagePage,
+            DeadLetterPage,
             CampaignView,
             CampaignPage,
             StartCampaign,
@@ -229,6 +231,14 @@ def build() -> dict[str, Any]:
                 "responses": {"200": _ok("MessageView"), **errors},
             }
         },
+        "/v1/callbacks/dead": {
+            "get": {
+                "summary": "Status-callback events their receiver never took (dead letters), newest first",
+                "security": auth,
+                "parameters": paging,
+                "responses": {"200": _ok("DeadLetterPage"), **list_errors, "503": _problem("Starting")},
+            }
+        },
         "/v1/webhooks/{gateway}/reports": {
             "post": {
                 "summary": "Delivery reports from a gateway",
@@ -316,7 +326,7 @@ def build() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "An API key from `pigeon keys create` (optionally limited to scopes: "
-                    "send, campaigns, read, metrics; and to a time)",
+                    "send, campaigns, read, metrics, numbers; and to a time)",
                 }
             },
         },

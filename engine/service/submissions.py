@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -16,9 +17,12 @@ from engine.core.phone import mask, parse_phone
 from engine.core.service_templates import field_problem, gateway_problem, opt_out_problem
 from engine.core.template import Template, compile_template
 from engine.pipeline.runner import Batch
+from engine.service.apikeys import ApiKey
+from engine.service.callbacks import INSERT_EVENT, Pending, create_tables, drop_state, event_row
 from engine.service.compliance import MarketingPolicy
 from engine.service.context import ServiceContext
 from engine.service.lanes import TEXT_TEMPLATE, ApiLanes
+from engine.service.stored import API_MESSAGES_SCHEMA, INSERT_MESSAGE, load, new_id
 from engine.service.wire import (
     ApiError,
     Delivery,
@@ -28,6 +32,8 @@ from engine.service.wire import (
     MessageView,
     SubmitResponse,
 )
+from engine.state.ledger.records import LedgerWriteError, MessageRecord
+from engine.state.ledger.run import CampaignLedger
 from engine.state.ledger.tx import transaction
 
 __all__ = ["IDEMPOTENCY_SCHEMA", "Submissions"]
@@ -69,10 +75,14 @@ class Submissions:
         self.policy = MarketingPolicy(ctx, lanes)
 
     def open(self) -> None:
-        """Create the idempotency table and forget keys past ``service.idempotency_ttl``."""
+        """Create the idempotency, message and outbox tables; forget keys past
+        ``service.idempotency_ttl``."""
         assert self.ctx.ledger is not None
         db = self.ctx.ledger.db
+        create_tables(db)
         with transaction(db):  # idempotency keys: written with their messages' hand-over
+            for sql in API_MESSAGES_SCHEMA:
+                db.execute(sql)
             db.execute(IDEMPOTENCY_SCHEMA)
             db.execute(
                 "DELETE FROM api_idempotency WHERE at < ?", (time.time() - self.ctx.service.idempotency_ttl,)
@@ -193,11 +203,21 @@ class Submissions:
         return sorted(errors, key=lambda e: e.index)
 
     async def submit(
-        self, req: MessagesIn, *, key: str, idempotency_key: str | None, body: bytes
+        self,
+        req: MessagesIn,
+        *,
+        key: str,
+        idempotency_key: str | None,
+        body: bytes,
+        api_key: ApiKey | None = None,
     ) -> SubmitResponse:
-        """Check, run the stages, record and queue one request's messages; raises :class:`ApiError`."""
+        """Check, run the stages, record and queue one request's messages; raises :class:`ApiError`.
+
+        ``key``: the API key's name; ``api_key``: its record (callback allow-list, scopes)."""
         if self.ctx.draining:
             raise ApiError(503, "Shutting down", "the service is draining; send again to another instance")
+        if req.callback_url is not None:
+            self.check_callback(req.callback_url, api_key)
         fp = hashlib.sha256(body).hexdigest()
         if idempotency_key is not None:
             seen = self._idem.get((key, idempotency_key)) or self._stored_idem(key, idempotency_key)
@@ -229,8 +249,11 @@ class Submissions:
         out_batches: dict[str, list[MessageBatch]] = {}
         dropped: list[Reject] = []
         prefix = f"{stream.campaign}-"
+        consent = req.priority == "marketing" and (
+            self.ctx.service.require_consent or (api_key is not None and api_key.require_consent)
+        )
         for tid, idx in groups.items():
-            _, runner = self.lanes.runner(stream, tid)
+            _, runner = self.lanes.runner(stream, tid, consent=consent)
             batch = runner.run(Batch([rows[i] for i in idx], [values[i][1] for i in idx], 0))
             dropped += batch.rejects
             for carrier, mb in (batch.messages(prefix) if batch.nums else {}).items():
@@ -267,6 +290,16 @@ class Submissions:
                 errors=errors,
             )
         now = self.ctx.clock.time()
+        id_of = {row: new_id() for row in rows}  # opaque, random: see engine.service.stored
+        out_batches = {
+            carrier: [mb.with_ids([id_of[r] for r in mb.rows]) for mb in mbs]
+            for carrier, mbs in out_batches.items()
+        }
+        url = req.callback_url
+        show = api_key is not None and api_key.allows("numbers")
+        stored: list[tuple[Any, ...]] = []
+        events: list[tuple[str, bytes, float]] = []
+        pending = self.ctx.pending_callbacks
         states: dict[int, MessageState] = {}
         views: list[MessageView] = []
         numbers: list[str] = []  # (E.164, beside each view: for GET /v1/messages?to=)
@@ -275,6 +308,35 @@ class Submissions:
                 for mid, row, to, parts in zip(mb.ids, mb.rows, mb.tos, mb.parts, strict=True):
                     states[row] = MessageState(index=index_of[row], id=mid, state="queued", parts=parts)
                     numbers.append(to)
+                    stored.append(
+                        (
+                            mid,
+                            stream.campaign,
+                            row,
+                            req.priority,
+                            to,
+                            carrier,
+                            parts,
+                            now,
+                            key,
+                            url,
+                            int(show),
+                        )
+                    )
+                    if url is not None:
+                        pending[mid] = Pending(url, to, show, stream.campaign)
+                        events.append(
+                            event_row(
+                                url,
+                                message_id=mid,
+                                campaign=stream.campaign,
+                                state="accepted",
+                                reason="",
+                                at=now,
+                                to_e164=to,
+                                show_numbers=show,
+                            )
+                        )
                     views.append(
                         MessageView(
                             id=mid,
@@ -288,9 +350,24 @@ class Submissions:
                         )
                     )
         for r in dropped:
-            mid = f"{prefix}{r.row}"
+            mid = id_of[r.row]
             states[r.row] = MessageState(index=index_of[r.row], id=mid, state=r.state, reason=r.reason)
-            numbers.append(parse_phone(r.phone).e164 or r.phone)
+            e164 = parse_phone(r.phone).e164 or r.phone
+            numbers.append(e164)
+            stored.append((mid, stream.campaign, r.row, req.priority, e164, "", 0, now, key, url, int(show)))
+            if url is not None:
+                events.append(
+                    event_row(
+                        url,
+                        message_id=mid,
+                        campaign=stream.campaign,
+                        state=drop_state(r),
+                        reason=r.reason,
+                        at=now,
+                        to_e164=e164,
+                        show_numbers=show,
+                    )
+                )
             views.append(
                 MessageView(
                     id=mid,
@@ -305,6 +382,9 @@ class Submissions:
         self.ctx.records.add(views, numbers)
         if dropped:
             stream.recorder.dropped(dropped)
+        # The messages at rest (their ids, numbers, carriers…) and their first events, committed
+        # with their drops before the answer: a later process finds them, and the receiver hears.
+        self._record(stream.ledger, stored, events)
         response = SubmitResponse(
             priority=req.priority,
             messages=[states[row] for row in rows],
@@ -338,6 +418,50 @@ class Submissions:
         await self.lanes.send(stream, out_batches)
         return response
 
+    def check_callback(self, url: str, api_key: ApiKey | None) -> None:
+        """422 unless callbacks are on and ``url`` is on the key's allow-list (messages and campaigns)."""
+        if not self.ctx.callbacks_on:
+            raise ApiError(
+                422,
+                "Invalid request",
+                "callback_url: this service sends no status callbacks (service.callbacks.secret_env "
+                "is not set); leave callback_url out, or ask the operator to set it up",
+            )
+        if api_key is None or not api_key.callback_allowed(url):
+            allowed = ", ".join(api_key.callback_urls or []) if api_key is not None else ""
+            raise ApiError(
+                422,
+                "Callback URL not allowed",
+                f"callback_url: {url[:200]!r} is not under a URL the API key "
+                f"{api_key.id if api_key else ''!r} may call back ("
+                + (f"allowed: {allowed}" if allowed else "it has none")
+                + "); the operator adds one with `pigeon keys create NAME --callback-url URL`",
+            )
+
+    def _record(
+        self,
+        ledger: CampaignLedger | None,
+        stored: list[tuple[Any, ...]],
+        events: list[tuple[str, bytes, float]],
+    ) -> None:
+        """Commit ``stored`` (api_messages rows) and ``events`` (outbox rows) in one transaction,
+        with what the stream's ledger holds (the request's drops)."""
+        if ledger is not None:
+            try:  # (the idempotency keys deferred to their hand-over are left for it)
+                ledger.commit_with(
+                    [(INSERT_MESSAGE, row) for row in stored] + [(INSERT_EVENT, ev) for ev in events]
+                )
+            except LedgerWriteError:
+                raise ApiError(
+                    503, "Store unavailable", "the store refused the write; send again in a moment"
+                ) from None
+            return
+        if self.ctx.ledger is not None:
+            db = self.ctx.ledger.db
+            with transaction(db):
+                db.executemany(INSERT_MESSAGE, stored)
+                db.executemany(INSERT_EVENT, events)
+
     def _stored_idem(self, key: str, idempotency_key: str) -> _Idem | None:
         """An idempotency key recorded before this process started (it survives a restart)."""
         if self.ctx.ledger is None:
@@ -356,19 +480,52 @@ class Submissions:
         ttl = self.ctx.service.idempotency_ttl
         self._idem = {k: v for k, v in self._idem.items() if now - v.at < ttl}
 
-    def message(self, message_id: str) -> MessageView | None:
-        """What is recorded about a message: in memory for recent API messages, else the ledger."""
+    def message(self, message_id: str, *, show_numbers: bool = False) -> MessageView | None:
+        """What is recorded about a message: in memory for recent API messages, else the store
+        (``api_messages``) and the ledger. The recipient is masked unless ``show_numbers``."""
         v = self.ctx.records.by_id.get(message_id)
-        if v is not None:
+        if v is not None and not show_numbers:
             return v
         if self.ctx.ledger is None or len(message_id) > 200:
-            return None
-        rec = self.ctx.ledger.message(message_id)
+            return v
+        db = self.ctx.ledger.db
+        found = load(db, [message_id]).get(message_id)
+        if v is not None:
+            return msgspec.structs.replace(v, to=found.to_e164) if found is not None else v
+        rec = self.ctx.ledger.message(found.ledger_id if found is not None else message_id)
+        if found is not None:  # accepted by this service, maybe by an earlier process
+            view = MessageView(
+                id=message_id,
+                state=found_state(rec) if rec is not None else "queued",
+                campaign=found.campaign,
+                to=found.to_e164 if show_numbers else mask(found.to_e164),
+                priority=found.priority,
+                carrier=found.carrier,
+                parts=found.parts,
+                accepted_at=found.accepted_at,
+            )
+            if rec is None:
+                return view
+            return msgspec.structs.replace(
+                view,
+                carrier=rec.carrier or found.carrier,
+                parts=rec.parts or found.parts,
+                reason=rec.reason,
+                gateway=rec.gateway,
+                provider_id=rec.provider_id,
+                submitted_at=rec.submitted_at,
+                answered_at=rec.answered_at,
+                delivery=Delivery(
+                    status=rec.delivery_status, code=rec.delivery_code, done_at=rec.delivered_at
+                )
+                if rec.delivery_status
+                else None,
+            )
         if rec is None:
             return None
         return MessageView(
             id=rec.message_id,
-            state=rec.delivery_status if rec.delivery_status == "delivered" else rec.state.value,
+            state=found_state(rec),
             campaign=rec.campaign,
             carrier=rec.carrier,
             parts=rec.parts,
@@ -381,3 +538,8 @@ class Submissions:
             if rec.delivery_status
             else None,
         )
+
+
+def found_state(rec: MessageRecord) -> str:
+    """A ledger record's state as the API says it (``delivered`` once reported)."""
+    return rec.delivery_status if rec.delivery_status == "delivered" else rec.state.value

@@ -12,6 +12,8 @@ __all__ = [
     "MAX_PAGE",
     "MESSAGE_STATES",
     "ApiError",
+    "DeadLetter",
+    "DeadLetterPage",
     "FieldError",
     "MessageIn",
     "MessagePage",
@@ -82,6 +84,9 @@ class MessagesIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Required: ``transactional`` (order notices, codes: sent to opted-out numbers, at any hour) or
     ``marketing`` (preflight, opt-outs, quiet hours). No default, so nothing is sent as
     transactional by omission."""
+    callback_url: Annotated[str, msgspec.Meta(min_length=8, max_length=2048)] | None = None
+    """Where the messages' state changes are posted (signed, batched): a URL under one of the API
+    key's allowed prefixes (``pigeon keys create --callback-url``); else 422."""
 
 
 class MessageState(msgspec.Struct, kw_only=True):
@@ -175,6 +180,29 @@ class StartCampaign(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Relative to ``service.campaigns_dir``; each path component at most 255 bytes."""
     again: bool = False
     """Start a finished or cancelled campaign afresh (its ledger is archived), as ``pigeon send --again``."""
+    callback_url: Annotated[str, msgspec.Meta(min_length=8, max_length=2048)] | None = None
+    """Where the state changes of the campaign's recipients are posted (as for messages: under one of
+    the API key's allowed prefixes). Kept for the campaign: a resume posts there too."""
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """A status-callback event its receiver never took (``GET /v1/callbacks/dead``)."""
+
+    url: str
+    event: dict[str, str | float]
+    """The event as it would have been posted."""
+    created_at: float
+    attempts: int
+    """POSTs that failed."""
+    last_error: str
+    dead_at: float
+
+
+class DeadLetterPage(msgspec.Struct, kw_only=True):
+    """``GET /v1/callbacks/dead``: dead letters, newest first."""
+
+    dead: list[DeadLetter]
+    next_cursor: str | None = None
 
 
 class MessagePage(msgspec.Struct, kw_only=True):

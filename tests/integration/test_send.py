@@ -444,3 +444,30 @@ def test_the_same_text_to_the_same_number_waits_out_its_window(
     campaign.write_text(campaign.read_text("utf-8").replace("元券已到账", "元券今晚到期"), encoding="utf-8")
     other_text = json.loads(run_cli("send", str(campaign), "--again", "--json", cwd=tmp_path).stdout)
     assert other_text["states"]["sent"] == 5
+
+
+def test_require_consent_sends_marketing_only_to_numbers_with_a_consent_record(
+    tmp_path: Path, write: Callable[[str, str | bytes], Path], campaign_file: Callable[..., Path]
+) -> None:
+    write("seg.csv", SEGMENT)
+    campaign = campaign_file("seg.csv")
+    campaign.write_text(campaign.read_text("utf-8") + "require_consent = true\n", encoding="utf-8")
+    # consent for two of the five sendable numbers (in other spellings than the segment's)
+    write("members.csv", "phone\n+8613800138000\n133 0013 3000\n")
+    imported = run_cli("consent", "import", "members.csv", "--source", "checkout", cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    result = run_cli("send", str(campaign), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    # (like opt-outs, consent is the number's: checked before the rows' own checks, so a row whose
+    # number has no consent is suppressed for it even when its data would be rejected later)
+    assert summary["states"] == {"sent": 2, "rejected": 2, "suppressed": 6}
+    assert summary["reasons"]["suppressed"] == {"no_consent": 5, "duplicate": 1}
+    sent = (tmp_path / summary["run_dir"] / "sent.jsonl").read_text("utf-8").splitlines()
+    assert sorted(json.loads(line)["to"] for line in sent) == ["+8613300133000", "+8613800138000"]
+    report = json.loads(run_cli("report", "t", "--format", "json", cwd=tmp_path).stdout)
+    assert report["reasons"]["suppressed"]["no_consent"] == 5
+    # the same campaign without the requirement sends to all five (consent is not needed then)
+    campaign.write_text(campaign.read_text("utf-8").replace("require_consent = true\n", ""), encoding="utf-8")
+    again = json.loads(run_cli("send", str(campaign), "--again", "--json", cwd=tmp_path).stdout)
+    assert again["states"]["sent"] == 5

@@ -121,7 +121,7 @@ async def test_an_unexpected_error_is_a_problem_500_logged_once_with_numbers_mas
     auth = {"authorization": f"Bearer {key}"}
     async with serving(engine) as (url, svc), httpx.AsyncClient(base_url=url, headers=auth) as c:
 
-        def broken(message_id: str) -> None:
+        def broken(message_id: str, **_: object) -> None:
             raise ValueError(f"cannot look up {message_id} for +86 139-0013-9000")
 
         svc.messages.message = broken  # type: ignore[method-assign,assignment]
@@ -300,10 +300,11 @@ async def test_report_done_at_in_milliseconds_gives_seconds_in_pigeon_report_and
     # What an older version stored for a report in milliseconds: `pigeon report` reads it as seconds.
     db = sqlite3.connect(tmp_path / "pigeon.db")
     with db:
+        (row,) = db.execute("SELECT row FROM api_messages WHERE id = ?", (ids[1],)).fetchone()
         db.execute(
             "UPDATE ledger_reports SET done_at = done_at * 1000, latency = done_at * 1000 - (done_at - latency) "
             "WHERE campaign = 'api-transactional' AND row = ? AND latency >= 0",
-            (int(ids[1].rsplit("-", 1)[1]),),
+            (row,),
         )
         assert db.total_changes == 1
     db.close()

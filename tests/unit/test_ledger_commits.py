@@ -117,3 +117,39 @@ def test_a_spinning_connection_waits_for_another_writer_then_commits(
     other.execute("ROLLBACK")
     other.close()
     service.close()
+
+
+def test_commit_with_commits_its_statements_and_the_buffered_drops_but_not_what_waits_for_a_hand_over(
+    tmp_path: Path,
+) -> None:
+    from engine.core.messages import Reject
+
+    store = tmp_path / "s.db"
+    writer, crash_view = Ledger(store), Ledger(store)
+    run = writer.open_campaign("api", kind="transactional", fingerprint=Fingerprint())
+    writer.db.execute("CREATE TABLE side (what TEXT)")
+    run.defer("INSERT INTO side VALUES (?)", ("with the hand-over",))
+    run.dropped([Reject(7, "opted_out", "", phone="13800138000", state="suppressed")])
+    run.commit_with([("INSERT INTO side VALUES (?)", ("now",))])
+    seen = [r[0] for r in crash_view.db.execute("SELECT what FROM side")]
+    assert seen == ["now"]  # the deferred statement waits for its moment
+    assert crash_view.message("api-7") is not None  # the drop was committed with it
+    run.handover(_batch(1, 1), now=1.0)
+    assert sorted(r[0] for r in crash_view.db.execute("SELECT what FROM side")) == [
+        "now",
+        "with the hand-over",
+    ]
+    writer.close()
+    crash_view.close()
+
+
+def test_the_record_insert_names_every_column_of_the_schema() -> None:
+    """Two writers of ``ledger_records`` once disagreed on its width after a column was added."""
+    import sqlite3
+
+    from engine.state.ledger.encoding import _INSERT_RECORD, _SCHEMA
+
+    db = sqlite3.connect(":memory:")
+    db.executescript(_SCHEMA)
+    columns = len(db.execute("PRAGMA table_info(ledger_records)").fetchall())
+    assert _INSERT_RECORD.count("?") == columns

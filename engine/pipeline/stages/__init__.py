@@ -14,6 +14,7 @@ from engine.pipeline.stages.dedupe import Dedupe
 from engine.pipeline.stages.hold_quiet_hours import HoldQuietHours
 from engine.pipeline.stages.normalize import Normalize
 from engine.pipeline.stages.render import Render
+from engine.pipeline.stages.require_consent import RequireConsent
 from engine.pipeline.stages.route import CarrierResolver, Route
 from engine.pipeline.stages.same_content import SameContent
 from engine.pipeline.stages.suppress_optouts import SuppressOptouts
@@ -27,6 +28,7 @@ __all__ = [
     "HoldQuietHours",
     "Normalize",
     "Render",
+    "RequireConsent",
     "Route",
     "SameContent",
     "SuppressOptouts",
@@ -48,11 +50,13 @@ def standard_stages(
     shard: tuple[int, int] | None = None,
     variants: Sequence[BoundTemplate] = (),
     split: Split | None = None,
+    consent: RequireConsent | None = None,
 ) -> list[Stage]:
-    """normalize → suppress_optouts → cap → route → render → count_parts → dedupe → same_content
-    → hold_quiet_hours.
+    """normalize → suppress_optouts → require_consent → cap → route → render → count_parts → dedupe
+    → same_content → hold_quiet_hours.
 
-    ``suppress_optouts`` runs when an opt-out set is given (marketing campaigns), ``cap`` when
+    ``suppress_optouts`` runs when an opt-out set is given (marketing campaigns),
+    ``require_consent`` when the campaign requires a consent record (``policy.require_consent``), ``cap`` when
     the engine configures caps for the campaign's kind, ``hold_quiet_hours`` when the campaign
     has a send window (marketing, by default). ``variants`` and ``split``: an A/B test's bound
     templates and who gets which (``render`` picks each row's). ``shard=(index, count)``:
@@ -67,6 +71,7 @@ def standard_stages(
     return [
         Normalize(shard),
         *([SuppressOptouts(optouts)] if optouts is not None else []),
+        *([consent] if consent is not None else []),
         *([caps] if caps is not None else []),
         Route(table, routable, resolvers),
         Render(template, forbid_urls=forbid_urls_in_fields, variants=variants, split=split),

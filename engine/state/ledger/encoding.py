@@ -91,6 +91,9 @@ CREATE TABLE IF NOT EXISTS ledger_leases (
 ) WITHOUT ROWID;
 """
 
+_INSERT_RECORD: Final = "INSERT INTO ledger_records VALUES (" + ", ".join("?" * 17) + ")"
+"""One ``ledger_records`` row, every column in schema order (the tuples ``CampaignLedger`` buffers)."""
+
 _I64: Final = np.dtype("<i8")
 
 

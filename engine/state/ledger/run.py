@@ -23,6 +23,7 @@ from engine.core.messages import (
 )
 from engine.state.ledger.encoding import (
     _FINAL_AT_MOST_ONCE,
+    _INSERT_RECORD,
     _OPEN_MAX,
     _U16,
     INTERRUPTED,
@@ -320,6 +321,25 @@ class CampaignLedger:
             raise
         self.write_error = None
 
+    def commit_with(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """One transaction now: ``statements`` and the records buffered so far — not the
+        statements :meth:`defer` holds for the next hand-over (those keep their moment). Raises
+        :class:`LedgerWriteError` when the store refuses; the buffered records stay buffered."""
+        pending = self._pending[:]
+        try:
+            with _tx(self.db):
+                for sql, params in statements:
+                    self.db.execute(sql, params)
+                if self._pending:
+                    self.db.executemany(
+                        _INSERT_RECORD,
+                        self._pending,
+                    )
+                    self._pending = []
+        except BaseException:
+            self._pending = pending
+            raise
+
     def defer(self, sql: str, params: Sequence[Any]) -> None:
         """Run a statement of the caller's in this ledger's next transaction — the next hand-over,
         answer or :meth:`flush` — so that it becomes durable with what is recorded then (the
@@ -333,7 +353,7 @@ class CampaignLedger:
                 self.db.execute(sql, params)
         if self._pending:
             self.db.executemany(
-                "INSERT INTO ledger_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _INSERT_RECORD,
                 self._pending,
             )
             self._pending = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -494,13 +494,16 @@ class Ledger:
         unmatched: list[DeliveryReport] | None = None,
         *,
         latencies: dict[int, float] | None = None,
+        also: Callable[[sqlite3.Connection, list[tuple[str, int, DeliveryReport]]], None] | None = None,
     ) -> int:
         """Record delivery reports (matched by provider id, else by Pigeon's message id), in one
         transaction; returns how many matched a message of some campaign. Unmatched ones are
         ignored (another system's messages, a campaign archived since, or a message whose submit
         answer is not recorded yet) — and appended to ``unmatched`` when it is given.
         ``latencies``, if given, gets report index → seconds from the gateway's answer to the
-        report, where known."""
+        report, where known. ``also``, if given, is called in that transaction with the
+        connection and each matched (campaign, row, report): what it writes is committed with them
+        (the service's status-callback events)."""
         now = time.time()
         rows: list[tuple[str, int, str, str, float, float, str, float]] = []
         find = self.db.execute
@@ -540,6 +543,8 @@ class Ledger:
         if rows:
             with _tx(self.db):
                 self.db.executemany("INSERT INTO ledger_reports VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                if also is not None:
+                    also(self.db, [(c, row, r) for _, r, (c, row, _) in hits])
         return len(rows)
 
     def index_providers(self) -> int:

@@ -214,6 +214,25 @@ class SqliteStore:
             self._db.executemany("INSERT OR REPLACE INTO consents VALUES (?, ?, ?, ?, ?)", rows)
         return len(rows)
 
+    def load_consents(self) -> OptOutSet:
+        """The numbers with a consent record, as a sorted key set (its ``contains`` finds them)."""
+        cur = self._db.execute("SELECT key FROM consents ORDER BY key")
+        chunks: list[npt.NDArray[np.int64]] = []
+        while rows := cur.fetchmany(_FETCH):
+            chunks.append(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+        return OptOutSet(np.concatenate(chunks) if chunks else None)
+
+    def consented(self, keys: Sequence[int]) -> list[int]:
+        """Indices of the :func:`number_key` ``keys`` that have a consent record (a query per 500)."""
+        found: set[int] = set()
+        for i in range(0, len(keys), 500):
+            chunk = list(keys[i : i + 500])
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                r[0] for r in self._db.execute(f"SELECT key FROM consents WHERE key IN ({marks})", chunk)
+            )
+        return [i for i, k in enumerate(keys) if k in found]
+
     def consent_records(self, numbers: Sequence[str]) -> dict[str, ConsentRecord]:
         """The consents of those of ``numbers`` that gave one."""
         out: dict[str, ConsentRecord] = {}
