@@ -158,6 +158,12 @@ def parser() -> CommandParser:
         help="split the campaign by number across N worker processes (default: engine config, 1)",
     )
     sd.add_argument(
+        "--coordinator",
+        metavar="URL",
+        help="share claims and rate budgets with other workers: redis://host:port/db "
+        "(default: the engine's [coordinator], embedded)",
+    )
+    sd.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
@@ -489,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                 force=args.force,
                 again=args.again,
                 shards=getattr(args, "shards", None),  # resume keeps the engine's
+                coordinator=getattr(args, "coordinator", None),
             )
     except RunAbandoned as exc:
         print(f"error: {with_engine(str(exc), engine)}", file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
-from engine.core.errors import EngineError
+from engine.core.errors import CoordinatorUnavailable  # defined low: the lanes pause on it
 from engine.state.ledger.records import LeaseLost
 
 __all__ = [
@@ -34,11 +34,6 @@ __all__ = [
 def worker_id() -> str:
     """A name for this process that no other worker shares: ``host:pid:random``."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-class CoordinatorUnavailable(EngineError):
-    """The shared store did not answer (down, failing over, timed out). Nothing that needed its
-    answer may go: a request without a claim or a booked budget waits, it is never sent blind."""
 
 
 class LeaseGrant(msgspec.Struct, kw_only=True, frozen=True):

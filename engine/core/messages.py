@@ -88,6 +88,8 @@ class SuppressReason(StrEnum):
     OPTED_OUT = "opted_out"
     CAPPED = "capped"
     SAME_CONTENT = "same_content"
+    CLAIMED_ELSEWHERE = "claimed_elsewhere"
+    """Another worker of a coordinated campaign claimed the recipient first (it records the send)."""
 
 
 class Reject(msgspec.Struct, gc=False, frozen=True):
@@ -241,6 +243,11 @@ class MessageBatch(Sequence[Message]):
             ids=[ids[i] for i in indices],
             params=[params[i] for i in indices] if params is not None else None,
         )
+
+    @property
+    def numbers(self) -> Sequence[str]:
+        """Recipients as normalized (national for China, else E.164), index-aligned."""
+        return self._numbers
 
     def keys(self) -> list[int]:
         """The recipients as :func:`number_key` ints."""

@@ -344,6 +344,20 @@ class RunRecorder:
         for sink in self.sinks:
             sink.released(gateway, chunk, reason)
 
+    def elsewhere(self, chunk: MessageBatch, reason: str) -> None:
+        """Messages queued here that another worker claimed first (a coordinated campaign): recorded
+        ``suppressed`` with ``reason`` in the sinks and the row files — the claiming worker's ledger
+        records the send. Already counted as rows when they were queued."""
+        if not len(chunk):
+            return
+        records = [
+            Reject(row, reason, "claimed by another worker", number, State.SUPPRESSED)
+            for row, number in zip(chunk.rows, chunk.numbers, strict=True)
+        ]
+        self.rows -= len(records)  # dropped() counts them again
+        self.dropped(records)
+        self.metrics.stage_batch("claim", len(records), 0, {reason: len(records)})
+
     def pending(self, chunk: MessageBatch, reason: str) -> None:
         """Messages read but not sent when the run halted (``reason``): ``pending``, for a resume."""
         self.states[State.PENDING] += len(chunk)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import socket
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -10,6 +12,9 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 
+from engine.coordination.contract import BudgetSpec, Coordinator, CoordinatorContext
+from engine.coordination.gate import CoordinatedGate, shared_spec
+from engine.coordination.select import EMBEDDED, open_coordinator
 from engine.core.clock import Clock
 from engine.core.config import convert_section
 from engine.core.errors import (
@@ -110,6 +115,50 @@ async def _serving(gateways: list[Receiving], scope: anyio.CancelScope) -> None:
                 tg.start_soon(gw.serve)
 
 
+def worker_name(store_path: Path) -> str:
+    """This worker's name as a coordinator's claims know it: the host and its store, so a worker
+    restarted on the same store finds its own claims ``MINE`` (and its ledger decides)."""
+    digest = hashlib.sha1(str(store_path.resolve()).encode()).hexdigest()[:10]
+    return f"{socket.gethostname()}:{digest}"
+
+
+def open_gate(plan: Plan, notify: Callable[[str], None] | None) -> CoordinatedGate | None:
+    """The lanes' gate to the engine's coordinator; None for the embedded one (one process).
+    Call inside the run's event loop (the plugin may create async clients)."""
+    ecfg = plan.engine.config
+    ccfg = ecfg.coordinator
+    if ccfg.plugin == EMBEDDED:
+        return None
+    file, most = plan.engine.file, plan.max_parts
+    carriers: dict[str, BudgetSpec] = {
+        c: shared_spec(
+            cc.rate_per_second, most, ccfg.burst, ccfg.margin, key=f"carriers.{c}.rate_per_second", file=file
+        )
+        for c, cc in ecfg.carriers.items()
+        if cc.rate_per_second
+    }
+    gateways = {
+        g: shared_spec(
+            gc.rate_per_second, most, ccfg.burst, ccfg.margin, key=f"gateways.{g}.rate_per_second", file=file
+        )
+        for g, gc in ecfg.gateways.items()
+        if gc.rate_per_second
+    }
+    store = plan.engine.store_path
+    ctx = CoordinatorContext(worker=worker_name(store), store_path=store)
+    coordinator: Coordinator = open_coordinator(
+        plan.host.coordinators, ccfg.plugin, ccfg.options, ctx, file=file
+    )
+    return CoordinatedGate(
+        coordinator,
+        plan.campaign.id,
+        carrier_budgets=carriers,
+        gateway_budgets=gateways,
+        notify=notify,
+        pause=ccfg.pause,
+    )
+
+
 RECENT_SECONDS = 3.0
 """How far back a starting run looks for requests of earlier runs (a killed one's may still be on
 their way): a window, plus the time a request may take to arrive."""
@@ -180,6 +229,7 @@ async def _send(
     counting = plan.caps is not None or plan.same_content is not None
     store = SqliteStore(plan.engine.store_path) if counting else None
     halt = Halt()
+    gate: CoordinatedGate | None = None
     health = RouteHealth(
         clock,
         limit=ecfg.outage.limit,
@@ -189,6 +239,7 @@ async def _send(
         campaign=plan.campaign.id,
     )
     try:
+        gate = open_gate(plan, notify) if shared is None else None
         for name in sorted({g for names in plan.failover.values() for g in names}):
             if shared is not None:
                 gateways[name] = shared.gateways[name]
@@ -276,6 +327,7 @@ async def _send(
                     priority=kind,
                     on_idle=ledger.flush if ledger is not None else None,
                     health=health,
+                    gate=gate,
                 )
                 tg.start_soon(lane.run, rx)
             try:
@@ -343,6 +395,9 @@ async def _send(
         for gw in gateways.values() if shared is None else ():
             with anyio.move_on_after(10, shield=True), suppress(Exception):
                 await gw.aclose()
+        if gate is not None:
+            with anyio.move_on_after(5, shield=True), suppress(Exception):
+                await gate.coordinator.aclose()
     if progress is not None:
         progress(recorder, time.perf_counter() - started, 1.0, True)
     summary = _summarize(plan, recorder, "send", time.perf_counter() - started, str(run_dir))

@@ -1,0 +1,168 @@
+"""The lanes' gate to a coordinator: each request's claims and shared rate budgets; a pause when it is down.
+
+:class:`CoordinatedGate` is the :class:`~engine.sending.sender.SharedGate` a run's lanes call when
+the engine names a coordinator (``[coordinator]``, ``pigeon send --coordinator``). Per request,
+never per message:
+
+* ``claim`` — one call for the request's recipients (``Coordinator.claim``); those another worker
+  holds leave the request (recorded ``suppressed``, ``claimed_elsewhere``: the claiming worker's
+  ledger records the send);
+* ``charge`` — the request's billed parts on the carrier's budget (key ``(*, carrier, all)``,
+  the carrier's ``rate_per_second`` for all workers together) and on the gateway's
+  (``(gateway, *, all)``, its ``rate_per_second``). The carrier's is booked first; when the
+  gateway's then says wait, the carrier's booking stays spent (a little throughput lost, never
+  a window over its rate).
+
+A store that does not answer raises :class:`~engine.core.errors.CoordinatorUnavailable` through
+the gate: the lane waits :attr:`CoordinatedGate.pause` seconds and asks again, and the gate says
+"paused" (then every few seconds, then "resumed") — a request never goes without its claims.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+
+from engine.coordination.contract import BudgetKey, BudgetSpec, Claim, Coordinator
+from engine.core.errors import ConfigError, CoordinatorUnavailable
+from engine.core.messages import MessageBatch
+
+__all__ = ["ALL", "CoordinatedGate", "shared_spec"]
+
+log = logging.getLogger("pigeon.coordination")
+
+ALL = "*"
+"""The budget key's part that stands for "every gateway" or "every carrier"."""
+LANE = "all"
+"""The lane every budget is kept for (a transactional reserve would be a lane of its own)."""
+_SAY_EVERY = 5.0
+
+
+def shared_spec(
+    rate: float, max_parts: int, burst_share: float, margin: float, *, key: str, file: str
+) -> BudgetSpec:
+    """The shared budget of ``rate`` parts/s: the largest request ``burst_share`` of the rate (at
+    least one message of ``max_parts``, below the rate). ConfigError (naming ``key``) when one
+    message would not fit below the rate."""
+    burst = max(max_parts, min(math.floor(rate * burst_share), math.ceil(rate) - 1))
+    if burst >= rate:
+        raise ConfigError(
+            file,
+            key,
+            f"{rate:g} parts/s shared by the workers leaves no room for one message of {max_parts} parts "
+            f"and the GCRA's burst: raise it above {max_parts}",
+        )
+    return BudgetSpec(rate=rate, burst=burst, margin=margin)
+
+
+def _keys(batch: MessageBatch) -> list[str]:
+    """The recipients as a coordinator's claims name them (their number keys, as text)."""
+    return list(map(str, batch.keys()))
+
+
+class CoordinatedGate:
+    """Claims and shared budgets of one campaign on ``coordinator`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        campaign: str,
+        *,
+        carrier_budgets: Mapping[str, BudgetSpec],
+        gateway_budgets: Mapping[str, BudgetSpec],
+        notify: Callable[[str], None] | None = None,
+        pause: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.coordinator = coordinator
+        self.campaign = campaign
+        self.carrier_budgets = dict(carrier_budgets)
+        self.gateway_budgets = dict(gateway_budgets)
+        self.notify = notify
+        self.pause = pause
+        self.clock = clock
+        self.down_since: float | None = None
+        """Monotonic time the store stopped answering (None while it answers)."""
+        self._said = -math.inf
+        self.claims = self.taken = self.charges = self.calls = 0
+        """Recipients claimed by this worker, found claimed by another, requests booked, store calls."""
+
+    # -- claims ------------------------------------------------------------------------------------
+
+    async def claim(self, batch: MessageBatch) -> list[int]:
+        """Claim ``batch``'s recipients in one call; the indices another worker holds."""
+        keys = _keys(batch)
+        self.calls += 1
+        answers = await self.coordinator.claim(self.campaign, keys)
+        taken = [i for i, a in enumerate(answers) if a is Claim.TAKEN]
+        self.taken += len(taken)
+        self.claims += len(answers) - len(taken)
+        return taken
+
+    async def release(self, batch: MessageBatch) -> None:
+        """Give back the claims of a request that never left; a store that does not answer keeps them."""
+        try:
+            self.calls += 1
+            await self.coordinator.release_claims(self.campaign, _keys(batch))
+        except CoordinatorUnavailable:
+            pass
+
+    # -- budgets -----------------------------------------------------------------------------------
+
+    def _specs(self, gateway: str, carrier: str) -> list[tuple[BudgetKey, BudgetSpec]]:
+        out = []
+        c = self.carrier_budgets.get(carrier)
+        if c is not None:
+            out.append((BudgetKey(ALL, carrier, LANE), c))
+        g = self.gateway_budgets.get(gateway)
+        if g is not None:
+            out.append((BudgetKey(gateway, ALL, LANE), g))
+        return out
+
+    def burst(self, gateway: str, carrier: str) -> int | None:
+        """The most parts one request may take on these budgets (None: no shared budget)."""
+        specs = self._specs(gateway, carrier)
+        return min(s.burst for _, s in specs) if specs else None
+
+    async def charge(self, gateway: str, carrier: str, parts: int) -> float:
+        """Book ``parts`` on the carrier's, then the gateway's shared budget; the first wait asked."""
+        for key, spec in self._specs(gateway, carrier):
+            self.calls += 1
+            wait = await self.coordinator.charge(key, spec, parts)
+            if wait > 0:
+                return wait
+        self.charges += 1
+        return 0.0
+
+    # -- the store's health ----------------------------------------------------------------------
+
+    def unavailable(self, error: CoordinatorUnavailable, waiting: int) -> None:
+        """The store did not answer: sending is paused; say so now and every few seconds."""
+        now = self.clock()
+        if self.down_since is None:
+            self.down_since = now
+            log.warning(
+                "coordinator unreachable: %s",
+                error,
+                extra={"event": "coordinator.down", "reason": "unreachable"},
+            )
+        if self.notify is not None and now - self._said >= _SAY_EVERY:
+            self._said = now
+            self.notify(
+                f"coordinator {self.coordinator.name} unreachable for {now - self.down_since:.0f} s "
+                f"({error}): sending paused, {waiting:,} recipients waiting — nothing goes without its claim"
+            )
+
+    def available(self) -> None:
+        """The store answered: if it had not, sending resumes (said once)."""
+        if self.down_since is not None:
+            gone = self.clock() - self.down_since
+            self.down_since = None
+            self._said = -math.inf
+            log.info("coordinator answers again", extra={"event": "coordinator.up"})
+            if self.notify is not None:
+                self.notify(
+                    f"coordinator {self.coordinator.name} answers again after {gone:.0f} s: sending resumed"
+                )
