@@ -75,7 +75,14 @@ from engine.core.registries import (
     SourceRegistry,
     WebhookParserRegistry,
 )
-from engine.pipeline.source import SegmentReader, SegmentSource, SourceBatch, SourceContext
+from engine.pipeline.source import (
+    RangedSource,
+    SegmentRange,
+    SegmentReader,
+    SegmentSource,
+    SourceBatch,
+    SourceContext,
+)
 from engine.sending.gateway import Gateway, GatewayContext, InboundSink, Receiving, about_to_write
 from engine.sending.settling import Journal, ProviderStatus, Settled, SettleQuery, Settling, request_key
 from engine.sending.webhooks import MoReply, WebhookError, WebhookParser
@@ -116,12 +123,14 @@ __all__ = [
     "Outcome",
     "ProviderParams",
     "ProviderStatus",
+    "RangedSource",
     "Receiving",
     "Registration",
     "Reject",
     "RejectReason",
     "ResolverRegistry",
     "RunHalt",
+    "SegmentRange",
     "SegmentReader",
     "SegmentSource",
     "SettleQuery",
