@@ -40,6 +40,8 @@ from engine.coordination.contract import (
     CoordinatorUnavailable,
     LeaseGrant,
     LeaseLost,
+    RangeQueue,
+    TakenRange,
 )
 from engine.core.errors import (
     ConfigError,
@@ -123,6 +125,7 @@ __all__ = [
     "Outcome",
     "ProviderParams",
     "ProviderStatus",
+    "RangeQueue",
     "RangedSource",
     "Receiving",
     "Registration",
@@ -141,6 +144,7 @@ __all__ = [
     "SourceError",
     "SourceRegistry",
     "SubmitResult",
+    "TakenRange",
     "WebhookError",
     "WebhookParser",
     "WebhookParserRegistry",

@@ -86,20 +86,33 @@ class CoordinatedGate:
         self.down_since: float | None = None
         """Monotonic time the store stopped answering (None while it answers)."""
         self._said = -math.inf
-        self.claims = self.taken = self.charges = self.calls = 0
-        """Recipients claimed by this worker, found claimed by another, requests booked, store calls."""
+        self.claims = self.taken = self.adopted = self.charges = self.calls = 0
+        """Recipients claimed by this worker, found claimed by another, taken over from a dead one,
+        requests booked, store calls."""
+        self.adopt = ""
+        """The dead worker whose range this worker is sending now: its claims are taken over."""
+        self.resend_adopted = False
+        """Whether recipients a dead worker claimed are sent again (every gateway is idempotent:
+        the provider drops a message id it has seen) or end ``unknown`` (the default)."""
 
     # -- claims ------------------------------------------------------------------------------------
 
-    async def claim(self, batch: MessageBatch) -> list[int]:
-        """Claim ``batch``'s recipients in one call; the indices another worker holds."""
+    async def claim(self, batch: MessageBatch) -> tuple[list[int], list[int]]:
+        """Claim ``batch``'s recipients in one call, tagged with their rows (the same number on
+        another row is ``TAKEN``: a duplicate across ranges). Returns the indices another worker or
+        row holds, and those adopted from :attr:`adopt` that must not be resent (unless
+        :attr:`resend_adopted`)."""
         keys = _keys(batch)
         self.calls += 1
-        answers = await self.coordinator.claim(self.campaign, keys)
+        answers = await self.coordinator.claim(
+            self.campaign, keys, tags=list(map(str, batch.rows)), adopt=self.adopt
+        )
         taken = [i for i, a in enumerate(answers) if a is Claim.TAKEN]
+        doubtful = [] if self.resend_adopted else [i for i, a in enumerate(answers) if a is Claim.ADOPTED]
         self.taken += len(taken)
-        self.claims += len(answers) - len(taken)
-        return taken
+        self.adopted += sum(a is Claim.ADOPTED for a in answers)
+        self.claims += len(answers) - len(taken) - len(doubtful)
+        return taken, doubtful
 
     async def release(self, batch: MessageBatch) -> None:
         """Give back the claims of a request that never left; a store that does not answer keeps them."""

@@ -358,6 +358,17 @@ class RunRecorder:
         self.dropped(records)
         self.metrics.stage_batch("claim", len(records), 0, {reason: len(records)})
 
+    def doubtful(self, gateway: str, chunk: MessageBatch, reason: str) -> None:
+        """Messages another (dead) worker claimed and may have sent: recorded ``unknown`` with
+        ``reason`` (never resent blindly), as if ``gateway`` had answered so — no request made."""
+        if not len(chunk):
+            return
+        answers = [SubmitResult(Outcome.UNKNOWN, code=reason)] * len(chunk)
+        for sink in self.sinks:
+            sink.results(gateway, chunk, answers)
+        self.states[State.UNKNOWN] += len(chunk)
+        self._reason(State.UNKNOWN, reason, len(chunk))
+
     def pending(self, chunk: MessageBatch, reason: str) -> None:
         """Messages read but not sent when the run halted (``reason``): ``pending``, for a resume."""
         self.states[State.PENDING] += len(chunk)

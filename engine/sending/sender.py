@@ -82,8 +82,10 @@ class SharedGate(Protocol):
     pause: float
     """Seconds a lane waits before asking a store that did not answer again."""
 
-    async def claim(self, batch: MessageBatch) -> list[int]:
-        """Claim the request's recipients for this worker; the indices another worker holds."""
+    async def claim(self, batch: MessageBatch) -> tuple[list[int], list[int]]:
+        """Claim the request's recipients for this worker: the indices another worker (or another
+        row) holds, and those taken over from a dead worker that may have sent them already and
+        must not be resent (they end ``unknown``)."""
         ...
 
     async def release(self, batch: MessageBatch) -> None:
@@ -548,16 +550,19 @@ class Lane:
             if gate is not None and not claimed and not handed:
                 # Claimed for this worker before anything else: a request never goes without it.
                 try:
-                    taken = await gate.claim(pending)
+                    taken, doubtful = await gate.claim(pending)
                 except CoordinatorUnavailable as exc:
                     await self._gate_down(exc)
                     continue
                 gate.available()
                 claimed = True
-                if taken:
-                    recorder.elsewhere(pending.take(taken), "claimed_elsewhere")
-                    metrics.queued(priority, carrier, -len(taken))
-                    gone = set(taken)
+                if taken or doubtful:
+                    if taken:
+                        recorder.elsewhere(pending.take(taken), "claimed_elsewhere")
+                    if doubtful:  # a dead worker claimed them: maybe sent, never resent blindly
+                        recorder.doubtful(self.primary.name, pending.take(doubtful), "claimed_by_dead_worker")
+                    metrics.queued(priority, carrier, -len(taken) - len(doubtful))
+                    gone = set(taken) | set(doubtful)
                     pending = pending.take([i for i in range(len(pending)) if i not in gone])
                     continue
             if attempt >= policy.max_attempts:

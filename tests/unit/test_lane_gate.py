@@ -70,12 +70,18 @@ class MemoryCoordinator:
         self.charged.append(parts)
         return 0.0
 
-    async def claim(self, campaign: str, recipients: Sequence[str]) -> list[Claim]:
+    async def claim(
+        self, campaign: str, recipients: Sequence[str], *, tags: Sequence[str] | None = None, adopt: str = ""
+    ) -> list[Claim]:
         self._check()
         out = []
         for r in recipients:
             owner = self.shared.claims.setdefault(r, self.worker)
-            out.append(Claim.NEW if owner == self.worker else Claim.TAKEN)
+            if owner == adopt:
+                self.shared.claims[r] = self.worker
+                out.append(Claim.ADOPTED)
+            else:
+                out.append(Claim.NEW if owner == self.worker else Claim.TAKEN)
         return out
 
     async def release_claims(self, campaign: str, recipients: Sequence[str]) -> int:
@@ -191,3 +197,24 @@ async def test_the_shared_budget_splits_requests_to_its_burst_and_is_waited_for(
     assert all(x.total_parts() <= 10 for x in gateway.batches)
     assert coordinator.charged == [x.total_parts() for x in gateway.batches], "each request booked once"
     assert sum(coordinator.charged) == 100
+
+
+@pytest.mark.parametrize("resend", [False, True])
+async def test_a_dead_workers_claims_end_unknown_unless_the_gateways_are_idempotent(
+    anyio_backend: object, resend: bool
+) -> None:
+    shared = SharedMemory()
+    shared.claims = {f"138{r:08d}": "dead" for r in range(2, 12)}  # it claimed 10, then died
+    lane, gateway, recorder = _lane(MemoryCoordinator(shared, "A"), [])
+    assert lane.gate is not None
+    lane.gate.adopt = "dead"  # type: ignore[attr-defined]
+    lane.gate.resend_adopted = resend  # type: ignore[attr-defined]
+    await _feed(lane, [_batch(2, 50)])
+    sent = sorted(r for x in gateway.batches for r in x.rows)
+    if resend:
+        assert sent == list(range(2, 52)) and recorder.states == {"sent": 50}
+    else:
+        assert sent == list(range(12, 52))
+        assert recorder.states == {"sent": 40, "unknown": 10}
+        assert recorder.reasons["unknown"] == {"claimed_by_dead_worker": 10}
+    assert set(shared.claims.values()) == {"A"}

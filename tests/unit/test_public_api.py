@@ -26,7 +26,7 @@ PINNED = {
     "about_to_write", "hookimpl", "mask", "Journal", "ProviderStatus", "SettleQuery", "Settled", "Settling",
     "request_key", "BudgetKey", "BudgetSpec", "CampaignBusy", "Claim", "Coordinator", "CoordinatorContext",
     "CoordinatorRegistry", "CoordinatorUnavailable", "LeaseGrant", "LeaseHolder", "LeaseLost", "RangedSource",
-    "SegmentRange",
+    "SegmentRange", "RangeQueue", "TakenRange",
 }  # fmt: skip
 
 
