@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
@@ -231,6 +231,6 @@ class RangeQueue(Protocol):
         """This worker's figures for ``pigeon status`` (sent, rate, ranges done…)."""
         ...
 
-    async def queue_state(self, campaign: str) -> dict[str, object]:
+    async def queue_state(self, campaign: str) -> dict[str, Any]:
         """The campaign's queue as ``pigeon status`` shows it: ranges, rows, done, by worker, workers."""
         ...

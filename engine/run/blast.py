@@ -24,6 +24,7 @@ from engine.core.messages import DeliveryReport, MessageBatch, State
 from engine.core.sendwindow import SendWindow
 from engine.observability.metrics import NO_METRICS, Metrics
 from engine.observability.report import RejectsWriter, RunRecorder, RunSummary, close_writers
+from engine.pipeline.source import SegmentRange
 from engine.pipeline.stages.same_content import content_hash
 from engine.run.control import RunControl, SendResources
 from engine.run.plan import Plan, ProgressHook, _summarize, _verdict, prepare_run
@@ -203,19 +204,22 @@ async def _send(
     recorder: RunRecorder | None = None,
     shard: tuple[int, int] | None = None,
     on_finish: Callable[[bool], None] | None = None,
+    part: SegmentRange | None = None,
+    gate: CoordinatedGate | None = None,
 ) -> RunSummary:
     """Send ``plan``; ``control`` pauses and resumes it between batches, ``shared`` lends it the
     gateways and budgets of a long-running service (not opened or closed here), ``recorder`` lets
     the caller watch the counts while it runs. ``shard=(index, count)`` sends only that shard's
     rows, and ``on_finish`` is then told whether the shard handled all of them, instead of the
     ledger marking the campaign finished (:mod:`engine.run.shards`: the parent does, once every shard
-    is done)."""
+    is done). ``part`` sends only that byte range of the segment and ``gate`` lends it the
+    worker's coordinator (not closed here): :mod:`engine.run.worker`."""
     started = time.perf_counter()
     ecfg = plan.engine.config
     recorder = recorder or RunRecorder(plan.prices)
     if ledger is not None:
         recorder.sinks.append(ledger)
-    segment = plan.open_segment(shard)  # template and header checks: before any gateway opens
+    segment = plan.open_segment(shard, part)  # template and header checks: before any gateway opens
     kind = plan.campaign.config.kind
     recorder.metrics = segment.runner.metrics = metrics
     prepare_run(metrics, plan, [s.name for s in segment.runner.stages])
@@ -229,7 +233,7 @@ async def _send(
     counting = plan.caps is not None or plan.same_content is not None
     store = SqliteStore(plan.engine.store_path) if counting else None
     halt = Halt()
-    gate: CoordinatedGate | None = None
+    own_gate = gate is None
     health = RouteHealth(
         clock,
         limit=ecfg.outage.limit,
@@ -239,7 +243,8 @@ async def _send(
         campaign=plan.campaign.id,
     )
     try:
-        gate = open_gate(plan, notify) if shared is None else None
+        if gate is None and shared is None:
+            gate = open_gate(plan, notify)
         for name in sorted({g for names in plan.failover.values() for g in names}):
             if shared is not None:
                 gateways[name] = shared.gateways[name]
@@ -255,6 +260,8 @@ async def _send(
             gateways[name] = reg.factory(
                 opts, GatewayContext(name=name, base_dir=plan.engine.base_dir, run_dir=run_dir)
             )
+        if gate is not None:  # a dead worker's claims are sent again only where the provider dedupes
+            gate.resend_adopted = all(gw.idempotent for gw in gateways.values())
         floor = plan.max_parts
         limiters: dict[str, SlidingWindowLimiter] = {
             c: SlidingWindowLimiter(cc.rate_per_second, min_rate=floor)
@@ -395,7 +402,7 @@ async def _send(
         for gw in gateways.values() if shared is None else ():
             with anyio.move_on_after(10, shield=True), suppress(Exception):
                 await gw.aclose()
-        if gate is not None:
+        if gate is not None and own_gate:
             with anyio.move_on_after(5, shield=True), suppress(Exception):
                 await gate.coordinator.aclose()
     if progress is not None:

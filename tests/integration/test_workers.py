@@ -1,0 +1,127 @@
+"""``pigeon worker --coordinator redis://…``: worker processes take a campaign's byte ranges from a Redis
+Stream and send them to one HTTP simulator; two are SIGKILLed mid-run and one joins late.
+
+Each worker is a subprocess with its own store (as on its own host). The simulator's log is the
+judge: every eligible recipient received exactly once, none missing, and the carrier's rate held
+in every 1 s window of what arrived. The gateway sends each message's id as its idempotency key,
+so a range reclaimed from a killed worker sends that worker's claimed rows again under the same ids
+and the simulator drops the ones it had (docs/scale-out.md). asyncio only (redis-py); DB 12 unless
+``PIGEON_TEST_REDIS_URL``, a key prefix per test.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("redis")
+
+import redis
+
+from engine.state.ledger.records import LedgerState
+from engine.state.ledger.store import Ledger
+from loadtests.simulator import SimConfig, SimulatorThread
+from tests.integration.crash_harness import files, segment, start
+
+URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+RATE = 4000
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    try:
+        client = redis.Redis.from_url(URL, socket_connect_timeout=1)
+        client.ping()
+    except redis.RedisError as exc:
+        hint = f"no Redis answers at {URL} ({exc}): apt-get install redis-server, or run .ci/run"
+        if os.environ.get("PIGEON_REQUIRE_REDIS"):
+            pytest.fail(hint)
+        pytest.skip(hint)
+    p = f"pigeon-test-{secrets.token_hex(4)}"
+    yield p
+    keys = list(client.scan_iter(match=f"{p}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def _worker_dir(root: Path, name: str, port: int, seg: Path, prefix: str) -> Path:
+    d = root / name
+    d.mkdir()
+    shutil.copy(seg, d / "seg.csv")
+    files(
+        d,
+        port,
+        store=d / "pigeon.db",
+        gateway="in_flight = 4",
+        max_batch=100,
+        options="idempotency_key = true\nidempotent = true",
+        cm=f"rate_per_second = {RATE}",
+        extra=f'[coordinator]\nplugin = "redis"\n[coordinator.options]\nurl = "{URL}"\nprefix = "{prefix}"\n',
+    )
+    return d
+
+
+def _worker(d: Path) -> subprocess.Popen[str]:
+    return start(["worker", str(d / "campaign.toml"), "--range-kb", "16", "--lease", "2"], d, quiet=False)
+
+
+def test_four_workers_two_killed_one_joining_send_everyone_once_within_the_rate(
+    tmp_path: Path, prefix: str
+) -> None:
+    rows = 24_000
+    eligible, _dups = segment(tmp_path / "seg.csv", rows)
+    numbers = {f"+86138{r - 2:08d}" for r in eligible}
+    with SimulatorThread(SimConfig()) as sim:
+        dirs = [_worker_dir(tmp_path, f"w{i}", sim.port, tmp_path / "seg.csv", prefix) for i in range(4)]
+        procs = [_worker(d) for d in dirs[:3]]
+        deadline = time.monotonic() + 60
+        while len(sim.log) < 6000 and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), "a worker ended early"
+            time.sleep(0.01)
+        for p in procs[:2]:  # two workers die mid-range, claims taken, requests in flight
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        at_kill = len(sim.log)
+        joiner = _worker(dirs[3])
+        outs = {}
+        for name, p in (("w2", procs[2]), ("w3", joiner)):
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, f"{name}: {err}"
+            outs[name] = err
+        peak = sim.max_arrived_parts_per_second()
+        log = list(sim.log)
+    assert at_kill < len(eligible) - 3000, "the kills came mid-run"
+    received = Counter(to for _, _, to, _, _ in log)
+    twice = [n for n, c in received.items() if c > 1]
+    assert not twice, f"{len(twice)} recipients received twice"
+    assert set(received) == numbers, f"{len(numbers - set(received))} recipients missing"
+    assert peak["cm"] <= RATE, f"{peak['cm']} parts arrived in one second, over {RATE}"
+    assert "reclaimed from" in outs["w2"] + outs["w3"], "the dead workers' ranges were reclaimed"
+    final = (LedgerState.SUBMITTED, LedgerState.SUPPRESSED, LedgerState.REJECTED, LedgerState.UNKNOWN)
+    recorded: dict[str, set[int]] = {}
+    sent: dict[str, set[int]] = {}
+    for d in dirs:
+        ledger = Ledger(d / "pigeon.db")
+        try:
+            recorded[d.name] = set(ledger.rows_in("crash", *final).tolist()) & set(range(2, rows + 2))
+            sent[d.name] = set(ledger.rows_in("crash", LedgerState.SUBMITTED).tolist())
+            submitting = ledger.rows_in("crash", LedgerState.SUBMITTING).size
+        finally:
+            ledger.close()
+        if d.name in ("w2", "w3"):
+            assert not submitting, f"{d.name}: rows left submitting"
+    assert set().union(*recorded.values()) == set(range(2, rows + 2)), "a row no ledger recorded"
+    assert not recorded["w2"] & recorded["w3"], "a row recorded by both surviving workers"
+    assert sent["w3"], "the worker that joined mid-run took ranges"
+    unknown_or_sent = sent["w2"] | sent["w3"] | sent["w0"] | sent["w1"]
+    assert not eligible - unknown_or_sent, "an eligible row no ledger recorded sent"
