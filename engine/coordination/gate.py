@@ -107,6 +107,9 @@ class CoordinatedGate:
         answers = await self.coordinator.claim(
             self.campaign, keys, tags=list(map(str, batch.rows)), adopt=self.adopt
         )
+        if answers.count(Claim.NEW) == len(answers):  # the usual case, one C scan
+            self.claims += len(answers)
+            return [], []
         taken = [i for i, a in enumerate(answers) if a is Claim.TAKEN]
         doubtful = [] if self.resend_adopted else [i for i, a in enumerate(answers) if a is Claim.ADOPTED]
         self.taken += len(taken)

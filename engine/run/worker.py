@@ -30,15 +30,20 @@ import msgspec
 from engine.coordination.contract import RangeQueue, TakenRange
 from engine.coordination.gate import CoordinatedGate
 from engine.core.clock import Clock
+from engine.core.config import convert_section
 from engine.core.errors import ConfigError, CoordinatorUnavailable, RunAbandoned, SourceError
 from engine.observability.metrics import Metrics
 from engine.observability.report import RunRecorder, RunSummary
 from engine.pipeline.source import RangedSource
-from engine.run.blast import _send, open_gate, worker_name
+from engine.run.blast import _RunSink, _send, _serving, open_gate, worker_name
+from engine.run.control import SendResources
 from engine.run.plan import Plan, ProgressHook, _open_ledger, _summarize, check_segment, new_run_dir
 from engine.run.send import _backend_options, check_coordinator, coordinator_from_url
 from engine.run.shards import check_budgets
 from engine.run.signals import quiet_gc
+from engine.sending.gateway import Gateway, GatewayContext, Receiving
+from engine.sending.ratelimit import SlidingWindowLimiter
+from engine.sending.retry import Breaker
 from engine.state.ledger.run import CampaignLedger
 
 __all__ = ["RANGE_BYTES", "work"]
@@ -275,7 +280,62 @@ async def _wait_until_done(job: _Job, gate: CoordinatedGate, queue: RangeQueue) 
             await job.stop.wait()
 
 
+def _resources(plan: Plan, run_dir: Path) -> SendResources:
+    """The worker's gateways, budgets and breakers, opened once and lent to every range's run
+    (a range is seconds of sending: a gateway's pool per range would cost more than its rows)."""
+    cfg, floor = plan.engine.config, plan.max_parts
+    gateways: dict[str, Gateway] = {}
+    for name in sorted({g for names in plan.failover.values() for g in names}):
+        gcfg = cfg.gateways[name]
+        reg = plan.host.gateways.get(gcfg.plugin)
+        opts = convert_section(
+            gcfg.options, reg.config_type, file=plan.engine.file, path=f"gateways.{name}.options"
+        )
+        gateways[name] = reg.factory(
+            opts, GatewayContext(name=name, base_dir=plan.engine.base_dir, run_dir=run_dir)
+        )
+    return SendResources(
+        gateways=gateways,
+        limiters={
+            c: SlidingWindowLimiter(cc.rate_per_second, min_rate=floor)
+            for c, cc in cfg.carriers.items()
+            if cc.rate_per_second
+        },
+        gateway_limiters={
+            n: SlidingWindowLimiter(rate, min_rate=floor)
+            for n in gateways
+            if (rate := cfg.gateways[n].rate_per_second)
+        },
+        breakers={
+            n: Breaker(cfg.gateways[n].breaker_threshold, cfg.gateways[n].breaker_cooldown) for n in gateways
+        },
+    )
+
+
 async def _take_ranges(job: _Job, gate: CoordinatedGate, queue: RangeQueue, me: str) -> None:
+    resources = _resources(job.plan, job.run_dir)
+    inbound: list[Receiving] = [g for g in resources.gateways.values() if isinstance(g, Receiving)]
+    reading = anyio.CancelScope()
+    try:
+        async with anyio.create_task_group() as tg:
+            if inbound:  # receipts and replies read on the binds while the worker runs (SMPP, CMPP)
+                sink = _RunSink(job.plan, job.ledger, job.metrics)
+                for receiver in inbound:
+                    receiver.attach(sink)
+                tg.start_soon(_serving, inbound, reading)
+            try:
+                await _ranges(job, gate, queue, me, resources)
+            finally:
+                reading.cancel()
+    finally:
+        for gw in resources.gateways.values():
+            with anyio.move_on_after(10, shield=True), suppress(Exception):
+                await gw.aclose()
+
+
+async def _ranges(
+    job: _Job, gate: CoordinatedGate, queue: RangeQueue, me: str, resources: SendResources
+) -> None:
     plan, campaign = job.plan, job.plan.campaign.id
     while not job.stop.is_set():
         taken: TakenRange | None = await _retrying(
@@ -304,6 +364,7 @@ async def _take_ranges(job: _Job, gate: CoordinatedGate, queue: RangeQueue, me: 
                 job.stop,
                 job.metrics,
                 job.ledger,
+                shared=resources,
                 recorder=job.recorder,
                 on_finish=finished.append,
                 part=taken.part,

@@ -63,6 +63,8 @@ def tag(name: str) -> str:
 
 
 _CLAIMS = {0: Claim.TAKEN, 1: Claim.NEW, 2: Claim.MINE, 3: Claim.ADOPTED}
+_SEP = "\x1f"
+_DIGITS = {48 + int(c): c for c in (Claim.TAKEN, Claim.NEW, Claim.MINE, Claim.ADOPTED)}
 GROUP = "workers"
 """The consumer group every worker of a campaign reads its ranges stream with."""
 
@@ -209,17 +211,18 @@ class RedisCoordinator:
             return []
         if tags is not None and len(tags) != len(recipients):
             raise ValueError("one tag per recipient")
+        joined, tagged = _SEP.join(recipients), _SEP.join(tags) if tags is not None else ""
+        for what, items, text in (("recipient", recipients, joined), ("tag", tags, tagged)):
+            if items is not None and ("" in items or text.count(_SEP) != len(items) - 1):
+                raise ValueError(f"a {what} is empty or holds \\x1f")
         keys = [self.claims_key(campaign)]
-        args: list[Arg] = [
-            self.worker,
-            self._claim_ttl_ms,
-            adopt,
-            len(recipients),
-            *recipients,
-            *(tags or ()),
-        ]
-        res: list[int] = await self._call("claim recipients", lambda: self._claim(keys=keys, args=args))
-        return [_CLAIMS[int(r)] for r in res]
+        args: list[Arg] = [self.worker, self._claim_ttl_ms, adopt, joined, tagged]
+        res: bytes = await self._call("claim recipients", lambda: self._claim(keys=keys, args=args))
+        if len(res) != len(recipients):
+            raise CoordinatorUnavailable(f"claim script answered {len(res)} for {len(recipients)} recipients")
+        if res.count(49) == len(res):  # every one new: no per-recipient lookup
+            return [Claim.NEW] * len(res)
+        return [_DIGITS[b] for b in res]
 
     async def release_claims(self, campaign: str, recipients: Sequence[str]) -> int:
         """Give back this worker's claims on ``recipients``."""

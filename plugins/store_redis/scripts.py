@@ -75,37 +75,41 @@ return 0
 
 CLAIM: Final = """
 -- KEYS[1] the campaign's claims hash (recipient -> worker[|tag])
--- ARGV owner, ttl_ms, adopt, n, recipients[1..n] [, tags[1..n]]
+-- ARGV owner, ttl_ms, adopt, recipients and tags each joined by \\x1f (tags may be '')
 local owner = ARGV[1]
 local adopt = ARGV[3]
-local n = tonumber(ARGV[4])
-local tagged = #ARGV == 4 + 2 * n
+local recipients, tags = {}, {}
+for r in string.gmatch(ARGV[4], '[^\\31]+') do recipients[#recipients + 1] = r end
+if ARGV[5] ~= '' then
+  for t in string.gmatch(ARGV[5], '[^\\31]+') do tags[#tags + 1] = t end
+end
 local out = {}
-for i = 1, n do
-  local r = ARGV[4 + i]
+for i = 1, #recipients do
+  local r = recipients[i]
   local v = owner
-  if tagged then v = owner .. '|' .. ARGV[4 + n + i] end
+  if tags[i] then v = owner .. '|' .. tags[i] end
   if redis.call('HSETNX', KEYS[1], r, v) == 1 then
-    out[i] = 1
+    out[i] = '1'
   else
     local cur = redis.call('HGET', KEYS[1], r)
     if cur == v then
-      out[i] = 2
+      out[i] = '2'
     elseif adopt ~= '' and (cur == adopt or string.sub(cur, 1, #adopt + 1) == adopt .. '|') then
       redis.call('HSET', KEYS[1], r, v)
-      out[i] = 3
+      out[i] = '3'
     else
-      out[i] = 0
+      out[i] = '0'
     end
   end
 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return out
+return table.concat(out)
 """
-"""Claim a whole request's recipients at once: per recipient 1 (new), 2 (this worker's, same tag),
-3 (adopted from the dead worker ``adopt``), 0 (another's, or this worker's under another tag)."""
+"""Claim a whole request's recipients at once: one digit per recipient, 1 (new), 2 (this worker's,
+same tag), 3 (adopted from the dead worker ``adopt``), 0 (another's, or this worker's under another
+tag). Recipients and tags travel as one argument each (one string to pack and parse, not hundreds)."""
 
 RELEASE_CLAIMS: Final = """
 -- KEYS[1] the campaign's claims hash; ARGV worker, recipients...

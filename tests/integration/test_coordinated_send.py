@@ -76,6 +76,7 @@ def _worker_dir(root: Path, name: str, port: int, seg: Path, coordinator: str) -
 def _coordinator(url: str, prefix: str, timeout: float = 5.0) -> str:
     return f"""[coordinator]
 plugin = "redis"
+margin = 0.05
 [coordinator.options]
 url = "{url}"
 prefix = "{prefix}"

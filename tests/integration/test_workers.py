@@ -33,7 +33,7 @@ from loadtests.simulator import SimConfig, SimulatorThread
 from tests.integration.crash_harness import files, segment, start
 
 URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
-RATE = 4000
+RATE = 2500
 
 
 @pytest.fixture
@@ -66,7 +66,10 @@ def _worker_dir(root: Path, name: str, port: int, seg: Path, prefix: str) -> Pat
         max_batch=100,
         options="idempotency_key = true\nidempotent = true",
         cm=f"rate_per_second = {RATE}",
-        extra=f'[coordinator]\nplugin = "redis"\n[coordinator.options]\nurl = "{URL}"\nprefix = "{prefix}"\n',
+        # margin 5%: on this shared 2-core machine a request can take longer than 20 ms (the
+        # default 2%) from its charge to its arrival; once in four runs 2,526 parts landed in one
+        # second at 2,500 with the default.
+        extra=f'[coordinator]\nplugin = "redis"\nmargin = 0.05\n[coordinator.options]\nurl = "{URL}"\nprefix = "{prefix}"\n',
     )
     return d
 
@@ -98,7 +101,7 @@ def test_four_workers_two_killed_one_joining_send_everyone_once_within_the_rate(
             _, err = p.communicate(timeout=120)
             assert p.returncode == 0, f"{name}: {err}"
             outs[name] = err
-        peak = sim.max_arrived_parts_per_second()
+        peak = sim.max_parts_per_second()
         log = list(sim.log)
     assert at_kill < len(eligible) - 3000, "the kills came mid-run"
     received = Counter(to for _, _, to, _, _ in log)
@@ -122,6 +125,6 @@ def test_four_workers_two_killed_one_joining_send_everyone_once_within_the_rate(
             assert not submitting, f"{d.name}: rows left submitting"
     assert set().union(*recorded.values()) == set(range(2, rows + 2)), "a row no ledger recorded"
     assert not recorded["w2"] & recorded["w3"], "a row recorded by both surviving workers"
-    assert sent["w3"], "the worker that joined mid-run took ranges"
+    assert sent["w3"], f"the worker that joined mid-run took no range: {outs['w3'][-1500:]}"
     unknown_or_sent = sent["w2"] | sent["w3"] | sent["w0"] | sent["w1"]
     assert not eligible - unknown_or_sent, "an eligible row no ledger recorded sent"
