@@ -25,12 +25,15 @@ import pytest
 
 pytest.importorskip("redis")
 
+import json
+
 import redis
 
+from engine.run.blast import worker_name
 from engine.state.ledger.records import LedgerState
 from engine.state.ledger.store import Ledger
 from loadtests.simulator import SimConfig, SimulatorThread
-from tests.integration.crash_harness import files, segment, start
+from tests.integration.crash_harness import cli, files, segment, start
 
 URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
 RATE = 2500
@@ -128,3 +131,16 @@ def test_four_workers_two_killed_one_joining_send_everyone_once_within_the_rate(
     assert sent["w3"], f"the worker that joined mid-run took no range: {outs['w3'][-1500:]}"
     unknown_or_sent = sent["w2"] | sent["w3"] | sent["w0"] | sent["w1"]
     assert not eligible - unknown_or_sent, "an eligible row no ledger recorded sent"
+    # pigeon status shows the shared queue: every range done, by the two survivors, and the workers.
+    engine = ("--engine", str(dirs[2] / "engine.toml"))
+    shown = cli(dirs[2], "status", "crash", "--coordinator", URL, *engine, flags=("--json",))
+    assert shown.returncode == 0, shown.stderr
+    shared = json.loads(shown.stdout)["shared"]
+    assert shared["ranges_done"] == shared["meta"]["ranges"] > 10
+    assert sum(v["rows"] for v in shared["done_by"].values()) == rows
+    assert worker_name(dirs[3] / "pigeon.db") in shared["done_by"], "the joiner's ranges are counted"
+    assert len(shared["workers"]) >= 3 and all(w["at"] > 0 for w in shared["workers"].values())
+    text = cli(
+        dirs[2], "status", "crash", "--coordinator", URL, flags=("--engine", str(dirs[2] / "engine.toml"))
+    )
+    assert f"{shared['meta']['ranges']}/{shared['meta']['ranges']} ranges done" in text.stdout
