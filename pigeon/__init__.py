@@ -41,6 +41,7 @@ from engine.coordination.contract import (
     LeaseGrant,
     LeaseLost,
     RangeQueue,
+    SharedOptOuts,
     TakenRange,
 )
 from engine.core.errors import (
@@ -139,6 +140,7 @@ __all__ = [
     "SettleQuery",
     "Settled",
     "Settling",
+    "SharedOptOuts",
     "SourceBatch",
     "SourceContext",
     "SourceError",

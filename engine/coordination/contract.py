@@ -126,6 +126,9 @@ class Claim(IntEnum):
     ADOPTED = 3
     """Claimed by the dead worker the call named (``adopt``), now this worker's: it may or may not
     have been sent (resend only through an idempotent gateway)."""
+    OPTED_OUT = 4
+    """Opted out while the campaign runs (:meth:`SharedOptOuts.add_optouts` by any worker): not
+    claimed, not sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,4 +236,14 @@ class RangeQueue(Protocol):
 
     async def queue_state(self, campaign: str) -> dict[str, Any]:
         """The campaign's queue as ``pigeon status`` shows it: ranges, rows, done, by worker, workers."""
+        ...
+
+
+@runtime_checkable
+class SharedOptOuts(Protocol):
+    """A coordinator whose claims also refuse recipients opted out while the campaign runs: an
+    opt-out one worker hears (an MO reply on its bind) stops every worker's next request to them."""
+
+    async def add_optouts(self, campaign: str, recipients: Sequence[str]) -> int:
+        """Add recipients (as claims name them) to the campaign's opt-out set; how many were new."""
         ...

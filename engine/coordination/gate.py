@@ -23,11 +23,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
-from engine.coordination.contract import BudgetKey, BudgetSpec, Claim, Coordinator
+from engine.coordination.contract import BudgetKey, BudgetSpec, Claim, Coordinator, SharedOptOuts
 from engine.core.errors import ConfigError, CoordinatorUnavailable
-from engine.core.messages import MessageBatch
+from engine.core.messages import MessageBatch, number_key
 
 __all__ = ["ALL", "CoordinatedGate", "shared_spec"]
 
@@ -97,10 +97,11 @@ class CoordinatedGate:
 
     # -- claims ------------------------------------------------------------------------------------
 
-    async def claim(self, batch: MessageBatch) -> tuple[list[int], list[int]]:
+    async def claim(self, batch: MessageBatch) -> tuple[list[int], list[int], list[int]]:
         """Claim ``batch``'s recipients in one call, tagged with their rows (the same number on
         another row is ``TAKEN``: a duplicate across ranges). Returns the indices another worker or
-        row holds, and those adopted from :attr:`adopt` that must not be resent (unless
+        row holds, those opted out since the campaign started (any worker's
+        :meth:`add_optouts`), and those adopted from :attr:`adopt` that must not be resent (unless
         :attr:`resend_adopted`)."""
         keys = _keys(batch)
         self.calls += 1
@@ -109,13 +110,27 @@ class CoordinatedGate:
         )
         if answers.count(Claim.NEW) == len(answers):  # the usual case, one C scan
             self.claims += len(answers)
-            return [], []
+            return [], [], []
         taken = [i for i, a in enumerate(answers) if a is Claim.TAKEN]
+        opted = [i for i, a in enumerate(answers) if a is Claim.OPTED_OUT]
         doubtful = [] if self.resend_adopted else [i for i, a in enumerate(answers) if a is Claim.ADOPTED]
         self.taken += len(taken)
         self.adopted += sum(a is Claim.ADOPTED for a in answers)
-        self.claims += len(answers) - len(taken) - len(doubtful)
-        return taken, doubtful
+        self.claims += len(answers) - len(taken) - len(opted) - len(doubtful)
+        return taken, opted, doubtful
+
+    async def add_optouts(self, numbers: Sequence[str]) -> None:
+        """Numbers opted out now (an MO reply this worker read): every worker's next claim of them
+        is refused. Best effort: a store that does not answer leaves them to this worker's own set
+        and the SQL store (the record)."""
+        if not numbers or not isinstance(self.coordinator, SharedOptOuts):
+            return
+        keys = [str(number_key(n)) for n in numbers]
+        try:
+            self.calls += 1
+            await self.coordinator.add_optouts(self.campaign, keys)
+        except CoordinatorUnavailable as exc:
+            log.warning("opt-outs not shared: %s", exc, extra={"event": "coordinator.optouts_unshared"})
 
     async def release(self, batch: MessageBatch) -> None:
         """Give back the claims of a request that never left; a store that does not answer keeps them."""

@@ -42,7 +42,7 @@ STAGE_REASONS: dict[str, tuple[str, ...]] = {
     "count_parts": ("too_long",),
     "same_content": ("same_content",),
     "hold_quiet_hours": ("outside_send_window",),
-    "claim": ("claimed_elsewhere",),
+    "claim": ("claimed_elsewhere", "opted_out"),
 }
 """Stage → every reason it can drop a row for (``RejectReason``/``SuppressReason`` values)."""
 

@@ -197,6 +197,12 @@ class OutcomeSink(Protocol):
         """A request that did not go through (never left, or answered "again") is back to pending."""
 
 
+_ELSEWHERE = {
+    "claimed_elsewhere": "claimed by another worker or row",
+    "opted_out": "opted out while the campaign ran (shared by the workers)",
+}
+
+
 class RunRecorder:
     """Counts outcomes per batch: the one place a run's states are decided and tallied."""
 
@@ -351,7 +357,7 @@ class RunRecorder:
         if not len(chunk):
             return
         records = [
-            Reject(row, reason, "claimed by another worker", number, State.SUPPRESSED)
+            Reject(row, reason, _ELSEWHERE.get(reason, ""), number, State.SUPPRESSED)
             for row, number in zip(chunk.rows, chunk.numbers, strict=True)
         ]
         self.rows -= len(records)  # dropped() counts them again

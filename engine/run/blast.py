@@ -85,10 +85,17 @@ def _cap_recorder(
 class _RunSink:
     """Where a run's SMPP/CMPP binds hand the receipts and replies they read: receipts into the
     campaign's ledger, opt-out replies into the store and this run's opt-out set (``pigeon serve``
-    has its own, for its blasts and API messages)."""
+    has its own, for its blasts and API messages) — and, with a coordinator, into the campaign's
+    shared opt-out set, so every worker's next claim of them is refused."""
 
-    def __init__(self, plan: Plan, ledger: CampaignLedger | None, metrics: Metrics) -> None:
-        self.plan, self.ledger, self.metrics = plan, ledger, metrics
+    def __init__(
+        self,
+        plan: Plan,
+        ledger: CampaignLedger | None,
+        metrics: Metrics,
+        gate: CoordinatedGate | None = None,
+    ) -> None:
+        self.plan, self.ledger, self.metrics, self.gate = plan, ledger, metrics, gate
 
     async def reports(self, reports: Sequence[DeliveryReport]) -> None:
         """Into the ledger (matched by provider id or message id, as webhooks' are)."""
@@ -106,6 +113,8 @@ class _RunSink:
                 store.close()
             if self.plan.optouts is not None:
                 self.plan.optouts.add(numbers)
+            if self.gate is not None:
+                await self.gate.add_optouts(numbers)
 
 
 async def _serving(gateways: list[Receiving], scope: anyio.CancelScope) -> None:
@@ -310,7 +319,7 @@ async def _send(
                 inbound = [g for g in gateways.values() if isinstance(g, Receiving)]
             reading = anyio.CancelScope()
             if inbound:
-                sink = _RunSink(plan, ledger, metrics)
+                sink = _RunSink(plan, ledger, metrics, gate)
                 for receiver in inbound:
                     receiver.attach(sink)
                     collector = getattr(receiver, "metrics_collector", None)

@@ -319,7 +319,7 @@ async def _take_ranges(job: _Job, gate: CoordinatedGate, queue: RangeQueue, me: 
     try:
         async with anyio.create_task_group() as tg:
             if inbound:  # receipts and replies read on the binds while the worker runs (SMPP, CMPP)
-                sink = _RunSink(job.plan, job.ledger, job.metrics)
+                sink = _RunSink(job.plan, job.ledger, job.metrics, gate)
                 for receiver in inbound:
                     receiver.attach(sink)
                 tg.start_soon(_serving, inbound, reading)

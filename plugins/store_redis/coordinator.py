@@ -64,7 +64,7 @@ def tag(name: str) -> str:
 
 _CLAIMS = {0: Claim.TAKEN, 1: Claim.NEW, 2: Claim.MINE, 3: Claim.ADOPTED}
 _SEP = "\x1f"
-_DIGITS = {48 + int(c): c for c in (Claim.TAKEN, Claim.NEW, Claim.MINE, Claim.ADOPTED)}
+_DIGITS = {48 + int(c): c for c in Claim}
 GROUP = "workers"
 """The consumer group every worker of a campaign reads its ranges stream with."""
 
@@ -123,6 +123,25 @@ class RedisCoordinator:
     def claims_key(self, campaign: str) -> str:
         """The campaign's claims hash."""
         return f"{self.prefix}:claims:{{{tag(campaign)}}}"
+
+    def optouts_key(self, campaign: str) -> str:
+        """Recipients opted out while the campaign runs (the claim script refuses them)."""
+        return f"{self.prefix}:optouts:{{{tag(campaign)}}}"
+
+    async def add_optouts(self, campaign: str, recipients: Sequence[str]) -> int:
+        """Add to the campaign's opt-out set (expires with its claims); how many were new."""
+        if not recipients:
+            return 0
+        key = self.optouts_key(campaign)
+
+        async def add() -> int:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.sadd(key, *recipients)
+                pipe.pexpire(key, self._claim_ttl_ms)
+                n, _ = await pipe.execute()
+            return int(n)
+
+        return await self._call("add opt-outs", add)
 
     def budget_key(self, key: BudgetKey) -> str:
         """The budget's GCRA timestamp."""
@@ -215,7 +234,7 @@ class RedisCoordinator:
         for what, items, text in (("recipient", recipients, joined), ("tag", tags, tagged)):
             if items is not None and ("" in items or text.count(_SEP) != len(items) - 1):
                 raise ValueError(f"a {what} is empty or holds \\x1f")
-        keys = [self.claims_key(campaign)]
+        keys = [self.claims_key(campaign), self.optouts_key(campaign)]
         args: list[Arg] = [self.worker, self._claim_ttl_ms, adopt, joined, tagged]
         res: bytes = await self._call("claim recipients", lambda: self._claim(keys=keys, args=args))
         if len(res) != len(recipients):

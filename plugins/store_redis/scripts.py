@@ -74,7 +74,7 @@ return 0
 """Book ``parts`` (0) or, when over, book nothing and return the µs to wait: GCRA charged per request."""
 
 CLAIM: Final = """
--- KEYS[1] the campaign's claims hash (recipient -> worker[|tag])
+-- KEYS[1] the campaign's claims hash (recipient -> worker[|tag]), KEYS[2] its opt-out set
 -- ARGV owner, ttl_ms, adopt, recipients and tags each joined by \\x1f (tags may be '')
 local owner = ARGV[1]
 local adopt = ARGV[3]
@@ -88,7 +88,9 @@ for i = 1, #recipients do
   local r = recipients[i]
   local v = owner
   if tags[i] then v = owner .. '|' .. tags[i] end
-  if redis.call('HSETNX', KEYS[1], r, v) == 1 then
+  if redis.call('SISMEMBER', KEYS[2], r) == 1 then
+    out[i] = '4'
+  elseif redis.call('HSETNX', KEYS[1], r, v) == 1 then
     out[i] = '1'
   else
     local cur = redis.call('HGET', KEYS[1], r)
@@ -109,7 +111,8 @@ return table.concat(out)
 """
 """Claim a whole request's recipients at once: one digit per recipient, 1 (new), 2 (this worker's,
 same tag), 3 (adopted from the dead worker ``adopt``), 0 (another's, or this worker's under another
-tag). Recipients and tags travel as one argument each (one string to pack and parse, not hundreds)."""
+tag), 4 (opted out since the campaign started: in its opt-out set; not claimed). Recipients and
+tags travel as one argument each (one string to pack and parse, not hundreds)."""
 
 RELEASE_CLAIMS: Final = """
 -- KEYS[1] the campaign's claims hash; ARGV worker, recipients...

@@ -127,3 +127,19 @@ async def test_tagged_claims_and_adoption(
     assert await a.claim("c3", ["n1"], tags=["5"]) == [Claim.TAKEN], "adopted: not the dead one's any more"
     assert await a.release_claims("c3", ["n1", "n2"]) == 0
     assert await b.release_claims("c3", ["n1", "n2", "n3"]) == 3
+
+
+async def test_an_opt_out_added_by_one_worker_refuses_every_workers_claim(
+    anyio_backend: str, worker: Callable[[str], RedisCoordinator]
+) -> None:
+    a, b = worker("host:a"), worker("host:b")
+    assert await a.add_optouts("c4", ["n2", "n3"]) == 2
+    assert await a.add_optouts("c4", ["n3"]) == 0
+    assert await b.claim("c4", ["n1", "n2", "n3"], tags=["1", "2", "3"]) == [
+        Claim.NEW,
+        Claim.OPTED_OUT,
+        Claim.OPTED_OUT,
+    ]
+    assert await a.claim("c4", ["n2"], tags=["2"], adopt="host:b") == [Claim.OPTED_OUT]
+    assert await a.claim("c4", ["n1"], tags=["1"]) == [Claim.TAKEN], "opt-outs of one campaign only"
+    assert await b.claim("c5", ["n2"]) == [Claim.NEW], "another campaign's set is its own"

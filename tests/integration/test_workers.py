@@ -11,6 +11,7 @@ and the simulator drops the ones it had (docs/scale-out.md). asyncio only (redis
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -29,6 +30,7 @@ import json
 
 import redis
 
+from engine.coordination.contract import CoordinatorContext
 from engine.run.blast import worker_name
 from engine.state.ledger.records import LedgerState
 from engine.state.ledger.store import Ledger
@@ -193,3 +195,52 @@ def test_workers_pause_through_a_redis_restart_and_a_kill_and_send_everyone_once
     finally:
         server.kill()
         server.wait()
+
+
+def test_an_opt_out_shared_mid_run_stops_every_worker_within_a_second(tmp_path: Path, prefix: str) -> None:
+    from engine.core.messages import number_key
+    from plugins.store_redis.config import RedisConfig
+    from plugins.store_redis.coordinator import RedisCoordinator
+
+    rows = 12_000
+    eligible, _dups = segment(tmp_path / "seg.csv", rows)
+    late = sorted(r for r in eligible if r > 8000)[:300]  # rows no worker has reached yet
+    opted = {f"138{r - 2:08d}" for r in late}
+    with SimulatorThread(SimConfig()) as sim:
+        dirs = [_worker_dir(tmp_path, f"w{i}", sim.port, tmp_path / "seg.csv", prefix) for i in range(2)]
+        procs = [_worker(d) for d in dirs]
+        deadline = time.monotonic() + 60
+        while len(sim.log) < 2000 and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), "a worker ended early"
+            time.sleep(0.01)
+
+        async def share() -> None:  # what a worker's MO handler does with an R reply it read
+            c = RedisCoordinator(RedisConfig(url=URL, prefix=prefix), CoordinatorContext(worker="mo"))
+            try:
+                await c.add_optouts("crash", [str(number_key(n)) for n in opted])
+            finally:
+                await c.aclose()
+
+        added = time.monotonic()
+        asyncio.run(share())
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        log = list(sim.log)
+    assert len(log) > 2000
+    late_sends = [(t - added, to) for t, _, to, _, _ in log if to[3:] in opted and t > added + 1.0]
+    assert not late_sends, (
+        f"{len(late_sends)} opted-out recipients sent more than 1 s after, e.g. {late_sends[:3]}"
+    )
+    suppressed = Counter()
+    for d in dirs:
+        ledger = Ledger(d / "pigeon.db")
+        try:
+            suppressed.update(ledger.counts("crash").reasons.get("suppressed", {}))
+        finally:
+            ledger.close()
+    sent_opted = {to[3:] for _, _, to, _, _ in log} & opted
+    assert suppressed["opted_out"] == len(opted) - len(sent_opted) > 250
+    received = Counter(to for _, _, to, _, _ in log)
+    assert set(received) == {f"+86138{r - 2:08d}" for r in eligible} - {"+86" + n for n in opted - sent_opted}
+    assert max(received.values()) == 1
