@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from engine.coordination.contract import BudgetKey, BudgetSpec, Claim, Coordinator, SharedOptOuts
 from engine.core.errors import ConfigError, CoordinatorUnavailable
 from engine.core.messages import MessageBatch, number_key
+from engine.observability.metrics import NO_METRICS, Metrics
 
 __all__ = ["ALL", "CoordinatedGate", "shared_spec"]
 
@@ -75,8 +76,14 @@ class CoordinatedGate:
         notify: Callable[[str], None] | None = None,
         pause: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics = NO_METRICS,
+        worker: str = "",
     ) -> None:
         self.coordinator = coordinator
+        self.metrics = metrics
+        self.worker = worker
+        """This process's name in the coordinator (the ``worker`` label of its metrics)."""
+        metrics.prepare_worker(worker)
         self.campaign = campaign
         self.carrier_budgets = dict(carrier_budgets)
         self.gateway_budgets = dict(gateway_budgets)
@@ -105,11 +112,18 @@ class CoordinatedGate:
         :attr:`resend_adopted`)."""
         keys = _keys(batch)
         self.calls += 1
-        answers = await self.coordinator.claim(
-            self.campaign, keys, tags=list(map(str, batch.rows)), adopt=self.adopt
-        )
+        metrics, worker = self.metrics, self.worker
+        try:
+            answers = await self.coordinator.claim(
+                self.campaign, keys, tags=list(map(str, batch.rows)), adopt=self.adopt
+            )
+        except CoordinatorUnavailable:
+            metrics.coordinator_call(worker, "claim", False)
+            raise
+        metrics.coordinator_call(worker, "claim", True)
         if answers.count(Claim.NEW) == len(answers):  # the usual case, one C scan
             self.claims += len(answers)
+            metrics.claims(worker, "new", len(answers))
             return [], [], []
         taken = [i for i, a in enumerate(answers) if a is Claim.TAKEN]
         opted = [i for i, a in enumerate(answers) if a is Claim.OPTED_OUT]
@@ -117,6 +131,11 @@ class CoordinatedGate:
         self.taken += len(taken)
         self.adopted += sum(a is Claim.ADOPTED for a in answers)
         self.claims += len(answers) - len(taken) - len(opted) - len(doubtful)
+        adopted = sum(a is Claim.ADOPTED for a in answers)
+        metrics.claims(worker, "taken", len(taken))
+        metrics.claims(worker, "opted_out", len(opted))
+        metrics.claims(worker, "adopted", adopted)
+        metrics.claims(worker, "new", len(answers) - len(taken) - len(opted) - adopted)
         return taken, opted, doubtful
 
     async def add_optouts(self, numbers: Sequence[str]) -> None:
@@ -161,7 +180,12 @@ class CoordinatedGate:
         """Book ``parts`` on the carrier's, then the gateway's shared budget; the first wait asked."""
         for key, spec in self._specs(gateway, carrier):
             self.calls += 1
-            wait = await self.coordinator.charge(key, spec, parts)
+            try:
+                wait = await self.coordinator.charge(key, spec, parts)
+            except CoordinatorUnavailable:
+                self.metrics.coordinator_call(self.worker, "charge", False)
+                raise
+            self.metrics.coordinator_call(self.worker, "charge", True)
             if wait > 0:
                 return wait
         self.charges += 1

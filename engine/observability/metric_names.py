@@ -5,6 +5,8 @@ from __future__ import annotations
 from importlib import metadata
 
 __all__ = [
+    "CLAIM_ANSWERS",
+    "COORDINATOR_CALLS",
     "DELIVERY_BUCKETS",
     "DELIVERY_STATUSES",
     "GATEWAY_BUCKETS",
@@ -75,6 +77,13 @@ DELIVERY_STATUSES = ("delivered", "failed", "expired", "rejected", "unknown")
 
 OPTOUT_SOURCES = ("api", "mo", "import", "manual", "other")
 """Where an opt-out came from (the ``reason`` label of ``pigeon_optouts_added_total``)."""
+
+CLAIM_ANSWERS = ("new", "taken", "opted_out", "adopted")
+"""What a coordinator's claim answered per recipient (``answer`` label): this worker's to send,
+another worker's (or row's), opted out on some worker, taken over from a dead worker."""
+
+COORDINATOR_CALLS = ("claim", "charge", "range")
+"""Calls a worker makes to its coordinator (``call`` label), each ``ok`` or ``unavailable``."""
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text format version 0.0.4, which every Prometheus scrapes."""
@@ -149,6 +158,8 @@ NAMES = {
     "dlr": "pigeon_delivery_reports_total",
     "dlr_seconds": "pigeon_submit_to_delivery_seconds",
     "optouts": "pigeon_optouts_added_total",
+    "claims": "pigeon_coordinator_claims_total",
+    "coordinator_calls": "pigeon_coordinator_calls_total",
     "build_info": "pigeon_build_info",
 }
 """Every metric family's full name (as exposed: counters with ``_total``)."""

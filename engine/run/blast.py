@@ -132,7 +132,9 @@ def worker_name(store_path: Path) -> str:
     return f"{socket.gethostname()}:{digest}"
 
 
-def open_gate(plan: Plan, notify: Callable[[str], None] | None) -> CoordinatedGate | None:
+def open_gate(
+    plan: Plan, notify: Callable[[str], None] | None, metrics: Metrics = NO_METRICS
+) -> CoordinatedGate | None:
     """The lanes' gate to the engine's coordinator; None for the embedded one (one process).
     Call inside the run's event loop (the plugin may create async clients)."""
     ecfg = plan.engine.config
@@ -166,6 +168,8 @@ def open_gate(plan: Plan, notify: Callable[[str], None] | None) -> CoordinatedGa
         gateway_budgets=gateways,
         notify=notify,
         pause=ccfg.pause,
+        metrics=metrics,
+        worker=ctx.worker,
     )
 
 
@@ -253,7 +257,7 @@ async def _send(
     )
     try:
         if gate is None and shared is None:
-            gate = open_gate(plan, notify)
+            gate = open_gate(plan, notify, metrics)
         for name in sorted({g for names in plan.failover.values() for g in names}):
             if shared is not None:
                 gateways[name] = shared.gateways[name]

@@ -172,12 +172,14 @@ async def _retrying(job: _Job, gate: CoordinatedGate, what: Callable[[], Any]) -
         try:
             result = await what()
         except CoordinatorUnavailable as exc:
+            gate.metrics.coordinator_call(gate.worker, "range", False)
             gate.unavailable(exc, 0)
             with anyio.move_on_after(gate.pause):
                 await job.stop.wait()
             if job.stop.is_set():
                 raise
             continue
+        gate.metrics.coordinator_call(gate.worker, "range", True)
         gate.available()
         return result
 
@@ -185,7 +187,7 @@ async def _retrying(job: _Job, gate: CoordinatedGate, what: Callable[[], Any]) -
 async def _work(job: _Job) -> RunSummary | None:
     plan, notify = job.plan, job.notify
     started = time.perf_counter()
-    gate = open_gate(plan, notify)
+    gate = open_gate(plan, notify, job.metrics)
     assert gate is not None  # (work() refused the embedded coordinator)
     queue = gate.coordinator
     if not isinstance(queue, RangeQueue):

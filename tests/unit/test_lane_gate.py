@@ -17,6 +17,7 @@ from engine.coordination.gate import CoordinatedGate
 from engine.core.clock import SystemClock
 from engine.core.errors import CoordinatorUnavailable
 from engine.core.messages import MessageBatch
+from engine.observability.metrics import NO_METRICS, Metrics
 from engine.observability.report import RunRecorder
 from engine.sending.retry import Breaker
 from engine.sending.sender import Lane
@@ -108,13 +109,24 @@ def _batch(start: int, n: int, parts: int = 1) -> MessageBatch:
 
 
 def _lane(
-    coordinator: MemoryCoordinator, notes: list[str], *, rate: float | None = None
+    coordinator: MemoryCoordinator,
+    notes: list[str],
+    *,
+    rate: float | None = None,
+    metrics: Metrics = NO_METRICS,
 ) -> tuple[Lane, RecordingGateway, RunRecorder]:
     gateway = RecordingGateway("gw", max_batch=50)
     recorder = RunRecorder({})
     budgets = {"cm": BudgetSpec(rate=rate, burst=int(rate * 0.1))} if rate else {}
     gate = CoordinatedGate(
-        coordinator, "c", carrier_budgets=budgets, gateway_budgets={}, notify=notes.append, pause=0.02
+        coordinator,
+        "c",
+        carrier_budgets=budgets,
+        gateway_budgets={},
+        notify=notes.append,
+        pause=0.02,
+        metrics=metrics,
+        worker=coordinator.worker,
     )
     lane = Lane(
         gateway,
@@ -143,9 +155,10 @@ async def test_two_workers_send_each_recipient_once_and_record_the_others_claime
 ) -> None:
     shared = SharedMemory()
     notes: list[str] = []
+    metrics = Metrics()
     (a, ga, ra), (b, gb, rb) = (
-        _lane(MemoryCoordinator(shared, "A"), notes),
-        _lane(MemoryCoordinator(shared, "B"), notes),
+        _lane(MemoryCoordinator(shared, "A"), notes, metrics=metrics),
+        _lane(MemoryCoordinator(shared, "B"), notes, metrics=metrics),
     )
     # Both read the same 400 recipients (interleaved batches), as two workers over one segment do.
     async with anyio.create_task_group() as tg:
@@ -159,6 +172,15 @@ async def test_two_workers_send_each_recipient_once_and_record_the_others_claime
         assert rec.states["suppressed"] == 400 - len(sent)
         assert rec.reasons["suppressed"] == {"claimed_elsewhere": 400 - len(sent)}
     assert shared.claims == {f"138{r:08d}": "A" if r in set(sent_a) else "B" for r in range(2, 402)}
+    counted = {
+        (s.labels["worker"], s.labels["answer"]): s.value
+        for fam in metrics.registry.collect()
+        if fam.name == "pigeon_coordinator_claims"
+        for s in fam.samples
+        if s.name.endswith("_total")
+    }
+    assert counted[("A", "new")] == len(sent_a) and counted[("A", "taken")] == 400 - len(sent_a)
+    assert counted[("B", "new")] == len(sent_b) and counted[("B", "taken")] == 400 - len(sent_b)
     # One claim call per request, never per message.
     assert shared.calls <= 2 * 8 + 2 * len(ga.batches + gb.batches)
 
