@@ -164,6 +164,7 @@ class _Job:
         self.recorder = RunRecorder(plan.prices)
         self.ranges_done = 0
         self.total = 0
+        self.abandoned = False
 
 
 async def _retrying(job: _Job, gate: CoordinatedGate, what: Callable[[], Any]) -> Any:
@@ -197,7 +198,6 @@ async def _work(job: _Job) -> RunSummary | None:
         )
     campaign = plan.campaign.id
     me = worker_name(plan.engine.store_path)
-    abandoned = False
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_signals, job, tg.cancel_scope)
@@ -210,18 +210,14 @@ async def _work(job: _Job) -> RunSummary | None:
                     await _wait_until_done(job, gate, queue)
             finally:
                 tg.cancel_scope.cancel()
-        abandoned = False
-    except anyio.get_cancelled_exc_class():  # pragma: no cover - a second signal
-        abandoned = True
-        raise
+        complete = job.total > 0 and not job.abandoned and await _all_done(job, gate, queue)
     finally:
         with anyio.move_on_after(5, shield=True):
             with suppress(CoordinatorUnavailable):
                 await queue.heartbeat(campaign, _stats(job, started))
             await queue.aclose()
-    if abandoned:  # pragma: no cover
+    if job.abandoned:  # a second signal: what was in flight was not waited for
         return None
-    complete = job.total > 0 and await _all_done(job, gate, queue)
     if job.ledger is not None:
         job.ledger.finish(complete=complete)
     summary = _summarize(plan, job.recorder, "worker", time.perf_counter() - started, str(job.run_dir))
@@ -238,6 +234,7 @@ async def _signals(job: _Job, scope: anyio.CancelScope) -> None:
             if job.stop.is_set():
                 if job.notify is not None:
                     job.notify("second signal: abandoning what is in flight")
+                job.abandoned = True
                 scope.cancel()
                 return
             job.stop.set()

@@ -244,3 +244,30 @@ def test_an_opt_out_shared_mid_run_stops_every_worker_within_a_second(tmp_path: 
     received = Counter(to for _, _, to, _, _ in log)
     assert set(received) == {f"+86138{r - 2:08d}" for r in eligible} - {"+86" + n for n in opted - sent_opted}
     assert max(received.values()) == 1
+
+
+def test_a_stopped_worker_drains_and_another_finishes_its_range(tmp_path: Path, prefix: str) -> None:
+    from engine.cli.main import EXIT_STOPPED
+
+    rows = 8000
+    eligible, _dups = segment(tmp_path / "seg.csv", rows)
+    with SimulatorThread(SimConfig()) as sim:
+        a, b = (_worker_dir(tmp_path, f"w{i}", sim.port, tmp_path / "seg.csv", prefix) for i in range(2))
+        first = _worker(a)
+        deadline = time.monotonic() + 60
+        while len(sim.log) < 1500 and time.monotonic() < deadline:
+            assert first.poll() is None, "the worker ended early"
+            time.sleep(0.01)
+        first.send_signal(signal.SIGTERM)  # Ctrl-C: no new range, what is in flight is sent
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == EXIT_STOPPED, err
+        assert "stopping" in err
+        stopped_at = len(sim.log)
+        second = _worker(b)  # takes the rest, the stopped worker's range after the lease
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 0, err
+        log = list(sim.log)
+    assert stopped_at < len(eligible)
+    received = Counter(to for _, _, to, _, _ in log)
+    assert max(received.values()) == 1
+    assert set(received) == {f"+86138{r - 2:08d}" for r in eligible}
