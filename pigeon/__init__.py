@@ -40,6 +40,9 @@ from engine.coordination.contract import (
     CoordinatorUnavailable,
     LeaseGrant,
     LeaseLost,
+    RangeQueue,
+    SharedOptOuts,
+    TakenRange,
 )
 from engine.core.errors import (
     ConfigError,
@@ -75,7 +78,14 @@ from engine.core.registries import (
     SourceRegistry,
     WebhookParserRegistry,
 )
-from engine.pipeline.source import SegmentReader, SegmentSource, SourceBatch, SourceContext
+from engine.pipeline.source import (
+    RangedSource,
+    SegmentRange,
+    SegmentReader,
+    SegmentSource,
+    SourceBatch,
+    SourceContext,
+)
 from engine.sending.gateway import Gateway, GatewayContext, InboundSink, Receiving, about_to_write
 from engine.sending.settling import Journal, ProviderStatus, Settled, SettleQuery, Settling, request_key
 from engine.sending.webhooks import MoReply, WebhookError, WebhookParser
@@ -116,22 +126,27 @@ __all__ = [
     "Outcome",
     "ProviderParams",
     "ProviderStatus",
+    "RangeQueue",
+    "RangedSource",
     "Receiving",
     "Registration",
     "Reject",
     "RejectReason",
     "ResolverRegistry",
     "RunHalt",
+    "SegmentRange",
     "SegmentReader",
     "SegmentSource",
     "SettleQuery",
     "Settled",
     "Settling",
+    "SharedOptOuts",
     "SourceBatch",
     "SourceContext",
     "SourceError",
     "SourceRegistry",
     "SubmitResult",
+    "TakenRange",
     "WebhookError",
     "WebhookParser",
     "WebhookParserRegistry",

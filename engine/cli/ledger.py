@@ -50,6 +50,11 @@ def add_ledger_commands(sub: Any) -> None:
         exit_codes=_READ_EXITS,
     )
     st.add_argument("campaign", nargs="?", metavar="ID", help="campaign id (default: list every campaign)")
+    st.add_argument(
+        "--coordinator",
+        metavar="URL",
+        help="also show the campaign's workers, ranges and rates in this coordinator (redis://host:port/db)",
+    )
     json_option(st)
     engine_option(st, _ID_ENGINE_HELP)
     rp = sub.add_command(
@@ -141,7 +146,8 @@ def ledger_command(args: argparse.Namespace, console: Console) -> int:
     ledger = _ledger(engine)
     try:
         if args.command == "status":
-            return _status(ledger, args.campaign, args.json, console, engine)
+            shared = _shared(engine, args.campaign, args.coordinator) if args.coordinator else None
+            return _status(ledger, args.campaign, args.json, console, engine, shared)
         _record(ledger, args.campaign, engine)
         if args.command == "cancel":
             counts = ledger.cancel(args.campaign)
@@ -175,8 +181,38 @@ def _when(ts: float) -> str:
         return iso_utc(ts)
 
 
+def _shared(engine: EngineFile, campaign_id: str | None, url: str) -> dict[str, Any]:
+    """The campaign's queue in the coordinator at ``url``: ranges, who holds and did them, workers."""
+    import asyncio
+
+    from engine.coordination.contract import CoordinatorContext, RangeQueue
+    from engine.coordination.select import open_coordinator
+    from engine.core.plugin_host import PluginHost
+    from engine.run.send import coordinator_from_url
+
+    if campaign_id is None:
+        raise ConfigError("--coordinator", "", "give the campaign's id with --coordinator")
+    ccfg = coordinator_from_url(url, load_engine(engine.path).config.coordinator)
+
+    async def read() -> dict[str, Any]:
+        queue = open_coordinator(PluginHost().coordinators, ccfg.plugin, ccfg.options, CoordinatorContext())
+        try:
+            if not isinstance(queue, RangeQueue):
+                raise ConfigError("--coordinator", "", f"coordinator {queue.name!r} hands out no ranges")
+            return await queue.queue_state(campaign_id)
+        finally:
+            await queue.aclose()
+
+    return asyncio.run(read())
+
+
 def _status(
-    ledger: Ledger, campaign_id: str | None, as_json: bool, console: Console, engine: EngineFile
+    ledger: Ledger,
+    campaign_id: str | None,
+    as_json: bool,
+    console: Console,
+    engine: EngineFile,
+    shared: dict[str, Any] | None = None,
 ) -> int:
     records = [_record(ledger, campaign_id, engine)] if campaign_id else ledger.campaigns()
     holders = {rec.id: ledger.lease(rec.id) for rec in records}
@@ -189,9 +225,13 @@ def _status(
         }
         for rec in records
     ]
+    if shared is not None and out:
+        out[0]["shared"] = shared
     if as_json:
         emit_json(out if campaign_id is None else out[0])
         return EXIT_OK
+    if shared is not None:
+        _print_shared(console, shared)
     if not records:
         console.print("no campaigns in the ledger yet")
         return EXIT_OK
@@ -212,6 +252,29 @@ def _status(
                 "  " + escape(with_engine(f"unfinished: `pigeon resume {rec.id}` continues it", engine))
             )
     return EXIT_OK
+
+
+def _print_shared(console: Console, shared: dict[str, Any]) -> None:
+    if not shared.get("published"):
+        console.print(
+            "shared: the coordinator has no ranges for this campaign (no `pigeon worker` started it)"
+        )
+        return
+    total = shared["meta"].get("ranges", 0)
+    held = shared["held_by"]
+    console.print(
+        f"shared: {shared['ranges_done']:,}/{total:,} ranges done ({shared['meta'].get('rows', 0):,} rows), "
+        f"{sum(held.values())} being sent"
+    )
+    now = time.time()
+    for name, figures in sorted(shared["workers"].items()):
+        done = shared["done_by"].get(name, {})
+        ago = now - float(figures.get("at", 0))
+        console.print(
+            f"  worker {escape(name)}: {int(figures.get('sent', 0)):,} sent, "
+            f"{float(figures.get('rate', 0)):,.0f}/s, {done.get('ranges', 0)} ranges done, "
+            f"{held.get(name, 0)} held; last seen {ago:.0f} s ago"
+        )
 
 
 def _report(rep: dict[str, Any], fmt: str, console: Console) -> int:

@@ -158,6 +158,12 @@ def parser() -> CommandParser:
         help="split the campaign by number across N worker processes (default: engine config, 1)",
     )
     sd.add_argument(
+        "--coordinator",
+        metavar="URL",
+        help="share claims and rate budgets with other workers: redis://host:port/db "
+        "(default: the engine's [coordinator], embedded)",
+    )
+    sd.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
@@ -175,6 +181,47 @@ def parser() -> CommandParser:
         help="outside the sending hours, stop at once (exit 4) instead of waiting for them",
     )
     _resume_args(sd)
+
+    wk = p.add_command(
+        "worker",
+        help="send a campaign with other workers: take its byte ranges from the shared queue (Redis)",
+        exit_codes=_SEND_EXITS,
+    )
+    wk.add_argument("campaign", type=Path, metavar="CAMPAIGN_FILE", help="campaign file (TOML)")
+    engine_option(wk, _CAMPAIGN_ENGINE_HELP)
+    wk.add_argument(
+        "--coordinator",
+        metavar="URL",
+        help="the shared coordinator: redis://host:port/db (default: the engine's [coordinator])",
+    )
+    wk.add_argument("--backend", choices=["asyncio"], help="event loop (the redis client is asyncio's)")
+    wk.add_argument(
+        "--runs-dir", type=Path, metavar="DIR", help="where run directories go (default: engine config)"
+    )
+    json_option(wk, "print the summary as JSON")
+    wk.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    wk.add_argument(
+        "--range-kb",
+        type=int,
+        default=256,
+        metavar="KB",
+        help="when this worker publishes the campaign: KiB of segment per range (default 256)",
+    )
+    wk.add_argument(
+        "--lease",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="a range not renewed this long goes to another worker (default 15; renewed every third)",
+    )
+    wk.add_argument(
+        "--no-send",
+        action="store_true",
+        help="publish the ranges and show the merged progress until every range is done; send nothing",
+    )
+    wk.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port")
+    wk.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR", help="address for --metrics-port")
+    _resume_args(wk)
 
     rs = p.add_command(
         "resume",
@@ -477,8 +524,29 @@ def main(argv: list[str] | None = None) -> int:
         else:
             campaign = args.campaign
             engine = campaign_file_engine(campaign, args.engine)
-        plan = prepare(campaign, engine.path, strict=args.command == "send")
-        if args.command == "preview":
+        plan = prepare(campaign, engine.path, strict=args.command in ("send", "worker"))
+        if args.command == "worker":
+            from engine.run.worker import work
+
+            said_w = engine
+            summary = work(
+                plan,
+                coordinator=args.coordinator,
+                backend=args.backend,
+                runs_dir=args.runs_dir,
+                progress=None,
+                notify=None
+                if args.quiet
+                else lambda text: print(with_engine(text, said_w), file=sys.stderr, flush=True),
+                metrics_port=args.metrics_port,
+                metrics_addr=args.metrics_addr,
+                range_bytes=args.range_kb * 1024,
+                lease=args.lease,
+                send=not args.no_send,
+                force=args.force,
+                again=args.again,
+            )
+        elif args.command == "preview":
             summary = preview(plan, samples=args.samples, max_rows=args.rows, rejects_path=args.rejects)
         else:
             progress = None if args.quiet else _Progress(sys.stderr, live=sys.stderr.isatty())
@@ -495,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
                 force=args.force,
                 again=args.again,
                 shards=getattr(args, "shards", None),  # resume keeps the engine's
+                coordinator=getattr(args, "coordinator", None),
             )
     except RunAbandoned as exc:
         print(f"error: {with_engine(str(exc), engine)}", file=sys.stderr)

@@ -11,11 +11,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
-from engine.core.errors import EngineError
+from engine.core.errors import CoordinatorUnavailable  # defined low: the lanes pause on it
+from engine.pipeline.source import SegmentRange
 from engine.state.ledger.records import LeaseLost
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "CoordinatorUnavailable",
     "LeaseGrant",
     "LeaseLost",  # the ledger's: the run halts, it hands nothing more over
+    "RangeQueue",
+    "TakenRange",
     "worker_id",
 ]
 
@@ -34,11 +37,6 @@ __all__ = [
 def worker_id() -> str:
     """A name for this process that no other worker shares: ``host:pid:random``."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-class CoordinatorUnavailable(EngineError):
-    """The shared store did not answer (down, failing over, timed out). Nothing that needed its
-    answer may go: a request without a claim or a booked budget waits, it is never sent blind."""
 
 
 class LeaseGrant(msgspec.Struct, kw_only=True, frozen=True):
@@ -125,6 +123,12 @@ class Claim(IntEnum):
     """Claimed by this call: submit."""
     MINE = 2
     """Claimed before by this worker (a retry of its own): submit if its ledger says so."""
+    ADOPTED = 3
+    """Claimed by the dead worker the call named (``adopt``), now this worker's: it may or may not
+    have been sent (resend only through an idempotent gateway)."""
+    OPTED_OUT = 4
+    """Opted out while the campaign runs (:meth:`SharedOptOuts.add_optouts` by any worker): not
+    claimed, not sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +177,15 @@ class Coordinator(Protocol):
         again (nothing booked)."""
         ...
 
-    async def claim(self, campaign: str, recipients: Sequence[str]) -> list[Claim]:
-        """Claim every recipient of one request for this worker, in one step; one answer each."""
+    async def claim(
+        self, campaign: str, recipients: Sequence[str], *, tags: Sequence[str] | None = None, adopt: str = ""
+    ) -> list[Claim]:
+        """Claim every recipient of one request for this worker, in one step; one answer each.
+
+        ``tags`` (one per recipient, e.g. its row): ``MINE`` only when this worker claimed the
+        recipient under the same tag (another tag — the same number on another row — is
+        ``TAKEN``). ``adopt``: claims the worker of that name holds are taken over (``ADOPTED``):
+        it died holding a range this worker reclaimed."""
         ...
 
     async def release_claims(self, campaign: str, recipients: Sequence[str]) -> int:
@@ -183,4 +194,56 @@ class Coordinator(Protocol):
 
     async def aclose(self) -> None:
         """Close connections; the lease is not released (call :meth:`release_lease`)."""
+        ...
+
+
+class TakenRange(msgspec.Struct, frozen=True, kw_only=True):
+    """A range of a campaign's segment this worker took from the shared queue."""
+
+    entry: str
+    """The queue's id for it (a Redis Stream entry id): what :meth:`RangeQueue.range_done` acks."""
+    part: SegmentRange
+    previous: str = ""
+    """The worker it was reclaimed from (it stopped renewing it: dead), "" for a fresh one; this
+    worker's own name for a range it held before a restart."""
+
+
+@runtime_checkable
+class RangeQueue(Protocol):
+    """A coordinator that also hands out a campaign's segment ranges (``pigeon worker``): each
+    range to one worker at a time, taken back from a worker that stops renewing it."""
+
+    async def publish_ranges(self, campaign: str, parts: Sequence[SegmentRange], meta: bytes) -> int:
+        """Publish the campaign's ranges once: how many, 0 when another worker published first."""
+        ...
+
+    async def take_range(self, campaign: str, *, idle: float) -> TakenRange | None:
+        """The next range for this worker: one it held before (a restart), a fresh one, or one
+        another worker has not renewed for ``idle`` seconds; None when there is none now."""
+        ...
+
+    async def renew_range(self, campaign: str, entry: str) -> bool:
+        """Keep a range this worker is sending (its idle time back to 0); False once another took it."""
+        ...
+
+    async def range_done(self, campaign: str, taken: TakenRange, rows: int) -> None:
+        """Every row of the range is settled in this worker's ledger: it leaves the queue."""
+        ...
+
+    async def heartbeat(self, campaign: str, stats: dict[str, float]) -> None:
+        """This worker's figures for ``pigeon status`` (sent, rate, ranges done…)."""
+        ...
+
+    async def queue_state(self, campaign: str) -> dict[str, Any]:
+        """The campaign's queue as ``pigeon status`` shows it: ranges, rows, done, by worker, workers."""
+        ...
+
+
+@runtime_checkable
+class SharedOptOuts(Protocol):
+    """A coordinator whose claims also refuse recipients opted out while the campaign runs: an
+    opt-out one worker hears (an MO reply on its bind) stops every worker's next request to them."""
+
+    async def add_optouts(self, campaign: str, recipients: Sequence[str]) -> int:
+        """Add recipients (as claims name them) to the campaign's opt-out set; how many were new."""
         ...

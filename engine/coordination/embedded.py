@@ -50,7 +50,7 @@ class EmbeddedCoordinator:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self.db.execute(_FENCES)
         self._limiters: dict[BudgetKey, tuple[BudgetSpec, SlidingWindowLimiter]] = {}
-        self._claims: dict[str, set[str]] = {}
+        self._claims: dict[str, dict[str, str]] = {}
 
     # -- the lease -----------------------------------------------------------------------------
 
@@ -119,24 +119,26 @@ class EmbeddedCoordinator:
 
     # -- claims ------------------------------------------------------------------------------------
 
-    async def claim(self, campaign: str, recipients: Sequence[str]) -> list[Claim]:
-        """Every recipient is this process's: NEW the first time, MINE after."""
-        held = self._claims.setdefault(campaign, set())
+    async def claim(
+        self, campaign: str, recipients: Sequence[str], *, tags: Sequence[str] | None = None, adopt: str = ""
+    ) -> list[Claim]:
+        """Every recipient is this process's: NEW the first time, MINE after (TAKEN under another tag)."""
+        held = self._claims.setdefault(campaign, {})
         out: list[Claim] = []
-        for r in recipients:
-            if r in held:
-                out.append(Claim.MINE)
-            else:
-                held.add(r)
+        for i, r in enumerate(recipients):
+            tag = tags[i] if tags is not None else ""
+            cur = held.get(r)
+            if cur is None:
+                held[r] = tag
                 out.append(Claim.NEW)
+            else:
+                out.append(Claim.MINE if cur == tag else Claim.TAKEN)
         return out
 
     async def release_claims(self, campaign: str, recipients: Sequence[str]) -> int:
         """Forget the claims."""
-        held = self._claims.get(campaign, set())
-        n = len(held)
-        held.difference_update(recipients)
-        return n - len(held)
+        held = self._claims.get(campaign, {})
+        return sum(held.pop(r, None) is not None for r in recipients)
 
     async def aclose(self) -> None:
         """Close the store connection."""

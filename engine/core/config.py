@@ -25,6 +25,7 @@ __all__ = [
     "CampaignConfig",
     "CapWindowConfig",
     "CarrierConfig",
+    "CoordinatorConfig",
     "EngineConfig",
     "GatewayConfig",
     "LaneCapsConfig",
@@ -141,6 +142,27 @@ class OutageConfig(Base, kw_only=True, frozen=True):
     route is paused and probed; nobody is failed or marked ``unknown`` for an outage."""
 
 
+class CoordinatorConfig(Base, kw_only=True, frozen=True):
+    """``[coordinator]``: what the workers of one campaign share (docs/scale-out.md).
+
+    ``embedded`` (the default) is one host: the campaign's lease in the store, rates and claims in
+    the process. A registered plugin (``redis``) shares each request's recipient claims and the
+    carriers' and gateways' rate budgets among every worker that sends the campaign."""
+
+    plugin: str = "embedded"
+    """A registered coordinator (``pigeon plugins`` lists them): ``embedded`` or ``redis``."""
+    options: dict[str, Any] = {}
+    """The plugin's own settings (``[coordinator.options]``; ``redis``: ``url``, ``prefix``…)."""
+    burst: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.1
+    """The largest request on a shared budget, as a share of its rate (requests above are split):
+    the workers together keep ``(1 - burst) / (1 + margin)`` of the rate at most."""
+    margin: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.02
+    """How much wider than a second each shared budget's window is taken, for the time between
+    the charge and the request's arrival."""
+    pause: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.25
+    """Seconds a lane waits before asking a coordinator that did not answer again."""
+
+
 class CapWindowConfig(Base, kw_only=True, frozen=True):
     """One cap: at most ``limit`` messages per number per ``period``."""
 
@@ -182,6 +204,8 @@ class EngineConfig(Base, kw_only=True, frozen=True):
     outage: OutageConfig = OutageConfig()
     caps: dict[Literal["marketing", "transactional"], LaneCapsConfig] = {}
     """Frequency caps per number, across campaigns and runs, per kind of message."""
+    coordinator: CoordinatorConfig = CoordinatorConfig()
+    """What the workers of a campaign share: ``embedded`` (one host) or ``redis`` (docs/scale-out.md)."""
     service: ServiceConfig = ServiceConfig()
     """``pigeon serve``: API keys, templates, limits, webhooks (docs/service.md)."""
 

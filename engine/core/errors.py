@@ -10,6 +10,7 @@
     ├─ RunAbandoned           a second Ctrl-C / SIGTERM: in-flight messages were not waited for
     ├─ RunHalt                a request must not go (store unwritable, gateways stalled, lease lost):
     │                         the run halts, everyone not sent stays pending (``reason`` says why)
+    ├─ CoordinatorUnavailable the shared coordination store (Redis) did not answer: the lanes pause
     ├─ SourceError            a segment source cannot be opened or its header is unusable
     │   └─ SegmentRejected    its rows are mostly unusable (judged before anything is sent)
     ├─ PluginError
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "CoordinatorUnavailable",
     "EngineError",
     "GatewayAuthError",
     "GatewayError",
@@ -88,6 +90,11 @@ class OutsideSendWindow(EngineError):
 
 class RunAbandoned(EngineError):
     """A send was abandoned on a second signal, without waiting for the messages in flight."""
+
+
+class CoordinatorUnavailable(EngineError):
+    """The shared store did not answer (down, failing over, timed out). Nothing that needed its
+    answer may go: a request without a claim or a booked budget waits, it is never sent blind."""
 
 
 class RunHalt(EngineError):

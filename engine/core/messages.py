@@ -89,6 +89,8 @@ class SuppressReason(StrEnum):
     CAPPED = "capped"
     SAME_CONTENT = "same_content"
     NO_CONSENT = "no_consent"
+    CLAIMED_ELSEWHERE = "claimed_elsewhere"
+    """Another worker of a coordinated campaign claimed the recipient first (it records the send)."""
 
 
 class Reject(msgspec.Struct, gc=False, frozen=True):
@@ -278,6 +280,11 @@ class MessageBatch(Sequence[Message]):
             params=[params[i] for i in indices] if params is not None else None,
             variants=[variants[i] for i in indices] if variants is not None else None,
         )
+
+    @property
+    def numbers(self) -> Sequence[str]:
+        """Recipients as normalized (national for China, else E.164), index-aligned."""
+        return self._numbers
 
     def keys(self) -> list[int]:
         """The recipients as :func:`number_key` ints."""

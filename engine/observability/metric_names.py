@@ -7,6 +7,8 @@ from importlib import metadata
 __all__ = [
     "CALLBACK_EVENT_OUTCOMES",
     "CALLBACK_REQUEST_OUTCOMES",
+    "CLAIM_ANSWERS",
+    "COORDINATOR_CALLS",
     "DELIVERY_BUCKETS",
     "DELIVERY_STATUSES",
     "GATEWAY_BUCKETS",
@@ -45,6 +47,7 @@ STAGE_REASONS: dict[str, tuple[str, ...]] = {
     "count_parts": ("too_long",),
     "same_content": ("same_content",),
     "hold_quiet_hours": ("outside_send_window",),
+    "claim": ("claimed_elsewhere", "opted_out"),
 }
 """Stage → every reason it can drop a row for (``RejectReason``/``SuppressReason`` values)."""
 
@@ -83,6 +86,12 @@ CALLBACK_EVENT_OUTCOMES = ("delivered", "dead")
 
 CALLBACK_REQUEST_OUTCOMES = ("ok", "refused", "unreachable", "timeout")
 """How a POST to a callback receiver ended: 2xx, another status, no connection, no answer in time."""
+CLAIM_ANSWERS = ("new", "taken", "opted_out", "adopted")
+"""What a coordinator's claim answered per recipient (``answer`` label): this worker's to send,
+another worker's (or row's), opted out on some worker, taken over from a dead worker."""
+
+COORDINATOR_CALLS = ("claim", "charge", "range")
+"""Calls a worker makes to its coordinator (``call`` label), each ``ok`` or ``unavailable``."""
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text format version 0.0.4, which every Prometheus scrapes."""
@@ -157,6 +166,8 @@ NAMES = {
     "dlr": "pigeon_delivery_reports_total",
     "dlr_seconds": "pigeon_submit_to_delivery_seconds",
     "optouts": "pigeon_optouts_added_total",
+    "claims": "pigeon_coordinator_claims_total",
+    "coordinator_calls": "pigeon_coordinator_calls_total",
     "build_info": "pigeon_build_info",
     "callback_events": "pigeon_callback_events_total",
     "callback_requests": "pigeon_callback_requests_total",

@@ -10,7 +10,9 @@ counting methods are called from one thread, the event loop's; :meth:`Metrics.de
 and :meth:`Metrics.optouts_added` take a lock, as a service may call them from worker threads).
 
 Names follow DESIGN.md: prefix ``pigeon_``, counters end ``_total``, durations are ``_seconds``
-histograms, labels only from ``stage, reason, carrier, gateway, outcome, status, priority, shard``
+histograms, labels only from ``stage, reason, carrier, gateway, outcome, status, priority, shard``,
+and for a coordinated worker ``worker, answer, call`` (``worker``: the process's own name, one value
+per process, so bounded by the deployment)
 (``pigeon_build_info`` alone carries ``version, python, backend``). Never a phone number, campaign
 id or raw error text: labels that come from outside (a webhook's gateway name, a report's status,
 an opt-out's source) are folded into bounded sets.
@@ -29,6 +31,7 @@ The method API (stable; other modules call exactly these)::
     failover(carrier, gateway, n)
     delivery_reports(counts_by_status, latencies=(), *, gateway="")
     optouts_added(n, source)
+    prepare_worker(worker); claims(worker, answer, n); coordinator_call(worker, call, ok)
     exposition() -> (body, content type)
     serve(addr, port) -> MetricsServer        # /metrics over HTTP in a thread, .close() stops it
     serving(addr, port, notify=None)          # serve() as a context manager; nothing when port is None
@@ -52,7 +55,9 @@ from engine.observability.metric_names import (
     _OTHER_GATEWAY,
     CALLBACK_EVENT_OUTCOMES,
     CALLBACK_REQUEST_OUTCOMES,
+    CLAIM_ANSWERS,
     CONTENT_TYPE,
+    COORDINATOR_CALLS,
     DELIVERY_BUCKETS,
     DELIVERY_STATUSES,
     GATEWAY_BUCKETS,
@@ -202,6 +207,18 @@ class Metrics:
             self._cb_events.labels(o)
         for o in CALLBACK_REQUEST_OUTCOMES:
             self._cb_requests.labels(o)
+        self._claims = _Counter(
+            _base(NAMES["claims"]),
+            "Recipients a worker's coordinator claims answered, by answer (new, taken, opted_out, adopted).",
+            ["worker", "answer"],
+            registry=r,
+        )
+        self._coord = _Counter(
+            _base(NAMES["coordinator_calls"]),
+            "Calls a worker made to its coordinator (claim, charge, range), ok or unavailable.",
+            ["worker", "call", "outcome"],
+            registry=r,
+        )
         self._build = _Gauge(
             NAMES["build_info"],
             "Always 1: the running Pigeon's version, Python and event loop.",
@@ -349,6 +366,23 @@ class Metrics:
             h = self._dlr_seconds.labels(g)
             for s in latencies:
                 h.observe(max(0.0, s))
+
+    def prepare_worker(self, worker: str) -> None:
+        """Every coordinator series of ``worker`` (this process's name: one value per process) at zero."""
+        for answer in CLAIM_ANSWERS:
+            self._claims.labels(worker, answer)
+        for call in COORDINATOR_CALLS:
+            for outcome in ("ok", "unavailable"):
+                self._coord.labels(worker, call, outcome)
+
+    def claims(self, worker: str, answer: str, n: int) -> None:
+        """``n`` recipients of one claim call answered ``answer`` (one of :data:`CLAIM_ANSWERS`)."""
+        if n:
+            self._claims.labels(worker, answer).inc(n)
+
+    def coordinator_call(self, worker: str, call: str, ok: bool) -> None:
+        """One call to the coordinator (``claim``, ``charge``, ``range``) answered, or not."""
+        self._coord.labels(worker, call, "ok" if ok else "unavailable").inc()
 
     def optouts_added(self, n: int, source: str) -> None:
         """``n`` numbers newly added to the opt-out list from ``source`` (``api``, ``mo``,
@@ -501,6 +535,15 @@ class _NoMetrics(Metrics):
         """Not counted."""
 
     def callback_queue(self, *_: Any) -> None:
+        """Not counted."""
+
+    def prepare_worker(self, *_: Any) -> None:
+        """Not counted."""
+
+    def claims(self, *_: Any) -> None:
+        """Not counted."""
+
+    def coordinator_call(self, *_: Any) -> None:
         """Not counted."""
 
 

@@ -199,6 +199,12 @@ class OutcomeSink(Protocol):
         """A request that did not go through (never left, or answered "again") is back to pending."""
 
 
+_ELSEWHERE = {
+    "claimed_elsewhere": "claimed by another worker or row",
+    "opted_out": "opted out while the campaign ran (shared by the workers)",
+}
+
+
 class RunRecorder:
     """Counts outcomes per batch: the one place a run's states are decided and tallied."""
 
@@ -349,6 +355,31 @@ class RunRecorder:
         back to ``pending`` in the sinks until they are handed over again. Not a final state."""
         for sink in self.sinks:
             sink.released(gateway, chunk, reason)
+
+    def elsewhere(self, chunk: MessageBatch, reason: str) -> None:
+        """Messages queued here that another worker claimed first (a coordinated campaign): recorded
+        ``suppressed`` with ``reason`` in the sinks and the row files — the claiming worker's ledger
+        records the send. Already counted as rows when they were queued."""
+        if not len(chunk):
+            return
+        records = [
+            Reject(row, reason, _ELSEWHERE.get(reason, ""), number, State.SUPPRESSED)
+            for row, number in zip(chunk.rows, chunk.numbers, strict=True)
+        ]
+        self.rows -= len(records)  # dropped() counts them again
+        self.dropped(records)
+        self.metrics.stage_batch("claim", len(records), 0, {reason: len(records)})
+
+    def doubtful(self, gateway: str, chunk: MessageBatch, reason: str) -> None:
+        """Messages another (dead) worker claimed and may have sent: recorded ``unknown`` with
+        ``reason`` (never resent blindly), as if ``gateway`` had answered so — no request made."""
+        if not len(chunk):
+            return
+        answers = [SubmitResult(Outcome.UNKNOWN, code=reason)] * len(chunk)
+        for sink in self.sinks:
+            sink.results(gateway, chunk, answers)
+        self.states[State.UNKNOWN] += len(chunk)
+        self._reason(State.UNKNOWN, reason, len(chunk))
 
     def pending(self, chunk: MessageBatch, reason: str) -> None:
         """Messages read but not sent when the run halted (``reason``): ``pending``, for a resume."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+import msgspec
 
 from engine.core.messages import Reject
 
-__all__ = ["SegmentReader", "SegmentSource", "SourceBatch", "SourceContext"]
+__all__ = ["RangedSource", "SegmentRange", "SegmentReader", "SegmentSource", "SourceBatch", "SourceContext"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +64,36 @@ class SegmentSource(Protocol):
             Sources with a header (CSV) may ignore it and expose every column; schemaless sources
             (JSON Lines, SQL) expose exactly these.
         """
+
+
+class SegmentRange(msgspec.Struct, frozen=True, kw_only=True):
+    """Whole rows of a segment file as a byte range: a piece of work one worker reads on its own.
+
+    ``start`` is the first byte of row ``first_row``; ``end`` the byte after the range's last row
+    (its newline included). Rows are numbered as the whole file numbers them, so a worker's ledger
+    and rejects name the same rows one process reading the file would.
+    """
+
+    index: int
+    """Position of the range in the file (0, 1, …)."""
+    start: int
+    end: int
+    first_row: int
+    rows: int
+    """Rows the range holds (blank lines included, as the readers number them)."""
+
+
+@runtime_checkable
+class RangedSource(Protocol):
+    """A source that can cut its segment into :class:`SegmentRange`\\ s on row boundaries and read
+    one range without reading the rest of the file (CSV and JSON Lines files)."""
+
+    def ranges(self, target_bytes: int) -> list[SegmentRange]:
+        """Cut the segment into ranges of about ``target_bytes`` each, on row boundaries; a
+        :class:`~engine.core.errors.SourceError` when it cannot be cut (compressed, lines ended
+        by a lone CR)."""
+        ...
+
+    def open_range(self, fields: Sequence[str], part: SegmentRange) -> SegmentReader:
+        """Open the segment, read its header, and read only ``part``'s rows (numbered as in the file)."""
+        ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import socket
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -10,6 +12,9 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 
+from engine.coordination.contract import BudgetSpec, Coordinator, CoordinatorContext
+from engine.coordination.gate import CoordinatedGate, shared_spec
+from engine.coordination.select import EMBEDDED, open_coordinator
 from engine.core.clock import Clock
 from engine.core.config import convert_section
 from engine.core.errors import (
@@ -19,6 +24,7 @@ from engine.core.messages import DeliveryReport, MessageBatch, State
 from engine.core.sendwindow import SendWindow
 from engine.observability.metrics import NO_METRICS, Metrics
 from engine.observability.report import RejectsWriter, RunRecorder, RunSummary, close_writers
+from engine.pipeline.source import SegmentRange
 from engine.pipeline.stages.same_content import content_hash
 from engine.run.control import RunControl, SendResources
 from engine.run.plan import Plan, ProgressHook, _summarize, _verdict, prepare_run
@@ -80,10 +86,17 @@ def _cap_recorder(
 class _RunSink:
     """Where a run's SMPP/CMPP binds hand the receipts and replies they read: receipts into the
     campaign's ledger, opt-out replies into the store and this run's opt-out set (``pigeon serve``
-    has its own, for its blasts and API messages)."""
+    has its own, for its blasts and API messages) — and, with a coordinator, into the campaign's
+    shared opt-out set, so every worker's next claim of them is refused."""
 
-    def __init__(self, plan: Plan, ledger: CampaignLedger | None, metrics: Metrics) -> None:
-        self.plan, self.ledger, self.metrics = plan, ledger, metrics
+    def __init__(
+        self,
+        plan: Plan,
+        ledger: CampaignLedger | None,
+        metrics: Metrics,
+        gate: CoordinatedGate | None = None,
+    ) -> None:
+        self.plan, self.ledger, self.metrics, self.gate = plan, ledger, metrics, gate
 
     async def reports(self, reports: Sequence[DeliveryReport]) -> None:
         """Into the ledger (matched by provider id or message id, as webhooks' are)."""
@@ -101,6 +114,8 @@ class _RunSink:
                 store.close()
             if self.plan.optouts is not None:
                 self.plan.optouts.add(numbers)
+            if self.gate is not None:
+                await self.gate.add_optouts(numbers)
 
 
 async def _serving(gateways: list[Receiving], scope: anyio.CancelScope) -> None:
@@ -109,6 +124,54 @@ async def _serving(gateways: list[Receiving], scope: anyio.CancelScope) -> None:
         async with anyio.create_task_group() as tg:
             for gw in gateways:
                 tg.start_soon(gw.serve)
+
+
+def worker_name(store_path: Path) -> str:
+    """This worker's name as a coordinator's claims know it: the host and its store, so a worker
+    restarted on the same store finds its own claims ``MINE`` (and its ledger decides)."""
+    digest = hashlib.sha1(str(store_path.resolve()).encode()).hexdigest()[:10]
+    return f"{socket.gethostname()}:{digest}"
+
+
+def open_gate(
+    plan: Plan, notify: Callable[[str], None] | None, metrics: Metrics = NO_METRICS
+) -> CoordinatedGate | None:
+    """The lanes' gate to the engine's coordinator; None for the embedded one (one process).
+    Call inside the run's event loop (the plugin may create async clients)."""
+    ecfg = plan.engine.config
+    ccfg = ecfg.coordinator
+    if ccfg.plugin == EMBEDDED:
+        return None
+    file, most = plan.engine.file, plan.max_parts
+    carriers: dict[str, BudgetSpec] = {
+        c: shared_spec(
+            cc.rate_per_second, most, ccfg.burst, ccfg.margin, key=f"carriers.{c}.rate_per_second", file=file
+        )
+        for c, cc in ecfg.carriers.items()
+        if cc.rate_per_second
+    }
+    gateways = {
+        g: shared_spec(
+            gc.rate_per_second, most, ccfg.burst, ccfg.margin, key=f"gateways.{g}.rate_per_second", file=file
+        )
+        for g, gc in ecfg.gateways.items()
+        if gc.rate_per_second
+    }
+    store = plan.engine.store_path
+    ctx = CoordinatorContext(worker=worker_name(store), store_path=store)
+    coordinator: Coordinator = open_coordinator(
+        plan.host.coordinators, ccfg.plugin, ccfg.options, ctx, file=file
+    )
+    return CoordinatedGate(
+        coordinator,
+        plan.campaign.id,
+        carrier_budgets=carriers,
+        gateway_budgets=gateways,
+        notify=notify,
+        pause=ccfg.pause,
+        metrics=metrics,
+        worker=ctx.worker,
+    )
 
 
 RECENT_SECONDS = 3.0
@@ -155,13 +218,16 @@ async def _send(
     recorder: RunRecorder | None = None,
     shard: tuple[int, int] | None = None,
     on_finish: Callable[[bool], None] | None = None,
+    part: SegmentRange | None = None,
+    gate: CoordinatedGate | None = None,
 ) -> RunSummary:
     """Send ``plan``; ``control`` pauses and resumes it between batches, ``shared`` lends it the
     gateways and budgets of a long-running service (not opened or closed here), ``recorder`` lets
     the caller watch the counts while it runs. ``shard=(index, count)`` sends only that shard's
     rows, and ``on_finish`` is then told whether the shard handled all of them, instead of the
     ledger marking the campaign finished (:mod:`engine.run.shards`: the parent does, once every shard
-    is done)."""
+    is done). ``part`` sends only that byte range of the segment and ``gate`` lends it the
+    worker's coordinator (not closed here): :mod:`engine.run.worker`."""
     started = time.perf_counter()
     ecfg = plan.engine.config
     recorder = recorder or RunRecorder(plan.prices)
@@ -170,7 +236,7 @@ async def _send(
         if hook is not None:  # (before the ledger: its events go into the ledger's transactions)
             recorder.sinks.append(CampaignCallbackSink(hook[0], hook[1], ledger.id, ledger))
         recorder.sinks.append(ledger)
-    segment = plan.open_segment(shard)  # template and header checks: before any gateway opens
+    segment = plan.open_segment(shard, part)  # template and header checks: before any gateway opens
     kind = plan.campaign.config.kind
     recorder.metrics = segment.runner.metrics = metrics
     prepare_run(metrics, plan, [s.name for s in segment.runner.stages])
@@ -184,6 +250,7 @@ async def _send(
     counting = plan.caps is not None or plan.same_content is not None
     store = SqliteStore(plan.engine.store_path) if counting else None
     halt = Halt()
+    own_gate = gate is None
     health = RouteHealth(
         clock,
         limit=ecfg.outage.limit,
@@ -193,6 +260,8 @@ async def _send(
         campaign=plan.campaign.id,
     )
     try:
+        if gate is None and shared is None:
+            gate = open_gate(plan, notify, metrics)
         for name in sorted({g for names in plan.failover.values() for g in names}):
             if shared is not None:
                 gateways[name] = shared.gateways[name]
@@ -208,6 +277,8 @@ async def _send(
             gateways[name] = reg.factory(
                 opts, GatewayContext(name=name, base_dir=plan.engine.base_dir, run_dir=run_dir)
             )
+        if gate is not None:  # a dead worker's claims are sent again only where the provider dedupes
+            gate.resend_adopted = all(gw.idempotent for gw in gateways.values())
         floor = plan.max_parts
         limiters: dict[str, SlidingWindowLimiter] = {
             c: SlidingWindowLimiter(cc.rate_per_second, min_rate=floor)
@@ -256,7 +327,7 @@ async def _send(
                 inbound = [g for g in gateways.values() if isinstance(g, Receiving)]
             reading = anyio.CancelScope()
             if inbound:
-                sink = _RunSink(plan, ledger, metrics)
+                sink = _RunSink(plan, ledger, metrics, gate)
                 for receiver in inbound:
                     receiver.attach(sink)
                     collector = getattr(receiver, "metrics_collector", None)
@@ -280,6 +351,7 @@ async def _send(
                     priority=kind,
                     on_idle=ledger.flush if ledger is not None else None,
                     health=health,
+                    gate=gate,
                 )
                 tg.start_soon(lane.run, rx)
             try:
@@ -347,6 +419,9 @@ async def _send(
         for gw in gateways.values() if shared is None else ():
             with anyio.move_on_after(10, shield=True), suppress(Exception):
                 await gw.aclose()
+        if gate is not None and own_gate:
+            with anyio.move_on_after(5, shield=True), suppress(Exception):
+                await gate.coordinator.aclose()
     if progress is not None:
         progress(recorder, time.perf_counter() - started, 1.0, True)
     summary = _summarize(plan, recorder, "send", time.perf_counter() - started, str(run_dir))

@@ -28,7 +28,7 @@ from engine.core.variants import Split
 from engine.observability.metrics import Metrics
 from engine.observability.report import RunRecorder, RunSummary
 from engine.pipeline.runner import Batch, StageRunner
-from engine.pipeline.source import SegmentReader, SegmentSource, SourceContext
+from engine.pipeline.source import RangedSource, SegmentRange, SegmentReader, SegmentSource, SourceContext
 from engine.pipeline.stages import (
     Cap,
     CarrierResolver,
@@ -115,14 +115,27 @@ class Plan:
         domestic = [w for c, w in self.gateway_windows().items() if c != INTL]
         return [*([own] if own is not None else []), *dict.fromkeys(domestic)]
 
-    def open_segment(self, shard: tuple[int, int] | None = None) -> OpenSegment:
+    def open_segment(
+        self, shard: tuple[int, int] | None = None, part: SegmentRange | None = None
+    ) -> OpenSegment:
         """Open the segment, read its header, and bind the template to its columns.
 
         Fails (``TemplateError``/``SourceError``) before any data row is read. With
-        ``shard=(index, count)`` the batches hold only that shard's rows (:mod:`engine.run.shards`).
+        ``shard=(index, count)`` the batches hold only that shard's rows (:mod:`engine.run.shards`);
+        with ``part`` only that byte range's rows (:mod:`engine.run.worker`; a
+        :class:`~engine.pipeline.source.RangedSource` only).
         """
         phone = self.campaign.segment.phone_field
-        reader = self.source.open([phone, *self.fields])
+        fields = [phone, *self.fields]
+        if part is None:
+            reader = self.source.open(fields)
+        elif isinstance(self.source, RangedSource):
+            reader = self.source.open_range(fields, part)
+        else:
+            raise SourceError(
+                f"segment source {self.campaign.segment.source!r} cannot be cut into byte ranges "
+                "(csv and jsonl files can): send it from one process"
+            )
         try:
             if phone not in reader.columns:
                 raise SourceError(

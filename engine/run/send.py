@@ -12,8 +12,11 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
+from engine.coordination.select import EMBEDDED
 from engine.core.clock import Clock
+from engine.core.config import CoordinatorConfig
 from engine.core.errors import (
+    ConfigError,
     OutsideSendWindow,
     RunAbandoned,
 )
@@ -34,7 +37,53 @@ from engine.run.shards import check_budgets, check_shards, run_shards
 from engine.run.signals import _send_until_signalled, quiet_gc
 from engine.state.ledger.run import CampaignLedger
 
-__all__ = ["send"]
+__all__ = ["coordinator_from_url", "send"]
+
+
+def coordinator_from_url(url: str, current: CoordinatorConfig) -> CoordinatorConfig:
+    """``--coordinator URL``: ``redis://…`` / ``rediss://…`` (the ``redis`` plugin with that ``url``,
+    keeping the engine file's other ``[coordinator.options]`` when it names ``redis`` too) or
+    ``embedded``."""
+    if url == EMBEDDED:
+        return msgspec.structs.replace(current, plugin=EMBEDDED, options={})
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme in ("redis", "rediss", "unix"):
+        options = dict(current.options) if current.plugin == "redis" else {}
+        options["url"] = url
+        return msgspec.structs.replace(current, plugin="redis", options=options)
+    raise ConfigError(
+        "--coordinator",
+        "",
+        f"{url!r} is not a coordinator: give redis://host:port/db (rediss:// for TLS) or 'embedded'",
+    )
+
+
+def check_coordinator(plan: Plan, backend: str, shards: int) -> None:
+    """Refuse, before anything is sent, a coordinator this run cannot use."""
+    ccfg, file = plan.engine.config.coordinator, plan.engine.file
+    if ccfg.plugin == EMBEDDED:
+        return
+    if ccfg.plugin not in plan.host.coordinators:
+        known = ", ".join([EMBEDDED, *plan.host.coordinators.names()])
+        raise ConfigError(
+            file,
+            "coordinator.plugin",
+            f"{ccfg.plugin!r} is not registered (known: {known}): install its plugin",
+        )
+    if backend != "asyncio":
+        raise ConfigError(
+            file,
+            "backend",
+            f"coordinator {ccfg.plugin!r} runs on asyncio only (its client is asyncio's): "
+            "send with --backend asyncio",
+        )
+    if shards > 1:
+        raise ConfigError(
+            file,
+            "shards",
+            f"coordinator {ccfg.plugin!r} shares the campaign among workers already: run one "
+            "`pigeon send --coordinator …` per core instead of --shards",
+        )
 
 
 def _backend_options(backend: str) -> dict[str, Any]:
@@ -63,6 +112,7 @@ def send(
     force: bool = False,
     again: bool = False,
     shards: int | None = None,
+    coordinator: str | None = None,
 ) -> RunSummary:
     """Send the campaign: stages on each batch, then per-gateway lanes; returns the run summary.
 
@@ -79,11 +129,24 @@ def send(
     ``shards`` (default: the engine's ``shards``) above 1 splits the campaign by number across that
     many worker processes (:mod:`engine.run.shards`); each counts its own metrics (``metrics`` is then
     left untouched) and shard ``k`` serves them on ``metrics_port + k``.
+
+    ``coordinator`` (``redis://…``, or ``embedded``) overrides the engine's ``[coordinator]``: with
+    a shared one, every request's recipients are claimed and its parts booked on the rate budgets
+    all workers share (docs/scale-out.md).
     """
+    if coordinator is not None:
+        ecfg = plan.engine.config
+        plan.engine = msgspec.structs.replace(
+            plan.engine,
+            config=msgspec.structs.replace(
+                ecfg, coordinator=coordinator_from_url(coordinator, ecfg.coordinator)
+            ),
+        )
     backend = backend or plan.engine.config.backend
     clock = clock or plan.clock
     count = shards if shards is not None else plan.engine.config.shards
     check_shards(plan.engine.config, plan.engine.file, count)
+    check_coordinator(plan, backend, count)
     check_budgets(plan, count)
     closed = [w for w in plan.pause_windows() if not w.is_open(clock.time())]
     if not wait and closed:

@@ -30,12 +30,13 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from engine.core.clock import Clock
-from engine.core.errors import GatewayAuthError, GatewayError, RunHalt
+from engine.core.errors import CoordinatorUnavailable, GatewayAuthError, GatewayError, RunHalt
 from engine.core.messages import ACCEPTED, MessageBatch, Outcome, SubmitResult
 from engine.observability.metric_names import request_outcome
 from engine.observability.report import RunRecorder
@@ -43,7 +44,16 @@ from engine.sending.gateway import Gateway, handing_over, reset_handing_over
 from engine.sending.ratelimit import SlidingWindowLimiter, Ticket
 from engine.sending.retry import Breaker, RetryPolicy
 
-__all__ = ["Accumulator", "Halt", "HandoverHook", "Lane", "LaneItem", "RouteHealth", "split_parts"]
+__all__ = [
+    "Accumulator",
+    "Halt",
+    "HandoverHook",
+    "Lane",
+    "LaneItem",
+    "RouteHealth",
+    "SharedGate",
+    "split_parts",
+]
 
 log = logging.getLogger("pigeon.sender")
 
@@ -58,6 +68,45 @@ LaneItem = MessageBatch
 """What crosses into a lane: a batch of one carrier's messages."""
 
 _AGAIN = (Outcome.RETRY, Outcome.THROTTLED)
+
+
+class SharedGate(Protocol):
+    """What a lane asks of the workers' shared coordination (``engine.coordination.gate``), per
+    request: the recipients' claims before their first hand-over, then the shared rate budgets.
+
+    :meth:`claim` and :meth:`charge` raise :class:`~engine.core.errors.CoordinatorUnavailable` when
+    the shared store does not answer: the lane then waits :attr:`pause` seconds and asks again —
+    a request never goes without its claims and its booked budget.
+    """
+
+    pause: float
+    """Seconds a lane waits before asking a store that did not answer again."""
+
+    async def claim(self, batch: MessageBatch) -> tuple[list[int], list[int], list[int]]:
+        """Claim the request's recipients for this worker: the indices another worker (or another
+        row) holds, those opted out since the campaign started, and those taken over from a dead
+        worker that may have sent them already and must not be resent (they end ``unknown``)."""
+        ...
+
+    async def release(self, batch: MessageBatch) -> None:
+        """Give back this worker's claims on a request that never left (best effort)."""
+        ...
+
+    def burst(self, gateway: str, carrier: str) -> int | None:
+        """The most parts one request to ``gateway`` for ``carrier`` may take (None: no budget)."""
+        ...
+
+    async def charge(self, gateway: str, carrier: str, parts: int) -> float:
+        """Book a request's parts on the shared budgets: 0.0, or the seconds to wait (nothing booked)."""
+        ...
+
+    def unavailable(self, error: CoordinatorUnavailable, waiting: int) -> None:
+        """The store did not answer (``waiting`` recipients wait): say so, now and then."""
+        ...
+
+    def available(self) -> None:
+        """The store answered: say so if it had not."""
+        ...
 
 
 class Accumulator:
@@ -372,6 +421,10 @@ class Lane:
     :param health: which gateways can be reached (shared by the run's lanes; default: a fresh one
         that waits for ever).
     :param on_idle: called before any of its workers waits (see :attr:`on_idle`).
+    :param gate: the claims and rate budgets shared with other workers (``pigeon send
+        --coordinator``): each request's recipients are claimed before their first hand-over (those
+        another worker holds are recorded ``suppressed``, ``claimed_elsewhere``) and its parts
+        booked on the shared budgets after the local ones; a store that does not answer pauses it.
     """
 
     def __init__(
@@ -391,6 +444,7 @@ class Lane:
         priority: str = "marketing",
         on_idle: Callable[[], None] | None = None,
         health: RouteHealth | None = None,
+        gate: SharedGate | None = None,
     ) -> None:
         self.primary = primary
         self.gateways = gateways
@@ -413,6 +467,8 @@ class Lane:
         (``CampaignLedger.group_commit``)."""
         self.health = health if health is not None else RouteHealth(clock)
         self.halt = self.health.halt
+        self.gate = gate
+        """The workers' shared claims and budgets (None: this process alone sends the campaign)."""
 
     async def run(self, inbox: MemoryObjectReceiveStream[LaneItem]) -> None:
         """Send everything that arrives in ``inbox``; returns when it is closed and drained.
@@ -471,15 +527,46 @@ class Lane:
         self.recorder.pending(pending, reason)
         self.recorder.metrics.queued(self.priority, pending.carrier, -len(pending))
 
-    async def _attempts(self, pending: MessageBatch, attempt: int = 0, handed: bool = False) -> None:
+    async def _gate_down(self, exc: CoordinatorUnavailable) -> None:
+        gate = self.gate
+        assert gate is not None
+        gate.unavailable(exc, self.health.waiting() if self.health.waiting is not None else 0)
+        await self._sleep(gate.pause)
+
+    async def _attempts(
+        self, pending: MessageBatch, attempt: int = 0, handed: bool = False, claimed: bool = False
+    ) -> None:
         recorder, policy, carrier = self.recorder, self.policy, pending.carrier
-        metrics, priority = recorder.metrics, self.priority
+        metrics, priority, gate = recorder.metrics, self.priority, self.gate
         last = ""
         waited = 0.0
         while len(pending):
             if self.halt:
+                if gate is not None and claimed and not handed:  # another worker may send them
+                    with anyio.move_on_after(2, shield=True):
+                        await gate.release(pending)
                 self._stop_here(pending, self.halt.reason)
                 return
+            if gate is not None and not claimed and not handed:
+                # Claimed for this worker before anything else: a request never goes without it.
+                try:
+                    taken, opted, doubtful = await gate.claim(pending)
+                except CoordinatorUnavailable as exc:
+                    await self._gate_down(exc)
+                    continue
+                gate.available()
+                claimed = True
+                if taken or opted or doubtful:
+                    if taken:
+                        recorder.elsewhere(pending.take(taken), "claimed_elsewhere")
+                    if opted:  # opted out on some worker since the run started
+                        recorder.elsewhere(pending.take(opted), "opted_out")
+                    if doubtful:  # a dead worker claimed them: maybe sent, never resent blindly
+                        recorder.doubtful(self.primary.name, pending.take(doubtful), "claimed_by_dead_worker")
+                    metrics.queued(priority, carrier, -len(taken) - len(opted) - len(doubtful))
+                    gone = set(taken) | set(opted) | set(doubtful)
+                    pending = pending.take([i for i in range(len(pending)) if i not in gone])
+                    continue
             if attempt >= policy.max_attempts:
                 recorder.failed(self.primary.name, pending, f"retries_exhausted:{last}", count_request=False)
                 metrics.queued(priority, carrier, -len(pending))
@@ -494,7 +581,7 @@ class Lane:
                 if pending.total_parts() > cap:  # never more in one request than a second's budget
                     if len(pending) > 1:
                         for chunk in split_parts(pending, cap):
-                            await self._attempts(chunk, attempt, handed)
+                            await self._attempts(chunk, attempt, handed, claimed)
                         return
                     most = min(lim.capacity for lim in budget)
                     if pending.total_parts() > most:  # can never go within the rate (the CLI refuses
@@ -513,7 +600,24 @@ class Lane:
                         await self._sleep(at - now)
                         waited += at - now
                     continue  # look again: breakers, the halt and the budget may have changed
-            if budget:
+            if gate is not None:
+                parts = pending.total_parts()
+                room = gate.burst(gw.name, carrier)
+                if room is not None and parts > room and len(pending) > 1:  # one shared burst each
+                    for chunk in split_parts(pending, room):
+                        await self._attempts(chunk, attempt, handed, claimed)
+                    return
+                try:
+                    wait = await gate.charge(gw.name, carrier, parts)
+                except CoordinatorUnavailable as exc:
+                    await self._gate_down(exc)
+                    continue
+                gate.available()
+                if wait > 0:
+                    await self._sleep(min(wait, 1.0))
+                    waited += min(wait, 1.0)
+                    continue  # look again: the local budgets and the gateways may have changed
+            if budget or gate is not None:
                 metrics.ratelimit_wait(carrier, waited)
                 waited = 0.0
             # The hand-over (ledger: submitting; caps counted once) is recorded at the last moment

@@ -8,10 +8,18 @@ from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from pathlib import Path
 
-from pigeon import Reject, RejectReason, SourceBatch, SourceContext, SourceError
-from plugins.source_file._io import SURROGATE, fraction_read, open_binary, resolve, text_blocks
+from pigeon import Reject, RejectReason, SegmentRange, SourceBatch, SourceContext, SourceError
+from plugins.source_file._io import (
+    SURROGATE,
+    _ascii_compatible,
+    fraction_read,
+    open_binary,
+    resolve,
+    text_blocks,
+)
 from plugins.source_file._project import BlockProjector
 from plugins.source_file.config import CsvConfig
+from plugins.source_file.ranges import Window, cut_ranges
 
 __all__ = ["CsvReader", "CsvSource"]
 
@@ -43,6 +51,18 @@ class CsvSource:
         """Open the file and read its header; rows will hold just ``fields`` when the header has them."""
         return CsvReader(self.config, self.path, fields)
 
+    def ranges(self, target_bytes: int) -> list[SegmentRange]:
+        """The data rows as byte ranges of about ``target_bytes`` (:mod:`.ranges`)."""
+        if not _ascii_compatible(self.config.encoding):
+            raise SourceError(
+                f"a {self.config.encoding} file is not cut into byte ranges: save it as UTF-8 or GBK"
+            )
+        return cut_ranges(self.path, target_bytes, header=True, quote=self.config.quotechar.encode("ascii"))
+
+    def open_range(self, fields: Sequence[str], part: SegmentRange) -> CsvReader:
+        """Read the header, then only ``part``'s rows."""
+        return CsvReader(self.config, self.path, fields, part)
+
 
 class CsvReader:
     """Reads records block by block.
@@ -53,8 +73,11 @@ class CsvReader:
     is row 1, and a quoted field with newlines is one row.
     """
 
-    def __init__(self, config: CsvConfig, path: Path, fields: Sequence[str] = ()) -> None:
+    def __init__(
+        self, config: CsvConfig, path: Path, fields: Sequence[str] = (), part: SegmentRange | None = None
+    ) -> None:
         self._file = open_binary(path)
+        self._window: Window | None = None
         self._size = path.stat().st_size
         self._delim = config.delimiter
         self._quote = config.quotechar
@@ -70,6 +93,12 @@ class CsvReader:
             self._file.close()
             raise
         self.header = header
+        if part is not None:  # only this range's rows: drop what the header's block read beyond it
+            self._pending.clear()
+            self._dirty = False
+            self._window = Window(self._file, part.start, part.end)
+            self._blocks = text_blocks(self._window, config.encoding)  # type: ignore[arg-type]
+            self._row = part.first_row - 1
         self._ncols = len(header)
         wanted = list(dict.fromkeys(fields))
         self._take: Callable[[Sequence[str]], Sequence[str]] | None = None
@@ -252,7 +281,9 @@ class CsvReader:
         return bad
 
     def fraction_read(self) -> float | None:
-        """How much of the file has been read (0–1), for progress and ETA."""
+        """How much of the file (of a range: of the range) has been read (0–1), for progress and ETA."""
+        if self._window is not None:
+            return self._window.fraction()
         return fraction_read(self._file, self._size)
 
     def close(self) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 
 import msgspec
 
-from pigeon import Reject, RejectReason, SourceBatch, SourceContext
+from pigeon import Reject, RejectReason, SegmentRange, SourceBatch, SourceContext
 from plugins.source_file._io import fraction_read, open_binary, resolve, text_blocks
 from plugins.source_file.config import JsonlConfig
+from plugins.source_file.ranges import Window, cut_ranges
 
 __all__ = ["JsonlReader", "JsonlSource"]
 
@@ -40,13 +41,23 @@ class JsonlSource:
         """Open the file; rows will hold exactly ``fields``, in that order."""
         return JsonlReader(self.path, fields)
 
+    def ranges(self, target_bytes: int) -> list[SegmentRange]:
+        """The lines as byte ranges of about ``target_bytes`` (:mod:`.ranges`)."""
+        return cut_ranges(self.path, target_bytes, header=False, quote=None)
+
+    def open_range(self, fields: Sequence[str], part: SegmentRange) -> JsonlReader:
+        """Read only ``part``'s lines (numbered as in the file)."""
+        return JsonlReader(self.path, fields, part)
+
 
 class JsonlReader:
     """Decodes each line with msgspec; a missing key reads as empty (templates decide if that is ok)."""
 
-    def __init__(self, path: Path, fields: Sequence[str]) -> None:
+    def __init__(self, path: Path, fields: Sequence[str], part: SegmentRange | None = None) -> None:
         self.columns: list[str] = list(dict.fromkeys(fields))
         self._file = open_binary(path)
+        self._window = Window(self._file, part.start, part.end) if part is not None else None
+        self._first = part.first_row if part is not None else 1
         self._size = path.stat().st_size
         self._decode = msgspec.json.Decoder(dict[str, Any]).decode
 
@@ -54,8 +65,9 @@ class JsonlReader:
         """Yield batches of about ``size`` lines; bad lines become rejects with their line number."""
         cols = self.columns
         decode = self._decode
-        line_no = 0
-        for block, _dirty in text_blocks(self._file, "utf-8"):
+        line_no = self._first - 1
+        raw = self._window if self._window is not None else self._file
+        for block, _dirty in text_blocks(raw, "utf-8"):  # type: ignore[arg-type]
             lines = block.split("\n")
             for start in range(0, len(lines), size):
                 nums: list[int] = []
@@ -83,7 +95,9 @@ class JsonlReader:
                 yield SourceBatch(nums, rows, rejects)
 
     def fraction_read(self) -> float | None:
-        """How much of the file has been read (0–1), for progress and ETA."""
+        """How much of the file (of a range: of the range) has been read (0–1), for progress and ETA."""
+        if self._window is not None:
+            return self._window.fraction()
         return fraction_read(self._file, self._size)
 
     def close(self) -> None:

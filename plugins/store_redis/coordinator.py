@@ -30,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
@@ -44,6 +45,8 @@ from pigeon import (
     LeaseGrant,
     LeaseHolder,
     LeaseLost,
+    SegmentRange,
+    TakenRange,
 )
 from plugins.store_redis import scripts
 from plugins.store_redis.config import RedisConfig
@@ -59,7 +62,11 @@ def tag(name: str) -> str:
     return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
-_CLAIMS = {0: Claim.TAKEN, 1: Claim.NEW, 2: Claim.MINE}
+_CLAIMS = {0: Claim.TAKEN, 1: Claim.NEW, 2: Claim.MINE, 3: Claim.ADOPTED}
+_SEP = "\x1f"
+_DIGITS = {48 + int(c): c for c in Claim}
+GROUP = "workers"
+"""The consumer group every worker of a campaign reads its ranges stream with."""
 
 
 class SharedLeaseBusy(CampaignBusy):
@@ -99,6 +106,8 @@ class RedisCoordinator:
         self._gcra = reg(scripts.GCRA)
         self._claim = reg(scripts.CLAIM)
         self._unclaim = reg(scripts.RELEASE_CLAIMS)
+        self._publish = reg(scripts.PUBLISH_RANGES)
+        self._renew_range = reg(scripts.RENEW_RANGE)
         self._claim_ttl_ms = math.ceil(config.claim_ttl * 1000)
 
     # -- keys ------------------------------------------------------------------------------------
@@ -114,6 +123,25 @@ class RedisCoordinator:
     def claims_key(self, campaign: str) -> str:
         """The campaign's claims hash."""
         return f"{self.prefix}:claims:{{{tag(campaign)}}}"
+
+    def optouts_key(self, campaign: str) -> str:
+        """Recipients opted out while the campaign runs (the claim script refuses them)."""
+        return f"{self.prefix}:optouts:{{{tag(campaign)}}}"
+
+    async def add_optouts(self, campaign: str, recipients: Sequence[str]) -> int:
+        """Add to the campaign's opt-out set (expires with its claims); how many were new."""
+        if not recipients:
+            return 0
+        key = self.optouts_key(campaign)
+
+        async def add() -> int:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.sadd(key, *recipients)
+                pipe.pexpire(key, self._claim_ttl_ms)
+                n, _ = await pipe.execute()
+            return int(n)
+
+        return await self._call("add opt-outs", add)
 
     def budget_key(self, key: BudgetKey) -> str:
         """The budget's GCRA timestamp."""
@@ -193,14 +221,27 @@ class RedisCoordinator:
 
     # -- claims ----------------------------------------------------------------------------------
 
-    async def claim(self, campaign: str, recipients: Sequence[str]) -> list[Claim]:
-        """Claim the request's recipients in one script: NEW, MINE (this worker's) or TAKEN."""
+    async def claim(
+        self, campaign: str, recipients: Sequence[str], *, tags: Sequence[str] | None = None, adopt: str = ""
+    ) -> list[Claim]:
+        """Claim the request's recipients in one script: NEW, MINE (this worker's, same tag),
+        ADOPTED (the dead worker ``adopt``'s) or TAKEN."""
         if not recipients:
             return []
-        keys = [self.claims_key(campaign)]
-        args: list[Arg] = [self.worker, self._claim_ttl_ms, *recipients]
-        res: list[int] = await self._call("claim recipients", lambda: self._claim(keys=keys, args=args))
-        return [_CLAIMS[int(r)] for r in res]
+        if tags is not None and len(tags) != len(recipients):
+            raise ValueError("one tag per recipient")
+        joined, tagged = _SEP.join(recipients), _SEP.join(tags) if tags is not None else ""
+        for what, items, text in (("recipient", recipients, joined), ("tag", tags, tagged)):
+            if items is not None and ("" in items or text.count(_SEP) != len(items) - 1):
+                raise ValueError(f"a {what} is empty or holds \\x1f")
+        keys = [self.claims_key(campaign), self.optouts_key(campaign)]
+        args: list[Arg] = [self.worker, self._claim_ttl_ms, adopt, joined, tagged]
+        res: bytes = await self._call("claim recipients", lambda: self._claim(keys=keys, args=args))
+        if len(res) != len(recipients):
+            raise CoordinatorUnavailable(f"claim script answered {len(res)} for {len(recipients)} recipients")
+        if res.count(49) == len(res):  # every one new: no per-recipient lookup
+            return [Claim.NEW] * len(res)
+        return [_DIGITS[b] for b in res]
 
     async def release_claims(self, campaign: str, recipients: Sequence[str]) -> int:
         """Give back this worker's claims on ``recipients``."""
@@ -209,6 +250,120 @@ class RedisCoordinator:
         keys = [self.claims_key(campaign)]
         args: list[Arg] = [self.worker, *recipients]
         return int(await self._call("release claims", lambda: self._unclaim(keys=keys, args=args)))
+
+    # -- the ranges of a campaign's segment (pigeon worker) -----------------------------------------
+
+    def ranges_key(self, campaign: str) -> str:
+        """The campaign's ranges stream (consumer group ``workers``)."""
+        return f"{self.prefix}:ranges:{{{tag(campaign)}}}"
+
+    def published_key(self, campaign: str) -> str:
+        """Set once the ranges are published: the campaign's meta (JSON)."""
+        return f"{self.prefix}:published:{{{tag(campaign)}}}"
+
+    def done_key(self, campaign: str) -> str:
+        """Range index → the worker that finished it and its rows (``worker|rows``)."""
+        return f"{self.prefix}:done:{{{tag(campaign)}}}"
+
+    def workers_key(self, campaign: str) -> str:
+        """Worker → its last heartbeat (JSON figures)."""
+        return f"{self.prefix}:workers:{{{tag(campaign)}}}"
+
+    async def publish_ranges(self, campaign: str, parts: Sequence[SegmentRange], meta: bytes) -> int:
+        """Publish the ranges once, atomically: how many, 0 when published before."""
+        keys = [self.ranges_key(campaign), self.published_key(campaign)]
+        args: list[Arg] = [GROUP, meta.decode(), *(msgspec.json.encode(p).decode() for p in parts)]
+        return int(await self._call("publish ranges", lambda: self._publish(keys=keys, args=args)))
+
+    def _taken(self, entry: Any, previous: str) -> TakenRange:
+        eid, fields = entry
+        raw = fields.get(b"r") or fields.get("r")
+        return TakenRange(
+            entry=eid.decode() if isinstance(eid, bytes) else str(eid),
+            part=msgspec.json.decode(raw, type=SegmentRange),
+            previous=previous,
+        )
+
+    async def take_range(self, campaign: str, *, idle: float) -> TakenRange | None:
+        """A range held before a restart, a fresh one, or one idle for ``idle`` s (reclaimed)."""
+        key, me = self.ranges_key(campaign), self.worker
+
+        async def take() -> TakenRange | None:
+            client = self.client
+            for start, previous in (("0", me), (">", "")):  # own pending first, then new ones
+                got: Any = await client.xreadgroup(GROUP, me, {key: start}, count=1)
+                for _stream, entries in got or ():
+                    for entry in entries:
+                        if entry[1]:  # (a pending entry deleted meanwhile has no fields)
+                            return self._taken(entry, previous)
+            pending = await client.xpending_range(
+                key, GROUP, min="-", max="+", count=20, idle=int(idle * 1000)
+            )
+            for p in pending:
+                owner = p["consumer"].decode() if isinstance(p["consumer"], bytes) else str(p["consumer"])
+                if owner == me:
+                    continue
+                claimed = await client.xclaim(key, GROUP, me, int(idle * 1000), [p["message_id"]])
+                if claimed and claimed[0][1]:
+                    return self._taken(claimed[0], owner)
+            return None
+
+        return await self._call("take a range", take)
+
+    async def renew_range(self, campaign: str, entry: str) -> bool:
+        """Reset the range's idle time while this worker holds it; False once another reclaimed it."""
+        keys, args = [self.ranges_key(campaign)], [GROUP, self.worker, entry]
+        return bool(int(await self._call("renew a range", lambda: self._renew_range(keys=keys, args=args))))
+
+    async def range_done(self, campaign: str, taken: TakenRange, rows: int) -> None:
+        """Ack the range and record who finished it."""
+        key, done = self.ranges_key(campaign), self.done_key(campaign)
+
+        async def ack() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.xack(key, GROUP, taken.entry)
+                pipe.hset(done, str(taken.part.index), f"{self.worker}|{rows}")
+                await pipe.execute()
+
+        await self._call("ack a range", ack)
+
+    async def heartbeat(self, campaign: str, stats: dict[str, float]) -> None:
+        """Record this worker's figures (and when) for ``pigeon status``."""
+        body = msgspec.json.encode({**stats, "at": time.time()}).decode()
+        key = self.workers_key(campaign)
+        await self._call("beat", lambda: self.client.hset(key, self.worker, body))
+
+    async def queue_state(self, campaign: str) -> dict[str, Any]:
+        """Ranges published, done (by worker) and held now (by worker), and each worker's figures."""
+        c = self.client
+
+        async def read() -> dict[str, Any]:
+            meta = await c.get(self.published_key(campaign))
+            if meta is None:
+                return {"published": False}
+            done: dict[Any, Any] = await c.hgetall(self.done_key(campaign))
+            workers: dict[Any, Any] = await c.hgetall(self.workers_key(campaign))
+            held: dict[str, int] = {}
+            summary = await c.xpending(self.ranges_key(campaign), GROUP)
+            for row in summary.get("consumers") or ():
+                name = row["name"].decode() if isinstance(row["name"], bytes) else str(row["name"])
+                held[name] = int(row["pending"])
+            by_worker: dict[str, dict[str, int]] = {}
+            for value in done.values():
+                who, rows = value.decode().rsplit("|", 1)
+                entry = by_worker.setdefault(who, {"ranges": 0, "rows": 0})
+                entry["ranges"] += 1
+                entry["rows"] += int(rows)
+            return {
+                "published": True,
+                "meta": msgspec.json.decode(meta),
+                "ranges_done": len(done),
+                "done_by": by_worker,
+                "held_by": held,
+                "workers": {k.decode(): msgspec.json.decode(v) for k, v in workers.items()},
+            }
+
+        return await self._call("read the queue", read)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["CLAIM", "GCRA", "LEASE_RELEASE", "LEASE_RENEW", "LEASE_TAKE", "RELEASE_CLAIMS"]
+__all__ = [
+    "CLAIM",
+    "GCRA",
+    "LEASE_RELEASE",
+    "LEASE_RENEW",
+    "LEASE_TAKE",
+    "PUBLISH_RANGES",
+    "RELEASE_CLAIMS",
+    "RENEW_RANGE",
+]
 
 LEASE_TAKE: Final = """
 -- KEYS[1] lease hash, KEYS[2] fence counter; ARGV token, owner, host, pid, ttl_ms
@@ -65,33 +74,83 @@ return 0
 """Book ``parts`` (0) or, when over, book nothing and return the µs to wait: GCRA charged per request."""
 
 CLAIM: Final = """
--- KEYS[1] the campaign's claims hash (recipient -> worker); ARGV worker, ttl_ms, recipients...
+-- KEYS[1] the campaign's claims hash (recipient -> worker[|tag]), KEYS[2] its opt-out set
+-- ARGV owner, ttl_ms, adopt, recipients and tags each joined by \\x1f (tags may be '')
 local owner = ARGV[1]
+local adopt = ARGV[3]
+local recipients, tags = {}, {}
+for r in string.gmatch(ARGV[4], '[^\\31]+') do recipients[#recipients + 1] = r end
+if ARGV[5] ~= '' then
+  for t in string.gmatch(ARGV[5], '[^\\31]+') do tags[#tags + 1] = t end
+end
 local out = {}
-for i = 3, #ARGV do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], owner) == 1 then
-    out[#out + 1] = 1
-  elseif redis.call('HGET', KEYS[1], ARGV[i]) == owner then
-    out[#out + 1] = 2
+for i = 1, #recipients do
+  local r = recipients[i]
+  local v = owner
+  if tags[i] then v = owner .. '|' .. tags[i] end
+  if redis.call('SISMEMBER', KEYS[2], r) == 1 then
+    out[i] = '4'
+  elseif redis.call('HSETNX', KEYS[1], r, v) == 1 then
+    out[i] = '1'
   else
-    out[#out + 1] = 0
+    local cur = redis.call('HGET', KEYS[1], r)
+    if cur == v then
+      out[i] = '2'
+    elseif adopt ~= '' and (cur == adopt or string.sub(cur, 1, #adopt + 1) == adopt .. '|') then
+      redis.call('HSET', KEYS[1], r, v)
+      out[i] = '3'
+    else
+      out[i] = '0'
+    end
   end
 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return out
+return table.concat(out)
 """
-"""Claim a whole request's recipients at once: per recipient 1 (new), 2 (this worker's), 0 (another's)."""
+"""Claim a whole request's recipients at once: one digit per recipient, 1 (new), 2 (this worker's,
+same tag), 3 (adopted from the dead worker ``adopt``), 0 (another's, or this worker's under another
+tag), 4 (opted out since the campaign started: in its opt-out set; not claimed). Recipients and
+tags travel as one argument each (one string to pack and parse, not hundreds)."""
 
 RELEASE_CLAIMS: Final = """
 -- KEYS[1] the campaign's claims hash; ARGV worker, recipients...
 local n = 0
+local mine = ARGV[1] .. '|'
 for i = 2, #ARGV do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur and (cur == ARGV[1] or string.sub(cur, 1, #mine) == mine) then
     n = n + redis.call('HDEL', KEYS[1], ARGV[i])
   end
 end
 return n
 """
 """Give back this worker's claims on recipients whose request never left: how many."""
+
+PUBLISH_RANGES: Final = """
+-- KEYS[1] the campaign's ranges stream, KEYS[2] its published marker; ARGV group, meta, ranges...
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+for i = 3, #ARGV do
+  redis.call('XADD', KEYS[1], '*', 'r', ARGV[i])
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return #ARGV - 2
+"""
+"""Publish a campaign's ranges once (the stream, its consumer group and the marker, at once): how
+many, or 0 when another worker published them first."""
+
+RENEW_RANGE: Final = """
+-- KEYS[1] the campaign's ranges stream; ARGV group, worker, entry id
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then
+  return 0
+end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
+"""Reset a range's idle time if this worker still holds it: 1, else 0 (another reclaimed it, or done)."""

@@ -31,6 +31,22 @@ NO_ENGINE = {("lookup",), ("plugins",), ("completion",)}
 """Commands that use no engine file (every other command must take --engine)."""
 NO_DATA = {("serve",), ("completion",)}
 """Commands that print no data (every other command must take --json)."""
+_REDIS = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+"""Where ``pigeon worker`` runs campaign ``t`` (its keys are deleted before and after)."""
+
+
+def _forget_worker_keys() -> None:
+    import redis
+
+    client = redis.Redis.from_url(_REDIS, socket_connect_timeout=1)
+    try:
+        keys = list(client.scan_iter(match="pigeon:*{t}", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
 
 
 def _leaves() -> list[tuple[str, ...]]:
@@ -293,7 +309,9 @@ def test_serve_says_config_is_deprecated_in_its_json_log(here: Path) -> None:
 # --- --json on every command that prints data ---------------------------------------------------
 
 
-def test_every_data_command_prints_json(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_data_command_prints_json(
+    here: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
+) -> None:
     """Each command with --json, run with it: standard output is one JSON document. The list of
     command lines is checked against the parser, so a new data command needs a line here."""
     _engine(here / "engine.toml")
@@ -320,10 +338,13 @@ def test_every_data_command_prints_json(here: Path, capsys: pytest.CaptureFixtur
         ("keys", "revoke", "shop"),
         ("plugins",),
         ("segment", "rfm", "orders.csv", "-q"),
+        ("worker", "campaign.toml", "--coordinator", _REDIS, "--again", "-q"),
         ("cancel", "t"),
     ]
     leaves = set(_leaves())
     covered = set()
+    _forget_worker_keys()
+    request.addfinalizer(_forget_worker_keys)
     for argv in runs:
         data = _json(capsys, *argv, "--json")
         assert data not in (None, {}, []), argv

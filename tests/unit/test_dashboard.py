@@ -37,6 +37,7 @@ def exported() -> dict[str, set[str]]:
     m = Metrics(backend="asyncio")
     m.prepare(stages=["normalize", "dedupe", "route"], routes={"cm": ["a", "b"]}, in_flight={"a": 2, "b": 1})
     m.delivery_reports({"delivered": 1}, [1.0], gateway="a")
+    m.prepare_worker("host:0123456789")  # a coordinated worker's series (pigeon worker)
     stats = LinkStats()  # a bind of an smpp/cmpp gateway, registered as the service and sends do
     stats.answered(0.004)
     stats.receipts["delivered"] = 1

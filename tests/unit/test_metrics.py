@@ -30,7 +30,9 @@ from engine.pipeline.stages.hold_quiet_hours import OUTSIDE_SEND_WINDOW
 from tests.conftest import promtool as find_promtool
 
 ROUTES = {"cm": ["primary", "backup"], "cu": ["primary"]}
-ALLOWED_LABELS = {"stage", "reason", "carrier", "gateway", "outcome", "status", "priority", "shard"}
+ALLOWED_LABELS = {
+    "stage", "reason", "carrier", "gateway", "outcome", "status", "priority", "shard", "worker", "answer", "call"
+}  # fmt: skip
 
 
 def prepared() -> Metrics:
@@ -99,6 +101,14 @@ def test_every_known_series_exists_at_zero_before_anything_is_counted() -> None:
     assert value(m, "pigeon_gateway_in_flight_limit", gateway="backup") == 2
     for source in ("api", "mo", "import", "manual"):
         assert value(m, "pigeon_optouts_added_total", reason=source) == 0
+    m.prepare_worker("host:1")  # a coordinated worker's own series, at zero once it knows its name
+    for answer in ("new", "taken", "opted_out", "adopted"):
+        assert value(m, "pigeon_coordinator_claims_total", worker="host:1", answer=answer) == 0
+    for call in ("claim", "charge", "range"):
+        for outcome in ("ok", "unavailable"):
+            assert (
+                value(m, "pigeon_coordinator_calls_total", worker="host:1", call=call, outcome=outcome) == 0
+            )
     assert (
         value(m, "pigeon_build_info", version="9.9.9", python=platform.python_version(), backend="trio") == 1
     )

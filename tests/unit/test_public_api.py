@@ -25,7 +25,8 @@ PINNED = {
     "SourceError", "SourceRegistry", "SubmitResult", "WebhookError", "WebhookParser", "WebhookParserRegistry",
     "about_to_write", "hookimpl", "mask", "Journal", "ProviderStatus", "SettleQuery", "Settled", "Settling",
     "request_key", "BudgetKey", "BudgetSpec", "CampaignBusy", "Claim", "Coordinator", "CoordinatorContext",
-    "CoordinatorRegistry", "CoordinatorUnavailable", "LeaseGrant", "LeaseHolder", "LeaseLost",
+    "CoordinatorRegistry", "CoordinatorUnavailable", "LeaseGrant", "LeaseHolder", "LeaseLost", "RangedSource",
+    "SegmentRange", "RangeQueue", "TakenRange", "SharedOptOuts",
 }  # fmt: skip
 
 

@@ -1,0 +1,223 @@
+"""The lanes' gate to a coordinator: each request's claims and shared rate budgets; a pause when it is down.
+
+:class:`CoordinatedGate` is the :class:`~engine.sending.sender.SharedGate` a run's lanes call when
+the engine names a coordinator (``[coordinator]``, ``pigeon send --coordinator``). Per request,
+never per message:
+
+* ``claim`` — one call for the request's recipients (``Coordinator.claim``); those another worker
+  holds leave the request (recorded ``suppressed``, ``claimed_elsewhere``: the claiming worker's
+  ledger records the send);
+* ``charge`` — the request's billed parts on the carrier's budget (key ``(*, carrier, all)``,
+  the carrier's ``rate_per_second`` for all workers together) and on the gateway's
+  (``(gateway, *, all)``, its ``rate_per_second``). The carrier's is booked first; when the
+  gateway's then says wait, the carrier's booking stays spent (a little throughput lost, never
+  a window over its rate).
+
+A store that does not answer raises :class:`~engine.core.errors.CoordinatorUnavailable` through
+the gate: the lane waits :attr:`CoordinatedGate.pause` seconds and asks again, and the gate says
+"paused" (then every few seconds, then "resumed") — a request never goes without its claims.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from engine.coordination.contract import BudgetKey, BudgetSpec, Claim, Coordinator, SharedOptOuts
+from engine.core.errors import ConfigError, CoordinatorUnavailable
+from engine.core.messages import MessageBatch, number_key
+from engine.observability.metrics import NO_METRICS, Metrics
+
+__all__ = ["ALL", "CoordinatedGate", "shared_spec"]
+
+log = logging.getLogger("pigeon.coordination")
+
+ALL = "*"
+"""The budget key's part that stands for "every gateway" or "every carrier"."""
+LANE = "all"
+"""The lane every budget is kept for (a transactional reserve would be a lane of its own)."""
+_SAY_EVERY = 5.0
+
+
+def shared_spec(
+    rate: float, max_parts: int, burst_share: float, margin: float, *, key: str, file: str
+) -> BudgetSpec:
+    """The shared budget of ``rate`` parts/s: the largest request ``burst_share`` of the rate (at
+    least one message of ``max_parts``, below the rate). ConfigError (naming ``key``) when one
+    message would not fit below the rate."""
+    burst = max(max_parts, min(math.floor(rate * burst_share), math.ceil(rate) - 1))
+    if burst >= rate:
+        raise ConfigError(
+            file,
+            key,
+            f"{rate:g} parts/s shared by the workers leaves no room for one message of {max_parts} parts "
+            f"and the GCRA's burst: raise it above {max_parts}",
+        )
+    return BudgetSpec(rate=rate, burst=burst, margin=margin)
+
+
+def _keys(batch: MessageBatch) -> list[str]:
+    """The recipients as a coordinator's claims name them (their number keys, as text)."""
+    return list(map(str, batch.keys()))
+
+
+class CoordinatedGate:
+    """Claims and shared budgets of one campaign on ``coordinator`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        campaign: str,
+        *,
+        carrier_budgets: Mapping[str, BudgetSpec],
+        gateway_budgets: Mapping[str, BudgetSpec],
+        notify: Callable[[str], None] | None = None,
+        pause: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics = NO_METRICS,
+        worker: str = "",
+    ) -> None:
+        self.coordinator = coordinator
+        self.metrics = metrics
+        self.worker = worker
+        """This process's name in the coordinator (the ``worker`` label of its metrics)."""
+        metrics.prepare_worker(worker)
+        self.campaign = campaign
+        self.carrier_budgets = dict(carrier_budgets)
+        self.gateway_budgets = dict(gateway_budgets)
+        self.notify = notify
+        self.pause = pause
+        self.clock = clock
+        self.down_since: float | None = None
+        """Monotonic time the store stopped answering (None while it answers)."""
+        self._said = -math.inf
+        self.claims = self.taken = self.adopted = self.charges = self.calls = 0
+        """Recipients claimed by this worker, found claimed by another, taken over from a dead one,
+        requests booked, store calls."""
+        self.adopt = ""
+        """The dead worker whose range this worker is sending now: its claims are taken over."""
+        self.resend_adopted = False
+        """Whether recipients a dead worker claimed are sent again (every gateway is idempotent:
+        the provider drops a message id it has seen) or end ``unknown`` (the default)."""
+
+    # -- claims ------------------------------------------------------------------------------------
+
+    async def claim(self, batch: MessageBatch) -> tuple[list[int], list[int], list[int]]:
+        """Claim ``batch``'s recipients in one call, tagged with their rows (the same number on
+        another row is ``TAKEN``: a duplicate across ranges). Returns the indices another worker or
+        row holds, those opted out since the campaign started (any worker's
+        :meth:`add_optouts`), and those adopted from :attr:`adopt` that must not be resent (unless
+        :attr:`resend_adopted`)."""
+        keys = _keys(batch)
+        self.calls += 1
+        metrics, worker = self.metrics, self.worker
+        try:
+            answers = await self.coordinator.claim(
+                self.campaign, keys, tags=list(map(str, batch.rows)), adopt=self.adopt
+            )
+        except CoordinatorUnavailable:
+            metrics.coordinator_call(worker, "claim", False)
+            raise
+        metrics.coordinator_call(worker, "claim", True)
+        if answers.count(Claim.NEW) == len(answers):  # the usual case, one C scan
+            self.claims += len(answers)
+            metrics.claims(worker, "new", len(answers))
+            return [], [], []
+        taken = [i for i, a in enumerate(answers) if a is Claim.TAKEN]
+        opted = [i for i, a in enumerate(answers) if a is Claim.OPTED_OUT]
+        doubtful = [] if self.resend_adopted else [i for i, a in enumerate(answers) if a is Claim.ADOPTED]
+        self.taken += len(taken)
+        self.adopted += sum(a is Claim.ADOPTED for a in answers)
+        self.claims += len(answers) - len(taken) - len(opted) - len(doubtful)
+        adopted = sum(a is Claim.ADOPTED for a in answers)
+        metrics.claims(worker, "taken", len(taken))
+        metrics.claims(worker, "opted_out", len(opted))
+        metrics.claims(worker, "adopted", adopted)
+        metrics.claims(worker, "new", len(answers) - len(taken) - len(opted) - adopted)
+        return taken, opted, doubtful
+
+    async def add_optouts(self, numbers: Sequence[str]) -> None:
+        """Numbers opted out now (an MO reply this worker read): every worker's next claim of them
+        is refused. Best effort: a store that does not answer leaves them to this worker's own set
+        and the SQL store (the record)."""
+        if not numbers or not isinstance(self.coordinator, SharedOptOuts):
+            return
+        keys = [str(number_key(n)) for n in numbers]
+        try:
+            self.calls += 1
+            await self.coordinator.add_optouts(self.campaign, keys)
+        except CoordinatorUnavailable as exc:
+            log.warning("opt-outs not shared: %s", exc, extra={"event": "coordinator.optouts_unshared"})
+
+    async def release(self, batch: MessageBatch) -> None:
+        """Give back the claims of a request that never left; a store that does not answer keeps them."""
+        try:
+            self.calls += 1
+            await self.coordinator.release_claims(self.campaign, _keys(batch))
+        except CoordinatorUnavailable:
+            pass
+
+    # -- budgets -----------------------------------------------------------------------------------
+
+    def _specs(self, gateway: str, carrier: str) -> list[tuple[BudgetKey, BudgetSpec]]:
+        out = []
+        c = self.carrier_budgets.get(carrier)
+        if c is not None:
+            out.append((BudgetKey(ALL, carrier, LANE), c))
+        g = self.gateway_budgets.get(gateway)
+        if g is not None:
+            out.append((BudgetKey(gateway, ALL, LANE), g))
+        return out
+
+    def burst(self, gateway: str, carrier: str) -> int | None:
+        """The most parts one request may take on these budgets (None: no shared budget)."""
+        specs = self._specs(gateway, carrier)
+        return min(s.burst for _, s in specs) if specs else None
+
+    async def charge(self, gateway: str, carrier: str, parts: int) -> float:
+        """Book ``parts`` on the carrier's, then the gateway's shared budget; the first wait asked."""
+        for key, spec in self._specs(gateway, carrier):
+            self.calls += 1
+            try:
+                wait = await self.coordinator.charge(key, spec, parts)
+            except CoordinatorUnavailable:
+                self.metrics.coordinator_call(self.worker, "charge", False)
+                raise
+            self.metrics.coordinator_call(self.worker, "charge", True)
+            if wait > 0:
+                return wait
+        self.charges += 1
+        return 0.0
+
+    # -- the store's health ----------------------------------------------------------------------
+
+    def unavailable(self, error: CoordinatorUnavailable, waiting: int) -> None:
+        """The store did not answer: sending is paused; say so now and every few seconds."""
+        now = self.clock()
+        if self.down_since is None:
+            self.down_since = now
+            log.warning(
+                "coordinator unreachable: %s",
+                error,
+                extra={"event": "coordinator.down", "reason": "unreachable"},
+            )
+        if self.notify is not None and now - self._said >= _SAY_EVERY:
+            self._said = now
+            self.notify(
+                f"coordinator {self.coordinator.name} unreachable for {now - self.down_since:.0f} s "
+                f"({error}): sending paused, {waiting:,} recipients waiting — nothing goes without its claim"
+            )
+
+    def available(self) -> None:
+        """The store answered: if it had not, sending resumes (said once)."""
+        if self.down_since is not None:
+            gone = self.clock() - self.down_since
+            self.down_since = None
+            self._said = -math.inf
+            log.info("coordinator answers again", extra={"event": "coordinator.up"})
+            if self.notify is not None:
+                self.notify(
+                    f"coordinator {self.coordinator.name} answers again after {gone:.0f} s: sending resumed"
+                )

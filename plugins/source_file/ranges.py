@@ -1,0 +1,130 @@
+"""Cut a CSV or JSON Lines file into byte ranges on row boundaries, and read one range alone.
+
+The cut reads the file once, in 1 MiB chunks, counting rows (``bytes.count`` of newlines where a
+chunk holds no quote character; line by line, following the quotes, where it does), so every
+range knows the number of its first row; a worker then seeks to its range and reads nothing else.
+A newline inside a quoted CSV field never ends a range (it does not end a row either).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO
+
+from pigeon import SegmentRange, SourceError
+
+__all__ = ["Window", "cut_ranges"]
+
+_CHUNK = 1 << 20
+
+
+def _plain(path: Path) -> None:
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    if head.startswith(b"\x1f\x8b"):
+        raise SourceError(
+            f"{path.name} is gzip-compressed: a segment is cut into byte ranges only uncompressed "
+            "(gunzip it, or send it from one process)"
+        )
+    if b"\r" in head and b"\n" not in head:
+        raise SourceError(f"{path.name} ends its lines with a lone CR: save it with LF or CRLF line ends")
+
+
+def cut_ranges(path: Path, target_bytes: int, *, header: bool, quote: bytes | None) -> list[SegmentRange]:
+    """``path``'s data rows as ranges of about ``target_bytes`` (at least one row each).
+
+    ``header``: the first row is a header (CSV: data rows start at row 2; JSON Lines: row 1).
+    ``quote``: the CSV quote character (newlines inside quotes do not end a row); None for JSON Lines.
+    """
+    if target_bytes < 1:
+        raise ValueError("target_bytes must be positive")
+    _plain(path)
+    size = path.stat().st_size
+    out: list[SegmentRange] = []
+    row = 1  # the number of the row that starts at `pos`
+    pos = 0
+    in_quote = False
+    data_start: int | None = None if header else 0
+    start, first = 0, 1
+    with path.open("rb") as f:
+        carry_at = 0
+        while True:
+            f.seek(carry_at)
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                break
+            base = carry_at
+            # Row ends in this chunk: offsets just past each newline that ends a row.
+            if quote is None or (quote not in chunk and not in_quote):
+                ends = _newlines(chunk)
+            else:
+                ends = []
+                q = quote[0]
+                for i, b in enumerate(chunk):
+                    if b == q:
+                        in_quote = not in_quote
+                    elif b == 10 and not in_quote:
+                        ends.append(i + 1)
+            for e in ends:
+                end = base + e
+                row += 1
+                if data_start is None:
+                    data_start, start, first = end, end, row
+                    continue
+                if end - start >= target_bytes:
+                    out.append(
+                        SegmentRange(index=len(out), start=start, end=end, first_row=first, rows=row - first)
+                    )
+                    start, first = end, row
+            pos = base + len(chunk)
+            carry_at = pos
+    if data_start is None:
+        return []  # a header and nothing else
+    if size > start:  # the last rows (the final newline may be missing)
+        last = row + (1 if pos > 0 and _last_byte(path) != b"\n" else 0)
+        out.append(SegmentRange(index=len(out), start=start, end=size, first_row=first, rows=last - first))
+    return out
+
+
+def _newlines(chunk: bytes) -> list[int]:
+    ends: list[int] = []
+    i = chunk.find(b"\n")
+    while i != -1:
+        ends.append(i + 1)
+        i = chunk.find(b"\n", i + 1)
+    return ends
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1)
+
+
+class Window:
+    """A file seen from ``start`` to ``end`` only: what a range's reader reads (``read`` stops at
+    ``end``; ``tell`` is the position in the file, for progress)."""
+
+    def __init__(self, raw: BinaryIO, start: int, end: int) -> None:
+        self.raw, self.start, self.end = raw, start, end
+        raw.seek(start)
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes, never past ``end``."""
+        left = self.end - self.raw.tell()
+        if left <= 0:
+            return b""
+        return self.raw.read(left if n < 0 else min(n, left))
+
+    def tell(self) -> int:
+        """Position in the whole file."""
+        return self.raw.tell()
+
+    def fraction(self) -> float:
+        """How much of the range has been read (0–1)."""
+        span = self.end - self.start
+        return min(1.0, (self.raw.tell() - self.start) / span) if span > 0 else 1.0
+
+    def close(self) -> None:
+        """Close the file."""
+        self.raw.close()

@@ -1,0 +1,211 @@
+"""``pigeon send --coordinator redis://…``: worker processes sharing claims and rate budgets in a real Redis.
+
+Each worker is a ``pigeon send`` subprocess with a store of its own (as on its own host) over the
+same campaign and segment, sending to one HTTP simulator; the simulator's log is the judge.
+asyncio only: redis-py's client is asyncio-only (docs/scale-out.md says how trio users run it).
+``PIGEON_TEST_REDIS_URL`` picks the shared Redis (default DB 12 on 127.0.0.1:6379); each test uses a
+key prefix of its own and deletes its keys. The Redis-down test starts a redis-server of its own
+on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("redis")
+
+import redis
+
+from engine.state.ledger.records import LedgerState
+from engine.state.ledger.store import Ledger
+from loadtests.simulator import SimConfig, SimulatorThread
+from tests.integration.crash_harness import check_ledger_against_log, files, segment, start
+
+URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+RATE = 2000
+"""China Mobile's budget, parts per second, for all workers together."""
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A key prefix on the test Redis; skipped (failed under PIGEON_REQUIRE_REDIS) when none answers."""
+    try:
+        client = redis.Redis.from_url(URL, socket_connect_timeout=1)
+        client.ping()
+    except redis.RedisError as exc:
+        hint = f"no Redis answers at {URL} ({exc}): apt-get install redis-server, or run .ci/run"
+        if os.environ.get("PIGEON_REQUIRE_REDIS"):
+            pytest.fail(hint)
+        pytest.skip(hint)
+    p = f"pigeon-test-{secrets.token_hex(4)}"
+    yield p
+    keys = list(client.scan_iter(match=f"{p}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def _worker_dir(root: Path, name: str, port: int, seg: Path, coordinator: str) -> Path:
+    """A worker's directory: its own store, the shared campaign over a copy of the segment."""
+    d = root / name
+    d.mkdir()
+    shutil.copy(seg, d / "seg.csv")
+    files(
+        d,
+        port,
+        store=d / "pigeon.db",
+        gateway="in_flight = 4",
+        max_batch=100,
+        cm=f"rate_per_second = {RATE}",
+        extra=coordinator,
+    )
+    return d
+
+
+def _coordinator(url: str, prefix: str, timeout: float = 5.0) -> str:
+    return f"""[coordinator]
+plugin = "redis"
+margin = 0.05
+[coordinator.options]
+url = "{url}"
+prefix = "{prefix}"
+timeout = {timeout}
+"""
+
+
+def test_three_workers_share_claims_and_the_carrier_rate(tmp_path: Path, prefix: str) -> None:
+    rows = 6000
+    eligible, dups = segment(tmp_path / "seg.csv", rows)
+    with SimulatorThread(SimConfig()) as sim:
+        dirs = [
+            _worker_dir(tmp_path, f"w{i}", sim.port, tmp_path / "seg.csv", _coordinator(URL, prefix))
+            for i in range(3)
+        ]
+        procs = [start(["send", str(d / "campaign.toml")], d) for d in dirs]
+        outs = [p.communicate(timeout=120) for p in procs]
+        for p, (_, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err
+        peak = sim.max_arrived_parts_per_second()
+        log = list(sim.log)
+    received = Counter(to for _, _, to, _, _ in log)
+    twice = [n for n, c in received.items() if c > 1]
+    assert not twice, f"{len(twice)} recipients received more than once"
+    assert len(received) == len(eligible), "every eligible recipient received"
+    assert peak["cm"] <= RATE, f"the workers together sent {peak['cm']} parts in one second"
+    # Every eligible row: sent by exactly one worker, recorded claimed_elsewhere by the others.
+    sent_by: list[set[int]] = []
+    for d in dirs:
+        ledger = Ledger(d / "pigeon.db")
+        try:
+            sent = set(ledger.rows_in("crash", LedgerState.SUBMITTED).tolist())
+            suppressed = set(ledger.rows_in("crash", LedgerState.SUPPRESSED).tolist())
+            counts = ledger.counts("crash")
+            open_rows = ledger.rows_in(
+                "crash", LedgerState.PENDING, LedgerState.SUBMITTING, LedgerState.UNKNOWN
+            )
+        finally:
+            ledger.close()
+        assert not set(open_rows.tolist()) & set(range(2, rows + 2)), "every row ends in a final state"
+        assert counts.total == rows
+        assert suppressed == dups | (eligible - sent)
+        assert counts.reasons["suppressed"] == {
+            "duplicate": len(dups),
+            **({"claimed_elsewhere": len(eligible - sent)} if eligible - sent else {}),
+        }
+        sent_by.append(sent)
+    assert sum(map(len, sent_by)) == len(eligible) == len(set().union(*sent_by))
+    assert sum(1 for s in sent_by if s) >= 2, "the workers sent side by side"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis_server(port: int, data: Path) -> subprocess.Popen[bytes]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed")
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--dir",
+            str(data),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.RedisError:
+            time.sleep(0.05)
+    client.close()
+    return proc
+
+
+def test_a_redis_restart_pauses_sending_and_nobody_goes_twice_or_missing(tmp_path: Path) -> None:
+    pytest.importorskip("redis")
+    rows = 8000
+    eligible, dups = segment(tmp_path / "seg.csv", rows)
+    port = _free_port()
+    data = tmp_path / "redis"
+    data.mkdir()
+    server = _redis_server(port, data)
+    try:
+        with SimulatorThread(SimConfig()) as sim:
+            d = _worker_dir(
+                tmp_path,
+                "w",
+                sim.port,
+                tmp_path / "seg.csv",
+                _coordinator(f"redis://127.0.0.1:{port}/0", "p", 1.0),
+            )
+            proc = start(["send", str(d / "campaign.toml")], d)
+            deadline = time.monotonic() + 60
+            while len(sim.log) < 1500 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert proc.poll() is None, "the run ended before Redis was stopped"
+            server.send_signal(signal.SIGKILL)
+            server.wait()
+            time.sleep(0.5)  # requests claimed and booked before the kill may still arrive
+            at_kill = len(sim.log)
+            time.sleep(2.0)
+            assert len(sim.log) == at_kill, "messages went while Redis was down"
+            assert proc.poll() is None, "the run must pause, not stop, while Redis is down"
+            server = _redis_server(port, data)  # the same files: AOF brings the claims back
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+        assert "unreachable" in err and "paused" in err
+        assert "sending resumed" in err
+        assert at_kill < len(eligible)
+        check_ledger_against_log(d / "pigeon.db", sim, eligible, rows, dups)
+        assert Counter(to for _, _, to, _, _ in sim.log).most_common(1)[0][1] == 1
+        assert len(sim.log) == len(eligible)
+    finally:
+        server.kill()
+        server.wait()

@@ -1,0 +1,145 @@
+"""The ``redis`` coordinator's range queue (a Redis Stream per campaign, consumer group ``workers``)
+and tagged / adopting claims, on the real Redis (DB 12 unless ``PIGEON_TEST_REDIS_URL``; a key
+prefix per test). asyncio only: redis-py's client is asyncio-only."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import anyio
+import pytest
+
+pytest.importorskip("redis")
+
+import redis
+
+from engine.coordination.contract import Claim, CoordinatorContext
+from engine.pipeline.source import SegmentRange
+from plugins.store_redis.config import RedisConfig
+from plugins.store_redis.coordinator import RedisCoordinator
+
+URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+
+pytestmark = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    try:
+        client = redis.Redis.from_url(URL, socket_connect_timeout=1)
+        client.ping()
+    except redis.RedisError as exc:
+        hint = f"no Redis answers at {URL} ({exc}): apt-get install redis-server, or run .ci/run"
+        if os.environ.get("PIGEON_REQUIRE_REDIS"):
+            pytest.fail(hint)
+        pytest.skip(hint)
+    p = f"pigeon-test-{secrets.token_hex(4)}"
+    yield p
+    keys = list(client.scan_iter(match=f"{p}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+async def worker(prefix: str) -> AsyncIterator[Callable[[str], RedisCoordinator]]:
+    made: list[RedisCoordinator] = []
+
+    def make(name: str) -> RedisCoordinator:
+        c = RedisCoordinator(RedisConfig(url=URL, prefix=prefix), CoordinatorContext(worker=name))
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        await c.aclose()
+
+
+def _parts(n: int) -> list[SegmentRange]:
+    return [
+        SegmentRange(index=i, start=100 * i, end=100 * (i + 1), first_row=2 + 10 * i, rows=10)
+        for i in range(n)
+    ]
+
+
+async def test_ranges_are_published_once_and_each_taken_by_one_worker(
+    anyio_backend: str, worker: Callable[[str], RedisCoordinator]
+) -> None:
+    a, b = worker("host:a"), worker("host:b")
+    assert await a.publish_ranges("c1", _parts(5), b'{"rows": 50}') == 5
+    assert await b.publish_ranges("c1", _parts(5), b'{"rows": 50}') == 0, "published twice"
+    seen = []
+    for turn in range(12):  # the two take turns, each acking its range before the next
+        w = (a, b)[turn % 2]
+        t = await w.take_range("c1", idle=30)
+        if t is None:
+            continue
+        assert await w.renew_range("c1", t.entry)
+        assert not await (b, a)[turn % 2].renew_range("c1", t.entry), "renewed a range another holds"
+        await w.range_done("c1", t, t.part.rows)
+        seen.append(t)
+    assert sorted(t.part.index for t in seen) == [0, 1, 2, 3, 4]
+    state = await a.queue_state("c1")
+    assert state["ranges_done"] == 5 and state["meta"] == {"rows": 50}
+    assert sum(v["rows"] for v in state["done_by"].values()) == 50
+    assert not any(state["held_by"].values())
+
+
+async def test_a_dead_workers_range_is_reclaimed_after_the_idle_time_and_a_live_ones_is_not(
+    anyio_backend: str, worker: Callable[[str], RedisCoordinator]
+) -> None:
+    a, b, c = worker("host:a"), worker("host:b"), worker("host:c")
+    await a.publish_ranges("c2", _parts(2), b"{}")
+    ta = await a.take_range("c2", idle=0.3)
+    tb = await b.take_range("c2", idle=0.3)
+    assert ta is not None and tb is not None and ta.previous == tb.previous == ""
+    assert await c.take_range("c2", idle=0.3) is None, "nothing free, nothing idle yet"
+    for _ in range(4):  # b renews; a has died
+        await anyio.sleep(0.15)
+        assert await b.renew_range("c2", tb.entry)
+    again = await c.take_range("c2", idle=0.3)
+    assert again is not None and again.part == ta.part and again.previous == "host:a"
+    assert not await a.renew_range("c2", ta.entry), "a late renewal must not take it back"
+    assert await worker("host:d").take_range("c2", idle=0.3) is None, "b's range is renewed: not reclaimed"
+    # A worker restarted under the same name gets its own held range back first.
+    b2 = worker("host:b")
+    back = await b2.take_range("c2", idle=30)
+    assert back is not None and back.part == tb.part and back.previous == "host:b"
+    state = await c.queue_state("c2")
+    assert state["held_by"] == {"host:b": 1, "host:c": 1}
+
+
+async def test_tagged_claims_and_adoption(
+    anyio_backend: str, worker: Callable[[str], RedisCoordinator]
+) -> None:
+    a, b = worker("host:a"), worker("host:b")
+    assert await a.claim("c3", ["n1", "n2"], tags=["5", "6"]) == [Claim.NEW, Claim.NEW]
+    assert await a.claim("c3", ["n1"], tags=["5"]) == [Claim.MINE], "the same row: a retry of its own"
+    assert await a.claim("c3", ["n1"], tags=["9"]) == [Claim.TAKEN], "the same number on another row"
+    assert await b.claim("c3", ["n1", "n3"], tags=["5", "7"]) == [Claim.TAKEN, Claim.NEW]
+    assert await b.claim("c3", ["n1", "n2", "n3"], tags=["5", "6", "7"], adopt="host:a") == [
+        Claim.ADOPTED,
+        Claim.ADOPTED,
+        Claim.MINE,
+    ]
+    assert await a.claim("c3", ["n1"], tags=["5"]) == [Claim.TAKEN], "adopted: not the dead one's any more"
+    assert await a.release_claims("c3", ["n1", "n2"]) == 0
+    assert await b.release_claims("c3", ["n1", "n2", "n3"]) == 3
+
+
+async def test_an_opt_out_added_by_one_worker_refuses_every_workers_claim(
+    anyio_backend: str, worker: Callable[[str], RedisCoordinator]
+) -> None:
+    a, b = worker("host:a"), worker("host:b")
+    assert await a.add_optouts("c4", ["n2", "n3"]) == 2
+    assert await a.add_optouts("c4", ["n3"]) == 0
+    assert await b.claim("c4", ["n1", "n2", "n3"], tags=["1", "2", "3"]) == [
+        Claim.NEW,
+        Claim.OPTED_OUT,
+        Claim.OPTED_OUT,
+    ]
+    assert await a.claim("c4", ["n2"], tags=["2"], adopt="host:b") == [Claim.OPTED_OUT]
+    assert await a.claim("c4", ["n1"], tags=["1"]) == [Claim.TAKEN], "opt-outs of one campaign only"
+    assert await b.claim("c5", ["n2"]) == [Claim.NEW], "another campaign's set is its own"
