@@ -35,6 +35,7 @@ from engine.cli.grammar import (
 )
 from engine.cli.ledger import add_ledger_commands, campaign_file_engine, ledger_command, resume_target
 from engine.cli.lists import add_list_commands, consent_command, optout_command
+from engine.cli.orders import add_orders_commands, orders_command
 from engine.cli.segment import add_segment_commands, segment_command
 from engine.cli.service import add_service_commands
 from engine.cli.settle import add_settle_command, print_counts, settle_command, settle_now
@@ -215,6 +216,7 @@ def parser() -> CommandParser:
 
     add_list_commands(p)
     add_segment_commands(p)
+    add_orders_commands(p)
     add_service_commands(p)
 
     pl = p.add_command(
@@ -457,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
             return consent_command(args, console)
         if args.command == "segment":
             return segment_command(args, console)
+        if args.command == "orders":
+            return orders_command(args, console)
         if args.command in ("serve", "keys"):
             from engine.cli.service import service_command
 

@@ -233,6 +233,22 @@ class PolicyConfig(Base, kw_only=True, frozen=True):
     whole run at the end (exit 2, the campaign not marked finished). 1 turns the check off."""
 
 
+class OutcomesConfig(Base, kw_only=True, frozen=True):
+    """``[outcomes]``: how the campaign's effect is measured (docs/outcomes.md)."""
+
+    holdout: Annotated[float, msgspec.Meta(ge=0, le=0.5)] = 0.0
+    """Share of the recipients kept back, unsent (state ``suppressed``, reason ``held_out``), chosen
+    by a fixed hash of (campaign, number): buyers among them against buyers among those sent is the
+    campaign's lift. 0: none; 0.05 is usual; at most 0.5."""
+    window: str = "7d"
+    """Attribution window: an order paid within this long after a recipient's delivery (after the
+    hand-over when no receipt came) counts for the campaign, unless a later campaign touched the
+    recipient before it (last touch)."""
+    group_field: str = "group"
+    """The segment column naming each recipient's group (``pigeon segment rfm`` writes ``group``);
+    a segment without it is one group, ``all``."""
+
+
 class CampaignConfig(Base, kw_only=True, frozen=True):
     """A campaign file: who to send to, what to send, and how."""
 
@@ -248,6 +264,8 @@ class CampaignConfig(Base, kw_only=True, frozen=True):
     delivery: Literal["at-most-once", "at-least-once"] | None = None
     """What a crash may cost (docs/ledger.md): ``at-most-once`` (marketing default) never sends a
     message twice; ``at-least-once`` (transactional default) never skips one."""
+    outcomes: OutcomesConfig = OutcomesConfig()
+    """Holdout and attribution (``pigeon report ID --outcomes``)."""
 
     @property
     def send_window(self) -> SendWindow | None:
@@ -429,6 +447,11 @@ def load_campaign(path: str | Path) -> LoadedCampaign:
     common = {k: seg_raw.pop(k) for k in ("source", "phone_field") if k in seg_raw}
     segment = convert_section(common, SegmentConfig, file=str(p), path="segment")
     cid = cfg.id or re.sub(r"[^A-Za-z0-9_.-]", "_", p.stem)[:64]
+    try:
+        if not parse_period(cfg.outcomes.window):
+            raise ValueError("the attribution window is a rolling period such as 7d, not calendar_day")
+    except ValueError as exc:
+        raise ConfigError(str(p), "outcomes.window", str(exc)) from None
     if cfg.policy.send_window:
         try:
             SendWindow.parse(cfg.policy.send_window, cfg.policy.timezone)

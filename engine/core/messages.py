@@ -88,6 +88,8 @@ class SuppressReason(StrEnum):
     OPTED_OUT = "opted_out"
     CAPPED = "capped"
     SAME_CONTENT = "same_content"
+    HELD_OUT = "held_out"
+    """In the campaign's holdout (``[outcomes] holdout``): kept back to measure its effect."""
 
 
 class Reject(msgspec.Struct, gc=False, frozen=True):

@@ -41,6 +41,7 @@ STAGE_REASONS: dict[str, tuple[str, ...]] = {
     "render": ("missing_field", "url_in_field", "param_too_long"),
     "count_parts": ("too_long",),
     "same_content": ("same_content",),
+    "holdout": ("held_out",),
     "hold_quiet_hours": ("outside_send_window",),
 }
 """Stage → every reason it can drop a row for (``RejectReason``/``SuppressReason`` values)."""

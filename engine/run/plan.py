@@ -28,7 +28,7 @@ from engine.observability.metrics import Metrics
 from engine.observability.report import RunRecorder, RunSummary
 from engine.pipeline.runner import Batch, StageRunner
 from engine.pipeline.source import SegmentReader, SegmentSource, SourceContext
-from engine.pipeline.stages import Cap, CarrierResolver, HoldQuietHours, SameContent, standard_stages
+from engine.pipeline.stages import Cap, CarrierResolver, Holdout, HoldQuietHours, SameContent, standard_stages
 from engine.pipeline.verdict import SAMPLE_ROWS, Verdict, judge
 from engine.state.caps import CapState, CapWindow
 from engine.state.ledger.records import Semantics
@@ -135,6 +135,9 @@ class Plan:
             forbid_urls_in_fields=forbid_urls,
             same_content=self.same_content,
             shard=shard,
+            holdout=Holdout(self.campaign.id, share)
+            if (share := self.campaign.config.outcomes.holdout)
+            else None,
         )
         return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone), shard)
 

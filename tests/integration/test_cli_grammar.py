@@ -320,6 +320,8 @@ def test_every_data_command_prints_json(here: Path, capsys: pytest.CaptureFixtur
         ("keys", "revoke", "shop"),
         ("plugins",),
         ("segment", "rfm", "orders.csv", "-q"),
+        ("orders", "import", "orders.csv"),
+        ("report", "t", "--outcomes"),
         ("cancel", "t"),
     ]
     leaves = set(_leaves())

@@ -11,6 +11,7 @@ from engine.pipeline.stages.cap import Cap
 from engine.pipeline.stages.count_parts import CountParts
 from engine.pipeline.stages.dedupe import Dedupe
 from engine.pipeline.stages.hold_quiet_hours import HoldQuietHours
+from engine.pipeline.stages.holdout import Holdout
 from engine.pipeline.stages.normalize import Normalize
 from engine.pipeline.stages.render import Render
 from engine.pipeline.stages.route import CarrierResolver, Route
@@ -24,6 +25,7 @@ __all__ = [
     "CountParts",
     "Dedupe",
     "HoldQuietHours",
+    "Holdout",
     "Normalize",
     "Render",
     "Route",
@@ -45,13 +47,17 @@ def standard_stages(
     forbid_urls_in_fields: bool = False,
     same_content: SameContent | None = None,
     shard: tuple[int, int] | None = None,
+    holdout: Holdout | None = None,
 ) -> list[Stage]:
     """normalize → suppress_optouts → cap → route → render → count_parts → dedupe → same_content
-    → hold_quiet_hours.
+    → holdout → hold_quiet_hours.
 
     ``suppress_optouts`` runs when an opt-out set is given (marketing campaigns), ``cap`` when
     the engine configures caps for the campaign's kind, ``hold_quiet_hours`` when the campaign
-    has a send window (marketing, by default). ``shard=(index, count)``: ``normalize`` keeps only
+    has a send window (marketing, by default), ``holdout`` when the campaign keeps a share back
+    (``[outcomes] holdout``: after every rule that refuses a row, so the holdout is a random share
+    of those that would be sent, and before the send window, so a deferred row's choice is made
+    once). ``shard=(index, count)``: ``normalize`` keeps only
     that shard's numbers and rejects (a sharded send, :mod:`engine.run.shards`).
 
     ``dedupe`` comes after every stage that rejects a row: a number is used up by the first row
@@ -69,6 +75,7 @@ def standard_stages(
         CountParts(template.template),
         Dedupe(),
         *([same_content] if same_content is not None else []),
+        *([holdout] if holdout is not None else []),
         # Last: only messages that could go now are held, never rows that would be rejected.
         *([quiet_hours] if quiet_hours is not None else []),
     ]
