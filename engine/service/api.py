@@ -33,6 +33,7 @@ from engine.service.apikeys import Scope
 from engine.service.campaigns import LIST_STATES, CampaignError, CampaignPage, Campaigns
 from engine.service.core import Service
 from engine.service.openapi import document
+from engine.service.outcomes import outcomes_body
 from engine.service.wire import (
     API_CAMPAIGNS,
     MAX_PAGE,
@@ -383,6 +384,22 @@ def create_app(service: Service) -> Starlette:
         return _json(_campaigns(service).get(request.path_params["id"]).view())
 
     @wrap
+    async def get_outcomes(request: Request) -> Response:
+        auth(request, "read")
+        q = _query(request, {"format": 8})
+        engine = service.engine
+        prices = {str(c): v.price_per_part for c, v in engine.config.carriers.items()}
+        content, media = await outcomes_body(
+            str(engine.store_path),
+            request.path_params["id"],
+            q.get("format", "json"),
+            prices=prices,
+            currency=engine.config.currency,
+            host=service.host,
+        )
+        return Response(content, media_type=media)
+
+    @wrap
     async def control_campaign(request: Request) -> Response:
         auth(request, "campaigns")
         action = request.path_params["action"]
@@ -423,6 +440,7 @@ def create_app(service: Service) -> Starlette:
         Route("/v1/webhooks/{gateway}/replies", webhook_replies, methods=["POST"]),
         Route("/v1/campaigns", campaigns_root, methods=["GET", "POST"]),
         Route("/v1/campaigns/{id}", get_campaign, methods=["GET"]),
+        Route("/v1/campaigns/{id}/outcomes", get_outcomes, methods=["GET"]),
         Route("/v1/campaigns/{id}/{action}", control_campaign, methods=["POST"]),
     ]
     return _App(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
