@@ -20,8 +20,10 @@ Definitions (docs/outcomes.md):
 * **buyers** — sent recipients with at least one attributed order; **revenue** their orders'
   amounts; **AOV** revenue / orders; **ROI** revenue / cost (the merchants' "1:8").
 * **lift** — conversion (buyers / recipients) of those sent minus that of those held out, with a
-  95% Wald interval for a difference of two proportions:
-  ``d ± 1.96·√(p₁(1−p₁)/n₁ + p₀(1−p₀)/n₀)``. It needs both sides: ``None`` when a side is empty.
+  95% interval for a difference of two independent proportions by Newcombe's hybrid score method
+  (Wilson intervals of each side combined; :func:`lift_interval`). It needs both sides: ``None``
+  when a side is empty. **incremental revenue** — (revenue per sent − revenue per held out) × sent;
+  **incremental ROI** — that over the cost.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ __all__ = [
     "TimePoint",
     "campaign_outcomes",
     "lift_interval",
+    "wilson",
 ]
 
 Z95: Final = 1.959963984540054
@@ -112,6 +115,10 @@ class GroupOutcome(msgspec.Struct, kw_only=True):
     lift_high: float | None = None
     incremental_buyers: float | None = None
     """lift × sent: buyers the campaign made, beyond those who would have bought anyway."""
+    incremental_revenue: float | None = None
+    """(revenue per sent − revenue per held out) × sent."""
+    incremental_roi: float | None = None
+    """Incremental revenue / cost."""
 
 
 class TimePoint(msgspec.Struct, kw_only=True):
@@ -144,20 +151,33 @@ class OutcomeReport(msgspec.Struct, kw_only=True):
     generated_at: float
     method: str = (
         "last touch within the window after delivery (after the hand-over without a receipt); "
-        "lift = conversion sent − conversion held out, 95% Wald interval for a difference of proportions"
+        "lift = conversion sent − conversion held out, 95% Newcombe (Wilson score) interval"
     )
     notes: list[str] = []
 
 
+def wilson(b: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``b / n`` (``n`` > 0)."""
+    p = b / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def lift_interval(b1: int, n1: int, b0: int, n0: int) -> tuple[float, float, float] | None:
-    """Difference of conversion rates (treated − holdout) and its 95% Wald interval; None when a
-    side has nobody."""
+    """Difference of conversion rates (treated ``b1/n1`` − holdout ``b0/n0``) and its 95% interval
+    by Newcombe's hybrid score method (his method 10: from the two Wilson intervals); None when a
+    side has nobody. Unlike the plain Wald interval it keeps its coverage with few buyers, and it
+    is never zero-width when a side has none."""
     if n1 <= 0 or n0 <= 0:
         return None
     p1, p0 = b1 / n1, b0 / n0
+    l1, u1 = wilson(b1, n1)
+    l0, u0 = wilson(b0, n0)
     d = p1 - p0
-    se = math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
-    return d, d - Z95 * se, d + Z95 * se
+    low = d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
+    return d, low, high
 
 
 @dataclass
@@ -526,6 +546,9 @@ def _finish(line: GroupOutcome) -> GroupOutcome:
     if li is not None:
         line.lift, line.lift_low, line.lift_high = (round(v, 6) for v in li)
         line.incremental_buyers = round(li[0] * line.sent, 1)
+        inc = (line.revenue / line.sent - line.holdout_revenue / line.holdout) * line.sent
+        line.incremental_revenue = round(inc, 2)
+        line.incremental_roi = round(inc / line.cost, 2) if line.cost > 0 else None
     return line
 
 

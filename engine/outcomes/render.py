@@ -37,6 +37,8 @@ COLUMNS: Final = (
     "lift_low",
     "lift_high",
     "incremental_buyers",
+    "incremental_revenue",
+    "incremental_roi",
 )
 """Every line's columns, in the order CSV and the HTML table show them."""
 
@@ -53,7 +55,7 @@ def cells(line: GroupOutcome) -> dict[str, str]:
         v = getattr(line, col)
         if col in ("conversion", "holdout_conversion", "lift", "lift_low", "lift_high"):
             out[col] = percent(v)
-        elif col == "roi":
+        elif col in ("roi", "incremental_roi"):
             out[col] = "–" if v is None else f"1:{v:,.2f}"
         elif v is None:
             out[col] = "–"
