@@ -297,6 +297,13 @@ def _print_summary(console: Console, s: RunSummary) -> None:
         for m in s.samples:
             t.add_row(str(m.row), m.to, m.carrier, str(m.parts), escape(m.text))
         console.print(t)
+    if s.links:
+        console.print(
+            escape(
+                f"link ({s.links['mode']}): {s.links['example']} — {s.links['characters']} characters in "
+                "every message, counted in its billed parts below"
+            )
+        )
     t = Table(title=f"Per carrier ({s.currency})")
     for col in ("carrier", "messages", "billed parts", "cost"):
         t.add_column(col, justify="right" if col != "carrier" else "left")

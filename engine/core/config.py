@@ -249,6 +249,25 @@ class OutcomesConfig(Base, kw_only=True, frozen=True):
     a segment without it is one group, ``all``."""
 
 
+class LinksConfig(Base, kw_only=True, frozen=True):
+    """``[links]``: the campaign's tracked link, written where the template says ``{link}``."""
+
+    mode: Literal["group", "recipient", "provider"]
+    """``group``: one filed link per group (``{domain}/{code}``, clicks per group); ``recipient``:
+    one code per recipient on the merchant's own filed short domain (clicks per person; not where
+    the provider forbids links in variables); ``provider``: per-phone links the gateway's provider
+    makes (Aliyun smart short URLs) — needs a gateway with that capability."""
+    target: str
+    """Where a click goes: the landing page (``https://…``)."""
+    domain: str = ""
+    """The short link base served by ``pigeon serve``'s redirector (``https://s.shop.cn/l``):
+    a link is ``{domain}/{code}``. Required for ``group`` and ``recipient``."""
+    code_length: Annotated[int, msgspec.Meta(ge=5, le=12)] = 7
+    """Characters of a code (base62; 7 give 3.5·10¹² codes). Every character is billed."""
+    field: str = "link"
+    """The template field the link fills."""
+
+
 class CampaignConfig(Base, kw_only=True, frozen=True):
     """A campaign file: who to send to, what to send, and how."""
 
@@ -266,6 +285,8 @@ class CampaignConfig(Base, kw_only=True, frozen=True):
     message twice; ``at-least-once`` (transactional default) never skips one."""
     outcomes: OutcomesConfig = OutcomesConfig()
     """Holdout and attribution (``pigeon report ID --outcomes``)."""
+    links: LinksConfig | None = None
+    """A tracked link (docs/outcomes.md); none by default."""
 
     @property
     def send_window(self) -> SendWindow | None:
@@ -452,6 +473,8 @@ def load_campaign(path: str | Path) -> LoadedCampaign:
             raise ValueError("the attribution window is a rolling period such as 7d, not calendar_day")
     except ValueError as exc:
         raise ConfigError(str(p), "outcomes.window", str(exc)) from None
+    if cfg.links is not None:
+        _check_links(cfg, str(p))
     if cfg.policy.send_window:
         try:
             SendWindow.parse(cfg.policy.send_window, cfg.policy.timezone)
@@ -461,6 +484,30 @@ def load_campaign(path: str | Path) -> LoadedCampaign:
         raise ConfigError(str(p), "template.signature", "the signature is empty; carriers require one")
     cfg, provider = _provider_template(cfg, str(p))
     return LoadedCampaign(cfg, str(p), p.resolve().parent, cid, segment, seg_raw, provider)
+
+
+def _check_links(cfg: CampaignConfig, file: str) -> None:
+    links = cfg.links
+    assert links is not None
+    if cfg.template.provider is not None and links.mode != "provider":
+        raise ConfigError(
+            file,
+            "links.mode",
+            "a filed provider template carries its link in its filed text (Tencent and Huawei refuse "
+            "links in variables): write the group's link into the filed template, or use "
+            'mode = "provider" where the provider makes per-phone links',
+        )
+    if not re.match(r"^https?://[^\s/?#]+\S*$", links.target):
+        raise ConfigError(file, "links.target", "the landing page's address: https://…")
+    if links.mode != "provider" and not re.match(r"^https?://[^\s/?#]+[^\s?#]*$", links.domain):
+        raise ConfigError(
+            file,
+            "links.domain",
+            "the short link base served by `pigeon serve` (https://s.shop.cn/l, a filed domain), "
+            "without a query",
+        )
+    if cfg.template.provider is None and "{" + links.field not in cfg.template.text:
+        raise ConfigError(file, "template.text", f"[links] is set: put {{{links.field}}} where the link goes")
 
 
 def _provider_template(cfg: CampaignConfig, file: str) -> tuple[CampaignConfig, ProviderTemplate | None]:

@@ -32,7 +32,6 @@ import math
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -53,6 +52,7 @@ from engine.outcomes.order_store import OrderStore, who_of_keys
 from engine.pipeline.source import SourceContext
 from engine.state.ledger.records import STATE_NAMES, RowOutcomes
 from engine.state.ledger.store import Ledger
+from engine.state.links import LinkStore, links_path
 
 __all__ = [
     "ALL",
@@ -364,12 +364,13 @@ def campaign_outcomes(
     prices: dict[str, float],
     currency: str = "CNY",
     host: PluginHost | None = None,
-    clicks: Callable[[str], dict[int, int]] | None = None,
     now: float | None = None,
 ) -> OutcomeReport:
     """The outcomes report of a campaign of ``ledger``'s store (see the module's docstring).
 
-    ``clicks``: campaign id → row number → clicks recorded by the redirector (none without it).
+    Clicks come from the redirector's links file beside the store: a recipient's own code counts
+    the recipient once (clicks = recipients who clicked); a group's link counts its visitors, on
+    the group's subtotal line only (a group link does not say who clicked, nor their carrier).
     """
     rec = ledger.campaign(campaign_id)
     if rec is None:
@@ -436,7 +437,15 @@ def campaign_outcomes(
             opted[idx] = _optouts(ledger.db, seg.keys[idx], start[idx], window)
     finally:
         store.close()
-    click_rows = clicks(campaign_id) if clicks is not None else {}
+    click_rows: dict[int, int] = {}
+    group_clicks: dict[str, int] = {}
+    lpath = links_path(ledger.path)
+    if lpath.exists():
+        links = LinkStore(lpath)
+        try:
+            click_rows, group_clicks = links.clicks(campaign_id)
+        finally:
+            links.close()
     clicked = np.zeros(size, dtype=np.int64)
     for r, n in click_rows.items():
         if 0 <= r < size:
@@ -470,7 +479,9 @@ def campaign_outcomes(
     for gi in sorted(set(g_arr.tolist())):
         parts = [v for (g, _), v in lines.items() if g == gi]
         subtotal[gi] = _sum(seg.names[gi], variant, ALL, parts)
+        subtotal[gi].clicks += group_clicks.get(seg.names[gi], 0)
     total = _sum(ALL, variant, ALL, list(lines.values()))
+    total.clicks += sum(group_clicks.get(seg.names[g], 0) for g in subtotal)
     ordered_lines = []
     for gi in sorted(subtotal, key=lambda g: (-subtotal[g].targets, seg.names[g])):
         ordered_lines += sorted((v for (g, _), v in lines.items() if g == gi), key=lambda x: x.carrier)

@@ -18,6 +18,7 @@ from engine.core.errors import (
     SourceError,
     TemplateError,
 )
+from engine.core.links import link_url
 from engine.core.messages import State
 from engine.core.periods import parse_period
 from engine.core.plugin_host import PluginHost
@@ -28,12 +29,21 @@ from engine.observability.metrics import Metrics
 from engine.observability.report import RunRecorder, RunSummary
 from engine.pipeline.runner import Batch, StageRunner
 from engine.pipeline.source import SegmentReader, SegmentSource, SourceContext
-from engine.pipeline.stages import Cap, CarrierResolver, Holdout, HoldQuietHours, SameContent, standard_stages
+from engine.pipeline.stages import (
+    Cap,
+    CarrierResolver,
+    Holdout,
+    HoldQuietHours,
+    Links,
+    SameContent,
+    standard_stages,
+)
 from engine.pipeline.verdict import SAMPLE_ROWS, Verdict, judge
 from engine.state.caps import CapState, CapWindow
 from engine.state.ledger.records import Semantics
 from engine.state.ledger.run import CampaignLedger
 from engine.state.ledger.store import open_for_run
+from engine.state.links import LinkStore, links_path
 from engine.state.optout import OptOutSet
 from engine.state.store.sqlite import SqliteStore
 
@@ -95,14 +105,22 @@ class Plan:
         domestic = [w for c, w in self.gateway_windows().items() if c != INTL]
         return [*([own] if own is not None else []), *dict.fromkeys(domestic)]
 
-    def open_segment(self, shard: tuple[int, int] | None = None) -> OpenSegment:
+    def open_segment(self, shard: tuple[int, int] | None = None, *, record_links: bool = True) -> OpenSegment:
         """Open the segment, read its header, and bind the template to its columns.
 
         Fails (``TemplateError``/``SourceError``) before any data row is read. With
         ``shard=(index, count)`` the batches hold only that shard's rows (:mod:`engine.run.shards`).
+        A campaign with ``[links]`` gets its link as the last column (``record_links`` False: the
+        codes are made but not stored — previews and checks).
         """
         phone = self.campaign.segment.phone_field
-        reader = self.source.open([phone, *self.template.fields])
+        lcfg = self.campaign.config.links
+        link_field = lcfg.field if lcfg is not None else ""
+        group_field = self.campaign.config.outcomes.group_field
+        wanted = [phone, *(f for f in self.template.fields if f != link_field)]
+        if lcfg is not None and group_field not in wanted:
+            wanted.append(group_field)
+        reader = self.source.open(wanted)
         try:
             if phone not in reader.columns:
                 raise SourceError(
@@ -110,7 +128,7 @@ class Plan:
                     f"its columns are: {', '.join(reader.columns)}"
                 )
             try:
-                bound = self.template.bind(reader.columns)
+                bound = self.template.bind([*reader.columns, link_field] if lcfg else reader.columns)
             except TemplateError as exc:
                 raise TemplateError(f"{self.campaign.file}: template.text: {exc}") from None
         except BaseException:
@@ -124,6 +142,19 @@ class Plan:
             quiet = HoldQuietHours(window or ALL_DAY, self.clock, carrier_windows)
         gateways = self.engine.config.gateways
         forbid_urls = any(not gateways[g].urls_in_fields for g in set(self.routes.values()))
+        links = None
+        if lcfg is not None:
+            columns = list(reader.columns)
+            links = Links(
+                LinkStore(links_path(self.engine.store_path)),
+                self.campaign.id,
+                mode=lcfg.mode,
+                target=lcfg.target,
+                domain=lcfg.domain,
+                length=lcfg.code_length,
+                group_col=columns.index(group_field) if group_field in columns else None,
+                record=record_links,
+            )
         stages = standard_stages(
             bound,
             self.table,
@@ -138,8 +169,10 @@ class Plan:
             holdout=Holdout(self.campaign.id, share)
             if (share := self.campaign.config.outcomes.holdout)
             else None,
+            links=links,
+            link_field=link_field,
         )
-        return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone), shard)
+        return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone), shard, links)
 
 
 @dataclass
@@ -152,6 +185,8 @@ class OpenSegment:
     """Position of the phone column in the reader's rows."""
     shard: tuple[int, int] | None = None
     """``(index, count)`` of a sharded send: the source's rejects of other shards are left out."""
+    links: Links | None = None
+    """The campaign's links stage (its store is closed with the segment)."""
 
     def batches(self, size: int) -> Iterator[Batch]:
         """Read batches of about ``size`` rows and run every stage over each."""
@@ -166,8 +201,10 @@ class OpenSegment:
             yield run(Batch(sb.nums, sb.rows, pc, rejects))
 
     def close(self) -> None:
-        """Close the reader."""
+        """Close the reader (and the links file)."""
         self.reader.close()
+        if self.links is not None:
+            self.links.store.close()
 
 
 def prepare_run(metrics: Metrics, plan: Plan, stages: Iterable[str]) -> None:
@@ -270,6 +307,22 @@ def prepare(
         )
         resolvers.append(rreg.factory(ropts, None))
 
+    links = campaign.config.links
+    if links is not None and links.mode == "provider":
+        managed = [
+            n
+            for n in set(routes.values())
+            if getattr(host.gateways.get(ecfg.gateways[n].plugin).factory, "managed_links", False)
+        ]
+        if not managed:
+            raise ConfigError(
+                campaign.file,
+                "links.mode",
+                "provider-managed per-phone links need a gateway whose provider makes them (the "
+                "ManagedLinks contract, docs/outcomes.md; Aliyun's CreateSmartShortUrl is the known "
+                'case) and none of this engine\'s gateways offers it: use mode = "group" (a filed '
+                'link per group) or "recipient" (codes on your own filed short domain)',
+            )
     policy = campaign.config.policy
     findings = check_campaign(
         template,
@@ -336,6 +389,10 @@ def _summarize(plan: Plan, recorder: RunRecorder, mode: str, elapsed: float, run
         prefix_table=plan.table.version,
     )
     summary.findings = list(plan.findings)
+    links = c.config.links
+    if links is not None and links.mode != "provider":
+        example = link_url(links.domain, "x" * links.code_length)
+        summary.links = {"mode": links.mode, "example": example, "characters": len(example)}
     return summary
 
 
@@ -357,7 +414,7 @@ def check_segment(plan: Plan, rows: int = SAMPLE_ROWS) -> None:
     """Read the segment's header and its first ``rows`` rows through every stage, sending nothing
     and recording nothing: a missing column or template field, a file that is not CSV text in its
     encoding, no data rows, or too many rejected rows raise here — before a run is recorded."""
-    segment = plan.open_segment()
+    segment = plan.open_segment(record_links=False)
     recorder = RunRecorder({})
     try:
         for batch in segment.batches(min(plan.engine.config.batch_size, rows)):

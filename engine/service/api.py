@@ -34,6 +34,7 @@ from engine.service.campaigns import LIST_STATES, CampaignError, CampaignPage, C
 from engine.service.core import Service
 from engine.service.openapi import document
 from engine.service.outcomes import outcomes_body
+from engine.service.redirect import Redirector
 from engine.service.wire import (
     API_CAMPAIGNS,
     MAX_PAGE,
@@ -429,7 +430,9 @@ def create_app(service: Service) -> Starlette:
     async def crash(request: Request, exc: Exception) -> Response:
         return crashed(request, exc)
 
+    redirector = Redirector(service.engine.store_path)
     routes = [
+        Route("/l/{code}", redirector.handle, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -291,6 +291,25 @@ def build() -> dict[str, Any]:
             }
         },
     }
+    paths["/l/{code}"] = {
+        "get": {
+            "summary": "A campaign's short link: 302 to its page; the click recorded once per recipient "
+            "(group links: per visitor); robots, previews and prefetches are redirected, not counted",
+            "security": [],
+            "parameters": [
+                {
+                    "name": "code",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9A-Za-z]{5,12}$"},
+                }
+            ],
+            "responses": {
+                "302": {"description": "To the campaign's landing page (Location)"},
+                "404": {"description": "Unknown link"},
+            },
+        }
+    }
     paths["/v1/campaigns/{id}/outcomes"] = {
         "get": {
             "summary": "Outcomes per group × variant × carrier: funnel, buyers, revenue, ROI, lift over "

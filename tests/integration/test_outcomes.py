@@ -248,3 +248,58 @@ def test_a_bad_outcomes_setting_fails_before_sending(
     done = run_cli("send", str(c), cwd=tmp_path)
     assert done.returncode == 2 and "outcomes.window" in done.stderr
     assert not (tmp_path / "sent.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("links", "text", "says"),
+    [
+        ('mode = "recipient"\ntarget = "https://shop.cn/x"\ndomain = "https://s.cn/l"', "您好", "{link}"),
+        ('mode = "group"\ntarget = "shop.cn/x"\ndomain = "https://s.cn/l"', "您好{link}", "links.target"),
+        ('mode = "group"\ntarget = "https://shop.cn/x"\ndomain = "s.cn"', "您好{link}", "links.domain"),
+        ('mode = "provider"\ntarget = "https://shop.cn/x"', "您好{link}", "ManagedLinks"),
+    ],
+)
+def test_a_bad_links_setting_fails_before_sending(
+    tmp_path: Path,
+    write: Callable[[str, str | bytes], Path],
+    engine_file: Callable[..., Path],
+    links: str,
+    text: str,
+    says: str,
+) -> None:
+    engine_file()
+    write("seg.csv", "phone,name\n13800138000,a\n")
+    c = write(
+        "c.toml",
+        f'id = "l"\nengine = "engine.toml"\n[segment]\nsource = "csv"\npath = "seg.csv"\n'
+        f'[template]\nsignature = "小鹅优选"\ntext = "{text}"\n[links]\n{links}\n',
+    )
+    done = run_cli("send", str(c), cwd=tmp_path)
+    assert done.returncode == 2 and says in done.stderr, done.stderr
+    assert not (tmp_path / "sent.jsonl").exists()
+
+
+def test_preview_shows_the_link_and_bills_it(
+    tmp_path: Path, write: Callable[[str, str | bytes], Path], engine_file: Callable[..., Path]
+) -> None:
+    engine_file()
+    write("seg.csv", "phone,name\n13800138000,a\n13900139000,b\n")
+    body = (
+        'id = "l"\nengine = "engine.toml"\n[segment]\nsource = "csv"\npath = "seg.csv"\n'
+        '[template]\nsignature = "小鹅优选"\ntext = "{name}，新品上架，全场满199减20，会员再享95折，前100名送帆布袋{link}"\n'
+        '[policy]\nsend_window = ""\n'
+        '[links]\nmode = "recipient"\ntarget = "https://shop.cn/x"\ndomain = "https://s.shop.cn/l"\n'
+    )
+    c = write("c.toml", body)
+    with_link = json.loads(run_cli("preview", str(c), "--json", cwd=tmp_path).stdout)
+    assert with_link["links"] == {
+        "mode": "recipient",
+        "example": "https://s.shop.cn/l/xxxxxxx",
+        "characters": 27,
+    }
+    assert all("https://s.shop.cn/l/" in s["text"] for s in with_link["samples"])
+    c.write_text(body.replace("{link}", "").replace("[links]\n", "[x]\n").split("[x]")[0], encoding="utf-8")
+    without = json.loads(run_cli("preview", str(c), "--json", cwd=tmp_path).stdout)
+    assert (
+        with_link["total_parts"] == 4 and without["total_parts"] == 2
+    )  # the link makes each message 2 parts

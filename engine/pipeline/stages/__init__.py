@@ -12,6 +12,7 @@ from engine.pipeline.stages.count_parts import CountParts
 from engine.pipeline.stages.dedupe import Dedupe
 from engine.pipeline.stages.hold_quiet_hours import HoldQuietHours
 from engine.pipeline.stages.holdout import Holdout
+from engine.pipeline.stages.links import Links
 from engine.pipeline.stages.normalize import Normalize
 from engine.pipeline.stages.render import Render
 from engine.pipeline.stages.route import CarrierResolver, Route
@@ -26,6 +27,7 @@ __all__ = [
     "Dedupe",
     "HoldQuietHours",
     "Holdout",
+    "Links",
     "Normalize",
     "Render",
     "Route",
@@ -48,6 +50,8 @@ def standard_stages(
     same_content: SameContent | None = None,
     shard: tuple[int, int] | None = None,
     holdout: Holdout | None = None,
+    links: Links | None = None,
+    link_field: str = "",
 ) -> list[Stage]:
     """normalize → suppress_optouts → cap → route → render → count_parts → dedupe → same_content
     → holdout → hold_quiet_hours.
@@ -57,8 +61,10 @@ def standard_stages(
     has a send window (marketing, by default), ``holdout`` when the campaign keeps a share back
     (``[outcomes] holdout``: after every rule that refuses a row, so the holdout is a random share
     of those that would be sent, and before the send window, so a deferred row's choice is made
-    once). ``shard=(index, count)``: ``normalize`` keeps only
-    that shard's numbers and rejects (a sharded send, :mod:`engine.run.shards`).
+    once), ``links`` when the campaign has a tracked link (``[links]``: the link field, trusted by
+    ``render``'s no-link-in-a-field rule, since it is the campaign's own).
+    ``shard=(index, count)``: ``normalize`` keeps only that shard's numbers and rejects (a sharded
+    send, :mod:`engine.run.shards`).
 
     ``dedupe`` comes after every stage that rejects a row: a number is used up by the first row
     that could be sent, so a number that cannot be sent is rejected with its reason on every row
@@ -71,7 +77,10 @@ def standard_stages(
         *([SuppressOptouts(optouts)] if optouts is not None else []),
         *([caps] if caps is not None else []),
         Route(table, routable, resolvers),
-        Render(template, forbid_urls=forbid_urls_in_fields),
+        *([links] if links is not None else []),
+        Render(
+            template, forbid_urls=forbid_urls_in_fields, trusted=(link_field,) if links is not None else ()
+        ),
         CountParts(template.template),
         Dedupe(),
         *([same_content] if same_content is not None else []),

@@ -8,6 +8,7 @@ parameter values against the provider's rules (length, no link) and keeps them i
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from operator import itemgetter
 
 from engine.core.messages import RejectReason
@@ -25,11 +26,14 @@ class Render:
 
     name = "render"
 
-    def __init__(self, template: BoundTemplate, *, forbid_urls: bool = False) -> None:
+    def __init__(
+        self, template: BoundTemplate, *, forbid_urls: bool = False, trusted: Sequence[str] = ()
+    ) -> None:
         self.template = template
         self.forbid_urls = forbid_urls
-        """Reject rows whose field values hold a link (for gateways that refuse links in variables)."""
-        self._field_cols = sorted({template.index[f] for f in template.template.fields})
+        """Reject rows whose field values hold a link (for gateways that refuse links in variables);
+        ``trusted`` fields are not checked (the campaign's own tracked link)."""
+        self._field_cols = sorted({template.index[f] for f in template.template.fields if f not in trusted})
         self.provider: ProviderTemplate | None = template.template.provider
         """The filed template whose parameters each row must carry (None: free text)."""
         if self.provider is not None:
