@@ -12,7 +12,9 @@ The walk-through (docs/outcomes.md) and the tests run a whole loop on made-up da
    ``LIFT[class]`` when the campaign reached them (their number is in the file gateway's
    ``sent.jsonl``); a buyer places one order (a fifth of them two), paid at a uniform time in
    ``[--after, --after + --days]``, amounts log-normal around the class's basket;
-6. ``pigeon orders import response.csv --id-column order_id`` and ``pigeon report ID --outcomes``.
+6. ``pigeon orders import response.csv --id-column order_id`` and ``pigeon report ID --outcomes``;
+   ``python config/make_shop.py receipts STORE ID`` first records delivery receipts the ``file``
+   gateway cannot give (a share delivered after an exponential delay, the rest failed).
 
 Beside ``response.csv`` it writes ``response.csv.truth.json``: the planted rates, and per group
 the recipients reached and not reached and how many of each bought, and their revenue in cents —
@@ -155,6 +157,40 @@ def respond(
     return truth
 
 
+def receipts(store: Path, campaign: str, *, delivered: float, mean_seconds: float, seed: int) -> int:
+    """Delivery receipts for a campaign sent through the ``file`` gateway (which has none): a share
+    ``delivered`` of its sent messages delivered an exponential time (``mean_seconds``) after the
+    hand-over, the rest failed. Recorded in the ledger as a gateway's webhook would; returns how many."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from engine.core.messages import DeliveryReport, DeliveryStatus
+    from engine.state.ledger.store import Ledger
+
+    rng = np.random.default_rng(seed)
+    ledger = Ledger(store)
+    try:
+        rows = ledger.row_outcomes(campaign)
+        sent = np.flatnonzero(rows.submitted_at > 0)
+        wait = rng.exponential(mean_seconds, size=sent.size)
+        ok = rng.random(sent.size) < delivered
+        reports = [
+            DeliveryReport(
+                provider_id="",
+                message_id=f"{campaign}-{r}",
+                status=DeliveryStatus.DELIVERED if good else DeliveryStatus.FAILED,
+                code="" if good else "UNDELIV",
+                done_at=float(rows.submitted_at[r]) + w,
+            )
+            for r, w, good in zip(sent.tolist(), wait.tolist(), ok.tolist(), strict=True)
+        ]
+        for k in range(0, len(reports), 10_000):
+            ledger.apply_reports(reports[k : k + 10_000])
+    finally:
+        ledger.close()
+    return len(reports)
+
+
 def main() -> None:
     """The command line."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -169,7 +205,23 @@ def main() -> None:
     r.add_argument("--after", type=float, help="first order time, epoch seconds (default: now + 60 s)")
     r.add_argument("--days", type=float, default=5.0, help="orders spread over this many days (default 5)")
     r.add_argument("--seed", type=int, default=7)
+    d = sub.add_parser("receipts", help="delivery receipts for a campaign sent through the file gateway")
+    d.add_argument("store", type=Path, help="the engine's store file (store.path)")
+    d.add_argument("campaign")
+    d.add_argument("--delivered", type=float, default=0.96, help="share delivered (default 0.96)")
+    d.add_argument("--mean-seconds", type=float, default=90.0, help="mean delivery delay (default 90 s)")
+    d.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
+    if args.what == "receipts":
+        n = receipts(
+            args.store,
+            args.campaign,
+            delivered=args.delivered,
+            mean_seconds=args.mean_seconds,
+            seed=args.seed,
+        )
+        print(f"recorded {n:,} delivery receipts")
+        return
     if args.what == "combine":
         n = combine(args.rfm_dir, args.output)
         print(f"wrote {args.output}: {n:,} rows")

@@ -143,7 +143,7 @@ class _Pipe:
         os.close(self._from_r)
 
 
-def render(path: Path, width: int = 1400, height: int = 900) -> Rendered:
+def render(path: Path, width: int = 1400, height: int = 900, *, full_page: bool = True) -> Rendered:
     """Open ``path`` (a file) in headless Chromium and report what it rendered, logged and fetched."""
     binary = chromium()
     with tempfile.TemporaryDirectory(prefix="pigeon-chromium-") as profile:
@@ -174,7 +174,9 @@ def render(path: Path, width: int = 1400, height: int = 900) -> Rendered:
                 session=session,
             )["result"]["value"]
             shot = pipe.call(
-                "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=session
+                "Page.captureScreenshot",
+                {"format": "png", "captureBeyondViewport": full_page},
+                session=session,
             )
             out = Rendered(dom=dom, png=base64.b64decode(shot["data"]), width=size[0], height=size[1])
             for ev in pipe.events:
