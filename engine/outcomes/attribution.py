@@ -72,6 +72,8 @@ ALL: Final = "all"
 """The group of a segment without a group column, and the carrier of a group's subtotal row."""
 NO_VARIANT: Final = "-"
 
+_REPLIES: Final = "SELECT key, at FROM replies WHERE optout = 0 AND at BETWEEN ? AND ?"
+"""MO replies that are not opt-outs (the ``replies`` column)."""
 _CODE = {name: i for i, name in enumerate(STATE_NAMES)}
 _SENT_STATES = (_CODE["submitted"], _CODE["delivered"])
 _TARGET_STATES = tuple(
@@ -322,17 +324,19 @@ def _attribute(
 
 
 def _optouts(
-    store_db: Any, keys: npt.NDArray[np.int64], start: npt.NDArray[np.float64], window: float
+    store_db: Any,
+    keys: npt.NDArray[np.int64],
+    start: npt.NDArray[np.float64],
+    window: float,
+    query: str = "SELECT key, created_at FROM optouts WHERE created_at BETWEEN ? AND ?",
 ) -> npt.NDArray[np.bool_]:
-    """Whether each recipient opted out within ``[start, start + window]``."""
+    """Whether each recipient has a row of ``query`` (key, time) within ``[start, start + window]``:
+    opted out, or (with :data:`_REPLIES`) replied."""
     out = np.zeros(keys.size, dtype=np.bool_)
     if not keys.size:
         return out
     try:
-        found = store_db.execute(
-            "SELECT key, created_at FROM optouts WHERE created_at BETWEEN ? AND ?",
-            (float(start.min()), float(start.max()) + window),
-        ).fetchall()
+        found = store_db.execute(query, (float(start.min()), float(start.max()) + window)).fetchall()
     except sqlite3.Error:  # a store without the opt-out table has no opt-outs
         return out
     if not found:
@@ -421,6 +425,7 @@ def campaign_outcomes(
     o_count = np.zeros(size, dtype=np.int64)
     o_cents = np.zeros(size, dtype=np.int64)
     opted = np.zeros(size, dtype=np.bool_)
+    replied = np.zeros(size, dtype=np.bool_)
     store = OrderStore(ledger.path)
     try:
         salt = store.salt() or ""
@@ -435,6 +440,7 @@ def campaign_outcomes(
             c, cents = _attribute(who, start[idx], window, orders, others)
             o_count[idx], o_cents[idx] = c, cents
             opted[idx] = _optouts(ledger.db, seg.keys[idx], start[idx], window)
+            replied[idx] = _optouts(ledger.db, seg.keys[idx], start[idx], window, _REPLIES)
     finally:
         store.close()
     click_rows: dict[int, int] = {}
@@ -472,6 +478,7 @@ def campaign_outcomes(
             o_count,
             o_cents,
             opted,
+            replied,
             clicked,
             prices.get(cname, 0.0),
         )
@@ -518,6 +525,7 @@ def _line(
     o_count: npt.NDArray[np.int64],
     o_cents: npt.NDArray[np.int64],
     opted: npt.NDArray[np.bool_],
+    replied: npt.NDArray[np.bool_],
     clicked: npt.NDArray[np.int64],
     price: float,
 ) -> GroupOutcome:
@@ -534,6 +542,7 @@ def _line(
         cost=round(parts * price, 4),
         delivered=int(np.count_nonzero(delivered[sel])),
         clicks=int(np.count_nonzero(clicked[s])),
+        replies=int(np.count_nonzero(replied[s])),
         opt_outs=int(np.count_nonzero(opted[s])),
         buyers=int(np.count_nonzero(o_count[s])),
         orders=int(o_count[s].sum()),

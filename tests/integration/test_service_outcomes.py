@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,10 @@ import numpy as np
 import pytest
 
 from engine.core.holdout import held_out
+from engine.sending.webhooks import sign
 from engine.service.apikeys import KeyRing
 from loadtests.simulator import Simulator
-from tests.integration.service_harness import serving, write_campaign, write_engine
+from tests.integration.service_harness import SECRET, serving, write_campaign, write_engine
 
 pytestmark = pytest.mark.anyio
 ROWS = 400
@@ -38,12 +41,32 @@ async def test_outcomes_of_a_campaign_the_service_ran(
                 if (await c.get("/v1/campaigns/spring")).json()["state"] == "finished":
                     break
                 await anyio.sleep(0.05)
+        # two recipients answer: one asks to stop, one just replies; a held-out one replies too
+        mask = held_out(np.arange(13800000000, 13800000000 + ROWS), "spring", 0.1)
+        sent_numbers = [str(13800000000 + i) for i in np.flatnonzero(~mask)[:2].tolist()]
+        held_number = str(13800000000 + int(np.flatnonzero(mask)[0]))
+        raw = json.dumps(
+            {
+                "replies": [
+                    {"from": sent_numbers[0], "text": "退订", "at": time.time()},
+                    {"from": sent_numbers[1], "text": "好的，明天去店里", "at": time.time()},
+                    {"from": held_number, "text": "？", "at": time.time()},
+                ]
+            },
+            ensure_ascii=False,
+        )
+        headers = {
+            "content-type": "application/json",
+            "x-pigeon-signature": sign(SECRET.encode(), raw.encode(), int(time.time())),
+        }
+        assert (await c.post("/v1/webhooks/sim/replies", content=raw, headers=headers)).status_code == 200
         r = await c.get("/v1/campaigns/spring/outcomes")
         assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
         report: dict[str, Any] = r.json()
         total = report["total"]
         assert total["holdout"] == held and total["sent"] == ROWS - held and total["targets"] == ROWS
         assert total["cost"] == pytest.approx(total["parts"] * 0.05)  # all China Mobile
+        assert total["opt_outs"] == 1 and total["replies"] == 1  # sent recipients only; 退订 is an opt-out
         assert [g["group"] for g in report["groups"]] == ["all"]  # the segment has no group column
         csv_text = (await c.get("/v1/campaigns/spring/outcomes", params={"format": "csv"})).text
         assert csv_text.splitlines()[0].startswith("group,variant,carrier,targets,sent")
