@@ -234,11 +234,11 @@ def _read_segment(campaign: LoadedCampaign, size: int, host: PluginHost) -> _Seg
 
 
 def _touches(rows: RowOutcomes) -> npt.NDArray[np.float64]:
-    """Per row: when it was reached (receipt, else hand-over), 0 when never."""
+    """Per row: when the message reached the phone (the receipt's time, else the hand-over) for
+    rows a gateway took (submitted, delivered, unknown); 0 for the others. A message a gateway
+    refused, or a receipt said failed, touched nobody."""
     t = np.where(rows.delivered_at > 0, rows.delivered_at, rows.submitted_at)
-    reached = np.isin(rows.state, [*_SENT_STATES, _CODE["unknown"], _CODE["failed"]]) & (
-        rows.submitted_at > 0
-    )
+    reached = np.isin(rows.state, [*_SENT_STATES, _CODE["unknown"]]) & (rows.submitted_at > 0)
     out: npt.NDArray[np.float64] = np.where(reached, t, 0.0)
     return out
 
@@ -403,7 +403,9 @@ def campaign_outcomes(
     )
     targets = rows.seen & (np.isin(state, _TARGET_STATES) | held)
     delivered = rows.seen & (state == _CODE["delivered"])
-    touch = _touches(rows)
+    # a sent row's window opens at its receipt (else its hand-over) — a receipt saying failed too:
+    # the campaign is judged on everyone it paid for
+    touch = np.where(rows.delivered_at > 0, rows.delivered_at, rows.submitted_at)
     start = np.where(held, rows.decided_at, np.where(sent, touch, 0.0))
     counted = (sent | held) & (seg.keys != 0) & (start > 0)
 
