@@ -73,6 +73,11 @@ RETRY_OUTCOMES = tuple(o for o in REQUEST_OUTCOMES if o != "ok")
 DELIVERY_STATUSES = ("delivered", "failed", "expired", "rejected", "unknown")
 """``DeliveryStatus`` values; anything else counts as ``unknown``."""
 
+LINK_OUTCOMES = ("counted", "robot", "unknown")
+"""What the short link redirector did with a request (``outcome`` of ``pigeon_link_clicks_total``):
+``counted`` (a person's tap, recorded), ``robot`` (a ``HEAD``, prefetch, preview or robot:
+redirected, not recorded), ``unknown`` (no such code: 404)."""
+
 OPTOUT_SOURCES = ("api", "mo", "import", "manual", "other")
 """Where an opt-out came from (the ``reason`` label of ``pigeon_optouts_added_total``)."""
 
@@ -149,6 +154,7 @@ NAMES = {
     "dlr": "pigeon_delivery_reports_total",
     "dlr_seconds": "pigeon_submit_to_delivery_seconds",
     "optouts": "pigeon_optouts_added_total",
+    "link_clicks": "pigeon_link_clicks_total",
     "build_info": "pigeon_build_info",
 }
 """Every metric family's full name (as exposed: counters with ``_total``)."""

@@ -430,7 +430,7 @@ def create_app(service: Service) -> Starlette:
     async def crash(request: Request, exc: Exception) -> Response:
         return crashed(request, exc)
 
-    redirector = Redirector(service.engine.store_path)
+    redirector = Redirector(service.engine.store_path, service.ctx.metrics)
     routes = [
         Route("/l/{code}", redirector.handle, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET"]),

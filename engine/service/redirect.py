@@ -18,6 +18,7 @@ from typing import Final
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
+from engine.observability.metrics import NO_METRICS, Metrics
 from engine.state.links import LinkStore, links_path
 
 __all__ = ["BOTS", "Redirector", "is_bot"]
@@ -44,8 +45,9 @@ def is_bot(request: Request) -> bool:
 class Redirector:
     """The redirector's state: the links file of the store, opened on the first request."""
 
-    def __init__(self, store_path: Path) -> None:
+    def __init__(self, store_path: Path, metrics: Metrics = NO_METRICS) -> None:
         self.path = links_path(store_path)
+        self.metrics = metrics
         self._store: LinkStore | None = None
 
     def store(self) -> LinkStore | None:
@@ -60,6 +62,7 @@ class Redirector:
         store = self.store() if _CODE.match(short) else None
         found = store.resolve(short) if store is not None else None
         if store is None or found is None:
+            self.metrics.link_click("unknown")
             return PlainTextResponse("unknown link", status_code=404, headers={"cache-control": "no-store"})
         if request.method == "GET" and not is_bot(request):
             visitor = ""
@@ -68,6 +71,9 @@ class Redirector:
                 seen = f"{client}\x1f{request.headers.get('user-agent', '')}".encode()
                 visitor = hashlib.sha256(seen).hexdigest()[:16]
             store.click(short, visitor, found)
+            self.metrics.link_click("counted")
+        else:
+            self.metrics.link_click("robot")
         return RedirectResponse(
             found[3], status_code=302, headers={"cache-control": "no-store", "referrer-policy": "no-referrer"}
         )

@@ -102,6 +102,11 @@ async def test_recipient_links_are_billed_redirected_and_counted_once(
             for bad in ("zzzzzzz", "..%2F..%2Fetc%2Fpasswd", "a" * 40, "%00"):
                 assert (await anon.get(f"/l/{bad}", headers={"user-agent": BROWSER})).status_code == 404
         report: dict[str, Any] = (await c.get("/v1/campaigns/d11/outcomes")).json()
+        scraped = (await c.get("/metrics")).text
+        # 3 taps counted; HEAD, four robots and a prefetch redirected uncounted; 3 unknown codes
+        # (the fourth, with its slashes, never reaches the redirector's route: the router's 404)
+        for outcome, n in (("counted", 3), ("robot", 6), ("unknown", 3)):
+            assert f'pigeon_link_clicks_total{{outcome="{outcome}"}} {n}.0' in scraped, outcome
     store = LinkStore(links_path(load_engine(engine).store_path))
     try:
         by_row, by_group = store.clicks("d11")
