@@ -71,6 +71,9 @@ def add_orders_commands(sub: Any) -> None:
     im.add_argument("--code-column", metavar="NAME", help="coupon or group code (kept with the order)")
     im.add_argument("--salt", default=None, help=f"hash salt (default: ${SALT_ENV}, else none)")
     im.add_argument("--timezone", default="Asia/Shanghai", metavar="TZ", help="the shop's time zone")
+    im.add_argument(
+        "--rejects", type=Path, metavar="FILE", help="write every unreadable row here (row, reason, detail)"
+    )
     shared_options(og, [im])
 
 
@@ -95,6 +98,7 @@ def orders_command(args: argparse.Namespace, console: Console) -> int:
         fmt=args.file_format,
         encoding=args.encoding,
         delimiter=args.delimiter,
+        rejects_path=args.rejects,
     )
     store = OrderStore(_store_path(engine))
     try:
@@ -124,6 +128,10 @@ def orders_command(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[yellow]{summary.rejected:,} rows not imported ({why})[/yellow]")
         for r in summary.samples:
             console.print(f"  row {r.row}: {r.reason}: {escape(r.detail)}")
+        if args.rejects is None:
+            console.print("every one of them: --rejects FILE")
+        else:
+            console.print(f"every one of them: {escape(str(args.rejects))}")
     return EXIT_OK
 
 

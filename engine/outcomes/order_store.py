@@ -19,6 +19,7 @@ time, amount), and a key already there is skipped. Order times are the shop's wa
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import sqlite3
 from collections import Counter
@@ -36,6 +37,7 @@ import numpy.typing as npt
 from engine.core.config import convert_section
 from engine.core.errors import ConfigError, EngineError, SourceError
 from engine.core.messages import INTL_KEY_OFFSET, Reject
+from engine.core.phone import mask
 from engine.core.plugin_host import PluginHost
 from engine.outcomes.orders import DAY, OrderColumns, OrderParser, file_format
 from engine.pipeline.source import SourceContext
@@ -197,6 +199,8 @@ class ImportRequest:
     encoding: str = "utf-8"
     delimiter: str = ","
     batch_size: int = 50_000
+    rejects_path: Path | None = None
+    """Where to write every unreadable row (``row,reason,detail,phone``, the number masked)."""
 
 
 @dataclass
@@ -257,6 +261,12 @@ def import_orders(request: ImportRequest, store: OrderStore, host: PluginHost | 
     reader = reg.factory(config, SourceContext(base_dir=Path.cwd())).open([*wanted, *extra])
     summary = ImportSummary()
     reasons: Counter[str] = Counter()
+    rejects_out = None
+    if request.rejects_path is not None:
+        request.rejects_path.parent.mkdir(parents=True, exist_ok=True)
+        rejects_out = request.rejects_path.open("w", newline="", encoding="utf-8")
+        rejects_csv = csv.writer(rejects_out)
+        rejects_csv.writerow(["row", "reason", "detail", "phone"])
     try:
         have = list(reader.columns)
         missing = [c for c in (*wanted, *extra) if c not in have]
@@ -301,6 +311,8 @@ def import_orders(request: ImportRequest, store: OrderStore, host: PluginHost | 
                 reasons[r.reason] += 1
                 if len(summary.samples) < 5:
                     summary.samples.append(r)
+            if rejects_out is not None and rejects:
+                rejects_csv.writerows((r.row, r.reason, r.detail, mask(r.phone)) for r in rejects)
             summary.rejected += len(rejects)
             if not keep:
                 continue
@@ -318,6 +330,8 @@ def import_orders(request: ImportRequest, store: OrderStore, host: PluginHost | 
             summary.already += len(keep) - new
     finally:
         reader.close()
+        if rejects_out is not None:
+            rejects_out.close()
     summary.reasons = dict(reasons.most_common())
     summary.stored = store.count()
     return summary

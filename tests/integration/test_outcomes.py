@@ -149,11 +149,23 @@ def test_holdout_orders_and_outcomes_report(
     write("hashed.csv", "\n".join(hashed) + "\n")
     env_salt = ("--salt", "pepper")
     first = run_cli(
-        "orders", "import", "orders.csv", "--id-column", "order_id", *env_salt, "--json", cwd=tmp_path
+        "orders",
+        "import",
+        "orders.csv",
+        "--id-column",
+        "order_id",
+        *env_salt,
+        "--rejects",
+        "bad.csv",
+        "--json",
+        cwd=tmp_path,
     )
     assert first.returncode == 0, first.stderr
     got = json.loads(first.stdout)
     assert got["rejected"] == 1 and got["reasons"] == {"bad_amount": 1}
+    bad = (tmp_path / "bad.csv").read_text("utf-8").splitlines()
+    assert bad[0] == "row,reason,detail,phone" and bad[1].startswith(f"{len(lines)},bad_amount,")
+    assert bad[1].endswith("138****0001") and len(bad) == 2  # the row number, the reason, the number masked
     assert got["imported"] == len(lines) - 2
     again = json.loads(
         run_cli(
