@@ -151,6 +151,8 @@ class OutcomeReport(msgspec.Struct, kw_only=True):
     timeline: list[TimePoint]
     bucket_seconds: float
     generated_at: float
+    timezone: str = "UTC"
+    """The campaign's time zone (``policy.timezone``): the HTML page shows times in it."""
     method: str = (
         "last touch within the window after delivery (after the hand-over without a receipt); "
         "lift = conversion sent − conversion held out, 95% Newcombe (Wilson score) interval"
@@ -510,6 +512,7 @@ def campaign_outcomes(
         timeline=timeline,
         bucket_seconds=bucket,
         generated_at=now if now is not None else time.time(),
+        timezone=campaign.config.policy.timezone,
         notes=notes,
     )
 

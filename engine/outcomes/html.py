@@ -10,8 +10,9 @@ cell of the table carries ``data-group``/``data-col`` so a test can find it in t
 from __future__ import annotations
 
 import html
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.outcomes.attribution import ALL, GroupOutcome, OutcomeReport
 from engine.outcomes.render import COLUMNS, cells, percent
@@ -128,6 +129,14 @@ def _lift(groups: list[GroupOutcome]) -> str:
     return f'<div class="chart">{"".join(parts)}</div>'
 
 
+def _zone(report: OutcomeReport) -> tzinfo:
+    """The campaign's time zone (``policy.timezone``), UTC when it is unknown here."""
+    try:
+        return ZoneInfo(report.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC
+
+
 def _timeline(report: OutcomeReport) -> str:
     """Hand-overs and deliveries per time bucket, as two lines."""
     pts = report.timeline
@@ -144,8 +153,10 @@ def _timeline(report: OutcomeReport) -> str:
 
     sent = " ".join(xy(i, p.sent) for i, p in enumerate(pts))
     dl = " ".join(xy(i, p.delivered) for i, p in enumerate(pts))
-    first = datetime.fromtimestamp(pts[0].start, UTC).strftime("%Y-%m-%d %H:%M")
-    last = datetime.fromtimestamp(pts[-1].start, UTC).strftime("%Y-%m-%d %H:%M")
+    zone = _zone(report)
+    first = datetime.fromtimestamp(pts[0].start, zone).strftime("%Y-%m-%d %H:%M")
+    last = datetime.fromtimestamp(pts[-1].start, zone).strftime("%Y-%m-%d %H:%M")
+    label = _E(report.timezone)
     return (
         '<div class="chart"><svg role="img" aria-label="delivery over time" '
         f'width="{left + w + 20}" height="{h}">'
@@ -153,11 +164,11 @@ def _timeline(report: OutcomeReport) -> str:
         f'<text x="0" y="16">{top:,}</text><text x="0" y="{h - bottom}">0</text>'
         f'<polyline points="{sent}" fill="none" stroke="#6b93cf" stroke-width="2"/>'
         f'<polyline points="{dl}" fill="none" stroke="#2e9e6a" stroke-width="2"/>'
-        f'<text x="{left}" y="{h - 8}">{first} UTC</text>'
-        f'<text x="{left + w - 110}" y="{h - 8}">{last} UTC</text>'
+        f'<text x="{left}" y="{h - 8}">{first}</text>'
+        f'<text x="{left + w - 100}" y="{h - 8}">{last}</text>'
         f'<text x="{left + 160}" y="{h - 8}" fill="#6b93cf">— sent</text>'
         f'<text x="{left + 220}" y="{h - 8}" fill="#2e9e6a">— delivered</text>'
-        f'</svg><div class="note">per {report.bucket_seconds / 60:g} min</div></div>'
+        f'</svg><div class="note">per {report.bucket_seconds / 60:g} min, times in {label}</div></div>'
     )
 
 
@@ -181,7 +192,10 @@ def to_html(report: OutcomeReport) -> str:
     """The report as one HTML page (UTF-8), with nothing to load from anywhere."""
     t = report.total
     cur = report.currency
-    when = datetime.fromtimestamp(report.generated_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    when = (
+        datetime.fromtimestamp(report.generated_at, _zone(report)).strftime("%Y-%m-%d %H:%M ")
+        + report.timezone
+    )
     lift = "–" if t.lift is None else f"{percent(t.lift)} [{percent(t.lift_low)}, {percent(t.lift_high)}]"
     cards = "".join(
         (

@@ -83,6 +83,7 @@ def _report() -> OutcomeReport:
         ],
         bucket_seconds=900,
         generated_at=t0 + 86400,
+        timezone="Asia/Shanghai",
     )
 
 
@@ -111,6 +112,8 @@ def test_the_page_renders_with_no_console_error_and_shows_the_numbers(tmp_path: 
                 cell = f'data-group="{esc}" data-carrier="{line.carrier}" data-col="{col}">{text.replace("&", "&amp;")}<'
                 assert cell in dom, cell
     assert "双11 老客召回" in dom
+    # times in the campaign's zone: 2025-12-03 00:00 UTC is 08:00 in Shanghai
+    assert "2025-12-03 08:00" in dom and "times in Asia/Shanghai" in dom
     t = report.total
     assert t.revenue == 290350.5 and t.buyers == 1935
     assert f"{t.revenue:,.2f} CNY" in dom
