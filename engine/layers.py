@@ -136,10 +136,16 @@ class ImportGraph:
                 if len(group) > 1:
                     found.append(sorted(group))
 
-        sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
-        for v in sorted(self.modules):
-            if v not in index:
-                visit(v)
+        # (a path through the graph is at most as deep as it has modules; the limit goes back after:
+        # raised for the whole process, it once let a test's 5,000-deep JSON body decode)
+        before = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(before, len(self.modules) + 100))
+        try:
+            for v in sorted(self.modules):
+                if v not in index:
+                    visit(v)
+        finally:
+            sys.setrecursionlimit(before)
         return sorted(found)
 
     def package_edges(self) -> dict[tuple[str, str], int]:

@@ -63,7 +63,19 @@ def add_ledger_commands(sub: Any) -> None:
         exit_codes=_READ_EXITS,
     )
     rp.add_argument("campaign", metavar="ID", help="campaign id")
-    rp.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
+    rp.add_argument(
+        "--format",
+        choices=["table", "json", "csv", "html"],
+        default="table",
+        help="output format (html: with --outcomes, one self-contained page)",
+    )
+    rp.add_argument(
+        "--outcomes",
+        action="store_true",
+        help="per group × variant × carrier: funnel, buyers, revenue, ROI, lift over holdout "
+        "(docs/outcomes.md)",
+    )
+    rp.add_argument("-o", "--output", type=Path, metavar="FILE", help="with --outcomes: write to FILE")
     json_option(rp, "print as JSON (the same as --format json)")
     engine_option(rp, _ID_ENGINE_HELP)
     cn = sub.add_command(
@@ -166,6 +178,13 @@ def ledger_command(args: argparse.Namespace, console: Console) -> int:
                 )
             )
             return EXIT_OK
+        if getattr(args, "outcomes", False):
+            from engine.cli.orders import outcomes_report, print_outcomes
+
+            report = outcomes_report(engine, args.campaign)
+            return print_outcomes(report, "json" if args.json else args.format, args.output, console)
+        if args.format == "html":
+            raise ConfigError("command line", "--format", "html is for --outcomes")
         prices: dict[str, float] = {
             c: cfg.price_per_part for c, cfg in load_engine(engine.path).config.carriers.items()
         }

@@ -35,6 +35,7 @@ from engine.cli.grammar import (
 )
 from engine.cli.ledger import add_ledger_commands, campaign_file_engine, ledger_command, resume_target
 from engine.cli.lists import add_list_commands, consent_command, optout_command
+from engine.cli.orders import add_orders_commands, orders_command
 from engine.cli.segment import add_segment_commands, segment_command
 from engine.cli.service import add_service_commands
 from engine.cli.settle import add_settle_command, print_counts, settle_command, settle_now
@@ -262,6 +263,7 @@ def parser() -> CommandParser:
 
     add_list_commands(p)
     add_segment_commands(p)
+    add_orders_commands(p)
     add_service_commands(p)
 
     pl = p.add_command(
@@ -342,6 +344,13 @@ def _print_summary(console: Console, s: RunSummary) -> None:
         for m in s.samples:
             t.add_row(str(m.row), m.to, m.carrier, str(m.parts), escape(m.text))
         console.print(t)
+    if s.links:
+        console.print(
+            escape(
+                f"link ({s.links['mode']}): {s.links['example']} — {s.links['characters']} characters in "
+                "every message, counted in its billed parts below"
+            )
+        )
     t = Table(title=f"Per carrier ({s.currency})")
     for col in ("carrier", "messages", "billed parts", "cost"):
         t.add_column(col, justify="right" if col != "carrier" else "left")
@@ -510,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
             return consent_command(args, console)
         if args.command == "segment":
             return segment_command(args, console)
+        if args.command == "orders":
+            return orders_command(args, console)
         if args.command in ("serve", "keys"):
             from engine.cli.service import service_command
 

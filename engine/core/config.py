@@ -275,6 +275,41 @@ class PolicyConfig(Base, kw_only=True, frozen=True):
     whole run at the end (exit 2, the campaign not marked finished). 1 turns the check off."""
 
 
+class OutcomesConfig(Base, kw_only=True, frozen=True):
+    """``[outcomes]``: how the campaign's effect is measured (docs/outcomes.md)."""
+
+    holdout: Annotated[float, msgspec.Meta(ge=0, le=0.5)] = 0.0
+    """Share of the recipients kept back, unsent (state ``suppressed``, reason ``held_out``), chosen
+    by a fixed hash of (campaign, number): buyers among them against buyers among those sent is the
+    campaign's lift. 0: none; 0.05 is usual; at most 0.5."""
+    window: str = "7d"
+    """Attribution window: an order paid within this long after a recipient's delivery (after the
+    hand-over when no receipt came) counts for the campaign, unless a later campaign touched the
+    recipient before it (last touch)."""
+    group_field: str = "group"
+    """The segment column naming each recipient's group (``pigeon segment rfm`` writes ``group``);
+    a segment without it is one group, ``all``."""
+
+
+class LinksConfig(Base, kw_only=True, frozen=True):
+    """``[links]``: the campaign's tracked link, written where the template says ``{link}``."""
+
+    mode: Literal["group", "recipient", "provider"]
+    """``group``: one filed link per group (``{domain}/{code}``, clicks per group); ``recipient``:
+    one code per recipient on the merchant's own filed short domain (clicks per person; not where
+    the provider forbids links in variables); ``provider``: per-phone links the gateway's provider
+    makes (Aliyun smart short URLs) — needs a gateway with that capability."""
+    target: str
+    """Where a click goes: the landing page (``https://…``)."""
+    domain: str = ""
+    """The short link base served by ``pigeon serve``'s redirector (``https://s.shop.cn/l``):
+    a link is ``{domain}/{code}``. Required for ``group`` and ``recipient``."""
+    code_length: Annotated[int, msgspec.Meta(ge=5, le=12)] = 7
+    """Characters of a code (base62; 7 give 3.5·10¹² codes). Every character is billed."""
+    field: str = "link"
+    """The template field the link fills."""
+
+
 class CampaignConfig(Base, kw_only=True, frozen=True):
     """A campaign file: who to send to, what to send, and how."""
 
@@ -290,6 +325,10 @@ class CampaignConfig(Base, kw_only=True, frozen=True):
     delivery: Literal["at-most-once", "at-least-once"] | None = None
     """What a crash may cost (docs/ledger.md): ``at-most-once`` (marketing default) never sends a
     message twice; ``at-least-once`` (transactional default) never skips one."""
+    outcomes: OutcomesConfig = OutcomesConfig()
+    """Holdout and attribution (``pigeon report ID --outcomes``)."""
+    links: LinksConfig | None = None
+    """A tracked link (docs/outcomes.md); none by default."""
 
     @property
     def send_window(self) -> SendWindow | None:
@@ -471,6 +510,13 @@ def load_campaign(path: str | Path) -> LoadedCampaign:
     common = {k: seg_raw.pop(k) for k in ("source", "phone_field") if k in seg_raw}
     segment = convert_section(common, SegmentConfig, file=str(p), path="segment")
     cid = cfg.id or re.sub(r"[^A-Za-z0-9_.-]", "_", p.stem)[:64]
+    try:
+        if not parse_period(cfg.outcomes.window):
+            raise ValueError("the attribution window is a rolling period such as 7d, not calendar_day")
+    except ValueError as exc:
+        raise ConfigError(str(p), "outcomes.window", str(exc)) from None
+    if cfg.links is not None:
+        _check_links(cfg, str(p))
     if cfg.policy.send_window:
         try:
             SendWindow.parse(cfg.policy.send_window, cfg.policy.timezone)
@@ -515,6 +561,33 @@ def _check_variants(cfg: CampaignConfig, file: str) -> None:
         raise ConfigError(
             file, "template.variants", f"the shares add up to {total:g} ({shares}); make them add up to 1"
         )
+
+
+def _check_links(cfg: CampaignConfig, file: str) -> None:
+    links = cfg.links
+    assert links is not None
+    if cfg.template.provider is not None and links.mode != "provider":
+        raise ConfigError(
+            file,
+            "links.mode",
+            "a filed provider template carries its link in its filed text (Tencent and Huawei refuse "
+            "links in variables): write the group's link into the filed template, or use "
+            'mode = "provider" where the provider makes per-phone links',
+        )
+    if not re.match(r"^https?://[^\s/?#]+\S*$", links.target):
+        raise ConfigError(file, "links.target", "the landing page's address: https://…")
+    if links.mode != "provider" and not re.match(r"^https?://[^\s/?#]+[^\s?#]*$", links.domain):
+        raise ConfigError(
+            file,
+            "links.domain",
+            "the short link base served by `pigeon serve` (https://s.shop.cn/l, a filed domain), "
+            "without a query",
+        )
+    if cfg.template.provider is None:
+        texts = [(f"template.variants[{i}].text", v.text) for i, v in enumerate(cfg.template.variants)]
+        for key, text in texts or [("template.text", cfg.template.text)]:
+            if "{" + links.field not in text:
+                raise ConfigError(file, key, f"[links] is set: put {{{links.field}}} where the link goes")
 
 
 def _provider_template(cfg: CampaignConfig, file: str) -> tuple[CampaignConfig, ProviderTemplate | None]:

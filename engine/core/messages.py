@@ -91,6 +91,8 @@ class SuppressReason(StrEnum):
     NO_CONSENT = "no_consent"
     CLAIMED_ELSEWHERE = "claimed_elsewhere"
     """Another worker of a coordinated campaign claimed the recipient first (it records the send)."""
+    HELD_OUT = "held_out"
+    """In the campaign's holdout (``[outcomes] holdout``): kept back to measure its effect."""
 
 
 class Reject(msgspec.Struct, gc=False, frozen=True):

@@ -46,6 +46,7 @@ STAGE_REASONS: dict[str, tuple[str, ...]] = {
     "render": ("missing_field", "url_in_field", "param_too_long"),
     "count_parts": ("too_long",),
     "same_content": ("same_content",),
+    "holdout": ("held_out",),
     "hold_quiet_hours": ("outside_send_window",),
     "claim": ("claimed_elsewhere", "opted_out"),
 }
@@ -77,6 +78,11 @@ RETRY_OUTCOMES = tuple(o for o in REQUEST_OUTCOMES if o != "ok")
 
 DELIVERY_STATUSES = ("delivered", "failed", "expired", "rejected", "unknown")
 """``DeliveryStatus`` values; anything else counts as ``unknown``."""
+
+LINK_OUTCOMES = ("counted", "robot", "unknown")
+"""What the short link redirector did with a request (``outcome`` of ``pigeon_link_clicks_total``):
+``counted`` (a person's tap, recorded), ``robot`` (a ``HEAD``, prefetch, preview or robot:
+redirected, not recorded), ``unknown`` (no such code: 404)."""
 
 OPTOUT_SOURCES = ("api", "mo", "import", "manual", "other")
 """Where an opt-out came from (the ``reason`` label of ``pigeon_optouts_added_total``)."""
@@ -168,6 +174,7 @@ NAMES = {
     "optouts": "pigeon_optouts_added_total",
     "claims": "pigeon_coordinator_claims_total",
     "coordinator_calls": "pigeon_coordinator_calls_total",
+    "link_clicks": "pigeon_link_clicks_total",
     "build_info": "pigeon_build_info",
     "callback_events": "pigeon_callback_events_total",
     "callback_requests": "pigeon_callback_requests_total",

@@ -61,6 +61,7 @@ from engine.observability.metric_names import (
     DELIVERY_BUCKETS,
     DELIVERY_STATUSES,
     GATEWAY_BUCKETS,
+    LINK_OUTCOMES,
     MESSAGE_OUTCOMES,
     NAMES,
     OPTOUT_SOURCES,
@@ -219,6 +220,14 @@ class Metrics:
             ["worker", "call", "outcome"],
             registry=r,
         )
+        self._clicks = _Counter(
+            _base(NAMES["link_clicks"]),
+            "Requests to the short link redirector, by outcome (counted, robot, unknown).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in LINK_OUTCOMES:
+            self._clicks.labels(outcome)
         self._build = _Gauge(
             NAMES["build_info"],
             "Always 1: the running Pigeon's version, Python and event loop.",
@@ -406,6 +415,10 @@ class Metrics:
         """Events now in the callback outbox."""
         self._cb_depth.set(depth)
 
+    def link_click(self, outcome: str) -> None:
+        """One request to the short link redirector (``counted``, ``robot`` or ``unknown``)."""
+        self._clicks.labels(outcome if outcome in LINK_OUTCOMES else "unknown").inc(1)
+
     # --- output ----------------------------------------------------------------------------------
 
     def exposition(self) -> tuple[bytes, str]:
@@ -523,6 +536,9 @@ class _NoMetrics(Metrics):
         """Not counted."""
 
     def delivery_reports(self, *_: Any, **__: Any) -> None:
+        """Not counted."""
+
+    def link_click(self, *_: Any) -> None:
         """Not counted."""
 
     def optouts_added(self, *_: Any) -> None:

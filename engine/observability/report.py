@@ -126,6 +126,9 @@ class RunSummary(msgspec.Struct, kw_only=True):
     """Version of the carrier prefix table used."""
     findings: list[Finding] = []
     """Preflight findings (errors refuse a send)."""
+    links: dict[str, str | int] = {}
+    """The campaign's tracked link (``[links]``): ``mode``, an ``example`` link and its
+    ``characters`` — billed in every message, as the parts above count them."""
     stopped: bool = False
     """The send was stopped (Ctrl-C / SIGTERM) before the whole segment was read: ``rows`` were read,
     and every one of them is accounted for; the rest of the segment was not touched."""

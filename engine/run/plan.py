@@ -18,6 +18,7 @@ from engine.core.errors import (
     SourceError,
     TemplateError,
 )
+from engine.core.links import link_url
 from engine.core.messages import State
 from engine.core.periods import parse_period
 from engine.core.plugin_host import PluginHost
@@ -32,7 +33,9 @@ from engine.pipeline.source import RangedSource, SegmentRange, SegmentReader, Se
 from engine.pipeline.stages import (
     Cap,
     CarrierResolver,
+    Holdout,
     HoldQuietHours,
+    Links,
     RequireConsent,
     SameContent,
     standard_stages,
@@ -42,6 +45,7 @@ from engine.state.caps import CapState, CapWindow
 from engine.state.ledger.records import Semantics
 from engine.state.ledger.run import CampaignLedger
 from engine.state.ledger.store import open_for_run
+from engine.state.links import LinkStore, links_path
 from engine.state.optout import OptOutSet
 from engine.state.store.sqlite import SqliteStore
 
@@ -116,21 +120,32 @@ class Plan:
         return [*([own] if own is not None else []), *dict.fromkeys(domestic)]
 
     def open_segment(
-        self, shard: tuple[int, int] | None = None, part: SegmentRange | None = None
+        self,
+        shard: tuple[int, int] | None = None,
+        part: SegmentRange | None = None,
+        *,
+        record_links: bool = True,
     ) -> OpenSegment:
         """Open the segment, read its header, and bind the template to its columns.
 
         Fails (``TemplateError``/``SourceError``) before any data row is read. With
         ``shard=(index, count)`` the batches hold only that shard's rows (:mod:`engine.run.shards`);
         with ``part`` only that byte range's rows (:mod:`engine.run.worker`; a
-        :class:`~engine.pipeline.source.RangedSource` only).
+        :class:`~engine.pipeline.source.RangedSource` only). A campaign with ``[links]`` gets its
+        link as the last column (``record_links`` False: the codes are made but not stored —
+        previews and checks).
         """
         phone = self.campaign.segment.phone_field
-        fields = [phone, *self.fields]
+        lcfg = self.campaign.config.links
+        link_field = lcfg.field if lcfg is not None else ""
+        group_field = self.campaign.config.outcomes.group_field
+        wanted = [phone, *(f for f in self.fields if f != link_field)]
+        if lcfg is not None and group_field not in wanted:
+            wanted.append(group_field)
         if part is None:
-            reader = self.source.open(fields)
+            reader = self.source.open(wanted)
         elif isinstance(self.source, RangedSource):
-            reader = self.source.open_range(fields, part)
+            reader = self.source.open_range(wanted, part)
         else:
             raise SourceError(
                 f"segment source {self.campaign.segment.source!r} cannot be cut into byte ranges "
@@ -142,15 +157,16 @@ class Plan:
                     f"the segment has no column {phone!r} for phone numbers (segment.phone_field); "
                     f"its columns are: {', '.join(reader.columns)}"
                 )
+            bind_to = [*reader.columns, link_field] if lcfg else list(reader.columns)
             try:
-                bound = self.template.bind(reader.columns)
+                bound = self.template.bind(bind_to)
             except TemplateError as exc:
                 key = "template.variants[0].text" if self.variants else "template.text"
                 raise TemplateError(f"{self.campaign.file}: {key}: {exc}") from None
             variants = []
             for i, t in enumerate(self.variants):
                 try:
-                    variants.append(t.bind(reader.columns))
+                    variants.append(t.bind(bind_to))
                 except TemplateError as exc:
                     raise TemplateError(f"{self.campaign.file}: template.variants[{i}].text: {exc}") from None
         except BaseException:
@@ -164,6 +180,19 @@ class Plan:
             quiet = HoldQuietHours(window or ALL_DAY, self.clock, carrier_windows)
         gateways = self.engine.config.gateways
         forbid_urls = any(not gateways[g].urls_in_fields for g in set(self.routes.values()))
+        links = None
+        if lcfg is not None:
+            columns = list(reader.columns)
+            links = Links(
+                LinkStore(links_path(self.engine.store_path)),
+                self.campaign.id,
+                mode=lcfg.mode,
+                target=lcfg.target,
+                domain=lcfg.domain,
+                length=lcfg.code_length,
+                group_col=columns.index(group_field) if group_field in columns else None,
+                record=record_links,
+            )
         stages = standard_stages(
             bound,
             self.table,
@@ -178,8 +207,13 @@ class Plan:
             variants=variants,
             split=self.split,
             consent=RequireConsent(self.consents.contains) if self.consents is not None else None,
+            holdout=Holdout(self.campaign.id, share)
+            if (share := self.campaign.config.outcomes.holdout)
+            else None,
+            links=links,
+            link_field=link_field,
         )
-        return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone), shard)
+        return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone), shard, links)
 
 
 @dataclass
@@ -192,6 +226,8 @@ class OpenSegment:
     """Position of the phone column in the reader's rows."""
     shard: tuple[int, int] | None = None
     """``(index, count)`` of a sharded send: the source's rejects of other shards are left out."""
+    links: Links | None = None
+    """The campaign's links stage (its store is closed with the segment)."""
 
     def batches(self, size: int) -> Iterator[Batch]:
         """Read batches of about ``size`` rows and run every stage over each."""
@@ -206,8 +242,10 @@ class OpenSegment:
             yield run(Batch(sb.nums, sb.rows, pc, rejects))
 
     def close(self) -> None:
-        """Close the reader."""
+        """Close the reader (and the links file)."""
         self.reader.close()
+        if self.links is not None:
+            self.links.store.close()
 
 
 def prepare_run(metrics: Metrics, plan: Plan, stages: Iterable[str]) -> None:
@@ -332,6 +370,22 @@ def prepare(
         )
         resolvers.append(rreg.factory(ropts, None))
 
+    links = campaign.config.links
+    if links is not None and links.mode == "provider":
+        managed = [
+            n
+            for n in set(routes.values())
+            if getattr(host.gateways.get(ecfg.gateways[n].plugin).factory, "managed_links", False)
+        ]
+        if not managed:
+            raise ConfigError(
+                campaign.file,
+                "links.mode",
+                "provider-managed per-phone links need a gateway whose provider makes them (the "
+                "ManagedLinks contract, docs/outcomes.md; Aliyun's CreateSmartShortUrl is the known "
+                'case) and none of this engine\'s gateways offers it: use mode = "group" (a filed '
+                'link per group) or "recipient" (codes on your own filed short domain)',
+            )
     policy = campaign.config.policy
     findings: list[Finding] = []
     for i, t in enumerate(variants or [template]):
@@ -414,6 +468,10 @@ def _summarize(plan: Plan, recorder: RunRecorder, mode: str, elapsed: float, run
         prefix_table=plan.table.version,
     )
     summary.findings = list(plan.findings)
+    links = c.config.links
+    if links is not None and links.mode != "provider":
+        example = link_url(links.domain, "x" * links.code_length)
+        summary.links = {"mode": links.mode, "example": example, "characters": len(example)}
     return summary
 
 
@@ -435,7 +493,7 @@ def check_segment(plan: Plan, rows: int = SAMPLE_ROWS) -> None:
     """Read the segment's header and its first ``rows`` rows through every stage, sending nothing
     and recording nothing: a missing column or template field, a file that is not CSV text in its
     encoding, no data rows, or too many rejected rows raise here — before a run is recorded."""
-    segment = plan.open_segment()
+    segment = plan.open_segment(record_links=False)
     recorder = RunRecorder({})
     try:
         for batch in segment.batches(min(plan.engine.config.batch_size, rows)):

@@ -25,7 +25,7 @@ def preview(
     recorder = RunRecorder(plan.prices, samples=samples)
     if rejects_path is not None:
         recorder.writers[State.REJECTED] = RejectsWriter(rejects_path)
-    segment = plan.open_segment()
+    segment = plan.open_segment(record_links=False)
     try:
         with quiet_gc():
             for batch in segment.batches(plan.engine.config.batch_size):

@@ -3,6 +3,13 @@
 Gateways that receive on their own connections (SMPP deliver_sm, CMPP_DELIVER) also implement
 :class:`Receiving`: a long-lived host attaches an :class:`InboundSink` (where delivery reports
 and MO replies go: the service's ``apply_reports`` / ``apply_replies``) and runs ``serve()``.
+
+Gateways whose provider makes and tracks per-phone short links implement :class:`ManagedLinks`
+(the contract of a campaign's ``[links] mode = "provider"``; docs/outcomes.md). Aliyun is the
+documented case: ``CreateSmartShortUrl(PhoneNumbers, SourceUrl, OutId)`` returns per phone
+``{short_url, short_name, domain, expiration}`` and ``QueryPageSmartShortUrlLog`` per phone
+``{click_state, click_time, create_time}``; Huawei KooMessage's personal links resolve once and
+last 1–7 days; Tencent has none. No built-in gateway implements it yet.
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ import contextvars
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
+
+import msgspec
 
 from engine.core.messages import DeliveryReport, MessageBatch, SubmitResult
 from engine.sending.webhooks import MoReply
@@ -20,6 +29,9 @@ __all__ = [
     "Gateway",
     "GatewayContext",
     "InboundSink",
+    "LinkClick",
+    "ManagedLink",
+    "ManagedLinks",
     "Receiving",
     "about_to_write",
     "handing_over",
@@ -116,3 +128,39 @@ class Receiving(Protocol):
 
     async def serve(self) -> None:
         """Keep the connections up and read them until cancelled (reports arrive between sends)."""
+
+
+class ManagedLink(msgspec.Struct, frozen=True, kw_only=True):
+    """A per-phone short link a provider made."""
+
+    phone: str
+    """The number as the provider has it (national for China)."""
+    url: str
+    """The short link to put in that phone's message (its characters are billed)."""
+    expires_at: float = 0.0
+    """Epoch seconds after which it stops resolving (0: unknown)."""
+
+
+class LinkClick(msgspec.Struct, frozen=True, kw_only=True):
+    """A click the provider saw on one of its per-phone links."""
+
+    phone: str
+    clicked_at: float
+
+
+@runtime_checkable
+class ManagedLinks(Protocol):
+    """A gateway whose provider makes per-phone short links and reports their clicks.
+
+    The engine would call :meth:`create_links` for a batch's phones before rendering it (its links
+    fill the ``{link}`` field and are billed like any text) and poll :meth:`link_clicks` for the
+    report. A gateway declares it with ``managed_links = True`` on its class.
+    """
+
+    managed_links: ClassVar[bool]
+
+    async def create_links(self, phones: Sequence[str], target: str, out_id: str) -> Sequence[ManagedLink]:
+        """One link per phone to ``target``, tagged ``out_id`` (the campaign) at the provider."""
+
+    async def link_clicks(self, out_id: str, since: float) -> Sequence[LinkClick]:
+        """Clicks on the links tagged ``out_id`` since ``since`` (epoch seconds)."""

@@ -34,6 +34,8 @@ from engine.service.callbacks import dead_letters
 from engine.service.campaigns import LIST_STATES, CampaignError, CampaignPage, Campaigns
 from engine.service.core import Service
 from engine.service.openapi import document
+from engine.service.outcomes import outcomes_body
+from engine.service.redirect import Redirector
 from engine.service.stored import numbers_of
 from engine.service.wire import (
     API_CAMPAIGNS,
@@ -394,6 +396,22 @@ def create_app(service: Service) -> Starlette:
         return _json(_campaigns(service).get(request.path_params["id"]).view())
 
     @wrap
+    async def get_outcomes(request: Request) -> Response:
+        auth(request, "read")
+        q = _query(request, {"format": 8})
+        engine = service.engine
+        prices = {str(c): v.price_per_part for c, v in engine.config.carriers.items()}
+        content, media = await outcomes_body(
+            str(engine.store_path),
+            request.path_params["id"],
+            q.get("format", "json"),
+            prices=prices,
+            currency=engine.config.currency,
+            host=service.host,
+        )
+        return Response(content, media_type=media)
+
+    @wrap
     async def control_campaign(request: Request) -> Response:
         auth(request, "campaigns")
         action = request.path_params["action"]
@@ -452,7 +470,9 @@ def create_app(service: Service) -> Starlette:
     async def crash(request: Request, exc: Exception) -> Response:
         return crashed(request, exc)
 
+    redirector = Redirector(service.engine.store_path, service.ctx.metrics)
     routes = [
+        Route("/l/{code}", redirector.handle, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -464,6 +484,7 @@ def create_app(service: Service) -> Starlette:
         Route("/v1/callbacks/dead", dead_callbacks, methods=["GET"]),
         Route("/v1/campaigns", campaigns_root, methods=["GET", "POST"]),
         Route("/v1/campaigns/{id}", get_campaign, methods=["GET"]),
+        Route("/v1/campaigns/{id}/outcomes", get_outcomes, methods=["GET"]),
         Route("/v1/campaigns/{id}/{action}", control_campaign, methods=["POST"]),
     ]
     return _App(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})

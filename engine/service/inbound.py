@@ -15,7 +15,7 @@ import msgspec
 
 from engine.core.errors import ConfigError
 from engine.core.messages import DeliveryReport
-from engine.core.phone import mask
+from engine.core.phone import mask, parse_phone
 from engine.core.plugin_host import PluginHost
 from engine.core.timestamps import epoch_seconds
 from engine.sending.gateway import Receiving
@@ -189,6 +189,15 @@ class Inbound:
     def apply_replies(self, replies: Sequence[MoReply]) -> int:
         """Record MO replies; opt-out keywords go to the store and every running blast's set now."""
         numbers, records = opt_outs_in(replies, self.keywords)
+        if self.ctx.store is not None:  # every reply, for the outcomes report's replies column
+            now = time.time()
+            stop = {r.number for r in records}
+            heard = [
+                (p.e164, epoch_seconds(r.at, now) or now, p.e164 in stop)
+                for r in replies
+                if (p := parse_phone(r.from_)).reason is None
+            ]
+            self.ctx.store.add_replies(heard)
         if records:
             assert self.ctx.store is not None
             self.ctx.metrics.optouts_added(self.ctx.store.add_optouts(records), "mo")

@@ -24,6 +24,7 @@ def _ok(name: str, desc: str = "OK") -> dict[str, Any]:
 
 def build() -> dict[str, Any]:
     """The document as a dict."""
+    from engine.outcomes.attribution import OutcomeReport
     from engine.service.campaigns import LIST_STATES, CampaignPage, CampaignView
     from engine.service.wire import (
         API_CAMPAIGNS,
@@ -49,6 +50,7 @@ def build() -> dict[str, Any]:
             CampaignPage,
             StartCampaign,
             Problem,
+            OutcomeReport,
         ],
         ref_template="#/components/schemas/{name}",
     )
@@ -298,6 +300,49 @@ def build() -> dict[str, Any]:
                 "responses": {"200": _ok("CampaignView"), **errors},
             }
         },
+    }
+    paths["/l/{code}"] = {
+        "get": {
+            "summary": "A campaign's short link: 302 to its page; the click recorded once per recipient "
+            "(group links: per visitor); robots, previews and prefetches are redirected, not counted",
+            "security": [],
+            "parameters": [
+                {
+                    "name": "code",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9A-Za-z]{5,12}$"},
+                }
+            ],
+            "responses": {
+                "302": {"description": "To the campaign's landing page (Location)"},
+                "404": {"description": "Unknown link"},
+            },
+        }
+    }
+    paths["/v1/campaigns/{id}/outcomes"] = {
+        "get": {
+            "summary": "Outcomes per group × variant × carrier: funnel, buyers, revenue, ROI, lift over "
+            "holdout (docs/outcomes.md)",
+            "security": auth,
+            "parameters": [
+                cid,
+                q("format", {"enum": ["json", "csv", "html"]}, "json (default), csv, or the HTML page"),
+            ],
+            "responses": {
+                "200": {
+                    "description": "The report",
+                    "content": {
+                        "application/json": {"schema": _ref("OutcomeReport")},
+                        "text/csv": {"schema": {"type": "string"}},
+                        "text/html": {"schema": {"type": "string"}},
+                    },
+                },
+                **errors,
+                "409": _problem("The campaign file is gone or no longer loads"),
+                "422": _problem("Unknown query parameter or format"),
+            },
+        }
     }
     for path in ("/v1/messages", "/v1/campaigns"):  # GET and POST on one path item
         paths[path].update(paths.pop(f"{path}#get"))

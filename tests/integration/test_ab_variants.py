@@ -77,3 +77,19 @@ def test_an_ab_test_killed_mid_blast_keeps_every_numbers_variant_on_resume(tmp_p
         assert shares[name] - unknown <= v["messages"] + v["unknown"] <= shares[name]
         assert v["parts"] == v["messages"] * (1 if name == "short" else 2)
         assert v["cost"] == round(v["parts"] * 0.05, 4)  # (every number is China Mobile's, 0.05 a part)
+    # The outcomes report splits each group by variant, and its sent counts agree with the ledger's
+    outcomes = cli(
+        tmp_path,
+        "report",
+        "crash",
+        "--outcomes",
+        "--engine",
+        str(tmp_path / "engine.toml"),
+        flags=("--format", "json"),
+    )
+    assert outcomes.returncode == 0, outcomes.stderr
+    groups = json.loads(outcomes.stdout)["groups"]
+    assert {g["variant"] for g in groups} == {"short", "long"}
+    for name in ("short", "long"):
+        v = variants[name]
+        assert sum(g["sent"] for g in groups if g["variant"] == name) == v["messages"]  # (unknown: not sent)

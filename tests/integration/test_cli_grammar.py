@@ -339,6 +339,8 @@ def test_every_data_command_prints_json(
         ("plugins",),
         ("segment", "rfm", "orders.csv", "-q"),
         ("worker", "campaign.toml", "--coordinator", _REDIS, "--again", "-q"),
+        ("orders", "import", "orders.csv"),
+        ("report", "t", "--outcomes"),
         ("cancel", "t"),
     ]
     leaves = set(_leaves())

@@ -12,6 +12,8 @@ from engine.pipeline.stages.cap import Cap
 from engine.pipeline.stages.count_parts import CountParts
 from engine.pipeline.stages.dedupe import Dedupe
 from engine.pipeline.stages.hold_quiet_hours import HoldQuietHours
+from engine.pipeline.stages.holdout import Holdout
+from engine.pipeline.stages.links import Links
 from engine.pipeline.stages.normalize import Normalize
 from engine.pipeline.stages.render import Render
 from engine.pipeline.stages.require_consent import RequireConsent
@@ -26,6 +28,8 @@ __all__ = [
     "CountParts",
     "Dedupe",
     "HoldQuietHours",
+    "Holdout",
+    "Links",
     "Normalize",
     "Render",
     "RequireConsent",
@@ -51,16 +55,24 @@ def standard_stages(
     variants: Sequence[BoundTemplate] = (),
     split: Split | None = None,
     consent: RequireConsent | None = None,
+    holdout: Holdout | None = None,
+    links: Links | None = None,
+    link_field: str = "",
 ) -> list[Stage]:
-    """normalize → suppress_optouts → require_consent → cap → route → render → count_parts → dedupe
-    → same_content → hold_quiet_hours.
+    """normalize → suppress_optouts → require_consent → cap → links → route → render → count_parts
+    → dedupe → same_content → holdout → hold_quiet_hours.
 
     ``suppress_optouts`` runs when an opt-out set is given (marketing campaigns),
     ``require_consent`` when the campaign requires a consent record (``policy.require_consent``), ``cap`` when
     the engine configures caps for the campaign's kind, ``hold_quiet_hours`` when the campaign
-    has a send window (marketing, by default). ``variants`` and ``split``: an A/B test's bound
-    templates and who gets which (``render`` picks each row's). ``shard=(index, count)``:
-    ``normalize`` keeps only that shard's numbers and rejects (a sharded send, :mod:`engine.run.shards`).
+    has a send window (marketing, by default), ``holdout`` when the campaign keeps a share back
+    (``[outcomes] holdout``: after every rule that refuses a row, so the holdout is a random share
+    of those that would be sent, and before the send window, so a deferred row's choice is made
+    once), ``links`` when the campaign has a tracked link (``[links]``: the link field, trusted by
+    ``render``'s no-link-in-a-field rule, since it is the campaign's own). ``variants`` and
+    ``split``: an A/B test's bound templates and who gets which (``render`` picks each row's).
+    ``shard=(index, count)``: ``normalize`` keeps only that shard's numbers and rejects (a sharded
+    send, :mod:`engine.run.shards`).
 
     ``dedupe`` comes after every stage that rejects a row: a number is used up by the first row
     that could be sent, so a number that cannot be sent is rejected with its reason on every row
@@ -74,10 +86,18 @@ def standard_stages(
         *([consent] if consent is not None else []),
         *([caps] if caps is not None else []),
         Route(table, routable, resolvers),
-        Render(template, forbid_urls=forbid_urls_in_fields, variants=variants, split=split),
+        *([links] if links is not None else []),
+        Render(
+            template,
+            forbid_urls=forbid_urls_in_fields,
+            trusted=(link_field,) if links is not None else (),
+            variants=variants,
+            split=split,
+        ),
         CountParts(template.template, [v.template for v in variants]),
         Dedupe(),
         *([same_content] if same_content is not None else []),
+        *([holdout] if holdout is not None else []),
         # Last: only messages that could go now are held, never rows that would be rejected.
         *([quiet_hours] if quiet_hours is not None else []),
     ]

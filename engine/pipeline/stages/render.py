@@ -35,18 +35,22 @@ class Render:
         template: BoundTemplate,
         *,
         forbid_urls: bool = False,
+        trusted: Sequence[str] = (),
         variants: Sequence[BoundTemplate] = (),
         split: Split | None = None,
     ) -> None:
         self.template = template
         self.forbid_urls = forbid_urls
-        """Reject rows whose field values hold a link (for gateways that refuse links in variables)."""
+        """Reject rows whose field values hold a link (for gateways that refuse links in variables);
+        ``trusted`` fields are not checked (the campaign's own tracked link)."""
         self.variants = list(variants)
         """An A/B test's templates, in the order of ``split.names`` (empty: one text for all)."""
         self.split = split if self.variants else None
         if self.split is not None and len(self.split.names) != len(self.variants):
             raise ValueError("one bound template per variant of the split")
-        self._field_cols = sorted({t.index[f] for t in (template, *self.variants) for f in t.template.fields})
+        self._field_cols = sorted(
+            {t.index[f] for t in (template, *self.variants) for f in t.template.fields if f not in trusted}
+        )
         self.provider: ProviderTemplate | None = template.template.provider
         """The filed template whose parameters each row must carry (None: free text)."""
         if self.provider is not None:

@@ -232,6 +232,8 @@ class _Derived:
         self.attempts = np.zeros(size, dtype=np.int16)
         self.submitted_at = np.zeros(size, dtype=np.float64)
         self.answered_at = np.zeros(size, dtype=np.float64)
+        self.decided_at = np.zeros(size, dtype=np.float64)
+        """When a stage's drop of the row was recorded (its holdout time, for the outcomes report)."""
         self.gateway = np.zeros(size, dtype=np.int16)
         self.gateways: list[str] = [""]
         self.carrier = np.zeros(size, dtype=np.int8)

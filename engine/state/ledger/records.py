@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from enum import IntEnum, StrEnum
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -16,6 +16,7 @@ from engine.core.messages import (
 )
 
 __all__ = [
+    "STATE_NAMES",
     "CampaignCounts",
     "CampaignRecord",
     "CampaignStatus",
@@ -26,6 +27,7 @@ __all__ = [
     "LedgerState",
     "LedgerWriteError",
     "MessageRecord",
+    "RowOutcomes",
     "Semantics",
     "default_semantics",
     "file_fingerprint",
@@ -83,6 +85,8 @@ class _Code(IntEnum):
 
 
 _STATE_OF: Final = {c: LedgerState[c.name] for c in _Code}
+STATE_NAMES: Final = tuple(_STATE_OF[c].value for c in sorted(_Code))
+"""State code (as in :attr:`RowOutcomes.state`) → state name."""
 
 
 _OUTCOME_CODE: Final = {Outcome.ACCEPTED: _Code.SUBMITTED, Outcome.UNKNOWN: _Code.UNKNOWN}
@@ -226,3 +230,29 @@ class LedgerWriteError(LedgerError, RunHalt):
     transaction committed before is intact."""
 
     reason = "store_unwritable"
+
+
+class RowOutcomes(msgspec.Struct, kw_only=True):
+    """Every row of a campaign as arrays indexed by row number (for the outcomes report).
+
+    Index 0 and rows the ledger never saw are ``pending`` with no event (``seen`` False).
+    """
+
+    state: Any
+    """uint8 state codes: :data:`STATE_NAMES` gives each its name."""
+    reason: Any
+    """int32 index into :attr:`labels` (0: no reason)."""
+    labels: list[str]
+    seen: Any
+    """bool: the ledger has an event for the row."""
+    carrier: Any
+    """int8 index into :attr:`carriers` (0: not handed over)."""
+    carriers: list[str]
+    parts: Any
+    """int32 billed parts of the row's message (0: not handed over)."""
+    submitted_at: Any
+    """float64 epoch seconds of its first hand-over (0: never)."""
+    decided_at: Any
+    """float64 epoch seconds when a stage's drop of the row was recorded (0: none)."""
+    delivered_at: Any
+    """float64 epoch seconds of a *delivered* receipt's ``done_at`` (0: none)."""

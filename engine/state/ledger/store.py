@@ -50,6 +50,7 @@ from engine.state.ledger.records import (
     LedgerError,
     LedgerState,
     MessageRecord,
+    RowOutcomes,
     Semantics,
     _Code,
     _Event,
@@ -329,7 +330,9 @@ class Ledger:
                 )
             else:
                 d.reason[rows] = 0
-            if event == _Event.SUBMITTING:
+            if event == _Event.DROP:
+                d.decided_at[rows] = ts
+            elif event == _Event.SUBMITTING:
                 d.attempts[rows] += 1
                 first = d.submitted_at[rows] == 0
                 d.submitted_at[rows[first]] = ts
@@ -378,6 +381,28 @@ class Ledger:
         """Recipients by state and reason (rows the ledger has not seen yet are not counted)."""
         d = self._derive(campaign_id)
         return _counts(campaign_id, d)
+
+    def row_outcomes(self, campaign_id: str) -> RowOutcomes:
+        """Every row's state, carrier, parts and times as arrays (see :class:`RowOutcomes`)."""
+        d = self._derive(campaign_id)
+        delivered_at = np.zeros(d.state.size, dtype=np.float64)
+        for row, (status, _code, done_at) in d.dlr_code.items():
+            if status == DeliveryStatus.DELIVERED.value:
+                delivered_at[row] = done_at or 0.0
+        seen = (d.state != _Code.PENDING) | (d.reason != 0) | (d.attempts != 0)
+        seen[:1] = False
+        return RowOutcomes(
+            state=d.state,
+            reason=d.reason,
+            labels=list(d.labels),
+            seen=seen,
+            carrier=d.carrier,
+            carriers=list(d.carriers),
+            parts=d.parts,
+            submitted_at=d.submitted_at,
+            decided_at=d.decided_at,
+            delivered_at=delivered_at,
+        )
 
     def rows_in(self, campaign_id: str, *states: LedgerState) -> npt.NDArray[np.int64]:
         """The row numbers of the campaign's recipients now in one of ``states``, ascending."""

@@ -50,6 +50,13 @@ CREATE TABLE IF NOT EXISTS consents (
     proof      TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL
 );
+-- MO replies (numbers as keys only, no text), for the replies column of the outcomes report.
+CREATE TABLE IF NOT EXISTS replies (
+    key    INTEGER NOT NULL,  -- number_key()
+    at     REAL NOT NULL,
+    optout INTEGER NOT NULL   -- 1: an opt-out keyword
+);
+CREATE INDEX IF NOT EXISTS replies_by_time ON replies (at);
 INSERT OR IGNORE INTO meta VALUES ('optouts_generation', 0);
 """
 _FETCH: Final = 1 << 18
@@ -90,6 +97,14 @@ class SqliteStore:
             if added:
                 self._bump()
         return added
+
+    def add_replies(self, replies: Iterable[tuple[str, float, bool]]) -> int:
+        """Record MO replies (E.164 number, epoch seconds, whether an opt-out) in one transaction."""
+        rows = [(_key(n), at, int(optout)) for n, at, optout in replies]
+        if rows:
+            with self._tx():
+                self._db.executemany("INSERT INTO replies VALUES (?, ?, ?)", rows)
+        return len(rows)
 
     def remove_optouts(self, numbers: Iterable[str]) -> int:
         """Forget opt-outs; returns how many there were."""
