@@ -34,10 +34,11 @@ PREFIX = "pgn_"
 WATCH_EVERY = 0.25
 """Seconds between two looks at the keys file by a running service."""
 
-Scope = Literal["send", "campaigns", "read", "metrics"]
+Scope = Literal["send", "campaigns", "read", "metrics", "events", "flows"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 """What a key may do: ``send`` (``POST /v1/messages``), ``campaigns`` (start, control and see
-campaigns), ``read`` (look messages up), ``metrics`` (``/metrics``). A key without scopes may do all."""
+campaigns), ``read`` (look messages up), ``metrics`` (``/metrics``), ``events`` (``POST /v1/events``),
+``flows`` (list, pause and resume flows, a customer's steps). A key without scopes may do all."""
 
 
 class ApiKey(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -39,6 +39,7 @@ from engine.service.api_templates import ApiTemplates
 from engine.service.apikeys import WATCH_EVERY, KeyRing, KeyUsage
 from engine.service.campaigns import Campaigns
 from engine.service.context import ServiceContext
+from engine.service.flows import ServiceFlows, flows_of
 from engine.service.gateways import ServiceGateways
 from engine.service.inbound import Inbound
 from engine.service.lanes import TEXT_TEMPLATE, ApiLanes
@@ -69,6 +70,7 @@ class Service:
     ``messages``  ``POST /v1/messages`` (checks, stages, idempotency) and look-ups
     ``inbound``   receipts and replies: webhook parsers, the gateways' own connections
     ``campaigns`` blasts in worker processes (:mod:`engine.service.campaigns`)
+    ``flows``     events in, flow steps fired from the timer store (:mod:`engine.service.flows`)
     ``keys``      the API keys
     ============  ==================================================================
 
@@ -87,6 +89,10 @@ class Service:
         self.lanes = ApiLanes(self.ctx, self.gateways, ApiTemplates(self.ctx))
         self.messages = Submissions(self.ctx, self.lanes)
         self.inbound = Inbound(self.ctx)
+        self.flow_defs = flows_of(engine, self.messages.templates)
+        """The flows (``service.flows.dir``), checked before anything starts."""
+        self.flows: ServiceFlows | None = None
+        """Events in and the flow runner, once started."""
         self.campaigns: Campaigns | None = None
         """Set when the service starts (it needs the task group its workers are watched in)."""
         self.merged_metrics = MergedMetrics(self.ctx.metrics.registry)
@@ -159,6 +165,9 @@ class Service:
         if receiving:
             tg.start_soon(self.inbound.serve, receiving)
         self.lanes.start(tg)
+        self.flows = ServiceFlows(ctx, self.messages, self.flow_defs)
+        if self.flow_defs:
+            tg.start_soon(self.flows.run, self._closing)
         ctx.metrics.prepare(
             routes=self.gateways.failover,
             in_flight={g: gw.in_flight for g, gw in ctx.config.gateways.items()},
