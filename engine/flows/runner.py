@@ -233,6 +233,9 @@ class FlowRunner:
                 )
                 for t, m in pairs
             ]
+            # in flight from now on (until the sender says otherwise): what waits on the runner
+            # (confirm, a drain, a test) never sees them neither due nor on their way
+            self.inflight.update((m, t.id) for t, m in pairs)
             outcomes = await self.sender.send(lane, items)
             self.counts.fired += len(items)
             now = self.clock.time()
@@ -240,8 +243,9 @@ class FlowRunner:
             again: list[tuple[int, float, str]] = []
             for (t, m), o in zip(pairs, outcomes, strict=True):
                 if o.state == "queued":
-                    self.inflight[m] = t.id
-                elif o.state == "deferred":
+                    continue
+                self.inflight.pop(m, None)
+                if o.state == "deferred":
                     again.append((t.id, max(o.until, now + 1.0), o.reason or "deferred"))
                 else:
                     ended.append((t.id, f"{o.state}:{o.reason}" if o.reason else o.state))
