@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from engine.cli.flows import add_flow_commands
 from engine.cli.grammar import (
     EXIT_BAD_INPUT,
     EXIT_BUSY,
@@ -216,6 +217,7 @@ def parser() -> CommandParser:
     add_list_commands(p)
     add_segment_commands(p)
     add_service_commands(p)
+    add_flow_commands(p)
 
     pl = p.add_command(
         "plugins",
@@ -457,6 +459,10 @@ def main(argv: list[str] | None = None) -> int:
             return consent_command(args, console)
         if args.command == "segment":
             return segment_command(args, console)
+        if args.command in ("events", "flows"):
+            from engine.cli.flows import events_command, flows_command
+
+            return (events_command if args.command == "events" else flows_command)(args, console)
         if args.command in ("serve", "keys"):
             from engine.cli.service import service_command
 

@@ -252,6 +252,8 @@ class Service:
         if self.ctx.ledger is not None:
             self.ctx.ledger.close()
         self.inbound.close()
+        if self.flows is not None:
+            self.flows.close()
         if self.ctx.store is not None:
             self.ctx.store.close()
 
