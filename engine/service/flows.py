@@ -12,8 +12,9 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from engine.core.config import LoadedEngine
+from engine.core.config import DEFAULT_MARKETING_WINDOW, LoadedEngine
 from engine.core.phone import mask, parse_phone
+from engine.core.sendwindow import SendWindow
 from engine.flows.book import FlowBook
 from engine.flows.config import Flow, load_flows
 from engine.flows.events import EventIn, EventsResponse
@@ -85,6 +86,8 @@ class CustomerSteps(msgspec.Struct, kw_only=True):
     steps: list[StepView]
 
 
+RETRY_DEFERRED = 900.0
+"""Seconds after which a step the lane held outside its hours is tried again (its window open here)."""
 GAUGES_EVERY = 2.0
 """Seconds between two counts of pending and late timers (for ``/metrics``)."""
 
@@ -114,6 +117,7 @@ class LaneSender:
         self.ctx = ctx
         self.messages = messages
         self._registered: set[str] = set()
+        self._lane_window = SendWindow.parse(DEFAULT_MARKETING_WINDOW, "Asia/Shanghai")
 
     def reserve(self, lane: str, n: int) -> list[str]:
         """``n`` fresh message ids of the lane's stream (rows reserved in the store)."""
@@ -135,7 +139,17 @@ class LaneSender:
             values.append((tid, [it.phone, *(it.fields.get(f, "") for f in tmpl.fields)]))
             rows.append(int(it.message_id.rpartition("-")[2]))
         got = await self.messages.send_rows(lane, values, rows)  # type: ignore[arg-type]
-        return [Outcome(state, reason) for state, reason in got]
+        now = self.ctx.clock.time()
+        return [
+            Outcome(state, reason, self._retry_at(now) if state == "deferred" else 0.0)
+            for state, reason in got
+        ]
+
+    def _retry_at(self, now: float) -> float:
+        """When a step the lane held (its quiet hours, a gateway's hours, a foreign number's night)
+        is tried again: the lane's window's next opening, or in 15 minutes if that one is open."""
+        opens = self._lane_window.next_open(now)
+        return opens if opens > now else now + RETRY_DEFERRED
 
     def settled(self, message_ids: Sequence[str]) -> dict[str, str]:
         """Those of ``message_ids`` past ``queued`` in the records (set after the ledger's commit)."""
@@ -228,6 +242,8 @@ class ServiceFlows:
                 self.runner.confirm()
                 n = await self.runner.fire_due()
             except Exception:  # a bug or a store error: logged, tried again after a pause
+                if closing.is_set():  # the lanes closed under a batch: it stays firing, resent on start
+                    break
                 log.exception("flow runner step failed", extra={"event": "flows.error"})
                 n = 0
                 await anyio.sleep(poll)
