@@ -124,6 +124,10 @@ class FlowRunner:
         self.counts = FiredCounts()
         self.inflight: dict[str, int] = {}
         """Message id → timer id: queued, hand-over not yet recorded."""
+        self._busy: dict[str, str] = {}
+        """Message id → customer, of marketing steps in flight: a customer's next marketing step
+        waits for the hand-over of the one before (the caps count at hand-over: two steps queued
+        at once would both pass a cap of one)."""
         self._tokens = float(batch)
         self._last = clock.monotonic()
 
@@ -178,7 +182,7 @@ class FlowRunner:
         return found
 
     async def fire_due(self) -> int:
-        """One step: fire what is due (within the budget); how many timers were taken."""
+        """One step: fire what is due (within the budget); how many timers were acted on."""
         budget = self._budget()
         if budget < 1:
             return 0
@@ -189,6 +193,7 @@ class FlowRunner:
         expired: list[tuple[int, str]] = []
         held: list[tuple[int, float, str]] = []
         ready: list[DueTimer] = []
+        busy = set(self._busy.values())
         for t in due:
             flow = self.flows.get(t.flow)
             if flow is None or t.step >= len(flow.steps):
@@ -197,9 +202,13 @@ class FlowRunner:
             if flow.expire_after is not None and now - t.due > flow.expire_after:
                 expired.append((t.id, "expired"))
                 continue
-            if flow.steps[t.step].lane == "marketing" and not flow.window.is_open(now):
-                held.append((t.id, flow.window.next_open(now), "outside_send_window"))
-                continue
+            if flow.steps[t.step].lane == "marketing":
+                if not flow.window.is_open(now):
+                    held.append((t.id, flow.window.next_open(now), "outside_send_window"))
+                    continue
+                if t.customer in busy:
+                    continue  # stays pending: fetched again once the step before is handed over
+                busy.add(t.customer)
             ready.append(t)
         if expired:
             self.store.settle(expired, now, TimerState.EXPIRED)
@@ -211,7 +220,7 @@ class FlowRunner:
         self.counts.late += sum(1 for t in ready if now - t.due > LATE_AFTER)
         if ready:
             await self._send(ready)
-        return len(due)
+        return len(ready) + len(expired) + len(held)  # (not those waiting for a step before them)
 
     async def _send(self, timers: Sequence[DueTimer]) -> None:
         """Claim (a message id each, kept for a timer that has one) and send, one lane at a time."""
@@ -236,6 +245,8 @@ class FlowRunner:
             # in flight from now on (until the sender says otherwise): what waits on the runner
             # (confirm, a drain, a test) never sees them neither due nor on their way
             self.inflight.update((m, t.id) for t, m in pairs)
+            if lane == "marketing":
+                self._busy.update((m, t.customer) for t, m in pairs)
             outcomes = await self.sender.send(lane, items)
             self.counts.fired += len(items)
             now = self.clock.time()
@@ -245,6 +256,7 @@ class FlowRunner:
                 if o.state == "queued":
                     continue
                 self.inflight.pop(m, None)
+                self._busy.pop(m, None)
                 if o.state == "deferred":
                     again.append((t.id, max(o.until, now + 1.0), o.reason or "deferred"))
                 else:
@@ -272,6 +284,8 @@ class FlowRunner:
             return 0
         now = self.clock.time()
         ended = [(self.inflight.pop(m), state) for m, state in got.items()]
+        for m in got:
+            self._busy.pop(m, None)
         self.store.settle(ended, now, TimerState.FIRED)
         self.counts.sent += sum(1 for _, s in ended if s not in ("suppressed", "rejected", "failed"))
         return len(ended)

@@ -86,6 +86,9 @@ class CustomerSteps(msgspec.Struct, kw_only=True):
     steps: list[StepView]
 
 
+EVENT_IDS_KEPT = 30 * 86400.0
+"""Seconds an event id is remembered (duplicates within it are taken once); older ones are
+forgotten when the service starts."""
 RETRY_DEFERRED = 900.0
 """Seconds after which a step the lane held outside its hours is tried again (its window open here)."""
 GAUGES_EVERY = 2.0
@@ -231,6 +234,7 @@ class ServiceFlows:
 
     async def run(self, closing: anyio.Event) -> None:
         """Fire due steps until ``closing`` is set: recover what a crash left first."""
+        self.store.forget_events(self.ctx.clock.time() - EVENT_IDS_KEPT)
         await self.runner.recover()
         poll = self.ctx.service.flows.poll
         counted = 0.0

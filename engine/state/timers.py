@@ -157,6 +157,11 @@ class TimerStore:
             fresh.append(cur.rowcount == 1)
         return fresh
 
+    def forget_events(self, before: float) -> int:
+        """Forget event ids taken before ``before`` (an id sent again after that is taken again)."""
+        with transaction(self.db):
+            return self.db.execute("DELETE FROM flow_events WHERE at < ?", (before,)).rowcount
+
     def batch(self) -> AbstractContextManager[None]:
         """``with store.batch():`` one transaction around several calls (events, schedules, cancels)."""
         return transaction(self.db)

@@ -382,3 +382,23 @@ def test_steps_the_stages_end_at_once_are_fired_with_their_reason(tmp_path: Path
     (v,) = r.store.of_customer("+8613800138000")
     assert (v.state, v.reason) == ("fired", "suppressed:opted_out")
     assert r.inflight == {}
+
+
+def test_a_customers_next_marketing_step_waits_for_the_hand_over_of_the_one_before(tmp_path: Path) -> None:
+    """Caps count at hand-over: two marketing steps to one number queued at once would both pass."""
+    clock = FakeClock(at("2026-11-10T12:00:00"))
+    f = load_flow(write_flow(tmp_path, REVIEW.replace("3d at 20:00", "0s")))
+    r, s = runner(tmp_path, {f.name: f}, clock, batch=1)
+    r.store.schedule(NewTimer(f.name, 0, "+8613800138000", o, clock.time()) for o in ("A", "B"))
+
+    async def main() -> list[int]:
+        got = [await r.fire_due()]
+        clock.advance(1)
+        got.append(await r.fire_due())  # the second order's step: its customer has one in flight
+        s.handed.update({m: "submitting" for m, _, _ in s.sent})
+        r.confirm()
+        got.append(await r.fire_due())
+        return got
+
+    assert anyio.run(main) == [1, 0, 1]
+    assert [p for _, p, _ in s.sent] == ["+8613800138000"] * 2
