@@ -377,7 +377,7 @@ def create_app(service: Service) -> Starlette:
         json_type(request)
         raw = await body(request)
         req = _decode(campaign_decoder, raw, StartCampaign)
-        run = await _campaigns(service).start(req.file, again=req.again)
+        run = await _campaigns(service).start(req.file, again=req.again, send_at=req.send_at)
         return _json(run.view(), 202)
 
     @wrap

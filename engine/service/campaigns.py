@@ -86,12 +86,18 @@ class CampaignHost(Protocol):
         ...
 
 
+SCHEDULE_LEAD = 3.0
+"""Seconds before ``send_at`` a scheduled campaign's worker starts (paused): a process start and
+the segment's first batches happen before, and sending begins at ``send_at``."""
+
+
 class CampaignView(msgspec.Struct, kw_only=True):
     """``GET /v1/campaigns/{id}``: where a blast stands."""
 
     id: str
     state: str
-    """``queued`` (waiting for a blast to end: ``service.concurrent_blasts``), ``running``,
+    """``scheduled`` (until its ``send_at``), ``queued`` (waiting for a blast to end:
+    ``service.concurrent_blasts``), ``running``,
     ``paused``, ``cancelled`` (drains, then stays), ``finished``, ``halted`` (a fault stopped it:
     a gateway unreachable past ``outage.limit``…; everyone not sent is pending, ``error`` says what
     to do) or ``failed``."""
@@ -112,6 +118,8 @@ class CampaignView(msgspec.Struct, kw_only=True):
     error: str = ""
     done: bool = False
     """The run is over: nothing of it is in flight any more."""
+    send_at: float | None = None
+    """When a scheduled campaign starts (Unix seconds)."""
 
 
 class CampaignSummary(msgspec.Struct, kw_only=True):
@@ -138,7 +146,7 @@ class CampaignPage(msgspec.Struct, kw_only=True):
     """Pass it as ``cursor`` for the next page; null on the last."""
 
 
-LIST_STATES = ("queued", "running", "paused", "cancelled", "finished", "halted", "failed")
+LIST_STATES = ("scheduled", "queued", "running", "paused", "cancelled", "finished", "halted", "failed")
 """The states ``GET /v1/campaigns?state=`` filters on."""
 
 
@@ -170,6 +178,13 @@ class CampaignRun:
         self.error = ""
         self.lease = ""
         """The token of the campaign's lease, taken by the service and adopted by the worker."""
+        self.send_at: float | None = None
+        """When a scheduled run starts (``POST /v1/campaigns`` with ``send_at``)."""
+        self.again = False
+        self.wake = anyio.Event()
+        """Set when a scheduled run is cancelled (its wait ends at once)."""
+        self.paused_start = False
+        """Its worker starts paused (scheduled: ready before ``send_at``, resumed at it)."""
 
     def tell(self, command: str) -> None:
         """Send ``command`` (a line of :mod:`engine.run.blast_worker`'s protocol) to the worker."""
@@ -185,7 +200,9 @@ class CampaignRun:
         elapsed = end - self.started
         r = self.counts
         state = self.state
-        if state == "running" or (state == "queued" and self.control.state is RunState.CANCELLED):
+        if state == "running" or (
+            state in ("queued", "scheduled") and self.control.state is RunState.CANCELLED
+        ):
             state = self.control.state.value
         eta = None
         f = r.fraction
@@ -209,6 +226,7 @@ class CampaignRun:
             rate_per_carrier=rates,
             error=self.error,
             done=self.finished is not None,
+            send_at=self.send_at,
         )
 
 
@@ -273,11 +291,17 @@ class Campaigns:
             .replace("--force", "`pigeon send --force`")
         )
 
-    async def start(self, file: str, *, again: bool = False) -> CampaignRun:
+    async def start(self, file: str, *, again: bool = False, send_at: float | None = None) -> CampaignRun:
         """Check and start the campaign in ``file`` (preflight and ledger as ``pigeon send``: an
-        unfinished campaign resumes; a finished one starts afresh only with ``again``)."""
+        unfinished campaign resumes; a finished one starts afresh only with ``again``). With
+        ``send_at`` in the future: checked now, ``scheduled`` until then (:meth:`_scheduled`)."""
         if self.service.draining:
             raise CampaignError(503, "the service is draining: no new campaigns")
+        now = time.time()
+        if send_at is not None and not (now - 366 * 86400 < send_at <= now + 366 * 86400):
+            raise CampaignError(422, "send_at: Unix seconds, at most 366 days ahead")
+        if send_at is not None and send_at <= now + SCHEDULE_LEAD:
+            send_at = None if send_at <= now else send_at
         path = self.resolve(file)
         try:  # the campaign's own config or preflight: say what to change
             plan = await anyio.to_thread.run_sync(
@@ -298,11 +322,28 @@ class Campaigns:
             )
         except LedgerError as exc:
             raise CampaignError(409, self.public(str(exc))) from None
+        if send_at is not None and send_at > now + SCHEDULE_LEAD:
+            # Recorded now (GET /v1/campaigns lists it); the lease is taken again when it starts.
+            if ledger.lease is not None:
+                ledger.lease.release()
+            ledger.ledger.close()
+            run = CampaignRun(plan, file, path)
+            run.state, run.send_at = "scheduled", send_at
+            self.runs[run.id] = run
+            self.tg.start_soon(self._scheduled, run)
+            log.info(
+                "campaign scheduled",
+                extra={"event": "campaign.scheduled", "campaign": run.id, "file": file, "send_at": send_at},
+            )
+            return run
         # The worker resumes the run just opened (or restarted with ``again``) and adopts its lease.
         lease = ledger.lease.hand_off() if ledger.lease is not None else ""
         ledger.ledger.close()
         run = CampaignRun(plan, file, path)
         run.lease = lease
+        if send_at is not None:  # within the lead: its worker starts paused, resumed at send_at
+            run.send_at, run.paused_start = send_at, True
+            self.tg.start_soon(self._resume_at, run)
         self.runs[run.id] = run
         try:  # a free slot: running from this answer on; else queued (first started, first run)
             self.slots.acquire_nowait()
@@ -312,6 +353,53 @@ class Campaigns:
         self.tg.start_soon(self._run, run)
         log.info("campaign started", extra={"event": "campaign.started", "campaign": run.id, "file": file})
         return run
+
+    async def _scheduled(self, run: CampaignRun) -> None:
+        """Wait until :data:`SCHEDULE_LEAD` seconds before ``send_at``; then take the campaign's
+        lease and start its worker paused, and resume it at ``send_at`` (so sending begins on
+        time, not a process start later). A cancel ends the wait."""
+        assert run.send_at is not None
+        with anyio.move_on_after(max(0.0, run.send_at - SCHEDULE_LEAD - time.time())):
+            await run.wake.wait()
+        if run.control.state is RunState.CANCELLED:
+            self._end_queued(run)
+            return
+        try:
+            ledger = await anyio.to_thread.run_sync(
+                lambda: _open_ledger(run.plan, force=False, again=False, notify=None, owner="pigeon serve")
+            )
+        except (
+            Exception
+        ) as exc:  # the file changed, another process holds it…: the run fails, the service stays
+            run.state = "failed"
+            run.error = (
+                self.public(str(exc)) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+            )
+            run.finished = time.monotonic()
+            run.commands.close()
+            log.warning(
+                "campaign failed", extra={"event": "campaign.failed", "campaign": run.id, "error": run.error}
+            )
+            return
+        run.lease = ledger.lease.hand_off() if ledger.lease is not None else ""
+        ledger.ledger.close()
+        run.paused_start = True
+        run.state = "queued"
+        try:
+            self.slots.acquire_nowait()
+            run.state = "running"
+            run.started, run.started_at = time.monotonic(), time.time()
+        except anyio.WouldBlock:
+            pass
+        self.tg.start_soon(self._resume_at, run)
+        await self._run(run)
+
+    async def _resume_at(self, run: CampaignRun) -> None:
+        """Tell a run whose worker started paused to go at ``send_at`` (unless paused meanwhile)."""
+        assert run.send_at is not None
+        await anyio.sleep(max(0.0, run.send_at - time.time()))
+        if run.finished is None and run.control.state is RunState.RUNNING:
+            run.tell("resume")
 
     def command(self, run: CampaignRun, run_dir: Path) -> list[str]:
         """The worker's command line."""
@@ -328,6 +416,7 @@ class Campaigns:
             "--blasts",
             str(self.service.service.concurrent_blasts),
             *(["--lease", run.lease] if run.lease else []),
+            *(["--paused"] if run.paused_start and time.time() < (run.send_at or 0) else []),
         ]
 
     async def _run(self, run: CampaignRun) -> None:
@@ -466,8 +555,9 @@ class Campaigns:
         else:
             run.control.cancel()
             run.cancelled = True
-            if run.state == "queued":
+            if run.state in ("queued", "scheduled"):
                 self._end_queued(run)
+                run.wake.set()
             else:
                 run.tell("stop")
         log.info("campaign %s", action, extra={"event": f"campaign.{action}", "campaign": campaign_id})
@@ -514,6 +604,7 @@ class Campaigns:
             if run.finished is None:
                 run.control.cancel()
                 run.tell("stop")
+                run.wake.set()  # a scheduled one stops waiting (its campaign stays resumable)
 
     def add_optouts(self, numbers: list[str]) -> None:
         """Numbers that just opted out: into the opt-out set of every running blast."""

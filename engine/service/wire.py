@@ -175,6 +175,9 @@ class StartCampaign(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Relative to ``service.campaigns_dir``; each path component at most 255 bytes."""
     again: bool = False
     """Start a finished or cancelled campaign afresh (its ledger is archived), as ``pigeon send --again``."""
+    send_at: float | None = None
+    """Start at this time (Unix seconds, at most 366 days ahead): checked now, ``scheduled`` until
+    then, its worker ready (paused) a few seconds before. Absent or past: at once."""
 
 
 class MessagePage(msgspec.Struct, kw_only=True):
