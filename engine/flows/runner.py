@@ -289,13 +289,3 @@ class FlowRunner:
         self.store.settle(ended, now, TimerState.FIRED)
         self.counts.sent += sum(1 for _, s in ended if s not in ("suppressed", "rejected", "failed"))
         return len(ended)
-
-    async def confirm_all(self, within: float = 30.0) -> None:
-        """Wait until every queued step is confirmed (or ``within`` seconds passed)."""
-        import anyio
-
-        with anyio.move_on_after(within):
-            while self.inflight:
-                self.confirm()
-                if self.inflight:
-                    await anyio.sleep(0.02)

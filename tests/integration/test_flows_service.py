@@ -8,6 +8,7 @@ is what the service adds (its poll interval and a batch), not the test's stride.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections import Counter, defaultdict
@@ -405,3 +406,43 @@ async def test_events_and_flows_over_http_scopes_problems_duplicates_pause_and_r
             assert 'pigeon_flow_steps_total{outcome="sent"} 1.0' in metrics
         stop.set()
     assert len(simulator.log) == 1 and simulator.log[0][2] == "+8613800138000"
+
+
+async def test_a_back_fill_imported_while_the_service_runs_is_fired_by_it_and_not_twice(
+    anyio_backend: object, tmp_path: Path, simulator: Simulator
+) -> None:
+    """``pigeon events import`` writes the store the running service reads: its steps go out once,
+    and importing the same file again changes nothing."""
+    from engine.cli.main import main
+    from tests.integration.service_harness import serving
+
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "shipped.toml").write_text(FLOWS["shipped"], encoding="utf-8")
+    engine, _ = write_engine(tmp_path, simulator.port, templates=EXTRA)
+    now = time.time()
+    lines = [
+        json.dumps(
+            {
+                "id": f"s{i}",
+                "type": "order_shipped",
+                "phone": f"1380013{i:04d}",
+                "order_id": f"T{i}",
+                "at": now - 5,
+                "fields": {"item": "围巾", "tracking": f"SF{i}"},
+            },
+            ensure_ascii=False,
+        )
+        for i in range(30)
+    ]
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\nnot an event\n", encoding="utf-8")
+    argv = ["events", "import", str(tmp_path / "events.jsonl"), "--engine", str(engine), "--json"]
+    async with serving(engine) as (_, svc):
+        assert (
+            await anyio.to_thread.run_sync(main, argv) == 2
+        )  # one line is not an event: listed, the rest taken
+        await _caught_up(svc)
+        assert len(simulator.log) == 30
+        assert await anyio.to_thread.run_sync(main, argv) == 2  # again: every event a duplicate
+        await anyio.sleep(0.3)
+        await _caught_up(svc)
+    assert sorted(to for _, _, to, *_ in simulator.log) == [f"+861380013{i:04d}" for i in range(30)]
