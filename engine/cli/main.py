@@ -417,6 +417,9 @@ def _plugins(as_json: bool, console: Console) -> int:
         "coordinators": {
             r.name: {"plugin": r.plugin, "description": r.description} for r in host.coordinators.items()
         },
+        "event_sources": {
+            r.name: {"plugin": r.plugin, "description": r.description} for r in host.event_sources.items()
+        },
     }
     if as_json:
         emit_json(data)
@@ -424,7 +427,7 @@ def _plugins(as_json: bool, console: Console) -> int:
     t = Table(title="Installed plugins")
     for col in ("kind", "name", "plugin", "description"):
         t.add_column(col)
-    for kind in ("sources", "gateways", "carrier_resolvers", "coordinators"):
+    for kind in ("sources", "gateways", "carrier_resolvers", "coordinators", "event_sources"):
         for name, info in sorted(data[kind].items()):  # type: ignore[attr-defined]
             t.add_row(kind.rstrip("s"), name, info["plugin"], info["description"])
     console.print(t)

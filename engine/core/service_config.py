@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from engine.core.provider_template import ProviderTemplateConfig
 
-__all__ = ["FlowsServiceConfig", "ServiceConfig", "ServiceTemplate", "WebhookConfig"]
+__all__ = ["EventSourceConfig", "FlowsServiceConfig", "ServiceConfig", "ServiceTemplate", "WebhookConfig"]
 
 _Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
@@ -45,6 +45,15 @@ class WebhookConfig(_Base, kw_only=True, frozen=True):
     """Accept callbacks without a signature (loopback tests only; never in production)."""
 
 
+class EventSourceConfig(_Base, kw_only=True, frozen=True):
+    """``[service.flows.source]``: a message queue the flows' events also come from (a plugin)."""
+
+    plugin: str
+    """An event-source plugin (``pigeon plugins`` lists them): ``redis_streams``, …"""
+    options: dict[str, Any] = {}
+    """The plugin's own settings (``[service.flows.source.options]``)."""
+
+
 class FlowsServiceConfig(_Base, kw_only=True, frozen=True):
     """``[service.flows]``: where flows are defined and how fast their timers fire (docs/flows.md)."""
 
@@ -59,6 +68,8 @@ class FlowsServiceConfig(_Base, kw_only=True, frozen=True):
     """Most seconds the runner sleeps before looking for due timers again (the timing tolerance)."""
     max_events: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
     """Most events in one ``POST /v1/events``."""
+    source: EventSourceConfig | None = None
+    """Events from a message queue too (besides ``POST /v1/events``)."""
 
 
 class ServiceConfig(_Base, kw_only=True, frozen=True):

@@ -9,7 +9,7 @@ from typing import Annotated, Final
 
 import msgspec
 
-__all__ = ["EventIn", "EventResult", "EventsIn", "EventsResponse", "read_events"]
+__all__ = ["EventIn", "EventResult", "EventsIn", "EventsResponse", "decode_event", "read_events"]
 
 
 class EventIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -126,3 +126,11 @@ def read_events(
                     lines, events, bad = [], [], []
     if events or bad:
         yield lines, events, bad
+
+
+def decode_event(raw: bytes) -> EventIn | None:
+    """One event from its JSON (a message queue's entry); None when it is not one."""
+    try:
+        return _dec.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None

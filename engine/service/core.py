@@ -30,6 +30,7 @@ from anyio.abc import TaskGroup
 from engine.core.clock import Clock, SystemClock
 from engine.core.config import EngineConfig, LoadedEngine
 from engine.core.errors import ConfigError, EngineError
+from engine.core.event_source import EventSourceContext
 from engine.core.plugin_host import PluginHost
 from engine.core.service_config import ServiceConfig, ServiceTemplate
 from engine.observability.metric_names import CONTENT_TYPE
@@ -39,7 +40,7 @@ from engine.service.api_templates import ApiTemplates
 from engine.service.apikeys import WATCH_EVERY, KeyRing, KeyUsage
 from engine.service.campaigns import Campaigns
 from engine.service.context import ServiceContext
-from engine.service.flows import ServiceFlows, flows_of
+from engine.service.flows import ServiceFlows, event_source_of, flows_of
 from engine.service.gateways import ServiceGateways
 from engine.service.inbound import Inbound
 from engine.service.lanes import TEXT_TEMPLATE, ApiLanes
@@ -91,6 +92,8 @@ class Service:
         self.inbound = Inbound(self.ctx)
         self.flow_defs = flows_of(engine, self.messages.templates)
         """The flows (``service.flows.dir``), checked before anything starts."""
+        self.event_source = event_source_of(engine, self.host)
+        """The configured event source's plugin and options (``[service.flows.source]``), checked."""
         self.flows: ServiceFlows | None = None
         """Events in and the flow runner, once started."""
         self.campaigns: Campaigns | None = None
@@ -168,6 +171,10 @@ class Service:
         self.flows = ServiceFlows(ctx, self.messages, self.flow_defs)
         if self.flow_defs:
             tg.start_soon(self.flows.run, self._closing)
+        if self.event_source is not None:
+            reg, options = self.event_source
+            source = reg.factory(options, EventSourceContext(reg.name))
+            tg.start_soon(self.flows.consume, source, self._closing)
         ctx.metrics.prepare(
             routes=self.gateways.failover,
             in_flight={g: gw.in_flight for g, gw in ctx.config.gateways.items()},

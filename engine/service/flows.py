@@ -12,12 +12,16 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from engine.core.config import DEFAULT_MARKETING_WINDOW, LoadedEngine
+from engine.core.config import DEFAULT_MARKETING_WINDOW, LoadedEngine, convert_section
+from engine.core.errors import ConfigError, EngineError
+from engine.core.event_source import EventSource
 from engine.core.phone import mask, parse_phone
+from engine.core.plugin_host import PluginHost
+from engine.core.registries import Registration
 from engine.core.sendwindow import SendWindow
 from engine.flows.book import FlowBook
 from engine.flows.config import Flow, load_flows
-from engine.flows.events import EventIn, EventsResponse
+from engine.flows.events import EventIn, EventsResponse, decode_event
 from engine.flows.runner import LATE_AFTER, FlowRunner, Outcome, SendItem
 from engine.service.context import ServiceContext
 from engine.service.submissions import Submissions
@@ -33,6 +37,7 @@ __all__ = [
     "LaneSender",
     "ServiceFlows",
     "StepView",
+    "event_source_of",
     "flows_of",
 ]
 
@@ -89,6 +94,8 @@ class CustomerSteps(msgspec.Struct, kw_only=True):
 EVENT_IDS_KEPT = 30 * 86400.0
 """Seconds an event id is remembered (duplicates within it are taken once); older ones are
 forgotten when the service starts."""
+SOURCE_RETRY = 1.0
+"""Seconds before an event source that failed (or ended) is read again."""
 RETRY_DEFERRED = 900.0
 """Seconds after which a step the lane held outside its hours is tried again (its window open here)."""
 GAUGES_EVERY = 2.0
@@ -104,6 +111,24 @@ _RECORDED = (
     LedgerState.UNKNOWN,
 )
 """Ledger states that mean a step's message is accounted for (deferred and pending ones are not)."""
+
+
+def event_source_of(engine: LoadedEngine, host: PluginHost) -> tuple[Registration[Any], Any] | None:
+    """The configured event source's registration and converted options (None: none configured);
+    :class:`ConfigError` naming the key when the plugin is unknown or its options are wrong."""
+    spec = engine.config.service.flows.source
+    if spec is None:
+        return None
+    reg = next((r for r in host.event_sources.items() if r.name == spec.plugin), None)
+    if reg is None:
+        known = ", ".join(host.event_sources.names()) or "(none installed)"
+        raise ConfigError(
+            engine.file, "service.flows.source.plugin", f"no event source {spec.plugin!r}; installed: {known}"
+        )
+    options = convert_section(
+        spec.options, reg.config_type, file=engine.file, path="service.flows.source.options"
+    )
+    return reg, options
 
 
 def flows_of(engine: LoadedEngine, templates: dict[str, Any] | None = None) -> dict[str, Flow]:
@@ -260,6 +285,47 @@ class ServiceFlows:
                     await self._wake.wait()
                 self._wake = anyio.Event()
         self.runner.confirm()
+
+    async def consume(self, source: EventSource, closing: anyio.Event) -> None:
+        """Take the event source's deliveries until ``closing``: each batch into the book (in
+        chunks of ``max_events``), then acknowledged. A source that fails is tried again after
+        a pause; an entry that is not an event is counted rejected (and logged without its data)."""
+        limit = self.ctx.service.flows.max_events
+        async with anyio.create_task_group() as tg:
+
+            async def stop() -> None:
+                await closing.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stop)
+            while True:
+                try:
+                    async for d in source.deliveries():
+                        events: list[EventIn] = []
+                        bad = 0
+                        for raw in d.payloads:
+                            ev = decode_event(raw)
+                            if ev is None:
+                                bad += 1
+                            else:
+                                events.append(ev)
+                        for i in range(0, len(events), limit):
+                            resp = self.book.ingest(events[i : i + limit], self.ctx.clock.time())
+                            if resp.scheduled:
+                                self._wake.set()
+                        if bad:
+                            self.book.counts.events["rejected"] += bad
+                            log.warning(
+                                "entries that are not events",
+                                extra={"event": "flows.source_rejected", "count": bad},
+                            )
+                        await d.ack()
+                except EngineError as exc:
+                    log.error("event source failed: %s", exc, extra={"event": "flows.source_error"})
+                with anyio.move_on_after(SOURCE_RETRY):
+                    await closing.wait()
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await source.aclose()
 
     # -- control and look-ups ---------------------------------------------------------------
 

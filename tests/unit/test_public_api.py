@@ -26,6 +26,7 @@ PINNED = {
     "about_to_write", "hookimpl", "mask", "Journal", "ProviderStatus", "SettleQuery", "Settled", "Settling",
     "request_key", "BudgetKey", "BudgetSpec", "CampaignBusy", "Claim", "Coordinator", "CoordinatorContext",
     "CoordinatorRegistry", "CoordinatorUnavailable", "LeaseGrant", "LeaseHolder", "LeaseLost",
+    "EventDelivery", "EventSource", "EventSourceContext", "EventSourceRegistry",
 }  # fmt: skip
 
 
