@@ -33,6 +33,7 @@ from engine.run.control import RunControl, RunState
 from engine.run.plan import Plan, _open_ledger, check_segment, new_run_dir, prepare
 from engine.state.ledger.records import CampaignStatus, LedgerError
 from engine.state.ledger.store import Ledger
+from engine.state.ledger.tx import transaction
 
 __all__ = [
     "LIST_STATES",
@@ -85,6 +86,13 @@ class CampaignHost(Protocol):
         """The service is stopping."""
         ...
 
+
+SCHEDULES = """CREATE TABLE IF NOT EXISTS service_schedules (
+    campaign TEXT PRIMARY KEY,
+    file     TEXT NOT NULL,   -- as posted, relative to service.campaigns_dir
+    send_at  REAL NOT NULL
+)"""
+"""Campaigns posted with a ``send_at`` and not started yet: a restarted service schedules them again."""
 
 SCHEDULE_LEAD = 3.0
 """Seconds before ``send_at`` a scheduled campaign's worker starts (paused): a process start and
@@ -330,6 +338,7 @@ class Campaigns:
             run = CampaignRun(plan, file, path)
             run.state, run.send_at = "scheduled", send_at
             self.runs[run.id] = run
+            self._keep_schedule(run.id, file, send_at)
             self.tg.start_soon(self._scheduled, run)
             log.info(
                 "campaign scheduled",
@@ -362,8 +371,11 @@ class Campaigns:
         with anyio.move_on_after(max(0.0, run.send_at - SCHEDULE_LEAD - time.time())):
             await run.wake.wait()
         if run.control.state is RunState.CANCELLED:
+            if run.cancelled:  # through the API: for good (a shutdown keeps it for the next start)
+                self._keep_schedule(run.id, "", None)
             self._end_queued(run)
             return
+        self._keep_schedule(run.id, "", None)
         try:
             ledger = await anyio.to_thread.run_sync(
                 lambda: _open_ledger(run.plan, force=False, again=False, notify=None, owner="pigeon serve")
@@ -400,6 +412,52 @@ class Campaigns:
         await anyio.sleep(max(0.0, run.send_at - time.time()))
         if run.finished is None and run.control.state is RunState.RUNNING:
             run.tell("resume")
+
+    def _keep_schedule(self, campaign_id: str, file: str, send_at: float | None) -> None:
+        """Record (``send_at``) or forget (None) a campaign's schedule in the store."""
+        ledger = self.service.ledger
+        if ledger is None:
+            return
+        with transaction(ledger.db):
+            ledger.db.execute(SCHEDULES)
+            if send_at is None:
+                ledger.db.execute("DELETE FROM service_schedules WHERE campaign = ?", (campaign_id,))
+            else:
+                ledger.db.execute(
+                    "INSERT OR REPLACE INTO service_schedules VALUES (?, ?, ?)", (campaign_id, file, send_at)
+                )
+
+    async def restore_schedules(self) -> None:
+        """Schedule again what an earlier run of the service was holding (a past ``send_at``
+        starts at once: the campaign's own send window still applies). One that can no longer
+        start (its file gone or broken) is logged and forgotten."""
+        ledger = self.service.ledger
+        if ledger is None:
+            return
+        with transaction(ledger.db):
+            ledger.db.execute(SCHEDULES)
+        rows = ledger.db.execute("SELECT campaign, file, send_at FROM service_schedules").fetchall()
+        for campaign_id, file, send_at in rows:
+            try:
+                await self.start(file, send_at=send_at)
+            except CampaignError as exc:
+                log.warning(
+                    "scheduled campaign not restored: %s",
+                    exc,
+                    extra={"event": "campaign.schedule_lost", "campaign": campaign_id},
+                )
+                self._keep_schedule(campaign_id, "", None)
+            else:
+                if send_at <= time.time() + SCHEDULE_LEAD:
+                    self._keep_schedule(campaign_id, "", None)
+                log.info(
+                    "campaign schedule restored",
+                    extra={
+                        "event": "campaign.schedule_restored",
+                        "campaign": campaign_id,
+                        "send_at": send_at,
+                    },
+                )
 
     def command(self, run: CampaignRun, run_dir: Path) -> list[str]:
         """The worker's command line."""

@@ -65,3 +65,30 @@ async def test_a_scheduled_campaign_starts_sending_within_a_second_of_send_at(
     assert len(simulator.log) == 20
     assert send_at - 0.05 <= wall_first <= send_at + 1.0, wall_first - send_at
     assert all(mid.startswith("spring-") for _, mid, *_ in simulator.log)
+
+
+async def test_a_schedule_outlives_a_restart_of_the_service(
+    anyio_backend: object, tmp_path: Path, simulator: Simulator
+) -> None:
+    engine, key = write_engine(tmp_path, simulator.port)
+    write_campaign(tmp_path, 10, "autumn")
+    auth = {"authorization": f"Bearer {key}"}
+    send_at = time.time() + 12.0
+    async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, timeout=30) as c:
+        r = await c.post("/v1/campaigns", json={"file": "autumn.toml", "send_at": send_at}, headers=auth)
+        assert r.status_code == 202 and r.json()["state"] == "scheduled"
+    # stopped (SIGTERM-like drain) well before its time; started again
+    async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, timeout=30) as c:
+        with anyio.fail_after(10):
+            while True:  # restored in the background as the service starts
+                r = await c.get("/v1/campaigns/autumn", headers=auth)
+                if r.status_code == 200:
+                    break
+                await anyio.sleep(0.05)
+        assert r.json()["state"] == "scheduled" and r.json()["send_at"] == send_at
+        assert simulator.log == []
+        await _finished(c, auth, "autumn")
+    first = min(t for t, *_ in simulator.log)
+    wall_first = time.time() - (time.monotonic() - first)
+    assert len(simulator.log) == 10
+    assert send_at - 0.05 <= wall_first <= send_at + 1.0, wall_first - send_at

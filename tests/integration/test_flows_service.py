@@ -9,6 +9,7 @@ is what the service adds (its poll interval and a batch), not the test's stride.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections import Counter, defaultdict
@@ -29,6 +30,8 @@ from tests.integration.service_harness import write_engine
 pytestmark = pytest.mark.anyio
 
 SH = ZoneInfo("Asia/Shanghai")
+ORDERS = int(os.environ.get("PIGEON_SHOP_ORDERS", "150"))
+"""Orders of the simulated shop (CI-sized; ``PIGEON_SHOP_ORDERS=2000`` for a longer run)."""
 TOLERANCE = 5.0
 """Seconds (of the service's clock) a step may fire after its due time: the runner's poll (0.05 s
 here), a batch through the lanes, and this test's own polling, on a shared machine."""
@@ -198,7 +201,7 @@ async def test_a_simulated_shops_steps_fire_once_on_time_never_after_their_cance
     engine, key = write_engine(tmp_path, simulator.port, templates=EXTRA)
     start = datetime(2026, 11, 10, 0, 0, tzinfo=SH).timestamp()
     clock = ShopClock(start)
-    events = shop(150, start)
+    events = shop(ORDERS, start)
     holder: list[Service] = []
     started = anyio.Event()
     sock = bind("127.0.0.1", 0)
