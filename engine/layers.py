@@ -31,6 +31,7 @@ LAYERS: Mapping[str, int] = {
     "plugins": 6,  # the built-in plugins: the public API and the layers up to coordination
     "engine.run": 7,
     "engine.outcomes": 7,  # order exports, RFM segments: beside run, neither imports the other
+    "engine.flows": 7,  # triggered flows: events → timers → steps; beside run, sent by the service
     "engine.service": 8,
     "engine.cli": 9,
     "engine.__main__": 10,
@@ -48,6 +49,7 @@ JOBS: Mapping[str, str] = {
     "plugins": "built-in sources, gateways and coordinators",
     "engine.run": "plan, preview, send loop, signals, shards, workers",
     "engine.outcomes": "order exports, per-customer totals, RFM scores, classes and segment files",
+    "engine.flows": "flow files, events in, the timers they schedule and the runner that fires them",
     "engine.service": "HTTP API, OpenAPI, keys, campaigns",
     "engine.cli": "the pigeon command",
     "engine.__main__": "python -m engine",

@@ -1,4 +1,4 @@
-"""Pigeon's public plugin API: the one import a source, gateway, webhook-parser or coordinator plugin needs.
+"""Pigeon's public plugin API: the one import a source, gateway, webhook, coordinator or event plugin needs.
 
 Plugins import from here and from :mod:`pigeon.testing`; ``engine.*`` is internal and may move
 between releases. The surface follows :data:`API_VERSION`: a minor version only adds (new names,
@@ -56,6 +56,7 @@ from engine.core.errors import (
     RunHalt,
     SourceError,
 )
+from engine.core.event_source import EventDelivery, EventSource, EventSourceContext
 from engine.core.hookspecs import hookimpl
 from engine.core.messages import (
     ACCEPTED,
@@ -72,6 +73,7 @@ from engine.core.phone import mask
 from engine.core.provider_template import ProviderParams
 from engine.core.registries import (
     CoordinatorRegistry,
+    EventSourceRegistry,
     GatewayRegistry,
     Registration,
     ResolverRegistry,
@@ -106,6 +108,10 @@ __all__ = [
     "DeliveryReport",
     "DeliveryStatus",
     "EngineError",
+    "EventDelivery",
+    "EventSource",
+    "EventSourceContext",
+    "EventSourceRegistry",
     "Gateway",
     "GatewayAuthError",
     "GatewayContext",
@@ -156,5 +162,5 @@ __all__ = [
     "request_key",
 ]
 
-API_VERSION = "1.1"
+API_VERSION = "1.2"
 """The plugin API's version (``major.minor``), separate from the package's; see the module docstring."""

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from engine.cli.flows import add_flow_commands
 from engine.cli.grammar import (
     EXIT_BAD_INPUT,
     EXIT_BUSY,
@@ -265,6 +266,7 @@ def parser() -> CommandParser:
     add_segment_commands(p)
     add_orders_commands(p)
     add_service_commands(p)
+    add_flow_commands(p)
 
     pl = p.add_command(
         "plugins",
@@ -477,6 +479,9 @@ def _plugins(as_json: bool, console: Console) -> int:
         "coordinators": {
             r.name: {"plugin": r.plugin, "description": r.description} for r in host.coordinators.items()
         },
+        "event_sources": {
+            r.name: {"plugin": r.plugin, "description": r.description} for r in host.event_sources.items()
+        },
     }
     if as_json:
         emit_json(data)
@@ -484,7 +489,7 @@ def _plugins(as_json: bool, console: Console) -> int:
     t = Table(title="Installed plugins")
     for col in ("kind", "name", "plugin", "description"):
         t.add_column(col)
-    for kind in ("sources", "gateways", "carrier_resolvers", "coordinators"):
+    for kind in ("sources", "gateways", "carrier_resolvers", "coordinators", "event_sources"):
         for name, info in sorted(data[kind].items()):  # type: ignore[attr-defined]
             t.add_row(kind.rstrip("s"), name, info["plugin"], info["description"])
     console.print(t)
@@ -521,6 +526,10 @@ def main(argv: list[str] | None = None) -> int:
             return segment_command(args, console)
         if args.command == "orders":
             return orders_command(args, console)
+        if args.command in ("events", "flows"):
+            from engine.cli.flows import events_command, flows_command
+
+            return (events_command if args.command == "events" else flows_command)(args, console)
         if args.command in ("serve", "keys"):
             from engine.cli.service import service_command
 

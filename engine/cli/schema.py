@@ -31,8 +31,18 @@ import msgspec
 from engine.core.config import CampaignConfig, EngineConfig, SegmentConfig
 from engine.core.plugin_host import PluginHost
 from engine.core.registries import Registration
+from engine.flows.config import FlowConfig
 
-__all__ = ["BUILTIN_PLUGINS", "SCHEMA_DIR", "campaign_schema", "engine_schema", "main", "render", "schemas"]
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "SCHEMA_DIR",
+    "campaign_schema",
+    "engine_schema",
+    "flow_schema",
+    "main",
+    "render",
+    "schemas",
+]
 
 DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
 BUILTIN_PLUGINS: Final = ("source_file", "gateway_blackhole", "gateway_file", "gateway_http")
@@ -227,14 +237,26 @@ def campaign_schema(
     )
 
 
+def flow_schema() -> dict[str, Any]:
+    """A flow file's schema (``config/flows/*.toml``)."""
+    body, _ = _generate(FlowConfig, [])
+    body["$defs"]["FlowStep"]["oneOf"] = [{"required": ["text"]}, {"required": ["template"]}]
+    return _document(
+        "Pigeon flow file",
+        "A triggered flow: the event that starts it, timed steps, the events that cancel it: docs/flows.md.",
+        body,
+    )
+
+
 def schemas(
     host: PluginHost | None = None, plugins: Sequence[str] | None = BUILTIN_PLUGINS
 ) -> dict[str, dict[str, Any]]:
-    """File name → schema, for both config files."""
+    """File name → schema, for the engine, campaign and flow files."""
     host = host or PluginHost()
     return {
         "engine.schema.json": engine_schema(host, plugins),
         "campaign.schema.json": campaign_schema(host, plugins),
+        "flow.schema.json": flow_schema(),
     }
 
 

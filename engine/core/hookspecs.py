@@ -14,6 +14,7 @@ import pluggy
 if TYPE_CHECKING:
     from engine.core.registries import (
         CoordinatorRegistry,
+        EventSourceRegistry,
         GatewayRegistry,
         ResolverRegistry,
         SourceRegistry,
@@ -105,4 +106,21 @@ def register_coordinators(coordinators: CoordinatorRegistry) -> None:
         and in-process limits, for one host) is the engine's own and the default.
 
     .. versionadded:: 0.2
+    """
+
+
+@hookspec
+def register_event_sources(event_sources: EventSourceRegistry) -> None:
+    """Register sources of order and customer events for the flows of ``pigeon serve``.
+
+    Called once per process when the plugin host starts. Must not do I/O.
+
+    :param event_sources: call ``event_sources.add(name, factory, config_type)``. ``factory(config,
+        ctx)`` receives ``[service.flows.source.options]`` converted to ``config_type`` and an
+        :class:`~engine.core.event_source.EventSourceContext`, and returns an
+        :class:`~engine.core.event_source.EventSource`. It is called inside the service's event loop,
+        so it may create async clients, but it must not block. The engine selects one with
+        ``[service.flows.source] plugin = "<name>"``.
+
+    .. versionadded:: 1.2
     """

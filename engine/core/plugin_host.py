@@ -15,6 +15,7 @@ from engine.core.errors import PluginContractError, PluginLoadError
 from engine.core.registries import (
     DISABLE_ENV,
     CoordinatorRegistry,
+    EventSourceRegistry,
     GatewayRegistry,
     Registry,
     ResolverRegistry,
@@ -31,6 +32,7 @@ _HOOKS: Mapping[str, str] = {
     "register_carrier_resolvers": "resolvers",
     "register_webhook_parsers": "webhook_parsers",
     "register_coordinators": "coordinators",
+    "register_event_sources": "event_sources",
 }
 
 
@@ -59,6 +61,7 @@ class PluginHost:
         self.resolvers = ResolverRegistry()
         self.webhook_parsers = WebhookParserRegistry()
         self.coordinators = CoordinatorRegistry()
+        self.event_sources = EventSourceRegistry()
         if load_entrypoints:
             self._load_entrypoints()
         for plugin in plugins:

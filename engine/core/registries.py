@@ -13,6 +13,7 @@ from engine.core.errors import PluginContractError
 __all__ = [
     "DISABLE_ENV",
     "CoordinatorRegistry",
+    "EventSourceRegistry",
     "GatewayRegistry",
     "Registration",
     "Registry",
@@ -127,3 +128,9 @@ class CoordinatorRegistry(Registry[Callable[..., Any]]):
     budgets and per-recipient claims. ``embedded`` (one host) is the engine's own, never registered."""
 
     kind = "coordinator"
+
+
+class EventSourceRegistry(Registry[Callable[..., Any]]):
+    """Event sources by name (``redis_streams``…): message queues whose events feed the flows."""
+
+    kind = "event source"

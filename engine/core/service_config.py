@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from engine.core.provider_template import ProviderTemplateConfig
 
-__all__ = ["CallbackConfig", "ServiceConfig", "ServiceTemplate", "WebhookConfig"]
+__all__ = [
+    "CallbackConfig",
+    "EventSourceConfig",
+    "FlowsServiceConfig",
+    "ServiceConfig",
+    "ServiceTemplate",
+    "WebhookConfig",
+]
 
 _Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
@@ -69,6 +76,33 @@ class CallbackConfig(_Base, kw_only=True, frozen=True):
     """Receivers posted to at once."""
 
 
+class EventSourceConfig(_Base, kw_only=True, frozen=True):
+    """``[service.flows.source]``: a message queue the flows' events also come from (a plugin)."""
+
+    plugin: str
+    """An event-source plugin (``pigeon plugins`` lists them): ``redis_streams``, …"""
+    options: dict[str, Any] = {}
+    """The plugin's own settings (``[service.flows.source.options]``)."""
+
+
+class FlowsServiceConfig(_Base, kw_only=True, frozen=True):
+    """``[service.flows]``: where flows are defined and how fast their timers fire (docs/flows.md)."""
+
+    dir: str = "flows"
+    """Directory of flow files (``*.toml``, one flow each), relative to the engine file; absent = no flows."""
+    batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    """Due timers fetched, claimed and sent per step of the runner (one transaction each)."""
+    max_per_second: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] = 1000.0
+    """Most timers fired per second: after downtime, late timers are caught up in due order at
+    this pace instead of in one burst."""
+    poll: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
+    """Most seconds the runner sleeps before looking for due timers again (the timing tolerance)."""
+    max_events: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    """Most events in one ``POST /v1/events``."""
+    source: EventSourceConfig | None = None
+    """Events from a message queue too (besides ``POST /v1/events``)."""
+
+
 class ServiceConfig(_Base, kw_only=True, frozen=True):
     """``[service]``: API keys, templates, limits and webhooks of the long-running service."""
 
@@ -110,3 +144,5 @@ class ServiceConfig(_Base, kw_only=True, frozen=True):
     optout_keywords: list[str] | None = None
     """MO replies that opt out; unset = the built-in set (R, T, TD, 退订, STOP…)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    flows: FlowsServiceConfig = FlowsServiceConfig()
+    """Triggered flows: events in, timed steps out (docs/flows.md)."""

@@ -206,11 +206,19 @@ async def _signals(control: RunControl) -> None:
 
 
 async def run_worker(
-    plan: Plan, ledger: CampaignLedger | None, run_dir: Path, out: ToService, blasts: int = 1
+    plan: Plan,
+    ledger: CampaignLedger | None,
+    run_dir: Path,
+    out: ToService,
+    blasts: int = 1,
+    paused: bool = False,
 ) -> Progress:
-    """Send ``plan`` under the service's control; the last progress (``done``)."""
+    """Send ``plan`` under the service's control; the last progress (``done``). ``paused``: ready
+    but holding until the service says ``resume`` (a campaign scheduled with ``send_at``)."""
     metrics = Metrics()
     control = RunControl()
+    if paused:
+        control.pause()
     out.on_gone.append(control.cancel)
     recorder = RunRecorder(plan.prices)
     fraction: list[float | None] = [0.0]
@@ -277,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nice", type=int, default=NICE)
     p.add_argument("--blasts", type=int, default=1, help="blasts that may run at once (their budget share)")
     p.add_argument("--lease", default="", help="the token of the campaign's lease the service took for it")
+    p.add_argument("--paused", action="store_true", help="start paused: send nothing before `resume`")
     args = p.parse_args(argv)
     out = ToService(sys.stdout.buffer)
     with contextlib.suppress(OSError):
@@ -298,7 +307,15 @@ def main(argv: list[str] | None = None) -> int:
 
                 opts = {"use_uvloop": True}
         last = anyio.run(
-            run_worker, plan, ledger, args.run_dir, out, args.blasts, backend=backend, backend_options=opts
+            run_worker,
+            plan,
+            ledger,
+            args.run_dir,
+            out,
+            args.blasts,
+            args.paused,
+            backend=backend,
+            backend_options=opts,
         )
     except Exception as exc:  # told to the service, which shows it in the campaign's view
         error = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"

@@ -27,12 +27,14 @@ from engine.core.config import _explain
 from engine.core.messages import DeliveryReport
 from engine.core.phone import parse_phone
 from engine.core.timestamps import iso_utc
+from engine.flows.events import EventsIn
 from engine.observability.redact import redact
 from engine.sending.webhooks import MoReply, WebhookError
 from engine.service.apikeys import ApiKey, Scope
 from engine.service.callbacks import dead_letters
 from engine.service.campaigns import LIST_STATES, CampaignError, CampaignPage, Campaigns
 from engine.service.core import Service
+from engine.service.flows import ServiceFlows
 from engine.service.openapi import document
 from engine.service.outcomes import outcomes_body
 from engine.service.redirect import Redirector
@@ -124,6 +126,7 @@ def create_app(service: Service) -> Starlette:
     """The Starlette app serving ``service``."""
     limit = service.service.max_body_bytes
     messages_decoder = msgspec.json.Decoder(MessagesIn)
+    events_decoder = msgspec.json.Decoder(EventsIn)
     campaign_decoder = msgspec.json.Decoder(StartCampaign)
 
     def auth(request: Request, scope: Scope) -> ApiKey:
@@ -387,7 +390,9 @@ def create_app(service: Service) -> Starlette:
         if req.callback_url is not None:
             service.messages.check_callback(req.callback_url, key)
             callback = (req.callback_url, key.allows("numbers"), key.id)
-        run = await _campaigns(service).start(req.file, again=req.again, callback=callback)
+        run = await _campaigns(service).start(
+            req.file, again=req.again, callback=callback, send_at=req.send_at
+        )
         return _json(run.view(), 202)
 
     @wrap
@@ -418,6 +423,37 @@ def create_app(service: Service) -> Starlette:
         if action not in ("pause", "resume", "cancel"):
             raise ApiError(404, "Not found", f"no action {action[:32]!r}: use pause, resume or cancel")
         return _json(_campaigns(service).control(request.path_params["id"], action).view())
+
+    def flows() -> ServiceFlows:
+        if service.flows is None:
+            raise ApiError(503, "Starting", "the service is starting; try again in a moment")
+        return service.flows
+
+    @wrap
+    async def post_events(request: Request) -> Response:
+        auth(request, "events")
+        json_type(request)
+        raw = await body(request)
+        req = _decode(events_decoder, raw, EventsIn)
+        return _json(flows().ingest(req.events), 200)
+
+    @wrap
+    async def list_flows(request: Request) -> Response:
+        auth(request, "flows")
+        return _json(flows().listing())
+
+    @wrap
+    async def control_flow(request: Request) -> Response:
+        auth(request, "flows")
+        return _json(flows().control(request.path_params["name"], request.path_params["action"]))
+
+    @wrap
+    async def customer_flows(request: Request) -> Response:
+        auth(request, "flows")
+        phone = request.path_params["phone"]
+        if len(phone) > 32:
+            raise ApiError(422, "Invalid request", "phone: not a phone number (13800138000, +86…, E.164)")
+        return _json(flows().customer(phone))
 
     @wrap
     async def dead_callbacks(request: Request) -> Response:
@@ -486,6 +522,10 @@ def create_app(service: Service) -> Starlette:
         Route("/v1/campaigns/{id}", get_campaign, methods=["GET"]),
         Route("/v1/campaigns/{id}/outcomes", get_outcomes, methods=["GET"]),
         Route("/v1/campaigns/{id}/{action}", control_campaign, methods=["POST"]),
+        Route("/v1/events", post_events, methods=["POST"]),
+        Route("/v1/flows", list_flows, methods=["GET"]),
+        Route("/v1/flows/{name}/{action}", control_flow, methods=["POST"]),
+        Route("/v1/customers/{phone}/flows", customer_flows, methods=["GET"]),
     ]
     return _App(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
 

@@ -45,13 +45,14 @@ PREFIX = "pgn_"
 WATCH_EVERY = 0.25
 """Seconds between two looks at the keys file by a running service."""
 
-Scope = Literal["send", "campaigns", "read", "metrics", "numbers"]
+Scope = Literal["send", "campaigns", "read", "metrics", "events", "flows", "numbers"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 """What a key may do: ``send`` (``POST /v1/messages``), ``campaigns`` (start, control and see
-campaigns), ``read`` (look messages up), ``metrics`` (``/metrics``), ``numbers`` (see recipients'
-numbers unmasked in look-ups, lists and status callbacks). A key without scopes may do all but
-``numbers``, which is never implied: it must be named."""
-IMPLIED: tuple[Scope, ...] = ("send", "campaigns", "read", "metrics")
+campaigns), ``read`` (look messages up), ``metrics`` (``/metrics``), ``events`` (``POST /v1/events``),
+``flows`` (list, pause and resume flows, a customer's steps), ``numbers`` (see recipients' numbers
+unmasked in look-ups, lists and status callbacks). A key without scopes may do all but ``numbers``,
+which is never implied: it must be named."""
+IMPLIED: tuple[Scope, ...] = ("send", "campaigns", "read", "metrics", "events", "flows")
 """What a key without scopes may do."""
 
 

@@ -87,12 +87,25 @@ class CampaignHost(Protocol):
         ...
 
 
+SCHEDULES = """CREATE TABLE IF NOT EXISTS service_schedules (
+    campaign TEXT PRIMARY KEY,
+    file     TEXT NOT NULL,   -- as posted, relative to service.campaigns_dir
+    send_at  REAL NOT NULL
+)"""
+"""Campaigns posted with a ``send_at`` and not started yet: a restarted service schedules them again."""
+
+SCHEDULE_LEAD = 3.0
+"""Seconds before ``send_at`` a scheduled campaign's worker starts (paused): a process start and
+the segment's first batches happen before, and sending begins at ``send_at``."""
+
+
 class CampaignView(msgspec.Struct, kw_only=True):
     """``GET /v1/campaigns/{id}``: where a blast stands."""
 
     id: str
     state: str
-    """``queued`` (waiting for a blast to end: ``service.concurrent_blasts``), ``running``,
+    """``scheduled`` (until its ``send_at``), ``queued`` (waiting for a blast to end:
+    ``service.concurrent_blasts``), ``running``,
     ``paused``, ``cancelled`` (drains, then stays), ``finished``, ``halted`` (a fault stopped it:
     a gateway unreachable past ``outage.limit``…; everyone not sent is pending, ``error`` says what
     to do) or ``failed``."""
@@ -113,6 +126,8 @@ class CampaignView(msgspec.Struct, kw_only=True):
     error: str = ""
     done: bool = False
     """The run is over: nothing of it is in flight any more."""
+    send_at: float | None = None
+    """When a scheduled campaign starts (Unix seconds)."""
 
 
 class CampaignSummary(msgspec.Struct, kw_only=True):
@@ -139,7 +154,7 @@ class CampaignPage(msgspec.Struct, kw_only=True):
     """Pass it as ``cursor`` for the next page; null on the last."""
 
 
-LIST_STATES = ("queued", "running", "paused", "cancelled", "finished", "halted", "failed")
+LIST_STATES = ("scheduled", "queued", "running", "paused", "cancelled", "finished", "halted", "failed")
 """The states ``GET /v1/campaigns?state=`` filters on."""
 
 
@@ -171,6 +186,13 @@ class CampaignRun:
         self.error = ""
         self.lease = ""
         """The token of the campaign's lease, taken by the service and adopted by the worker."""
+        self.send_at: float | None = None
+        """When a scheduled run starts (``POST /v1/campaigns`` with ``send_at``)."""
+        self.again = False
+        self.wake = anyio.Event()
+        """Set when a scheduled run is cancelled (its wait ends at once)."""
+        self.paused_start = False
+        """Its worker starts paused (scheduled: ready before ``send_at``, resumed at it)."""
 
     def tell(self, command: str) -> None:
         """Send ``command`` (a line of :mod:`engine.run.blast_worker`'s protocol) to the worker."""
@@ -186,7 +208,9 @@ class CampaignRun:
         elapsed = end - self.started
         r = self.counts
         state = self.state
-        if state == "running" or (state == "queued" and self.control.state is RunState.CANCELLED):
+        if state == "running" or (
+            state in ("queued", "scheduled") and self.control.state is RunState.CANCELLED
+        ):
             state = self.control.state.value
         eta = None
         f = r.fraction
@@ -210,6 +234,7 @@ class CampaignRun:
             rate_per_carrier=rates,
             error=self.error,
             done=self.finished is not None,
+            send_at=self.send_at,
         )
 
 
@@ -275,14 +300,25 @@ class Campaigns:
         )
 
     async def start(
-        self, file: str, *, again: bool = False, callback: tuple[str, bool, str] | None = None
+        self,
+        file: str,
+        *,
+        again: bool = False,
+        callback: tuple[str, bool, str] | None = None,
+        send_at: float | None = None,
     ) -> CampaignRun:
         """Check and start the campaign in ``file`` (preflight and ledger as ``pigeon send``: an
         unfinished campaign resumes; a finished one starts afresh only with ``again``).
         ``callback``: (URL, numbers unmasked, key name) its recipients' state changes are posted
-        to, kept for the campaign (a later start without one keeps it, unless ``again``)."""
+        to, kept for the campaign (a later start without one keeps it, unless ``again``). With
+        ``send_at`` in the future: checked now, ``scheduled`` until then (:meth:`_scheduled`)."""
         if self.service.draining:
             raise CampaignError(503, "the service is draining: no new campaigns")
+        now = time.time()
+        if send_at is not None and not (now - 366 * 86400 < send_at <= now + 366 * 86400):
+            raise CampaignError(422, "send_at: Unix seconds, at most 366 days ahead")
+        if send_at is not None and send_at <= now + SCHEDULE_LEAD:
+            send_at = None if send_at <= now else send_at
         path = self.resolve(file)
         try:  # the campaign's own config or preflight: say what to change
             plan = await anyio.to_thread.run_sync(
@@ -304,11 +340,29 @@ class Campaigns:
         except LedgerError as exc:
             raise CampaignError(409, self.public(str(exc))) from None
         self._set_callback(plan.campaign.id, callback, again=again)
+        if send_at is not None and send_at > now + SCHEDULE_LEAD:
+            # Recorded now (GET /v1/campaigns lists it); the lease is taken again when it starts.
+            if ledger.lease is not None:
+                ledger.lease.release()
+            ledger.ledger.close()
+            run = CampaignRun(plan, file, path)
+            run.state, run.send_at = "scheduled", send_at
+            self.runs[run.id] = run
+            self._keep_schedule(run.id, file, send_at)
+            self.tg.start_soon(self._scheduled, run)
+            log.info(
+                "campaign scheduled",
+                extra={"event": "campaign.scheduled", "campaign": run.id, "file": file, "send_at": send_at},
+            )
+            return run
         # The worker resumes the run just opened (or restarted with ``again``) and adopts its lease.
         lease = ledger.lease.hand_off() if ledger.lease is not None else ""
         ledger.ledger.close()
         run = CampaignRun(plan, file, path)
         run.lease = lease
+        if send_at is not None:  # within the lead: its worker starts paused, resumed at send_at
+            run.send_at, run.paused_start = send_at, True
+            self.tg.start_soon(self._resume_at, run)
         self.runs[run.id] = run
         try:  # a free slot: running from this answer on; else queued (first started, first run)
             self.slots.acquire_nowait()
@@ -334,6 +388,102 @@ class Campaigns:
                     (campaign, callback[0], int(callback[1]), callback[2]),
                 )
 
+    async def _scheduled(self, run: CampaignRun) -> None:
+        """Wait until :data:`SCHEDULE_LEAD` seconds before ``send_at``; then take the campaign's
+        lease and start its worker paused, and resume it at ``send_at`` (so sending begins on
+        time, not a process start later). A cancel ends the wait."""
+        assert run.send_at is not None
+        with anyio.move_on_after(max(0.0, run.send_at - SCHEDULE_LEAD - time.time())):
+            await run.wake.wait()
+        if run.control.state is RunState.CANCELLED:
+            if run.cancelled:  # through the API: for good (a shutdown keeps it for the next start)
+                self._keep_schedule(run.id, "", None)
+            self._end_queued(run)
+            return
+        self._keep_schedule(run.id, "", None)
+        try:
+            ledger = await anyio.to_thread.run_sync(
+                lambda: _open_ledger(run.plan, force=False, again=False, notify=None, owner="pigeon serve")
+            )
+        except (
+            Exception
+        ) as exc:  # the file changed, another process holds it…: the run fails, the service stays
+            run.state = "failed"
+            run.error = (
+                self.public(str(exc)) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+            )
+            run.finished = time.monotonic()
+            run.commands.close()
+            log.warning(
+                "campaign failed", extra={"event": "campaign.failed", "campaign": run.id, "error": run.error}
+            )
+            return
+        run.lease = ledger.lease.hand_off() if ledger.lease is not None else ""
+        ledger.ledger.close()
+        run.paused_start = True
+        run.state = "queued"
+        try:
+            self.slots.acquire_nowait()
+            run.state = "running"
+            run.started, run.started_at = time.monotonic(), time.time()
+        except anyio.WouldBlock:
+            pass
+        self.tg.start_soon(self._resume_at, run)
+        await self._run(run)
+
+    async def _resume_at(self, run: CampaignRun) -> None:
+        """Tell a run whose worker started paused to go at ``send_at`` (unless paused meanwhile)."""
+        assert run.send_at is not None
+        await anyio.sleep(max(0.0, run.send_at - time.time()))
+        if run.finished is None and run.control.state is RunState.RUNNING:
+            run.tell("resume")
+
+    def _keep_schedule(self, campaign_id: str, file: str, send_at: float | None) -> None:
+        """Record (``send_at``) or forget (None) a campaign's schedule in the store."""
+        ledger = self.service.ledger
+        if ledger is None:
+            return
+        with transaction(ledger.db):
+            ledger.db.execute(SCHEDULES)
+            if send_at is None:
+                ledger.db.execute("DELETE FROM service_schedules WHERE campaign = ?", (campaign_id,))
+            else:
+                ledger.db.execute(
+                    "INSERT OR REPLACE INTO service_schedules VALUES (?, ?, ?)", (campaign_id, file, send_at)
+                )
+
+    async def restore_schedules(self) -> None:
+        """Schedule again what an earlier run of the service was holding (a past ``send_at``
+        starts at once: the campaign's own send window still applies). One that can no longer
+        start (its file gone or broken) is logged and forgotten."""
+        ledger = self.service.ledger
+        if ledger is None:
+            return
+        with transaction(ledger.db):
+            ledger.db.execute(SCHEDULES)
+        rows = ledger.db.execute("SELECT campaign, file, send_at FROM service_schedules").fetchall()
+        for campaign_id, file, send_at in rows:
+            try:
+                await self.start(file, send_at=send_at)
+            except CampaignError as exc:
+                log.warning(
+                    "scheduled campaign not restored: %s",
+                    exc,
+                    extra={"event": "campaign.schedule_lost", "campaign": campaign_id},
+                )
+                self._keep_schedule(campaign_id, "", None)
+            else:
+                if send_at <= time.time() + SCHEDULE_LEAD:
+                    self._keep_schedule(campaign_id, "", None)
+                log.info(
+                    "campaign schedule restored",
+                    extra={
+                        "event": "campaign.schedule_restored",
+                        "campaign": campaign_id,
+                        "send_at": send_at,
+                    },
+                )
+
     def command(self, run: CampaignRun, run_dir: Path) -> list[str]:
         """The worker's command line."""
         return [
@@ -349,6 +499,7 @@ class Campaigns:
             "--blasts",
             str(self.service.service.concurrent_blasts),
             *(["--lease", run.lease] if run.lease else []),
+            *(["--paused"] if run.paused_start and time.time() < (run.send_at or 0) else []),
         ]
 
     async def _run(self, run: CampaignRun) -> None:
@@ -487,8 +638,9 @@ class Campaigns:
         else:
             run.control.cancel()
             run.cancelled = True
-            if run.state == "queued":
+            if run.state in ("queued", "scheduled"):
                 self._end_queued(run)
+                run.wake.set()
             else:
                 run.tell("stop")
         log.info("campaign %s", action, extra={"event": f"campaign.{action}", "campaign": campaign_id})
@@ -535,6 +687,7 @@ class Campaigns:
             if run.finished is None:
                 run.control.cancel()
                 run.tell("stop")
+                run.wake.set()  # a scheduled one stops waiting (its campaign stays resumable)
 
     def add_optouts(self, numbers: list[str]) -> None:
         """Numbers that just opted out: into the opt-out set of every running blast."""

@@ -31,6 +31,7 @@ from anyio.abc import TaskGroup
 from engine.core.clock import Clock, SystemClock
 from engine.core.config import EngineConfig, LoadedEngine
 from engine.core.errors import ConfigError, EngineError
+from engine.core.event_source import EventSourceContext
 from engine.core.plugin_host import PluginHost
 from engine.core.service_config import ServiceConfig, ServiceTemplate
 from engine.observability.metric_names import CONTENT_TYPE
@@ -41,6 +42,7 @@ from engine.service.apikeys import WATCH_EVERY, KeyRing, KeyUsage
 from engine.service.callbacks import CallbackSender
 from engine.service.campaigns import Campaigns
 from engine.service.context import ServiceContext
+from engine.service.flows import ServiceFlows, event_source_of, flows_of
 from engine.service.gateways import ServiceGateways
 from engine.service.inbound import Inbound
 from engine.service.lanes import TEXT_TEMPLATE, ApiLanes
@@ -71,6 +73,7 @@ class Service:
     ``messages``  ``POST /v1/messages`` (checks, stages, idempotency) and look-ups
     ``inbound``   receipts and replies: webhook parsers, the gateways' own connections
     ``campaigns`` blasts in worker processes (:mod:`engine.service.campaigns`)
+    ``flows``     events in, flow steps fired from the timer store (:mod:`engine.service.flows`)
     ``keys``      the API keys
     ============  ==================================================================
 
@@ -91,6 +94,12 @@ class Service:
         self.inbound = Inbound(self.ctx)
         self.callbacks: CallbackSender | None = None
         """Posts the status-callback outbox (set when the service starts, if configured)."""
+        self.flow_defs = flows_of(engine, self.messages.templates)
+        """The flows (``service.flows.dir``), checked before anything starts."""
+        self.event_source = event_source_of(engine, self.host)
+        """The configured event source's plugin and options (``[service.flows.source]``), checked."""
+        self.flows: ServiceFlows | None = None
+        """Events in and the flow runner, once started."""
         self.campaigns: Campaigns | None = None
         """Set when the service starts (it needs the task group its workers are watched in)."""
         self.merged_metrics = MergedMetrics(self.ctx.metrics.registry)
@@ -167,6 +176,13 @@ class Service:
         if receiving:
             tg.start_soon(self.inbound.serve, receiving)
         self.lanes.start(tg)
+        self.flows = ServiceFlows(ctx, self.messages, self.flow_defs)
+        if self.flow_defs:
+            tg.start_soon(self.flows.run, self._closing)
+        if self.event_source is not None:
+            reg, options = self.event_source
+            source = reg.factory(options, EventSourceContext(reg.name))
+            tg.start_soon(self.flows.consume, source, self._closing)
         ctx.metrics.prepare(
             routes=self.gateways.failover,
             in_flight={g: gw.in_flight for g, gw in ctx.config.gateways.items()},
@@ -176,6 +192,7 @@ class Service:
         )
         self.campaigns = Campaigns(self, tg, run_dir)
         self.inbound.optout_listeners.append(self.campaigns.add_optouts)
+        tg.start_soon(self.campaigns.restore_schedules)
         # What was set up lives as long as the service: out of the collector's way (a full
         # collection over it took ~45 ms of the loop under load; MessageViews are not tracked).
         gc.collect()
@@ -266,6 +283,8 @@ class Service:
         if self.ctx.ledger is not None:
             self.ctx.ledger.close()
         self.inbound.close()
+        if self.flows is not None:
+            self.flows.close()
         if self.ctx.store is not None:
             self.ctx.store.close()
 

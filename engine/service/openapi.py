@@ -24,8 +24,10 @@ def _ok(name: str, desc: str = "OK") -> dict[str, Any]:
 
 def build() -> dict[str, Any]:
     """The document as a dict."""
+    from engine.flows.events import EventsIn, EventsResponse
     from engine.outcomes.attribution import OutcomeReport
     from engine.service.campaigns import LIST_STATES, CampaignPage, CampaignView
+    from engine.service.flows import CustomerSteps, FlowPage, FlowView
     from engine.service.wire import (
         API_CAMPAIGNS,
         MAX_PAGE,
@@ -51,6 +53,11 @@ def build() -> dict[str, Any]:
             StartCampaign,
             Problem,
             OutcomeReport,
+            EventsIn,
+            EventsResponse,
+            FlowPage,
+            FlowView,
+            CustomerSteps,
         ],
         ref_template="#/components/schemas/{name}",
     )
@@ -109,7 +116,9 @@ def build() -> dict[str, Any]:
     auth: list[dict[str, list[str]]] = [{"apiKey": []}]
     errors = {
         "401": _problem("No, bad, revoked or expired API key"),
-        "403": _problem("The API key lacks the scope this needs (send, campaigns, read, metrics)"),
+        "403": _problem(
+            "The API key lacks the scope this needs (send, campaigns, read, metrics, events, flows)"
+        ),
         "404": _problem("Not found"),
         "422": _problem("Invalid request: what to change"),
     }
@@ -344,6 +353,47 @@ def build() -> dict[str, Any]:
             },
         }
     }
+    paths["/v1/events"] = {
+        "post": {
+            "summary": "Order and customer events (a batch): they start and cancel flows; idempotent by id",
+            "security": auth,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("EventsIn")}}},
+            "responses": {
+                "200": _ok("EventsResponse", "Taken: per event accepted, duplicate or rejected (with why)"),
+                **body_errors,
+                "413": _problem("Body over service.max_body_bytes, or over service.flows.max_events events"),
+                "503": _problem("Starting, or draining for shutdown"),
+            },
+        }
+    }
+    paths["/v1/flows"] = {
+        "get": {
+            "summary": "Every flow: trigger, steps, paused, timers by state",
+            "security": auth,
+            "responses": {"200": _ok("FlowPage"), "401": errors["401"], "403": errors["403"]},
+        }
+    }
+    fname = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    for action, what in (
+        ("pause", "Pause a flow: its steps stay pending (triggers still schedule) until it resumes"),
+        ("resume", "Resume a flow: its late steps are caught up in due order"),
+    ):
+        paths[f"/v1/flows/{{name}}/{action}"] = {
+            "post": {
+                "summary": what,
+                "security": auth,
+                "parameters": [fname],
+                "responses": {"200": _ok("FlowView"), **errors},
+            }
+        }
+    paths["/v1/customers/{phone}/flows"] = {
+        "get": {
+            "summary": "A customer's flow steps, the latest due first (the number masked)",
+            "security": auth,
+            "parameters": [{"name": "phone", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _ok("CustomerSteps"), **errors},
+        }
+    }
     for path in ("/v1/messages", "/v1/campaigns"):  # GET and POST on one path item
         paths[path].update(paths.pop(f"{path}#get"))
     for action in ("pause", "resume", "cancel"):
@@ -360,7 +410,8 @@ def build() -> dict[str, Any]:
         "info": {
             "title": "Pigeon service",
             "version": "0.1.0",
-            "description": "Transactional messages, campaigns, delivery reports and MO replies. "
+            "description": "Transactional messages, campaigns, delivery reports and MO replies; order "
+            "events into triggered flows. "
             "Errors are RFC 9457 problem details. See docs/service.md.",
         },
         "paths": paths,
@@ -371,7 +422,7 @@ def build() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "An API key from `pigeon keys create` (optionally limited to scopes: "
-                    "send, campaigns, read, metrics, numbers; and to a time)",
+                    "send, campaigns, read, metrics, events, flows, numbers; and to a time)",
                 }
             },
         },

@@ -21,6 +21,7 @@ import anyio
 from anyio.abc import TaskStatus
 from hypercorn.config import Config as HyperConfig
 
+from engine.core.clock import Clock
 from engine.core.config import load_engine
 from engine.core.errors import EngineError
 from engine.core.plugin_host import PluginHost
@@ -59,6 +60,7 @@ async def run(
     handle_signals: bool = True,
     host: PluginHost | None = None,
     started: Callable[[Service], None] | None = None,
+    clock: Clock | None = None,
 ) -> None:
     """Serve on ``sock`` until ``stop`` is set (or SIGTERM/SIGINT), then drain and return.
 
@@ -67,7 +69,7 @@ async def run(
     engine = load_engine(engine_path)
     stop = stop or anyio.Event()
     addr = sock.getsockname()
-    async with open_service(engine, host=host) as svc:
+    async with open_service(engine, host=host, clock=clock) as svc:
         app = create_app(svc)
         cfg = HyperConfig()
         cfg.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns (and closes) the listening socket

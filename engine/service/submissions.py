@@ -30,6 +30,7 @@ from engine.service.wire import (
     MessagesIn,
     MessageState,
     MessageView,
+    Priority,
     SubmitResponse,
 )
 from engine.state.ledger.records import LedgerWriteError, MessageRecord
@@ -461,6 +462,86 @@ class Submissions:
             with transaction(db):
                 db.executemany(INSERT_MESSAGE, stored)
                 db.executemany(INSERT_EVENT, events)
+
+    async def send_rows(
+        self, priority: Priority, values: Sequence[tuple[str, list[str]]], rows: Sequence[int]
+    ) -> list[tuple[str, str]]:
+        """Send messages the service makes itself (flow steps) under the given ``rows`` of the
+        ``priority`` stream: the same stages, records and lanes as ``POST /v1/messages``, but a
+        message that cannot be sent ends ``rejected`` (with its reason) instead of failing the
+        whole request. ``values``: (template id, [phone, *fields in the template's order]).
+        Per message: (state, reason) — ``queued``, ``suppressed``, ``deferred``, ``rejected``."""
+        stream = self.lanes.streams[priority]
+        index_of = {row: i for i, row in enumerate(rows)}
+        out: list[tuple[str, str]] = [("queued", "")] * len(values)
+        if priority == "marketing":
+            for e in self.policy.check(values):
+                out[e.index] = ("rejected", f"preflight:{e.detail[:200]}")
+        groups: dict[str, list[int]] = {}
+        for i, (tid, _) in enumerate(values):
+            if out[i][0] == "queued":
+                groups.setdefault(tid, []).append(i)
+        out_batches: dict[str, list[MessageBatch]] = {}
+        dropped: list[Reject] = []
+        prefix = f"{stream.campaign}-"
+        for tid, idx in groups.items():
+            _, runner = self.lanes.runner(stream, tid)
+            batch = runner.run(Batch([rows[i] for i in idx], [values[i][1] for i in idx], 0))
+            dropped += batch.rejects
+            for carrier, mb in (batch.messages(prefix) if batch.nums else {}).items():
+                out_batches.setdefault(carrier, []).append(mb)
+        for e in self._misrouted(out_batches, values, index_of):
+            out[e.index] = ("rejected", e.detail[:200])
+        if any(s != "queued" for s, _ in out):  # a misrouted message stays out of its batch
+            keep = {rows[i] for i, (s, _) in enumerate(out) if s == "queued"}
+            for carrier, mbs in list(out_batches.items()):
+                kept = [mb.take([j for j, r in enumerate(mb.rows) if r in keep]) for mb in mbs]
+                out_batches[carrier] = [mb for mb in kept if len(mb)]
+                if not out_batches[carrier]:
+                    del out_batches[carrier]
+        for r in dropped:
+            out[index_of[r.row]] = (str(r.state), r.reason)
+        now = self.ctx.clock.time()
+        views: list[MessageView] = []
+        numbers: list[str] = []
+        for carrier, mbs in out_batches.items():
+            for mb in mbs:
+                for mid, to, parts in zip(mb.ids, mb.tos, mb.parts, strict=True):
+                    numbers.append(to)
+                    views.append(
+                        MessageView(
+                            id=mid,
+                            state="queued",
+                            campaign=stream.campaign,
+                            to=mask(to),
+                            priority=priority,
+                            carrier=carrier,
+                            parts=parts,
+                            accepted_at=now,
+                        )
+                    )
+        for r in dropped:
+            numbers.append(parse_phone(r.phone).e164 or r.phone)
+            views.append(
+                MessageView(
+                    id=f"{prefix}{r.row}",
+                    state=r.state,
+                    campaign=stream.campaign,
+                    to=mask(r.phone),
+                    priority=priority,
+                    reason=r.reason,
+                    accepted_at=now,
+                )
+            )
+        self.ctx.records.add(views, numbers)
+        if dropped:
+            stream.recorder.dropped(dropped)
+        queued = sum(len(mb) for mbs in out_batches.values() for mb in mbs)
+        stream.recorder.queued(queued)
+        if priority == "transactional":
+            self.lanes.urgent_pending += queued
+        await self.lanes.send(stream, out_batches)
+        return out
 
     def _stored_idem(self, key: str, idempotency_key: str) -> _Idem | None:
         """An idempotency key recorded before this process started (it survives a restart)."""

@@ -183,6 +183,9 @@ class StartCampaign(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     callback_url: Annotated[str, msgspec.Meta(min_length=8, max_length=2048)] | None = None
     """Where the state changes of the campaign's recipients are posted (as for messages: under one of
     the API key's allowed prefixes). Kept for the campaign: a resume posts there too."""
+    send_at: float | None = None
+    """Start at this time (Unix seconds, at most 366 days ahead): checked now, ``scheduled`` until
+    then, its worker ready (paused) a few seconds before. Absent or past: at once."""
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

@@ -115,6 +115,13 @@ class CapState:
         run_keys = np.frombuffer(self._run_keys, dtype=np.int64) if again else None
         run_times = np.frombuffer(self._run_times, dtype=np.float64) if again else None
         over = np.zeros(len(keys), dtype=bool)
+        prior: npt.NDArray[np.int64] | None = None
+        if len(set(keys)) < len(keys):  # a number twice in one batch (an API stream has no dedupe)
+            prior = np.zeros(len(keys), dtype=np.int64)  # each counts the ones before it
+            seen: dict[int, int] = {}
+            for i, key in enumerate(keys):
+                prior[i] = seen.get(key, 0)
+                seen[key] = int(prior[i]) + 1
         for wi, w in enumerate(self.windows):
             start = w.start(now)
             if unique.size:
@@ -124,6 +131,8 @@ class CapState:
             if run_keys is not None and run_times is not None:
                 for i in again:
                     counts[i] += int(np.count_nonzero((run_keys == keys[i]) & (run_times >= start)))
+            if prior is not None:
+                counts = counts + prior
             over |= counts >= w.limit
         return [int(i) for i in np.flatnonzero(over)]
 

@@ -318,6 +318,14 @@ def test_every_data_command_prints_json(
     _campaign(here / "campaign.toml", engine_key=None)
     (here / "list.csv").write_text("13800138000\n", "utf-8")
     (here / "orders.csv").write_text("phone,paid_at,amount\n13800138000,2025-11-11 10:00:00,99.00\n", "utf-8")
+    (here / "flows").mkdir()
+    (here / "flows" / "shipped.toml").write_text(
+        'trigger = "order_shipped"\nsignature = "小鹅优选"\n[[steps]]\nwait = "0s"\ntext = "已发货"\n',
+        "utf-8",
+    )
+    (here / "events.jsonl").write_text(
+        '{"id":"1","type":"order_shipped","phone":"13800138000","order_id":"A"}\n', "utf-8"
+    )
     runs: list[tuple[str, ...]] = [
         ("preview", "campaign.toml"),
         ("send", "campaign.toml", "-q"),
@@ -342,6 +350,12 @@ def test_every_data_command_prints_json(
         ("orders", "import", "orders.csv"),
         ("report", "t", "--outcomes"),
         ("cancel", "t"),
+        ("events", "import", "events.jsonl"),
+        ("flows", "check"),
+        ("flows", "list"),
+        ("flows", "pause", "shipped"),
+        ("flows", "resume", "shipped"),
+        ("flows", "pending", "13800138000"),
     ]
     leaves = set(_leaves())
     covered = set()

@@ -81,3 +81,12 @@ def test_periods(text: str, seconds: float | None) -> None:
 def test_bad_periods_say_what_to_write(text: str) -> None:
     with pytest.raises(ValueError, match="calendar_day"):
         parse_period(text)
+
+
+def test_a_number_twice_in_one_batch_counts_the_one_before_it() -> None:
+    """An API stream has no dedupe stage: two messages to one number in one batch (two flow steps
+    due at the same moment) must not both pass a cap of one."""
+    state = CapState([CapWindow(1, "calendar_day")])
+    assert state.over(1_700_000_000.0, [5, 7, 5, 5]) == [2, 3]
+    state2 = CapState([CapWindow(2, "24h")])
+    assert state2.over(1_700_000_000.0, [5, 5, 5]) == [2]

@@ -27,6 +27,7 @@ PINNED = {
     "request_key", "BudgetKey", "BudgetSpec", "CampaignBusy", "Claim", "Coordinator", "CoordinatorContext",
     "CoordinatorRegistry", "CoordinatorUnavailable", "LeaseGrant", "LeaseHolder", "LeaseLost", "RangedSource",
     "SegmentRange", "RangeQueue", "TakenRange", "SharedOptOuts",
+    "EventDelivery", "EventSource", "EventSourceContext", "EventSourceRegistry",
 }  # fmt: skip
 
 
