@@ -236,7 +236,7 @@ class ApiLanes:
             assert ctx.store is not None
             stages.append(RequireConsent(ctx.store.consented))  # (a query: consents imported meanwhile count)
         if stream.caps is not None:
-            stages.append(Cap(stream.caps, ctx.clock))
+            stages.append(Cap(stream.caps, ctx.clock, repeats=True))  # (no dedupe on an API stream)
         stages += [Route(self.table, set(routes)), Render(bound, forbid_urls=forbid), CountParts(template)]
         if marketing:
             stages.append(

@@ -100,8 +100,12 @@ class CapState:
         self._counts[i] = (start, counts)
         return counts
 
-    def over(self, now: float, keys: Sequence[int]) -> list[int]:
-        """Indices of ``keys`` that already reached a window's limit at ``now`` (one more would exceed)."""
+    def over(self, now: float, keys: Sequence[int], *, repeats: bool = False) -> list[int]:
+        """Indices of ``keys`` that already reached a window's limit at ``now`` (one more would exceed).
+
+        ``repeats``: a number twice in ``keys`` counts the ones before it (a stream without a
+        ``dedupe`` stage: the API's). A segment's repeats are left to ``dedupe``, which names them
+        ``duplicate``."""
         if not self.windows or not len(keys):
             return []
         k = np.fromiter(keys, dtype=np.int64, count=len(keys))
@@ -116,7 +120,7 @@ class CapState:
         run_times = np.frombuffer(self._run_times, dtype=np.float64) if again else None
         over = np.zeros(len(keys), dtype=bool)
         prior: npt.NDArray[np.int64] | None = None
-        if len(set(keys)) < len(keys):  # a number twice in one batch (an API stream has no dedupe)
+        if repeats and len(set(keys)) < len(keys):  # a number twice in one batch
             prior = np.zeros(len(keys), dtype=np.int64)  # each counts the ones before it
             seen: dict[int, int] = {}
             for i, key in enumerate(keys):

@@ -15,14 +15,16 @@ class Cap:
 
     name = "cap"
 
-    def __init__(self, state: CapState, clock: Clock) -> None:
+    def __init__(self, state: CapState, clock: Clock, *, repeats: bool = False) -> None:
         self.state = state
         self.clock = clock
+        self.repeats = repeats
+        """Count a number's earlier messages in the same batch (streams without ``dedupe``)."""
         limits = ", ".join(f"{w.limit} per {w.period}" for w in state.windows)
         self.detail = f"this number reached its frequency cap ({limits})"
 
     def process(self, batch: Batch) -> None:
         """Suppress the numbers of ``batch`` that reached a cap now."""
-        over = self.state.over(self.clock.time(), batch.number_keys())
+        over = self.state.over(self.clock.time(), batch.number_keys(), repeats=self.repeats)
         if over:
             batch.drop(over, SuppressReason.CAPPED, self.detail, state=State.SUPPRESSED)
