@@ -192,11 +192,19 @@ async def test_filed_templates_arrive_as_filed_receipts_count_once_and_replies_o
         await _until(lambda: _posted(ten, "status", 6), 10)
         assert ali.stats["report_duplicated"] == 1 and ten.stats["status_duplicated"] == 3
         assert svc.inbound.parsers["ali"].duplicates == 3 and svc.inbound.parsers["ten"].duplicates == 3
-        db = sqlite3.connect(tmp_path / "pigeon.db")
-        try:
-            per_row = dict(db.execute("SELECT row, count(*) FROM ledger_reports GROUP BY campaign, row"))
-        finally:
-            db.close()
+
+        async def recorded() -> dict[tuple[str, int], int] | None:
+            # (a message's view settles when its report is read; the ledger records it with the
+            # next commit of reports, a moment later)
+            db = sqlite3.connect(tmp_path / "pigeon.db")
+            try:
+                rows = db.execute("SELECT campaign, row, count(*) FROM ledger_reports GROUP BY campaign, row")
+                counts = {(c, r): n for c, r, n in rows}
+            finally:
+                db.close()
+            return counts if len(counts) >= 6 else None
+
+        per_row = await _until(recorded, 10)
         assert len(per_row) == 6 and set(per_row.values()) == {1}
         metrics = (await c.get("/metrics")).text
         delivered = sum(1 for v in views if v["state"] == "delivered")
