@@ -380,7 +380,10 @@ class Submissions:
                     accepted_at=now,
                 )
             )
-        self.ctx.records.add(views, numbers)
+        # (in the request's order, as the answer lists them: the list endpoint's "newest first")
+        order = {id_of[row]: index_of[row] for row in rows}
+        pairs = sorted(zip(views, numbers, strict=True), key=lambda p: order.get(p[0].id, 0))
+        self.ctx.records.add([v for v, _ in pairs], [n for _, n in pairs])
         if dropped:
             stream.recorder.dropped(dropped)
         # The messages at rest (their ids, numbers, carriers…) and their first events, committed

@@ -98,7 +98,7 @@ def test_four_workers_two_killed_one_joining_send_everyone_once_within_the_rate(
             time.sleep(0.01)
         for p in procs[:2]:  # two workers die mid-range, claims taken, requests in flight
             p.send_signal(signal.SIGKILL)
-            p.wait()
+            p.communicate(timeout=10)  # (closes its pipes too)
         at_kill = len(sim.log)
         joiner = _worker(dirs[3])
         outs = {}
@@ -170,7 +170,7 @@ def test_workers_pause_through_a_redis_restart_and_a_kill_and_send_everyone_once
                 assert all(p.poll() is None for p in procs), "a worker ended early"
                 time.sleep(0.01)
             procs[0].send_signal(signal.SIGKILL)  # one worker dies holding a range…
-            procs[0].wait()
+            procs[0].communicate(timeout=10)  # (closes its pipes too)
             server.send_signal(signal.SIGKILL)  # …and Redis goes away
             server.wait()
             time.sleep(0.5)  # requests claimed and booked before may still arrive
