@@ -59,7 +59,7 @@ def standard_stages(
     links: Links | None = None,
     link_field: str = "",
 ) -> list[Stage]:
-    """normalize → suppress_optouts → require_consent → cap → links → route → render → count_parts
+    """normalize → suppress_optouts → require_consent → cap → route → links → render → count_parts
     → dedupe → same_content → holdout → hold_quiet_hours.
 
     ``suppress_optouts`` runs when an opt-out set is given (marketing campaigns),
