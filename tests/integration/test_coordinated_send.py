@@ -10,8 +10,6 @@ on a free loopback port.
 
 from __future__ import annotations
 
-import os
-import secrets
 import shutil
 import signal
 import socket
@@ -31,8 +29,9 @@ from engine.state.ledger.records import LedgerState
 from engine.state.ledger.store import Ledger
 from loadtests.simulator import SimConfig, SimulatorThread
 from tests.integration.crash_harness import check_ledger_against_log, files, segment, start
+from tests.integration.redis_prefix import WORKERS_URL, scoped_prefix
 
-URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+URL = WORKERS_URL
 RATE = 2000
 """China Mobile's budget, parts per second, for all workers together."""
 
@@ -40,20 +39,7 @@ RATE = 2000
 @pytest.fixture
 def prefix() -> Iterator[str]:
     """A key prefix on the test Redis; skipped (failed under PIGEON_REQUIRE_REDIS) when none answers."""
-    try:
-        client = redis.Redis.from_url(URL, socket_connect_timeout=1)
-        client.ping()
-    except redis.RedisError as exc:
-        hint = f"no Redis answers at {URL} ({exc}): apt-get install redis-server, or run .ci/run"
-        if os.environ.get("PIGEON_REQUIRE_REDIS"):
-            pytest.fail(hint)
-        pytest.skip(hint)
-    p = f"pigeon-test-{secrets.token_hex(4)}"
-    yield p
-    keys = list(client.scan_iter(match=f"{p}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    yield from scoped_prefix(URL)
 
 
 def _worker_dir(root: Path, name: str, port: int, seg: Path, coordinator: str) -> Path:

@@ -4,8 +4,6 @@ prefix per test). asyncio only: redis-py's client is asyncio-only."""
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
@@ -13,34 +11,21 @@ import pytest
 
 pytest.importorskip("redis")
 
-import redis
 
 from engine.coordination.contract import Claim, CoordinatorContext
 from engine.pipeline.source import SegmentRange
 from plugins.store_redis.config import RedisConfig
 from plugins.store_redis.coordinator import RedisCoordinator
+from tests.integration.redis_prefix import WORKERS_URL, scoped_prefix
 
-URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+URL = WORKERS_URL
 
 pytestmark = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    try:
-        client = redis.Redis.from_url(URL, socket_connect_timeout=1)
-        client.ping()
-    except redis.RedisError as exc:
-        hint = f"no Redis answers at {URL} ({exc}): apt-get install redis-server, or run .ci/run"
-        if os.environ.get("PIGEON_REQUIRE_REDIS"):
-            pytest.fail(hint)
-        pytest.skip(hint)
-    p = f"pigeon-test-{secrets.token_hex(4)}"
-    yield p
-    keys = list(client.scan_iter(match=f"{p}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    yield from scoped_prefix(URL)
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ and the simulator drops the ones it had (docs/scale-out.md). asyncio only (redis
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -28,35 +26,21 @@ pytest.importorskip("redis")
 
 import json
 
-import redis
-
 from engine.coordination.contract import CoordinatorContext
 from engine.run.blast import worker_name
 from engine.state.ledger.records import LedgerState
 from engine.state.ledger.store import Ledger
 from loadtests.simulator import SimConfig, SimulatorThread
 from tests.integration.crash_harness import cli, files, segment, start
+from tests.integration.redis_prefix import WORKERS_URL, scoped_prefix
 
-URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+URL = WORKERS_URL
 RATE = 2500
 
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    try:
-        client = redis.Redis.from_url(URL, socket_connect_timeout=1)
-        client.ping()
-    except redis.RedisError as exc:
-        hint = f"no Redis answers at {URL} ({exc}): apt-get install redis-server, or run .ci/run"
-        if os.environ.get("PIGEON_REQUIRE_REDIS"):
-            pytest.fail(hint)
-        pytest.skip(hint)
-    p = f"pigeon-test-{secrets.token_hex(4)}"
-    yield p
-    keys = list(client.scan_iter(match=f"{p}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    yield from scoped_prefix(URL)
 
 
 def _worker_dir(root: Path, name: str, port: int, seg: Path, prefix: str, url: str = URL) -> Path:
