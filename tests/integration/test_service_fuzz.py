@@ -225,6 +225,9 @@ def _run(
     )
     @given(case=strategy)
     def run(case: Any) -> None:
+        if case.query:  # requests leaves out a parameter whose value is None or []: send it empty
+            # instead, or a case breaking the schema only by it arrives as a valid request
+            case.query = {k: "" if v is None or v == [] else v for k, v in case.query.items()}
         response = case.call(base_url=url, headers=headers, session=session, auth=auth, timeout=30)
         seen[(label, response.status_code)] += 1
         case.validate_response(
