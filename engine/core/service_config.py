@@ -80,7 +80,8 @@ class EventSourceConfig(_Base, kw_only=True, frozen=True):
     """``[service.flows.source]``: a message queue the flows' events also come from (a plugin)."""
 
     plugin: str
-    """An event-source plugin (``pigeon plugins`` lists them): ``redis_streams``, …"""
+    """An event-source plugin (``pigeon plugins`` lists them): ``redis_streams``, ``nats_jetstream``,
+    ``rabbitmq``, …"""
     options: dict[str, Any] = {}
     """The plugin's own settings (``[service.flows.source.options]``)."""
 

@@ -38,7 +38,10 @@ class StreamSource:
 
         async def ack() -> None:
             if ids:
-                await client.xack(cfg.stream, cfg.group, *ids)
+                try:
+                    await client.xack(cfg.stream, cfg.group, *ids)
+                except RedisError as exc:  # (given again on restart: the event ids make it harmless)
+                    raise self._unreachable(exc) from None
 
         return EventDelivery(payloads, ack)
 
@@ -67,10 +70,13 @@ class StreamSource:
                 if entries:
                     yield self._delivery(entries)
         except RedisError as exc:
-            raise EngineError(
-                f"event source {self.name!r}: Redis at {cfg.url.rpartition('@')[2]} did not answer ({exc}); "
-                "is it running? (tried again in a moment)"
-            ) from None
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: BaseException) -> EngineError:
+        return EngineError(
+            f"event source {self.name!r}: Redis at {self.config.url.rpartition('@')[2]} did not answer "
+            f"({exc}); is it running? (tried again in a moment)"
+        )
 
     async def aclose(self) -> None:
         """Close the connection pool."""

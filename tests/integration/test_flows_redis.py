@@ -102,8 +102,9 @@ async def test_a_wrong_event_source_stops_the_service_before_it_starts(
             "did you mean `stream`",
         ),
     ]
-    if anyio_backend == "trio":
-        cases.append(('[service.flows.source]\nplugin = "redis_streams"\n', "needs the asyncio backend"))
+    if anyio_backend == "trio":  # every queue source's client is asyncio-only
+        plugins = ("redis_streams", "nats_jetstream", "rabbitmq")
+        cases += [(f'[service.flows.source]\nplugin = "{p}"\n', "needs the asyncio backend") for p in plugins]
     for n, (extra, says) in enumerate(cases):
         (tmp_path / f"c{n}").mkdir()
         engine, _ = write_engine(tmp_path / f"c{n}", simulator.port, templates=extra)
