@@ -199,7 +199,7 @@ class FlowRunner:
             if flow is None or t.step >= len(flow.steps):
                 expired.append((t.id, "flow_removed"))
                 continue
-            if flow.expire_after is not None and now - t.due > flow.expire_after:
+            if flow.expire_after is not None and now - (t.planned or t.due) > flow.expire_after:
                 expired.append((t.id, "expired"))
                 continue
             if flow.steps[t.step].lane == "marketing":

@@ -15,6 +15,7 @@ import msgspec
 from engine.core.config import DEFAULT_MARKETING_WINDOW, LoadedEngine, convert_section
 from engine.core.errors import ConfigError, EngineError
 from engine.core.event_source import EventSource
+from engine.core.messages import SuppressReason
 from engine.core.phone import mask, parse_phone
 from engine.core.plugin_host import PluginHost
 from engine.core.registries import Registration
@@ -169,13 +170,19 @@ class LaneSender:
         got = await self.messages.send_rows(lane, values, rows)  # type: ignore[arg-type]
         now = self.ctx.clock.time()
         return [
-            Outcome(state, reason, self._retry_at(now) if state == "deferred" else 0.0)
+            Outcome(state, reason, self._retry_at(lane, now, reason) if state == "deferred" else 0.0)
             for state, reason in got
         ]
 
-    def _retry_at(self, now: float) -> float:
-        """When a step the lane held (its quiet hours, a gateway's hours, a foreign number's night)
-        is tried again: the lane's window's next opening, or in 15 minutes if that one is open."""
+    def _retry_at(self, lane: str, now: float, reason: str) -> float:
+        """When a step the lane held is tried again. Over its cap (``capped``): when the first of
+        the lane's cap windows has moved on (the next calendar day, or a rolling period later; held
+        again if another window still counts it), the runner then holding it to its flow's send
+        window. Else (its quiet hours, a gateway's hours, a foreign number's night): the lane's
+        window's next opening, or in 15 minutes if that one is open."""
+        caps = self.messages.lanes.streams[lane].caps
+        if reason == SuppressReason.CAPPED and caps is not None and caps.windows:
+            return min(w.reset_after(now) for w in caps.windows)
         opens = self._lane_window.next_open(now)
         return opens if opens > now else now + RETRY_DEFERRED
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from engine.core.messages import MessageBatch, Reject, State
+from engine.core.messages import MessageBatch, Reject, State, SuppressReason
 from engine.core.phone import mask, parse_phone
 from engine.core.service_templates import field_problem, gateway_problem, opt_out_problem
 from engine.core.template import Template, compile_template
@@ -473,7 +473,9 @@ class Submissions:
         ``priority`` stream: the same stages, records and lanes as ``POST /v1/messages``, but a
         message that cannot be sent ends ``rejected`` (with its reason) instead of failing the
         whole request. ``values``: (template id, [phone, *fields in the template's order]).
-        Per message: (state, reason) — ``queued``, ``suppressed``, ``deferred``, ``rejected``."""
+        Per message: (state, reason) — ``queued``, ``suppressed``, ``deferred``, ``rejected``.
+        A marketing step over its frequency cap is ``deferred`` with reason ``capped`` (recorded
+        so, not ``suppressed``): the flow tries it again when the cap allows, it is not dropped."""
         stream = self.lanes.streams[priority]
         index_of = {row: i for i, row in enumerate(rows)}
         out: list[tuple[str, str]] = [("queued", "")] * len(values)
@@ -490,7 +492,8 @@ class Submissions:
         for tid, idx in groups.items():
             _, runner = self.lanes.runner(stream, tid)
             batch = runner.run(Batch([rows[i] for i in idx], [values[i][1] for i in idx], 0))
-            dropped += batch.rejects
+            held = [_held_if_capped(r) for r in batch.rejects] if priority == "marketing" else batch.rejects
+            dropped += held
             for carrier, mb in (batch.messages(prefix) if batch.nums else {}).items():
                 out_batches.setdefault(carrier, []).append(mb)
         for e in self._misrouted(out_batches, values, index_of):
@@ -627,3 +630,10 @@ class Submissions:
 def found_state(rec: MessageRecord) -> str:
     """A ledger record's state as the API says it (``delivered`` once reported)."""
     return rec.delivery_status if rec.delivery_status == "delivered" else rec.state.value
+
+
+def _held_if_capped(r: Reject) -> Reject:
+    """A flow's marketing step over its cap: held (``deferred: capped``) for a later try, not suppressed."""
+    if r.reason == SuppressReason.CAPPED:
+        return msgspec.structs.replace(r, state=State.DEFERRED)
+    return r

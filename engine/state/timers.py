@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS flow_timers (
     fields   BLOB,                      -- the template's fields, JSON
     message  TEXT,                      -- the message id, once claimed
     reason   TEXT NOT NULL DEFAULT '',
-    done_at  REAL NOT NULL DEFAULT 0
+    done_at  REAL NOT NULL DEFAULT 0,
+    planned  REAL                       -- its first due time, once held to a later one (else NULL)
 );
 CREATE INDEX IF NOT EXISTS flow_timers_due ON flow_timers (due) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS flow_timers_who ON flow_timers (customer, subject);
@@ -93,6 +94,9 @@ class DueTimer:
     due: float
     fields: bytes | None
     message: str | None = None
+    planned: float = 0.0
+    """The step's own time: ``due`` until it was held to a later one (a send window, a cap), then
+    the first ``due`` (what a flow's ``expire_after`` counts from)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +113,7 @@ class TimerView:
     reason: str
 
 
-_COLS: Final = "id, flow, step, customer, subject, due, fields, message"
+_COLS: Final = "id, flow, step, customer, subject, due, fields, message, COALESCE(planned, due)"
 
 
 class TimerStore:
@@ -127,6 +131,8 @@ class TimerStore:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._own = True
         self.db.executescript(_SCHEMA)
+        if "planned" not in {r[1] for r in self.db.execute("PRAGMA table_info(flow_timers)")}:
+            self.db.execute("ALTER TABLE flow_timers ADD COLUMN planned REAL")  # a store from before it
 
     def close(self) -> None:
         """Close the connection (if this store opened it)."""
@@ -251,11 +257,11 @@ class TimerStore:
 
     def reschedule(self, moves: Sequence[tuple[int, float, str]]) -> None:
         """Put ``(timer id, due, reason)`` back to ``pending`` at a later time (a marketing step held
-        to its send window), its message id forgotten."""
+        to its send window or past a cap), its message id forgotten, its first due time kept."""
         with transaction(self.db):
             self.db.executemany(
-                "UPDATE flow_timers SET state = 0, due = ?, reason = ?, message = NULL "
-                "WHERE id = ? AND state IN (0, 1)",
+                "UPDATE flow_timers SET state = 0, planned = COALESCE(planned, due), due = ?, reason = ?, "
+                "message = NULL WHERE id = ? AND state IN (0, 1)",
                 [(due, reason, tid) for tid, due, reason in moves],
             )
 

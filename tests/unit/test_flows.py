@@ -355,6 +355,58 @@ def test_a_marketing_step_outside_its_window_waits_for_it_and_is_never_dropped(t
     assert len(s.sent) == 1 and r.counts.deferred == 1
 
 
+def test_a_capped_step_is_held_to_when_the_cap_allows_and_expires_from_its_own_time(tmp_path: Path) -> None:
+    """The lane says ``deferred: capped`` (the service's cap): the step waits, it is not dropped;
+    a flow's ``expire_after`` counts from the step's first due time, not from the time it was held to."""
+    clock = FakeClock(at("2026-11-10T20:00:00"))
+    text = REVIEW.replace("3d at 20:00", "0s")
+    f = load_flow(write_flow(tmp_path, text))
+    g = load_flow(write_flow(tmp_path, text.replace("lane =", 'expire_after = "10h"\nlane ='), "stale"))
+    r, s = runner(tmp_path, {f.name: f, g.name: g}, clock)
+    who = {f.name: "+8613800138000", g.name: "+8613900139000"}
+    r.store.schedule(NewTimer(n, 0, p, n, clock.time()) for n, p in who.items())
+    s.outcome = Outcome("deferred", "capped", at("2026-11-11T00:00:00"))  # the next calendar day
+
+    async def main() -> None:
+        assert await r.fire_due() == 2
+        held = r.store.due(at("2026-11-11T00:00:00"), 10)
+        assert [(t.due, t.planned) for t in held] == [
+            (at("2026-11-11T00:00:00"), at("2026-11-10T20:00:00"))
+        ] * 2
+        s.outcome = Outcome("queued")
+        clock.advance(at("2026-11-11T00:00:00") - clock.time())
+        assert await r.fire_due() == 2  # both held again, to the flow's window (08:00–21:00)
+        clock.advance(at("2026-11-11T08:00:00") - clock.time())
+        assert await r.fire_due() == 2
+
+    anyio.run(main)
+    assert [p for _, p, _ in s.sent] == [who[f.name], who[g.name], who[f.name]]
+    states = {n: r.store.of_customer(p)[0].state for n, p in who.items()}
+    assert states == {f.name: "firing", g.name: "expired"}  # 12 h after its 20:00: stale past 10 h
+    assert r.counts.deferred == 4 and r.counts.expired == 1
+
+
+def test_a_store_from_before_held_steps_kept_their_first_time_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.execute(
+        "CREATE TABLE flow_timers (id INTEGER PRIMARY KEY, flow TEXT NOT NULL, step INTEGER NOT NULL, "
+        "customer TEXT NOT NULL, subject TEXT NOT NULL DEFAULT '', due REAL NOT NULL, "
+        "state INTEGER NOT NULL DEFAULT 0, fields BLOB, message TEXT, reason TEXT NOT NULL DEFAULT '', "
+        "done_at REAL NOT NULL DEFAULT 0)"
+    )
+    db.execute("INSERT INTO flow_timers (flow, step, customer, due) VALUES ('f', 0, '+8613800138000', 100)")
+    db.commit()
+    db.close()
+    store = TimerStore(tmp_path / "old.db")
+    (t,) = store.due(200.0, 10)
+    assert (t.due, t.planned) == (100.0, 100.0)
+    store.reschedule([(t.id, 300.0, "capped")])
+    (t,) = store.due(300.0, 10)
+    assert (t.due, t.planned) == (300.0, 100.0)
+
+
 def test_recovery_settles_recorded_steps_and_resends_unrecorded_ones_under_the_same_id(
     tmp_path: Path,
 ) -> None:
