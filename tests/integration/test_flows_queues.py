@@ -16,10 +16,10 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from engine.service.core import Service
+from loadtests.flow_shop import FLOWS, caught_up
 from loadtests.simulator import Simulator
 from tests.integration.service_harness import serving, write_engine
 from tests.integration.test_flows_redis import _event
-from tests.integration.test_flows_service import FLOWS, _caught_up
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 
@@ -44,7 +44,7 @@ async def _all_sent(svc: Service, simulator: Simulator) -> None:
             if len(simulator.log) >= 25 and sum(svc.flows.book.counts.events.values()) >= 28:
                 break
             await anyio.sleep(0.05)
-    await _caught_up(svc)
+    await caught_up(svc)
     assert svc.flows.book.counts.events == {"accepted": 25, "duplicate": 1, "rejected": 2}
     tos = sorted(to for _, _, to, *_ in simulator.log)
     assert tos == [f"+861390013{i:04d}" for i in range(25)]

@@ -16,9 +16,9 @@ import redis
 from engine.core.config import load_engine
 from engine.core.errors import ConfigError
 from engine.service.core import open_service
+from loadtests.flow_shop import FLOWS, caught_up
 from loadtests.simulator import Simulator
 from tests.integration.service_harness import serving, write_engine
-from tests.integration.test_flows_service import FLOWS, _caught_up
 
 pytestmark = pytest.mark.anyio
 asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -73,7 +73,7 @@ block = 0.2
             r.xadd(stream, {"event": b"{not json"})
             r.xadd(stream, {"other": b"x"})
             await _drained(r, stream, simulator)
-            await _caught_up(svc)
+            await caught_up(svc)
             assert svc.flows is not None
             assert svc.flows.book.counts.events == {"accepted": 25, "duplicate": 1, "rejected": 2}
         tos = sorted(to for _, _, to, *_ in simulator.log)
