@@ -445,6 +445,8 @@ class Campaigns:
             plan, run.file, run.path, again=run.again, callback=run.callback, send_at=run.send_at
         )
         started.submitted_by, started.approved_by = run.submitted_by, key
+        run.commands.close()  # the waiting run's place is the started one's now; no worker reads it
+        run._commands.close()
         log.info(
             "campaign approved",
             extra={"event": "campaign.approved", "campaign": run.id, "key": key, "by": run.submitted_by},
@@ -654,8 +656,9 @@ class Campaigns:
         """A queued run cancelled before its worker started: nothing of it was sent."""
         if run.finished is not None:
             return
+        recorded = run.state != "awaiting_approval"  # (nothing of it is in the ledger until approved)
         run.state = "cancelled"
-        if run.cancelled and self.service.ledger is not None:  # through the API: for good
+        if run.cancelled and recorded and self.service.ledger is not None:  # through the API: for good
             self.service.ledger.set_status(run.id, CampaignStatus.CANCELLED)
         run.finished = time.monotonic()
         run.commands.close()
