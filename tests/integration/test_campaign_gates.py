@@ -38,7 +38,8 @@ def _campaign(tmp_path: Path, rows: int, body: str, cid: str = "gated") -> Path:
     return path
 
 
-AB = """[template]
+AB = (
+    """[template]
 signature = "小鹅优选"
 [[template.variants]]
 name = "a"
@@ -49,8 +50,10 @@ name = "b"
 share = 0.5
 text = "{name}，新品八折"
 [policy]
-send_wind""" + """ow = ""
+send_wind"""
+    + """ow = ""
 """
+)
 
 
 def test_a_test_send_goes_to_the_seeds_first_and_again_after_the_text_changed(
@@ -173,7 +176,9 @@ async def test_service_gates_test_send_approval_by_another_key_and_cancel_while_
         r = await c.post("/v1/campaigns/gated/approve", headers=lead)
         assert r.status_code == 200 and r.json()["approved_by"] == "lead", r.text
         with anyio.fail_after(20):
-            while (await c.get("/v1/campaigns/gated", headers=auth)).json()["state"] != "finished":
+            while True:  # polling the service over HTTP, as a client would
+                if (await c.get("/v1/campaigns/gated", headers=auth)).json()["state"] == "finished":
+                    break
                 await anyio.sleep(0.05)
         r = await c.post("/v1/campaigns/gated/approve", headers=lead)
         assert r.status_code == 409
