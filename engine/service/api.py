@@ -431,7 +431,9 @@ def create_app(service: Service) -> Starlette:
         auth(request, "campaigns")
         if action not in ("pause", "resume", "cancel"):
             raise ApiError(
-                404, "Not found", f"no action {action[:32]!r}: use pause, resume, cancel or approve"
+                404,
+                "Not found",
+                f"no action {action[:32]!r}: use pause, resume or cancel (or approve one awaiting approval)",
             )
         return _json(_campaigns(service).control(request.path_params["id"], action).view())
 
