@@ -47,7 +47,7 @@ from engine.core.messages import State
 from engine.core.phone import mask, parse_phone
 from engine.core.plugin_host import PluginHost
 from engine.observability.report import RunRecorder, RunSummary
-from engine.run.plan import prepare
+from engine.run.plan import Plan, prepare
 from engine.run.preview import preview
 from engine.run.send import send
 from engine.run.settle import SettleCounts
@@ -181,6 +181,19 @@ def parser() -> CommandParser:
         "--no-wait",
         action="store_true",
         help="outside the sending hours, stop at once (exit 4) instead of waiting for them",
+    )
+    sd.add_argument(
+        "--test",
+        action="store_true",
+        help="send each variant's message, rendered from a real row, to the campaign's [review] seeds "
+        "only, and record the test (the campaign itself does not start)",
+    )
+    sd.add_argument(
+        "--approved-by",
+        metavar="NAME",
+        default="",
+        help="approve the campaign's current content as NAME (recorded in the store), for a campaign "
+        "with review.require_approval",
     )
     _resume_args(sd)
 
@@ -568,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "preview":
             summary = preview(plan, samples=args.samples, max_rows=args.rows, rejects_path=args.rejects)
+        elif getattr(args, "test", False):
+            return _test_send(plan, args, console)
         else:
             progress = None if args.quiet else _Progress(sys.stderr, live=sys.stderr.isatty())
             said = engine
@@ -584,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
                 again=args.again,
                 shards=getattr(args, "shards", None),  # resume keeps the engine's
                 coordinator=getattr(args, "coordinator", None),
+                approved_by=getattr(args, "approved_by", ""),
             )
     except RunAbandoned as exc:
         print(f"error: {with_engine(str(exc), engine)}", file=sys.stderr)
@@ -626,6 +642,28 @@ def main(argv: list[str] | None = None) -> int:
         if summary.halted or summary.verdict:  # the JSON carries it too; stderr is where people look
             print(f"error: {summary.halted or summary.verdict}: {summary.message}", file=sys.stderr)
     return exit_code(summary)
+
+
+def _test_send(plan: Plan, args: argparse.Namespace, console: Console) -> int:
+    """``pigeon send --test``: the test send to the seeds, its outcome printed; exit 0 when every
+    message was accepted (the real send may go), else 1."""
+    from engine.run.gates import run_send_test
+
+    record = run_send_test(plan, backend=args.backend or plan.engine.config.backend)
+    if args.json:
+        emit_json({**msgspec.to_builtins(record), "passed": record.passed})
+    else:
+        for m in record.messages:
+            variant = f"variant {m['variant']}: " if m["variant"] else ""
+            code = f" ({m['code']})" if m["code"] else ""
+            console.print(f"  {variant}{m['to']} via {m['gateway']}: {m['outcome']}{code}")
+        verdict = "passed" if record.passed else "NOT passed"
+        console.print(
+            f"test send of {plan.campaign.id!r} {verdict}: {record.accepted} of {record.sent} accepted "
+            f"(content {record.content})"
+            + ("; check the phones, then send" if record.passed else "; fix it and test again")
+        )
+    return EXIT_OK if record.passed else EXIT_FAILED_MESSAGES
 
 
 def _settle_after(

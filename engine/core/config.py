@@ -14,6 +14,7 @@ import msgspec
 from engine.core.carriers import CARRIERS
 from engine.core.errors import ConfigError, TemplateError
 from engine.core.periods import parse_period
+from engine.core.phone import mask, parse_phone
 from engine.core.provider_template import ProviderTemplate, ProviderTemplateConfig, compile_provider_template
 from engine.core.sendwindow import SendWindow
 from engine.core.service_config import ServiceConfig
@@ -36,6 +37,7 @@ __all__ = [
     "PolicyConfig",
     "ProviderTemplateConfig",
     "RetryConfig",
+    "ReviewConfig",
     "RoutingConfig",
     "SegmentConfig",
     "StoreConfig",
@@ -273,6 +275,36 @@ class PolicyConfig(Base, kw_only=True, frozen=True):
     """The share of rows that may be rejected (bad numbers, missing fields, undecodable…) before
     the segment is judged broken: checked on its first rows before anything is sent, and on the
     whole run at the end (exit 2, the campaign not marked finished). 1 turns the check off."""
+    spend_cap: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    """The most the campaign may cost, in the engine's ``currency`` (billed parts × the carrier's
+    ``price_per_part``, counted once per recipient when first handed to a gateway, over every run
+    of the campaign). Unset: no cap. See ``spend_cap_mode`` for a segment that would cost more."""
+    spend_cap_mode: Literal["refuse", "partial"] = "refuse"
+    """``refuse``: a campaign whose planned cost (every sendable row of the segment, as
+    ``pigeon preview`` counts it) is over ``spend_cap`` is refused before anything is sent;
+    ``partial``: it is sent until the next request would cross the cap, and the rest stay
+    ``pending`` (reason ``spend_cap``) for a resume with a higher cap."""
+
+
+class ReviewConfig(Base, kw_only=True, frozen=True):
+    """``[review]``: what must happen before a campaign may start (docs/configuration.md)."""
+
+    seeds: list[str] = []
+    """The team's own numbers: ``pigeon send --test`` (``"test": true`` in the API) sends each
+    variant's first message, rendered from a real row, to each of them through the campaign's
+    gateway — outside the campaign's ledger, caps and dedupe. At most 20."""
+    require_test: bool | None = None
+    """Refuse the real send until a test of the campaign's current content (template, variants,
+    segment, links) was accepted by the gateway for every seed; unset = yes when seeds are listed."""
+    require_approval: bool = False
+    """Refuse the real send until someone approves the current content: through the service a
+    second API key with the ``approve`` scope (never the one that submitted it); from the command
+    line ``pigeon send --approved-by NAME``, recorded in the store."""
+
+    @property
+    def needs_test(self) -> bool:
+        """Whether a test send of the current content must come before the real send."""
+        return self.require_test if self.require_test is not None else bool(self.seeds)
 
 
 class OutcomesConfig(Base, kw_only=True, frozen=True):
@@ -329,6 +361,8 @@ class CampaignConfig(Base, kw_only=True, frozen=True):
     """Holdout and attribution (``pigeon report ID --outcomes``)."""
     links: LinksConfig | None = None
     """A tracked link (docs/outcomes.md); none by default."""
+    review: ReviewConfig = ReviewConfig()
+    """Seed numbers, a required test send and approval (``[review]``); none by default."""
 
     @property
     def send_window(self) -> SendWindow | None:
@@ -525,6 +559,7 @@ def load_campaign(path: str | Path) -> LoadedCampaign:
     if not cfg.template.signature.strip().strip("【】"):
         raise ConfigError(str(p), "template.signature", "the signature is empty; carriers require one")
     _check_variants(cfg, str(p))
+    _check_review(cfg, str(p))
     cfg, provider = _provider_template(cfg, str(p))
     return LoadedCampaign(cfg, str(p), p.resolve().parent, cid, segment, seg_raw, provider)
 
@@ -561,6 +596,28 @@ def _check_variants(cfg: CampaignConfig, file: str) -> None:
         raise ConfigError(
             file, "template.variants", f"the shares add up to {total:g} ({shares}); make them add up to 1"
         )
+
+
+MAX_SEEDS = 20
+"""Most seed numbers a campaign lists (a test send goes to each, once per variant)."""
+
+
+def _check_review(cfg: CampaignConfig, file: str) -> None:
+    """Seeds are mobile numbers (each once, at most :data:`MAX_SEEDS`); a required test needs seeds."""
+    review = cfg.review
+    if len(review.seeds) > MAX_SEEDS:
+        raise ConfigError(file, "review.seeds", f"{len(review.seeds)} seed numbers; at most {MAX_SEEDS}")
+    seen: set[str] = set()
+    for i, raw in enumerate(review.seeds):
+        parsed = parse_phone(raw)
+        if parsed.reason is not None:
+            raise ConfigError(file, f"review.seeds[{i}]", f"{mask(raw)}: {parsed.detail}")
+        number = parsed.national or parsed.e164
+        if number in seen:
+            raise ConfigError(file, f"review.seeds[{i}]", f"{mask(raw)} is listed twice")
+        seen.add(number)
+    if review.require_test and not review.seeds:
+        raise ConfigError(file, "review.seeds", "require_test = true needs the seed numbers the test goes to")
 
 
 def _check_links(cfg: CampaignConfig, file: str) -> None:

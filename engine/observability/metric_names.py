@@ -167,6 +167,7 @@ NAMES = {
     "in_flight_limit": "pigeon_gateway_in_flight_limit",
     "messages": "pigeon_messages_total",
     "parts": "pigeon_message_parts_total",
+    "spend": "pigeon_spend_total",
     "retries": "pigeon_retries_total",
     "failovers": "pigeon_failovers_total",
     "dlr": "pigeon_delivery_reports_total",

@@ -156,6 +156,13 @@ class Metrics:
             ["gateway", "carrier", "outcome"],
             registry=r,
         )
+        self._spend = _Counter(
+            _base(NAMES["spend"]),
+            "Money handed over to gateways by campaigns with a spend cap, in the engine's currency "
+            "(billed parts x the carrier's price_per_part, once per recipient).",
+            ["carrier"],
+            registry=r,
+        )
         self._retries = _Counter(
             _base(NAMES["retries"]),
             "Messages scheduled to be sent again, by the outcome that sent them back.",
@@ -348,6 +355,11 @@ class Metrics:
             if parts:
                 c[1].inc(parts)
 
+    def spend(self, carrier: str, amount: float) -> None:
+        """``amount`` (in the engine's currency) of ``carrier``'s messages handed over under a spend cap."""
+        if amount:
+            self._spend.labels(carrier).inc(amount)
+
     def retries(self, gateway: str, outcome: str, n: int) -> None:
         """``n`` messages sent back for another attempt after ``gateway`` answered ``outcome``."""
         if n:
@@ -527,6 +539,9 @@ class _NoMetrics(Metrics):
         """Not counted."""
 
     def messages(self, *_: Any, **__: Any) -> None:
+        """Not counted."""
+
+    def spend(self, *_: Any) -> None:
         """Not counted."""
 
     def retries(self, *_: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from pathlib import Path
 
@@ -24,10 +24,12 @@ from engine.core.messages import DeliveryReport, MessageBatch, State
 from engine.core.sendwindow import SendWindow
 from engine.observability.metrics import NO_METRICS, Metrics
 from engine.observability.report import RejectsWriter, RunRecorder, RunSummary, close_writers
+from engine.pipeline.runner import Batch
 from engine.pipeline.source import SegmentRange
 from engine.pipeline.stages.same_content import content_hash
 from engine.run.control import RunControl, SendResources
 from engine.run.plan import Plan, ProgressHook, _summarize, _verdict, prepare_run
+from engine.run.spend import SPEND_CAP, SpendMeter, cost_of
 from engine.sending.gateway import Gateway, GatewayContext, Receiving
 from engine.sending.late_receipts import wait_for_receipts
 from engine.sending.ratelimit import SlidingWindowLimiter
@@ -174,6 +176,66 @@ def open_gate(
     )
 
 
+def _spend_meter(
+    plan: Plan, ledger: CampaignLedger | None, shard: tuple[int, int] | None, metrics: Metrics
+) -> SpendMeter | None:
+    """The run's meter under ``policy.spend_cap`` (None without one): what earlier runs of the
+    campaign handed over is in the ledger; a shard gets its share of the rest."""
+    cap = plan.campaign.config.policy.spend_cap
+    if cap is None:
+        return None
+    prices = plan.prices
+    spent = cost_of(ledger.ledger.handed_parts(ledger.id), prices) if ledger is not None else 0.0
+    return SpendMeter(
+        cap,
+        prices,
+        spent=spent,
+        share=1.0 / shard[1] if shard is not None else 1.0,
+        currency=plan.engine.config.currency,
+        metrics=metrics,
+    )
+
+
+def _metered(
+    inner: Callable[[MessageBatch, bool, str], None] | None, meter: SpendMeter, campaign: str
+) -> Callable[[MessageBatch, bool, str], None]:
+    """The hand-over under a spend cap: a request's first hand-over is charged before it is
+    recorded; one that would cross the cap raises (a RunHalt: the run halts, nothing is recorded)."""
+
+    def handover(batch: MessageBatch, first: bool, gateway: str) -> None:
+        if not first:
+            if inner is not None:
+                inner(batch, first, gateway)
+            return
+        used = meter.used
+        meter.charge(batch, campaign)
+        try:
+            if inner is not None:
+                inner(batch, first, gateway)
+        except BaseException:
+            meter.used = used  # refused by the store: not handed over, not spent
+            raise
+
+    return handover
+
+
+async def _pending_rest(
+    batches: Iterator[Batch], recorder: RunRecorder, ledger: CampaignLedger | None, prefix: str
+) -> None:
+    """The spend cap stopped the run: read the rest of the segment through the stages and count
+    every row in its state — dropped ones with their reasons, the others ``pending`` (reason
+    ``spend_cap``, never handed over: a resume with a higher cap sends them)."""
+    for batch in batches:
+        if ledger is not None and ledger.skip is not None:
+            skip_rows(batch, ledger.skip)
+        recorder.dropped(batch.rejects)
+        if batch.nums:
+            recorder.queued(len(batch))
+            for msgs in batch.messages(prefix).values():
+                recorder.pending(msgs, SPEND_CAP)
+        await anyio.lowlevel.checkpoint()
+
+
 RECENT_SECONDS = 3.0
 """How far back a starting run looks for requests of earlier runs (a killed one's may still be on
 their way): a window, plus the time a request may take to arrive."""
@@ -307,6 +369,9 @@ async def _send(
         if ledger is not None:
             ledger.group_commit = True  # an answer commits with the next hand-over (Lane.on_idle)
         handover = _cap_recorder(plan, store, ledger) if store is not None or ledger else None
+        meter = _spend_meter(plan, ledger, shard, metrics)
+        if meter is not None:
+            handover = _metered(handover, meter, plan.campaign.id)
         exhausted = False
 
         async def tick() -> None:  # a line even while no batch moves (a paused route, a full lane)
@@ -388,7 +453,13 @@ async def _send(
                     await anyio.lowlevel.checkpoint()
                 for carrier, packer in packers.items():
                     for rest in packer.flush():
-                        await outbox[carrier].send(rest)
+                        if halt.reason == SPEND_CAP:  # never handed over: pending, as the lanes' are
+                            recorder.pending(rest, SPEND_CAP)
+                            metrics.queued(kind, carrier, -len(rest))
+                        else:
+                            await outbox[carrier].send(rest)
+                if halt.reason == SPEND_CAP and not (stop is not None and stop.is_set()):
+                    await _pending_rest(batches, recorder, ledger, prefix)
             finally:
                 for tx, _ in lanes.values():
                     tx.close()

@@ -42,6 +42,7 @@ from engine.pipeline.stages import (
 )
 from engine.pipeline.verdict import SAMPLE_ROWS, Verdict, judge
 from engine.state.caps import CapState, CapWindow
+from engine.state.gates import Gates, content_hash
 from engine.state.ledger.records import Semantics
 from engine.state.ledger.run import CampaignLedger
 from engine.state.ledger.store import open_for_run
@@ -523,9 +524,15 @@ def _open_ledger(
     notify: Callable[[str], None] | None,
     owner: str = "pigeon send",
     adopt: str = "",
+    approved_by: str = "",
 ) -> CampaignLedger:
     c = plan.campaign
     t = c.config.template
+    review = c.config.review
+    gated = review.needs_test or review.require_approval
+    if gated:  # a test send and an approval of the current content, before the ledger records a run
+        with Gates(plan.engine.store_path) as gates:
+            gates.check(c.id, c.config, approved_by=approved_by)
     cl = open_for_run(
         plan.engine.store_path,
         c,
@@ -544,6 +551,11 @@ def _open_ledger(
         lease_ttl=plan.engine.config.store.lease_ttl,
         adopt=adopt,
     )
+    if gated and review.require_approval:  # the approval is this run's now (a resume needs no other)
+        with Gates(plan.engine.store_path) as gates:
+            generation = gates.running(c.id)
+            if generation is not None:
+                gates.bind(c.id, content_hash(c.config), generation)
     if notify is not None and cl.restarted:
         notify(
             f"campaign {c.id!r}: its last run handed nothing to a gateway and its files changed since: "

@@ -22,6 +22,7 @@ from engine.core.errors import (
 )
 from engine.observability.metrics import Metrics
 from engine.observability.report import RunSummary
+from engine.run.gates import check_spend
 from engine.run.plan import (
     Plan,
     ProgressHook,
@@ -35,6 +36,7 @@ from engine.run.plan import (
 )
 from engine.run.shards import check_budgets, check_shards, run_shards
 from engine.run.signals import _send_until_signalled, quiet_gc
+from engine.state.gates import Gates
 from engine.state.ledger.run import CampaignLedger
 
 __all__ = ["coordinator_from_url", "send"]
@@ -69,6 +71,14 @@ def check_coordinator(plan: Plan, backend: str, shards: int) -> None:
             file,
             "coordinator.plugin",
             f"{ccfg.plugin!r} is not registered (known: {known}): install its plugin",
+        )
+    if plan.campaign.config.policy.spend_cap is not None:
+        raise ConfigError(
+            plan.campaign.file,
+            "policy.spend_cap",
+            f"a spend cap is counted by one host's ledger, and coordinator {ccfg.plugin!r} shares the "
+            "campaign among hosts: send it from one host (embedded coordinator, --shards for more "
+            "cores) or leave spend_cap out",
         )
     if backend != "asyncio":
         raise ConfigError(
@@ -113,6 +123,7 @@ def send(
     again: bool = False,
     shards: int | None = None,
     coordinator: str | None = None,
+    approved_by: str = "",
 ) -> RunSummary:
     """Send the campaign: stages on each batch, then per-gateway lanes; returns the run summary.
 
@@ -133,6 +144,10 @@ def send(
     ``coordinator`` (``redis://…``, or ``embedded``) overrides the engine's ``[coordinator]``: with
     a shared one, every request's recipients are claimed and its parts booked on the rate budgets
     all workers share (docs/scale-out.md).
+
+    A campaign with ``[review]`` gates starts only after a test send of its current content (and,
+    with ``require_approval``, an approval: ``approved_by`` records one); one with
+    ``policy.spend_cap`` only when its planned cost is within it (:mod:`engine.run.gates`).
     """
     if coordinator is not None:
         ecfg = plan.engine.config
@@ -156,9 +171,18 @@ def send(
             "Nothing was sent: run again then, or without --no-wait to wait"
         )
     check_segment(plan)  # header, template fields, encoding, the first rows: before the ledger
+    review = plan.campaign.config.review
+    if review.needs_test:  # (the approval is checked, and recorded, as the ledger opens)
+        with Gates(plan.engine.store_path) as gates:
+            gates.check(plan.campaign.id, plan.campaign.config, approval=False)
+    check_spend(plan)  # the planned cost within policy.spend_cap (a pass over the segment when set)
     metrics = metrics if metrics is not None else Metrics(backend=backend)
     prepare_run(metrics, plan, [])  # gateways and carriers at zero from the first scrape; stages at open
-    cl = _open_ledger(plan, force=force, again=again, notify=notify) if ledger else None
+    cl = (
+        _open_ledger(plan, force=force, again=again, notify=notify, approved_by=approved_by)
+        if ledger
+        else None
+    )
     if cl is not None and cl.recounted:
         _reload_limits(plan)  # reconcile took back the cap counts of the messages it sends again
     try:

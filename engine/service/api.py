@@ -44,6 +44,7 @@ from engine.service.wire import (
     MAX_PAGE,
     MESSAGE_STATES,
     ApiError,
+    CampaignTest,
     DeadLetter,
     DeadLetterPage,
     FieldError,
@@ -51,7 +52,9 @@ from engine.service.wire import (
     MessagesIn,
     Problem,
     StartCampaign,
+    TestMessage,
 )
+from engine.state.gates import TestRecord
 
 __all__ = ["PROBLEM", "create_app"]
 
@@ -390,8 +393,11 @@ def create_app(service: Service) -> Starlette:
         if req.callback_url is not None:
             service.messages.check_callback(req.callback_url, key)
             callback = (req.callback_url, key.allows("numbers"), key.id)
+        if req.test:
+            record = await _campaigns(service).test(req.file, key.id)
+            return _json(_test_view(record))
         run = await _campaigns(service).start(
-            req.file, again=req.again, callback=callback, send_at=req.send_at
+            req.file, again=req.again, callback=callback, send_at=req.send_at, key=key.id
         )
         return _json(run.view(), 202)
 
@@ -418,10 +424,17 @@ def create_app(service: Service) -> Starlette:
 
     @wrap
     async def control_campaign(request: Request) -> Response:
-        auth(request, "campaigns")
         action = request.path_params["action"]
+        if action == "approve":
+            key = auth(request, "approve")
+            return _json((await _campaigns(service).approve(request.path_params["id"], key.id)).view())
+        auth(request, "campaigns")
         if action not in ("pause", "resume", "cancel"):
-            raise ApiError(404, "Not found", f"no action {action[:32]!r}: use pause, resume or cancel")
+            raise ApiError(
+                404,
+                "Not found",
+                f"no action {action[:32]!r}: use pause, resume or cancel (or approve one awaiting approval)",
+            )
         return _json(_campaigns(service).control(request.path_params["id"], action).view())
 
     def flows() -> ServiceFlows:
@@ -528,6 +541,20 @@ def create_app(service: Service) -> Starlette:
         Route("/v1/customers/{phone}/flows", customer_flows, methods=["GET"]),
     ]
     return _App(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
+
+
+def _test_view(record: TestRecord) -> CampaignTest:
+    """A test send's record as the API answers it."""
+    return CampaignTest(
+        id=record.campaign,
+        content=record.content,
+        at=record.at,
+        by=record.by,
+        sent=record.sent,
+        accepted=record.accepted,
+        passed=record.passed,
+        messages=[msgspec.convert(m, TestMessage) for m in record.messages],
+    )
 
 
 def _query(request: Request, allowed: dict[str, int]) -> dict[str, str]:

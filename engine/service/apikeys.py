@@ -45,13 +45,14 @@ PREFIX = "pgn_"
 WATCH_EVERY = 0.25
 """Seconds between two looks at the keys file by a running service."""
 
-Scope = Literal["send", "campaigns", "read", "metrics", "events", "flows", "numbers"]
+Scope = Literal["send", "campaigns", "read", "metrics", "events", "flows", "numbers", "approve"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 """What a key may do: ``send`` (``POST /v1/messages``), ``campaigns`` (start, control and see
 campaigns), ``read`` (look messages up), ``metrics`` (``/metrics``), ``events`` (``POST /v1/events``),
 ``flows`` (list, pause and resume flows, a customer's steps), ``numbers`` (see recipients' numbers
-unmasked in look-ups, lists and status callbacks). A key without scopes may do all but ``numbers``,
-which is never implied: it must be named."""
+unmasked in look-ups, lists and status callbacks), ``approve`` (approve a campaign another key
+submitted: ``review.require_approval``). A key without scopes may do all but ``numbers`` and
+``approve``, which are never implied: they must be named."""
 IMPLIED: tuple[Scope, ...] = ("send", "campaigns", "read", "metrics", "events", "flows")
 """What a key without scopes may do."""
 
@@ -79,7 +80,7 @@ class ApiKey(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return self.name
 
     def allows(self, scope: Scope) -> bool:
-        """Whether the key may do ``scope`` (``numbers`` only when named)."""
+        """Whether the key may do ``scope`` (``numbers`` and ``approve`` only when named)."""
         if self.scopes is None:
             return scope in IMPLIED
         return scope in self.scopes

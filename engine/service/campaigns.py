@@ -30,7 +30,9 @@ from engine.core.service_config import ServiceConfig
 from engine.observability.worker_metrics import MergedMetrics
 from engine.run.blast_worker import METRICS_FILE, Progress
 from engine.run.control import RunControl, RunState
+from engine.run.gates import check_spend, send_test
 from engine.run.plan import Plan, _open_ledger, check_segment, new_run_dir, prepare
+from engine.state.gates import Approval, GateClosed, Gates, TestRecord, content_hash
 from engine.state.ledger.records import CampaignStatus, LedgerError
 from engine.state.ledger.store import Ledger
 from engine.state.ledger.tx import transaction
@@ -104,7 +106,8 @@ class CampaignView(msgspec.Struct, kw_only=True):
 
     id: str
     state: str
-    """``scheduled`` (until its ``send_at``), ``queued`` (waiting for a blast to end:
+    """``awaiting_approval`` (``review.require_approval``: until a second key approves it),
+    ``scheduled`` (until its ``send_at``), ``queued`` (waiting for a blast to end:
     ``service.concurrent_blasts``), ``running``,
     ``paused``, ``cancelled`` (drains, then stays), ``finished``, ``halted`` (a fault stopped it:
     a gateway unreachable past ``outage.limit``…; everyone not sent is pending, ``error`` says what
@@ -128,6 +131,10 @@ class CampaignView(msgspec.Struct, kw_only=True):
     """The run is over: nothing of it is in flight any more."""
     send_at: float | None = None
     """When a scheduled campaign starts (Unix seconds)."""
+    submitted_by: str = ""
+    """The API key that posted it."""
+    approved_by: str = ""
+    """The API key that approved it (``review.require_approval``)."""
 
 
 class CampaignSummary(msgspec.Struct, kw_only=True):
@@ -154,7 +161,17 @@ class CampaignPage(msgspec.Struct, kw_only=True):
     """Pass it as ``cursor`` for the next page; null on the last."""
 
 
-LIST_STATES = ("scheduled", "queued", "running", "paused", "cancelled", "finished", "halted", "failed")
+LIST_STATES = (
+    "awaiting_approval",
+    "scheduled",
+    "queued",
+    "running",
+    "paused",
+    "cancelled",
+    "finished",
+    "halted",
+    "failed",
+)
 """The states ``GET /v1/campaigns?state=`` filters on."""
 
 
@@ -193,6 +210,14 @@ class CampaignRun:
         """Set when a scheduled run is cancelled (its wait ends at once)."""
         self.paused_start = False
         """Its worker starts paused (scheduled: ready before ``send_at``, resumed at it)."""
+        self.submitted_by = ""
+        """The API key that posted it."""
+        self.approved_by = ""
+        """The API key that approved it."""
+        self.content = ""
+        """The hash of the content submitted (an approval is of that content)."""
+        self.callback: tuple[str, bool, str] | None = None
+        """Its callback, kept while it awaits approval."""
 
     def tell(self, command: str) -> None:
         """Send ``command`` (a line of :mod:`engine.run.blast_worker`'s protocol) to the worker."""
@@ -209,7 +234,7 @@ class CampaignRun:
         r = self.counts
         state = self.state
         if state == "running" or (
-            state in ("queued", "scheduled") and self.control.state is RunState.CANCELLED
+            state in ("queued", "scheduled", "awaiting_approval") and self.control.state is RunState.CANCELLED
         ):
             state = self.control.state.value
         eta = None
@@ -235,6 +260,8 @@ class CampaignRun:
             error=self.error,
             done=self.finished is not None,
             send_at=self.send_at,
+            submitted_by=self.submitted_by,
+            approved_by=self.approved_by,
         )
 
 
@@ -297,6 +324,8 @@ class Campaigns:
             text.replace("or pass --again", 'or post it with "again": true')
             .replace("pass --force to", "`pigeon send --force` can")
             .replace("--force", "`pigeon send --force`")
+            .replace("Run `pigeon send CAMPAIGN_FILE --test` (or post it with", "Post it with")
+            .replace("pass --approved-by NAME", "`pigeon send --approved-by NAME`")
         )
 
     async def start(
@@ -306,37 +335,144 @@ class Campaigns:
         again: bool = False,
         callback: tuple[str, bool, str] | None = None,
         send_at: float | None = None,
+        key: str = "",
     ) -> CampaignRun:
         """Check and start the campaign in ``file`` (preflight and ledger as ``pigeon send``: an
         unfinished campaign resumes; a finished one starts afresh only with ``again``).
         ``callback``: (URL, numbers unmasked, key name) its recipients' state changes are posted
         to, kept for the campaign (a later start without one keeps it, unless ``again``). With
-        ``send_at`` in the future: checked now, ``scheduled`` until then (:meth:`_scheduled`)."""
+        ``send_at`` in the future: checked now, ``scheduled`` until then (:meth:`_scheduled`).
+        ``key``: the API key posting it; a campaign with ``review.require_approval`` waits
+        ``awaiting_approval`` for another key's :meth:`approve` (nothing recorded until then)."""
         if self.service.draining:
             raise CampaignError(503, "the service is draining: no new campaigns")
         now = time.time()
         if send_at is not None and not (now - 366 * 86400 < send_at <= now + 366 * 86400):
             raise CampaignError(422, "send_at: Unix seconds, at most 366 days ahead")
-        if send_at is not None and send_at <= now + SCHEDULE_LEAD:
-            send_at = None if send_at <= now else send_at
         path = self.resolve(file)
-        try:  # the campaign's own config or preflight: say what to change
-            plan = await anyio.to_thread.run_sync(
+        plan = await self._prepare(path)
+        running = self.runs.get(plan.campaign.id)
+        if running is not None and running.finished is None:
+            raise CampaignError(409, f"campaign {plan.campaign.id!r} is already {running.view().state}")
+        await self._check(plan)
+        if plan.campaign.config.review.require_approval and not self._approved(plan):
+            # Nothing recorded yet: the run is opened when a second key approves it.
+            run = CampaignRun(plan, file, path)
+            run.state, run.send_at, run.again, run.callback = "awaiting_approval", send_at, again, callback
+            run.submitted_by, run.content = key, content_hash(plan.campaign.config)
+            self.runs[run.id] = run
+            log.info(
+                "campaign awaiting approval",
+                extra={"event": "campaign.submitted", "campaign": run.id, "file": file, "key": key},
+            )
+            return run
+        run = await self._launch(plan, file, path, again=again, callback=callback, send_at=send_at)
+        run.submitted_by = key
+        return run
+
+    def _approved(self, plan: Plan) -> bool:
+        """Whether the campaign's current content has an approval a run may start (or resume) with:
+        its unfinished run's (a resume, a restored schedule) or one not used yet."""
+        c = plan.campaign
+        with Gates(self.service.engine.store_path) as gates:
+            return gates.approval(c.id, content_hash(c.config), gates.running(c.id)) is not None
+
+    async def _prepare(self, path: Path) -> Plan:
+        """The campaign's plan: its own config and preflight (422 saying what to change)."""
+        try:
+            return await anyio.to_thread.run_sync(
                 lambda: prepare(path, self.service.engine.file, host=self.service.host, strict=True)
             )
         except EngineError as exc:
             raise CampaignError(422, self.public(str(exc))) from None
-        running = self.runs.get(plan.campaign.id)
-        if running is not None and running.finished is None:
-            raise CampaignError(409, f"campaign {plan.campaign.id!r} is already {running.view().state}")
+
+    async def _check(self, plan: Plan) -> None:
+        """Before the ledger records a run: the segment's header, template fields and first rows, the
+        test gate (409 until a passed test send of the current content) and the spend cap (422)."""
         try:  # the header, the template's fields and the first rows: before the ledger records a run
             await anyio.to_thread.run_sync(lambda: check_segment(plan))
         except EngineError as exc:
             raise CampaignError(422, self.public(str(exc))) from None
+        if plan.campaign.config.review.needs_test:
+            try:
+                with Gates(self.service.engine.store_path) as gates:
+                    gates.check(plan.campaign.id, plan.campaign.config, approval=False)
+            except GateClosed as exc:
+                raise CampaignError(409, self.public(str(exc))) from None
+        try:
+            await anyio.to_thread.run_sync(lambda: check_spend(plan))
+        except EngineError as exc:
+            raise CampaignError(422, self.public(str(exc))) from None
+
+    async def test(self, file: str, key: str) -> TestRecord:
+        """The test send of the campaign in ``file`` to its seed numbers (nothing of the campaign
+        starts); 422 when it cannot be made."""
+        path = self.resolve(file)
+        plan = await self._prepare(path)
+        try:
+            return await send_test(plan, by=key, runs_dir=self.runs_dir)
+        except EngineError as exc:
+            raise CampaignError(422, self.public(str(exc))) from None
+
+    async def approve(self, campaign_id: str, key: str) -> CampaignRun:
+        """A second key approves a campaign awaiting approval: it starts (or is scheduled) now.
+        403 for the key that submitted it; 409 when it is not awaiting approval, or its content
+        changed since it was submitted."""
+        run = self.get(campaign_id)
+        if run.state != "awaiting_approval" or run.finished is not None:
+            raise CampaignError(409, f"campaign {campaign_id!r} is {run.view().state}: nothing to approve")
+        if key == run.submitted_by:
+            raise CampaignError(
+                403,
+                f"the API key {key!r} submitted campaign {campaign_id!r}: another key with the `approve` "
+                "scope must approve it",
+            )
+        plan = await self._prepare(run.path)
+        content = content_hash(plan.campaign.config)
+        if content != run.content:
+            raise CampaignError(
+                409,
+                f"campaign {campaign_id!r} changed since it was submitted (template, variants, segment "
+                "or link): cancel it and post it again, so that what is approved is what is sent",
+            )
+        await self._check(plan)
+        approval = Approval(
+            campaign=run.id, content=content, at=time.time(), by=key, submitted_by=run.submitted_by
+        )
+        with Gates(self.service.engine.store_path) as gates:
+            gates.approve(approval)
+        started = await self._launch(
+            plan, run.file, run.path, again=run.again, callback=run.callback, send_at=run.send_at
+        )
+        started.submitted_by, started.approved_by = run.submitted_by, key
+        run.commands.close()  # the waiting run's place is the started one's now; no worker reads it
+        run._commands.close()
+        log.info(
+            "campaign approved",
+            extra={"event": "campaign.approved", "campaign": run.id, "key": key, "by": run.submitted_by},
+        )
+        return started
+
+    async def _launch(
+        self,
+        plan: Plan,
+        file: str,
+        path: Path,
+        *,
+        again: bool,
+        callback: tuple[str, bool, str] | None,
+        send_at: float | None,
+    ) -> CampaignRun:
+        """Open the campaign's ledger and start it, or schedule it (``send_at`` in the future)."""
+        now = time.time()
+        if send_at is not None and send_at <= now + SCHEDULE_LEAD:
+            send_at = None if send_at <= now else send_at
         try:
             ledger = await anyio.to_thread.run_sync(
                 lambda: _open_ledger(plan, force=False, again=again, notify=None, owner="pigeon serve")
             )
+        except GateClosed as exc:
+            raise CampaignError(409, self.public(str(exc))) from None
         except LedgerError as exc:
             raise CampaignError(409, self.public(str(exc))) from None
         self._set_callback(plan.campaign.id, callback, again=again)
@@ -520,8 +656,9 @@ class Campaigns:
         """A queued run cancelled before its worker started: nothing of it was sent."""
         if run.finished is not None:
             return
+        recorded = run.state != "awaiting_approval"  # (nothing of it is in the ledger until approved)
         run.state = "cancelled"
-        if run.cancelled and self.service.ledger is not None:  # through the API: for good
+        if run.cancelled and recorded and self.service.ledger is not None:  # through the API: for good
             self.service.ledger.set_status(run.id, CampaignStatus.CANCELLED)
         run.finished = time.monotonic()
         run.commands.close()
@@ -638,7 +775,7 @@ class Campaigns:
         else:
             run.control.cancel()
             run.cancelled = True
-            if run.state in ("queued", "scheduled"):
+            if run.state in ("queued", "scheduled", "awaiting_approval"):
                 self._end_queued(run)
                 run.wake.set()
             else:

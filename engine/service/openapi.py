@@ -32,6 +32,7 @@ def build() -> dict[str, Any]:
         API_CAMPAIGNS,
         MAX_PAGE,
         MESSAGE_STATES,
+        CampaignTest,
         DeadLetterPage,
         MessagePage,
         MessagesIn,
@@ -51,6 +52,7 @@ def build() -> dict[str, Any]:
             CampaignView,
             CampaignPage,
             StartCampaign,
+            CampaignTest,
             Problem,
             OutcomeReport,
             EventsIn,
@@ -117,7 +119,7 @@ def build() -> dict[str, Any]:
     errors = {
         "401": _problem("No, bad, revoked or expired API key"),
         "403": _problem(
-            "The API key lacks the scope this needs (send, campaigns, read, metrics, events, flows)"
+            "The API key lacks the scope this needs (send, campaigns, read, metrics, events, flows, approve)"
         ),
         "404": _problem("Not found"),
         "422": _problem("Invalid request: what to change"),
@@ -274,17 +276,21 @@ def build() -> dict[str, Any]:
         },
         "/v1/campaigns": {
             "post": {
-                "summary": "Start a campaign file under service.campaigns_dir",
+                "summary": "Start a campaign file under service.campaigns_dir (or test-send it to its seeds)",
                 "security": auth,
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _ref("StartCampaign")}},
                 },
                 "responses": {
-                    "202": _ok("CampaignView", "Started"),
+                    "200": _ok("CampaignTest", "With test: the test send's outcome (nothing started)"),
+                    "202": _ok("CampaignView", "Started, scheduled or awaiting approval"),
                     **body_errors,
                     "403": _problem("Outside the campaigns directory, or the key lacks `campaigns`"),
-                    "409": _problem("Already running, or over and not started with again"),
+                    "409": _problem(
+                        "Already running, over and not started with again, or no passed test send of "
+                        "its current content (review.seeds)"
+                    ),
                     "503": _problem("Starting, or draining for shutdown"),
                 },
             }
@@ -405,6 +411,20 @@ def build() -> dict[str, Any]:
                 "responses": {"200": _ok("CampaignView"), **errors, "409": _problem("Already over")},
             }
         }
+    paths["/v1/campaigns/{id}/approve"] = {
+        "post": {
+            "summary": "Approve a campaign awaiting approval (review.require_approval): it starts",
+            "description": "Needs a key with the `approve` scope other than the one that posted it.",
+            "security": auth,
+            "parameters": [cid],
+            "responses": {
+                "200": _ok("CampaignView"),
+                **errors,
+                "403": _problem("The key lacks `approve`, or it is the key that submitted the campaign"),
+                "409": _problem("Not awaiting approval, or its content changed since it was submitted"),
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -422,7 +442,7 @@ def build() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "An API key from `pigeon keys create` (optionally limited to scopes: "
-                    "send, campaigns, read, metrics, events, flows, numbers; and to a time)",
+                    "send, campaigns, read, metrics, events, flows, numbers, approve; and to a time)",
                 }
             },
         },

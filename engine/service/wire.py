@@ -12,6 +12,7 @@ __all__ = [
     "MAX_PAGE",
     "MESSAGE_STATES",
     "ApiError",
+    "CampaignTest",
     "DeadLetter",
     "DeadLetterPage",
     "FieldError",
@@ -24,6 +25,7 @@ __all__ = [
     "Problem",
     "StartCampaign",
     "SubmitResponse",
+    "TestMessage",
 ]
 
 Priority = Literal["transactional", "marketing"]
@@ -186,6 +188,45 @@ class StartCampaign(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     send_at: float | None = None
     """Start at this time (Unix seconds, at most 366 days ahead): checked now, ``scheduled`` until
     then, its worker ready (paused) a few seconds before. Absent or past: at once."""
+    test: bool = False
+    """Do not start it: send each variant's message, rendered from a real row, to the campaign's
+    ``[review] seeds`` through its gateway, record the test and answer with its outcome
+    (``CampaignTest``). A campaign with seeds starts only after a passed test of its current content."""
+
+
+class TestMessage(msgspec.Struct, kw_only=True):
+    """One message of a test send."""
+
+    __test__ = False
+
+    id: str
+    variant: str
+    """The A/B variant it shows (empty without an A/B test)."""
+    to: str
+    """The seed number, masked."""
+    gateway: str
+    outcome: str
+    """``accepted``, ``rejected``… as the gateway answered."""
+    code: str = ""
+    provider_id: str = ""
+
+
+class CampaignTest(msgspec.Struct, kw_only=True):
+    """``POST /v1/campaigns`` with ``"test": true``: the test send's outcome."""
+
+    id: str
+    """The campaign's id."""
+    content: str
+    """The hash of the content tested (template, variants, segment, link): the real send needs a
+    passed test of the content it has then."""
+    at: float
+    by: str
+    """The API key that asked for it."""
+    sent: int
+    accepted: int
+    passed: bool
+    """Every message was accepted: the campaign may start (approval aside)."""
+    messages: list[TestMessage]
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

@@ -80,6 +80,10 @@ class LedgerFile(Protocol):
         """Billed parts handed over since ``since``, by carrier and by gateway."""
         ...
 
+    def handed_parts(self, campaign_id: str) -> dict[str, int]:
+        """Billed parts of the campaign handed over so far, by carrier, each recipient once."""
+        ...
+
     def close(self) -> None:
         """Close the connection."""
         ...

@@ -487,6 +487,30 @@ class Ledger:
             return campaign_id, int(tail)
         return None
 
+    def handed_parts(self, campaign_id: str) -> dict[str, int]:
+        """Billed parts of the campaign handed to a gateway so far, over all its runs, by carrier:
+        each recipient counted once (its first hand-over), as ``policy.spend_cap`` counts them."""
+        rows_l: list[npt.NDArray[np.int64]] = []
+        parts_l: list[npt.NDArray[np.int64]] = []
+        which: list[npt.NDArray[np.int64]] = []
+        carriers: dict[str, int] = {}
+        for carrier, rows_b, parts_b in self.db.execute(
+            "SELECT carrier, rows, parts FROM ledger_records WHERE campaign = ? AND event = ? ORDER BY seq",
+            (campaign_id, int(_Event.SUBMITTING)),
+        ):
+            rows = _unpack_rows(rows_b).astype(np.int64)
+            n = int(rows.size)
+            rows_l.append(rows)
+            parts_l.append(_unpack_parts(parts_b, n).astype(np.int64) if parts_b else np.ones(n, np.int64))
+            which.append(np.full(n, carriers.setdefault(carrier, len(carriers)), np.int64))
+        if not rows_l:
+            return {}
+        _, first = np.unique(np.concatenate(rows_l), return_index=True)  # each row's first hand-over
+        totals = np.bincount(
+            np.concatenate(which)[first], weights=np.concatenate(parts_l)[first], minlength=len(carriers)
+        )
+        return {c: int(totals[i]) for c, i in carriers.items()}
+
     def recent_parts(self, since: float) -> tuple[dict[str, int], dict[str, int]]:
         """Billed parts handed over since ``since`` (epoch seconds), by any campaign in this store:
         by carrier and by gateway. A run that starts counts them against its rate budgets, so that
