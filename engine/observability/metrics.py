@@ -288,6 +288,7 @@ class Metrics:
                 self._queue_child(prio, carrier)
         for carrier, names in routes.items():
             self._wait_child(carrier)
+            self._spend.labels(carrier)
             for g in names:
                 for outcome in MESSAGE_OUTCOMES:
                     self._outcome_children(g, carrier, outcome)
