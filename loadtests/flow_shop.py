@@ -21,6 +21,7 @@ and the service's resident memory, on asyncio+uvloop (the service's default loop
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import resource
 import statistics
@@ -40,7 +41,7 @@ from engine.core.phone import mask
 from engine.service.core import Service
 from engine.service.records import MessageView
 from loadtests._report import emit
-from loadtests._service import serving, write_engine
+from loadtests._service import SECRET, serving, write_engine
 from loadtests.simulator import SimConfig, SimulatorThread
 
 __all__ = [
@@ -370,6 +371,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=20)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    os.environ.setdefault("PIGEON_TEST_WEBHOOK_SECRET", SECRET)  # (the engine file names a webhook secret)
     with tempfile.TemporaryDirectory() as d, SimulatorThread(SimConfig()) as sim:
         run = anyio.run(
             lambda: run_shop(Path(d), sim.port, args.orders, seed=args.seed),

@@ -14,6 +14,12 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+_MALFORMED: dict[str, Any] = {
+    "description": "A malformed HTTP request (a bad Content-Length or Transfer-Encoding, a header "
+    "line the protocol refuses), answered by the HTTP server itself with an empty body"
+}
+
+
 def _problem(desc: str) -> dict[str, Any]:
     return {"description": desc, "content": {"application/problem+json": {"schema": _ref("Problem")}}}
 
@@ -425,6 +431,9 @@ def build() -> dict[str, Any]:
             },
         }
     }
+    for item in paths.values():  # what the HTTP server answers before any operation sees the request
+        for op in item.values():
+            op["responses"].setdefault("400", _MALFORMED)
     return {
         "openapi": "3.1.0",
         "info": {
