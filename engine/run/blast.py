@@ -28,6 +28,7 @@ from engine.pipeline.source import SegmentRange
 from engine.pipeline.stages.same_content import content_hash
 from engine.run.control import RunControl, SendResources
 from engine.run.plan import Plan, ProgressHook, _summarize, _verdict, prepare_run
+from engine.run.range_progress import RangeProgress
 from engine.sending.gateway import Gateway, GatewayContext, Receiving
 from engine.sending.late_receipts import wait_for_receipts
 from engine.sending.ratelimit import SlidingWindowLimiter
@@ -220,6 +221,7 @@ async def _send(
     on_finish: Callable[[bool], None] | None = None,
     part: SegmentRange | None = None,
     gate: CoordinatedGate | None = None,
+    progress_rows: RangeProgress | None = None,
 ) -> RunSummary:
     """Send ``plan``; ``control`` pauses and resumes it between batches, ``shared`` lends it the
     gateways and budgets of a long-running service (not opened or closed here), ``recorder`` lets
@@ -227,7 +229,8 @@ async def _send(
     rows, and ``on_finish`` is then told whether the shard handled all of them, instead of the
     ledger marking the campaign finished (:mod:`engine.run.shards`: the parent does, once every shard
     is done). ``part`` sends only that byte range of the segment and ``gate`` lends it the
-    worker's coordinator (not closed here): :mod:`engine.run.worker`."""
+    worker's coordinator (not closed here), ``progress_rows`` follows which of its rows are
+    settled (told every outcome after the ledger): :mod:`engine.run.worker`."""
     started = time.perf_counter()
     ecfg = plan.engine.config
     recorder = recorder or RunRecorder(plan.prices)
@@ -236,6 +239,8 @@ async def _send(
         if hook is not None:  # (before the ledger: its events go into the ledger's transactions)
             recorder.sinks.append(CampaignCallbackSink(hook[0], hook[1], ledger.id, ledger))
         recorder.sinks.append(ledger)
+    if progress_rows is not None:
+        recorder.sinks.append(progress_rows)
     segment = plan.open_segment(shard, part)  # template and header checks: before any gateway opens
     kind = plan.campaign.config.kind
     recorder.metrics = segment.runner.metrics = metrics
@@ -375,6 +380,8 @@ async def _send(
                         if ledger.should_stop():  # cancelled meanwhile (looked up once a second)
                             break
                     recorder.dropped(batch.rejects)
+                    if progress_rows is not None:  # (before any of its rows can be answered)
+                        progress_rows.read(batch.nums, segment.last_row)
                     if batch.nums:
                         recorder.queued(len(batch))
                         for carrier, msgs in batch.messages(prefix).items():

@@ -228,12 +228,19 @@ class OpenSegment:
     """``(index, count)`` of a sharded send: the source's rejects of other shards are left out."""
     links: Links | None = None
     """The campaign's links stage (its store is closed with the segment)."""
+    last_row: int = 0
+    """The highest row number the reader has yielded so far (kept only without a shard)."""
 
     def batches(self, size: int) -> Iterator[Batch]:
         """Read batches of about ``size`` rows and run every stage over each."""
         run, pc = self.runner.run, self.phone_col
         if self.shard is None:
             for sb in self.reader.batches(size):
+                last = sb.nums[-1] if sb.nums else 0
+                if sb.rejects:
+                    last = max(last, max(r.row for r in sb.rejects))
+                if last > self.last_row:
+                    self.last_row = last
                 yield run(Batch(sb.nums, sb.rows, pc, sb.rejects))
             return
         index, count = self.shard
