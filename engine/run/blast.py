@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import socket
 import time
@@ -35,6 +36,7 @@ from engine.sending.ratelimit import SlidingWindowLimiter
 from engine.sending.retry import Breaker, RetryPolicy
 from engine.sending.sender import Accumulator, Halt, Lane, LaneItem, RouteHealth
 from engine.sending.webhooks import MoReply, opt_outs_in
+from engine.state.dedupe_claims import DedupeClaims
 from engine.state.ledger.run import CampaignLedger, skip_rows
 from engine.state.optout import DEFAULT_KEYWORDS
 from engine.state.outbox import CampaignCallbackSink, campaign_callback
@@ -241,7 +243,20 @@ async def _send(
         recorder.sinks.append(ledger)
     if progress_rows is not None:
         recorder.sinks.append(progress_rows)
-    segment = plan.open_segment(shard, part)  # template and header checks: before any gateway opens
+    claims: DedupeClaims | None = None
+    one = plan.dedupe_claims is None and shard is None and part is None
+    if (
+        one
+        and ledger is not None
+        and ledger.resumed
+        and DedupeClaims.exists(plan.engine.store_path, plan.campaign.id)
+    ):
+        # a resume of a send on byte-range shards: the rows that won their numbers keep them
+        claims = DedupeClaims(plan.engine.store_path, plan.campaign.id)
+        plan = dataclasses.replace(plan, dedupe_claims=claims)
+    # (a shard of a send on byte ranges reads its part: no hash filter; template and header
+    # checks: before any gateway opens)
+    segment = plan.open_segment(None if part is not None else shard, part)
     kind = plan.campaign.config.kind
     recorder.metrics = segment.runner.metrics = metrics
     prepare_run(metrics, plan, [s.name for s in segment.runner.stages])
@@ -420,6 +435,8 @@ async def _send(
                 halt(exc.reason, str(exc))
     finally:
         segment.close()
+        if claims is not None:
+            claims.close()
         close_writers(recorder)
         if store is not None:
             store.close()

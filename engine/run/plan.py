@@ -40,6 +40,7 @@ from engine.pipeline.stages import (
     SameContent,
     standard_stages,
 )
+from engine.pipeline.stages.dedupe import SharedClaims
 from engine.pipeline.verdict import SAMPLE_ROWS, Verdict, judge
 from engine.state.caps import CapState, CapWindow
 from engine.state.ledger.records import Semantics
@@ -87,6 +88,9 @@ class Plan:
     else ``template`` is the first of them)."""
     split: Split | None = None
     """Who gets which variant (None without an A/B test)."""
+    dedupe_claims: SharedClaims | None = None
+    """Numbers claimed in a table the processes of one send share (``--shards`` on byte ranges:
+    :class:`engine.state.dedupe_claims.DedupeClaims`); None: ``dedupe`` is this process's alone."""
 
     @property
     def fields(self) -> list[str]:
@@ -212,6 +216,7 @@ class Plan:
             else None,
             links=links,
             link_field=link_field,
+            dedupe_claims=self.dedupe_claims,
         )
         return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone), shard, links)
 
