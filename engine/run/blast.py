@@ -146,20 +146,35 @@ def open_gate(
     if ccfg.plugin == EMBEDDED:
         return None
     file, most = plan.engine.file, plan.max_parts
-    carriers: dict[str, BudgetSpec] = {
-        c: shared_spec(
-            cc.rate_per_second, most, ccfg.burst, ccfg.margin, key=f"carriers.{c}.rate_per_second", file=file
-        )
+    carriers: dict[str, BudgetSpec] = {}
+    gateways: dict[str, BudgetSpec] = {}
+    carrier_reserves: dict[str, BudgetSpec] = {}
+    gateway_reserves: dict[str, BudgetSpec] = {}
+    shares: dict[str, float] = {c: cc.transactional_share for c, cc in ecfg.carriers.items()}
+    rated: list[tuple[str, str, int, float, dict[str, BudgetSpec], dict[str, BudgetSpec]]] = [
+        (f"carriers.{c}", str(c), cc.rate_per_second, cc.transactional_share, carriers, carrier_reserves)
         for c, cc in ecfg.carriers.items()
         if cc.rate_per_second
-    }
-    gateways = {
-        g: shared_spec(
-            gc.rate_per_second, most, ccfg.burst, ccfg.margin, key=f"gateways.{g}.rate_per_second", file=file
+    ]
+    rated += [
+        (
+            f"gateways.{g}",
+            g,
+            gc.rate_per_second,
+            max((shares.get(c, 0.2) for c in _served(plan, g)), default=0.2),
+            gateways,
+            gateway_reserves,
         )
         for g, gc in ecfg.gateways.items()
         if gc.rate_per_second
-    }
+    ]
+    for path, name, rate, share, specs, reserves in rated:
+        key = f"{path}.rate_per_second"
+        if ccfg.reserve and share > 0:  # the reserve a bucket of its own; each must hold one message
+            specs[name] = shared_spec(rate * (1 - share), most, ccfg.burst, ccfg.margin, key=key, file=file)
+            reserves[name] = shared_spec(rate * share, most, ccfg.burst, ccfg.margin, key=key, file=file)
+        else:
+            specs[name] = shared_spec(rate, most, ccfg.burst, ccfg.margin, key=key, file=file)
     store = plan.engine.store_path
     ctx = CoordinatorContext(worker=worker_name(store), store_path=store)
     coordinator: Coordinator = open_coordinator(
@@ -174,7 +189,15 @@ def open_gate(
         pause=ccfg.pause,
         metrics=metrics,
         worker=ctx.worker,
+        carrier_reserves=carrier_reserves,
+        gateway_reserves=gateway_reserves,
+        priority=plan.campaign.config.kind,
     )
+
+
+def _served(plan: Plan, gateway: str) -> list[str]:
+    """The carriers whose route goes through ``gateway`` (for its account's reserve share)."""
+    return [c for c, names in plan.failover.items() if gateway in names]
 
 
 RECENT_SECONDS = 3.0
