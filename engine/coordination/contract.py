@@ -206,6 +206,12 @@ class TakenRange(msgspec.Struct, frozen=True, kw_only=True):
     previous: str = ""
     """The worker it was reclaimed from (it stopped renewing it: dead), "" for a fresh one; this
     worker's own name for a range it held before a restart."""
+    resume_row: int = 0
+    """Where the range resumes: every row of it before this one has its outcome in the ledger of
+    the worker that held it (recorded with :meth:`RangeQueue.renew_range`); 0 — nothing recorded,
+    from its start."""
+    resume_at: int = 0
+    """The first byte of :attr:`resume_row` in the segment file (a row boundary)."""
 
 
 @runtime_checkable
@@ -222,8 +228,14 @@ class RangeQueue(Protocol):
         another worker has not renewed for ``idle`` seconds; None when there is none now."""
         ...
 
-    async def renew_range(self, campaign: str, entry: str) -> bool:
-        """Keep a range this worker is sending (its idle time back to 0); False once another took it."""
+    async def renew_range(
+        self, campaign: str, entry: str, *, progress: tuple[int, int, int] | None = None
+    ) -> bool:
+        """Keep a range this worker is sending (its idle time back to 0); False once another took it.
+        ``progress`` = (range index, row, byte): the range's rows before ``row`` (which starts at
+        ``byte``) are settled in this worker's ledger — recorded only while this worker holds the
+        range and only forward; a later :meth:`take_range` of it answers it as ``resume_row`` /
+        ``resume_at``."""
         ...
 
     async def range_done(self, campaign: str, taken: TakenRange, rows: int) -> None:

@@ -37,7 +37,11 @@ log = logging.getLogger("pigeon.coordination")
 ALL = "*"
 """The budget key's part that stands for "every gateway" or "every carrier"."""
 LANE = "all"
-"""The lane every budget is kept for (a transactional reserve would be a lane of its own)."""
+"""The lane of a budget kept for every request (no transactional reserve)."""
+MARKETING = "marketing"
+"""The lane of the part of a budget marketing campaigns book when a reserve is kept."""
+RESERVE = "transactional"
+"""The lane of the reserved part: transactional campaigns book it first, then the marketing part."""
 _SAY_EVERY = 5.0
 
 
@@ -78,8 +82,19 @@ class CoordinatedGate:
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics = NO_METRICS,
         worker: str = "",
+        carrier_reserves: Mapping[str, BudgetSpec] | None = None,
+        gateway_reserves: Mapping[str, BudgetSpec] | None = None,
+        priority: str = "marketing",
     ) -> None:
         self.coordinator = coordinator
+        self.carrier_reserves = dict(carrier_reserves or {})
+        """Carrier → its transactional reserve: then :attr:`carrier_budgets` holds the rest (lane
+        ``marketing``), and the reserve is a GCRA bucket of its own (lane ``transactional``)."""
+        self.gateway_reserves = dict(gateway_reserves or {})
+        """Gateway → its transactional reserve (as :attr:`carrier_reserves`)."""
+        self.priority = priority
+        """The campaign's kind: ``transactional`` books a reserve first, then the marketing part;
+        ``marketing`` never books a reserve."""
         self.metrics = metrics
         self.worker = worker
         """This process's name in the coordinator (the ``worker`` label of its metrics)."""
@@ -161,31 +176,49 @@ class CoordinatedGate:
 
     # -- budgets -----------------------------------------------------------------------------------
 
-    def _specs(self, gateway: str, carrier: str) -> list[tuple[BudgetKey, BudgetSpec]]:
-        out = []
-        c = self.carrier_budgets.get(carrier)
-        if c is not None:
-            out.append((BudgetKey(ALL, carrier, LANE), c))
-        g = self.gateway_budgets.get(gateway)
-        if g is not None:
-            out.append((BudgetKey(gateway, ALL, LANE), g))
-        return out
+    def _level(
+        self, gateway: str, carrier: str, spec: BudgetSpec | None, reserve: BudgetSpec | None
+    ) -> list[tuple[BudgetKey, BudgetSpec]]:
+        """The buckets a request may book at one level (carrier or gateway), in order."""
+        if spec is None:
+            return []
+        if reserve is None:
+            return [(BudgetKey(gateway, carrier, LANE), spec)]
+        rest = (BudgetKey(gateway, carrier, MARKETING), spec)
+        return [(BudgetKey(gateway, carrier, RESERVE), reserve), rest] if self.priority == RESERVE else [rest]
+
+    def _specs(self, gateway: str, carrier: str) -> list[list[tuple[BudgetKey, BudgetSpec]]]:
+        levels = [
+            self._level(ALL, carrier, self.carrier_budgets.get(carrier), self.carrier_reserves.get(carrier)),
+            self._level(gateway, ALL, self.gateway_budgets.get(gateway), self.gateway_reserves.get(gateway)),
+        ]
+        return [alts for alts in levels if alts]
 
     def burst(self, gateway: str, carrier: str) -> int | None:
         """The most parts one request may take on these budgets (None: no shared budget)."""
-        specs = self._specs(gateway, carrier)
-        return min(s.burst for _, s in specs) if specs else None
+        levels = self._specs(gateway, carrier)
+        return min(max(s.burst for _, s in alts) for alts in levels) if levels else None
 
     async def charge(self, gateway: str, carrier: str, parts: int) -> float:
-        """Book ``parts`` on the carrier's, then the gateway's shared budget; the first wait asked."""
-        for key, spec in self._specs(gateway, carrier):
-            self.calls += 1
-            try:
-                wait = await self.coordinator.charge(key, spec, parts)
-            except CoordinatorUnavailable:
-                self.metrics.coordinator_call(self.worker, "charge", False)
-                raise
-            self.metrics.coordinator_call(self.worker, "charge", True)
+        """Book ``parts`` on the carrier's, then the gateway's shared budget — at each, a
+        transactional campaign's reserve first, then the marketing part; the shortest wait asked
+        at the first level that booked nothing."""
+        for alts in self._specs(gateway, carrier):
+            wait = math.inf
+            for key, spec in alts:
+                if parts > spec.burst:
+                    continue
+                self.calls += 1
+                try:
+                    asked = await self.coordinator.charge(key, spec, parts)
+                except CoordinatorUnavailable:
+                    self.metrics.coordinator_call(self.worker, "charge", False)
+                    raise
+                self.metrics.coordinator_call(self.worker, "charge", True)
+                if asked <= 0:
+                    wait = 0.0
+                    break
+                wait = min(wait, asked)
             if wait > 0:
                 return wait
         self.charges += 1

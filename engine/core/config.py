@@ -163,6 +163,9 @@ class CoordinatorConfig(Base, kw_only=True, frozen=True):
     the charge and the request's arrival."""
     pause: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.25
     """Seconds a lane waits before asking a coordinator that did not answer again."""
+    reserve: bool = False
+    """Keep each carrier's ``transactional_share`` of the shared budgets as a bucket of its own:
+    marketing campaigns book only the rest; transactional ones book the reserve, then the rest."""
 
 
 class CapWindowConfig(Base, kw_only=True, frozen=True):

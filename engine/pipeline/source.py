@@ -97,3 +97,10 @@ class RangedSource(Protocol):
     def open_range(self, fields: Sequence[str], part: SegmentRange) -> SegmentReader:
         """Open the segment, read its header, and read only ``part``'s rows (numbered as in the file)."""
         ...
+
+    def rest_of(self, part: SegmentRange, row: int) -> SegmentRange:
+        """``part`` from row ``row`` on (``part.first_row`` ≤ ``row`` ≤ its last row + 1): the same
+        range with ``start`` moved to that row's first byte (found by counting the row ends before
+        it), ``first_row`` and ``rows`` to match — where a worker resumes a range another worker
+        confirmed up to ``row - 1``."""
+        ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import socket
 import time
@@ -29,6 +30,7 @@ from engine.pipeline.source import SegmentRange
 from engine.pipeline.stages.same_content import content_hash
 from engine.run.control import RunControl, SendResources
 from engine.run.plan import Plan, ProgressHook, _summarize, _verdict, prepare_run
+from engine.run.range_progress import RangeProgress
 from engine.run.spend import SPEND_CAP, SpendMeter, cost_of
 from engine.sending.gateway import Gateway, GatewayContext, Receiving
 from engine.sending.late_receipts import wait_for_receipts
@@ -36,6 +38,7 @@ from engine.sending.ratelimit import SlidingWindowLimiter
 from engine.sending.retry import Breaker, RetryPolicy
 from engine.sending.sender import Accumulator, Halt, Lane, LaneItem, RouteHealth
 from engine.sending.webhooks import MoReply, opt_outs_in
+from engine.state.dedupe_claims import DedupeClaims
 from engine.state.ledger.run import CampaignLedger, skip_rows
 from engine.state.optout import DEFAULT_KEYWORDS
 from engine.state.outbox import CampaignCallbackSink, campaign_callback
@@ -145,20 +148,35 @@ def open_gate(
     if ccfg.plugin == EMBEDDED:
         return None
     file, most = plan.engine.file, plan.max_parts
-    carriers: dict[str, BudgetSpec] = {
-        c: shared_spec(
-            cc.rate_per_second, most, ccfg.burst, ccfg.margin, key=f"carriers.{c}.rate_per_second", file=file
-        )
+    carriers: dict[str, BudgetSpec] = {}
+    gateways: dict[str, BudgetSpec] = {}
+    carrier_reserves: dict[str, BudgetSpec] = {}
+    gateway_reserves: dict[str, BudgetSpec] = {}
+    shares: dict[str, float] = {c: cc.transactional_share for c, cc in ecfg.carriers.items()}
+    rated: list[tuple[str, str, int, float, dict[str, BudgetSpec], dict[str, BudgetSpec]]] = [
+        (f"carriers.{c}", str(c), cc.rate_per_second, cc.transactional_share, carriers, carrier_reserves)
         for c, cc in ecfg.carriers.items()
         if cc.rate_per_second
-    }
-    gateways = {
-        g: shared_spec(
-            gc.rate_per_second, most, ccfg.burst, ccfg.margin, key=f"gateways.{g}.rate_per_second", file=file
+    ]
+    rated += [
+        (
+            f"gateways.{g}",
+            g,
+            gc.rate_per_second,
+            max((shares.get(c, 0.2) for c in _served(plan, g)), default=0.2),
+            gateways,
+            gateway_reserves,
         )
         for g, gc in ecfg.gateways.items()
         if gc.rate_per_second
-    }
+    ]
+    for path, name, rate, share, specs, reserves in rated:
+        key = f"{path}.rate_per_second"
+        if ccfg.reserve and share > 0:  # the reserve a bucket of its own; each must hold one message
+            specs[name] = shared_spec(rate * (1 - share), most, ccfg.burst, ccfg.margin, key=key, file=file)
+            reserves[name] = shared_spec(rate * share, most, ccfg.burst, ccfg.margin, key=key, file=file)
+        else:
+            specs[name] = shared_spec(rate, most, ccfg.burst, ccfg.margin, key=key, file=file)
     store = plan.engine.store_path
     ctx = CoordinatorContext(worker=worker_name(store), store_path=store)
     coordinator: Coordinator = open_coordinator(
@@ -173,6 +191,9 @@ def open_gate(
         pause=ccfg.pause,
         metrics=metrics,
         worker=ctx.worker,
+        carrier_reserves=carrier_reserves,
+        gateway_reserves=gateway_reserves,
+        priority=plan.campaign.config.kind,
     )
 
 
@@ -236,6 +257,11 @@ async def _pending_rest(
         await anyio.lowlevel.checkpoint()
 
 
+def _served(plan: Plan, gateway: str) -> list[str]:
+    """The carriers whose route goes through ``gateway`` (for its account's reserve share)."""
+    return [c for c, names in plan.failover.items() if gateway in names]
+
+
 RECENT_SECONDS = 3.0
 """How far back a starting run looks for requests of earlier runs (a killed one's may still be on
 their way): a window, plus the time a request may take to arrive."""
@@ -282,6 +308,7 @@ async def _send(
     on_finish: Callable[[bool], None] | None = None,
     part: SegmentRange | None = None,
     gate: CoordinatedGate | None = None,
+    progress_rows: RangeProgress | None = None,
 ) -> RunSummary:
     """Send ``plan``; ``control`` pauses and resumes it between batches, ``shared`` lends it the
     gateways and budgets of a long-running service (not opened or closed here), ``recorder`` lets
@@ -289,7 +316,8 @@ async def _send(
     rows, and ``on_finish`` is then told whether the shard handled all of them, instead of the
     ledger marking the campaign finished (:mod:`engine.run.shards`: the parent does, once every shard
     is done). ``part`` sends only that byte range of the segment and ``gate`` lends it the
-    worker's coordinator (not closed here): :mod:`engine.run.worker`."""
+    worker's coordinator (not closed here), ``progress_rows`` follows which of its rows are
+    settled (told every outcome after the ledger): :mod:`engine.run.worker`."""
     started = time.perf_counter()
     ecfg = plan.engine.config
     recorder = recorder or RunRecorder(plan.prices)
@@ -298,7 +326,22 @@ async def _send(
         if hook is not None:  # (before the ledger: its events go into the ledger's transactions)
             recorder.sinks.append(CampaignCallbackSink(hook[0], hook[1], ledger.id, ledger))
         recorder.sinks.append(ledger)
-    segment = plan.open_segment(shard, part)  # template and header checks: before any gateway opens
+    if progress_rows is not None:
+        recorder.sinks.append(progress_rows)
+    claims: DedupeClaims | None = None
+    one = plan.dedupe_claims is None and shard is None and part is None
+    if (
+        one
+        and ledger is not None
+        and ledger.resumed
+        and DedupeClaims.exists(plan.engine.store_path, plan.campaign.id)
+    ):
+        # a resume of a send on byte-range shards: the rows that won their numbers keep them
+        claims = DedupeClaims(plan.engine.store_path, plan.campaign.id)
+        plan = dataclasses.replace(plan, dedupe_claims=claims)
+    # (a shard of a send on byte ranges reads its part: no hash filter; template and header
+    # checks: before any gateway opens)
+    segment = plan.open_segment(None if part is not None else shard, part)
     kind = plan.campaign.config.kind
     recorder.metrics = segment.runner.metrics = metrics
     prepare_run(metrics, plan, [s.name for s in segment.runner.stages])
@@ -440,6 +483,8 @@ async def _send(
                         if ledger.should_stop():  # cancelled meanwhile (looked up once a second)
                             break
                     recorder.dropped(batch.rejects)
+                    if progress_rows is not None:  # (before any of its rows can be answered)
+                        progress_rows.read(batch.nums, segment.last_row)
                     if batch.nums:
                         recorder.queued(len(batch))
                         for carrier, msgs in batch.messages(prefix).items():
@@ -484,6 +529,8 @@ async def _send(
                 halt(exc.reason, str(exc))
     finally:
         segment.close()
+        if claims is not None:
+            claims.close()
         close_writers(recorder)
         if store is not None:
             store.close()

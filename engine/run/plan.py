@@ -40,6 +40,7 @@ from engine.pipeline.stages import (
     SameContent,
     standard_stages,
 )
+from engine.pipeline.stages.dedupe import SharedClaims
 from engine.pipeline.verdict import SAMPLE_ROWS, Verdict, judge
 from engine.state.caps import CapState, CapWindow
 from engine.state.gates import Gates, content_hash
@@ -88,6 +89,9 @@ class Plan:
     else ``template`` is the first of them)."""
     split: Split | None = None
     """Who gets which variant (None without an A/B test)."""
+    dedupe_claims: SharedClaims | None = None
+    """Numbers claimed in a table the processes of one send share (``--shards`` on byte ranges:
+    :class:`engine.state.dedupe_claims.DedupeClaims`); None: ``dedupe`` is this process's alone."""
 
     @property
     def fields(self) -> list[str]:
@@ -213,6 +217,7 @@ class Plan:
             else None,
             links=links,
             link_field=link_field,
+            dedupe_claims=self.dedupe_claims,
         )
         return OpenSegment(reader, StageRunner(stages), list(reader.columns).index(phone), shard, links)
 
@@ -229,12 +234,19 @@ class OpenSegment:
     """``(index, count)`` of a sharded send: the source's rejects of other shards are left out."""
     links: Links | None = None
     """The campaign's links stage (its store is closed with the segment)."""
+    last_row: int = 0
+    """The highest row number the reader has yielded so far (kept only without a shard)."""
 
     def batches(self, size: int) -> Iterator[Batch]:
         """Read batches of about ``size`` rows and run every stage over each."""
         run, pc = self.runner.run, self.phone_col
         if self.shard is None:
             for sb in self.reader.batches(size):
+                last = sb.nums[-1] if sb.nums else 0
+                if sb.rejects:
+                    last = max(last, max(r.row for r in sb.rejects))
+                if last > self.last_row:
+                    self.last_row = last
                 yield run(Batch(sb.nums, sb.rows, pc, sb.rejects))
             return
         index, count = self.shard

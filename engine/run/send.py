@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -124,6 +125,7 @@ def send(
     shards: int | None = None,
     coordinator: str | None = None,
     approved_by: str = "",
+    shard_by: str | None = None,
 ) -> RunSummary:
     """Send the campaign: stages on each batch, then per-gateway lanes; returns the run summary.
 
@@ -137,9 +139,13 @@ def send(
     :data:`~engine.observability.metrics.NO_METRICS` counts nothing); with ``metrics_port`` it is served on
     ``http://metrics_addr:metrics_port/metrics`` while the run lasts.
 
-    ``shards`` (default: the engine's ``shards``) above 1 splits the campaign by number across that
-    many worker processes (:mod:`engine.run.shards`); each counts its own metrics (``metrics`` is then
-    left untouched) and shard ``k`` serves them on ``metrics_port + k``.
+    ``shards`` (default: the engine's ``shards``) above 1 splits the campaign across that many
+    worker processes (:mod:`engine.run.shards`): each reads the whole segment, keeping the numbers
+    whose hash is its own (``shard_by="hash"``, the default) or — ``shard_by="ranges"``
+    (experimental; default from the environment's ``PIGEON_SHARD_BY``), when the file can be cut —
+    one byte range of it, the numbers deduplicated through the store's claims (measured slower
+    here: docs/scale-out.md). Each counts its own metrics (``metrics`` is then left
+    untouched) and shard ``k`` serves them on ``metrics_port + k``.
 
     ``coordinator`` (``redis://…``, or ``embedded``) overrides the engine's ``[coordinator]``: with
     a shared one, every request's recipients are claimed and its parts booked on the rate budgets
@@ -160,6 +166,9 @@ def send(
     backend = backend or plan.engine.config.backend
     clock = clock or plan.clock
     count = shards if shards is not None else plan.engine.config.shards
+    shard_by = shard_by or os.environ.get("PIGEON_SHARD_BY", "hash")
+    if shard_by not in ("hash", "ranges"):
+        raise ConfigError("PIGEON_SHARD_BY", "", f"{shard_by!r}: use hash (the default) or ranges")
     check_shards(plan.engine.config, plan.engine.file, count)
     check_coordinator(plan, backend, count)
     check_budgets(plan, count)
@@ -201,6 +210,7 @@ def send(
                 backend=backend,
                 metrics_port=metrics_port,
                 metrics_addr=metrics_addr,
+                shard_by=shard_by,
             )
         else:
             with quiet_gc(), serving:
@@ -244,6 +254,7 @@ def _send_sharded(
     backend: str,
     metrics_port: int | None,
     metrics_addr: str,
+    shard_by: str = "hash",
 ) -> RunSummary | None:
     """:func:`send` on ``count`` worker processes; None when abandoned."""
     started = time.perf_counter()
@@ -263,6 +274,7 @@ def _send_sharded(
             backend_options=_backend_options(backend),
             metrics_port=metrics_port,
             metrics_addr=metrics_addr,
+            ranged=shard_by == "ranges",
         )
     if run.abandoned:
         return None

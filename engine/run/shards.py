@@ -38,11 +38,13 @@ import msgspec
 
 from engine.core.clock import Clock
 from engine.core.config import EngineConfig
-from engine.core.errors import ConfigError, EngineError
+from engine.core.errors import ConfigError, EngineError, SourceError
 from engine.core.messages import State
 from engine.observability.metrics import Metrics
 from engine.observability.report import RecorderState, RunRecorder, RunSummary
+from engine.pipeline.source import RangedSource, SegmentRange
 from engine.run.plan import prepare_run
+from engine.state.dedupe_claims import DedupeClaims
 from engine.state.ledger.run import CampaignLedger
 
 __all__ = ["ShardRun", "check_budgets", "check_shards", "run_shards", "shard_config"]
@@ -162,14 +164,26 @@ def run_shards(
     backend_options: dict[str, Any],
     metrics_port: int | None,
     metrics_addr: str,
+    ranged: bool = False,
 ) -> ShardRun:
-    """Send ``plan`` (a checked :class:`~engine.run.plan.Plan`) on ``count`` worker processes.
+    """Send ``plan`` (a checked :class:`~engine.run.plan.Plan`) on ``count`` worker processes: each
+    reads one byte range of the segment (:func:`shard_ranges`) when the source can be cut and
+    ``ranged``, else the whole segment keeping its numbers (hash sharding).
 
     Raises the first worker's :class:`EngineError` (after stopping and waiting for the others).
     Shard ``k`` serves its metrics on ``metrics_port + k``.
     """
     ctx = multiprocessing.get_context("fork")
     started = time.perf_counter()
+    if ledger is None or not ledger.resumed:  # a fresh run: no claims of an earlier one count
+        DedupeClaims.clear(plan.engine.store_path, plan.campaign.id)
+    parts = shard_ranges(plan, count, notify) if ranged else None
+    if parts is not None and notify is not None:
+        notify(
+            f"--shards {count}: each shard reads its byte range of the segment ("
+            + ", ".join(f"rows {p.first_row:,}–{p.first_row + p.rows - 1:,}" for p in parts if p.rows)
+            + "); numbers deduplicated through the store"
+        )
     conns: dict[int, multiprocessing.connection.Connection] = {}
     procs: list[BaseProcess] = []
     signals = [0]
@@ -200,6 +214,7 @@ def run_shards(
                 kwargs={
                     "metrics_port": metrics_port + k if metrics_port else None,
                     "metrics_addr": metrics_addr,
+                    "part": parts[k] if parts is not None else None,
                 },
             )
             proc.start()
@@ -265,6 +280,53 @@ def run_shards(
         halted=halts[0][0] if halts else "",
         message=halts[0][1] if halts else "",
     )
+
+
+RANGE_PIECE = 16 * 1024
+"""Bytes of the pieces :func:`shard_ranges` cuts first (then joins into one range per shard)."""
+
+
+def shard_ranges(
+    plan: Any, count: int, notify: Callable[[str], None] | None = None
+) -> list[SegmentRange] | None:
+    """``count`` byte ranges of the segment, back to back on row boundaries, of about equal bytes
+    (some empty when the file has fewer rows): one per shard. None — each shard reads the whole
+    file and keeps its numbers — when the source cannot be cut (not a CSV / JSON Lines file,
+    gzip-compressed, lines ended by a lone CR, an encoding that is not ASCII-compatible): said
+    through ``notify``. Reads the file once, counting rows (it is in the page cache afterwards)."""
+    source = plan.source
+    if not isinstance(source, RangedSource):
+        return None
+    try:
+        pieces = source.ranges(RANGE_PIECE)
+    except SourceError as exc:
+        if notify is not None:
+            notify(f"--shards {count}: {exc} — so every shard reads the whole segment and keeps its numbers")
+        return None
+    total = sum(p.end - p.start for p in pieces)
+    out: list[SegmentRange] = []
+    at = 0
+    for k in range(count):
+        group: list[SegmentRange] = []
+        goal = total * (k + 1) / count
+        while at < len(pieces) and (not group or pieces[at].end - pieces[0].start <= goal or k == count - 1):
+            group.append(pieces[at])
+            at += 1
+        if group:
+            out.append(
+                SegmentRange(
+                    index=k,
+                    start=group[0].start,
+                    end=group[-1].end,
+                    first_row=group[0].first_row,
+                    rows=sum(p.rows for p in group),
+                )
+            )
+        else:
+            end = out[-1].end if out else 0
+            row = out[-1].first_row + out[-1].rows if out else 2
+            out.append(SegmentRange(index=k, start=end, end=end, first_row=row, rows=0))
+    return out
 
 
 def _signal_all(procs: list[BaseProcess], signum: int) -> None:
@@ -334,8 +396,10 @@ def _worker(
     *,
     metrics_port: int | None,
     metrics_addr: str,
+    part: SegmentRange | None = None,
 ) -> None:
-    """One shard, in its own process: send its rows, report its counts, tell how it ended."""
+    """One shard, in its own process: send its rows (``part``: that byte range's, deduplicated
+    against the other shards' through the store's claims), report its counts, tell how it ended."""
     from engine.run.signals import _send_until_signalled  # it imports this module
 
     for signum in (signal.SIGINT, signal.SIGTERM):  # not the parent's forwarding handler, copied by
@@ -343,9 +407,14 @@ def _worker(
     os.setpgid(0, 0)  # Ctrl-C reaches the parent only; it passes signals on
     parent = os.getppid()
     cl: CampaignLedger | None = None
+    claims: DedupeClaims | None = None
     try:
         config = shard_config(plan.engine.config, index, count)
         shard_plan = replace(plan, engine=msgspec.structs.replace(plan.engine, config=config))
+        store, campaign = plan.engine.store_path, plan.campaign.id
+        if part is not None or DedupeClaims.exists(store, campaign):  # (a resume keeps a ranged run's)
+            claims = DedupeClaims(store, campaign)
+            shard_plan.dedupe_claims = claims
         cl = ledger.attach(index, count) if ledger is not None else None
         metrics = Metrics(backend=backend)
         prepare_run(metrics, shard_plan, [])
@@ -384,6 +453,7 @@ def _worker(
                     cl,
                     shard=(index, count),
                     on_finish=outcome.append,
+                    part=part,
                 ),
                 backend=backend,
                 backend_options=backend_options,
@@ -411,4 +481,6 @@ def _worker(
     finally:
         if cl is not None:
             cl.ledger.close()
+        if claims is not None:
+            claims.close()
         conn.close()

@@ -18,6 +18,7 @@ from engine.core.errors import (
 )
 from engine.observability.metrics import NO_METRICS, Metrics
 from engine.observability.report import RunSummary
+from engine.pipeline.source import SegmentRange
 from engine.run.blast import _send
 from engine.run.plan import Plan, ProgressHook
 from engine.state.ledger.run import CampaignLedger
@@ -55,6 +56,7 @@ async def _send_until_signalled(
     ledger: CampaignLedger | None = None,
     shard: tuple[int, int] | None = None,
     on_finish: Callable[[bool], None] | None = None,
+    part: SegmentRange | None = None,
 ) -> RunSummary | None:
     """Run :func:`_send`; a first Ctrl-C / SIGTERM stops reading and drains what is in flight, a
     second one abandons it (the row files still close). None when abandoned."""
@@ -89,6 +91,7 @@ async def _send_until_signalled(
                     ledger,
                     shard=shard,
                     on_finish=on_finish,
+                    part=part,
                 )
             )
         except EngineError as exc:  # say it plainly, not wrapped in an exception group

@@ -16,6 +16,7 @@ finishes its ledger's campaign and exits.
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from collections.abc import Callable
@@ -34,10 +35,11 @@ from engine.core.config import convert_section
 from engine.core.errors import ConfigError, CoordinatorUnavailable, RunAbandoned, SourceError
 from engine.observability.metrics import Metrics
 from engine.observability.report import RunRecorder, RunSummary
-from engine.pipeline.source import RangedSource
+from engine.pipeline.source import RangedSource, SegmentRange
 from engine.run.blast import _RunSink, _send, _serving, open_gate, worker_name
 from engine.run.control import SendResources
 from engine.run.plan import Plan, ProgressHook, _open_ledger, _summarize, check_segment, new_run_dir
+from engine.run.range_progress import RangeProgress
 from engine.run.send import _backend_options, check_coordinator, coordinator_from_url
 from engine.run.shards import check_budgets
 from engine.run.signals import quiet_gc
@@ -53,6 +55,10 @@ RANGE_BYTES = 256 * 1024
 two Stream operations per range."""
 SAY_EVERY = 2.0
 """Seconds between two merged progress lines."""
+PROGRESS_EVERY = 1.0
+"""Seconds between two records of where a range being sent would resume (at most a third of the lease)."""
+
+log = logging.getLogger("pigeon.worker")
 
 
 def work(
@@ -347,50 +353,128 @@ async def _ranges(
                 await job.stop.wait()
             continue
         gate.adopt = taken.previous if taken.previous not in ("", me) else ""
+        part = _resumed(job, taken)
         if gate.adopt and job.notify is not None:
             job.notify(
                 f"range {taken.part.index} reclaimed from {gate.adopt} (no renewal for {job.lease:g} s)"
+                + _resuming(taken.part, part)
+            )
+        elif taken.previous == me and part is not taken.part and job.notify is not None:
+            job.notify(f"range {taken.part.index} held before a restart" + _resuming(taken.part, part))
+        if part is not taken.part:
+            log.info(
+                "range %d resumed at row %d (byte %d)",
+                part.index,
+                part.first_row,
+                part.start,
+                extra={
+                    "event": "range.resumed",
+                    "range": part.index,
+                    "row": part.first_row,
+                    "byte": part.start,
+                    "skipped_rows": taken.part.rows - part.rows,
+                    "previous": taken.previous,
+                },
             )
         finished: list[bool] = []
-        async with anyio.create_task_group() as keep:
-            keep.start_soon(_keep, queue, campaign, taken.entry, job.lease)
-            summary = await _send(
-                plan,
-                job.run_dir / f"range-{taken.part.index:05d}",
-                job.progress,
-                job.clock,
-                job.notify,
-                job.stop,
-                job.metrics,
-                job.ledger,
-                shared=resources,
-                recorder=job.recorder,
-                on_finish=finished.append,
-                part=taken.part,
-                gate=gate,
-            )
-            keep.cancel_scope.cancel()
-        if job.ledger is not None and job.ledger in job.recorder.sinks:
-            job.recorder.sinks.remove(job.ledger)  # (_send adds it for each range)
-        if summary.halted:
-            if job.notify is not None:
-                job.notify(f"stopped: {summary.message}")
-            job.stop.set()
-            return
+        sinks = list(job.recorder.sinks)
+        tracker = RangeProgress(part)
+        if part.rows == 0:  # every row was settled by the worker that held it: only the ack is left
+            finished.append(True)
+        else:
+            async with anyio.create_task_group() as keep:
+                keep.start_soon(_keep, job, queue, taken, part, tracker)
+                summary = await _send(
+                    plan,
+                    job.run_dir / f"range-{taken.part.index:05d}",
+                    job.progress,
+                    job.clock,
+                    job.notify,
+                    job.stop,
+                    job.metrics,
+                    job.ledger,
+                    shared=resources,
+                    recorder=job.recorder,
+                    on_finish=finished.append,
+                    part=part,
+                    gate=gate,
+                    progress_rows=tracker,
+                )
+                keep.cancel_scope.cancel()
+            job.recorder.sinks[:] = sinks  # (_send adds the ledger and the tracker for each range)
+            if summary.halted:
+                if job.notify is not None:
+                    job.notify(f"stopped: {summary.message}")
+                job.stop.set()
+                return
         if not (finished and finished[-1]):
             return  # stopped mid-range: it goes to another worker after the lease
         await _retrying(job, gate, partial(queue.range_done, campaign, taken, taken.part.rows))
         job.ranges_done += 1
 
 
-async def _keep(queue: RangeQueue, campaign: str, entry: str, lease: float) -> None:
-    """Renew the range every third of the lease while it is sent."""
+def _resumed(job: _Job, taken: TakenRange) -> SegmentRange:
+    """The part of ``taken`` still to read: from its recorded resume row on (rows before it are
+    settled in the ledger of the worker that held it), or all of it."""
+    part, row, at = taken.part, taken.resume_row, taken.resume_at
+    if row <= part.first_row:
+        return part
+    last = part.first_row + part.rows
+    if not (row <= last and part.start < at <= part.end):
+        log.warning(
+            "range %d: recorded resume row %d (byte %d) is not within it; read from its start",
+            part.index,
+            row,
+            at,
+            extra={"event": "range.resume_refused"},
+        )
+        return part
+    return msgspec.structs.replace(part, start=at, first_row=row, rows=last - row)
+
+
+def _resuming(whole: SegmentRange, part: SegmentRange) -> str:
+    if part is whole:
+        return ": no confirmed row recorded, read from its start"
+    return (
+        f": resuming at row {part.first_row} (byte {part.start}), "
+        f"{whole.rows - part.rows:,} of its {whole.rows:,} rows settled before"
+    )
+
+
+async def _keep(
+    job: _Job, queue: RangeQueue, taken: TakenRange, part: SegmentRange, tracker: RangeProgress
+) -> None:
+    """While the range is sent: every :data:`PROGRESS_EVERY` s (at most a third of the lease),
+    record where it would resume — the row after its last settled one, once the ledger committed
+    it (batched: one call a second at most, never per message) — renewing the range in the same
+    call; without progress, renew it every third of the lease."""
+    source = job.plan.source
+    assert isinstance(source, RangedSource)
+    campaign, lease = job.plan.campaign.id, job.lease
+    every = min(PROGRESS_EVERY, lease / 3)
+    cursor = part  # the rest of the range from the last row located
+    published = part.first_row
+    renewed = time.monotonic()
     while True:
-        await anyio.sleep(lease / 3)
+        await anyio.sleep(every)
+        row = tracker.confirmed() + 1
+        if row > cursor.first_row and job.ledger is not None:
+            job.ledger.flush()  # what the tracker counted as settled is durable from here on
+            if job.ledger.write_error is None:
+                try:
+                    cursor = await anyio.to_thread.run_sync(source.rest_of, cursor, row)
+                except (OSError, ValueError, SourceError) as exc:
+                    log.warning("range %d: no resume row recorded: %s", part.index, exc)
+        progress = (part.index, cursor.first_row, cursor.start) if cursor.first_row > published else None
+        if progress is None and time.monotonic() - renewed < lease / 3:
+            continue
         try:
-            await queue.renew_range(campaign, entry)
+            await queue.renew_range(campaign, taken.entry, progress=progress)
         except CoordinatorUnavailable:
             continue
+        renewed = time.monotonic()
+        if progress is not None:
+            published = progress[1]
 
 
 def _stats(job: _Job, started: float) -> dict[str, float]:

@@ -19,7 +19,7 @@ from plugins.source_file._io import (
 )
 from plugins.source_file._project import BlockProjector
 from plugins.source_file.config import CsvConfig
-from plugins.source_file.ranges import Window, cut_ranges
+from plugins.source_file.ranges import Window, cut_ranges, rest_of
 
 __all__ = ["CsvReader", "CsvSource"]
 
@@ -62,6 +62,10 @@ class CsvSource:
     def open_range(self, fields: Sequence[str], part: SegmentRange) -> CsvReader:
         """Read the header, then only ``part``'s rows."""
         return CsvReader(self.config, self.path, fields, part)
+
+    def rest_of(self, part: SegmentRange, row: int) -> SegmentRange:
+        """``part`` from row ``row`` on, starting at that row's first byte (:func:`.ranges.rest_of`)."""
+        return rest_of(self.path, part, row, quote=self.config.quotechar.encode("ascii"))
 
 
 class CsvReader:

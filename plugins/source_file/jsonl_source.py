@@ -11,7 +11,7 @@ import msgspec
 from pigeon import Reject, RejectReason, SegmentRange, SourceBatch, SourceContext
 from plugins.source_file._io import fraction_read, open_binary, resolve, text_blocks
 from plugins.source_file.config import JsonlConfig
-from plugins.source_file.ranges import Window, cut_ranges
+from plugins.source_file.ranges import Window, cut_ranges, rest_of
 
 __all__ = ["JsonlReader", "JsonlSource"]
 
@@ -48,6 +48,10 @@ class JsonlSource:
     def open_range(self, fields: Sequence[str], part: SegmentRange) -> JsonlReader:
         """Read only ``part``'s lines (numbered as in the file)."""
         return JsonlReader(self.path, fields, part)
+
+    def rest_of(self, part: SegmentRange, row: int) -> SegmentRange:
+        """``part`` from line ``row`` on, starting at that line's first byte (:func:`.ranges.rest_of`)."""
+        return rest_of(self.path, part, row, quote=None)
 
 
 class JsonlReader:

@@ -11,9 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
+import msgspec
+
 from pigeon import SegmentRange, SourceError
 
-__all__ = ["Window", "cut_ranges"]
+__all__ = ["Window", "cut_ranges", "rest_of"]
 
 _CHUNK = 1 << 20
 
@@ -84,6 +86,51 @@ def cut_ranges(path: Path, target_bytes: int, *, header: bool, quote: bytes | No
         last = row + (1 if pos > 0 and _last_byte(path) != b"\n" else 0)
         out.append(SegmentRange(index=len(out), start=start, end=size, first_row=first, rows=last - first))
     return out
+
+
+def rest_of(path: Path, part: SegmentRange, row: int, *, quote: bytes | None) -> SegmentRange:
+    """``part`` from row ``row`` on (a row of ``part``, or the row after its last: an empty rest):
+    its start found by counting row ends from ``part.start`` (a range starts outside any quote, so
+    a newline inside a quoted CSV field is not counted), its index, end and row numbers kept.
+    Reads at most the bytes of ``part`` before ``row``."""
+    skip = row - part.first_row
+    if not 0 <= skip <= part.rows:
+        raise ValueError(
+            f"row {row} is not within the range's rows {part.first_row}..{part.first_row + part.rows}"
+        )
+    if skip == 0:
+        return part
+    if skip == part.rows:
+        return msgspec.structs.replace(part, start=part.end, first_row=row, rows=0)
+    pos, left, in_quote = part.start, skip, False
+    with path.open("rb") as f:
+        f.seek(pos)
+        while left:
+            chunk = f.read(min(_CHUNK, part.end - pos))
+            if not chunk:
+                raise SourceError(f"{path.name} is shorter than its range {part.index}: was it changed?")
+            if quote is None or (quote not in chunk and not in_quote):
+                i = -1
+                for _ in range(min(left, chunk.count(b"\n"))):
+                    i = chunk.find(b"\n", i + 1)
+                    left -= 1
+                if not left:
+                    return msgspec.structs.replace(
+                        part, start=pos + i + 1, first_row=row, rows=part.rows - skip
+                    )
+            else:
+                q = quote[0]
+                for i, b in enumerate(chunk):
+                    if b == q:
+                        in_quote = not in_quote
+                    elif b == 10 and not in_quote:
+                        left -= 1
+                        if not left:
+                            return msgspec.structs.replace(
+                                part, start=pos + i + 1, first_row=row, rows=part.rows - skip
+                            )
+            pos += len(chunk)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _newlines(chunk: bytes) -> list[int]:

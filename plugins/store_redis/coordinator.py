@@ -14,6 +14,9 @@ key                                       type         holds
                                                        expires ``claim_ttl`` after the last claim
 ``<prefix>:budget:{<gw>:<carrier>:<lane>}``  string    GCRA's theoretical arrival time (µs, the
                                                        server's clock); expires when drained
+``<prefix>:ranges:{<campaign>}``          stream       the segment's byte ranges (group ``workers``)
+``<prefix>:progress:{<campaign>}``        hash         range index → ``row|byte`` where it resumes
+                                                       (its rows before settled in a ledger)
 ========================================  ===========  ==============================================
 
 A name's ``{`` and ``}`` are written ``%7B`` / ``%7D`` so they cannot break the hash tag.
@@ -265,6 +268,11 @@ class RedisCoordinator:
         """Range index → the worker that finished it and its rows (``worker|rows``)."""
         return f"{self.prefix}:done:{{{tag(campaign)}}}"
 
+    def progress_key(self, campaign: str) -> str:
+        """Range index → where it resumes (``row|byte``): its rows before are settled in the ledger
+        of the worker that held it."""
+        return f"{self.prefix}:progress:{{{tag(campaign)}}}"
+
     def workers_key(self, campaign: str) -> str:
         """Worker → its last heartbeat (JSON figures)."""
         return f"{self.prefix}:workers:{{{tag(campaign)}}}"
@@ -275,13 +283,21 @@ class RedisCoordinator:
         args: list[Arg] = [GROUP, meta.decode(), *(msgspec.json.encode(p).decode() for p in parts)]
         return int(await self._call("publish ranges", lambda: self._publish(keys=keys, args=args)))
 
-    def _taken(self, entry: Any, previous: str) -> TakenRange:
+    async def _taken(self, campaign: str, entry: Any, previous: str) -> TakenRange:
         eid, fields = entry
         raw = fields.get(b"r") or fields.get("r")
+        part = msgspec.json.decode(raw, type=SegmentRange)
+        row = at = 0
+        mark = await self.client.hget(self.progress_key(campaign), str(part.index))
+        if mark:
+            row_s, at_s = (mark.decode() if isinstance(mark, bytes) else str(mark)).split("|")
+            row, at = int(row_s), int(at_s)
         return TakenRange(
             entry=eid.decode() if isinstance(eid, bytes) else str(eid),
-            part=msgspec.json.decode(raw, type=SegmentRange),
+            part=part,
             previous=previous,
+            resume_row=row,
+            resume_at=at,
         )
 
     async def take_range(self, campaign: str, *, idle: float) -> TakenRange | None:
@@ -295,7 +311,7 @@ class RedisCoordinator:
                 for _stream, entries in got or ():
                     for entry in entries:
                         if entry[1]:  # (a pending entry deleted meanwhile has no fields)
-                            return self._taken(entry, previous)
+                            return await self._taken(campaign, entry, previous)
             pending = await client.xpending_range(
                 key, GROUP, min="-", max="+", count=20, idle=int(idle * 1000)
             )
@@ -305,14 +321,19 @@ class RedisCoordinator:
                     continue
                 claimed = await client.xclaim(key, GROUP, me, int(idle * 1000), [p["message_id"]])
                 if claimed and claimed[0][1]:
-                    return self._taken(claimed[0], owner)
+                    return await self._taken(campaign, claimed[0], owner)
             return None
 
         return await self._call("take a range", take)
 
-    async def renew_range(self, campaign: str, entry: str) -> bool:
-        """Reset the range's idle time while this worker holds it; False once another reclaimed it."""
-        keys, args = [self.ranges_key(campaign)], [GROUP, self.worker, entry]
+    async def renew_range(
+        self, campaign: str, entry: str, *, progress: tuple[int, int, int] | None = None
+    ) -> bool:
+        """Reset the range's idle time while this worker holds it; False once another reclaimed it.
+        ``progress`` (range index, next row, its first byte): record where the range resumes, in
+        the same script (only forward; only while this worker holds it)."""
+        keys = [self.ranges_key(campaign), self.progress_key(campaign)]
+        args: list[Arg] = [GROUP, self.worker, entry, *(progress or ())]
         return bool(int(await self._call("renew a range", lambda: self._renew_range(keys=keys, args=args))))
 
     async def range_done(self, campaign: str, taken: TakenRange, rows: int) -> None:
@@ -323,6 +344,7 @@ class RedisCoordinator:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.xack(key, GROUP, taken.entry)
                 pipe.hset(done, str(taken.part.index), f"{self.worker}|{rows}")
+                pipe.hdel(self.progress_key(campaign), str(taken.part.index))
                 await pipe.execute()
 
         await self._call("ack a range", ack)

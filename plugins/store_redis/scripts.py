@@ -96,7 +96,7 @@ for i = 1, #recipients do
     local cur = redis.call('HGET', KEYS[1], r)
     if cur == v then
       out[i] = '2'
-    elseif adopt ~= '' and (cur == adopt or string.sub(cur, 1, #adopt + 1) == adopt .. '|') then
+    elseif adopt ~= '' and (cur == adopt or (tags[i] and cur == adopt .. '|' .. tags[i])) then
       redis.call('HSET', KEYS[1], r, v)
       out[i] = '3'
     else
@@ -110,9 +110,11 @@ end
 return table.concat(out)
 """
 """Claim a whole request's recipients at once: one digit per recipient, 1 (new), 2 (this worker's,
-same tag), 3 (adopted from the dead worker ``adopt``), 0 (another's, or this worker's under another
-tag), 4 (opted out since the campaign started: in its opt-out set; not claimed). Recipients and
-tags travel as one argument each (one string to pack and parse, not hundreds)."""
+same tag), 3 (adopted from the dead worker ``adopt``: its claim under the same tag — the same row —
+or untagged), 0 (another's, or this worker's or the dead one's under another tag: the same number on
+another row, which that row's record settles), 4 (opted out since the campaign started: in its
+opt-out set; not claimed). Recipients and tags travel as one argument each (one string to pack and
+parse, not hundreds)."""
 
 RELEASE_CLAIMS: Final = """
 -- KEYS[1] the campaign's claims hash; ARGV worker, recipients...
@@ -145,12 +147,21 @@ return #ARGV - 2
 many, or 0 when another worker published them first."""
 
 RENEW_RANGE: Final = """
--- KEYS[1] the campaign's ranges stream; ARGV group, worker, entry id
+-- KEYS[1] the campaign's ranges stream, KEYS[2] its progress hash (range index -> 'row|byte')
+-- ARGV group, worker, entry id[, range index, next row, its first byte]
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] then
   return 0
 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+if ARGV[4] then
+  local cur = redis.call('HGET', KEYS[2], ARGV[4])
+  if not cur or tonumber(string.match(cur, '^(%d+)|')) < tonumber(ARGV[5]) then
+    redis.call('HSET', KEYS[2], ARGV[4], ARGV[5] .. '|' .. ARGV[6])
+  end
+end
 return 1
 """
-"""Reset a range's idle time if this worker still holds it: 1, else 0 (another reclaimed it, or done)."""
+"""Reset a range's idle time if this worker still holds it: 1, else 0 (another reclaimed it, or done).
+With a row: record it as where the range resumes (its rows before are settled in the holder's
+ledger) — only forward, and only by the range's holder."""

@@ -110,6 +110,10 @@ async def test_tagged_claims_and_adoption(
         Claim.MINE,
     ]
     assert await a.claim("c3", ["n1"], tags=["5"]) == [Claim.TAKEN], "adopted: not the dead one's any more"
+    # The dead worker's claim of a number on another row is not adopted: that row's record settles
+    # it (a resumed range no longer re-reads the row the number was first seen on).
+    assert await a.claim("c3", ["n4"], tags=["3"]) == [Claim.NEW]
+    assert await b.claim("c3", ["n4"], tags=["8"], adopt="host:a") == [Claim.TAKEN]
     assert await a.release_claims("c3", ["n1", "n2"]) == 0
     assert await b.release_claims("c3", ["n1", "n2", "n3"]) == 3
 
@@ -128,3 +132,25 @@ async def test_an_opt_out_added_by_one_worker_refuses_every_workers_claim(
     assert await a.claim("c4", ["n2"], tags=["2"], adopt="host:b") == [Claim.OPTED_OUT]
     assert await a.claim("c4", ["n1"], tags=["1"]) == [Claim.TAKEN], "opt-outs of one campaign only"
     assert await b.claim("c5", ["n2"]) == [Claim.NEW], "another campaign's set is its own"
+
+
+async def test_a_ranges_progress_is_recorded_by_its_holder_only_forward_and_answered_on_reclaim(
+    anyio_backend: str, worker: Callable[[str], RedisCoordinator]
+) -> None:
+    a, b, c = worker("host:a"), worker("host:b"), worker("host:c")
+    await a.publish_ranges("c6", _parts(1), b"{}")
+    ta = await a.take_range("c6", idle=0.3)
+    assert ta is not None and (ta.resume_row, ta.resume_at) == (0, 0), "nothing recorded yet"
+    i = ta.part.index
+    assert await a.renew_range("c6", ta.entry, progress=(i, ta.part.first_row + 4, ta.part.start + 40))
+    assert await a.renew_range("c6", ta.entry, progress=(i, ta.part.first_row + 2, ta.part.start + 20))
+    assert not await b.renew_range("c6", ta.entry, progress=(i, ta.part.first_row + 9, 999))
+    await anyio.sleep(0.4)  # a dies
+    again = await c.take_range("c6", idle=0.3)
+    assert again is not None and again.part == ta.part and again.previous == "host:a"
+    assert (again.resume_row, again.resume_at) == (ta.part.first_row + 4, ta.part.start + 40), (
+        "the holder's furthest row; not moved back, not written by a worker that does not hold it"
+    )
+    assert not await a.renew_range("c6", ta.entry, progress=(i, ta.part.first_row + 8, ta.part.start + 80))
+    await c.range_done("c6", again, again.part.rows)
+    assert await c.client.hget(c.progress_key("c6"), str(i)) is None, "cleared with the ack"

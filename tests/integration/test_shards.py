@@ -131,3 +131,47 @@ def test_a_budget_too_small_to_split_fails_before_anything_is_sent(tmp_path: Pat
         assert not sim.log
     assert done.returncode == 2
     assert "gateways.sim.rate_per_second" in done.stderr and "at most 2 shards" in done.stderr
+
+
+def test_byte_range_shards_send_a_number_in_two_shards_ranges_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``PIGEON_SHARD_BY=ranges`` (experimental): each shard reads one byte range, not the whole
+    file; the second half of the segment repeats the first half's numbers, so the repeated numbers
+    lie in both shards' ranges: the store's claims send each once and record the other row
+    ``duplicate``."""
+    from tests.integration import crash_harness
+
+    monkeypatch.setitem(crash_harness.ENV, "PIGEON_SHARD_BY", "ranges")
+    half = 2000
+    seg = tmp_path / "seg.csv"
+    with seg.open("w", encoding="utf-8") as f:
+        f.write("phone,name,coupon\n")
+        for i in range(2 * half):
+            f.write(f"138{i % half:08d},客,20\n")
+    store = tmp_path / "pigeon.db"
+    with SimulatorThread(SimConfig()) as sim:
+        campaign = files(tmp_path, sim.port, store=store)
+        done = cli(tmp_path, "send", str(campaign), "--shards", "2", flags=("--json",))
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout)
+        log = list(sim.log)
+    assert "each shard reads its byte range of the segment (rows 2–" in done.stderr, done.stderr
+    received = [to for _, _, to, _, _ in log]
+    assert len(received) == len(set(received)) == half, "every number once, none missing"
+    assert summary["states"] == {"sent": half, "suppressed": half}
+    assert summary["reasons"]["suppressed"] == {"duplicate": half}
+    sent = {r["row"] for r in _ledger_rows(store, "submitted")}
+    suppressed = {r["row"] for r in _ledger_rows(store, "suppressed")}
+    assert len(sent) == len(suppressed) == half and sent | suppressed == set(range(2, 2 * half + 2))
+
+
+def _ledger_rows(store: Path, state: str) -> list[dict[str, int]]:
+    from engine.state.ledger.records import LedgerState
+    from engine.state.ledger.store import Ledger
+
+    ledger = Ledger(store)
+    try:
+        return [{"row": int(r)} for r in ledger.rows_in("crash", LedgerState(state)).tolist()]
+    finally:
+        ledger.close()

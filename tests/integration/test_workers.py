@@ -255,3 +255,66 @@ def test_a_stopped_worker_drains_and_another_finishes_its_range(tmp_path: Path, 
     received = Counter(to for _, _, to, _, _ in log)
     assert max(received.values()) == 1
     assert set(received) == {f"+86138{r - 2:08d}" for r in eligible}
+
+
+def test_a_reclaimed_range_resumes_after_the_dead_workers_last_confirmed_row(
+    tmp_path: Path, prefix: str
+) -> None:
+    """One range; its worker is SIGKILLed once it has recorded progress in Redis. The worker that
+    reclaims it starts reading at the recorded row (its first byte), not at the range's start —
+    its ledger holds no row before it, the dead one's holds every row before it — and every
+    eligible recipient arrives exactly once (rows after the confirmed one that the dead worker had
+    in flight: adopted claims, resent under the same ids, dropped by the simulator's idempotency)."""
+    import re
+
+    import redis
+
+    rows = 3000
+    eligible, _dups = segment(tmp_path / "seg.csv", rows)
+    numbers = {f"+86138{r - 2:08d}" for r in eligible}
+    client = redis.Redis.from_url(URL)
+    key = f"{prefix}:progress:{{crash}}"
+    args = ["--lease", "1"]  # one range (256 KiB by default): the kill is mid-range
+    with SimulatorThread(SimConfig()) as sim:
+        a, b = (_worker_dir(tmp_path, f"w{i}", sim.port, tmp_path / "seg.csv", prefix) for i in range(2))
+        first = start(["worker", str(a / "campaign.toml"), *args], a, quiet=False)
+        deadline = time.monotonic() + 30
+        while not sim.log and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = start(["worker", str(b / "campaign.toml"), *args], b, quiet=False)  # waits for it
+        while time.monotonic() < deadline:
+            assert first.poll() is None, "the worker ended before its progress was recorded"
+            mark = client.hget(key, "0")
+            if mark is not None and int(mark.split(b"|")[0]) > 600:
+                break
+            time.sleep(0.01)
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+        at_kill = len(sim.log)
+        mark = client.hget(key, "0")  # final: only the range's holder writes it
+        assert mark is not None
+        row, byte = map(int, mark.split(b"|"))
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 0, err
+        log = list(sim.log)
+    client.close()
+    assert at_kill < len(eligible) - 500, "the kill came mid-range"
+    found = re.search(r"resuming at row (\d+) \(byte (\d+)\)", err)
+    assert found, err[-2000:]
+    assert (int(found[1]), int(found[2])) == (row, byte), "the reclaimer began at the recorded row"
+    with (tmp_path / "seg.csv").open("rb") as f:
+        assert f.read()[:byte].count(b"\n") == row - 1, "the recorded byte is the recorded row's first"
+    received = Counter(to for _, _, to, _, _ in log)
+    assert max(received.values()) == 1, "a recipient received twice"
+    assert set(received) == numbers, f"{len(numbers - set(received))} recipients missing"
+    settled = (LedgerState.SUBMITTED, LedgerState.SUPPRESSED, LedgerState.REJECTED, LedgerState.UNKNOWN)
+    dead, survivor = Ledger(a / "pigeon.db"), Ledger(b / "pigeon.db")
+    try:
+        before = set(dead.rows_in("crash", *settled).tolist())
+        assert set(range(2, row)) <= before, "a row before the recorded one is not settled in the dead ledger"
+        took = survivor.rows_in("crash", *settled, LedgerState.SUBMITTING)
+        assert took.size and int(took.min()) >= row, "the reclaimer read a row before the recorded one"
+        assert set(range(row, rows + 2)) <= set(took.tolist()) | before
+    finally:
+        dead.close()
+        survivor.close()

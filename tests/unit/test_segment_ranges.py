@@ -112,3 +112,41 @@ def test_a_header_alone_has_no_ranges(tmp_path: Path) -> None:
     path = tmp_path / "seg.csv"
     path.write_text("phone,name\n", encoding="utf-8")
     assert CsvSource(CsvConfig(path=str(path)), SourceContext(tmp_path)).ranges(100) == []
+
+
+def _from(
+    got: tuple[list[int], list[tuple[str, ...]], list[tuple[int, str]]], row: int
+) -> tuple[object, ...]:
+    nums, rows, rejects = got
+    keep = [i for i, n in enumerate(nums) if n >= row]
+    return [nums[i] for i in keep], [rows[i] for i in keep], [r for r in rejects if r[0] >= row]
+
+
+@pytest.mark.parametrize("final_newline", [True, False])
+def test_the_rest_of_a_range_from_any_row_reads_as_the_whole_range_from_there(
+    tmp_path: Path, final_newline: bool
+) -> None:
+    """Where a reclaimed range resumes (issue 17): from every row of a range — quoted newlines, blank
+    and malformed rows, no final newline — the rest starts on that row's first byte and reads the
+    rows, numbers and rejects of the whole range from that row on."""
+    path = tmp_path / "seg.csv"
+    _csv(path, 200, seed=7, final_newline=final_newline)
+    source = CsvSource(CsvConfig(path=str(path)), SourceContext(tmp_path))
+    (part,) = source.ranges(10**9)
+    whole = _read_all(source, [part])
+    for row in range(part.first_row, part.first_row + part.rows + 1):
+        rest = source.rest_of(part, row)
+        assert (rest.index, rest.end, rest.first_row) == (part.index, part.end, row)
+        assert rest.first_row + rest.rows == part.first_row + part.rows
+        assert _read_all(source, [rest]) == _from(whole, row), row
+    with pytest.raises(ValueError, match="not within"):
+        source.rest_of(part, part.first_row + part.rows + 1)
+    jpath = tmp_path / "seg.jsonl"
+    jpath.write_text(
+        "".join(f'{{"phone": "138{i:08d}", "name": "x"}}\n' if i % 9 else "\n" for i in range(90))
+    )
+    jsource = JsonlSource(JsonlConfig(path=str(jpath)), SourceContext(tmp_path))
+    (jpart,) = jsource.ranges(10**9)
+    jwhole = _read_all(jsource, [jpart])
+    for row in (1, 2, 9, 10, 45, 90, 91):
+        assert _read_all(jsource, [jsource.rest_of(jpart, row)]) == _from(jwhole, row)

@@ -10,7 +10,7 @@ from engine.core.variants import Split
 from engine.pipeline.runner import Stage
 from engine.pipeline.stages.cap import Cap
 from engine.pipeline.stages.count_parts import CountParts
-from engine.pipeline.stages.dedupe import Dedupe
+from engine.pipeline.stages.dedupe import Dedupe, SharedClaims
 from engine.pipeline.stages.hold_quiet_hours import HoldQuietHours
 from engine.pipeline.stages.holdout import Holdout
 from engine.pipeline.stages.links import Links
@@ -58,6 +58,7 @@ def standard_stages(
     holdout: Holdout | None = None,
     links: Links | None = None,
     link_field: str = "",
+    dedupe_claims: SharedClaims | None = None,
 ) -> list[Stage]:
     """normalize → suppress_optouts → require_consent → cap → route → links → render → count_parts
     → dedupe → same_content → holdout → hold_quiet_hours.
@@ -72,7 +73,8 @@ def standard_stages(
     ``render``'s no-link-in-a-field rule, since it is the campaign's own). ``variants`` and
     ``split``: an A/B test's bound templates and who gets which (``render`` picks each row's).
     ``shard=(index, count)``: ``normalize`` keeps only that shard's numbers and rejects (a sharded
-    send, :mod:`engine.run.shards`).
+    send, :mod:`engine.run.shards`); ``dedupe_claims``: ``dedupe`` also claims numbers in a table
+    the shards of a send on byte ranges share.
 
     ``dedupe`` comes after every stage that rejects a row: a number is used up by the first row
     that could be sent, so a number that cannot be sent is rejected with its reason on every row
@@ -95,7 +97,7 @@ def standard_stages(
             split=split,
         ),
         CountParts(template.template, [v.template for v in variants]),
-        Dedupe(),
+        Dedupe(dedupe_claims),
         *([same_content] if same_content is not None else []),
         *([holdout] if holdout is not None else []),
         # Last: only messages that could go now are held, never rows that would be rejected.

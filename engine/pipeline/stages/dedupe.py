@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from engine.core import speedups
 from engine.core.messages import State, SuppressReason
 from engine.pipeline.runner import Batch
 
-__all__ = ["Dedupe"]
+__all__ = ["Dedupe", "SharedClaims"]
+
+SharedClaims = Callable[[Sequence[int], Sequence[int]], list[int]]
+"""``claim(keys, rows)``: claim each number key for its row in a table the processes of one send
+share; returns the indices whose number another row holds (``pigeon send --shards N`` on byte
+ranges: :mod:`engine.state.dedupe_claims`)."""
 
 
 class Dedupe:
@@ -19,12 +26,24 @@ class Dedupe:
 
     name = "dedupe"
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedClaims | None = None) -> None:
         self.seen: set[int] = set()
+        self.shared = shared
+        """With byte-range shards: the numbers this process sees first are claimed in the shared
+        table too, one call per batch; a number another row (in another shard's range) holds is a
+        duplicate here."""
 
     def process(self, batch: Batch) -> None:
         """Suppress the numbers of ``batch`` already seen in this run (or earlier in the batch)."""
-        dup = speedups.first_seen(self.seen, batch.number_keys())
+        keys = batch.number_keys()
+        dup = speedups.first_seen(self.seen, keys)
+        if self.shared is not None and len(dup) < len(keys):
+            local = set(dup)
+            fresh = [i for i in range(len(keys)) if i not in local]
+            nums = batch.nums
+            held = self.shared([keys[i] for i in fresh], [nums[i] for i in fresh])
+            if held:
+                dup = sorted(local.union(fresh[i] for i in held))
         batch.drop(
             dup,
             SuppressReason.DUPLICATE,
