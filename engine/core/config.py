@@ -264,8 +264,9 @@ class PolicyConfig(Base, kw_only=True, frozen=True):
     """Lawful phrases containing a banned term (a registered trademark, 最佳赏味期…), added to the
     built-in carve-outs."""
     send_window: str | None = None
-    """Allowed sending hours in the recipient's time zone, ``"08:00-21:00"``; unset = that for
-    marketing, none for transactional; ``""`` for none."""
+    """Allowed sending hours in the recipient's time zone, ``"08:00-21:00"``, or several ranges
+    (``"11:30-13:00, 19:30-21:30"``); unset = that for marketing, none for transactional;
+    ``""`` for none."""
     timezone: str = "Asia/Shanghai"
     """The time zone of Chinese numbers (and of the send window's hours)."""
     respect_optouts: bool | None = None
@@ -287,6 +288,10 @@ class PolicyConfig(Base, kw_only=True, frozen=True):
     ``pigeon preview`` counts it) is over ``spend_cap`` is refused before anything is sent;
     ``partial``: it is sent until the next request would cross the cap, and the rest stay
     ``pending`` (reason ``spend_cap``) for a resume with a higher cap."""
+    daily_limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """The most recipients handed to gateways per calendar day in ``timezone``, over every run
+    of the campaign: a bigger blast is spread over days — it pauses when the day's number is out
+    and goes on at the send window's first opening of the next day. Unset: no limit."""
 
 
 class ReviewConfig(Base, kw_only=True, frozen=True):

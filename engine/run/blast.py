@@ -29,6 +29,7 @@ from engine.pipeline.runner import Batch
 from engine.pipeline.source import SegmentRange
 from engine.pipeline.stages.same_content import content_hash
 from engine.run.control import RunControl, SendResources
+from engine.run.daily import DAILY_LIMIT, DailyQuota, day_start
 from engine.run.plan import Plan, ProgressHook, _summarize, _verdict, prepare_run
 from engine.run.range_progress import RangeProgress
 from engine.run.spend import SPEND_CAP, SpendMeter, cost_of
@@ -62,6 +63,35 @@ async def _wait_for_window(
             await (stop.wait() if stop is not None else anyio.sleep_forever())
     if notify is not None:
         notify("sending hours: resumed")
+
+
+async def _wait_for_day(
+    quota: DailyQuota,
+    windows: Sequence[SendWindow],
+    clock: Clock,
+    notify: Callable[[str], None] | None,
+    stop: anyio.Event | None,
+    control: RunControl | None,
+) -> bool:
+    """Pause the blast until the next day (the daily limit is reached) and its send windows open;
+    False when a stop (or a cancel) came first."""
+    now = clock.time()
+    day = quota.next_day(now)
+    if notify is not None:
+        opens = max([day, *(w.next_open(day) for w in windows)])
+        resuming = quota.describe(opens, now)
+        notify(f"daily limit of {quota.per_day:,} recipients reached: paused; resuming {resuming}")
+    while quota.room(now := clock.time()) <= 0:
+        if stop is not None and stop.is_set():
+            return False
+        with anyio.move_on_after(min(WINDOW_POLL_SECONDS, max(0.01, day - now))):
+            await (stop.wait() if stop is not None else anyio.sleep_forever())
+    for window in windows:
+        if not window.is_open(clock.time()):
+            await _wait_for_window(window, clock, notify, stop)
+    if control is not None:
+        await control.wait_running()
+    return not (stop is not None and stop.is_set())
 
 
 def _cap_recorder(
@@ -215,6 +245,22 @@ def _spend_meter(
         currency=plan.engine.config.currency,
         metrics=metrics,
     )
+
+
+def _daily_quota(
+    plan: Plan, ledger: CampaignLedger | None, shard: tuple[int, int] | None
+) -> DailyQuota | None:
+    """The run's quota under ``policy.daily_limit`` (None without one): what earlier runs of the
+    campaign handed over today is in the ledger; a shard takes its share of each day."""
+    policy = plan.campaign.config.policy
+    if policy.daily_limit is None:
+        return None
+    now = plan.clock.time()
+    earlier = (
+        ledger.ledger.handed_since(ledger.id, day_start(now, policy.timezone)) if ledger is not None else 0
+    )
+    share = 1.0 / shard[1] if shard is not None else 1.0
+    return DailyQuota(policy.daily_limit, policy.timezone, now, earlier=earlier, share=share)
 
 
 def _metered(
@@ -413,6 +459,7 @@ async def _send(
             ledger.group_commit = True  # an answer commits with the next hand-over (Lane.on_idle)
         handover = _cap_recorder(plan, store, ledger) if store is not None or ledger else None
         meter = _spend_meter(plan, ledger, shard, metrics)
+        quota = _daily_quota(plan, ledger, shard)
         if meter is not None:
             handover = _metered(handover, meter, plan.campaign.id)
         exhausted = False
@@ -487,10 +534,21 @@ async def _send(
                         progress_rows.read(batch.nums, segment.last_row)
                     if batch.nums:
                         recorder.queued(len(batch))
-                        for carrier, msgs in batch.messages(prefix).items():
-                            metrics.queued(kind, carrier, len(msgs))
-                            for full in packers[carrier].add(msgs):
-                                await outbox[carrier].send(full)
+                        held = batch.messages(prefix)
+                        while held:  # (more than once only when a daily limit holds some back)
+                            ready, held = quota.take(held, plan.clock.time()) if quota else (held, {})
+                            for carrier, msgs in ready.items():
+                                metrics.queued(kind, carrier, len(msgs))
+                                for full in packers[carrier].add(msgs):
+                                    await outbox[carrier].send(full)
+                            if held and quota is not None:  # today's share goes now, the rest tomorrow
+                                for carrier, packer in packers.items():
+                                    for rest in packer.flush():
+                                        await outbox[carrier].send(rest)
+                                if not await _wait_for_day(quota, windows, plan.clock, notify, stop, control):
+                                    for msgs in held.values():  # stopped meanwhile: a resume sends them
+                                        recorder.pending(msgs, DAILY_LIMIT)
+                                    break
                     if progress is not None:
                         progress(
                             recorder, time.perf_counter() - started, segment.reader.fraction_read(), False

@@ -73,6 +73,14 @@ def check_coordinator(plan: Plan, backend: str, shards: int) -> None:
             "coordinator.plugin",
             f"{ccfg.plugin!r} is not registered (known: {known}): install its plugin",
         )
+    if plan.campaign.config.policy.daily_limit is not None:
+        raise ConfigError(
+            plan.campaign.file,
+            "policy.daily_limit",
+            f"a daily limit is counted by one host's ledger, and coordinator {ccfg.plugin!r} shares the "
+            "campaign among hosts: send it from one host (embedded coordinator, --shards for more "
+            "cores) or leave daily_limit out",
+        )
     if plan.campaign.config.policy.spend_cap is not None:
         raise ConfigError(
             plan.campaign.file,
@@ -170,6 +178,14 @@ def send(
     if shard_by not in ("hash", "ranges"):
         raise ConfigError("PIGEON_SHARD_BY", "", f"{shard_by!r}: use hash (the default) or ranges")
     check_shards(plan.engine.config, plan.engine.file, count)
+    daily = plan.campaign.config.policy.daily_limit
+    if daily is not None and daily < count:
+        raise ConfigError(
+            plan.campaign.file,
+            "policy.daily_limit",
+            f"{daily} a day cannot be split over {count} shards (each takes its share of a day): "
+            f"raise it to at least {count} or send with fewer shards",
+        )
     check_coordinator(plan, backend, count)
     check_budgets(plan, count)
     closed = [w for w in plan.pause_windows() if not w.is_open(clock.time())]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -471,3 +472,65 @@ def test_require_consent_sends_marketing_only_to_numbers_with_a_consent_record(
     campaign.write_text(campaign.read_text("utf-8").replace("require_consent = true\n", ""), encoding="utf-8")
     again = json.loads(run_cli("send", str(campaign), "--again", "--json", cwd=tmp_path).stdout)
     assert again["states"]["sent"] == 5
+
+
+@pytest.mark.anyio
+async def test_a_daily_limit_spreads_a_blast_over_days_exactly(
+    anyio_backend: tuple[str, dict[str, object]],
+    tmp_path: Path,
+    write: Callable[[str, str | bytes], Path],
+    campaign_file: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """100 recipients at 30 a day, read in batches of 16 (so a day's last batch is split): 30, 30,
+    30, 10 on four days, each day's share inside the window, the split ones sent the next morning."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    import anyio
+
+    import engine.run.blast as rt
+    from engine.core.clock import FakeClock
+    from engine.run.plan import new_run_dir
+
+    monkeypatch.setattr(rt, "WINDOW_POLL_SECONDS", 0.01)
+    sh = ZoneInfo("Asia/Shanghai")
+    write("seg.csv", "phone,name,coupon\n" + "".join(f"1380013{i:04d},客{i},5\n" for i in range(100)))
+    path = campaign_file("seg.csv", send_window="08:00-21:00", engine_kwargs={"batch_size": 16})
+    path.write_text(path.read_text(encoding="utf-8") + "daily_limit = 30\n", encoding="utf-8")
+    clock = FakeClock(datetime(2026, 11, 22, 20, 0, tzinfo=sh).timestamp())
+    plan = prepare(path, clock=clock)
+    run_dir = new_run_dir(plan, tmp_path / "runs")
+    notes: list[str] = []
+    result: list[object] = []
+    sent_at: dict[str, float] = {}
+
+    def sent() -> list[str]:
+        out = run_dir / "sent.jsonl"
+        lines = out.read_text(encoding="utf-8").splitlines() if out.exists() else []
+        for line in lines:
+            sent_at.setdefault(json.loads(line)["to"], clock.time())
+        return lines
+
+    async def blast() -> None:
+        result.append(await rt._send(plan, run_dir, None, clock, notes.append))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(blast)
+        for day, total in enumerate([30, 60, 90], start=1):
+            with anyio.fail_after(20):
+                while True:  # (the gateway's file and the notes: nothing to wait on but them)
+                    if sum("daily limit" in n for n in notes) >= day and len(sent()) >= total:
+                        break
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.1)
+            assert len(sent()) == total, day  # paused: nothing more that day
+            clock.advance(datetime(2026, 11, 22 + day, 8, 30, tzinfo=sh).timestamp() - clock.time())
+    assert (
+        "daily limit of 30 recipients reached: paused; resuming 2026-11-23 08:00 Asia/Shanghai (in 12h 00m)"
+        in notes
+    )
+    assert result[0].states == {"sent": 100}  # type: ignore[attr-defined]
+    assert len(sent()) == 100 and len(set(sent_at)) == 100  # everyone once
+    per_day = Counter(datetime.fromtimestamp(t, sh).date().day for t in sent_at.values())
+    assert per_day == {22: 30, 23: 30, 24: 30, 25: 10}

@@ -31,6 +31,12 @@ def at(hour: int, minute: int = 0, day: int = 22, tz: ZoneInfo = SH) -> float:
         ("22:00-06:00", 6, 0, False),
         ("00:00-24:00", 3, 0, True),
         ("09:30-24:00", 23, 59, True),
+        ("11:30-13:00, 19:30-21:30", 11, 29, False),  # the seeds' lunch and evening windows
+        ("11:30-13:00, 19:30-21:30", 12, 59, True),
+        ("11:30-13:00, 19:30-21:30", 13, 0, False),
+        ("11:30-13:00, 19:30-21:30", 19, 30, True),
+        ("11:30-13:00,19:30-21:30", 21, 30, False),
+        ("20:00-21:00, 23:00-01:00", 0, 30, True),
     ],
 )
 def test_is_open(spec: str, hour: int, minute: int, is_open: bool) -> None:
@@ -45,7 +51,27 @@ def test_next_opening_is_today_or_tomorrow() -> None:
     assert w.describe_opening(at(21, 30)) == "2026-11-23 08:00 Asia/Shanghai (in 10h 30m)"
 
 
-@pytest.mark.parametrize("spec", ["8-21", "25:00-26:00", "08:00-08:00", "08:61-09:00", "08:00-24:30"])
+def test_a_window_of_several_ranges_opens_at_the_next_of_them() -> None:
+    w = SendWindow.parse("11:30-13:00, 19:30-21:30")
+    assert w.next_open(at(9)) == at(11, 30)
+    assert w.next_open(at(14)) == at(19, 30)
+    assert w.next_open(at(22)) == at(11, 30, day=23)
+    assert str(w) == "11:30-13:00, 19:30-21:30 Asia/Shanghai"
+    assert w.describe_opening(at(14)) == "2026-11-22 19:30 Asia/Shanghai (in 5h 30m)"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "8-21",
+        "25:00-26:00",
+        "08:00-08:00",
+        "08:61-09:00",
+        "08:00-24:30",
+        "08:00-12:00,",
+        "08:00-12:00; 14:00-15:00",
+    ],
+)
 def test_bad_windows_say_what_to_write(spec: str) -> None:
     with pytest.raises(ValueError, match=r"08:00-21:00|out of range|empty"):
         SendWindow.parse(spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from engine.core.carriers import INTL
@@ -39,7 +40,7 @@ class HoldQuietHours:
     def _window_in(self, tz: str) -> SendWindow:
         w = self._windows.get(tz)
         if w is None:
-            w = self._windows[tz] = SendWindow(self.window.start, self.window.end, tz)
+            w = self._windows[tz] = dataclasses.replace(self.window, timezone=tz)
         return w
 
     def process(self, batch: Batch) -> None:

@@ -84,6 +84,10 @@ class LedgerFile(Protocol):
         """Billed parts of the campaign handed over so far, by carrier, each recipient once."""
         ...
 
+    def handed_since(self, campaign_id: str, since: float) -> int:
+        """Recipients of the campaign handed over at ``since`` or later, each once."""
+        ...
+
     def close(self) -> None:
         """Close the connection."""
         ...

@@ -511,6 +511,18 @@ class Ledger:
         )
         return {c: int(totals[i]) for c, i in carriers.items()}
 
+    def handed_since(self, campaign_id: str, since: float) -> int:
+        """Recipients of the campaign handed to a gateway at ``since`` (epoch seconds) or later, each
+        once (a retry's hand-over of a row first handed earlier counts too: never fewer than sent)."""
+        rows_l = [
+            _unpack_rows(rows_b)
+            for (rows_b,) in self.db.execute(
+                "SELECT rows FROM ledger_records WHERE campaign = ? AND event = ? AND ts >= ?",
+                (campaign_id, int(_Event.SUBMITTING), since),
+            )
+        ]
+        return int(np.unique(np.concatenate(rows_l)).size) if rows_l else 0
+
     def recent_parts(self, since: float) -> tuple[dict[str, int], dict[str, int]]:
         """Billed parts handed over since ``since`` (epoch seconds), by any campaign in this store:
         by carrier and by gateway. A run that starts counts them against its rate budgets, so that
