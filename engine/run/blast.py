@@ -27,8 +27,9 @@ from engine.observability.report import RejectsWriter, RunRecorder, RunSummary, 
 from engine.pipeline.source import SegmentRange
 from engine.pipeline.stages.same_content import content_hash
 from engine.run.control import RunControl, SendResources
-from engine.run.plan import Plan, ProgressHook, _summarize, _verdict, prepare_run
-from engine.sending.gateway import Gateway, GatewayContext, Receiving
+from engine.run.plan import OpenSegment, Plan, ProgressHook, _summarize, _verdict, prepare_run
+from engine.run.provider_links import LinksUnavailable, ProviderLinker
+from engine.sending.gateway import Gateway, GatewayContext, ManagedLinks, Receiving
 from engine.sending.late_receipts import wait_for_receipts
 from engine.sending.ratelimit import SlidingWindowLimiter
 from engine.sending.retry import Breaker, RetryPolicy
@@ -199,6 +200,19 @@ def _count_recent(
                 lim.charge(-(-parts // share), now)
 
 
+def _linker(
+    plan: Plan, segment: OpenSegment, gateways: dict[str, Gateway], notify: Callable[[str], None] | None
+) -> ProviderLinker | None:
+    """The maker of provider links for a campaign with ``[links] mode = "provider"`` (else None)."""
+    links = segment.links
+    if links is None or links.mode != "provider" or not links.record:
+        return None
+    managed = {
+        name: gw for name in set(plan.routes.values()) if isinstance(gw := gateways[name], ManagedLinks)
+    }
+    return ProviderLinker(links, managed, plan.routes, notify=notify)
+
+
 PROGRESS_TICK = 1.0
 """Seconds between two progress calls while no batch moves (a paused route, a full lane)."""
 
@@ -354,9 +368,10 @@ async def _send(
                     gate=gate,
                 )
                 tg.start_soon(lane.run, rx)
+            linker = _linker(plan, segment, gateways, notify)
+            batches = segment.abatches(ecfg.batch_size, linker.prepare if linker is not None else None)
             try:
                 windows = plan.pause_windows()
-                batches = segment.batches(ecfg.batch_size)
                 while (stop is None or not stop.is_set()) and not halt:
                     if control is not None:
                         await control.wait_running()
@@ -365,7 +380,11 @@ async def _send(
                             await _wait_for_window(window, plan.clock, notify, stop)  # before reading on
                     if (stop is not None and stop.is_set()) or halt:
                         break
-                    batch = next(batches, None)
+                    try:
+                        batch = await anext(batches, None)
+                    except LinksUnavailable as exc:  # nothing of the batch was sent: a resume reads it again
+                        halt(exc.reason, str(exc))
+                        break
                     if batch is None:
                         exhausted = True
                         break
@@ -390,6 +409,7 @@ async def _send(
                     for rest in packer.flush():
                         await outbox[carrier].send(rest)
             finally:
+                await batches.aclose()
                 for tx, _ in lanes.values():
                     tx.close()
                 ticker.cancel()
