@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 pytest.importorskip("alibabacloud_dysmsapi20170525.client", reason="pip install -e '.[dev]'")
 
-from alibabacloud_dysmsapi20170525 import models as dysms  # noqa: E402
-from alibabacloud_tea_openapi.utils import Utils as AliUtils  # noqa: E402
-from darabonba.runtime import RuntimeOptions  # noqa: E402
+from alibabacloud_dysmsapi20170525 import models as dysms
+from alibabacloud_tea_openapi.utils import Utils as AliUtils
+from darabonba.runtime import RuntimeOptions
 
-from plugins.gateway_aliyun.api import Signer, create_links_query, link_log_query  # noqa: E402
-from plugins.gateway_aliyun.signing import acs3_authorization  # noqa: E402
-from tests.property.test_cloud_signing import _aliyun_sdk_request, _nonce, _stamp, _text, _time  # noqa: E402
+from plugins.gateway_aliyun.api import Signer, create_links_query, link_log_query
+from plugins.gateway_aliyun.signing import acs3_authorization
+from tests.property.test_cloud_signing import _aliyun_sdk_request, _nonce, _stamp, _text, _time
 
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEY, SECRET = "LTAI5tExampleKeyId", "ExampleSecret"
