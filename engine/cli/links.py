@@ -9,7 +9,7 @@ import msgspec
 from rich.console import Console
 from rich.markup import escape
 
-from engine.cli.grammar import EXIT_BAD_INPUT, EXIT_HALTED, EXIT_OK, emit_json, engine_option, json_option
+from engine.cli.grammar import EXIT_BAD_INPUT, EXIT_HALTED, EXIT_OK, emit_json, shared_options
 from engine.core.config import load_engine
 from engine.core.engine_file import with_engine
 from engine.core.errors import GatewayError
@@ -42,13 +42,13 @@ def add_links_commands(sub: Any) -> None:
         epilog=_EPILOG,
     )
     pu.add_argument("campaign", metavar="ID", help="campaign id")
-    engine_option(
-        pu,
-        "engine file (default: $PIGEON_ENGINE, else the one the campaign was sent with as the ledger "
-        "of ./engine.toml or ./config/engine.toml recorded it, else that file)",
-    )
     pu.add_argument("--backend", choices=["asyncio", "trio"], help="event loop (default: engine config)")
-    json_option(pu, "print the counts as JSON")
+    shared_options(
+        lg,
+        [pu],
+        engine_help="engine file (default: $PIGEON_ENGINE, else the one the campaign was sent with as the "
+        "ledger of ./engine.toml or ./config/engine.toml recorded it, else that file)",
+    )
 
 
 def links_command(args: argparse.Namespace, console: Console) -> int:
