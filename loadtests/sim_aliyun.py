@@ -21,6 +21,14 @@ rendered, limits enforced with Aliyun's own error bodies, receipts and replies p
 * **QuerySendDetails** answers from the log, each message's true fate (``SendStatus`` 3
   delivered, 2 failed with its code — ``p_undeliv`` of them — or 1 until its receipt is due),
   ``OutId`` echoed, dates in Beijing time.
+* **CreateSmartShortUrl** (≤ ``links_limit`` numbers, else ``isv.MOBILE_COUNT_OVER_LIMIT``; a
+  blacklisted number refuses the request with ``isv.MOBILE_NUMBER_ILLEGAL``) makes one link per
+  number, ``https://<link_domain>/<name>``: the name a hash of (OutId, number, SourceUrl, how many
+  links that number got before), so the same calls give the same links. **Clicks**: :meth:`click`
+  (any thread) or ``GET /click/<name>`` (no signature: a visitor) mark a link clicked, the first
+  time only. **QueryPageSmartShortUrlLog** pages the links made between ``CreateDateStart`` and
+  ``CreateDateEnd`` (Beijing ``yyyyMMdd``), oldest first, with ``ClickState`` 1 and ``ClickTime``
+  (epoch ms) once clicked, else 0.
 
 Start it with one command::
 
@@ -82,6 +90,10 @@ class AliyunSimConfig:
     undeliv_numbers: set[str] = field(default_factory=set)
     """Numbers whose messages always fail (besides ``p_undeliv`` of the others)."""
     seed: int = 1
+    links_limit: int = 1000
+    """Numbers a CreateSmartShortUrl takes (Aliyun documents none)."""
+    link_domain: str = "dx.test"
+    """The host of the short links made."""
 
 
 def _beijing(ts: float, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
@@ -103,6 +115,9 @@ class AliyunSim(CloudSim):
         self._biz = itertools.count(1)
         self._nonces: set[str] = set()
         self.actions: list[str] = []
+        self.links: dict[str, dict[str, Any]] = {}
+        """Short name → the link made (number, url, source, out_id, created and clicked epoch ms)."""
+        self._made: dict[tuple[str, str, str], int] = {}
 
     # -- the signature, checked as a server would ------------------------------------------
 
@@ -156,6 +171,9 @@ class AliyunSim(CloudSim):
         path, _, raw = target.partition("?")
         if method == "GET" and path == "/stats":
             return 200, json.dumps(dict(self.stats)).encode()
+        if method == "GET" and path.startswith("/click/"):
+            found = self.click(path[len("/click/") :])
+            return (200, json.dumps({"Location": found}).encode()) if found else (404, _err("NotFound", path))
         bad = self._verify(method, path, raw, headers, body)
         if bad:
             self.stats[bad] += 1
@@ -167,9 +185,13 @@ class AliyunSim(CloudSim):
         self.actions.append(action)
         if action == "QuerySendDetails":
             return 200, self._query(q)
+        if action == "QueryPageSmartShortUrlLog":
+            return self._link_log(q)
         if not self.qps.admit(1):
             self.stats["Throttling.User"] += 1
             return 400, _err("Throttling.User", "Request was denied due to user flow control.")
+        if action == "CreateSmartShortUrl":
+            return self._create_links(q)
         if action == "SendSms":
             numbers = [n for n in q.get("PhoneNumbers", "").split(",") if n]
             signs = [q.get("SignName", "")] * len(numbers)
@@ -328,6 +350,102 @@ class AliyunSim(CloudSim):
             "SmsSendDetailDTOs": {"SmsSendDetailDTO": rows},
         }
         return json.dumps(doc, ensure_ascii=False).encode()
+
+    # -- smart short links -----------------------------------------------------------------
+
+    def _create_links(self, q: dict[str, str]) -> Answer:
+        numbers = [n for n in q.get("PhoneNumbers", "").split(",") if n]
+        source, out_id = q.get("SourceUrl", ""), q.get("OutId", "")
+        if not numbers or not source:
+            return 400, _err("MissingParameter", "PhoneNumbers and SourceUrl are required")
+        if len(numbers) > self.config.links_limit:
+            self.stats["isv.MOBILE_COUNT_OVER_LIMIT"] += 1
+            return 200, _err("isv.MOBILE_COUNT_OVER_LIMIT", "手机号码数量超过限制")
+        if any(not n.isdigit() or n in self.config.blacklist for n in numbers):
+            self.stats["isv.MOBILE_NUMBER_ILLEGAL"] += 1
+            return 200, _err("isv.MOBILE_NUMBER_ILLEGAL", "非法手机号")
+        if self.rng.random() < self.config.p_system_error:
+            self.stats["isp.SYSTEM_ERROR"] += 1
+            return 500, _err("isp.SYSTEM_ERROR", "系统异常")
+        now_ms = int(time.time() * 1000)
+        model = []
+        for n in numbers:
+            k = self._made.get((out_id, n, source), 0)
+            self._made[(out_id, n, source)] = k + 1
+            digest = hashlib.sha256(f"{out_id}\x1f{n}\x1f{source}\x1f{k}".encode()).digest()
+            name = base64.b32encode(digest[:5]).decode().lower()
+            url = f"https://{self.config.link_domain}/{name}"
+            expires = now_ms + 30 * 86400 * 1000
+            self.links[name] = {
+                "n": n,
+                "url": url,
+                "source": source,
+                "out_id": out_id,
+                "created": now_ms,
+                "clicked": 0,
+            }
+            model.append(
+                {
+                    "PhoneNumber": n,
+                    "ShortUrl": url,
+                    "ShortName": name,
+                    "Domain": self.config.link_domain,
+                    "Expiration": expires,
+                }
+            )
+        self.stats["links_made"] += len(numbers)
+        return 200, json.dumps({"Code": "OK", "Message": "OK", "RequestId": _rid(), "Model": model}).encode()
+
+    def click(self, url_or_name: str, at: float | None = None) -> str:
+        """A visitor opens a short link (its URL or name): the first click is logged. The link's
+        source URL ("" when there is no such link); any thread."""
+        link = self.links.get(url_or_name.rsplit("/", 1)[-1])
+        if link is None:
+            return ""
+        self.stats["clicks"] += 1
+        if not link["clicked"]:
+            link["clicked"] = int((time.time() if at is None else at) * 1000)
+        return str(link["source"])
+
+    def _link_log(self, q: dict[str, str]) -> Answer:
+        try:
+            start, end = int(q["CreateDateStart"]), int(q["CreateDateEnd"])
+            page, size = int(q["PageNo"]), int(q["PageSize"])
+        except (KeyError, ValueError):
+            return 400, _err(
+                "MissingParameter", "CreateDateStart, CreateDateEnd, PageNo, PageSize are required"
+            )
+        if page < 1 or not 1 <= size <= 100:
+            return 400, _err("InvalidParameter", "PageNo ≥ 1, PageSize 1–100")
+        self.stats["link_log_pages"] += 1
+        phone, short = q.get("PhoneNumber", ""), q.get("ShortUrl", "")
+        found = [
+            link
+            for link in list(self.links.values())
+            if start <= int(_beijing(link["created"] / 1000, "%Y%m%d")) <= end
+            and (not phone or link["n"] == phone)
+            and (not short or link["url"] == short)
+        ]
+        rows = [
+            {
+                "PhoneNumber": link["n"],
+                "ShortUrl": link["url"],
+                "ShortName": link["url"].rsplit("/", 1)[-1],
+                "ClickState": 1 if link["clicked"] else 0,
+                "ClickTime": link["clicked"],
+                "CreateTime": link["created"],
+            }
+            for link in found[(page - 1) * size : page * size]
+        ]
+        model = {
+            "List": rows,
+            "PageNo": page,
+            "PageSize": size,
+            "TotalCount": len(found),
+            "TotalPage": -(-len(found) // size),
+        }
+        doc = {"Code": "OK", "Message": "OK", "RequestId": _rid(), "Success": True, "Model": model}
+        return 200, json.dumps(doc).encode()
 
 
 def _rid() -> str:

@@ -35,6 +35,7 @@ from engine.cli.grammar import (
     json_option,
 )
 from engine.cli.ledger import add_ledger_commands, campaign_file_engine, ledger_command, resume_target
+from engine.cli.links import add_links_commands, links_command
 from engine.cli.lists import add_list_commands, consent_command, optout_command
 from engine.cli.orders import add_orders_commands, orders_command
 from engine.cli.segment import add_segment_commands, segment_command
@@ -278,6 +279,7 @@ def parser() -> CommandParser:
     add_list_commands(p)
     add_segment_commands(p)
     add_orders_commands(p)
+    add_links_commands(p)
     add_service_commands(p)
     add_flow_commands(p)
 
@@ -539,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
             return segment_command(args, console)
         if args.command == "orders":
             return orders_command(args, console)
+        if args.command == "links":
+            return links_command(args, console)
         if args.command in ("events", "flows"):
             from engine.cli.flows import events_command, flows_command
 

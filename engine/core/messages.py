@@ -79,6 +79,8 @@ class RejectReason(StrEnum):
     PARAM_TOO_LONG = "param_too_long"
     """A value over the per-parameter limit of the provider's filed template."""
     NO_GATEWAY = "no_gateway"
+    NO_LINK = "no_link"
+    """``[links] mode = "provider"``: the gateway's provider made no link for the number."""
 
 
 class SuppressReason(StrEnum):

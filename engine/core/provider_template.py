@@ -106,9 +106,12 @@ ProviderParams = tuple[ProviderTemplate, tuple[str, ...]]
 """One message's template and its parameter values (aligned with ``template.names``)."""
 
 
-def param_problem(template: ProviderTemplate, k: int, value: str) -> tuple[str, str] | None:
+def param_problem(
+    template: ProviderTemplate, k: int, value: str, *, links: bool = False
+) -> tuple[str, str] | None:
     """What is wrong with ``value`` as the template's ``k``-th parameter — (reason, what to change):
-    ``param_too_long`` over its limit, ``url_in_field`` a link the provider refuses — or None."""
+    ``param_too_long`` over its limit, ``url_in_field`` a link the provider refuses (unless
+    ``links``: the provider's own per-phone link) — or None."""
     limit = template.limits[k]
     name, field = template.names[k], template.fields[k]
     if len(value) > limit:
@@ -116,7 +119,7 @@ def param_problem(template: ProviderTemplate, k: int, value: str) -> tuple[str, 
             "param_too_long",
             f"parameter {name} ({field}) has {len(value)} characters; the filed template allows {limit}",
         )
-    if not template.links_allowed and LINK.search(value):
+    if not template.links_allowed and not links and LINK.search(value):
         return (
             "url_in_field",
             f"parameter {name} ({field}) holds a link; {template.provider} refuses links in variables: "

@@ -43,6 +43,7 @@ STAGE_REASONS: dict[str, tuple[str, ...]] = {
         "invalid_number",
         "no_gateway",
     ),
+    "links": ("no_link",),
     "render": ("missing_field", "url_in_field", "param_too_long"),
     "count_parts": ("too_long",),
     "same_content": ("same_content",),

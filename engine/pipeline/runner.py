@@ -263,19 +263,24 @@ class StageRunner:
         self.metrics: Metrics = NO_METRICS
         """Where each stage's batch is also counted (the run sets it)."""
 
-    def run(self, batch: Batch) -> Batch:
+    def run(self, batch: Batch, start: int = 0, stop: int | None = None) -> Batch:
         """Run every stage over ``batch``; the rejects it gathered stay on ``batch.rejects``, in row
         order (each stage appends its own, so those of two stages are sorted once at the end:
-        rejects.csv, suppressed.csv and the ledger then list rows as the segment has them)."""
+        rejects.csv, suppressed.csv and the ledger then list rows as the segment has them).
+
+        ``start``/``stop``: only ``stages[start:stop]`` — a batch run in two halves with an await
+        between them (provider-made links, :meth:`engine.run.plan.OpenSegment.abatches`); the
+        source is counted by the half from 0."""
         stats, metrics = self.tally.stages, self.metrics
-        src = stats["source"]
-        src.batches += 1
-        src.items_out += len(batch)
-        src.items_in += len(batch) + len(batch.rejects)
-        drops = self._count_rejects(src, batch.rejects)
-        metrics.stage_batch("source", len(batch) + len(batch.rejects), len(batch), drops)
-        makers = 1 if batch.rejects else 0
-        for stage in self.stages:
+        if start == 0:
+            src = stats["source"]
+            src.batches += 1
+            src.items_out += len(batch)
+            src.items_in += len(batch) + len(batch.rejects)
+            drops = self._count_rejects(src, batch.rejects)
+            metrics.stage_batch("source", len(batch) + len(batch.rejects), len(batch), drops)
+        makers = 1 if batch.rejects else 0  # (the source's, or the first half's: sorted)
+        for stage in self.stages[start:stop] if start or stop is not None else self.stages:
             if not batch.nums:
                 break
             st = stats[stage.name]

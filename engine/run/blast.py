@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 
@@ -30,10 +30,11 @@ from engine.pipeline.source import SegmentRange
 from engine.pipeline.stages.same_content import content_hash
 from engine.run.control import RunControl, SendResources
 from engine.run.daily import DAILY_LIMIT, DailyQuota, day_start
-from engine.run.plan import Plan, ProgressHook, _summarize, _verdict, prepare_run
+from engine.run.plan import OpenSegment, Plan, ProgressHook, _summarize, _verdict, prepare_run
+from engine.run.provider_links import LinksUnavailable, ProviderLinker
 from engine.run.range_progress import RangeProgress
 from engine.run.spend import SPEND_CAP, SpendMeter, cost_of
-from engine.sending.gateway import Gateway, GatewayContext, Receiving
+from engine.sending.gateway import Gateway, GatewayContext, ManagedLinks, Receiving
 from engine.sending.late_receipts import wait_for_receipts
 from engine.sending.ratelimit import SlidingWindowLimiter
 from engine.sending.retry import Breaker, RetryPolicy
@@ -287,12 +288,12 @@ def _metered(
 
 
 async def _pending_rest(
-    batches: Iterator[Batch], recorder: RunRecorder, ledger: CampaignLedger | None, prefix: str
+    batches: AsyncIterator[Batch], recorder: RunRecorder, ledger: CampaignLedger | None, prefix: str
 ) -> None:
     """The spend cap stopped the run: read the rest of the segment through the stages and count
     every row in its state — dropped ones with their reasons, the others ``pending`` (reason
     ``spend_cap``, never handed over: a resume with a higher cap sends them)."""
-    for batch in batches:
+    async for batch in batches:
         if ledger is not None and ledger.skip is not None:
             skip_rows(batch, ledger.skip)
         recorder.dropped(batch.rejects)
@@ -331,6 +332,19 @@ def _count_recent(
             lim = budgets.get(name)
             if lim is not None:
                 lim.charge(-(-parts // share), now)
+
+
+def _linker(
+    plan: Plan, segment: OpenSegment, gateways: dict[str, Gateway], notify: Callable[[str], None] | None
+) -> ProviderLinker | None:
+    """The maker of provider links for a campaign with ``[links] mode = "provider"`` (else None)."""
+    links = segment.links
+    if links is None or links.mode != "provider" or not links.record:
+        return None
+    managed = {
+        name: gw for name in set(plan.routes.values()) if isinstance(gw := gateways[name], ManagedLinks)
+    }
+    return ProviderLinker(links, managed, plan.routes, notify=notify)
 
 
 PROGRESS_TICK = 1.0
@@ -509,9 +523,10 @@ async def _send(
                     gate=gate,
                 )
                 tg.start_soon(lane.run, rx)
+            linker = _linker(plan, segment, gateways, notify)
+            batches = segment.abatches(ecfg.batch_size, linker.prepare if linker is not None else None)
             try:
                 windows = plan.pause_windows()
-                batches = segment.batches(ecfg.batch_size)
                 while (stop is None or not stop.is_set()) and not halt:
                     if control is not None:
                         await control.wait_running()
@@ -520,7 +535,11 @@ async def _send(
                             await _wait_for_window(window, plan.clock, notify, stop)  # before reading on
                     if (stop is not None and stop.is_set()) or halt:
                         break
-                    batch = next(batches, None)
+                    try:
+                        batch = await anext(batches, None)
+                    except LinksUnavailable as exc:  # nothing of the batch was sent: a resume reads it again
+                        halt(exc.reason, str(exc))
+                        break
                     if batch is None:
                         exhausted = True
                         break
@@ -564,6 +583,7 @@ async def _send(
                 if halt.reason == SPEND_CAP and not (stop is not None and stop.is_set()):
                     await _pending_rest(batches, recorder, ledger, prefix)
             finally:
+                await batches.aclose()
                 for tx, _ in lanes.values():
                     tx.close()
                 ticker.cancel()

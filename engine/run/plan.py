@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -239,7 +239,12 @@ class OpenSegment:
 
     def batches(self, size: int) -> Iterator[Batch]:
         """Read batches of about ``size`` rows and run every stage over each."""
-        run, pc = self.runner.run, self.phone_col
+        run = self.runner.run
+        for batch in self._read(size):
+            yield run(batch)
+
+    def _read(self, size: int) -> Iterator[Batch]:
+        pc = self.phone_col
         if self.shard is None:
             for sb in self.reader.batches(size):
                 last = sb.nums[-1] if sb.nums else 0
@@ -247,12 +252,30 @@ class OpenSegment:
                     last = max(last, max(r.row for r in sb.rejects))
                 if last > self.last_row:
                     self.last_row = last
-                yield run(Batch(sb.nums, sb.rows, pc, sb.rejects))
+                yield Batch(sb.nums, sb.rows, pc, sb.rejects)
             return
         index, count = self.shard
         for sb in self.reader.batches(size):
             rejects = [r for r in sb.rejects if r.row % count == index] if sb.rejects else sb.rejects
-            yield run(Batch(sb.nums, sb.rows, pc, rejects))
+            yield Batch(sb.nums, sb.rows, pc, rejects)
+
+    async def abatches(
+        self, size: int, prepare: Callable[[Batch], Awaitable[None]] | None = None
+    ) -> AsyncGenerator[Batch, None]:
+        """:meth:`batches` for the send loop: with ``prepare`` (provider-made links,
+        :class:`engine.run.provider_links.ProviderLinker`) each batch runs the stages before
+        ``links``, then ``prepare`` is awaited, then the rest; without, as :meth:`batches`."""
+        links = self.links
+        if prepare is None or links is None or links.mode != "provider":
+            for batch in self.batches(size):
+                yield batch
+            return
+        run, split = self.runner.run, self.runner.stages.index(links)
+        for batch in self._read(size):
+            run(batch, 0, split)
+            if batch.nums:
+                await prepare(batch)
+            yield run(batch, split)
 
     def close(self) -> None:
         """Close the reader (and the links file)."""
@@ -385,20 +408,7 @@ def prepare(
 
     links = campaign.config.links
     if links is not None and links.mode == "provider":
-        managed = [
-            n
-            for n in set(routes.values())
-            if getattr(host.gateways.get(ecfg.gateways[n].plugin).factory, "managed_links", False)
-        ]
-        if not managed:
-            raise ConfigError(
-                campaign.file,
-                "links.mode",
-                "provider-managed per-phone links need a gateway whose provider makes them (the "
-                "ManagedLinks contract, docs/outcomes.md; Aliyun's CreateSmartShortUrl is the known "
-                'case) and none of this engine\'s gateways offers it: use mode = "group" (a filed '
-                'link per group) or "recipient" (codes on your own filed short domain)',
-            )
+        _check_provider_links(campaign, engine, host, routes)
     policy = campaign.config.policy
     findings: list[Finding] = []
     for i, t in enumerate(variants or [template]):
@@ -466,6 +476,39 @@ def prepare(
         variants=variants,
         split=split,
     )
+
+
+def _check_provider_links(
+    campaign: LoadedCampaign, engine: LoadedEngine, host: PluginHost, routes: dict[str, str]
+) -> None:
+    """``[links] mode = "provider"``: every carrier's primary gateway must make per-phone links
+    (``ManagedLinks``), else no recipient routed to another could carry one: refused before sending."""
+    gateways = engine.config.gateways
+    managed = {
+        n
+        for n in set(routes.values())
+        if getattr(host.gateways.get(gateways[n].plugin).factory, "managed_links", False)
+    }
+    if not managed:
+        raise ConfigError(
+            campaign.file,
+            "links.mode",
+            "provider-managed per-phone links need a gateway whose provider makes them (the "
+            "ManagedLinks contract, docs/outcomes.md; the aliyun gateway's CreateSmartShortUrl) and "
+            'none of this engine\'s gateways offers it: use mode = "group" (a filed link per group) '
+            'or "recipient" (codes on your own filed short domain)',
+        )
+    others = sorted(f"{c} → {g}" for c, g in routes.items() if g not in managed)
+    if others:
+        raise ConfigError(
+            campaign.file,
+            "links.mode",
+            "provider-managed per-phone links are made by each carrier's primary gateway, and these "
+            f"carriers' cannot make them: {', '.join(others)}; route them to a gateway that can "
+            f"({', '.join(sorted(managed))}), or use a separate engine file for this campaign",
+        )
+    if not campaign.config.links or not campaign.config.links.target.startswith(("http://", "https://")):
+        raise ConfigError(campaign.file, "links.target", "expected the landing page's http(s):// URL")
 
 
 def _summarize(plan: Plan, recorder: RunRecorder, mode: str, elapsed: float, run_dir: str = "") -> RunSummary:

@@ -5,11 +5,11 @@ Gateways that receive on their own connections (SMPP deliver_sm, CMPP_DELIVER) a
 and MO replies go: the service's ``apply_reports`` / ``apply_replies``) and runs ``serve()``.
 
 Gateways whose provider makes and tracks per-phone short links implement :class:`ManagedLinks`
-(the contract of a campaign's ``[links] mode = "provider"``; docs/outcomes.md). Aliyun is the
-documented case: ``CreateSmartShortUrl(PhoneNumbers, SourceUrl, OutId)`` returns per phone
-``{short_url, short_name, domain, expiration}`` and ``QueryPageSmartShortUrlLog`` per phone
-``{click_state, click_time, create_time}``; Huawei KooMessage's personal links resolve once and
-last 1–7 days; Tencent has none. No built-in gateway implements it yet.
+(the contract of a campaign's ``[links] mode = "provider"``; docs/outcomes.md). The built-in
+``aliyun`` gateway does: ``CreateSmartShortUrl(PhoneNumbers, SourceUrl, OutId)`` returns per phone
+``{ShortUrl, ShortName, Domain, Expiration}`` and ``QueryPageSmartShortUrlLog`` pages of
+``{PhoneNumber, ShortUrl, ClickState, ClickTime, CreateTime}``; Huawei KooMessage's personal links
+resolve once and last 1–7 days; Tencent has none.
 """
 
 from __future__ import annotations
@@ -134,9 +134,10 @@ class ManagedLink(msgspec.Struct, frozen=True, kw_only=True):
     """A per-phone short link a provider made."""
 
     phone: str
-    """The number as the provider has it (national for China)."""
+    """The number it was made for, as :meth:`ManagedLinks.create_links` was given it (E.164)."""
     url: str
-    """The short link to put in that phone's message (its characters are billed)."""
+    """The short link to put in that phone's message (its characters are billed); empty: the
+    provider made none for this phone (its message is not sent: rejected ``no_link``)."""
     expires_at: float = 0.0
     """Epoch seconds after which it stops resolving (0: unknown)."""
 
@@ -145,22 +146,34 @@ class LinkClick(msgspec.Struct, frozen=True, kw_only=True):
     """A click the provider saw on one of its per-phone links."""
 
     phone: str
+    """The number the link was made for (E.164)."""
     clicked_at: float
+    """Epoch seconds of the (first) click."""
+    url: str = ""
+    """The link clicked (the engine matches a click to its recipient by it; by ``phone`` when empty)."""
 
 
 @runtime_checkable
 class ManagedLinks(Protocol):
     """A gateway whose provider makes per-phone short links and reports their clicks.
 
-    The engine would call :meth:`create_links` for a batch's phones before rendering it (its links
-    fill the ``{link}`` field and are billed like any text) and poll :meth:`link_clicks` for the
-    report. A gateway declares it with ``managed_links = True`` on its class.
+    The engine calls :meth:`create_links` once per batch for the phones its stages routed to this
+    gateway and has no link for yet, before the batch is rendered (the links fill the ``{link}``
+    field and are billed like any text; :mod:`engine.run.provider_links`), and
+    :meth:`link_clicks` when asked to pull clicks (``pigeon links pull``). A gateway declares it
+    with ``managed_links = True`` on its class. Failures are the gateway errors ``send`` raises:
+    :class:`~engine.core.errors.GatewayAuthError` stops the run, a retriable one is tried again.
     """
 
     managed_links: ClassVar[bool]
 
     async def create_links(self, phones: Sequence[str], target: str, out_id: str) -> Sequence[ManagedLink]:
-        """One link per phone to ``target``, tagged ``out_id`` (the campaign) at the provider."""
+        """One link per phone (E.164) to ``target``, tagged ``out_id`` (the campaign) at the
+        provider, index-aligned with ``phones`` (the gateway splits them into requests as its API
+        allows)."""
 
     async def link_clicks(self, out_id: str, since: float) -> Sequence[LinkClick]:
-        """Clicks on the links tagged ``out_id`` since ``since`` (epoch seconds)."""
+        """Clicks on the links made for ``out_id`` since ``since`` (epoch seconds: when the
+        campaign's first link was made) — or on any of the account's links made since then when
+        the provider cannot filter by ``out_id`` (Aliyun): the engine keeps the clicks on links it
+        made for the campaign. A click may come again in a later pull (the engine counts it once)."""

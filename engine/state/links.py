@@ -6,6 +6,11 @@ finds its codes already there). ``clicks`` holds one row per (code, visitor) —
 for a recipient's own code, so a recipient's clicks are one row however often they tap it; a group
 link's visitors are told apart by a hash of address and user agent — with the first and last time
 and the number of hits. The redirector of ``pigeon serve`` reads codes and writes clicks.
+
+``provider_links`` holds the per-phone links a gateway's provider made (``[links] mode =
+"provider"``): one per (campaign, number), with the recipient row and group it was made for and
+the gateway that made it, so a resume reuses them. Their clicks, pulled from the provider
+(``pigeon links pull``), go into ``clicks`` under the link's URL as the code, once per link.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Final
 from engine.core.errors import EngineError
 from engine.core.links import code as make_code
 
-__all__ = ["LinkStore", "LinkTarget", "LinksError", "links_path"]
+__all__ = ["LinkStore", "LinkTarget", "LinksError", "ProviderLink", "links_path"]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS link_codes (
@@ -43,6 +48,18 @@ CREATE TABLE IF NOT EXISTS clicks (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS clicks_by_campaign ON clicks (campaign);
 CREATE TABLE IF NOT EXISTS links_meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS provider_links (
+    campaign   TEXT NOT NULL,
+    number     TEXT NOT NULL,    -- as the stages normalized it (national for China)
+    url        TEXT NOT NULL,
+    grp        TEXT NOT NULL,
+    row        INTEGER NOT NULL, -- the recipient row it was made for
+    gateway    TEXT NOT NULL,
+    made_at    REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (campaign, number)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS provider_links_by_url ON provider_links (url);
 """
 
 
@@ -57,6 +74,12 @@ def links_path(store_path: Path) -> Path:
 
 class LinkTarget(tuple[str, str, int, str]):
     """(campaign, group, row, target URL) of a code."""
+
+    __slots__ = ()
+
+
+class ProviderLink(tuple[str, str, str, int, str, float]):
+    """(number, url, group, row, gateway, expires_at) of a provider-made link."""
 
     __slots__ = ()
 
@@ -158,6 +181,95 @@ class LinkStore:
             else:
                 by_group[grp] = by_group.get(grp, 0) + 1
         return by_row, by_group
+
+    # -- provider-made links ---------------------------------------------------------------
+
+    def provider_urls(self, campaign: str, numbers: Sequence[str]) -> dict[str, str]:
+        """number → URL of the campaign's provider links among ``numbers`` (a few queries of 900)."""
+        out: dict[str, str] = {}
+        todo = list(dict.fromkeys(numbers))
+        for k in range(0, len(todo), 900):
+            chunk = todo[k : k + 900]
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                self.db.execute(
+                    f"SELECT number, url FROM provider_links WHERE campaign = ? AND number IN ({marks})",
+                    [campaign, *chunk],
+                ).fetchall()
+            )
+        return out
+
+    def add_provider_links(
+        self, campaign: str, links: Sequence[ProviderLink], now: float | None = None
+    ) -> None:
+        """Store links a provider made, in one transaction (a number that has one keeps it)."""
+        if not links:
+            return
+        ts = time.time() if now is None else now
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.executemany(
+                    "INSERT OR IGNORE INTO provider_links VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(campaign, n, url, grp, row, gw, ts, exp) for n, url, grp, row, gw, exp in links],
+                )
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise LinksError(f"{self.path}: cannot store the provider's links: {exc}") from exc
+
+    def provider_gateways(self, campaign: str) -> dict[str, float]:
+        """Gateway → when it made its first link for ``campaign`` (empty: no provider links)."""
+        return dict(
+            self.db.execute(
+                "SELECT gateway, MIN(made_at) FROM provider_links WHERE campaign = ? GROUP BY gateway",
+                (campaign,),
+            ).fetchall()
+        )
+
+    def provider_links(self, campaign: str) -> dict[str, ProviderLink]:
+        """URL → the link, for every provider link of ``campaign``."""
+        return {
+            r[1]: ProviderLink(r)
+            for r in self.db.execute(
+                "SELECT number, url, grp, row, gateway, expires_at FROM provider_links WHERE campaign = ?",
+                (campaign,),
+            )
+        }
+
+    def record_provider_clicks(
+        self, campaign: str, clicks: Sequence[tuple[str, float]], links: dict[str, ProviderLink]
+    ) -> int:
+        """Record (url, clicked_at) clicks on ``links`` (the campaign's, by URL) in one
+        transaction, once per link however often a pull brings it; how many were new."""
+        rows = [
+            (url, "", campaign, link[2], link[3], at, at)
+            for url, at in clicks
+            if (link := links.get(url)) is not None
+        ]
+        if not rows:
+            return 0
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            before = self.db.total_changes
+            self.db.executemany("INSERT OR IGNORE INTO clicks VALUES (?, ?, ?, ?, ?, ?, ?, 1)", rows)
+            added = self.db.total_changes - before
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return added
+
+    def provider_clicked(self, campaign: str) -> int:
+        """How many of ``campaign``'s provider links have a click recorded."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM clicks c JOIN provider_links p "
+            "ON p.url = c.code AND p.campaign = c.campaign WHERE c.campaign = ?",
+            (campaign,),
+        ).fetchone()
+        return int(row[0])
 
     def close(self) -> None:
         """Close the connection."""

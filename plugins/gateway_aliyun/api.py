@@ -11,7 +11,7 @@ encoded once and never parsed again.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from plugins.gateway_aliyun.signing import (
@@ -23,7 +23,7 @@ from plugins.gateway_aliyun.signing import (
     rpc_signature,
 )
 
-__all__ = ["DEFAULT_HOST", "VERSION", "Signer", "encode_query"]
+__all__ = ["DEFAULT_HOST", "VERSION", "Signer", "create_links_query", "encode_query", "link_log_query"]
 
 DEFAULT_HOST = "dysmsapi.aliyuncs.com"
 VERSION = "2017-05-25"
@@ -34,6 +34,21 @@ Algorithm = Literal["acs3", "rpc"]
 def encode_query(query: Mapping[str, str]) -> str:
     """The query string as sent (RFC 3986 percent-encoding, so every value arrives unchanged)."""
     return "&".join(f"{percent(k)}={percent(v)}" for k, v in query.items())
+
+
+def create_links_query(numbers: Sequence[str], source_url: str, out_id: str = "") -> dict[str, str]:
+    """``CreateSmartShortUrl`` parameters: ``PhoneNumbers`` (national numbers, comma-joined),
+    ``SourceUrl`` and ``OutId`` (left out when empty), as the SDK's request model names them."""
+    query = {"PhoneNumbers": ",".join(numbers), "SourceUrl": source_url}
+    if out_id:
+        query["OutId"] = out_id
+    return query
+
+
+def link_log_query(start: str, end: str, page: int, size: int) -> dict[str, str]:
+    """``QueryPageSmartShortUrlLog`` parameters: links made from ``start`` to ``end`` (Beijing
+    dates ``yyyyMMdd``, sent as the SDK's integers print), page ``page`` (from 1) of ``size`` rows."""
+    return {"CreateDateStart": start, "CreateDateEnd": end, "PageNo": str(page), "PageSize": str(size)}
 
 
 class Signer:

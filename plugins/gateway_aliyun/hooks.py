@@ -19,6 +19,17 @@ journalled with their numbers, and :meth:`AliyunGateway.settle` asks QuerySendDe
 Each request's ``OutId`` is the message id of its first message (:func:`engine.sending.settling.request_key`):
 QuerySendDetails echoes it, so ``pigeon settle`` can tell which record is which message's from
 the ledger alone.
+
+**Managed links** (:class:`~engine.sending.gateway.ManagedLinks`, a campaign's ``[links] mode =
+"provider"``): :meth:`AliyunGateway.create_links` calls ``CreateSmartShortUrl`` with up to
+``links_batch`` numbers a request (the API states no limit; 100 by default, to stay well inside
+what its sibling SendBatchSms takes), ``query_concurrency`` requests at once;
+:meth:`AliyunGateway.link_clicks` pages ``QueryPageSmartShortUrlLog`` (which filters by the links'
+creation dates, not by ``OutId``) and keeps the rows with ``ClickState`` 1. Their codes are
+classified as SendSms's: throttling and ``isp.SYSTEM_ERROR`` wait and ask again (five times at
+most, then :class:`~pigeon.GatewayUnavailable`), account errors raise
+:class:`~pigeon.GatewayAuthError`, a per-number refusal in a request of several numbers splits it
+in halves so only that number goes without a link.
 """
 
 from __future__ import annotations
@@ -37,12 +48,14 @@ import anyio
 import httpx
 import msgspec
 
+from engine.sending.gateway import LinkClick, ManagedLink
 from engine.sending.settling import SKEW, Journal, ProviderStatus, Settled, SettleQuery, request_key
 from pigeon import (
     ConfigError,
     DeliveryStatus,
     GatewayAuthError,
     GatewayContext,
+    GatewayError,
     GatewayProtocolError,
     GatewayRegistry,
     GatewayUnavailable,
@@ -55,7 +68,7 @@ from pigeon import (
 )
 from plugins.cloudsms.calls import Call, Probe, national, run_calls, sign_name
 from plugins.cloudsms.http import CloudClient
-from plugins.gateway_aliyun.api import Signer
+from plugins.gateway_aliyun.api import Signer, create_links_query, link_log_query
 from plugins.gateway_aliyun.codes import PER_MESSAGE, classify
 from plugins.gateway_aliyun.webhooks import AliyunParser
 
@@ -65,6 +78,11 @@ SEND_SMS_MAX = 1000
 BATCH_SMS_MAX = 100
 QUERY_PAGE = 50
 """QuerySendDetails' largest page."""
+LINKS_BATCH = 100
+"""CreateSmartShortUrl numbers per request by default (the API documents no limit: conservative)."""
+LINK_LOG_PAGE = 50
+"""QueryPageSmartShortUrlLog rows per page (no documented maximum: QuerySendDetails' page size)."""
+_LINK_TRIES = 6
 _SHANGHAI = ZoneInfo("Asia/Shanghai")
 _THROTTLED = frozenset({"Throttling.User", "Throttling", "isv.BUSINESS_LIMIT_CONTROL"})
 
@@ -93,7 +111,10 @@ class AliyunConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     """Seconds after a send before QuerySendDetails is trusted to list it: a message it does not
     list by then was never taken (``failed``, ``pigeon.NOT_SENT``); sooner it stays ``unknown``."""
     query_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
-    """QuerySendDetails calls in flight at once while settling (one per number)."""
+    """QuerySendDetails calls in flight at once while settling (one per number), and
+    CreateSmartShortUrl calls in flight at once for a batch's links."""
+    links_batch: Annotated[int, msgspec.Meta(ge=1, le=SEND_SMS_MAX)] = LINKS_BATCH
+    """Numbers per CreateSmartShortUrl request (provider-managed links; the API states no limit)."""
 
 
 def _secret(env: str, gateway: str, key: str) -> str:
@@ -113,6 +134,8 @@ class AliyunGateway:
     """SendSms is not idempotent: a request without an answer is not sent again (it is settled)."""
     template_provider = "aliyun"
     """It sends only templates filed with Aliyun (the service refuses other messages for it)."""
+    managed_links = True
+    """It makes per-phone short links (CreateSmartShortUrl) and reads their clicks."""
 
     def __init__(self, config: AliyunConfig, ctx: GatewayContext) -> None:
         self.name = ctx.name
@@ -325,6 +348,112 @@ class AliyunGateway:
             raise GatewayUnavailable(f"{self.name}: HTTP {status}: {doc.get('Code')}")
         return doc
 
+    # -- managed links -------------------------------------------------------------------
+
+    async def create_links(self, phones: Sequence[str], target: str, out_id: str) -> list[ManagedLink]:
+        """One smart short link per phone (E.164) to ``target``, index-aligned with ``phones``; a
+        phone Aliyun made none for gets an empty ``url``. ``links_batch`` numbers a request,
+        ``query_concurrency`` requests at once."""
+        if self._auth is not None:
+            raise self._auth
+        found: dict[int, ManagedLink] = {}
+        size = self.config.links_batch
+        chunks = [list(range(k, min(k + size, len(phones)))) for k in range(0, len(phones), size)]
+        limiter = anyio.CapacityLimiter(self.config.query_concurrency)
+
+        async def one(chunk: list[int]) -> None:
+            async with limiter:
+                await self._create(phones, chunk, target, out_id, found)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for chunk in chunks:
+                    tg.start_soon(one, chunk)
+        except BaseExceptionGroup as group:  # the first gateway error, as ``send`` would raise it
+            first = group.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+        return [found.get(i) or ManagedLink(phone=phones[i], url="") for i in range(len(phones))]
+
+    async def _create(
+        self, phones: Sequence[str], chunk: list[int], target: str, out_id: str, found: dict[int, ManagedLink]
+    ) -> None:
+        nationals = [national(phones[i]) for i in chunk]
+        params = create_links_query(nationals, target, out_id)
+        doc = await self._link_call("CreateSmartShortUrl", params, per_number=True)
+        if doc is None:  # a number refused the request: each half again (a lone number: no link)
+            if len(chunk) == 1:
+                return
+            half = len(chunk) // 2
+            await self._create(phones, chunk[:half], target, out_id, found)
+            await self._create(phones, chunk[half:], target, out_id, found)
+            return
+        model = doc.get("Model")
+        by_number = {
+            str(m.get("PhoneNumber", "")): m
+            for m in (model if isinstance(model, list) else [])
+            if isinstance(m, dict)
+        }
+        for i, n in zip(chunk, nationals, strict=True):
+            m = by_number.get(n)
+            if m is not None and m.get("ShortUrl"):
+                found[i] = ManagedLink(
+                    phone=phones[i], url=str(m["ShortUrl"]), expires_at=_epoch(m.get("Expiration"))
+                )
+
+    async def link_clicks(self, out_id: str, since: float) -> list[LinkClick]:
+        """The clicked rows of QueryPageSmartShortUrlLog for links made from ``since``'s Beijing
+        date to today's, every page (the log does not filter by ``out_id``: the engine keeps the
+        clicks on links it made for the campaign)."""
+        if self._auth is not None:
+            raise self._auth
+        start, end = _day(since), _day(time.time())
+        out: list[LinkClick] = []
+        page = 1
+        while True:
+            query = link_log_query(start, end, page, LINK_LOG_PAGE)
+            doc = await self._link_call("QueryPageSmartShortUrlLog", query)
+            assert doc is not None
+            model = doc.get("Model")
+            model = model if isinstance(model, dict) else {}
+            rows = model.get("List")
+            rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+            out += [c for r in rows if (c := _click(r)) is not None]
+            try:
+                pages = int(model.get("TotalPage") or 0)
+            except (TypeError, ValueError):
+                pages = 0
+            if len(rows) < LINK_LOG_PAGE or (pages and page >= pages) or page >= 100_000:
+                return out
+            page += 1
+
+    async def _link_call(
+        self, action: str, params: dict[str, str], *, per_number: bool = False
+    ) -> dict[str, Any] | None:
+        """A links call's answer (``Code`` OK); None when ``per_number`` and a code about one number
+        (:data:`~plugins.gateway_aliyun.codes.PER_MESSAGE`) refused it.
+        Throttling and system errors wait and ask again; the rest raise gateway errors."""
+        for attempt in range(_LINK_TRIES):
+            doc = await self.call(action, params)
+            code = str(doc.get("Code", ""))
+            if code == "OK":
+                return doc
+            message = str(doc.get("Message", ""))
+            outcome, after = classify(code, message)
+            if outcome == "account":
+                self._auth = GatewayAuthError(f"{self.name}: Aliyun refused {action}: {code}: {message}")
+                raise self._auth
+            if per_number and code in PER_MESSAGE and code != "isv.BUSINESS_LIMIT_CONTROL":
+                return None
+            if outcome in ("throttled", "retry") and attempt < _LINK_TRIES - 1:
+                await anyio.sleep(min(max(after, 0.2 * 2**attempt), 5.0))
+                continue
+            if outcome in ("throttled", "retry", "capped"):
+                raise GatewayUnavailable(f"{self.name}: {action}: {code}: {message}")
+            raise GatewayError(f"{self.name}: Aliyun refused {action}: {code}: {message}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # -- settling ------------------------------------------------------------------------
 
     async def settle(self, queries: Sequence[SettleQuery]) -> Settled:
@@ -429,6 +558,41 @@ def _status(row: dict[str, Any], number: str) -> ProviderStatus:
         code=code or ("DELIVERED" if status == DeliveryStatus.DELIVERED else ""),
         at=_when(row.get("SendDate")),
         done_at=_when(row.get("ReceiveDate")) if status != DeliveryStatus.UNKNOWN else 0.0,
+    )
+
+
+def _epoch(value: object) -> float:
+    """Epoch seconds of an Aliyun ``Long`` time (milliseconds, or seconds); 0 when absent or unreadable."""
+    try:
+        n = float(cast("Any", value))
+    except (TypeError, ValueError):
+        return 0.0
+    if n > 1e11:
+        return n / 1000.0
+    return n if n > 1e8 else 0.0
+
+
+def _e164(number: str) -> str:
+    """A number as Aliyun echoes it (:func:`national`) back to E.164."""
+    if number.startswith("+"):
+        return number
+    if len(number) == 11 and number.startswith("1"):
+        return "+86" + number
+    return "+" + number
+
+
+def _click(row: dict[str, Any]) -> LinkClick | None:
+    """A QueryPageSmartShortUrlLog row as a click (None: not clicked)."""
+    state = row.get("ClickState")
+    try:
+        clicked = int(cast("Any", state)) == 1
+    except (TypeError, ValueError):
+        clicked = False
+    if not clicked:
+        return None
+    at = _epoch(row.get("ClickTime")) or _epoch(row.get("CreateTime"))
+    return LinkClick(
+        phone=_e164(str(row.get("PhoneNumber") or "")), clicked_at=at, url=str(row.get("ShortUrl") or "")
     )
 
 

@@ -333,6 +333,7 @@ def test_every_data_command_prints_json(
         ("status",),
         ("report", "t"),
         ("settle", "t"),
+        ("links", "pull", "t"),
         ("lookup", "13800138000", "+44 7911 123456"),
         ("optout", "import", "list.csv"),
         ("optout", "export"),

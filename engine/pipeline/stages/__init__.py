@@ -95,6 +95,7 @@ def standard_stages(
             trusted=(link_field,) if links is not None else (),
             variants=variants,
             split=split,
+            trusted_params=(link_field,) if links is not None and links.mode == "provider" else (),
         ),
         CountParts(template.template, [v.template for v in variants]),
         Dedupe(dedupe_claims),

@@ -38,6 +38,7 @@ class Render:
         trusted: Sequence[str] = (),
         variants: Sequence[BoundTemplate] = (),
         split: Split | None = None,
+        trusted_params: Sequence[str] = (),
     ) -> None:
         self.template = template
         self.forbid_urls = forbid_urls
@@ -57,6 +58,9 @@ class Render:
             p = self.provider
             self._param_cols = [template.index[f] for f in p.fields]
             self._param_defaults = [d or "" for d in p.defaults]
+            self._param_trusted = [f in trusted_params for f in p.fields]
+            """Parameters whose values may hold a link: the link a provider made for the row's
+            number (``[links] mode = "provider"``), sent in the filed template's variable."""
 
     def process(self, batch: Batch) -> None:
         """Render every row of the batch."""
@@ -152,10 +156,11 @@ class Render:
             column = [v[k] for v in values]
             # the usual case, every value fine, costs two C-level passes over the column
             if max(map(len, column), default=0) > limit or (
-                not p.links_allowed and LINK.search("\x00".join(column))
+                not p.links_allowed and not self._param_trusted[k] and LINK.search("\x00".join(column))
             ):
                 for i, v in enumerate(column):
-                    if i not in bad and (problem := param_problem(p, k, v)) is not None:
+                    problem = param_problem(p, k, v, links=self._param_trusted[k])
+                    if i not in bad and problem is not None:
                         bad[i] = problem
         if bad:
             idx = sorted(bad)
