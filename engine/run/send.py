@@ -73,22 +73,16 @@ def check_coordinator(plan: Plan, backend: str, shards: int) -> None:
             "coordinator.plugin",
             f"{ccfg.plugin!r} is not registered (known: {known}): install its plugin",
         )
-    if plan.campaign.config.policy.daily_limit is not None:
-        raise ConfigError(
-            plan.campaign.file,
-            "policy.daily_limit",
-            f"a daily limit is counted by one host's ledger, and coordinator {ccfg.plugin!r} shares the "
-            "campaign among hosts: send it from one host (embedded coordinator, --shards for more "
-            "cores) or leave daily_limit out",
-        )
-    if plan.campaign.config.policy.spend_cap is not None:
-        raise ConfigError(
-            plan.campaign.file,
-            "policy.spend_cap",
-            f"a spend cap is counted by one host's ledger, and coordinator {ccfg.plugin!r} shares the "
-            "campaign among hosts: send it from one host (embedded coordinator, --shards for more "
-            "cores) or leave spend_cap out",
-        )
+    policy = plan.campaign.config.policy
+    for key, what in (("daily_limit", "a daily limit"), ("spend_cap", "a spend cap")):
+        if getattr(policy, key) is not None:
+            raise ConfigError(
+                plan.campaign.file,
+                f"policy.{key}",
+                f"{what} is counted by one host's ledger, and coordinator {ccfg.plugin!r} shares the "
+                "campaign among hosts: send it from one host (embedded coordinator, --shards for more "
+                f"cores) or leave {key} out",
+            )
     if backend != "asyncio":
         raise ConfigError(
             file,

@@ -12,6 +12,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
 from pigeon import EngineError, EventDelivery, EventSourceContext
+from plugins.event_queues import unreachable
 from plugins.events_nats.config import JetStreamConfig
 
 __all__ = ["JetStreamSource"]
@@ -77,10 +78,7 @@ class JetStreamSource:
             raise self._unreachable(exc) from None
 
     def _unreachable(self, exc: BaseException) -> EngineError:
-        return EngineError(
-            f"event source {self.name!r}: NATS at {self.config.url.rpartition('@')[2]} did not answer "
-            f"({type(exc).__name__}: {exc}); is it running with JetStream on? (tried again in a moment)"
-        )
+        return unreachable(self.name, "NATS (JetStream)", self.config.url, exc)
 
     async def aclose(self) -> None:
         """Close the connection."""

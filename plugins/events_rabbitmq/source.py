@@ -10,6 +10,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import AMQPException
 
 from pigeon import EngineError, EventDelivery, EventSourceContext
+from plugins.event_queues import unreachable
 from plugins.events_rabbitmq.config import QueueConfig
 
 __all__ = ["QueueSource"]
@@ -65,10 +66,7 @@ class QueueSource:
             raise self._unreachable(exc) from None
 
     def _unreachable(self, exc: BaseException) -> EngineError:
-        return EngineError(
-            f"event source {self.name!r}: RabbitMQ at {self.config.url.rpartition('@')[2]} did not answer "
-            f"({type(exc).__name__}: {exc}); is it running? (tried again in a moment)"
-        )
+        return unreachable(self.name, "RabbitMQ", self.config.url, exc)
 
     async def aclose(self) -> None:
         """Close the connection (unacknowledged events go back to the queue)."""

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from pigeon import EngineError, EventDelivery, EventSourceContext
+from plugins.event_queues import unreachable
 from plugins.events_redis.config import StreamConfig
 
 __all__ = ["StreamSource"]
@@ -73,10 +74,7 @@ class StreamSource:
             raise self._unreachable(exc) from None
 
     def _unreachable(self, exc: BaseException) -> EngineError:
-        return EngineError(
-            f"event source {self.name!r}: Redis at {self.config.url.rpartition('@')[2]} did not answer "
-            f"({exc}); is it running? (tried again in a moment)"
-        )
+        return unreachable(self.name, "Redis", self.config.url, exc)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
