@@ -195,3 +195,20 @@ def test_a_redis_restart_pauses_sending_and_nobody_goes_twice_or_missing(tmp_pat
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.mark.parametrize(("key", "value"), [("daily_limit", "100"), ("spend_cap", "10.0")])
+def test_limits_counted_by_one_hosts_ledger_are_refused_with_a_shared_coordinator(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    """A daily limit or a spend cap would be counted by each host's own ledger: with a coordinator
+    that shares the campaign among hosts, the campaign is refused before anything starts."""
+    from engine.core.errors import ConfigError
+    from engine.run.plan import prepare
+    from engine.run.send import check_coordinator
+
+    campaign = files(tmp_path, 9, store=tmp_path / "pigeon.db", extra=_coordinator(URL, "p17:refused"))
+    campaign.write_text(campaign.read_text(encoding="utf-8") + f"{key} = {value}\n", encoding="utf-8")
+    (tmp_path / "seg.csv").write_text("phone,name,coupon\n13800138000,客,5\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"policy\.{key}: .*one host's ledger.*leave {key} out"):
+        check_coordinator(prepare(campaign), "asyncio", 1)
