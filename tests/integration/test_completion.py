@@ -131,6 +131,11 @@ zpty z 'zsh -f -i'
 zpty -w z "$1"
 shift
 out=''
+# the setup (compinit) takes a while on a busy machine: type nothing until its prompt shows
+for ((i = 0; i < 1500; i++)); do
+    if zpty -r -t z chunk; then out+=$chunk; [[ $out == *$'\r> '* ]] && break; continue; fi
+    sleep 0.02
+done
 read_until() {  # read for up to $2 seconds, until the output holds $1 answers (or, for 0, settles)
     local i chunk
     for ((i = 0; i < $2 * 50; i++)); do
