@@ -34,6 +34,7 @@ from __future__ import annotations
 from engine.coordination.contract import (
     BudgetKey,
     BudgetSpec,
+    CapCheck,
     Claim,
     Coordinator,
     CoordinatorContext,
@@ -99,6 +100,7 @@ __all__ = [
     "BudgetKey",
     "BudgetSpec",
     "CampaignBusy",
+    "CapCheck",
     "Claim",
     "ConfigError",
     "Coordinator",

@@ -205,6 +205,7 @@ class OutcomeSink(Protocol):
 _ELSEWHERE = {
     "claimed_elsewhere": "claimed by another worker or row",
     "opted_out": "opted out while the campaign ran (shared by the workers)",
+    "capped": "this number reached its frequency cap (counted across the workers)",
 }
 
 

@@ -225,6 +225,8 @@ def open_gate(
         carrier_reserves=carrier_reserves,
         gateway_reserves=gateway_reserves,
         priority=plan.campaign.config.kind,
+        caps=plan.caps.windows if plan.caps is not None else (),
+        wall=plan.clock.time,
     )
 
 

@@ -82,10 +82,11 @@ class SharedGate(Protocol):
     pause: float
     """Seconds a lane waits before asking a store that did not answer again."""
 
-    async def claim(self, batch: MessageBatch) -> tuple[list[int], list[int], list[int]]:
+    async def claim(self, batch: MessageBatch) -> tuple[list[int], list[int], list[int], list[int]]:
         """Claim the request's recipients for this worker: the indices another worker (or another
-        row) holds, those opted out since the campaign started, and those taken over from a dead
-        worker that may have sent them already and must not be resent (they end ``unknown``)."""
+        row) holds, those opted out since the campaign started, those taken over from a dead
+        worker that may have sent them already and must not be resent (they end ``unknown``), and
+        those at a frequency cap counted across the workers (they end ``suppressed``, ``capped``)."""
         ...
 
     async def release(self, batch: MessageBatch) -> None:
@@ -550,21 +551,23 @@ class Lane:
             if gate is not None and not claimed and not handed:
                 # Claimed for this worker before anything else: a request never goes without it.
                 try:
-                    taken, opted, doubtful = await gate.claim(pending)
+                    taken, opted, doubtful, capped = await gate.claim(pending)
                 except CoordinatorUnavailable as exc:
                     await self._gate_down(exc)
                     continue
                 gate.available()
                 claimed = True
-                if taken or opted or doubtful:
+                if taken or opted or doubtful or capped:
                     if taken:
                         recorder.elsewhere(pending.take(taken), "claimed_elsewhere")
                     if opted:  # opted out on some worker since the run started
                         recorder.elsewhere(pending.take(opted), "opted_out")
+                    if capped:  # at a frequency cap that every worker's sends count
+                        recorder.elsewhere(pending.take(capped), "capped")
                     if doubtful:  # a dead worker claimed them: maybe sent, never resent blindly
                         recorder.doubtful(self.primary.name, pending.take(doubtful), "claimed_by_dead_worker")
-                    metrics.queued(priority, carrier, -len(taken) - len(opted) - len(doubtful))
-                    gone = set(taken) | set(opted) | set(doubtful)
+                    metrics.queued(priority, carrier, -len(taken) - len(opted) - len(doubtful) - len(capped))
+                    gone = set(taken) | set(opted) | set(doubtful) | set(capped)
                     pending = pending.take([i for i in range(len(pending)) if i not in gone])
                     continue
             if attempt >= policy.max_attempts:
