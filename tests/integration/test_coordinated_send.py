@@ -212,3 +212,45 @@ def test_limits_counted_by_one_hosts_ledger_are_refused_with_a_shared_coordinato
     (tmp_path / "seg.csv").write_text("phone,name,coupon\n13800138000,客,5\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=rf"policy\.{key}: .*one host's ledger.*leave {key} out"):
         check_coordinator(prepare(campaign), "asyncio", 1)
+
+
+def test_two_campaigns_on_two_workers_share_a_calendar_day_cap(tmp_path: Path, prefix: str) -> None:
+    """Two ``pigeon send --coordinator`` processes (each its own store, as on two hosts) send two
+    marketing campaigns over overlapping segments at once under ``limit = 1, calendar_day``: every
+    number reaches the simulator at most once; each overlapping row is sent by one worker and
+    recorded ``suppressed``, ``capped`` by the other."""
+    spans = {"a": range(1500), "b": range(500, 2000)}  # 1,000 numbers in both
+    with SimulatorThread(SimConfig()) as sim:
+        dirs = []
+        for name, span in spans.items():
+            d = tmp_path / name
+            d.mkdir()
+            (d / "seg.csv").write_text(
+                "phone,name,coupon\n" + "".join(f"138{i:08d},客,20\n" for i in span), encoding="utf-8"
+            )
+            files(d, sim.port, store=d / "pigeon.db", max_batch=100, extra=_coordinator(URL, prefix))
+            campaign = d / "campaign.toml"
+            campaign.write_text(campaign.read_text("utf-8").replace('id = "crash"', f'id = "cap-{name}"'))
+            dirs.append(d)
+        procs = [start(["send", str(d / "campaign.toml")], d) for d in dirs]
+        outs = [p.communicate(timeout=60) for p in procs]
+        for p, (_, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err
+        log = list(sim.log)
+    received = Counter(to for _, _, to, _, _ in log)
+    assert not [n for n, c in received.items() if c > 1], "a number received twice in one day"
+    assert len(received) == 2000, "every number received once"
+    capped_total = 0
+    for d, (name, span) in zip(dirs, spans.items(), strict=True):
+        ledger = Ledger(d / "pigeon.db")
+        try:
+            counts = ledger.counts(f"cap-{name}")
+            sent = set(ledger.rows_in(f"cap-{name}", LedgerState.SUBMITTED).tolist())
+            capped = set(ledger.rows_in(f"cap-{name}", LedgerState.SUPPRESSED).tolist())
+        finally:
+            ledger.close()
+        assert counts.total == len(span)
+        assert sent | capped == set(range(2, len(span) + 2)) and not sent & capped
+        assert counts.reasons.get("suppressed", {}) == ({"capped": len(capped)} if capped else {})
+        capped_total += len(capped)
+    assert capped_total == 1000, "each overlapping number sent by one worker, capped at the other"
