@@ -164,5 +164,5 @@ __all__ = [
     "request_key",
 ]
 
-API_VERSION = "1.2"
+API_VERSION = "1.3"
 """The plugin API's version (``major.minor``), separate from the package's; see the module docstring."""
