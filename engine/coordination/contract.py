@@ -134,6 +134,9 @@ class Claim(IntEnum):
     CAPPED = 5
     """Over a frequency cap counted by every worker (:class:`CapCheck`): not claimed, not counted,
     not sent (recorded ``suppressed``, ``capped``)."""
+    SAME_CONTENT = 6
+    """The same text went to the recipient within the same-content window, from any worker
+    (:attr:`CapCheck.same_content`): not claimed, not sent (recorded ``suppressed``, ``same_content``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +148,17 @@ class CapCheck:
     one at its limit in any window answers :attr:`Claim.CAPPED`, every other new claim adds one
     to each window's count. ``now`` (epoch seconds, the worker's wall clock) places the calendar
     day and the rolling period: hosts keep their clocks in step (NTP).
+
+    ``same_content`` (seconds; 0: none) with ``contents`` (one hash of the message text per
+    recipient): a recipient who got the same text within that many seconds, from any worker,
+    answers :attr:`Claim.SAME_CONTENT`; every new claim records its text for that long.
     """
 
     kind: str
     windows: tuple[CapWindow, ...]
     now: float
+    same_content: float = 0.0
+    contents: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from engine.coordination.contract import BudgetKey, BudgetSpec, CapCheck, Claim,
 from engine.core.errors import ConfigError, CoordinatorUnavailable
 from engine.core.messages import MessageBatch, number_key
 from engine.observability.metrics import NO_METRICS, Metrics
+from engine.pipeline.stages.same_content import content_hash
 from engine.state.caps import CapWindow
 
 __all__ = ["ALL", "CoordinatedGate", "shared_spec"]
@@ -89,14 +90,18 @@ class CoordinatedGate:
         gateway_reserves: Mapping[str, BudgetSpec] | None = None,
         priority: str = "marketing",
         caps: Sequence[CapWindow] = (),
+        same_content: float = 0.0,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.coordinator = coordinator
-        self.caps = tuple(caps) if "caps" in inspect.signature(coordinator.claim).parameters else ()
+        sharing = "caps" in inspect.signature(coordinator.claim).parameters
+        self.caps = tuple(caps) if sharing else ()
         """The campaign kind's frequency cap windows, checked and counted with each claim by a
         coordinator that shares them (every worker's sends count); empty: none, or a coordinator
         written before :class:`~engine.coordination.contract.CapCheck` (its ``claim`` takes no
         ``caps``: each worker's own ``cap`` stage counts, as before)."""
+        self.same_content = same_content if sharing else 0.0
+        """The same-content window (seconds; 0: none) checked with each claim across the workers."""
         self.wall = wall
         """The wall clock (epoch seconds) that places a claim in its cap windows."""
         self.carrier_reserves = dict(carrier_reserves or {})
@@ -131,20 +136,23 @@ class CoordinatedGate:
 
     # -- claims ------------------------------------------------------------------------------------
 
-    async def claim(self, batch: MessageBatch) -> tuple[list[int], list[int], list[int], list[int]]:
+    async def claim(
+        self, batch: MessageBatch
+    ) -> tuple[list[int], list[int], list[int], dict[str, list[int]]]:
         """Claim ``batch``'s recipients in one call, tagged with their rows (the same number on
         another row is ``TAKEN``: a duplicate across ranges). Returns the indices another worker or
         row holds, those opted out since the campaign started (any worker's
         :meth:`add_optouts`), those adopted from :attr:`adopt` that must not be resent (unless
-        :attr:`resend_adopted`), and those at a frequency cap every worker's sends count
-        (:attr:`caps`)."""
+        :attr:`resend_adopted`), and — by reason, ``capped`` or ``same_content`` — those held back
+        by a cap or a same-content window every worker's sends count (:attr:`caps`)."""
         keys = _keys(batch)
         self.calls += 1
         metrics, worker = self.metrics, self.worker
         tags = list(map(str, batch.rows))
         try:
-            if self.caps:
-                caps = CapCheck(self.priority, self.caps, self.wall())
+            if self.caps or self.same_content:
+                contents = tuple(map(content_hash, batch.texts)) if self.same_content else ()
+                caps = CapCheck(self.priority, self.caps, self.wall(), self.same_content, contents)
                 answers = await self.coordinator.claim(
                     self.campaign, keys, tags=tags, adopt=self.adopt, caps=caps
                 )
@@ -157,22 +165,27 @@ class CoordinatedGate:
         if answers.count(Claim.NEW) == len(answers):  # the usual case, one C scan
             self.claims += len(answers)
             metrics.claims(worker, "new", len(answers))
-            return [], [], [], []
+            return [], [], [], {}
         taken = [i for i, a in enumerate(answers) if a is Claim.TAKEN]
         opted = [i for i, a in enumerate(answers) if a is Claim.OPTED_OUT]
         capped = [i for i, a in enumerate(answers) if a is Claim.CAPPED]
+        repeated = [i for i, a in enumerate(answers) if a is Claim.SAME_CONTENT]
         doubtful = [] if self.resend_adopted else [i for i, a in enumerate(answers) if a is Claim.ADOPTED]
         self.taken += len(taken)
         self.capped += len(capped)
         self.adopted += sum(a is Claim.ADOPTED for a in answers)
-        self.claims += len(answers) - len(taken) - len(opted) - len(capped) - len(doubtful)
+        self.claims += len(answers) - len(taken) - len(opted) - len(capped) - len(repeated) - len(doubtful)
         adopted = sum(a is Claim.ADOPTED for a in answers)
         metrics.claims(worker, "taken", len(taken))
         metrics.claims(worker, "opted_out", len(opted))
         metrics.claims(worker, "capped", len(capped))
+        metrics.claims(worker, "same_content", len(repeated))
         metrics.claims(worker, "adopted", adopted)
-        metrics.claims(worker, "new", len(answers) - len(taken) - len(opted) - len(capped) - adopted)
-        return taken, opted, doubtful, capped
+        metrics.claims(
+            worker, "new", len(answers) - len(taken) - len(opted) - len(capped) - len(repeated) - adopted
+        )
+        held = {reason: idx for reason, idx in (("capped", capped), ("same_content", repeated)) if idx}
+        return taken, opted, doubtful, held
 
     async def add_optouts(self, numbers: Sequence[str]) -> None:
         """Numbers opted out now (an MO reply this worker read): every worker's next claim of them

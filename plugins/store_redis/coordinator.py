@@ -21,6 +21,8 @@ key                                       type         holds
                                                        local day; expires at the next midnight
 ``<prefix>:caps:{<kind>}:<n>:roll:<secs>``  sorted set  its send times (ms) in the rolling period;
                                                        trimmed at each check, expires after it
+``<prefix>:caps:{<kind>}:<n>:text:<hash>``  string     a text sent to the number; expires after
+                                                       the same-content window
 ========================================  ===========  ==============================================
 
 A name's ``{`` and ``}`` are written ``%7B`` / ``%7D`` so they cannot break the hash tag.
@@ -80,10 +82,12 @@ GROUP = "workers"
 
 
 def _cap_args(caps: CapCheck) -> list[Arg]:
-    """The claim script's cap arguments: now (ms), then per window its type, limit, bucket and
+    """The claim script's cap arguments: now (ms), the same-content window (ms; 0: none) and the
+    texts' hashes, then per window its type, limit, bucket and
     expiry (a calendar day: the epoch ms of the next local midnight, plus a minute for clocks a
     little apart; a rolling period: its length in ms)."""
-    args: list[Arg] = [round(caps.now * 1000)]
+    same = round(caps.same_content * 1000) if caps.contents else 0
+    args: list[Arg] = [round(caps.now * 1000), same, _SEP.join(map(str, caps.contents)) if same else ""]
     for w in caps.windows:
         bucket, until = w.bucket(caps.now)
         if bucket.startswith("day:"):
@@ -274,12 +278,15 @@ class RedisCoordinator:
                 raise ValueError(f"a {what} is empty or holds \\x1f")
         keys = [self.claims_key(campaign), self.optouts_key(campaign)]
         args: list[Arg] = [self.worker, self._claim_ttl_ms, adopt, joined, tagged]
-        if caps is not None and caps.windows:
+        if caps is not None and caps.contents and len(caps.contents) != len(recipients):
+            raise ValueError("one text hash per recipient")
+        if caps is not None and (caps.windows or (caps.same_content > 0 and caps.contents)):
             if self.config.cluster:
                 if not self._said_cluster:
                     self._said_cluster = True
                     log.warning(
-                        "frequency caps are counted by each worker on a Redis Cluster, not shared",
+                        "frequency caps and same-content windows are counted by each worker on a "
+                        "Redis Cluster, not shared",
                         extra={"event": "coordinator.caps_local"},
                     )
             else:

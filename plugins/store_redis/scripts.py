@@ -77,7 +77,8 @@ CLAIM: Final = """
 -- KEYS[1] the campaign's claims hash (recipient -> worker[|tag]), KEYS[2] its opt-out set,
 -- KEYS[3] (with caps) the base of the kind's cap counters: <base>:<recipient>:<window bucket>
 -- ARGV owner, ttl_ms, adopt, recipients and tags each joined by \\x1f (tags may be ''),
---   [now_ms, then per cap window: 'd' (calendar day) or 'r' (rolling), limit, bucket,
+--   [now_ms, same-content window ms (0: none), text hashes joined by \\x1f (one per recipient),
+--    then per cap window: 'd' (calendar day) or 'r' (rolling), limit, bucket,
 --    expire-at ms (day) or period ms (rolling)]
 local owner = ARGV[1]
 local adopt = ARGV[3]
@@ -87,27 +88,37 @@ if ARGV[5] ~= '' then
   for t in string.gmatch(ARGV[5], '[^\\31]+') do tags[#tags + 1] = t end
 end
 local now = tonumber(ARGV[6] or '')
-local caps = {}
+local caps, texts, same = {}, {}, 0
 if now then
-  local j = 7
+  same = tonumber(ARGV[7])
+  if same > 0 then
+    for h in string.gmatch(ARGV[8], '[^\\31]+') do texts[#texts + 1] = h end
+  end
+  local j = 9
   while ARGV[j] do
     caps[#caps + 1] = {ARGV[j], tonumber(ARGV[j + 1]), ARGV[j + 2], ARGV[j + 3]}
     j = j + 4
   end
 end
-local function capped(r)
+local function held(r, i)
+  if same > 0 and redis.call('EXISTS', KEYS[3] .. ':' .. r .. ':text:' .. texts[i]) == 1 then
+    return '6'
+  end
   for _, w in ipairs(caps) do
     local key = KEYS[3] .. ':' .. r .. ':' .. w[3]
     if w[1] == 'd' then
-      if tonumber(redis.call('GET', key) or '0') >= w[2] then return true end
+      if tonumber(redis.call('GET', key) or '0') >= w[2] then return '5' end
     else
       redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%.0f', now - tonumber(w[4])))
-      if redis.call('ZCARD', key) >= w[2] then return true end
+      if redis.call('ZCARD', key) >= w[2] then return '5' end
     end
   end
-  return false
+  return nil
 end
-local function count(r, member)
+local function count(r, i, member)
+  if same > 0 then
+    redis.call('SET', KEYS[3] .. ':' .. r .. ':text:' .. texts[i], '1', 'PX', same)
+  end
   for _, w in ipairs(caps) do
     local key = KEYS[3] .. ':' .. r .. ':' .. w[3]
     if w[1] == 'd' then
@@ -124,12 +135,16 @@ for i = 1, #recipients do
   local r = recipients[i]
   local v = owner
   if tags[i] then v = owner .. '|' .. tags[i] end
+  local why = nil
   if redis.call('SISMEMBER', KEYS[2], r) == 1 then
-    out[i] = '4'
-  elseif #caps > 0 and redis.call('HEXISTS', KEYS[1], r) == 0 and capped(r) then
-    out[i] = '5'
+    why = '4'
+  elseif now and redis.call('HEXISTS', KEYS[1], r) == 0 then
+    why = held(r, i)
+  end
+  if why then
+    out[i] = why
   elseif redis.call('HSETNX', KEYS[1], r, v) == 1 then
-    if #caps > 0 then count(r, KEYS[1] .. '|' .. v) end
+    if now then count(r, i, KEYS[1] .. '|' .. v) end
     out[i] = '1'
   else
     local cur = redis.call('HGET', KEYS[1], r)
@@ -153,7 +168,9 @@ same tag), 3 (adopted from the dead worker ``adopt``: its claim under the same t
 or untagged), 0 (another's, or this worker's or the dead one's under another tag: the same number on
 another row, which that row's record settles), 4 (opted out since the campaign started: in its
 opt-out set; not claimed), 5 (capped: a recipient nobody claimed yet whose count in a cap window
-already reached the limit; not claimed, not counted). Every new claim (1) adds one to each cap
+already reached the limit; not claimed, not counted), 6 (the same text — its hash — went to the
+recipient within the same-content window; not claimed). A new claim also records its text's
+hash for the window (``SET … PX``). Every new claim (1) adds one to each cap
 window's count in the same step — a calendar day's counter (``INCR``, dropped at the next local
 midnight) or a rolling period's sorted set of send times (trimmed to the period before each
 check) — so two workers can never both take a number's last place. A claim asked again (2) or

@@ -517,3 +517,20 @@ async def test_racing_workers_never_both_take_a_numbers_last_place(
     for x, y in zip(got_a, got_b, strict=True):
         assert sorted((x, y)) == [Claim.NEW, Claim.CAPPED]
     assert 0 < got_a.count(Claim.NEW) < len(numbers), "the two workers raced"
+
+
+@pytest.mark.anyio
+async def test_a_same_content_window_is_shared_across_workers(make: Callable[..., RedisCoordinator]) -> None:
+    a, b = make(), make()
+    n1, n2 = "8613800000011", "8613800000012"
+    t0 = _at(4, 10)
+
+    def check(now: float, *texts: int) -> CapCheck:
+        return CapCheck("marketing", (), now, same_content=600.0, contents=texts)
+
+    assert await a.claim("s1", [n1, n2], caps=check(t0, 111, 111)) == [Claim.NEW, Claim.NEW]
+    # The same text to n1 from another worker's campaign within 10 minutes: held; another text goes.
+    got = await b.claim("s2", [n1, n2], caps=check(t0 + 60, 111, 222))
+    assert got == [Claim.SAME_CONTENT, Claim.NEW]
+    key = f"{a.caps_key('marketing')}:{n1}:text:111"
+    assert 0 < await a.client.pttl(key) <= 600_000, "the text is remembered for the window only"
