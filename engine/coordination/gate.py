@@ -6,8 +6,9 @@ never per message:
 
 * ``claim`` — one call for the request's recipients (``Coordinator.claim``); those another worker
   holds leave the request (recorded ``suppressed``, ``claimed_elsewhere``: the claiming worker's
-  ledger records the send); with frequency caps, the same call checks and counts them for every
-  worker (those at their cap are recorded ``suppressed``, ``capped``, as the ``cap`` stage does);
+  ledger records the send); with frequency caps or a same-content window, the same call checks
+  and counts them for every worker (those held back are recorded ``suppressed``, ``capped`` or
+  ``same_content``, as the stages of those names do);
 * ``charge`` — the request's billed parts on the carrier's budget (key ``(*, carrier, all)``,
   the carrier's ``rate_per_second`` for all workers together) and on the gateway's
   (``(gateway, *, all)``, its ``rate_per_second``). The carrier's is booked first; when the
@@ -127,7 +128,7 @@ class CoordinatedGate:
         self._said = -math.inf
         self.claims = self.taken = self.adopted = self.capped = self.charges = self.calls = 0
         """Recipients claimed by this worker, found claimed by another, taken over from a dead one,
-        requests booked, store calls."""
+        held back by a shared cap, requests booked, store calls."""
         self.adopt = ""
         """The dead worker whose range this worker is sending now: its claims are taken over."""
         self.resend_adopted = False

@@ -561,7 +561,7 @@ class Lane:
                 gate.available()
                 claimed = True
                 if taken or opted or doubtful or held:
-                    capped = [i for idx in held.values() for i in idx]
+                    held_back = [i for idx in held.values() for i in idx]
                     if taken:
                         recorder.elsewhere(pending.take(taken), "claimed_elsewhere")
                     if opted:  # opted out on some worker since the run started
@@ -570,8 +570,10 @@ class Lane:
                         recorder.elsewhere(pending.take(idx), reason)
                     if doubtful:  # a dead worker claimed them: maybe sent, never resent blindly
                         recorder.doubtful(self.primary.name, pending.take(doubtful), "claimed_by_dead_worker")
-                    metrics.queued(priority, carrier, -len(taken) - len(opted) - len(doubtful) - len(capped))
-                    gone = set(taken) | set(opted) | set(doubtful) | set(capped)
+                    metrics.queued(
+                        priority, carrier, -len(taken) - len(opted) - len(doubtful) - len(held_back)
+                    )
+                    gone = set(taken) | set(opted) | set(doubtful) | set(held_back)
                     pending = pending.take([i for i in range(len(pending)) if i not in gone])
                     continue
             if attempt >= policy.max_attempts:

@@ -368,6 +368,11 @@ async def test_on_a_cluster_each_campaign_s_keys_share_one_slot_and_every_script
         key = BudgetKey("gw", "cm", "bulk")
         assert [await a.charge(key, spec, 5), await b.charge(key, spec, 5)] == [0.0, 0.0]
         assert await a.charge(key, spec, 5) > 0  # one budget, whichever client asks
+        # Shared caps need one script over two hash tags: on a Cluster they are not passed (each
+        # worker's cap stage counts) — the claim still works, and says nothing is capped.
+        check = CapCheck("marketing", (CapWindow(1, "calendar_day"),), time.time())
+        assert await a.claim("caps", ["8613800000001"], caps=check) == [Claim.NEW]
+        assert await b.claim("caps2", ["8613800000001"], caps=check) == [Claim.NEW]
     finally:
         await a.aclose()
         await b.aclose()
