@@ -144,7 +144,7 @@ for i = 1, #recipients do
   if why then
     out[i] = why
   elseif redis.call('HSETNX', KEYS[1], r, v) == 1 then
-    if now then count(r, i, KEYS[1] .. '|' .. v) end
+    if now then count(r, i, string.sub(redis.sha1hex(KEYS[1] .. '|' .. v), 1, 16)) end
     out[i] = '1'
   else
     local cur = redis.call('HGET', KEYS[1], r)
@@ -173,7 +173,9 @@ recipient within the same-content window; not claimed). A new claim also records
 hash for the window (``SET … PX``). Every new claim (1) adds one to each cap
 window's count in the same step — a calendar day's counter (``INCR``, dropped at the next local
 midnight) or a rolling period's sorted set of send times (trimmed to the period before each
-check) — so two workers can never both take a number's last place. A claim asked again (2) or
+check; each member the first 16 hex digits of the SHA-1 of the campaign's claims key and the claim,
+short enough for Redis's compact listpack encoding: ~80 bytes a number against ~1 KB with the
+claim written out) — so two workers can never both take a number's last place. A claim asked again (2) or
 adopted (3) counts nothing more: its first claim counted it. Recipients and tags travel as one
 argument each (one string to pack and parse, not hundreds).
 
