@@ -7,7 +7,10 @@ One worker process, one Redis on loopback (client and server share this machine'
   the baseline;
 * ``gcra``: budget charges per second, one call at a time (requests of 1–8 parts on a budget
   too large to refuse), beside the embedded limiter;
-* ``memory``: bytes per claimed recipient in the campaign's claims hash (``MEMORY USAGE``).
+* ``memory``: bytes per claimed recipient in the campaign's claims hash (``MEMORY USAGE``);
+* ``caps``: claims in requests of 200 with the frequency caps checked and counted in the claim
+  script — none, ``1 per calendar_day``, and that plus ``3 per 7d`` — with client and Redis CPU
+  per 1,000 recipients (``INFO cpu``: a shared Redis makes it noisy) and bytes per cap key.
 
     python -m loadtests.redis_coordinator                    # 200,000 recipients
     python -m loadtests.redis_coordinator --json loadtests/results-redis-coordinator.json
@@ -25,8 +28,9 @@ from typing import Any
 
 import redis
 
-from engine.coordination.contract import BudgetKey, BudgetSpec, Coordinator, CoordinatorContext
+from engine.coordination.contract import BudgetKey, BudgetSpec, CapCheck, Coordinator, CoordinatorContext
 from engine.coordination.embedded import EmbeddedCoordinator
+from engine.state.caps import CapWindow
 from loadtests._report import emit
 from plugins.store_redis.config import RedisConfig
 from plugins.store_redis.coordinator import RedisCoordinator
@@ -55,6 +59,45 @@ async def _gcra(c: Coordinator, calls: int) -> dict[str, float]:
     return {"charges_per_s": round(calls / wall), "client_cpu_us_per_charge": round(cpu / calls * 1e6, 1)}
 
 
+async def caps_costs(r: RedisCoordinator, rows: int) -> dict[str, Any]:
+    """Claims of ``rows`` fresh recipients per setup, in requests of 200, with shared caps."""
+    server = redis.Redis.from_url(r.config.url)
+
+    def redis_cpu() -> float:
+        cpu: dict[str, Any] = server.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+    now = time.time()
+    setups: dict[str, CapCheck | None] = {
+        "none": None,
+        "1_per_calendar_day": CapCheck("marketing", (CapWindow(1, "calendar_day"),), now),
+        "1_per_day_and_3_per_7d": CapCheck(
+            "marketing", (CapWindow(1, "calendar_day"), CapWindow(3, "7d")), now
+        ),
+    }
+    out: dict[str, Any] = {}
+    try:
+        for j, (name, check) in enumerate(setups.items()):
+            numbers = [f"86{j}{n:010d}" for n in range(rows)]  # fresh numbers: every claim counted
+            used, wall, cpu = redis_cpu(), time.perf_counter(), time.process_time()
+            for i in range(0, rows, 200):
+                await r.claim(f"caps-{name}", numbers[i : i + 200], caps=check)
+            wall, cpu, used = time.perf_counter() - wall, time.process_time() - cpu, redis_cpu() - used
+            out[name] = {
+                "recipients_per_s": round(rows / wall),
+                "client_cpu_ms_per_1000": round(cpu / rows * 1e6, 2),
+                "redis_cpu_ms_per_1000": round(used / rows * 1e6, 2),
+            }
+        keys = list(server.scan_iter(match=f"{r.caps_key('marketing')}:*", count=1000))
+        for kind in ("day", "roll"):
+            some = [k for k in keys if f":{kind}:".encode() in k][:1000]
+            size = sum(int(server.memory_usage(k) or 0) for k in some)
+            out[f"bytes_per_{kind}_key"] = round(size / max(1, len(some)))
+    finally:
+        server.close()
+    return out
+
+
 async def main(rows: int, url: str) -> dict[str, Any]:
     prefix = f"pigeon-load-{secrets.token_hex(4)}"
     r = RedisCoordinator(RedisConfig(url=url, prefix=prefix), CoordinatorContext())
@@ -71,6 +114,7 @@ async def main(rows: int, url: str) -> dict[str, Any]:
         report["gcra"] = {"redis": await _gcra(r, 20_000), "embedded": await _gcra(e, 20_000)}
         used = int(await r.client.memory_usage(r.claims_key("c500")) or 0)
         report["memory"] = {"claims_hash_bytes": used, "bytes_per_recipient": round(used / rows, 1)}
+        report["caps"] = await caps_costs(r, min(rows, 50_000))
     finally:
         client = redis.Redis.from_url(url)
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))

@@ -34,6 +34,7 @@ from __future__ import annotations
 from engine.coordination.contract import (
     BudgetKey,
     BudgetSpec,
+    CapCheck,
     Claim,
     Coordinator,
     CoordinatorContext,
@@ -99,6 +100,7 @@ __all__ = [
     "BudgetKey",
     "BudgetSpec",
     "CampaignBusy",
+    "CapCheck",
     "Claim",
     "ConfigError",
     "Coordinator",
@@ -162,5 +164,5 @@ __all__ = [
     "request_key",
 ]
 
-API_VERSION = "1.2"
+API_VERSION = "1.3"
 """The plugin API's version (``major.minor``), separate from the package's; see the module docstring."""

@@ -17,11 +17,13 @@ import msgspec
 
 from engine.core.errors import CoordinatorUnavailable  # defined low: the lanes pause on it
 from engine.pipeline.source import SegmentRange
+from engine.state.caps import CapWindow
 from engine.state.ledger.records import LeaseLost
 
 __all__ = [
     "BudgetKey",
     "BudgetSpec",
+    "CapCheck",
     "Claim",
     "Coordinator",
     "CoordinatorContext",
@@ -129,6 +131,34 @@ class Claim(IntEnum):
     OPTED_OUT = 4
     """Opted out while the campaign runs (:meth:`SharedOptOuts.add_optouts` by any worker): not
     claimed, not sent."""
+    CAPPED = 5
+    """Over a frequency cap counted by every worker (:class:`CapCheck`): not claimed, not counted,
+    not sent (recorded ``suppressed``, ``capped``)."""
+    SAME_CONTENT = 6
+    """The same text went to the recipient within the same-content window, from any worker
+    (:attr:`CapCheck.same_content`): not claimed, not sent (recorded ``suppressed``, ``same_content``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CapCheck:
+    """Frequency caps a claim checks and counts in the same step (a coordinator that shares them).
+
+    Each recipient the claim would newly take is checked against every window's count of the
+    ``kind`` (``marketing``, ``transactional``: caps span campaigns, as the store's history does);
+    one at its limit in any window answers :attr:`Claim.CAPPED`, every other new claim adds one
+    to each window's count. ``now`` (epoch seconds, the worker's wall clock) places the calendar
+    day and the rolling period: hosts keep their clocks in step (NTP).
+
+    ``same_content`` (seconds; 0: none) with ``contents`` (one hash of the message text per
+    recipient): a recipient who got the same text within that many seconds, from any worker,
+    answers :attr:`Claim.SAME_CONTENT`; every new claim records its text for that long.
+    """
+
+    kind: str
+    windows: tuple[CapWindow, ...]
+    now: float
+    same_content: float = 0.0
+    contents: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,14 +208,22 @@ class Coordinator(Protocol):
         ...
 
     async def claim(
-        self, campaign: str, recipients: Sequence[str], *, tags: Sequence[str] | None = None, adopt: str = ""
+        self,
+        campaign: str,
+        recipients: Sequence[str],
+        *,
+        tags: Sequence[str] | None = None,
+        adopt: str = "",
+        caps: CapCheck | None = None,
     ) -> list[Claim]:
         """Claim every recipient of one request for this worker, in one step; one answer each.
 
         ``tags`` (one per recipient, e.g. its row): ``MINE`` only when this worker claimed the
         recipient under the same tag (another tag — the same number on another row — is
         ``TAKEN``). ``adopt``: claims the worker of that name holds are taken over (``ADOPTED``):
-        it died holding a range this worker reclaimed."""
+        it died holding a range this worker reclaimed. ``caps``: a coordinator that shares
+        frequency caps checks and counts them for the recipients it would newly claim
+        (``CAPPED``); one that does not (the embedded one: one process counts its own) ignores it."""
         ...
 
     async def release_claims(self, campaign: str, recipients: Sequence[str]) -> int:

@@ -19,6 +19,7 @@ from typing import Final
 from engine.coordination.contract import (
     BudgetKey,
     BudgetSpec,
+    CapCheck,
     Claim,
     CoordinatorContext,
     LeaseGrant,
@@ -120,9 +121,16 @@ class EmbeddedCoordinator:
     # -- claims ------------------------------------------------------------------------------------
 
     async def claim(
-        self, campaign: str, recipients: Sequence[str], *, tags: Sequence[str] | None = None, adopt: str = ""
+        self,
+        campaign: str,
+        recipients: Sequence[str],
+        *,
+        tags: Sequence[str] | None = None,
+        adopt: str = "",
+        caps: CapCheck | None = None,
     ) -> list[Claim]:
-        """Every recipient is this process's: NEW the first time, MINE after (TAKEN under another tag)."""
+        """Every recipient is this process's: NEW the first time, MINE after (TAKEN under another tag).
+        ``caps`` is ignored: one process counts its caps itself (the ``cap`` stage)."""
         held = self._claims.setdefault(campaign, {})
         out: list[Claim] = []
         for i, r in enumerate(recipients):

@@ -6,7 +6,9 @@ never per message:
 
 * ``claim`` — one call for the request's recipients (``Coordinator.claim``); those another worker
   holds leave the request (recorded ``suppressed``, ``claimed_elsewhere``: the claiming worker's
-  ledger records the send);
+  ledger records the send); with frequency caps or a same-content window, the same call checks
+  and counts them for every worker (those held back are recorded ``suppressed``, ``capped`` or
+  ``same_content``, as the stages of those names do);
 * ``charge`` — the request's billed parts on the carrier's budget (key ``(*, carrier, all)``,
   the carrier's ``rate_per_second`` for all workers together) and on the gateway's
   (``(gateway, *, all)``, its ``rate_per_second``). The carrier's is booked first; when the
@@ -20,15 +22,18 @@ the gate: the lane waits :attr:`CoordinatedGate.pause` seconds and asks again, a
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from engine.coordination.contract import BudgetKey, BudgetSpec, Claim, Coordinator, SharedOptOuts
+from engine.coordination.contract import BudgetKey, BudgetSpec, CapCheck, Claim, Coordinator, SharedOptOuts
 from engine.core.errors import ConfigError, CoordinatorUnavailable
 from engine.core.messages import MessageBatch, number_key
 from engine.observability.metrics import NO_METRICS, Metrics
+from engine.pipeline.stages.same_content import content_hash
+from engine.state.caps import CapWindow
 
 __all__ = ["ALL", "CoordinatedGate", "shared_spec"]
 
@@ -85,8 +90,21 @@ class CoordinatedGate:
         carrier_reserves: Mapping[str, BudgetSpec] | None = None,
         gateway_reserves: Mapping[str, BudgetSpec] | None = None,
         priority: str = "marketing",
+        caps: Sequence[CapWindow] = (),
+        same_content: float = 0.0,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.coordinator = coordinator
+        sharing = "caps" in inspect.signature(coordinator.claim).parameters
+        self.caps = tuple(caps) if sharing else ()
+        """The campaign kind's frequency cap windows, checked and counted with each claim by a
+        coordinator that shares them (every worker's sends count); empty: none, or a coordinator
+        written before :class:`~engine.coordination.contract.CapCheck` (its ``claim`` takes no
+        ``caps``: each worker's own ``cap`` stage counts, as before)."""
+        self.same_content = same_content if sharing else 0.0
+        """The same-content window (seconds; 0: none) checked with each claim across the workers."""
+        self.wall = wall
+        """The wall clock (epoch seconds) that places a claim in its cap windows."""
         self.carrier_reserves = dict(carrier_reserves or {})
         """Carrier → its transactional reserve: then :attr:`carrier_budgets` holds the rest (lane
         ``marketing``), and the reserve is a GCRA bucket of its own (lane ``transactional``)."""
@@ -108,9 +126,9 @@ class CoordinatedGate:
         self.down_since: float | None = None
         """Monotonic time the store stopped answering (None while it answers)."""
         self._said = -math.inf
-        self.claims = self.taken = self.adopted = self.charges = self.calls = 0
+        self.claims = self.taken = self.adopted = self.capped = self.charges = self.calls = 0
         """Recipients claimed by this worker, found claimed by another, taken over from a dead one,
-        requests booked, store calls."""
+        held back by a shared cap, requests booked, store calls."""
         self.adopt = ""
         """The dead worker whose range this worker is sending now: its claims are taken over."""
         self.resend_adopted = False
@@ -119,19 +137,28 @@ class CoordinatedGate:
 
     # -- claims ------------------------------------------------------------------------------------
 
-    async def claim(self, batch: MessageBatch) -> tuple[list[int], list[int], list[int]]:
+    async def claim(
+        self, batch: MessageBatch
+    ) -> tuple[list[int], list[int], list[int], dict[str, list[int]]]:
         """Claim ``batch``'s recipients in one call, tagged with their rows (the same number on
         another row is ``TAKEN``: a duplicate across ranges). Returns the indices another worker or
         row holds, those opted out since the campaign started (any worker's
-        :meth:`add_optouts`), and those adopted from :attr:`adopt` that must not be resent (unless
-        :attr:`resend_adopted`)."""
+        :meth:`add_optouts`), those adopted from :attr:`adopt` that must not be resent (unless
+        :attr:`resend_adopted`), and — by reason, ``capped`` or ``same_content`` — those held back
+        by a cap or a same-content window every worker's sends count (:attr:`caps`)."""
         keys = _keys(batch)
         self.calls += 1
         metrics, worker = self.metrics, self.worker
+        tags = list(map(str, batch.rows))
         try:
-            answers = await self.coordinator.claim(
-                self.campaign, keys, tags=list(map(str, batch.rows)), adopt=self.adopt
-            )
+            if self.caps or self.same_content:
+                contents = tuple(map(content_hash, batch.texts)) if self.same_content else ()
+                caps = CapCheck(self.priority, self.caps, self.wall(), self.same_content, contents)
+                answers = await self.coordinator.claim(
+                    self.campaign, keys, tags=tags, adopt=self.adopt, caps=caps
+                )
+            else:
+                answers = await self.coordinator.claim(self.campaign, keys, tags=tags, adopt=self.adopt)
         except CoordinatorUnavailable:
             metrics.coordinator_call(worker, "claim", False)
             raise
@@ -139,19 +166,27 @@ class CoordinatedGate:
         if answers.count(Claim.NEW) == len(answers):  # the usual case, one C scan
             self.claims += len(answers)
             metrics.claims(worker, "new", len(answers))
-            return [], [], []
+            return [], [], [], {}
         taken = [i for i, a in enumerate(answers) if a is Claim.TAKEN]
         opted = [i for i, a in enumerate(answers) if a is Claim.OPTED_OUT]
+        capped = [i for i, a in enumerate(answers) if a is Claim.CAPPED]
+        repeated = [i for i, a in enumerate(answers) if a is Claim.SAME_CONTENT]
         doubtful = [] if self.resend_adopted else [i for i, a in enumerate(answers) if a is Claim.ADOPTED]
         self.taken += len(taken)
+        self.capped += len(capped)
         self.adopted += sum(a is Claim.ADOPTED for a in answers)
-        self.claims += len(answers) - len(taken) - len(opted) - len(doubtful)
+        self.claims += len(answers) - len(taken) - len(opted) - len(capped) - len(repeated) - len(doubtful)
         adopted = sum(a is Claim.ADOPTED for a in answers)
         metrics.claims(worker, "taken", len(taken))
         metrics.claims(worker, "opted_out", len(opted))
+        metrics.claims(worker, "capped", len(capped))
+        metrics.claims(worker, "same_content", len(repeated))
         metrics.claims(worker, "adopted", adopted)
-        metrics.claims(worker, "new", len(answers) - len(taken) - len(opted) - adopted)
-        return taken, opted, doubtful
+        metrics.claims(
+            worker, "new", len(answers) - len(taken) - len(opted) - len(capped) - len(repeated) - adopted
+        )
+        held = {reason: idx for reason, idx in (("capped", capped), ("same_content", repeated)) if idx}
+        return taken, opted, doubtful, held
 
     async def add_optouts(self, numbers: Sequence[str]) -> None:
         """Numbers opted out now (an MO reply this worker read): every worker's next claim of them

@@ -93,9 +93,10 @@ CALLBACK_EVENT_OUTCOMES = ("delivered", "dead")
 
 CALLBACK_REQUEST_OUTCOMES = ("ok", "refused", "unreachable", "timeout")
 """How a POST to a callback receiver ended: 2xx, another status, no connection, no answer in time."""
-CLAIM_ANSWERS = ("new", "taken", "opted_out", "adopted")
+CLAIM_ANSWERS = ("new", "taken", "opted_out", "adopted", "capped", "same_content")
 """What a coordinator's claim answered per recipient (``answer`` label): this worker's to send,
-another worker's (or row's), opted out on some worker, taken over from a dead worker."""
+another worker's (or row's), opted out on some worker, taken over from a dead worker, at a
+frequency cap or the same text within the same-content window, counted across the workers."""
 
 COORDINATOR_CALLS = ("claim", "charge", "range")
 """Calls a worker makes to its coordinator (``call`` label), each ``ok`` or ``unavailable``."""

@@ -205,6 +205,8 @@ class OutcomeSink(Protocol):
 _ELSEWHERE = {
     "claimed_elsewhere": "claimed by another worker or row",
     "opted_out": "opted out while the campaign ran (shared by the workers)",
+    "capped": "this number reached its frequency cap (counted across the workers)",
+    "same_content": "the same text went to this number within the window (from any worker)",
 }
 
 

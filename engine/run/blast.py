@@ -22,6 +22,7 @@ from engine.core.errors import (
     RunHalt,
 )
 from engine.core.messages import DeliveryReport, MessageBatch, State
+from engine.core.periods import parse_period
 from engine.core.sendwindow import SendWindow
 from engine.observability.metrics import NO_METRICS, Metrics
 from engine.observability.report import RejectsWriter, RunRecorder, RunSummary, close_writers
@@ -169,6 +170,14 @@ def worker_name(store_path: Path) -> str:
     return f"{socket.gethostname()}:{digest}"
 
 
+def _same_content_seconds(plan: Plan) -> float:
+    """The campaign kind's same-content window in seconds (0.0: none)."""
+    lane = plan.engine.config.caps.get(plan.campaign.config.kind)
+    if plan.same_content is None or lane is None or not lane.same_content:
+        return 0.0
+    return parse_period(lane.same_content) or 0.0
+
+
 def open_gate(
     plan: Plan, notify: Callable[[str], None] | None, metrics: Metrics = NO_METRICS
 ) -> CoordinatedGate | None:
@@ -225,6 +234,9 @@ def open_gate(
         carrier_reserves=carrier_reserves,
         gateway_reserves=gateway_reserves,
         priority=plan.campaign.config.kind,
+        caps=plan.caps.windows if plan.caps is not None else (),
+        same_content=_same_content_seconds(plan),
+        wall=plan.clock.time,
     )
 
 

@@ -82,10 +82,14 @@ class SharedGate(Protocol):
     pause: float
     """Seconds a lane waits before asking a store that did not answer again."""
 
-    async def claim(self, batch: MessageBatch) -> tuple[list[int], list[int], list[int]]:
+    async def claim(
+        self, batch: MessageBatch
+    ) -> tuple[list[int], list[int], list[int], dict[str, list[int]]]:
         """Claim the request's recipients for this worker: the indices another worker (or another
-        row) holds, those opted out since the campaign started, and those taken over from a dead
-        worker that may have sent them already and must not be resent (they end ``unknown``)."""
+        row) holds, those opted out since the campaign started, those taken over from a dead
+        worker that may have sent them already and must not be resent (they end ``unknown``), and —
+        by reason (``capped``, ``same_content``) — those held back by a cap or a same-content window
+        counted across the workers (they end ``suppressed`` with that reason)."""
         ...
 
     async def release(self, batch: MessageBatch) -> None:
@@ -550,21 +554,26 @@ class Lane:
             if gate is not None and not claimed and not handed:
                 # Claimed for this worker before anything else: a request never goes without it.
                 try:
-                    taken, opted, doubtful = await gate.claim(pending)
+                    taken, opted, doubtful, held = await gate.claim(pending)
                 except CoordinatorUnavailable as exc:
                     await self._gate_down(exc)
                     continue
                 gate.available()
                 claimed = True
-                if taken or opted or doubtful:
+                if taken or opted or doubtful or held:
+                    held_back = [i for idx in held.values() for i in idx]
                     if taken:
                         recorder.elsewhere(pending.take(taken), "claimed_elsewhere")
                     if opted:  # opted out on some worker since the run started
                         recorder.elsewhere(pending.take(opted), "opted_out")
+                    for reason, idx in held.items():  # a cap or same-content window every worker counts
+                        recorder.elsewhere(pending.take(idx), reason)
                     if doubtful:  # a dead worker claimed them: maybe sent, never resent blindly
                         recorder.doubtful(self.primary.name, pending.take(doubtful), "claimed_by_dead_worker")
-                    metrics.queued(priority, carrier, -len(taken) - len(opted) - len(doubtful))
-                    gone = set(taken) | set(opted) | set(doubtful)
+                    metrics.queued(
+                        priority, carrier, -len(taken) - len(opted) - len(doubtful) - len(held_back)
+                    )
+                    gone = set(taken) | set(opted) | set(doubtful) | set(held_back)
                     pending = pending.take([i for i in range(len(pending)) if i not in gone])
                     continue
             if attempt >= policy.max_attempts:

@@ -55,6 +55,17 @@ class CapWindow:
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
         return midnight.timestamp()
 
+    def bucket(self, now: float) -> tuple[str, float]:
+        """Where a shared store counts this window at ``now``: a name and, for ``calendar_day``, the
+        epoch second the count is dropped (the next local midnight), else the rolling period in
+        seconds. A calendar day's name is its local date (``day:Asia/Shanghai:2026-12-04``): a new
+        day is a new, empty bucket; a rolling period's is its length (``roll:86400``)."""
+        seconds = parse_period(self.period)
+        if seconds is not None:
+            return f"roll:{seconds:.0f}", seconds
+        local = datetime.fromtimestamp(now, ZoneInfo(self.timezone))
+        return f"day:{self.timezone}:{local.date().isoformat()}", self.reset_after(now)
+
 
 class CapState:
     """Send history of many numbers, plus this run's sends, checked a batch at a time.

@@ -17,6 +17,12 @@ key                                       type         holds
 ``<prefix>:ranges:{<campaign>}``          stream       the segment's byte ranges (group ``workers``)
 ``<prefix>:progress:{<campaign>}``        hash         range index → ``row|byte`` where it resumes
                                                        (its rows before settled in a ledger)
+``<prefix>:caps:{<kind>}:<n>:day:<tz>:<date>``  string  a number's sends of the kind claimed that
+                                                       local day; expires at the next midnight
+``<prefix>:caps:{<kind>}:<n>:roll:<secs>``  sorted set  its send times (ms) in the rolling period;
+                                                       trimmed at each check, expires after it
+``<prefix>:caps:{<kind>}:<n>:text:<hash>``  string     a text sent to the number; expires after
+                                                       the same-content window
 ========================================  ===========  ==============================================
 
 A name's ``{`` and ``}`` are written ``%7B`` / ``%7D`` so they cannot break the hash tag.
@@ -25,6 +31,7 @@ redis-py's client is asyncio-only: run the engine on the asyncio backend with th
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import secrets
@@ -42,6 +49,7 @@ from pigeon import (
     BudgetKey,
     BudgetSpec,
     CampaignBusy,
+    CapCheck,
     Claim,
     CoordinatorContext,
     CoordinatorUnavailable,
@@ -56,6 +64,7 @@ from plugins.store_redis.config import RedisConfig
 
 __all__ = ["RedisConfig", "RedisCoordinator", "SharedLeaseBusy", "tag"]
 
+log = logging.getLogger("pigeon.coordination")
 T = TypeVar("T")
 Arg = str | int
 
@@ -70,6 +79,22 @@ _SEP = "\x1f"
 _DIGITS = {48 + int(c): c for c in Claim}
 GROUP = "workers"
 """The consumer group every worker of a campaign reads its ranges stream with."""
+
+
+def _cap_args(caps: CapCheck) -> list[Arg]:
+    """The claim script's cap arguments: now (ms), the same-content window (ms; 0: none) and the
+    texts' hashes, then per window its type, limit, bucket and
+    expiry (a calendar day: the epoch ms of the next local midnight, plus a minute for clocks a
+    little apart; a rolling period: its length in ms)."""
+    same = round(caps.same_content * 1000) if caps.contents else 0
+    args: list[Arg] = [round(caps.now * 1000), same, _SEP.join(map(str, caps.contents)) if same else ""]
+    for w in caps.windows:
+        bucket, until = w.bucket(caps.now)
+        if bucket.startswith("day:"):
+            args += ["d", w.limit, bucket, math.ceil(until * 1000) + 60_000]
+        else:
+            args += ["r", w.limit, bucket, math.ceil(until * 1000)]
+    return args
 
 
 class SharedLeaseBusy(CampaignBusy):
@@ -112,6 +137,7 @@ class RedisCoordinator:
         self._publish = reg(scripts.PUBLISH_RANGES)
         self._renew_range = reg(scripts.RENEW_RANGE)
         self._claim_ttl_ms = math.ceil(config.claim_ttl * 1000)
+        self._said_cluster = False
 
     # -- keys ------------------------------------------------------------------------------------
 
@@ -126,6 +152,11 @@ class RedisCoordinator:
     def claims_key(self, campaign: str) -> str:
         """The campaign's claims hash."""
         return f"{self.prefix}:claims:{{{tag(campaign)}}}"
+
+    def caps_key(self, kind: str) -> str:
+        """The base of the kind's cap counters (``<base>:<recipient>:<window bucket>``): shared by
+        every campaign of the kind, as the store's send history is."""
+        return f"{self.prefix}:caps:{{{tag(kind)}}}"
 
     def optouts_key(self, campaign: str) -> str:
         """Recipients opted out while the campaign runs (the claim script refuses them)."""
@@ -225,10 +256,18 @@ class RedisCoordinator:
     # -- claims ----------------------------------------------------------------------------------
 
     async def claim(
-        self, campaign: str, recipients: Sequence[str], *, tags: Sequence[str] | None = None, adopt: str = ""
+        self,
+        campaign: str,
+        recipients: Sequence[str],
+        *,
+        tags: Sequence[str] | None = None,
+        adopt: str = "",
+        caps: CapCheck | None = None,
     ) -> list[Claim]:
         """Claim the request's recipients in one script: NEW, MINE (this worker's, same tag),
-        ADOPTED (the dead worker ``adopt``'s) or TAKEN."""
+        ADOPTED (the dead worker ``adopt``'s), TAKEN, OPTED_OUT — or, with ``caps``, CAPPED
+        (checked and counted in the same script; not on a Cluster, where each worker's own
+        ``cap`` stage counts)."""
         if not recipients:
             return []
         if tags is not None and len(tags) != len(recipients):
@@ -239,6 +278,20 @@ class RedisCoordinator:
                 raise ValueError(f"a {what} is empty or holds \\x1f")
         keys = [self.claims_key(campaign), self.optouts_key(campaign)]
         args: list[Arg] = [self.worker, self._claim_ttl_ms, adopt, joined, tagged]
+        if caps is not None and caps.contents and len(caps.contents) != len(recipients):
+            raise ValueError("one text hash per recipient")
+        if caps is not None and (caps.windows or (caps.same_content > 0 and caps.contents)):
+            if self.config.cluster:
+                if not self._said_cluster:
+                    self._said_cluster = True
+                    log.warning(
+                        "frequency caps and same-content windows are counted by each worker on a "
+                        "Redis Cluster, not shared",
+                        extra={"event": "coordinator.caps_local"},
+                    )
+            else:
+                keys.append(self.caps_key(caps.kind))
+                args += _cap_args(caps)
         res: bytes = await self._call("claim recipients", lambda: self._claim(keys=keys, args=args))
         if len(res) != len(recipients):
             raise CoordinatorUnavailable(f"claim script answered {len(res)} for {len(recipients)} recipients")

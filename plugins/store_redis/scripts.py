@@ -74,8 +74,12 @@ return 0
 """Book ``parts`` (0) or, when over, book nothing and return the µs to wait: GCRA charged per request."""
 
 CLAIM: Final = """
--- KEYS[1] the campaign's claims hash (recipient -> worker[|tag]), KEYS[2] its opt-out set
--- ARGV owner, ttl_ms, adopt, recipients and tags each joined by \\x1f (tags may be '')
+-- KEYS[1] the campaign's claims hash (recipient -> worker[|tag]), KEYS[2] its opt-out set,
+-- KEYS[3] (with caps) the base of the kind's cap counters: <base>:<recipient>:<window bucket>
+-- ARGV owner, ttl_ms, adopt, recipients and tags each joined by \\x1f (tags may be ''),
+--   [now_ms, same-content window ms (0: none), text hashes joined by \\x1f (one per recipient),
+--    then per cap window: 'd' (calendar day) or 'r' (rolling), limit, bucket,
+--    expire-at ms (day) or period ms (rolling)]
 local owner = ARGV[1]
 local adopt = ARGV[3]
 local recipients, tags = {}, {}
@@ -83,14 +87,64 @@ for r in string.gmatch(ARGV[4], '[^\\31]+') do recipients[#recipients + 1] = r e
 if ARGV[5] ~= '' then
   for t in string.gmatch(ARGV[5], '[^\\31]+') do tags[#tags + 1] = t end
 end
+local now = tonumber(ARGV[6] or '')
+local caps, texts, same = {}, {}, 0
+if now then
+  same = tonumber(ARGV[7])
+  if same > 0 then
+    for h in string.gmatch(ARGV[8], '[^\\31]+') do texts[#texts + 1] = h end
+  end
+  local j = 9
+  while ARGV[j] do
+    caps[#caps + 1] = {ARGV[j], tonumber(ARGV[j + 1]), ARGV[j + 2], ARGV[j + 3]}
+    j = j + 4
+  end
+end
+local function held(r, i)
+  if same > 0 and redis.call('EXISTS', KEYS[3] .. ':' .. r .. ':text:' .. texts[i]) == 1 then
+    return '6'
+  end
+  for _, w in ipairs(caps) do
+    local key = KEYS[3] .. ':' .. r .. ':' .. w[3]
+    if w[1] == 'd' then
+      if tonumber(redis.call('GET', key) or '0') >= w[2] then return '5' end
+    else
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%.0f', now - tonumber(w[4])))
+      if redis.call('ZCARD', key) >= w[2] then return '5' end
+    end
+  end
+  return nil
+end
+local function count(r, i, member)
+  if same > 0 then
+    redis.call('SET', KEYS[3] .. ':' .. r .. ':text:' .. texts[i], '1', 'PX', same)
+  end
+  for _, w in ipairs(caps) do
+    local key = KEYS[3] .. ':' .. r .. ':' .. w[3]
+    if w[1] == 'd' then
+      redis.call('INCR', key)
+      redis.call('PEXPIREAT', key, w[4])
+    else
+      redis.call('ZADD', key, string.format('%.0f', now), member)
+      redis.call('PEXPIRE', key, w[4])
+    end
+  end
+end
 local out = {}
 for i = 1, #recipients do
   local r = recipients[i]
   local v = owner
   if tags[i] then v = owner .. '|' .. tags[i] end
+  local why = nil
   if redis.call('SISMEMBER', KEYS[2], r) == 1 then
-    out[i] = '4'
+    why = '4'
+  elseif now and redis.call('HEXISTS', KEYS[1], r) == 0 then
+    why = held(r, i)
+  end
+  if why then
+    out[i] = why
   elseif redis.call('HSETNX', KEYS[1], r, v) == 1 then
+    if now then count(r, i, string.sub(redis.sha1hex(KEYS[1] .. '|' .. v), 1, 16)) end
     out[i] = '1'
   else
     local cur = redis.call('HGET', KEYS[1], r)
@@ -113,8 +167,22 @@ return table.concat(out)
 same tag), 3 (adopted from the dead worker ``adopt``: its claim under the same tag — the same row —
 or untagged), 0 (another's, or this worker's or the dead one's under another tag: the same number on
 another row, which that row's record settles), 4 (opted out since the campaign started: in its
-opt-out set; not claimed). Recipients and tags travel as one argument each (one string to pack and
-parse, not hundreds)."""
+opt-out set; not claimed), 5 (capped: a recipient nobody claimed yet whose count in a cap window
+already reached the limit; not claimed, not counted), 6 (the same text — its hash — went to the
+recipient within the same-content window; not claimed). A new claim also records its text's
+hash for the window (``SET … PX``). Every new claim (1) adds one to each cap
+window's count in the same step — a calendar day's counter (``INCR``, dropped at the next local
+midnight) or a rolling period's sorted set of send times (trimmed to the period before each
+check; each member the first 16 hex digits of the SHA-1 of the campaign's claims key and the claim,
+short enough for Redis's compact listpack encoding: ~80 bytes a number against ~1 KB with the
+claim written out) — so two workers can never both take a number's last place. A claim asked again (2) or
+adopted (3) counts nothing more: its first claim counted it. Recipients and tags travel as one
+argument each (one string to pack and parse, not hundreds).
+
+The cap counters are the kind's (``marketing``, ``transactional``), shared by every campaign, so
+they carry the kind's hash tag, not the campaign's: this one script touches two tags, which a
+standalone Redis (or Valkey) runs; on a Redis Cluster the coordinator does not pass caps (each
+worker's own ``cap`` stage counts them, as before)."""
 
 RELEASE_CLAIMS: Final = """
 -- KEYS[1] the campaign's claims hash; ARGV worker, recipients...

@@ -212,3 +212,59 @@ def test_limits_counted_by_one_hosts_ledger_are_refused_with_a_shared_coordinato
     (tmp_path / "seg.csv").write_text("phone,name,coupon\n13800138000,客,5\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=rf"policy\.{key}: .*one host's ledger.*leave {key} out"):
         check_coordinator(prepare(campaign), "asyncio", 1)
+
+
+@pytest.mark.parametrize(
+    ("rule", "reason"),
+    [
+        ('windows = [{ limit = 1, period = "calendar_day" }]', "capped"),
+        ('same_content = "1h"', "same_content"),
+    ],
+)
+def test_two_campaigns_on_two_workers_share_a_cap(
+    tmp_path: Path, prefix: str, rule: str, reason: str
+) -> None:
+    """Two ``pigeon send --coordinator`` processes (each its own store, as on two hosts) send two
+    marketing campaigns (the same texts) over overlapping segments at once under ``limit = 1,
+    calendar_day`` — or a same-content window of an hour: every number reaches the simulator at
+    most once; each overlapping row is sent by one worker and recorded ``suppressed`` with the
+    rule's reason by the other."""
+    spans = {"a": range(1500), "b": range(500, 2000)}  # 1,000 numbers in both
+    with SimulatorThread(SimConfig()) as sim:
+        dirs = []
+        for name, span in spans.items():
+            d = tmp_path / name
+            d.mkdir()
+            (d / "seg.csv").write_text(
+                "phone,name,coupon\n" + "".join(f"138{i:08d},客,20\n" for i in span), encoding="utf-8"
+            )
+            files(d, sim.port, store=d / "pigeon.db", max_batch=100, extra=_coordinator(URL, prefix))
+            engine = d / "engine.toml"
+            engine.write_text(
+                engine.read_text("utf-8").replace('windows = [{ limit = 1, period = "calendar_day" }]', rule)
+            )
+            campaign = d / "campaign.toml"
+            campaign.write_text(campaign.read_text("utf-8").replace('id = "crash"', f'id = "cap-{name}"'))
+            dirs.append(d)
+        procs = [start(["send", str(d / "campaign.toml")], d) for d in dirs]
+        outs = [p.communicate(timeout=60) for p in procs]
+        for p, (_, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err
+        log = list(sim.log)
+    received = Counter(to for _, _, to, _, _ in log)
+    assert not [n for n, c in received.items() if c > 1], "a number received twice"
+    assert len(received) == 2000, "every number received once"
+    capped_total = 0
+    for d, (name, span) in zip(dirs, spans.items(), strict=True):
+        ledger = Ledger(d / "pigeon.db")
+        try:
+            counts = ledger.counts(f"cap-{name}")
+            sent = set(ledger.rows_in(f"cap-{name}", LedgerState.SUBMITTED).tolist())
+            capped = set(ledger.rows_in(f"cap-{name}", LedgerState.SUPPRESSED).tolist())
+        finally:
+            ledger.close()
+        assert counts.total == len(span)
+        assert sent | capped == set(range(2, len(span) + 2)) and not sent & capped
+        assert counts.reasons.get("suppressed", {}) == ({reason: len(capped)} if capped else {})
+        capped_total += len(capped)
+    assert capped_total == 1000, "each overlapping number sent by one worker, held back at the other"

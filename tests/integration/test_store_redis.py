@@ -9,6 +9,7 @@ key prefix of its own and deletes its keys. .ci/run starts a Redis where none an
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import random
@@ -19,8 +20,10 @@ import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -32,10 +35,12 @@ from redis.asyncio.cluster import RedisCluster
 from engine.coordination.contract import (
     BudgetKey,
     BudgetSpec,
+    CapCheck,
     Claim,
     CoordinatorContext,
     CoordinatorUnavailable,
 )
+from engine.state.caps import CapWindow
 from engine.state.ledger.lease import CampaignBusy
 from engine.state.ledger.records import LeaseLost
 from plugins.store_redis.config import RedisConfig
@@ -363,6 +368,11 @@ async def test_on_a_cluster_each_campaign_s_keys_share_one_slot_and_every_script
         key = BudgetKey("gw", "cm", "bulk")
         assert [await a.charge(key, spec, 5), await b.charge(key, spec, 5)] == [0.0, 0.0]
         assert await a.charge(key, spec, 5) > 0  # one budget, whichever client asks
+        # Shared caps need one script over two hash tags: on a Cluster they are not passed (each
+        # worker's cap stage counts) — the claim still works, and says nothing is capped.
+        check = CapCheck("marketing", (CapWindow(1, "calendar_day"),), time.time())
+        assert await a.claim("caps", ["8613800000001"], caps=check) == [Claim.NEW]
+        assert await b.claim("caps2", ["8613800000001"], caps=check) == [Claim.NEW]
     finally:
         await a.aclose()
         await b.aclose()
@@ -431,3 +441,110 @@ async def test_a_killed_and_restarted_redis_with_aof_keeps_claims_fences_and_lea
         await b.aclose()
         proc.terminate()
         proc.wait(10)
+
+
+# -- frequency caps counted in the claim script (every worker's sends) --------------------------------
+
+_SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def _at(day: int, hour: int, minute: int = 0, second: int = 0) -> float:
+    """Epoch seconds of December ``day``, 2026, at that Shanghai time."""
+    return datetime(2026, 12, day, hour, minute, second, tzinfo=_SHANGHAI).timestamp()
+
+
+@pytest.mark.anyio
+async def test_a_calendar_day_cap_is_counted_across_workers_and_campaigns(
+    make: Callable[..., RedisCoordinator],
+) -> None:
+    a, b = make(), make()  # two hosts: two workers, two clients
+    day = (CapWindow(1, "calendar_day", "Asia/Shanghai"),)
+
+    def caps(now: float) -> CapCheck:
+        return CapCheck("marketing", day, now)
+
+    n1, n2, n3 = "8613800000001", "8613800000002", "8613800000003"
+    assert await a.claim("c1", [n1, n2], tags=["2", "3"], caps=caps(_at(4, 10))) == [Claim.NEW, Claim.NEW]
+    # Another worker, another campaign of the kind, the same local day: n1 and n2 are at their cap.
+    got = await b.claim("c2", [n1, n3, n2], tags=["2", "3", "4"], caps=caps(_at(4, 23, 59, 59)))
+    assert got == [Claim.CAPPED, Claim.NEW, Claim.CAPPED]
+    # A claim asked again answers MINE and counts nothing more; the same campaign's claim wins.
+    assert await a.claim("c1", [n1], tags=["2"], caps=caps(_at(4, 11))) == [Claim.MINE]
+    assert await b.claim("c1", [n1], tags=["2"], caps=caps(_at(4, 11))) == [Claim.TAKEN]
+    # The local day changed (midnight in Shanghai, 16:00 UTC): a fresh count.
+    got = await b.claim("c3", [n1, n3], tags=["2", "3"], caps=caps(_at(5, 0, 0, 1)))
+    assert got == [Claim.NEW, Claim.NEW]
+    assert await a.claim("c4", [n1, n3], tags=["2", "3"], caps=caps(_at(5, 8))) == [Claim.CAPPED] * 2
+    # The counter of a day expires after it (a minute's grace for clocks a little apart).
+    key = f"{a.caps_key('marketing')}:{n1}:day:Asia/Shanghai:2026-12-05"
+    expires_ms = await a.client.pexpiretime(key)
+    assert expires_ms == round(_at(6, 0) * 1000) + 60_000
+    # Another kind counts apart; without caps a claim counts nothing.
+    assert await b.claim("t1", [n1], caps=CapCheck("transactional", day, _at(5, 9))) == [Claim.NEW]
+    assert await b.claim("c5", [n2]) == [Claim.NEW]
+
+
+@pytest.mark.anyio
+async def test_a_rolling_cap_counts_send_times_in_the_period_across_workers(
+    make: Callable[..., RedisCoordinator],
+) -> None:
+    a, b = make(), make()
+    window = (CapWindow(2, "24h"),)
+    n = "8613800000009"
+    t0 = _at(4, 10)
+    answers = []
+    for i, (who, at) in enumerate([(a, t0), (b, t0 + 3600), (a, t0 + 7200), (b, t0 + 86400 + 1)]):
+        answers += await who.claim(f"r{i}", [n], caps=CapCheck("marketing", window, at))
+    # Two in 24 h; the third refused (and not counted); once the first is 24 h old, room for one.
+    assert answers == [Claim.NEW, Claim.NEW, Claim.CAPPED, Claim.NEW]
+    assert await a.claim("r9", [n], caps=CapCheck("marketing", window, t0 + 86400 + 2)) == [Claim.CAPPED]
+
+
+@pytest.mark.anyio
+async def test_racing_workers_never_both_take_a_numbers_last_place(
+    make: Callable[..., RedisCoordinator],
+) -> None:
+    """Two workers claim the same 2,000 numbers in requests of 200 for two campaigns at once (one
+    from each end, so they meet) under a cap of one a day: each number is NEW exactly once."""
+    a, b = make(), make()
+    numbers = [f"86139{i:08d}" for i in range(2000)]
+    check = CapCheck("marketing", (CapWindow(1, "calendar_day"),), _at(4, 12))
+
+    async def run(c: RedisCoordinator, campaign: str, order: list[str]) -> dict[str, Claim]:
+        out: dict[str, Claim] = {}
+        for i in range(0, len(order), 200):
+            chunk = order[i : i + 200]
+            out.update(zip(chunk, await c.claim(campaign, chunk, caps=check), strict=True))
+        return out
+
+    by_a, by_b = await asyncio.gather(run(a, "x", numbers), run(b, "y", numbers[::-1]))
+    got_a, got_b = [by_a[n] for n in numbers], [by_b[n] for n in numbers]
+    for x, y in zip(got_a, got_b, strict=True):
+        assert sorted((x, y)) == [Claim.NEW, Claim.CAPPED]
+    assert 0 < got_a.count(Claim.NEW) < len(numbers), "the two workers raced"
+
+
+@pytest.mark.anyio
+async def test_a_same_content_window_is_shared_across_workers(make: Callable[..., RedisCoordinator]) -> None:
+    a, b = make(), make()
+    n1, n2 = "8613800000011", "8613800000012"
+    t0 = _at(4, 10)
+
+    def check(now: float, *texts: int) -> CapCheck:
+        return CapCheck("marketing", (), now, same_content=600.0, contents=texts)
+
+    assert await a.claim("s1", [n1, n2], caps=check(t0, 111, 111)) == [Claim.NEW, Claim.NEW]
+    # The same text to n1 from another worker's campaign within 10 minutes: held; another text goes.
+    got = await b.claim("s2", [n1, n2], caps=check(t0 + 60, 111, 222))
+    assert got == [Claim.SAME_CONTENT, Claim.NEW]
+    key = f"{a.caps_key('marketing')}:{n1}:text:111"
+    assert 0 < await a.client.pttl(key) <= 600_000, "the text is remembered for the window only"
+
+
+@pytest.mark.anyio
+async def test_the_caps_load_test_runs_at_a_tiny_size(make: Callable[..., RedisCoordinator]) -> None:
+    from loadtests.redis_coordinator import caps_costs
+
+    got = await caps_costs(make(), 400)
+    assert set(got) >= {"none", "1_per_calendar_day", "1_per_day_and_3_per_7d", "bytes_per_day_key"}
+    assert got["bytes_per_roll_key"] > 0 and got["1_per_calendar_day"]["recipients_per_s"] > 0
