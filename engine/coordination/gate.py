@@ -95,7 +95,7 @@ class CoordinatedGate:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.coordinator = coordinator
-        sharing = "caps" in inspect.signature(coordinator.claim).parameters
+        sharing = bool(caps or same_content) and "caps" in inspect.signature(coordinator.claim).parameters
         self.caps = tuple(caps) if sharing else ()
         """The campaign kind's frequency cap windows, checked and counted with each claim by a
         coordinator that shares them (every worker's sends count); empty: none, or a coordinator
