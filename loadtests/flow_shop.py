@@ -150,7 +150,7 @@ def shop(n_orders: int, start: float, seed: int = 20) -> list[Ev]:
     rng = random.Random(seed)
     out: list[Ev] = []
     for i in range(n_orders):
-        phone = f"1380013{i:04d}"
+        phone = f"138{i:08d}"  # (eleven digits for any shop size)
         o = f"T{i:05d}"
         t = start + rng.randrange(0, 86400, 60)
         f = {"name": f"客{i}", "item": "羽绒服"}
