@@ -311,7 +311,9 @@ def check(run: ShopRun, sim_log: list[tuple[Any, ...]]) -> dict[str, Any]:
             assert cancel <= due, (flow, order)  # cancelled only by its own cancel event, before its time
             assert mid is None
             continue
-        assert due < cancel, (flow, step, order)  # never fired after its cancel event
+        # never fired after its cancel event (a tie, both in one minute, may go either way: the
+        # step fires when its time comes, and the event is posted in that moment too)
+        assert due <= cancel, (flow, step, order)
         rec = records[mid]
         assert rec is not None
         assert rec.state != "suppressed", (flow, order, rec.reason)  # a capped step is held, not dropped
