@@ -282,9 +282,13 @@ async def run_shop(directory: Path, sim_port: int, orders: int, *, seed: int = 2
     return ShopRun(events, rows, records, listing, one, time.perf_counter() - t0, posts, post_seconds)
 
 
-def check(run: ShopRun, sim_log: list[tuple[Any, ...]]) -> dict[str, Any]:
+def check(
+    run: ShopRun, sim_log: list[tuple[Any, ...]], tolerance: float | None = TOLERANCE
+) -> dict[str, Any]:
     """Every promise of the flows, message by message (``AssertionError`` on the first broken one);
-    the figures: steps by flow and state, lateness."""
+    the figures: steps by flow and state, lateness, the largest burst of steps due at one moment.
+    ``tolerance``: the most a step may fire after its time (None: reported, not asserted — a shop
+    whose thousands of review requests fall due at one 20:00 waits on the lanes' throughput)."""
     events, rows, records = run.events, run.rows, run.records
     # what the gateway got: every step's message id once, and nothing else
     got = Counter(mid for _, mid, *_ in sim_log)
@@ -326,7 +330,7 @@ def check(run: ShopRun, sim_log: list[tuple[Any, ...]]) -> dict[str, Any]:
         late.append(fired - due)
     assert late
     assert min(late) >= -0.001, min(late)  # never before its time
-    assert max(late) <= TOLERANCE, max(late)
+    assert tolerance is None or max(late) <= tolerance, max(late)
     # each flow did its job at least once; the unpaid flow both fired and was cancelled
     states = Counter((f, s) for f, _s, _c, _o, _d, s, _m, _r in rows)
     for flow in FLOWS:
@@ -360,6 +364,7 @@ def check(run: ShopRun, sim_log: list[tuple[Any, ...]]) -> dict[str, Any]:
         "steps_cancelled": sum(n for (_, s), n in states.items() if s == 3),
         "by_flow": {f"{f}:{'fired' if s == 2 else 'cancelled'}": n for (f, s), n in sorted(states.items())},
         "twins": len(twins),
+        "largest_burst": max(Counter(due for *_, due, state, _m, _r in rows if state == 2).values()),
         "late_p50_s": round(q[49], 4),
         "late_p99_s": round(q[98], 4),
         "late_max_s": round(max(late), 4),
@@ -380,7 +385,7 @@ def main() -> None:
             backend="asyncio",
             backend_options={"use_uvloop": True},
         )
-        figures = check(run, sim.log)
+        figures = check(run, sim.log, tolerance=None)
     report = {
         "scenario": "flow_shop",
         "orders": args.orders,
@@ -391,7 +396,6 @@ def main() -> None:
         "events_posted_per_s": round(run.posts / run.post_seconds) if run.post_seconds else None,
         "walk_wall_s": round(run.wall, 1),
         "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "tolerance_s": TOLERANCE,
     }
     emit(report, args.json)
 
