@@ -184,12 +184,12 @@ def shop(n_orders: int, start: float, seed: int = 20) -> list[Ev]:
     return sorted(out)
 
 
-async def caught_up(svc: Service, timeout: float = 30.0) -> None:
+async def caught_up(svc: Service, within: float = 30.0) -> None:
     """Until no step is due and none is on its way (the runner woken at once)."""
     fl = svc.flows
     assert fl is not None
     fl._wake.set()
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(within):
         while True:
             now = svc.ctx.clock.time()
             nxt = fl.store.next_due(skip_flows=fl.store.paused())
@@ -272,7 +272,7 @@ async def run_shop(directory: Path, sim_port: int, orders: int, *, seed: int = 2
                 await post_events(c, key, events[k : min(i, k + 1000)])
                 post_seconds += time.perf_counter() - p0
                 posts += min(i, k + 1000) - k
-            await caught_up(svc, timeout=max(30.0, orders / 100))  # (a day's reviews due at one 20:00)
+            await caught_up(svc, within=max(30.0, orders / 100))  # (a day's reviews due at one 20:00)
         listing = (await c.get("/v1/flows", headers=auth)).json()
         one = (await c.get(f"/v1/customers/{events[0].phone}/flows", headers=auth)).json()
         rows = svc.flows.store.db.execute(
