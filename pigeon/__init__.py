@@ -43,6 +43,8 @@ from engine.coordination.contract import (
     LeaseLost,
     RangeQueue,
     SharedOptOuts,
+    SharedSlowDown,
+    SlowDown,
     TakenRange,
 )
 from engine.core.errors import (
@@ -149,6 +151,8 @@ __all__ = [
     "Settled",
     "Settling",
     "SharedOptOuts",
+    "SharedSlowDown",
+    "SlowDown",
     "SourceBatch",
     "SourceContext",
     "SourceError",
@@ -164,5 +168,5 @@ __all__ = [
     "request_key",
 ]
 
-API_VERSION = "1.3"
+API_VERSION = "1.4"
 """The plugin API's version (``major.minor``), separate from the package's; see the module docstring."""

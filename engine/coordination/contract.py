@@ -31,6 +31,9 @@ __all__ = [
     "LeaseGrant",
     "LeaseLost",  # the ledger's: the run halts, it hands nothing more over
     "RangeQueue",
+    "SharedOptOuts",
+    "SharedSlowDown",
+    "SlowDown",
     "TakenRange",
     "worker_id",
 ]
@@ -296,4 +299,36 @@ class SharedOptOuts(Protocol):
 
     async def add_optouts(self, campaign: str, recipients: Sequence[str]) -> int:
         """Add recipients (as claims name them) to the campaign's opt-out set; how many were new."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SlowDown:
+    """How a shared budget slows down when the receiver says "too fast" (429, throttled), and climbs back.
+
+    The cut is multiplicative (``factor`` of the share the budget has now, never below ``floor`` of
+    its rate), at most one per ``hold`` seconds — the answers to the requests in flight at a cut
+    come in after it, from every worker, and count as one — and the climb back additive:
+    ``climb`` of the rate per second (from half the rate to all of it in 10 s by default), read
+    from the time by every charge, so a recovered receiver costs no call.
+    """
+
+    factor: float = 0.5
+    floor: float = 0.05
+    climb: float = 0.05
+    hold: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not (0 < self.factor < 1 and 0 < self.floor <= 1 and self.climb > 0 and self.hold >= 0):
+            raise ValueError("slow-down: factor in (0, 1), floor in (0, 1], climb > 0 and hold >= 0")
+
+
+@runtime_checkable
+class SharedSlowDown(Protocol):
+    """A coordinator whose budgets slow down for every worker when one worker hears "too fast":
+    a throttled answer at one worker lowers the rate all of them charge against."""
+
+    async def slow_down(self, key: BudgetKey, spec: BudgetSpec, slow: SlowDown) -> tuple[float, bool]:
+        """Cut the budget's rate (see :class:`SlowDown`): its share of the configured rate now, and
+        whether this call cut it (False: a cut within the hold counts for this answer too)."""
         ...

@@ -28,14 +28,23 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from engine.coordination.contract import BudgetKey, BudgetSpec, CapCheck, Claim, Coordinator, SharedOptOuts
+from engine.coordination.contract import (
+    BudgetKey,
+    BudgetSpec,
+    CapCheck,
+    Claim,
+    Coordinator,
+    SharedOptOuts,
+    SharedSlowDown,
+    SlowDown,
+)
 from engine.core.errors import ConfigError, CoordinatorUnavailable
 from engine.core.messages import MessageBatch, number_key
 from engine.observability.metrics import NO_METRICS, Metrics
 from engine.pipeline.stages.same_content import content_hash
 from engine.state.caps import CapWindow
 
-__all__ = ["ALL", "CoordinatedGate", "shared_spec"]
+__all__ = ["ALL", "SLOW_DOWN", "CoordinatedGate", "shared_spec"]
 
 log = logging.getLogger("pigeon.coordination")
 
@@ -48,6 +57,8 @@ MARKETING = "marketing"
 RESERVE = "transactional"
 """The lane of the reserved part: transactional campaigns book it first, then the marketing part."""
 _SAY_EVERY = 5.0
+SLOW_DOWN = SlowDown()
+"""The default slow-down of shared budgets (``[coordinator] slow_down = true``)."""
 
 
 def shared_spec(
@@ -93,8 +104,15 @@ class CoordinatedGate:
         caps: Sequence[CapWindow] = (),
         same_content: float = 0.0,
         wall: Callable[[], float] = time.time,
+        slow: SlowDown | None = SLOW_DOWN,
     ) -> None:
         self.coordinator = coordinator
+        self.slow = slow if isinstance(coordinator, SharedSlowDown) else None
+        """How the shared budgets slow down for every worker when a receiver says "too fast"
+        (None: not shared — off, or a coordinator that cannot; each process's own limiter still
+        halves its rate)."""
+        self.cuts = 0
+        """Cuts of a shared budget this worker made (a throttled answer outside another's hold)."""
         sharing = bool(caps or same_content) and "caps" in inspect.signature(coordinator.claim).parameters
         self.caps = tuple(caps) if sharing else ()
         """The campaign kind's frequency cap windows, checked and counted with each claim by a
@@ -221,6 +239,46 @@ class CoordinatedGate:
             return [(BudgetKey(gateway, carrier, LANE), spec)]
         rest = (BudgetKey(gateway, carrier, MARKETING), spec)
         return [(BudgetKey(gateway, carrier, RESERVE), reserve), rest] if self.priority == RESERVE else [rest]
+
+    def _account(self, gateway: str, carrier: str) -> list[tuple[BudgetKey, BudgetSpec]]:
+        """The buckets a receiver's "too fast" slows: every bucket of the gateway's budget (the
+        provider account that answered), or the carrier's when the gateway has none."""
+        for gw, ca, spec, reserve in (
+            (gateway, ALL, self.gateway_budgets.get(gateway), self.gateway_reserves.get(gateway)),
+            (ALL, carrier, self.carrier_budgets.get(carrier), self.carrier_reserves.get(carrier)),
+        ):
+            if spec is None:
+                continue
+            if reserve is None:
+                return [(BudgetKey(gw, ca, LANE), spec)]
+            return [(BudgetKey(gw, ca, RESERVE), reserve), (BudgetKey(gw, ca, MARKETING), spec)]
+        return []
+
+    async def throttled(self, gateway: str, carrier: str) -> None:
+        """``gateway`` answered "too fast" for ``carrier``: slow its shared budget down for every
+        worker (one call per bucket, at most one cut per hold: see :class:`SlowDown`). Best effort:
+        a store that does not answer leaves the rate as it is (the next charge pauses the lane)."""
+        coordinator = self.coordinator
+        if self.slow is None or not isinstance(coordinator, SharedSlowDown):
+            return
+        for key, spec in self._account(gateway, carrier):
+            self.calls += 1
+            try:
+                share, cut = await coordinator.slow_down(key, spec, self.slow)
+            except CoordinatorUnavailable:
+                self.metrics.coordinator_call(self.worker, "slow_down", False)
+                return
+            self.metrics.coordinator_call(self.worker, "slow_down", True)
+            if cut:
+                self.cuts += 1
+                said = (
+                    f"shared budget {key.tag()} slowed to {share:.0%} of {spec.rate:,.0f} parts/s for every "
+                    f"worker: {gateway} answered too fast"
+                )
+                extra = {"event": "budget.slowed", "budget": key.tag(), "share": round(share, 4)}
+                log.warning(said, extra=extra)
+                if self.notify is not None:
+                    self.notify(said)
 
     def _specs(self, gateway: str, carrier: str) -> list[list[tuple[BudgetKey, BudgetSpec]]]:
         levels = [

@@ -166,6 +166,11 @@ class CoordinatorConfig(Base, kw_only=True, frozen=True):
     reserve: bool = False
     """Keep each carrier's ``transactional_share`` of the shared budgets as a bucket of its own:
     marketing campaigns book only the rest; transactional ones book the reserve, then the rest."""
+    slow_down: bool = True
+    """When a gateway answers "too fast" (HTTP 429, SMPP throttled), cut its shared budget for
+    every worker (half, at most once per 0.2 s, not below 5%, climbing back by 5% of the rate a
+    second) — not only the answering process's own rate. ``false``: each worker slows only itself
+    (its gateway's own limiter, when the gateway has a ``rate_per_second``)."""
 
 
 class CapWindowConfig(Base, kw_only=True, frozen=True):

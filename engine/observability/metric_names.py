@@ -98,7 +98,7 @@ CLAIM_ANSWERS = ("new", "taken", "opted_out", "adopted", "capped", "same_content
 another worker's (or row's), opted out on some worker, taken over from a dead worker, at a
 frequency cap or the same text within the same-content window, counted across the workers."""
 
-COORDINATOR_CALLS = ("claim", "charge", "range")
+COORDINATOR_CALLS = ("claim", "charge", "range", "slow_down")
 """Calls a worker makes to its coordinator (``call`` label), each ``ok`` or ``unavailable``."""
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

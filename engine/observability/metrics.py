@@ -223,7 +223,7 @@ class Metrics:
         )
         self._coord = _Counter(
             _base(NAMES["coordinator_calls"]),
-            "Calls a worker made to its coordinator (claim, charge, range), ok or unavailable.",
+            "Calls a worker made to its coordinator (claim, charge, range, slow_down), ok or unavailable.",
             ["worker", "call", "outcome"],
             registry=r,
         )

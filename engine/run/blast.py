@@ -14,7 +14,7 @@ import anyio
 import anyio.lowlevel
 
 from engine.coordination.contract import BudgetSpec, Coordinator, CoordinatorContext
-from engine.coordination.gate import CoordinatedGate, shared_spec
+from engine.coordination.gate import SLOW_DOWN, CoordinatedGate, shared_spec
 from engine.coordination.select import EMBEDDED, open_coordinator
 from engine.core.clock import Clock
 from engine.core.config import convert_section
@@ -237,6 +237,7 @@ def open_gate(
         caps=plan.caps.windows if plan.caps is not None else (),
         same_content=_same_content_seconds(plan),
         wall=plan.clock.time,
+        slow=SLOW_DOWN if ccfg.slow_down else None,
     )
 
 

@@ -104,6 +104,11 @@ class SharedGate(Protocol):
         """Book a request's parts on the shared budgets: 0.0, or the seconds to wait (nothing booked)."""
         ...
 
+    async def throttled(self, gateway: str, carrier: str) -> None:
+        """``gateway`` answered "too fast" for ``carrier``: slow the shared budget for every worker
+        (best effort: a store that does not answer leaves it as it is)."""
+        ...
+
     def unavailable(self, error: CoordinatorUnavailable, waiting: int) -> None:
         """The store did not answer (``waiting`` recipients wait): say so, now and then."""
         ...
@@ -707,6 +712,8 @@ class Lane:
                     account.slow_down()
                 else:
                     account.recover()
+            if throttled and gate is not None:
+                await gate.throttled(gw.name, carrier)  # every worker's shared budget slows too
             if not again:
                 recorder.results(gw.name, pending, results)
                 return

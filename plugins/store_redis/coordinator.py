@@ -14,6 +14,9 @@ key                                       type         holds
                                                        expires ``claim_ttl`` after the last claim
 ``<prefix>:budget:{<gw>:<carrier>:<lane>}``  string    GCRA's theoretical arrival time (µs, the
                                                        server's clock); expires when drained
+``<prefix>:slow:{<gw>:<carrier>:<lane>}``    hash      the budget's share of its rate after a
+                                                       receiver's "too fast" (f, at, climb);
+                                                       expires once climbed back to 1
 ``<prefix>:ranges:{<campaign>}``          stream       the segment's byte ranges (group ``workers``)
 ``<prefix>:progress:{<campaign>}``        hash         range index → ``row|byte`` where it resumes
                                                        (its rows before settled in a ledger)
@@ -57,6 +60,7 @@ from pigeon import (
     LeaseHolder,
     LeaseLost,
     SegmentRange,
+    SlowDown,
     TakenRange,
 )
 from plugins.store_redis import scripts
@@ -132,6 +136,7 @@ class RedisCoordinator:
         self._renew = reg(scripts.LEASE_RENEW)
         self._release = reg(scripts.LEASE_RELEASE)
         self._gcra = reg(scripts.GCRA)
+        self._slow = reg(scripts.SLOW_DOWN)
         self._claim = reg(scripts.CLAIM)
         self._unclaim = reg(scripts.RELEASE_CLAIMS)
         self._publish = reg(scripts.PUBLISH_RANGES)
@@ -180,6 +185,10 @@ class RedisCoordinator:
     def budget_key(self, key: BudgetKey) -> str:
         """The budget's GCRA timestamp."""
         return f"{self.prefix}:budget:{{{tag(key.tag())}}}"
+
+    def slow_key(self, key: BudgetKey) -> str:
+        """The budget's slow-down (its share of the rate after a receiver's "too fast"): same hash tag."""
+        return f"{self.prefix}:slow:{{{tag(key.tag())}}}"
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -248,10 +257,25 @@ class RedisCoordinator:
             raise ValueError(
                 f"a request of {parts} parts does not fit the budget's burst ({spec.burst}): split it"
             )
-        keys = [self.budget_key(key)]
+        keys = [self.budget_key(key), self.slow_key(key)]
         args: list[Arg] = [f"{spec.interval * 1e6:.3f}", f"{spec.tolerance * 1e6:.3f}", parts]
         wait_us = int(await self._call("charge a budget", lambda: self._gcra(keys=keys, args=args)))
         return wait_us / 1e6
+
+    async def slow_down(self, key: BudgetKey, spec: BudgetSpec, slow: SlowDown) -> tuple[float, bool]:
+        """The receiver said "too fast": cut the shared budget's rate for every worker (at most
+        once per ``slow.hold``), then let it climb back: its share of the
+        rate now, and whether this call cut it."""
+        keys = [self.slow_key(key)]
+        args: list[Arg] = [
+            f"{slow.factor:.6f}",
+            f"{slow.floor:.6f}",
+            f"{slow.climb / 1e6:.12f}",
+            math.ceil(slow.hold * 1e6),
+        ]
+        answer = await self._call("slow a budget down", lambda: self._slow(keys=keys, args=args))
+        share = float(answer)  # negative: held (cut by another answer less than a hold ago)
+        return abs(share), share > 0
 
     # -- claims ----------------------------------------------------------------------------------
 

@@ -56,11 +56,22 @@ return 0
 
 GCRA: Final = """
 -- KEYS[1] the budget's theoretical arrival time (µs, server clock)
+-- KEYS[2] (optional) the budget's slow-down: f (share of the rate), at (µs), climb (share per µs)
 -- ARGV interval_us (per part), tolerance_us (burst), parts
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
+if KEYS[2] then
+  local slow = redis.call('HMGET', KEYS[2], 'f', 'at', 'climb')
+  if slow[1] then
+    local f = tonumber(slow[1]) + (now - tonumber(slow[2])) * tonumber(slow[3])
+    if f < 1 then
+      interval = interval / f
+      tolerance = tolerance / f
+    end
+  end
+end
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
 local new_tat = tat + tonumber(ARGV[3]) * interval
@@ -72,6 +83,33 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_
 return 0
 """
 """Book ``parts`` (0) or, when over, book nothing and return the µs to wait: GCRA charged per request."""
+
+SLOW_DOWN: Final = """
+-- KEYS[1] the budget's slow-down hash (same hash tag as the budget)
+-- ARGV factor, floor, climb (share of the rate per µs), hold_us
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local climb = tonumber(ARGV[3])
+local f = 1
+local slow = redis.call('HMGET', KEYS[1], 'f', 'at', 'climb')
+if slow[1] then
+  local since = now - tonumber(slow[2])
+  f = tonumber(slow[1]) + since * tonumber(slow[3])
+  if f > 1 then f = 1 end
+  if since < tonumber(ARGV[4]) then
+    return string.format('%.6f', -f)
+  end
+end
+f = f * tonumber(ARGV[1])
+if f < tonumber(ARGV[2]) then f = tonumber(ARGV[2]) end
+redis.call('HSET', KEYS[1], 'f', string.format('%.6f', f), 'at', string.format('%.0f', now), 'climb', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], math.ceil((1 - f) / climb / 1000) + 1000)
+return string.format('%.6f', f)
+"""
+"""The receiver said "too fast": cut the budget's rate to ``factor`` of what it is now (not below
+``floor``), at most once per ``hold_us`` (the answers to requests sent before a cut come after it),
+then let it climb back by ``climb`` of the rate per µs: the share of the rate now, as text,
+negative when held (not cut by this call)."""
 
 CLAIM: Final = """
 -- KEYS[1] the campaign's claims hash (recipient -> worker[|tag]), KEYS[2] its opt-out set,

@@ -104,7 +104,7 @@ def test_every_known_series_exists_at_zero_before_anything_is_counted() -> None:
     m.prepare_worker("host:1")  # a coordinated worker's own series, at zero once it knows its name
     for answer in ("new", "taken", "opted_out", "adopted", "capped", "same_content"):
         assert value(m, "pigeon_coordinator_claims_total", worker="host:1", answer=answer) == 0
-    for call in ("claim", "charge", "range"):
+    for call in ("claim", "charge", "range", "slow_down"):
         for outcome in ("ok", "unavailable"):
             assert (
                 value(m, "pigeon_coordinator_calls_total", worker="host:1", call=call, outcome=outcome) == 0

@@ -26,7 +26,7 @@ PINNED = {
     "about_to_write", "hookimpl", "mask", "Journal", "ProviderStatus", "SettleQuery", "Settled", "Settling",
     "request_key", "BudgetKey", "BudgetSpec", "CampaignBusy", "Claim", "Coordinator", "CoordinatorContext",
     "CoordinatorRegistry", "CoordinatorUnavailable", "LeaseGrant", "LeaseHolder", "LeaseLost", "RangedSource",
-    "SegmentRange", "RangeQueue", "TakenRange", "SharedOptOuts", "CapCheck",
+    "SegmentRange", "RangeQueue", "TakenRange", "SharedOptOuts", "CapCheck", "SharedSlowDown", "SlowDown",
     "EventDelivery", "EventSource", "EventSourceContext", "EventSourceRegistry",
 }  # fmt: skip
 
