@@ -96,6 +96,19 @@ SCHEDULES = """CREATE TABLE IF NOT EXISTS service_schedules (
 )"""
 """Campaigns posted with a ``send_at`` and not started yet: a restarted service schedules them again."""
 
+APPROVALS = """CREATE TABLE IF NOT EXISTS service_approvals (
+    campaign     TEXT PRIMARY KEY,
+    file         TEXT NOT NULL,   -- as posted, relative to service.campaigns_dir
+    content      TEXT NOT NULL,   -- content_hash() of what was submitted: an approval is of that
+    submitted_by TEXT NOT NULL,   -- the posting API key's name (it may not approve its own)
+    submitted_at REAL NOT NULL,
+    send_at      REAL,            -- as posted (NULL: at once once approved)
+    again        INTEGER NOT NULL,
+    callback     TEXT             -- JSON [url, unmasked, key name], or NULL
+)"""
+"""Campaigns posted with ``review.require_approval`` and not approved yet: a restarted service
+holds them ``awaiting_approval`` again (nothing of them is in the ledger until approved)."""
+
 SCHEDULE_LEAD = 3.0
 """Seconds before ``send_at`` a scheduled campaign's worker starts (paused): a process start and
 the segment's first batches happen before, and sending begins at ``send_at``."""
@@ -146,6 +159,7 @@ class CampaignSummary(msgspec.Struct, kw_only=True):
     """As in ``GET /v1/campaigns/{id}`` for a campaign this service started; else the ledger's
     ``running`` (unfinished: resumable), ``finished`` or ``cancelled``."""
     created_at: float
+    """When the ledger recorded it; for one awaiting approval that never ran, when it was posted."""
     updated_at: float
     runs: int
     """Runs that worked on it (a send, each resume)."""
@@ -361,6 +375,7 @@ class Campaigns:
             run.state, run.send_at, run.again, run.callback = "awaiting_approval", send_at, again, callback
             run.submitted_by, run.content = key, content_hash(plan.campaign.config)
             self.runs[run.id] = run
+            self._keep_approval(run, waiting=True)
             log.info(
                 "campaign awaiting approval",
                 extra={"event": "campaign.submitted", "campaign": run.id, "file": file, "key": key},
@@ -445,6 +460,7 @@ class Campaigns:
             plan, run.file, run.path, again=run.again, callback=run.callback, send_at=run.send_at
         )
         started.submitted_by, started.approved_by = run.submitted_by, key
+        self._keep_approval(run, waiting=False)  # started (or scheduled: its schedule is kept)
         run.commands.close()  # the waiting run's place is the started one's now; no worker reads it
         run._commands.close()
         log.info(
@@ -620,6 +636,89 @@ class Campaigns:
                     },
                 )
 
+    def _keep_approval(self, run: CampaignRun, *, waiting: bool) -> None:
+        """Record (``waiting``) or forget a campaign awaiting approval in the store."""
+        ledger = self.service.ledger
+        if ledger is None:
+            return
+        if not waiting:
+            self._forget_approval(run.id)
+            return
+        with transaction(ledger.db):
+            ledger.db.execute(APPROVALS)
+            ledger.db.execute(
+                "INSERT OR REPLACE INTO service_approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.id,
+                    run.file,
+                    run.content,
+                    run.submitted_by,
+                    run.started_at,
+                    run.send_at,
+                    int(run.again),
+                    json.dumps(list(run.callback)) if run.callback is not None else None,
+                ),
+            )
+
+    async def restore_approvals(self) -> None:
+        """Hold again, ``awaiting_approval``, what an earlier run of the service was holding: with
+        the content hash, submitting key, ``send_at``, ``again`` and callback it was posted with
+        (so an approval is still of what was submitted, and never by the submitting key). One
+        whose file can no longer be read is logged and forgotten; one already started (a
+        restored schedule) is forgotten."""
+        ledger = self.service.ledger
+        if ledger is None:
+            return
+        with transaction(ledger.db):
+            ledger.db.execute(APPROVALS)
+        rows = ledger.db.execute(
+            "SELECT campaign, file, content, submitted_by, submitted_at, send_at, again, callback "
+            "FROM service_approvals ORDER BY submitted_at"
+        ).fetchall()
+        for campaign_id, file, content, submitted_by, submitted_at, send_at, again, callback in rows:
+            held = self.runs.get(campaign_id)
+            if held is not None and held.finished is None:
+                self._forget_approval(campaign_id)
+                continue
+            try:
+                path = self.resolve(file)
+                plan = await self._prepare(path)
+                if plan.campaign.id != campaign_id:
+                    raise CampaignError(409, f"file: {file!r} is campaign {plan.campaign.id!r} now")
+            except CampaignError as exc:
+                log.warning(
+                    "campaign awaiting approval not restored: %s",
+                    exc,
+                    extra={"event": "campaign.approval_lost", "campaign": campaign_id},
+                )
+                self._forget_approval(campaign_id)
+                continue
+            run = CampaignRun(plan, file, path)
+            run.state, run.send_at, run.again = "awaiting_approval", send_at, bool(again)
+            run.submitted_by, run.content, run.started_at = submitted_by, content, submitted_at
+            if callback is not None:
+                url, unmasked, key = json.loads(callback)
+                run.callback = (str(url), bool(unmasked), str(key))
+            self.runs[run.id] = run
+            log.info(
+                "campaign awaiting approval restored",
+                extra={"event": "campaign.approval_restored", "campaign": run.id, "key": submitted_by},
+            )
+
+    def _forget_approval(self, campaign_id: str) -> None:
+        """Forget a campaign's submission awaiting approval (approved, cancelled, or lost)."""
+        ledger = self.service.ledger
+        if ledger is not None:
+            with transaction(ledger.db):
+                ledger.db.execute(APPROVALS)
+                ledger.db.execute("DELETE FROM service_approvals WHERE campaign = ?", (campaign_id,))
+
+    async def restore(self) -> None:
+        """What an earlier run of the service was holding: its schedules, then the campaigns
+        awaiting approval (a campaign both — approved as the service stopped — is scheduled)."""
+        await self.restore_schedules()
+        await self.restore_approvals()
+
     def command(self, run: CampaignRun, run_dir: Path) -> list[str]:
         """The worker's command line."""
         return [
@@ -660,6 +759,8 @@ class Campaigns:
         run.state = "cancelled"
         if run.cancelled and recorded and self.service.ledger is not None:  # through the API: for good
             self.service.ledger.set_status(run.id, CampaignStatus.CANCELLED)
+        if run.cancelled and not recorded:  # through the API: the submission is withdrawn for good
+            self._keep_approval(run, waiting=False)
         run.finished = time.monotonic()
         run.commands.close()
         run._commands.close()  # no worker will read them
@@ -786,33 +887,43 @@ class Campaigns:
     def listing(
         self, *, state: str | None, kind: str | None, after: tuple[float, str] | None, limit: int
     ) -> tuple[list[CampaignSummary], tuple[float, str] | None]:
-        """Campaigns in the ledger (not the API's own streams, nor archived runs), newest first,
-        from the one after ``after`` (its ``created_at`` and id); and where to continue, if more."""
+        """Campaigns in the ledger (not the API's own streams, nor archived runs) and those awaiting
+        approval (not in the ledger until approved), newest first, from the one after ``after``
+        (its ``created_at`` and id); and where to continue, if more."""
         ledger = self.service.ledger
         records = ledger.campaigns() if ledger is not None else []
-        rows = sorted(
-            (r for r in records if not r.id.startswith("api-") and "~" not in r.id),
-            key=lambda r: (-r.created_at, r.id),
-        )
+        rows = [
+            (r.created_at, r.id, r.kind, r.updated_at, r.runs, r.status.value)
+            for r in records
+            if not r.id.startswith("api-") and "~" not in r.id
+        ]
+        known = {r.id for r in records}
+        # awaiting approval and never run: not in the ledger yet; listed from when it was posted
+        rows += [
+            (r.started_at, r.id, r.plan.campaign.config.kind, r.started_at, 0, r.state)
+            for r in self.runs.values()
+            if r.id not in known and r.state == "awaiting_approval" and r.finished is None
+        ]
+        rows.sort(key=lambda r: (-r[0], r[1]))
         out: list[CampaignSummary] = []
-        for r in rows:
-            if after is not None and (-r.created_at, r.id) <= (-after[0], after[1]):
+        for created_at, cid, ckind, updated_at, runs, status in rows:
+            if after is not None and (-created_at, cid) <= (-after[0], after[1]):
                 continue
-            run = self.runs.get(r.id)
-            now = run.view().state if run is not None else r.status.value
-            if (state is not None and now != state) or (kind is not None and r.kind != kind):
+            run = self.runs.get(cid)
+            now = run.view().state if run is not None else status
+            if (state is not None and now != state) or (kind is not None and ckind != kind):
                 continue
             if len(out) == limit:
                 last = out[-1]
                 return out, (last.created_at, last.id)
             out.append(
                 CampaignSummary(
-                    id=r.id,
-                    kind=r.kind,
+                    id=cid,
+                    kind=ckind,
                     state=now,
-                    created_at=r.created_at,
-                    updated_at=r.updated_at,
-                    runs=r.runs,
+                    created_at=created_at,
+                    updated_at=updated_at,
+                    runs=runs,
                     file=run.file if run is not None else "",
                 )
             )
@@ -825,6 +936,9 @@ class Campaigns:
                 run.control.cancel()
                 run.tell("stop")
                 run.wake.set()  # a scheduled one stops waiting (its campaign stays resumable)
+                if run.state == "awaiting_approval":  # no worker reads its commands; it is kept
+                    run.commands.close()  # in the store for the next start (restore_approvals)
+                    run._commands.close()
 
     def add_optouts(self, numbers: list[str]) -> None:
         """Numbers that just opted out: into the opt-out set of every running blast."""

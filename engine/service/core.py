@@ -192,7 +192,7 @@ class Service:
         )
         self.campaigns = Campaigns(self, tg, run_dir)
         self.inbound.optout_listeners.append(self.campaigns.add_optouts)
-        tg.start_soon(self.campaigns.restore_schedules)
+        tg.start_soon(self.campaigns.restore)
         # What was set up lives as long as the service: out of the collector's way (a full
         # collection over it took ~45 ms of the loop under load; MessageViews are not tracked).
         gc.collect()

@@ -4,6 +4,7 @@ cap — refused in preflight, hit mid-blast with the rest pending, then resumed 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
@@ -198,3 +199,122 @@ async def test_service_gates_test_send_approval_by_another_key_and_cancel_while_
     ids = [mid for _, mid, *_ in simulator.log]
     assert len(ids) == 16 and not any(i.startswith("other") for i in ids)
     assert sum(1 for i in ids if "~test-" in i) == 4
+
+
+async def _awaiting(c: httpx.AsyncClient, auth: dict[str, str]) -> list[str]:
+    r = await c.get("/v1/campaigns?state=awaiting_approval", headers=auth)
+    assert r.status_code == 200, r.text
+    return sorted(x["id"] for x in r.json()["campaigns"])
+
+
+async def _restored(c: httpx.AsyncClient, auth: dict[str, str], cid: str) -> dict[str, object]:
+    with anyio.fail_after(10):
+        while True:  # restored in the background as the service starts
+            r = await c.get(f"/v1/campaigns/{cid}", headers=auth)
+            if r.status_code == 200:
+                got: dict[str, object] = r.json()
+                return got
+            await anyio.sleep(0.05)
+
+
+async def _state_is(c: httpx.AsyncClient, auth: dict[str, str], cid: str, state: str) -> None:
+    with anyio.fail_after(30):
+        while True:  # polling the service over HTTP, as a client would
+            if (await c.get(f"/v1/campaigns/{cid}", headers=auth)).json()["state"] == state:
+                return
+            await anyio.sleep(0.05)
+
+
+@pytest.mark.anyio
+async def test_campaigns_awaiting_approval_outlive_a_restart_of_the_service(
+    anyio_backend: object, tmp_path: Path, simulator: Simulator
+) -> None:
+    """Posted, the service stopped and started on the same store: still awaiting approval (listed,
+    with the key that posted it), approved by another key it sends; the submitter still cannot
+    approve its own; one approved with a future send_at is scheduled; a cancelled one stays gone."""
+    engine, key = write_engine(tmp_path, simulator.port)
+    ring = KeyRing(tmp_path / "api-keys.json")
+    lead = {"authorization": f"Bearer {ring.create('lead', scopes=['approve', 'campaigns'])}"}
+    auditor = {"authorization": f"Bearer {ring.create('auditor', scopes=['approve'])}"}
+    auth = {"authorization": f"Bearer {key}"}
+    for cid in ("gated", "own", "later"):
+        _campaign(tmp_path, 12, AB + "[review]\nrequire_approval = true\n", cid=cid)
+    send_at = time.time() + 3600
+    async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, timeout=30) as c:
+        r = await c.post("/v1/campaigns", json={"file": "gated.toml"}, headers=auth)
+        assert r.status_code == 202 and r.json()["state"] == "awaiting_approval", r.text
+        r = await c.post("/v1/campaigns", json={"file": "own.toml"}, headers=lead)
+        assert r.status_code == 202 and r.json()["state"] == "awaiting_approval", r.text
+        r = await c.post("/v1/campaigns", json={"file": "later.toml", "send_at": send_at}, headers=auth)
+        assert r.status_code == 202 and r.json()["state"] == "awaiting_approval", r.text
+        assert await _awaiting(c, auth) == ["gated", "later", "own"]
+    # stopped (a drain, as SIGTERM does) and started again on the same store
+    async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, timeout=30) as c:
+        view = await _restored(c, auth, "gated")
+        assert view["state"] == "awaiting_approval" and view["submitted_by"] == "tests", view
+        assert (await _restored(c, auth, "own"))["submitted_by"] == "lead"
+        later = await _restored(c, auth, "later")
+        assert later["state"] == "awaiting_approval" and later["send_at"] == send_at
+        assert await _awaiting(c, auth) == ["gated", "later", "own"]
+        assert simulator.log == []
+        # the key that posted it still cannot approve it after the restart
+        r = await c.post("/v1/campaigns/own/approve", headers=lead)
+        assert r.status_code == 403 and "another key" in r.json()["detail"], r.text
+        r = await c.post("/v1/campaigns/gated/approve", headers=lead)
+        assert r.status_code == 200 and r.json()["approved_by"] == "lead", r.text
+        assert r.json()["submitted_by"] == "tests"
+        await _state_is(c, auth, "gated", "finished")
+        r = await c.post("/v1/campaigns/later/approve", headers=auditor)
+        assert r.status_code == 200 and r.json()["state"] == "scheduled", r.text
+        assert r.json()["send_at"] == send_at
+        r = await c.post("/v1/campaigns/own/cancel", headers=auth)
+        assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+        assert await _awaiting(c, auth) == []
+    ids = [mid for _, mid, *_ in simulator.log]
+    assert len(ids) == 12 and len(set(ids)) == 12 and all(i.startswith("gated-") for i in ids)
+    # a third start: the approved one is no longer awaiting (scheduled, from its own table), the
+    # cancelled one is not brought back
+    async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, timeout=30) as c:
+        later = await _restored(c, auth, "later")
+        assert later["state"] == "scheduled" and later["send_at"] == send_at
+        r = await c.get("/v1/campaigns/own", headers=auth)
+        assert r.status_code == 404, r.text
+        assert await _awaiting(c, auth) == []
+        r = await c.post("/v1/campaigns/later/cancel", headers=auth)
+        assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    assert len(simulator.log) == 12
+
+
+@pytest.mark.anyio
+async def test_a_campaign_changed_while_the_service_was_down_needs_a_new_approval(
+    anyio_backend: object, tmp_path: Path, simulator: Simulator
+) -> None:
+    """The approval is of the content that was posted (its hash, kept across the restart): the file
+    changed while the service was down cannot be approved; posted again, the new text is approved
+    and sent."""
+    engine, key = write_engine(tmp_path, simulator.port)
+    lead = {
+        "authorization": f"Bearer {KeyRing(tmp_path / 'api-keys.json').create('lead', scopes=['approve'])}"
+    }
+    auth = {"authorization": f"Bearer {key}"}
+    path = _campaign(tmp_path, 8, AB + "[review]\nrequire_approval = true\n")
+    async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, timeout=30) as c:
+        r = await c.post("/v1/campaigns", json={"file": "gated.toml"}, headers=auth)
+        assert r.status_code == 202 and r.json()["state"] == "awaiting_approval", r.text
+    path.write_text(path.read_text(encoding="utf-8").replace("新品八折", "新品七折"), encoding="utf-8")
+    async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, timeout=30) as c:
+        assert (await _restored(c, auth, "gated"))["state"] == "awaiting_approval"
+        r = await c.post("/v1/campaigns/gated/approve", headers=lead)
+        assert r.status_code == 409 and "changed since it was submitted" in r.json()["detail"], r.text
+        assert simulator.log == []
+        r = await c.post("/v1/campaigns/gated/cancel", headers=auth)
+        assert r.status_code == 200 and r.json()["state"] == "cancelled"
+        r = await c.post("/v1/campaigns", json={"file": "gated.toml"}, headers=auth)
+        assert r.status_code == 202 and r.json()["state"] == "awaiting_approval", r.text
+        r = await c.post("/v1/campaigns/gated/approve", headers=lead)
+        assert r.status_code == 200, r.text
+        await _state_is(c, auth, "gated", "finished")
+    assert len(simulator.log) == 8
+    with Gates(tmp_path / "pigeon.db") as gates:  # one approval, of the content as changed
+        rows = gates.db.execute("SELECT content, by, submitted_by FROM campaign_approvals").fetchall()
+    assert len(rows) == 1 and rows[0][1:] == ("lead", "tests")
