@@ -222,7 +222,25 @@ def _shared(engine: EngineFile, campaign_id: str | None, url: str) -> dict[str, 
         finally:
             await queue.aclose()
 
-    return asyncio.run(read())
+    state = asyncio.run(read())
+    if state.get("published"):
+        state["merged"] = merged_workers(state.get("workers", {}), time.time())
+    return state
+
+
+LIVE_WITHIN = 30.0
+"""Seconds since a worker's last figures (it sends them every 2 s) within which it counts as live."""
+
+
+def merged_workers(workers: dict[str, dict[str, Any]], now: float) -> dict[str, float]:
+    """Every worker's figures merged: how many are live, sent by all of them, and the live ones'
+    rates summed (each worker's messages sent per second since it started)."""
+    live = [f for f in workers.values() if now - float(f.get("at", 0)) < LIVE_WITHIN]
+    return {
+        "workers_live": len(live),
+        "sent": sum(int(f.get("sent", 0)) for f in workers.values()),
+        "rate": sum(float(f.get("rate", 0)) for f in live),
+    }
 
 
 def _status(
@@ -286,6 +304,10 @@ def _print_shared(console: Console, shared: dict[str, Any]) -> None:
         f"{sum(held.values())} being sent"
     )
     now = time.time()
+    merged = merged_workers(shared["workers"], now)
+    console.print(
+        f"  all workers: {merged['workers_live']} live, {int(merged['sent']):,} sent, {merged['rate']:,.0f}/s"
+    )
     for name, figures in sorted(shared["workers"].items()):
         done = shared["done_by"].get(name, {})
         ago = now - float(figures.get("at", 0))

@@ -12,10 +12,12 @@ __all__ = [
     "DELIVERY_BUCKETS",
     "DELIVERY_STATUSES",
     "GATEWAY_BUCKETS",
+    "KEPT_ONCE",
     "MESSAGE_OUTCOMES",
     "NAMES",
     "OPTOUT_SOURCES",
     "PRIORITIES",
+    "RANGE_EVENTS",
     "REQUEST_OUTCOMES",
     "STAGE_BUCKETS",
     "STAGE_REASONS",
@@ -101,6 +103,11 @@ frequency cap or the same text within the same-content window, counted across th
 COORDINATOR_CALLS = ("claim", "charge", "range", "slow_down")
 """Calls a worker makes to its coordinator (``call`` label), each ``ok`` or ``unavailable``."""
 
+RANGE_EVENTS = ("taken", "reclaimed", "done")
+"""What happened to a segment range at a worker (``event`` label): ``taken`` (a fresh one, or its
+own held one after a restart), ``reclaimed`` (from a worker that stopped renewing it), ``done``
+(every row settled, acked)."""
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text format version 0.0.4, which every Prometheus scrapes."""
 
@@ -177,6 +184,8 @@ NAMES = {
     "optouts": "pigeon_optouts_added_total",
     "claims": "pigeon_coordinator_claims_total",
     "coordinator_calls": "pigeon_coordinator_calls_total",
+    "coordinator_ranges": "pigeon_coordinator_ranges_total",
+    "carrier_rate_limit": "pigeon_carrier_rate_limit_parts_per_second",
     "link_clicks": "pigeon_link_clicks_total",
     "build_info": "pigeon_build_info",
     "callback_events": "pigeon_callback_events_total",
@@ -184,6 +193,10 @@ NAMES = {
     "callback_queue": "pigeon_callback_queue_depth",
 }
 """Every metric family's full name (as exposed: counters with ``_total``)."""
+
+KEPT_ONCE = ("pigeon_build_info", NAMES["carrier_rate_limit"])
+"""Gauges that say the same thing in every process (a setting, not a count): merged by taking
+one value (the largest), never added up (:mod:`engine.observability.worker_metrics`)."""
 
 
 def _base(name: str) -> str:

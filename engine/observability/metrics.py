@@ -20,7 +20,7 @@ an opt-out's source) are folded into bounded sets.
 The method API (stable; other modules call exactly these)::
 
     Metrics(*, version=None, backend="")       # registry, build info
-    prepare(*, stages=(), routes={}, in_flight={}, priorities=PRIORITIES)   # pre-initialize
+    prepare(*, stages=(), routes={}, in_flight={}, priorities=PRIORITIES, rates={})   # pre-initialize
     stage_batch(stage, n_in, n_out, drops=None, seconds=None)
     queued(priority, carrier, delta)
     ratelimit_wait(carrier, seconds)
@@ -32,6 +32,7 @@ The method API (stable; other modules call exactly these)::
     delivery_reports(counts_by_status, latencies=(), *, gateway="")
     optouts_added(n, source)
     prepare_worker(worker); claims(worker, answer, n); coordinator_call(worker, call, ok)
+    range_event(worker, event)
     exposition() -> (body, content type)
     serve(addr, port) -> MetricsServer        # /metrics over HTTP in a thread, .close() stops it
     serving(addr, port, notify=None)          # serve() as a context manager; nothing when port is None
@@ -66,6 +67,7 @@ from engine.observability.metric_names import (
     NAMES,
     OPTOUT_SOURCES,
     PRIORITIES,
+    RANGE_EVENTS,
     REQUEST_OUTCOMES,
     RETRY_OUTCOMES,
     STAGE_BUCKETS,
@@ -227,6 +229,19 @@ class Metrics:
             ["worker", "call", "outcome"],
             registry=r,
         )
+        self._ranges = _Counter(
+            _base(NAMES["coordinator_ranges"]),
+            "Segment ranges of a coordinated worker, by event (taken, reclaimed from a dead worker, done).",
+            ["worker", "event"],
+            registry=r,
+        )
+        self._rate_limit = _Gauge(
+            NAMES["carrier_rate_limit"],
+            "The carrier's configured rate_per_second (SMS parts per second over all gateways; "
+            "with a coordinator, shared by every worker).",
+            ["carrier"],
+            registry=r,
+        )
         self._clicks = _Counter(
             _base(NAMES["link_clicks"]),
             "Requests to the short link redirector, by outcome (counted, robot, unknown).",
@@ -265,6 +280,7 @@ class Metrics:
         routes: Mapping[str, Sequence[str]] | None = None,
         in_flight: Mapping[str, int] | None = None,
         priorities: Iterable[str] = PRIORITIES,
+        rates: Mapping[str, int] | None = None,
     ) -> None:
         """Create every series a run can touch, at zero, so dashboards never see gaps.
 
@@ -272,6 +288,7 @@ class Metrics:
         :param routes: carrier → the gateways serving it, primary first (``Plan.failover``).
         :param in_flight: gateway → its configured in-flight window.
         :param priorities: the lanes (``priority`` label) to show.
+        :param rates: carrier → its configured ``rate_per_second`` (carriers without one: none).
 
         Call it again to add more (the service prepares per campaign); nothing is reset.
         """
@@ -293,6 +310,8 @@ class Metrics:
                 for outcome in MESSAGE_OUTCOMES:
                     self._outcome_children(g, carrier, outcome)
                 self._failover_child(carrier, g)
+        for carrier, rate in (rates or {}).items():
+            self._rate_limit.labels(carrier).set(rate)
         for g in gateways:
             self._flight_child(g)
             if g in in_flight:
@@ -396,6 +415,8 @@ class Metrics:
         for call in COORDINATOR_CALLS:
             for outcome in ("ok", "unavailable"):
                 self._coord.labels(worker, call, outcome)
+        for event in RANGE_EVENTS:
+            self._ranges.labels(worker, event)
 
     def claims(self, worker: str, answer: str, n: int) -> None:
         """``n`` recipients of one claim call answered ``answer`` (one of :data:`CLAIM_ANSWERS`)."""
@@ -405,6 +426,10 @@ class Metrics:
     def coordinator_call(self, worker: str, call: str, ok: bool) -> None:
         """One call to the coordinator (``claim``, ``charge``, ``range``) answered, or not."""
         self._coord.labels(worker, call, "ok" if ok else "unavailable").inc()
+
+    def range_event(self, worker: str, event: str) -> None:
+        """One segment range ``taken``, ``reclaimed`` or ``done`` by ``worker`` (:data:`RANGE_EVENTS`)."""
+        self._ranges.labels(worker, event).inc()
 
     def optouts_added(self, n: int, source: str) -> None:
         """``n`` numbers newly added to the opt-out list from ``source`` (``api``, ``mo``,
@@ -576,6 +601,9 @@ class _NoMetrics(Metrics):
         """Not counted."""
 
     def coordinator_call(self, *_: Any) -> None:
+        """Not counted."""
+
+    def range_event(self, *_: Any) -> None:
         """Not counted."""
 
 

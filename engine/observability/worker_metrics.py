@@ -5,7 +5,8 @@ on a loopback port of its own); the worker sends its exposition to the service o
 a scrape of the service adds the last one of every running worker to the service's own, series by
 series (same names, same labels — no label per process or campaign, so the label sets stay
 bounded): counters and histograms add up, gauges (queue depth, in-flight requests and limits) add
-up across the processes, ``pigeon_build_info`` is kept once. When a worker ends, its last counters
+up across the processes, ``pigeon_build_info`` and the configured carrier rates are kept once
+(:data:`~engine.observability.metric_names.KEPT_ONCE`). When a worker ends, its last counters
 and histograms (written to its run directory) are kept and added to every later scrape, so a
 counter never goes down because a blast finished.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
+
+from engine.observability.metric_names import KEPT_ONCE
 
 __all__ = ["MergedMetrics"]
 
@@ -52,7 +55,7 @@ def _merge(into: dict[str, _Family], text: str, *, counters_only: bool = False) 
                     fam = into[name] = _Family(name, helps.get(name, ""), kind)
                 elif fam.kind != kind:
                     fam = None
-                keep_one = name.endswith("_info")
+                keep_one = name.endswith("_info") or name in KEPT_ONCE
             continue
         if fam is None:
             continue

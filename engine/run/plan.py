@@ -10,7 +10,14 @@ from pathlib import Path
 from engine.core import sms
 from engine.core.carriers import INTL, PrefixTable, default_prefix_table
 from engine.core.clock import Clock, SystemClock
-from engine.core.config import LoadedCampaign, LoadedEngine, convert_section, load_campaign, load_engine
+from engine.core.config import (
+    EngineConfig,
+    LoadedCampaign,
+    LoadedEngine,
+    convert_section,
+    load_campaign,
+    load_engine,
+)
 from engine.core.errors import (
     ConfigError,
     PreflightError,
@@ -291,7 +298,14 @@ def prepare_run(metrics: Metrics, plan: Plan, stages: Iterable[str]) -> None:
         stages=stages,
         routes=plan.failover,
         in_flight={g: gateways[g].in_flight for names in plan.failover.values() for g in names},
+        rates=carrier_rates(plan.engine.config, plan.failover),
     )
+
+
+def carrier_rates(config: EngineConfig, carriers: Iterable[str]) -> dict[str, int]:
+    """The configured ``rate_per_second`` of each of ``carriers`` that has one."""
+    wanted = set(carriers)
+    return {c: cc.rate_per_second for c, cc in config.carriers.items() if c in wanted and cc.rate_per_second}
 
 
 def _engine_path(campaign: LoadedCampaign, engine_path: str | Path | None) -> Path:

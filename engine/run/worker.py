@@ -353,6 +353,7 @@ async def _ranges(
                 await job.stop.wait()
             continue
         gate.adopt = taken.previous if taken.previous not in ("", me) else ""
+        job.metrics.range_event(me, "reclaimed" if gate.adopt else "taken")
         part = _resumed(job, taken)
         if gate.adopt and job.notify is not None:
             job.notify(
@@ -411,6 +412,7 @@ async def _ranges(
             return  # stopped mid-range: it goes to another worker after the lease
         await _retrying(job, gate, partial(queue.range_done, campaign, taken, taken.part.rows))
         job.ranges_done += 1
+        job.metrics.range_event(me, "done")
 
 
 def _resumed(job: _Job, taken: TakenRange) -> SegmentRange:

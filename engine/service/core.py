@@ -186,6 +186,11 @@ class Service:
         ctx.metrics.prepare(
             routes=self.gateways.failover,
             in_flight={g: gw.in_flight for g, gw in ctx.config.gateways.items()},
+            rates={
+                c: cc.rate_per_second
+                for c, cc in ctx.config.carriers.items()
+                if c in self.gateways.failover and cc.rate_per_second
+            },
             stages=[
                 s.name for s in self.lanes.runner(self.lanes.streams["marketing"], TEXT_TEMPLATE)[1].stages
             ],

@@ -318,3 +318,61 @@ def test_a_reclaimed_range_resumes_after_the_dead_workers_last_confirmed_row(
     finally:
         dead.close()
         survivor.close()
+
+
+def test_a_workers_metrics_count_its_ranges_taken_reclaimed_and_done_and_the_shared_rate(
+    tmp_path: Path, prefix: str
+) -> None:
+    """The series the merged dashboard sums (docs/metrics.md): a worker in this process takes the
+    ranges a dead worker left — one it held and never renewed, reclaimed after the lease — and its
+    ``pigeon_coordinator_ranges_total`` says so; the configured carrier rate is exported."""
+    from engine.observability.metrics import Metrics
+    from engine.run.plan import prepare
+    from engine.run.worker import work
+    from plugins.store_redis.config import RedisConfig
+    from plugins.store_redis.coordinator import RedisCoordinator
+
+    segment(tmp_path / "seg.csv", 2000)
+    range_bytes = 8192
+    with SimulatorThread(SimConfig()) as sim:
+        d = _worker_dir(tmp_path, "w", sim.port, tmp_path / "seg.csv", prefix)
+        plan = prepare(d / "campaign.toml")
+        parts = plan.source.ranges(range_bytes)  # type: ignore[attr-defined]
+        assert len(parts) >= 3
+
+        async def dead_worker() -> None:  # publishes the cut, takes one range and dies holding it
+            ghost = RedisCoordinator(RedisConfig(url=URL, prefix=prefix), CoordinatorContext(worker="gone:0"))
+            try:
+                meta = json.dumps({"ranges": len(parts), "rows": sum(p.rows for p in parts)}).encode()
+                assert await ghost.publish_ranges("crash", parts, meta) == len(parts)
+                assert await ghost.take_range("crash", idle=60) is not None
+            finally:
+                await ghost.aclose()
+
+        asyncio.run(dead_worker())
+        m = Metrics(backend="asyncio")
+        summary = work(plan, metrics=m, lease=1.0, range_bytes=range_bytes, say_progress=False)
+        assert not summary.stopped, summary.message
+    me = worker_name(d / "pigeon.db")
+
+    def ranges(event: str) -> float:
+        return (
+            m.registry.get_sample_value("pigeon_coordinator_ranges_total", {"worker": me, "event": event})
+            or 0
+        )
+
+    assert ranges("reclaimed") == 1
+    assert ranges("taken") == len(parts) - 1
+    assert ranges("done") == len(parts)
+    assert (
+        m.registry.get_sample_value("pigeon_carrier_rate_limit_parts_per_second", {"carrier": "cm"}) == RATE
+    )
+    # pigeon status --coordinator merges the workers' figures (the dead one never reported any)
+    sent = summary.states["sent"]
+    engine = ("--engine", str(d / "engine.toml"))
+    shown = cli(d, "status", "crash", "--coordinator", URL, *engine, flags=("--json",))
+    assert shown.returncode == 0, shown.stderr
+    merged = json.loads(shown.stdout)["shared"]["merged"]
+    assert merged["workers_live"] == 1 and merged["sent"] == sent > 0 and merged["rate"] > 0, merged
+    text = cli(d, "status", "crash", "--coordinator", URL, flags=engine)
+    assert f"all workers: 1 live, {sent:,} sent, " in text.stdout, text.stdout

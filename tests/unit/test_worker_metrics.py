@@ -41,6 +41,21 @@ def test_live_workers_add_to_the_service_and_build_info_stays_one() -> None:
     assert _value(merged.render([]).decode(), ACCEPTED) == 5  # a live worker's counts are not kept
 
 
+def test_the_configured_carrier_rate_is_kept_once_not_added_up() -> None:
+    """Every process reports the same setting: the service and two blasts at 500 parts/s are 500."""
+    rate = 'pigeon_carrier_rate_limit_parts_per_second{carrier="cm"}'
+
+    def process() -> Metrics:
+        m = Metrics()
+        m.prepare(routes={"cm": ["sim"]}, in_flight={"sim": 4}, rates={"cm": 500})
+        return m
+
+    merged = MergedMetrics(process().registry)
+    text = merged.render([process().exposition()[0].decode(), process().exposition()[0].decode()]).decode()
+    assert _value(text, rate) == 500
+    assert _value(text, LIMIT) == 12  # (an in-flight window is per process: those add up)
+
+
 def test_a_retired_workers_counters_stay_and_its_gauges_go() -> None:
     svc = Metrics()
     svc.prepare(routes={"cm": ["sim"]}, in_flight={"sim": 4}, stages=["normalize"])
