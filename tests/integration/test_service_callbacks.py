@@ -389,6 +389,42 @@ async def test_a_campaign_started_with_a_callback_url_reports_each_recipient(
     assert rx.bad_signatures == 0 and rx.posts < 50
 
 
+async def test_a_campaign_awaiting_approval_keeps_its_callback_across_a_restart(
+    anyio_backend: object, tmp_path: Path, simulator: Simulator
+) -> None:
+    """Posted with a callback URL and review.require_approval, the service restarted, approved by
+    another key: its recipients' state changes still go to the URL it was posted with."""
+    write_campaign(tmp_path, 20, "spring")
+    path = tmp_path / "campaigns" / "spring.toml"
+    path.write_text(path.read_text("utf-8") + "[review]\nrequire_approval = true\n", encoding="utf-8")
+    async with receiver(CALLBACK_SECRET.encode()) as rx:
+        engine, _ = callbacks_engine(tmp_path, simulator.port)
+        ring = KeyRing(tmp_path / "api-keys.json")
+        crm = {"authorization": f"Bearer {ring.create('crm', callback_urls=[rx.url])}"}
+        lead = {"authorization": f"Bearer {ring.create('lead', scopes=['approve'])}"}
+        async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=crm) as c:
+            r = await c.post("/v1/campaigns", json={"file": "spring.toml", "callback_url": rx.url})
+            assert r.status_code == 202 and r.json()["state"] == "awaiting_approval", r.text
+        async with serving(engine) as (url, _), httpx.AsyncClient(base_url=url, headers=crm) as c:
+
+            async def restored() -> bool:
+                return (await c.get("/v1/campaigns/spring")).status_code == 200
+
+            await until(restored, 10)
+            r = await c.post("/v1/campaigns/spring/approve", headers=lead)
+            assert r.status_code == 200, r.text
+
+            async def finished() -> bool:
+                return (await c.get("/v1/campaigns/spring")).json()["state"] == "finished"
+
+            await until(finished, 60)
+            sent = await until(
+                lambda: {m for m, s in rx.seen() if s == "sent"} if len(rx.seen()) >= 20 else None
+            )
+    assert len(sent) == 20 and len(simulator.log) == 20
+    assert all(e["campaign"] == "spring" for e in rx.events) and rx.bad_signatures == 0
+
+
 def _start_service(engine: Path, tmp_path: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     """``pigeon serve`` in a process of its own (its JSON log into ``log``) and its port."""
     env = {**os.environ, "PIGEON_TEST_WEBHOOK_SECRET": SECRET, "PIGEON_TEST_CALLBACK_SECRET": CALLBACK_SECRET}
