@@ -665,7 +665,7 @@ class Campaigns:
         the content hash, submitting key, ``send_at``, ``again`` and callback it was posted with
         (so an approval is still of what was submitted, and never by the submitting key). One
         whose file can no longer be read is logged and forgotten; one already started (a
-        restored schedule) is forgotten."""
+        restored schedule) is forgotten; one posted again meanwhile is that new submission."""
         ledger = self.service.ledger
         if ledger is None:
             return
@@ -678,8 +678,9 @@ class Campaigns:
         for campaign_id, file, content, submitted_by, submitted_at, send_at, again, callback in rows:
             held = self.runs.get(campaign_id)
             if held is not None and held.finished is None:
-                self._forget_approval(campaign_id)
-                continue
+                if held.state != "awaiting_approval":  # started meanwhile: nothing awaits approval
+                    self._forget_approval(campaign_id)
+                continue  # (posted again as the service started: that submission's row is kept)
             try:
                 path = self.resolve(file)
                 plan = await self._prepare(path)
