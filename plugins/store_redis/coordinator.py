@@ -26,7 +26,20 @@ key                                       type         holds
                                                        trimmed at each check, expires after it
 ``<prefix>:caps:{<kind>}:<n>:text:<hash>``  string     a text sent to the number; expires after
                                                        the same-content window
+``<prefix>:caps:{<kind>:<s>}:<n>:day:…``  hash         on a Cluster (``cap_shards``, ``s`` = CRC-32 of
+                                                       the number mod it): the claims counted that
+                                                       day, one field each (their count ``HLEN``)
+``<prefix>:caps:{<kind>:<s>}:<n>:roll:…``  sorted set  on a Cluster: as without, in the shard's tag
+``<prefix>:caps:{<kind>:<s>}:<n>:text:…``  string     on a Cluster: the claim that sent the text
 ========================================  ===========  ==============================================
+
+On a Cluster a claim with caps is three steps (the kind's counters and the campaign's claims are
+in different slots, which one script cannot touch): :data:`~plugins.store_redis.scripts.CAP_RESERVE`
+on each cap shard the request touches (concurrently) checks and counts its recipients, each count
+named by the claim it is for; :data:`~plugins.store_redis.scripts.CLAIM` on the campaign's slot is
+given the verdicts; :data:`~plugins.store_redis.scripts.CAP_REFUND` gives back the counts of the
+recipients the claim refused. Between the steps the counts are ahead of the claims, never behind:
+a crash there holds a number back early, it never lets one through over its cap.
 
 A name's ``{`` and ``}`` are written ``%7B`` / ``%7D`` so they cannot break the hash tag.
 redis-py's client is asyncio-only: run the engine on the asyncio backend with this coordinator.
@@ -34,12 +47,14 @@ redis-py's client is asyncio-only: run the engine on the asyncio backend with th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
 import secrets
 import socket
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -81,6 +96,8 @@ def tag(name: str) -> str:
 _CLAIMS = {0: Claim.TAKEN, 1: Claim.NEW, 2: Claim.MINE, 3: Claim.ADOPTED}
 _SEP = "\x1f"
 _DIGITS = {48 + int(c): c for c in Claim}
+_STANDING = (Claim.MINE, Claim.ADOPTED)
+"""Answers whose claim was counted by its first claim (a cap reservation made again is given back)."""
 GROUP = "workers"
 """The consumer group every worker of a campaign reads its ranges stream with."""
 
@@ -141,8 +158,9 @@ class RedisCoordinator:
         self._unclaim = reg(scripts.RELEASE_CLAIMS)
         self._publish = reg(scripts.PUBLISH_RANGES)
         self._renew_range = reg(scripts.RENEW_RANGE)
+        self._reserve = reg(scripts.CAP_RESERVE)
+        self._refund = reg(scripts.CAP_REFUND)
         self._claim_ttl_ms = math.ceil(config.claim_ttl * 1000)
-        self._said_cluster = False
 
     # -- keys ------------------------------------------------------------------------------------
 
@@ -162,6 +180,21 @@ class RedisCoordinator:
         """The base of the kind's cap counters (``<base>:<recipient>:<window bucket>``): shared by
         every campaign of the kind, as the store's send history is."""
         return f"{self.prefix}:caps:{{{tag(kind)}}}"
+
+    def cap_shard_key(self, kind: str, shard: int) -> str:
+        """On a Cluster: the base of one shard of the kind's cap counters (its own hash tag)."""
+        return f"{self.prefix}:caps:{{{tag(kind)}:{shard}}}"
+
+    def cap_shard(self, recipient: str) -> int:
+        """On a Cluster: the shard of the kind's cap counters that holds ``recipient``'s."""
+        return zlib.crc32(recipient.encode()) % self.config.cap_shards
+
+    def cap_key(self, kind: str, recipient: str, bucket: str) -> str:
+        """The key of ``recipient``'s count in a window's ``bucket`` (``day:<zone>:<date>``,
+        ``roll:<seconds>``, ``text:<hash>``), standalone or on a Cluster."""
+        if self.config.cluster:
+            return f"{self.cap_shard_key(kind, self.cap_shard(recipient))}:{recipient}:{bucket}"
+        return f"{self.caps_key(kind)}:{recipient}:{bucket}"
 
     def optouts_key(self, campaign: str) -> str:
         """Recipients opted out while the campaign runs (the claim script refuses them)."""
@@ -289,9 +322,9 @@ class RedisCoordinator:
         caps: CapCheck | None = None,
     ) -> list[Claim]:
         """Claim the request's recipients in one script: NEW, MINE (this worker's, same tag),
-        ADOPTED (the dead worker ``adopt``'s), TAKEN, OPTED_OUT — or, with ``caps``, CAPPED
-        (checked and counted in the same script; not on a Cluster, where each worker's own
-        ``cap`` stage counts)."""
+        ADOPTED (the dead worker ``adopt``'s), TAKEN, OPTED_OUT — or, with ``caps``, CAPPED and
+        SAME_CONTENT (checked and counted in the same script; on a Cluster in three steps, see
+        :meth:`_claim_on_cluster`)."""
         if not recipients:
             return []
         if tags is not None and len(tags) != len(recipients):
@@ -306,22 +339,112 @@ class RedisCoordinator:
             raise ValueError("one text hash per recipient")
         if caps is not None and (caps.windows or (caps.same_content > 0 and caps.contents)):
             if self.config.cluster:
-                if not self._said_cluster:
-                    self._said_cluster = True
-                    log.warning(
-                        "frequency caps and same-content windows are counted by each worker on a "
-                        "Redis Cluster, not shared",
-                        extra={"event": "coordinator.caps_local"},
-                    )
-            else:
-                keys.append(self.caps_key(caps.kind))
-                args += _cap_args(caps)
+                return await self._claim_on_cluster(campaign, recipients, tags, keys, args, caps)
+            keys.append(self.caps_key(caps.kind))
+            args += _cap_args(caps)
         res: bytes = await self._call("claim recipients", lambda: self._claim(keys=keys, args=args))
+        return self._answers(res, recipients)
+
+    @staticmethod
+    def _answers(res: bytes, recipients: Sequence[str]) -> list[Claim]:
         if len(res) != len(recipients):
             raise CoordinatorUnavailable(f"claim script answered {len(res)} for {len(recipients)} recipients")
         if res.count(49) == len(res):  # every one new: no per-recipient lookup
             return [Claim.NEW] * len(res)
         return [_DIGITS[b] for b in res]
+
+    async def _claim_on_cluster(
+        self,
+        campaign: str,
+        recipients: Sequence[str],
+        tags: Sequence[str] | None,
+        keys: list[str],
+        args: list[Arg],
+        caps: CapCheck,
+    ) -> list[Claim]:
+        """A claim with caps on a Cluster, where the kind's counters and the campaign's claims live
+        in different slots: (1) :data:`~plugins.store_redis.scripts.CAP_RESERVE` on every cap
+        shard the request touches, concurrently (one call per shard, never per recipient), checks
+        and counts the recipients — each count named by its claim (campaign, worker, row), so a
+        retry counts nothing twice; (2) the claim script, given the verdicts; (3)
+        :data:`~plugins.store_redis.scripts.CAP_REFUND` gives back the counts of recipients the
+        claim refused (TAKEN, OPTED_OUT) and what (1) newly counted for a claim that was already
+        this worker's or is adopted (its first claim counted it). The counts lead the claims:
+        a crash (or Redis) between the steps leaves a number counted without a claim — held back
+        early — never claimed without its count."""
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(recipients):
+            groups.setdefault(self.cap_shard(r), []).append(i)
+        window_args = _cap_args(caps)
+        now, same, windows = window_args[0], window_args[1], window_args[3:]
+        head: list[Arg] = [self.claims_key(campaign), self.worker]
+
+        def shard_args(idx: list[int], extra: str) -> list[Arg]:
+            texts = _SEP.join(str(caps.contents[i]) for i in idx) if same else ""
+            joined_tags = _SEP.join(tags[i] for i in idx) if tags is not None else ""
+            return [
+                *head,
+                _SEP.join(recipients[i] for i in idx),
+                joined_tags,
+                now,
+                same,
+                texts,
+                extra,
+                *windows,
+            ]
+
+        async def reserve() -> list[list[int]]:
+            calls = [
+                self._reserve(keys=[self.cap_shard_key(caps.kind, s)], args=shard_args(idx, ""))
+                for s, idx in groups.items()
+            ]
+            return list(await asyncio.gather(*calls))
+
+        masks = [0] * len(recipients)
+        for idx, got in zip(groups.values(), await self._call("check caps", reserve), strict=True):
+            if len(got) != len(idx):
+                raise CoordinatorUnavailable(f"cap script answered {len(got)} for {len(idx)} recipients")
+            for i, m in zip(idx, got, strict=True):
+                masks[i] = int(m)
+        verdicts = "".join("5" if m == -5 else "6" if m == -6 else "1" for m in masks)
+        args += ["v", verdicts]
+        res: bytes = await self._call("claim recipients", lambda: self._claim(keys=keys, args=args))
+        answers = self._answers(res, recipients)
+        full = (1 << (len(caps.windows) + 1)) - 1
+        back: dict[int, list[tuple[int, int]]] = {}
+        for i, (a, m) in enumerate(zip(answers, masks, strict=True)):
+            give = (
+                full
+                if a in (Claim.TAKEN, Claim.OPTED_OUT) and m >= 0
+                else m
+                if a in _STANDING and m > 0
+                else 0
+            )
+            if give:
+                back.setdefault(self.cap_shard(recipients[i]), []).append((i, give))
+        if back:
+
+            async def refund() -> None:
+                await asyncio.gather(
+                    *(
+                        self._refund(
+                            keys=[self.cap_shard_key(caps.kind, s)],
+                            args=shard_args([i for i, _ in gives], _SEP.join(str(g) for _, g in gives)),
+                        )
+                        for s, gives in back.items()
+                    )
+                )
+
+            try:
+                await self._call("give back cap counts", refund)
+            except CoordinatorUnavailable as exc:  # counted a little early: never over the cap
+                log.warning(
+                    "cap counts of %d refused claims not given back (held back early): %s",
+                    sum(map(len, back.values())),
+                    exc,
+                    extra={"event": "coordinator.caps_not_refunded"},
+                )
+        return answers
 
     async def release_claims(self, campaign: str, recipients: Sequence[str]) -> int:
         """Give back this worker's claims on ``recipients``."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CAP_REFUND",
+    "CAP_RESERVE",
     "CLAIM",
     "GCRA",
     "LEASE_RELEASE",
@@ -115,6 +117,8 @@ CLAIM: Final = """
 -- KEYS[1] the campaign's claims hash (recipient -> worker[|tag]), KEYS[2] its opt-out set,
 -- KEYS[3] (with caps) the base of the kind's cap counters: <base>:<recipient>:<window bucket>
 -- ARGV owner, ttl_ms, adopt, recipients and tags each joined by \\x1f (tags may be ''),
+--   ['v', one verdict per recipient of CAP_RESERVE (a Cluster): '1' free, '5' capped, '6' same
+--    content — used only for recipients nobody claimed yet] or
 --   [now_ms, same-content window ms (0: none), text hashes joined by \\x1f (one per recipient),
 --    then per cap window: 'd' (calendar day) or 'r' (rolling), limit, bucket,
 --    expire-at ms (day) or period ms (rolling)]
@@ -125,7 +129,10 @@ for r in string.gmatch(ARGV[4], '[^\\31]+') do recipients[#recipients + 1] = r e
 if ARGV[5] ~= '' then
   for t in string.gmatch(ARGV[5], '[^\\31]+') do tags[#tags + 1] = t end
 end
-local now = tonumber(ARGV[6] or '')
+local verdicts = nil
+if ARGV[6] == 'v' then verdicts = ARGV[7] end
+local now = nil
+if not verdicts then now = tonumber(ARGV[6] or '') end
 local caps, texts, same = {}, {}, 0
 if now then
   same = tonumber(ARGV[7])
@@ -178,6 +185,9 @@ for i = 1, #recipients do
     why = '4'
   elseif now and redis.call('HEXISTS', KEYS[1], r) == 0 then
     why = held(r, i)
+  elseif verdicts then
+    local c = string.sub(verdicts, i, i)
+    if c ~= '1' and redis.call('HEXISTS', KEYS[1], r) == 0 then why = c end
   end
   if why then
     out[i] = why
@@ -219,8 +229,137 @@ argument each (one string to pack and parse, not hundreds).
 
 The cap counters are the kind's (``marketing``, ``transactional``), shared by every campaign, so
 they carry the kind's hash tag, not the campaign's: this one script touches two tags, which a
-standalone Redis (or Valkey) runs; on a Redis Cluster the coordinator does not pass caps (each
-worker's own ``cap`` stage counts them, as before)."""
+standalone Redis (or Valkey) runs. On a Redis Cluster the caps are checked and counted first by
+:data:`CAP_RESERVE` on the kind's slots, and this script is given its verdicts (``'v'``): a
+recipient nobody claimed yet that a verdict holds back answers 5 or 6, every other is claimed as
+without caps (a claim of this worker's or the dead one's stands whatever the verdict)."""
+
+_CLUSTER_CAPS_HEAD = """
+local base = KEYS[1]
+local who = ARGV[1] .. '|' .. ARGV[2]
+local recipients, tags, texts, caps = {}, {}, {}, {}
+for r in string.gmatch(ARGV[3], '[^\\31]+') do recipients[#recipients + 1] = r end
+if ARGV[4] ~= '' then
+  for t in string.gmatch(ARGV[4], '[^\\31]+') do tags[#tags + 1] = t end
+end
+local now = tonumber(ARGV[5])
+local same = tonumber(ARGV[6])
+if same > 0 then
+  for h in string.gmatch(ARGV[7], '[^\\31]+') do texts[#texts + 1] = h end
+end
+local j = 9
+while ARGV[j] do
+  caps[#caps + 1] = {ARGV[j], tonumber(ARGV[j + 1]), ARGV[j + 2], ARGV[j + 3]}
+  j = j + 4
+end
+local function member(i)
+  local v = who
+  if tags[i] then v = who .. '|' .. tags[i] end
+  return string.sub(redis.sha1hex(v), 1, 16)
+end
+"""
+
+CAP_RESERVE: Final = (
+    """
+-- KEYS[1] the base of one shard of the kind's cap counters: <base>:<recipient>:<window bucket>
+-- ARGV the campaign's claims key, owner, recipients and tags each joined by \\x1f (tags may be ''),
+--   now_ms, same-content window ms (0: none), text hashes joined by \\x1f (one per recipient, or ''),
+--   '' (unused), then per cap window: 'd' (calendar day) or 'r' (rolling), limit, bucket,
+--   expire-at ms (day) or period ms (rolling)"""
+    + _CLUSTER_CAPS_HEAD
+    + """
+local out = {}
+for i = 1, #recipients do
+  local r = recipients[i]
+  local m = member(i)
+  local why = nil
+  local tkey = nil
+  if same > 0 then
+    tkey = base .. ':' .. r .. ':text:' .. texts[i]
+    local cur = redis.call('GET', tkey)
+    if cur and cur ~= m then why = -6 end
+  end
+  if not why then
+    for _, w in ipairs(caps) do
+      local key = base .. ':' .. r .. ':' .. w[3]
+      if w[1] == 'd' then
+        if redis.call('HEXISTS', key, m) == 0 and redis.call('HLEN', key) >= w[2] then why = -5 break end
+      else
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%.0f', now - tonumber(w[4])))
+        if not redis.call('ZSCORE', key, m) and redis.call('ZCARD', key) >= w[2] then why = -5 break end
+      end
+    end
+  end
+  if why then
+    out[i] = why
+  else
+    local mask, bit = 0, 1
+    if same > 0 and redis.call('SET', tkey, m, 'PX', same, 'NX') then mask = 1 end
+    for _, w in ipairs(caps) do
+      bit = bit * 2
+      local key = base .. ':' .. r .. ':' .. w[3]
+      if w[1] == 'd' then
+        if redis.call('HSETNX', key, m, '1') == 1 then
+          redis.call('PEXPIREAT', key, w[4])
+          mask = mask + bit
+        end
+      elseif redis.call('ZADD', key, 'NX', string.format('%.0f', now), m) == 1 then
+        redis.call('PEXPIRE', key, w[4])
+        mask = mask + bit
+      end
+    end
+    out[i] = mask
+  end
+end
+return out
+"""
+)
+"""Check and count a request's recipients against the kind's caps on one Cluster slot (the first
+step of a claim with caps on a Cluster, before :data:`CLAIM` on the campaign's slot). Each count
+is a *reservation* named by the claim it is for (``member``: 16 hex digits of the SHA-1 of the
+campaign's claims key, the worker and the row, as the standalone script's rolling members): a
+calendar day is a hash of them (its count ``HLEN``), a rolling period a sorted set, a text's key
+holds it as its value. One integer per recipient: -5 (a window is full of others' reservations),
+-6 (another claim sent the same text within the window), else a bit mask of what this call newly
+counted (bit 0 the text, bit k the k-th window; 0: every count was already this claim's — a retry
+after a lost answer or a failed claim counts nothing twice)."""
+
+CAP_REFUND: Final = (
+    """
+-- KEYS[1] the base of one shard of the kind's cap counters
+-- ARGV as CAP_RESERVE's, but ARGV[8]: one bit mask per recipient joined by \\x1f (what to give back)"""
+    + _CLUSTER_CAPS_HEAD
+    + """
+local masks = {}
+for x in string.gmatch(ARGV[8], '[^\\31]+') do masks[#masks + 1] = tonumber(x) end
+local n = 0
+for i = 1, #recipients do
+  local r = recipients[i]
+  local m = member(i)
+  local mask = masks[i]
+  if same > 0 and mask % 2 == 1 then
+    local tkey = base .. ':' .. r .. ':text:' .. texts[i]
+    if redis.call('GET', tkey) == m then n = n + redis.call('DEL', tkey) end
+  end
+  local bit = 1
+  for _, w in ipairs(caps) do
+    bit = bit * 2
+    if math.floor(mask / bit) % 2 == 1 then
+      local key = base .. ':' .. r .. ':' .. w[3]
+      if w[1] == 'd' then
+        n = n + redis.call('HDEL', key, m)
+      else
+        n = n + redis.call('ZREM', key, m)
+      end
+    end
+  end
+end
+return n
+"""
+)
+"""Give back reservations of :data:`CAP_RESERVE` whose claim did not follow (the third step on a
+Cluster): per recipient the bit mask of the counts to remove (this claim's member only): how many
+were removed."""
 
 RELEASE_CLAIMS: Final = """
 -- KEYS[1] the campaign's claims hash; ARGV worker, recipients...

@@ -31,6 +31,8 @@ pytest.importorskip("redis")
 
 import redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from engine.coordination.contract import (
     BudgetKey,
@@ -46,6 +48,7 @@ from engine.state.ledger.records import LeaseLost
 from plugins.store_redis.config import RedisConfig
 from plugins.store_redis.coordinator import RedisCoordinator
 from tests.integration import redis_workers
+from tests.integration.redis_cluster import LocalCluster, free_port_pair, local_cluster
 
 URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 
@@ -275,69 +278,44 @@ def test_one_budget_shared_by_four_processes_holds_the_rate_in_every_second_at_t
     )
 
 
-def _free_port_pair() -> int:
-    """A loopback port free for a node and for its cluster bus (port + 10000)."""
-    rng = random.Random()
-    while True:
-        port = rng.randrange(20_000, 30_000)
-        try:
-            for p in (port, port + 10_000):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return port
+@pytest.fixture(scope="module")
+def cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A 3-master Redis Cluster of our own on loopback (no replicas, no persistence)."""
+    with local_cluster(tmp_path_factory.mktemp("cluster")) as nodes:
+        yield nodes
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A 3-master Redis Cluster of our own on loopback (no replicas, no persistence)."""
-    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-    if not (server and cli):
-        hint = "redis-server / redis-cli are not installed: apt-get install redis-server"
-        if os.environ.get("PIGEON_REQUIRE_REDIS"):
-            pytest.fail(hint)
-        pytest.skip(hint)
-    root = tmp_path_factory.mktemp("cluster")
-    ports: list[int] = []
-    procs = []
-    for _ in range(3):
-        port = _free_port_pair()
-        ports.append(port)
-        d: Path = root / str(port)
-        d.mkdir()
-        procs.append(
-            subprocess.Popen(
-                [server, "--bind", "127.0.0.1", "--port", str(port), "--cluster-enabled", "yes",
-                 "--cluster-config-file", "nodes.conf", "--dir", str(d), "--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL,
-            )
-        )  # fmt: skip
-    try:
-        for port in ports:
-            for _ in range(50):
-                if (
-                    subprocess.run([cli, "-p", str(port), "ping"], capture_output=True).stdout.strip()
-                    == b"PONG"
-                ):
-                    break
-                time.sleep(0.1)
-        subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
-             "--cluster-yes"],
-            check=True, capture_output=True, timeout=30,
-        )  # fmt: skip
-        for _ in range(100):
-            info = subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True).stdout
-            if b"cluster_state:ok" in info:
-                break
-            time.sleep(0.1)
-        yield f"redis://127.0.0.1:{ports[0]}/0"
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
+def cluster(cluster_nodes: LocalCluster) -> str:
+    """The URL of one node of :func:`cluster_nodes`."""
+    return cluster_nodes.url
+
+
+@pytest.fixture
+async def on_cluster(cluster: str, prefix: str) -> AsyncIterator[Callable[..., RedisCoordinator]]:
+    """Coordinators (two hosts, if called twice) on the test's Cluster, with a key prefix of their own."""
+    made: list[RedisCoordinator] = []
+
+    def factory(**options: Any) -> RedisCoordinator:
+        c = RedisCoordinator(
+            RedisConfig(url=cluster, cluster=True, prefix=prefix, **options), CoordinatorContext()
+        )
+        made.append(c)
+        return c
+
+    yield factory
+    for c in made:
+        await c.aclose()
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def maker(request: pytest.FixtureRequest) -> Callable[..., RedisCoordinator]:
+    """Coordinators on the test Redis (caps in the claim script), then on the test's Cluster (caps
+    in three steps there: reserve on the kind's slots, claim, give back)."""
+    made: Callable[..., RedisCoordinator] = request.getfixturevalue(
+        "make" if request.param == "standalone" else "on_cluster"
+    )
+    return made
 
 
 @pytest.mark.anyio
@@ -368,11 +346,10 @@ async def test_on_a_cluster_each_campaign_s_keys_share_one_slot_and_every_script
         key = BudgetKey("gw", "cm", "bulk")
         assert [await a.charge(key, spec, 5), await b.charge(key, spec, 5)] == [0.0, 0.0]
         assert await a.charge(key, spec, 5) > 0  # one budget, whichever client asks
-        # Shared caps need one script over two hash tags: on a Cluster they are not passed (each
-        # worker's cap stage counts) — the claim still works, and says nothing is capped.
+        # Shared caps: the kind's counters are on other slots than the claims; counted all the same.
         check = CapCheck("marketing", (CapWindow(1, "calendar_day"),), time.time())
         assert await a.claim("caps", ["8613800000001"], caps=check) == [Claim.NEW]
-        assert await b.claim("caps2", ["8613800000001"], caps=check) == [Claim.NEW]
+        assert await b.claim("caps2", ["8613800000001"], caps=check) == [Claim.CAPPED]
     finally:
         await a.aclose()
         await b.aclose()
@@ -401,7 +378,7 @@ async def test_a_killed_and_restarted_redis_with_aof_keeps_claims_fences_and_lea
 ) -> None:
     server = shutil.which("redis-server")
     assert server is not None  # redis_url answered: the server is installed here
-    port = _free_port_pair()
+    port = free_port_pair()
     proc = _start_redis(server, port, tmp_path)
     config = RedisConfig(url=f"redis://127.0.0.1:{port}/0", timeout=0.5)
     a, b = RedisCoordinator(config, CoordinatorContext()), RedisCoordinator(config, CoordinatorContext())
@@ -455,9 +432,9 @@ def _at(day: int, hour: int, minute: int = 0, second: int = 0) -> float:
 
 @pytest.mark.anyio
 async def test_a_calendar_day_cap_is_counted_across_workers_and_campaigns(
-    make: Callable[..., RedisCoordinator],
+    maker: Callable[..., RedisCoordinator],
 ) -> None:
-    a, b = make(), make()  # two hosts: two workers, two clients
+    a, b = maker(), maker()  # two hosts: two workers, two clients
     day = (CapWindow(1, "calendar_day", "Asia/Shanghai"),)
 
     def caps(now: float) -> CapCheck:
@@ -476,7 +453,7 @@ async def test_a_calendar_day_cap_is_counted_across_workers_and_campaigns(
     assert got == [Claim.NEW, Claim.NEW]
     assert await a.claim("c4", [n1, n3], tags=["2", "3"], caps=caps(_at(5, 8))) == [Claim.CAPPED] * 2
     # The counter of a day expires after it (a minute's grace for clocks a little apart).
-    key = f"{a.caps_key('marketing')}:{n1}:day:Asia/Shanghai:2026-12-05"
+    key = a.cap_key("marketing", n1, "day:Asia/Shanghai:2026-12-05")
     expires_ms = await a.client.pexpiretime(key)
     assert expires_ms == round(_at(6, 0) * 1000) + 60_000
     # Another kind counts apart; without caps a claim counts nothing.
@@ -486,9 +463,9 @@ async def test_a_calendar_day_cap_is_counted_across_workers_and_campaigns(
 
 @pytest.mark.anyio
 async def test_a_rolling_cap_counts_send_times_in_the_period_across_workers(
-    make: Callable[..., RedisCoordinator],
+    maker: Callable[..., RedisCoordinator],
 ) -> None:
-    a, b = make(), make()
+    a, b = maker(), maker()
     window = (CapWindow(2, "24h"),)
     n = "8613800000009"
     t0 = _at(4, 10)
@@ -502,11 +479,11 @@ async def test_a_rolling_cap_counts_send_times_in_the_period_across_workers(
 
 @pytest.mark.anyio
 async def test_racing_workers_never_both_take_a_numbers_last_place(
-    make: Callable[..., RedisCoordinator],
+    maker: Callable[..., RedisCoordinator],
 ) -> None:
     """Two workers claim the same 2,000 numbers in requests of 200 for two campaigns at once (one
     from each end, so they meet) under a cap of one a day: each number is NEW exactly once."""
-    a, b = make(), make()
+    a, b = maker(), maker()
     numbers = [f"86139{i:08d}" for i in range(2000)]
     check = CapCheck("marketing", (CapWindow(1, "calendar_day"),), _at(4, 12))
 
@@ -525,8 +502,10 @@ async def test_racing_workers_never_both_take_a_numbers_last_place(
 
 
 @pytest.mark.anyio
-async def test_a_same_content_window_is_shared_across_workers(make: Callable[..., RedisCoordinator]) -> None:
-    a, b = make(), make()
+async def test_a_same_content_window_is_shared_across_workers(
+    maker: Callable[..., RedisCoordinator],
+) -> None:
+    a, b = maker(), maker()
     n1, n2 = "8613800000011", "8613800000012"
     t0 = _at(4, 10)
 
@@ -537,7 +516,7 @@ async def test_a_same_content_window_is_shared_across_workers(make: Callable[...
     # The same text to n1 from another worker's campaign within 10 minutes: held; another text goes.
     got = await b.claim("s2", [n1, n2], caps=check(t0 + 60, 111, 222))
     assert got == [Claim.SAME_CONTENT, Claim.NEW]
-    key = f"{a.caps_key('marketing')}:{n1}:text:111"
+    key = a.cap_key("marketing", n1, "text:111")
     assert 0 < await a.client.pttl(key) <= 600_000, "the text is remembered for the window only"
 
 
@@ -548,3 +527,108 @@ async def test_the_caps_load_test_runs_at_a_tiny_size(make: Callable[..., RedisC
     got = await caps_costs(make(), 400)
     assert set(got) >= {"none", "1_per_calendar_day", "1_per_day_and_3_per_7d", "bytes_per_day_key"}
     assert got["bytes_per_roll_key"] > 0 and got["1_per_calendar_day"]["recipients_per_s"] > 0
+
+
+async def _hlen(c: RedisCoordinator, key: str) -> int:
+    return int(await c.client.hlen(key))  # type: ignore[misc]
+
+
+@pytest.mark.anyio
+async def test_on_a_cluster_a_refused_claim_gives_its_cap_counts_back(
+    on_cluster: Callable[..., RedisCoordinator],
+) -> None:
+    """The three steps' bookkeeping: counted first (each count named by its claim), given back
+    when the claim is TAKEN or OPTED_OUT, never counted twice for a claim asked again."""
+    a, b = on_cluster(), on_cluster()
+    n = "8613800000021"
+    windows = (CapWindow(2, "calendar_day", "Asia/Shanghai"), CapWindow(2, "24h"))
+    t0 = _at(4, 10)
+
+    def check(text: int) -> CapCheck:
+        return CapCheck("marketing", windows, t0, same_content=600.0, contents=(text,))
+
+    day, roll = (
+        a.cap_key("marketing", n, "day:Asia/Shanghai:2026-12-04"),
+        a.cap_key("marketing", n, "roll:86400"),
+    )
+    assert await a.claim("c1", [n], tags=["2"], caps=check(111)) == [Claim.NEW]
+    assert (await _hlen(a, day), await a.client.zcard(roll)) == (1, 1)
+    # The same claim by another worker: counted in step 1, TAKEN in step 2, given back in step 3.
+    assert await b.claim("c1", [n], tags=["2"], caps=check(222)) == [Claim.TAKEN]
+    assert (await _hlen(a, day), await a.client.zcard(roll)) == (1, 1)
+    assert not await a.client.exists(a.cap_key("marketing", n, "text:222")), "its text given back too"
+    # Asked again by its own worker (a retry): MINE, nothing counted twice.
+    assert await a.claim("c1", [n], tags=["2"], caps=check(111)) == [Claim.MINE]
+    assert (await _hlen(a, day), await a.client.zcard(roll)) == (1, 1)
+    # Opted out in another campaign: not claimed, its count given back.
+    await a.add_optouts("c2", [n])
+    assert await b.claim("c2", [n], tags=["2"], caps=check(333)) == [Claim.OPTED_OUT]
+    assert await _hlen(a, day) == 1
+    # So the second place of the day is still free, and the third is refused.
+    assert await b.claim("c3", [n], tags=["2"], caps=check(444)) == [Claim.NEW]
+    assert await a.claim("c4", [n], tags=["2"], caps=check(555)) == [Claim.CAPPED]
+    assert (await _hlen(a, day), await a.client.zcard(roll)) == (2, 2)
+    # The same text again within the window, another campaign: held back.
+    assert await b.claim("c5", [n], tags=["2"], caps=check(111)) == [Claim.SAME_CONTENT]
+
+
+async def _script_calls(c: RedisCoordinator) -> int:
+    """EVALSHA calls summed over the Cluster's primaries."""
+    stats = await c.client.info("commandstats", target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
+    total = 0
+    for per_node in stats.values():
+        total += int(per_node.get("cmdstat_evalsha", {}).get("calls", 0))
+    return total
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("shards", [1, 16])
+async def test_on_a_cluster_a_request_s_caps_take_one_call_per_shard_never_per_recipient(
+    on_cluster: Callable[..., RedisCoordinator], shards: int
+) -> None:
+    a = on_cluster(cap_shards=shards)
+    check = CapCheck("marketing", (CapWindow(1, "calendar_day"),), _at(4, 12))
+    numbers = [f"86137{i:08d}" for i in range(400)]
+    await a.claim("warm", numbers[:200], caps=check)  # (loads the scripts on every node)
+    before = await _script_calls(a)
+    assert await a.claim("calls", numbers[200:], caps=check) == [Claim.NEW] * 200
+    calls = await _script_calls(a) - before
+    touched = len({a.cap_shard(n) for n in numbers[200:]})
+    assert touched == shards
+    assert calls == touched + 1, f"{calls} script calls for one request of 200 over {touched} cap shards"
+    if shards > 1:
+        nodes = {a.client.get_node_from_key(a.cap_shard_key("marketing", s)).port for s in range(shards)}
+        assert len(nodes) > 1, "the kind's counters spread over the Cluster's primaries"
+
+
+@pytest.mark.anyio
+async def test_on_a_cluster_a_claim_its_campaign_s_node_does_not_answer_counts_once_and_is_retried(
+    on_cluster: Callable[..., RedisCoordinator], cluster_nodes: LocalCluster
+) -> None:
+    """The campaign's primary stops answering (CLIENT PAUSE) between the cap step and the claim:
+    the count stays ahead of the claim — another campaign is held back, early — and the lane's
+    retry of the same request (same worker, same row) is not refused by its own count."""
+    a, b = on_cluster(timeout=0.3), on_cluster()
+    check = CapCheck("marketing", (CapWindow(1, "calendar_day"),), _at(4, 12))
+    campaign = "paused"
+    await a.client.initialize()  # type: ignore[union-attr]
+    a.client.set_retry(Retry(NoBackoff(), 0))  # one try: the lane, not the client, asks again
+    claims_node = a.client.get_node_from_key(a.claims_key(campaign)).port
+    n = next(
+        f"86136{i:08d}"
+        for i in range(1000)
+        if a.client.get_node_from_key(a.cap_shard_key("marketing", a.cap_shard(f"86136{i:08d}"))).port
+        != claims_node
+    )
+    day = a.cap_key("marketing", n, f"day:{check.windows[0].bucket(check.now)[0].split(':', 1)[1]}")
+    cluster_nodes.run(claims_node, "client", "pause", "3000", "WRITE")
+    paused = time.monotonic()
+    with pytest.raises(CoordinatorUnavailable):
+        await a.claim(campaign, [n], tags=["7"], caps=check)
+    assert await _hlen(b, day) == 1, "counted before the claim"
+    assert await b.claim("another", [n], tags=["7"], caps=check) == [Claim.CAPPED]
+    await asyncio.sleep(max(0.0, 3.2 - (time.monotonic() - paused)))
+    got = await a.claim(campaign, [n], tags=["7"], caps=check)
+    # NEW if the paused claim never ran, MINE if it ran once the node answered again: sent either way.
+    assert got in ([Claim.NEW], [Claim.MINE])
+    assert await _hlen(b, day) == 1, "the retry counted nothing more"
