@@ -12,8 +12,14 @@ One worker process, one Redis on loopback (client and server share this machine'
   script — none, ``1 per calendar_day``, and that plus ``3 per 7d`` — with client and Redis CPU
   per 1,000 recipients (``INFO cpu``: a shared Redis makes it noisy) and bytes per cap key.
 
+* ``caps_cluster`` (``--cluster``): the same ``caps`` setups on a 3-primary Redis Cluster this run
+  starts on loopback (redis-server processes), where a claim with caps is three steps (reserve on
+  the kind's cap shards, claim, give back), for ``cap_shards`` 1, 4 and 16 — beside the standalone
+  ``caps`` of the same run; Redis CPU summed over the primaries, script calls counted by them.
+
     python -m loadtests.redis_coordinator                    # 200,000 recipients
     python -m loadtests.redis_coordinator --json loadtests/results-redis-coordinator.json
+    python -m loadtests.redis_coordinator --rows 50000 --cluster
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import redis
 from engine.coordination.contract import BudgetKey, BudgetSpec, CapCheck, Coordinator, CoordinatorContext
 from engine.coordination.embedded import EmbeddedCoordinator
 from engine.state.caps import CapWindow
+from loadtests._cluster import local_cluster
 from loadtests._report import emit
 from plugins.store_redis.config import RedisConfig
 from plugins.store_redis.coordinator import RedisCoordinator
@@ -59,13 +66,28 @@ async def _gcra(c: Coordinator, calls: int) -> dict[str, float]:
     return {"charges_per_s": round(calls / wall), "client_cpu_us_per_charge": round(cpu / calls * 1e6, 1)}
 
 
+def _per_node(info: dict[str, Any], cluster: bool) -> list[dict[str, Any]]:
+    return list(info.values()) if cluster else [info]
+
+
 async def caps_costs(r: RedisCoordinator, rows: int) -> dict[str, Any]:
-    """Claims of ``rows`` fresh recipients per setup, in requests of 200, with shared caps."""
-    server = redis.Redis.from_url(r.config.url)
+    """Claims of ``rows`` fresh recipients per setup, in requests of 200, with shared caps (on a
+    Cluster: Redis CPU and script calls summed over its primaries)."""
+    cluster = r.config.cluster
+    server: Any = redis.RedisCluster.from_url(r.config.url) if cluster else redis.Redis.from_url(r.config.url)
+    nodes: dict[str, Any] = {"target_nodes": redis.RedisCluster.PRIMARIES} if cluster else {}
 
     def redis_cpu() -> float:
-        cpu: dict[str, Any] = server.info("cpu")
-        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        return sum(
+            float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+            for cpu in _per_node(server.info("cpu", **nodes), cluster)
+        )
+
+    def script_calls() -> int:
+        return sum(
+            int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+            for stats in _per_node(server.info("commandstats", **nodes), cluster)
+        )
 
     now = time.time()
     setups: dict[str, CapCheck | None] = {
@@ -79,7 +101,8 @@ async def caps_costs(r: RedisCoordinator, rows: int) -> dict[str, Any]:
     try:
         for j, (name, check) in enumerate(setups.items()):
             numbers = [f"86{j}{n:010d}" for n in range(rows)]  # fresh numbers: every claim counted
-            used, wall, cpu = redis_cpu(), time.perf_counter(), time.process_time()
+            await r.claim(f"warm-{name}", [f"85{j}{n:010d}" for n in range(200)], caps=check)  # scripts
+            calls, used, wall, cpu = script_calls(), redis_cpu(), time.perf_counter(), time.process_time()
             for i in range(0, rows, 200):
                 await r.claim(f"caps-{name}", numbers[i : i + 200], caps=check)
             wall, cpu, used = time.perf_counter() - wall, time.process_time() - cpu, redis_cpu() - used
@@ -87,8 +110,9 @@ async def caps_costs(r: RedisCoordinator, rows: int) -> dict[str, Any]:
                 "recipients_per_s": round(rows / wall),
                 "client_cpu_ms_per_1000": round(cpu / rows * 1e6, 2),
                 "redis_cpu_ms_per_1000": round(used / rows * 1e6, 2),
+                "script_calls_per_1000": round((script_calls() - calls) / rows * 1000, 1),
             }
-        keys = list(server.scan_iter(match=f"{r.caps_key('marketing')}:*", count=1000))
+        keys = list(server.scan_iter(match=f"{r.prefix}:caps:*", count=1000))
         for kind in ("day", "roll"):
             some = [k for k in keys if f":{kind}:".encode() in k][:1000]
             size = sum(int(server.memory_usage(k) or 0) for k in some)
@@ -98,7 +122,21 @@ async def caps_costs(r: RedisCoordinator, rows: int) -> dict[str, Any]:
     return out
 
 
-async def main(rows: int, url: str) -> dict[str, Any]:
+async def cluster_caps(rows: int, shards: tuple[int, ...] = (1, 4, 16)) -> dict[str, Any]:
+    """:func:`caps_costs` on a 3-primary Cluster started here, per ``cap_shards``."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as root, local_cluster(Path(root)) as nodes:
+        for n in shards:
+            config = RedisConfig(url=nodes.url, cluster=True, cap_shards=n, prefix=f"pigeon-load-{n}")
+            r = RedisCoordinator(config, CoordinatorContext())
+            try:
+                out[f"cap_shards_{n}"] = await caps_costs(r, rows)
+            finally:
+                await r.aclose()
+    return out
+
+
+async def main(rows: int, url: str, *, cluster: bool = False) -> dict[str, Any]:
     prefix = f"pigeon-load-{secrets.token_hex(4)}"
     r = RedisCoordinator(RedisConfig(url=url, prefix=prefix), CoordinatorContext())
     e = EmbeddedCoordinator(CoordinatorContext(store_path=Path(tempfile.mkdtemp()) / "s.db"))
@@ -115,6 +153,8 @@ async def main(rows: int, url: str) -> dict[str, Any]:
         used = int(await r.client.memory_usage(r.claims_key("c500")) or 0)
         report["memory"] = {"claims_hash_bytes": used, "bytes_per_recipient": round(used / rows, 1)}
         report["caps"] = await caps_costs(r, min(rows, 50_000))
+        if cluster:
+            report["caps_cluster"] = await cluster_caps(min(rows, 50_000))
     finally:
         client = redis.Redis.from_url(url)
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
@@ -130,5 +170,8 @@ if __name__ == "__main__":
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--url", default="redis://127.0.0.1:6379/11")
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--cluster", action="store_true", help="also the caps on a 3-primary Cluster started here"
+    )
     args = ap.parse_args()
-    emit(asyncio.run(main(args.rows, args.url)), args.json)
+    emit(asyncio.run(main(args.rows, args.url, cluster=args.cluster)), args.json)

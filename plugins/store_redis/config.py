@@ -17,7 +17,7 @@ class RedisConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     cluster: bool = False
     """``url`` names one node of a Redis Cluster: the client follows the slots (every script's keys
     share one hash tag, so each runs on one node)."""
-    cap_shards: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
+    cap_shards: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
     """With ``cluster = true``: the kind's frequency-cap and same-content counters are spread over
     this many hash tags (``{<kind>:<n>}``, a CRC-32 of the number modulo it), so they do not all
     load one Cluster node; a request's recipients are checked in one script call per tag it
