@@ -29,6 +29,7 @@ from engine.state.ledger.records import LedgerState
 from engine.state.ledger.store import Ledger
 from loadtests.simulator import SimConfig, SimulatorThread
 from tests.integration.crash_harness import check_ledger_against_log, files, segment, start
+from tests.integration.redis_cluster import local_cluster
 from tests.integration.redis_prefix import WORKERS_URL, scoped_prefix
 
 URL = WORKERS_URL
@@ -214,6 +215,14 @@ def test_limits_counted_by_one_hosts_ledger_are_refused_with_a_shared_coordinato
         check_coordinator(prepare(campaign), "asyncio", 1)
 
 
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-primary Redis Cluster of this module's own on loopback."""
+    with local_cluster(tmp_path_factory.mktemp("cluster")) as nodes:
+        yield nodes.url
+
+
+@pytest.mark.parametrize("where", ["redis", "cluster"])
 @pytest.mark.parametrize(
     ("rule", "reason"),
     [
@@ -222,13 +231,17 @@ def test_limits_counted_by_one_hosts_ledger_are_refused_with_a_shared_coordinato
     ],
 )
 def test_two_campaigns_on_two_workers_share_a_cap(
-    tmp_path: Path, prefix: str, rule: str, reason: str
+    tmp_path: Path, prefix: str, rule: str, reason: str, where: str, request: pytest.FixtureRequest
 ) -> None:
     """Two ``pigeon send --coordinator`` processes (each its own store, as on two hosts) send two
     marketing campaigns (the same texts) over overlapping segments at once under ``limit = 1,
     calendar_day`` — or a same-content window of an hour: every number reaches the simulator at
     most once; each overlapping row is sent by one worker and recorded ``suppressed`` with the
-    rule's reason by the other."""
+    rule's reason by the other. On one Redis and on a Redis Cluster (``cluster = true``: the caps
+    in three steps there)."""
+    coordinator = _coordinator(URL, prefix)
+    if where == "cluster":
+        coordinator = _coordinator(request.getfixturevalue("cluster_url"), prefix) + "cluster = true\n"
     spans = {"a": range(1500), "b": range(500, 2000)}  # 1,000 numbers in both
     with SimulatorThread(SimConfig()) as sim:
         dirs = []
@@ -238,7 +251,7 @@ def test_two_campaigns_on_two_workers_share_a_cap(
             (d / "seg.csv").write_text(
                 "phone,name,coupon\n" + "".join(f"138{i:08d},客,20\n" for i in span), encoding="utf-8"
             )
-            files(d, sim.port, store=d / "pigeon.db", max_batch=100, extra=_coordinator(URL, prefix))
+            files(d, sim.port, store=d / "pigeon.db", max_batch=100, extra=coordinator)
             engine = d / "engine.toml"
             engine.write_text(
                 engine.read_text("utf-8").replace('windows = [{ limit = 1, period = "calendar_day" }]', rule)

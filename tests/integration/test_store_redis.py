@@ -95,10 +95,10 @@ async def make(redis_url: str, prefix: str) -> AsyncIterator[Callable[..., Redis
 
 
 @pytest.mark.anyio
-async def test_the_redis_coordinator_keeps_the_contract(make: Callable[..., RedisCoordinator]) -> None:
+async def test_the_redis_coordinator_keeps_the_contract(maker: Callable[..., RedisCoordinator]) -> None:
     from pigeon.testing import check_coordinator
 
-    await check_coordinator(make)
+    await check_coordinator(maker)
 
 
 @pytest.mark.anyio
