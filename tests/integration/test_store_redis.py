@@ -521,10 +521,10 @@ async def test_a_same_content_window_is_shared_across_workers(
 
 
 @pytest.mark.anyio
-async def test_the_caps_load_test_runs_at_a_tiny_size(make: Callable[..., RedisCoordinator]) -> None:
+async def test_the_caps_load_test_runs_at_a_tiny_size(maker: Callable[..., RedisCoordinator]) -> None:
     from loadtests.redis_coordinator import caps_costs
 
-    got = await caps_costs(make(), 400)
+    got = await caps_costs(maker(), 400)
     assert set(got) >= {"none", "1_per_calendar_day", "1_per_day_and_3_per_7d", "bytes_per_day_key"}
     assert got["bytes_per_roll_key"] > 0 and got["1_per_calendar_day"]["recipients_per_s"] > 0
 
