@@ -357,8 +357,8 @@ key_hash(uint64_t x)
 }
 
 /* Claim each keys[i] for rows[i] in `table`, an open-addressing table of 2^k slots shared by
- * processes (anonymous shared memory mapped before fork): int64 keys[cap] (0: empty) then int64
- * rows[cap]. A key is taken by one compare-and-swap of its slot from 0, then its row is stored; the
+ * processes (anonymous shared memory mapped before fork): slot i is the int64 pair (key, row) at
+ * [2i] and [2i + 1] (key 0: empty), so that a probe touches one cache line. A key is taken by one compare-and-swap of its slot from 0, then its row is stored; the
  * positions returned are those whose key another row holds (the same row again keeps it). Every
  * access to a slot is atomic, so any number of processes may call this at once on one table. */
 static PyObject *
@@ -384,7 +384,7 @@ claim_keys(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "claim_keys(): the table must be 16 * 2^k bytes, 8-aligned");
         return NULL;
     }
-    int64_t *slot_keys = (int64_t *)view.buf, *slot_rows = slot_keys + cap;
+    int64_t *slots = (int64_t *)view.buf;
     uint64_t mask = cap - 1;
     PyObject *lost = PyList_New(0);
     if (lost == NULL)
@@ -404,12 +404,12 @@ claim_keys(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         int64_t holder = 0;
         uint64_t probes = 0;
         for (;;) {
-            int64_t seen = __atomic_load_n(&slot_keys[at], __ATOMIC_ACQUIRE);
+            int64_t seen = __atomic_load_n(&slots[2 * at], __ATOMIC_ACQUIRE);
             if (seen == 0) {
                 int64_t expected = 0;
-                if (__atomic_compare_exchange_n(&slot_keys[at], &expected, (int64_t)key, 0,
+                if (__atomic_compare_exchange_n(&slots[2 * at], &expected, (int64_t)key, 0,
                                                 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-                    __atomic_store_n(&slot_rows[at], (int64_t)row, __ATOMIC_RELEASE);
+                    __atomic_store_n(&slots[2 * at + 1], (int64_t)row, __ATOMIC_RELEASE);
                     holder = row;
                     break;
                 }
@@ -418,7 +418,7 @@ claim_keys(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             if (seen == key) {
                 /* held: by this row (stored before this process could ask again) or another; a
                  * row not stored yet (0) is another process's claim in progress */
-                holder = __atomic_load_n(&slot_rows[at], __ATOMIC_ACQUIRE);
+                holder = __atomic_load_n(&slots[2 * at + 1], __ATOMIC_ACQUIRE);
                 break;
             }
             if (++probes >= cap) {

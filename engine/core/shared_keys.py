@@ -1,8 +1,8 @@
 """A table of number keys → rows that forked processes share, in which each key is won by one row.
 
 ``pigeon send --shards N`` on byte ranges (:mod:`engine.run.shards`) creates one before it forks
-its shards: an open-addressing table of ``2^k`` slots (int64 keys, 0 for an empty slot, then int64
-rows) in anonymous shared memory (``mmap(-1, …)``, ``MAP_SHARED``: inherited by ``fork``, outside
+its shards: an open-addressing table of ``2^k`` slots (two int64 each: a key, 0 for an empty slot,
+and its row) in anonymous shared memory (``mmap(-1, …)``, ``MAP_SHARED``: inherited by ``fork``, outside
 ``/dev/shm`` — whose size a container caps — and gone with the last process that maps it, so a
 killed run leaks nothing). Each shard's ``dedupe`` stage claims the numbers it sees first with one
 call per batch (:func:`engine.core.speedups.claim_keys`): compiled, every slot is taken by one
@@ -60,7 +60,7 @@ class SharedKeys:
     def __len__(self) -> int:
         """How many keys are claimed (a pass over the table: for tests and reports)."""
         view = self.table.cast("q")
-        return sum(1 for k in view[: self.slots] if k)
+        return sum(1 for k in view[::2] if k)
 
     def close(self) -> None:
         """Unmap the table in this process (the others keep theirs)."""

@@ -180,8 +180,8 @@ def _key_hash(x: int) -> int:
 
 
 def _py_claim_keys(table: memoryview | bytearray, keys: list[int], rows: list[int]) -> list[int]:
-    """Claim each ``keys[i]`` for ``rows[i]`` in ``table`` (``2^k`` int64 keys, 0 for an empty
-    slot, then ``2^k`` int64 rows; linear probing from :func:`_key_hash`); the positions whose key
+    """Claim each ``keys[i]`` for ``rows[i]`` in ``table`` (``2^k`` slots of two int64, key and
+    row, a key of 0 for an empty slot; linear probing from :func:`_key_hash`); the positions whose key
     another row holds (the same row again keeps it). Not atomic across processes, unlike the C
     twin: :class:`engine.core.shared_keys.SharedKeys` holds a lock around it."""
     if len(keys) != len(rows):
@@ -197,12 +197,12 @@ def _py_claim_keys(table: memoryview | bytearray, keys: list[int], rows: list[in
             raise ValueError("claim_keys(): a key must be positive")
         at = _key_hash(key) & mask
         for _ in range(cap):
-            seen = view[at]
+            seen = view[2 * at]
             if seen == 0:
-                view[at], view[cap + at] = key, row
+                view[2 * at], view[2 * at + 1] = key, row
                 break
             if seen == key:
-                if view[cap + at] != row:
+                if view[2 * at + 1] != row:
                     lost.append(i)
                 break
             at = (at + 1) & mask

@@ -40,9 +40,9 @@ class Dedupe:
     def __init__(self, shared: SharedClaims | None = None) -> None:
         self.seen: set[int] = set()
         self.shared = shared
-        """With byte-range shards: the numbers this process sees first are claimed in the shared
-        table too, one call per batch; a number another row (in another shard's range) holds is a
-        duplicate here."""
+        """With byte-range shards: every number is claimed for its row in the table the shards
+        share (instead of ``seen``), one call per batch; a number another row holds — in this
+        process's range or another's — is a duplicate here."""
 
     def process(self, batch: Batch) -> None:
         """Suppress the numbers of ``batch`` already seen in this run (or earlier in the batch)."""
@@ -60,29 +60,20 @@ class Dedupe:
         )
 
     def _shared(self, shared: SharedClaims, keys: list[int], nums: list[int]) -> list[int]:
-        """The duplicates of a batch when the processes share the claims: this process's repeats,
-        then the numbers another row claimed first. A resume leaves out the rows the ledger holds
-        as final (skipped after the stages anyway): one recorded ``duplicate`` whose winner died
-        before logging its claim must not take the number, and the winners that did log theirs
-        are in the table already — whatever the shards' ranges are this time."""
+        """The duplicates of a batch when the processes share the claims: every number is claimed
+        for its row (one call per batch; this process's own repeats lose to their first row there
+        too, so no set of its own is kept). A resume leaves out the rows the ledger holds as final
+        (skipped after the stages anyway): one recorded ``duplicate`` whose winner died before
+        logging its claim must not take the number, and the winners that did log theirs are in
+        the table already — whatever the shards' ranges are this time."""
         skip = shared.skip
-        pos: list[int] | None = None  # the batch positions dedupe sees (None: all)
         if skip is not None and nums:
             rows = np.asarray(nums, dtype=np.int64)
             final = np.zeros(rows.size, dtype=bool)
             inside = rows < skip.size
             final[inside] = skip[rows[inside]]
             if final.any():
-                pos = np.flatnonzero(~final).tolist()
-                keys = [keys[i] for i in pos]
-                nums = [nums[i] for i in pos]
-        dup = speedups.first_seen(self.seen, keys)
-        if not dup:  # (the common batch: no repeat within this process)
-            return shared(keys, nums) if pos is None else [pos[i] for i in shared(keys, nums)]
-        if len(dup) < len(keys):
-            local = set(dup)
-            fresh = [i for i in range(len(keys)) if i not in local]
-            held = shared([keys[i] for i in fresh], [nums[i] for i in fresh])
-            if held:
-                dup = sorted(local.union(fresh[i] for i in held))
-        return dup if pos is None else [pos[i] for i in dup]
+                pos: list[int] = np.flatnonzero(~final).tolist()
+                held = shared([keys[i] for i in pos], [nums[i] for i in pos])
+                return [pos[i] for i in held]
+        return shared(keys, nums)
