@@ -10,9 +10,9 @@ ranges is sent once. Opt-outs, caps and the same-content rule need nothing share
 is loaded before the fork and a campaign's repeats are dedupe's. With ``PIGEON_SHARD_BY=hash``
 (or a file that cannot be cut: compressed, lone-CR line ends) each worker reads the whole
 segment, normalizes every number and keeps those whose key modulo N is its index (and the bad
-rows whose row number is): dedupe stays local too. Each carrier's and gateway's rate and each gateway's
-in-flight window are split across the workers, so together they keep within the configured
-budget. Workers write to the same campaign ledger (one connection each, in turn) and send their
+rows whose row number is): dedupe stays local too. Each carrier's and gateway's rate and each
+gateway's in-flight window are split across the workers, so together they keep within the
+configured budget. Workers write to the same campaign ledger (one connection each, in turn) and send their
 counts to the parent, which shows one progress line, merges the row files, marks the campaign
 finished when every shard is, and writes the summary.
 
