@@ -1,13 +1,16 @@
-"""Load test: `pigeon send --shards N` on byte ranges against hash sharding and one process, same run.
+"""Load test: `pigeon send --shards N` on byte ranges (the default) against hash sharding and one process.
 
 One segment (``--rows``, 200,000 by default; the repeated numbers of ``config/make_segment.py``
 included) to the blackhole gateway, in rounds that alternate, after one warm-up round:
 
 - ``one``: one process (``--shards 1``);
-- ``hash``: ``--shards N`` where every shard reads the whole file and keeps its numbers (the old
-  way, ``send(..., shard_by="hash")``);
-- ``ranges``: ``--shards N`` where each shard reads one byte range and the numbers it sees first
-  are claimed in the store (``dedupe_claims``), so a number in two ranges is sent once.
+- ``hash``: ``--shards N`` where every shard reads the whole file and keeps its numbers
+  (``send(..., shard_by="hash")``, ``PIGEON_SHARD_BY=hash``);
+- ``ranges``: ``--shards N`` where each shard reads one byte range and claims every number for
+  its row in a table in shared memory (a compare-and-swap per number; with the ledger, the
+  numbers each batch won are also logged in the store), so a number in two ranges is sent once.
+
+All setups run in the same rounds, so that a machine shared with other work weighs on each alike.
 
 Each without the ledger and with it (``*_ledger``: every recipient's state in the store, as
 `pigeon send` does by default). Reported per setup: rows/s (best and median), CPU seconds of the

@@ -158,7 +158,8 @@ def parser() -> CommandParser:
         "--shards",
         type=int,
         metavar="N",
-        help="split the campaign by number across N worker processes (default: engine config, 1)",
+        help="split the campaign across N worker processes, each reading a byte range of the segment "
+        "(PIGEON_SHARD_BY=hash: each keeps the numbers of its hash; default: engine config, 1)",
     )
     sd.add_argument(
         "--coordinator",

@@ -8,6 +8,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
@@ -340,6 +341,124 @@ fail:
     return NULL;
 }
 
+/* ---- claim_keys --------------------------------------------------------------------------- */
+
+/* The slot a key starts probing at: splitmix64's finalizer, so that numbers differing in their
+ * last digits spread over the whole table. */
+static inline uint64_t
+key_hash(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+/* Claim each keys[i] for rows[i] in `table`, an open-addressing table of 2^k slots shared by
+ * processes (anonymous shared memory mapped before fork): slot i is the int64 pair (key, row) at
+ * [2i] and [2i + 1] (key 0: empty), so that a probe touches one cache line. A key is taken by one compare-and-swap of its slot from 0, then its row is stored; the
+ * positions returned are those whose key another row holds (the same row again keeps it). Every
+ * access to a slot is atomic, so any number of processes may call this at once on one table. */
+static PyObject *
+claim_keys(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_Check(args[1]) || !PyList_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "claim_keys(table, keys: list[int], rows: list[int])");
+        return NULL;
+    }
+    PyObject *keys = args[1], *rows = args[2];
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    if (PyList_GET_SIZE(rows) != n) {
+        PyErr_SetString(PyExc_ValueError, "claim_keys(): keys and rows differ in length");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    uint64_t cap = (uint64_t)view.len / 16;
+    if (cap == 0 || (cap & (cap - 1)) != 0 || (uint64_t)view.len != cap * 16 ||
+        ((uintptr_t)view.buf & 7) != 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "claim_keys(): the table must be 16 * 2^k bytes, 8-aligned");
+        return NULL;
+    }
+    int64_t *slots = (int64_t *)view.buf;
+    uint64_t mask = cap - 1;
+    PyObject *lost = NULL;
+    /* First every key's and row's value and home slot, then the probes, each slot fetched a few
+     * keys ahead (the table is far larger than the caches: one miss a key otherwise). */
+    int64_t *vals = PyMem_Malloc((size_t)(n ? n : 1) * 2 * sizeof(int64_t));
+    uint64_t *home = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(uint64_t));
+    if (vals == NULL || home == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long key = PyLong_AsLongLong(PyList_GET_ITEM(keys, i));
+        if (key == -1 && PyErr_Occurred())
+            goto fail;
+        long long row = PyLong_AsLongLong(PyList_GET_ITEM(rows, i));
+        if (row == -1 && PyErr_Occurred())
+            goto fail;
+        if (key <= 0) {
+            PyErr_SetString(PyExc_ValueError, "claim_keys(): a key must be positive");
+            goto fail;
+        }
+        vals[2 * i] = key;
+        vals[2 * i + 1] = row;
+        home[i] = key_hash((uint64_t)key) & mask;
+    }
+    lost = PyList_New(0);
+    if (lost == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i + 8 < n)
+            __builtin_prefetch(&slots[2 * home[i + 8]], 1, 0);
+        int64_t key = vals[2 * i], row = vals[2 * i + 1];
+        uint64_t at = home[i];
+        int64_t holder = 0;
+        uint64_t probes = 0;
+        for (;;) {
+            int64_t seen = __atomic_load_n(&slots[2 * at], __ATOMIC_ACQUIRE);
+            if (seen == 0) {
+                int64_t expected = 0;
+                if (__atomic_compare_exchange_n(&slots[2 * at], &expected, key, 0, __ATOMIC_ACQ_REL,
+                                                __ATOMIC_ACQUIRE)) {
+                    __atomic_store_n(&slots[2 * at + 1], row, __ATOMIC_RELEASE);
+                    holder = row;
+                    break;
+                }
+                seen = expected; /* another process took this slot meanwhile: for which key? */
+            }
+            if (seen == key) {
+                /* held: by this row (stored before this process could ask again) or another; a
+                 * row not stored yet (0) is another process's claim in progress */
+                holder = __atomic_load_n(&slots[2 * at + 1], __ATOMIC_ACQUIRE);
+                break;
+            }
+            if (++probes >= cap) {
+                PyErr_SetString(PyExc_OverflowError, "claim_keys(): the table is full");
+                goto fail;
+            }
+            at = (at + 1) & mask;
+        }
+        if (holder != row && append_index(lost, i) < 0)
+            goto fail;
+    }
+    PyMem_Free(vals);
+    PyMem_Free(home);
+    PyBuffer_Release(&view);
+    return lost;
+fail:
+    PyMem_Free(vals);
+    PyMem_Free(home);
+    PyBuffer_Release(&view);
+    Py_XDECREF(lost);
+    return NULL;
+}
+
 /* ---- group_order -------------------------------------------------------------------------- */
 
 #define MAX_GROUPS 32
@@ -476,6 +595,8 @@ static PyMethodDef methods[] = {
     {"phone_keys", phone_keys, METH_O, "phone_keys(numbers) -> (keys, odd)"},
     {"first_seen", (PyCFunction)(void (*)(void))first_seen, METH_FASTCALL,
      "first_seen(seen, keys) -> positions of the keys already seen"},
+    {"claim_keys", (PyCFunction)(void (*)(void))claim_keys, METH_FASTCALL,
+     "claim_keys(table, keys, rows) -> positions whose key another row holds"},
     {"group_order", group_order, METH_O, "group_order(carriers) -> (order, [(carrier, count)]) | None"},
     {"text_lengths", text_lengths, METH_O, "text_lengths(texts) -> (lengths, all_bmp)"},
     {NULL, NULL, 0, NULL},

@@ -200,9 +200,9 @@ class EngineConfig(Base, kw_only=True, frozen=True):
     """Event loop: asyncio (with uvloop when installed) or trio."""
     currency: str = "CNY"
     shards: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
-    """Worker processes a ``pigeon send`` splits its campaign across, by number (one per core is
-    the most that helps; ``--shards`` overrides it). Rates and in-flight windows are split among
-    them (docs/performance.md)."""
+    """Worker processes a ``pigeon send`` splits its campaign across, each reading a byte range of
+    the segment (one per core is the most that helps; ``--shards`` overrides it). Rates and
+    in-flight windows are split among them (docs/performance.md)."""
     runs_dir: str = "runs"
     """Where each run writes its summary, rejects and file-gateway output (relative to this file)."""
     carriers: dict[Literal["cm", "cu", "ct", "cbn", "intl"], CarrierConfig] = {}

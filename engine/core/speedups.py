@@ -1,8 +1,9 @@
 """The batch kernels of the hot path: compiled (``engine/core/_speedups.c``) when built, else pure Python.
 
-Five whole-batch functions carry the per-recipient loops that no chain of C-level builtins covers
+Six whole-batch functions carry the per-recipient loops that no chain of C-level builtins covers
 in one pass: projecting a CSV block onto the wanted columns, telling clean Chinese mobiles from
-the rest (and keying them), first-seen filtering for dedupe, grouping by carrier, and the text
+the rest (and keying them), first-seen filtering for dedupe, claiming numbers in the table that
+byte-range shards share (:mod:`engine.core.shared_keys`), grouping by carrier, and the text
 lengths for billing. Each has a pure-Python twin here with exactly the same results;
 ``tests/property/test_speedups.py`` checks the two against each other on generated input.
 
@@ -26,6 +27,7 @@ from typing import Any
 __all__ = [
     "ACCELERATED",
     "AVAILABLE",
+    "claim_keys",
     "first_seen",
     "group_order",
     "phone_keys",
@@ -165,6 +167,50 @@ def _py_first_seen(seen: set[int], keys: list[int]) -> list[int]:
     return dup
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _key_hash(x: int) -> int:
+    """The slot a key starts probing at, before the mask: splitmix64's finalizer (as the C twin)."""
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _py_claim_keys(table: memoryview | bytearray, keys: list[int], rows: list[int]) -> list[int]:
+    """Claim each ``keys[i]`` for ``rows[i]`` in ``table`` (``2^k`` slots of two int64, key and
+    row, a key of 0 for an empty slot; linear probing from :func:`_key_hash`); the positions whose key
+    another row holds (the same row again keeps it). Not atomic across processes, unlike the C
+    twin: :class:`engine.core.shared_keys.SharedKeys` holds a lock around it."""
+    if len(keys) != len(rows):
+        raise ValueError("claim_keys(): keys and rows differ in length")
+    view = memoryview(table).cast("B").cast("q")
+    cap = len(view) // 2
+    if cap == 0 or cap & (cap - 1) or len(view) != 2 * cap:
+        raise ValueError("claim_keys(): the table must be 16 * 2^k bytes, 8-aligned")
+    mask = cap - 1
+    lost: list[int] = []
+    for i, (key, row) in enumerate(zip(keys, rows, strict=True)):
+        if key <= 0:
+            raise ValueError("claim_keys(): a key must be positive")
+        at = _key_hash(key) & mask
+        for _ in range(cap):
+            seen = view[2 * at]
+            if seen == 0:
+                view[2 * at], view[2 * at + 1] = key, row
+                break
+            if seen == key:
+                if view[2 * at + 1] != row:
+                    lost.append(i)
+                break
+            at = (at + 1) & mask
+        else:
+            raise OverflowError("claim_keys(): the table is full")
+    return lost
+
+
 def sort_groups(carriers: list[str]) -> tuple[list[int], list[tuple[str, int]]]:
     """The positions grouped by carrier (carriers sorted, positions ascending within each) and
     each group's (carrier, count), for any number of carriers: one stable sort."""
@@ -189,6 +235,7 @@ def _py_text_lengths(texts: list[str]) -> tuple[list[int], bool]:
 project_block: Callable[[str, str, int, tuple[int, ...]], list[tuple[str, ...]] | None]
 phone_keys: Callable[[list[str]], tuple[list[int], list[int]]]
 first_seen: Callable[[set[int], list[int]], list[int]]
+claim_keys: Callable[[memoryview | bytearray, list[int], list[int]], list[int]]
 group_order: Callable[[list[str]], tuple[list[int], list[tuple[str, int]]] | None]
 text_lengths: Callable[[list[str]], tuple[list[int], bool]]
 
@@ -205,7 +252,14 @@ AVAILABLE: bool = _compiled is not None
 ACCELERATED: bool = False
 """Whether the compiled kernels are in use now (see :func:`use`)."""
 
-_NAMES: Sequence[str] = ("project_block", "phone_keys", "first_seen", "group_order", "text_lengths")
+_NAMES: Sequence[str] = (
+    "project_block",
+    "phone_keys",
+    "first_seen",
+    "claim_keys",
+    "group_order",
+    "text_lengths",
+)
 
 
 def use(accelerated: bool) -> bool:

@@ -24,6 +24,7 @@ from engine.core.errors import (
 from engine.core.messages import DeliveryReport, MessageBatch, State
 from engine.core.periods import parse_period
 from engine.core.sendwindow import SendWindow
+from engine.core.shared_keys import LocalKeys
 from engine.observability.metrics import NO_METRICS, Metrics
 from engine.observability.report import RejectsWriter, RunRecorder, RunSummary, close_writers
 from engine.pipeline.runner import Batch
@@ -410,7 +411,10 @@ async def _send(
         and DedupeClaims.exists(plan.engine.store_path, plan.campaign.id)
     ):
         # a resume of a send on byte-range shards: the rows that won their numbers keep them
-        claims = DedupeClaims(plan.engine.store_path, plan.campaign.id)
+        keys = LocalKeys()
+        DedupeClaims.fill(keys, plan.engine.store_path, plan.campaign.id)
+        claims = DedupeClaims(keys, plan.campaign.id, plan.engine.store_path)
+        claims.skip = ledger.skip
         plan = dataclasses.replace(plan, dedupe_claims=claims)
     # (a shard of a send on byte ranges reads its part: no hash filter; template and header
     # checks: before any gateway opens)

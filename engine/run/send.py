@@ -142,12 +142,12 @@ def send(
     ``http://metrics_addr:metrics_port/metrics`` while the run lasts.
 
     ``shards`` (default: the engine's ``shards``) above 1 splits the campaign across that many
-    worker processes (:mod:`engine.run.shards`): each reads the whole segment, keeping the numbers
-    whose hash is its own (``shard_by="hash"``, the default) or — ``shard_by="ranges"``
-    (experimental; default from the environment's ``PIGEON_SHARD_BY``), when the file can be cut —
-    one byte range of it, the numbers deduplicated through the store's claims (measured slower
-    here: docs/scale-out.md). Each counts its own metrics (``metrics`` is then left
-    untouched) and shard ``k`` serves them on ``metrics_port + k``.
+    worker processes (:mod:`engine.run.shards`): each reads one byte range of the segment, the
+    numbers deduplicated in a table the shards share (``shard_by="ranges"``, the default, when the
+    file can be cut), or the whole segment keeping the numbers whose hash is its own
+    (``shard_by="hash"``; the default comes from the environment's ``PIGEON_SHARD_BY``; figures
+    in docs/scale-out.md). Each counts its own metrics (``metrics`` is then left untouched) and
+    shard ``k`` serves them on ``metrics_port + k``.
 
     ``coordinator`` (``redis://…``, or ``embedded``) overrides the engine's ``[coordinator]``: with
     a shared one, every request's recipients are claimed and its parts booked on the rate budgets
@@ -168,9 +168,9 @@ def send(
     backend = backend or plan.engine.config.backend
     clock = clock or plan.clock
     count = shards if shards is not None else plan.engine.config.shards
-    shard_by = shard_by or os.environ.get("PIGEON_SHARD_BY", "hash")
+    shard_by = shard_by or os.environ.get("PIGEON_SHARD_BY", "") or "ranges"
     if shard_by not in ("hash", "ranges"):
-        raise ConfigError("PIGEON_SHARD_BY", "", f"{shard_by!r}: use hash (the default) or ranges")
+        raise ConfigError("PIGEON_SHARD_BY", "", f"{shard_by!r}: use ranges (the default) or hash")
     check_shards(plan.engine.config, plan.engine.file, count)
     daily = plan.campaign.config.policy.daily_limit
     if daily is not None and daily < count:
@@ -264,7 +264,7 @@ def _send_sharded(
     backend: str,
     metrics_port: int | None,
     metrics_addr: str,
-    shard_by: str = "hash",
+    shard_by: str = "ranges",
 ) -> RunSummary | None:
     """:func:`send` on ``count`` worker processes; None when abandoned."""
     started = time.perf_counter()

@@ -1,12 +1,18 @@
-"""Sharded sends: one campaign split by number across worker processes, one per core.
+"""Sharded sends: one campaign split across worker processes, one per core.
 
 ``pigeon send --shards N`` forks N workers after everything is loaded and checked (plugins,
-template, opt-outs and caps history are shared copy-on-write, frozen out of the collector). Each
-worker reads the whole segment, normalizes every number and keeps those whose key modulo N is its
-index (and the bad rows whose row number is): dedupe, opt-outs, caps and the same-content rule
-stay local and lock-free, as DESIGN.md asks. Each carrier's and gateway's rate and each gateway's
-in-flight window are split across the workers, so together they keep within the configured
-budget. Workers write to the same campaign ledger (one connection each, in turn) and send their
+template, opt-outs and caps history are shared copy-on-write, frozen out of the collector). By
+default each worker reads one byte range of the segment, cut on row boundaries
+(:func:`shard_ranges`), and the numbers it sees first are claimed in a table in shared memory
+(:class:`~engine.core.shared_keys.SharedKeys`, one compare-and-swap per number; logged in the
+store when the run keeps a ledger, so that a resume keeps the rows that won): a number in two
+ranges is sent once. Opt-outs, caps and the same-content rule need nothing shared — their history
+is loaded before the fork and a campaign's repeats are dedupe's. With ``PIGEON_SHARD_BY=hash``
+(or a file that cannot be cut: compressed, lone-CR line ends) each worker reads the whole
+segment, normalizes every number and keeps those whose key modulo N is its index (and the bad
+rows whose row number is): dedupe stays local too. Each carrier's and gateway's rate and each
+gateway's in-flight window are split across the workers, so together they keep within the
+configured budget. Workers write to the same campaign ledger (one connection each, in turn) and send their
 counts to the parent, which shows one progress line, merges the row files, marks the campaign
 finished when every shard is, and writes the summary.
 
@@ -40,11 +46,12 @@ from engine.core.clock import Clock
 from engine.core.config import EngineConfig
 from engine.core.errors import ConfigError, EngineError, SourceError
 from engine.core.messages import State
+from engine.core.shared_keys import LocalKeys, SharedKeys
 from engine.observability.metrics import Metrics
 from engine.observability.report import RecorderState, RunRecorder, RunSummary
 from engine.pipeline.source import RangedSource, SegmentRange
 from engine.run.plan import prepare_run
-from engine.state.dedupe_claims import DedupeClaims
+from engine.state.dedupe_claims import DedupeClaims, KeyTable
 from engine.state.ledger.run import CampaignLedger
 
 __all__ = ["ShardRun", "check_budgets", "check_shards", "run_shards", "shard_config"]
@@ -164,7 +171,7 @@ def run_shards(
     backend_options: dict[str, Any],
     metrics_port: int | None,
     metrics_addr: str,
-    ranged: bool = False,
+    ranged: bool = True,
 ) -> ShardRun:
     """Send ``plan`` (a checked :class:`~engine.run.plan.Plan`) on ``count`` worker processes: each
     reads one byte range of the segment (:func:`shard_ranges`) when the source can be cut and
@@ -175,14 +182,26 @@ def run_shards(
     """
     ctx = multiprocessing.get_context("fork")
     started = time.perf_counter()
+    store, campaign = plan.engine.store_path, plan.campaign.id
     if ledger is None or not ledger.resumed:  # a fresh run: no claims of an earlier one count
-        DedupeClaims.clear(plan.engine.store_path, plan.campaign.id)
+        DedupeClaims.clear(store, campaign)
     parts = shard_ranges(plan, count, notify) if ranged else None
+    # The claims: in a table in shared memory for byte ranges; a resume of a run that claimed
+    # numbers fills it (or, hash-sharded, each shard's own) from the store's log before the fork.
+    logged: tuple[list[int], list[int]] | None = None
+    if ledger is not None and ledger.resumed and DedupeClaims.exists(store, campaign):
+        logged = DedupeClaims.logged(store, campaign)
+    table: SharedKeys | None = None
+    if parts is not None:
+        table = SharedKeys(sum(p.rows for p in parts) + (len(logged[0]) if logged else 0))
+        if logged:
+            table.claim(*logged)
     if parts is not None and notify is not None:
         notify(
             f"--shards {count}: each shard reads its byte range of the segment ("
             + ", ".join(f"rows {p.first_row:,}–{p.first_row + p.rows - 1:,}" for p in parts if p.rows)
-            + "); numbers deduplicated through the store"
+            + "); numbers deduplicated in shared memory"
+            + (", claims logged in the store" if ledger is not None else "")
         )
     conns: dict[int, multiprocessing.connection.Connection] = {}
     procs: list[BaseProcess] = []
@@ -215,6 +234,8 @@ def run_shards(
                     "metrics_port": metrics_port + k if metrics_port else None,
                     "metrics_addr": metrics_addr,
                     "part": parts[k] if parts is not None else None,
+                    "table": table,
+                    "logged": logged if table is None else None,
                 },
             )
             proc.start()
@@ -259,6 +280,8 @@ def run_shards(
             _signal_all(procs, signal.SIGTERM)
             for proc in procs:
                 proc.join(10)
+        if table is not None:
+            table.close()
     if errors:
         raise errors[0]
     for k, proc in enumerate(procs):
@@ -397,9 +420,13 @@ def _worker(
     metrics_port: int | None,
     metrics_addr: str,
     part: SegmentRange | None = None,
+    table: SharedKeys | None = None,
+    logged: tuple[list[int], list[int]] | None = None,
 ) -> None:
     """One shard, in its own process: send its rows (``part``: that byte range's, deduplicated
-    against the other shards' through the store's claims), report its counts, tell how it ended."""
+    against the other shards' in ``table``, shared), report its counts, tell how it ended.
+    ``logged``: a hash-sharded resume of a run that claimed numbers — this shard's own table is
+    filled with them."""
     from engine.run.signals import _send_until_signalled  # it imports this module
 
     for signum in (signal.SIGINT, signal.SIGTERM):  # not the parent's forwarding handler, copied by
@@ -412,10 +439,15 @@ def _worker(
         config = shard_config(plan.engine.config, index, count)
         shard_plan = replace(plan, engine=msgspec.structs.replace(plan.engine, config=config))
         store, campaign = plan.engine.store_path, plan.campaign.id
-        if part is not None or DedupeClaims.exists(store, campaign):  # (a resume keeps a ranged run's)
-            claims = DedupeClaims(store, campaign)
-            shard_plan.dedupe_claims = claims
         cl = ledger.attach(index, count) if ledger is not None else None
+        keys: KeyTable | None = table
+        if keys is None and logged is not None:  # (a resume keeps a ranged run's claims)
+            keys = LocalKeys()
+            keys.claim(*logged)
+        if keys is not None:
+            claims = DedupeClaims(keys, campaign, store if cl is not None else None)
+            claims.skip = cl.skip if cl is not None else None
+            shard_plan.dedupe_claims = claims
         metrics = Metrics(backend=backend)
         prepare_run(metrics, shard_plan, [])
         last = [0.0]

@@ -1,7 +1,8 @@
 """Cut a CSV or JSON Lines file into byte ranges on row boundaries, and read one range alone.
 
-The cut reads the file once, in 1 MiB chunks, counting rows (``bytes.count`` of newlines where a
-chunk holds no quote character; line by line, following the quotes, where it does), so every
+The cut reads the file once, in 1 MiB chunks, counting rows (where a chunk holds no quote
+character, ``bytes.count`` of its newlines and ``bytes.find`` of the few that end a range; byte by
+byte, following the quotes, where it does), so every
 range knows the number of its first row; a worker then seeks to its range and reads nothing else.
 A newline inside a quoted CSV field never ends a range (it does not end a row either).
 """
@@ -56,17 +57,41 @@ def cut_ranges(path: Path, target_bytes: int, *, header: bool, quote: bytes | No
             if not chunk:
                 break
             base = carry_at
-            # Row ends in this chunk: offsets just past each newline that ends a row.
             if quote is None or (quote not in chunk and not in_quote):
-                ends = _newlines(chunk)
-            else:
-                ends = []
-                q = quote[0]
-                for i, b in enumerate(chunk):
-                    if b == q:
-                        in_quote = not in_quote
-                    elif b == 10 and not in_quote:
-                        ends.append(i + 1)
+                # No quote: only the newlines that end a range (or the header) are looked for, the
+                # others counted (bytes.find and bytes.count, in C).
+                i = 0
+                while data_start is None:
+                    j = chunk.find(b"\n", i)
+                    if j == -1:
+                        break
+                    row += 1
+                    data_start = start = base + j + 1
+                    first, i = row, j + 1
+                if data_start is not None:
+                    while True:
+                        j = chunk.find(b"\n", max(i, start + target_bytes - 1 - base))
+                        if j == -1:
+                            row += chunk.count(b"\n", i)
+                            break
+                        row += chunk.count(b"\n", i, j) + 1
+                        end = base + j + 1
+                        out.append(
+                            SegmentRange(
+                                index=len(out), start=start, end=end, first_row=first, rows=row - first
+                            )
+                        )
+                        start, first, i = end, row, j + 1
+                pos = carry_at = base + len(chunk)
+                continue
+            # Row ends in this chunk (quotes in it): offsets just past each newline that ends a row.
+            ends = []
+            q = quote[0]
+            for i, b in enumerate(chunk):
+                if b == q:
+                    in_quote = not in_quote
+                elif b == 10 and not in_quote:
+                    ends.append(i + 1)
             for e in ends:
                 end = base + e
                 row += 1
@@ -131,15 +156,6 @@ def rest_of(path: Path, part: SegmentRange, row: int, *, quote: bytes | None) ->
                             )
             pos += len(chunk)
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _newlines(chunk: bytes) -> list[int]:
-    ends: list[int] = []
-    i = chunk.find(b"\n")
-    while i != -1:
-        ends.append(i + 1)
-        i = chunk.find(b"\n", i + 1)
-    return ends
 
 
 def _last_byte(path: Path) -> bytes:

@@ -12,6 +12,7 @@ import csv
 import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ import pytest
 
 from engine.cli.main import EXIT_STOPPED
 from loadtests.simulator import SimConfig, Simulator, SimulatorThread
+from tests.integration import crash_harness
 from tests.integration.crash_harness import (
     check_ledger_against_log,
     cli,
@@ -133,16 +135,15 @@ def test_a_budget_too_small_to_split_fails_before_anything_is_sent(tmp_path: Pat
     assert "gateways.sim.rate_per_second" in done.stderr and "at most 2 shards" in done.stderr
 
 
-def test_byte_range_shards_send_a_number_in_two_shards_ranges_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("shard_by", ["", "hash"], ids=["ranges-by-default", "hash"])
+def test_shards_send_a_number_in_two_shards_ranges_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shard_by: str
 ) -> None:
-    """``PIGEON_SHARD_BY=ranges`` (experimental): each shard reads one byte range, not the whole
-    file; the second half of the segment repeats the first half's numbers, so the repeated numbers
-    lie in both shards' ranges: the store's claims send each once and record the other row
-    ``duplicate``."""
-    from tests.integration import crash_harness
-
-    monkeypatch.setitem(crash_harness.ENV, "PIGEON_SHARD_BY", "ranges")
+    """By default each shard reads one byte range, not the whole file; the second half of the
+    segment repeats the first half's numbers, so the repeated numbers lie in both shards' ranges:
+    the shared table sends each once and records the other row ``duplicate``. The same with
+    ``PIGEON_SHARD_BY=hash`` (each shard reads everything, keeps its numbers)."""
+    monkeypatch.setitem(crash_harness.ENV, "PIGEON_SHARD_BY", shard_by)
     half = 2000
     seg = tmp_path / "seg.csv"
     with seg.open("w", encoding="utf-8") as f:
@@ -156,7 +157,8 @@ def test_byte_range_shards_send_a_number_in_two_shards_ranges_once(
         assert done.returncode == 0, done.stderr
         summary = json.loads(done.stdout)
         log = list(sim.log)
-    assert "each shard reads its byte range of the segment (rows 2–" in done.stderr, done.stderr
+    ranged = "each shard reads its byte range of the segment (rows 2–" in done.stderr
+    assert ranged is (shard_by != "hash"), done.stderr
     received = [to for _, _, to, _, _ in log]
     assert len(received) == len(set(received)) == half, "every number once, none missing"
     assert summary["states"] == {"sent": half, "suppressed": half}
@@ -175,3 +177,124 @@ def _ledger_rows(store: Path, state: str) -> list[dict[str, int]]:
         return [{"row": int(r)} for r in ledger.rows_in("crash", LedgerState(state)).tolist()]
     finally:
         ledger.close()
+
+
+_KILL_AT = """
+import os, signal, sqlite3, sys, time
+from pathlib import Path
+
+from engine.core import shared_keys
+
+WINNER, LOSER, STORE, FLAG, MODE = {winner}, {loser}, {store!r}, {flag!r}, {mode!r}
+claim = shared_keys.SharedKeys.claim
+
+
+def _recorded(row, state) -> bool:
+    from engine.state.ledger.records import LedgerState
+    from engine.state.ledger.store import Ledger
+
+    try:
+        ledger = Ledger(STORE)
+    except sqlite3.Error:
+        return False
+    try:
+        return row in ledger.rows_in("crash", LedgerState(state)).tolist()
+    finally:
+        ledger.close()
+
+
+def _wait(cond) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not cond():
+        time.sleep(0.01)
+
+
+def claim_then_die(self, keys, rows):
+    rows = list(rows)
+    if MODE == "after_send" and LOSER in rows and not Path(FLAG).exists():
+        # Shard 0 dies as it reaches the loser's row, after shard 1 sent the number from W: the
+        # number is held only by the store's log of claims now.
+        _wait(lambda: _recorded(WINNER, "submitted"))
+        Path(FLAG).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    if MODE == "before_log" and LOSER in rows and not Path(FLAG).exists():
+        _wait(lambda: Path(FLAG).exists())  # shard 0 reaches L only once shard 1 holds the number
+    lost = claim(self, keys, rows)
+    if MODE == "before_log" and WINNER in rows and rows.index(WINNER) not in lost and not Path(FLAG).exists():
+        # The worst moment: this shard holds the number in shared memory, its claim not logged
+        # yet, and the other shard has recorded its row of the number a duplicate.
+        Path(FLAG).touch()
+        _wait(lambda: _recorded(LOSER, "suppressed"))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return lost
+
+
+shared_keys.SharedKeys.claim = claim_then_die
+from engine.cli.main import main
+
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("resume_shards", [1, 2])
+@pytest.mark.parametrize("mode", ["before_log", "after_send"])
+def test_a_shard_killed_at_the_worst_moment_of_a_shared_number_resumes_it_once(
+    tmp_path: Path, mode: str, resume_shards: int
+) -> None:
+    """Byte ranges: row W (the first of shard 1's range) and row L (the middle of shard 0's)
+    share a number, and a shard is SIGKILLed at the worst moment for it. ``before_log``: shard 1
+    claims the number for W in shared memory and dies before its claim reaches the store's log,
+    after shard 0 has recorded L ``duplicate`` — the resume must leave L (final) out of dedupe, so
+    that it neither claims the number nor makes W a repeat on one process, where L comes first.
+    ``after_send``: shard 1 sent W, and shard 0 dies as it reaches L, so the number is held only by
+    the log — the resume must fill its table from it and make L the duplicate. Either way, resumed
+    on one process or on two shards: the number sent once, from W; nobody else sent twice or
+    skipped."""
+    from engine.run.plan import prepare
+    from engine.run.shards import shard_ranges
+
+    rows = 20_000
+    seg = tmp_path / "seg.csv"
+    lines = [f"138{i:08d},客{i % 100},20\n" for i in range(rows)]  # row i + 2; every number once
+    seg.write_text("phone,name,coupon\n" + "".join(lines), encoding="utf-8")
+    store = tmp_path / "pigeon.db"
+    with SimulatorThread(SimConfig()) as sim:
+        campaign = files(tmp_path, sim.port, store=store)
+        engine = tmp_path / "engine.toml"  # a cap of 5 a day: only dedupe stops a second send
+        engine.write_text(engine.read_text("utf-8").replace("limit = 1,", "limit = 5,"), encoding="utf-8")
+        parts = shard_ranges(prepare(campaign), 2)
+        assert parts is not None
+        winner = parts[1].first_row
+        loser = parts[0].first_row + parts[0].rows // 2
+        lines[loser - 2] = lines[winner - 2]  # the same bytes long: the ranges do not move
+        seg.write_text("phone,name,coupon\n" + "".join(lines), encoding="utf-8")
+        flag = tmp_path / "killed"
+        script = tmp_path / "kill_after_claim.py"
+        script.write_text(
+            _KILL_AT.format(winner=winner, loser=loser, store=str(store), flag=str(flag), mode=mode),
+            encoding="utf-8",
+        )
+        crashed = subprocess.run(
+            [sys.executable, str(script), "send", str(campaign), "--shards", "2", "--json", "-q"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=crash_harness.ENV,
+            timeout=120,
+        )
+        assert flag.exists(), crashed.stderr
+        killed = 1 if mode == "before_log" else 0
+        assert crashed.returncode != 0
+        assert f"shard {killed} of 2 ended without a summary" in crashed.stderr, crashed.stderr
+        number = "+86" + lines[winner - 2].split(",")[0]
+        sent = [to for _, _, to, _, _ in sim.log].count(number)
+        assert sent == (0 if mode == "before_log" else 1)
+        assert (loser in {r["row"] for r in _ledger_rows(store, "suppressed")}) is (mode == "before_log")
+        args = ["send", str(campaign)] + (["--shards", "2"] if resume_shards > 1 else [])
+        resumed = cli(tmp_path, *args)
+        assert resumed.returncode == 0, resumed.stderr
+        received = [to for _, _, to, _, _ in sim.log]
+    assert received.count(number) == 1, "the number sent once, not lost"
+    eligible = set(range(2, rows + 2)) - {loser}
+    check_ledger_against_log(store, sim, eligible, rows, {loser})
+    assert winner in {r["row"] for r in _ledger_rows(store, "submitted")}

@@ -161,3 +161,30 @@ def test_use_switches_every_kernel() -> None:
         assert speedups.first_seen is compiled.first_seen
     finally:
         speedups.use(before)
+
+
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(1, 60), st.integers(1, 4)), max_size=40),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_claim_keys_agrees(batches: list[list[tuple[int, int]]]) -> None:
+    """Batch after batch on one small table (1,024 slots: keys 1–60 collide in probing as much as
+    they can), both twins: the same losers, and the same table bytes afterwards."""
+    a, b = bytearray(16 * 1024), bytearray(16 * 1024)
+    for batch in batches:
+        keys, rows = [k for k, _ in batch], [r for _, r in batch]
+        assert compiled.claim_keys(a, keys, rows) == speedups._py_claim_keys(b, keys, rows)
+    assert a == b
+
+
+def test_claim_keys_refuses_what_it_cannot_hold() -> None:
+    for claim in (compiled.claim_keys, speedups._py_claim_keys):
+        with pytest.raises(ValueError, match="16 \\* 2\\^k bytes"):
+            claim(bytearray(16 * 1000), [1], [2])  # not a power of two
+        with pytest.raises(ValueError, match="positive"):
+            claim(bytearray(16), [0], [2])  # 0 marks an empty slot
+        with pytest.raises(OverflowError):
+            claim(bytearray(16 * 2), [1, 2, 3], [2, 3, 4])  # two slots, three keys
