@@ -131,7 +131,12 @@ async def test_an_opt_out_added_by_one_worker_refuses_every_workers_claim(
     ]
     assert await a.claim("c4", ["n2"], tags=["2"], adopt="host:b") == [Claim.OPTED_OUT]
     assert await a.claim("c4", ["n1"], tags=["1"]) == [Claim.TAKEN], "opt-outs of one campaign only"
-    assert await b.claim("c5", ["n2"]) == [Claim.NEW], "another campaign's set is its own"
+    # Every opt-out also goes to the shared set: another (marketing) campaign's claims refuse it too,
+    # a transactional one's (optouts=False) do not; so do API checks of marketing messages.
+    assert await b.claim("c5", ["n2", "n1"]) == [Claim.OPTED_OUT, Claim.NEW], "shared across campaigns"
+    assert await b.claim("c6", ["n2"], optouts=False) == [Claim.NEW], "transactional: not refused"
+    assert await b.check("api-marketing", ["n3", "n1"], tags=["1", "2"]) == [Claim.OPTED_OUT, Claim.NEW]
+    assert await b.check("api-transactional", ["n3"], tags=["3"], optouts=False) == [Claim.NEW]
 
 
 async def test_a_ranges_progress_is_recorded_by_its_holder_only_forward_and_answered_on_reclaim(
