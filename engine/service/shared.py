@@ -185,5 +185,7 @@ class SharedState:
         )
 
     async def aclose(self) -> None:
-        """Close the coordinator's connections."""
+        """Close the opt-outs' queue and the coordinator's connections."""
+        self._out_tx.close()
+        self._out_rx.close()
         await self.coordinator.aclose()
