@@ -98,6 +98,8 @@ class Stream:
     """Gateway → the lane's inbox."""
     runners: dict[str, tuple[Template, StageRunner]] = field(default_factory=dict)
     gate: ApiGate | None = None
+    callbacks: CallbackSink | None = None
+    """Where the status callbacks of its messages are written (the stream's outbox sink)."""
     """The shared budgets and checks (opt-outs, caps) of an engine with a ``[coordinator]``."""
 
 
@@ -180,6 +182,8 @@ class ApiLanes:
 
         def held(ids: list[str], reason: str) -> None:
             ctx.records.suppressed(ids, reason)
+            if stream.callbacks is not None:
+                stream.callbacks.held_back(ids, reason)
             if urgent:
                 self.urgent_pending = max(0, self.urgent_pending - len(ids))
 
@@ -239,7 +243,9 @@ class ApiLanes:
             now = ctx.clock.time()
             keys, times = ctx.store.load_sends(priority, min(w.start(now) for w in windows))
             caps = CapState(windows, keys, times)
-        return Stream(priority, campaign, cl, recorder, RowCounter(ctx.ledger.db, campaign), caps)
+        stream = Stream(priority, campaign, cl, recorder, RowCounter(ctx.ledger.db, campaign), caps)
+        stream.callbacks = sink
+        return stream
 
     def _handover(self, stream: Stream) -> Callable[[MessageBatch, bool, str], None]:
         ctx = self.ctx
