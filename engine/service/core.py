@@ -180,6 +180,7 @@ class Service:
             tg.start_soon(self.inbound.serve, receiving)
         self.shared = open_shared(ctx, self.host)
         if self.shared is not None:
+            await self.shared.prepare()
             self.inbound.optout_listeners.append(self.shared.heard_here)
             tg.start_soon(self.shared.run, self._closing)
         shared = self.shared

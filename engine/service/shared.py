@@ -32,6 +32,7 @@ from engine.core.phone import mask
 from engine.core.plugin_host import PluginHost
 from engine.run.blast import worker_name
 from engine.service.context import ServiceContext
+from engine.state.ledger.tx import transaction
 from engine.state.store import OptOutRecord
 
 __all__ = ["API_OPTOUTS", "SharedState", "key_number", "open_shared"]
@@ -45,6 +46,10 @@ RETRY_EVERY = 0.5
 """Seconds between two tries of a coordinator that did not answer (opt-outs to share, the feed)."""
 FEED_WAIT = 1.0
 """Seconds one read of the opt-outs feed waits for an entry."""
+FEED = "optouts"
+"""The feed's name in the store's table of positions."""
+_POSITION = "coordinator_feeds"
+"""The store's table of where the service stopped reading a coordinator's feed."""
 
 
 def key_number(key: str) -> tuple[str, str]:
@@ -58,15 +63,16 @@ def key_number(key: str) -> tuple[str, str]:
 
 def open_shared(ctx: ServiceContext, host: PluginHost) -> SharedState | None:
     """The engine's coordinator for the service (None: ``embedded``, nothing shared). Call in the
-    event loop. ConfigError on trio with a coordinator whose client is asyncio's (``redis``)."""
+    event loop. ConfigError on trio (a shared coordinator's client is asyncio's, as ``pigeon send``
+    says)."""
     ccfg = ctx.config.coordinator
     if ccfg.plugin == EMBEDDED:
         return None
-    if ccfg.plugin == "redis" and sniffio.current_async_library() != "asyncio":
+    if sniffio.current_async_library() != "asyncio":  # as pigeon send refuses it (its client: asyncio's)
         raise ConfigError(
             ctx.engine.file,
             "coordinator.plugin",
-            "coordinator 'redis' runs on asyncio only (its client is asyncio's): "
+            f"coordinator {ccfg.plugin!r} runs on asyncio only (its client is asyncio's): "
             "serve with --backend asyncio",
         )
     store = ctx.engine.store_path
@@ -88,6 +94,7 @@ class SharedState:
         """Opt-outs heard here and added to the shared set."""
         self.heard = 0
         """Opt-outs the workers heard, added to this service's set and store."""
+        self._after = ""
         self.listeners: list[Callable[[list[str]], None]] = []
         """Also told the numbers a worker heard (the service's running blasts)."""
 
@@ -145,18 +152,53 @@ class SharedState:
             self.shared += len(keys)
             return
 
+    async def prepare(self) -> None:
+        """Before the service takes requests: where to read the feed from (the store's position,
+        else the feed's end now — so nothing shared after the start is missed). A coordinator that
+        does not answer leaves it to :meth:`run`."""
+        if not isinstance(self.coordinator, OptOutFeed):
+            return
+        self._after = self._position()
+        if not self._after:
+            try:
+                self._after = await self.coordinator.feed_end()
+            except CoordinatorUnavailable:
+                return
+            self._save_position(self._after)
+
     async def _follow(self, feed: OptOutFeed) -> None:
-        after = ""
+        after = self._after or self._position()
         while True:
             try:
-                if not after:
+                if not after:  # the first start on this store: from now on
                     after = await feed.feed_end()
-                after, keys = await feed.read_optouts(after, FEED_WAIT)
+                    self._save_position(after)
+                read, keys = await feed.read_optouts(after, FEED_WAIT)
             except CoordinatorUnavailable:
                 await anyio.sleep(RETRY_EVERY)
                 continue
             if keys:
                 self._record(keys)
+            if read != after:
+                after = read
+                self._save_position(after)
+
+    def _position(self) -> str:
+        """Where this store's service stopped reading the feed ("" the first time): a restarted
+        service records what the workers shared while it was down (what the feed still holds)."""
+        db = self.ctx.ledger.db if self.ctx.ledger is not None else None
+        if db is None:
+            return ""
+        with transaction(db):
+            db.execute(f"CREATE TABLE IF NOT EXISTS {_POSITION} (name TEXT PRIMARY KEY, last TEXT NOT NULL)")
+        row = db.execute(f"SELECT last FROM {_POSITION} WHERE name = ?", (FEED,)).fetchone()
+        return str(row[0]) if row else ""
+
+    def _save_position(self, last: str) -> None:
+        db = self.ctx.ledger.db if self.ctx.ledger is not None else None
+        if db is not None:
+            with transaction(db):
+                db.execute(f"INSERT OR REPLACE INTO {_POSITION} VALUES (?, ?)", (FEED, last))
 
     def _record(self, keys: list[str]) -> None:
         """Opt-outs a worker heard: into this service's set and store (source ``mo``), and its blasts'."""

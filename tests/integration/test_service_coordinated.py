@@ -351,6 +351,31 @@ async def _all(states: Any, state: str) -> bool:
     return set(got) == {state}
 
 
+@asyncio_only
+async def test_a_restarted_service_records_the_opt_outs_workers_shared_while_it_was_down(
+    anyio_backend: object, tmp_path: Path, prefix: str
+) -> None:
+    engine, _key = _service_engine(tmp_path, 9, prefix)
+
+    async def share(number: str) -> None:  # as a worker's MO handler shares an R it read
+        c = RedisCoordinator(RedisConfig(url=URL, prefix=prefix), CoordinatorContext(worker="mo"))
+        try:
+            await c.add_optouts("crash", [str(number_key(number))])
+        finally:
+            await c.aclose()
+
+    async with serving(engine) as (_url, svc):
+        await share("13900139001")
+        assert svc.store is not None
+        store = svc.store
+        await _until(lambda: _true(bool(store.optout_records(["+8613900139001"]))), "read while up", 5)
+    await share("13900139002")  # while the service is down
+    async with serving(engine) as (_url, svc):
+        assert svc.store is not None
+        store = svc.store
+        await _until(lambda: _true(bool(store.optout_records(["+8613900139002"]))), "read after a restart", 5)
+
+
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_the_service_refuses_the_redis_coordinator_on_trio(
     anyio_backend: object, tmp_path: Path
