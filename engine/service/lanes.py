@@ -98,9 +98,9 @@ class Stream:
     """Gateway → the lane's inbox."""
     runners: dict[str, tuple[Template, StageRunner]] = field(default_factory=dict)
     gate: ApiGate | None = None
+    """The shared budgets and checks (opt-outs, caps) of an engine with a ``[coordinator]``."""
     callbacks: CallbackSink | None = None
     """Where the status callbacks of its messages are written (the stream's outbox sink)."""
-    """The shared budgets and checks (opt-outs, caps) of an engine with a ``[coordinator]``."""
 
 
 class ApiLanes:
