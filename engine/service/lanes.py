@@ -13,7 +13,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from engine.coordination.contract import Coordinator
-from engine.coordination.gate import ApiGate, shared_budgets
+from engine.coordination.gate import SLOW_DOWN, ApiGate, shared_budgets
 from engine.core import sms
 from engine.core.carriers import PrefixTable, default_prefix_table
 from engine.core.config import DEFAULT_MARKETING_WINDOW
@@ -203,6 +203,7 @@ class ApiLanes:
             caps=windows,
             same_content=same,
             wall=ctx.clock.time,
+            slow=SLOW_DOWN if cfg.coordinator.slow_down else None,
             on_held=held,
         )
 
