@@ -30,7 +30,9 @@ __all__ = [
     "CoordinatorUnavailable",
     "LeaseGrant",
     "LeaseLost",  # the ledger's: the run halts, it hands nothing more over
+    "OptOutFeed",
     "RangeQueue",
+    "SharedChecks",
     "SharedOptOuts",
     "SharedSlowDown",
     "SlowDown",
@@ -331,4 +333,40 @@ class SharedSlowDown(Protocol):
     async def slow_down(self, key: BudgetKey, spec: BudgetSpec, slow: SlowDown) -> tuple[float, bool]:
         """Cut the budget's rate (see :class:`SlowDown`): its share of the configured rate now, and
         whether this call cut it (False: a cut within the hold counts for this answer too)."""
+        ...
+
+
+@runtime_checkable
+class SharedChecks(Protocol):
+    """A coordinator that checks and counts messages that keep no claim (``pigeon serve``'s API
+    messages: one number may get many): opt-outs, frequency caps and same-content windows every
+    worker counts, in one step per request."""
+
+    async def check(
+        self,
+        campaign: str,
+        recipients: Sequence[str],
+        *,
+        tags: Sequence[str],
+        caps: CapCheck | None = None,
+        optouts: bool = True,
+    ) -> list[Claim]:
+        """One answer per recipient: ``OPTED_OUT`` (with ``optouts``: in the campaign's or the
+        shared opt-out set), ``CAPPED``, ``SAME_CONTENT`` or ``NEW`` (may go: counted in the caps'
+        windows). ``tags`` (one per message, e.g. its row) keep two messages to one number apart."""
+        ...
+
+
+@runtime_checkable
+class OptOutFeed(Protocol):
+    """A coordinator that tells who opted out where (every :meth:`SharedOptOuts.add_optouts`), so a
+    long-running process (``pigeon serve``) records opt-outs the workers heard in its own store."""
+
+    async def feed_end(self) -> str:
+        """Where the feed ends now: read from there to get every later opt-out."""
+        ...
+
+    async def read_optouts(self, after: str, wait: float) -> tuple[str, list[str]]:
+        """Opt-outs other workers shared after ``after``, waiting up to ``wait`` seconds: the
+        position read up to and the recipients (as claims name them)."""
         ...

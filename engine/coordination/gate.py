@@ -27,6 +27,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from engine.coordination.contract import (
     BudgetKey,
@@ -34,17 +36,27 @@ from engine.coordination.contract import (
     CapCheck,
     Claim,
     Coordinator,
+    SharedChecks,
     SharedOptOuts,
     SharedSlowDown,
     SlowDown,
 )
+from engine.core.config import EngineConfig
 from engine.core.errors import ConfigError, CoordinatorUnavailable
 from engine.core.messages import MessageBatch, number_key
 from engine.observability.metrics import NO_METRICS, Metrics
 from engine.pipeline.stages.same_content import content_hash
 from engine.state.caps import CapWindow
 
-__all__ = ["ALL", "SLOW_DOWN", "CoordinatedGate", "shared_spec"]
+__all__ = [
+    "ALL",
+    "SLOW_DOWN",
+    "ApiGate",
+    "CoordinatedGate",
+    "SharedBudgets",
+    "shared_budgets",
+    "shared_spec",
+]
 
 log = logging.getLogger("pigeon.coordination")
 
@@ -76,6 +88,63 @@ def shared_spec(
             f"and the GCRA's burst: raise it above {max_parts}",
         )
     return BudgetSpec(rate=rate, burst=burst, margin=margin)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedBudgets:
+    """The shared GCRA budgets of an engine's carriers and gateways (and their reserves)."""
+
+    carriers: dict[str, BudgetSpec] = field(default_factory=dict)
+    gateways: dict[str, BudgetSpec] = field(default_factory=dict)
+    carrier_reserves: dict[str, BudgetSpec] = field(default_factory=dict)
+    gateway_reserves: dict[str, BudgetSpec] = field(default_factory=dict)
+
+
+def shared_budgets(
+    ecfg: EngineConfig, file: str, max_parts: int, served: Callable[[str], Sequence[str]]
+) -> SharedBudgets:
+    """Every rated carrier's and gateway's shared budget under ``ecfg``'s ``[coordinator]`` (with
+    ``reserve``: the ``transactional_share`` a bucket of its own; a gateway keeps the largest share
+    of the carriers it ``served``). Every process that sends through the same Redis — ``pigeon
+    send``, ``pigeon worker``, ``pigeon serve`` — computes the same figures from the same engine
+    file, so they book the same buckets. ``max_parts``: the largest message, which each bucket must
+    hold (ConfigError, naming the rate, when one cannot)."""
+    ccfg = ecfg.coordinator
+    out = SharedBudgets()
+    shares: dict[str, float] = {c: cc.transactional_share for c, cc in ecfg.carriers.items()}
+    rated: list[tuple[str, str, int, float, dict[str, BudgetSpec], dict[str, BudgetSpec]]] = [
+        (
+            f"carriers.{c}",
+            str(c),
+            cc.rate_per_second,
+            cc.transactional_share,
+            out.carriers,
+            out.carrier_reserves,
+        )
+        for c, cc in ecfg.carriers.items()
+        if cc.rate_per_second
+    ]
+    rated += [
+        (
+            f"gateways.{g}",
+            g,
+            gc.rate_per_second,
+            max((shares.get(c, 0.2) for c in served(g)), default=0.2),
+            out.gateways,
+            out.gateway_reserves,
+        )
+        for g, gc in ecfg.gateways.items()
+        if gc.rate_per_second
+    ]
+    for path, name, rate, share, specs, kept in rated:
+        key = f"{path}.rate_per_second"
+        most = max_parts
+        if ccfg.reserve and share > 0:  # the reserve a bucket of its own; each must hold one message
+            specs[name] = shared_spec(rate * (1 - share), most, ccfg.burst, ccfg.margin, key=key, file=file)
+            kept[name] = shared_spec(rate * share, most, ccfg.burst, ccfg.margin, key=key, file=file)
+        else:
+            specs[name] = shared_spec(rate, most, ccfg.burst, ccfg.margin, key=key, file=file)
+    return out
 
 
 def _keys(batch: MessageBatch) -> list[str]:
@@ -115,6 +184,9 @@ class CoordinatedGate:
         """Cuts of a shared budget this worker made (a throttled answer outside another's hold)."""
         sharing = bool(caps or same_content) and "caps" in inspect.signature(coordinator.claim).parameters
         self.caps = tuple(caps) if sharing else ()
+        claim = getattr(coordinator, "claim", None)
+        self._optouts_kw = claim is not None and "optouts" in inspect.signature(claim).parameters
+        """The coordinator's claim can leave the shared opt-outs out (a transactional campaign)."""
         """The campaign kind's frequency cap windows, checked and counted with each claim by a
         coordinator that shares them (every worker's sends count); empty: none, or a coordinator
         written before :class:`~engine.coordination.contract.CapCheck` (its ``claim`` takes no
@@ -168,15 +240,20 @@ class CoordinatedGate:
         self.calls += 1
         metrics, worker = self.metrics, self.worker
         tags = list(map(str, batch.rows))
+        extra: dict[str, Any] = {}
+        if self._optouts_kw and self.priority == RESERVE:  # opt-outs stop marketing only
+            extra["optouts"] = False
         try:
             if self.caps or self.same_content:
                 contents = tuple(map(content_hash, batch.texts)) if self.same_content else ()
                 caps = CapCheck(self.priority, self.caps, self.wall(), self.same_content, contents)
                 answers = await self.coordinator.claim(
-                    self.campaign, keys, tags=tags, adopt=self.adopt, caps=caps
+                    self.campaign, keys, tags=tags, adopt=self.adopt, caps=caps, **extra
                 )
             else:
-                answers = await self.coordinator.claim(self.campaign, keys, tags=tags, adopt=self.adopt)
+                answers = await self.coordinator.claim(
+                    self.campaign, keys, tags=tags, adopt=self.adopt, **extra
+                )
         except CoordinatorUnavailable:
             metrics.coordinator_call(worker, "claim", False)
             raise
@@ -347,3 +424,76 @@ class CoordinatedGate:
                 self.notify(
                     f"coordinator {self.coordinator.name} answers again after {gone:.0f} s: sending resumed"
                 )
+
+
+class ApiGate(CoordinatedGate):
+    """The gate of ``pigeon serve``'s API lanes: the same shared budgets as a blast's (one charge per
+    request), but no claims kept — one number may get many API messages — only a check per request
+    (:class:`~engine.coordination.contract.SharedChecks`): opt-outs (``optouts``, for marketing:
+    the stream's and the shared set), the kind's frequency caps and same-content window, counted
+    with every worker's. ``campaign`` names the stream (``api-marketing``, ``api-transactional``):
+    its opt-out set, and its messages' rows (tags) keep two messages to one number apart. With
+    nothing to check (transactional, no caps) a request asks only for its charge."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        campaign: str,
+        *,
+        optouts: bool,
+        on_held: Callable[[list[str], str], None] | None = None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(coordinator, campaign, **kwargs)  # type: ignore[arg-type]
+        self.on_held = on_held
+        """Told the message ids held back and why (``opted_out``, ``capped``, ``same_content``)."""
+        checks = isinstance(coordinator, SharedChecks)
+        self.optouts = optouts and checks
+        """Whether each request's recipients are checked against the shared opt-outs."""
+        if not checks:
+            self.caps, self.same_content = (), 0.0
+
+    async def claim(
+        self, batch: MessageBatch
+    ) -> tuple[list[int], list[int], list[int], dict[str, list[int]]]:
+        """Check ``batch``'s recipients in one call: the indices opted out, and — by reason,
+        ``capped`` or ``same_content`` — those held back by a cap every worker counts; nothing is
+        claimed (the first and third lists stay empty)."""
+        if not (self.optouts or self.caps or self.same_content):
+            return [], [], [], {}
+        coordinator = self.coordinator
+        assert isinstance(coordinator, SharedChecks)
+        self.calls += 1
+        contents = tuple(map(content_hash, batch.texts)) if self.same_content else ()
+        caps = CapCheck(self.priority, self.caps, self.wall(), self.same_content, contents)
+        try:
+            answers = await coordinator.check(
+                self.campaign,
+                _keys(batch),
+                tags=list(map(str, batch.rows)),
+                caps=caps if (self.caps or self.same_content) else None,
+                optouts=self.optouts,
+            )
+        except CoordinatorUnavailable:
+            self.metrics.coordinator_call(self.worker, "claim", False)
+            raise
+        self.metrics.coordinator_call(self.worker, "claim", True)
+        if answers.count(Claim.NEW) == len(answers):
+            self.metrics.claims(self.worker, "new", len(answers))
+            return [], [], [], {}
+        opted = [i for i, a in enumerate(answers) if a is Claim.OPTED_OUT]
+        capped = [i for i, a in enumerate(answers) if a is Claim.CAPPED]
+        repeated = [i for i, a in enumerate(answers) if a is Claim.SAME_CONTENT]
+        self.capped += len(capped)
+        for answer, n in (("opted_out", opted), ("capped", capped), ("same_content", repeated)):
+            self.metrics.claims(self.worker, answer, len(n))
+        self.metrics.claims(self.worker, "new", len(answers) - len(opted) - len(capped) - len(repeated))
+        held = {reason: idx for reason, idx in (("capped", capped), ("same_content", repeated)) if idx}
+        if self.on_held is not None:
+            for reason, idx in (("opted_out", opted), *held.items()):
+                if idx:
+                    self.on_held([batch.ids[i] for i in idx], reason)
+        return [], opted, [], held
+
+    async def release(self, batch: MessageBatch) -> None:
+        """Nothing was claimed (what the caps counted stays counted: held back early, never over)."""

@@ -13,8 +13,8 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 
-from engine.coordination.contract import BudgetSpec, Coordinator, CoordinatorContext
-from engine.coordination.gate import SLOW_DOWN, CoordinatedGate, shared_spec
+from engine.coordination.contract import Coordinator, CoordinatorContext
+from engine.coordination.gate import SLOW_DOWN, CoordinatedGate, shared_budgets
 from engine.coordination.select import EMBEDDED, open_coordinator
 from engine.core.clock import Clock
 from engine.core.config import convert_section
@@ -188,36 +188,8 @@ def open_gate(
     ccfg = ecfg.coordinator
     if ccfg.plugin == EMBEDDED:
         return None
-    file, most = plan.engine.file, plan.max_parts
-    carriers: dict[str, BudgetSpec] = {}
-    gateways: dict[str, BudgetSpec] = {}
-    carrier_reserves: dict[str, BudgetSpec] = {}
-    gateway_reserves: dict[str, BudgetSpec] = {}
-    shares: dict[str, float] = {c: cc.transactional_share for c, cc in ecfg.carriers.items()}
-    rated: list[tuple[str, str, int, float, dict[str, BudgetSpec], dict[str, BudgetSpec]]] = [
-        (f"carriers.{c}", str(c), cc.rate_per_second, cc.transactional_share, carriers, carrier_reserves)
-        for c, cc in ecfg.carriers.items()
-        if cc.rate_per_second
-    ]
-    rated += [
-        (
-            f"gateways.{g}",
-            g,
-            gc.rate_per_second,
-            max((shares.get(c, 0.2) for c in _served(plan, g)), default=0.2),
-            gateways,
-            gateway_reserves,
-        )
-        for g, gc in ecfg.gateways.items()
-        if gc.rate_per_second
-    ]
-    for path, name, rate, share, specs, reserves in rated:
-        key = f"{path}.rate_per_second"
-        if ccfg.reserve and share > 0:  # the reserve a bucket of its own; each must hold one message
-            specs[name] = shared_spec(rate * (1 - share), most, ccfg.burst, ccfg.margin, key=key, file=file)
-            reserves[name] = shared_spec(rate * share, most, ccfg.burst, ccfg.margin, key=key, file=file)
-        else:
-            specs[name] = shared_spec(rate, most, ccfg.burst, ccfg.margin, key=key, file=file)
+    budgets = shared_budgets(ecfg, plan.engine.file, plan.max_parts, lambda g: _served(plan, g))
+    file = plan.engine.file
     store = plan.engine.store_path
     ctx = CoordinatorContext(worker=worker_name(store), store_path=store)
     coordinator: Coordinator = open_coordinator(
@@ -226,14 +198,14 @@ def open_gate(
     return CoordinatedGate(
         coordinator,
         plan.campaign.id,
-        carrier_budgets=carriers,
-        gateway_budgets=gateways,
+        carrier_budgets=budgets.carriers,
+        gateway_budgets=budgets.gateways,
         notify=notify,
         pause=ccfg.pause,
         metrics=metrics,
         worker=ctx.worker,
-        carrier_reserves=carrier_reserves,
-        gateway_reserves=gateway_reserves,
+        carrier_reserves=budgets.carrier_reserves,
+        gateway_reserves=budgets.gateway_reserves,
         priority=plan.campaign.config.kind,
         caps=plan.caps.windows if plan.caps is not None else (),
         same_content=_same_content_seconds(plan),

@@ -93,14 +93,15 @@ class CallbackSink:
                 self.db.executemany(INSERT_EVENT, rows)
 
     def _rows(
-        self, batch: MessageBatch, state_of: Callable[[int], tuple[str, str]]
+        self, batch: MessageBatch | Sequence[str], state_of: Callable[[int], tuple[str, str]]
     ) -> list[tuple[str, bytes, float]]:
         pending = self.pending
         if not pending:
             return []
         now = time.time()
         rows: list[tuple[str, bytes, float]] = []
-        for i, mid in enumerate(batch.ids):
+        ids = batch.ids if isinstance(batch, MessageBatch) else batch
+        for i, mid in enumerate(ids):
             p = pending.pop(mid, None)
             if p is None:
                 continue
@@ -121,6 +122,11 @@ class CallbackSink:
 
     def dropped(self, records: Sequence[Reject]) -> None:
         """Written at acceptance (:mod:`engine.service.submissions`), not here."""
+
+    def held_back(self, ids: Sequence[str], reason: str) -> None:
+        """Messages held back in their lane (a shared opt-out, cap or same-content window, with a
+        coordinator): ``suppressed`` with ``reason``."""
+        self._write(self._rows(ids, lambda i: ("suppressed", reason)))
 
     def results(self, gateway: str, batch: MessageBatch, results: Sequence[SubmitResult]) -> None:
         """A request's answers: ``sent``, ``failed`` or ``unknown`` per message."""

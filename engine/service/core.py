@@ -47,6 +47,7 @@ from engine.service.gateways import ServiceGateways
 from engine.service.inbound import Inbound
 from engine.service.lanes import TEXT_TEMPLATE, ApiLanes
 from engine.service.records import ApiRecords
+from engine.service.shared import SharedState, open_shared
 from engine.service.submissions import Submissions
 from engine.state.ledger.store import Ledger
 from engine.state.store.sqlite import SqliteStore
@@ -102,6 +103,8 @@ class Service:
         """Events in and the flow runner, once started."""
         self.campaigns: Campaigns | None = None
         """Set when the service starts (it needs the task group its workers are watched in)."""
+        self.shared: SharedState | None = None
+        """The engine's shared coordinator (``[coordinator]``), once started; None: ``embedded``."""
         self.merged_metrics = MergedMetrics(self.ctx.metrics.registry)
         """What ``/metrics`` serves: the process's series plus its blast workers'."""
         self._closing = anyio.Event()
@@ -175,7 +178,13 @@ class Service:
         receiving = self.gateways.receiving()
         if receiving:
             tg.start_soon(self.inbound.serve, receiving)
-        self.lanes.start(tg)
+        self.shared = open_shared(ctx, self.host)
+        if self.shared is not None:
+            await self.shared.prepare()
+            self.inbound.optout_listeners.append(self.shared.heard_here)
+            tg.start_soon(self.shared.run, self._closing)
+        shared = self.shared
+        self.lanes.start(tg, shared.coordinator if shared else None, shared.worker if shared else "")
         self.flows = ServiceFlows(ctx, self.messages, self.flow_defs)
         if self.flow_defs:
             tg.start_soon(self.flows.run, self._closing)
@@ -197,6 +206,8 @@ class Service:
         )
         self.campaigns = Campaigns(self, tg, run_dir)
         self.inbound.optout_listeners.append(self.campaigns.add_optouts)
+        if self.shared is not None:
+            self.shared.listeners.append(self.campaigns.add_optouts)
         tg.start_soon(self.campaigns.restore)
         # What was set up lives as long as the service: out of the collector's way (a full
         # collection over it took ~45 ms of the loop under load; MessageViews are not tracked).
@@ -285,6 +296,9 @@ class Service:
                 db.close()
         await self.gateways.aclose()
         self.lanes.close()
+        if self.shared is not None:
+            with contextlib.suppress(Exception):
+                await self.shared.aclose()
         if self.ctx.ledger is not None:
             self.ctx.ledger.close()
         self.inbound.close()

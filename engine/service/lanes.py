@@ -12,9 +12,13 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
+from engine.coordination.contract import Coordinator
+from engine.coordination.gate import SLOW_DOWN, ApiGate, shared_budgets
+from engine.core import sms
 from engine.core.carriers import PrefixTable, default_prefix_table
 from engine.core.config import DEFAULT_MARKETING_WINDOW
 from engine.core.messages import MessageBatch
+from engine.core.periods import parse_period
 from engine.core.sendwindow import SendWindow
 from engine.core.template import DEFAULT_OPT_OUT, Template, compile_template
 from engine.observability.report import RunRecorder
@@ -93,6 +97,10 @@ class Stream:
     inboxes: dict[str, MemoryObjectSendStream[LaneItem]] = field(default_factory=dict)
     """Gateway → the lane's inbox."""
     runners: dict[str, tuple[Template, StageRunner]] = field(default_factory=dict)
+    gate: ApiGate | None = None
+    """The shared budgets and checks (opt-outs, caps) of an engine with a ``[coordinator]``."""
+    callbacks: CallbackSink | None = None
+    """Where the status callbacks of its messages are written (the stream's outbox sink)."""
 
 
 class ApiLanes:
@@ -112,8 +120,10 @@ class ApiLanes:
         self.urgent_pending = 0
         """Transactional messages accepted and not yet handed to a gateway (blasts yield to them)."""
 
-    def start(self, tg: TaskGroup) -> None:
-        """Open both streams (their ledger campaigns take their leases) and start every lane in ``tg``."""
+    def start(self, tg: TaskGroup, coordinator: Coordinator | None = None, worker: str = "") -> None:
+        """Open both streams (their ledger campaigns take their leases) and start every lane in ``tg``;
+        with a shared ``coordinator`` (named ``worker`` there) each stream's lanes charge the shared
+        budgets and check opt-outs and caps through it (:class:`~engine.coordination.gate.ApiGate`)."""
         cfg = self.ctx.config
         budgets = split_budgets(cfg, {n: g.carriers for n, g in cfg.gateways.items()})
         policy = RetryPolicy(cfg.retry.max_attempts, cfg.retry.base, cfg.retry.cap)
@@ -125,6 +135,8 @@ class ApiLanes:
             stream = self._open_stream(priority, prices)
             self.streams[priority] = stream
             urgent = priority == "transactional"
+            if coordinator is not None:
+                stream.gate = self._gate(stream, coordinator, worker)
             for name in sorted(set(gws.routes.values())):
                 tx, rx = anyio.create_memory_object_stream[LaneItem](256)
                 stream.inboxes[name] = tx
@@ -141,8 +153,59 @@ class ApiLanes:
                     in_flight=self.ctx.service.transactional_in_flight if urgent else 1,
                     priority=priority,
                     health=health,
+                    gate=stream.gate,
                 )
                 tg.start_soon(lane.run, rx)
+
+    def max_parts(self) -> int:
+        """The most billed parts one API message can take (``text`` messages: 500 characters; a
+        template: its ``max_length``): every shared budget must hold one."""
+        lengths = [500, *(t.max_length for t in self.templates.templates.values())]
+        return max(sms.most_parts(n) for n in lengths)
+
+    def _gate(self, stream: Stream, coordinator: Coordinator, worker: str) -> ApiGate:
+        """The stream's gate: the engine's shared budgets (as every ``pigeon send`` / ``pigeon worker``
+        on the same engine file computes them), its kind's caps and same-content window, and for
+        marketing the shared opt-outs; messages it holds back are recorded in memory here."""
+        ctx = self.ctx
+        cfg, file = ctx.config, ctx.engine.file
+        served = self.gateways.failover
+        budgets = shared_budgets(
+            cfg, file, self.max_parts(), lambda g: [c for c, names in served.items() if g in names]
+        )
+        lane_caps = cfg.caps.get(stream.priority)
+        windows = (
+            [CapWindow(w.limit, w.period, lane_caps.timezone) for w in lane_caps.windows] if lane_caps else []
+        )
+        same = parse_period(lane_caps.same_content) or 0.0 if lane_caps and lane_caps.same_content else 0.0
+        urgent = stream.priority == "transactional"
+
+        def held(ids: list[str], reason: str) -> None:
+            ctx.records.suppressed(ids, reason)
+            if stream.callbacks is not None:
+                stream.callbacks.held_back(ids, reason)
+            if urgent:
+                self.urgent_pending = max(0, self.urgent_pending - len(ids))
+
+        return ApiGate(
+            coordinator,
+            stream.campaign,
+            optouts=stream.priority == "marketing",
+            carrier_budgets=budgets.carriers,
+            gateway_budgets=budgets.gateways,
+            carrier_reserves=budgets.carrier_reserves,
+            gateway_reserves=budgets.gateway_reserves,
+            notify=lambda text: log.warning(text, extra={"event": "coordinator.state"}),
+            pause=cfg.coordinator.pause,
+            metrics=ctx.metrics,
+            worker=worker,
+            priority=stream.priority,
+            caps=windows,
+            same_content=same,
+            wall=ctx.clock.time,
+            slow=SLOW_DOWN if cfg.coordinator.slow_down else None,
+            on_held=held,
+        )
 
     def _open_stream(self, priority: Priority, prices: Mapping[str, float]) -> Stream:
         ctx = self.ctx
@@ -181,7 +244,9 @@ class ApiLanes:
             now = ctx.clock.time()
             keys, times = ctx.store.load_sends(priority, min(w.start(now) for w in windows))
             caps = CapState(windows, keys, times)
-        return Stream(priority, campaign, cl, recorder, RowCounter(ctx.ledger.db, campaign), caps)
+        stream = Stream(priority, campaign, cl, recorder, RowCounter(ctx.ledger.db, campaign), caps)
+        stream.callbacks = sink
+        return stream
 
     def _handover(self, stream: Stream) -> Callable[[MessageBatch, bool, str], None]:
         ctx = self.ctx

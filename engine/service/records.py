@@ -93,6 +93,11 @@ class ApiRecords:
         """A request is going to a gateway."""
         self._set(batch.ids, state="submitting", submitted_at=now)
 
+    def suppressed(self, ids: Sequence[str], reason: str) -> None:
+        """Messages held back in their lane (a shared opt-out or cap, ``pigeon serve`` with a
+        coordinator): ``suppressed`` with ``reason``."""
+        self._set(ids, state="suppressed", reason=reason)
+
     def dropped(self, records: Sequence[Reject]) -> None:
         """Nothing to do: suppressed and deferred API messages are recorded when accepted."""
 

@@ -31,6 +31,14 @@ key                                       type         holds
                                                        day, one field each (their count ``HLEN``)
 ``<prefix>:caps:{<kind>:<s>}:<n>:roll:…``  sorted set  on a Cluster: as without, in the shard's tag
 ``<prefix>:caps:{<kind>:<s>}:<n>:text:…``  string     on a Cluster: the claim that sent the text
+``<prefix>:optouts:{<campaign>}``         set          recipients opted out while the campaign runs
+``<prefix>:optouts-shared``               set          recipients opted out anywhere (a worker's bind,
+                                                       ``pigeon serve``'s webhooks): every marketing
+                                                       claim and check refuses them (not on a
+                                                       Cluster); no expiry
+``<prefix>:optouts-feed``                 stream       each sharing of opt-outs (``w`` who, ``n`` the
+                                                       recipients): ``pigeon serve`` reads it into its
+                                                       store; trimmed to ~10,000 entries
 ========================================  ===========  ==============================================
 
 On a Cluster a claim with caps is three steps (the kind's counters and the campaign's claims are
@@ -98,6 +106,8 @@ _SEP = "\x1f"
 _DIGITS = {48 + int(c): c for c in Claim}
 _STANDING = (Claim.MINE, Claim.ADOPTED)
 """Answers whose claim was counted by its first claim (a cap reservation made again is given back)."""
+FEED_LENGTH = 10_000
+"""About how many entries the opt-outs feed keeps (a reader further behind loses the oldest)."""
 GROUP = "workers"
 """The consumer group every worker of a campaign reads its ranges stream with."""
 
@@ -155,6 +165,7 @@ class RedisCoordinator:
         self._gcra = reg(scripts.GCRA)
         self._slow = reg(scripts.SLOW_DOWN)
         self._claim = reg(scripts.CLAIM)
+        self._check = reg(scripts.CHECK)
         self._unclaim = reg(scripts.RELEASE_CLAIMS)
         self._publish = reg(scripts.PUBLISH_RANGES)
         self._renew_range = reg(scripts.RENEW_RANGE)
@@ -200,20 +211,76 @@ class RedisCoordinator:
         """Recipients opted out while the campaign runs (the claim script refuses them)."""
         return f"{self.prefix}:optouts:{{{tag(campaign)}}}"
 
+    def shared_optouts_key(self) -> str:
+        """Recipients opted out anywhere: every claim and check of every campaign refuses them (on a
+        standalone Redis; a Cluster cannot check a key of another slot in the same script)."""
+        return f"{self.prefix}:optouts-shared"
+
+    def optouts_feed_key(self) -> str:
+        """The stream of opt-outs shared (who, which recipients): ``pigeon serve`` follows it."""
+        return f"{self.prefix}:optouts-feed"
+
+    def _optout_keys(self, campaign: str, shared: bool = True) -> list[str]:
+        """The campaign's opt-out set and the shared one (the campaign's again on a Cluster, or when
+        the shared one is not to be checked: a transactional campaign)."""
+        own = self.optouts_key(campaign)
+        return [own, own if self.config.cluster or not shared else self.shared_optouts_key()]
+
     async def add_optouts(self, campaign: str, recipients: Sequence[str]) -> int:
-        """Add to the campaign's opt-out set (expires with its claims); how many were new."""
+        """Add to the campaign's opt-out set (expires with its claims) and to the shared one (every
+        campaign's claims refuse them), and tell the feed; how many were new to the campaign's set."""
         if not recipients:
             return 0
         key = self.optouts_key(campaign)
+        entry = {"w": self.worker, "n": _SEP.join(recipients)}
 
         async def add() -> int:
+            if self.config.cluster:  # three slots: one command each (each an add: order does not matter)
+                n = int(await self.client.sadd(key, *recipients))
+                await self.client.pexpire(key, self._claim_ttl_ms)
+                await self.client.sadd(self.shared_optouts_key(), *recipients)
+                await self.client.xadd(self.optouts_feed_key(), entry, maxlen=FEED_LENGTH, approximate=True)  # type: ignore[arg-type]
+                return n
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.sadd(key, *recipients)
                 pipe.pexpire(key, self._claim_ttl_ms)
-                n, _ = await pipe.execute()
+                pipe.sadd(self.shared_optouts_key(), *recipients)
+                pipe.xadd(self.optouts_feed_key(), entry, maxlen=FEED_LENGTH, approximate=True)  # type: ignore[arg-type]
+                n, *_ = await pipe.execute()
             return int(n)
 
         return await self._call("add opt-outs", add)
+
+    async def read_optouts(self, after: str, wait: float) -> tuple[str, list[str]]:
+        """Opt-outs other workers shared after the feed's entry ``after`` (``$``: from now), waiting
+        up to ``wait`` seconds for one: the last entry read (``after`` when none) and the recipients."""
+        key = self.optouts_feed_key()
+        me = self.worker
+
+        async def read() -> tuple[str, list[str]]:
+            got: Any = await self.client.xread({key: after}, count=1000, block=max(1, round(wait * 1000)))
+            last, out = after, list[str]()
+            for _stream, entries in got or ():
+                for entry_id, fields in entries:
+                    last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                    if fields.get(b"w", b"").decode() != me:
+                        out += fields.get(b"n", b"").decode().split(_SEP)
+            return last, [n for n in out if n]
+
+        return await self._call("read the opt-outs feed", read)
+
+    async def feed_end(self) -> str:
+        """The id of the feed's last entry (``0-0`` when empty): read from there to miss nothing later."""
+        key = self.optouts_feed_key()
+
+        async def last() -> str:
+            info = await self.client.xrevrange(key, count=1)
+            if not info:
+                return "0-0"
+            entry_id = info[0][0]
+            return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+        return await self._call("read the opt-outs feed", last)
 
     def budget_key(self, key: BudgetKey) -> str:
         """The budget's GCRA timestamp."""
@@ -320,9 +387,11 @@ class RedisCoordinator:
         tags: Sequence[str] | None = None,
         adopt: str = "",
         caps: CapCheck | None = None,
+        optouts: bool = True,
     ) -> list[Claim]:
         """Claim the request's recipients in one script: NEW, MINE (this worker's, same tag),
-        ADOPTED (the dead worker ``adopt``'s), TAKEN, OPTED_OUT — or, with ``caps``, CAPPED and
+        ADOPTED (the dead worker ``adopt``'s), TAKEN, OPTED_OUT (the campaign's opt-out set and,
+        with ``optouts`` — a marketing campaign — the shared one) — or, with ``caps``, CAPPED and
         SAME_CONTENT (checked and counted in the same script; on a Cluster in three steps, see
         :meth:`_claim_on_cluster`)."""
         if not recipients:
@@ -333,7 +402,7 @@ class RedisCoordinator:
         for what, items, text in (("recipient", recipients, joined), ("tag", tags, tagged)):
             if items is not None and ("" in items or text.count(_SEP) != len(items) - 1):
                 raise ValueError(f"a {what} is empty or holds \\x1f")
-        keys = [self.claims_key(campaign), self.optouts_key(campaign)]
+        keys = [self.claims_key(campaign), *self._optout_keys(campaign, optouts)]
         args: list[Arg] = [self.worker, self._claim_ttl_ms, adopt, joined, tagged]
         if caps is not None and caps.contents and len(caps.contents) != len(recipients):
             raise ValueError("one text hash per recipient")
@@ -444,6 +513,101 @@ class RedisCoordinator:
                     exc,
                     extra={"event": "coordinator.caps_not_refunded"},
                 )
+        return answers
+
+    async def check(
+        self,
+        campaign: str,
+        recipients: Sequence[str],
+        *,
+        tags: Sequence[str],
+        caps: CapCheck | None = None,
+        optouts: bool = True,
+    ) -> list[Claim]:
+        """Check one request of messages that keep no claim (API messages): OPTED_OUT (with
+        ``optouts``: the campaign's or the shared opt-out set), CAPPED, SAME_CONTENT or NEW — each
+        NEW counted in the caps' windows, in the same script (on a Cluster: the campaign's opt-out
+        set first, then :data:`~plugins.store_redis.scripts.CAP_RESERVE` on the cap shards for the
+        others — nothing to give back, as no claim follows)."""
+        if not recipients:
+            return []
+        if len(tags) != len(recipients):
+            raise ValueError("one tag per recipient")
+        joined, tagged = _SEP.join(recipients), _SEP.join(tags)
+        for what, items, text in (("recipient", recipients, joined), ("tag", tags, tagged)):
+            if "" in items or text.count(_SEP) != len(items) - 1:
+                raise ValueError(f"a {what} is empty or holds \\x1f")
+        if caps is not None and caps.contents and len(caps.contents) != len(recipients):
+            raise ValueError("one text hash per recipient")
+        counted = caps is not None and (caps.windows or (caps.same_content > 0 and caps.contents))
+        if self.config.cluster:
+            return await self._check_on_cluster(
+                campaign, recipients, tags, caps if counted else None, optouts
+            )
+        keys = self._optout_keys(campaign, optouts)
+        args: list[Arg] = [self.worker, "1" if optouts else "0", "", joined, tagged]
+        if caps is not None and counted:
+            keys.append(self.caps_key(caps.kind))
+            args += _cap_args(caps)
+        res: bytes = await self._call("check recipients", lambda: self._check(keys=keys, args=args))
+        return self._answers(res, recipients)
+
+    async def _check_on_cluster(
+        self,
+        campaign: str,
+        recipients: Sequence[str],
+        tags: Sequence[str],
+        caps: CapCheck | None,
+        optouts: bool,
+    ) -> list[Claim]:
+        """:meth:`check` on a Cluster: the campaign's opt-out set (one slot; the shared set is not
+        kept there), then the caps of the others, one reservation call per cap shard touched."""
+        answers = [Claim.NEW] * len(recipients)
+        if optouts:
+            key = self.optouts_key(campaign)
+            found = await self._call("check opt-outs", lambda: self.client.smismember(key, list(recipients)))
+            for i, hit in enumerate(found):
+                if int(hit):
+                    answers[i] = Claim.OPTED_OUT
+        if caps is None:
+            return answers
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(recipients):
+            if answers[i] is Claim.NEW:
+                groups.setdefault(self.cap_shard(r), []).append(i)
+        if not groups:
+            return answers
+        window_args = _cap_args(caps)
+        now, same, windows = window_args[0], window_args[1], window_args[3:]
+
+        def shard_args(idx: list[int]) -> list[Arg]:
+            return [
+                self.claims_key(campaign),
+                self.worker,
+                _SEP.join(recipients[i] for i in idx),
+                _SEP.join(tags[i] for i in idx),
+                now,
+                same,
+                _SEP.join(str(caps.contents[i]) for i in idx) if same else "",
+                "",
+                *windows,
+            ]
+
+        async def reserve() -> list[list[int]]:
+            calls = [
+                self._reserve(keys=[self.cap_shard_key(caps.kind, s)], args=shard_args(idx))
+                for s, idx in groups.items()
+            ]
+            return list(await asyncio.gather(*calls))
+
+        for idx, got in zip(groups.values(), await self._call("check caps", reserve), strict=True):
+            if len(got) != len(idx):
+                raise CoordinatorUnavailable(f"cap script answered {len(got)} for {len(idx)} recipients")
+            for i, m in zip(idx, got, strict=True):
+                if int(m) == -5:
+                    answers[i] = Claim.CAPPED
+                elif int(m) == -6:
+                    answers[i] = Claim.SAME_CONTENT
         return answers
 
     async def release_claims(self, campaign: str, recipients: Sequence[str]) -> int:

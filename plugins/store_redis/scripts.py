@@ -12,6 +12,7 @@ from typing import Final
 __all__ = [
     "CAP_REFUND",
     "CAP_RESERVE",
+    "CHECK",
     "CLAIM",
     "GCRA",
     "LEASE_RELEASE",
@@ -113,16 +114,7 @@ return string.format('%.6f', f)
 then let it climb back by ``climb`` of the rate per µs: the share of the rate now, as text,
 negative when held (not cut by this call)."""
 
-CLAIM: Final = """
--- KEYS[1] the campaign's claims hash (recipient -> worker[|tag]), KEYS[2] its opt-out set,
--- KEYS[3] (with caps) the base of the kind's cap counters: <base>:<recipient>:<window bucket>
--- ARGV owner, ttl_ms, adopt, recipients and tags each joined by \\x1f (tags may be ''),
---   ['v', one verdict per recipient of CAP_RESERVE (a Cluster): '1' free, '5' capped, '6' same
---    content — used only for recipients nobody claimed yet] or
---   [now_ms, same-content window ms (0: none), text hashes joined by \\x1f (one per recipient),
---    then per cap window: 'd' (calendar day) or 'r' (rolling), limit, bucket,
---    expire-at ms (day) or period ms (rolling)]
-local owner = ARGV[1]
+_CAPS_LUA: Final = """local owner = ARGV[1]
 local adopt = ARGV[3]
 local recipients, tags = {}, {}
 for r in string.gmatch(ARGV[4], '[^\\31]+') do recipients[#recipients + 1] = r end
@@ -146,11 +138,11 @@ if now then
   end
 end
 local function held(r, i)
-  if same > 0 and redis.call('EXISTS', KEYS[3] .. ':' .. r .. ':text:' .. texts[i]) == 1 then
+  if same > 0 and redis.call('EXISTS', capbase .. ':' .. r .. ':text:' .. texts[i]) == 1 then
     return '6'
   end
   for _, w in ipairs(caps) do
-    local key = KEYS[3] .. ':' .. r .. ':' .. w[3]
+    local key = capbase .. ':' .. r .. ':' .. w[3]
     if w[1] == 'd' then
       if tonumber(redis.call('GET', key) or '0') >= w[2] then return '5' end
     else
@@ -162,10 +154,10 @@ local function held(r, i)
 end
 local function count(r, i, member)
   if same > 0 then
-    redis.call('SET', KEYS[3] .. ':' .. r .. ':text:' .. texts[i], '1', 'PX', same)
+    redis.call('SET', capbase .. ':' .. r .. ':text:' .. texts[i], '1', 'PX', same)
   end
   for _, w in ipairs(caps) do
-    local key = KEYS[3] .. ':' .. r .. ':' .. w[3]
+    local key = capbase .. ':' .. r .. ':' .. w[3]
     if w[1] == 'd' then
       redis.call('INCR', key)
       redis.call('PEXPIREAT', key, w[4])
@@ -175,13 +167,33 @@ local function count(r, i, member)
     end
   end
 end
+"""
+"""The claim and check scripts' common part: their arguments parsed, a recipient's caps checked
+(``held``) and counted (``count``) under ``capbase`` (standalone Redis)."""
+
+CLAIM: Final = (
+    """
+-- KEYS[1] the campaign's claims hash (recipient -> worker[|tag]), KEYS[2] its opt-out set,
+-- KEYS[3] the opt-out set every campaign shares (KEYS[2] again on a Cluster, or for a
+--   transactional campaign: not checked),
+-- KEYS[4] (with caps) the base of the kind's cap counters: <base>:<recipient>:<window bucket>
+-- ARGV owner, ttl_ms, adopt, recipients and tags each joined by \\x1f (tags may be ''),
+--   ['v', one verdict per recipient of CAP_RESERVE (a Cluster): '1' free, '5' capped, '6' same
+--    content — used only for recipients nobody claimed yet] or
+--   [now_ms, same-content window ms (0: none), text hashes joined by \\x1f (one per recipient),
+--    then per cap window: 'd' (calendar day) or 'r' (rolling), limit, bucket,
+--    expire-at ms (day) or period ms (rolling)]
+local capbase = KEYS[4]
+"""
+    + _CAPS_LUA
+    + """
 local out = {}
 for i = 1, #recipients do
   local r = recipients[i]
   local v = owner
   if tags[i] then v = owner .. '|' .. tags[i] end
   local why = nil
-  if redis.call('SISMEMBER', KEYS[2], r) == 1 then
+  if redis.call('SISMEMBER', KEYS[2], r) == 1 or redis.call('SISMEMBER', KEYS[3], r) == 1 then
     why = '4'
   elseif now and redis.call('HEXISTS', KEYS[1], r) == 0 then
     why = held(r, i)
@@ -211,19 +223,20 @@ if tonumber(ARGV[2]) > 0 then
 end
 return table.concat(out)
 """
-"""Claim a whole request's recipients at once: one digit per recipient, 1 (new), 2 (this worker's,
-same tag), 3 (adopted from the dead worker ``adopt``: its claim under the same tag — the same row —
-or untagged), 0 (another's, or this worker's or the dead one's under another tag: the same number on
-another row, which that row's record settles), 4 (opted out since the campaign started: in its
-opt-out set; not claimed), 5 (capped: a recipient nobody claimed yet whose count in a cap window
-already reached the limit; not claimed, not counted), 6 (the same text — its hash — went to the
-recipient within the same-content window; not claimed). A new claim also records its text's
-hash for the window (``SET … PX``). Every new claim (1) adds one to each cap
+)
+"""Claim a whole request's recipients at once: one digit per recipient, 1 (new), 2 (this worker's, same
+tag), 3 (adopted from the dead worker ``adopt``: its claim under the same tag — the same row — or
+untagged), 0 (another's, or this worker's or the dead one's under another tag: the same number on
+another row, which that row's record settles), 4 (opted out since the campaign started: in its opt-
+out set or the one every campaign shares; not claimed), 5 (capped: a recipient nobody claimed yet
+whose count in a cap window already reached the limit; not claimed, not counted), 6 (the same text —
+its hash — went to the recipient within the same-content window; not claimed). A new claim also
+records its text's hash for the window (``SET … PX``). Every new claim (1) adds one to each cap
 window's count in the same step — a calendar day's counter (``INCR``, dropped at the next local
-midnight) or a rolling period's sorted set of send times (trimmed to the period before each
-check; each member the first 16 hex digits of the SHA-1 of the campaign's claims key and the claim,
-short enough for Redis's compact listpack encoding: ~80 bytes a number against ~1 KB with the
-claim written out) — so two workers can never both take a number's last place. A claim asked again (2) or
+midnight) or a rolling period's sorted set of send times (trimmed to the period before each check;
+each member the first 16 hex digits of the SHA-1 of the campaign's claims key and the claim, short
+enough for Redis's compact listpack encoding: ~80 bytes a number against ~1 KB with the claim
+written out) — so two workers can never both take a number's last place. A claim asked again (2) or
 adopted (3) counts nothing more: its first claim counted it. Recipients and tags travel as one
 argument each (one string to pack and parse, not hundreds).
 
@@ -360,6 +373,44 @@ return n
 """Give back reservations of :data:`CAP_RESERVE` whose claim did not follow (the third step on a
 Cluster): per recipient the bit mask of the counts to remove (this claim's member only): how many
 were removed."""
+
+CHECK: Final = (
+    """
+-- No claim kept (an API message: the same number may get many): opt-outs, caps and windows only.
+-- KEYS[1] the stream's own opt-out set, KEYS[2] the opt-out set every campaign shares (KEYS[1]
+-- again on a Cluster), KEYS[3] (with caps) the base of the kind's cap counters
+-- ARGV owner, opt-outs checked ('1') or not ('0'), '', recipients and tags joined by \\x1f,
+--   [caps as CLAIM's]
+local capbase = KEYS[3]
+"""
+    + _CAPS_LUA
+    + """
+local optouts = ARGV[2] == '1'
+local out = {}
+for i = 1, #recipients do
+  local r = recipients[i]
+  local why = nil
+  if optouts and (redis.call('SISMEMBER', KEYS[1], r) == 1 or redis.call('SISMEMBER', KEYS[2], r) == 1) then
+    why = '4'
+  elseif now then
+    why = held(r, i)
+  end
+  if why then
+    out[i] = why
+  else
+    local member = redis.sha1hex(KEYS[1] .. '|' .. owner .. '|' .. (tags[i] or ''))
+    if now then count(r, i, string.sub(member, 1, 16)) end
+    out[i] = '1'
+  end
+end
+return table.concat(out)
+"""
+)
+"""Check one request of messages that keep no claim (``pigeon serve``'s API messages: a number may get
+many): one digit per recipient, 4 (opted out: in the stream's or the shared opt-out set, when asked),
+5 (capped), 6 (same content) or 1 (may go: counted in every cap window and its text recorded, as a
+new claim of :data:`CLAIM` is). The rolling windows' members hash the stream, the worker and the
+message's row, so two messages to one number count twice."""
 
 RELEASE_CLAIMS: Final = """
 -- KEYS[1] the campaign's claims hash; ARGV worker, recipients...

@@ -131,7 +131,12 @@ async def test_an_opt_out_added_by_one_worker_refuses_every_workers_claim(
     ]
     assert await a.claim("c4", ["n2"], tags=["2"], adopt="host:b") == [Claim.OPTED_OUT]
     assert await a.claim("c4", ["n1"], tags=["1"]) == [Claim.TAKEN], "opt-outs of one campaign only"
-    assert await b.claim("c5", ["n2"]) == [Claim.NEW], "another campaign's set is its own"
+    # Every opt-out also goes to the shared set: another (marketing) campaign's claims refuse it too,
+    # a transactional one's (optouts=False) do not; so do API checks of marketing messages.
+    assert await b.claim("c5", ["n2", "n1"]) == [Claim.OPTED_OUT, Claim.NEW], "shared across campaigns"
+    assert await b.claim("c6", ["n2"], optouts=False) == [Claim.NEW], "transactional: not refused"
+    assert await b.check("api-marketing", ["n3", "n1"], tags=["1", "2"]) == [Claim.OPTED_OUT, Claim.NEW]
+    assert await b.check("api-transactional", ["n3"], tags=["3"], optouts=False) == [Claim.NEW]
 
 
 async def test_a_ranges_progress_is_recorded_by_its_holder_only_forward_and_answered_on_reclaim(
@@ -154,3 +159,42 @@ async def test_a_ranges_progress_is_recorded_by_its_holder_only_forward_and_answ
     assert not await a.renew_range("c6", ta.entry, progress=(i, ta.part.first_row + 8, ta.part.start + 80))
     await c.range_done("c6", again, again.part.rows)
     assert await c.client.hget(c.progress_key("c6"), str(i)) is None, "cleared with the ack"
+
+
+async def test_api_checks_count_caps_with_the_workers_claims_and_keep_no_claim(
+    anyio_backend: str, worker: Callable[[str], RedisCoordinator]
+) -> None:
+    import time
+
+    from engine.coordination.contract import CapCheck
+    from engine.state.caps import CapWindow
+
+    a, svc = worker("host:a"), worker("host:svc")
+    now = time.time()
+    day = CapCheck("marketing", (CapWindow(1, "calendar_day", "Asia/Shanghai"),), now)
+    # a blast's claim counts n1: the API's check finds it capped; the API's check counts n2: the
+    # blast's claim finds it capped; the check keeps no claim (n3 may go again for another kind).
+    assert await a.claim("blast", ["n1"], tags=["2"], caps=day) == [Claim.NEW]
+    assert await svc.check("api-marketing", ["n1", "n2"], tags=["1", "2"], caps=day) == [
+        Claim.CAPPED,
+        Claim.NEW,
+    ]
+    assert await a.claim("blast", ["n2"], tags=["3"], caps=day) == [Claim.CAPPED]
+    roll = CapCheck("transactional", (CapWindow(2, "24h"),), now)
+    answers = [
+        await svc.check("api-transactional", ["n3"], tags=[str(r)], caps=roll, optouts=False)
+        for r in (7, 8, 9)
+    ]
+    assert answers == [[Claim.NEW], [Claim.NEW], [Claim.CAPPED]], "two messages to one number count twice"
+    same = CapCheck("marketing", (), now, 3600.0, (11, 11))
+    assert await svc.check("api-marketing", ["n4", "n5"], tags=["4", "5"], caps=same) == [
+        Claim.NEW,
+        Claim.NEW,
+    ]
+    again = CapCheck("marketing", (), now, 3600.0, (11, 12))
+    assert await a.claim("blast", ["n4", "n5"], tags=["6", "7"], caps=again) == [
+        Claim.SAME_CONTENT,
+        Claim.NEW,
+    ]
+    assert await svc.check("api-marketing", ["n6"], tags=["1"]) == [Claim.NEW]
+    assert await svc.check("api-marketing", ["n6"], tags=["1"]) == [Claim.NEW], "no claim: no MINE, no TAKEN"

@@ -462,6 +462,27 @@ async def test_a_calendar_day_cap_is_counted_across_workers_and_campaigns(
 
 
 @pytest.mark.anyio
+async def test_an_api_check_counts_caps_with_the_claims_and_refuses_opt_outs(
+    maker: Callable[..., RedisCoordinator],
+) -> None:
+    """``pigeon serve``'s API check (no claim kept) and a worker's claim count the same cap, both
+    ways, on one Redis and on a Cluster (there: the check reserves on the cap shards)."""
+    worker, svc = maker(), maker()
+    day = CapCheck("marketing", (CapWindow(1, "calendar_day", "Asia/Shanghai"),), _at(4, 10))
+    n1, n2, n3, n4 = "8613800000011", "8613800000012", "8613800000013", "8613800000014"
+    assert await worker.claim("blast", [n1], tags=["2"], caps=day) == [Claim.NEW]
+    assert await svc.check("api-marketing", [n1, n2], tags=["1", "2"], caps=day) == [Claim.CAPPED, Claim.NEW]
+    assert await worker.claim("blast", [n2], tags=["3"], caps=day) == [Claim.CAPPED]
+    assert await svc.add_optouts("api-marketing", [n3]) == 1
+    got = await svc.check("api-marketing", [n3, n4], tags=["3", "4"], caps=day)
+    assert got == [Claim.OPTED_OUT, Claim.NEW], "an opt-out of the stream's own set, on any Redis"
+    # the opted-out one was not counted: a transactional check (no opt-outs) of another kind is free
+    tx = CapCheck("transactional", (CapWindow(2, "24h"),), _at(4, 10))
+    got = [await svc.check("api-transactional", [n3], tags=[r], caps=tx, optouts=False) for r in "567"]
+    assert got == [[Claim.NEW], [Claim.NEW], [Claim.CAPPED]], "two messages to one number count twice"
+
+
+@pytest.mark.anyio
 async def test_a_rolling_cap_counts_send_times_in_the_period_across_workers(
     maker: Callable[..., RedisCoordinator],
 ) -> None:
