@@ -55,10 +55,11 @@ def _worker_dir(root: Path, name: str, port: int, seg: Path, prefix: str, url: s
         max_batch=100,
         options="idempotency_key = true\nidempotent = true",
         cm=f"rate_per_second = {RATE}",
-        # margin 5%: on this shared 2-core machine a request can take longer than 20 ms (the
-        # default 2%) from its charge to its arrival; once in four runs 2,526 parts landed in one
-        # second at 2,500 with the default.
-        extra=f'[coordinator]\nplugin = "redis"\nmargin = 0.05\n[coordinator.options]\nurl = "{url}"\nprefix = "{prefix}"\n',
+        # margin 10%: on this shared 2-core machine (two test processes, four workers, the
+        # simulator and Redis) a request can take longer than 20 ms (the default 2%) from its
+        # charge to its arrival; once in four runs 2,526 parts landed in one second at 2,500 with
+        # the default, and 2,545 in 3 of 10 runs with 5% beside the rest of the suite.
+        extra=f'[coordinator]\nplugin = "redis"\nmargin = 0.1\n[coordinator.options]\nurl = "{url}"\nprefix = "{prefix}"\n',
     )
     return d
 
