@@ -41,7 +41,7 @@ from loadtests.simulator import SimConfig, SimulatorThread
 ENV = {**os.environ, "PYTHONUTF8": "1"}
 
 
-def _files(d: Path, port: int, seg: Path, url: str, prefix: str, rate: int) -> Path:
+def _files(d: Path, port: int, seg: Path, url: str, prefix: str, rate: int, margin: float) -> Path:
     d.mkdir(parents=True)
     (d / "seg.csv").symlink_to(seg)
     (d / "engine.toml").write_text(
@@ -63,7 +63,7 @@ idempotent = true
 idempotency_key = true
 [coordinator]
 plugin = "redis"
-margin = 0.05
+margin = {margin}
 [coordinator.options]
 url = "{url}"
 prefix = "{prefix}"
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--rate", type=int, default=20_000)
     ap.add_argument("--lease", type=float, default=5.0)
+    ap.add_argument("--margin", type=float, default=0.05, help="[coordinator] margin (default 0.05)")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/13")
     ap.add_argument(
         "--restart-redis", type=float, metavar="S", help="SIGKILL Redis mid-run, start it again S s later"
@@ -162,6 +163,7 @@ def _drill(args: argparse.Namespace, own: subprocess.Popen[bytes] | None, data: 
         "rows": args.rows,
         "rate": args.rate,
         "lease": args.lease,
+        "margin": args.margin,
         "redis_restart_s": args.restart_redis,
     }
     down: tuple[float, float] | None = None
@@ -172,7 +174,10 @@ def _drill(args: argparse.Namespace, own: subprocess.Popen[bytes] | None, data: 
             f.write("phone,name,coupon\n")
             for i in range(args.rows):
                 f.write(f"138{i:08d},客{i % 100},20\n")
-        campaigns = [_files(root / f"w{i}", sim.port, seg, args.redis, prefix, args.rate) for i in range(4)]
+        campaigns = [
+            _files(root / f"w{i}", sim.port, seg, args.redis, prefix, args.rate, args.margin)
+            for i in range(4)
+        ]
         started = time.perf_counter()
         procs = [_start(c, args.lease) for c in campaigns[:3]]
         while len(sim.log) < args.rows // 3:
@@ -183,7 +188,7 @@ def _drill(args: argparse.Namespace, own: subprocess.Popen[bytes] | None, data: 
             time.sleep(0.02)
         for p in procs[:2]:
             p.send_signal(signal.SIGKILL)
-            p.wait()
+            p.communicate()  # reaps it and closes its pipes
         killed_at = len(sim.log)
         joiner = _start(campaigns[3], args.lease)
         if own is not None:
