@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 from engine.core.errors import CoordinatorUnavailable  # defined low: the lanes pause on it
 from engine.pipeline.source import SegmentRange
@@ -33,6 +35,7 @@ __all__ = [
     "OptOutFeed",
     "RangeQueue",
     "SharedChecks",
+    "SharedOptOutCopy",
     "SharedOptOuts",
     "SharedSlowDown",
     "SlowDown",
@@ -354,6 +357,24 @@ class SharedChecks(Protocol):
         """One answer per recipient: ``OPTED_OUT`` (with ``optouts``: in the campaign's or the
         shared opt-out set), ``CAPPED``, ``SAME_CONTENT`` or ``NEW`` (may go: counted in the caps'
         windows). ``tags`` (one per message, e.g. its row) keep two messages to one number apart."""
+        ...
+
+
+@runtime_checkable
+class SharedOptOutCopy(Protocol):
+    """A coordinator that keeps a shared copy of every store's opt-outs (the SQL stores stay the
+    record): each worker uploads what its store holds beyond what it uploaded before, at start."""
+
+    async def optouts_uploaded(self, source: str) -> int:
+        """Up to which sequence number the store ``source`` (see
+        :func:`engine.coordination.optout_upload.store_source`) uploaded its opt-outs (0: never)."""
+        ...
+
+    async def upload_optouts(
+        self, source: str, keys: Sequence[int] | npt.NDArray[np.int64], through: int
+    ) -> int:
+        """Add ``keys`` (number keys) to the shared copy, then record that ``source`` uploaded
+        everything up to sequence ``through``: how many were new to the copy."""
         ...
 
 

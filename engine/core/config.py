@@ -171,6 +171,11 @@ class CoordinatorConfig(Base, kw_only=True, frozen=True):
     every worker (half, at most once per 0.2 s, not below 5%, climbing back by 5% of the rate a
     second) — not only the answering process's own rate. ``false``: each worker slows only itself
     (its gateway's own limiter, when the gateway has a ``rate_per_second``)."""
+    share_store_optouts: bool = True
+    """At start (``pigeon send --coordinator``, ``pigeon worker``, ``pigeon serve``), upload the
+    store's opt-outs the coordinator's shared copy lacks (those added since this store's last
+    upload; all of them the first time), so every worker's claims refuse them. ``false``: only
+    opt-outs heard while running are shared."""
 
 
 class CapWindowConfig(Base, kw_only=True, frozen=True):

@@ -15,6 +15,7 @@ import anyio.lowlevel
 
 from engine.coordination.contract import Coordinator, CoordinatorContext
 from engine.coordination.gate import SLOW_DOWN, CoordinatedGate, shared_budgets
+from engine.coordination.optout_upload import share_store_optouts
 from engine.coordination.select import EMBEDDED, open_coordinator
 from engine.core.clock import Clock
 from engine.core.config import convert_section
@@ -169,6 +170,21 @@ def worker_name(store_path: Path) -> str:
     restarted on the same store finds its own claims ``MINE`` (and its ledger decides)."""
     digest = hashlib.sha1(str(store_path.resolve()).encode()).hexdigest()[:10]
     return f"{socket.gethostname()}:{digest}"
+
+
+async def upload_store_optouts(
+    plan: Plan, gate: CoordinatedGate, notify: Callable[[str], None] | None
+) -> None:
+    """With ``[coordinator] share_store_optouts`` (the default): the store's opt-outs the
+    coordinator's shared copy lacks, uploaded before anything is sent (docs/scale-out.md)."""
+    if not plan.engine.config.coordinator.share_store_optouts:
+        return
+    done = await share_store_optouts(gate.coordinator, plan.engine.store_path)
+    if done is not None and done.rows and notify is not None:
+        notify(
+            f"opt-outs: {done.rows:,} of this store's uploaded to the coordinator's shared copy "
+            f"({done.added:,} new to it) in {done.seconds:.1f} s"
+        )
 
 
 def _same_content_seconds(plan: Plan) -> float:
@@ -416,6 +432,8 @@ async def _send(
     try:
         if gate is None and shared is None:
             gate = open_gate(plan, notify, metrics)
+            if gate is not None:
+                await upload_store_optouts(plan, gate, notify)
         for name in sorted({g for names in plan.failover.values() for g in names}):
             if shared is not None:
                 gateways[name] = shared.gateways[name]

@@ -36,7 +36,7 @@ from engine.core.errors import ConfigError, CoordinatorUnavailable, RunAbandoned
 from engine.observability.metrics import Metrics
 from engine.observability.report import RunRecorder, RunSummary
 from engine.pipeline.source import RangedSource, SegmentRange
-from engine.run.blast import _RunSink, _send, _serving, open_gate, worker_name
+from engine.run.blast import _RunSink, _send, _serving, open_gate, upload_store_optouts, worker_name
 from engine.run.control import SendResources
 from engine.run.plan import Plan, ProgressHook, _open_ledger, _summarize, check_segment, new_run_dir
 from engine.run.range_progress import RangeProgress
@@ -196,6 +196,7 @@ async def _work(job: _Job) -> RunSummary | None:
     started = time.perf_counter()
     gate = open_gate(plan, notify, job.metrics)
     assert gate is not None  # (work() refused the embedded coordinator)
+    await upload_store_optouts(plan, gate, notify)
     queue = gate.coordinator
     if not isinstance(queue, RangeQueue):
         await queue.aclose()

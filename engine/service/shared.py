@@ -25,6 +25,7 @@ import anyio
 import sniffio
 
 from engine.coordination.contract import Coordinator, CoordinatorContext, OptOutFeed, SharedOptOuts
+from engine.coordination.optout_upload import OptOutUpload, share_store_optouts
 from engine.coordination.select import EMBEDDED, open_coordinator
 from engine.core.errors import ConfigError, CoordinatorUnavailable
 from engine.core.messages import INTL_KEY_OFFSET, number_key
@@ -95,6 +96,8 @@ class SharedState:
         self.heard = 0
         """Opt-outs the workers heard, added to this service's set and store."""
         self._after = ""
+        self.uploaded: OptOutUpload | None = None
+        """What :meth:`prepare` uploaded of the store's opt-outs (None: nothing asked, or no answer)."""
         self.listeners: list[Callable[[list[str]], None]] = []
         """Also told the numbers a worker heard (the service's running blasts)."""
 
@@ -155,7 +158,10 @@ class SharedState:
     async def prepare(self) -> None:
         """Before the service takes requests: where to read the feed from (the store's position,
         else the feed's end now — so nothing shared after the start is missed). A coordinator that
-        does not answer leaves it to :meth:`run`."""
+        does not answer leaves it to :meth:`run`. With ``share_store_optouts`` (the default) the
+        store's opt-outs the coordinator's shared copy lacks are uploaded first."""
+        if self.ctx.config.coordinator.share_store_optouts:
+            self.uploaded = await share_store_optouts(self.coordinator, self.ctx.engine.store_path)
         if not isinstance(self.coordinator, OptOutFeed):
             return
         self._after = self._position()

@@ -74,6 +74,11 @@ class OptOutSet:
         return int(self._keys.size) + len(self._extra)
 
     @property
+    def keys(self) -> npt.NDArray[np.int64]:
+        r"""The sorted keys loaded (not those :meth:`add`\ ed since)."""
+        return self._keys
+
+    @property
     def nbytes(self) -> int:
         """Memory held by the sorted array."""
         return int(self._keys.nbytes)

@@ -23,6 +23,10 @@ class RedisConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     load one Cluster node; a request's recipients are checked in one script call per tag it
     touches. Every worker of a deployment must use the same value (another value reads other
     keys: the counts start again)."""
+    optout_shards: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
+    """With ``cluster = true``: the shared opt-outs' buckets are spread over this many hash tags
+    (``{optouts:<n>}``, the bucket modulo it); a marketing request's recipients are checked in one
+    script call per tag it touches, before its claim. Every worker must use the same value."""
     prefix: str = "pigeon"
     """Every key starts ``<prefix>:``: several deployments can share one Redis."""
     claim_ttl: Annotated[float, msgspec.Meta(gt=0)] = 14 * 86400.0

@@ -32,10 +32,15 @@ key                                       type         holds
 ``<prefix>:caps:{<kind>:<s>}:<n>:roll:…``  sorted set  on a Cluster: as without, in the shard's tag
 ``<prefix>:caps:{<kind>:<s>}:<n>:text:…``  string     on a Cluster: the claim that sent the text
 ``<prefix>:optouts:{<campaign>}``         set          recipients opted out while the campaign runs
-``<prefix>:optouts-shared``               set          recipients opted out anywhere (a worker's bind,
-                                                       ``pigeon serve``'s webhooks): every marketing
-                                                       claim and check refuses them (not on a
-                                                       Cluster); no expiry
+``<prefix>:optouts-set:<b>``              set          the shared opt-outs (every store's, uploaded at
+                                                       start, and those heard anywhere): number key
+                                                       ``k`` is member ``k // 65536`` of bucket
+                                                       ``b = k % 65536`` (an intset); every marketing
+                                                       claim and check refuses them; no expiry
+``<prefix>:optouts-set:{optouts:<s>}:<b>``  set        on a Cluster: bucket ``b`` in shard
+                                                       ``s = b % optout_shards`` (its hash tag)
+``<prefix>:optouts-uploaded``             hash         store (host, path, id) → the sequence number up
+                                                       to which its opt-outs were uploaded
 ``<prefix>:optouts-feed``                 stream       each sharing of opt-outs (``w`` who, ``n`` the
                                                        recipients): ``pigeon serve`` reads it into its
                                                        store; trimmed to ~10,000 entries
@@ -56,6 +61,7 @@ redis-py's client is asyncio-only: run the engine on the asyncio backend with th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -67,6 +73,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
@@ -108,6 +116,9 @@ _STANDING = (Claim.MINE, Claim.ADOPTED)
 """Answers whose claim was counted by its first claim (a cap reservation made again is given back)."""
 FEED_LENGTH = 10_000
 """About how many entries the opt-outs feed keeps (a reader further behind loses the oldest)."""
+UPLOAD_BATCH = 50_000
+"""About how many opt-outs one upload script adds (a few tens of ms of Redis's time: others' calls
+are not held up long)."""
 GROUP = "workers"
 """The consumer group every worker of a campaign reads its ranges stream with."""
 
@@ -171,6 +182,8 @@ class RedisCoordinator:
         self._renew_range = reg(scripts.RENEW_RANGE)
         self._reserve = reg(scripts.CAP_RESERVE)
         self._refund = reg(scripts.CAP_REFUND)
+        self._upload = reg(scripts.OPTOUT_UPLOAD)
+        self._optout_check = reg(scripts.OPTOUT_CHECK)
         self._claim_ttl_ms = math.ceil(config.claim_ttl * 1000)
 
     # -- keys ------------------------------------------------------------------------------------
@@ -212,9 +225,121 @@ class RedisCoordinator:
         return f"{self.prefix}:optouts:{{{tag(campaign)}}}"
 
     def shared_optouts_key(self) -> str:
-        """Recipients opted out anywhere: every claim and check of every campaign refuses them (on a
-        standalone Redis; a Cluster cannot check a key of another slot in the same script)."""
+        """The base of the shared opt-outs' buckets (``<base>:<bucket>``) on a standalone Redis:
+        every marketing claim and check of every campaign refuses their members."""
+        return f"{self.prefix}:optouts-set"
+
+    def optout_shard_key(self, shard: int) -> str:
+        """On a Cluster: the base of one shard of the shared opt-outs' buckets (its own hash tag)."""
+        return f"{self.prefix}:optouts-set:{{optouts:{shard}}}"
+
+    def legacy_optouts_key(self) -> str:
+        """The plain set earlier versions kept the shared opt-outs in (folded into the buckets by
+        the first upload, then deleted)."""
         return f"{self.prefix}:optouts-shared"
+
+    def uploaded_key(self) -> str:
+        """Store → the sequence number up to which its opt-outs are in the shared buckets."""
+        return f"{self.prefix}:optouts-uploaded"
+
+    def _optout_base(self, bucket: int) -> str:
+        """The base of the shared opt-outs that holds ``bucket`` (standalone: the one base)."""
+        if self.config.cluster:
+            return self.optout_shard_key(bucket % self.config.optout_shards)
+        return self.shared_optouts_key()
+
+    def _bucketed(self, keys: Any) -> dict[str, list[Arg]]:
+        """Number keys grouped for :data:`~plugins.store_redis.scripts.OPTOUT_UPLOAD`: base → its
+        (bucket, members joined by spaces) pairs, flattened."""
+        arr = np.asarray(keys, dtype=np.int64)
+        if not arr.size:
+            return {}
+        buckets = arr % scripts.OPTOUT_BUCKETS
+        members = arr // scripts.OPTOUT_BUCKETS
+        order = np.argsort(buckets, kind="stable")
+        buckets, members = buckets[order], members[order]
+        cuts = np.flatnonzero(np.diff(buckets)) + 1
+        out: dict[str, list[Arg]] = {}
+        starts = [0, *cuts.tolist()]
+        ends = [*cuts.tolist(), int(arr.size)]
+        for a, b in zip(starts, ends, strict=True):
+            bucket = int(buckets[a])
+            out.setdefault(self._optout_base(bucket), []).extend(
+                (bucket, " ".join(map(str, members[a:b].tolist())))
+            )
+        return out
+
+    async def _add_shared(self, keys: Any, batch: int = UPLOAD_BATCH) -> int:
+        """Add number keys to the shared buckets (a script per base and ~``batch`` keys): how many new."""
+        added = 0
+        for base, pairs in self._bucketed(keys).items():
+            start, size = 0, 0
+            for i in range(0, len(pairs), 2):
+                size += str(pairs[i + 1]).count(" ") + 1
+                if size >= batch or i + 2 == len(pairs):
+                    chunk = pairs[start : i + 2]
+                    added += int(await self._upload(keys=[base], args=chunk))
+                    start, size = i + 2, 0
+        return added
+
+    async def _shared_opted(self, recipients: Sequence[str]) -> set[int]:
+        """On a Cluster: the indices of ``recipients`` in the shared opt-outs, one
+        :data:`~plugins.store_redis.scripts.OPTOUT_CHECK` call per shard the request touches."""
+        groups: dict[int, list[int]] = {}
+        shards = self.config.optout_shards
+        for i, r in enumerate(recipients):
+            if r.isascii() and r.isdigit():
+                groups.setdefault(int(r) % scripts.OPTOUT_BUCKETS % shards, []).append(i)
+        if not groups:
+            return set()
+
+        async def check() -> list[bytes]:
+            calls = [
+                self._optout_check(
+                    keys=[self.optout_shard_key(s)], args=[_SEP.join(recipients[i] for i in idx)]
+                )
+                for s, idx in groups.items()
+            ]
+            return list(await asyncio.gather(*calls))
+
+        opted: set[int] = set()
+        for idx, got in zip(groups.values(), await self._call("check shared opt-outs", check), strict=True):
+            if len(got) != len(idx):
+                raise CoordinatorUnavailable(f"opt-out script answered {len(got)} for {len(idx)} recipients")
+            opted.update(i for i, c in zip(idx, got, strict=True) if c == 52)
+        return opted
+
+    async def optouts_uploaded(self, source: str) -> int:
+        """Up to which sequence number the store ``source`` uploaded its opt-outs (0: never)."""
+        key = self.uploaded_key()
+        got = await self._call("read the opt-outs uploaded", lambda: self.client.hget(key, source))
+        return int(got) if got is not None else 0
+
+    async def upload_optouts(
+        self, source: str, keys: Sequence[int] | npt.NDArray[np.int64], through: int
+    ) -> int:
+        """Add number keys to the shared buckets in batches (one script per ~50,000 keys and base),
+        fold in an earlier version's plain set if there is one, then record ``through`` as
+        ``source``'s mark (written last: a start cut off midway uploads the same rows again, which
+        adds nothing twice). How many were new to the shared copy."""
+        mark = self.uploaded_key()
+        legacy = self.legacy_optouts_key()
+
+        async def upload() -> int:
+            added = await self._add_shared(keys)
+            if await self.client.exists(legacy):
+                cursor: int | str = 0
+                while True:
+                    cursor, part = await self.client.sscan(legacy, cursor=int(cursor), count=10_000)
+                    found = [int(x) for x in part if x.isdigit()]
+                    added += await self._add_shared(found)
+                    if int(cursor) == 0:
+                        break
+                await self.client.delete(legacy)
+            await self.client.hset(mark, source, str(through))
+            return added
+
+        return await self._call("upload opt-outs", upload)
 
     def optouts_feed_key(self) -> str:
         """The stream of opt-outs shared (who, which recipients): ``pigeon serve`` follows it."""
@@ -227,24 +352,26 @@ class RedisCoordinator:
         return [own, own if self.config.cluster or not shared else self.shared_optouts_key()]
 
     async def add_optouts(self, campaign: str, recipients: Sequence[str]) -> int:
-        """Add to the campaign's opt-out set (expires with its claims) and to the shared one (every
-        campaign's claims refuse them), and tell the feed; how many were new to the campaign's set."""
+        """Add to the campaign's opt-out set (expires with its claims) and to the shared buckets
+        (every marketing campaign's claims refuse them; number keys only), and tell the feed; how
+        many were new to the campaign's set."""
         if not recipients:
             return 0
         key = self.optouts_key(campaign)
         entry = {"w": self.worker, "n": _SEP.join(recipients)}
+        numbers = [int(r) for r in recipients if r.isascii() and r.isdigit()]
 
         async def add() -> int:
-            if self.config.cluster:  # three slots: one command each (each an add: order does not matter)
+            # Shared first, then the campaign's set and the feed (each an add: a retry adds nothing twice).
+            await self._add_shared(numbers)
+            if self.config.cluster:  # two slots: one command each
                 n = int(await self.client.sadd(key, *recipients))
                 await self.client.pexpire(key, self._claim_ttl_ms)
-                await self.client.sadd(self.shared_optouts_key(), *recipients)
                 await self.client.xadd(self.optouts_feed_key(), entry, maxlen=FEED_LENGTH, approximate=True)  # type: ignore[arg-type]
                 return n
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.sadd(key, *recipients)
                 pipe.pexpire(key, self._claim_ttl_ms)
-                pipe.sadd(self.shared_optouts_key(), *recipients)
                 pipe.xadd(self.optouts_feed_key(), entry, maxlen=FEED_LENGTH, approximate=True)  # type: ignore[arg-type]
                 n, *_ = await pipe.execute()
             return int(n)
@@ -402,10 +529,14 @@ class RedisCoordinator:
         for what, items, text in (("recipient", recipients, joined), ("tag", tags, tagged)):
             if items is not None and ("" in items or text.count(_SEP) != len(items) - 1):
                 raise ValueError(f"a {what} is empty or holds \\x1f")
-        keys = [self.claims_key(campaign), *self._optout_keys(campaign, optouts)]
-        args: list[Arg] = [self.worker, self._claim_ttl_ms, adopt, joined, tagged]
         if caps is not None and caps.contents and len(caps.contents) != len(recipients):
             raise ValueError("one text hash per recipient")
+        if self.config.cluster and optouts:  # the shared opt-outs live in their own slots: first
+            opted = await self._shared_opted(recipients)
+            if opted:
+                return await self._claim_rest(campaign, recipients, opted, tags, adopt, caps)
+        keys = [self.claims_key(campaign), *self._optout_keys(campaign, optouts)]
+        args: list[Arg] = [self.worker, self._claim_ttl_ms, adopt, joined, tagged]
         if caps is not None and (caps.windows or (caps.same_content > 0 and caps.contents)):
             if self.config.cluster:
                 return await self._claim_on_cluster(campaign, recipients, tags, keys, args, caps)
@@ -413,6 +544,36 @@ class RedisCoordinator:
             args += _cap_args(caps)
         res: bytes = await self._call("claim recipients", lambda: self._claim(keys=keys, args=args))
         return self._answers(res, recipients)
+
+    async def _claim_rest(
+        self,
+        campaign: str,
+        recipients: Sequence[str],
+        opted: set[int],
+        tags: Sequence[str] | None,
+        adopt: str,
+        caps: CapCheck | None,
+    ) -> list[Claim]:
+        """On a Cluster: ``opted`` (in the shared opt-outs) answer OPTED_OUT, unclaimed and
+        uncounted; the others are claimed as usual (the campaign's own set still checked)."""
+        rest = [i for i in range(len(recipients)) if i not in opted]
+        answers = [Claim.OPTED_OUT] * len(recipients)
+        if not rest:
+            return answers
+        sub_caps = caps
+        if caps is not None and caps.contents:
+            sub_caps = dataclasses.replace(caps, contents=tuple(caps.contents[i] for i in rest))
+        got = await self.claim(
+            campaign,
+            [recipients[i] for i in rest],
+            tags=[tags[i] for i in rest] if tags is not None else None,
+            adopt=adopt,
+            caps=sub_caps,
+            optouts=False,
+        )
+        for i, a in zip(rest, got, strict=True):
+            answers[i] = a
+        return answers
 
     @staticmethod
     def _answers(res: bytes, recipients: Sequence[str]) -> list[Claim]:
@@ -560,8 +721,9 @@ class RedisCoordinator:
         caps: CapCheck | None,
         optouts: bool,
     ) -> list[Claim]:
-        """:meth:`check` on a Cluster: the campaign's opt-out set (one slot; the shared set is not
-        kept there), then the caps of the others, one reservation call per cap shard touched."""
+        """:meth:`check` on a Cluster: the campaign's opt-out set (one slot) and the shared opt-outs
+        (one call per shard touched), then the caps of the others, one reservation call per cap
+        shard touched."""
         answers = [Claim.NEW] * len(recipients)
         if optouts:
             key = self.optouts_key(campaign)
@@ -569,6 +731,8 @@ class RedisCoordinator:
             for i, hit in enumerate(found):
                 if int(hit):
                     answers[i] = Claim.OPTED_OUT
+            for i in await self._shared_opted(recipients):
+                answers[i] = Claim.OPTED_OUT
         if caps is None:
             return answers
         groups: dict[int, list[int]] = {}

@@ -18,6 +18,9 @@ __all__ = [
     "LEASE_RELEASE",
     "LEASE_RENEW",
     "LEASE_TAKE",
+    "OPTOUT_BUCKETS",
+    "OPTOUT_CHECK",
+    "OPTOUT_UPLOAD",
     "PUBLISH_RANGES",
     "RELEASE_CLAIMS",
     "RENEW_RANGE",
@@ -114,6 +117,24 @@ return string.format('%.6f', f)
 then let it climb back by ``climb`` of the rate per µs: the share of the rate now, as text,
 negative when held (not cut by this call)."""
 
+OPTOUT_BUCKETS: Final = 65536
+"""The shared opt-outs' buckets: a number key ``k`` is the member ``k // 65536`` of the set
+``<base>:<k % 65536>`` — integers, so Redis keeps each bucket as a compact intset (4 bytes a
+member for Chinese mobiles, whose quotient fits 32 bits) while it holds up to
+``set-max-intset-entries`` (512) members: up to ~25M numbers at the default."""
+
+_SHARED_LUA: Final = f"""
+local function in_shared(base, r)
+  local k = tonumber(r)
+  if not k or k < 0 or k >= 9007199254740992 or k ~= math.floor(k) then return false end
+  local b = k % {OPTOUT_BUCKETS}
+  return redis.call('SISMEMBER', base .. ':' .. string.format('%.0f', b),
+    string.format('%.0f', (k - b) / {OPTOUT_BUCKETS})) == 1
+end
+"""
+"""``in_shared(base, r)``: whether the number key ``r`` is in the shared opt-outs under ``base``
+(its bucket's set; a recipient that is not a number key never is)."""
+
 _CAPS_LUA: Final = """local owner = ARGV[1]
 local adopt = ARGV[3]
 local recipients, tags = {}, {}
@@ -174,8 +195,8 @@ end
 CLAIM: Final = (
     """
 -- KEYS[1] the campaign's claims hash (recipient -> worker[|tag]), KEYS[2] its opt-out set,
--- KEYS[3] the opt-out set every campaign shares (KEYS[2] again on a Cluster, or for a
---   transactional campaign: not checked),
+-- KEYS[3] the base of the opt-out buckets every campaign shares (KEYS[2] again on a Cluster, where
+--   OPTOUT_CHECK ran before, or for a transactional campaign: not checked),
 -- KEYS[4] (with caps) the base of the kind's cap counters: <base>:<recipient>:<window bucket>
 -- ARGV owner, ttl_ms, adopt, recipients and tags each joined by \\x1f (tags may be ''),
 --   ['v', one verdict per recipient of CAP_RESERVE (a Cluster): '1' free, '5' capped, '6' same
@@ -184,8 +205,11 @@ CLAIM: Final = (
 --    then per cap window: 'd' (calendar day) or 'r' (rolling), limit, bucket,
 --    expire-at ms (day) or period ms (rolling)]
 local capbase = KEYS[4]
+local shared = nil
+if KEYS[3] ~= KEYS[2] then shared = KEYS[3] end
 """
     + _CAPS_LUA
+    + _SHARED_LUA
     + """
 local out = {}
 for i = 1, #recipients do
@@ -193,7 +217,7 @@ for i = 1, #recipients do
   local v = owner
   if tags[i] then v = owner .. '|' .. tags[i] end
   local why = nil
-  if redis.call('SISMEMBER', KEYS[2], r) == 1 or redis.call('SISMEMBER', KEYS[3], r) == 1 then
+  if redis.call('SISMEMBER', KEYS[2], r) == 1 or (shared and in_shared(shared, r)) then
     why = '4'
   elseif now and redis.call('HEXISTS', KEYS[1], r) == 0 then
     why = held(r, i)
@@ -377,20 +401,23 @@ were removed."""
 CHECK: Final = (
     """
 -- No claim kept (an API message: the same number may get many): opt-outs, caps and windows only.
--- KEYS[1] the stream's own opt-out set, KEYS[2] the opt-out set every campaign shares (KEYS[1]
--- again on a Cluster), KEYS[3] (with caps) the base of the kind's cap counters
+-- KEYS[1] the stream's own opt-out set, KEYS[2] the base of the opt-out buckets every campaign
+-- shares (KEYS[1] again on a Cluster), KEYS[3] (with caps) the base of the kind's cap counters
 -- ARGV owner, opt-outs checked ('1') or not ('0'), '', recipients and tags joined by \\x1f,
 --   [caps as CLAIM's]
 local capbase = KEYS[3]
+local shared = nil
+if KEYS[2] ~= KEYS[1] then shared = KEYS[2] end
 """
     + _CAPS_LUA
+    + _SHARED_LUA
     + """
 local optouts = ARGV[2] == '1'
 local out = {}
 for i = 1, #recipients do
   local r = recipients[i]
   local why = nil
-  if optouts and (redis.call('SISMEMBER', KEYS[1], r) == 1 or redis.call('SISMEMBER', KEYS[2], r) == 1) then
+  if optouts and (redis.call('SISMEMBER', KEYS[1], r) == 1 or (shared and in_shared(shared, r))) then
     why = '4'
   elseif now then
     why = held(r, i)
@@ -411,6 +438,39 @@ many): one digit per recipient, 4 (opted out: in the stream's or the shared opt-
 5 (capped), 6 (same content) or 1 (may go: counted in every cap window and its text recorded, as a
 new claim of :data:`CLAIM` is). The rolling windows' members hash the stream, the worker and the
 message's row, so two messages to one number count twice."""
+
+OPTOUT_CHECK: Final = (
+    """
+-- KEYS[1] the base of one shard of the shared opt-out buckets (a Cluster: one hash tag)
+-- ARGV recipients joined by \\x1f"""
+    + _SHARED_LUA
+    + """
+local out = {}
+for r in string.gmatch(ARGV[1], '[^\\31]+') do
+  if in_shared(KEYS[1], r) then out[#out + 1] = '4' else out[#out + 1] = '1' end
+end
+return table.concat(out)
+"""
+)
+"""On a Cluster, before the claim (or the API's check): which of a request's recipients in one
+shard of the shared opt-outs are in it: one digit per recipient, 4 (opted out) or 1."""
+
+OPTOUT_UPLOAD: Final = """
+-- KEYS[1] the base of the shared opt-out buckets (on a Cluster: one shard's)
+-- ARGV pairs: a bucket, its new members (the keys' quotients) joined by spaces
+local n = 0
+for i = 1, #ARGV, 2 do
+  local key = KEYS[1] .. ':' .. ARGV[i]
+  local ms = {}
+  for m in string.gmatch(ARGV[i + 1], '%d+') do ms[#ms + 1] = m end
+  for j = 1, #ms, 4000 do
+    n = n + redis.call('SADD', key, unpack(ms, j, math.min(j + 3999, #ms)))
+  end
+end
+return n
+"""
+"""Add one batch of opt-outs to the shared buckets, grouped by bucket (one ``SADD`` per bucket, not
+per number): how many were new. Idempotent: a batch sent again adds nothing."""
 
 RELEASE_CLAIMS: Final = """
 -- KEYS[1] the campaign's claims hash; ARGV worker, recipients...

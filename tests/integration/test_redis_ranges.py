@@ -122,21 +122,26 @@ async def test_an_opt_out_added_by_one_worker_refuses_every_workers_claim(
     anyio_backend: str, worker: Callable[[str], RedisCoordinator]
 ) -> None:
     a, b = worker("host:a"), worker("host:b")
-    assert await a.add_optouts("c4", ["n2", "n3"]) == 2
-    assert await a.add_optouts("c4", ["n3"]) == 0
-    assert await b.claim("c4", ["n1", "n2", "n3"], tags=["1", "2", "3"]) == [
+    assert await a.add_optouts("c4", ["13800000002", "13800000003"]) == 2
+    assert await a.add_optouts("c4", ["13800000003"]) == 0
+    assert await b.claim("c4", ["13800000001", "13800000002", "13800000003"], tags=["1", "2", "3"]) == [
         Claim.NEW,
         Claim.OPTED_OUT,
         Claim.OPTED_OUT,
     ]
-    assert await a.claim("c4", ["n2"], tags=["2"], adopt="host:b") == [Claim.OPTED_OUT]
-    assert await a.claim("c4", ["n1"], tags=["1"]) == [Claim.TAKEN], "opt-outs of one campaign only"
+    assert await a.claim("c4", ["13800000002"], tags=["2"], adopt="host:b") == [Claim.OPTED_OUT]
+    assert await a.claim("c4", ["13800000001"], tags=["1"]) == [Claim.TAKEN], "opt-outs of one campaign only"
     # Every opt-out also goes to the shared set: another (marketing) campaign's claims refuse it too,
     # a transactional one's (optouts=False) do not; so do API checks of marketing messages.
-    assert await b.claim("c5", ["n2", "n1"]) == [Claim.OPTED_OUT, Claim.NEW], "shared across campaigns"
-    assert await b.claim("c6", ["n2"], optouts=False) == [Claim.NEW], "transactional: not refused"
-    assert await b.check("api-marketing", ["n3", "n1"], tags=["1", "2"]) == [Claim.OPTED_OUT, Claim.NEW]
-    assert await b.check("api-transactional", ["n3"], tags=["3"], optouts=False) == [Claim.NEW]
+    assert await b.claim("c5", ["13800000002", "13800000001"]) == [Claim.OPTED_OUT, Claim.NEW], (
+        "shared across campaigns"
+    )
+    assert await b.claim("c6", ["13800000002"], optouts=False) == [Claim.NEW], "transactional: not refused"
+    assert await b.check("api-marketing", ["13800000003", "13800000001"], tags=["1", "2"]) == [
+        Claim.OPTED_OUT,
+        Claim.NEW,
+    ]
+    assert await b.check("api-transactional", ["13800000003"], tags=["3"], optouts=False) == [Claim.NEW]
 
 
 async def test_a_ranges_progress_is_recorded_by_its_holder_only_forward_and_answered_on_reclaim(

@@ -47,6 +47,7 @@ from engine.state.ledger.lease import CampaignBusy
 from engine.state.ledger.records import LeaseLost
 from plugins.store_redis.config import RedisConfig
 from plugins.store_redis.coordinator import RedisCoordinator
+from plugins.store_redis.scripts import OPTOUT_BUCKETS
 from tests.integration import redis_workers
 from tests.integration.redis_cluster import LocalCluster, free_port_pair, local_cluster
 
@@ -585,12 +586,16 @@ async def test_on_a_cluster_a_refused_claim_gives_its_cap_counts_back(
     await a.add_optouts("c2", [n])
     assert await b.claim("c2", [n], tags=["2"], caps=check(333)) == [Claim.OPTED_OUT]
     assert await _hlen(a, day) == 1
-    # So the second place of the day is still free, and the third is refused.
-    assert await b.claim("c3", [n], tags=["2"], caps=check(444)) == [Claim.NEW]
-    assert await a.claim("c4", [n], tags=["2"], caps=check(555)) == [Claim.CAPPED]
+    # The opt-out is shared on the Cluster too: another campaign's claim refuses it before any count.
+    assert await b.claim("c6", [n], tags=["2"], caps=check(666)) == [Claim.OPTED_OUT]
+    assert await _hlen(a, day) == 1
+    # So the second place of the day is still free (claims that leave the shared opt-outs out,
+    # ``optouts=False``), and the third is refused.
+    assert await b.claim("c3", [n], tags=["2"], caps=check(444), optouts=False) == [Claim.NEW]
+    assert await a.claim("c4", [n], tags=["2"], caps=check(555), optouts=False) == [Claim.CAPPED]
     assert (await _hlen(a, day), await a.client.zcard(roll)) == (2, 2)
     # The same text again within the window, another campaign: held back.
-    assert await b.claim("c5", [n], tags=["2"], caps=check(111)) == [Claim.SAME_CONTENT]
+    assert await b.claim("c5", [n], tags=["2"], caps=check(111), optouts=False) == [Claim.SAME_CONTENT]
 
 
 async def _script_calls(c: RedisCoordinator) -> int:
@@ -616,7 +621,11 @@ async def test_on_a_cluster_a_request_s_caps_take_one_call_per_shard_never_per_r
     calls = await _script_calls(a) - before
     touched = len({a.cap_shard(n) for n in numbers[200:]})
     assert touched == shards
-    assert calls == touched + 1, f"{calls} script calls for one request of 200 over {touched} cap shards"
+    optout_shards = len({int(n) % OPTOUT_BUCKETS % a.config.optout_shards for n in numbers[200:]})
+    assert optout_shards == a.config.optout_shards
+    assert calls == optout_shards + touched + 1, (
+        f"{calls} script calls for one request of 200 over {optout_shards} opt-out and {touched} cap shards"
+    )
     if shards > 1:
         nodes = {a.client.get_node_from_key(a.cap_shard_key("marketing", s)).port for s in range(shards)}
         assert len(nodes) > 1, "the kind's counters spread over the Cluster's primaries"

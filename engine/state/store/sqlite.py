@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS optouts (
     number     TEXT NOT NULL,        -- E.164
     source     TEXT NOT NULL,
     reason     TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    seq        INTEGER NOT NULL DEFAULT 0  -- grows with each insert: a shared copy lacks seq > its mark
 );
 -- The sorted keys of all opt-outs as one int64 blob, rebuilt on load when writes made it stale:
 -- a load is then one read, not millions of rows.
@@ -58,7 +59,14 @@ CREATE TABLE IF NOT EXISTS replies (
 );
 CREATE INDEX IF NOT EXISTS replies_by_time ON replies (at);
 INSERT OR IGNORE INTO meta VALUES ('optouts_generation', 0);
+INSERT OR IGNORE INTO meta VALUES ('store_id', abs(random()));
 """
+_SEQ_MIGRATION: Final = """
+ALTER TABLE optouts ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+UPDATE optouts SET seq = key;
+"""
+"""A store made before ``seq``: its rows take their key as their sequence (distinct, in key order,
+one rewrite of the table), and later inserts count on from the largest."""
 _FETCH: Final = 1 << 18
 
 
@@ -82,8 +90,26 @@ class SqliteStore:
 
     @staticmethod
     def ensure_schema(db: sqlite3.Connection) -> None:
-        """Create the store's tables on ``db`` if they are missing (the ledger shares the file)."""
+        """Create the store's tables on ``db`` if they are missing (the ledger shares the file), and
+        give an older store's opt-outs their sequence column (once; see :data:`_SEQ_MIGRATION`)."""
         db.executescript(_SCHEMA)
+        if db.execute("SELECT 1 FROM meta WHERE name = 'optouts_seq'").fetchone() is not None:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT 1 FROM meta WHERE name = 'optouts_seq'").fetchone() is None:
+                columns = {row[1] for row in db.execute("PRAGMA table_info(optouts)")}
+                if "seq" not in columns:
+                    for statement in _SEQ_MIGRATION.strip().split(";\n"):
+                        db.execute(statement.rstrip(";"))
+                db.execute("CREATE INDEX IF NOT EXISTS optouts_by_seq ON optouts (seq)")
+                db.execute(
+                    "INSERT INTO meta VALUES ('optouts_seq', (SELECT coalesce(max(seq), 0) FROM optouts))"
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def add_optouts(self, records: Iterable[OptOutRecord]) -> int:
         """Record opt-outs in one transaction; an existing number keeps its first record."""
@@ -91,12 +117,37 @@ class SqliteStore:
         rows = [(_key(r.number), r.number, r.source, r.reason, r.created_at or now) for r in records]
         rows.sort()  # in key order, inserts append to the b-tree instead of splitting it
         with self._tx():
+            seq = self.optouts_seq()  # under the write lock: each insert's seq above every earlier one
             before = self.count_optouts()
-            self._db.executemany("INSERT OR IGNORE INTO optouts VALUES (?, ?, ?, ?, ?)", rows)
+            self._db.executemany(
+                "INSERT OR IGNORE INTO optouts (key, number, source, reason, created_at, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(*row, seq + i) for i, row in enumerate(rows, 1)],
+            )
             added = self.count_optouts() - before
             if added:
                 self._bump()
+                self._db.execute("UPDATE meta SET value = ? WHERE name = 'optouts_seq'", (seq + len(rows),))
         return added
+
+    def optouts_seq(self) -> int:
+        """The largest sequence number an opt-out was given (0: none yet): every opt-out added later
+        has a larger one, so a copy that holds every row up to it needs only the rows after."""
+        return int(self._db.execute("SELECT value FROM meta WHERE name = 'optouts_seq'").fetchone()[0])
+
+    def store_id(self) -> int:
+        """A random number the store drew when it was made: another file (or one made again at the
+        same path) has another."""
+        return int(self._db.execute("SELECT value FROM meta WHERE name = 'store_id'").fetchone()[0])
+
+    def optout_keys_between(self, after: int, upto: int) -> npt.NDArray[np.int64]:
+        """The keys of the opt-outs whose sequence is in ``(after, upto]`` (the index on ``seq``:
+        reads only those rows)."""
+        cur = self._db.execute("SELECT key FROM optouts WHERE seq > ? AND seq <= ?", (after, upto))
+        chunks: list[npt.NDArray[np.int64]] = []
+        while rows := cur.fetchmany(_FETCH):
+            chunks.append(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+        return np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
 
     def add_replies(self, replies: Iterable[tuple[str, float, bool]]) -> int:
         """Record MO replies (E.164 number, epoch seconds, whether an opt-out) in one transaction."""
