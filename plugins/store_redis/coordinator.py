@@ -310,32 +310,38 @@ class RedisCoordinator:
         return opted
 
     async def optouts_uploaded(self, source: str) -> int:
-        """Up to which sequence number the store ``source`` uploaded its opt-outs (0: never)."""
-        key = self.uploaded_key()
-        got = await self._call("read the opt-outs uploaded", lambda: self.client.hget(key, source))
-        return int(got) if got is not None else 0
+        """Up to which sequence number the store ``source`` uploaded its opt-outs (0: never). The
+        first call after an upgrade folds the plain set earlier versions kept (``optouts-shared``)
+        into the buckets and deletes it."""
+        mark, legacy = self.uploaded_key(), self.legacy_optouts_key()
+
+        async def read() -> int:
+            async with self.client.pipeline(transaction=False) as pipe:  # one round trip
+                pipe.hget(mark, source)
+                pipe.exists(legacy)
+                got, old = await pipe.execute()
+            if old:
+                cursor = 0
+                while True:
+                    cursor, part = await self.client.sscan(legacy, cursor=cursor, count=10_000)
+                    await self._add_shared([int(x) for x in part if x.isdigit()])
+                    if int(cursor) == 0:
+                        break
+                await self.client.delete(legacy)
+            return int(got) if got is not None else 0
+
+        return await self._call("read the opt-outs uploaded", read)
 
     async def upload_optouts(
         self, source: str, keys: Sequence[int] | npt.NDArray[np.int64], through: int
     ) -> int:
         """Add number keys to the shared buckets in batches (one script per ~50,000 keys and base),
-        fold in an earlier version's plain set if there is one, then record ``through`` as
-        ``source``'s mark (written last: a start cut off midway uploads the same rows again, which
-        adds nothing twice). How many were new to the shared copy."""
+        then record ``through`` as ``source``'s mark (written last: a start cut off midway uploads
+        the same rows again, which adds nothing twice). How many were new to the shared copy."""
         mark = self.uploaded_key()
-        legacy = self.legacy_optouts_key()
 
         async def upload() -> int:
             added = await self._add_shared(keys)
-            if await self.client.exists(legacy):
-                cursor: int | str = 0
-                while True:
-                    cursor, part = await self.client.sscan(legacy, cursor=int(cursor), count=10_000)
-                    found = [int(x) for x in part if x.isdigit()]
-                    added += await self._add_shared(found)
-                    if int(cursor) == 0:
-                        break
-                await self.client.delete(legacy)
             await self.client.hset(mark, source, str(through))
             return added
 

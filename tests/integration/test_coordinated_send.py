@@ -281,3 +281,55 @@ def test_two_campaigns_on_two_workers_share_a_cap(
         assert counts.reasons.get("suppressed", {}) == ({reason: len(capped)} if capped else {})
         capped_total += len(capped)
     assert capped_total == 1000, "each overlapping number sent by one worker, held back at the other"
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_an_opt_out_in_one_workers_store_before_start_stops_another_workers_sends(
+    tmp_path: Path, prefix: str, share: bool
+) -> None:
+    """Worker A's store holds 300 opt-outs nobody shared (imported, say); A starts (a one-row run
+    of the campaign), which uploads them; then worker B, whose store has none, sends the segment:
+    none of the 300 arrive, B records them ``suppressed``, ``opted_out``. With
+    ``share_store_optouts = false`` on A (the control) they arrive."""
+    from engine.state.store import OptOutRecord
+    from engine.state.store.sqlite import SqliteStore
+
+    rows = 3000
+    eligible, dups = segment(tmp_path / "seg.csv", rows)
+    opted_rows = sorted(r for r in eligible if r >= 50 and r + 3 not in dups)[:300]
+    opted = {f"138{r - 2:08d}" for r in opted_rows}
+    coordinator = _coordinator(URL, prefix)
+    if not share:
+        coordinator = coordinator.replace("[coordinator]\n", "[coordinator]\nshare_store_optouts = false\n")
+    with SimulatorThread(SimConfig()) as sim:
+        a = tmp_path / "a"
+        a.mkdir()
+        (a / "seg.csv").write_text("phone,name,coupon\n13999999999,甲,1\n", encoding="utf-8")
+        files(a, sim.port, store=a / "pigeon.db", extra=coordinator)
+        store = SqliteStore(a / "pigeon.db")
+        store.add_optouts([OptOutRecord(f"+86{n}", "import") for n in sorted(opted)])
+        store.close()
+        done = start(["send", str(a / "campaign.toml")], a, quiet=False)
+        out, err = done.communicate(timeout=120)
+        assert done.returncode == 0, err
+        assert ("300 of this store's uploaded" in out + err) is share
+        b = _worker_dir(tmp_path, "b", sim.port, tmp_path / "seg.csv", coordinator)
+        proc = start(["send", str(b / "campaign.toml")], b)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        log = list(sim.log)
+    received = Counter(to for _, _, to, _, _ in log)
+    assert max(received.values()) == 1
+    arrived = {n for n in opted if any(n in str(to) for to in received)}
+    ledger = Ledger(b / "pigeon.db")
+    try:
+        reasons = ledger.counts("crash").reasons["suppressed"]
+    finally:
+        ledger.close()
+    if share:
+        assert not arrived, f"{len(arrived)} opted-out numbers of A's store were sent by B"
+        assert reasons.get("opted_out") == 300
+        assert len(received) == len(eligible) - 300 + 1
+    else:
+        assert arrived == opted, "the control: without the upload B sends them"
+        assert "opted_out" not in reasons

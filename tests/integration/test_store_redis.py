@@ -42,6 +42,7 @@ from engine.coordination.contract import (
     CoordinatorContext,
     CoordinatorUnavailable,
 )
+from engine.core.messages import number_key
 from engine.state.caps import CapWindow
 from engine.state.ledger.lease import CampaignBusy
 from engine.state.ledger.records import LeaseLost
@@ -662,3 +663,79 @@ async def test_on_a_cluster_a_claim_its_campaign_s_node_does_not_answer_counts_o
     # NEW if the paused claim never ran, MINE if it ran once the node answered again: sent either way.
     assert got in ([Claim.NEW], [Claim.MINE])
     assert await _hlen(b, day) == 1, "the retry counted nothing more"
+
+
+def _store_with(path: Path, numbers: list[str]) -> None:
+    from engine.state.store import OptOutRecord
+    from engine.state.store.sqlite import SqliteStore
+
+    store = SqliteStore(path)
+    store.add_optouts([OptOutRecord(n, "import") for n in numbers])
+    store.close()
+
+
+@pytest.mark.anyio
+async def test_a_stores_opt_outs_are_uploaded_at_start_then_only_the_new_ones(
+    maker: Callable[..., RedisCoordinator], tmp_path: Path
+) -> None:
+    """Worker A's start uploads its store's opt-outs: worker B's claims (any marketing campaign) and
+    the API's checks refuse them, on one Redis and on a Cluster; a second start with nothing new
+    uploads nothing, a third only the rows added since; another store keeps a mark of its own."""
+    from engine.coordination.optout_upload import share_store_optouts
+
+    a, b = maker(), maker()
+    calls: list[int] = []
+    upload = a._upload
+
+    def counted(**kw: Any) -> Any:
+        calls.append(len(kw["args"]))
+        return upload(**kw)
+
+    a._upload = counted  # type: ignore[method-assign]
+    numbers = [f"+86138{i:08d}" for i in range(0, 30_000, 10)] + ["+447911123456"]
+    _store_with(tmp_path / "a.db", numbers)
+    first = await share_store_optouts(a, tmp_path / "a.db")
+    assert first is not None and (first.rows, first.added) == (3001, 3001)
+    n_in, n_out, intl = "13800000010", "13800000011", str(number_key("+447911123456"))
+    got = await b.claim("blast", [n_in, n_out, intl], tags=["2", "3", "4"])
+    assert got == [Claim.OPTED_OUT, Claim.NEW, Claim.OPTED_OUT]
+    assert await b.claim("tx", [n_in], optouts=False) == [Claim.NEW], "transactional: not refused"
+    assert await b.check("api-marketing", [n_in, n_out], tags=["1", "2"]) == [Claim.OPTED_OUT, Claim.NEW]
+    # The buckets hold integers: compact intsets.
+    bucket = int(n_in) % OPTOUT_BUCKETS
+    key = f"{a._optout_base(bucket)}:{bucket}"
+    assert await a.client.object("encoding", key) == b"intset"
+    # A second start, nothing new: no upload script runs.
+    calls.clear()
+    second = await share_store_optouts(a, tmp_path / "a.db")
+    assert second is not None and second.rows == 0 and second.through == first.through
+    assert calls == []
+    # Five more (and one already there): the third start uploads exactly the five.
+    _store_with(tmp_path / "a.db", [f"+86139{i:08d}" for i in range(5)] + [numbers[0]])
+    third = await share_store_optouts(a, tmp_path / "a.db")
+    assert third is not None and (third.rows, third.added) == (5, 5) and third.through > first.through
+    assert await b.claim("blast", ["13900000004"], tags=["9"]) == [Claim.OPTED_OUT]
+    # Another store: its own mark (everything of it, once).
+    _store_with(tmp_path / "b.db", ["+8613800000010", "+8613700000000"])
+    other = await share_store_optouts(b, tmp_path / "b.db")
+    assert other is not None and (other.rows, other.added) == (2, 1) and other.source != first.source
+    # An earlier version's plain set is folded into the buckets at the next start, then deleted.
+    await a.client.sadd(a.legacy_optouts_key(), "13600000000")
+    again = await share_store_optouts(a, tmp_path / "a.db")
+    assert again is not None and again.rows == 0
+    assert not await a.client.exists(a.legacy_optouts_key())
+    assert await b.claim("blast", ["13600000000"], tags=["7"]) == [Claim.OPTED_OUT]
+
+
+@pytest.mark.anyio
+async def test_an_upload_that_redis_does_not_answer_leaves_the_mark_and_the_start_goes_on(
+    tmp_path: Path,
+) -> None:
+    from engine.coordination.optout_upload import share_store_optouts
+
+    _store_with(tmp_path / "a.db", ["+8613800000010"])
+    c = RedisCoordinator(RedisConfig(url="redis://127.0.0.1:1/0", timeout=0.5), CoordinatorContext())
+    try:
+        assert await share_store_optouts(c, tmp_path / "a.db") is None
+    finally:
+        await c.aclose()

@@ -118,3 +118,52 @@ def test_consents_are_kept_with_proof_and_for_five_months(tmp_path: Path) -> Non
     assert store.prune_consents(before=now - 180 * 86400, now=now) == 1
     assert list(store.consent_records(["+8613800138000", "+8613900139000"])) == ["+8613900139000"]
     store.close()
+
+
+def test_each_added_opt_out_takes_a_larger_sequence_number(tmp_path: Path) -> None:
+    """What a shared copy lacks is every row above its mark: rows added later have larger ones."""
+    store = SqliteStore(tmp_path / "p.db")
+    assert store.optouts_seq() == 0
+    store.add_optouts([OptOutRecord(f"+86138001380{i:02d}", "import") for i in range(10)])
+    first = store.optouts_seq()
+    assert first >= 10
+    assert store.add_optouts([OptOutRecord("+8613800138003", "manual")]) == 0
+    assert store.optouts_seq() == first, "nothing new: the mark stays"
+    store.add_optouts([OptOutRecord("+8613900139000", "mo"), OptOutRecord("+8613800138003", "mo")])
+    assert store.optouts_seq() > first
+    assert store.optout_keys_between(first, store.optouts_seq()).tolist() == [number_key("13900139000")]
+    assert len(store.optout_keys_between(0, first)) == 10
+    other = SqliteStore(tmp_path / "q.db")
+    assert other.store_id() != store.store_id() > 0
+    store.close()
+    other.close()
+
+
+def test_an_older_store_file_gets_its_sequence_column_once(tmp_path: Path) -> None:
+    """A store made before ``seq``: its rows take their key as their sequence, later ones count on."""
+    db = tmp_path / "old.db"
+    raw = sqlite3.connect(db)
+    raw.executescript(
+        """
+        CREATE TABLE optouts (key INTEGER PRIMARY KEY, number TEXT NOT NULL, source TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL);
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO meta VALUES ('optouts_generation', 3);
+        INSERT INTO optouts VALUES (13800138001, '+8613800138001', 'import', '', 1.0);
+        INSERT INTO optouts VALUES (13800138000, '+8613800138000', 'import', '', 1.0);
+        """
+    )
+    raw.close()
+    store = SqliteStore(db)
+    assert store.optouts_seq() == 13800138001
+    assert sorted(store.optout_keys_between(0, store.optouts_seq()).tolist()) == [13800138000, 13800138001]
+    assert store.optout_keys_between(13800138000, store.optouts_seq()).tolist() == [13800138001]
+    store.add_optouts([OptOutRecord("+8613700137000", "mo")])
+    assert store.optouts_seq() == 13800138002, "a later row above every migrated one, whatever its key"
+    assert store.optout_keys_between(13800138001, store.optouts_seq()).tolist() == [13700137000]
+    store.close()
+    again = SqliteStore(db)  # opened again: migrated once, nothing rewritten
+    assert again.optouts_seq() == 13800138002
+    plan = again._db.execute("EXPLAIN QUERY PLAN SELECT key FROM optouts WHERE seq > 5").fetchall()
+    assert "optouts_by_seq" in str(plan), "the upload reads by the index"
+    again.close()
