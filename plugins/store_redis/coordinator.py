@@ -34,9 +34,9 @@ key                                       type         holds
 ``<prefix>:optouts:{<campaign>}``         set          recipients opted out while the campaign runs
 ``<prefix>:optouts-set:<b>``              set          the shared opt-outs (every store's, uploaded at
                                                        start, and those heard anywhere): number key
-                                                       ``k`` is member ``k // 65536`` of bucket
-                                                       ``b = k % 65536`` (an intset); every marketing
-                                                       claim and check refuses them; no expiry
+                                                       ``k`` is member ``k // 100000`` of bucket
+                                                       ``b = k % 100000`` (5 digits; an intset); every
+                                                       marketing claim and check refuses them
 ``<prefix>:optouts-set:{optouts:<s>}:<b>``  set        on a Cluster: bucket ``b`` in shard
                                                        ``s = b % optout_shards`` (its hash tag)
 ``<prefix>:optouts-uploaded``             hash         store (host, path, id) → the sequence number up
@@ -252,6 +252,7 @@ class RedisCoordinator:
         """Number keys grouped for :data:`~plugins.store_redis.scripts.OPTOUT_UPLOAD`: base → its
         (bucket, members joined by spaces) pairs, flattened."""
         arr = np.asarray(keys, dtype=np.int64)
+        arr = arr[arr >= scripts.OPTOUT_BUCKETS]  # (a key of five digits or fewer is no number)
         if not arr.size:
             return {}
         buckets = arr % scripts.OPTOUT_BUCKETS
@@ -265,7 +266,7 @@ class RedisCoordinator:
         for a, b in zip(starts, ends, strict=True):
             bucket = int(buckets[a])
             out.setdefault(self._optout_base(bucket), []).extend(
-                (bucket, " ".join(map(str, members[a:b].tolist())))
+                (f"{bucket:05d}", " ".join(map(str, members[a:b].tolist())))
             )
         return out
 
@@ -288,8 +289,8 @@ class RedisCoordinator:
         groups: dict[int, list[int]] = {}
         shards = self.config.optout_shards
         for i, r in enumerate(recipients):
-            if r.isascii() and r.isdigit():
-                groups.setdefault(int(r) % scripts.OPTOUT_BUCKETS % shards, []).append(i)
+            if len(r) > 5:  # (the script splits the text: its last five digits are the bucket)
+                groups.setdefault(int(r[-5:]) % shards if r[-5:].isdigit() else 0, []).append(i)
         if not groups:
             return set()
 

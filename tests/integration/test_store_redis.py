@@ -703,7 +703,7 @@ async def test_a_stores_opt_outs_are_uploaded_at_start_then_only_the_new_ones(
     assert await b.check("api-marketing", [n_in, n_out], tags=["1", "2"]) == [Claim.OPTED_OUT, Claim.NEW]
     # The buckets hold integers: compact intsets.
     bucket = int(n_in) % OPTOUT_BUCKETS
-    key = f"{a._optout_base(bucket)}:{bucket}"
+    key = f"{a._optout_base(bucket)}:{bucket:05d}"
     assert await a.client.object("encoding", key) == b"intset"
     # A second start, nothing new: no upload script runs.
     calls.clear()
