@@ -30,7 +30,7 @@ import pytest
 
 pytest.importorskip("redis")
 
-from engine.coordination.contract import CoordinatorContext
+from engine.coordination.contract import Claim, CoordinatorContext
 from engine.core.messages import number_key
 from engine.sending.webhooks import sign
 from engine.state.ledger.store import Ledger
@@ -374,6 +374,38 @@ async def test_a_restarted_service_records_the_opt_outs_workers_shared_while_it_
         assert svc.store is not None
         store = svc.store
         await _until(lambda: _true(bool(store.optout_records(["+8613900139002"]))), "read after a restart", 5)
+
+
+@asyncio_only
+async def test_the_services_start_uploads_its_stores_opt_outs_for_the_workers(
+    anyio_backend: object, tmp_path: Path, prefix: str
+) -> None:
+    """An opt-out in the service's store (imported before, never shared) is refused by a worker's
+    claim once the service started; a restart uploads nothing more."""
+    from engine.state.store import OptOutRecord
+    from engine.state.store.sqlite import SqliteStore
+
+    engine, _key = _service_engine(tmp_path, 9, prefix)
+    store = SqliteStore(engine.parent / "pigeon.db")
+    store.add_optouts([OptOutRecord("+8613900139005", "import")])
+    store.close()
+    worker = RedisCoordinator(RedisConfig(url=URL, prefix=prefix), CoordinatorContext(worker="w"))
+    key = str(number_key("13900139005"))
+    try:
+        assert await worker.claim("before", [key]) == [Claim.NEW], "not shared before the start"
+        async with serving(engine) as (_url, svc):
+            assert svc.shared is not None
+            up = svc.shared.uploaded
+            assert up is not None
+            assert up.rows == 1
+            assert await worker.claim("blast", [key]) == [Claim.OPTED_OUT]
+        async with serving(engine) as (_url, svc):
+            assert svc.shared is not None
+            again = svc.shared.uploaded
+            assert again is not None
+            assert again.rows == 0
+    finally:
+        await worker.aclose()
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])
