@@ -69,7 +69,7 @@ import secrets
 import socket
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -248,39 +248,48 @@ class RedisCoordinator:
             return self.optout_shard_key(bucket % self.config.optout_shards)
         return self.shared_optouts_key()
 
-    def _bucketed(self, keys: Any) -> dict[str, list[Arg]]:
-        """Number keys grouped for :data:`~plugins.store_redis.scripts.OPTOUT_UPLOAD`: base → its
-        (bucket, members joined by spaces) pairs, flattened."""
+    def _batches(self, keys: Any, batch: int) -> Iterator[tuple[str, str]]:
+        """Number keys as :data:`~plugins.store_redis.scripts.OPTOUT_UPLOAD` batches of about
+        ``batch`` keys: (base, one line per bucket — the bucket, then its members — joined by
+        newlines), built one batch at a time (a 10M upload never holds every line at once)."""
         arr = np.asarray(keys, dtype=np.int64)
         arr = arr[arr >= scripts.OPTOUT_BUCKETS]  # (a key of five digits or fewer is no number)
         if not arr.size:
-            return {}
+            return
         buckets = arr % scripts.OPTOUT_BUCKETS
-        members = arr // scripts.OPTOUT_BUCKETS
-        order = np.argsort(buckets, kind="stable")
-        buckets, members = buckets[order], members[order]
-        cuts = np.flatnonzero(np.diff(buckets)) + 1
-        out: dict[str, list[Arg]] = {}
-        starts = [0, *cuts.tolist()]
-        ends = [*cuts.tolist(), int(arr.size)]
-        for a, b in zip(starts, ends, strict=True):
-            bucket = int(buckets[a])
-            out.setdefault(self._optout_base(bucket), []).extend(
-                (f"{bucket:05d}", " ".join(map(str, members[a:b].tolist())))
-            )
-        return out
+        shards = buckets % self.config.optout_shards if self.config.cluster else np.zeros_like(buckets)
+        order = np.lexsort((buckets, shards))
+        buckets, shards, members = buckets[order], shards[order], (arr // scripts.OPTOUT_BUCKETS)[order]
+        cuts = (np.flatnonzero(np.diff(buckets)) + 1).tolist()
+        starts, ends = [0, *cuts], [*cuts, int(arr.size)]
+        lines: list[str] = []
+        size, shard = 0, int(shards[0])
+        for lo, hi in zip(starts, ends, strict=True):
+            here = int(shards[lo])
+            if lines and (size >= batch or here != shard):
+                yield self._optout_base(shard), "\n".join(lines)
+                lines, size = [], 0
+            shard = here
+            lines.append(f"{int(buckets[lo]):05d} " + " ".join(map(str, members[lo:hi].tolist())))
+            size += hi - lo
+        if lines:
+            yield self._optout_base(shard), "\n".join(lines)
 
     async def _add_shared(self, keys: Any, batch: int = UPLOAD_BATCH) -> int:
-        """Add number keys to the shared buckets (a script per base and ~``batch`` keys): how many new."""
+        """Add number keys to the shared buckets (a script per base and ~``batch`` keys, two in
+        flight: the next batch is built while Redis adds the last): how many were new."""
         added = 0
-        for base, pairs in self._bucketed(keys).items():
-            start, size = 0, 0
-            for i in range(0, len(pairs), 2):
-                size += str(pairs[i + 1]).count(" ") + 1
-                if size >= batch or i + 2 == len(pairs):
-                    chunk = pairs[start : i + 2]
-                    added += int(await self._upload(keys=[base], args=chunk))
-                    start, size = i + 2, 0
+        flying: list[asyncio.Task[Any]] = []
+        try:
+            for base, lines in self._batches(keys, batch):
+                flying.append(asyncio.ensure_future(self._upload(keys=[base], args=[lines])))
+                if len(flying) >= 2:
+                    added += int(await flying.pop(0))
+            while flying:
+                added += int(await flying.pop(0))
+        finally:
+            for task in flying:
+                task.cancel()
         return added
 
     async def _shared_opted(self, recipients: Sequence[str]) -> set[int]:

@@ -456,12 +456,14 @@ shard of the shared opt-outs are in it: one digit per recipient, 4 (opted out) o
 
 OPTOUT_UPLOAD: Final = """
 -- KEYS[1] the base of the shared opt-out buckets (on a Cluster: one shard's)
--- ARGV pairs: a bucket (a key's last five digits), its new members (the keys' other digits) joined by spaces
+-- ARGV[1] one line per bucket: the bucket (a key's last five digits), then its new members (the
+--   keys' other digits), separated by spaces; lines joined by newlines
 local n = 0
-for i = 1, #ARGV, 2 do
-  local key = KEYS[1] .. ':' .. ARGV[i]
-  local ms = {}
-  for m in string.gmatch(ARGV[i + 1], '%d+') do ms[#ms + 1] = m end
+for line in string.gmatch(ARGV[1], '[^\\n]+') do
+  local key, ms = nil, {}
+  for m in string.gmatch(line, '%d+') do
+    if key then ms[#ms + 1] = m else key = KEYS[1] .. ':' .. m end
+  end
   for j = 1, #ms, 4000 do
     n = n + redis.call('SADD', key, unpack(ms, j, math.min(j + 3999, #ms)))
   end
@@ -469,7 +471,8 @@ end
 return n
 """
 """Add one batch of opt-outs to the shared buckets, grouped by bucket (one ``SADD`` per bucket, not
-per number): how many were new. Idempotent: a batch sent again adds nothing."""
+per number; one argument, cheap to pack): how many were new. Idempotent: a batch sent again adds
+nothing."""
 
 RELEASE_CLAIMS: Final = """
 -- KEYS[1] the campaign's claims hash; ARGV worker, recipients...
