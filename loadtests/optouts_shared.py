@@ -114,6 +114,7 @@ async def _bucketed(url: str, db: Path, r: redis.Redis) -> dict[str, Any]:
         assert refused >= 5000, refused
         return {
             "first_start_seconds": round(first.seconds, 2),
+            "first_start_store_read_seconds": round(first.read_seconds, 2),
             "uploaded": first.rows,
             "memory_mb": round(memory / 2**20, 1),
             "bytes_per_number": round(memory / first.rows, 1),

@@ -456,21 +456,26 @@ shard of the shared opt-outs are in it: one digit per recipient, 4 (opted out) o
 
 OPTOUT_UPLOAD: Final = """
 -- KEYS[1] the base of the shared opt-out buckets (on a Cluster: one shard's)
--- ARGV[1] one line per bucket: the bucket (a key's last five digits), then its new members (the
---   keys' other digits), separated by spaces; lines joined by newlines
-local n = 0
-for line in string.gmatch(ARGV[1], '[^\\n]+') do
-  local key, ms = nil, {}
-  for m in string.gmatch(line, '%d+') do
-    if key then ms[#ms + 1] = m else key = KEYS[1] .. ':' .. m end
-  end
+-- ARGV[1] one line per number, sorted by bucket: its bucket (its last five digits), spaces, its
+--   member (its other digits)
+local n, cur, ms = 0, nil, {}
+local function flush()
   for j = 1, #ms, 4000 do
-    n = n + redis.call('SADD', key, unpack(ms, j, math.min(j + 3999, #ms)))
+    n = n + redis.call('SADD', KEYS[1] .. ':' .. cur, unpack(ms, j, math.min(j + 3999, #ms)))
   end
+  ms = {}
 end
+for b, m in string.gmatch(ARGV[1], '(%d+) +(%d+)') do
+  if b ~= cur then
+    if cur then flush() end
+    cur = b
+  end
+  ms[#ms + 1] = m
+end
+if cur then flush() end
 return n
 """
-"""Add one batch of opt-outs to the shared buckets, grouped by bucket (one ``SADD`` per bucket, not
+"""Add one batch of opt-outs to the shared buckets, sorted by bucket (one ``SADD`` per bucket, not
 per number; one argument, cheap to pack): how many were new. Idempotent: a batch sent again adds
 nothing."""
 
