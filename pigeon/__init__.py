@@ -170,5 +170,5 @@ __all__ = [
     "request_key",
 ]
 
-API_VERSION = "1.4"
+API_VERSION = "1.5"
 """The plugin API's version (``major.minor``), separate from the package's; see the module docstring."""

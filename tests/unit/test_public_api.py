@@ -26,7 +26,8 @@ PINNED = {
     "about_to_write", "hookimpl", "mask", "Journal", "ProviderStatus", "SettleQuery", "Settled", "Settling",
     "request_key", "BudgetKey", "BudgetSpec", "CampaignBusy", "Claim", "Coordinator", "CoordinatorContext",
     "CoordinatorRegistry", "CoordinatorUnavailable", "LeaseGrant", "LeaseHolder", "LeaseLost", "RangedSource",
-    "SegmentRange", "RangeQueue", "TakenRange", "SharedOptOuts", "CapCheck", "SharedSlowDown", "SlowDown",
+    "SegmentRange", "RangeQueue", "TakenRange", "SharedOptOuts", "SharedOptOutCopy", "CapCheck", "SharedSlowDown",
+    "SlowDown",
     "EventDelivery", "EventSource", "EventSourceContext", "EventSourceRegistry",
 }  # fmt: skip
 
