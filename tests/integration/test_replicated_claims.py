@@ -121,7 +121,7 @@ def _numbers(start: int, n: int) -> list[str]:
 @asyncio_only
 async def test_with_one_replica_a_claim_is_on_the_replica_when_the_call_returns(pair: Pair) -> None:
     c = RedisCoordinator(
-        RedisConfig(url=pair.url, replicas=1, replica_timeout=WAIT_S, timeout=2.0), CoordinatorContext()
+        RedisConfig(url=pair.url, replicas=1, replica_timeout=2.0, timeout=3.0), CoordinatorContext()
     )
     try:
         day = CapCheck("marketing", (CapWindow(1, "calendar_day"),), time.time())
