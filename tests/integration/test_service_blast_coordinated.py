@@ -221,3 +221,35 @@ async def test_a_campaign_the_shared_budgets_cannot_send_is_refused_with_422_bef
         detail = r.json()["detail"]
         assert "shared budgets" in detail and "carriers.cm.rate_per_second" in detail, detail
         assert svc.ledger is not None and "crash" not in {c.id for c in svc.ledger.campaigns()}
+
+
+@asyncio_only
+async def test_a_blast_whose_shared_lease_is_lost_stops_and_stays_resumable(
+    anyio_backend: object, tmp_path: Path, prefix: str
+) -> None:
+    """The campaign's lease in Redis taken away mid-blast (as when it expired while Redis did not
+    answer and another service took it): the next renewal (every 5 s) finds it lost, the blast
+    drains and stops — ``cancelled`` with the reason, its campaign not cancelled in the ledger."""
+    import redis
+
+    rows = 12000
+    segment(tmp_path / "seg.csv", rows)
+    with SimulatorThread(SimConfig()) as sim:
+        engine, key = _service(tmp_path, "svc", sim.port, tmp_path / "seg.csv", prefix)
+        async with serving(engine) as (url, svc), _client(url, key) as c:
+            r = await c.post("/v1/campaigns", json={"file": "crash.toml"})
+            assert r.status_code == 202, r.text
+            await _until(lambda: _at_least(sim, 500), "the blast started", 30)
+            client = redis.Redis.from_url(URL)
+            try:
+                assert client.delete(f"{prefix}:lease:{{crash}}") == 1
+            finally:
+                client.close()
+            view = await _ended(c, 30)
+            assert svc.ledger is not None
+            status = {r.id: r.status.value for r in svc.ledger.campaigns()}["crash"]
+        sent = len(sim.log)
+    assert view["state"] == "cancelled", view
+    assert "lease in the shared coordinator was lost" in view["error"], view
+    assert sent < rows * 0.95, "the blast stopped before the end"
+    assert status == "running", "still resumable"
