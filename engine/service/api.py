@@ -234,7 +234,8 @@ def create_app(service: Service) -> Starlette:
                     422: "Invalid request",
                     503: "Shutting down",
                 }
-                return problem(exc.status, titles.get(exc.status, "Campaign error"), str(exc))
+                title = exc.title or titles.get(exc.status, "Campaign error")
+                return problem(exc.status, title, str(exc))
             except WebhookError as exc:
                 return problem(422, "Invalid callback", str(exc))
             except Exception as exc:  # a bug: logged without user data, answered without details

@@ -294,10 +294,13 @@ def build() -> dict[str, Any]:
                     **body_errors,
                     "403": _problem("Outside the campaigns directory, or the key lacks `campaigns`"),
                     "409": _problem(
-                        "Already running, over and not started with again, or no passed test send of "
-                        "its current content (review.seeds)"
+                        "Already running (here, or — with a shared coordinator — by another service: "
+                        "the detail names its holder), over and not started with again, or no passed "
+                        "test send of its current content (review.seeds)"
                     ),
-                    "503": _problem("Starting, or draining for shutdown"),
+                    "503": _problem(
+                        "Starting, draining for shutdown, or the shared coordinator does not answer"
+                    ),
                 },
             }
         },
