@@ -1,0 +1,249 @@
+"""Two ``pigeon serve`` hosts sharing one timer store in Redis (``[service.flows] store = "redis"``).
+
+Both are subprocesses with their own store files (as on their own hosts), one Redis (DB 11, a
+prefix of the test's), one HTTP gateway simulator in this process whose log is the judge. A shop
+posts 1,200 orders' events, half to each host; one host is SIGKILLed while the first steps fire.
+Every step arrives once at (or after) its time, cancelled steps never, none twice; the steps the
+killed host had handed over without a record are ``unknown`` (never resent), the others are fired
+by the host left. Asyncio only (redis-py's client).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("redis")
+
+import redis
+
+from loadtests.simulator import SimConfig, SimulatorThread
+from tests.integration.service_harness import write_engine
+
+URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+ORDERS = 1200
+FIRST, SECOND = 4.0, 8.0
+"""Seconds from an order's creation to its two reminders."""
+
+UNPAID = """
+trigger = "order_created"
+cancel_on = ["order_paid"]
+[[steps]]
+wait = "4s"
+text = "亲爱的{name|亲}，您的订单{order|}还没有付款"
+[[steps]]
+wait = "4s"
+text = "亲爱的{name|亲}，订单即将关闭"
+"""
+SHIPPED = """
+trigger = "order_shipped"
+[[steps]]
+wait = "0s"
+text = "您的订单已发货"
+"""
+EXTRA = """
+[service.flows]
+store = "redis"
+lease = 2.0
+poll = 0.1
+batch = 200
+max_per_second = 5000
+"""
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _host(root: Path, name: str, sim_port: int, prefix: str) -> tuple[Path, str]:
+    d = root / name
+    d.mkdir()
+    engine, key = write_engine(d, sim_port, templates=EXTRA)
+    with engine.open("a", encoding="utf-8") as f:
+        f.write(
+            f'[coordinator]\nplugin = "redis"\n[coordinator.options]\nurl = "{URL}"\nprefix = "{prefix}"\n'
+        )
+    (d / "flows").mkdir()
+    (d / "flows" / "unpaid.toml").write_text(UNPAID, encoding="utf-8")
+    (d / "flows" / "shipped.toml").write_text(SHIPPED, encoding="utf-8")
+    return d, key
+
+
+def _serve(d: Path, port: int) -> subprocess.Popen[bytes]:
+    with (d / "serve.log").open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "engine", "serve", "--engine", "engine.toml", "--port", str(port)],
+            cwd=d,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUTF8": "1"},
+        )
+
+
+def _ready(port: int, proc: subprocess.Popen[bytes], d: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (d / "serve.log").read_text("utf-8")[-3000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError((d / "serve.log").read_text("utf-8")[-3000:])
+
+
+def _phone(i: int) -> str:
+    return f"138{i:08d}"
+
+
+def test_two_hosts_fire_each_step_once_and_the_survivor_adopts_a_killed_host_s_timers(tmp_path: Path) -> None:
+    try:
+        r = redis.Redis.from_url(URL, socket_connect_timeout=1)
+        r.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("PIGEON_REQUIRE_REDIS"):
+            pytest.fail(str(exc))
+        pytest.skip(f"no Redis answers at {URL}")
+    prefix = f"pigeon-test-{secrets.token_hex(4)}"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with SimulatorThread(SimConfig(latency_ms=100)) as sim:  # steps stay in flight a while
+            (d1, k1), (d2, k2) = (
+                _host(tmp_path, "h1", sim.port, prefix),
+                _host(tmp_path, "h2", sim.port, prefix),
+            )
+            p1, p2 = _free_port(), _free_port()
+            procs += [_serve(d1, p1), _serve(d2, p2)]
+            _ready(p1, procs[0], d1)
+            _ready(p2, procs[1], d2)
+
+            off = time.time() - time.monotonic()  # the simulator's log is on the monotonic clock
+            t0 = float(int(time.time()) + 1)
+            events: list[dict[str, object]] = []
+            for i in range(ORDERS):
+                o = f"T{i}"
+                events.append(
+                    {"id": f"{o}-c", "type": "order_created", "phone": _phone(i), "order_id": o, "at": t0}
+                )
+                if i % 3 == 0:  # paid at once: both reminders cancelled
+                    events.append(
+                        {"id": f"{o}-p", "type": "order_paid", "phone": _phone(i), "order_id": o, "at": t0}
+                    )
+                if i % 4 == 0:  # shipped: its step at once
+                    events.append(
+                        {"id": f"{o}-s", "type": "order_shipped", "phone": _phone(i), "order_id": o, "at": t0}
+                    )
+            # each host gets every other request; a cancel may go to the other host than its order
+            hosts = [(p1, k1), (p2, k2)]
+            for n, k in enumerate(range(0, len(events), 250)):
+                port, key = hosts[n % 2]
+                resp = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/events",
+                    json={"events": events[k : k + 250]},
+                    headers={"authorization": f"Bearer {key}"},
+                    timeout=30,
+                )
+                assert resp.status_code == 200, resp.text
+                assert resp.json()["rejected"] == 0
+            posted = time.time()
+            assert posted < t0 + FIRST - 1, "the shop posted too slowly for the test's timing"
+            again = httpx.post(  # a retry of the first request to the other host: duplicates only
+                f"http://127.0.0.1:{p2}/v1/events",
+                json={"events": events[:250]},
+                headers={"authorization": f"Bearer {k2}"},
+                timeout=30,
+            ).json()
+            assert again["duplicates"] == 250
+
+            # kill host 1 while the first reminders fire
+            deadline = time.monotonic() + 30
+            while (
+                time.monotonic() < deadline
+                and sum(1 for t, *_ in sim.log if t + off >= t0 + FIRST - 0.01) < 150
+            ):
+                time.sleep(0.002)
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait(10)
+
+            expected = {_phone(i): (2 if i % 3 else 0) + (1 if i % 4 == 0 else 0) for i in range(ORDERS)}
+            total = sum(expected.values())
+            base = f"{prefix}:{{flows}}"
+
+            def unknown() -> dict[str, int]:
+                out: Counter[str] = Counter()
+                for key in r.scan_iter(match=f"{base}:t:*", count=1000):
+                    h = r.hmget(key, "c", "r")
+                    if h[1] == b"unknown:fired_by_dead_host":
+                        out[h[0].decode().removeprefix("+86")] += 1
+                return out
+
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                pending = sum(r.zcard(k) for k in r.scan_iter(match=f"{base}:p:*")) + r.zcard(
+                    f"{base}:firing"
+                )
+                if pending == 0 and len(sim.log) >= total - sum(unknown().values()):
+                    break
+                time.sleep(0.2)
+            time.sleep(0.5)  # answers on their way
+            log2 = (d2 / "serve.log").read_text("utf-8")
+            lost = unknown()
+            got = Counter(to.removeprefix("+86") for _, _, to, *_ in sim.log)
+            times: dict[str, list[float]] = defaultdict(list)
+            for t, _, to, *_ in sim.log:
+                times[to.removeprefix("+86")].append(t + off)
+
+            # never twice, cancelled never, every other step arrived (or is unknown: the killed host
+            # may have handed it to the gateway — never resent blind)
+            for phone, want in expected.items():
+                assert want - lost[phone] <= got[phone] <= want, (
+                    phone,
+                    want,
+                    got[phone],
+                    lost[phone],
+                    log2[-2000:],
+                )
+            assert set(got) <= set(expected)
+            # the killed host had steps in flight: adopted by the survivor, none resent
+            assert 0 < sum(lost.values()) <= 1000, lost
+            assert "flows.adopted" in log2
+            print(f"{len(sim.log)} messages of {total}; {sum(lost.values())} unknown (the killed host's)")
+            # at their time: a reminder never before it was due; the survivor's within a few seconds
+            for i in range(1, ORDERS, 3):  # (orders not paid)
+                phone = _phone(i)
+                if lost[phone]:
+                    continue
+                first, second = sorted(times[phone])[1:] if i % 4 == 0 else sorted(times[phone])
+                assert t0 + FIRST - 0.01 <= first <= t0 + FIRST + 10
+                assert t0 + SECOND - 0.01 <= second <= t0 + SECOND + 10
+            # both hosts fired steps (the fired timers keep their host's name)
+            owners = Counter(r.hget(k, "o") for k in r.scan_iter(match=f"{base}:t:*", count=1000))
+            assert len([o for o in owners if o]) == 2, owners
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(10)
+        keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            r.delete(*keys)
+        r.close()
