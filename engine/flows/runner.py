@@ -288,7 +288,8 @@ class FlowRunner:
                 )
 
     async def confirm(self) -> int:
-        """Mark ``fired`` the queued steps whose hand-over the ledger has recorded; how many."""
+        """Mark ``fired`` the queued steps whose hand-over the ledger has recorded (those the lane
+        held after all: ``pending`` again, at the sender's retry time); how many."""
         if not self.inflight:
             return 0
         got = self.sender.settled(list(self.inflight))
@@ -310,4 +311,4 @@ class FlowRunner:
         if ended:
             await self.store.settle(ended, now, TimerState.FIRED)
         self.counts.sent += sum(1 for _, s in ended if s not in ("suppressed", "rejected", "failed"))
-        return len(ended)
+        return len(ended) + len(again)

@@ -29,7 +29,16 @@ __all__ = [
 _COMMON: Final = r"""
 local B = KEYS[1]
 local SEP = '\31'
-local function cnt(flow, state, n) redis.call('HINCRBY', B .. ':counts', flow .. SEP .. state, n) end
+local delta = {}
+local function cnt(flow, state, n)
+  local f = flow .. SEP .. state
+  delta[f] = (delta[f] or 0) + n
+end
+local function flush()
+  for f, n in pairs(delta) do
+    if n ~= 0 then redis.call('HINCRBY', B .. ':counts', f, n) end
+  end
+end
 local function who(c, s, f) return B .. ':who:' .. c .. SEP .. s .. SEP .. f end
 local function row(id, tk)
   local h = redis.call('HMGET', tk, 'f', 'n', 'c', 's', 'd', 'x', 'm', 'p')
@@ -112,6 +121,7 @@ for _, p in ipairs(plans) do
     table.insert(out, {0, cancelled, started, running, limited, scheduled, expired})
   end
 end
+flush()
 return out
 """
 )
@@ -142,6 +152,7 @@ for i = 1, math.min(limit, #cand) do
   cnt(f, 1, 1)
   table.insert(out, row(id, tk))
 end
+flush()
 return out
 """
 )
@@ -161,6 +172,7 @@ for i = 2, #ARGV, 2 do
     table.insert(out, tonumber(ARGV[i]))
   end
 end
+flush()
 return out
 """
 )
@@ -183,6 +195,7 @@ for i = 2, #ARGV do
     cnt(h[4], 0, 1)
   end
 end
+flush()
 return 0
 """
 )
@@ -210,6 +223,7 @@ for i = 4, #ARGV, 2 do
     cnt(h[2], state, 1)
   end
 end
+flush()
 return 0
 """
 )
@@ -236,6 +250,7 @@ for i = 1, #ARGV, 3 do
     redis.call('ZADD', B .. ':cust:' .. h[3], due, id)
   end
 end
+flush()
 return 0
 """
 )
@@ -253,6 +268,7 @@ end
 table.sort(ids)
 local out = {}
 for i = 1, math.min(limit, #ids) do table.insert(out, row(ids[i], B .. ':t:' .. ids[i])) end
+flush()
 return out
 """
 )
@@ -293,6 +309,7 @@ for _, id in ipairs(redis.call('ZRANGE', B .. ':firing', 0, -1)) do
     end
   end
 end
+flush()
 return {again, unknown}
 """
 )
@@ -308,6 +325,7 @@ for _, f in ipairs(redis.call('SMEMBERS', B .. ':flows')) do
     if r[2] and (best == nil or tonumber(r[2]) < tonumber(best)) then best = r[2] end
   end
 end
+flush()
 return best or ''
 """
 )
@@ -321,6 +339,7 @@ for _, f in ipairs(redis.call('SMEMBERS', B .. ':flows')) do
   pending = pending + redis.call('ZCARD', B .. ':p:' .. f)
   late = late + redis.call('ZCOUNT', B .. ':p:' .. f, '-inf', ARGV[1])
 end
+flush()
 return {pending, late}
 """
 )
@@ -341,6 +360,7 @@ for _, id in ipairs(redis.call('ZREVRANGE', ck, 0, limit * 2)) do
     table.insert(out, {tonumber(id), h[1], h[2], h[3], h[4], h[5], h[6] or '', h[7] or ''})
   end
 end
+flush()
 return out
 """
 )

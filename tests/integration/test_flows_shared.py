@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ pytest.importorskip("redis")
 import redis
 
 from loadtests.simulator import SimConfig, SimulatorThread
+from tests.integration.redis_cluster import free_port_pair
 from tests.integration.service_harness import write_engine
 
 URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -247,3 +249,82 @@ def test_two_hosts_fire_each_step_once_and_the_survivor_adopts_a_killed_host_s_t
         if keys:
             r.delete(*keys)
         r.close()
+
+
+def _redis_server(server: str, port: int, d: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(d), "--save", "",
+         "--appendonly", "yes", "--appendfsync", "always"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    try:
+        for _ in range(100):
+            try:
+                if client.ping():
+                    break
+            except redis.RedisError:
+                time.sleep(0.05)
+    finally:
+        client.close()
+    return proc
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_with_redis_down_events_are_refused_503_and_firing_waits_then_every_step_goes_once(
+    tmp_path: Path,
+) -> None:
+    import anyio
+
+    from loadtests._service import serving
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port_pair()
+    proc = _redis_server(server, port, tmp_path)
+    try:
+        with SimulatorThread(SimConfig()) as sim:
+            d, key = _host(tmp_path, "h", sim.port, "pigeon")
+            text = (d / "engine.toml").read_text("utf-8").replace(URL, f"redis://127.0.0.1:{port}/0")
+            (d / "engine.toml").write_text(text + "timeout = 0.5\n", encoding="utf-8")
+            auth = {"authorization": f"Bearer {key}"}
+            async with serving(d / "engine.toml") as (url, _svc), httpx.AsyncClient(base_url=url) as c:
+                now = time.time()
+
+                def batch(tag: str, n: int, first: int) -> dict[str, object]:
+                    return {
+                        "events": [
+                            {"id": f"{tag}{i}", "type": "order_created", "phone": _phone(first + i),
+                             "order_id": f"{tag}{i}", "at": now - FIRST + 2}
+                            for i in range(n)
+                        ]
+                    }  # fmt: skip
+
+                r1 = await c.post("/v1/events", json=batch("a", 50, 0), headers=auth)
+                assert r1.status_code == 200 and r1.json()["scheduled"] == 100
+                proc.kill()  # SIGKILL: the first reminders are due in 2 s
+                proc.wait(10)
+                r2 = await c.post("/v1/events", json=batch("b", 20, 1000), headers=auth)
+                assert r2.status_code == 503, r2.text  # refused, not lost: the shop sends it again
+                await anyio.sleep(3.0)
+                assert len(sim.log) == 0  # due, but the store is down: nothing fired
+                proc = _redis_server(server, port, tmp_path)
+                with anyio.fail_after(20):
+                    while True:
+                        r3 = await c.post("/v1/events", json=batch("b", 20, 1000), headers=auth)
+                        if r3.status_code == 200:
+                            break
+                        await anyio.sleep(0.2)
+                assert r3.json()["accepted"] == 20  # none was taken while Redis was down
+                for _ in range(300):  # both reminders of all 70 orders (the second ones due at now + 6 s)
+                    if len(sim.log) >= 140:
+                        break
+                    await anyio.sleep(0.1)
+                await anyio.sleep(0.5)
+                tos = Counter(to for _, _, to, *_ in sim.log)
+                assert len(tos) == 70 and set(tos.values()) == {2}, tos  # every step once
+    finally:
+        proc.terminate()
+        proc.wait(10)

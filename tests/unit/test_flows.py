@@ -288,6 +288,9 @@ class FakeSender:
     def recorded(self, message_ids: Sequence[str]) -> dict[str, str]:
         return {m: self.ledger[m] for m in message_ids if m in self.ledger}
 
+    def retry_at(self, message_id: str, reason: str, now: float) -> float:
+        return now + 86400.0
+
 
 def runner(
     tmp_path: Path, flows: dict[str, Flow], clock: FakeClock, **kw: float
@@ -461,3 +464,24 @@ def test_a_customers_next_marketing_step_waits_for_the_hand_over_of_the_one_befo
 
     assert anyio.run(main) == [1, 0, 1]
     assert [p for _, p, _ in s.sent] == ["+8613800138000"] * 2
+
+
+def test_a_step_held_in_its_lane_after_it_was_queued_is_deferred_not_dropped(tmp_path: Path) -> None:
+    """A marketing step over a cap the shared coordinator counts is held in the lane after it was
+    queued (the lane records it suppressed, capped; LaneSender.settled says ``deferred``): the
+    timer goes back to pending at the sender's retry time, under a new message id then."""
+    clock = FakeClock(at("2026-11-10T12:00:00"))
+    f = load_flow(write_flow(tmp_path, REVIEW.replace("3d at 20:00", "0s")))
+    r, s = runner(tmp_path, {f.name: f}, clock)
+    _ts(r).schedule([NewTimer(f.name, 0, "+8613800138000", "A", clock.time())])
+
+    async def main() -> None:
+        assert await r.fire_due() == 1
+        s.handed.update({m: "deferred" for m, _, _ in s.sent})
+        assert await r.confirm() == 1
+
+    anyio.run(main)
+    (v,) = _ts(r).of_customer("+8613800138000")
+    assert (v.state, v.reason, v.message) == ("pending", "deferred:capped", None)
+    assert v.due == clock.time() + 86400.0
+    assert r.counts.deferred == 1 and r.counts.sent == 0 and r.inflight == {}
