@@ -48,6 +48,7 @@ ADOPT_BATCH = 10_000
 """Most firing timers of stopped hosts adopted per call."""
 _SEP = "\x1f"
 _enc = msgspec.json.Encoder()
+_rows = msgspec.json.Decoder(list[list[Any]])
 _STATES = {str(int(s)): s.name.lower() for s in TimerState}
 
 
@@ -65,7 +66,7 @@ def _due(row: Sequence[Any]) -> DueTimer:
         customer=_s(row[3]),
         subject=_s(row[4]),
         due=due,
-        fields=bytes(fields) if fields else None,
+        fields=fields.encode() if isinstance(fields, str) and fields else (bytes(fields) if fields else None),
         message=_s(row[7]) or None,
         planned=float(row[8]) if row[8] else due,
     )
@@ -134,7 +135,7 @@ class RedisFlowStore:
             for p in plans
         ]
         args = [repr(now), math.ceil(EVENT_TTL * 1000), self._keep_ms, _enc.encode(doc)]
-        res = await self._run("take events", self._apply, args)
+        res = _rows.decode(await self._run("take events", self._apply, args))
         return [
             EventApplied(
                 duplicate=bool(r[0]),
@@ -158,7 +159,7 @@ class RedisFlowStore:
         """Take up to ``limit`` due timers (paused flows left out, as the store knows them): firing,
         this host's, no message id yet."""
         rows = await self._run("take due timers", self._take, [repr(now), limit, self.host, self.lease_ms])
-        return [_due(r) for r in rows]
+        return [_due(r) for r in _rows.decode(rows)]
 
     async def release(self, ids: Sequence[int]) -> None:
         """Give taken, unclaimed timers back (pending)."""
@@ -200,7 +201,7 @@ class RedisFlowStore:
     async def firing(self, limit: int = 100_000, *, after: int = 0) -> list[DueTimer]:
         """This host's firing timers (a restart under the same name), by id."""
         rows = await self._run("read firing timers", self._firing, [self.host, after, limit])
-        return [_due(r) for r in rows]
+        return [_due(r) for r in _rows.decode(rows)]
 
     async def adopt(self, now: float) -> tuple[int, int]:
         """Take over the firing timers of hosts whose lease ran out (see the module docstring)."""
