@@ -328,3 +328,26 @@ async def test_with_redis_down_events_are_refused_503_and_firing_waits_then_ever
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_the_redis_store_without_a_redis_coordinator_refuses_to_start_saying_what_to_set(
+    tmp_path: Path,
+) -> None:
+    from engine.core.errors import ConfigError
+    from loadtests._service import serving
+
+    d = tmp_path / "h"
+    d.mkdir()
+    engine, _ = write_engine(d, 9, templates=EXTRA)  # no [coordinator]: embedded
+    (d / "flows").mkdir()
+    (d / "flows" / "unpaid.toml").write_text(UNPAID, encoding="utf-8")
+    with pytest.raises(Exception) as info:  # noqa: PT011 (the service's task group may wrap it)
+        async with serving(engine):
+            pass
+    errors = info.value.exceptions if isinstance(info.value, BaseExceptionGroup) else [info.value]
+    while any(isinstance(e, BaseExceptionGroup) for e in errors):
+        errors = [x for e in errors for x in (e.exceptions if isinstance(e, BaseExceptionGroup) else [e])]
+    (err,) = [e for e in errors if isinstance(e, ConfigError)]
+    assert "service.flows.store" in str(err) and 'plugin = "redis"' in str(err)
