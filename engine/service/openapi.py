@@ -377,7 +377,10 @@ def build() -> dict[str, Any]:
                 "200": _ok("EventsResponse", "Taken: per event accepted, duplicate or rejected (with why)"),
                 **body_errors,
                 "413": _problem("Body over service.max_body_bytes, or over service.flows.max_events events"),
-                "503": _problem("Starting, or draining for shutdown"),
+                "503": _problem(
+                    'Starting, draining for shutdown, or (store = "redis") the timer store does not '
+                    "answer: nothing was taken, send the events again"
+                ),
             },
         }
     }

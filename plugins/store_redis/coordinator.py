@@ -39,6 +39,8 @@ key                                       type         holds
 ``<prefix>:optouts-feed``                 stream       each sharing of opt-outs (``w`` who, ``n`` the
                                                        recipients): ``pigeon serve`` reads it into its
                                                        store; trimmed to ~10,000 entries
+``<prefix>:{flows}:…``                    (several)    the flows' shared timer store
+                                                       (:mod:`plugins.store_redis.timers`)
 ========================================  ===========  ==============================================
 
 On a Cluster a claim with caps is three steps (the kind's counters and the campaign's claims are
@@ -79,6 +81,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
+from engine.state.flowstore import FlowStore
 from pigeon import (
     BudgetKey,
     BudgetSpec,
@@ -831,6 +834,13 @@ class RedisCoordinator:
             }
 
         return await self._call("read the queue", read)
+
+    def flow_store(self, host: str, lease: float) -> FlowStore:
+        """The flows' shared timer store (``[service.flows] store = "redis"``) on this client, as
+        ``host`` (:mod:`plugins.store_redis.timers`)."""
+        from plugins.store_redis.timers import RedisFlowStore
+
+        return RedisFlowStore(self.client, self.prefix, host, lease, self._call)
 
     async def aclose(self) -> None:
         """Close the connection pools."""
