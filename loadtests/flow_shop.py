@@ -40,6 +40,7 @@ import httpx
 from engine.core.phone import mask
 from engine.service.core import Service
 from engine.service.records import MessageView
+from engine.state.flowstore import SqliteFlowStore
 from loadtests._report import emit
 from loadtests._service import SECRET, serving, write_engine
 from loadtests.simulator import SimConfig, SimulatorThread
@@ -192,7 +193,7 @@ async def caught_up(svc: Service, within: float = 30.0) -> None:
     with anyio.fail_after(within):
         while True:
             now = svc.ctx.clock.time()
-            nxt = fl.store.next_due(skip_flows=fl.store.paused())
+            nxt = await fl.store.next_due(skip_flows=await fl.store.paused())
             if (nxt is None or nxt > now) and not fl.runner.inflight:
                 return
             await anyio.sleep(0.005)
@@ -257,7 +258,7 @@ async def run_shop(directory: Path, sim_port: int, orders: int, *, seed: int = 2
         i = 0
         horizon = max(e.at for e in events) + 5 * 86400
         while True:
-            nxt = svc.flows.store.next_due()
+            nxt = await svc.flows.store.next_due()
             t_ev = events[i].at if i < len(events) else None
             cands = [t for t in (nxt, t_ev) if t is not None]
             if not cands or min(cands) > horizon:
@@ -275,7 +276,8 @@ async def run_shop(directory: Path, sim_port: int, orders: int, *, seed: int = 2
             await caught_up(svc, within=max(30.0, orders / 100))  # (a day's reviews due at one 20:00)
         listing = (await c.get("/v1/flows", headers=auth)).json()
         one = (await c.get(f"/v1/customers/{events[0].phone}/flows", headers=auth)).json()
-        rows = svc.flows.store.db.execute(
+        assert isinstance(svc.flows.store, SqliteFlowStore)
+        rows = svc.flows.store.sync.db.execute(
             "SELECT flow, step, customer, subject, due, state, message, reason FROM flow_timers"
         ).fetchall()
         records = {mid: svc.records.by_id.get(mid) for *_, mid, _ in rows if mid}

@@ -99,9 +99,22 @@ def _load(args: argparse.Namespace) -> tuple[LoadedEngine, dict[str, Flow]]:
     return engine, flows_of(engine, templates)
 
 
+def _embedded_only(engine: LoadedEngine, what: str) -> None:
+    """:class:`ConfigError` when the timers live in a shared store the CLI does not open."""
+    if engine.config.service.flows.store != "sqlite":
+        raise ConfigError(
+            engine.file,
+            "service.flows.store",
+            f"the timers are in the coordinator's Redis (store = {engine.config.service.flows.store!r}): "
+            f"{what} through a running pigeon serve's API (POST /v1/events, GET /v1/flows, "
+            "POST /v1/flows/{name}/pause|resume, GET /v1/customers/{phone}/flows)",
+        )
+
+
 def events_command(args: argparse.Namespace, console: Console) -> int:
     """``pigeon events import FILE``."""
     engine, flows = _load(args)
+    _embedded_only(engine, "send the events")
     if not args.file.is_file():
         raise SourceError(f"file not found: {args.file}")
     store = TimerStore(engine.store_path)
@@ -151,6 +164,7 @@ def flows_command(args: argparse.Namespace, console: Console) -> int:
         else:
             console.print(f"{len(flows)} flow(s) valid: {', '.join(sorted(flows)) or '(none)'}")
         return EXIT_OK
+    _embedded_only(engine, f"flows {action}")
     store = TimerStore(engine.store_path)
     try:
         if action in ("pause", "resume"):

@@ -102,6 +102,13 @@ class FlowsServiceConfig(_Base, kw_only=True, frozen=True):
     """Most events in one ``POST /v1/events``."""
     source: EventSourceConfig | None = None
     """Events from a message queue too (besides ``POST /v1/events``)."""
+    store: Literal["sqlite", "redis"] = "sqlite"
+    """Where the timers live: ``sqlite`` (the store file; one ``pigeon serve`` per file) or
+    ``redis`` (the ``[coordinator]``'s Redis: several ``pigeon serve`` hosts share one timer store,
+    each due step fired by one of them; asyncio only)."""
+    lease: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 30.0
+    """With ``store = "redis"``: seconds a host's claim on the timers it is firing outlives its
+    last heartbeat; after that another host adopts them (docs/flows.md)."""
 
 
 class ServiceConfig(_Base, kw_only=True, frozen=True):

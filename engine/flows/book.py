@@ -11,6 +11,7 @@ import msgspec
 from engine.core.phone import mask, parse_phone
 from engine.flows.config import EVENT_NAME, Flow
 from engine.flows.events import EventIn, EventResult, EventsResponse
+from engine.state.flowstore import EventApplied, EventPlan, FlowStore, StartPlan, apply_sqlite
 from engine.state.timers import NewTimer, TimerStore
 
 __all__ = ["FlowBook", "IngestCounts"]
@@ -35,9 +36,10 @@ class IngestCounts:
 
 
 class FlowBook:
-    """The flows by trigger and cancel event, over a :class:`TimerStore`."""
+    """The flows by trigger and cancel event, over a :class:`TimerStore` (the CLI's, synchronous)
+    or a :class:`~engine.state.flowstore.FlowStore` (the service's)."""
 
-    def __init__(self, flows: Mapping[str, Flow], store: TimerStore) -> None:
+    def __init__(self, flows: Mapping[str, Flow], store: TimerStore | FlowStore) -> None:
         self.flows = dict(flows)
         self.store = store
         self.counts = IngestCounts()
@@ -62,25 +64,101 @@ class FlowBook:
         return (parsed.e164, "")
 
     def ingest(self, events: Sequence[EventIn], now: float) -> EventsResponse:
-        """Take ``events`` in order, in one transaction: record their ids (an id seen before is a
-        duplicate and does nothing), cancel the pending steps they cancel, schedule the steps of the
-        flows they start."""
+        """Take ``events`` in order, in one transaction of the embedded store: record their ids (an
+        id seen before is a duplicate and does nothing), cancel the pending steps they cancel,
+        schedule the steps of the flows they start."""
+        assert isinstance(self.store, TimerStore), "a shared flow store: use ingest_async"
+        results, checked, plans = self._plan(events, now)
+        return self._finish(results, checked, apply_sqlite(self.store, plans, now))
+
+    async def ingest_async(self, events: Sequence[EventIn], now: float) -> EventsResponse:
+        """:meth:`ingest` through a :class:`~engine.state.flowstore.FlowStore` (one call for the
+        batch); :class:`~engine.core.errors.CoordinatorUnavailable` if a shared store does not
+        answer (then nothing was taken, or all of it — the ids make sending it again harmless)."""
+        store = self.store
+        results, checked, plans = self._plan(events, now)
+        if isinstance(store, TimerStore):
+            applied = apply_sqlite(store, plans, now)
+        else:
+            applied = await store.apply(plans, now) if plans else []
+        return self._finish(results, checked, applied)
+
+    def _plan(
+        self, events: Sequence[EventIn], now: float
+    ) -> tuple[list[EventResult], list[tuple[int, EventIn, str]], list[EventPlan]]:
+        """The rejected events' results, the checked ones (index, event, E.164) and their plans."""
         results: list[EventResult] = []
         checked: list[tuple[int, EventIn, str]] = []
+        plans: list[EventPlan] = []
         for i, ev in enumerate(events):
             got = self._check(ev, now)
             if isinstance(got, str):
                 results.append(EventResult(index=i, id=ev.id[:200], state="rejected", reason=got))
             else:
                 checked.append((i, ev, got[0]))
-        store = self.store
-        with store.batch():
-            fresh = store.take_events([ev.id for _, ev, _ in checked], now)
-            for (i, ev, customer), new in zip(checked, fresh, strict=True):
-                if not new:
-                    results.append(EventResult(index=i, id=ev.id, state="duplicate"))
-                    continue
-                results.append(self._apply(i, ev, customer, now))
+                plans.append(self._plan_one(ev, got[0], now))
+        return results, checked, plans
+
+    def _plan_one(self, ev: EventIn, customer: str, now: float) -> EventPlan:
+        subject = ev.order_id
+        cancels = [(flow.name, flow.cancelled_steps(ev.type)) for flow in self.by_cancel.get(ev.type, ())]
+        at = ev.at if ev.at is not None else now
+        starts: list[StartPlan] = []
+        for flow in self.by_trigger.get(ev.type, ()):
+            fields = _enc.encode(ev.fields) if ev.fields else None
+            timers: list[NewTimer] = []
+            expired = 0
+            base = at
+            for step in flow.steps:
+                base = step.wait.due(base, flow.tz)
+                if flow.expire_after is not None and now - base > flow.expire_after:
+                    expired += 1
+                    continue  # a back-fill's step long past: never worth sending now
+                timers.append(NewTimer(flow.name, step.index, customer, subject, base, fields))
+            limit, period = flow.limit if flow.limit is not None else (0, 0.0)
+            starts.append(StartPlan(flow.name, at, timers, limit, at - period, period, expired))
+        return EventPlan(ev.id, customer, subject, [c for c in cancels if c[1] is None or c[1]], starts)
+
+    def _finish(
+        self,
+        results: list[EventResult],
+        checked: Sequence[tuple[int, EventIn, str]],
+        applied: Sequence[EventApplied],
+    ) -> EventsResponse:
+        for (i, ev, customer), got in zip(checked, applied, strict=True):
+            if got.duplicate:
+                results.append(EventResult(index=i, id=ev.id, state="duplicate"))
+                continue
+            self.counts.expired += got.expired
+            what = "order" if ev.order_id else "customer"
+            skipped = [f"{name}: already running for this {what}" for name in got.running]
+            for name in got.limited:
+                flow = self.flows[name]
+                count = flow.limit[0] if flow.limit else 0
+                per = flow.config.limit.period if flow.config.limit else ""
+                skipped.append(f"{name}: limit of {count} per {per} reached")
+            if got.started or got.cancelled:
+                log.debug(
+                    "event taken",
+                    extra={
+                        "event": "flows.event",
+                        "type": ev.type,
+                        "to": mask(customer),
+                        "started": got.started,
+                        "cancelled": got.cancelled,
+                    },
+                )
+            results.append(
+                EventResult(
+                    index=i,
+                    id=ev.id,
+                    state="accepted",
+                    started=got.started,
+                    scheduled=got.scheduled,
+                    cancelled=got.cancelled,
+                    skipped=skipped,
+                )
+            )
         results.sort(key=lambda r: r.index)
         resp = EventsResponse(
             accepted=sum(r.state == "accepted" for r in results),
@@ -97,58 +175,3 @@ class FlowBook:
         c.scheduled += resp.scheduled
         c.cancelled += resp.cancelled
         return resp
-
-    def _apply(self, index: int, ev: EventIn, customer: str, now: float) -> EventResult:
-        store = self.store
-        subject = ev.order_id
-        cancelled = 0
-        for flow in self.by_cancel.get(ev.type, ()):
-            steps = flow.cancelled_steps(ev.type)
-            cancelled += store.cancel(customer, subject, flow.name, steps, now)
-        started: list[str] = []
-        skipped: list[str] = []
-        scheduled = 0
-        at = ev.at if ev.at is not None else now
-        for flow in self.by_trigger.get(ev.type, ()):
-            if store.has_pending(flow.name, customer, subject):
-                skipped.append(f"{flow.name}: already running for this {'order' if subject else 'customer'}")
-                continue
-            if flow.limit is not None:
-                count, period = flow.limit
-                if store.starts_since(flow.name, customer, at - period) >= count:
-                    per = flow.config.limit.period if flow.config.limit else ""
-                    skipped.append(f"{flow.name}: limit of {count} per {per} reached")
-                    continue
-            fields = _enc.encode(ev.fields) if ev.fields else None
-            timers: list[NewTimer] = []
-            base = at
-            for step in flow.steps:
-                base = step.wait.due(base, flow.tz)
-                if flow.expire_after is not None and now - base > flow.expire_after:
-                    self.counts.expired += 1
-                    continue  # a back-fill's step long past: never worth sending now
-                timers.append(NewTimer(flow.name, step.index, customer, subject, base, fields))
-            store.started(flow.name, customer, at)
-            store.schedule_in_batch(timers)
-            scheduled += len(timers)
-            started.append(flow.name)
-        if started or cancelled:
-            log.debug(
-                "event taken",
-                extra={
-                    "event": "flows.event",
-                    "type": ev.type,
-                    "to": mask(customer),
-                    "started": started,
-                    "cancelled": cancelled,
-                },
-            )
-        return EventResult(
-            index=index,
-            id=ev.id,
-            state="accepted",
-            started=started,
-            scheduled=scheduled,
-            cancelled=cancelled,
-            skipped=skipped,
-        )

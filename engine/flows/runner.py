@@ -31,6 +31,7 @@ import msgspec
 from engine.core.clock import Clock
 from engine.core.phone import mask
 from engine.flows.config import Flow, Step
+from engine.state.flowstore import FlowStore, SqliteFlowStore
 from engine.state.timers import DueTimer, TimerState, TimerStore
 
 __all__ = ["FiredCounts", "FlowRunner", "Outcome", "SendItem", "StepSender"]
@@ -77,11 +78,16 @@ class StepSender(Protocol):
 
     def settled(self, message_ids: Sequence[str]) -> dict[str, str]:
         """Of ``message_ids`` (queued before), those whose hand-over (or end) the ledger has
-        recorded: id → state."""
+        recorded: id → state (``deferred``: held in the lane after all — over a shared cap —
+        to be tried again at :meth:`retry_at`)."""
         ...
 
     def recorded(self, message_ids: Sequence[str]) -> dict[str, str]:
         """Of ``message_ids``, those the ledger has any record of (after a restart): id → state."""
+        ...
+
+    def retry_at(self, message_id: str, reason: str, now: float) -> float:
+        """When a step :meth:`settled` called ``deferred`` is tried again."""
         ...
 
 
@@ -99,6 +105,8 @@ class FiredCounts:
     deferred: int = 0
     expired: int = 0
     recovered: int = 0
+    adopted: int = 0
+    """Timers of a stopped host taken over (a shared store)."""
     resent: int = 0
 
 
@@ -108,7 +116,7 @@ class FlowRunner:
     def __init__(
         self,
         flows: Mapping[str, Flow],
-        store: TimerStore,
+        store: FlowStore | TimerStore,
         sender: StepSender,
         clock: Clock,
         *,
@@ -116,7 +124,7 @@ class FlowRunner:
         max_per_second: float = 1000.0,
     ) -> None:
         self.flows = dict(flows)
-        self.store = store
+        self.store: FlowStore = SqliteFlowStore(store) if isinstance(store, TimerStore) else store
         self.sender = sender
         self.clock = clock
         self.batch = batch
@@ -140,13 +148,13 @@ class FlowRunner:
         self._last = now
         return int(self._tokens)
 
-    def wait_hint(self) -> float:
+    async def wait_hint(self) -> float:
         """Seconds until there may be work: the next due timer, or the budget refilling."""
         if self.inflight:
             return 0.05
         if self._tokens < 1:
             return (1 - self._tokens) / self.max_per_second
-        nxt = self.store.next_due(skip_flows=self.store.paused())
+        nxt = await self.store.next_due(skip_flows=await self.store.paused())
         if nxt is None:
             return 3600.0
         return max(0.0, nxt - self.clock.time())
@@ -158,7 +166,7 @@ class FlowRunner:
         recorded → sent again with the same message id. Returns how many were found."""
         found = last = 0
         while True:
-            left = self.store.firing(self.batch, after=last)
+            left = await self.store.firing(self.batch, after=last)
             if not left:
                 break
             last = left[-1].id
@@ -166,7 +174,7 @@ class FlowRunner:
             known = self.sender.recorded([t.message or "" for t in left])
             done = [(t.id, f"recovered:{known[t.message]}") for t in left if t.message in known]
             if done:
-                self.store.settle(done, self.clock.time(), TimerState.FIRED)
+                await self.store.settle(done, self.clock.time(), TimerState.FIRED)
             again = [t for t in left if t.message not in known]
             self.counts.recovered += len(done)
             self.counts.resent += len(again)
@@ -187,13 +195,14 @@ class FlowRunner:
         if budget < 1:
             return 0
         now = self.clock.time()
-        due = self.store.due(now, min(budget, self.batch), skip_flows=self.store.paused())
+        due = await self.store.due(now, min(budget, self.batch), skip_flows=await self.store.paused())
         if not due:
             return 0
         expired: list[tuple[int, str]] = []
         held: list[tuple[int, float, str]] = []
         ready: list[DueTimer] = []
         busy = set(self._busy.values())
+        waiting: list[int] = []
         for t in due:
             flow = self.flows.get(t.flow)
             if flow is None or t.step >= len(flow.steps):
@@ -207,14 +216,17 @@ class FlowRunner:
                     held.append((t.id, flow.window.next_open(now), "outside_send_window"))
                     continue
                 if t.customer in busy:
+                    waiting.append(t.id)
                     continue  # stays pending: fetched again once the step before is handed over
                 busy.add(t.customer)
             ready.append(t)
+        if waiting:
+            await self.store.release(waiting)
         if expired:
-            self.store.settle(expired, now, TimerState.EXPIRED)
+            await self.store.settle(expired, now, TimerState.EXPIRED)
             self.counts.expired += len(expired)
         if held:
-            self.store.reschedule(held)
+            await self.store.reschedule(held)
             self.counts.deferred += len(held)
         self._tokens -= len(ready) + len(expired)
         self.counts.late += sum(1 for t in ready if now - t.due > LATE_AFTER)
@@ -232,7 +244,7 @@ class FlowRunner:
             ids = iter(self.sender.reserve(lane, len(fresh)) if fresh else [])
             mids = [t.message or next(ids) for t in ts]
             new_claims = [(t.id, m) for t, m in zip(ts, mids, strict=True) if not t.message]
-            claimed = set(self.store.claim(new_claims)) if new_claims else set()
+            claimed = set(await self.store.claim(new_claims)) if new_claims else set()
             pairs = [(t, m) for t, m in zip(ts, mids, strict=True) if t.message or t.id in claimed]
             if not pairs:
                 continue
@@ -265,9 +277,9 @@ class FlowRunner:
                     if o.state not in ("suppressed", "rejected", "failed"):
                         self.counts.sent += 1
             if ended:
-                self.store.settle(ended, now, TimerState.FIRED)
+                await self.store.settle(ended, now, TimerState.FIRED)
             if again:
-                self.store.reschedule(again)
+                await self.store.reschedule(again)
                 self.counts.deferred += len(again)
             if ended and log.isEnabledFor(logging.DEBUG):
                 log.debug(
@@ -275,17 +287,28 @@ class FlowRunner:
                     extra={"event": "flows.ended", "to": [mask(t.customer) for t, _ in pairs[:5]]},
                 )
 
-    def confirm(self) -> int:
-        """Mark ``fired`` the queued steps whose hand-over the ledger has recorded; how many."""
+    async def confirm(self) -> int:
+        """Mark ``fired`` the queued steps whose hand-over the ledger has recorded (those the lane
+        held after all: ``pending`` again, at the sender's retry time); how many."""
         if not self.inflight:
             return 0
         got = self.sender.settled(list(self.inflight))
         if not got:
             return 0
         now = self.clock.time()
-        ended = [(self.inflight.pop(m), state) for m, state in got.items()]
-        for m in got:
+        ended: list[tuple[int, str]] = []
+        again: list[tuple[int, float, str]] = []
+        for m, state in got.items():
             self._busy.pop(m, None)
-        self.store.settle(ended, now, TimerState.FIRED)
+            tid = self.inflight.pop(m)
+            if state == "deferred":  # held in its lane after it was queued (a shared cap): later
+                again.append((tid, max(self.sender.retry_at(m, "capped", now), now + 1.0), "deferred:capped"))
+            else:
+                ended.append((tid, state))
+        if again:
+            await self.store.reschedule(again)
+            self.counts.deferred += len(again)
+        if ended:
+            await self.store.settle(ended, now, TimerState.FIRED)
         self.counts.sent += sum(1 for _, s in ended if s not in ("suppressed", "rejected", "failed"))
-        return len(ended)
+        return len(ended) + len(again)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from engine.core.messages import RejectReason, State
+from engine.core.messages import RejectReason, State, SuppressReason
 
-__all__ = ["NOTHING_SENDABLE", "SAMPLE_ROWS", "TOO_MANY_REJECTED", "Verdict", "judge"]
+__all__ = ["NOTHING_SENDABLE", "SAMPLE_ROWS", "TOO_MANY_REJECTED", "Verdict", "judge", "sendable_rows"]
 
 SAMPLE_ROWS = 2000
 """Rows of a segment run through the stages before anything is sent (or recorded), to refuse a
@@ -51,6 +51,17 @@ _HINTS: dict[str, str] = {
 
 def _breakdown(reasons: Mapping[str, int]) -> str:
     return ", ".join(f"{r} {n:,}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+
+
+def sendable_rows(
+    rows: int, states: Mapping[str, int], reasons: Mapping[str, Mapping[str, int]], handled: int = 0
+) -> int:
+    """The messages a run over ``rows`` could send: neither rejected nor suppressed, plus those an
+    earlier run ``handled`` — and those another host or worker claimed first through a shared
+    coordinator (``suppressed``, ``claimed_elsewhere``): they were sendable and are sent there, so
+    a worker whose every recipient went elsewhere has not failed, nor are they missing."""
+    elsewhere = reasons.get(State.SUPPRESSED, {}).get(SuppressReason.CLAIMED_ELSEWHERE, 0)
+    return rows - states.get(State.REJECTED, 0) - states.get(State.SUPPRESSED, 0) + elsewhere + handled
 
 
 def judge(

@@ -38,12 +38,13 @@ from typing import IO, Any
 import anyio
 import msgspec
 
+from engine.coordination.select import EMBEDDED
 from engine.core.config import convert_section
 from engine.core.errors import EngineError
 from engine.observability.jsonlog import setup_logging
 from engine.observability.metrics import Metrics
 from engine.observability.report import RunRecorder
-from engine.run.blast import _send
+from engine.run.blast import _send, open_gate
 from engine.run.control import RunControl, SendResources
 from engine.run.plan import Plan, _open_ledger, prepare
 from engine.sending.gateway import Gateway, GatewayContext
@@ -205,6 +206,15 @@ async def _signals(control: RunControl) -> None:
             control.cancel()
 
 
+def _notice(campaign: str) -> Callable[[str], None]:
+    """The coordinator gate's notices (paused, resumed, slowed) into the JSON log."""
+
+    def notice(text: str) -> None:
+        log.warning(text, extra={"event": "coordinator.notice", "campaign": campaign})
+
+    return notice
+
+
 async def run_worker(
     plan: Plan,
     ledger: CampaignLedger | None,
@@ -227,7 +237,10 @@ async def run_worker(
         fraction[0] = f
 
     resources = open_resources(plan, run_dir, blasts)
+    gate = None
     try:
+        # a shared coordinator: claims, shared budgets, caps and opt-outs per request (None: embedded)
+        gate = open_gate(plan, _notice(plan.campaign.id), metrics)
         # No HTTP server of its own: its series reach the service's /metrics (which needs an API key)
         # through stdout, so nothing of the blast is served without a key.
         _emit(out, {"event": "started", "pid": os.getpid()})
@@ -258,6 +271,7 @@ async def run_worker(
                 control=control,
                 shared=resources,
                 recorder=recorder,
+                gate=gate,
             )
             tg.cancel_scope.cancel()
         # its last counts, for the service's /metrics once this process is gone
@@ -266,6 +280,9 @@ async def run_worker(
         for gw in resources.gateways.values():
             with anyio.move_on_after(10, shield=True), contextlib.suppress(Exception):
                 await gw.aclose()
+        if gate is not None:
+            with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
+                await gate.coordinator.aclose()
     (run_dir / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)))
     # All of it read when it ran to the end; a cancelled or halted run stopped somewhere the file's
     # position (read ahead of what was sent) does not tell: unknown, not 1.0 (`rows` says how far).
@@ -300,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             plan, force=False, again=False, notify=None, owner="pigeon serve (blast worker)", adopt=args.lease
         )
         backend = plan.engine.config.backend
+        if plan.engine.config.coordinator.plugin != EMBEDDED:
+            backend = "asyncio"  # a shared coordinator's client is asyncio's (the service runs on it)
         opts: dict[str, Any] = {}
         if backend == "asyncio":
             with contextlib.suppress(ImportError):

@@ -26,7 +26,6 @@ from engine.core.errors import (
     TemplateError,
 )
 from engine.core.links import link_url
-from engine.core.messages import State
 from engine.core.periods import parse_period
 from engine.core.plugin_host import PluginHost
 from engine.core.preflight import DEFAULT_ALLOWED_TERMS, DEFAULT_BANNED_TERMS, Finding, check_campaign, errors
@@ -48,7 +47,7 @@ from engine.pipeline.stages import (
     standard_stages,
 )
 from engine.pipeline.stages.dedupe import SharedClaims
-from engine.pipeline.verdict import SAMPLE_ROWS, Verdict, judge
+from engine.pipeline.verdict import SAMPLE_ROWS, Verdict, judge, sendable_rows
 from engine.state.caps import CapState, CapWindow
 from engine.state.gates import Gates, content_hash
 from engine.state.ledger.records import Semantics
@@ -663,7 +662,7 @@ def _verdict(plan: Plan, recorder: RunRecorder, ledger: CampaignLedger | None) -
     """The whole run's verdict on its segment (see :func:`engine.pipeline.verdict.judge`)."""
     st = recorder.states
     handled = int(ledger.skip.sum()) if ledger is not None and ledger.skip is not None else 0
-    sendable = recorder.rows - st[State.REJECTED] - st[State.SUPPRESSED] + handled
+    sendable = sendable_rows(recorder.rows, st, recorder.reasons, handled)
     return judge(
         recorder.rows + handled,
         st,

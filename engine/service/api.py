@@ -234,7 +234,8 @@ def create_app(service: Service) -> Starlette:
                     422: "Invalid request",
                     503: "Shutting down",
                 }
-                return problem(exc.status, titles.get(exc.status, "Campaign error"), str(exc))
+                title = exc.title or titles.get(exc.status, "Campaign error")
+                return problem(exc.status, title, str(exc))
             except WebhookError as exc:
                 return problem(422, "Invalid callback", str(exc))
             except Exception as exc:  # a bug: logged without user data, answered without details
@@ -448,17 +449,17 @@ def create_app(service: Service) -> Starlette:
         json_type(request)
         raw = await body(request)
         req = _decode(events_decoder, raw, EventsIn)
-        return _json(flows().ingest(req.events), 200)
+        return _json(await flows().ingest(req.events), 200)
 
     @wrap
     async def list_flows(request: Request) -> Response:
         auth(request, "flows")
-        return _json(flows().listing())
+        return _json(await flows().listing())
 
     @wrap
     async def control_flow(request: Request) -> Response:
         auth(request, "flows")
-        return _json(flows().control(request.path_params["name"], request.path_params["action"]))
+        return _json(await flows().control(request.path_params["name"], request.path_params["action"]))
 
     @wrap
     async def customer_flows(request: Request) -> Response:
@@ -466,7 +467,7 @@ def create_app(service: Service) -> Starlette:
         phone = request.path_params["phone"]
         if len(phone) > 32:
             raise ApiError(422, "Invalid request", "phone: not a phone number (13800138000, +86…, E.164)")
-        return _json(flows().customer(phone))
+        return _json(await flows().customer(phone))
 
     @wrap
     async def dead_callbacks(request: Request) -> Response:

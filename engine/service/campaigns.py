@@ -5,6 +5,12 @@ Each blast runs in a worker process of its own (:mod:`engine.run.blast_worker`, 
 service's event loop: the API, the priority lane and ``/metrics`` stay responsive beside it. The
 service keeps each run's state here and talks to the worker over its stdin (pause, resume, stop,
 opt-outs) and stdout (progress, the end).
+
+With a shared ``[coordinator]`` (``redis``) the service also takes the campaign's lease in the
+coordinator before it records a run, and keeps it (renewed every third of :data:`SHARED_LEASE_TTL`)
+until the run ends: a second service — on this host or another — posting the same campaign gets
+409 naming the holder. The blast's worker then claims, books and checks through the coordinator
+as ``pigeon send --coordinator`` does (:mod:`engine.run.blast_worker`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import msgspec
@@ -23,19 +29,29 @@ from anyio.abc import Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from engine.coordination.contract import CoordinatorUnavailable, LeaseGrant
+from engine.coordination.gate import shared_budgets
+from engine.coordination.keeper import LeaseKeeper
+from engine.coordination.select import EMBEDDED
 from engine.core.config import LoadedEngine
-from engine.core.errors import EngineError
+from engine.core.errors import ConfigError, EngineError
+from engine.core.messages import State, SuppressReason
 from engine.core.plugin_host import PluginHost
 from engine.core.service_config import ServiceConfig
 from engine.observability.worker_metrics import MergedMetrics
+from engine.run.blast import _served
 from engine.run.blast_worker import METRICS_FILE, Progress
 from engine.run.control import RunControl, RunState
 from engine.run.gates import check_spend, send_test
 from engine.run.plan import Plan, _open_ledger, check_segment, new_run_dir, prepare
 from engine.state.gates import Approval, GateClosed, Gates, TestRecord, content_hash
+from engine.state.ledger.lease import CampaignBusy
 from engine.state.ledger.records import CampaignStatus, LedgerError
 from engine.state.ledger.store import Ledger
 from engine.state.ledger.tx import transaction
+
+if TYPE_CHECKING:
+    from engine.service.shared import SharedState
 
 __all__ = [
     "LIST_STATES",
@@ -53,6 +69,9 @@ MAX_PATH = 1024
 """Longest campaign file path (relative to ``service.campaigns_dir``) the API takes."""
 MAX_PART = 255
 """Longest component of it, in bytes (what Linux file systems take)."""
+SHARED_LEASE_TTL = 15.0
+"""Seconds a campaign's lease in a shared coordinator lives without a renewal (renewed every third
+of it while the service runs the campaign): how long after a service dies another may start it."""
 
 
 class CampaignHost(Protocol):
@@ -86,6 +105,11 @@ class CampaignHost(Protocol):
     @property
     def draining(self) -> bool:
         """The service is stopping."""
+        ...
+
+    @property
+    def shared(self) -> SharedState | None:
+        """The engine's shared coordinator (None: ``embedded``)."""
         ...
 
 
@@ -137,6 +161,9 @@ class CampaignView(msgspec.Struct, kw_only=True):
     eta_seconds: float | None = None
     states: dict[str, int] = {}
     reasons: dict[str, dict[str, int]] = {}
+    claimed_elsewhere: int = 0
+    """Recipients another host or worker claimed first (a shared coordinator): sent by it, recorded
+    here ``suppressed``, ``claimed_elsewhere`` — neither failed nor missing (also in ``reasons``)."""
     rate_per_carrier: dict[str, float] = {}
     """Messages accepted per second since the start, per carrier."""
     error: str = ""
@@ -232,6 +259,10 @@ class CampaignRun:
         """The hash of the content submitted (an approval is of that content)."""
         self.callback: tuple[str, bool, str] | None = None
         """Its callback, kept while it awaits approval."""
+        self.shared_lease: LeaseGrant | None = None
+        """Its lease in the shared coordinator, while the service holds it."""
+        self.keeping = anyio.CancelScope()
+        """The renewals of :attr:`shared_lease` (cancelled when the run ends)."""
 
     def tell(self, command: str) -> None:
         """Send ``command`` (a line of :mod:`engine.run.blast_worker`'s protocol) to the worker."""
@@ -270,6 +301,7 @@ class CampaignRun:
             eta_seconds=eta,
             states=dict(r.states),
             reasons={k: dict(v) for k, v in r.reasons.items()},
+            claimed_elsewhere=r.reasons.get(State.SUPPRESSED, {}).get(SuppressReason.CLAIMED_ELSEWHERE, 0),
             rate_per_carrier=rates,
             error=self.error,
             done=self.finished is not None,
@@ -282,9 +314,11 @@ class CampaignRun:
 class CampaignError(EngineError):
     """A campaign that cannot be started or controlled; ``status`` is the HTTP answer."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, title: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.title = title
+        """The problem's title ("": the status's usual one)."""
 
 
 class CampaignFailed(EngineError):
@@ -418,6 +452,88 @@ class Campaigns:
             await anyio.to_thread.run_sync(lambda: check_spend(plan))
         except EngineError as exc:
             raise CampaignError(422, self.public(str(exc))) from None
+        self._check_shared_budgets(plan)
+
+    def _check_shared_budgets(self, plan: Plan) -> None:
+        """With a shared coordinator: the shared budgets the blast's worker will book, computed as
+        every process computes them (422 naming the rate when one cannot hold the campaign's
+        largest message, before anything is recorded)."""
+        ecfg = self.service.engine.config
+        if ecfg.coordinator.plugin == EMBEDDED:
+            return
+        try:
+            shared_budgets(ecfg, self.service.engine.file, plan.max_parts, lambda g: _served(plan, g))
+        except ConfigError as exc:
+            raise CampaignError(
+                422, self.public(f"the shared budgets cannot send this campaign: {exc}")
+            ) from None
+
+    async def _take_shared(self, campaign_id: str) -> LeaseGrant | None:
+        """The campaign's lease in the shared coordinator (None: none configured). 409 naming the
+        holder while another service has it; 503 while the coordinator does not answer."""
+        shared = self.service.shared
+        if shared is None:
+            return None
+        try:
+            return await shared.coordinator.take_lease(
+                campaign_id, f"pigeon serve {shared.worker}", SHARED_LEASE_TTL
+            )
+        except CampaignBusy as exc:
+            raise CampaignError(409, self.public(str(exc))) from None
+        except CoordinatorUnavailable as exc:
+            raise CampaignError(
+                503,
+                f"campaign {campaign_id!r} not started: the shared coordinator does not answer ({exc}); "
+                "try again",
+                "Coordinator unavailable",
+            ) from None
+
+    def _keep_shared(self, run: CampaignRun, grant: LeaseGrant | None) -> None:
+        """Renew ``grant`` until the run ends; a lease lost meanwhile (another may hold it now)
+        stops the blast: it drains what is in flight and stays resumable."""
+        if grant is None or self.service.shared is None:
+            return
+        run.shared_lease = grant
+
+        def lost(why: str) -> None:
+            log.warning(
+                "campaign's shared lease lost: the blast stops",
+                extra={"event": "campaign.lease_lost", "campaign": run.id, "error": why},
+            )
+            if run.finished is None:
+                run.error = f"its lease in the shared coordinator was lost ({why}): stopped"
+                run.control.cancel()
+                run.tell("stop")
+
+        keeper = LeaseKeeper(self.service.shared.coordinator, grant, on_lost=lost)
+
+        async def keep() -> None:
+            with run.keeping:
+                await keeper.run()
+
+        self.tg.start_soon(keep)
+
+    async def _release_shared(self, run: CampaignRun | None, grant: LeaseGrant | None = None) -> None:
+        """Give the run's (or ``grant``'s) shared lease back, at once (not after its ttl)."""
+        if run is not None:
+            grant, run.shared_lease = run.shared_lease, None
+            run.keeping.cancel()
+        shared = self.service.shared
+        if grant is None or shared is None:
+            return
+        with anyio.move_on_after(5, shield=True):
+            try:
+                await shared.coordinator.release_lease(grant)
+            except Exception as exc:  # it expires after its ttl anyway
+                log.warning(
+                    "shared lease not released: it expires after %g s",
+                    grant.ttl,
+                    extra={
+                        "event": "campaign.lease_unreleased",
+                        "campaign": grant.campaign,
+                        "error": str(exc),
+                    },
+                )
 
     async def test(self, file: str, key: str) -> TestRecord:
         """The test send of the campaign in ``file`` to its seed numbers (nothing of the campaign
@@ -483,14 +599,19 @@ class Campaigns:
         now = time.time()
         if send_at is not None and send_at <= now + SCHEDULE_LEAD:
             send_at = None if send_at <= now else send_at
+        later = send_at is not None and send_at > now + SCHEDULE_LEAD
+        # a scheduled one takes the shared lease when it starts, as the store's
+        grant = None if later else await self._take_shared(plan.campaign.id)
         try:
             ledger = await anyio.to_thread.run_sync(
                 lambda: _open_ledger(plan, force=False, again=again, notify=None, owner="pigeon serve")
             )
-        except GateClosed as exc:
+        except (GateClosed, LedgerError) as exc:
+            await self._release_shared(None, grant)
             raise CampaignError(409, self.public(str(exc))) from None
-        except LedgerError as exc:
-            raise CampaignError(409, self.public(str(exc))) from None
+        except BaseException:
+            await self._release_shared(None, grant)
+            raise
         self._set_callback(plan.campaign.id, callback, again=again)
         if send_at is not None and send_at > now + SCHEDULE_LEAD:
             # Recorded now (GET /v1/campaigns lists it); the lease is taken again when it starts.
@@ -512,6 +633,7 @@ class Campaigns:
         ledger.ledger.close()
         run = CampaignRun(plan, file, path)
         run.lease = lease
+        self._keep_shared(run, grant)
         if send_at is not None:  # within the lead: its worker starts paused, resumed at send_at
             run.send_at, run.paused_start = send_at, True
             self.tg.start_soon(self._resume_at, run)
@@ -553,13 +675,16 @@ class Campaigns:
             self._end_queued(run)
             return
         self._keep_schedule(run.id, "", None)
+        grant: LeaseGrant | None = None
         try:
+            grant = await self._take_shared(run.id)
             ledger = await anyio.to_thread.run_sync(
                 lambda: _open_ledger(run.plan, force=False, again=False, notify=None, owner="pigeon serve")
             )
         except (
             Exception
         ) as exc:  # the file changed, another process holds it…: the run fails, the service stays
+            await self._release_shared(None, grant)
             run.state = "failed"
             run.error = (
                 self.public(str(exc)) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
@@ -572,6 +697,7 @@ class Campaigns:
             return
         run.lease = ledger.lease.hand_off() if ledger.lease is not None else ""
         ledger.ledger.close()
+        self._keep_shared(run, grant)
         run.paused_start = True
         run.state = "queued"
         try:
@@ -765,6 +891,8 @@ class Campaigns:
         run.finished = time.monotonic()
         run.commands.close()
         run._commands.close()  # no worker will read them
+        if run.shared_lease is not None:
+            self.tg.start_soon(self._release_shared, run)
         log.info(
             "campaign ended",
             extra={"event": "campaign.ended", "campaign": run.id, "state": "cancelled", "states": {}},
@@ -806,6 +934,7 @@ class Campaigns:
             run.finished = time.monotonic()
             run.metrics_text = ""
             run.commands.close()
+            await self._release_shared(run)
         log.info(
             "campaign ended",
             extra={

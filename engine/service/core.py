@@ -185,7 +185,9 @@ class Service:
             tg.start_soon(self.shared.run, self._closing)
         shared = self.shared
         self.lanes.start(tg, shared.coordinator if shared else None, shared.worker if shared else "")
-        self.flows = ServiceFlows(ctx, self.messages, self.flow_defs)
+        self.flows = ServiceFlows(
+            ctx, self.messages, self.flow_defs, (shared.coordinator, shared.worker) if shared else None
+        )
         if self.flow_defs:
             tg.start_soon(self.flows.run, self._closing)
         if self.event_source is not None:

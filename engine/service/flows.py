@@ -5,15 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 import msgspec
 
 from engine.core.config import DEFAULT_MARKETING_WINDOW, LoadedEngine, convert_section
-from engine.core.errors import ConfigError, EngineError
+from engine.core.errors import ConfigError, CoordinatorUnavailable, EngineError
 from engine.core.event_source import EventSource
 from engine.core.messages import SuppressReason
 from engine.core.phone import mask, parse_phone
@@ -27,6 +27,7 @@ from engine.flows.runner import LATE_AFTER, FlowRunner, Outcome, SendItem
 from engine.service.context import ServiceContext
 from engine.service.submissions import Submissions
 from engine.service.wire import ApiError
+from engine.state.flowstore import FlowStore, SharedFlowStores, SqliteFlowStore
 from engine.state.ledger.records import LedgerState
 from engine.state.timers import TimerStore, TimerView
 
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("pigeon.flows")
+T = TypeVar("T")
+_UNAVAILABLE = "flows.store_unavailable"
 
 
 class FlowStepView(msgspec.Struct, kw_only=True):
@@ -139,6 +142,21 @@ def flows_of(engine: LoadedEngine, templates: dict[str, Any] | None = None) -> d
     return load_flows(path, templates=templates or dict(svc.templates), signature=svc.signature)
 
 
+def shared_store(ctx: ServiceContext, shared: tuple[object, str] | None) -> FlowStore:
+    """The ``[coordinator]``'s shared timer store (``[service.flows] store = "redis"``), as this
+    host; :class:`ConfigError` if the engine has no coordinator that holds one."""
+    coordinator = shared[0] if shared is not None else None
+    if not isinstance(coordinator, SharedFlowStores):
+        raise ConfigError(
+            ctx.engine.file,
+            "service.flows.store",
+            '"redis" keeps the timers in the [coordinator]\'s Redis: set [coordinator] plugin = "redis" '
+            '(and its url), or store = "sqlite"',
+        )
+    assert shared is not None
+    return coordinator.flow_store(shared[1], ctx.service.flows.lease)
+
+
 class LaneSender:
     """Flow steps into the API's lanes (:meth:`Submissions.send_rows`), and what the ledger knows of them."""
 
@@ -196,9 +214,20 @@ class LaneSender:
                 rec = self.ctx.ledger.message(mid) if self.ctx.ledger is not None else None
                 if rec is not None and rec.state.value not in ("pending", "deferred"):
                     out[mid] = rec.state.value
+            elif v.state == "suppressed" and v.reason == SuppressReason.CAPPED:
+                out[mid] = "deferred"  # over a cap the shared coordinator counts: later, not dropped
             elif v.state != "queued":
                 out[mid] = v.state
         return out
+
+    def retry_at(self, message_id: str, reason: str, now: float) -> float:
+        """When a step :meth:`settled` said ``deferred`` (held in its lane after it was queued: a
+        shared cap) is tried again (as :meth:`send`'s deferred ones)."""
+        campaign = message_id.rpartition("-")[0]
+        lane = next(
+            (n for n, st in self.messages.lanes.streams.items() if st.campaign == campaign), "marketing"
+        )
+        return self._retry_at(lane, now, reason or SuppressReason.CAPPED)
 
     def recorded(self, message_ids: Sequence[str]) -> dict[str, str]:
         """Those of ``message_ids`` the ledger has a record of (hand-over or end), after a restart."""
@@ -222,13 +251,25 @@ class LaneSender:
 class ServiceFlows:
     """The flows of a running service: the book (events → timers), the runner, and their metrics."""
 
-    def __init__(self, ctx: ServiceContext, messages: Submissions, flows: dict[str, Flow]) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        messages: Submissions,
+        flows: dict[str, Flow],
+        shared: tuple[object, str] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.flows = flows
         assert ctx.ledger is not None
-        self.store = TimerStore(ctx.ledger.db)  # the loop's connection: claims commit beside hand-overs
-        self.book = FlowBook(flows, self.store)
         cfg = ctx.service.flows
+        self.store: FlowStore = (
+            shared_store(ctx, shared)
+            if cfg.store == "redis"
+            else SqliteFlowStore(
+                TimerStore(ctx.ledger.db)  # the loop's connection: claims commit beside hand-overs
+            )
+        )
+        self.book = FlowBook(flows, self.store)
         self.runner = FlowRunner(
             flows,
             self.store,
@@ -243,7 +284,7 @@ class ServiceFlows:
         self._count_db: sqlite3.Connection | None = None
         ctx.metrics.registry.register(FlowCollector(self))
 
-    def ingest(self, events: Sequence[EventIn]) -> EventsResponse:
+    async def ingest(self, events: Sequence[EventIn]) -> EventsResponse:
         """``POST /v1/events``: take a batch of events (idempotent by id)."""
         if self.ctx.draining:
             raise ApiError(
@@ -259,24 +300,54 @@ class ServiceFlows:
                 f"{len(events)} events in one request; at most {limit} (service.flows.max_events): "
                 "split the request",
             )
-        resp = self.book.ingest(events, self.ctx.clock.time())
+        try:
+            resp = await self.book.ingest_async(events, self.ctx.clock.time())
+        except CoordinatorUnavailable as exc:  # nothing taken (or all of it): the sender tries again
+            log.warning("events not taken: %s", exc, extra={"event": "flows.store_unavailable"})
+            raise ApiError(
+                503,
+                "Timer store unavailable",
+                "the flows' timer store does not answer; send the events again",
+            ) from exc
         if resp.scheduled:
             self._wake.set()
         return resp
 
     async def run(self, closing: anyio.Event) -> None:
         """Fire due steps until ``closing`` is set: recover what a crash left first."""
-        self.store.forget_events(self.ctx.clock.time() - EVENT_IDS_KEPT)
-        await self.runner.recover()
         poll = self.ctx.service.flows.poll
-        counted = 0.0
+        lease = self.ctx.service.flows.lease
+        while not closing.is_set():  # a shared store that does not answer: firing waits for it
+            try:
+                await self.store.heartbeat()
+                await self.store.forget_events(self.ctx.clock.time() - EVENT_IDS_KEPT)
+                await self.runner.recover()
+                break
+            except CoordinatorUnavailable as exc:
+                log.warning(
+                    "flow timers wait for their store: %s", exc, extra={"event": "flows.store_unavailable"}
+                )
+                with anyio.move_on_after(max(poll, 1.0)):
+                    await closing.wait()
+        counted = beat = 0.0
         while not closing.is_set():
             try:
-                if self.ctx.clock.monotonic() - counted >= GAUGES_EVERY:
-                    counted = self.ctx.clock.monotonic()
+                mono = self.ctx.clock.monotonic()
+                if mono - beat >= lease / 3:  # a shared store: this host alive, dead hosts' timers adopted
+                    await self.store.heartbeat()
+                    await self._adopt()
+                    beat = mono
+                if mono - counted >= GAUGES_EVERY:
+                    counted = mono
                     await self.refresh_gauges()
-                self.runner.confirm()
+                await self.runner.confirm()
                 n = await self.runner.fire_due()
+            except CoordinatorUnavailable as exc:  # firing pauses; what is in flight stays this host's
+                if closing.is_set():
+                    break
+                log.warning("flow timers paused: %s", exc, extra={"event": "flows.store_unavailable"})
+                n = 0
+                await anyio.sleep(max(poll, 1.0))
             except Exception:  # a bug or a store error: logged, tried again after a pause
                 if closing.is_set():  # the lanes closed under a batch: it stays firing, resent on start
                     break
@@ -286,12 +357,30 @@ class ServiceFlows:
             if n:
                 await anyio.lowlevel.checkpoint()
                 continue
-            wait = min(poll, self.runner.wait_hint())
+            try:
+                hint = await self.runner.wait_hint()
+            except CoordinatorUnavailable:
+                hint = poll
+            wait = min(poll, hint)
             if wait > 0:
                 with anyio.move_on_after(wait):
                     await self._wake.wait()
                 self._wake = anyio.Event()
-        self.runner.confirm()
+        with contextlib.suppress(CoordinatorUnavailable):
+            await self.runner.confirm()
+
+    async def _adopt(self) -> None:
+        """Take over the firing timers of hosts that stopped (a shared store); logged."""
+        again, unknown = await self.store.adopt(self.ctx.clock.time())
+        if again or unknown:
+            self.runner.counts.adopted += again + unknown
+            log.warning(
+                "flow timers of a stopped host adopted: %d pending again, %d recorded unknown "
+                "(they may have gone: never resent blind)",
+                again,
+                unknown,
+                extra={"event": "flows.adopted", "pending": again, "unknown": unknown},
+            )
 
     async def consume(self, source: EventSource, closing: anyio.Event) -> None:
         """Take the event source's deliveries until ``closing``: each batch into the book (in
@@ -317,7 +406,7 @@ class ServiceFlows:
                             else:
                                 events.append(ev)
                         for i in range(0, len(events), limit):
-                            resp = self.book.ingest(events[i : i + limit], self.ctx.clock.time())
+                            resp = await self._ingest_retrying(events[i : i + limit], closing)
                             if resp.scheduled:
                                 self._wake.set()
                         if bad:
@@ -334,12 +423,25 @@ class ServiceFlows:
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             await source.aclose()
 
+    async def _ingest_retrying(self, events: Sequence[EventIn], closing: anyio.Event) -> EventsResponse:
+        """A source's batch into the book, tried again while a shared store does not answer (the
+        batch is acknowledged only once it is in)."""
+        while True:
+            try:
+                return await self.book.ingest_async(events, self.ctx.clock.time())
+            except CoordinatorUnavailable as exc:
+                if closing.is_set():
+                    raise EngineError(f"events not taken: {exc}") from exc
+                log.warning(
+                    "events wait for the timer store: %s", exc, extra={"event": "flows.store_unavailable"}
+                )
+                await anyio.sleep(SOURCE_RETRY)
+
     # -- control and look-ups ---------------------------------------------------------------
 
-    def listing(self) -> FlowPage:
+    async def listing(self) -> FlowPage:
         """Every flow: trigger, steps, paused, timers by state."""
-        counts = self.store.counts()
-        paused = set(self.store.paused())
+        counts, paused = await self._call(self.store.counts), set(await self._call(self.store.paused))
         return FlowPage(
             flows=[
                 FlowView(
@@ -358,35 +460,48 @@ class ServiceFlows:
             ]
         )
 
-    def control(self, name: str, action: str) -> FlowView:
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except CoordinatorUnavailable as exc:
+            raise ApiError(503, "Timer store unavailable", "the flows' timer store does not answer") from exc
+
+    async def control(self, name: str, action: str) -> FlowView:
         """Pause or resume flow ``name``."""
         if name not in self.flows:
             raise ApiError(
                 404, "Not found", f"no flow {name[:64]!r}; flows: {', '.join(sorted(self.flows)) or '(none)'}"
             )
         if action == "pause":
-            self.store.pause(name, self.ctx.clock.time())
+            await self._call(lambda: self.store.pause(name, self.ctx.clock.time()))
         elif action == "resume":
-            self.store.resume(name)
+            await self._call(lambda: self.store.resume(name))
             self._wake.set()
         else:
             raise ApiError(404, "Not found", f"no action {action[:32]!r}: use pause or resume")
-        return next(f for f in self.listing().flows if f.name == name)
+        return next(f for f in (await self.listing()).flows if f.name == name)
 
-    def customer(self, phone: str) -> CustomerSteps:
+    async def customer(self, phone: str) -> CustomerSteps:
         """The customer's steps (masked number, latest due first)."""
         parsed = parse_phone(phone)
         if parsed.reason is not None or not parsed.e164:
             raise ApiError(422, "Invalid request", "phone: not a phone number (13800138000, +86…, E.164)")
         return CustomerSteps(
             phone=mask(parsed.e164),
-            steps=[_step_view(self.flows, t) for t in self.store.of_customer(parsed.e164)],
+            steps=[
+                _step_view(self.flows, t)
+                for t in await self._call(lambda: self.store.of_customer(parsed.e164))
+            ],
         )
 
     async def refresh_gauges(self) -> None:
         """Count pending and late timers (``/metrics`` reads the result): in a thread, on a
         connection of its own — an index count over millions of rows takes tens of milliseconds."""
         now = self.ctx.clock.time()
+        if not isinstance(self.store, SqliteFlowStore):  # a shared store counts in the server
+            with contextlib.suppress(CoordinatorUnavailable):
+                self.gauges = (await self.store.pending_count(), await self.store.late_count(now))
+            return
 
         def count() -> tuple[int, int]:
             if self._count_db is None:

@@ -294,10 +294,13 @@ def build() -> dict[str, Any]:
                     **body_errors,
                     "403": _problem("Outside the campaigns directory, or the key lacks `campaigns`"),
                     "409": _problem(
-                        "Already running, over and not started with again, or no passed test send of "
-                        "its current content (review.seeds)"
+                        "Already running (here, or — with a shared coordinator — by another service: "
+                        "the detail names its holder), over and not started with again, or no passed "
+                        "test send of its current content (review.seeds)"
                     ),
-                    "503": _problem("Starting, or draining for shutdown"),
+                    "503": _problem(
+                        "Starting, draining for shutdown, or the shared coordinator does not answer"
+                    ),
                 },
             }
         },
@@ -374,7 +377,10 @@ def build() -> dict[str, Any]:
                 "200": _ok("EventsResponse", "Taken: per event accepted, duplicate or rejected (with why)"),
                 **body_errors,
                 "413": _problem("Body over service.max_body_bytes, or over service.flows.max_events events"),
-                "503": _problem("Starting, or draining for shutdown"),
+                "503": _problem(
+                    'Starting, draining for shutdown, or (store = "redis") the timer store does not '
+                    "answer: nothing was taken, send the events again"
+                ),
             },
         }
     }

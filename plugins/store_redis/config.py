@@ -33,3 +33,12 @@ class RedisConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     """Seconds a campaign's claims outlive its last claim (longer than any campaign runs)."""
     timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     """Seconds to wait for an answer before :class:`~pigeon.CoordinatorUnavailable`."""
+    replicas: Annotated[int, msgspec.Meta(ge=0, le=16)] = 0
+    """Writes a failover cannot lose: every call that authorizes a send (a claim, a Cluster's cap
+    reservation, the API's opt-out and cap check) is followed by ``WAIT <replicas> <ms>`` on the
+    same connection (on a Cluster: on the node that owns the key's slot), and is answered only once
+    that many replicas have it; fewer within ``replica_timeout``: the call fails with
+    :class:`~pigeon.CoordinatorUnavailable` (the lane pauses and asks again; nothing is sent
+    without a replicated claim). 0: no wait (a failover may lose the last acknowledged claims)."""
+    replica_timeout: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    """Seconds ``WAIT`` gives the replicas to acknowledge (keep it below ``timeout``)."""

@@ -44,6 +44,8 @@ key                                       type         holds
 ``<prefix>:optouts-feed``                 stream       each sharing of opt-outs (``w`` who, ``n`` the
                                                        recipients): ``pigeon serve`` reads it into its
                                                        store; trimmed to ~10,000 entries
+``<prefix>:{flows}:…``                    (several)    the flows' shared timer store
+                                                       (:mod:`plugins.store_redis.timers`)
 ========================================  ===========  ==============================================
 
 On a Cluster a claim with caps is three steps (the kind's counters and the campaign's claims are
@@ -53,6 +55,12 @@ named by the claim it is for; :data:`~plugins.store_redis.scripts.CLAIM` on the 
 given the verdicts; :data:`~plugins.store_redis.scripts.CAP_REFUND` gives back the counts of the
 recipients the claim refused. Between the steps the counts are ahead of the claims, never behind:
 a crash there holds a number back early, it never lets one through over its cap.
+
+With ``replicas = N`` every call that authorizes a send — the claim script, a Cluster's cap
+reservations, the API's check — is sent in one pipeline with ``WAIT N <ms>`` on the same connection
+(on a Cluster: a client of the node that owns the key's slot, as redis-py's cluster client has no
+``WAIT``): fewer replicas acknowledging in time is :class:`~pigeon.CoordinatorUnavailable`, so
+nothing goes on a claim or a cap count a failover could lose.
 
 A name's ``{`` and ``}`` are written ``%7B`` / ``%7D`` so they cannot break the hash tag.
 redis-py's client is asyncio-only: run the engine on the asyncio backend with this coordinator.
@@ -72,14 +80,17 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
+from engine.state.flowstore import FlowStore
 from pigeon import (
     BudgetKey,
     BudgetSpec,
@@ -186,6 +197,11 @@ class RedisCoordinator:
         self._upload = reg(scripts.OPTOUT_UPLOAD)
         self._optout_check = reg(scripts.OPTOUT_CHECK)
         self._claim_ttl_ms = math.ceil(config.claim_ttl * 1000)
+        self._wait_ms = max(1, round(config.replica_timeout * 1000))
+        self._nodes: dict[str, aioredis.Redis] = {}
+        """On a Cluster with ``replicas``: a client per node (name → client) for script + ``WAIT``."""
+        self._stale = False
+        """On a Cluster with ``replicas``: a node call failed, refresh the slots before the next."""
 
     # -- keys ------------------------------------------------------------------------------------
 
@@ -441,10 +457,72 @@ class RedisCoordinator:
         try:
             return await fn()
         except RedisError as exc:
+            self._stale = bool(self._nodes)
             raise CoordinatorUnavailable(
                 f"redis coordinator ({self.config.url.rsplit('@', 1)[-1]}) could not {what}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+
+    # -- writes a failover cannot lose (replicas = N) ---------------------------------------------
+
+    async def _node(self, key: str) -> aioredis.Redis:
+        """The client that sends ``key``'s commands with a ``WAIT`` on the same connection: the
+        standalone client, or on a Cluster a client of the primary that owns the key's slot now."""
+        client = self.client
+        if not isinstance(client, RedisCluster):
+            return client
+        if self._stale:  # a failover moves slots: ask the Cluster where they are now
+            self._stale = False
+            await client.nodes_manager.initialize()
+        else:
+            await client.initialize()
+        node = client.get_node_from_key(key)
+        if node is None:
+            raise CoordinatorUnavailable(f"no node of the Redis Cluster serves {key!r}'s slot")
+        got = self._nodes.get(node.name)
+        if got is None:
+            u = urlsplit(self.config.url)
+            auth = u.netloc.rpartition("@")[0]
+            netloc = f"{auth + '@' if auth else ''}{node.host}:{node.port}"
+            got = aioredis.Redis.from_url(
+                urlunsplit((u.scheme, netloc, "/0", "", "")),
+                socket_timeout=self.config.timeout,
+                socket_connect_timeout=self.config.timeout,
+            )
+            self._nodes[node.name] = got
+        return got
+
+    async def _then_wait(self, key: str, command: tuple[Arg, ...], script: AsyncScript | None = None) -> Any:
+        """``command`` then ``WAIT replicas replica_timeout`` in one pipeline on one connection (the
+        node of ``key``): its answer once that many replicas have it, else
+        :class:`~pigeon.CoordinatorUnavailable` (the write stays on the primary unconfirmed: the
+        caller asks again and a claim answers MINE). ``script``: loaded on a NOSCRIPT answer."""
+        n = self.config.replicas
+        client = await self._node(key)
+        for attempt in (0, 1):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.execute_command(*command)
+                pipe.execute_command("WAIT", n, self._wait_ms)
+                res, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(res, NoScriptError) and script is not None and not attempt:
+                await client.script_load(script.script)
+                continue
+            break
+        for answer in (res, acked):
+            if isinstance(answer, Exception):
+                raise answer
+        if int(acked) < n:
+            raise CoordinatorUnavailable(
+                f"redis coordinator ({self.config.url.rsplit('@', 1)[-1]}): {int(acked)} of {n} replicas "
+                f"acknowledged within {self._wait_ms} ms; the claim is not confirmed"
+            )
+        return res
+
+    async def _script(self, script: AsyncScript, keys: list[str], args: list[Arg]) -> Any:
+        """Run a script that authorizes a send; with ``replicas``, answered once replicated."""
+        if not self.config.replicas:
+            return await script(keys=keys, args=args)
+        return await self._then_wait(keys[0], ("EVALSHA", script.sha, len(keys), *keys, *args), script)
 
     # -- the lease -------------------------------------------------------------------------------
 
@@ -562,7 +640,7 @@ class RedisCoordinator:
                 return await self._claim_on_cluster(campaign, recipients, tags, keys, args, caps)
             keys.append(self.caps_key(caps.kind))
             args += _cap_args(caps)
-        res: bytes = await self._call("claim recipients", lambda: self._claim(keys=keys, args=args))
+        res: bytes = await self._call("claim recipients", lambda: self._script(self._claim, keys, args))
         return self._answers(res, recipients)
 
     async def _claim_rest(
@@ -645,7 +723,7 @@ class RedisCoordinator:
 
         async def reserve() -> list[list[int]]:
             calls = [
-                self._reserve(keys=[self.cap_shard_key(caps.kind, s)], args=shard_args(idx, ""))
+                self._script(self._reserve, [self.cap_shard_key(caps.kind, s)], shard_args(idx, ""))
                 for s, idx in groups.items()
             ]
             return list(await asyncio.gather(*calls))
@@ -658,7 +736,7 @@ class RedisCoordinator:
                 masks[i] = int(m)
         verdicts = "".join("5" if m == -5 else "6" if m == -6 else "1" for m in masks)
         args += ["v", verdicts]
-        res: bytes = await self._call("claim recipients", lambda: self._claim(keys=keys, args=args))
+        res: bytes = await self._call("claim recipients", lambda: self._script(self._claim, keys, args))
         answers = self._answers(res, recipients)
         full = (1 << (len(caps.windows) + 1)) - 1
         back: dict[int, list[tuple[int, int]]] = {}
@@ -730,7 +808,7 @@ class RedisCoordinator:
         if caps is not None and counted:
             keys.append(self.caps_key(caps.kind))
             args += _cap_args(caps)
-        res: bytes = await self._call("check recipients", lambda: self._check(keys=keys, args=args))
+        res: bytes = await self._call("check recipients", lambda: self._script(self._check, keys, args))
         return self._answers(res, recipients)
 
     async def _check_on_cluster(
@@ -747,7 +825,13 @@ class RedisCoordinator:
         answers = [Claim.NEW] * len(recipients)
         if optouts:
             key = self.optouts_key(campaign)
-            found = await self._call("check opt-outs", lambda: self.client.smismember(key, list(recipients)))
+            if self.config.replicas:  # answered once a replica is there and has this connection's writes
+                command: tuple[Arg, ...] = ("SMISMEMBER", key, *recipients)
+                found = await self._call("check opt-outs", lambda: self._then_wait(key, command))
+            else:
+                found = await self._call(
+                    "check opt-outs", lambda: self.client.smismember(key, list(recipients))
+                )
             for i, hit in enumerate(found):
                 if int(hit):
                     answers[i] = Claim.OPTED_OUT
@@ -779,7 +863,7 @@ class RedisCoordinator:
 
         async def reserve() -> list[list[int]]:
             calls = [
-                self._reserve(keys=[self.cap_shard_key(caps.kind, s)], args=shard_args(idx))
+                self._script(self._reserve, [self.cap_shard_key(caps.kind, s)], shard_args(idx))
                 for s, idx in groups.items()
             ]
             return list(await asyncio.gather(*calls))
@@ -935,6 +1019,15 @@ class RedisCoordinator:
 
         return await self._call("read the queue", read)
 
+    def flow_store(self, host: str, lease: float) -> FlowStore:
+        """The flows' shared timer store (``[service.flows] store = "redis"``) on this client, as
+        ``host`` (:mod:`plugins.store_redis.timers`)."""
+        from plugins.store_redis.timers import RedisFlowStore
+
+        return RedisFlowStore(self.client, self.prefix, host, lease, self._call)
+
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
+        for node in self._nodes.values():
+            await node.aclose()
         await self.client.aclose()

@@ -19,6 +19,7 @@ from engine.flows.book import FlowBook
 from engine.flows.config import Flow, load_flow, load_flows, parse_wait
 from engine.flows.events import EventIn, read_events
 from engine.flows.runner import FlowRunner, Outcome, SendItem
+from engine.state.flowstore import SqliteFlowStore
 from engine.state.timers import NewTimer, TimerStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,6 +176,12 @@ def ev(eid: str, typ: str, order: str = "A1", phone: str = "13800138000", t: flo
     return EventIn(id=eid, type=typ, phone=phone, order_id=order, at=t, fields={"item": "羽绒服"})
 
 
+def _ts(r: FlowRunner) -> TimerStore:
+    """The runner's embedded store, synchronous."""
+    assert isinstance(r.store, SqliteFlowStore)
+    return r.store.sync
+
+
 def book(tmp_path: Path, *texts: str) -> FlowBook:
     flows = {}
     for i, text in enumerate(texts):
@@ -281,6 +288,9 @@ class FakeSender:
     def recorded(self, message_ids: Sequence[str]) -> dict[str, str]:
         return {m: self.ledger[m] for m in message_ids if m in self.ledger}
 
+    def retry_at(self, message_id: str, reason: str, now: float) -> float:
+        return now + 86400.0
+
 
 def runner(
     tmp_path: Path, flows: dict[str, Flow], clock: FakeClock, **kw: float
@@ -313,7 +323,7 @@ def test_steps_fire_at_their_time_not_before_and_cancelled_ones_never(tmp_path: 
     # queued steps stay firing until the ledger has their hand-over, then they are fired
     assert b.store.counts()["f0"] == {"firing": 3, "cancelled": 1}
     s.handed.update({m: "submitted" for m, _, _ in s.sent})
-    assert r.confirm() == 3
+    assert anyio.run(r.confirm) == 3
     assert b.store.counts()["f0"] == {"fired": 3, "cancelled": 1}
 
 
@@ -321,7 +331,7 @@ def test_late_timers_are_caught_up_in_due_order_at_the_capped_pace(tmp_path: Pat
     clock = FakeClock(at("2026-11-10T12:00:00"))
     f = load_flow(write_flow(tmp_path, UNPAID))
     r, s = runner(tmp_path, {f.name: f}, clock, batch=100, max_per_second=100.0)
-    r.store.schedule(
+    _ts(r).schedule(
         NewTimer(f.name, 0, f"+86138{i:08d}", f"o{i}", clock.time() - 5000 + i) for i in range(1000)
     )
 
@@ -342,12 +352,12 @@ def test_a_marketing_step_outside_its_window_waits_for_it_and_is_never_dropped(t
     clock = FakeClock(at("2026-11-10T23:30:00"))
     f = load_flow(write_flow(tmp_path, REVIEW.replace("3d at 20:00", "0s")))
     r, s = runner(tmp_path, {f.name: f}, clock)
-    r.store.schedule([NewTimer(f.name, 0, "+8613800138000", "A", clock.time())])
+    _ts(r).schedule([NewTimer(f.name, 0, "+8613800138000", "A", clock.time())])
 
     async def main() -> None:
         assert await r.fire_due() == 1
         assert s.sent == []
-        assert r.store.due(at("2026-11-11T07:59:59"), 10) == []
+        assert _ts(r).due(at("2026-11-11T07:59:59"), 10) == []
         clock.advance(at("2026-11-11T08:00:00") - clock.time())
         assert await r.fire_due() == 1
 
@@ -364,12 +374,12 @@ def test_a_capped_step_is_held_to_when_the_cap_allows_and_expires_from_its_own_t
     g = load_flow(write_flow(tmp_path, text.replace("lane =", 'expire_after = "10h"\nlane ='), "stale"))
     r, s = runner(tmp_path, {f.name: f, g.name: g}, clock)
     who = {f.name: "+8613800138000", g.name: "+8613900139000"}
-    r.store.schedule(NewTimer(n, 0, p, n, clock.time()) for n, p in who.items())
+    _ts(r).schedule(NewTimer(n, 0, p, n, clock.time()) for n, p in who.items())
     s.outcome = Outcome("deferred", "capped", at("2026-11-11T00:00:00"))  # the next calendar day
 
     async def main() -> None:
         assert await r.fire_due() == 2
-        held = r.store.due(at("2026-11-11T00:00:00"), 10)
+        held = _ts(r).due(at("2026-11-11T00:00:00"), 10)
         assert [(t.due, t.planned) for t in held] == [
             (at("2026-11-11T00:00:00"), at("2026-11-10T20:00:00"))
         ] * 2
@@ -381,7 +391,7 @@ def test_a_capped_step_is_held_to_when_the_cap_allows_and_expires_from_its_own_t
 
     anyio.run(main)
     assert [p for _, p, _ in s.sent] == [who[f.name], who[g.name], who[f.name]]
-    states = {n: r.store.of_customer(p)[0].state for n, p in who.items()}
+    states = {n: _ts(r).of_customer(p)[0].state for n, p in who.items()}
     assert states == {f.name: "firing", g.name: "expired"}  # 12 h after its 20:00: stale past 10 h
     assert r.counts.deferred == 4 and r.counts.expired == 1
 
@@ -429,9 +439,9 @@ def test_steps_the_stages_end_at_once_are_fired_with_their_reason(tmp_path: Path
     f = load_flow(write_flow(tmp_path, UNPAID))
     r, s = runner(tmp_path, {f.name: f}, clock)
     s.outcome = Outcome("suppressed", "opted_out")
-    r.store.schedule([NewTimer(f.name, 0, "+8613800138000", "A", clock.time())])
+    _ts(r).schedule([NewTimer(f.name, 0, "+8613800138000", "A", clock.time())])
     anyio.run(r.fire_due)
-    (v,) = r.store.of_customer("+8613800138000")
+    (v,) = _ts(r).of_customer("+8613800138000")
     assert (v.state, v.reason) == ("fired", "suppressed:opted_out")
     assert r.inflight == {}
 
@@ -441,16 +451,37 @@ def test_a_customers_next_marketing_step_waits_for_the_hand_over_of_the_one_befo
     clock = FakeClock(at("2026-11-10T12:00:00"))
     f = load_flow(write_flow(tmp_path, REVIEW.replace("3d at 20:00", "0s")))
     r, s = runner(tmp_path, {f.name: f}, clock, batch=1)
-    r.store.schedule(NewTimer(f.name, 0, "+8613800138000", o, clock.time()) for o in ("A", "B"))
+    _ts(r).schedule(NewTimer(f.name, 0, "+8613800138000", o, clock.time()) for o in ("A", "B"))
 
     async def main() -> list[int]:
         got = [await r.fire_due()]
         clock.advance(1)
         got.append(await r.fire_due())  # the second order's step: its customer has one in flight
         s.handed.update({m: "submitting" for m, _, _ in s.sent})
-        r.confirm()
+        await r.confirm()
         got.append(await r.fire_due())
         return got
 
     assert anyio.run(main) == [1, 0, 1]
     assert [p for _, p, _ in s.sent] == ["+8613800138000"] * 2
+
+
+def test_a_step_held_in_its_lane_after_it_was_queued_is_deferred_not_dropped(tmp_path: Path) -> None:
+    """A marketing step over a cap the shared coordinator counts is held in the lane after it was
+    queued (the lane records it suppressed, capped; LaneSender.settled says ``deferred``): the
+    timer goes back to pending at the sender's retry time, under a new message id then."""
+    clock = FakeClock(at("2026-11-10T12:00:00"))
+    f = load_flow(write_flow(tmp_path, REVIEW.replace("3d at 20:00", "0s")))
+    r, s = runner(tmp_path, {f.name: f}, clock)
+    _ts(r).schedule([NewTimer(f.name, 0, "+8613800138000", "A", clock.time())])
+
+    async def main() -> None:
+        assert await r.fire_due() == 1
+        s.handed.update({m: "deferred" for m, _, _ in s.sent})
+        assert await r.confirm() == 1
+
+    anyio.run(main)
+    (v,) = _ts(r).of_customer("+8613800138000")
+    assert (v.state, v.reason, v.message) == ("pending", "deferred:capped", None)
+    assert v.due == clock.time() + 86400.0
+    assert r.counts.deferred == 1 and r.counts.sent == 0 and r.inflight == {}

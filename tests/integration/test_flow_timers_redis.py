@@ -1,0 +1,289 @@
+"""The flows' shared timer store in Redis (real Redis, DB 11; asyncio only: redis-py's client).
+
+Two stores as two hosts on one Redis: each due timer is taken by one of them, a stopped host's
+firing timers are adopted (pending again, or ``unknown`` when they had a message id), paused flows
+wait, and a Redis killed and restarted with its AOF keeps the timers.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+pytest.importorskip("redis")
+
+import anyio.lowlevel
+import redis
+
+from engine.coordination.contract import CoordinatorContext, CoordinatorUnavailable
+from engine.state.flowstore import EventPlan, FlowStore, StartPlan
+from engine.state.timers import NewTimer, TimerState
+from plugins.store_redis.config import RedisConfig
+from plugins.store_redis.coordinator import RedisCoordinator
+from plugins.store_redis.timers import RedisFlowStore
+from tests.integration.redis_cluster import free_port_pair
+
+URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+NOW = 1_800_000_000.0
+
+pytestmark = [pytest.mark.parametrize("anyio_backend", ["asyncio"]), pytest.mark.anyio]
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A key prefix of one test on the test Redis; its keys deleted after (skipped: no Redis)."""
+    try:
+        client = redis.Redis.from_url(URL, socket_connect_timeout=1)
+        client.ping()
+    except redis.RedisError as exc:
+        hint = f"no Redis answers at {URL} ({exc}): apt-get install redis-server, or run .ci/run"
+        if os.environ.get("PIGEON_REQUIRE_REDIS"):
+            pytest.fail(hint)
+        pytest.skip(hint)
+    p = f"pigeon-test-{secrets.token_hex(4)}"
+    yield p
+    keys = list(client.scan_iter(match=f"{p}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+async def hosts(prefix: str) -> AsyncIterator[Callable[..., FlowStore]]:
+    """``hosts(name, lease=…, url=…)``: the shared timer store as host ``name`` (a client each)."""
+    made: list[RedisCoordinator] = []
+
+    def make(name: str, lease: float = 30.0, url: str = URL, timeout: float = 5.0) -> FlowStore:
+        c = RedisCoordinator(RedisConfig(url=url, prefix=prefix, timeout=timeout), CoordinatorContext())
+        made.append(c)
+        return c.flow_store(name, lease)
+
+    yield make
+    for c in made:
+        await c.aclose()
+
+
+def _start(flow: str, customer: str, subject: str, dues: list[float], **kw: Any) -> StartPlan:
+    timers = [NewTimer(flow, i, customer, subject, d, b'{"name":"x"}') for i, d in enumerate(dues)]
+    return StartPlan(flow, NOW, timers, **kw)
+
+
+async def test_events_schedule_cancel_once_and_respect_running_and_limits(
+    hosts: Callable[..., FlowStore],
+) -> None:
+    s = hosts("a")
+    c1, c2 = "+8613800138000", "+8613900139000"
+    got = await s.apply(
+        [
+            EventPlan("e1", c1, "T1", starts=[_start("unpaid", c1, "T1", [NOW + 10, NOW + 20])]),
+            EventPlan("e1", c1, "T1", starts=[_start("unpaid", c1, "T1", [NOW + 10])]),  # the same id
+            EventPlan("e2", c1, "T1", starts=[_start("unpaid", c1, "T1", [NOW + 10])]),  # running
+            EventPlan(
+                "e3", c2, "", starts=[_start("bday", c2, "", [NOW], limit=1, since=NOW - 100, period=100)]
+            ),
+        ],
+        NOW,
+    )
+    assert [g.duplicate for g in got] == [False, True, False, False]
+    assert got[0].started == ["unpaid"] and got[0].scheduled == 2
+    assert got[2].running == ["unpaid"] and got[2].scheduled == 0
+    assert got[3].started == ["bday"]
+    # the birthday flow ran: settle it; a second start within its period is over the limit
+    (t,) = [t for t in await s.due(NOW, 10) if t.flow == "bday"]
+    assert t.customer == c2 and t.fields == b'{"name":"x"}' and t.message is None
+    await s.settle([(t.id, "submitted")], NOW, TimerState.FIRED)
+    again = await s.apply(
+        [
+            EventPlan(
+                "e4", c2, "", starts=[_start("bday", c2, "", [NOW], limit=1, since=NOW - 100, period=100)]
+            )
+        ],
+        NOW,
+    )
+    assert again[0].limited == ["bday"]
+    # a cancel of step 1 only, then of everything: each pending step cancelled once
+    one = await s.apply([EventPlan("e5", c1, "T1", cancels=[("unpaid", [1])])], NOW)
+    rest = await s.apply([EventPlan("e6", c1, "T1", cancels=[("unpaid", None)])], NOW)
+    assert (one[0].cancelled, rest[0].cancelled) == (1, 1)
+    assert await s.counts() == {"unpaid": {"cancelled": 2}, "bday": {"fired": 1}}
+    assert await s.pending_count() == 0 and await s.next_due() is None
+    views = await s.of_customer(c1)
+    assert [(v.step, v.state, v.reason) for v in views] == [
+        (1, "cancelled", "cancelled"),
+        (0, "cancelled", "cancelled"),
+    ]
+    # the flow's run ended: the order may start it again
+    restart = await s.apply([EventPlan("e7", c1, "T1", starts=[_start("unpaid", c1, "T1", [NOW])])], NOW)
+    assert restart[0].started == ["unpaid"]
+
+
+async def _fire_all(s: FlowStore, host: str, fired: list[tuple[str, int]]) -> None:
+    """Take, claim and settle due timers until none is left (a host's runner, without the lanes)."""
+    n = 0
+    while True:
+        due = await s.due(NOW, 50)
+        if not due:
+            return
+        claims = [(t.id, f"{host}-{n + i}") for i, t in enumerate(due)]
+        n += len(due)
+        got = await s.claim(claims)
+        assert got == [t.id for t in due]
+        fired.extend((host, tid) for tid in got)
+        await anyio.lowlevel.checkpoint()
+        await s.settle([(tid, "submitted") for tid in got], NOW, TimerState.FIRED)
+
+
+async def test_two_hosts_racing_each_take_every_due_timer_exactly_once(
+    hosts: Callable[..., FlowStore],
+) -> None:
+    a, b = hosts("a"), hosts("b")
+    plans = [
+        EventPlan(
+            f"e{i}", f"+86138{i:08d}", f"T{i}", starts=[_start("f", f"+86138{i:08d}", f"T{i}", [NOW - i % 7])]
+        )
+        for i in range(2000)
+    ]
+    for i in range(0, 2000, 500):
+        await a.apply(plans[i : i + 500], NOW)
+    assert await a.pending_count() == 2000 and await b.late_count(NOW) == 2000
+    fired: list[tuple[str, int]] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_fire_all, a, "a", fired)
+        tg.start_soon(_fire_all, b, "b", fired)
+    ids = [tid for _, tid in fired]
+    assert len(ids) == 2000 and len(set(ids)) == 2000  # every timer once, by one host
+    assert {h for h, _ in fired} == {"a", "b"}  # both hosts fired some
+    assert await a.counts() == {"f": {"fired": 2000}}
+
+
+async def test_a_stopped_host_s_firing_timers_are_adopted_never_fired_twice(
+    hosts: Callable[..., FlowStore],
+) -> None:
+    a, b = hosts("a", lease=1.0), hosts("b", lease=1.0)
+    await a.apply(
+        [
+            EventPlan(
+                f"e{i}", "+8613800138000", f"T{i}", starts=[_start("f", "+8613800138000", f"T{i}", [NOW])]
+            )
+            for i in range(10)
+        ],
+        NOW,
+    )
+    taken = await a.due(NOW, 10)
+    assert len(taken) == 10 and await b.due(NOW, 10) == []  # a holds them
+    await a.claim([(t.id, f"m{t.id}") for t in taken[:4]])  # 4 handed to a's lanes, 6 not yet
+    assert await b.adopt(NOW) == (0, 0)  # a's lease runs
+    await anyio.sleep(1.3)  # a stopped: no heartbeat
+    assert await b.adopt(NOW) == (6, 4)
+    again = await b.due(NOW, 10)
+    assert sorted(t.id for t in again) == sorted(t.id for t in taken[4:])
+    assert await a.claim([(t.id, "late") for t in taken[4:]]) == []  # a came back: they are b's now
+    assert await a.firing() == []
+    counts = (await b.counts())["f"]
+    assert counts == {"firing": 6, "fired": 4}
+    views = {v.id: v for v in await b.of_customer("+8613800138000")}
+    assert {views[t.id].reason for t in taken[:4]} == {"unknown:fired_by_dead_host"}
+    # a host that restarts under its own name finds what it was firing
+    assert sorted(t.id for t in await b.firing()) == sorted(t.id for t in taken[4:])
+
+
+async def test_held_and_released_timers_go_back_to_pending(hosts: Callable[..., FlowStore]) -> None:
+    s = hosts("a")
+    await s.apply(
+        [
+            EventPlan(
+                f"e{i}", "+8613800138000", f"T{i}", starts=[_start("f", "+8613800138000", f"T{i}", [NOW])]
+            )
+            for i in range(3)
+        ],
+        NOW,
+    )
+    t1, t2, t3 = await s.due(NOW, 10)
+    await s.release([t1.id])
+    await s.reschedule([(t2.id, NOW + 3600, "outside_send_window")])
+    await s.settle([(t3.id, "expired")], NOW, TimerState.EXPIRED)
+    assert [t.id for t in await s.due(NOW, 10)] == [t1.id]
+    assert await s.next_due() == NOW + 3600
+    (held,) = await s.due(NOW + 3600, 10)
+    assert (held.id, held.due, held.planned) == (t2.id, NOW + 3600, NOW)  # its own time kept
+    assert (await s.counts())["f"] == {"firing": 2, "expired": 1}
+
+
+async def test_a_paused_flow_waits_and_is_caught_up_when_resumed(hosts: Callable[..., FlowStore]) -> None:
+    a, b = hosts("a"), hosts("b")
+    await a.apply(
+        [
+            EventPlan("e1", "+8613800138000", "T1", starts=[_start("p", "+8613800138000", "T1", [NOW - 5])]),
+            EventPlan("e2", "+8613800138000", "T2", starts=[_start("q", "+8613800138000", "T2", [NOW])]),
+        ],
+        NOW,
+    )
+    await a.pause("p", NOW)
+    assert await b.paused() == ["p"]
+    assert [t.flow for t in await b.due(NOW, 10)] == ["q"]  # paused for every host
+    assert await b.next_due() is None
+    await b.resume("p")
+    assert [t.flow for t in await a.due(NOW, 10)] == ["p"]
+
+
+def _redis_server(server: str, port: int, d: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(d), "--save", "",
+         "--appendonly", "yes", "--appendfsync", "always"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    try:
+        for _ in range(100):
+            try:
+                if client.ping():
+                    break
+            except redis.RedisError:
+                time.sleep(0.05)
+    finally:
+        client.close()
+    return proc
+
+
+async def test_a_killed_and_restarted_redis_with_aof_keeps_the_timers(
+    tmp_path: Path, hosts: Callable[..., FlowStore]
+) -> None:
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port_pair()
+    proc = _redis_server(server, port, tmp_path)
+    try:
+        s = hosts("a", url=f"redis://127.0.0.1:{port}/0", timeout=0.5)
+        plans = [
+            EventPlan(f"e{i}", f"+86138{i:08d}", "", starts=[_start("f", f"+86138{i:08d}", "", [NOW + i])])
+            for i in range(1000)
+        ]
+        await s.apply(plans, NOW)
+        proc.kill()  # SIGKILL: what was answered is in the AOF
+        proc.wait(10)
+        with pytest.raises(CoordinatorUnavailable):
+            await s.apply([EventPlan("late", "+8613800138000", "")], NOW)
+        proc = _redis_server(server, port, tmp_path)
+        for _ in range(3):  # a connection the restart cut fails once; the next reconnects
+            try:
+                assert await s.pending_count() == 1000
+                break
+            except CoordinatorUnavailable:
+                pass
+        assert len(await s.due(NOW + 999, 2000)) == 1000
+        dup = await s.apply(plans[:10], NOW)  # the event ids survived too
+        assert all(d.duplicate for d in dup)
+        assert isinstance(s, RedisFlowStore)
+    finally:
+        proc.terminate()
+        proc.wait(10)
