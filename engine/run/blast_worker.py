@@ -44,7 +44,7 @@ from engine.core.errors import EngineError
 from engine.observability.jsonlog import setup_logging
 from engine.observability.metrics import Metrics
 from engine.observability.report import RunRecorder
-from engine.run.blast import _send, open_gate
+from engine.run.blast import _send, open_gate, upload_store_optouts
 from engine.run.control import RunControl, SendResources
 from engine.run.plan import Plan, _open_ledger, prepare
 from engine.sending.gateway import Gateway, GatewayContext
@@ -241,6 +241,8 @@ async def run_worker(
     try:
         # a shared coordinator: claims, shared budgets, caps and opt-outs per request (None: embedded)
         gate = open_gate(plan, _notice(plan.campaign.id), metrics)
+        if gate is not None:  # opt-outs the service's store got since its start (list imports): shared first
+            await upload_store_optouts(plan, gate, None)  # (logged by the upload itself)
         # No HTTP server of its own: its series reach the service's /metrics (which needs an API key)
         # through stdout, so nothing of the blast is served without a key.
         _emit(out, {"event": "started", "pid": os.getpid()})

@@ -253,3 +253,35 @@ async def test_a_blast_whose_shared_lease_is_lost_stops_and_stays_resumable(
     assert "lease in the shared coordinator was lost" in view["error"], view
     assert sent < rows * 0.95, "the blast stopped before the end"
     assert status == "running", "still resumable"
+
+
+@asyncio_only
+async def test_a_blast_the_service_starts_first_shares_opt_outs_its_store_got_since_the_service_started(
+    anyio_backend: object, tmp_path: Path, prefix: str
+) -> None:
+    """An opt-out added to the service's store while it runs (``pigeon optout add`` on its host) is
+    in the shared copy once a blast the service starts has begun: other workers refuse it."""
+    from engine.coordination.contract import Claim, CoordinatorContext
+    from engine.core.messages import number_key
+    from engine.state.store import OptOutRecord
+    from engine.state.store.sqlite import SqliteStore
+    from plugins.store_redis.config import RedisConfig
+    from plugins.store_redis.coordinator import RedisCoordinator
+
+    segment(tmp_path / "seg.csv", 300)
+    other = RedisCoordinator(RedisConfig(url=URL, prefix=prefix), CoordinatorContext(worker="w"))
+    key = str(number_key("13700137000"))
+    try:
+        with SimulatorThread(SimConfig()) as sim:
+            engine, api_key = _service(tmp_path, "a", sim.port, tmp_path / "seg.csv", prefix)
+            async with serving(engine) as (url, _svc), _client(url, api_key) as a:
+                store = SqliteStore(engine.parent / "pigeon.db")
+                store.add_optouts([OptOutRecord("+8613700137000", "manual")])
+                store.close()
+                assert await other.check("api-marketing", [key], tags=["1"]) == [Claim.NEW]
+                r = await a.post("/v1/campaigns", json={"file": "crash.toml"})
+                assert r.status_code == 202, r.text
+                await _ended(a)
+                assert await other.check("api-marketing", [key], tags=["2"]) == [Claim.OPTED_OUT]
+    finally:
+        await other.aclose()
