@@ -64,8 +64,24 @@ async def run(
 ) -> None:
     """Serve on ``sock`` until ``stop`` is set (or SIGTERM/SIGINT), then drain and return.
 
-    Runs on whichever anyio backend is running (asyncio or trio).
+    Runs on whichever anyio backend is running (asyncio or trio). ``sock`` is this call's: handed
+    to Hypercorn once the service started, closed here if it never did (a bad config).
     """
+    try:
+        await _run(engine_path, sock, stop, handle_signals, host, started, clock)
+    finally:
+        sock.close()  # (a no-op once detached for Hypercorn)
+
+
+async def _run(
+    engine_path: str | Path,
+    sock: socket.socket,
+    stop: anyio.Event | None,
+    handle_signals: bool,
+    host: PluginHost | None,
+    started: Callable[[Service], None] | None,
+    clock: Clock | None,
+) -> None:
     engine = load_engine(engine_path)
     stop = stop or anyio.Event()
     addr = sock.getsockname()
