@@ -309,7 +309,13 @@ async def test_on_a_cluster_claims_and_cap_counts_are_on_the_replicas_and_surviv
 ) -> None:
     c = RedisCoordinator(
         RedisConfig(
-            url=cluster.url, cluster=True, prefix="rep", replicas=1, replica_timeout=WAIT_S, timeout=2.0
+            # 1 s, not WAIT_S: six redis-servers beside the suite on 2 cores can take 300 ms to answer
+            url=cluster.url,
+            cluster=True,
+            prefix="rep",
+            replicas=1,
+            replica_timeout=1.0,
+            timeout=3.0,
         ),
         CoordinatorContext(),
     )
@@ -336,6 +342,9 @@ async def test_on_a_cluster_claims_and_cap_counts_are_on_the_replicas_and_surviv
                 await c.claim("clu", _numbers(900, 10), caps=day)
         finally:
             cluster.procs[replica].send_signal(signal.SIGCONT)
+        # (the resumed replica back in step before the next claim: on a busy machine its link can
+        # take longer than replica_timeout to catch up, which would refuse the claim below)
+        assert cluster.run(primary, "wait", "1", "10000").strip() == "1", "the replica did not come back"
         # Claims, then at once a forced failover: the promoted node has every acknowledged claim,
         # and the same coordinator carries on on the new primary (the slots asked again).
         numbers = _numbers(500, 100)
