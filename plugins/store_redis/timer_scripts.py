@@ -40,6 +40,15 @@ local function flush()
   end
 end
 local function who(c, s, f) return B .. ':who:' .. c .. SEP .. s .. SEP .. f end
+-- a customer's index of timers, kept keep ms past the latest due time it holds (then it expires)
+local function index(c, due, id, now, keep)
+  local ck = B .. ':cust:' .. c
+  redis.call('ZADD', ck, due, id)
+  local want = math.floor((tonumber(due) - tonumber(now)) * 1000) + tonumber(keep)
+  local ttl = redis.call('PTTL', ck)
+  want = math.max(want, tonumber(keep))
+  if ttl < want then redis.call('PEXPIRE', ck, want) end
+end
 local function row(id, tk)
   local h = redis.call('HMGET', tk, 'f', 'n', 'c', 's', 'd', 'x', 'm', 'p')
   return {tonumber(id), h[1], h[2], h[3], h[4], h[5], h[6] or '', h[7] or '', h[8] or ''}
@@ -70,8 +79,11 @@ for _, p in ipairs(plans) do
       local wk = who(cust, subj, flow)
       for _, id in ipairs(redis.call('SMEMBERS', wk)) do
         local tk = B .. ':t:' .. id
-        local h = redis.call('HMGET', tk, 'st', 'n')
-        if h[1] == '0' then
+        local h = redis.call('HMGET', tk, 'st', 'n', 'm')
+        -- pending, or taken by a host and not handed to a gateway yet (no message id): the cancel
+        -- wins (CLAIM, RELEASE and RESCHEDULE then find it ended, as a SQLite claim would)
+        local taken = h[1] == '1' and (not h[3] or h[3] == '')
+        if h[1] == '0' or taken then
           local hit = (steps == false)
           if not hit then
             for _, sn in ipairs(steps) do
@@ -79,11 +91,16 @@ for _, p in ipairs(plans) do
             end
           end
           if hit then
-            redis.call('ZREM', B .. ':p:' .. flow, id)
+            if taken then
+              redis.call('ZREM', B .. ':firing', id)
+              redis.call('HDEL', tk, 'o')
+            else
+              redis.call('ZREM', B .. ':p:' .. flow, id)
+            end
             redis.call('HSET', tk, 'st', '3', 'r', 'cancelled', 'a', now)
             redis.call('PEXPIRE', tk, keep)
             redis.call('SREM', wk, id)
-            cnt(flow, 0, -1)
+            cnt(flow, taken and 1 or 0, -1)
             cnt(flow, 3, 1)
             cancelled = cancelled + 1
           end
@@ -110,7 +127,7 @@ for _, p in ipairs(plans) do
           redis.call('HSET', tk, 'f', flow, 'n', t[1], 'c', cust, 's', subj, 'd', t[2], 'x', t[3], 'st', '0')
           redis.call('ZADD', B .. ':p:' .. flow, t[2], id)
           redis.call('SADD', wk, id)
-          redis.call('ZADD', B .. ':cust:' .. cust, t[2], id)
+          index(cust, t[2], id, now, keep)
         end
         if #timers > 0 then cnt(flow, 0, #timers) end
         redis.call('SADD', B .. ':flows', flow)
@@ -206,14 +223,14 @@ return 0
 SETTLE: Final = (
     _COMMON
     + r"""
--- ARGV: now, state, keep (ms), then (timer id, reason) pairs: each pending or firing ends in state
--- (its hash kept keep ms for look-ups).
-local now, state, keep = ARGV[1], ARGV[2], ARGV[3]
-for i = 4, #ARGV, 2 do
+-- ARGV: now, state, keep (ms), host, then (timer id, reason) pairs: each pending, or firing as this
+-- host's (not one another host adopted meanwhile), ends in state (its hash kept keep ms for look-ups).
+local now, state, keep, me = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+for i = 5, #ARGV, 2 do
   local id = ARGV[i]
   local tk = B .. ':t:' .. id
-  local h = redis.call('HMGET', tk, 'st', 'f', 'c', 's')
-  if h[1] == '0' or h[1] == '1' then
+  local h = redis.call('HMGET', tk, 'st', 'f', 'c', 's', 'o')
+  if h[1] == '0' or (h[1] == '1' and h[5] == me) then
     if h[1] == '0' then
       redis.call('ZREM', B .. ':p:' .. h[2], id)
     else
@@ -234,13 +251,15 @@ return 0
 RESCHEDULE: Final = (
     _COMMON
     + r"""
--- ARGV: (timer id, due, reason) triples: pending or firing → pending at due, message id forgotten,
--- its first due time kept.
-for i = 1, #ARGV, 3 do
+-- ARGV: host, now, keep (ms), then (timer id, due, reason) triples: pending, or firing as this
+-- host's (not one another host adopted meanwhile) → pending at due, message id forgotten, its
+-- first due time kept.
+local me, now, keep = ARGV[1], ARGV[2], ARGV[3]
+for i = 4, #ARGV, 3 do
   local id, due = ARGV[i], ARGV[i + 1]
   local tk = B .. ':t:' .. id
-  local h = redis.call('HMGET', tk, 'st', 'f', 'c', 'd', 'p')
-  if h[1] == '0' or h[1] == '1' then
+  local h = redis.call('HMGET', tk, 'st', 'f', 'c', 'd', 'p', 'o')
+  if h[1] == '0' or (h[1] == '1' and h[6] == me) then
     if h[1] == '1' then
       redis.call('ZREM', B .. ':firing', id)
       cnt(h[2], 1, -1)
@@ -250,7 +269,7 @@ for i = 1, #ARGV, 3 do
     redis.call('HSET', tk, 'st', '0', 'd', due, 'r', ARGV[i + 2], 'm', '')
     redis.call('HDEL', tk, 'o')
     redis.call('ZADD', B .. ':p:' .. h[2], due, id)
-    redis.call('ZADD', B .. ':cust:' .. h[3], due, id)
+    index(h[3], due, id, now, keep)
   end
 end
 flush()

@@ -26,6 +26,7 @@ Ended timers are kept ``keep`` seconds (7 days) for look-ups. redis-py's client 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -184,7 +185,7 @@ class RedisFlowStore:
         """End timers in ``state``."""
         if not outcomes:
             return
-        args: list[Any] = [repr(now), int(state), self._keep_ms]
+        args: list[Any] = [repr(now), int(state), self._keep_ms, self.host]
         for tid, reason in outcomes:
             args += [tid, reason]
         await self._run("settle timers", self._settle, args)
@@ -193,7 +194,7 @@ class RedisFlowStore:
         """Timers pending again at a later time."""
         if not moves:
             return
-        args: list[Any] = []
+        args: list[Any] = [self.host, repr(time.time()), self._keep_ms]
         for tid, due, reason in moves:
             args += [tid, repr(due), reason]
         await self._run("reschedule timers", self._reschedule, args)

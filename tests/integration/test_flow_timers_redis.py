@@ -192,8 +192,40 @@ async def test_a_stopped_host_s_firing_timers_are_adopted_never_fired_twice(
     assert counts == {"firing": 6, "fired": 4}
     views = {v.id: v for v in await b.of_customer("+8613800138000")}
     assert {views[t.id].reason for t in taken[:4]} == {"unknown:fired_by_dead_host"}
-    # a host that restarts under its own name finds what it was firing
+    # the adopting host lists them as its own firing timers now
     assert sorted(t.id for t in await b.firing()) == sorted(t.id for t in taken[4:])
+    # a's late settle and reschedule of timers b took over change nothing of b's
+    await a.settle([(taken[4].id, "expired")], NOW, TimerState.EXPIRED)
+    await a.reschedule([(taken[5].id, NOW + 60, "outside_send_window")])
+    assert sorted(await b.claim([(t.id, f"b{t.id}") for t in again])) == sorted(t.id for t in again)
+    assert (await b.counts())["f"] == {"firing": 6, "fired": 4}
+
+
+async def test_a_cancel_wins_over_a_step_taken_but_not_handed_over(hosts: Callable[..., FlowStore]) -> None:
+    a, b = hosts("a"), hosts("b")
+    c = "+8613800138000"
+    await a.apply([EventPlan("e1", c, "T1", starts=[_start("unpaid", c, "T1", [NOW, NOW])])], NOW)
+    t0, t1 = await a.due(NOW, 10)
+    assert await a.claim([(t0.id, "m0")]) == [t0.id]  # step 0 handed to a gateway: too late to cancel
+    got = await b.apply([EventPlan("paid", c, "T1", cancels=[("unpaid", None)])], NOW)  # at another host
+    assert got[0].cancelled == 1  # step 1, taken by a but not handed over
+    assert await a.claim([(t1.id, "m1")]) == []  # a finds it ended: never sent
+    await a.release([t1.id])
+    await a.reschedule([(t1.id, NOW + 60, "outside_send_window")])
+    assert await a.due(NOW + 3600, 10) == [] and await a.pending_count() == 0
+    assert (await a.counts())["unpaid"] == {"firing": 1, "cancelled": 1}
+
+
+async def test_a_customers_index_expires_after_its_last_step(
+    hosts: Callable[..., FlowStore], prefix: str
+) -> None:
+    s = hosts("a")
+    c = "+8613800138000"
+    await s.apply([EventPlan("e1", c, "", starts=[_start("f", c, "", [NOW + 100, NOW + 3600])])], NOW)
+    with redis.Redis.from_url(URL) as r:
+        (key,) = [k for k in r.scan_iter(match=f"{prefix}:*:cust:*") if k.endswith(c.encode())]
+        ttl = r.pttl(key)
+    assert 3600_000 < ttl <= 3600_000 + 8 * 86_400_000, ttl  # past the last due time, not forever
 
 
 async def test_held_and_released_timers_go_back_to_pending(hosts: Callable[..., FlowStore]) -> None:
@@ -280,6 +312,8 @@ async def test_a_killed_and_restarted_redis_with_aof_keeps_the_timers(
                 break
             except CoordinatorUnavailable:
                 pass
+        else:
+            pytest.fail("the store did not answer after the restart")
         assert len(await s.due(NOW + 999, 2000)) == 1000
         dup = await s.apply(plans[:10], NOW)  # the event ids survived too
         assert all(d.duplicate for d in dup)
