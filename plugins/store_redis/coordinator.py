@@ -485,7 +485,7 @@ class RedisCoordinator:
             auth = u.netloc.rpartition("@")[0]
             netloc = f"{auth + '@' if auth else ''}{node.host}:{node.port}"
             got = aioredis.Redis.from_url(
-                urlunsplit((u.scheme, netloc, "/0", "", "")),
+                urlunsplit((u.scheme, netloc, "/0", u.query, "")),  # (TLS and other options kept)
                 socket_timeout=self.config.timeout,
                 socket_connect_timeout=self.config.timeout,
             )
