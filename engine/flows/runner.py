@@ -29,6 +29,7 @@ from typing import Protocol
 import msgspec
 
 from engine.core.clock import Clock
+from engine.core.errors import CoordinatorUnavailable
 from engine.core.phone import mask
 from engine.flows.config import Flow, Step
 from engine.state.flowstore import FlowStore, SqliteFlowStore
@@ -136,6 +137,10 @@ class FlowRunner:
         """Message id → customer, of marketing steps in flight: a customer's next marketing step
         waits for the hand-over of the one before (the caps count at hand-over: two steps queued
         at once would both pass a cap of one)."""
+        self._taken: set[int] = set()
+        """Timer ids the running :meth:`fire_due` took and has not yet claimed, settled or given back."""
+        self._strays = False
+        """The store failed (did not answer) during a step: give back stray taken timers first."""
         self._tokens = float(batch)
         self._last = clock.monotonic()
 
@@ -190,14 +195,69 @@ class FlowRunner:
         return found
 
     async def fire_due(self) -> int:
-        """One step: fire what is due (within the budget); how many timers were acted on."""
+        """One step: fire what is due (within the budget); how many timers were acted on.
+
+        A shared store's :meth:`~FlowStore.due` *takes* the timers (``firing``, this host's, no
+        message id). If a later call of the step fails, the timers not yet claimed are given back
+        (best effort); when the store did not answer (:class:`CoordinatorUnavailable`, the give-back
+        may have failed too, or a take's answer was lost), the next step first gives back every
+        firing timer of this host without a message id (:meth:`_give_back_strays`)."""
+        if self._strays:
+            await self._give_back_strays()
         budget = self._budget()
         if budget < 1:
             return 0
         now = self.clock.time()
-        due = await self.store.due(now, min(budget, self.batch), skip_flows=await self.store.paused())
+        try:
+            due = await self.store.due(now, min(budget, self.batch), skip_flows=await self.store.paused())
+        except CoordinatorUnavailable:
+            self._strays = True  # an answer lost: the take may have happened
+            raise
         if not due:
             return 0
+        self._taken = {t.id for t in due}
+        try:
+            return await self._fire(now, due)
+        except Exception as exc:
+            if isinstance(exc, CoordinatorUnavailable):
+                self._strays = True
+            taken = sorted(self._taken)
+            if taken:
+                try:
+                    await self.store.release(taken)
+                except CoordinatorUnavailable:
+                    self._strays = True
+            raise
+        finally:
+            self._taken = set()
+
+    async def _give_back_strays(self) -> int:
+        """Give back (pending) this host's firing timers without a message id that are not in
+        flight: taken by a step that failed while the store did not answer. How many."""
+        held = set(self.inflight.values())
+        found = last = 0
+        while True:
+            left = await self.store.firing(self.batch, after=last)
+            if not left:
+                break
+            last = left[-1].id
+            stray = [t.id for t in left if not t.message and t.id not in held]
+            if stray:
+                await self.store.release(stray)
+                found += len(stray)
+            if len(left) < self.batch:
+                break
+        self._strays = False
+        if found:
+            log.warning(
+                "flow timers taken before the store failed given back: %d",
+                found,
+                extra={"event": "flows.released", "count": found},
+            )
+        return found
+
+    async def _fire(self, now: float, due: Sequence[DueTimer]) -> int:
+        """Act on the timers :meth:`fire_due` took (tracked in ``_taken`` until claimed)."""
         expired: list[tuple[int, str]] = []
         held: list[tuple[int, float, str]] = []
         ready: list[DueTimer] = []
@@ -222,11 +282,14 @@ class FlowRunner:
             ready.append(t)
         if waiting:
             await self.store.release(waiting)
+            self._taken.difference_update(waiting)
         if expired:
             await self.store.settle(expired, now, TimerState.EXPIRED)
+            self._taken.difference_update(tid for tid, _ in expired)
             self.counts.expired += len(expired)
         if held:
             await self.store.reschedule(held)
+            self._taken.difference_update(tid for tid, _, _ in held)
             self.counts.deferred += len(held)
         self._tokens -= len(ready) + len(expired)
         self.counts.late += sum(1 for t in ready if now - t.due > LATE_AFTER)
@@ -245,6 +308,7 @@ class FlowRunner:
             mids = [t.message or next(ids) for t in ts]
             new_claims = [(t.id, m) for t, m in zip(ts, mids, strict=True) if not t.message]
             claimed = set(await self.store.claim(new_claims)) if new_claims else set()
+            self._taken.difference_update(t.id for t in ts)  # claimed, or no longer this host's
             pairs = [(t, m) for t, m in zip(ts, mids, strict=True) if t.message or t.id in claimed]
             if not pairs:
                 continue

@@ -12,7 +12,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,9 @@ import anyio.lowlevel
 import redis
 
 from engine.coordination.contract import CoordinatorContext, CoordinatorUnavailable
+from engine.core.clock import FakeClock
+from engine.flows.config import load_flow
+from engine.flows.runner import FlowRunner, Outcome, SendItem
 from engine.state.flowstore import EventPlan, FlowStore, StartPlan
 from engine.state.timers import NewTimer, TimerState
 from plugins.store_redis.config import RedisConfig
@@ -321,3 +324,92 @@ async def test_a_killed_and_restarted_redis_with_aof_keeps_the_timers(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+class _Sender:
+    """The runner's lanes, faked: records the steps sent, each ``queued``."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []  # (message id, phone)
+        self.n = 0
+
+    def reserve(self, lane: str, n: int) -> list[str]:
+        self.n += n
+        return [f"api-{lane}-{self.n - n + i + 1}" for i in range(n)]
+
+    async def send(self, lane: str, items: Sequence[SendItem]) -> list[Outcome]:
+        self.sent += [(i.message_id, i.phone) for i in items]
+        return [Outcome("queued") for _ in items]
+
+    def settled(self, message_ids: Sequence[str]) -> dict[str, str]:
+        return dict.fromkeys(message_ids, "submitted")
+
+    def recorded(self, message_ids: Sequence[str]) -> dict[str, str]:
+        return {}
+
+    def retry_at(self, message_id: str, reason: str, now: float) -> float:
+        return now + 60.0
+
+
+@pytest.mark.parametrize("failing", ["claim_and_release", "take_answer_lost", "settle"])
+async def test_timers_taken_before_the_store_fails_mid_step_fire_once_on_a_later_step(
+    hosts: Callable[..., FlowStore], tmp_path: Path, failing: str
+) -> None:
+    """A call after the take fails (the store does not answer): the taken timers are not stuck in
+    this host's ``firing`` (no message id, never taken again, never adopted): the next step gives
+    them back and fires them, each exactly once."""
+    (tmp_path / "reminder.toml").write_text(
+        'trigger = "order_created"\nsignature = "小鹅优选"\nexpire_after = "1d"\n'
+        '[[steps]]\nwait = "30m"\ntext = "您的订单还没付款"\n'
+        '[[steps]]\nwait = "1h"\ntext = "订单即将关闭"\n',
+        encoding="utf-8",
+    )
+    flow = load_flow(tmp_path / "reminder.toml")
+    s = hosts("a")
+    phones = [f"+861380013800{i}" for i in range(3)]
+    await s.apply(
+        [
+            EventPlan(f"e{i}", p, "T", starts=[_start("reminder", p, "T", [NOW - 1])])
+            for i, p in enumerate(phones)
+        ],
+        NOW,
+    )
+    # one more timer of a step past its flow's expire_after: the step settles it (expired)
+    await s.apply(
+        [EventPlan("old", "+8613900139000", "T", starts=[_start("reminder", "+8613900139000", "T", [0, 0])])],
+        NOW,
+    )
+    sender = _Sender()
+    runner = FlowRunner({"reminder": flow}, s, sender, FakeClock(NOW))  # type: ignore[arg-type]
+    store: Any = s
+    fail = {"claim_and_release": ["claim", "release"], "take_answer_lost": ["due"], "settle": ["settle"]}
+    for name in fail[failing]:
+        real = getattr(s, name)
+
+        def once(real: Any = real, name: str = name) -> Any:
+            async def call(*a: Any, **kw: Any) -> Any:
+                setattr(store, name, real)  # fails once: the store answers again after
+                if name == "due":
+                    await real(*a, **kw)  # taken in Redis, the answer lost on the way back
+                raise CoordinatorUnavailable(f"redis: {name} timed out")
+
+            return call
+
+        setattr(store, name, once())
+    with pytest.raises(CoordinatorUnavailable):
+        await runner.fire_due()
+    left = await s.firing()
+    if failing == "settle":  # the store answers the give-back: pending again at once
+        assert left == []
+    else:  # taken, not claimed, not given back (the give-back failed too, or the take's ids unknown)
+        assert len(left) == (3 if failing == "claim_and_release" else 5)  # (expired ones settled)
+        assert all(t.message is None for t in left)
+    assert sender.sent == []
+    # the store answers again: the next step gives them back and fires them; later steps find none
+    assert await runner.fire_due() >= 3
+    assert await runner.fire_due() == 0
+    assert sorted(p for _, p in sender.sent) == phones  # each exactly once
+    assert await runner.confirm() == 3
+    counts = await s.counts()
+    assert counts["reminder"] == {"fired": 3, "expired": 2}
+    assert await s.firing() == []
