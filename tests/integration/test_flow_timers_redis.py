@@ -8,10 +8,7 @@ wait, and a Redis killed and restarted with its AOF keeps the timers.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,7 @@ from plugins.store_redis.config import RedisConfig
 from plugins.store_redis.coordinator import RedisCoordinator
 from plugins.store_redis.timers import RedisFlowStore
 from tests.integration.redis_cluster import free_port_pair
+from tests.integration.redis_prefix import own_redis, scoped_prefix
 
 URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 NOW = 1_800_000_000.0
@@ -44,20 +42,7 @@ pytestmark = [pytest.mark.parametrize("anyio_backend", ["asyncio"]), pytest.mark
 @pytest.fixture
 def prefix() -> Iterator[str]:
     """A key prefix of one test on the test Redis; its keys deleted after (skipped: no Redis)."""
-    try:
-        client = redis.Redis.from_url(URL, socket_connect_timeout=1)
-        client.ping()
-    except redis.RedisError as exc:
-        hint = f"no Redis answers at {URL} ({exc}): apt-get install redis-server, or run .ci/run"
-        if os.environ.get("PIGEON_REQUIRE_REDIS"):
-            pytest.fail(hint)
-        pytest.skip(hint)
-    p = f"pigeon-test-{secrets.token_hex(4)}"
-    yield p
-    keys = list(client.scan_iter(match=f"{p}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    yield from scoped_prefix(URL)
 
 
 @pytest.fixture
@@ -270,25 +255,6 @@ async def test_a_paused_flow_waits_and_is_caught_up_when_resumed(hosts: Callable
     assert [t.flow for t in await a.due(NOW, 10)] == ["p"]
 
 
-def _redis_server(server: str, port: int, d: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(d), "--save", "",
-         "--appendonly", "yes", "--appendfsync", "always"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    try:
-        for _ in range(100):
-            try:
-                if client.ping():
-                    break
-            except redis.RedisError:
-                time.sleep(0.05)
-    finally:
-        client.close()
-    return proc
-
-
 async def test_a_killed_and_restarted_redis_with_aof_keeps_the_timers(
     tmp_path: Path, hosts: Callable[..., FlowStore]
 ) -> None:
@@ -296,7 +262,7 @@ async def test_a_killed_and_restarted_redis_with_aof_keeps_the_timers(
     if server is None:
         pytest.skip("redis-server is not installed")
     port = free_port_pair()
-    proc = _redis_server(server, port, tmp_path)
+    proc = own_redis(server, port, tmp_path)
     try:
         s = hosts("a", url=f"redis://127.0.0.1:{port}/0", timeout=0.5)
         plans = [
@@ -308,7 +274,7 @@ async def test_a_killed_and_restarted_redis_with_aof_keeps_the_timers(
         proc.wait(10)
         with pytest.raises(CoordinatorUnavailable):
             await s.apply([EventPlan("late", "+8613800138000", "")], NOW)
-        proc = _redis_server(server, port, tmp_path)
+        proc = own_redis(server, port, tmp_path)
         for _ in range(3):  # a connection the restart cut fails once; the next reconnects
             try:
                 assert await s.pending_count() == 1000

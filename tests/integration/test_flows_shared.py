@@ -30,6 +30,7 @@ import redis
 
 from loadtests.simulator import SimConfig, SimulatorThread
 from tests.integration.redis_cluster import free_port_pair
+from tests.integration.redis_prefix import own_redis
 from tests.integration.service_harness import write_engine
 
 URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -251,25 +252,6 @@ def test_two_hosts_fire_each_step_once_and_the_survivor_adopts_a_killed_host_s_t
         r.close()
 
 
-def _redis_server(server: str, port: int, d: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(d), "--save", "",
-         "--appendonly", "yes", "--appendfsync", "always"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    try:
-        for _ in range(100):
-            try:
-                if client.ping():
-                    break
-            except redis.RedisError:
-                time.sleep(0.05)
-    finally:
-        client.close()
-    return proc
-
-
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_with_redis_down_events_are_refused_503_and_firing_waits_then_every_step_goes_once(
@@ -283,7 +265,7 @@ async def test_with_redis_down_events_are_refused_503_and_firing_waits_then_ever
     if server is None:
         pytest.skip("redis-server is not installed")
     port = free_port_pair()
-    proc = _redis_server(server, port, tmp_path)
+    proc = own_redis(server, port, tmp_path)
     try:
         with SimulatorThread(SimConfig()) as sim:
             d, key = _host(tmp_path, "h", sim.port, "pigeon")
@@ -310,7 +292,7 @@ async def test_with_redis_down_events_are_refused_503_and_firing_waits_then_ever
                 assert r2.status_code == 503, r2.text  # refused, not lost: the shop sends it again
                 await anyio.sleep(3.0)
                 assert len(sim.log) == 0  # due, but the store is down: nothing fired
-                proc = _redis_server(server, port, tmp_path)
+                proc = own_redis(server, port, tmp_path)
                 with anyio.fail_after(20):
                     while True:
                         r3 = await c.post("/v1/events", json=batch("b", 20, 1000), headers=auth)

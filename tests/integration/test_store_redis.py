@@ -16,7 +16,6 @@ import random
 import secrets
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -51,6 +50,7 @@ from plugins.store_redis.coordinator import RedisCoordinator
 from plugins.store_redis.scripts import OPTOUT_BUCKETS
 from tests.integration import redis_workers
 from tests.integration.redis_cluster import LocalCluster, free_port_pair, local_cluster
+from tests.integration.redis_prefix import own_redis
 
 URL = os.environ.get("PIGEON_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 
@@ -357,23 +357,6 @@ async def test_on_a_cluster_each_campaign_s_keys_share_one_slot_and_every_script
         await b.aclose()
 
 
-def _start_redis(server: str, port: int, d: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(d), "--save", "",
-         "--appendonly", "yes", "--appendfsync", "everysec"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    for _ in range(100):
-        try:
-            if client.ping():
-                break
-        except redis.RedisError:
-            time.sleep(0.05)
-    client.close()
-    return proc
-
-
 @pytest.mark.anyio
 async def test_a_killed_and_restarted_redis_with_aof_keeps_claims_fences_and_leases(
     tmp_path: Path, redis_url: str
@@ -381,7 +364,7 @@ async def test_a_killed_and_restarted_redis_with_aof_keeps_claims_fences_and_lea
     server = shutil.which("redis-server")
     assert server is not None  # redis_url answered: the server is installed here
     port = free_port_pair()
-    proc = _start_redis(server, port, tmp_path)
+    proc = own_redis(server, port, tmp_path, fsync="everysec")
     config = RedisConfig(url=f"redis://127.0.0.1:{port}/0", timeout=0.5)
     a, b = RedisCoordinator(config, CoordinatorContext()), RedisCoordinator(config, CoordinatorContext())
     numbers = [f"86137{n:08d}" for n in range(1000)]
@@ -392,7 +375,7 @@ async def test_a_killed_and_restarted_redis_with_aof_keeps_claims_fences_and_lea
         proc.wait(10)
         with pytest.raises(CoordinatorUnavailable):
             await b.claim("c", numbers[:10])  # down: no answer, nothing claimed, nothing may go
-        proc = _start_redis(server, port, tmp_path)
+        proc = own_redis(server, port, tmp_path, fsync="everysec")
         # The same clients carry on: a call on a connection the restart cut is CoordinatorUnavailable
         # (the caller waits and asks again: a claim asked twice by its owner answers MINE), the next
         # one reconnects.
